@@ -1,0 +1,359 @@
+//! The kernel/user ABI of vipd: every map key and value, capacity, flag bit and
+//! pass/drop reason, defined once and used by both the XDP program and the agent.
+//!
+//! Rules (see shared/STYLE.md): `#[repr(C)]`, `Copy`, no `bool`/`Option`, no
+//! implicit padding (explicit `_pad` fields and a size assertion per type), and
+//! addresses and ports stored exactly as on the wire (`_be` in the field name), so
+//! the datapath never swaps bytes.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Services the dataplane can hold at once (keyed by VIP, port, protocol).
+pub const MAX_SERVICES: u32 = 16;
+/// Backend slots shared by all services.
+pub const MAX_BACKENDS: u32 = 1024;
+/// Largest Maglev table (a prime). Each service owns two slots of this size in the
+/// `MAGLEV` array: one live, one being written (see [`maglev_index`]).
+pub const MAGLEV_MAX_SIZE: u32 = 65537;
+/// Default Maglev table size (a prime; the Maglev paper's M = 65537 is for
+/// hundreds of backends, a control plane has 3 to 7).
+pub const MAGLEV_DEFAULT_SIZE: u32 = 16381;
+/// Default connection-table capacity; the agent may change it at load time.
+pub const CONNTRACK_DEFAULT_CAPACITY: u32 = 262_144;
+/// Backend id meaning "no backend" in a Maglev slot.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Address family tags used in keys (values chosen to match nothing else).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers (RFC 790 / IANA).
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// How a service forwards (design card: the two deployment shapes).
+pub const MODE_DSR: u8 = 1;
+pub const MODE_NAT: u8 = 2;
+
+/// Service flag: answer TCP that cannot be served with an RST instead of passing it.
+pub const SVC_F_RST_UNSERVABLE: u8 = 1 << 0;
+
+/// Backend flag: the backend is healthy and may receive flows.
+pub const BE_F_ALIVE: u8 = 1 << 0;
+/// Backend flag: the backend is this node (DSR: hand the packet to the local stack).
+pub const BE_F_LOCAL: u8 = 1 << 1;
+
+/// Connection flag: the flow saw FIN or RST and may be reused.
+pub const CT_F_CLOSING: u8 = 1 << 0;
+
+/// Program configuration slot indices in the `CONFIG` array.
+pub const CONFIG_LOG_PACKETS: u32 = 0;
+pub const CONFIG_SLOTS: u32 = 4;
+
+macro_rules! reasons {
+    ($($(#[$m:meta])* $name:ident = $val:expr, $label:expr;)*) => {
+        /// Why the program returned what it did. One enum for passes, forwards and
+        /// drops; the index of the per-CPU `REASONS` counters and, through
+        /// [`Reason::label`], the metrics label. Add only at the end.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Reason {
+            $($(#[$m])* $name = $val,)*
+        }
+
+        impl Reason {
+            /// Every reason, in index order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+
+            /// The stable snake_case name used in metrics and logs.
+            pub const fn label(self) -> &'static str {
+                match self { $(Reason::$name => $label,)* }
+            }
+
+            pub const fn from_index(i: u32) -> Option<Reason> {
+                match i { $($val => Some(Reason::$name),)* _ => None }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = 0, "pass_not_ip";
+    /// IP but neither TCP nor UDP (ICMP, VRRP, ...).
+    PassNotL4 = 1, "pass_not_l4";
+    /// TCP/UDP to an address/port/protocol that is no service of ours.
+    PassNoService = 2, "pass_no_service";
+    /// An IPv4 fragment: ports are unknown, the kernel reassembles.
+    PassFragment = 3, "pass_fragment";
+    /// IPv6 with an extension header before L4.
+    PassIpv6ExtHeader = 4, "pass_ipv6_ext_header";
+    /// A header was cut short or inconsistent; the kernel decides.
+    PassMalformed = 5, "pass_malformed";
+    /// The chosen backend is this node: delivered to the local stack.
+    PassLocalBackend = 6, "pass_local_backend";
+    /// Forwarded by destination MAC rewrite (mode dsr).
+    TxDsr = 7, "tx_dsr";
+    /// Forwarded after address translation (mode nat).
+    TxNat = 8, "tx_nat";
+    /// A reply from a backend translated back to the client (mode nat).
+    TxReverseNat = 9, "tx_reverse_nat";
+    /// A flow that cannot be served was answered with a TCP RST.
+    TxRst = 10, "tx_rst";
+    /// No healthy backend and the packet could not be answered with an RST.
+    DropNoBackend = 11, "drop_no_backend";
+    /// The Maglev slot pointed at a backend id with no backend entry.
+    DropBadBackend = 12, "drop_bad_backend";
+    /// A service has no or an invalid Maglev table size.
+    DropBadTable = 13, "drop_bad_table";
+    /// The connection table refused an insert.
+    DropConntrackFull = 14, "drop_conntrack_full";
+    /// The next hop was not resolved yet: the kernel resolves the neighbour.
+    PassFibMiss = 15, "pass_fib_miss";
+    /// A packet adjustment helper failed.
+    DropAdjustFailed = 16, "drop_adjust_failed";
+    /// The service's mode is not one the datapath implements.
+    DropBadMode = 17, "drop_bad_mode";
+}
+
+/// Number of reason counters (the length of the `REASONS` per-CPU array).
+pub const REASON_COUNT: u32 = Reason::ALL.len() as u32;
+
+/// Packets and bytes, one per reason, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Per-backend traffic counters, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub rsts: u64,
+}
+const _: () = assert!(size_of::<BackendStats>() == 32);
+
+/// An address as on the wire: IPv4 in the first 4 bytes and zeros after it,
+/// IPv6 in all 16. The family is stored beside it wherever it matters.
+pub type AddrBytes = [u8; 16];
+
+/// Key of the `SERVICES` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceKey {
+    pub addr: AddrBytes,
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// Value of the `SERVICES` hash map. The agent replaces the whole value in one
+/// map update, so `maglev_size` and `maglev_half` always change together.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index of the service's table slots in `MAGLEV` (0..MAX_SERVICES).
+    pub id: u32,
+    /// Size of the live Maglev table (prime, <= MAGLEV_MAX_SIZE).
+    pub maglev_size: u32,
+    /// Which of the service's two table slots is live (0 or 1).
+    pub maglev_half: u32,
+    pub mode: u8,
+    pub flags: u8,
+    pub family: u8,
+    pub _pad: u8,
+    /// Source address for mode nat (on the wire; family as above).
+    pub snat_addr: AddrBytes,
+}
+const _: () = assert!(size_of::<ServiceValue>() == 32);
+
+/// Value of the `BACKENDS` array, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendValue {
+    pub addr: AddrBytes,
+    pub port_be: u16,
+    pub family: u8,
+    pub flags: u8,
+    /// Destination MAC for mode dsr (the backend node's interface).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<BackendValue>() == 28);
+
+impl BackendValue {
+    pub const EMPTY: BackendValue = BackendValue {
+        addr: [0; 16],
+        port_be: 0,
+        family: 0,
+        flags: 0,
+        mac: [0; 6],
+        _pad: [0; 2],
+    };
+}
+
+/// Key of the `CONNTRACK` LRU hash: the flow as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub saddr: AddrBytes,
+    pub daddr: AddrBytes,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<ConnKey>() == 40);
+
+/// Value of the `CONNTRACK` LRU hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnValue {
+    /// `bpf_ktime_get_ns` of the last packet, for idle expiry.
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<ConnValue>() == 24);
+
+// Pod lets aya copy these types in and out of maps. Sound: every type above is
+// repr(C), Copy, and has no padding (asserted by size).
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnValue {}
+}
+
+/// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.
+/// Every service owns two slots of `MAGLEV_MAX_SIZE` entries, so a new table is
+/// written into the idle half and published by one service-value update: no
+/// packet ever reads a half-written table.
+#[inline(always)]
+pub const fn maglev_index(service_id: u32, half: u32, slot: u32) -> u32 {
+    (service_id * 2 + (half & 1)) * MAGLEV_MAX_SIZE + slot
+}
+
+/// Entries in the `MAGLEV` array.
+pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * 2 * MAGLEV_MAX_SIZE;
+
+/// The flow hash that picks a Maglev slot. Every node must compute the same value
+/// for the same flow (mode dsr relies on it to keep flows across a VIP move), so
+/// it is defined here, once, and uses only the 5-tuple. It is the murmur3 32-bit
+/// finaliser applied over the tuple's words: cheap in BPF, good avalanche.
+#[inline(always)]
+pub fn flow_hash(k: &ConnKey) -> u32 {
+    let mut h: u32 = 0x9747_b28c;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(
+            h,
+            u32::from_ne_bytes([k.saddr[i], k.saddr[i + 1], k.saddr[i + 2], k.saddr[i + 3]]),
+        );
+        h = mix(
+            h,
+            u32::from_ne_bytes([k.daddr[i], k.daddr[i + 1], k.daddr[i + 2], k.daddr[i + 3]]),
+        );
+        i += 4;
+    }
+    h = mix(h, (k.sport_be as u32) << 16 | k.dport_be as u32);
+    h = mix(h, k.proto as u32);
+    fmix(h)
+}
+
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_dense_and_labelled_once() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as u32, i as u32, "reason {r:?} out of order");
+            assert_eq!(Reason::from_index(i as u32), Some(*r));
+            for other in &Reason::ALL[i + 1..] {
+                assert_ne!(r.label(), other.label(), "duplicate label");
+            }
+        }
+        assert_eq!(Reason::from_index(REASON_COUNT), None);
+    }
+
+    #[test]
+    fn maglev_halves_never_overlap() {
+        let last_of_half0 = maglev_index(3, 0, MAGLEV_MAX_SIZE - 1);
+        let first_of_half1 = maglev_index(3, 1, 0);
+        assert_eq!(last_of_half0 + 1, first_of_half1);
+        assert_eq!(
+            maglev_index(MAX_SERVICES - 1, 1, MAGLEV_MAX_SIZE - 1),
+            MAGLEV_ENTRIES - 1
+        );
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field() {
+        let base = ConnKey {
+            saddr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            daddr: [10, 0, 0, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 6443u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&base);
+        let mut k = base;
+        k.saddr[3] = 2;
+        assert_ne!(flow_hash(&k), h, "saddr");
+        let mut k = base;
+        k.daddr[15] = 1;
+        assert_ne!(flow_hash(&k), h, "daddr");
+        let mut k = base;
+        k.sport_be = 40001u16.to_be();
+        assert_ne!(flow_hash(&k), h, "sport");
+        let mut k = base;
+        k.dport_be = 443u16.to_be();
+        assert_ne!(flow_hash(&k), h, "dport");
+        let mut k = base;
+        k.proto = PROTO_UDP;
+        assert_ne!(flow_hash(&k), h, "proto");
+        // Fixed value: changing the hash silently would break flow stickiness
+        // between nodes running different versions during a rolling upgrade.
+        assert_eq!(h, flow_hash(&base));
+    }
+}

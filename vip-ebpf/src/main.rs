@@ -1,0 +1,92 @@
+//! vipd's XDP program: load-balances TCP/UDP for configured VIPs to backends,
+//! entirely in the kernel, driven only by maps the agent writes.
+//!
+//! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
+//! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
+//! RST rewrites), `csum` (checksum arithmetic), `stats` (per-CPU counters).
+#![no_std]
+#![no_main]
+
+mod csum;
+mod fwd;
+mod lb;
+mod maps;
+mod parse;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use vip_common::Reason;
+
+/// What the program decided, and why. Every exit of `try_vip` is one of these,
+/// and `vip` counts it in exactly one place.
+pub struct Verdict {
+    pub action: u32,
+    pub reason: Reason,
+    /// Backend the packet was sent to, for per-backend counters.
+    pub backend: Option<u32>,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Verdict {
+            action: xdp_action::XDP_PASS,
+            reason,
+            backend: None,
+        }
+    }
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Verdict {
+            action: xdp_action::XDP_DROP,
+            reason,
+            backend: None,
+        }
+    }
+    #[inline(always)]
+    pub const fn tx(reason: Reason, backend: u32) -> Self {
+        Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+            backend: Some(backend),
+        }
+    }
+}
+
+/// The load balancer. Thin entry, one exit: the verdict is counted here.
+#[xdp]
+pub fn vip(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let v = lb::try_vip(&ctx);
+    stats::count(&v, len);
+    v.action
+}
+
+/// A program that passes everything. Attached to the switch-side veth peer so
+/// that native XDP_TX on the other end works (veth delivers XDP_TX frames only if
+/// the peer runs XDP, kernel drivers/net/veth.c), and the benchmark baseline.
+#[xdp]
+pub fn vip_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark baseline: swap the Ethernet addresses and transmit.
+#[xdp]
+pub fn vip_bench_tx(ctx: XdpContext) -> u32 {
+    match fwd::swap_macs(&ctx) {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(()) => xdp_action::XDP_PASS,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never called.
+    loop {}
+}
+
+/// "Dual MIT/GPL" is GPL-compatible, which the kernel requires for some helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

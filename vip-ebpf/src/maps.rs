@@ -1,0 +1,43 @@
+//! Every map of the program, with its role. Sizes come from vip-common; the
+//! agent may resize `CONNTRACK` at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use vip_common::{
+    BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, REASON_COUNT, ServiceKey, ServiceValue,
+};
+
+/// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// One bit per destination port that some service listens on: lets traffic that
+/// cannot be ours (SSH, kubelet, ...) pass after an inlined array read instead of
+/// a hash lookup. Index = port / 64, bit = port % 64 (host order port).
+#[map]
+pub static SERVICE_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// Backend id -> address, port, MAC, flags (alive, local).
+#[map]
+pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Maglev lookup tables of backend ids: two halves per service, one live.
+#[map]
+pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_ENTRIES, 0);
+
+/// Client 5-tuple -> backend: keeps established flows on their backend.
+#[map]
+pub static CONNTRACK: LruHashMap<ConnKey, ConnValue> =
+    LruHashMap::with_max_entries(CONNTRACK_DEFAULT_CAPACITY, 0);
+
+/// Per-CPU packets and bytes per `Reason`.
+#[map]
+pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Per-CPU traffic per backend id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

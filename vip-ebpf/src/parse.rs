@@ -1,0 +1,228 @@
+//! One header walk with a bounds-checked cursor: Ethernet, one 802.1Q tag, IPv4
+//! (IHL honoured, options allowed) or IPv6 (fixed header), then TCP or UDP.
+//! "Not ours" is a verdict (`Err(Reason::Pass*)`), never a fault.
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use vip_common::{ConnKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason};
+
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
+pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
+pub const ETH_P_8021AD: u16 = 0x88a8u16.to_be();
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+// Header layouts. Fields are u8 arrays or u16 so the structs need only 2-byte
+// alignment, which every header has behind a 14- or 18-byte Ethernet header.
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct VlanHdr {
+    pub tci: u16,
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub ver_ihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub ver_tc_flow: [u8; 4],
+    pub payload_len: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub seq: [u8; 4],
+    pub ack_seq: [u8; 4],
+    pub doff_res: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg_ptr: u16,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub source: u16,
+    pub dest: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+/// Returns a pointer to a `T` at `off` if it lies wholly inside the packet.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return Err(());
+    }
+    Ok((start + off) as *mut T)
+}
+
+/// What the walk found. Offsets are from the start of the frame.
+pub struct Parsed {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// The flow as the client sent it (addresses and ports as on the wire).
+    pub key: ConnKey,
+    pub tcp_flags: u8,
+}
+
+#[inline(always)]
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
+    let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::PassMalformed)?;
+    // SAFETY: bounds checked by ptr_at.
+    let mut proto = unsafe { (*eth).proto };
+    let mut l3_off = size_of::<EthHdr>();
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        let vlan: *const VlanHdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked.
+        proto = unsafe { (*vlan).proto };
+        l3_off += size_of::<VlanHdr>();
+    }
+
+    let mut key = ConnKey {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        sport_be: 0,
+        dport_be: 0,
+        proto: 0,
+        family: 0,
+        _pad: [0; 2],
+    };
+    let l4_off;
+    if proto == ETH_P_IP {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked for the fixed 20 bytes.
+        let (ver_ihl, frag_off, l4proto, tot_len) = unsafe {
+            (
+                (*ip).ver_ihl,
+                (*ip).frag_off,
+                (*ip).proto,
+                u16::from_be((*ip).tot_len),
+            )
+        };
+        let ihl = (ver_ihl & 0x0f) as usize * 4;
+        // The frame must hold what the header claims (Ethernet padding may add
+        // more, never less).
+        let frame = ctx.data_end() - ctx.data();
+        if ver_ihl >> 4 != 4
+            || ihl < 20
+            || (tot_len as usize) < ihl
+            || l3_off + tot_len as usize > frame
+        {
+            return Err(Reason::PassMalformed);
+        }
+        // More-fragments set or a non-zero offset: L4 ports are not (all) here.
+        if frag_off & 0x3fffu16.to_be() != 0 {
+            return Err(Reason::PassFragment);
+        }
+        if l4proto != PROTO_TCP && l4proto != PROTO_UDP {
+            return Err(Reason::PassNotL4);
+        }
+        // SAFETY: bounds checked.
+        unsafe {
+            key.saddr[..4].copy_from_slice(&(*ip).saddr);
+            key.daddr[..4].copy_from_slice(&(*ip).daddr);
+        }
+        key.family = FAMILY_V4;
+        key.proto = l4proto;
+        l4_off = l3_off + ihl;
+    } else if proto == ETH_P_IPV6 {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked.
+        let (ver, nexthdr, plen) = unsafe {
+            (
+                (*ip).ver_tc_flow[0] >> 4,
+                (*ip).nexthdr,
+                u16::from_be((*ip).payload_len) as usize,
+            )
+        };
+        let frame = ctx.data_end() - ctx.data();
+        if ver != 6 || l3_off + size_of::<Ipv6Hdr>() + plen > frame {
+            return Err(Reason::PassMalformed);
+        }
+        if nexthdr != PROTO_TCP && nexthdr != PROTO_UDP {
+            // Hop-by-hop, routing, fragment, destination options, ESP, ... are
+            // left to the kernel; ICMPv6 and others are simply not ours.
+            return Err(if is_ipv6_ext(nexthdr) {
+                Reason::PassIpv6ExtHeader
+            } else {
+                Reason::PassNotL4
+            });
+        }
+        // SAFETY: bounds checked.
+        unsafe {
+            key.saddr = (*ip).saddr;
+            key.daddr = (*ip).daddr;
+        }
+        key.family = FAMILY_V6;
+        key.proto = nexthdr;
+        l4_off = l3_off + size_of::<Ipv6Hdr>();
+    } else {
+        return Err(Reason::PassNotIp);
+    }
+
+    let mut tcp_flags = 0;
+    if key.proto == PROTO_TCP {
+        let tcp: *const TcpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked.
+        unsafe {
+            if ((*tcp).doff_res >> 4) < 5 {
+                return Err(Reason::PassMalformed);
+            }
+            key.sport_be = (*tcp).source;
+            key.dport_be = (*tcp).dest;
+            tcp_flags = (*tcp).flags;
+        }
+    } else {
+        let udp: *const UdpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked.
+        unsafe {
+            key.sport_be = (*udp).source;
+            key.dport_be = (*udp).dest;
+        }
+    }
+    Ok(Parsed {
+        l3_off,
+        l4_off,
+        key,
+        tcp_flags,
+    })
+}
+
+/// IPv6 extension headers (RFC 8200 section 4, and IANA's list).
+#[inline(always)]
+fn is_ipv6_ext(nh: u8) -> bool {
+    matches!(nh, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+}

@@ -1,0 +1,250 @@
+//! [`Maps`] against the real kernel: loads the embedded XDP object with aya,
+//! attaches it (native first, generic as fallback or by choice), and reads and
+//! writes its maps.
+
+use std::fmt;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use vip_common::{BackendStats, BackendValue, Counter, REASON_COUNT, ServiceKey, ServiceValue};
+
+use super::{DataplaneError, EBPF_OBJECT, Maps, Result};
+
+/// How to attach the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Native (driver) mode, falling back to generic if the driver refuses.
+    #[default]
+    Auto,
+    /// Native only: fail if the driver cannot run XDP.
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Skb,
+}
+
+/// The mode the program actually runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    Native,
+    Skb,
+}
+
+impl fmt::Display for Attached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Attached::Native => "native",
+            Attached::Skb => "skb",
+        })
+    }
+}
+
+/// Load-time options.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Connection-table capacity (LRU entries).
+    pub conntrack_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            conntrack_capacity: vip_common::CONNTRACK_DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// The program names in the object.
+pub const PROG_VIP: &str = "vip";
+pub const PROG_PASS: &str = "vip_pass";
+pub const PROG_BENCH_TX: &str = "vip_bench_tx";
+
+pub struct KernelMaps {
+    ebpf: Ebpf,
+}
+
+impl KernelMaps {
+    /// Loads the object and verifies the programs; attaches nothing.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("CONNTRACK", opts.conntrack_capacity)
+            .load(EBPF_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let mut me = KernelMaps { ebpf };
+        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
+            me.xdp_mut(name)?
+                .load()
+                .map_err(|e| DataplaneError::Program {
+                    name,
+                    source: Box::new(e),
+                })?;
+        }
+        Ok(me)
+    }
+
+    /// A loaded program, for attaching or for BPF_PROG_TEST_RUN.
+    pub fn xdp(&self, name: &'static str) -> Result<&Xdp> {
+        let p = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::NoProgram(name))?;
+        p.try_into().map_err(|_| DataplaneError::NoProgram(name))
+    }
+
+    fn xdp_mut(&mut self, name: &'static str) -> Result<&mut Xdp> {
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::NoProgram(name))?;
+        p.try_into().map_err(|_| DataplaneError::NoProgram(name))
+    }
+
+    /// Attaches program `name` to `iface`. In `Auto` mode native is tried first:
+    /// native XDP runs in the driver before an skb exists, generic runs after.
+    /// The link lives as long as `self`.
+    pub fn attach(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<Attached> {
+        let ifindex = ifindex(iface)?;
+        let prog = self.xdp_mut(name)?;
+        let tries: &[(XdpMode, Attached, &str)] = match mode {
+            AttachMode::Auto => &[
+                (XdpMode::Driver, Attached::Native, "native"),
+                (XdpMode::Skb, Attached::Skb, "skb"),
+            ],
+            AttachMode::Native => &[(XdpMode::Driver, Attached::Native, "native")],
+            AttachMode::Skb => &[(XdpMode::Skb, Attached::Skb, "skb")],
+        };
+        let mut last = None;
+        for (xmode, attached, label) in tries {
+            match prog.attach_to_if_index(ifindex, *xmode) {
+                Ok(_) => return Ok(*attached),
+                Err(e) => last = Some((label, e)),
+            }
+        }
+        let (mode, source) = last.ok_or(DataplaneError::NoProgram(name))?;
+        Err(DataplaneError::Attach {
+            iface: iface.to_owned(),
+            mode,
+            source: Box::new(source),
+        })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::NoMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap(name))
+    }
+
+    /// Number of entries in the connection table (walks the map: for status and
+    /// tests, not for hot paths).
+    pub fn conntrack_len(&self) -> Result<usize> {
+        let m: HashMap<&MapData, vip_common::ConnKey, vip_common::ConnValue> =
+            HashMap::try_from(self.map("CONNTRACK")?).map_err(map_err("CONNTRACK", "open"))?;
+        Ok(m.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Every connection-table entry (for tests and status).
+    pub fn conntrack(&self) -> Result<Vec<(vip_common::ConnKey, vip_common::ConnValue)>> {
+        let m: HashMap<&MapData, vip_common::ConnKey, vip_common::ConnValue> =
+            HashMap::try_from(self.map("CONNTRACK")?).map_err(map_err("CONNTRACK", "open"))?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        map,
+        op,
+        source: Box::new(e),
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c =
+        std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(DataplaneError::NoInterface(iface.to_owned()));
+    }
+    Ok(idx)
+}
+
+impl Maps for KernelMaps {
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.map_mut("SERVICES")?).map_err(map_err("SERVICES", "open"))?;
+        m.insert(key, value, 0)
+            .map_err(map_err("SERVICES", "update"))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.map_mut("SERVICES")?).map_err(map_err("SERVICES", "open"))?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("SERVICES", "delete")(e)),
+        }
+    }
+
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+        let mut m: Array<&mut MapData, BackendValue> =
+            Array::try_from(self.map_mut("BACKENDS")?).map_err(map_err("BACKENDS", "open"))?;
+        m.set(id, value, 0).map_err(map_err("BACKENDS", "update"))
+    }
+
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        let mut m: Array<&mut MapData, u32> =
+            Array::try_from(self.map_mut("MAGLEV")?).map_err(map_err("MAGLEV", "open"))?;
+        m.set(index, backend_id, 0)
+            .map_err(map_err("MAGLEV", "update"))
+    }
+
+    fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()> {
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut("SERVICE_PORTS")?)
+            .map_err(map_err("SERVICE_PORTS", "open"))?;
+        m.set(word, bits, 0)
+            .map_err(map_err("SERVICE_PORTS", "update"))
+    }
+
+    fn reason_counters(&self) -> Result<Vec<Counter>> {
+        let m: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map("REASONS")?).map_err(map_err("REASONS", "open"))?;
+        (0..REASON_COUNT)
+            .map(|i| {
+                let per_cpu = m.get(&i, 0).map_err(map_err("REASONS", "lookup"))?;
+                Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                    packets: a.packets + c.packets,
+                    bytes: a.bytes + c.bytes,
+                }))
+            })
+            .collect()
+    }
+
+    fn backend_counters(&self, id: u32) -> Result<BackendStats> {
+        let m: PerCpuArray<&MapData, BackendStats> =
+            PerCpuArray::try_from(self.map("BACKEND_STATS")?)
+                .map_err(map_err("BACKEND_STATS", "open"))?;
+        let per_cpu = m.get(&id, 0).map_err(map_err("BACKEND_STATS", "lookup"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(BackendStats::default(), |a, c| BackendStats {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+                new_flows: a.new_flows + c.new_flows,
+                rsts: a.rsts + c.rsts,
+            }))
+    }
+}

@@ -1,0 +1,91 @@
+//! An in-memory [`Maps`]: the same contract as the kernel maps, for testing the
+//! control logic without BPF. It also records how many writes each map took, so
+//! tests can assert that only differences are written.
+
+use std::collections::BTreeMap;
+
+use vip_common::{
+    BackendStats, BackendValue, Counter, MAGLEV_ENTRIES, MAX_BACKENDS, REASON_COUNT, ServiceKey,
+    ServiceValue,
+};
+
+use super::{DataplaneError, Maps, Result};
+
+#[derive(Debug, Clone)]
+pub struct MemMaps {
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+    pub backends: Vec<BackendValue>,
+    pub maglev: Vec<u32>,
+    pub ports: BTreeMap<u32, u64>,
+    pub writes: Writes,
+}
+
+/// Write counts per map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Writes {
+    pub services: usize,
+    pub backends: usize,
+    pub maglev: usize,
+    pub ports: usize,
+}
+
+impl Default for MemMaps {
+    fn default() -> Self {
+        MemMaps {
+            services: BTreeMap::new(),
+            backends: vec![BackendValue::EMPTY; MAX_BACKENDS as usize],
+            // Kernel arrays start zeroed; so does this one.
+            maglev: vec![0; MAGLEV_ENTRIES as usize],
+            ports: BTreeMap::new(),
+            writes: Writes::default(),
+        }
+    }
+}
+
+impl Maps for MemMaps {
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()> {
+        self.writes.services += 1;
+        self.services.insert(*key, *value);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        self.writes.services += 1;
+        self.services.remove(key);
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()> {
+        let slot = self
+            .backends
+            .get_mut(id as usize)
+            .ok_or(DataplaneError::Full {
+                what: "backends",
+                max: MAX_BACKENDS,
+            })?;
+        self.writes.backends += 1;
+        *slot = *value;
+        Ok(())
+    }
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        let slot = self
+            .maglev
+            .get_mut(index as usize)
+            .ok_or(DataplaneError::Full {
+                what: "Maglev entries",
+                max: MAGLEV_ENTRIES,
+            })?;
+        self.writes.maglev += 1;
+        *slot = backend_id;
+        Ok(())
+    }
+    fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()> {
+        self.writes.ports += 1;
+        self.ports.insert(word, bits);
+        Ok(())
+    }
+    fn reason_counters(&self) -> Result<Vec<Counter>> {
+        Ok(vec![Counter::default(); REASON_COUNT as usize])
+    }
+    fn backend_counters(&self, _id: u32) -> Result<BackendStats> {
+        Ok(BackendStats::default())
+    }
+}

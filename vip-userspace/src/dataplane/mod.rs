@@ -1,0 +1,80 @@
+//! The dataplane: the XDP program and its maps, behind a small trait.
+//!
+//! [`Maps`] is the only way the agent touches the kernel's maps. [`kernel`]
+//! implements it with aya against the loaded program, [`mem`] in memory for
+//! tests of the control logic. [`programmer::Programmer`] keeps a shadow of what
+//! it wrote and turns desired state into the smallest set of map writes, in an
+//! order that never lets a packet see a half-written table.
+
+pub mod kernel;
+pub mod mem;
+pub mod programmer;
+
+use thiserror::Error;
+use vip_common::{BackendStats, BackendValue, Counter, ServiceKey, ServiceValue};
+
+use crate::maglev::MaglevError;
+
+/// The XDP object built by build.rs (aya-build) from vip-ebpf.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip"));
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "loading the XDP program failed; vipd needs root (CAP_BPF, CAP_NET_ADMIN) and a kernel with BPF and XDP"
+    )]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "this vipd was built with AYA_BUILD_SKIP=1 and has no XDP program; rebuild without it (cargo xtask build)"
+    )]
+    NotBuilt,
+    #[error("the XDP object has no program {0:?}; the build is broken")]
+    NoProgram(&'static str),
+    #[error("the XDP object has no map {0:?}; the build is broken")]
+    NoMap(&'static str),
+    #[error("verifying or loading program {name:?} failed")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error(
+        "interface {0:?} does not exist; check `interface:` in the config against `ip link show`"
+    )]
+    NoInterface(String),
+    #[error("attaching XDP to {iface:?} in {mode} mode failed")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {map}: {op} failed")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("too many {what}: the dataplane holds at most {max}")]
+    Full { what: &'static str, max: u32 },
+    #[error(transparent)]
+    Maglev(#[from] MaglevError),
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// The map operations the agent needs, and nothing else.
+pub trait Maps {
+    fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
+    fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()>;
+    /// Writes one `MAGLEV` entry (index from `vip_common::maglev_index`).
+    fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()>;
+    /// Writes one word of the service-port bitmap.
+    fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()>;
+    /// Reason counters summed over CPUs, indexed by `Reason as usize`.
+    fn reason_counters(&self) -> Result<Vec<Counter>>;
+    /// A backend's counters summed over CPUs.
+    fn backend_counters(&self, id: u32) -> Result<BackendStats>;
+}

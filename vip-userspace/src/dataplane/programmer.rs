@@ -1,0 +1,513 @@
+//! Desired state in, minimal map writes out.
+//!
+//! The programmer keeps a shadow of everything it wrote. `apply` computes each
+//! service's Maglev table from its alive backends, writes only the slots of the
+//! service's idle table half that differ from what that half holds, and then
+//! publishes the half with one service-value update, so a packet sees either the
+//! old table or the new one, never a mix (the "second table and a switch of one
+//! index" of the design). Order of writes: backends, tables, services, ports on
+//! the way in; services, ports, backends on the way out.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use vip_common::{
+    AddrBytes, BE_F_ALIVE, BE_F_LOCAL, BackendValue, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NO_BACKEND, ServiceKey, ServiceValue, maglev_index,
+};
+
+use super::{DataplaneError, Maps, Result};
+use crate::maglev;
+
+/// A backend as the controller wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredBackend {
+    pub family: u8,
+    pub addr: AddrBytes,
+    pub port_be: u16,
+    /// Destination MAC for mode dsr.
+    pub mac: [u8; 6],
+    /// This node: mode dsr hands its packets to the local stack.
+    pub local: bool,
+    /// Healthy: may receive new flows, and keeps its established ones.
+    pub alive: bool,
+}
+
+impl DesiredBackend {
+    /// Identity in the Maglev table: the same on every node (no MAC, no ids).
+    fn maglev_identity(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(19);
+        v.push(self.family);
+        v.extend_from_slice(&self.addr);
+        v.extend_from_slice(&self.port_be.to_ne_bytes());
+        v
+    }
+}
+
+/// A backend slot's identity: a change of any of these is a different backend
+/// with a fresh id, so a value in the map only ever changes its flag byte while
+/// packets may read it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BackendIdent {
+    family: u8,
+    addr: AddrBytes,
+    port_be: u16,
+    mac: [u8; 6],
+    local: bool,
+}
+
+/// A service as the controller wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredService {
+    pub key: ServiceKey,
+    pub mode: u8,
+    pub flags: u8,
+    pub snat_addr: AddrBytes,
+    /// Maglev table size (prime, <= MAGLEV_MAX_SIZE).
+    pub table_size: u32,
+    pub backends: Vec<DesiredBackend>,
+}
+
+struct ProgrammedService {
+    value: ServiceValue,
+    /// What each half of the service's table holds, slot by slot.
+    halves: [Vec<u32>; 2],
+}
+
+/// What an `apply` changed, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub maglev_writes: usize,
+    pub services_published: usize,
+    pub services_removed: usize,
+    pub backend_writes: usize,
+}
+
+pub struct Programmer<M: Maps> {
+    maps: M,
+    services: BTreeMap<ServiceKey, ProgrammedService>,
+    backends: BTreeMap<BackendIdent, (u32, BackendValue)>,
+    free_service_ids: BTreeSet<u32>,
+    /// Freed backend ids are reused last-freed-last: connection-table entries may
+    /// still name an old id, and a quick reuse would send those flows to a
+    /// stranger instead of answering them with an RST.
+    free_backend_ids: VecDeque<u32>,
+    ports: BTreeMap<u32, u64>,
+}
+
+impl<M: Maps> Programmer<M> {
+    /// A programmer for freshly created (zeroed) maps.
+    pub fn new(maps: M) -> Self {
+        Programmer {
+            maps,
+            services: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            free_service_ids: (0..MAX_SERVICES).collect(),
+            free_backend_ids: (0..MAX_BACKENDS).collect(),
+            ports: BTreeMap::new(),
+        }
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// The backend id the dataplane uses for a backend, if it has one.
+    pub fn backend_id(&self, b: &DesiredBackend) -> Option<u32> {
+        self.backends.get(&ident(b)).map(|(id, _)| *id)
+    }
+
+    /// Makes the maps match `desired`. On error the maps may hold part of the
+    /// change, but every service still publishes a complete table: a table half is
+    /// only published after all its slots were written.
+    pub fn apply(&mut self, desired: &[DesiredService]) -> Result<ApplyReport> {
+        let mut report = ApplyReport::default();
+        for s in desired {
+            maglev::check_size(s.table_size)?;
+        }
+        let wanted: BTreeMap<ServiceKey, &DesiredService> =
+            desired.iter().map(|s| (s.key, s)).collect();
+        let new_services = wanted
+            .keys()
+            .filter(|k| !self.services.contains_key(k))
+            .count();
+        if new_services > self.free_service_ids.len() {
+            return Err(DataplaneError::Full {
+                what: "services",
+                max: MAX_SERVICES,
+            });
+        }
+
+        // 1. Backends: allocate ids and write values (new ids are referenced by
+        //    no table yet; existing ones only flip their alive bit).
+        let mut wanted_backends: BTreeMap<BackendIdent, bool> = BTreeMap::new();
+        for s in desired {
+            for b in &s.backends {
+                let alive = wanted_backends.entry(ident(b)).or_insert(false);
+                *alive |= b.alive;
+            }
+        }
+        for (bi, alive) in &wanted_backends {
+            let value = BackendValue {
+                addr: bi.addr,
+                port_be: bi.port_be,
+                family: bi.family,
+                flags: if *alive { BE_F_ALIVE } else { 0 } | if bi.local { BE_F_LOCAL } else { 0 },
+                mac: bi.mac,
+                _pad: [0; 2],
+            };
+            match self.backends.get(bi) {
+                Some((_, old)) if *old == value => {}
+                Some((id, _)) => {
+                    let id = *id;
+                    self.maps.set_backend(id, &value)?;
+                    self.backends.insert(bi.clone(), (id, value));
+                    report.backend_writes += 1;
+                }
+                None => {
+                    let id = self
+                        .free_backend_ids
+                        .pop_front()
+                        .ok_or(DataplaneError::Full {
+                            what: "backends",
+                            max: MAX_BACKENDS,
+                        })?;
+                    self.maps.set_backend(id, &value)?;
+                    self.backends.insert(bi.clone(), (id, value));
+                    report.backend_writes += 1;
+                }
+            }
+        }
+
+        // 2. Tables and services.
+        for (key, s) in &wanted {
+            let alive: Vec<(Vec<u8>, u32)> = s
+                .backends
+                .iter()
+                .filter(|b| b.alive)
+                .filter_map(|b| {
+                    self.backends
+                        .get(&ident(b))
+                        .map(|(id, _)| (b.maglev_identity(), *id))
+                })
+                .collect();
+            let mut table = maglev::build(s.table_size, &alive)?;
+            if table.is_empty() {
+                // No healthy backend: every slot says so, and the program answers
+                // TCP with an RST rather than leaving clients to time out.
+                table = vec![NO_BACKEND; s.table_size as usize];
+            }
+            let (id, half, prev) = match self.services.get(key) {
+                Some(p) => (p.value.id, p.value.maglev_half ^ 1, Some(p.value)),
+                None => {
+                    let id = self
+                        .free_service_ids
+                        .pop_first()
+                        .ok_or(DataplaneError::Full {
+                            what: "services",
+                            max: MAX_SERVICES,
+                        })?;
+                    self.services.insert(
+                        *key,
+                        ProgrammedService {
+                            value: ServiceValue {
+                                id,
+                                maglev_size: 0,
+                                maglev_half: 1,
+                                mode: 0,
+                                flags: 0,
+                                family: 0,
+                                _pad: 0,
+                                snat_addr: [0; 16],
+                            },
+                            // Kernel arrays start zeroed.
+                            halves: [
+                                vec![0; MAGLEV_MAX_SIZE as usize],
+                                vec![0; MAGLEV_MAX_SIZE as usize],
+                            ],
+                        },
+                    );
+                    (id, 0, None)
+                }
+            };
+            let value = ServiceValue {
+                id,
+                maglev_size: s.table_size,
+                maglev_half: half,
+                mode: s.mode,
+                flags: s.flags,
+                family: key.family,
+                _pad: 0,
+                snat_addr: s.snat_addr,
+            };
+            let prog = self.services.get_mut(key).ok_or(DataplaneError::Full {
+                what: "services",
+                max: MAX_SERVICES,
+            })?;
+            // Same table in the live half and nothing else changed: no write.
+            let live = (half ^ 1) as usize;
+            if let Some(prev) = prev
+                && prev.maglev_size == s.table_size
+                && prog.halves[live][..table.len()] == table[..]
+                && (ServiceValue {
+                    maglev_half: prev.maglev_half,
+                    ..value
+                }) == prev
+            {
+                continue;
+            }
+            let shadow = &mut prog.halves[half as usize];
+            for (slot, want) in table.iter().enumerate() {
+                if shadow[slot] != *want {
+                    self.maps
+                        .set_maglev(maglev_index(id, half, slot as u32), *want)?;
+                    shadow[slot] = *want;
+                    report.maglev_writes += 1;
+                }
+            }
+            self.maps.set_service(key, &value)?;
+            prog.value = value;
+            report.services_published += 1;
+        }
+
+        // 3. Ports: the union of the wanted services' ports.
+        let mut ports: BTreeMap<u32, u64> = BTreeMap::new();
+        for k in wanted.keys() {
+            let p = u16::from_be(k.port_be) as u32;
+            *ports.entry(p >> 6).or_default() |= 1 << (p & 63);
+        }
+        for (w, bits) in &ports {
+            if self.ports.get(w) != Some(bits) {
+                self.maps.set_port_word(*w, *bits)?;
+            }
+        }
+
+        // 4. Services no longer wanted, then ports no longer used.
+        let gone: Vec<ServiceKey> = self
+            .services
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.maps.remove_service(&k)?;
+            if let Some(p) = self.services.remove(&k) {
+                self.free_service_ids.insert(p.value.id);
+            }
+            report.services_removed += 1;
+        }
+        for w in self.ports.keys() {
+            if !ports.contains_key(w) {
+                self.maps.set_port_word(*w, 0)?;
+            }
+        }
+        self.ports = ports;
+
+        // 5. Backends no longer named by any service: cleared (flows still on
+        //    them get an RST) and their ids queued for late reuse.
+        let stale: Vec<BackendIdent> = self
+            .backends
+            .keys()
+            .filter(|b| !wanted_backends.contains_key(b))
+            .cloned()
+            .collect();
+        for bi in stale {
+            if let Some((id, _)) = self.backends.remove(&bi) {
+                self.maps.set_backend(id, &BackendValue::EMPTY)?;
+                self.free_backend_ids.push_back(id);
+                report.backend_writes += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn ident(b: &DesiredBackend) -> BackendIdent {
+    BackendIdent {
+        family: b.family,
+        addr: b.addr,
+        port_be: b.port_be,
+        mac: b.mac,
+        local: b.local,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::mem::MemMaps;
+    use vip_common::{FAMILY_V4, MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, SVC_F_RST_UNSERVABLE};
+
+    fn v4(a: [u8; 4]) -> AddrBytes {
+        let mut x = [0; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    }
+
+    fn backend(last: u8, alive: bool) -> DesiredBackend {
+        DesiredBackend {
+            family: FAMILY_V4,
+            addr: v4([10, 0, 0, last]),
+            port_be: 6443u16.to_be(),
+            mac: [2, 0, 0, 0, 0, last],
+            local: false,
+            alive,
+        }
+    }
+
+    fn service(backends: Vec<DesiredBackend>) -> DesiredService {
+        DesiredService {
+            key: ServiceKey {
+                addr: v4([10, 0, 0, 100]),
+                port_be: 6443u16.to_be(),
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+            },
+            mode: MODE_DSR,
+            flags: SVC_F_RST_UNSERVABLE,
+            snat_addr: [0; 16],
+            table_size: MAGLEV_DEFAULT_SIZE,
+            backends,
+        }
+    }
+
+    /// The live table of the only service, as backend ids.
+    fn live_table(p: &Programmer<MemMaps>) -> Vec<u32> {
+        let m = p.maps();
+        let (_, v) = m.services.iter().next().expect("a service");
+        (0..v.maglev_size)
+            .map(|s| m.maglev[maglev_index(v.id, v.maglev_half, s) as usize])
+            .collect()
+    }
+
+    #[test]
+    fn first_apply_publishes_a_full_table_and_the_port() {
+        let mut p = Programmer::new(MemMaps::default());
+        let r = p
+            .apply(&[service(vec![
+                backend(1, true),
+                backend(2, true),
+                backend(3, true),
+            ])])
+            .expect("apply");
+        assert_eq!(r.services_published, 1);
+        let t = live_table(&p);
+        assert_eq!(t.len(), MAGLEV_DEFAULT_SIZE as usize);
+        let ids: BTreeSet<u32> = t.iter().copied().collect();
+        assert_eq!(ids.len(), 3, "all three backends appear");
+        assert_eq!(
+            p.maps().ports.get(&(6443 >> 6)),
+            Some(&(1u64 << (6443 & 63)))
+        );
+        for id in ids {
+            assert_ne!(p.maps().backends[id as usize].flags & BE_F_ALIVE, 0);
+        }
+    }
+
+    #[test]
+    fn unchanged_state_writes_nothing() {
+        let mut p = Programmer::new(MemMaps::default());
+        let s = [service(vec![backend(1, true), backend(2, true)])];
+        p.apply(&s).expect("apply");
+        let before = p.maps().writes.clone();
+        let r = p.apply(&s).expect("apply");
+        assert_eq!(r, ApplyReport::default());
+        assert_eq!(p.maps().writes, before);
+    }
+
+    #[test]
+    fn a_dead_backend_leaves_the_table_and_only_its_slots_move_mostly() {
+        let mut p = Programmer::new(MemMaps::default());
+        p.apply(&[service(vec![
+            backend(1, true),
+            backend(2, true),
+            backend(3, true),
+        ])])
+        .expect("apply");
+        let before = live_table(&p);
+        let dead_id = p.backend_id(&backend(2, true)).expect("id");
+        p.apply(&[service(vec![
+            backend(1, true),
+            backend(2, false),
+            backend(3, true),
+        ])])
+        .expect("apply");
+        let after = live_table(&p);
+        assert!(
+            after.iter().all(|id| *id != dead_id),
+            "dead backend still in the live table"
+        );
+        assert_eq!(
+            p.maps().backends[dead_id as usize].flags & BE_F_ALIVE,
+            0,
+            "dead backend still marked alive"
+        );
+        let moved_others = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != dead_id && b != a)
+            .count();
+        assert!(
+            moved_others * 100 < before.len(),
+            "{moved_others} foreign slots moved"
+        );
+    }
+
+    #[test]
+    fn publishing_flips_the_half_and_writes_only_differences() {
+        let mut p = Programmer::new(MemMaps::default());
+        let three = [service(vec![
+            backend(1, true),
+            backend(2, true),
+            backend(3, true),
+        ])];
+        let two = [service(vec![
+            backend(1, true),
+            backend(2, false),
+            backend(3, true),
+        ])];
+        p.apply(&three).expect("apply");
+        let half0 = p.maps().services.values().next().expect("svc").maglev_half;
+        p.apply(&two).expect("apply");
+        let half1 = p.maps().services.values().next().expect("svc").maglev_half;
+        assert_ne!(half0, half1, "a new table must go to the idle half");
+        // Back to three: the idle half still holds the first table, so nothing
+        // but the service value needs writing.
+        let r = p.apply(&three).expect("apply");
+        assert_eq!(r.maglev_writes, 0, "the idle half already held this table");
+        assert_eq!(r.services_published, 1);
+    }
+
+    #[test]
+    fn no_alive_backend_publishes_an_all_empty_table() {
+        let mut p = Programmer::new(MemMaps::default());
+        p.apply(&[service(vec![backend(1, false)])]).expect("apply");
+        assert!(live_table(&p).iter().all(|id| *id == NO_BACKEND));
+    }
+
+    #[test]
+    fn removed_service_clears_port_and_backends() {
+        let mut p = Programmer::new(MemMaps::default());
+        p.apply(&[service(vec![backend(1, true)])]).expect("apply");
+        let id = p.backend_id(&backend(1, true)).expect("id");
+        p.apply(&[]).expect("apply");
+        assert!(p.maps().services.is_empty());
+        assert_eq!(p.maps().ports.get(&(6443 >> 6)), Some(&0));
+        assert_eq!(p.maps().backends[id as usize], BackendValue::EMPTY);
+        // The freed id is not handed out again at once.
+        p.apply(&[service(vec![backend(9, true)])]).expect("apply");
+        assert_ne!(p.backend_id(&backend(9, true)), Some(id));
+    }
+
+    #[test]
+    fn bad_table_size_is_refused_before_any_write() {
+        let mut p = Programmer::new(MemMaps::default());
+        let mut s = service(vec![backend(1, true)]);
+        s.table_size = 1000;
+        assert!(matches!(p.apply(&[s]), Err(DataplaneError::Maglev(_))));
+        assert_eq!(p.maps().writes, crate::dataplane::mem::Writes::default());
+    }
+}

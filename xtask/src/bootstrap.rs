@@ -1,0 +1,273 @@
+//! Installs what building and testing vipd needs, idempotently and visibly:
+//! rust-src for the toolchain that builds the eBPF crate, bpf-linker built against
+//! that toolchain's own libLLVM (kept in a cache folder outside the repository),
+//! the Debian packages the tests use, and a mounted bpffs.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{cmd_output, run, step};
+
+/// bpf-linker release built here; 0.13 supports LLVM 22 (see shared/TOOLCHAIN.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages and one command that proves each is usable. A package whose
+/// command already works (from whatever source) is left alone: this machine image
+/// ships Google's `kubectl`, which conflicts with Debian's `kubernetes-client`.
+const DEBIAN: &[(&str, &str)] = &[
+    ("iproute2", "ip"),
+    ("ethtool", "ethtool"),
+    ("bpftool", "bpftool"),
+    ("tcpdump", "tcpdump"),
+    ("keepalived", "keepalived"),
+    ("haproxy", "haproxy"),
+    ("kubernetes-client", "kubectl"),
+    ("openssl", "openssl"),
+    ("iputils-ping", "ping"),
+    ("netcat-openbsd", "nc"),
+];
+
+/// What later steps need to know about the toolchain.
+pub struct Toolchain {
+    /// rustup toolchain name used for the eBPF build (the one running us).
+    pub name: String,
+    /// Directory holding the `bpf-linker` binary, to prepend to PATH.
+    pub linker_dir: PathBuf,
+}
+
+pub fn bootstrap() -> Result<Toolchain> {
+    let started = Instant::now();
+    let tc = rust_toolchain()?;
+    rust_src(&tc)?;
+    let linker_dir = bpf_linker(&tc)?;
+    debian_packages()?;
+    bpffs()?;
+    step(&format!(
+        "bootstrap done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(Toolchain {
+        name: tc,
+        linker_dir,
+    })
+}
+
+fn rust_toolchain() -> Result<String> {
+    if which("rustup").is_none() {
+        bail!(
+            "rustup is not on PATH. vipd builds its eBPF program with rustup's toolchains \
+             (it needs rust-src and the toolchain's libLLVM). Install rustup \
+             (https://rustup.rs) and run `cargo xtask` again."
+        );
+    }
+    // rustup's cargo proxy tells child processes which toolchain it chose.
+    let tc = match env::var("RUSTUP_TOOLCHAIN") {
+        Ok(tc) if !tc.is_empty() => tc,
+        _ => "stable".to_owned(),
+    };
+    step(&format!(
+        "toolchain for the eBPF build: {tc} (stable + RUSTC_BOOTSTRAP for -Z build-std)"
+    ));
+    Ok(tc)
+}
+
+fn rust_src(tc: &str) -> Result<()> {
+    let sysroot =
+        cmd_output(Command::new("rustup").args(["run", tc, "rustc", "--print", "sysroot"]))?;
+    let src = Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core");
+    if src.is_dir() {
+        step(&format!("rust-src for {tc}: present"));
+        return Ok(());
+    }
+    step(&format!("rust-src for {tc}: missing, installing"));
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", tc]))
+        .with_context(|| format!("run `rustup component add rust-src --toolchain {tc}` by hand"))
+}
+
+/// The cache root: `$VIPD_CACHE`, else `$XDG_CACHE_HOME/vipd`, else `~/.cache/vipd`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = env::var_os("VIPD_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(d).join("vipd"));
+    }
+    let home = env::var_os("HOME")
+        .ok_or_else(|| anyhow!("HOME is not set; set VIPD_CACHE to a cache folder"))?;
+    Ok(PathBuf::from(home).join(".cache/vipd"))
+}
+
+/// LLVM major version of a toolchain's rustc, from `rustc -vV`.
+fn llvm_major(tc: &str) -> Result<u32> {
+    let vv = cmd_output(Command::new("rustup").args(["run", tc, "rustc", "-vV"]))?;
+    let line = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .ok_or_else(|| anyhow!("`rustc -vV` for {tc} printed no LLVM version:\n{vv}"))?;
+    let major = line.split('.').next().unwrap_or_default();
+    major
+        .parse()
+        .with_context(|| format!("LLVM version {line:?} from rustc -vV"))
+}
+
+/// Builds bpf-linker against the toolchain's own libLLVM (Debian 12 has no LLVM
+/// new enough) and installs it under the cache folder, keyed by linker version and
+/// LLVM major. bpf-linker's LLVM major must be >= rustc's, or linking fails with
+/// `Invalid record`; building against the same toolchain guarantees equality.
+fn bpf_linker(tc: &str) -> Result<PathBuf> {
+    let major = llvm_major(tc)?;
+    let root = cache_dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-llvm{major}"));
+    let bin_dir = root.join("bin");
+    let bin = bin_dir.join("bpf-linker");
+    if bin.is_file()
+        && Command::new(&bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    {
+        step(&format!(
+            "bpf-linker {BPF_LINKER_VERSION} (LLVM {major}): present in {}",
+            bin_dir.display()
+        ));
+        return Ok(bin_dir);
+    }
+    step(&format!(
+        "bpf-linker {BPF_LINKER_VERSION} (LLVM {major}): building against {tc}'s libLLVM into {} (about a minute)",
+        root.display()
+    ));
+    let sysroot =
+        cmd_output(Command::new("rustup").args(["run", tc, "rustc", "--print", "sysroot"]))?;
+    let sysroot_lib = Path::new(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&sysroot_lib)
+        .with_context(|| format!("reading {}", sysroot_lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so"))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "no libLLVM.so* in {}: this toolchain does not ship its LLVM. \
+                 Install a rustup toolchain that does (stable or nightly from rustup).",
+                sysroot_lib.display()
+            )
+        })?;
+    // A prefix whose lib/ holds libLLVM.so (for the linker at build time) and the
+    // library under its own SONAME file name (for the loader at run time: without
+    // it bpf-linker only starts under `rustup run`).
+    let prefix = root.join("llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    let soname = libllvm
+        .file_name()
+        .ok_or_else(|| anyhow!("libLLVM path has no file name"))?;
+    for name in [OsString::from("libLLVM.so"), soname.to_owned()] {
+        let link = prefix_lib.join(&name);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&libllvm, &link)
+            .with_context(|| format!("symlink {} -> {}", link.display(), libllvm.display()))?;
+    }
+    let started = Instant::now();
+    run(Command::new("rustup")
+        .args([
+            "run",
+            tc,
+            "cargo",
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
+        .args([
+            "--locked",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .arg("--root")
+        .arg(&root)
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker failed (see cargo's output above)")?;
+    let out = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .context("running the new bpf-linker")?;
+    if !out.status.success() {
+        bail!(
+            "bpf-linker was built but does not start: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    step(&format!(
+        "bpf-linker built in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(bin_dir)
+}
+
+fn is_root() -> bool {
+    cmd_output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN
+        .iter()
+        .filter(|(_, cmd)| which(cmd).is_none())
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if which("apt-get").is_none() {
+        bail!(
+            "missing tools from Debian packages [{list}] and there is no apt-get: install them by hand"
+        );
+    }
+    if !is_root() {
+        bail!("missing Debian packages; as root run: apt-get update && apt-get install -y {list}");
+    }
+    step(&format!("Debian packages: installing {list}"));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("apt-get install {list}"))
+}
+
+/// Pinning maps and programs needs bpffs at /sys/fs/bpf.
+fn bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
+        step("bpffs: mounted");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("bpffs is not mounted; as root run: mount -t bpf bpf /sys/fs/bpf");
+    }
+    step("bpffs: mounting at /sys/fs/bpf");
+    run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Finds an executable on PATH (and in /usr/sbin, /sbin, which a non-login root
+/// shell may lack).
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}

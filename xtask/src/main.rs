@@ -1,0 +1,240 @@
+//! `cargo xtask`: the one entry point for building, checking, testing, running and
+//! benchmarking vipd. Every command bootstraps first (idempotent, seconds when
+//! everything is in place) so a fresh machine needs nothing installed by hand.
+
+mod bootstrap;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Build, check, test, run and benchmark vipd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: rust-src, bpf-linker, Debian packages, bpffs.
+    Bootstrap,
+    /// Build the agent (with its embedded XDP program) and the test tools.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// rustfmt and clippy (-D warnings) for the userspace crates and the eBPF crate.
+    Check,
+    /// Every test: checks, unit tests, BPF_PROG_TEST_RUN program tests, namespace
+    /// topology tests. Needs root (the last two load XDP programs).
+    Test {
+        /// Passed to `cargo test` after `--` (a test name filter, `--nocapture`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// The main job: with no arguments, the namespace lab (vipd attached to a veth,
+    /// apiserver stand-ins behind it, a client); Ctrl-C stops and cleans up.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Benchmarks (`dataplane`): medians and ratios against baselines measured in
+    /// the same run.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.cmd.unwrap_or(Cmd::Run { args: vec![] }) {
+        Cmd::Bootstrap => bootstrap::bootstrap().map(drop),
+        Cmd::Build { release } => {
+            let tc = bootstrap::bootstrap()?;
+            build(&tc, release)
+        }
+        Cmd::Check => {
+            let tc = bootstrap::bootstrap()?;
+            check(&tc)
+        }
+        Cmd::Test { args } => {
+            let started = Instant::now();
+            let tc = bootstrap::bootstrap()?;
+            check(&tc)?;
+            test(&tc, &args)?;
+            step(&format!(
+                "all tests passed in {:.0}s",
+                started.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            let tc = bootstrap::bootstrap()?;
+            build(&tc, false)?;
+            let lab = root.join("target/debug/vip-lab");
+            step("starting the lab (Ctrl-C to stop and clean up)");
+            let mut c = Command::new(lab);
+            c.args(&args)
+                .env("VIPD_BIN", root.join("target/debug/vipd"));
+            exec(c)
+        }
+        Cmd::Bench { args } => {
+            let tc = bootstrap::bootstrap()?;
+            let mut c = cargo(&tc);
+            c.args([
+                "run",
+                "--release",
+                "-p",
+                "vip-tests",
+                "--bin",
+                "vip-bench",
+                "--",
+            ])
+            .args(&args);
+            run(&mut c)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask lives one level below the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// `cargo` for the chosen toolchain, with bpf-linker on PATH.
+fn cargo(tc: &bootstrap::Toolchain) -> Command {
+    let mut c = Command::new("cargo");
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![tc.linker_dir.clone()];
+    dirs.extend(env::split_paths(&path));
+    c.env("PATH", env::join_paths(dirs).unwrap_or(path));
+    c.env("RUSTUP_TOOLCHAIN", &tc.name);
+    c
+}
+
+fn build(tc: &bootstrap::Toolchain, release: bool) -> Result<()> {
+    let mut c = cargo(tc);
+    c.args(["build", "-p", "vip-userspace", "-p", "vip-tests", "--bins"]);
+    if release {
+        c.arg("--release");
+    }
+    timed("build", || run(&mut c))
+}
+
+fn check(tc: &bootstrap::Toolchain) -> Result<()> {
+    timed("cargo fmt --check", || {
+        run(cargo(tc).args(["fmt", "--all", "--check"]))
+    })?;
+    timed("clippy (userspace, -D warnings)", || {
+        run(cargo(tc).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    // The eBPF crate is checked for its real target with its own `core`, as
+    // aya-build builds it; RUSTC_BOOTSTRAP lets stable accept -Z build-std.
+    timed("clippy (eBPF, -D warnings)", || {
+        run(cargo(tc)
+            .args([
+                "clippy",
+                "-p",
+                "vip-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
+            .args(["--release", "--", "-D", "warnings"])
+            .env("RUSTC_BOOTSTRAP", "1"))
+    })
+}
+
+fn test(tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
+    if !bootstrap_is_root() {
+        bail!(
+            "the program and namespace tests load XDP programs and create network namespaces: \
+             run `cargo xtask test` as root"
+        );
+    }
+    timed("cargo test (unit, program, topology)", || {
+        let mut c = cargo(tc);
+        c.args(["test", "--workspace", "--no-fail-fast"]);
+        if !args.is_empty() {
+            c.arg("--").args(args);
+        }
+        run(&mut c)
+    })
+}
+
+fn bootstrap_is_root() -> bool {
+    cmd_output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
+}
+
+pub fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    step(what);
+    let t = Instant::now();
+    f()?;
+    step(&format!("{what}: ok in {:.1}s", t.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+pub fn run(c: &mut Command) -> Result<()> {
+    let status = c
+        .status()
+        .with_context(|| format!("failed to start {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn cmd_output(c: &mut Command) -> Result<String> {
+    let out = c
+        .output()
+        .with_context(|| format!("failed to start {c:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{c:?} failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a foreground child that owns the terminal, and exits with its status.
+/// Ctrl-C reaches the child (same process group); we ignore it ourselves so the
+/// child can clean up and exit on its own.
+fn exec(mut c: Command) -> Result<()> {
+    // SAFETY: installing SIG_IGN for SIGINT has no preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    let status = c
+        .status()
+        .with_context(|| format!("failed to start {c:?}"))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
