@@ -86,7 +86,7 @@ impl Pkt {
         let mut l4 = match self.l4 {
             L4::Tcp { flags, seq, ack } => {
                 let mut opts = self.tcp_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let doff = (20 + opts.len()) / 4;
@@ -139,7 +139,7 @@ impl Pkt {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f.extend_from_slice(&0x0800u16.to_be_bytes());
                 let mut opts = self.ip_options.clone();
-                while opts.len() % 4 != 0 {
+                while !opts.len().is_multiple_of(4) {
                     opts.push(0);
                 }
                 let ihl = (20 + opts.len()) / 4;

@@ -18,11 +18,7 @@ const RST_TTL: u8 = 64;
 pub fn swap_macs(ctx: &XdpContext) -> Result<(), ()> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked.
-    unsafe {
-        let dst = (*eth).dst;
-        (*eth).dst = (*eth).src;
-        (*eth).src = dst;
-    }
+    unsafe { core::mem::swap(&mut (*eth).dst, &mut (*eth).src) };
     Ok(())
 }
 
@@ -115,9 +111,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
             let mut check = csum::update16((*ip).check, old_len, new_len);
             check = csum::update16(check, old_ttl_proto, new_ttl_proto);
             // Swapping source and destination leaves the checksum unchanged.
-            let s = (*ip).saddr;
-            (*ip).saddr = (*ip).daddr;
-            (*ip).daddr = s;
+            core::mem::swap(&mut (*ip).saddr, &mut (*ip).daddr);
             (*ip).tot_len = new_len;
             (*ip).ttl = RST_TTL;
             (*ip).check = check;
@@ -127,9 +121,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3_off)?;
         // SAFETY: bounds checked after the tail adjustment.
         unsafe {
-            let s = (*ip).saddr;
-            (*ip).saddr = (*ip).daddr;
-            (*ip).daddr = s;
+            core::mem::swap(&mut (*ip).saddr, &mut (*ip).daddr);
             (*ip).payload_len = (size_of::<TcpHdr>() as u16).to_be();
             (*ip).hop_limit = RST_TTL;
             pseudo += csum::sum_words(&(*ip).saddr) + csum::sum_words(&(*ip).daddr);
@@ -141,9 +133,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
 
     // SAFETY: bounds checked after the tail adjustment.
     unsafe {
-        let sport = (*tcp).source;
-        (*tcp).source = (*tcp).dest;
-        (*tcp).dest = sport;
+        core::mem::swap(&mut (*tcp).source, &mut (*tcp).dest);
         (*tcp).seq = out_seq.to_be_bytes();
         (*tcp).ack_seq = out_ack.to_be_bytes();
         (*tcp).doff_res = 5 << 4;

@@ -40,7 +40,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         family: p.key.family,
     };
     // SAFETY: the agent replaces service values whole; we copy it out at once.
-    let svc = match unsafe { SERVICES.get(&skey) } {
+    let svc = match unsafe { SERVICES.get(skey) } {
         Some(s) => *s,
         None => return Verdict::pass(Reason::PassNoService),
     };
@@ -50,7 +50,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
 
-    if let Some(ct) = CONNTRACK.get_ptr_mut(&p.key) {
+    if let Some(ct) = CONNTRACK.get_ptr_mut(p.key) {
         // SAFETY: LRU value pointer, valid during this run; racing writers
         // only ever store whole timestamps and flag bits.
         let (id, last, flags) = unsafe { ((*ct).backend_id, (*ct).last_seen_ns, (*ct).flags) };
@@ -103,7 +103,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             },
             _pad: [0; 7],
         };
-        if CONNTRACK.insert(&p.key, &v, 0).is_err() {
+        if CONNTRACK.insert(p.key, v, 0).is_err() {
             return Verdict::drop(Reason::DropConntrackFull);
         }
         stats::new_flow(id);

@@ -1,5 +1,6 @@
 //! The vipd agent as a library: the dataplane loader and map writer, the Maglev
 //! table builder, configuration, and the pieces the `vipd` binary wires together.
 
+pub mod config;
 pub mod dataplane;
 pub mod maglev;

@@ -1,1 +1,210 @@
-fn main() {}
+//! `vipd`: the agent binary.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+use tracing::{info, warn};
+use vip_common::Reason;
+use vip_userspace::{
+    config::Config,
+    dataplane::{
+        Maps,
+        kernel::{KernelMaps, LoadOptions, PROG_VIP},
+        programmer::Programmer,
+    },
+};
+
+#[derive(Parser)]
+#[command(
+    name = "vipd",
+    version,
+    about = "A virtual IP for the Kubernetes control plane: XDP load balancing for kube-apiservers"
+)]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Load and attach the XDP program, program the services, serve until
+    /// SIGINT/SIGTERM.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print traffic counters this often (seconds; 0 = never).
+        #[arg(long, default_value_t = 5)]
+        stats_interval: u64,
+    },
+    /// Validate a configuration file without touching the system.
+    CheckConfig { config: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let res = match cli.cmd {
+        Cmd::Run {
+            config,
+            stats_interval,
+        } => run(&config, stats_interval),
+        Cmd::CheckConfig { config } => check_config(&config),
+    };
+    if let Err(e) = res {
+        eprintln!("vipd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn check_config(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let backends: usize = cfg.services.iter().map(|s| s.backends.len()).sum();
+    println!(
+        "{}: ok ({} services, {} backends)",
+        path.display(),
+        cfg.services.len(),
+        backends
+    );
+    Ok(())
+}
+
+fn run(path: &Path, stats_interval: u64) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(cfg, stats_interval))
+}
+
+async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
+    let mut maps = KernelMaps::load(&LoadOptions {
+        conntrack_capacity: cfg.conntrack_capacity,
+    })?;
+    let attached = maps
+        .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
+        .with_context(|| format!("attaching to {}", cfg.interface))?;
+    info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
+    let mut prog = Programmer::new(maps);
+    let report = prog
+        .apply(&cfg.desired())
+        .context("programming the services")?;
+    info!(
+        services = report.services_published,
+        backends = report.backend_writes,
+        maglev_writes = report.maglev_writes,
+        "services programmed"
+    );
+    let vips: Vec<IpAddr> = if cfg.hold_vips {
+        let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
+        v.sort();
+        v.dedup();
+        v
+    } else {
+        vec![]
+    };
+    let mut added = vec![];
+    for vip in &vips {
+        match vip_addr(&cfg.interface, *vip, true) {
+            Ok(()) => {
+                info!(vip = %vip, interface = %cfg.interface, "VIP added");
+                added.push(*vip);
+            }
+            Err(e) => {
+                remove_vips(&cfg.interface, &added);
+                return Err(e);
+            }
+        }
+    }
+    println!("vipd ready: {} attached ({attached})", cfg.interface);
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+    let mut last = vec![];
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break }
+            _ = term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = tick.tick(), if stats_interval > 0 => {
+                match prog.maps().reason_counters() {
+                    Ok(c) => {
+                        let line: Vec<String> = Reason::ALL
+                            .iter()
+                            .filter(|r| c[**r as usize].packets > 0)
+                            .map(|r| format!("{}={}", r.label(), c[*r as usize].packets))
+                            .collect();
+                        if line != last {
+                            info!(counters = %line.join(" "), "traffic");
+                            last = line;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "reading counters failed"),
+                }
+            }
+        }
+    }
+    remove_vips(&cfg.interface, &added);
+    // Dropping the programmer drops the maps and the XDP link: the program
+    // detaches (it is not pinned yet).
+    drop(prog);
+    info!("stopped");
+    Ok(())
+}
+
+fn remove_vips(iface: &str, vips: &[IpAddr]) {
+    for vip in vips {
+        match vip_addr(iface, *vip, false) {
+            Ok(()) => info!(vip = %vip, "VIP removed"),
+            Err(e) => {
+                warn!(vip = %vip, error = %e, "removing the VIP failed; remove it by hand with `ip addr del`")
+            }
+        }
+    }
+}
+
+/// Adds or removes a VIP as a host address (/32 or /128) on the interface.
+fn vip_addr(iface: &str, vip: IpAddr, add: bool) -> Result<()> {
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    let cidr = format!("{vip}/{prefix}");
+    let mut c = Command::new("ip");
+    c.args(["addr", if add { "add" } else { "del" }, &cidr, "dev", iface]);
+    if vip.is_ipv6() && add {
+        // No duplicate address detection: the VIP must answer at once, and VRRP
+        // (not DAD) decides who holds it.
+        c.arg("nodad");
+    }
+    let out = c.output().context("running `ip` (iproute2)")?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if add && err.contains("File exists") {
+            return Ok(());
+        }
+        bail!(
+            "ip addr {} {cidr} dev {iface}: {}",
+            if add { "add" } else { "del" },
+            err.trim()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Ready-made topologies shared by the namespace tests and the lab: a client, one
+//! LB node running the real `vipd`, and three backends running the apiserver
+//! stand-in behind the VIP.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::PathBuf,
+    time::Duration,
+};
+
+use vip_userspace::dataplane::kernel::{AttachMode, KernelMaps, LoadOptions, PROG_PASS};
+
+use crate::{
+    certs::TestPki,
+    netns::{Lab, Proc, VIP_V4, VIP_V6, in_netns, mac_to_string},
+    standin::{StandinHandle, StandinOptions, spawn_in_thread},
+};
+
+pub const PORT: u16 = 6443;
+pub const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
+
+/// Mode dsr: client, lb (vipd), be1..be3 (stand-ins with the VIP on lo).
+pub struct DsrLab {
+    pub lab: Lab,
+    pub pki: TestPki,
+    pub ca_path: PathBuf,
+    pub config_path: PathBuf,
+    pub vipd: Proc,
+    pub standins: Vec<StandinHandle>,
+    pub xdp_mode: AttachMode,
+}
+
+impl DsrLab {
+    /// Builds the topology and starts everything; returns once vipd says it
+    /// is ready. `xdp_mode` is Native or Skb.
+    pub fn start(hint: &str, xdp_mode: AttachMode) -> DsrLab {
+        let lab = Lab::new(hint, &["client", "lb", "be1", "be2", "be3"]);
+        let pki = TestPki::new();
+        let ca_path = lab.dir().join("ca.crt");
+        std::fs::write(&ca_path, pki.ca_pem()).expect("write CA");
+
+        let mut standins = vec![];
+        for be in BACKENDS {
+            // The VIP is local on every backend (so the kernel accepts packets
+            // sent to it) but never announced: arp_ignore=1 answers ARP only for
+            // addresses on the receiving interface, arp_announce=2 never uses
+            // the VIP as an ARP source (Documentation/networking/ip-sysctl.rst).
+            lab.sh(
+                be,
+                &[
+                    "sysctl",
+                    "-qw",
+                    "net.ipv4.conf.all.arp_ignore=1",
+                    "net.ipv4.conf.all.arp_announce=2",
+                ],
+            );
+            lab.sh(
+                be,
+                &["ip", "addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"],
+            );
+            lab.sh(
+                be,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP_V6}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ],
+            );
+            let node = lab.node(be).clone();
+            let (cert, key) = pki.issue_server(
+                &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+                &[
+                    IpAddr::V4(VIP_V4),
+                    IpAddr::V6(VIP_V6),
+                    IpAddr::V4(node.ipv4),
+                ],
+            );
+            let listener = in_netns(&node.ns, || TcpListener::bind(("::", PORT)))
+                .unwrap_or_else(|e| panic!("bind [::]:{PORT} in {be}: {e}"));
+            let listen = listener.local_addr().expect("local addr");
+            standins.push(spawn_in_thread(
+                StandinOptions {
+                    listen,
+                    cert_pem: cert,
+                    key_pem: key,
+                    name: be.to_owned(),
+                    watch_interval: Duration::from_millis(200),
+                    client_ca_pem: None,
+                },
+                listener,
+            ));
+        }
+
+        if xdp_mode == AttachMode::Native {
+            // veth delivers the LB's native XDP_TX frames only if its peer runs
+            // an XDP program (drivers/net/veth.c); give the switch port one that
+            // passes everything.
+            let port = lab.node("lb").switch_port.clone();
+            let sw = lab.switch_ns().to_owned();
+            let pass = in_netns(&sw, || {
+                let mut m = KernelMaps::load(&LoadOptions {
+                    conntrack_capacity: 1024,
+                })
+                .expect("load the XDP object for the switch port");
+                m.attach(PROG_PASS, &port, AttachMode::Native)
+                    .expect("attach vip_pass to the switch port");
+                m
+            });
+            lab.keep(Box::new(pass));
+        }
+
+        let mode = match xdp_mode {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+            AttachMode::Auto => "auto",
+        };
+        let mut cfg = format!(
+            "# Written by vip_tests::scenario::DsrLab\ninterface: eth0\nxdp_mode: {mode}\nhold_vips: true\nservices:\n"
+        );
+        for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+            cfg.push_str(&format!(
+                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: dsr\n    backends:\n"
+            ));
+            for be in BACKENDS {
+                let n = lab.node(be);
+                let addr: IpAddr = if vip.is_ipv4() {
+                    n.ipv4.into()
+                } else {
+                    n.ipv6.into()
+                };
+                cfg.push_str(&format!(
+                    "      - address: \"{addr}\"\n        mac: \"{}\"\n",
+                    mac_to_string(&n.mac)
+                ));
+            }
+        }
+        let config_path = lab.dir().join("vipd.yaml");
+        std::fs::write(&config_path, cfg).expect("write vipd config");
+
+        let vipd_bin = crate::vipd_bin();
+        let vipd = lab.spawn(
+            "lb",
+            vipd_bin.to_str().expect("utf-8 path"),
+            &[
+                "run",
+                "--config",
+                config_path.to_str().expect("utf-8 path"),
+                "--stats-interval",
+                "1",
+            ],
+            &[("RUST_LOG", "info")],
+        );
+        vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
+        DsrLab {
+            lab,
+            pki,
+            ca_path,
+            config_path,
+            vipd,
+            standins,
+            xdp_mode,
+        }
+    }
+
+    pub fn vip_addr(v6: bool) -> SocketAddr {
+        if v6 {
+            SocketAddr::new(IpAddr::V6(VIP_V6), PORT)
+        } else {
+            SocketAddr::new(IpAddr::V4(VIP_V4), PORT)
+        }
+    }
+
+    /// Writes a kubeconfig for the VIP and returns its path. A token is set
+    /// (the stand-in ignores it) because kubectl with no credentials at all
+    /// prompts for a username.
+    pub fn kubeconfig(&self) -> PathBuf {
+        let path = self.lab.dir().join("kubeconfig");
+        let cfg = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: vip\n  cluster:\n    server: https://{VIP_V4}:{PORT}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: vipd-test\ncontexts:\n- name: c\n  context:\n    cluster: vip\n    user: u\ncurrent-context: c\n",
+            self.ca_path.display()
+        );
+        std::fs::write(&path, cfg).expect("write kubeconfig");
+        path
+    }
+
+    /// Runs kubectl inside the client namespace against the VIP.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let kc = self.kubeconfig();
+        let home = self.lab.dir().join("kubectl-home");
+        std::fs::create_dir_all(&home).expect("kubectl home");
+        let home_env = format!("HOME={}", home.display());
+        let mut full = vec![
+            "env",
+            &home_env,
+            "kubectl",
+            "--kubeconfig",
+            kc.to_str().expect("utf-8"),
+            "--request-timeout=10s",
+        ];
+        full.extend_from_slice(args);
+        self.lab.sh("client", &full)
+    }
+}
