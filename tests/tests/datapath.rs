@@ -16,6 +16,7 @@ use vip_common::{
 use vip_tests::packet::{
     L4, MAC_CLIENT, MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode,
 };
+use vip_userspace::config::addr_bytes;
 use vip_userspace::dataplane::{
     Maps,
     kernel::{KernelMaps, LoadOptions, PROG_VIP},
@@ -43,17 +44,6 @@ fn require_root() {
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-fn addr_bytes(a: IpAddr) -> (u8, AddrBytes) {
-    let mut b = [0; 16];
-    match a {
-        IpAddr::V4(v) => {
-            b[..4].copy_from_slice(&v.octets());
-            (FAMILY_V4, b)
-        }
-        IpAddr::V6(v) => (FAMILY_V6, v.octets()),
-    }
 }
 
 fn backend_mac(i: u8) -> [u8; 6] {

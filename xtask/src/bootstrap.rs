@@ -47,6 +47,7 @@ pub fn bootstrap() -> Result<Toolchain> {
     let started = Instant::now();
     let tc = rust_toolchain()?;
     rust_src(&tc)?;
+    rust_components(&tc)?;
     let linker_dir = bpf_linker(&tc)?;
     debian_packages()?;
     bpffs()?;
@@ -77,6 +78,39 @@ fn rust_toolchain() -> Result<String> {
         "toolchain for the eBPF build: {tc} (stable + RUSTC_BOOTSTRAP for -Z build-std)"
     ));
     Ok(tc)
+}
+
+/// clippy and rustfmt are part of rustup's default profile but not of the
+/// minimal one; `cargo xtask test` needs both.
+fn rust_components(tc: &str) -> Result<()> {
+    let installed = cmd_output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        tc,
+    ]))?;
+    let missing: Vec<&str> = ["clippy", "rustfmt"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        step(&format!("clippy, rustfmt for {tc}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "{} for {tc}: missing, installing",
+        missing.join(", ")
+    ));
+    run(Command::new("rustup")
+        .args(["component", "add", "--toolchain", tc])
+        .args(&missing))
+    .with_context(|| {
+        format!(
+            "run `rustup component add --toolchain {tc} {}` by hand",
+            missing.join(" ")
+        )
+    })
 }
 
 fn rust_src(tc: &str) -> Result<()> {

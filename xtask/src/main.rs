@@ -1,6 +1,6 @@
-//! `cargo xtask`: the one entry point for building, checking, testing, running and
-//! benchmarking vipd. Every command bootstraps first (idempotent, seconds when
-//! everything is in place) so a fresh machine needs nothing installed by hand.
+//! `cargo xtask`: the one entry point for building, checking, testing and running
+//! vipd. Every command bootstraps first (idempotent, seconds when everything is
+//! in place) so a fresh machine needs nothing installed by hand.
 
 mod bootstrap;
 
@@ -16,10 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "Build, check, test, run and benchmark vipd"
-)]
+#[command(name = "cargo xtask", about = "Build, check, test and run vipd")]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -46,12 +43,6 @@ enum Cmd {
     /// The main job: with no arguments, the namespace lab (vipd attached to a veth,
     /// apiserver stand-ins behind it, a client); Ctrl-C stops and cleans up.
     Run {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<OsString>,
-    },
-    /// Benchmarks (`dataplane`): medians and ratios against baselines measured in
-    /// the same run.
-    Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -91,21 +82,6 @@ fn main() -> Result<()> {
             c.args(&args)
                 .env("VIPD_BIN", root.join("target/debug/vipd"));
             exec(c)
-        }
-        Cmd::Bench { args } => {
-            let tc = bootstrap::bootstrap()?;
-            let mut c = cargo(&tc);
-            c.args([
-                "run",
-                "--release",
-                "-p",
-                "vip-tests",
-                "--bin",
-                "vip-bench",
-                "--",
-            ])
-            .args(&args);
-            run(&mut c)
         }
     }
 }

@@ -74,6 +74,21 @@ fn main() -> Result<()> {
     let client_ns = l.lab.node("client").ns.clone();
     let lb_ns = l.lab.node("lb").ns.clone();
     println!("==> lab up. VIP {VIP_V4}:{PORT} (and [fd77::100]:{PORT}), mode dsr");
+    for line in l
+        .vipd
+        .logs()
+        .lines()
+        .filter(|l| l.contains("attached") || l.contains("programmed"))
+    {
+        println!("    vipd:   {}", line.trim());
+    }
+    let link = l.lab.sh("lb", &["ip", "-d", "link", "show", "eth0"]);
+    for line in link
+        .lines()
+        .filter(|l| l.contains("prog/xdp") || l.contains("xdp"))
+    {
+        println!("    lb eth0: {}", line.trim());
+    }
     println!("    namespaces: {}", l.lab.namespaces().join(" "));
     println!("    program:    ip netns exec {lb_ns} ip link show eth0   (look for 'xdp')");
     println!(
@@ -86,7 +101,7 @@ fn main() -> Result<()> {
     let cfg = client_config(&l.pki.ca_pem(), None);
     let started = Instant::now();
     let counters_seen = Arc::new(AtomicBool::new(false));
-    let mut last_log_len = 0;
+    let mut last_log_len = l.vipd.logs().len();
     while !STOP.load(Ordering::SeqCst) {
         if let Some(d) = args.duration
             && started.elapsed() >= Duration::from_secs(d)
