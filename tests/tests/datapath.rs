@@ -10,8 +10,7 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use vip_common::{
-    AddrBytes, FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, PROTO_UDP, Reason,
-    SVC_F_RST_UNSERVABLE, ServiceKey,
+    MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, PROTO_UDP, Reason, SVC_F_RST_UNSERVABLE, ServiceKey,
 };
 use vip_tests::packet::{
     L4, MAC_CLIENT, MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode,
