@@ -46,6 +46,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Benchmarks: `dataplane` (ns per packet through BPF_PROG_TEST_RUN, with
+    /// baselines measured in the same run). Needs root.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -53,6 +59,22 @@ fn main() -> Result<()> {
     let root = workspace_root();
     env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
     match cli.cmd.unwrap_or(Cmd::Run { args: vec![] }) {
+        Cmd::Bench { args } => {
+            let tc = bootstrap::bootstrap()?;
+            let mut c = cargo(&tc);
+            c.args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "vip-tests",
+                "--bin",
+                "vip-bench",
+                "--",
+            ])
+            .args(&args);
+            run(&mut c)
+        }
         Cmd::Bootstrap => bootstrap::bootstrap().map(drop),
         Cmd::Build { release } => {
             let tc = bootstrap::bootstrap()?;

@@ -143,6 +143,12 @@ impl KernelMaps {
         self.ebpf.map(name).ok_or(DataplaneError::NoMap(name))
     }
 
+    /// A map by name, for tools that need more than the `Maps` trait offers
+    /// (filling the connection table in benchmarks, dumping it for status).
+    pub fn raw_map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.map_mut(name)
+    }
+
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap(name))
     }
