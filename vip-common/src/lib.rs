@@ -115,6 +115,10 @@ reasons! {
     DropAdjustFailed = 16, "drop_adjust_failed";
     /// The service's mode is not one the datapath implements.
     DropBadMode = 17, "drop_bad_mode";
+    /// Mode nat: no free source port for this backend (range exhausted).
+    DropNatPortsExhausted = 18, "drop_nat_ports_exhausted";
+    /// Mode nat: no route to the backend or client (FIB lookup failed).
+    DropNoRoute = 19, "drop_no_route";
 }
 
 /// Number of reason counters (the length of the `REASONS` per-CPU array).
@@ -222,10 +226,64 @@ pub struct ConnValue {
     pub last_seen_ns: u64,
     pub backend_id: u32,
     pub service_id: u32,
+    /// Mode nat: the source port allocated towards the backend.
+    pub nat_port_be: u16,
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<ConnValue>() == 24);
+
+/// Value of the `NAT_REV` LRU hash, keyed by the flow as the backend sends it
+/// (backend -> SNAT address:port): the client side to translate replies back to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatValue {
+    pub last_seen_ns: u64,
+    pub client_addr: AddrBytes,
+    pub vip: AddrBytes,
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<NatValue>() == 48);
+
+/// Program-wide settings, the single entry of the `GLOBALS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Globals {
+    /// Mode nat source ports: [nat_port_lo, nat_port_hi], host order. vipd
+    /// reserves them from the kernel (ip_local_reserved_ports) so local sockets
+    /// never take one.
+    pub nat_port_lo: u16,
+    pub nat_port_hi: u16,
+    /// Idle time after which a TCP flow's entries no longer count. The default
+    /// (7500 s) outlasts Linux's default keepalive time (7200 s), so an idle
+    /// connection that its endpoints keep alive is never cut.
+    pub tcp_idle_s: u32,
+    /// Idle time for UDP flows.
+    pub udp_idle_s: u32,
+    /// How long a flow that saw FIN or RST stays after its last packet.
+    pub closing_s: u32,
+}
+const _: () = assert!(size_of::<Globals>() == 16);
+
+impl Globals {
+    pub const DEFAULT: Globals = Globals {
+        nat_port_lo: 40000,
+        nat_port_hi: 59999,
+        tcp_idle_s: 7500,
+        udp_idle_s: 300,
+        closing_s: 10,
+    };
+}
+
+/// Capacity of `NAT_REV`: one reverse entry per translated connection, so the
+/// agent sizes it like `CONNTRACK`.
+pub const NAT_DEFAULT_CAPACITY: u32 = CONNTRACK_DEFAULT_CAPACITY;
+
+/// Source ports tried per new nat flow before giving up.
+pub const NAT_PORT_TRIES: u32 = 16;
 
 // Pod lets aya copy these types in and out of maps. Sound: every type above is
 // repr(C), Copy, and has no padding (asserted by size).
@@ -239,6 +297,8 @@ mod pod {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnValue {}
+    unsafe impl aya::Pod for NatValue {}
+    unsafe impl aya::Pod for Globals {}
 }
 
 /// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.

@@ -10,18 +10,6 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// Sum of the 16-bit words of `bytes` (even length, as in memory).
-#[inline(always)]
-pub fn sum_words<const N: usize>(bytes: &[u8; N]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i + 1 < N {
-        sum += u16::from_ne_bytes([bytes[i], bytes[i + 1]]) as u32;
-        i += 2;
-    }
-    sum
-}
-
 /// RFC 1624 eqn. 3: the new checksum after a 16-bit field changes from `old` to
 /// `new`: HC' = ~(~HC + ~m + m').
 #[inline(always)]

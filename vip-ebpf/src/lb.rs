@@ -1,16 +1,18 @@
-//! The load-balancing decision: is this ours (service lookup), which backend
-//! (connection table, else Maglev), and how to send it (by service mode).
+//! The load-balancing decision: is this ours (reverse NAT, then service
+//! lookup), which backend (connection table, else Maglev), and how to send it
+//! (by service mode).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use vip_common::{
-    BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, ConnValue, MAGLEV_MAX_SIZE, MODE_DSR,
-    NO_BACKEND, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, ServiceKey, ServiceValue, flow_hash,
-    maglev_index,
+    BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, ConnKey, ConnValue, Globals,
+    MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_PORT_TRIES, NO_BACKEND, NatValue, PROTO_TCP, Reason,
+    SVC_F_RST_UNSERVABLE, ServiceKey, ServiceValue, flow_hash, maglev_index,
 };
 
 use crate::{
     Verdict, fwd,
-    maps::{BACKENDS, CONNTRACK, MAGLEV, SERVICE_PORTS, SERVICES},
+    maps::{BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_REV, SCRATCH, SERVICE_PORTS, SERVICES},
+    nat::{self, Endpoints},
     parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse},
     stats,
 };
@@ -18,17 +20,34 @@ use crate::{
 /// Refresh a connection's timestamp at most this often: a write per packet
 /// would bounce the entry's cache line between CPUs for nothing.
 const CT_TOUCH_NS: u64 = 1_000_000_000;
+const NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext) -> Verdict {
-    let p = match parse(ctx) {
-        Ok(p) => p,
-        Err(reason) => return Verdict::pass(reason),
+    let p = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else runs on it during this program.
+        Some(p) => unsafe { &mut *p },
+        None => return Verdict::drop(Reason::DropAdjustFailed),
     };
+    if let Err(reason) = parse(ctx, p) {
+        return Verdict::pass(reason);
+    }
+    let p: &Parsed = p;
+    let g = globals();
+    let port = u16::from_be(p.key.dport_be);
+
+    // Replies from backends to a source port we allocated (mode nat). The
+    // range check keeps this hash lookup off every other packet's path.
+    if port >= g.nat_port_lo
+        && port <= g.nat_port_hi
+        && let Some(v) = NAT_REV.get_ptr_mut(p.key)
+    {
+        return Verdict::unpack(reverse_nat(ctx, p, v));
+    }
 
     // Cheap pre-filter: no service on this port means not ours, without a hash
     // lookup (an array lookup is inlined by the verifier).
-    let port = u16::from_be(p.key.dport_be) as u32;
+    let port = port as u32;
     match SERVICE_PORTS.get(port >> 6) {
         Some(word) if *word & (1u64 << (port & 63)) != 0 => {}
         _ => return Verdict::pass(Reason::PassNoService),
@@ -53,11 +72,19 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     if let Some(ct) = CONNTRACK.get_ptr_mut(p.key) {
         // SAFETY: LRU value pointer, valid during this run; racing writers
         // only ever store whole timestamps and flag bits.
-        let (id, last, flags) = unsafe { ((*ct).backend_id, (*ct).last_seen_ns, (*ct).flags) };
+        let (id, last, flags, nat_port) = unsafe {
+            (
+                (*ct).backend_id,
+                (*ct).last_seen_ns,
+                (*ct).flags,
+                (*ct).nat_port_be,
+            )
+        };
+        let live = !expired(now, last, flags, is_tcp, &g);
         if let Some(be) = alive_backend(id) {
-            // A SYN on a closing entry is a new connection reusing the tuple:
-            // choose again so it follows the current table.
-            if !(syn && flags & CT_F_CLOSING != 0) {
+            // A SYN on a closing or expired entry is a new connection reusing
+            // the tuple: choose again so it follows the current table.
+            if live && !(syn && flags & CT_F_CLOSING != 0) {
                 if now.wrapping_sub(last) > CT_TOUCH_NS || p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                     // SAFETY: as above.
                     unsafe {
@@ -67,13 +94,19 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
                         }
                     }
                 }
-                return forward(ctx, &p, &svc, id, &be);
+                return forward(ctx, p, &svc, id, &be, nat_port);
             }
-        } else if !syn {
+        } else if live && !syn {
             // The flow's backend died: tell the client now rather than let
             // it time out (client-go needs ~45 s to notice a silent peer).
-            return unservable(ctx, &p, &svc, Some(id));
+            return unservable(ctx, p, &svc, Some(id));
         }
+    }
+
+    // Mode nat cannot pick up a connection in the middle: the backend never
+    // saw its handshake. Refuse it at once (RFC 9293 section 3.10.7.1).
+    if svc.mode == MODE_NAT && is_tcp && !syn {
+        return unservable(ctx, p, &svc, None);
     }
 
     // A new flow (or one whose entry was evicted, or that follows a VIP move in
@@ -85,30 +118,69 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     let slot = flow_hash(&p.key) % size;
     let id = match MAGLEV.get(maglev_index(svc.id, svc.maglev_half, slot)) {
         Some(id) if *id != NO_BACKEND => *id,
-        _ => return unservable(ctx, &p, &svc, None),
+        _ => return unservable(ctx, p, &svc, None),
     };
     let be = match alive_backend(id) {
         Some(be) => be,
-        None => return unservable(ctx, &p, &svc, None),
+        None => return unservable(ctx, p, &svc, None),
     };
-    if !(is_tcp && p.tcp_flags & TCP_RST != 0) {
-        let v = ConnValue {
-            last_seen_ns: now,
-            backend_id: id,
-            service_id: svc.id,
-            flags: if p.tcp_flags & TCP_FIN != 0 {
-                CT_F_CLOSING
-            } else {
-                0
-            },
-            _pad: [0; 7],
-        };
-        if CONNTRACK.insert(p.key, v, 0).is_err() {
-            return Verdict::drop(Reason::DropConntrackFull);
+    if is_tcp && p.tcp_flags & TCP_RST != 0 {
+        // Nothing to set up for an RST; dsr passes it on, nat has no port.
+        if svc.mode == MODE_NAT {
+            return Verdict::drop(Reason::DropNoBackend);
         }
-        stats::new_flow(id);
+        return forward(ctx, p, &svc, id, &be, 0);
     }
-    forward(ctx, &p, &svc, id, &be)
+    let mut nat_port = 0u16;
+    if svc.mode == MODE_NAT {
+        let got = allocate_port(p, &svc, &be, now);
+        if got == 0 {
+            return Verdict::drop(Reason::DropNatPortsExhausted);
+        }
+        nat_port = got as u16;
+    }
+    let v = ConnValue {
+        last_seen_ns: now,
+        backend_id: id,
+        service_id: svc.id,
+        nat_port_be: nat_port,
+        flags: if p.tcp_flags & TCP_FIN != 0 {
+            CT_F_CLOSING
+        } else {
+            0
+        },
+        _pad: [0; 5],
+    };
+    if CONNTRACK.insert(p.key, v, 0).is_err() {
+        return Verdict::drop(Reason::DropConntrackFull);
+    }
+    stats::new_flow(id);
+    forward(ctx, p, &svc, id, &be, nat_port)
+}
+
+/// The agent's settings; an unwritten (all-zero) entry means the defaults, so
+/// a program that runs before the agent wrote them never expires everything.
+#[inline(always)]
+fn globals() -> Globals {
+    match GLOBALS.get(0) {
+        Some(g) if g.tcp_idle_s != 0 => *g,
+        _ => Globals::DEFAULT,
+    }
+}
+
+/// An entry no longer counts once idle past its protocol's timeout, or past
+/// the closing linger after FIN/RST.
+#[inline(always)]
+fn expired(now: u64, last: u64, flags: u8, tcp: bool, g: &Globals) -> bool {
+    let idle = now.wrapping_sub(last);
+    let limit = if flags & CT_F_CLOSING != 0 {
+        g.closing_s
+    } else if tcp {
+        g.tcp_idle_s
+    } else {
+        g.udp_idle_s
+    };
+    idle > limit as u64 * NS
 }
 
 #[inline(always)]
@@ -119,28 +191,146 @@ fn alive_backend(id: u32) -> Option<BackendValue> {
     }
 }
 
+/// Finds a source port such that (backend, port, SNAT address, source port,
+/// protocol) is used by no other flow: the reverse entry is inserted with
+/// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
+/// Starts at a hash of the client's flow and probes linearly. Returns the port
+/// (network order) in the low 16 bits with bit 16 set, or 0 if every try was
+/// taken: a plain integer, because a BPF call returns in one register.
+#[inline(never)]
+fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, now: u64) -> u32 {
+    let g = globals();
+    let hash = flow_hash(&p.key);
+    if g.nat_port_hi < g.nat_port_lo {
+        return 0;
+    }
+    let lo = g.nat_port_lo as u32;
+    let range = g.nat_port_hi as u32 - lo + 1;
+    // Never zero (hi >= lo), but the compiler cannot see it and would keep a
+    // division-by-zero panic path, which the verifier rejects.
+    if range == 0 {
+        return 0;
+    }
+    let value = NatValue {
+        last_seen_ns: now,
+        client_addr: p.key.saddr,
+        vip: p.key.daddr,
+        client_port_be: p.key.sport_be,
+        vip_port_be: p.key.dport_be,
+        flags: 0,
+        _pad: [0; 3],
+    };
+    let start = hash % range;
+    for i in 0..NAT_PORT_TRIES {
+        let port = (lo + (start + i) % range) as u16;
+        let rev = ConnKey {
+            saddr: be.addr,
+            daddr: svc.snat_addr,
+            sport_be: be.port_be,
+            dport_be: port.to_be(),
+            proto: p.key.proto,
+            family: p.key.family,
+            _pad: [0; 2],
+        };
+        if NAT_REV.insert(rev, value, BPF_NOEXIST as u64).is_ok() {
+            return port.to_be() as u32 | 1 << 16;
+        }
+    }
+    0
+}
+
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
-    _p: &Parsed,
+    p: &Parsed,
     svc: &ServiceValue,
     id: u32,
     be: &BackendValue,
+    nat_port_be: u16,
 ) -> Verdict {
-    if svc.mode != MODE_DSR {
-        // Only dsr is implemented in the datapath so far; the agent refuses
-        // other modes, so reaching this means the maps were written by hand.
-        return Verdict::drop(Reason::DropBadMode);
-    }
-    if be.flags & BE_F_LOCAL != 0 {
-        return Verdict {
-            backend: Some(id),
-            ..Verdict::pass(Reason::PassLocalBackend)
+    if svc.mode == MODE_DSR {
+        if be.flags & BE_F_LOCAL != 0 {
+            return Verdict {
+                backend: Some(id),
+                ..Verdict::pass(Reason::PassLocalBackend)
+            };
+        }
+        return match fwd::dsr(ctx, &be.mac) {
+            Ok(()) => Verdict::tx(Reason::TxDsr, id),
+            Err(()) => Verdict::drop(Reason::DropAdjustFailed),
         };
     }
-    match fwd::dsr(ctx, &be.mac) {
-        Ok(()) => Verdict::tx(Reason::TxDsr, id),
-        Err(()) => Verdict::drop(Reason::DropAdjustFailed),
+    if svc.mode != MODE_NAT {
+        return Verdict::drop(Reason::DropBadMode);
+    }
+    let to = Endpoints {
+        saddr: &svc.snat_addr,
+        sport_be: nat_port_be,
+        daddr: &be.addr,
+        dport_be: be.port_be,
+    };
+    if nat::rewrite(ctx, p, &to).is_err() {
+        return Verdict::drop(Reason::DropAdjustFailed);
+    }
+    send(ctx, p, Reason::TxNat, Some(id))
+}
+
+/// A reply from a backend: translate it back to the client and send it.
+/// Returns a packed `Verdict` (a subprogram returns one register).
+#[inline(never)]
+fn reverse_nat(ctx: &XdpContext, p: &Parsed, v: *mut NatValue) -> u64 {
+    reverse_nat_inner(ctx, p, v).pack()
+}
+
+#[inline(always)]
+fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue) -> Verdict {
+    let g = globals();
+    let g = &g;
+    // SAFETY: LRU value pointer, valid during this run.
+    let n = unsafe { *v };
+    let is_tcp = p.key.proto == PROTO_TCP;
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if expired(now, n.last_seen_ns, n.flags, is_tcp, g) {
+        return Verdict::pass(Reason::PassNoService);
+    }
+    if now.wrapping_sub(n.last_seen_ns) > CT_TOUCH_NS || p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        // SAFETY: as above.
+        unsafe {
+            (*v).last_seen_ns = now;
+            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                (*v).flags |= CT_F_CLOSING;
+            }
+        }
+    }
+    let to = Endpoints {
+        saddr: &n.vip,
+        sport_be: n.vip_port_be,
+        daddr: &n.client_addr,
+        dport_be: n.client_port_be,
+    };
+    if nat::rewrite(ctx, p, &to).is_err() {
+        return Verdict::drop(Reason::DropAdjustFailed);
+    }
+    send(ctx, p, Reason::TxReverseNat, None)
+}
+
+#[inline(always)]
+fn send(ctx: &XdpContext, p: &Parsed, reason: Reason, backend: Option<u32>) -> Verdict {
+    let r = nat::forward(ctx, p);
+    if r & nat::FORWARD_FAILED != 0 {
+        return Verdict::drop(Reason::from_index(r & 0xff).unwrap_or(Reason::DropNoRoute));
+    }
+    if r == aya_ebpf::bindings::xdp_action::XDP_PASS {
+        return Verdict {
+            backend,
+            ..Verdict::pass(Reason::PassFibMiss)
+        };
+    }
+    Verdict {
+        action: r,
+        reason,
+        backend,
     }
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
-//! RST rewrites), `csum` (checksum arithmetic), `stats` (per-CPU counters).
+//! RST rewrites), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters).
 #![no_std]
 #![no_main]
 
@@ -11,6 +11,7 @@ mod csum;
 mod fwd;
 mod lb;
 mod maps;
+mod nat;
 mod parse;
 mod stats;
 
@@ -49,6 +50,31 @@ impl Verdict {
             action: xdp_action::XDP_TX,
             reason,
             backend: Some(backend),
+        }
+    }
+
+    /// One u64 for returning from a BPF subprogram: action (8 bits), reason
+    /// (8 bits), has-backend (1 bit), backend id (32 bits).
+    #[inline(always)]
+    pub fn pack(&self) -> u64 {
+        let (has, id) = match self.backend {
+            Some(id) => (1u64, id as u64),
+            None => (0, 0),
+        };
+        (self.action as u64 & 0xff) | (self.reason as u64 & 0xff) << 8 | has << 16 | id << 32
+    }
+
+    #[inline(always)]
+    pub fn unpack(v: u64) -> Self {
+        Verdict {
+            action: (v & 0xff) as u32,
+            reason: Reason::from_index(((v >> 8) & 0xff) as u32)
+                .unwrap_or(Reason::DropAdjustFailed),
+            backend: if v & (1 << 16) != 0 {
+                Some((v >> 32) as u32)
+            } else {
+                None
+            },
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Every map of the program, with its role. Sizes come from vip-common; the
 //! agent may resize `CONNTRACK` at load time.
 
+use crate::parse::Parsed;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use vip_common::{
-    BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, REASON_COUNT, ServiceKey, ServiceValue,
+    BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter, Globals,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NatValue, REASON_COUNT,
+    ServiceKey, ServiceValue,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -41,3 +43,18 @@ pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Mode nat: the flow as a backend sends it (backend -> SNAT address:port) ->
+/// the client side, to translate replies back.
+#[map]
+pub static NAT_REV: LruHashMap<ConnKey, NatValue> =
+    LruHashMap::with_max_entries(NAT_DEFAULT_CAPACITY, 0);
+
+/// Program-wide settings (one entry): NAT port range, idle timeouts.
+#[map]
+pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the parsed packet (see `parse::Parsed`): keeps
+/// the 512-byte BPF stack for the call chain.
+#[map]
+pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);

@@ -78,9 +78,17 @@ pub struct UdpHdr {
     pub check: u16,
 }
 
+/// Every header offset we use is below this (18 bytes of Ethernet and VLAN, 60
+/// of IPv4 header).
+pub const MAX_OFF: usize = 0xff;
+
 /// Returns a pointer to a `T` at `off` if it lies wholly inside the packet.
+/// The offset is masked to `MAX_OFF`: offsets read back from the scratch map
+/// are unknown scalars to the verifier, which refuses unbounded packet
+/// arithmetic; the mask bounds them (and changes none we use).
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
+    let off = off & MAX_OFF;
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -89,7 +97,11 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, ()> {
     Ok((start + off) as *mut T)
 }
 
-/// What the walk found. Offsets are from the start of the frame.
+/// What the walk found. Offsets are from the start of the frame. It lives in
+/// the per-CPU `SCRATCH` map, not on the stack: the BPF stack is 512 bytes for
+/// the whole call chain, and LLVM spreads a byte-array key over many stack
+/// slots when it can see the whole value.
+#[repr(C)]
 pub struct Parsed {
     pub l3_off: usize,
     pub l4_off: usize,
@@ -99,7 +111,7 @@ pub struct Parsed {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
+pub fn parse(ctx: &XdpContext, out: &mut Parsed) -> Result<(), Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
     let mut proto = unsafe { (*eth).proto };
@@ -111,7 +123,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
         l3_off += size_of::<VlanHdr>();
     }
 
-    let mut key = ConnKey {
+    let key = &mut out.key;
+    *key = ConnKey {
         saddr: [0; 16],
         daddr: [0; 16],
         sport_be: 0,
@@ -213,12 +226,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Reason> {
             key.dport_be = (*udp).dest;
         }
     }
-    Ok(Parsed {
-        l3_off,
-        l4_off,
-        key,
-        tcp_flags,
-    })
+    out.l3_off = l3_off;
+    out.l4_off = l4_off;
+    out.tcp_flags = tcp_flags;
+    Ok(())
 }
 
 /// IPv6 extension headers (RFC 8200 section 4, and IANA's list).

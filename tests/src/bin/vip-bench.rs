@@ -154,8 +154,9 @@ fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
             last_seen_ns: 0,
             backend_id: 0,
             service_id: 0,
+            nat_port_be: 0,
             flags: 0,
-            _pad: [0; 7],
+            _pad: [0; 5],
         };
         ct.insert(key, v, 0)?;
     }

@@ -9,7 +9,9 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{Xdp, XdpMode},
 };
-use vip_common::{BackendStats, BackendValue, Counter, REASON_COUNT, ServiceKey, ServiceValue};
+use vip_common::{
+    BackendStats, BackendValue, Counter, Globals, NatValue, REASON_COUNT, ServiceKey, ServiceValue,
+};
 
 use super::{DataplaneError, EBPF_OBJECT, Maps, Result};
 
@@ -74,9 +76,14 @@ impl KernelMaps {
         }
         let ebpf = EbpfLoader::new()
             .map_max_entries("CONNTRACK", opts.conntrack_capacity)
+            // One reverse entry per translated connection.
+            .map_max_entries("NAT_REV", opts.conntrack_capacity)
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let mut me = KernelMaps { ebpf };
+        // Defaults until the agent writes its own: the program must never run
+        // with a zero idle timeout or an empty port range.
+        me.set_globals(&Globals::DEFAULT)?;
         for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
             me.xdp_mut(name)?
                 .load()
@@ -161,6 +168,13 @@ impl KernelMaps {
         Ok(m.keys().filter(|k| k.is_ok()).count())
     }
 
+    /// Every reverse-NAT entry (for tests and status).
+    pub fn nat_entries(&self) -> Result<Vec<(vip_common::ConnKey, NatValue)>> {
+        let m: HashMap<&MapData, vip_common::ConnKey, NatValue> =
+            HashMap::try_from(self.map("NAT_REV")?).map_err(map_err("NAT_REV", "open"))?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
     /// Every connection-table entry (for tests and status).
     pub fn conntrack(&self) -> Result<Vec<(vip_common::ConnKey, vip_common::ConnValue)>> {
         let m: HashMap<&MapData, vip_common::ConnKey, vip_common::ConnValue> =
@@ -216,6 +230,12 @@ impl Maps for KernelMaps {
             Array::try_from(self.map_mut("MAGLEV")?).map_err(map_err("MAGLEV", "open"))?;
         m.set(index, backend_id, 0)
             .map_err(map_err("MAGLEV", "update"))
+    }
+
+    fn set_globals(&mut self, g: &Globals) -> Result<()> {
+        let mut m: Array<&mut MapData, Globals> =
+            Array::try_from(self.map_mut("GLOBALS")?).map_err(map_err("GLOBALS", "open"))?;
+        m.set(0, g, 0).map_err(map_err("GLOBALS", "update"))
     }
 
     fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()> {

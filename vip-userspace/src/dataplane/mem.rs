@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use vip_common::{
-    BackendStats, BackendValue, Counter, MAGLEV_ENTRIES, MAX_BACKENDS, REASON_COUNT, ServiceKey,
-    ServiceValue,
+    BackendStats, BackendValue, Counter, Globals, MAGLEV_ENTRIES, MAX_BACKENDS, REASON_COUNT,
+    ServiceKey, ServiceValue,
 };
 
 use super::{DataplaneError, Maps, Result};
@@ -17,6 +17,7 @@ pub struct MemMaps {
     pub backends: Vec<BackendValue>,
     pub maglev: Vec<u32>,
     pub ports: BTreeMap<u32, u64>,
+    pub globals: Option<Globals>,
     pub writes: Writes,
 }
 
@@ -37,6 +38,7 @@ impl Default for MemMaps {
             // Kernel arrays start zeroed; so does this one.
             maglev: vec![0; MAGLEV_ENTRIES as usize],
             ports: BTreeMap::new(),
+            globals: None,
             writes: Writes::default(),
         }
     }
@@ -75,6 +77,10 @@ impl Maps for MemMaps {
             })?;
         self.writes.maglev += 1;
         *slot = backend_id;
+        Ok(())
+    }
+    fn set_globals(&mut self, g: &Globals) -> Result<()> {
+        self.globals = Some(*g);
         Ok(())
     }
     fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()> {

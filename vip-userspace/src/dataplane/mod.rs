@@ -11,7 +11,7 @@ pub mod mem;
 pub mod programmer;
 
 use thiserror::Error;
-use vip_common::{BackendStats, BackendValue, Counter, ServiceKey, ServiceValue};
+use vip_common::{BackendStats, BackendValue, Counter, Globals, ServiceKey, ServiceValue};
 
 use crate::maglev::MaglevError;
 
@@ -71,6 +71,8 @@ pub trait Maps {
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()>;
     /// Writes one `MAGLEV` entry (index from `vip_common::maglev_index`).
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()>;
+    /// Writes the program-wide settings.
+    fn set_globals(&mut self, g: &Globals) -> Result<()>;
     /// Writes one word of the service-port bitmap.
     fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()>;
     /// Reason counters summed over CPUs, indexed by `Reason as usize`.

@@ -1,0 +1,192 @@
+//! Mode nat (full NAT, one arm): address and port rewrites with incremental
+//! checksum updates, and the next hop from the kernel's FIB.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
+        xdp_action,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use vip_common::{AddrBytes, FAMILY_V4, PROTO_TCP, PROTO_UDP, Reason};
+
+use crate::{
+    csum,
+    parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, TcpHdr, UdpHdr, ptr_at},
+};
+
+/// The new source and destination of a translated packet, by reference: one
+/// argument instead of four (BPF calls pass at most five, in registers), and
+/// no copies on the 512-byte stack.
+pub struct Endpoints<'a> {
+    pub saddr: &'a AddrBytes,
+    pub daddr: &'a AddrBytes,
+    pub sport_be: u16,
+    pub dport_be: u16,
+}
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Rewrites source and destination (address and port) of the packet in `ctx`
+/// and fixes the IPv4 header and L4 checksums incrementally (RFC 1624): the L4
+/// checksum covers the pseudo header, so address changes enter it too. Works
+/// word by word in place: source and destination addresses are adjacent in both
+/// IPv4 (bytes 12..20) and IPv6 (bytes 8..40) headers.
+#[inline(never)]
+pub fn rewrite(ctx: &XdpContext, p: &Parsed, to: &Endpoints) -> Result<(), ()> {
+    let v4 = p.key.family == FAMILY_V4;
+    let (first, words) = if v4 {
+        (p.l3_off + 12, 4usize)
+    } else {
+        (p.l3_off + 8, 16usize)
+    };
+    let half = words / 2;
+    // Sum of (new - old) over the changed words, as one's-complement terms.
+    let mut delta = 0u32;
+    for i in 0..16usize {
+        if i >= words {
+            break;
+        }
+        let w: *mut u16 = ptr_at(ctx, first + i * 2)?;
+        let (src, j) = if i < half {
+            (to.saddr, i * 2)
+        } else {
+            (to.daddr, (i - half) * 2)
+        };
+        let j = j & 14;
+        let new = u16::from_ne_bytes([src[j], src[j + 1]]);
+        // SAFETY: bounds checked; 2-byte aligned like every header field here.
+        unsafe {
+            delta += (!*w) as u32 + new as u32;
+            *w = new;
+        }
+    }
+    if v4 {
+        let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
+        // SAFETY: bounds checked.
+        unsafe { (*ip).check = !csum::fold((!(*ip).check) as u32 + csum::fold(delta) as u32) };
+    }
+    delta = csum::fold(delta) as u32;
+    delta += (!p.key.sport_be) as u32 + to.sport_be as u32;
+    delta += (!p.key.dport_be) as u32 + to.dport_be as u32;
+    if p.key.proto == PROTO_TCP {
+        let tcp: *mut TcpHdr = ptr_at(ctx, p.l4_off)?;
+        // SAFETY: bounds checked.
+        unsafe {
+            (*tcp).source = to.sport_be;
+            (*tcp).dest = to.dport_be;
+            (*tcp).check = !csum::fold((!(*tcp).check) as u32 + delta);
+        }
+    } else if p.key.proto == PROTO_UDP {
+        let udp: *mut UdpHdr = ptr_at(ctx, p.l4_off)?;
+        // SAFETY: bounds checked.
+        unsafe {
+            (*udp).source = to.sport_be;
+            (*udp).dest = to.dport_be;
+            // IPv4 UDP may carry no checksum (0); it stays so. A computed 0
+            // is sent as all ones (RFC 768).
+            if (*udp).check != 0 || !v4 {
+                let c = !csum::fold((!(*udp).check) as u32 + delta);
+                (*udp).check = if c == 0 { 0xffff } else { c };
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends the (already rewritten) packet towards its destination: the kernel's
+/// FIB gives the next hop's MAC and the interface. Same interface: XDP_TX;
+/// another: bpf_redirect. No neighbour entry yet: pass it to the kernel, which
+/// resolves the neighbour and forwards this packet itself (vipd sets
+/// accept_local so the kernel accepts our own source address on input).
+/// Returns the XDP action (`XDP_PASS` meaning "no neighbour yet"), or
+/// `FORWARD_FAILED | reason`. A plain integer: a BPF subprogram returns in one
+/// register, and a larger return value would go through a stack pointer, which
+/// the verifier refuses to hand back to the caller.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, p: &Parsed) -> u32 {
+    match forward_inner(ctx, p) {
+        Ok(action) => action,
+        Err(reason) => FORWARD_FAILED | reason as u32,
+    }
+}
+
+/// Marks a failed `forward`; the low bits carry the `Reason`.
+pub const FORWARD_FAILED: u32 = 1 << 31;
+
+#[inline(always)]
+fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
+    // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays).
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.l4_protocol = p.key.proto;
+    if p.key.family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).map_err(|()| Reason::DropAdjustFailed)?;
+        fib.family = AF_INET;
+        // SAFETY: bounds checked; union fields of plain integers.
+        unsafe {
+            fib.__bindgen_anon_1.tot_len = u16::from_be((*ip).tot_len);
+            fib.__bindgen_anon_2.tos = (*ip).tos;
+            fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes((*ip).saddr);
+            fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes((*ip).daddr);
+        }
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, p.l3_off).map_err(|()| Reason::DropAdjustFailed)?;
+        fib.family = AF_INET6;
+        // SAFETY: bounds checked.
+        unsafe {
+            fib.__bindgen_anon_1.tot_len =
+                u16::from_be((*ip).payload_len) + size_of::<Ipv6Hdr>() as u16;
+            fib.__bindgen_anon_3.ipv6_src = words(&(*ip).saddr);
+            fib.__bindgen_anon_4.ipv6_dst = words(&(*ip).daddr);
+        }
+    }
+    // SAFETY: reading the rewritten ports (bounds checked by the parser; the
+    // rewrite did not change the length).
+    unsafe {
+        let ports: *const [u16; 2] =
+            ptr_at(ctx, p.l4_off).map_err(|()| Reason::DropAdjustFailed)?;
+        fib.sport = (*ports)[0];
+        fib.dport = (*ports)[1];
+    }
+    // SAFETY: ctx is the program context, fib a valid parameter block.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut fib as *mut FibParams,
+            size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Err(Reason::DropNoRoute);
+    }
+    let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::DropAdjustFailed)?;
+    // SAFETY: bounds checked.
+    unsafe {
+        (*eth).dst = fib.dmac;
+        (*eth).src = fib.smac;
+    }
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        return Ok(xdp_action::XDP_TX);
+    }
+    // SAFETY: bpf_redirect takes any ifindex; the kernel checks it.
+    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+}
+
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
