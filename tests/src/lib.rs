@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod netns;
 pub mod packet;
+pub mod progtest;
 pub mod scenario;
 pub mod standin;
 

@@ -19,8 +19,17 @@ use crate::{
 pub const PORT: u16 = 6443;
 pub const BACKENDS: [&str; 3] = ["be1", "be2", "be3"];
 
-/// Mode dsr: client, lb (vipd), be1..be3 (stand-ins with the VIP on lo).
-pub struct DsrLab {
+/// How the LB forwards (the service's `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fwd {
+    /// Backends hold the VIP on lo and answer clients directly.
+    Dsr,
+    /// Backends are unmodified; vipd translates both directions.
+    Nat,
+}
+
+/// client, lb (vipd), be1..be3 (apiserver stand-ins).
+pub struct LbLab {
     pub lab: Lab,
     pub pki: TestPki,
     pub ca_path: PathBuf,
@@ -28,19 +37,20 @@ pub struct DsrLab {
     pub vipd: Proc,
     pub standins: Vec<StandinHandle>,
     pub xdp_mode: AttachMode,
+    pub fwd: Fwd,
 }
 
-impl DsrLab {
+impl LbLab {
     /// Builds the topology and starts everything; returns once vipd says it
     /// is ready. `xdp_mode` is Native or Skb.
-    pub fn start(hint: &str, xdp_mode: AttachMode) -> DsrLab {
+    pub fn start(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> LbLab {
         let lab = Lab::new(hint, &["client", "lb", "be1", "be2", "be3"]);
         let pki = TestPki::new();
         let ca_path = lab.dir().join("ca.crt");
         std::fs::write(&ca_path, pki.ca_pem()).expect("write CA");
 
         let mut standins = vec![];
-        for be in BACKENDS {
+        for be in BACKENDS.into_iter().filter(|_| fwd == Fwd::Dsr) {
             // The VIP is local on every backend (so the kernel accepts packets
             // sent to it) but never announced: arp_ignore=1 answers ARP only for
             // addresses on the receiving interface, arp_announce=2 never uses
@@ -71,6 +81,8 @@ impl DsrLab {
                     "nodad",
                 ],
             );
+        }
+        for be in BACKENDS {
             let node = lab.node(be).clone();
             let (cert, key) = pki.issue_server(
                 &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
@@ -120,11 +132,15 @@ impl DsrLab {
             AttachMode::Auto => "auto",
         };
         let mut cfg = format!(
-            "# Written by vip_tests::scenario::DsrLab\ninterface: eth0\nxdp_mode: {mode}\nhold_vips: true\nservices:\n"
+            "# Written by vip_tests::scenario::LbLab\ninterface: eth0\nxdp_mode: {mode}\nhold_vips: true\nservices:\n"
         );
+        let fwd_mode = match fwd {
+            Fwd::Dsr => "dsr",
+            Fwd::Nat => "nat\n    snat: node",
+        };
         for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
             cfg.push_str(&format!(
-                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: dsr\n    backends:\n"
+                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    backends:\n"
             ));
             for be in BACKENDS {
                 let n = lab.node(be);
@@ -133,10 +149,11 @@ impl DsrLab {
                 } else {
                     n.ipv6.into()
                 };
-                cfg.push_str(&format!(
-                    "      - address: \"{addr}\"\n        mac: \"{}\"\n",
-                    mac_to_string(&n.mac)
-                ));
+                cfg.push_str(&format!("      - address: \"{addr}\"\n"));
+                if fwd == Fwd::Dsr {
+                    // mode dsr rewrites the destination MAC to the backend's.
+                    cfg.push_str(&format!("        mac: \"{}\"\n", mac_to_string(&n.mac)));
+                }
             }
         }
         let config_path = lab.dir().join("vipd.yaml");
@@ -156,7 +173,7 @@ impl DsrLab {
             &[("RUST_LOG", "info")],
         );
         vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
-        DsrLab {
+        LbLab {
             lab,
             pki,
             ca_path,
@@ -164,6 +181,7 @@ impl DsrLab {
             vipd,
             standins,
             xdp_mode,
+            fwd,
         }
     }
 

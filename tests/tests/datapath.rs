@@ -8,38 +8,19 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
-use vip_common::{
-    MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, PROTO_UDP, Reason, SVC_F_RST_UNSERVABLE, ServiceKey,
-};
+use vip_common::{MODE_DSR, PROTO_TCP, PROTO_UDP, Reason};
 use vip_tests::packet::{
     L4, MAC_CLIENT, MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode,
 };
+use vip_tests::progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root};
 use vip_userspace::config::addr_bytes;
-use vip_userspace::dataplane::{
-    Maps,
-    kernel::{KernelMaps, LoadOptions, PROG_VIP},
-    programmer::{DesiredBackend, DesiredService, Programmer},
-};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
+use vip_userspace::dataplane::programmer::{DesiredBackend, DesiredService};
 
 const VIP4: &str = "10.77.0.100";
 const VIP6: &str = "fd77::100";
 const CLIENT4: &str = "10.77.0.10";
 const CLIENT6: &str = "fd77::10";
 const PORT: u16 = 6443;
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "program tests load XDP programs into the kernel and need root: run `cargo xtask test` as root"
-        );
-    }
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
@@ -67,20 +48,7 @@ fn backend(vip: IpAddr, i: u8, alive: bool, local: bool) -> DesiredBackend {
 }
 
 fn service(vip: IpAddr, proto: u8, backends: Vec<DesiredBackend>) -> DesiredService {
-    let (family, addr) = addr_bytes(vip);
-    DesiredService {
-        key: ServiceKey {
-            addr,
-            port_be: PORT.to_be(),
-            proto,
-            family,
-        },
-        mode: MODE_DSR,
-        flags: SVC_F_RST_UNSERVABLE,
-        snat_addr: [0; 16],
-        table_size: MAGLEV_DEFAULT_SIZE,
-        backends,
-    }
+    vip_tests::progtest::service(vip, PORT, proto, MODE_DSR, [0; 16], backends)
 }
 
 fn three(vip: IpAddr) -> DesiredService {
@@ -89,51 +57,6 @@ fn three(vip: IpAddr) -> DesiredService {
         PROTO_TCP,
         (1..=3).map(|i| backend(vip, i, true, false)).collect(),
     )
-}
-
-/// A loaded program with its programmer.
-struct Dp {
-    prog: Programmer<KernelMaps>,
-}
-
-impl Dp {
-    fn new(services: &[DesiredService]) -> Dp {
-        require_root();
-        let maps = KernelMaps::load(&LoadOptions {
-            conntrack_capacity: 4096,
-        })
-        .expect("load the XDP object");
-        let mut prog = Programmer::new(maps);
-        prog.apply(services).expect("write the maps");
-        Dp { prog }
-    }
-
-    /// Runs one packet; returns (action, output frame) and checks that exactly
-    /// one packet was counted, under `reason`.
-    fn run(&self, input: &[u8], reason: Reason) -> (u32, Vec<u8>) {
-        let before = self.prog.maps().reason_counters().expect("read counters");
-        let mut out = vec![0u8; input.len() + 256];
-        let res = self
-            .prog
-            .maps()
-            .xdp(PROG_VIP)
-            .expect("program")
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ..Default::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        let after = self.prog.maps().reason_counters().expect("read counters");
-        let moved: Vec<(Reason, u64)> = Reason::ALL
-            .iter()
-            .map(|r| (*r, after[*r as usize].packets - before[*r as usize].packets))
-            .filter(|(_, n)| *n > 0)
-            .collect();
-        assert_eq!(moved, vec![(reason, 1)], "reason counters moved");
-        (res.return_value, out)
-    }
 }
 
 /// What a fixture expects to come out.
@@ -510,17 +433,7 @@ fn fixture_table() {
     for fx in fixtures() {
         let mut dp = Dp::new(&fx.services);
         for b in &fx.before {
-            let mut out = vec![0u8; b.len() + 256];
-            dp.prog
-                .maps()
-                .xdp(PROG_VIP)
-                .expect("program")
-                .test_run(TestRunOptions {
-                    data_in: Some(b),
-                    data_out: Some(&mut out),
-                    ..Default::default()
-                })
-                .expect("BPF_PROG_TEST_RUN");
+            dp.run_raw(b);
         }
         let chosen_before = if fx.before.is_empty() {
             None

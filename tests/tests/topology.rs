@@ -6,16 +6,16 @@ use std::{collections::BTreeMap, time::Duration};
 
 use vip_tests::{
     netns::in_netns,
-    scenario::{BACKENDS, DsrLab},
+    scenario::{BACKENDS, Fwd, LbLab},
     standin::{HttpsConn, client_config},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
 
 /// Opens `n` TLS connections to the VIP from the client namespace, asks each who
 /// served it, and checks /readyz on the way. Returns connections per backend.
-fn spread(l: &DsrLab, v6: bool, n: usize) -> BTreeMap<String, usize> {
+fn spread(l: &LbLab, v6: bool, n: usize) -> BTreeMap<String, usize> {
     let cfg = client_config(&l.pki.ca_pem(), None);
-    let addr = DsrLab::vip_addr(v6);
+    let addr = LbLab::vip_addr(v6);
     let ns = l.lab.node("client").ns.clone();
     in_netns(&ns, || {
         let mut seen = BTreeMap::new();
@@ -40,8 +40,8 @@ fn spread(l: &DsrLab, v6: bool, n: usize) -> BTreeMap<String, usize> {
     })
 }
 
-fn dsr_carries_tls_and_kubectl(mode: AttachMode, hint: &str) {
-    let l = DsrLab::start(hint, mode);
+fn carries_tls_and_kubectl(mode: AttachMode, fwd: Fwd, hint: &str) {
+    let l = LbLab::start(hint, mode, fwd);
     let want = if mode == AttachMode::Native {
         "(native)"
     } else {
@@ -80,10 +80,14 @@ fn dsr_carries_tls_and_kubectl(mode: AttachMode, hint: &str) {
     );
 
     // The program counted what it forwarded (vipd logs counters every second).
+    let counter = match fwd {
+        Fwd::Dsr => "tx_dsr=",
+        Fwd::Nat => "tx_reverse_nat=",
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let logs = l.vipd.logs();
-        if logs.contains("tx_dsr=") {
+        if logs.contains(counter) {
             break;
         }
         assert!(
@@ -103,18 +107,28 @@ fn dsr_carries_tls_and_kubectl(mode: AttachMode, hint: &str) {
 
 #[test]
 fn dsr_native_xdp_carries_tls_and_kubectl() {
-    dsr_carries_tls_and_kubectl(AttachMode::Native, "dsr-nat");
+    carries_tls_and_kubectl(AttachMode::Native, Fwd::Dsr, "dsr-drv");
 }
 
 #[test]
 fn dsr_skb_xdp_carries_tls_and_kubectl() {
-    dsr_carries_tls_and_kubectl(AttachMode::Skb, "dsr-skb");
+    carries_tls_and_kubectl(AttachMode::Skb, Fwd::Dsr, "dsr-skb");
+}
+
+#[test]
+fn nat_native_xdp_carries_tls_and_kubectl() {
+    carries_tls_and_kubectl(AttachMode::Native, Fwd::Nat, "nat-drv");
+}
+
+#[test]
+fn nat_skb_xdp_carries_tls_and_kubectl() {
+    carries_tls_and_kubectl(AttachMode::Skb, Fwd::Nat, "nat-skb");
 }
 
 /// Stopping vipd detaches the program and removes the VIP it held.
 #[test]
 fn vipd_stop_removes_vip_and_program() {
-    let l = DsrLab::start("dsr-stop", AttachMode::Skb);
+    let l = LbLab::start("dsr-stop", AttachMode::Skb, Fwd::Dsr);
     assert!(
         l.lab.ip_addr_show("lb").contains("10.77.0.100/32"),
         "VIP not added"

@@ -9,8 +9,8 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 use vip_common::{
-    AddrBytes, FAMILY_V4, FAMILY_V6, MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, PROTO_UDP,
-    SVC_F_RST_UNSERVABLE, ServiceKey,
+    AddrBytes, FAMILY_V4, FAMILY_V6, Globals, MAGLEV_DEFAULT_SIZE, MODE_DSR, MODE_NAT, PROTO_TCP,
+    PROTO_UDP, SVC_F_RST_UNSERVABLE, ServiceKey,
 };
 
 use crate::{
@@ -58,7 +58,68 @@ pub struct Config {
     /// place this makes the node the static VIP holder.
     #[serde(default)]
     pub hold_vips: bool,
+    /// Mode nat settings shared by all nat services.
+    #[serde(default)]
+    pub nat: NatSettings,
     pub services: Vec<Service>,
+}
+
+/// Mode nat settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatSettings {
+    /// Source ports for translated connections, "LO-HI". vipd reserves them
+    /// from the kernel (net.ipv4.ip_local_reserved_ports) while it runs.
+    pub ports: String,
+    /// Idle seconds after which a TCP flow is forgotten.
+    pub tcp_idle_s: u32,
+    /// Idle seconds after which a UDP flow is forgotten.
+    pub udp_idle_s: u32,
+    /// Seconds a flow stays after FIN or RST.
+    pub closing_s: u32,
+}
+
+impl Default for NatSettings {
+    fn default() -> Self {
+        let g = Globals::DEFAULT;
+        NatSettings {
+            ports: format!("{}-{}", g.nat_port_lo, g.nat_port_hi),
+            tcp_idle_s: g.tcp_idle_s,
+            udp_idle_s: g.udp_idle_s,
+            closing_s: g.closing_s,
+        }
+    }
+}
+
+impl NatSettings {
+    /// The port range, validated (1024 <= lo <= hi, at least 256 ports).
+    pub fn port_range(&self) -> Result<(u16, u16), String> {
+        let err = || {
+            format!(
+                "{:?} is not a port range; write it as 40000-59999 (at least 256 ports, above 1023)",
+                self.ports
+            )
+        };
+        let (lo, hi) = self.ports.split_once('-').ok_or_else(err)?;
+        let lo: u16 = lo.trim().parse().map_err(|_| err())?;
+        let hi: u16 = hi.trim().parse().map_err(|_| err())?;
+        if lo < 1024 || hi < lo || hi - lo < 255 {
+            return Err(err());
+        }
+        Ok((lo, hi))
+    }
+
+    /// The settings as the program reads them.
+    pub fn globals(&self) -> Result<Globals, String> {
+        let (lo, hi) = self.port_range()?;
+        Ok(Globals {
+            nat_port_lo: lo,
+            nat_port_hi: hi,
+            tcp_idle_s: self.tcp_idle_s,
+            udp_idle_s: self.udp_idle_s,
+            closing_s: self.closing_s,
+        })
+    }
 }
 
 fn default_conntrack() -> u32 {
@@ -94,7 +155,33 @@ pub struct Service {
     pub rst_unservable: bool,
     #[serde(default = "default_maglev")]
     pub maglev_size: u32,
+    /// Mode nat: the source address towards the backends: `node` (this node's
+    /// address on the interface, of the VIP's family), `vip` (the VIP itself,
+    /// so that connection state can move with it), or an address.
+    #[serde(default)]
+    pub snat: Option<String>,
     pub backends: Vec<Backend>,
+}
+
+/// Where mode nat takes its source address from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Snat {
+    Node,
+    Vip,
+    Addr(IpAddr),
+}
+
+impl Service {
+    pub fn snat(&self) -> Result<Snat, String> {
+        match self.snat.as_deref().unwrap_or("node") {
+            "node" => Ok(Snat::Node),
+            "vip" => Ok(Snat::Vip),
+            other => other
+                .parse()
+                .map(Snat::Addr)
+                .map_err(|_| format!("{other:?} is not `node`, `vip` or an IP address")),
+        }
+    }
 }
 
 fn default_port() -> u16 {
@@ -174,6 +261,15 @@ impl Config {
                 ),
             ));
         }
+        self.nat
+            .port_range()
+            .map_err(|e| bad("nat.ports".into(), e))?;
+        if self.nat.tcp_idle_s == 0 || self.nat.udp_idle_s == 0 {
+            return Err(bad(
+                "nat".into(),
+                "idle timeouts must be at least 1 second".into(),
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -183,11 +279,22 @@ impl Config {
                     format!("{}:{} {:?} is configured twice", s.vip, s.port, s.protocol),
                 ));
             }
-            if s.mode == Mode::Nat {
-                return Err(bad(
-                    format!("{at}.mode"),
-                    "mode nat is not available in this version of the datapath; use dsr".into(),
-                ));
+            match (s.mode, s.snat()) {
+                (Mode::Dsr, _) if s.snat.is_some() => {
+                    return Err(bad(
+                        format!("{at}.snat"),
+                        "only mode nat translates source addresses; remove it or use mode nat"
+                            .into(),
+                    ));
+                }
+                (_, Err(e)) => return Err(bad(format!("{at}.snat"), e)),
+                (_, Ok(Snat::Addr(a))) if a.is_ipv4() != s.vip.is_ipv4() => {
+                    return Err(bad(
+                        format!("{at}.snat"),
+                        format!("{a} is not of the VIP's address family"),
+                    ));
+                }
+                _ => {}
             }
             maglev::check_size(s.maglev_size)
                 .map_err(|e| bad(format!("{at}.maglev_size"), e.to_string()))?;
@@ -226,13 +333,37 @@ impl Config {
     }
 
     /// The services as the dataplane programmer wants them, every backend alive
-    /// (health probes come later and will clear `alive`).
-    pub fn desired(&self) -> Vec<DesiredService> {
+    /// (health probes come later and will clear `alive`). `node_addrs` are the
+    /// interface's addresses, for `snat: node`.
+    pub fn desired(&self, node_addrs: &[IpAddr]) -> Result<Vec<DesiredService>, String> {
         self.services
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let (family, addr) = addr_bytes(s.vip);
-                DesiredService {
+                let snat_addr = match (s.mode, s.snat()?) {
+                    (Mode::Dsr, _) => [0; 16],
+                    (Mode::Nat, Snat::Vip) => addr,
+                    (Mode::Nat, Snat::Addr(a)) => addr_bytes(a).1,
+                    (Mode::Nat, Snat::Node) => {
+                        let a = node_addrs
+                            .iter()
+                            .find(|a| {
+                                a.is_ipv4() == s.vip.is_ipv4()
+                                    && **a != s.vip
+                                    && !matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+                            })
+                            .ok_or_else(|| {
+                                format!(
+                                    "services[{i}].snat: node: interface {} has no {} address; add one or set snat to an address",
+                                    self.interface,
+                                    if s.vip.is_ipv4() { "IPv4" } else { "IPv6" }
+                                )
+                            })?;
+                        addr_bytes(*a).1
+                    }
+                };
+                Ok(DesiredService {
                     key: ServiceKey {
                         addr,
                         port_be: s.port.to_be(),
@@ -242,13 +373,16 @@ impl Config {
                         },
                         family,
                     },
-                    mode: MODE_DSR,
+                    mode: match s.mode {
+                        Mode::Dsr => MODE_DSR,
+                        Mode::Nat => MODE_NAT,
+                    },
                     flags: if s.rst_unservable {
                         SVC_F_RST_UNSERVABLE
                     } else {
                         0
                     },
-                    snat_addr: [0; 16],
+                    snat_addr,
                     table_size: s.maglev_size,
                     backends: s
                         .backends
@@ -269,7 +403,7 @@ impl Config {
                             }
                         })
                         .collect(),
-                }
+                })
             })
             .collect()
     }
@@ -318,6 +452,47 @@ services:
         local: true
 ";
 
+    const NAT: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: nat
+    snat: node
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+        port: 443
+";
+
+    #[test]
+    fn nat_needs_no_macs_and_resolves_snat() {
+        let c = parse(NAT).expect("valid");
+        assert_eq!(c.nat.port_range(), Ok((40000, 59999)));
+        let node: Vec<IpAddr> = vec![
+            "fe80::1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+        ];
+        let d = c.desired(&node).expect("node address found");
+        assert_eq!(d[0].mode, MODE_NAT);
+        assert_eq!(
+            d[0].snat_addr,
+            addr_bytes("10.0.0.2".parse().expect("ip")).1
+        );
+        assert_eq!(d[0].backends[1].port_be, 443u16.to_be());
+        let e = c
+            .desired(&["fe80::1".parse().expect("ip")])
+            .expect_err("no IPv4 on the interface");
+        assert!(
+            e.contains("services[0].snat") && e.contains("no IPv4 address"),
+            "{e}"
+        );
+        let vip = parse(&NAT.replace("snat: node", "snat: vip")).expect("valid");
+        assert_eq!(
+            vip.desired(&[]).expect("vip")[0].snat_addr,
+            addr_bytes("10.0.0.100".parse().expect("ip")).1
+        );
+    }
+
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("vipd.yaml"), text)
     }
@@ -329,7 +504,7 @@ services:
         assert_eq!(c.services[0].maglev_size, MAGLEV_DEFAULT_SIZE);
         assert!(c.services[0].rst_unservable);
         assert_eq!(c.xdp_mode, AttachMode::Auto);
-        let d = c.desired();
+        let d = c.desired(&[]).expect("dsr needs no node address");
         assert_eq!(d[0].backends.len(), 2);
         assert_eq!(d[0].backends[0].mac, [2, 0, 0, 0, 0, 0x0b]);
         assert!(d[0].backends[1].local);
@@ -366,8 +541,23 @@ services:
         assert!(e.contains("address family"), "{e}");
         let e = err(&GOOD.replace("vip: 10.0.0.100", "vip: 10.0.0.300"));
         assert!(e.contains("services[0].vip"), "{e}");
-        let e = err(&GOOD.replace("mode: dsr", "mode: nat"));
-        assert!(e.contains("services[0].mode"), "{e}");
+        let e = err(&GOOD.replace("mode: dsr", "mode: dsr\n    snat: vip"));
+        assert!(
+            e.contains("services[0].snat") && e.contains("mode nat"),
+            "{e}"
+        );
+        let e = err(&NAT.replace("snat: node", "snat: somewhere"));
+        assert!(
+            e.contains("services[0].snat") && e.contains("`node`, `vip`"),
+            "{e}"
+        );
+        let e = err(&NAT.replace("snat: node", "snat: fd00::1"));
+        assert!(
+            e.contains("services[0].snat") && e.contains("family"),
+            "{e}"
+        );
+        let e = err(&format!("nat:\n  ports: 100-200\n{NAT}"));
+        assert!(e.contains("nat.ports") && e.contains("40000-59999"), "{e}");
         let e = err("interface: eth0\nservices: []\n");
         assert!(e.contains("services: no service"), "{e}");
     }

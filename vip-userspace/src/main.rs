@@ -1,7 +1,7 @@
 //! `vipd`: the agent binary.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -12,12 +12,13 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 use vip_common::Reason;
 use vip_userspace::{
-    config::Config,
+    config::{Config, Mode},
     dataplane::{
         Maps,
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
+    host,
 };
 
 #[derive(Parser)]
@@ -99,23 +100,51 @@ fn run(path: &Path, stats_interval: u64) -> Result<()> {
 }
 
 async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
-    let mut maps = KernelMaps::load(&LoadOptions {
+    let maps = KernelMaps::load(&LoadOptions {
         conntrack_capacity: cfg.conntrack_capacity,
     })?;
-    let attached = maps
-        .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
-        .with_context(|| format!("attaching to {}", cfg.interface))?;
-    info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
     let mut prog = Programmer::new(maps);
-    let report = prog
-        .apply(&cfg.desired())
-        .context("programming the services")?;
+    let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
+    prog.maps_mut().set_globals(&globals)?;
+    let node_addrs = host::interface_addrs(&cfg.interface)?;
+    let desired = cfg.desired(&node_addrs).map_err(anyhow::Error::msg)?;
+    let nat_backends: Vec<SocketAddr> = cfg
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Nat)
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .map(|b| SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
+        })
+        .collect();
+    // Program the maps before attaching: the first packet the program sees
+    // already finds every service.
+    let report = prog.apply(&desired).context("programming the services")?;
     info!(
         services = report.services_published,
         backends = report.backend_writes,
         maglev_writes = report.maglev_writes,
         "services programmed"
     );
+    let sysctls = if nat_backends.is_empty() {
+        vec![]
+    } else {
+        let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
+        info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
+        c
+    };
+    let attached = match prog
+        .maps_mut()
+        .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
+    {
+        Ok(a) => a,
+        Err(e) => {
+            sysctls.into_iter().rev().for_each(host::Changed::restore);
+            return Err(anyhow::Error::new(e).context(format!("attaching to {}", cfg.interface)));
+        }
+    };
+    info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
     let vips: Vec<IpAddr> = if cfg.hold_vips {
         let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
         v.sort();
@@ -133,11 +162,25 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
             }
             Err(e) => {
                 remove_vips(&cfg.interface, &added);
+                sysctls.into_iter().rev().for_each(host::Changed::restore);
                 return Err(e);
             }
         }
     }
     println!("vipd ready: {} attached ({attached})", cfg.interface);
+
+    // Keep the nat backends' neighbours resolved for the FIB lookups in XDP
+    // (health probes will take this over).
+    let keeper = (!nat_backends.is_empty()).then(|| {
+        let b = nat_backends.clone();
+        tokio::spawn(async move {
+            loop {
+                let b2 = b.clone();
+                let _ = tokio::task::spawn_blocking(move || host::touch_backends(&b2)).await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        })
+    });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
@@ -164,7 +207,11 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
             }
         }
     }
+    if let Some(k) = keeper {
+        k.abort();
+    }
     remove_vips(&cfg.interface, &added);
+    sysctls.into_iter().rev().for_each(host::Changed::restore);
     // Dropping the programmer drops the maps and the XDP link: the program
     // detaches (it is not pinned yet).
     drop(prog);

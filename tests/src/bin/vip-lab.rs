@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use vip_tests::{
     netns::{VIP_V4, in_netns},
-    scenario::{DsrLab, PORT},
+    scenario::{Fwd, LbLab, PORT},
     standin::{HttpsConn, client_config},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
@@ -27,6 +27,9 @@ struct Args {
     /// XDP attach mode on the LB's veth: native or skb.
     #[arg(long, default_value = "native")]
     xdp_mode: String,
+    /// Forwarding mode of the service: dsr or nat.
+    #[arg(long, default_value = "dsr")]
+    mode: String,
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     duration: Option<u64>,
@@ -65,15 +68,23 @@ fn main() -> Result<()> {
         "skb" => AttachMode::Skb,
         other => bail!("--xdp-mode {other:?}: use native or skb"),
     };
+    let fwd = match args.mode.as_str() {
+        "dsr" => Fwd::Dsr,
+        "nat" => Fwd::Nat,
+        other => bail!("--mode {other:?}: use dsr or nat"),
+    };
 
     println!(
         "==> building the lab: client, lb (vipd, XDP {}), be1..be3 (apiserver stand-ins)",
         args.xdp_mode
     );
-    let l = DsrLab::start("lab", mode);
+    let l = LbLab::start("lab", mode, fwd);
     let client_ns = l.lab.node("client").ns.clone();
     let lb_ns = l.lab.node("lb").ns.clone();
-    println!("==> lab up. VIP {VIP_V4}:{PORT} (and [fd77::100]:{PORT}), mode dsr");
+    println!(
+        "==> lab up. VIP {VIP_V4}:{PORT} (and [fd77::100]:{PORT}), mode {}",
+        args.mode
+    );
     for line in l
         .vipd
         .logs()
@@ -111,7 +122,7 @@ fn main() -> Result<()> {
         let cfg = cfg.clone();
         let res = in_netns(&client_ns, move || -> Result<String, String> {
             let mut c = HttpsConn::connect(
-                DsrLab::vip_addr(false),
+                LbLab::vip_addr(false),
                 "kubernetes",
                 cfg,
                 Duration::from_secs(2),
@@ -121,7 +132,7 @@ fn main() -> Result<()> {
             let r = c.get("/whoami").map_err(|e| format!("{e:?}"))?;
             Ok(format!(
                 "{local} -> {} answered by {}",
-                DsrLab::vip_addr(false),
+                LbLab::vip_addr(false),
                 r.text().trim()
             ))
         });
@@ -137,7 +148,7 @@ fn main() -> Result<()> {
                 .filter(|l| l.contains("traffic") || l.contains("VIP"))
             {
                 println!("    vipd:   {}", line.trim());
-                if line.contains("tx_dsr=") {
+                if line.contains("tx_dsr=") || line.contains("tx_reverse_nat=") {
                     counters_seen.store(true, Ordering::SeqCst);
                 }
             }

@@ -1,0 +1,136 @@
+//! What vipd changes on the host besides BPF maps: sysctls that mode nat needs,
+//! and keeping backend neighbours resolved. Every change is undone on stop.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::PathBuf,
+    time::Duration,
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum HostError {
+    #[error(
+        "{path}: {source}; vipd needs root and a writable /proc/sys (not a read-only container mount)"
+    )]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {0:?} not found; check `interface:` against `ip link show`")]
+    NoInterface(String),
+    #[error("listing interfaces failed")]
+    List(#[source] network_interface::Error),
+}
+
+/// A sysctl value changed by vipd, restored by `restore`.
+pub struct Changed {
+    path: PathBuf,
+    old: String,
+}
+
+impl Changed {
+    pub fn restore(self) {
+        if let Err(e) = std::fs::write(&self.path, &self.old) {
+            tracing::warn!(path = %self.path.display(), error = %e, "restoring a sysctl failed");
+        }
+    }
+}
+
+fn sysctl(path: &str, value: &str) -> Result<Changed, HostError> {
+    let path = PathBuf::from(path);
+    let err = |source| HostError::Sysctl {
+        path: path.clone(),
+        source,
+    };
+    let old = std::fs::read_to_string(&path).map_err(err)?;
+    std::fs::write(&path, value).map_err(err)?;
+    Ok(Changed {
+        path,
+        old: old.trim().to_owned(),
+    })
+}
+
+/// Mode nat on `iface`:
+/// - forwarding on the interface (IPv4 and IPv6), which the FIB lookup in XDP
+///   requires; with IPv6 forwarding the interface stops accepting router
+///   advertisements unless accept_ra is 2, as for any router.
+/// - accept_local: a translated packet whose next hop is not resolved yet is
+///   handed to the kernel with our own address as source; without accept_local
+///   the kernel drops it as a martian (fib_validate_source).
+/// - send_redirects off: that packet leaves by the interface it came in on,
+///   which would otherwise earn the client an ICMP redirect.
+/// - ip_local_reserved_ports: the NAT source ports are never handed to local
+///   sockets (which share the node's address when snat is `node`).
+pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostError> {
+    let mut changed = vec![];
+    let res = (|| {
+        changed.push(sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"),
+            "1",
+        )?);
+        // bpf_fib_lookup answers "forwarding disabled" unless the ingress
+        // device forwards (IN_DEV_FORWARD for IPv4, cnf.forwarding for IPv6).
+        changed.push(sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+            "1",
+        )?);
+        changed.push(sysctl(
+            &format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
+            "1",
+        )?);
+        changed.push(sysctl("/proc/sys/net/ipv4/conf/all/send_redirects", "0")?);
+        changed.push(sysctl(
+            &format!("/proc/sys/net/ipv4/conf/{iface}/send_redirects"),
+            "0",
+        )?);
+        let reserved = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+        let old = std::fs::read_to_string(reserved).map_err(|source| HostError::Sysctl {
+            path: reserved.into(),
+            source,
+        })?;
+        let old = old.trim();
+        let new = if old.is_empty() {
+            format!("{lo}-{hi}")
+        } else {
+            format!("{old},{lo}-{hi}")
+        };
+        changed.push(sysctl(reserved, &new)?);
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(changed),
+        Err(e) => {
+            for c in changed.into_iter().rev() {
+                c.restore();
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The interface's addresses.
+pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
+    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
+    let all = NetworkInterface::show().map_err(HostError::List)?;
+    let mine: Vec<&NetworkInterface> = all.iter().filter(|i| i.name == iface).collect();
+    if mine.is_empty() {
+        return Err(HostError::NoInterface(iface.to_owned()));
+    }
+    Ok(mine
+        .iter()
+        .flat_map(|i| i.addr.iter().map(|a| a.ip()))
+        .collect())
+}
+
+/// Makes the kernel resolve (and keep fresh) the neighbour entries of the
+/// backends: mode nat's FIB lookups in XDP find the next hop's MAC only in the
+/// neighbour table, and a TCP connect is what resolves it.
+pub fn touch_backends(backends: &[SocketAddr]) {
+    for b in backends {
+        // The outcome does not matter; the ARP/ND exchange does.
+        let _ = TcpStream::connect_timeout(b, Duration::from_millis(500));
+    }
+}
