@@ -184,3 +184,160 @@ fn lab_runs_and_cleans_up() {
     );
     assert!(stdout.contains("clean: nothing left behind"), "{stdout}");
 }
+
+/// A backend removed (by config reload) while watch streams are open: streams
+/// on the other backends go on untouched; streams on the removed one are reset
+/// at once (never left silent); new connections avoid it.
+fn backend_removed_under_watches(mode: AttachMode, fwd: Fwd, hint: &str) {
+    let l = LbLab::start(hint, mode, fwd);
+    let cfg = client_config(&l.pki.ca_pem(), None);
+    let ns = l.lab.node("client").ns.clone();
+    let path = "/api/v1/namespaces/default/configmaps?watch=1";
+    let server_of = |ev: &serde_json::Value| {
+        ev["object"]["data"]["server"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    };
+
+    // Open 18 watches; note which backend serves each.
+    let mut streams = in_netns(&ns, || {
+        (0..18)
+            .map(|i| {
+                let c = HttpsConn::connect(
+                    LbLab::vip_addr(false),
+                    "kubernetes",
+                    cfg.clone(),
+                    Duration::from_secs(5),
+                )
+                .unwrap_or_else(|e| panic!("watch {i}: connect: {e:?}"));
+                let mut w = c.watch(path).unwrap_or_else(|e| panic!("watch {i}: {e:?}"));
+                let ev = w
+                    .next_event()
+                    .unwrap_or_else(|e| panic!("watch {i}: first event: {e:?}"));
+                (server_of(&ev), w)
+            })
+            .collect::<Vec<_>>()
+    });
+    let on = |name: &str| streams.iter().filter(|(s, _)| s == name).count();
+    assert!(
+        on("be2") > 0 && on("be1") + on("be3") > 0,
+        "18 watches did not spread: be1={} be2={} be3={}",
+        on("be1"),
+        on("be2"),
+        on("be3")
+    );
+
+    // Remove be2 from both services and reload.
+    let text = std::fs::read_to_string(&l.config_path).expect("read config");
+    let be2 = l.lab.node("be2");
+    let mut out = String::new();
+    let mut skip = 0;
+    for line in text.lines() {
+        if line.contains(&format!("\"{}\"", be2.ipv4))
+            || line.contains(&format!("\"{}\"", be2.ipv6))
+        {
+            skip = if fwd == Fwd::Dsr { 1 } else { 0 }; // its mac: line follows in dsr
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    std::fs::write(&l.config_path, out).expect("write config");
+    l.vipd.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !l.vipd.logs().contains("configuration reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "vipd did not reload:\n{}",
+            l.vipd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Let the change act: the clients keep ACKing what the backends stream,
+    // so a broken flow would have been answered (or dropped) by now.
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Every stream: survivors deliver events produced after the reload (more
+    // than the ~8 that can sit in the buffer at one per 200 ms), be2's are
+    // reset, never silent.
+    in_netns(&ns, || {
+        for (i, (server, w)) in streams.iter_mut().enumerate() {
+            w.set_read_timeout(Duration::from_secs(1)).expect("timeout");
+            let mut got = 0;
+            let mut failed = None;
+            for _ in 0..12 {
+                match w.next_event() {
+                    Ok(ev) => {
+                        assert_eq!(&server_of(&ev), server, "watch {i} changed backend");
+                        got += 1;
+                    }
+                    Err(e) => {
+                        failed = Some(format!("{e:?}"));
+                        break;
+                    }
+                }
+            }
+            if server == "be2" {
+                let e = failed.unwrap_or_else(|| {
+                    panic!("watch {i} on the removed be2 still delivers events")
+                });
+                assert!(
+                    !e.contains("WouldBlock") && !e.contains("TimedOut"),
+                    "watch {i} on be2 went silent instead of being reset: {e}"
+                );
+            } else {
+                assert!(
+                    failed.is_none() && got == 12,
+                    "watch {i} on {server} was disturbed after {got} events: {failed:?}"
+                );
+            }
+        }
+    });
+
+    // New connections avoid be2.
+    let seen = spread(&l, false, 12);
+    assert!(
+        !seen.contains_key("be2"),
+        "a new connection went to the removed backend: {seen:?}"
+    );
+
+    // A broken file is refused loudly and the running configuration stays.
+    let good = std::fs::read_to_string(&l.config_path).expect("read config");
+    std::fs::write(&l.config_path, good.replace("mode:", "mood:")).expect("write config");
+    l.vipd.signal(libc::SIGHUP);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !l.vipd.logs().contains("configuration reload refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a broken config was not refused:\n{}",
+            l.vipd.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        l.vipd.logs().contains("mood"),
+        "the refusal does not name the bad field:\n{}",
+        l.vipd.logs()
+    );
+    let seen = spread(&l, false, 6);
+    assert!(
+        !seen.is_empty() && !seen.contains_key("be2"),
+        "after a refused reload: {seen:?}"
+    );
+}
+
+#[test]
+fn dsr_backend_removed_under_watches() {
+    backend_removed_under_watches(AttachMode::Native, Fwd::Dsr, "rm-dsr");
+}
+
+#[test]
+fn nat_backend_removed_under_watches() {
+    backend_removed_under_watches(AttachMode::Skb, Fwd::Nat, "rm-nat");
+}

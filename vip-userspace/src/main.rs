@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vip_common::Reason;
 use vip_userspace::{
     config::{Config, Mode},
@@ -96,10 +96,72 @@ fn run(path: &Path, stats_interval: u64) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(cfg, stats_interval))
+    rt.block_on(serve(path, cfg, stats_interval))
 }
 
-async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
+fn nat_backends(cfg: &Config) -> Vec<SocketAddr> {
+    cfg.services
+        .iter()
+        .filter(|s| s.mode == Mode::Nat)
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .map(|b| SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
+        })
+        .collect()
+}
+
+fn held_vips(cfg: &Config) -> Vec<IpAddr> {
+    if !cfg.hold_vips {
+        return vec![];
+    }
+    let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// SIGHUP: validates the file again and applies the difference. Settings
+/// fixed at load time (interface, XDP mode, table capacity, NAT settings,
+/// adding the first nat service) need a restart; such a file is refused whole
+/// and the running configuration stays.
+fn reload(path: &Path, old: &Config, prog: &mut Programmer<KernelMaps>) -> Result<Config> {
+    let new = Config::load(path)?;
+    let fixed = [
+        ("interface", old.interface != new.interface),
+        ("xdp_mode", old.xdp_mode != new.xdp_mode),
+        (
+            "conntrack_capacity",
+            old.conntrack_capacity != new.conntrack_capacity,
+        ),
+        ("nat", old.nat != new.nat),
+        (
+            "services[].mode: the first nat service",
+            nat_backends(old).is_empty() && !nat_backends(&new).is_empty(),
+        ),
+    ];
+    if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
+        bail!(
+            "{}: {field} changed; that takes a restart of vipd (systemctl restart vipd)",
+            path.display()
+        );
+    }
+    let node_addrs = host::interface_addrs(&new.interface)?;
+    let desired = new.desired(&node_addrs).map_err(anyhow::Error::msg)?;
+    let report = prog
+        .apply(&desired)
+        .context("programming the new services")?;
+    info!(
+        services = report.services_published,
+        removed = report.services_removed,
+        backends = report.backend_writes,
+        maglev_writes = report.maglev_writes,
+        "configuration reloaded"
+    );
+    Ok(new)
+}
+
+async fn serve(path: &Path, mut cfg: Config, stats_interval: u64) -> Result<()> {
     let maps = KernelMaps::load(&LoadOptions {
         conntrack_capacity: cfg.conntrack_capacity,
     })?;
@@ -108,16 +170,7 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
     prog.maps_mut().set_globals(&globals)?;
     let node_addrs = host::interface_addrs(&cfg.interface)?;
     let desired = cfg.desired(&node_addrs).map_err(anyhow::Error::msg)?;
-    let nat_backends: Vec<SocketAddr> = cfg
-        .services
-        .iter()
-        .filter(|s| s.mode == Mode::Nat)
-        .flat_map(|s| {
-            s.backends
-                .iter()
-                .map(|b| SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
-        })
-        .collect();
+    let nat_list = nat_backends(&cfg);
     // Program the maps before attaching: the first packet the program sees
     // already finds every service.
     let report = prog.apply(&desired).context("programming the services")?;
@@ -127,7 +180,7 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
         maglev_writes = report.maglev_writes,
         "services programmed"
     );
-    let sysctls = if nat_backends.is_empty() {
+    let sysctls = if nat_list.is_empty() {
         vec![]
     } else {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
@@ -145,14 +198,7 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
         }
     };
     info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
-    let vips: Vec<IpAddr> = if cfg.hold_vips {
-        let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
-        v.sort();
-        v.dedup();
-        v
-    } else {
-        vec![]
-    };
+    let vips = held_vips(&cfg);
     let mut added = vec![];
     for vip in &vips {
         match vip_addr(&cfg.interface, *vip, true) {
@@ -171,11 +217,12 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
 
     // Keep the nat backends' neighbours resolved for the FIB lookups in XDP
     // (health probes will take this over).
-    let keeper = (!nat_backends.is_empty()).then(|| {
-        let b = nat_backends.clone();
+    let keep = std::sync::Arc::new(std::sync::Mutex::new(nat_list.clone()));
+    let keeper = (!nat_list.is_empty()).then(|| {
+        let b = keep.clone();
         tokio::spawn(async move {
             loop {
-                let b2 = b.clone();
+                let b2 = b.lock().map(|v| v.clone()).unwrap_or_default();
                 let _ = tokio::task::spawn_blocking(move || host::touch_backends(&b2)).await;
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
@@ -183,12 +230,35 @@ async fn serve(cfg: Config, stats_interval: u64) -> Result<()> {
     });
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
     let mut last = vec![];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break }
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = hup.recv() => {
+                match reload(path, &cfg, &mut prog) {
+                    Ok(new) => {
+                        let want = held_vips(&new);
+                        let gone: Vec<IpAddr> = added.iter().filter(|v| !want.contains(v)).copied().collect();
+                        remove_vips(&new.interface, &gone);
+                        added.retain(|v| want.contains(v));
+                        let new_vips: Vec<IpAddr> = want.iter().filter(|v| !added.contains(v)).copied().collect();
+                        for vip in &new_vips {
+                            match vip_addr(&new.interface, *vip, true) {
+                                Ok(()) => added.push(*vip),
+                                Err(e) => error!(vip = %vip, error = %format!("{e:#}"), "adding a VIP failed"),
+                            }
+                        }
+                        if let Ok(mut k) = keep.lock() {
+                            *k = nat_backends(&new);
+                        }
+                        cfg = new;
+                    }
+                    Err(e) => error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays"),
+                }
+            }
             _ = tick.tick(), if stats_interval > 0 => {
                 match prog.maps().reason_counters() {
                     Ok(c) => {
