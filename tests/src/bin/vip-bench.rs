@@ -18,13 +18,17 @@ use aya::{
 };
 use clap::Parser;
 use vip_common::{
-    ConnKey, ConnValue, FAMILY_V4, MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, SVC_F_RST_UNSERVABLE,
-    ServiceKey,
+    ConnKey, ConnValue, FAMILY_V4, MAGLEV_DEFAULT_SIZE, MODE_DSR, MODE_NAT, PROTO_TCP, Reason,
+    SVC_F_RST_UNSERVABLE, ServiceKey,
 };
-use vip_tests::packet::{Pkt, TCP_ACK, TCP_SYN};
+use vip_tests::{
+    netns::{Lab, in_netns},
+    packet::{Pkt, TCP_ACK, TCP_SYN},
+};
 use vip_userspace::{
     config::addr_bytes,
     dataplane::{
+        Maps,
         kernel::{KernelMaps, LoadOptions, PROG_BENCH_TX, PROG_PASS, PROG_VIP},
         programmer::{DesiredBackend, DesiredService, Programmer},
     },
@@ -114,16 +118,24 @@ fn repeated(
     Ok(median(v))
 }
 
-/// One run per packet; median of the kernel-reported durations.
-fn single(maps: &KernelMaps, prog: &'static str, pkts: &[Vec<u8>]) -> Result<f64> {
+/// One run per packet; median of the kernel-reported durations. `ifindex`
+/// (0 for none) is the ingress interface in the test context, which the FIB
+/// lookups of mode nat need (the calling thread must be in its namespace).
+fn single(maps: &KernelMaps, prog: &'static str, pkts: &[Vec<u8>], ifindex: u32) -> Result<f64> {
     let p = maps.xdp(prog)?;
     let mut out = vec![0u8; 512];
     let mut v = Vec::with_capacity(pkts.len());
     for pkt in pkts {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        let ctx: Vec<u8> = [0u32, pkt.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .collect();
         let r = p
             .test_run(TestRunOptions {
                 data_in: Some(pkt),
                 data_out: Some(&mut out),
+                ctx_in: (ifindex != 0).then_some(&ctx[..]),
                 repeat: 1,
                 ..Default::default()
             })
@@ -131,6 +143,119 @@ fn single(maps: &KernelMaps, prog: &'static str, pkts: &[Vec<u8>]) -> Result<f64
         v.push(r.duration.as_nanos() as f64);
     }
     Ok(median(v))
+}
+
+/// Mode nat: an established flow and a reply from its backend, one run per
+/// packet (the translation rewrites addresses, so a repeat would see another
+/// flow), inside a namespace whose neighbours make the FIB lookup succeed.
+fn nat_section(a: &Args) -> Result<()> {
+    let lab = Lab::new("bench", &["lb"]);
+    let lb = lab.node("lb").clone();
+    let client = ip("10.77.0.200");
+    let mac = |i: u8| format!("02:77:00:00:01:{i:02x}");
+    lab.sh(
+        "lb",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.77.0.200",
+            "lladdr",
+            &mac(0xff),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    for i in 0..64u8 {
+        let a = format!("10.77.0.{}", 21 + i as u32);
+        lab.sh(
+            "lb",
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                &a,
+                "lladdr",
+                &mac(i),
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ],
+        );
+    }
+    println!();
+    println!(
+        "mode nat ({} packets per case, one run each; tx1 = the MAC-swap baseline run the same way)",
+        a.new_flows
+    );
+    println!(
+        "{:<9} {:>11} {:>11} {:>11} {:>10} {:>10}",
+        "backends", "tx1", "nat est", "reverse", "est/tx1", "rev/tx1"
+    );
+    for backends in [3u8, 16, 64] {
+        let lb = lb.clone();
+        let n = a.new_flows as usize;
+        let row = in_netns(&lb.ns.clone(), move || -> Result<String> {
+            let maps = KernelMaps::load(&LoadOptions {
+                conntrack_capacity: 4096,
+            })?;
+            let mut prog = Programmer::new(maps);
+            let mut svc = service(backends);
+            svc.mode = MODE_NAT;
+            svc.snat_addr = addr_bytes(lb.ipv4.into()).1;
+            for (i, b) in svc.backends.iter_mut().enumerate() {
+                b.addr = addr_bytes(ip(&format!("10.77.0.{}", 21 + i))).1;
+            }
+            prog.apply(&[svc])?;
+            let syn = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_SYN).build();
+            let est = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_ACK)
+                .payload(&[0; 10])
+                .build();
+            single(
+                prog.maps(),
+                PROG_VIP,
+                std::slice::from_ref(&syn),
+                lb.ifindex,
+            )?;
+            let nat = prog.maps().nat_entries()?;
+            let (k, _) = nat.first().context("the SYN allocated no NAT entry")?;
+            let backend = IpAddr::from(<[u8; 4]>::try_from(&k.saddr[..4])?);
+            let reply = Pkt::tcp(
+                backend,
+                PORT,
+                lb.ipv4.into(),
+                u16::from_be(k.dport_be),
+                TCP_ACK,
+            )
+            .payload(&[0; 10])
+            .build();
+            let ests = vec![est; n];
+            let replies = vec![reply; n];
+            let tx1 = single(prog.maps(), PROG_BENCH_TX, &ests, lb.ifindex)?;
+            let ne = single(prog.maps(), PROG_VIP, &ests, lb.ifindex)?;
+            let rv = single(prog.maps(), PROG_VIP, &replies, lb.ifindex)?;
+            let r = prog.maps().reason_counters()?;
+            if r[Reason::TxReverseNat as usize].packets < n as u64
+                || r[Reason::TxNat as usize].packets < n as u64
+            {
+                bail!("the nat cases did not take the nat paths: {r:?}");
+            }
+            Ok(format!(
+                "{:<9} {:>11.1} {:>11.1} {:>11.1} {:>10.2} {:>10.2}",
+                backends,
+                tx1,
+                ne,
+                rv,
+                ne / tx1,
+                rv / tx1
+            ))
+        })?;
+        println!("{row}");
+    }
+    Ok(())
 }
 
 /// Fills the connection table with `n` entries for other clients.
@@ -223,8 +348,8 @@ fn main() -> Result<()> {
             let tx = repeated(m, PROG_BENCH_TX, &est, a.repeat, a.samples)?;
             let nv = repeated(m, PROG_VIP, &non_vip, a.repeat, a.samples)?;
             let es = repeated(m, PROG_VIP, &est, a.repeat, a.samples)?;
-            let tx1 = single(m, PROG_BENCH_TX, &new_flows)?;
-            let nf = single(m, PROG_VIP, &new_flows)?;
+            let tx1 = single(m, PROG_BENCH_TX, &new_flows, 0)?;
+            let nf = single(m, PROG_VIP, &new_flows, 0)?;
             println!(
                 "{:<9} {:>9} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>11.1} {:>+10.1} {:>10.2} {:>10.2}",
                 backends,
@@ -241,6 +366,7 @@ fn main() -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    nat_section(&a)?;
     println!();
     println!(
         "targets: established <= 1.5x tx(swap); non-vip within 10 ns of pass; flat (within 20%) from 3 to 64 backends"
