@@ -13,7 +13,7 @@ use crate::{
     Verdict, fwd,
     maps::{BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_REV, SCRATCH, SERVICE_PORTS, SERVICES},
     nat::{self, Endpoints},
-    parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, parse},
+    parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers},
     stats,
 };
 
@@ -24,33 +24,39 @@ const NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext) -> Verdict {
+    let h = match headers(ctx) {
+        Ok(h) => h,
+        Err(reason) => return Verdict::pass(reason),
+    };
+    let g = globals();
+    let port = u16::from_be(h.dport_be);
+    let reply_port = port >= g.nat_port_lo && port <= g.nat_port_hi;
+    // Cheap pre-filter on the destination port alone: no service there and not
+    // a NAT reply port means not ours, without a hash lookup or a key copy (an
+    // array lookup is inlined by the verifier).
+    let service_port = match SERVICE_PORTS.get(port as u32 >> 6) {
+        Some(word) => *word & (1u64 << (port & 63)) != 0,
+        None => false,
+    };
+    if !service_port && !reply_port {
+        return Verdict::pass(Reason::PassNoService);
+    }
     let p = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; nothing else runs on it during this program.
         Some(p) => unsafe { &mut *p },
         None => return Verdict::drop(Reason::DropAdjustFailed),
     };
-    if let Err(reason) = parse(ctx, p) {
+    if let Err(reason) = fill(ctx, &h, p) {
         return Verdict::pass(reason);
     }
     let p: &Parsed = p;
-    let g = globals();
-    let port = u16::from_be(p.key.dport_be);
 
-    // Replies from backends to a source port we allocated (mode nat). The
-    // range check keeps this hash lookup off every other packet's path.
-    if port >= g.nat_port_lo
-        && port <= g.nat_port_hi
-        && let Some(v) = NAT_REV.get_ptr_mut(p.key)
-    {
+    // Replies from backends to a source port we allocated (mode nat).
+    if reply_port && let Some(v) = NAT_REV.get_ptr_mut(p.key) {
         return Verdict::unpack(reverse_nat(ctx, p, v));
     }
-
-    // Cheap pre-filter: no service on this port means not ours, without a hash
-    // lookup (an array lookup is inlined by the verifier).
-    let port = port as u32;
-    match SERVICE_PORTS.get(port >> 6) {
-        Some(word) if *word & (1u64 << (port & 63)) != 0 => {}
-        _ => return Verdict::pass(Reason::PassNoService),
+    if !service_port {
+        return Verdict::pass(Reason::PassNoService);
     }
     let skey = ServiceKey {
         addr: p.key.daddr,

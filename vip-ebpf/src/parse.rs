@@ -110,8 +110,21 @@ pub struct Parsed {
     pub tcp_flags: u8,
 }
 
+/// The first pass of the walk: offsets, protocol and ports only, all in
+/// registers. Most traffic that is not ours is turned away on its ports alone,
+/// before anything is copied (see `fill`).
+pub struct Headers {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub family: u8,
+    pub proto: u8,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub tcp_flags: u8,
+}
+
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, out: &mut Parsed) -> Result<(), Reason> {
+pub fn headers(ctx: &XdpContext) -> Result<Headers, Reason> {
     let eth: *const EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::PassMalformed)?;
     // SAFETY: bounds checked by ptr_at.
     let mut proto = unsafe { (*eth).proto };
@@ -123,21 +136,11 @@ pub fn parse(ctx: &XdpContext, out: &mut Parsed) -> Result<(), Reason> {
         l3_off += size_of::<VlanHdr>();
     }
 
-    let key = &mut out.key;
-    *key = ConnKey {
-        saddr: [0; 16],
-        daddr: [0; 16],
-        sport_be: 0,
-        dport_be: 0,
-        proto: 0,
-        family: 0,
-        _pad: [0; 2],
-    };
-    let l4_off;
+    let (family, l4proto, l4_off);
     if proto == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked for the fixed 20 bytes.
-        let (ver_ihl, frag_off, l4proto, tot_len) = unsafe {
+        let (ver_ihl, frag_off, p, tot_len) = unsafe {
             (
                 (*ip).ver_ihl,
                 (*ip).frag_off,
@@ -160,16 +163,11 @@ pub fn parse(ctx: &XdpContext, out: &mut Parsed) -> Result<(), Reason> {
         if frag_off & 0x3fffu16.to_be() != 0 {
             return Err(Reason::PassFragment);
         }
-        if l4proto != PROTO_TCP && l4proto != PROTO_UDP {
+        if p != PROTO_TCP && p != PROTO_UDP {
             return Err(Reason::PassNotL4);
         }
-        // SAFETY: bounds checked.
-        unsafe {
-            key.saddr[..4].copy_from_slice(&(*ip).saddr);
-            key.daddr[..4].copy_from_slice(&(*ip).daddr);
-        }
-        key.family = FAMILY_V4;
-        key.proto = l4proto;
+        family = FAMILY_V4;
+        l4proto = p;
         l4_off = l3_off + ihl;
     } else if proto == ETH_P_IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
@@ -194,41 +192,74 @@ pub fn parse(ctx: &XdpContext, out: &mut Parsed) -> Result<(), Reason> {
                 Reason::PassNotL4
             });
         }
-        // SAFETY: bounds checked.
-        unsafe {
-            key.saddr = (*ip).saddr;
-            key.daddr = (*ip).daddr;
-        }
-        key.family = FAMILY_V6;
-        key.proto = nexthdr;
+        family = FAMILY_V6;
+        l4proto = nexthdr;
         l4_off = l3_off + size_of::<Ipv6Hdr>();
     } else {
         return Err(Reason::PassNotIp);
     }
 
-    let mut tcp_flags = 0;
-    if key.proto == PROTO_TCP {
+    let (sport_be, dport_be, tcp_flags);
+    if l4proto == PROTO_TCP {
         let tcp: *const TcpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked.
         unsafe {
             if ((*tcp).doff_res >> 4) < 5 {
                 return Err(Reason::PassMalformed);
             }
-            key.sport_be = (*tcp).source;
-            key.dport_be = (*tcp).dest;
+            sport_be = (*tcp).source;
+            dport_be = (*tcp).dest;
             tcp_flags = (*tcp).flags;
         }
     } else {
         let udp: *const UdpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked.
         unsafe {
-            key.sport_be = (*udp).source;
-            key.dport_be = (*udp).dest;
+            sport_be = (*udp).source;
+            dport_be = (*udp).dest;
+        }
+        tcp_flags = 0;
+    }
+    Ok(Headers {
+        l3_off,
+        l4_off,
+        family,
+        proto: l4proto,
+        sport_be,
+        dport_be,
+        tcp_flags,
+    })
+}
+
+/// The second pass, for traffic that may be ours: the full flow key.
+#[inline(always)]
+pub fn fill(ctx: &XdpContext, h: &Headers, out: &mut Parsed) -> Result<(), Reason> {
+    let key = &mut out.key;
+    key.family = h.family;
+    key.proto = h.proto;
+    key.sport_be = h.sport_be;
+    key.dport_be = h.dport_be;
+    key._pad = [0; 2];
+    if h.family == FAMILY_V4 {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, h.l3_off).map_err(|()| Reason::PassMalformed)?;
+        key.saddr = [0; 16];
+        key.daddr = [0; 16];
+        // SAFETY: bounds checked.
+        unsafe {
+            key.saddr[..4].copy_from_slice(&(*ip).saddr);
+            key.daddr[..4].copy_from_slice(&(*ip).daddr);
+        }
+    } else {
+        let ip: *const Ipv6Hdr = ptr_at(ctx, h.l3_off).map_err(|()| Reason::PassMalformed)?;
+        // SAFETY: bounds checked.
+        unsafe {
+            key.saddr = (*ip).saddr;
+            key.daddr = (*ip).daddr;
         }
     }
-    out.l3_off = l3_off;
-    out.l4_off = l4_off;
-    out.tcp_flags = tcp_flags;
+    out.l3_off = h.l3_off;
+    out.l4_off = h.l4_off;
+    out.tcp_flags = h.tcp_flags;
     Ok(())
 }
 
