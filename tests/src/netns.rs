@@ -572,7 +572,11 @@ impl Proc {
             if out.contains(needle) {
                 return out;
             }
-            if let Some(s) = self.lock().poll() {
+            // Bind the status first: the guard of a lock taken in an `if let`
+            // scrutinee lives through the block (edition 2024), and the
+            // block locks again.
+            let exited = self.lock().poll();
+            if let Some(s) = exited {
                 // Re-read: the line may have landed just before exit.
                 let out = self.stdout();
                 if out.contains(needle) {

@@ -36,6 +36,7 @@ impl Dp {
         require_root();
         let maps = KernelMaps::load(&LoadOptions {
             conntrack_capacity: 4096,
+            pin_dir: None,
         })
         .expect("load the XDP object");
         let mut prog = Programmer::new(maps);

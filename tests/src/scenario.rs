@@ -34,6 +34,8 @@ pub struct LbLab {
     pub pki: TestPki,
     pub ca_path: PathBuf,
     pub config_path: PathBuf,
+    /// `--pin-dir` of this lab's vipd (removed when the lab is dropped).
+    pub pin_root: PathBuf,
     pub vipd: Proc,
     pub standins: Vec<StandinHandle>,
     pub xdp_mode: AttachMode,
@@ -117,6 +119,7 @@ impl LbLab {
             let pass = in_netns(&sw, || {
                 let mut m = KernelMaps::load(&LoadOptions {
                     conntrack_capacity: 1024,
+                    pin_dir: None,
                 })
                 .expect("load the XDP object for the switch port");
                 m.attach(PROG_PASS, &port, AttachMode::Native)
@@ -159,30 +162,56 @@ impl LbLab {
         let config_path = lab.dir().join("vipd.yaml");
         std::fs::write(&config_path, cfg).expect("write vipd config");
 
-        let vipd_bin = crate::vipd_bin();
-        let vipd = lab.spawn(
-            "lb",
-            vipd_bin.to_str().expect("utf-8 path"),
-            &[
-                "run",
-                "--config",
-                config_path.to_str().expect("utf-8 path"),
-                "--stats-interval",
-                "1",
-            ],
-            &[("RUST_LOG", "info")],
+        // vipd runs under `ip netns exec`, which mounts a fresh /sys and so
+        // hides /sys/fs/bpf. Each lab mounts its own bpffs under /run (which
+        // the namespaced mounts inherit) for vipd's pins: visible to every
+        // vipd the lab starts, shared with no other lab.
+        sweep_stale_pins();
+        let pin_root =
+            PathBuf::from("/run").join(format!("{}-bpf", lab.switch_ns().trim_end_matches("-sw")));
+        std::fs::create_dir_all(&pin_root).expect("create the pin folder");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&pin_root)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount -t bpf at {}: {}",
+            pin_root.display(),
+            String::from_utf8_lossy(&out.stderr)
         );
+        let vipd = spawn_vipd(&lab, &config_path, &pin_root);
         vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
         LbLab {
             lab,
             pki,
             ca_path,
             config_path,
+            pin_root,
             vipd,
             standins,
             xdp_mode,
             fwd,
         }
+    }
+
+    /// Stops vipd (SIGTERM) and starts a new one with the same config and pins,
+    /// as `systemctl restart` would; returns once the new one is ready.
+    pub fn restart_vipd(&mut self) {
+        self.vipd.signal(libc::SIGTERM);
+        let status = self
+            .vipd
+            .wait_timeout(Duration::from_secs(10))
+            .expect("vipd stops on SIGTERM");
+        assert!(
+            status.success(),
+            "vipd exit status {status}: {}",
+            self.vipd.logs()
+        );
+        self.vipd = spawn_vipd(&self.lab, &self.config_path, &self.pin_root);
+        self.vipd
+            .wait_for_stdout("vipd ready", Duration::from_secs(30));
     }
 
     pub fn vip_addr(v6: bool) -> SocketAddr {
@@ -222,5 +251,75 @@ impl LbLab {
         ];
         full.extend_from_slice(args);
         self.lab.sh("client", &full)
+    }
+}
+
+fn spawn_vipd(lab: &Lab, config: &std::path::Path, pin_root: &std::path::Path) -> Proc {
+    let vipd_bin = crate::vipd_bin();
+    lab.spawn(
+        "lb",
+        vipd_bin.to_str().expect("utf-8 path"),
+        &[
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--stats-interval",
+            "1",
+            "--pin-dir",
+            pin_root.to_str().expect("utf-8 path"),
+        ],
+        &[("RUST_LOG", "info")],
+    )
+}
+
+impl Drop for LbLab {
+    fn drop(&mut self) {
+        // Unmounting the lab's bpffs drops the pins, so the program detaches
+        // once vipd (killed next, with the namespaces) lets go; the sysctl
+        // record has no meaning without them.
+        unmount_pins(&self.pin_root);
+        if let Ok(entries) = std::fs::read_dir("/run/vipd") {
+            let tag: String = self.pin_root.to_string_lossy().replace('/', "_");
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&tag) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn unmount_pins(dir: &std::path::Path) {
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(dir)
+        .output();
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("removing {}: {e}", dir.display());
+    }
+}
+
+/// Pin mounts of labs whose test process died (/run/vt-<pid>-<n>-bpf).
+fn sweep_stale_pins() {
+    let Ok(entries) = std::fs::read_dir("/run") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with("-bpf") {
+            continue;
+        }
+        let Some(pid) = name
+            .strip_prefix("vt-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            unmount_pins(&e.path());
+        }
     }
 }

@@ -125,20 +125,21 @@ fn nat_skb_xdp_carries_tls_and_kubectl() {
     carries_tls_and_kubectl(AttachMode::Skb, Fwd::Nat, "nat-skb");
 }
 
-/// Stopping vipd detaches the program and removes the VIP it held.
+/// Stopping vipd removes the VIP it held but leaves the pinned program
+/// forwarding (for the next vipd to adopt); `vipd detach` removes it.
 #[test]
-fn vipd_stop_removes_vip_and_program() {
+fn vipd_stop_keeps_pinned_program_until_detach() {
     let l = LbLab::start("dsr-stop", AttachMode::Skb, Fwd::Dsr);
+    let xdp_on = || {
+        l.lab
+            .sh("lb", &["ip", "link", "show", "eth0"])
+            .contains("xdp")
+    };
     assert!(
         l.lab.ip_addr_show("lb").contains("10.77.0.100/32"),
         "VIP not added"
     );
-    assert!(
-        l.lab
-            .sh("lb", &["ip", "link", "show", "eth0"])
-            .contains("xdp"),
-        "no XDP on eth0"
-    );
+    assert!(xdp_on(), "no XDP on eth0");
     l.vipd.signal(libc::SIGTERM);
     let status = l
         .vipd
@@ -153,12 +154,95 @@ fn vipd_stop_removes_vip_and_program() {
         !l.lab.ip_addr_show("lb").contains("10.77.0.100/32"),
         "VIP left behind"
     );
+    assert!(xdp_on(), "the pinned program did not survive the stop");
     assert!(
-        !l.lab
-            .sh("lb", &["ip", "link", "show", "eth0"])
-            .contains("xdp"),
-        "XDP left attached"
+        l.vipd.logs().contains("vipd detach"),
+        "the stop did not say how to detach:\n{}",
+        l.vipd.logs()
     );
+    let bin = vip_tests::vipd_bin();
+    let pin = l.pin_root.to_str().expect("utf-8");
+    l.lab.sh(
+        "lb",
+        &[
+            bin.to_str().expect("utf-8"),
+            "detach",
+            "--interface",
+            "eth0",
+            "--pin-dir",
+            pin,
+        ],
+    );
+    assert!(!xdp_on(), "XDP still attached after vipd detach");
+}
+
+/// `systemctl restart vipd` under continuous traffic: the new vipd adopts the
+/// pinned program and maps, and a client that keeps making requests (a new
+/// TLS connection every 20 ms, and one kept-alive connection) sees no failure.
+fn restart_under_traffic(mode: AttachMode, fwd: Fwd, hint: &str) {
+    let mut l = LbLab::start(hint, mode, fwd);
+    let cfg = client_config(&l.pki.ca_pem(), None);
+    let ns = l.lab.node("client").ns.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            in_netns(&ns, || {
+                let addr = LbLab::vip_addr(false);
+                let connect =
+                    || HttpsConn::connect(addr, "kubernetes", cfg.clone(), Duration::from_secs(3));
+                let mut kept = connect().expect("kept-alive connection");
+                let (mut ok, mut failures) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match connect().and_then(|mut c| c.get("/whoami")) {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        other => failures.push(format!("new connection: {other:?}")),
+                    }
+                    match kept.get("/readyz") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        other => failures.push(format!("kept-alive connection: {other:?}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (ok, failures)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    l.restart_vipd();
+    assert!(
+        l.vipd.stdout().contains("(adopted)"),
+        "the new vipd did not adopt the pinned link: {}",
+        l.vipd.logs()
+    );
+    assert!(
+        l.vipd.logs().contains("adopting the pinned maps"),
+        "{}",
+        l.vipd.logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    l.restart_vipd();
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failures) = client.join().expect("client thread");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across two restarts: {:?}",
+        failures.len(),
+        ok as usize + failures.len(),
+        failures
+    );
+    assert!(ok > 40, "only {ok} requests made");
+}
+
+#[test]
+fn dsr_restart_under_traffic_loses_nothing() {
+    restart_under_traffic(AttachMode::Native, Fwd::Dsr, "rs-dsr");
+}
+
+#[test]
+fn nat_restart_under_traffic_loses_nothing() {
+    restart_under_traffic(AttachMode::Skb, Fwd::Nat, "rs-nat");
 }
 
 /// `cargo xtask run`'s lab: starts, carries traffic through XDP, stops by itself

@@ -310,6 +310,34 @@ pub const fn maglev_index(service_id: u32, half: u32, slot: u32) -> u32 {
     (service_id * 2 + (half & 1)) * MAGLEV_MAX_SIZE + slot
 }
 
+/// A fingerprint of the map layout: every key and value size, capacity and
+/// the reason count. Pinned maps live in a folder named after it, so a vipd
+/// with a different layout never adopts maps it cannot read.
+pub const ABI_FINGERPRINT: u32 = {
+    let parts = [
+        size_of::<ServiceKey>() as u32,
+        size_of::<ServiceValue>() as u32,
+        size_of::<BackendValue>() as u32,
+        size_of::<ConnKey>() as u32,
+        size_of::<ConnValue>() as u32,
+        size_of::<NatValue>() as u32,
+        size_of::<Globals>() as u32,
+        size_of::<Counter>() as u32,
+        size_of::<BackendStats>() as u32,
+        MAX_SERVICES,
+        MAX_BACKENDS,
+        MAGLEV_MAX_SIZE,
+        REASON_COUNT,
+    ];
+    let mut h: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < parts.len() {
+        h = (h ^ parts[i]).wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+};
+
 /// Entries in the `MAGLEV` array.
 pub const MAGLEV_ENTRIES: u32 = MAX_SERVICES * 2 * MAGLEV_MAX_SIZE;
 

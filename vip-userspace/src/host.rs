@@ -3,7 +3,7 @@
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -23,6 +23,46 @@ pub enum HostError {
     NoInterface(String),
     #[error("listing interfaces failed")]
     List(#[source] network_interface::Error),
+}
+
+/// Writes `path=old` lines for the changed values, unless a record exists
+/// already (a restarted vipd sees its own values as the "old" ones; the first
+/// run's record holds the real originals).
+pub fn record(changed: &[Changed], file: &Path) -> Result<(), HostError> {
+    if file.exists() {
+        return Ok(());
+    }
+    let err = |source| HostError::Sysctl {
+        path: file.to_owned(),
+        source,
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let text: String = changed
+        .iter()
+        .map(|c| format!("{}={}\n", c.path.display(), c.old))
+        .collect();
+    std::fs::write(file, text).map_err(err)
+}
+
+/// Restores what `record` wrote, then removes the record.
+pub fn restore_recorded(file: &Path) -> Result<(), HostError> {
+    let err = |source| HostError::Sysctl {
+        path: file.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(file).map_err(err)?;
+    for line in text.lines().rev() {
+        if let Some((path, old)) = line.split_once('=') {
+            Changed {
+                path: PathBuf::from(path),
+                old: old.to_owned(),
+            }
+            .restore();
+        }
+    }
+    std::fs::remove_file(file).map_err(err)
 }
 
 /// A sysctl value changed by vipd, restored by `restore`.
@@ -92,7 +132,11 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
             source,
         })?;
         let old = old.trim();
-        let new = if old.is_empty() {
+        let range = format!("{lo}-{hi}");
+        let new = if old.split(',').any(|r| r == range) {
+            // A restarted vipd finds its own reservation still in place.
+            old.to_owned()
+        } else if old.is_empty() {
             format!("{lo}-{hi}")
         } else {
             format!("{old},{lo}-{hi}")

@@ -15,7 +15,7 @@ use vip_userspace::{
     config::{Config, Mode},
     dataplane::{
         Maps,
-        kernel::{KernelMaps, LoadOptions, PROG_VIP},
+        kernel::{KernelMaps, LoadOptions, PROG_VIP, pin_dir_for},
         programmer::Programmer,
     },
     host,
@@ -45,9 +45,47 @@ enum Cmd {
         /// Print traffic counters this often (seconds; 0 = never).
         #[arg(long, default_value_t = 5)]
         stats_interval: u64,
+        #[command(flatten)]
+        pin: PinArgs,
+    },
+    /// Remove what a stopped vipd left pinned on an interface: the XDP program
+    /// detaches, the maps go, and the sysctls mode nat changed are restored.
+    Detach {
+        #[arg(long, short)]
+        interface: String,
+        #[command(flatten)]
+        pin: PinArgs,
     },
     /// Validate a configuration file without touching the system.
     CheckConfig { config: PathBuf },
+}
+
+#[derive(clap::Args, Clone)]
+struct PinArgs {
+    /// bpffs folder for the pinned program link and maps. A vipd started with
+    /// the same folder adopts them: traffic keeps flowing across restarts.
+    #[arg(long, default_value = "/sys/fs/bpf/vipd")]
+    pin_dir: PathBuf,
+    /// Pin nothing: stopping vipd detaches the program.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+impl PinArgs {
+    fn dir(&self, iface: &str) -> Option<PathBuf> {
+        (!self.no_pin).then(|| pin_dir_for(&self.pin_dir, iface))
+    }
+}
+
+/// Where the sysctl values mode nat replaced are kept until `vipd detach`
+/// (bpffs holds only BPF objects, so not in the pin folder).
+fn sysctl_record(pin: &Path) -> PathBuf {
+    let flat: String = pin
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    PathBuf::from("/run/vipd").join(format!("{flat}.sysctl"))
 }
 
 fn main() {
@@ -57,7 +95,9 @@ fn main() {
         Cmd::Run {
             config,
             stats_interval,
-        } => run(&config, stats_interval),
+            pin,
+        } => run(&config, stats_interval, &pin),
+        Cmd::Detach { interface, pin } => detach(&interface, &pin),
         Cmd::CheckConfig { config } => check_config(&config),
     };
     if let Err(e) = res {
@@ -91,12 +131,29 @@ fn check_config(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run(path: &Path, stats_interval: u64) -> Result<()> {
+fn detach(iface: &str, pin: &PinArgs) -> Result<()> {
+    let Some(dir) = pin.dir(iface) else {
+        bail!("--no-pin: nothing to detach")
+    };
+    KernelMaps::unpin(&dir)?;
+    let record = sysctl_record(&dir);
+    if record.exists() {
+        host::restore_recorded(&record)?;
+    }
+    println!(
+        "{iface}: pins under {} removed; the program detaches once no vipd holds it",
+        dir.display()
+    );
+    Ok(())
+}
+
+fn run(path: &Path, stats_interval: u64, pin: &PinArgs) -> Result<()> {
     let cfg = Config::load(path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(path, cfg, stats_interval))
+    let pin_dir = pin.dir(&cfg.interface);
+    rt.block_on(serve(path, cfg, stats_interval, pin_dir))
 }
 
 fn nat_backends(cfg: &Config) -> Vec<SocketAddr> {
@@ -161,11 +218,22 @@ fn reload(path: &Path, old: &Config, prog: &mut Programmer<KernelMaps>) -> Resul
     Ok(new)
 }
 
-async fn serve(path: &Path, mut cfg: Config, stats_interval: u64) -> Result<()> {
+async fn serve(
+    path: &Path,
+    mut cfg: Config,
+    stats_interval: u64,
+    pin: Option<PathBuf>,
+) -> Result<()> {
     let maps = KernelMaps::load(&LoadOptions {
         conntrack_capacity: cfg.conntrack_capacity,
+        pin_dir: pin.clone(),
     })?;
-    let mut prog = Programmer::new(maps);
+    let mut prog = if maps.adopted() {
+        info!(pins = %pin.as_deref().unwrap_or(Path::new("")).display(), "adopting the pinned maps: established flows keep their backends");
+        Programmer::adopt(maps).context("reading the adopted maps")?
+    } else {
+        Programmer::new(maps)
+    };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
     prog.maps_mut().set_globals(&globals)?;
     let node_addrs = host::interface_addrs(&cfg.interface)?;
@@ -184,6 +252,11 @@ async fn serve(path: &Path, mut cfg: Config, stats_interval: u64) -> Result<()> 
         vec![]
     } else {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
+        if let Some(dir) = &pin {
+            // The pinned program needs these after we stop; `vipd detach`
+            // restores the originals recorded by the first run.
+            host::record(&c, &sysctl_record(dir))?;
+        }
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
         c
     };
@@ -281,9 +354,20 @@ async fn serve(path: &Path, mut cfg: Config, stats_interval: u64) -> Result<()> 
         k.abort();
     }
     remove_vips(&cfg.interface, &added);
-    sysctls.into_iter().rev().for_each(host::Changed::restore);
-    // Dropping the programmer drops the maps and the XDP link: the program
-    // detaches (it is not pinned yet).
+    match &pin {
+        Some(dir) => {
+            // Pinned: the program keeps forwarding with these maps until the
+            // next vipd adopts them, so its sysctls stay too.
+            info!(
+                pins = %dir.display(),
+                "the XDP program stays attached and keeps forwarding; `vipd detach --interface {}` removes it",
+                cfg.interface
+            );
+        }
+        None => sysctls.into_iter().rev().for_each(host::Changed::restore),
+    }
+    // Dropping the programmer closes our handles; without pins the XDP link
+    // goes with them and the program detaches.
     drop(prog);
     info!("stopped");
     Ok(())

@@ -201,6 +201,7 @@ fn nat_section(a: &Args) -> Result<()> {
         let row = in_netns(&lb.ns.clone(), move || -> Result<String> {
             let maps = KernelMaps::load(&LoadOptions {
                 conntrack_capacity: 4096,
+                pin_dir: None,
             })?;
             let mut prog = Programmer::new(maps);
             let mut svc = service(backends);
@@ -337,6 +338,7 @@ fn main() -> Result<()> {
         for flows in [1u32, 10_000, a.max_flows] {
             let mut maps = KernelMaps::load(&LoadOptions {
                 conntrack_capacity: (flows + a.new_flows + 1024).max(4096),
+                pin_dir: None,
             })?;
             fill_conntrack(&mut maps, flows.saturating_sub(1))?;
             let mut prog = Programmer::new(maps);

@@ -2,12 +2,19 @@
 //! attaches it (native first, generic as fallback or by choice), and reads and
 //! writes its maps.
 
-use std::fmt;
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{Xdp, XdpMode},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use vip_common::{
     BackendStats, BackendValue, Counter, Globals, NatValue, REASON_COUNT, ServiceKey, ServiceValue,
@@ -33,6 +40,8 @@ pub enum AttachMode {
 pub enum Attached {
     Native,
     Skb,
+    /// Took over an earlier vipd's pinned link (in whatever mode it had).
+    Adopted,
 }
 
 impl fmt::Display for Attached {
@@ -40,6 +49,7 @@ impl fmt::Display for Attached {
         f.write_str(match self {
             Attached::Native => "native",
             Attached::Skb => "skb",
+            Attached::Adopted => "adopted",
         })
     }
 }
@@ -49,12 +59,39 @@ impl fmt::Display for Attached {
 pub struct LoadOptions {
     /// Connection-table capacity (LRU entries).
     pub conntrack_capacity: u32,
+    /// Pin the state maps and the XDP link here (a bpffs folder, one per
+    /// interface). A later load with the same folder adopts them: the maps keep
+    /// every flow, and the link is switched to the new program in one step, so
+    /// a restart never stops traffic. None: nothing pinned (tests, benchmarks).
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// The maps that hold state worth keeping across a restart (everything but
+/// the per-packet scratch space).
+pub const PINNED_MAPS: [&str; 9] = [
+    "SERVICES",
+    "SERVICE_PORTS",
+    "BACKENDS",
+    "MAGLEV",
+    "CONNTRACK",
+    "NAT_REV",
+    "GLOBALS",
+    "REASONS",
+    "BACKEND_STATS",
+];
+
+/// The folder for `iface` under a pin root, versioned by the map ABI so that
+/// a vipd whose map layout differs never adopts incompatible maps.
+pub fn pin_dir_for(root: &Path, iface: &str) -> PathBuf {
+    root.join(iface)
+        .join(format!("abi-{:08x}", vip_common::ABI_FINGERPRINT))
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_capacity: vip_common::CONNTRACK_DEFAULT_CAPACITY,
+            pin_dir: None,
         }
     }
 }
@@ -66,6 +103,8 @@ pub const PROG_BENCH_TX: &str = "vip_bench_tx";
 
 pub struct KernelMaps {
     ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
 impl KernelMaps {
@@ -74,16 +113,37 @@ impl KernelMaps {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("CONNTRACK", opts.conntrack_capacity)
             // One reverse entry per translated connection.
-            .map_max_entries("NAT_REV", opts.conntrack_capacity)
+            .map_max_entries("NAT_REV", opts.conntrack_capacity);
+        let mut adopted = false;
+        if let Some(dir) = &opts.pin_dir {
+            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::Pin {
+                path: dir.clone(),
+                source: e,
+            })?;
+            adopted = dir.join("SERVICES").exists();
+            for m in PINNED_MAPS {
+                // An existing pin is opened and reused; a missing one is
+                // created and pinned (aya's create_pinned_by_name).
+                loader.map_pin_path(m, dir.join(m));
+            }
+        }
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
-        let mut me = KernelMaps { ebpf };
-        // Defaults until the agent writes its own: the program must never run
-        // with a zero idle timeout or an empty port range.
-        me.set_globals(&Globals::DEFAULT)?;
+        let mut me = KernelMaps {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            adopted,
+        };
+        if !adopted {
+            // Defaults until the agent writes its own: the program must never
+            // run with a zero idle timeout or an empty port range.
+            me.set_globals(&Globals::DEFAULT)?;
+        }
         for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
             me.xdp_mut(name)?
                 .load()
@@ -93,6 +153,11 @@ impl KernelMaps {
                 })?;
         }
         Ok(me)
+    }
+
+    /// The maps came from an earlier vipd's pins (their contents are live).
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     /// A loaded program, for attaching or for BPF_PROG_TEST_RUN.
@@ -121,6 +186,49 @@ impl KernelMaps {
         iface: &str,
         mode: AttachMode,
     ) -> Result<Attached> {
+        let link_path = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join(format!("link-{name}")));
+        if let Some(path) = &link_path
+            && path.exists()
+        {
+            // An earlier vipd's link: switch it to this program atomically
+            // (BPF_LINK_UPDATE); packets never meet an interface without XDP.
+            let adopt = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Adopt {
+                path: path.clone(),
+                source: e,
+            };
+            let pinned = PinnedLink::from_pin(path).map_err(|e| adopt(Box::new(e)))?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| adopt(Box::new(e)))?;
+            self.xdp_mut(name)?
+                .attach_to_link(link)
+                .map_err(|e| adopt(Box::new(e)))?;
+            return Ok(Attached::Adopted);
+        }
+        let (attached, id) = self.attach_new(name, iface, mode)?;
+        if let Some(path) = link_path {
+            // Pin the new link so that it, and the program, outlive us.
+            let pin = |e: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Adopt {
+                path: path.clone(),
+                source: e,
+            };
+            let link = self
+                .xdp_mut(name)?
+                .take_link(id)
+                .map_err(|e| pin(Box::new(e)))?;
+            let fd = FdLink::try_from(link).map_err(|e| pin(Box::new(e)))?;
+            fd.pin(&path).map_err(|e| pin(Box::new(e)))?;
+        }
+        Ok(attached)
+    }
+
+    fn attach_new(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<(Attached, XdpLinkId)> {
         let ifindex = ifindex(iface)?;
         let prog = self.xdp_mut(name)?;
         let tries: &[(XdpMode, Attached, &str)] = match mode {
@@ -134,7 +242,7 @@ impl KernelMaps {
         let mut last = None;
         for (xmode, attached, label) in tries {
             match prog.attach_to_if_index(ifindex, *xmode) {
-                Ok(_) => return Ok(*attached),
+                Ok(id) => return Ok((*attached, id)),
                 Err(e) => last = Some((label, e)),
             }
         }
@@ -144,6 +252,19 @@ impl KernelMaps {
             mode,
             source: Box::new(source),
         })
+    }
+
+    /// Removes a pin folder made by `load`/`attach`: the link (and with it the
+    /// program, once no process holds it) and the maps go away.
+    pub fn unpin(dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DataplaneError::Pin {
+                path: dir.to_owned(),
+                source: e,
+            }),
+        }
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
@@ -243,6 +364,48 @@ impl Maps for KernelMaps {
             .map_err(map_err("SERVICE_PORTS", "open"))?;
         m.set(word, bits, 0)
             .map_err(map_err("SERVICE_PORTS", "update"))
+    }
+
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        let m: HashMap<&MapData, ServiceKey, ServiceValue> =
+            HashMap::try_from(self.map("SERVICES")?).map_err(map_err("SERVICES", "open"))?;
+        m.iter()
+            .map(|r| r.map_err(map_err("SERVICES", "iterate")))
+            .collect()
+    }
+
+    fn read_backends(&self) -> Result<Vec<(u32, BackendValue)>> {
+        let m: Array<&MapData, BackendValue> =
+            Array::try_from(self.map("BACKENDS")?).map_err(map_err("BACKENDS", "open"))?;
+        let mut out = vec![];
+        for i in 0..m.len() {
+            let v = m.get(&i, 0).map_err(map_err("BACKENDS", "lookup"))?;
+            if v != BackendValue::EMPTY {
+                out.push((i, v));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_maglev(&self, start: u32, len: u32) -> Result<Vec<u32>> {
+        let m: Array<&MapData, u32> =
+            Array::try_from(self.map("MAGLEV")?).map_err(map_err("MAGLEV", "open"))?;
+        (start..start + len)
+            .map(|i| m.get(&i, 0).map_err(map_err("MAGLEV", "lookup")))
+            .collect()
+    }
+
+    fn read_port_words(&self) -> Result<Vec<(u32, u64)>> {
+        let m: Array<&MapData, u64> = Array::try_from(self.map("SERVICE_PORTS")?)
+            .map_err(map_err("SERVICE_PORTS", "open"))?;
+        let mut out = vec![];
+        for i in 0..m.len() {
+            let v = m.get(&i, 0).map_err(map_err("SERVICE_PORTS", "lookup"))?;
+            if v != 0 {
+                out.push((i, v));
+            }
+        }
+        Ok(out)
     }
 
     fn reason_counters(&self) -> Result<Vec<Counter>> {

@@ -88,6 +88,29 @@ impl Maps for MemMaps {
         self.ports.insert(word, bits);
         Ok(())
     }
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn read_backends(&self) -> Result<Vec<(u32, BackendValue)>> {
+        Ok(self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != BackendValue::EMPTY)
+            .map(|(i, b)| (i as u32, *b))
+            .collect())
+    }
+    fn read_maglev(&self, start: u32, len: u32) -> Result<Vec<u32>> {
+        Ok(self.maglev[start as usize..(start + len) as usize].to_vec())
+    }
+    fn read_port_words(&self) -> Result<Vec<(u32, u64)>> {
+        Ok(self
+            .ports
+            .iter()
+            .filter(|(_, b)| **b != 0)
+            .map(|(w, b)| (*w, *b))
+            .collect())
+    }
     fn reason_counters(&self) -> Result<Vec<Counter>> {
         Ok(vec![Counter::default(); REASON_COUNT as usize])
     }

@@ -60,6 +60,22 @@ pub enum DataplaneError {
     Full { what: &'static str, max: u32 },
     #[error(transparent)]
     Maglev(#[from] MaglevError),
+    #[error(
+        "{path}: pinning failed; is bpffs mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)?"
+    )]
+    Pin {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: pinning or taking over the XDP link failed; if no vipd runs, remove it with `vipd detach`"
+    )]
+    Adopt {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
@@ -75,6 +91,13 @@ pub trait Maps {
     fn set_globals(&mut self, g: &Globals) -> Result<()>;
     /// Writes one word of the service-port bitmap.
     fn set_port_word(&mut self, word: u32, bits: u64) -> Result<()>;
+    /// What an earlier agent left in the maps, for adoption: every service,
+    /// every non-empty backend slot, a run of Maglev entries, and the non-zero
+    /// words of the port bitmap.
+    fn read_services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    fn read_backends(&self) -> Result<Vec<(u32, BackendValue)>>;
+    fn read_maglev(&self, start: u32, len: u32) -> Result<Vec<u32>>;
+    fn read_port_words(&self) -> Result<Vec<(u32, u64)>>;
     /// Reason counters summed over CPUs, indexed by `Reason as usize`.
     fn reason_counters(&self) -> Result<Vec<Counter>>;
     /// A backend's counters summed over CPUs.

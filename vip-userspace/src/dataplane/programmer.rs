@@ -107,6 +107,39 @@ impl<M: Maps> Programmer<M> {
         }
     }
 
+    /// A programmer for maps an earlier agent wrote (pinned maps adopted after
+    /// a restart): its shadow is read back from the maps, so ids stay what the
+    /// connection table already refers to and `apply` writes only differences.
+    pub fn adopt(maps: M) -> Result<Self> {
+        let mut p = Programmer::new(maps);
+        for (key, value) in p.maps.read_services()? {
+            if value.id >= MAX_SERVICES {
+                continue;
+            }
+            let mut halves = [vec![], vec![]];
+            for (half, shadow) in halves.iter_mut().enumerate() {
+                *shadow = p
+                    .maps
+                    .read_maglev(maglev_index(value.id, half as u32, 0), MAGLEV_MAX_SIZE)?;
+            }
+            p.free_service_ids.remove(&value.id);
+            p.services.insert(key, ProgrammedService { value, halves });
+        }
+        for (id, v) in p.maps.read_backends()? {
+            let bi = BackendIdent {
+                family: v.family,
+                addr: v.addr,
+                port_be: v.port_be,
+                mac: v.mac,
+                local: v.flags & BE_F_LOCAL != 0,
+            };
+            p.free_backend_ids.retain(|f| *f != id);
+            p.backends.insert(bi, (id, v));
+        }
+        p.ports = p.maps.read_port_words()?.into_iter().collect();
+        Ok(p)
+    }
+
     pub fn maps(&self) -> &M {
         &self.maps
     }
@@ -500,6 +533,56 @@ mod tests {
         // The freed id is not handed out again at once.
         p.apply(&[service(vec![backend(9, true)])]).expect("apply");
         assert_ne!(p.backend_id(&backend(9, true)), Some(id));
+    }
+
+    /// A restarted agent adopts the maps: same desired state, no write; the
+    /// ids the connection table refers to are kept; changes are diffs.
+    #[test]
+    fn adopting_written_maps_keeps_ids_and_writes_only_differences() {
+        let three = [service(vec![
+            backend(1, true),
+            backend(2, true),
+            backend(3, true),
+        ])];
+        let mut first = Programmer::new(MemMaps::default());
+        first.apply(&three).expect("apply");
+        let ids: Vec<Option<u32>> = (1..=3)
+            .map(|i| first.backend_id(&backend(i, true)))
+            .collect();
+        let mut maps = first.maps().clone();
+        maps.writes = Default::default();
+
+        let mut second = Programmer::adopt(maps).expect("adopt");
+        let r = second.apply(&three).expect("apply");
+        assert_eq!(
+            r,
+            ApplyReport::default(),
+            "re-applying the same state after adoption wrote something"
+        );
+        let again: Vec<Option<u32>> = (1..=3)
+            .map(|i| second.backend_id(&backend(i, true)))
+            .collect();
+        assert_eq!(ids, again, "backend ids changed across adoption");
+
+        let before = live_table(&second);
+        let r = second
+            .apply(&[service(vec![
+                backend(1, true),
+                backend(2, false),
+                backend(3, true),
+            ])])
+            .expect("apply");
+        assert!(
+            r.maglev_writes > 0 && r.maglev_writes < MAGLEV_DEFAULT_SIZE as usize,
+            "{r:?}"
+        );
+        assert_ne!(before, live_table(&second), "the table did not change");
+        // A new backend takes an id no adopted backend holds.
+        second
+            .apply(&[service(vec![backend(1, true), backend(4, true)])])
+            .expect("apply");
+        let id4 = second.backend_id(&backend(4, true));
+        assert!(id4.is_some() && !ids.contains(&id4), "id {id4:?} reused");
     }
 
     #[test]
