@@ -306,6 +306,26 @@ impl Lab {
         self.sh(node, &["ip", "addr", "del", cidr, "dev", NODE_IF]);
     }
 
+    /// A permanent neighbour entry on `node`'s eth0 (for tests whose peers
+    /// exist only as addresses).
+    pub fn add_neighbour(&self, node: &str, addr: &str, mac: &str) {
+        self.sh(
+            node,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                mac,
+                "dev",
+                NODE_IF,
+                "nud",
+                "permanent",
+            ],
+        );
+    }
+
     /// Starts `cmd args` inside `node`'s namespace with extra `env`. Output goes
     /// to files in the lab dir (`Proc::logs`). The process is killed when the
     /// `Proc` or the lab is dropped, and by the kernel if this thread dies

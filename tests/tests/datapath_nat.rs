@@ -75,40 +75,12 @@ impl NatLab {
         lab.sh("lb", &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
         let mac = |m: [u8; 6]| vip_tests::netns::mac_to_string(&m);
         for (a, m) in [(ip(CLIENT4), CLIENT_MAC), (ip(CLIENT6), CLIENT_MAC)] {
-            lab.sh(
-                "lb",
-                &[
-                    "ip",
-                    "neigh",
-                    "replace",
-                    &a.to_string(),
-                    "lladdr",
-                    &mac(m),
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ],
-            );
+            lab.add_neighbour("lb", &a.to_string(), &mac(m));
         }
         for i in 1..=3 {
             for v6 in [false, true] {
                 let a = backend_ip(v6, i).to_string();
-                lab.sh(
-                    "lb",
-                    &[
-                        "ip",
-                        "neigh",
-                        "replace",
-                        &a,
-                        "lladdr",
-                        &mac(backend_mac(i)),
-                        "dev",
-                        "eth0",
-                        "nud",
-                        "permanent",
-                    ],
-                );
+                lab.add_neighbour("lb", &a, &mac(backend_mac(i)));
             }
         }
         NatLab { lab }

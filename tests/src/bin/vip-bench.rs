@@ -153,38 +153,10 @@ fn nat_section(a: &Args) -> Result<()> {
     let lb = lab.node("lb").clone();
     let client = ip("10.77.0.200");
     let mac = |i: u8| format!("02:77:00:00:01:{i:02x}");
-    lab.sh(
-        "lb",
-        &[
-            "ip",
-            "neigh",
-            "replace",
-            "10.77.0.200",
-            "lladdr",
-            &mac(0xff),
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ],
-    );
+    lab.add_neighbour("lb", "10.77.0.200", &mac(0xff));
     for i in 0..64u8 {
         let a = format!("10.77.0.{}", 21 + i as u32);
-        lab.sh(
-            "lb",
-            &[
-                "ip",
-                "neigh",
-                "replace",
-                &a,
-                "lladdr",
-                &mac(i),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        );
+        lab.add_neighbour("lb", &a, &mac(i));
     }
     println!();
     println!(
