@@ -10,9 +10,15 @@ pub fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// RFC 1624 eqn. 3: the new checksum after a 16-bit field changes from `old` to
-/// `new`: HC' = ~(~HC + ~m + m').
+/// RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for any number of changed words:
+/// `delta` is the sum of ~m + m' over them.
+#[inline(always)]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    !fold((!check) as u32 + fold(delta) as u32)
+}
+
+/// The new checksum after one 16-bit field changes from `old` to `new`.
 #[inline(always)]
 pub fn update16(check: u16, old: u16, new: u16) -> u16 {
-    !fold((!check) as u32 + (!old) as u32 + new as u32)
+    apply(check, (!old) as u32 + new as u32)
 }

@@ -53,7 +53,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
 
     // Replies from backends to a source port we allocated (mode nat).
     if reply_port && let Some(v) = NAT_REV.get_ptr_mut(p.key) {
-        return Verdict::unpack(reverse_nat(ctx, p, v));
+        return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
     if !service_port {
         return Verdict::pass(Reason::PassNoService);
@@ -91,15 +91,8 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             // A SYN on a closing or expired entry is a new connection reusing
             // the tuple: choose again so it follows the current table.
             if live && !(syn && flags & CT_F_CLOSING != 0) {
-                if now.wrapping_sub(last) > CT_TOUCH_NS || p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                    // SAFETY: as above.
-                    unsafe {
-                        (*ct).last_seen_ns = now;
-                        if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                            (*ct).flags |= CT_F_CLOSING;
-                        }
-                    }
-                }
+                // SAFETY: as above.
+                unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
                 return forward(ctx, p, &svc, id, &be, nat_port);
             }
         } else if live && !syn {
@@ -121,7 +114,8 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     if size == 0 || size > MAGLEV_MAX_SIZE {
         return Verdict::drop(Reason::DropBadTable);
     }
-    let slot = flow_hash(&p.key) % size;
+    let hash = flow_hash(&p.key);
+    let slot = hash % size;
     let id = match MAGLEV.get(maglev_index(svc.id, svc.maglev_half, slot)) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return unservable(ctx, p, &svc, None),
@@ -139,7 +133,13 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     }
     let mut nat_port = 0u16;
     if svc.mode == MODE_NAT {
-        let got = allocate_port(p, &svc, &be, now);
+        let req = PortRequest {
+            now,
+            hash,
+            lo: g.nat_port_lo,
+            hi: g.nat_port_hi,
+        };
+        let got = allocate_port(p, &svc, &be, &req);
         if got == 0 {
             return Verdict::drop(Reason::DropNatPortsExhausted);
         }
@@ -174,6 +174,19 @@ fn globals() -> Globals {
     }
 }
 
+/// Records a packet on a flow entry (connection or reverse NAT): the time, at
+/// most once per CT_TOUCH_NS, and FIN/RST as "closing".
+#[inline(always)]
+fn touch(last_seen: &mut u64, flags: &mut u8, now: u64, tcp_flags: u8) {
+    let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if now.wrapping_sub(*last_seen) > CT_TOUCH_NS || closing {
+        *last_seen = now;
+        if closing {
+            *flags |= CT_F_CLOSING;
+        }
+    }
+}
+
 /// An entry no longer counts once idle past its protocol's timeout, or past
 /// the closing linger after FIN/RST.
 #[inline(always)]
@@ -197,6 +210,17 @@ fn alive_backend(id: u32) -> Option<BackendValue> {
     }
 }
 
+/// What `allocate_port` needs from the caller, which has it already: one
+/// pointer, as BPF calls take at most five arguments.
+#[derive(Clone, Copy)]
+struct PortRequest {
+    now: u64,
+    /// The flow hash that also picked the Maglev slot.
+    hash: u32,
+    lo: u16,
+    hi: u16,
+}
+
 /// Finds a source port such that (backend, port, SNAT address, source port,
 /// protocol) is used by no other flow: the reverse entry is inserted with
 /// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
@@ -204,14 +228,13 @@ fn alive_backend(id: u32) -> Option<BackendValue> {
 /// (network order) in the low 16 bits with bit 16 set, or 0 if every try was
 /// taken: a plain integer, because a BPF call returns in one register.
 #[inline(never)]
-fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, now: u64) -> u32 {
-    let g = globals();
-    let hash = flow_hash(&p.key);
-    if g.nat_port_hi < g.nat_port_lo {
+fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+    let PortRequest { now, hash, lo, hi } = *req;
+    if hi < lo {
         return 0;
     }
-    let lo = g.nat_port_lo as u32;
-    let range = g.nat_port_hi as u32 - lo + 1;
+    let lo = lo as u32;
+    let range = hi as u32 - lo + 1;
     // Never zero (hi >= lo), but the compiler cannot see it and would keep a
     // division-by-zero panic path, which the verifier rejects.
     if range == 0 {
@@ -284,14 +307,12 @@ fn forward(
 /// A reply from a backend: translate it back to the client and send it.
 /// Returns a packed `Verdict` (a subprogram returns one register).
 #[inline(never)]
-fn reverse_nat(ctx: &XdpContext, p: &Parsed, v: *mut NatValue) -> u64 {
-    reverse_nat_inner(ctx, p, v).pack()
+fn reverse_nat(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals) -> u64 {
+    reverse_nat_inner(ctx, p, v, g).pack()
 }
 
 #[inline(always)]
-fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue) -> Verdict {
-    let g = globals();
-    let g = &g;
+fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals) -> Verdict {
     // SAFETY: LRU value pointer, valid during this run.
     let n = unsafe { *v };
     let is_tcp = p.key.proto == PROTO_TCP;
@@ -300,15 +321,8 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue) -> Verdict 
     if expired(now, n.last_seen_ns, n.flags, is_tcp, g) {
         return Verdict::pass(Reason::PassNoService);
     }
-    if now.wrapping_sub(n.last_seen_ns) > CT_TOUCH_NS || p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        // SAFETY: as above.
-        unsafe {
-            (*v).last_seen_ns = now;
-            if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                (*v).flags |= CT_F_CLOSING;
-            }
-        }
-    }
+    // SAFETY: as above.
+    unsafe { touch(&mut (*v).last_seen_ns, &mut (*v).flags, now, p.tcp_flags) };
     let to = Endpoints {
         saddr: &n.vip,
         sport_be: n.vip_port_be,
@@ -347,9 +361,8 @@ fn unservable(ctx: &XdpContext, p: &Parsed, svc: &ServiceValue, backend: Option<
     if p.key.proto == PROTO_TCP && svc.flags & SVC_F_RST_UNSERVABLE != 0 && fwd::rst(ctx, p).is_ok()
     {
         return Verdict {
-            action: aya_ebpf::bindings::xdp_action::XDP_TX,
-            reason: Reason::TxRst,
             backend,
+            ..Verdict::tx(Reason::TxRst, 0)
         };
     }
     Verdict::drop(Reason::DropNoBackend)

@@ -68,8 +68,10 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, to: &Endpoints) -> Result<(), ()> {
     if v4 {
         let ip: *mut Ipv4Hdr = ptr_at(ctx, p.l3_off)?;
         // SAFETY: bounds checked.
-        unsafe { (*ip).check = !csum::fold((!(*ip).check) as u32 + csum::fold(delta) as u32) };
+        unsafe { (*ip).check = csum::apply((*ip).check, delta) };
     }
+    // The addresses' delta is at most 32 terms of 0x1fffe: fold it before the
+    // ports add theirs, so nothing overflows.
     delta = csum::fold(delta) as u32;
     delta += (!p.key.sport_be) as u32 + to.sport_be as u32;
     delta += (!p.key.dport_be) as u32 + to.dport_be as u32;
@@ -79,7 +81,7 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, to: &Endpoints) -> Result<(), ()> {
         unsafe {
             (*tcp).source = to.sport_be;
             (*tcp).dest = to.dport_be;
-            (*tcp).check = !csum::fold((!(*tcp).check) as u32 + delta);
+            (*tcp).check = csum::apply((*tcp).check, delta);
         }
     } else if p.key.proto == PROTO_UDP {
         let udp: *mut UdpHdr = ptr_at(ctx, p.l4_off)?;
@@ -90,7 +92,7 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, to: &Endpoints) -> Result<(), ()> {
             // IPv4 UDP may carry no checksum (0); it stays so. A computed 0
             // is sent as all ones (RFC 768).
             if (*udp).check != 0 || !v4 {
-                let c = !csum::fold((!(*udp).check) as u32 + delta);
+                let c = csum::apply((*udp).check, delta);
                 (*udp).check = if c == 0 { 0xffff } else { c };
             }
         }
