@@ -109,9 +109,12 @@ fn main() {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: logs captured to files or journald stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         b.json().init();
     } else {
@@ -266,7 +269,7 @@ async fn serve(
     {
         Ok(a) => a,
         Err(e) => {
-            sysctls.into_iter().rev().for_each(host::Changed::restore);
+            host::restore_all(sysctls);
             return Err(anyhow::Error::new(e).context(format!("attaching to {}", cfg.interface)));
         }
     };
@@ -281,7 +284,7 @@ async fn serve(
             }
             Err(e) => {
                 remove_vips(&cfg.interface, &added);
-                sysctls.into_iter().rev().for_each(host::Changed::restore);
+                host::restore_all(sysctls);
                 return Err(e);
             }
         }
@@ -364,7 +367,7 @@ async fn serve(
                 cfg.interface
             );
         }
-        None => sysctls.into_iter().rev().for_each(host::Changed::restore),
+        None => host::restore_all(sysctls),
     }
     // Dropping the programmer closes our handles; without pins the XDP link
     // goes with them and the program detaches.
