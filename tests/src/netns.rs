@@ -586,9 +586,18 @@ impl Proc {
     /// Waits until stdout contains `needle` (e.g. "listening on"); panics with
     /// the logs on timeout or if the process exits first.
     pub fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for(needle, timeout, Self::stdout)
+    }
+
+    /// Like `wait_for_stdout`, over stdout and stderr (where logs go).
+    pub fn wait_for_logs(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for(needle, timeout, Self::logs)
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration, read: fn(&Proc) -> String) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let out = self.stdout();
+            let out = read(self);
             if out.contains(needle) {
                 return out;
             }
@@ -598,7 +607,7 @@ impl Proc {
             let exited = self.lock().poll();
             if let Some(s) = exited {
                 // Re-read: the line may have landed just before exit.
-                let out = self.stdout();
+                let out = read(self);
                 if out.contains(needle) {
                     return out;
                 }
@@ -609,10 +618,7 @@ impl Proc {
                 );
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "no {needle:?} on stdout within {timeout:?}\n{}",
-                    self.logs()
-                );
+                panic!("no {needle:?} within {timeout:?}\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

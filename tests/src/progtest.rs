@@ -47,6 +47,21 @@ impl Dp {
         }
     }
 
+    /// The backend id the connection table holds for the client flow from
+    /// `client`:`sport`; panics naming the flow if there is none.
+    pub fn conntrack_backend(&self, client: std::net::IpAddr, sport: u16) -> u32 {
+        let (_, c) = vip_userspace::config::addr_bytes(client);
+        let ct = self
+            .prog
+            .maps()
+            .conntrack()
+            .expect("read the connection table");
+        ct.iter()
+            .find(|(k, _)| k.saddr == c && u16::from_be(k.sport_be) == sport)
+            .map(|(_, v)| v.backend_id)
+            .unwrap_or_else(|| panic!("no connection-table entry for {client}:{sport}"))
+    }
+
     /// Runs one packet without checking counters; returns (action, output).
     pub fn run_raw(&self, input: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; input.len() + 256];

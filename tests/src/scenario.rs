@@ -196,9 +196,8 @@ impl LbLab {
         }
     }
 
-    /// Stops vipd (SIGTERM) and starts a new one with the same config and pins,
-    /// as `systemctl restart` would; returns once the new one is ready.
-    pub fn restart_vipd(&mut self) {
+    /// Stops vipd with SIGTERM and checks it exits cleanly within 10 s.
+    pub fn stop_vipd(&self) {
         self.vipd.signal(libc::SIGTERM);
         let status = self
             .vipd
@@ -209,6 +208,12 @@ impl LbLab {
             "vipd exit status {status}: {}",
             self.vipd.logs()
         );
+    }
+
+    /// Stops vipd and starts a new one with the same config and pins, as
+    /// `systemctl restart` would; returns once the new one is ready.
+    pub fn restart_vipd(&mut self) {
+        self.stop_vipd();
         self.vipd = spawn_vipd(&self.lab, &self.config_path, &self.pin_root);
         self.vipd
             .wait_for_stdout("vipd ready", Duration::from_secs(30));

@@ -14,7 +14,10 @@ use vip_tests::packet::{
 };
 use vip_tests::progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root};
 use vip_userspace::config::addr_bytes;
-use vip_userspace::dataplane::programmer::{DesiredBackend, DesiredService};
+use vip_userspace::dataplane::{
+    kernel::PINNED_MAPS,
+    programmer::{DesiredBackend, DesiredService},
+};
 
 const VIP4: &str = "10.77.0.100";
 const VIP6: &str = "fd77::100";
@@ -403,27 +406,16 @@ fn fixtures() -> Vec<Fixture> {
 /// The backend (1-based index) the program chose for a flow, from the
 /// connection-table entry it wrote.
 fn chosen_backend(dp: &Dp, d: &vip_tests::packet::Decoded) -> u8 {
-    let (_, src) = addr_bytes(d.src);
-    let ct = dp
-        .prog
-        .maps()
-        .conntrack()
-        .expect("read the connection table");
-    let (_, v) = ct
-        .iter()
-        .find(|(k, _)| k.saddr == src && u16::from_be(k.sport_be) == d.sport)
-        .unwrap_or_else(|| panic!("no connection-table entry for {}:{}", d.src, d.sport));
-    for j in 1..=16u8 {
-        for local in [false, true] {
-            if dp.prog.backend_id(&backend(d.dst, j, true, local)) == Some(v.backend_id) {
-                return j;
-            }
-        }
-    }
-    panic!(
-        "connection-table entry names backend id {} which is none of the service's",
-        v.backend_id
-    );
+    let id = dp.conntrack_backend(d.src, d.sport);
+    (1..=16u8)
+        .find(|j| {
+            [false, true]
+                .iter()
+                .any(|local| dp.prog.backend_id(&backend(d.dst, *j, true, *local)) == Some(id))
+        })
+        .unwrap_or_else(|| {
+            panic!("connection-table entry names backend id {id} which is none of the service's")
+        })
 }
 
 #[test]
@@ -592,4 +584,28 @@ fn new_flows_spread_over_backends() {
     for (i, n) in per_backend.iter().enumerate().skip(1) {
         assert!(*n > 60, "backend {i} got {n} of 300 flows: {per_backend:?}");
     }
+}
+
+/// Every map but the per-packet scratch space is pinned for restarts: a map
+/// added to the program and not to `PINNED_MAPS` would lose its state.
+#[test]
+fn every_state_map_is_pinned() {
+    let dp = Dp::new(&[]);
+    // Sections such as .rodata.cst16 become constant maps of the compiler's;
+    // they hold no state.
+    let mut names: Vec<String> = dp
+        .prog
+        .maps()
+        .map_names()
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut want: Vec<String> = PINNED_MAPS
+        .iter()
+        .map(|m| m.to_string())
+        .chain(["SCRATCH".to_owned()])
+        .collect();
+    want.sort();
+    assert_eq!(names, want, "maps in the object vs PINNED_MAPS + SCRATCH");
 }

@@ -86,6 +86,18 @@ impl NatLab {
         NatLab { lab }
     }
 
+    /// A nat service on the VIP of that family, SNAT to this node, backends
+    /// 1..=3.
+    fn three(&self, v6: bool, proto: u8) -> DesiredService {
+        let vip = ip(if v6 { VIP6 } else { VIP4 });
+        service(
+            vip,
+            self.lb_ip(v6),
+            proto,
+            (1..=3).map(|i| backend(v6, i)).collect(),
+        )
+    }
+
     fn lb_ip(&self, v6: bool) -> IpAddr {
         let n = self.lab.node("lb");
         if v6 { n.ipv6.into() } else { n.ipv4.into() }
@@ -117,16 +129,11 @@ fn syn(v6: bool, sport: u16) -> Pkt {
 
 /// Which backend (1..=3 or 9) got the flow, from the connection table.
 fn chosen(dp: &Dp, client: IpAddr, sport: u16, v6: bool) -> u8 {
-    let (_, c) = addr_bytes(client);
-    let ct = dp.prog.maps().conntrack().expect("conntrack");
-    let (_, v) = ct
-        .iter()
-        .find(|(k, _)| k.saddr == c && u16::from_be(k.sport_be) == sport)
-        .unwrap_or_else(|| panic!("no connection entry for {client}:{sport}"));
+    let id = dp.conntrack_backend(client, sport);
     [1u8, 2, 3, 9]
         .into_iter()
-        .find(|i| dp.prog.backend_id(&backend(v6, *i)) == Some(v.backend_id))
-        .unwrap_or_else(|| panic!("connection entry names unknown backend id {}", v.backend_id))
+        .find(|i| dp.prog.backend_id(&backend(v6, *i)) == Some(id))
+        .unwrap_or_else(|| panic!("connection entry names unknown backend id {id}"))
 }
 
 /// Checks a forward-translated packet field by field; returns the SNAT port.
@@ -171,12 +178,7 @@ fn nat_new_flow_established_and_reply_v4_v6() {
     let l = NatLab::new("natfx");
     for v6 in [false, true] {
         let vip = ip(if v6 { VIP6 } else { VIP4 });
-        let svc = service(
-            vip,
-            l.lb_ip(v6),
-            PROTO_TCP,
-            (1..=3).map(|i| backend(v6, i)).collect(),
-        );
+        let svc = l.three(v6, PROTO_TCP);
         let lb_mac = l.lab.node("lb").mac;
         l.with_dp(vec![svc], |dp| {
             let s = syn(v6, 41000).build();
@@ -264,12 +266,7 @@ fn nat_new_flow_established_and_reply_v4_v6() {
 #[test]
 fn nat_mid_connection_packet_gets_rst() {
     let l = NatLab::new("natrst");
-    let svc = service(
-        ip(VIP4),
-        l.lb_ip(false),
-        PROTO_TCP,
-        (1..=3).map(|i| backend(false, i)).collect(),
-    );
+    let svc = l.three(false, PROTO_TCP);
     l.with_dp(vec![svc], |dp| {
         let p = Pkt {
             l4: vip_tests::packet::L4::Tcp {
@@ -303,12 +300,7 @@ fn nat_mid_connection_packet_gets_rst() {
 fn nat_port_collision_probes_the_next_port() {
     let l = NatLab::new("natcol");
     let snat = l.lb_ip(false);
-    let svc = service(
-        ip(VIP4),
-        snat,
-        PROTO_TCP,
-        (1..=3).map(|i| backend(false, i)).collect(),
-    );
+    let svc = l.three(false, PROTO_TCP);
     l.with_dp(vec![svc], |dp| {
         let s = syn(false, 43000).build();
         let input = decode(&s).expect("input");
@@ -383,12 +375,7 @@ fn nat_fib_miss_passes_rewritten_packet() {
 #[test]
 fn nat_udp_checksums() {
     let l = NatLab::new("natudp");
-    let svc = service(
-        ip(VIP4),
-        l.lb_ip(false),
-        PROTO_UDP,
-        (1..=3).map(|i| backend(false, i)).collect(),
-    );
+    let svc = l.three(false, PROTO_UDP);
     l.with_dp(vec![svc], |dp| {
         let p = Pkt {
             l4: vip_tests::packet::L4::Udp,

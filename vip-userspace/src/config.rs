@@ -514,51 +514,65 @@ services:
         parse(text).expect_err("must be refused").to_string()
     }
 
+    /// Each broken variant of a good file, and what its error must name: the
+    /// file, the field path, and the fix.
     #[test]
     fn errors_name_file_field_and_fix() {
-        let e = err(&GOOD.replace(
-            "address: 10.0.0.12",
-            "address: 10.0.0.12\n        colour: red",
-        ));
-        assert!(e.starts_with("vipd.yaml: services[0].backends[1]"), "{e}");
-        assert!(e.contains("colour"), "{e}");
-        let e = err(&GOOD.replace("mac: 02:00:00:00:00:0b", "mac: 02:00:00:00:0b"));
-        assert!(
-            e.contains("services[0].backends[0].mac") && e.contains("02:42:ac:11:00:02"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("        mac: 02:00:00:00:00:0b\n", ""));
-        assert!(
-            e.contains("services[0].backends[0].mac") && e.contains("ip neigh show 10.0.0.11"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("mode: dsr", "mode: dsr\n    maglev_size: 1000"));
-        assert!(
-            e.contains("services[0].maglev_size") && e.contains("prime"),
-            "{e}"
-        );
-        let e = err(&GOOD.replace("address: 10.0.0.11", "address: fd00::11"));
-        assert!(e.contains("address family"), "{e}");
-        let e = err(&GOOD.replace("vip: 10.0.0.100", "vip: 10.0.0.300"));
-        assert!(e.contains("services[0].vip"), "{e}");
-        let e = err(&GOOD.replace("mode: dsr", "mode: dsr\n    snat: vip"));
-        assert!(
-            e.contains("services[0].snat") && e.contains("mode nat"),
-            "{e}"
-        );
-        let e = err(&NAT.replace("snat: node", "snat: somewhere"));
-        assert!(
-            e.contains("services[0].snat") && e.contains("`node`, `vip`"),
-            "{e}"
-        );
-        let e = err(&NAT.replace("snat: node", "snat: fd00::1"));
-        assert!(
-            e.contains("services[0].snat") && e.contains("family"),
-            "{e}"
-        );
-        let e = err(&format!("nat:\n  ports: 100-200\n{NAT}"));
-        assert!(e.contains("nat.ports") && e.contains("40000-59999"), "{e}");
-        let e = err("interface: eth0\nservices: []\n");
-        assert!(e.contains("services: no service"), "{e}");
+        let cases: Vec<(String, &[&str])> = vec![
+            (
+                GOOD.replace(
+                    "address: 10.0.0.12",
+                    "address: 10.0.0.12\n        colour: red",
+                ),
+                &["vipd.yaml: services[0].backends[1]", "colour"],
+            ),
+            (
+                GOOD.replace("mac: 02:00:00:00:00:0b", "mac: 02:00:00:00:0b"),
+                &["services[0].backends[0].mac", "02:42:ac:11:00:02"],
+            ),
+            (
+                GOOD.replace("        mac: 02:00:00:00:00:0b\n", ""),
+                &["services[0].backends[0].mac", "ip neigh show 10.0.0.11"],
+            ),
+            (
+                GOOD.replace("mode: dsr", "mode: dsr\n    maglev_size: 1000"),
+                &["services[0].maglev_size", "prime"],
+            ),
+            (
+                GOOD.replace("address: 10.0.0.11", "address: fd00::11"),
+                &["address family"],
+            ),
+            (
+                GOOD.replace("vip: 10.0.0.100", "vip: 10.0.0.300"),
+                &["services[0].vip"],
+            ),
+            (
+                GOOD.replace("mode: dsr", "mode: dsr\n    snat: vip"),
+                &["services[0].snat", "mode nat"],
+            ),
+            (
+                NAT.replace("snat: node", "snat: somewhere"),
+                &["services[0].snat", "`node`, `vip`"],
+            ),
+            (
+                NAT.replace("snat: node", "snat: fd00::1"),
+                &["services[0].snat", "family"],
+            ),
+            (
+                format!("nat:\n  ports: 100-200\n{NAT}"),
+                &["nat.ports", "40000-59999"],
+            ),
+            (
+                "interface: eth0\nservices: []\n".to_owned(),
+                &["services: no service"],
+            ),
+        ];
+        for (text, want) in cases {
+            let e = err(&text);
+            assert!(e.starts_with("vipd.yaml: "), "{e}");
+            for w in want {
+                assert!(e.contains(w), "error {e:?} lacks {w:?}");
+            }
+        }
     }
 }

@@ -25,6 +25,11 @@ pub enum HostError {
     List(#[source] network_interface::Error),
 }
 
+/// Restores a set of changes, last first.
+pub fn restore_all(changed: Vec<Changed>) {
+    changed.into_iter().rev().for_each(Changed::restore);
+}
+
 /// Writes `path=old` lines for the changed values, unless a record exists
 /// already (a restarted vipd sees its own values as the "old" ones; the first
 /// run's record holds the real originals).
@@ -147,9 +152,7 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
     match res {
         Ok(()) => Ok(changed),
         Err(e) => {
-            for c in changed.into_iter().rev() {
-                c.restore();
-            }
+            restore_all(changed);
             Err(e)
         }
     }

@@ -247,7 +247,7 @@ fn bpf_linker(tc: &str) -> Result<PathBuf> {
     Ok(bin_dir)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     cmd_output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
 

@@ -162,7 +162,7 @@ fn check(tc: &bootstrap::Toolchain) -> Result<()> {
 }
 
 fn test(tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
-    if !bootstrap_is_root() {
+    if !bootstrap::is_root() {
         bail!(
             "the program and namespace tests load XDP programs and create network namespaces: \
              run `cargo xtask test` as root"
@@ -181,10 +181,6 @@ fn test(tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
         }
         run(&mut c)
     })
-}
-
-fn bootstrap_is_root() -> bool {
-    cmd_output(Command::new("id").arg("-u")).is_ok_and(|s| s.trim() == "0")
 }
 
 pub fn step(msg: &str) {

@@ -281,12 +281,9 @@ impl KernelMaps {
         self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap(name))
     }
 
-    /// Number of entries in the connection table (walks the map: for status and
-    /// tests, not for hot paths).
-    pub fn conntrack_len(&self) -> Result<usize> {
-        let m: HashMap<&MapData, vip_common::ConnKey, vip_common::ConnValue> =
-            HashMap::try_from(self.map("CONNTRACK")?).map_err(map_err("CONNTRACK", "open"))?;
-        Ok(m.keys().filter(|k| k.is_ok()).count())
+    /// The names of the object's maps (to check `PINNED_MAPS` against).
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(n, _)| n.to_owned()).collect()
     }
 
     /// Every reverse-NAT entry (for tests and status).

@@ -407,6 +407,11 @@ mod tests {
         }
     }
 
+    /// The service with backends 1, 2 and 3, all alive.
+    fn three() -> DesiredService {
+        service((1..=3).map(|i| backend(i, true)).collect())
+    }
+
     /// The live table of the only service, as backend ids.
     fn live_table(p: &Programmer<MemMaps>) -> Vec<u32> {
         let m = p.maps();
@@ -419,13 +424,7 @@ mod tests {
     #[test]
     fn first_apply_publishes_a_full_table_and_the_port() {
         let mut p = Programmer::new(MemMaps::default());
-        let r = p
-            .apply(&[service(vec![
-                backend(1, true),
-                backend(2, true),
-                backend(3, true),
-            ])])
-            .expect("apply");
+        let r = p.apply(&[three()]).expect("apply");
         assert_eq!(r.services_published, 1);
         let t = live_table(&p);
         assert_eq!(t.len(), MAGLEV_DEFAULT_SIZE as usize);
@@ -454,12 +453,7 @@ mod tests {
     #[test]
     fn a_dead_backend_leaves_the_table_and_only_its_slots_move_mostly() {
         let mut p = Programmer::new(MemMaps::default());
-        p.apply(&[service(vec![
-            backend(1, true),
-            backend(2, true),
-            backend(3, true),
-        ])])
-        .expect("apply");
+        p.apply(&[three()]).expect("apply");
         let before = live_table(&p);
         let dead_id = p.backend_id(&backend(2, true)).expect("id");
         p.apply(&[service(vec![
@@ -492,11 +486,7 @@ mod tests {
     #[test]
     fn publishing_flips_the_half_and_writes_only_differences() {
         let mut p = Programmer::new(MemMaps::default());
-        let three = [service(vec![
-            backend(1, true),
-            backend(2, true),
-            backend(3, true),
-        ])];
+        let three = [three()];
         let two = [service(vec![
             backend(1, true),
             backend(2, false),
@@ -539,11 +529,7 @@ mod tests {
     /// ids the connection table refers to are kept; changes are diffs.
     #[test]
     fn adopting_written_maps_keeps_ids_and_writes_only_differences() {
-        let three = [service(vec![
-            backend(1, true),
-            backend(2, true),
-            backend(3, true),
-        ])];
+        let three = [three()];
         let mut first = Programmer::new(MemMaps::default());
         first.apply(&three).expect("apply");
         let ids: Vec<Option<u32>> = (1..=3)
