@@ -205,6 +205,13 @@ impl Lab {
             &ns,
             &["ip", "-6", "addr", "add", &v6, "dev", NODE_IF, "nodad"],
         );
+        // The link-local address VRRP over IPv6 speaks from (RFC 9568 section
+        // 5.1.2.1) must be usable as soon as the link is up, not after a
+        // second of duplicate address detection.
+        must(
+            &ns,
+            &["sysctl", "-qw", &format!("net.ipv6.conf.{NODE_IF}.accept_dad=0")],
+        );
         must(&ns, &["ip", "link", "set", NODE_IF, "up"]);
         // bpf_fib_lookup returns BPF_FIB_LKUP_RET_FWD_DISABLED without it.
         must(&ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);

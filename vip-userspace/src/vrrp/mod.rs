@@ -1,0 +1,45 @@
+//! VRRP version 3 (RFC 9568): which node holds the VIPs.
+//!
+//! Split the way the protocol is: `packet` is the wire codec and the receive
+//! checks of RFC 9568 section 7.1, `machine` the pure state machine of section
+//! 6.4 (state, input, now -> actions), `net` the sockets that move
+//! advertisements, `announce` gratuitous ARP / unsolicited neighbour
+//! advertisements and the watch for other holders of the VIP. The shell that
+//! wires them to time and the interface lives with the agent.
+
+pub mod announce;
+pub mod machine;
+pub mod net;
+pub mod packet;
+
+use std::net::IpAddr;
+
+/// One VRRP packet as it came off the wire: the IP header fields the receive
+/// checks need (RFC 9568 section 7.1) and the VRRP message itself (the IPv4
+/// header already stripped; IPv6 raw sockets never deliver it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
+    pub payload: Vec<u8>,
+}
+
+/// The address family of one virtual router: RFC 9568 runs IPv4 and IPv6
+/// virtual routers as separate instances even with the same VRID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
