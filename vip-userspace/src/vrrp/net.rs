@@ -1,1 +1,1355 @@
-//! (in progress)
+//! The VRRP transport: raw IP protocol 112 sockets bound to one interface
+//! (RFC 9568 section 5.1), and the facts about that interface VRRP needs: the
+//! source address, the link state, the index and the MAC.
+//!
+//! The wire layouts (the IPv4 header we send, the IPv4 header we strip, the
+//! control messages `recvmsg` hands back) are small pure functions at the
+//! bottom of the file, tested without sockets.
+
+use std::ffi::{c_int, c_void};
+use std::io;
+use std::mem;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use thiserror::Error;
+use tokio::io::unix::AsyncFd;
+
+use super::{Family, Received};
+
+/// IANA protocol number of VRRP (RFC 9568 sections 5.1.1.4 and 5.1.2.4).
+pub const IPPROTO_VRRP: c_int = 112;
+/// The IPv4 group advertisements go to (RFC 9568 section 5.1.1.2).
+pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// The IPv6 group advertisements go to (RFC 9568 section 5.1.2.2).
+pub const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+/// TTL / hop limit of every advertisement, multicast or unicast (RFC 9568
+/// sections 5.1.1.3 and 5.1.2.3); receivers drop anything else (section 7.1),
+/// which proves the sender is on the link.
+pub const TTL: u8 = 255;
+/// DSCP CS6 ("network control", RFC 4594), the class keepalived and routers
+/// give VRRP so it survives congested links ahead of data traffic.
+pub const TOS_NETWORK_CONTROL: u8 = 0xc0;
+/// Receive buffer: a VRRPv3 message is at most 8 + 255 * 16 bytes (section
+/// 5.2.5 count, IPv6 addresses) plus an IPv4 header with options; a jumbo
+/// frame's worth leaves room for anything a link delivers.
+const RECV_BUF: usize = 9216;
+/// IPv4 header without options (RFC 791).
+const IPV4_HEADER_LEN: usize = 20;
+
+/// The group of `family` (224.0.0.18 or ff02::12).
+pub fn group(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(GROUP_V4),
+        Family::V6 => IpAddr::V6(GROUP_V6),
+    }
+}
+
+/// How advertisements reach the other routers of the virtual router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// To the VRRP group on the link (RFC 9568 section 5.1.1.2 / 5.1.2.2).
+    Multicast,
+    /// To each listed peer, for links that drop multicast (clouds). Not in
+    /// RFC 9568; the packets are otherwise identical (TTL 255 included).
+    Unicast(Vec<IpAddr>),
+}
+
+#[derive(Debug, Error)]
+pub enum NetError {
+    #[error(
+        "interface {ifname:?} not found; check `interface:` in the config against `ip link show`"
+    )]
+    NoInterface { ifname: String },
+    #[error(
+        "{ifname:?} is not a valid interface name (1 to 15 bytes, no NUL); check `interface:` in the config"
+    )]
+    BadInterfaceName { ifname: String },
+    #[error(
+        "{ifname}: opening a {kind} socket failed; vipd needs CAP_NET_RAW (run it as root or grant the capability)"
+    )]
+    Socket {
+        ifname: String,
+        kind: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: setting socket option {option} failed; check that the interface still exists (`ip link show {ifname}`) and that the kernel has IPv4/IPv6 enabled"
+    )]
+    SocketOption {
+        ifname: String,
+        option: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: binding the {kind} socket to the interface failed; check `ip link show {ifname}`"
+    )]
+    Bind {
+        ifname: String,
+        kind: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: joining multicast group {group} failed; enable multicast on the link (`ip link set {ifname} multicast on`) or use unicast peers"
+    )]
+    JoinGroup {
+        ifname: String,
+        group: IpAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: no IPv4 address besides the VIPs {excluded:?} to send VRRP from; give the interface the node's own address (`ip addr add <address>/<prefix> dev {ifname}`)"
+    )]
+    NoIpv4Source {
+        ifname: String,
+        excluded: Vec<IpAddr>,
+    },
+    #[error(
+        "{ifname}: no IPv6 link-local address (RFC 9568 section 5.1.2.1 requires one as the VRRP source); bring the link up (`ip link set {ifname} up`) and enable IPv6 on it (`sysctl net.ipv6.conf.{ifname}.disable_ipv6=0`, addr_gen_mode not `none`)"
+    )]
+    NoLinkLocal { ifname: String },
+    #[error(
+        "{ifname}: IPv6 source {source_addr} is not link-local; RFC 9568 section 5.1.2.1 requires the link-local address (see `ip -6 addr show dev {ifname} scope link`)"
+    )]
+    NotLinkLocal {
+        ifname: String,
+        source_addr: Ipv6Addr,
+    },
+    #[error(
+        "{ifname}: {addr} is not an {family:?} address; one virtual router uses one address family for its source, peers and VIPs"
+    )]
+    FamilyMismatch {
+        ifname: String,
+        family: Family,
+        addr: IpAddr,
+    },
+    #[error(
+        "{ifname}: listing the interface's addresses failed; check `ip addr show dev {ifname}`"
+    )]
+    ListAddresses {
+        ifname: String,
+        #[source]
+        source: network_interface::Error,
+    },
+    #[error("{ifname}: ioctl {request} failed; check `ip link show {ifname}`")]
+    Ioctl {
+        ifname: String,
+        request: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: link type {hw_type} is not Ethernet (ARPHRD_ETHER); VIP announcements need an Ethernet interface, pick one in `interface:`"
+    )]
+    NotEthernet { ifname: String, hw_type: u16 },
+    #[error(
+        "{ifname}: a {len}-byte VRRP message does not fit one IPv4 packet (at most {max}); use fewer VIPs per virtual router"
+    )]
+    TooLarge {
+        ifname: String,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{ifname}: sending to {dst} failed; check that the link is up and {dst} is reachable through it (`ip route get {dst} oif {ifname}`)"
+    )]
+    Send {
+        ifname: String,
+        dst: IpAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: receiving VRRP failed; check that the interface still exists (`ip link show {ifname}`)"
+    )]
+    Recv {
+        ifname: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "{ifname}: IPv6 is not available in this kernel (booted with ipv6.disable=1?); remove the IPv6 VIPs or enable IPv6"
+    )]
+    Ipv6Unavailable { ifname: String },
+    #[error(
+        "{ifname}: socket opened outside a tokio runtime; this is a bug in vipd, please report it"
+    )]
+    NoRuntime { ifname: String },
+}
+
+/// A raw IP protocol 112 socket on one interface, for one address family.
+#[derive(Debug)]
+pub struct VrrpSocket {
+    fd: AsyncFd<OwnedFd>,
+    ifname: String,
+    ifindex: u32,
+    family: Family,
+    source: IpAddr,
+    /// Unicast transport: group traffic is not for this socket.
+    unicast: bool,
+}
+
+impl VrrpSocket {
+    /// Opens a raw socket for protocol 112 on `ifname` (SO_BINDTODEVICE) that
+    /// sends from `source` (see [`source_address`]). Multicast joins the
+    /// group on that interface only; unicast receives what peers send to any
+    /// of the interface's addresses. Must be called within a tokio runtime.
+    pub fn open(
+        ifname: &str,
+        family: Family,
+        source: IpAddr,
+        transport: &Transport,
+    ) -> Result<VrrpSocket, NetError> {
+        check_family(ifname, family, &source)?;
+        if let Transport::Unicast(peers) = transport {
+            for peer in peers {
+                check_family(ifname, family, peer)?;
+            }
+        }
+        if let IpAddr::V6(s) = source
+            && !s.is_unicast_link_local()
+        {
+            return Err(NetError::NotLinkLocal {
+                ifname: ifname.to_owned(),
+                source_addr: s,
+            });
+        }
+        // Before any socket exists: without a runtime there is nothing to
+        // register it with (AsyncFd would panic).
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(NetError::NoRuntime {
+                ifname: ifname.to_owned(),
+            });
+        }
+        let index = ifindex(ifname)?;
+        let domain = match family {
+            Family::V4 => libc::AF_INET,
+            Family::V6 => libc::AF_INET6,
+        };
+        let fd = socket(domain, libc::SOCK_RAW | libc::SOCK_NONBLOCK, IPPROTO_VRRP)
+            .map_err(|e| socket_error(ifname, "raw IP protocol 112", e))?;
+        bind_to_device(fd.as_fd(), ifname)?;
+        let multicast = matches!(transport, Transport::Multicast);
+        match family {
+            Family::V4 => setup_v4(fd.as_fd(), ifname, index, multicast)?,
+            Family::V6 => setup_v6(fd.as_fd(), ifname, index, multicast)?,
+        }
+        let fd = register(fd, ifname, "raw IP protocol 112")?;
+        Ok(VrrpSocket {
+            fd,
+            ifname: ifname.to_owned(),
+            ifindex: index,
+            family,
+            source,
+            unicast: !multicast,
+        })
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The address advertisements leave from (and the VRRP checksum's
+    /// pseudo-header must use).
+    pub fn source(&self) -> IpAddr {
+        self.source
+    }
+
+    /// The next VRRP packet. Packets the kernel hands over incomplete (a
+    /// truncated IPv4 header, a datagram larger than the buffer, missing
+    /// control messages) are skipped, never a panic; everything else is
+    /// returned for the receive checks of RFC 9568 section 7.1.
+    pub async fn recv(&self) -> Result<Received, NetError> {
+        let mut buf = vec![0u8; RECV_BUF];
+        loop {
+            let mut guard = self.fd.readable().await.map_err(|e| self.recv_error(e))?;
+            let got = guard.try_io(|fd| match self.family {
+                Family::V4 => recv_v4(fd.as_fd(), &mut buf),
+                Family::V6 => recv_v6(fd.as_fd(), &mut buf),
+            });
+            match got {
+                // IPv6 raw sockets that are not bound to an address get every
+                // multicast packet of their protocol the host accepts, joined
+                // or not: raw_v6_match never consults IPV6_MULTICAST_ALL for
+                // them. Dropped here so both families behave alike.
+                Ok(Ok(Some(received))) if self.unicast && received.dst.is_multicast() => {
+                    tracing::debug!(src = %received.src, dst = %received.dst,
+                        "multicast VRRP on a unicast socket, skipped");
+                    continue;
+                }
+                Ok(Ok(Some(received))) => return Ok(received),
+                // Skipped (logged where the reason is known) or spurious wake-up.
+                Ok(Ok(None)) | Err(_) => continue,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(self.recv_error(e)),
+            }
+        }
+    }
+
+    /// Sends one VRRP message (encoded by the codec, checksum included) to
+    /// `dst`: the group or a unicast peer.
+    ///
+    /// IPv4 builds its own header (IP_HDRINCL) so the source is exactly the
+    /// one the checksum's pseudo-header used, whatever the routing table
+    /// would pick; IPv6 names the link-local source per packet (IPV6_PKTINFO).
+    pub async fn send(&self, payload: &[u8], dst: IpAddr) -> Result<(), NetError> {
+        check_family(&self.ifname, self.family, &dst)?;
+        let packet = match (self.source, dst) {
+            (IpAddr::V4(src), IpAddr::V4(d)) => {
+                let max = usize::from(u16::MAX) - IPV4_HEADER_LEN;
+                let total = u16::try_from(IPV4_HEADER_LEN + payload.len())
+                    .ok()
+                    .filter(|_| payload.len() <= max)
+                    .ok_or_else(|| NetError::TooLarge {
+                        ifname: self.ifname.clone(),
+                        len: payload.len(),
+                        max,
+                    })?;
+                let mut p = Vec::with_capacity(usize::from(total));
+                p.extend_from_slice(&ipv4_header(src, d, total));
+                p.extend_from_slice(payload);
+                p
+            }
+            // IPv6 raw sockets never take the IP header from us.
+            _ => payload.to_vec(),
+        };
+        loop {
+            let mut guard = self
+                .fd
+                .writable()
+                .await
+                .map_err(|e| self.send_error(dst, e))?;
+            let sent = guard.try_io(|fd| match (dst, self.source) {
+                (IpAddr::V4(d), _) => sendto_v4(fd.as_fd(), &packet, d),
+                (IpAddr::V6(d), IpAddr::V6(src)) => {
+                    sendmsg_v6(fd.as_fd(), &packet, d, self.ifindex, Some(src))
+                }
+                // check_family above and in open keep source and dst alike.
+                (IpAddr::V6(_), IpAddr::V4(_)) => Err(io::Error::from(io::ErrorKind::InvalidInput)),
+            });
+            match sent {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(Err(e)) => return Err(self.send_error(dst, e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn recv_error(&self, source: io::Error) -> NetError {
+        NetError::Recv {
+            ifname: self.ifname.clone(),
+            source,
+        }
+    }
+
+    fn send_error(&self, dst: IpAddr, source: io::Error) -> NetError {
+        NetError::Send {
+            ifname: self.ifname.clone(),
+            dst,
+            source,
+        }
+    }
+}
+
+fn check_family(ifname: &str, family: Family, addr: &IpAddr) -> Result<(), NetError> {
+    if Family::of(addr) == family {
+        Ok(())
+    } else {
+        Err(NetError::FamilyMismatch {
+            ifname: ifname.to_owned(),
+            family,
+            addr: *addr,
+        })
+    }
+}
+
+fn setup_v4(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Result<(), NetError> {
+    let opt = |option| move |source| option_error(ifname, option, source);
+    let ifindex = c_int::try_from(index).map_err(|_| NetError::NoInterface {
+        ifname: ifname.to_owned(),
+    })?;
+    // We write the whole IPv4 header on send (`send`). Receiving is
+    // unaffected: IPv4 raw sockets always deliver the header.
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_HDRINCL, &1 as &c_int).map_err(opt("IP_HDRINCL"))?;
+    // The TTL and TOS the kernel would use if it built the header; with
+    // IP_HDRINCL ours wins, these only make the intent visible in `ss -e`.
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_TTL, &c_int::from(TTL)).map_err(opt("IP_TTL"))?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_TTL,
+        &c_int::from(TTL),
+    )
+    .map_err(opt("IP_MULTICAST_TTL"))?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IP,
+        libc::IP_TOS,
+        &c_int::from(TOS_NETWORK_CONTROL),
+    )
+    .map_err(opt("IP_TOS"))?;
+    // Our own advertisements must not come back to us (ip_mc_output loops a
+    // copy to local listeners while mc_loop is set, header-included or not).
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &0 as &c_int)
+        .map_err(opt("IP_MULTICAST_LOOP"))?;
+    // Without this, a raw socket receives every group's traffic that any
+    // socket on the host joined (ip_mc_sf_allow answers MC_ALL for groups
+    // the socket is not a member of).
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, &0 as &c_int)
+        .map_err(opt("IP_MULTICAST_ALL"))?;
+    let on_link = libc::ip_mreqn {
+        imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
+        imr_address: in_addr(Ipv4Addr::UNSPECIFIED),
+        imr_ifindex: ifindex,
+    };
+    setsockopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &on_link)
+        .map_err(opt("IP_MULTICAST_IF"))?;
+    if multicast {
+        let join = libc::ip_mreqn {
+            imr_multiaddr: in_addr(GROUP_V4),
+            ..on_link
+        };
+        setsockopt(fd, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &join).map_err(|source| {
+            NetError::JoinGroup {
+                ifname: ifname.to_owned(),
+                group: IpAddr::V4(GROUP_V4),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn setup_v6(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Result<(), NetError> {
+    let opt = |option| move |source| option_error(ifname, option, source);
+    let hops = c_int::from(TTL);
+    // IPv6 raw sockets never deliver the IP header: hop limit and
+    // destination come as control messages (RFC 3542 sections 6.1, 6.3).
+    setsockopt(
+        fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVHOPLIMIT,
+        &1 as &c_int,
+    )
+    .map_err(opt("IPV6_RECVHOPLIMIT"))?;
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, &1 as &c_int)
+        .map_err(opt("IPV6_RECVPKTINFO"))?;
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &hops)
+        .map_err(opt("IPV6_UNICAST_HOPS"))?;
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)
+        .map_err(opt("IPV6_MULTICAST_HOPS"))?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_TCLASS,
+        &c_int::from(TOS_NETWORK_CONTROL),
+    )
+    .map_err(opt("IPV6_TCLASS"))?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_LOOP,
+        &0 as &c_int,
+    )
+    .map_err(opt("IPV6_MULTICAST_LOOP"))?;
+    // No IPV6_MULTICAST_ALL: raw_v6_match accepts any destination for a
+    // socket not bound to an address before it would look at it; `recv`
+    // filters group traffic out of unicast sockets instead.
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)
+        .map_err(opt("IPV6_MULTICAST_IF"))?;
+    // No IPV6_CHECKSUM: the kernel then neither fills nor verifies the VRRP
+    // checksum (raw6 sockets only do for ICMPv6 or when asked), so the codec
+    // computes it on send and counts bad ones on receive (RFC 9568 7.1).
+    if multicast {
+        let join = libc::ipv6_mreq {
+            ipv6mr_multiaddr: in6_addr(GROUP_V6),
+            ipv6mr_interface: index,
+        };
+        setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &join).map_err(|source| {
+            NetError::JoinGroup {
+                ifname: ifname.to_owned(),
+                group: IpAddr::V6(GROUP_V6),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+fn recv_v4(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    // MSG_TRUNC: the return value is the datagram's real length, so a
+    // datagram larger than the buffer is recognised and skipped.
+    // SAFETY: buf is valid for writes of buf.len() bytes for the call.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast::<c_void>(),
+            buf.len(),
+            libc::MSG_TRUNC,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    let Some(packet) = buf.get(..n) else {
+        tracing::debug!(
+            len = n,
+            "VRRP datagram larger than the receive buffer, skipped"
+        );
+        return Ok(None);
+    };
+    let Some(h) = parse_ipv4(packet) else {
+        tracing::debug!(len = n, "truncated or malformed IPv4 header, skipped");
+        return Ok(None);
+    };
+    Ok(Some(Received {
+        src: IpAddr::V4(h.src),
+        dst: IpAddr::V4(h.dst),
+        hop_limit: h.ttl,
+        payload: packet.get(h.payload).unwrap_or_default().to_vec(),
+    }))
+}
+
+fn recv_v6(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Received>> {
+    let Some(d) = recvmsg_v6(fd, buf)? else {
+        return Ok(None);
+    };
+    let (Some(dst), Some(hop_limit)) = (d.dst, d.hop_limit) else {
+        tracing::debug!(src = %d.src, "IPv6 VRRP packet without hop limit or pktinfo, skipped");
+        return Ok(None);
+    };
+    Ok(Some(Received {
+        src: IpAddr::V6(d.src),
+        dst: IpAddr::V6(dst),
+        hop_limit,
+        payload: buf.get(..d.len).unwrap_or_default().to_vec(),
+    }))
+}
+
+/// One IPv6 datagram as `recvmsg` reported it; the payload is `buf[..len]`.
+pub(super) struct Datagram6 {
+    pub src: Ipv6Addr,
+    pub dst: Option<Ipv6Addr>,
+    pub hop_limit: Option<u8>,
+    pub len: usize,
+}
+
+/// `recvmsg` on an IPv6 raw socket with IPV6_RECVPKTINFO/IPV6_RECVHOPLIMIT
+/// set. `Ok(None)` for a datagram cut short (payload or control messages).
+pub(super) fn recvmsg_v6(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<Datagram6>> {
+    // SAFETY: sockaddr_in6 is plain C data; all-zero is a valid value.
+    let mut name: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+    let mut control = CmsgBuf([0; CMSG_BUF]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast::<c_void>(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain C data (pointers may be null); all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&raw mut name).cast::<c_void>();
+    msg.msg_namelen = socklen_of::<libc::sockaddr_in6>();
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
+    msg.msg_controllen = control.0.len();
+    // SAFETY: every pointer in msg (name, iov -> buf, control) is valid for
+    // writes of the length stated next to it, for the duration of the call.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
+    let len = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        tracing::debug!(len, "IPv6 datagram or its control data truncated, skipped");
+        return Ok(None);
+    }
+    let control = control.0.get(..msg.msg_controllen).unwrap_or_default();
+    let info = parse_cmsgs_v6(control);
+    Ok(Some(Datagram6 {
+        src: Ipv6Addr::from(name.sin6_addr.s6_addr),
+        dst: info.dst,
+        hop_limit: info.hop_limit,
+        len,
+    }))
+}
+
+fn sendto_v4(fd: BorrowedFd<'_>, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+    let addr = sockaddr_in(dst);
+    // SAFETY: packet and addr are valid for reads of the given lengths for
+    // the duration of the call.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast::<c_void>(),
+            packet.len(),
+            0,
+            (&raw const addr).cast::<libc::sockaddr>(),
+            socklen_of::<libc::sockaddr_in>(),
+        )
+    };
+    sent_all(n, packet.len())
+}
+
+/// Sends `payload` to `dst` on an IPv6 raw socket. With `source`, the packet
+/// leaves from exactly that address on `ifindex` (IPV6_PKTINFO, RFC 3542
+/// section 6.1) instead of what source selection would pick; the kernel
+/// refuses an address that is not ours there (EINVAL/EADDRNOTAVAIL).
+///
+/// Per packet rather than bind(2): a raw IPv6 socket bound to an address
+/// only receives packets addressed to it (raw_v6_match), which would drop
+/// unicast advertisements that peers send to one of our global addresses.
+pub(super) fn sendmsg_v6(
+    fd: BorrowedFd<'_>,
+    payload: &[u8],
+    dst: Ipv6Addr,
+    ifindex: u32,
+    source: Option<Ipv6Addr>,
+) -> io::Result<()> {
+    let scope = if needs_scope(&dst) { ifindex } else { 0 };
+    let name = sockaddr_in6(dst, scope);
+    let mut iov = libc::iovec {
+        // sendmsg never writes through iov_base; the type is shared with recvmsg.
+        iov_base: payload.as_ptr().cast_mut().cast::<c_void>(),
+        iov_len: payload.len(),
+    };
+    let mut control = CmsgBuf([0; CMSG_BUF]);
+    let control_len = match source {
+        Some(src) => write_pktinfo_cmsg(&mut control.0, src, ifindex),
+        None => 0,
+    };
+    // SAFETY: msghdr is plain C data (pointers may be null); all-zero is valid.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&raw const name).cast_mut().cast::<c_void>();
+    msg.msg_namelen = socklen_of::<libc::sockaddr_in6>();
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    if control_len > 0 {
+        msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = control_len;
+    }
+    // SAFETY: name, iov -> payload and control are valid for reads of the
+    // lengths stated in msg for the duration of the call; sendmsg does not
+    // write through them.
+    let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &raw const msg, 0) };
+    sent_all(n, payload.len())
+}
+
+fn sent_all(n: isize, expected: usize) -> io::Result<()> {
+    match usize::try_from(n) {
+        Err(_) => Err(io::Error::last_os_error()),
+        Ok(sent) if sent == expected => Ok(()),
+        // Raw and packet sockets send whole datagrams or fail; this would be
+        // a kernel surprise, reported rather than ignored.
+        Ok(sent) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {expected} bytes"),
+        )),
+    }
+}
+
+/// Link-local unicast, and multicast of interface- or link-local scope
+/// (RFC 4291 section 2.7), only mean something together with an interface.
+fn needs_scope(addr: &Ipv6Addr) -> bool {
+    addr.is_unicast_link_local()
+        || (addr.is_multicast() && matches!(addr.octets()[1] & 0x0f, 1 | 2))
+}
+
+/// The address VRRP speaks from on `ifname`.
+///
+/// IPv4: the interface's primary address (RFC 9568 section 5.1.1.1), taken
+/// as the first IPv4 address in the kernel's order that is not in `exclude`.
+/// `exclude` holds the VIPs: a VIP added as /32 is a primary address of its
+/// own and may come first (e.g. after the node address was re-added), but
+/// it moves between nodes and must never become the VRRP source.
+///
+/// IPv6: the link-local address (RFC 9568 section 5.1.2.1).
+pub fn source_address(
+    ifname: &str,
+    family: Family,
+    exclude: &[IpAddr],
+) -> Result<IpAddr, NetError> {
+    ifindex(ifname)?;
+    let addrs = interface_addresses(ifname)?;
+    let candidate = |a: &&IpAddr| !exclude.contains(a);
+    match family {
+        Family::V4 => addrs
+            .iter()
+            .filter(|a| a.is_ipv4())
+            .find(candidate)
+            .copied()
+            .ok_or_else(|| NetError::NoIpv4Source {
+                ifname: ifname.to_owned(),
+                excluded: exclude.to_vec(),
+            }),
+        Family::V6 => addrs
+            .iter()
+            .filter(|a| matches!(a, IpAddr::V6(v6) if v6.is_unicast_link_local()))
+            .find(candidate)
+            .copied()
+            .ok_or_else(|| NetError::NoLinkLocal {
+                ifname: ifname.to_owned(),
+            }),
+    }
+}
+
+/// The interface's addresses in the order the kernel lists them (getifaddrs,
+/// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
+/// primaries before secondaries, each in the order they were added.
+fn interface_addresses(ifname: &str) -> Result<Vec<IpAddr>, NetError> {
+    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
+    let all = NetworkInterface::show().map_err(|source| NetError::ListAddresses {
+        ifname: ifname.to_owned(),
+        source,
+    })?;
+    // The crate groups getifaddrs entries by name, appending in order.
+    Ok(all
+        .iter()
+        .filter(|i| i.name == ifname)
+        .flat_map(|i| i.addr.iter().map(|a| a.ip()))
+        .collect())
+}
+
+/// Whether the link can carry traffic: administratively up (IFF_UP) and with
+/// carrier (IFF_RUNNING, RFC 2863 operstate up). Asks the kernel directly
+/// (SIOCGIFFLAGS) rather than /sys, which shows whichever namespace it was
+/// mounted in.
+pub fn link_up(ifname: &str) -> Result<bool, NetError> {
+    let req = ioctl_ifreq(ifname, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // SAFETY: SIOCGIFFLAGS filled ifru_flags.
+    let flags = c_int::from(unsafe { req.ifr_ifru.ifru_flags });
+    let want = libc::IFF_UP | libc::IFF_RUNNING;
+    Ok(flags & want == want)
+}
+
+/// The interface index in the calling thread's network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32, NetError> {
+    let name = ifname_raw(ifname)?;
+    // SAFETY: name is NUL-terminated (ifname_raw leaves at least one NUL).
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(NetError::NoInterface {
+            ifname: ifname.to_owned(),
+        });
+    }
+    Ok(index)
+}
+
+/// The interface's Ethernet address (SIOCGIFHWADDR); an error for links
+/// that are not Ethernet, since ARP/ND announcements assume 6-byte MACs.
+pub fn mac_address(ifname: &str) -> Result<[u8; 6], NetError> {
+    let req = ioctl_ifreq(ifname, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR")?;
+    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != libc::ARPHRD_ETHER {
+        return Err(NetError::NotEthernet {
+            ifname: ifname.to_owned(),
+            hw_type: hw.sa_family,
+        });
+    }
+    let mut mac = [0u8; 6];
+    for (m, b) in mac.iter_mut().zip(hw.sa_data) {
+        // c_char is i8 or u8 depending on the target; the byte is the same.
+        *m = b as u8;
+    }
+    Ok(mac)
+}
+
+fn ioctl_ifreq(
+    ifname: &str,
+    request: libc::Ioctl,
+    request_name: &'static str,
+) -> Result<libc::ifreq, NetError> {
+    let name = ifname_raw(ifname)?;
+    // Any socket reaches the device ioctls (dev_ioctl); a datagram socket
+    // needs no privilege.
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+        .map_err(|e| socket_error(ifname, "ioctl (AF_INET datagram)", e))?;
+    // SAFETY: ifreq is plain C data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    req.ifr_name = name;
+    // SAFETY: fd is open and req is a valid ifreq the kernel reads the name
+    // from and writes the answer into, for the duration of the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut req) };
+    if rc < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::ENODEV) {
+            return Err(NetError::NoInterface {
+                ifname: ifname.to_owned(),
+            });
+        }
+        return Err(NetError::Ioctl {
+            ifname: ifname.to_owned(),
+            request: request_name,
+            source,
+        });
+    }
+    Ok(req)
+}
+
+// ---- helpers shared with `announce` ----
+
+/// `ifname` as the kernel's `char[IFNAMSIZ]`, NUL-terminated.
+pub(super) fn ifname_raw(ifname: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetError> {
+    let bytes = ifname.as_bytes();
+    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
+        return Err(NetError::BadInterfaceName {
+            ifname: ifname.to_owned(),
+        });
+    }
+    let mut raw = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (r, b) in raw.iter_mut().zip(bytes) {
+        // c_char is i8 or u8 depending on the target; the byte is the same.
+        *r = *b as libc::c_char;
+    }
+    Ok(raw)
+}
+
+/// Hands `fd` to the tokio reactor of the current runtime.
+pub(super) fn register(
+    fd: OwnedFd,
+    ifname: &str,
+    kind: &'static str,
+) -> Result<AsyncFd<OwnedFd>, NetError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(NetError::NoRuntime {
+            ifname: ifname.to_owned(),
+        });
+    }
+    // SAFETY: an OwnedFd's as_raw_fd is the descriptor it owns, open and
+    // unchanged until the OwnedFd (moved into the AsyncFd) is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| NetError::Socket {
+        ifname: ifname.to_owned(),
+        kind,
+        source: e.into_parts().1,
+    })
+}
+
+/// A close-on-exec socket.
+pub(super) fn socket(domain: c_int, ty: c_int, protocol: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+pub(super) fn socket_error(ifname: &str, kind: &'static str, source: io::Error) -> NetError {
+    if source.raw_os_error() == Some(libc::EAFNOSUPPORT) {
+        return NetError::Ipv6Unavailable {
+            ifname: ifname.to_owned(),
+        };
+    }
+    NetError::Socket {
+        ifname: ifname.to_owned(),
+        kind,
+        source,
+    }
+}
+
+pub(super) fn option_error(ifname: &str, option: &'static str, source: io::Error) -> NetError {
+    NetError::SocketOption {
+        ifname: ifname.to_owned(),
+        option,
+        source,
+    }
+}
+
+/// setsockopt(2) with a plain C value.
+pub(super) fn setsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: c_int,
+    name: c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: value points to size_of::<T>() readable bytes for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast::<c_void>(),
+            socklen_of::<T>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// SO_BINDTODEVICE: the socket sends and receives on `ifname` only, whatever
+/// the routing table says, and follows the name if the index changes.
+pub(super) fn bind_to_device(fd: BorrowedFd<'_>, ifname: &str) -> Result<(), NetError> {
+    let bytes = ifname.as_bytes();
+    let len = libc::socklen_t::try_from(bytes.len()).map_err(|_| NetError::BadInterfaceName {
+        ifname: ifname.to_owned(),
+    })?;
+    // SAFETY: bytes is valid for reads of len bytes for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            bytes.as_ptr().cast::<c_void>(),
+            len,
+        )
+    };
+    if rc < 0 {
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::ENODEV) {
+            return Err(NetError::NoInterface {
+                ifname: ifname.to_owned(),
+            });
+        }
+        return Err(option_error(ifname, "SO_BINDTODEVICE", source));
+    }
+    Ok(())
+}
+
+/// `size_of::<T>()` as socklen_t, for the small fixed C structs passed here.
+pub(super) const fn socklen_of<T>() -> libc::socklen_t {
+    const { assert!(mem::size_of::<T>() <= u16::MAX as usize) };
+    mem::size_of::<T>() as libc::socklen_t
+}
+
+pub(super) fn in_addr(addr: Ipv4Addr) -> libc::in_addr {
+    // s_addr holds the address in network byte order: the octets as they are.
+    libc::in_addr {
+        s_addr: u32::from_ne_bytes(addr.octets()),
+    }
+}
+
+pub(super) fn in6_addr(addr: Ipv6Addr) -> libc::in6_addr {
+    libc::in6_addr {
+        s6_addr: addr.octets(),
+    }
+}
+
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain C data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_addr = in_addr(addr);
+    sa
+}
+
+pub(super) fn sockaddr_in6(addr: Ipv6Addr, scope_id: u32) -> libc::sockaddr_in6 {
+    // SAFETY: sockaddr_in6 is plain C data; all-zero is a valid value.
+    let mut sa: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_addr = in6_addr(addr);
+    sa.sin6_scope_id = scope_id;
+    sa
+}
+
+// ---- wire layouts ----
+
+/// The IPv4 header of an outgoing advertisement (RFC 791 section 3.1), with
+/// the values RFC 9568 section 5.1.1 asks for:
+///
+/// ```text
+///  0                   1                   2                   3
+///  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |Version|  IHL  |Type of Service|          Total Length         |
+/// |   4   |   5   |     0xc0      |                               |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |         Identification        |Flags|      Fragment Offset    |
+/// |               0               |  0  |            0            |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |  Time to Live |    Protocol   |         Header Checksum       |
+/// |      255      |      112      |                               |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                       Source Address                          |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// |                    Destination Address                        |
+/// +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+/// ```
+///
+/// DF is clear (an advertisement is far below any MTU). With IP_HDRINCL the
+/// kernel rewrites Total Length and the checksum and picks an Identification
+/// when it is 0 (raw_send_hdrinc); we fill them anyway so the header is
+/// correct as written.
+pub(crate) fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, total_len: u16) -> [u8; IPV4_HEADER_LEN] {
+    let mut h = [0u8; IPV4_HEADER_LEN];
+    h[0] = 0x45;
+    h[1] = TOS_NETWORK_CONTROL;
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    h[8] = TTL;
+    h[9] = IPPROTO_VRRP as u8;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let sum = internet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h
+}
+
+/// RFC 1071 checksum: the one's complement of the one's complement sum of
+/// the 16-bit words (an odd last byte padded with zero).
+fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// What the receive checks need from the IPv4 header of a received packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ipv4Fields {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    /// Where the VRRP message is in the packet.
+    pub payload: Range<usize>,
+}
+
+/// Reads the header an IPv4 raw socket delivers in front of the payload.
+/// The payload starts after IHL * 4 bytes (options included) and ends at
+/// Total Length; `None` for anything shorter than it claims.
+pub(crate) fn parse_ipv4(packet: &[u8]) -> Option<Ipv4Fields> {
+    let fixed: &[u8; IPV4_HEADER_LEN] = packet.get(..IPV4_HEADER_LEN)?.try_into().ok()?;
+    if fixed[0] >> 4 != 4 {
+        return None;
+    }
+    let header_len = usize::from(fixed[0] & 0x0f) * 4;
+    let total_len = usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
+    if header_len < IPV4_HEADER_LEN || total_len < header_len || total_len > packet.len() {
+        return None;
+    }
+    Some(Ipv4Fields {
+        src: Ipv4Addr::new(fixed[12], fixed[13], fixed[14], fixed[15]),
+        dst: Ipv4Addr::new(fixed[16], fixed[17], fixed[18], fixed[19]),
+        ttl: fixed[8],
+        payload: header_len..total_len,
+    })
+}
+
+/// Room for IPV6_PKTINFO and IPV6_HOPLIMIT with their headers, twice over.
+const CMSG_BUF: usize = 128;
+
+/// Control-message buffer, aligned like `struct cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BUF]);
+
+/// Control messages as the kernel lays them out (include/linux/socket.h):
+///
+/// ```text
+/// +----------------------+-----------+----------+---------+-----+
+/// | cmsg_len (size_t)    | level int | type int | data... | pad |
+/// +----------------------+-----------+----------+---------+-----+
+///  <------- CMSG_HDR, aligned to sizeof(long) ------->
+///  <-------------- cmsg_len ------------------------->
+///  <-------------- CMSG_ALIGN(cmsg_len) ------------------------>
+/// ```
+const CMSG_ALIGN_TO: usize = mem::size_of::<usize>();
+const fn cmsg_align(len: usize) -> usize {
+    (len + CMSG_ALIGN_TO - 1) & !(CMSG_ALIGN_TO - 1)
+}
+const CMSG_HDR: usize = cmsg_align(mem::size_of::<libc::cmsghdr>());
+const LEVEL_AT: usize = mem::size_of::<usize>();
+const TYPE_AT: usize = LEVEL_AT + mem::size_of::<c_int>();
+/// struct in6_pktinfo: 16-byte address, then the interface index.
+const PKTINFO_LEN: usize = mem::size_of::<libc::in6_pktinfo>();
+
+/// The control messages of one received IPv6 datagram we care about.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct V6Info {
+    pub dst: Option<Ipv6Addr>,
+    pub hop_limit: Option<u8>,
+}
+
+/// Walks the control messages `recvmsg` filled in; a message that does not
+/// fit ends the walk, unknown ones are passed over.
+pub(crate) fn parse_cmsgs_v6(control: &[u8]) -> V6Info {
+    let mut info = V6Info::default();
+    let mut at = 0;
+    while let Some(header) = control.get(at..at + CMSG_HDR) {
+        let word = |i: usize| -> Option<[u8; 4]> { header.get(i..i + 4)?.try_into().ok() };
+        let (Some(len), Some(level), Some(ty)) = (
+            header
+                .get(..LEVEL_AT)
+                .and_then(|b| b.try_into().ok())
+                .map(usize::from_ne_bytes),
+            word(LEVEL_AT).map(c_int::from_ne_bytes),
+            word(TYPE_AT).map(c_int::from_ne_bytes),
+        ) else {
+            break;
+        };
+        let Some(data) = (len >= CMSG_HDR)
+            .then(|| control.get(at + CMSG_HDR..at + len))
+            .flatten()
+        else {
+            break;
+        };
+        if level == libc::IPPROTO_IPV6 {
+            match ty {
+                // RFC 3542 section 6.3: an int.
+                libc::IPV6_HOPLIMIT => {
+                    info.hop_limit = data
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map(c_int::from_ne_bytes)
+                        .and_then(|h| u8::try_from(h).ok());
+                }
+                libc::IPV6_PKTINFO => {
+                    info.dst = data
+                        .get(..16)
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        .map(Ipv6Addr::from);
+                }
+                _ => {}
+            }
+        }
+        at += cmsg_align(len);
+    }
+    info
+}
+
+/// Writes an IPV6_PKTINFO control message (source address and outgoing
+/// interface, RFC 3542 section 6.1) at the start of `control`; returns the
+/// length to put in msg_controllen (CMSG_SPACE), 0 if it does not fit.
+fn write_pktinfo_cmsg(control: &mut [u8], source: Ipv6Addr, ifindex: u32) -> usize {
+    let len = CMSG_HDR + PKTINFO_LEN;
+    let space = cmsg_align(len);
+    let Some(out) = control.get_mut(..space) else {
+        return 0;
+    };
+    out.fill(0);
+    out[..LEVEL_AT].copy_from_slice(&len.to_ne_bytes());
+    out[LEVEL_AT..TYPE_AT].copy_from_slice(&libc::IPPROTO_IPV6.to_ne_bytes());
+    out[TYPE_AT..TYPE_AT + 4].copy_from_slice(&libc::IPV6_PKTINFO.to_ne_bytes());
+    out[CMSG_HDR..CMSG_HDR + 16].copy_from_slice(&source.octets());
+    out[CMSG_HDR + 16..CMSG_HDR + 20].copy_from_slice(&ifindex.to_ne_bytes());
+    space
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_fixture() {
+        let h = ipv4_header(
+            Ipv4Addr::new(10, 77, 0, 10),
+            Ipv4Addr::new(224, 0, 0, 18),
+            32,
+        );
+        #[rustfmt::skip]
+        let want: [u8; 20] = [
+            0x45, 0xc0, 0x00, 0x20, // v4, IHL 5, CS6, total 32
+            0x00, 0x00, 0x00, 0x00, // id 0, DF clear, offset 0
+            0xff, 0x70, 0x00, 0x00, // TTL 255, VRRP, checksum (below)
+            10, 77, 0, 10,
+            224, 0, 0, 18,
+        ];
+        assert_eq!(h[..10], want[..10], "fields before the checksum");
+        assert_eq!(h[12..], want[12..], "addresses");
+        // Independent check: a correct header sums to 0xffff, so its
+        // checksum over itself is 0 (RFC 1071 section 1).
+        assert_eq!(internet_checksum(&h), 0, "header checksum of {h:02x?}");
+        assert_eq!(u16::from_be_bytes([h[10], h[11]]), 0xd044, "known checksum");
+    }
+
+    #[test]
+    fn checksum_rfc1071_example() {
+        // RFC 1071 section 3 example: sum 0xddf2, checksum its complement.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&data), !0xddf2);
+        // Odd length pads with a zero byte.
+        assert_eq!(internet_checksum(&[0x12]), !0x1200);
+    }
+
+    fn packet(header: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut p = header.to_vec();
+        p.extend_from_slice(payload);
+        p
+    }
+
+    #[test]
+    fn parse_ipv4_plain_and_with_options() {
+        let src = Ipv4Addr::new(10, 77, 0, 11);
+        let dst = GROUP_V4;
+        let payload = [0x31, 51, 100, 1, 0, 100, 0xaa, 0xbb, 10, 77, 0, 100];
+        let h = ipv4_header(src, dst, 32);
+        let p = packet(&h, &payload);
+        let f = parse_ipv4(&p).expect("plain header parses");
+        assert_eq!((f.src, f.dst, f.ttl), (src, dst, 255));
+        assert_eq!(&p[f.payload], &payload);
+
+        // IHL 6: one 4-byte option (router alert) before the payload.
+        let mut h6 = h.to_vec();
+        h6[0] = 0x46;
+        h6[2..4].copy_from_slice(&36u16.to_be_bytes());
+        h6.extend_from_slice(&[0x94, 0x04, 0x00, 0x00]);
+        let p = packet(&h6, &payload);
+        let f = parse_ipv4(&p).expect("header with options parses");
+        assert_eq!(f.payload, 24..36);
+        assert_eq!(&p[f.payload], &payload);
+
+        // Trailing bytes beyond Total Length (link padding) are not payload.
+        let mut padded = packet(&h, &payload);
+        padded.extend_from_slice(&[0; 14]);
+        assert_eq!(parse_ipv4(&padded).expect("padded").payload, 20..32);
+    }
+
+    #[test]
+    fn parse_ipv4_rejects_malformed_without_panicking() {
+        let h = ipv4_header(Ipv4Addr::LOCALHOST, GROUP_V4, 32);
+        let p = packet(&h, &[0; 12]);
+        for n in 0..p.len() {
+            assert_eq!(parse_ipv4(&p[..n]), None, "truncated to {n} bytes");
+        }
+        let bad = |f: fn(&mut Vec<u8>)| {
+            let mut q = p.clone();
+            f(&mut q);
+            parse_ipv4(&q)
+        };
+        assert_eq!(bad(|q| q[0] = 0x65), None, "version 6");
+        assert_eq!(bad(|q| q[0] = 0x44), None, "IHL 4 < 5");
+        assert_eq!(bad(|q| q[0] = 0x4f), None, "IHL 15 beyond the packet");
+        assert_eq!(
+            bad(|q| q[2..4].copy_from_slice(&[0, 19])),
+            None,
+            "total < IHL"
+        );
+        assert_eq!(
+            bad(|q| q[2..4].copy_from_slice(&[0, 33])),
+            None,
+            "total > len"
+        );
+        // Every length and every first byte: no panic.
+        for b in 0..=255u8 {
+            let mut q = p.clone();
+            q[0] = b;
+            for n in 0..q.len() {
+                let _ = parse_ipv4(&q[..n]);
+            }
+        }
+    }
+
+    fn cmsg(level: c_int, ty: c_int, data: &[u8]) -> Vec<u8> {
+        let len = CMSG_HDR + data.len();
+        let mut m = vec![0u8; cmsg_align(len)];
+        m[..LEVEL_AT].copy_from_slice(&len.to_ne_bytes());
+        m[LEVEL_AT..TYPE_AT].copy_from_slice(&level.to_ne_bytes());
+        m[TYPE_AT..TYPE_AT + 4].copy_from_slice(&ty.to_ne_bytes());
+        m[CMSG_HDR..len].copy_from_slice(data);
+        m
+    }
+
+    #[test]
+    fn cmsg_layout_matches_libc() {
+        // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
+        let (l, s) = unsafe { (libc::CMSG_LEN(20), libc::CMSG_SPACE(20)) };
+        assert_eq!(CMSG_HDR + PKTINFO_LEN, l as usize);
+        assert_eq!(cmsg_align(CMSG_HDR + PKTINFO_LEN), s as usize);
+        assert_eq!(PKTINFO_LEN, 20);
+        let mut buf = [0u8; 64];
+        let src: Ipv6Addr = "fe80::77:ff:fe00:11".parse().expect("addr");
+        let n = write_pktinfo_cmsg(&mut buf, src, 7);
+        assert_eq!(n, s as usize);
+        assert_eq!(parse_cmsgs_v6(&buf[..n]).dst, Some(src));
+        assert_eq!(write_pktinfo_cmsg(&mut buf[..10], src, 7), 0, "no room");
+    }
+
+    #[test]
+    fn cmsgs_hop_limit_and_pktinfo_in_any_order() {
+        let dst = GROUP_V6;
+        let mut pktinfo = dst.octets().to_vec();
+        pktinfo.extend_from_slice(&3u32.to_ne_bytes());
+        let hop = cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            &255i32.to_ne_bytes(),
+        );
+        let info = cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pktinfo);
+        let other = cmsg(libc::SOL_SOCKET, libc::IPV6_HOPLIMIT, &7i32.to_ne_bytes());
+        let want = V6Info {
+            dst: Some(dst),
+            hop_limit: Some(255),
+        };
+        assert_eq!(parse_cmsgs_v6(&[hop.clone(), info.clone()].concat()), want);
+        assert_eq!(
+            parse_cmsgs_v6(&[other.clone(), info.clone(), hop.clone()].concat()),
+            want,
+            "other levels are skipped"
+        );
+        assert_eq!(parse_cmsgs_v6(&[]), V6Info::default());
+        // Truncated anywhere: what fits is read, nothing panics.
+        let all = [info.clone(), hop].concat();
+        // The last message needs its data, not its trailing padding.
+        let hop_end = info.len() + CMSG_HDR + 4;
+        for n in 0..=all.len() {
+            let got = parse_cmsgs_v6(&all[..n]);
+            let want = (n >= hop_end).then_some(255);
+            assert_eq!(got.hop_limit, want, "hop limit from {n} bytes");
+        }
+        // A cmsg_len smaller than its header ends the walk (no endless loop).
+        let mut zero = other;
+        zero[..LEVEL_AT].copy_from_slice(&0usize.to_ne_bytes());
+        assert_eq!(
+            parse_cmsgs_v6(&[zero, want_hop()].concat()),
+            V6Info::default()
+        );
+        // A hop limit outside 0..=255 is not one.
+        let weird = cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            &256i32.to_ne_bytes(),
+        );
+        assert_eq!(parse_cmsgs_v6(&weird).hop_limit, None);
+    }
+
+    fn want_hop() -> Vec<u8> {
+        cmsg(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            &255i32.to_ne_bytes(),
+        )
+    }
+
+    #[test]
+    fn scopes() {
+        let p = |s: &str| s.parse::<Ipv6Addr>().expect("addr");
+        assert!(needs_scope(&p("fe80::1")));
+        assert!(needs_scope(&GROUP_V6));
+        assert!(needs_scope(&p("ff01::1")));
+        assert!(!needs_scope(&p("ff05::2")));
+        assert!(!needs_scope(&p("fd77::11")));
+    }
+
+    #[test]
+    fn interface_names() {
+        assert!(ifname_raw("eth0").is_ok());
+        assert!(ifname_raw("fifteen-chars-x").is_ok());
+        for bad in ["", "sixteen-chars-xx", "a\0b"] {
+            assert!(
+                matches!(ifname_raw(bad), Err(NetError::BadInterfaceName { .. })),
+                "{bad:?}"
+            );
+        }
+        let e = ifindex("no-such-if-0").expect_err("missing interface");
+        assert!(e.to_string().contains("ip link show"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_the_interface_and_the_fix() {
+        let e = NetError::NoLinkLocal {
+            ifname: "eth0".into(),
+        };
+        let s = e.to_string();
+        assert!(s.starts_with("eth0: no IPv6 link-local address"), "{s}");
+        assert!(s.contains("net.ipv6.conf.eth0.disable_ipv6=0"), "{s}");
+    }
+}
