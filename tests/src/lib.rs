@@ -2,7 +2,9 @@
 //! independent checksum verification, a kube-apiserver stand-in, a test PKI.
 //! Used by the topology tests, the program tests, the lab and the benchmarks.
 
+pub mod capture;
 pub mod certs;
+pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod progtest;

@@ -5,7 +5,7 @@
 
 use std::any::Any;
 use std::fs::File;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -210,7 +210,11 @@ impl Lab {
         // second of duplicate address detection.
         must(
             &ns,
-            &["sysctl", "-qw", &format!("net.ipv6.conf.{NODE_IF}.accept_dad=0")],
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{NODE_IF}.accept_dad=0"),
+            ],
         );
         must(&ns, &["ip", "link", "set", NODE_IF, "up"]);
         // bpf_fib_lookup returns BPF_FIB_LKUP_RET_FWD_DISABLED without it.
@@ -331,6 +335,48 @@ impl Lab {
                 "permanent",
             ],
         );
+    }
+
+    /// The link-layer address `node`'s eth0 has for `addr` in its ARP/ND
+    /// cache (`ip neigh show <addr> dev eth0`), or `None` without an entry
+    /// or with one that has no address yet (INCOMPLETE, FAILED).
+    pub fn neighbour(&self, node: &str, addr: IpAddr) -> Option<String> {
+        let out = self.sh(
+            node,
+            &["ip", "neigh", "show", &addr.to_string(), "dev", NODE_IF],
+        );
+        parse_neighbour(&out, addr)
+    }
+
+    /// Whether `addr` is configured on `node`'s eth0 (`ip -o addr show`).
+    pub fn has_addr(&self, node: &str, addr: IpAddr) -> bool {
+        let out = self.sh(node, &["ip", "-o", "addr", "show", "dev", NODE_IF]);
+        addrs_in(&out).contains(&addr)
+    }
+
+    /// Polls `has_addr` every 10 ms until it equals `present`; returns how
+    /// long that took, panics with the node's addresses on timeout.
+    pub fn wait_addr(
+        &self,
+        node: &str,
+        addr: IpAddr,
+        present: bool,
+        timeout: Duration,
+    ) -> Duration {
+        let start = Instant::now();
+        loop {
+            if self.has_addr(node, addr) == present {
+                return start.elapsed();
+            }
+            if start.elapsed() >= timeout {
+                let verb = if present { "gain" } else { "lose" };
+                panic!(
+                    "{node} did not {verb} {addr} within {timeout:?}:\n{}",
+                    self.ip_addr_show(node)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Starts `cmd args` inside `node`'s namespace with extra `env`. Output goes
@@ -733,6 +779,33 @@ pub fn sweep_stale() {
     }
 }
 
+/// The lladdr of `addr` in `ip neigh show` output; `None` for a missing
+/// entry or one without an address (INCOMPLETE, FAILED).
+fn parse_neighbour(out: &str, addr: IpAddr) -> Option<String> {
+    out.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let first: IpAddr = words.next()?.parse().ok()?;
+        if first != addr {
+            return None;
+        }
+        let mut words = words.skip_while(|w| *w != "lladdr");
+        words.next()?;
+        words.next().map(str::to_string)
+    })
+}
+
+/// Every address in `ip -o addr show` output (the word after inet/inet6,
+/// without its prefix length).
+fn addrs_in(out: &str) -> Vec<IpAddr> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == "inet" || *w == "inet6")?;
+            words.next()?.split('/').next()?.parse().ok()
+        })
+        .collect()
+}
+
 /// `vt-<pid>-<counter>-<role>`, truncated to stay short in `ip netns list`.
 fn ns_name(id: &str, role: &str) -> String {
     let room = MAX_NS_NAME.saturating_sub(id.len() + 1).max(1);
@@ -757,4 +830,42 @@ fn sanitize(s: &str, max: usize) -> String {
 /// 11 -> 0x11: decimal digits as hex digits (host numbers stay below 100).
 fn bcd(host: u8) -> u8 {
     ((host / 10) << 4) | (host % 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbour_entries() {
+        let vip: IpAddr = "10.77.0.100".parse().expect("addr");
+        let out = "10.77.0.100 lladdr 02:77:00:00:00:11 REACHABLE \n";
+        assert_eq!(
+            parse_neighbour(out, vip).as_deref(),
+            Some("02:77:00:00:00:11")
+        );
+        // Entries still resolving, or given up on, have no lladdr.
+        assert_eq!(parse_neighbour("10.77.0.100 FAILED \n", vip), None);
+        assert_eq!(parse_neighbour("10.77.0.100 INCOMPLETE \n", vip), None);
+        assert_eq!(parse_neighbour("", vip), None);
+        let v6: IpAddr = "fd77::100".parse().expect("addr");
+        let out = "fd77::100 lladdr 02:77:00:00:00:12 router STALE \n";
+        assert_eq!(
+            parse_neighbour(out, v6).as_deref(),
+            Some("02:77:00:00:00:12")
+        );
+    }
+
+    #[test]
+    fn addresses_of_ip_o_addr() {
+        let out = "2: eth0    inet 10.77.0.11/24 scope global eth0\\       valid_lft forever preferred_lft forever\n\
+                   2: eth0    inet 10.77.0.100/32 scope global eth0\\       valid_lft forever preferred_lft forever\n\
+                   2: eth0    inet6 fd77::100/128 scope global nodad \\       valid_lft forever preferred_lft forever\n";
+        let got = addrs_in(out);
+        let want: Vec<IpAddr> = ["10.77.0.11", "10.77.0.100", "fd77::100"]
+            .iter()
+            .map(|a| a.parse().expect("addr"))
+            .collect();
+        assert_eq!(got, want);
+    }
 }
