@@ -4,6 +4,7 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -54,10 +55,14 @@ pub struct Config {
     /// Connection-table capacity.
     #[serde(default = "default_conntrack")]
     pub conntrack_capacity: u32,
-    /// Add the VIPs to the interface while vipd runs. Until VRRP election is in
-    /// place this makes the node the static VIP holder.
+    /// Add the VIPs to the interface while vipd runs, with no election: this
+    /// node is the static VIP holder. Excludes `vrrp`.
     #[serde(default)]
     pub hold_vips: bool,
+    /// Elect the VIP holder with VRRPv3 (RFC 9568) among the vipd (or
+    /// keepalived) nodes on the segment.
+    #[serde(default)]
+    pub vrrp: Option<VrrpSettings>,
     /// Mode nat settings shared by all nat services.
     #[serde(default)]
     pub nat: NatSettings,
@@ -118,6 +123,174 @@ impl NatSettings {
             tcp_idle_s: self.tcp_idle_s,
             udp_idle_s: self.udp_idle_s,
             closing_s: self.closing_s,
+        })
+    }
+}
+
+/// VRRPv3 settings. IPv4 and IPv6 VIPs run as two virtual routers with the
+/// same VRID (RFC 9568 section 1: the families are independent).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VrrpSettings {
+    /// Virtual router id, 1..=255, the same on every node of this VIP.
+    pub vrid: u8,
+    /// 1..=254; 255 only on a node that owns the VIP as a real address.
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    /// Advertisement interval: 20ms..40950ms in steps of 10ms ("100ms", "1s").
+    #[serde(default = "default_advert_interval")]
+    pub advert_interval: String,
+    /// A higher-priority node takes the VIP back from a lower one.
+    #[serde(default = "yes")]
+    pub preempt: bool,
+    /// After start, wait this long before preempting ("0s").
+    #[serde(default = "zero_duration")]
+    pub preempt_delay: String,
+    /// Unicast advertisements to these peers instead of multicast (for
+    /// networks that drop multicast). Only these sources are accepted.
+    #[serde(default)]
+    pub unicast_peers: Vec<IpAddr>,
+    /// Gratuitous ARP / unsolicited NA on taking the VIP: how many, how far
+    /// apart, and how often to refresh them while holding it ("0s": never).
+    #[serde(default)]
+    pub announce: AnnounceSettings,
+    /// How much the advertised priority drops while this node cannot serve.
+    #[serde(default)]
+    pub track: TrackSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnounceSettings {
+    pub count: u32,
+    pub interval: String,
+    pub refresh: String,
+}
+
+impl Default for AnnounceSettings {
+    fn default() -> Self {
+        AnnounceSettings {
+            count: 3,
+            interval: "100ms".into(),
+            refresh: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackSettings {
+    /// Subtracted while the XDP program is not attached to the interface.
+    pub xdp_detached: u8,
+}
+
+impl Default for TrackSettings {
+    fn default() -> Self {
+        TrackSettings { xdp_detached: 100 }
+    }
+}
+
+/// The VRRP settings, validated and in the units the state machine uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpPlan {
+    pub vrid: u8,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub unicast_peers: Vec<IpAddr>,
+    pub announce_count: u32,
+    pub announce_interval: Duration,
+    pub announce_refresh: Duration,
+    pub xdp_detached_weight: u8,
+}
+
+fn default_priority() -> u8 {
+    100
+}
+fn default_advert_interval() -> String {
+    "100ms".into()
+}
+fn zero_duration() -> String {
+    "0s".into()
+}
+
+/// "100ms", "1s", "1.5s", "0s".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration; write it like 100ms or 1s");
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        return Err(err());
+    };
+    let v: f64 = num.trim().parse().map_err(|_| err())?;
+    if !v.is_finite() || v < 0.0 || v * scale > 86_400.0 {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+impl VrrpSettings {
+    /// Validates and converts; errors name the field under `vrrp.` and the fix.
+    pub fn plan(&self) -> Result<VrrpPlan, (String, String)> {
+        let field = |f: &str, m: String| (format!("vrrp.{f}"), m);
+        if self.vrid == 0 {
+            return Err(field(
+                "vrid",
+                "0 is not a VRID; use 1..=255, the same on every node".into(),
+            ));
+        }
+        if self.priority == 0 {
+            return Err(field(
+                "priority",
+                "0 means \"leaving\" on the wire (RFC 9568 5.2.4); use 1..=254".into(),
+            ));
+        }
+        let iv = parse_duration(&self.advert_interval).map_err(|e| field("advert_interval", e))?;
+        let ms = iv.as_millis();
+        if ms < 20 || ms > 40_950 || ms % 10 != 0 || iv.subsec_nanos() % 10_000_000 != 0 {
+            return Err(field(
+                "advert_interval",
+                format!(
+                    "{:?}: VRRPv3 carries centiseconds; use 20ms..40950ms in steps of 10ms",
+                    self.advert_interval
+                ),
+            ));
+        }
+        let preempt_delay =
+            parse_duration(&self.preempt_delay).map_err(|e| field("preempt_delay", e))?;
+        let announce_interval =
+            parse_duration(&self.announce.interval).map_err(|e| field("announce.interval", e))?;
+        let announce_refresh =
+            parse_duration(&self.announce.refresh).map_err(|e| field("announce.refresh", e))?;
+        if self.announce.count == 0 {
+            return Err(field(
+                "announce.count",
+                "0: clients would keep the old holder's MAC; use at least 1".into(),
+            ));
+        }
+        for (i, p) in self.unicast_peers.iter().enumerate() {
+            if p.is_unspecified() || p.is_multicast() || p.is_loopback() {
+                return Err(field(
+                    &format!("unicast_peers[{i}]"),
+                    format!("{p} is not a peer's unicast address"),
+                ));
+            }
+        }
+        Ok(VrrpPlan {
+            vrid: self.vrid,
+            priority: self.priority,
+            advert_interval_cs: u16::try_from(ms / 10).unwrap_or(4095),
+            preempt: self.preempt,
+            preempt_delay,
+            unicast_peers: self.unicast_peers.clone(),
+            announce_count: self.announce.count,
+            announce_interval,
+            announce_refresh,
+            xdp_detached_weight: self.track.xdp_detached,
         })
     }
 }
@@ -264,6 +437,24 @@ impl Config {
         self.nat
             .port_range()
             .map_err(|e| bad("nat.ports".into(), e))?;
+        if let Some(v) = &self.vrrp {
+            if self.hold_vips {
+                return Err(bad(
+                    "hold_vips".into(),
+                    "a static holder and VRRP election exclude each other; remove hold_vips".into(),
+                ));
+            }
+            let plan = v.plan().map_err(|(f, m)| bad(f, m))?;
+            let families: Vec<bool> = self.services.iter().map(|s| s.vip.is_ipv4()).collect();
+            for (i, p) in plan.unicast_peers.iter().enumerate() {
+                if !families.contains(&p.is_ipv4()) {
+                    return Err(bad(
+                        format!("vrrp.unicast_peers[{i}]"),
+                        format!("{p}: no VIP of this address family to elect a holder for"),
+                    ));
+                }
+            }
+        }
         if self.nat.tcp_idle_s == 0 || self.nat.udp_idle_s == 0 {
             return Err(bad(
                 "nat".into(),
@@ -510,6 +701,39 @@ services:
         assert!(d[0].backends[1].local);
     }
 
+    #[test]
+    fn vrrp_section_defaults_and_units() {
+        let c = parse(&format!("vrrp:\n  vrid: 51\n{GOOD}")).expect("valid");
+        let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+        assert_eq!(p.vrid, 51);
+        assert_eq!(p.priority, 100);
+        assert_eq!(p.advert_interval_cs, 10);
+        assert!(p.preempt);
+        assert_eq!(p.preempt_delay, Duration::ZERO);
+        assert!(p.unicast_peers.is_empty());
+        assert_eq!(p.announce_count, 3);
+        assert_eq!(p.announce_refresh, Duration::from_secs(60));
+        let c = parse(&format!(
+            "vrrp:\n  vrid: 7\n  advert_interval: 1.5s\n  preempt_delay: 250ms\n  unicast_peers: [10.0.0.3]\n{GOOD}"
+        ))
+        .expect("valid");
+        let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+        assert_eq!(p.advert_interval_cs, 150);
+        assert_eq!(p.preempt_delay, Duration::from_millis(250));
+        assert_eq!(p.unicast_peers, ["10.0.0.3".parse::<IpAddr>().expect("ip")]);
+    }
+
+    #[test]
+    fn durations_parse_or_say_how_to_write_them() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration(" 0.25s "), Ok(Duration::from_millis(250)));
+        for bad in ["100", "ms", "-1s", "1h", "nan s", "1e9s"] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("100ms or 1s"), "{e}");
+        }
+    }
+
     fn err(text: &str) -> String {
         parse(text).expect_err("must be refused").to_string()
     }
@@ -565,6 +789,46 @@ services:
             (
                 "interface: eth0\nservices: []\n".to_owned(),
                 &["services: no service"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 0\n{GOOD}"),
+                &["vrrp.vrid", "1..=255"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  priority: 0\n{GOOD}"),
+                &["vrrp.priority", "1..=254"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  advert_interval: 10ms\n{GOOD}"),
+                &["vrrp.advert_interval", "20ms..40950ms"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  advert_interval: 105ms\n{GOOD}"),
+                &["vrrp.advert_interval", "steps of 10ms"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  advert_interval: fast\n{GOOD}"),
+                &["vrrp.advert_interval", "100ms or 1s"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  announce:\n    count: 0\n{GOOD}"),
+                &["vrrp.announce.count", "at least 1"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  unicast_peers: [fd00::3]\n{GOOD}"),
+                &["vrrp.unicast_peers[0]", "address family"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  unicast_peers: [224.0.0.18]\n{GOOD}"),
+                &["vrrp.unicast_peers[0]", "unicast"],
+            ),
+            (
+                format!("hold_vips: true\nvrrp:\n  vrid: 1\n{GOOD}"),
+                &["hold_vips", "remove hold_vips"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\n  prio: 5\n{GOOD}"),
+                &["vrrp", "prio"],
             ),
         ];
         for (text, want) in cases {
