@@ -251,7 +251,7 @@ impl VrrpSettings {
         }
         let iv = parse_duration(&self.advert_interval).map_err(|e| field("advert_interval", e))?;
         let ms = iv.as_millis();
-        if ms < 20 || ms > 40_950 || ms % 10 != 0 || iv.subsec_nanos() % 10_000_000 != 0 {
+        if !(20..=40_950).contains(&ms) || iv.subsec_nanos() % 10_000_000 != 0 {
             return Err(field(
                 "advert_interval",
                 format!(

@@ -16,18 +16,18 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
 
-use super::{Family, Received};
+pub use super::packet::{GROUP_V4, GROUP_V6, group};
+use super::{
+    Family, Received,
+    packet::{HOP_LIMIT, PROTO_VRRP},
+};
 
 /// IANA protocol number of VRRP (RFC 9568 sections 5.1.1.4 and 5.1.2.4).
-pub const IPPROTO_VRRP: c_int = 112;
-/// The IPv4 group advertisements go to (RFC 9568 section 5.1.1.2).
-pub const GROUP_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-/// The IPv6 group advertisements go to (RFC 9568 section 5.1.2.2).
-pub const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+pub const IPPROTO_VRRP: c_int = PROTO_VRRP as c_int;
 /// TTL / hop limit of every advertisement, multicast or unicast (RFC 9568
 /// sections 5.1.1.3 and 5.1.2.3); receivers drop anything else (section 7.1),
 /// which proves the sender is on the link.
-pub const TTL: u8 = 255;
+pub const TTL: u8 = HOP_LIMIT;
 /// DSCP CS6 ("network control", RFC 4594), the class keepalived and routers
 /// give VRRP so it survives congested links ahead of data traffic.
 pub const TOS_NETWORK_CONTROL: u8 = 0xc0;
@@ -37,14 +37,6 @@ pub const TOS_NETWORK_CONTROL: u8 = 0xc0;
 const RECV_BUF: usize = 9216;
 /// IPv4 header without options (RFC 791).
 const IPV4_HEADER_LEN: usize = 20;
-
-/// The group of `family` (224.0.0.18 or ff02::12).
-pub fn group(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => IpAddr::V4(GROUP_V4),
-        Family::V6 => IpAddr::V6(GROUP_V6),
-    }
-}
 
 /// How advertisements reach the other routers of the virtual router.
 #[derive(Debug, Clone, PartialEq, Eq)]
