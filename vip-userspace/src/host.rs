@@ -23,6 +23,70 @@ pub enum HostError {
     NoInterface(String),
     #[error("listing interfaces failed")]
     List(#[source] network_interface::Error),
+    #[error("running `ip` (iproute2) failed; install iproute2")]
+    Ip(#[source] std::io::Error),
+    #[error("`ip addr {op} {cidr} dev {iface}` failed: {stderr}")]
+    Addr {
+        op: &'static str,
+        cidr: String,
+        iface: String,
+        stderr: String,
+    },
+}
+
+/// Whether an XDP program is attached to the interface, as the kernel reports
+/// it (IFLA_XDP through `ip -d -j link`): the one fact that says this node can
+/// forward for the VIP, whoever attached it.
+pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-j", "link", "show", "dev", iface])
+        .output()
+        .map_err(HostError::Ip)?;
+    if !out.status.success() {
+        return Err(HostError::NoInterface(iface.to_owned()));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| HostError::Ip(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
+    // iproute2 prints an "xdp" object only while a program is attached;
+    // mode 0 (XDP_ATTACHED_NONE) would mean none.
+    Ok(v.get(0)
+        .and_then(|l| l.get("xdp"))
+        .and_then(|x| x.get("mode"))
+        .and_then(serde_json::Value::as_u64)
+        .is_some_and(|m| m != 0))
+}
+
+/// Adds or removes a VIP as a host address (/32 or /128) on the interface.
+/// Adding an address that is there already, or removing one that is gone,
+/// succeeds: both are the state asked for.
+pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
+    let prefix = if vip.is_ipv4() { 32 } else { 128 };
+    let cidr = format!("{vip}/{prefix}");
+    let op = if add { "add" } else { "del" };
+    let mut c = std::process::Command::new("ip");
+    c.args(["addr", op, &cidr, "dev", iface]);
+    if vip.is_ipv6() && add {
+        // No duplicate address detection: the VIP must answer at once, and
+        // VRRP (not DAD) decides who holds it.
+        c.arg("nodad");
+    }
+    let out = c.output().map_err(HostError::Ip)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    // iproute2's wording for EEXIST and EADDRNOTAVAIL.
+    if (add && stderr.contains("File exists"))
+        || (!add && stderr.contains("Cannot assign requested address"))
+    {
+        return Ok(());
+    }
+    Err(HostError::Addr {
+        op,
+        cidr,
+        iface: iface.to_owned(),
+        stderr,
+    })
 }
 
 /// Restores a set of changes, last first.

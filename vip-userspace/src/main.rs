@@ -3,7 +3,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -19,6 +18,10 @@ use vip_userspace::{
         programmer::Programmer,
     },
     host,
+    vrrp::{
+        Family,
+        router::{self, RouterHandle, RouterSpec},
+    },
 };
 
 #[derive(Parser)]
@@ -171,14 +174,63 @@ fn nat_backends(cfg: &Config) -> Vec<SocketAddr> {
         .collect()
 }
 
-fn held_vips(cfg: &Config) -> Vec<IpAddr> {
-    if !cfg.hold_vips {
-        return vec![];
-    }
+fn service_vips(cfg: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
     v.sort();
     v.dedup();
     v
+}
+
+fn held_vips(cfg: &Config) -> Vec<IpAddr> {
+    if cfg.hold_vips {
+        service_vips(cfg)
+    } else {
+        vec![]
+    }
+}
+
+/// One VRRP virtual router per address family with VIPs (RFC 9568: the
+/// families are separate instances, here with the same VRID).
+fn start_vrrp(cfg: &Config) -> Result<Vec<RouterHandle>> {
+    let Some(v) = &cfg.vrrp else {
+        return Ok(vec![]);
+    };
+    let plan = v.plan().map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+    let mut routers = vec![];
+    for family in [Family::V4, Family::V6] {
+        let vips: Vec<IpAddr> = service_vips(cfg)
+            .into_iter()
+            .filter(|a| Family::of(a) == family)
+            .collect();
+        if vips.is_empty() {
+            continue;
+        }
+        let spec = RouterSpec {
+            ifname: cfg.interface.clone(),
+            family,
+            plan: plan.clone(),
+            vips,
+        };
+        match router::spawn(spec) {
+            Ok(r) => routers.push(r),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("starting {} VRRP", router::label(family))));
+            }
+        }
+    }
+    Ok(routers)
+}
+
+/// Priority tracking: the advertised priority drops by the configured weight
+/// while this node cannot forward for the VIP.
+fn effective_priority(cfg: &Config, xdp_attached: bool) -> u8 {
+    let Some(v) = &cfg.vrrp else { return 0 };
+    let mut p = v.priority;
+    if !xdp_attached {
+        p = p.saturating_sub(v.track.xdp_detached);
+    }
+    p.max(1)
 }
 
 /// SIGHUP: validates the file again and applies the difference. Settings
@@ -195,6 +247,11 @@ fn reload(path: &Path, old: &Config, prog: &mut Programmer<KernelMaps>) -> Resul
             old.conntrack_capacity != new.conntrack_capacity,
         ),
         ("nat", old.nat != new.nat),
+        ("vrrp", old.vrrp != new.vrrp),
+        (
+            "services[].vip: the VIPs VRRP elects a holder for",
+            old.vrrp.is_some() && service_vips(old) != service_vips(&new),
+        ),
         (
             "services[].mode: the first nat service",
             nat_backends(old).is_empty() && !nat_backends(&new).is_empty(),
@@ -277,7 +334,7 @@ async fn serve(
     let vips = held_vips(&cfg);
     let mut added = vec![];
     for vip in &vips {
-        match vip_addr(&cfg.interface, *vip, true) {
+        match host::set_vip(&cfg.interface, *vip, true) {
             Ok(()) => {
                 info!(vip = %vip, interface = %cfg.interface, "VIP added");
                 added.push(*vip);
@@ -285,10 +342,18 @@ async fn serve(
             Err(e) => {
                 remove_vips(&cfg.interface, &added);
                 host::restore_all(sysctls);
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
+    let routers = match start_vrrp(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            remove_vips(&cfg.interface, &added);
+            host::restore_all(sysctls);
+            return Err(e);
+        }
+    };
     println!("vipd ready: {} attached ({attached})", cfg.interface);
 
     // Keep the nat backends' neighbours resolved for the FIB lookups in XDP
@@ -308,6 +373,9 @@ async fn serve(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+    // Priority tracking is read once a second: the checks spawn `ip`.
+    let mut track = tokio::time::interval(Duration::from_secs(1));
+    let mut xdp_ok = true;
     let mut last = vec![];
     loop {
         tokio::select! {
@@ -322,7 +390,7 @@ async fn serve(
                         added.retain(|v| want.contains(v));
                         let new_vips: Vec<IpAddr> = want.iter().filter(|v| !added.contains(v)).copied().collect();
                         for vip in &new_vips {
-                            match vip_addr(&new.interface, *vip, true) {
+                            match host::set_vip(&new.interface, *vip, true) {
                                 Ok(()) => added.push(*vip),
                                 Err(e) => error!(vip = %vip, error = %format!("{e:#}"), "adding a VIP failed"),
                             }
@@ -333,6 +401,32 @@ async fn serve(
                         cfg = new;
                     }
                     Err(e) => error!(error = %format!("{e:#}"), "configuration reload refused; the running configuration stays"),
+                }
+            }
+            _ = track.tick(), if !routers.is_empty() => {
+                let iface = cfg.interface.clone();
+                let now_ok = tokio::task::spawn_blocking(move || host::xdp_attached(&iface))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let now_ok = match now_ok {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
+                        false
+                    }
+                };
+                if now_ok != xdp_ok {
+                    xdp_ok = now_ok;
+                    if xdp_ok {
+                        info!(interface = %cfg.interface, "XDP program attached again");
+                    } else {
+                        error!(interface = %cfg.interface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority");
+                    }
+                }
+                let p = effective_priority(&cfg, xdp_ok);
+                for r in &routers {
+                    r.set_priority(p);
                 }
             }
             _ = tick.tick(), if stats_interval > 0 => {
@@ -356,6 +450,12 @@ async fn serve(
     if let Some(k) = keeper {
         k.abort();
     }
+    // VRRP first: the priority-0 advertisement lets a Backup take over after
+    // its skew time; the pinned program keeps forwarding meanwhile.
+    routers.iter().for_each(RouterHandle::stop);
+    for r in routers {
+        r.stopped().await;
+    }
     remove_vips(&cfg.interface, &added);
     match &pin {
         Some(dir) => {
@@ -378,37 +478,11 @@ async fn serve(
 
 fn remove_vips(iface: &str, vips: &[IpAddr]) {
     for vip in vips {
-        match vip_addr(iface, *vip, false) {
+        match host::set_vip(iface, *vip, false) {
             Ok(()) => info!(vip = %vip, "VIP removed"),
             Err(e) => {
                 warn!(vip = %vip, error = %e, "removing the VIP failed; remove it by hand with `ip addr del`")
             }
         }
     }
-}
-
-/// Adds or removes a VIP as a host address (/32 or /128) on the interface.
-fn vip_addr(iface: &str, vip: IpAddr, add: bool) -> Result<()> {
-    let prefix = if vip.is_ipv4() { 32 } else { 128 };
-    let cidr = format!("{vip}/{prefix}");
-    let mut c = Command::new("ip");
-    c.args(["addr", if add { "add" } else { "del" }, &cidr, "dev", iface]);
-    if vip.is_ipv6() && add {
-        // No duplicate address detection: the VIP must answer at once, and VRRP
-        // (not DAD) decides who holds it.
-        c.arg("nodad");
-    }
-    let out = c.output().context("running `ip` (iproute2)")?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if add && err.contains("File exists") {
-            return Ok(());
-        }
-        bail!(
-            "ip addr {} {cidr} dev {iface}: {}",
-            if add { "add" } else { "del" },
-            err.trim()
-        );
-    }
-    Ok(())
 }

@@ -100,6 +100,8 @@ pub enum Why {
     Startup,
     /// Master_Down_Timer fired: no Active Router heard (6.4.2).
     MasterDown,
+    /// Master_Down_Timer fired after the Active Router sent priority 0.
+    MasterLeft,
     /// A higher priority (or equal priority, higher address) Active Router
     /// was heard (6.4.3).
     Preempted {
@@ -160,6 +162,9 @@ pub struct Machine {
     announces_left: u32,
     /// No preemption before this instant (preempt delay after startup).
     preempt_after: Option<Instant>,
+    /// The Master_Down_Timer runs for a skew time after a priority-0
+    /// advertisement (for the reason given on takeover).
+    master_left: bool,
 }
 
 impl Machine {
@@ -174,6 +179,7 @@ impl Machine {
             announce_at: None,
             announces_left: 0,
             preempt_after: None,
+            master_left: false,
         }
     }
 
@@ -248,7 +254,12 @@ impl Machine {
             }
             (State::Backup, Input::Timer) => {
                 if expired(self.master_down_timer, now) {
-                    self.become_master(now, Why::MasterDown, &mut out);
+                    let why = if self.master_left {
+                        Why::MasterLeft
+                    } else {
+                        Why::MasterDown
+                    };
+                    self.become_master(now, why, &mut out);
                 }
             }
             (
@@ -263,9 +274,11 @@ impl Machine {
                     // The Active Router is leaving: take over after our
                     // skew time only, the highest priority first.
                     self.master_down_timer = Some(now + self.skew_time());
+                    self.master_left = true;
                 } else if !self.preempting(now) || priority >= self.priority {
                     self.master_adver_interval_cs = max_adver_int_cs;
                     self.master_down_timer = Some(now + self.master_down_interval());
+                    self.master_left = false;
                 }
                 // Otherwise preemption: discard, and let Master_Down_Timer
                 // fire so that we take over.
@@ -390,6 +403,7 @@ impl Machine {
 
     fn become_master(&mut self, now: Instant, why: Why, out: &mut Vec<Action>) {
         self.master_down_timer = None;
+        self.master_left = false;
         out.push(Action::SendAdvert {
             priority: self.priority,
         });
@@ -643,7 +657,11 @@ mod tests {
         assert!(m.handle(t1, advert(HIGHER_ADDR, 0)).is_empty());
         assert_eq!(m.next_deadline(), Some(t1 + m.skew_time()));
         let a = m.handle(t1 + m.skew_time(), Input::Timer);
-        assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
+        assert!(a.contains(&Action::Transition {
+            from: State::Backup,
+            to: State::Master,
+            why: Why::MasterLeft
+        }));
     }
 
     #[test]

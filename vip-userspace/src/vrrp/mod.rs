@@ -11,6 +11,7 @@ pub mod announce;
 pub mod machine;
 pub mod net;
 pub mod packet;
+pub mod router;
 
 use std::net::IpAddr;
 

@@ -1,0 +1,520 @@
+//! The async shell around one virtual router: it moves packets, time, link
+//! state and priority changes into the [`Machine`] and carries out its
+//! actions (send advertisements, add or remove the VIPs, announce them).
+//! Everything that decides lives in the machine; this file only does.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use thiserror::Error;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tracing::{debug, error, info, warn};
+
+use super::{
+    Family,
+    announce::{Announcer, ClaimWatch},
+    machine::{Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
+    net::{self, NetError, Transport, VrrpSocket},
+    packet::{self, Advert, DISCARD_LABELS, RxPolicy},
+};
+use crate::{config::VrrpPlan, host};
+
+/// How often the link state is read (ioctl, cheap): a link that goes down
+/// releases the VIPs within this time.
+const LINK_POLL: Duration = Duration::from_millis(100);
+/// A stopping router waits at most this long for its last advertisement and
+/// the VIP removal.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same complaint (a discard reason, a send error) is logged at most
+/// once per this period; the counters carry the totals.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One virtual router to run.
+#[derive(Debug, Clone)]
+pub struct RouterSpec {
+    pub ifname: String,
+    pub family: Family,
+    pub plan: VrrpPlan,
+    /// The VIPs of this family, sorted.
+    pub vips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Error)]
+pub enum RouterError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("{family:?} VRRP on {ifname}: no VIP of this family")]
+    NoVips { ifname: String, family: Family },
+}
+
+/// Counters of one virtual router, read by the metrics and status code.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    pub adverts_sent: AtomicU64,
+    pub adverts_received: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub became_master: AtomicU64,
+    pub left_master: AtomicU64,
+    pub split_brain: AtomicU64,
+    pub vip_errors: AtomicU64,
+    pub announce_errors: AtomicU64,
+    /// Indexed like [`DISCARD_LABELS`].
+    pub discards: [AtomicU64; DISCARD_LABELS.len()],
+}
+
+impl RouterStats {
+    pub fn discarded(&self, label: &str) -> u64 {
+        DISCARD_LABELS
+            .iter()
+            .position(|l| *l == label)
+            .map_or(0, |i| self.discards[i].load(Ordering::Relaxed))
+    }
+}
+
+enum Command {
+    Priority(u8),
+    Stop,
+}
+
+/// The running router, owned by the agent.
+pub struct RouterHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    state: watch::Receiver<State>,
+    stats: Arc<RouterStats>,
+    task: JoinHandle<()>,
+    family: Family,
+}
+
+impl RouterHandle {
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    pub fn stats(&self) -> &Arc<RouterStats> {
+        &self.stats
+    }
+
+    /// The effective priority after tracking (1..=255).
+    pub fn set_priority(&self, p: u8) {
+        let _ = self.tx.send(Command::Priority(p.max(1)));
+    }
+
+    /// RFC 9568 6.4.3 Shutdown: a Master sends priority 0 so that a Backup
+    /// takes over after its skew time, then the VIPs go. Asks only; see
+    /// [`RouterHandle::stopped`].
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
+    }
+
+    /// Waits (bounded) until the router has stopped.
+    pub async fn stopped(self) {
+        let family = self.family;
+        if tokio::time::timeout(STOP_TIMEOUT, self.task).await.is_err() {
+            warn!(family = %label(family), "VRRP router did not stop in time");
+        }
+    }
+}
+
+/// Opens the sockets (so that a missing interface or address fails the
+/// start, not later) and runs the router on the current tokio runtime.
+pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
+    if spec.vips.is_empty() {
+        return Err(RouterError::NoVips {
+            ifname: spec.ifname,
+            family: spec.family,
+        });
+    }
+    let source = net::source_address(&spec.ifname, spec.family, &spec.vips)?;
+    let peers: Vec<IpAddr> = spec
+        .plan
+        .unicast_peers
+        .iter()
+        .filter(|p| Family::of(p) == spec.family)
+        .copied()
+        .collect();
+    let transport = if peers.is_empty() {
+        Transport::Multicast
+    } else {
+        Transport::Unicast(peers.clone())
+    };
+    let sock = VrrpSocket::open(&spec.ifname, spec.family, source, &transport)?;
+    let announcer = Announcer::open(&spec.ifname)?;
+    let claims = ClaimWatch::open(&spec.ifname)?;
+    let mac = net::mac_address(&spec.ifname)?;
+    let plan = &spec.plan;
+    let machine = Machine::new(Params {
+        vrid: plan.vrid,
+        priority: plan.priority,
+        advert_interval_cs: plan.advert_interval_cs,
+        preempt: plan.preempt,
+        preempt_delay: plan.preempt_delay,
+        primary_addr: source,
+        announce_count: plan.announce_count,
+        announce_interval: plan.announce_interval,
+        announce_refresh: plan.announce_refresh,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (state_tx, state) = watch::channel(State::Initialize);
+    let stats = Arc::new(RouterStats::default());
+    let dsts = match &transport {
+        Transport::Multicast => vec![packet::group(spec.family)],
+        Transport::Unicast(p) => p.clone(),
+    };
+    info!(
+        family = %label(spec.family),
+        vrid = plan.vrid,
+        priority = plan.priority,
+        interval_ms = u32::from(plan.advert_interval_cs) * 10,
+        source = %source,
+        transport = if peers.is_empty() { "multicast" } else { "unicast" },
+        vips = ?spec.vips,
+        "VRRP router starting"
+    );
+    let family = spec.family;
+    let router = Router {
+        spec,
+        source,
+        peers,
+        dsts,
+        mac,
+        sock,
+        announcer,
+        claims,
+        machine,
+        state: state_tx,
+        stats: stats.clone(),
+        last_log: HashMap::new(),
+    };
+    let task = tokio::spawn(router.run(rx));
+    Ok(RouterHandle {
+        tx,
+        state,
+        stats,
+        task,
+        family,
+    })
+}
+
+struct Router {
+    spec: RouterSpec,
+    source: IpAddr,
+    peers: Vec<IpAddr>,
+    dsts: Vec<IpAddr>,
+    mac: [u8; 6],
+    sock: VrrpSocket,
+    announcer: Announcer,
+    claims: ClaimWatch,
+    machine: Machine,
+    state: watch::Sender<State>,
+    stats: Arc<RouterStats>,
+    last_log: HashMap<&'static str, Instant>,
+}
+
+impl Router {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        // A VIP left by an earlier vipd that died as Master (SIGKILL, crash)
+        // would keep answering ARP here while another node holds it. The
+        // owner's addresses are real and stay.
+        if self.spec.plan.priority != PRIORITY_OWNER {
+            self.remove_vips("left by an earlier run");
+        }
+        let mut link_up = self.link_up();
+        if link_up {
+            self.feed(Input::Startup).await;
+        } else {
+            warn!(
+                family = %label(self.spec.family),
+                interface = %self.spec.ifname,
+                "link is down; VRRP starts when it comes up"
+            );
+        }
+        let mut link_tick = tokio::time::interval(LINK_POLL);
+        link_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.machine.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Biased: commands first (a stop must not wait), then
+            // advertisements before claims, so that a peer's takeover
+            // advertisement is seen before its gratuitous ARP and the ARP is
+            // not mistaken for a split brain.
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Priority(p)) => {
+                        if p != self.machine.priority() {
+                            info!(family = %label(self.spec.family), from = self.machine.priority(), to = p, "VRRP priority changed");
+                            self.feed(Input::Priority(p)).await;
+                        }
+                    }
+                    Some(Command::Stop) | None => {
+                        self.feed(Input::Shutdown).await;
+                        break;
+                    }
+                },
+                pkt = self.sock.recv() => match pkt {
+                    Ok(pkt) => self.received(pkt).await,
+                    Err(e) => self.complain("recv", &format!("receiving VRRP failed: {e}")),
+                },
+                claim = self.claims.next() => match claim {
+                    Ok(c) => {
+                        if self.machine.state() == State::Master
+                            && c.mac != self.mac
+                            && self.spec.vips.contains(&c.addr)
+                        {
+                            self.feed(Input::Conflict { mac: c.mac }).await;
+                        }
+                    }
+                    Err(e) => self.complain("claims", &format!("watching ARP/NA failed: {e}")),
+                },
+                () = sleep => self.feed(Input::Timer).await,
+                _ = link_tick.tick() => {
+                    let now_up = self.link_up();
+                    if now_up != link_up {
+                        link_up = now_up;
+                        info!(family = %label(self.spec.family), interface = %self.spec.ifname, up = now_up, "link state changed");
+                        self.feed(if now_up { Input::Startup } else { Input::Shutdown }).await;
+                    }
+                }
+            }
+        }
+        debug!(family = %label(self.spec.family), "VRRP router stopped");
+    }
+
+    fn link_up(&mut self) -> bool {
+        match net::link_up(&self.spec.ifname) {
+            Ok(up) => up,
+            Err(e) => {
+                self.complain("link", &format!("reading the link state failed: {e}"));
+                false
+            }
+        }
+    }
+
+    async fn received(&mut self, pkt: super::Received) {
+        let own = [self.source];
+        let policy = RxPolicy {
+            vrid: self.spec.plan.vrid,
+            family: self.spec.family,
+            owner: self.machine.priority() == PRIORITY_OWNER,
+            unicast_peers: (!self.peers.is_empty()).then_some(self.peers.as_slice()),
+            vips: &self.spec.vips,
+            own_addrs: &own,
+        };
+        match packet::check(&pkt, &policy) {
+            Ok(c) => {
+                self.stats.adverts_received.fetch_add(1, Ordering::Relaxed);
+                if !c.addrs_match {
+                    // RFC 9568 7.1: the owner's list wins, but say so.
+                    self.complain(
+                        "addr_list",
+                        &format!(
+                            "the owner {} advertises {:?}, we have {:?}; align the VIP lists",
+                            pkt.src, c.advert.addrs, self.spec.vips
+                        ),
+                    );
+                }
+                self.feed(Input::Advert {
+                    src: pkt.src,
+                    priority: c.advert.priority,
+                    max_adver_int_cs: c.advert.max_adver_int,
+                })
+                .await;
+            }
+            Err(d) => {
+                let label = d.label();
+                if let Some(i) = DISCARD_LABELS.iter().position(|l| *l == label) {
+                    self.stats.discards[i].fetch_add(1, Ordering::Relaxed);
+                }
+                // Another VRID on the segment is normal; everything else is a
+                // misconfiguration or a broken sender worth one line.
+                if label != "other_vrid" {
+                    self.complain(
+                        label,
+                        &format!("VRRP packet from {} discarded: {d}", pkt.src),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn feed(&mut self, input: Input) {
+        let actions = self.machine.handle(Instant::now(), input);
+        for a in actions {
+            self.act(a).await;
+        }
+    }
+
+    async fn act(&mut self, a: Action) {
+        let family = tracing::field::display(label(self.spec.family));
+        match a {
+            Action::SendAdvert { priority } => {
+                let advert = Advert {
+                    vrid: self.spec.plan.vrid,
+                    priority,
+                    max_adver_int: self.spec.plan.advert_interval_cs,
+                    addrs: self.spec.vips.clone(),
+                };
+                for dst in self.dsts.clone() {
+                    let sent = match advert.encode(self.source, dst) {
+                        Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match sent {
+                        Ok(()) => {
+                            self.stats.adverts_sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                            self.complain("send", &format!("sending VRRP to {dst} failed: {e}"));
+                        }
+                    }
+                }
+            }
+            Action::AddVips => {
+                for vip in self.spec.vips.clone() {
+                    match host::set_vip(&self.spec.ifname, vip, true) {
+                        Ok(()) => info!(family, vip = %vip, "VIP added"),
+                        Err(e) => {
+                            self.stats.vip_errors.fetch_add(1, Ordering::Relaxed);
+                            error!(family, vip = %vip, error = %e, "adding the VIP failed");
+                        }
+                    }
+                }
+            }
+            Action::RemoveVips => {
+                if self.spec.plan.priority != PRIORITY_OWNER {
+                    self.remove_vips("no longer master");
+                }
+            }
+            Action::Announce => {
+                for vip in &self.spec.vips {
+                    if let Err(e) = self.announcer.announce(*vip) {
+                        self.stats.announce_errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(family, vip = %vip, error = %e, "announcing the VIP failed");
+                    }
+                }
+            }
+            Action::Transition { from, to, why } => {
+                info!(
+                    family,
+                    vrid = self.spec.plan.vrid,
+                    from = %from.label(),
+                    to = %to.label(),
+                    why = %describe(why),
+                    priority = self.machine.priority(),
+                    "VRRP state change"
+                );
+                if to == State::Master {
+                    self.stats.became_master.fetch_add(1, Ordering::Relaxed);
+                } else if from == State::Master {
+                    self.stats.left_master.fetch_add(1, Ordering::Relaxed);
+                }
+                self.state.send_replace(to);
+            }
+            Action::SplitBrain { peer, won } => {
+                self.stats.split_brain.fetch_add(1, Ordering::Relaxed);
+                let peer = match peer {
+                    Peer::Router { addr, priority } => format!("router {addr} priority {priority}"),
+                    Peer::Mac(m) => format!("MAC {} claims a VIP", mac_string(&m)),
+                };
+                if won {
+                    warn!(
+                        family,
+                        vrid = self.spec.plan.vrid,
+                        peer = %peer,
+                        "VRRP split brain: another master on the segment; we win and re-announce"
+                    );
+                } else {
+                    // The usual case is a preemption; after a partition it is
+                    // the split brain resolving. Counted either way.
+                    info!(
+                        family,
+                        vrid = self.spec.plan.vrid,
+                        peer = %peer,
+                        "VRRP split brain resolved: another master with a higher priority (preemption or a healed partition); yielding"
+                    );
+                }
+            }
+        }
+    }
+
+    fn remove_vips(&mut self, why: &str) {
+        for vip in self.spec.vips.clone() {
+            let present = host::interface_addrs(&self.spec.ifname)
+                .map(|a| a.contains(&vip))
+                .unwrap_or(true);
+            if !present {
+                continue;
+            }
+            match host::set_vip(&self.spec.ifname, vip, false) {
+                Ok(()) => {
+                    info!(family = %label(self.spec.family), vip = %vip, why = %why, "VIP removed")
+                }
+                Err(e) => {
+                    self.stats.vip_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(vip = %vip, error = %e, "removing the VIP failed; remove it by hand with `ip addr del`");
+                }
+            }
+        }
+    }
+
+    /// Logs one line per kind per [`LOG_EVERY`].
+    fn complain(&mut self, kind: &'static str, msg: &str) {
+        let now = Instant::now();
+        let due = self
+            .last_log
+            .get(kind)
+            .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
+        if due {
+            self.last_log.insert(kind, now);
+            warn!(family = %label(self.spec.family), kind, "{msg}");
+        } else {
+            debug!(family = %label(self.spec.family), kind, "{msg}");
+        }
+    }
+}
+
+pub fn label(f: Family) -> &'static str {
+    match f {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    }
+}
+
+fn describe(why: Why) -> String {
+    match why {
+        Why::Owner => "address owner (priority 255)".into(),
+        Why::Startup => "startup".into(),
+        Why::MasterDown => "no master heard for the master-down interval".into(),
+        Why::MasterLeft => "the master left (priority 0)".into(),
+        Why::Preempted { by, priority } => format!("{by} advertises priority {priority}"),
+        Why::StepDown { priority } => format!("our priority fell to {priority}"),
+        Why::Shutdown => "shutdown or link down".into(),
+    }
+}
+
+fn mac_string(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
