@@ -180,7 +180,7 @@ pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
         priority = plan.priority,
         interval_ms = u32::from(plan.advert_interval_cs) * 10,
         source = %source,
-        transport = if peers.is_empty() { "multicast" } else { "unicast" },
+        transport = %if peers.is_empty() { "multicast" } else { "unicast" },
         vips = ?spec.vips,
         "VRRP router starting"
     );
@@ -486,9 +486,9 @@ impl Router {
             .is_none_or(|t| now.duration_since(*t) >= LOG_EVERY);
         if due {
             self.last_log.insert(kind, now);
-            warn!(family = %label(self.spec.family), kind, "{msg}");
+            warn!(family = %label(self.spec.family), kind = %kind, "{msg}");
         } else {
-            debug!(family = %label(self.spec.family), kind, "{msg}");
+            debug!(family = %label(self.spec.family), kind = %kind, "{msg}");
         }
     }
 }

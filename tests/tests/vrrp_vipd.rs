@@ -1,0 +1,292 @@
+//! vipd against vipd in namespaces: what VRRP does beyond the protocol
+//! exchange with keepalived (tests/tests/vrrp_interop.rs): priority tracking
+//! of the XDP attachment, the link going down, another MAC claiming the VIP,
+//! and forged advertisements that must not move the VIP.
+
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use vip_tests::{
+    capture::{ARP_FILTER, Capture},
+    netns::{Lab, Proc, VIP_V4, in_netns},
+    vipd_bin,
+};
+use vip_userspace::vrrp::{
+    Family,
+    announce::Announcer,
+    net::{Transport, VrrpSocket, group, source_address},
+    packet::Advert,
+};
+
+const VIP: IpAddr = IpAddr::V4(VIP_V4);
+
+fn config(lab: &Lab, node: &str, priority: u8, preempt: bool) -> PathBuf {
+    let path = lab.dir().join(format!("{node}.yaml"));
+    let text = format!(
+        "interface: eth0
+xdp_mode: skb
+vrrp:
+  vrid: 51
+  priority: {priority}
+  advert_interval: 100ms
+  preempt: {preempt}
+  announce:
+    count: 2
+    interval: 50ms
+    refresh: 60s
+services:
+  - vip: {VIP}
+    mode: dsr
+    backends:
+      - address: 10.77.0.50
+        mac: \"02:77:00:00:00:50\"
+"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn start(lab: &Lab, node: &str, priority: u8, preempt: bool) -> Proc {
+    let conf = config(lab, node, priority, preempt);
+    let bin = vipd_bin();
+    let p = lab.spawn(
+        node,
+        bin.to_str().expect("utf-8 path"),
+        &[
+            "run",
+            "--config",
+            conf.to_str().expect("utf-8 path"),
+            "--no-pin",
+            "--stats-interval",
+            "0",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    p.wait_for_stdout("vipd ready", Duration::from_secs(20));
+    p
+}
+
+fn wait_master(lab: &Lab, p: &Proc, node: &str) {
+    p.wait_for_logs("to=master", Duration::from_secs(5));
+    lab.wait_addr(node, VIP, true, Duration::from_secs(2));
+}
+
+/// The id of the XDP link `pid` holds, from its fdinfo (each bpf_link fd
+/// shows `link_type` and `link_id`): exact even with other tests' programs
+/// attached to interfaces with the same index in other namespaces.
+fn xdp_link_id(pid: u32) -> u32 {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let Ok(text) = std::fs::read_to_string(e.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let is_xdp = text
+            .lines()
+            .any(|l| l.strip_prefix("link_type:").map(str::trim) == Some("xdp"));
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:"))
+            .and_then(|v| v.trim().parse().ok());
+        if let (true, Some(id)) = (is_xdp, id) {
+            return id;
+        }
+    }
+    panic!(
+        "vipd (pid {pid}) holds no XDP link fd:\n{}",
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+    );
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A node whose XDP program is gone cannot forward for the VIP: its
+/// priority drops and, as master, it hands over with priority 0, so the
+/// healthy peer takes the VIP even though neither preempts.
+#[test]
+fn xdp_detached_hands_the_vip_to_a_healthy_peer() {
+    let lab = Lab::new("vrrp-track", &["client", "lb1", "lb2"]);
+    let lb1 = start(&lab, "lb1", 150, false);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start(&lab, "lb2", 100, false);
+    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+    assert!(
+        !lab.has_addr("lb2", VIP),
+        "lb2 took the VIP from a healthy master"
+    );
+
+    let id = xdp_link_id(lb1.pid()).to_string();
+    let out = lab.sh("lb1", &["bpftool", "link", "detach", "id", &id]);
+    let detached = Instant::now();
+    lb1.wait_for_logs("XDP program not attached", Duration::from_secs(3));
+    let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(3));
+    lab.wait_addr("lb1", VIP, false, Duration::from_secs(1));
+    let logs = lb1.logs();
+    assert!(
+        logs.contains("why=our priority fell to 50"),
+        "lb1 must step down because its priority fell (bpftool: {out}):\n{logs}"
+    );
+    assert!(
+        lb2.logs().contains("why=the master left (priority 0)"),
+        "lb2 must take over on lb1's priority-0 advertisement:\n{}",
+        lb2.logs()
+    );
+    // The tracking check runs once a second, the handover then takes a skew
+    // time: far below the 3.6 s master-down interval of keepalived defaults.
+    assert!(
+        detached.elapsed() < Duration::from_secs(3),
+        "handover took {took:?} after the detach"
+    );
+    // lb1 (priority 50 now) stays backup behind lb2 (100).
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        !lab.has_addr("lb1", VIP),
+        "lb1 took the VIP back while it cannot forward"
+    );
+    assert!(lab.has_addr("lb2", VIP));
+}
+
+/// The link going down releases the VIP at once (a node that cannot be
+/// reached must not keep answering for it once it comes back); when it
+/// comes back the election starts again and the higher priority preempts.
+#[test]
+fn link_down_releases_the_vip_and_link_up_rejoins() {
+    let lab = Lab::new("vrrp-link", &["client", "lb1", "lb2"]);
+    let lb1 = start(&lab, "lb1", 150, true);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start(&lab, "lb2", 100, true);
+    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+
+    lab.sh("lb1", &["ip", "link", "set", "eth0", "down"]);
+    let released = lab.wait_addr("lb1", VIP, false, Duration::from_secs(2));
+    assert!(
+        released < Duration::from_millis(1000),
+        "released after {released:?}"
+    );
+    lab.wait_addr("lb2", VIP, true, Duration::from_secs(2));
+
+    lab.sh("lb1", &["ip", "link", "set", "eth0", "up"]);
+    lab.wait_addr("lb1", VIP, true, Duration::from_secs(3));
+    lab.wait_addr("lb2", VIP, false, Duration::from_secs(2));
+    let logs = lb1.logs();
+    assert!(
+        logs.contains("up=false") && logs.contains("up=true"),
+        "{logs}"
+    );
+}
+
+/// Another host announcing the VIP (a stale holder, a misconfigured box):
+/// the master counts a split brain and re-announces, so the client's ARP
+/// entry comes back to it.
+#[test]
+fn another_mac_claiming_the_vip_is_answered() {
+    let lab = Lab::new("vrrp-claim", &["client", "lb1", "rogue"]);
+    let lb1 = start(&lab, "lb1", 150, true);
+    wait_master(&lab, &lb1, "lb1");
+    let lb1_mac = lab.node("lb1").mac_string();
+    let rogue_mac = lab.node("rogue").mac_string();
+    lab.sh("client", &["ping", "-c1", "-W1", &VIP.to_string()]);
+    assert_eq!(
+        lab.neighbour("client", VIP).as_deref(),
+        Some(lb1_mac.as_str())
+    );
+
+    let cap = Capture::start(&lab, "client", ARP_FILTER);
+    let rogue_ns = lab.node("rogue").ns.clone();
+    in_netns(&rogue_ns, || {
+        Announcer::open("eth0")
+            .expect("announcer on rogue")
+            .announce(VIP)
+            .expect("rogue announce");
+    });
+    lb1.wait_for_logs("split brain", Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lab.neighbour("client", VIP).as_deref() != Some(lb1_mac.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the client's ARP entry stayed {:?} (rogue {rogue_mac})",
+            lab.neighbour("client", VIP)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pkts = cap.stop();
+    let garps: Vec<_> = pkts
+        .iter()
+        .filter_map(|p| p.arp().map(|a| (p.time, a)))
+        .filter(|(_, a)| a.is_gratuitous() && a.sender_ip == VIP)
+        .collect();
+    let rogue_at = garps
+        .iter()
+        .find(|(_, a)| a.sender_mac == rogue_mac)
+        .map(|(t, _)| *t)
+        .expect("the rogue's gratuitous ARP in the capture");
+    assert!(
+        garps
+            .iter()
+            .any(|(t, a)| *t > rogue_at && a.sender_mac == lb1_mac),
+        "no re-announcement from lb1 after the rogue's: {garps:?}"
+    );
+    assert!(
+        lb1.logs()
+            .contains(&format!("MAC {rogue_mac} claims a VIP"))
+    );
+}
+
+/// A forged advertisement with a higher priority but a bad checksum is
+/// discarded and counted by reason; the master keeps the VIP. A valid one
+/// with that priority moves it (so the forgery was judged on its checksum).
+#[test]
+fn forged_advertisement_does_not_move_the_vip() {
+    let lab = Lab::new("vrrp-forge", &["client", "lb1", "forger"]);
+    let lb1 = start(&lab, "lb1", 150, true);
+    wait_master(&lab, &lb1, "lb1");
+    let ns = lab.node("forger").ns.clone();
+    let send = |corrupt: bool| {
+        in_netns(&ns, || {
+            rt().block_on(async {
+                let src = source_address("eth0", Family::V4, &[]).expect("source");
+                let sock = VrrpSocket::open("eth0", Family::V4, src, &Transport::Multicast)
+                    .expect("socket");
+                let dst = group(Family::V4);
+                let mut bytes = Advert {
+                    vrid: 51,
+                    priority: 254,
+                    max_adver_int: 10,
+                    addrs: vec![VIP],
+                }
+                .encode(src, dst)
+                .expect("encode");
+                if corrupt {
+                    bytes[6] ^= 0x01;
+                }
+                for _ in 0..5 {
+                    sock.send(&bytes, dst).await.expect("send");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+    };
+    send(true);
+    lb1.wait_for_logs("kind=checksum", Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        lab.has_addr("lb1", VIP),
+        "a bad-checksum advert moved the VIP"
+    );
+    assert!(!lb1.logs().contains("from=master"), "{}", lb1.logs());
+
+    send(false);
+    lab.wait_addr("lb1", VIP, false, Duration::from_secs(2));
+    assert!(
+        lb1.logs().contains("10.77.0.12 advertises priority 254"),
+        "{}",
+        lb1.logs()
+    );
+}
