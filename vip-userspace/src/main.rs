@@ -377,6 +377,7 @@ async fn serve(
     let mut track = tokio::time::interval(Duration::from_secs(1));
     let mut xdp_ok = true;
     let mut last = vec![];
+    let mut last_vrrp = std::collections::HashMap::new();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break }
@@ -443,6 +444,13 @@ async fn serve(
                         }
                     }
                     Err(e) => warn!(error = %e, "reading counters failed"),
+                }
+                for r in &routers {
+                    let line = r.summary();
+                    if last_vrrp.get(&r.family()) != Some(&line) {
+                        info!(family = %router::label(r.family()), counters = %line, "vrrp");
+                        last_vrrp.insert(r.family(), line);
+                    }
                 }
             }
         }

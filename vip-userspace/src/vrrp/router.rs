@@ -108,6 +108,34 @@ impl RouterHandle {
         &self.stats
     }
 
+    /// One line for the periodic log: state and the non-zero counters.
+    pub fn summary(&self) -> String {
+        let s = &self.stats;
+        let mut parts = vec![format!("state={}", self.state().label())];
+        for (name, v) in [
+            ("adverts_sent", &s.adverts_sent),
+            ("adverts_received", &s.adverts_received),
+            ("send_errors", &s.send_errors),
+            ("became_master", &s.became_master),
+            ("left_master", &s.left_master),
+            ("split_brain", &s.split_brain),
+            ("vip_errors", &s.vip_errors),
+            ("announce_errors", &s.announce_errors),
+        ] {
+            let v = v.load(Ordering::Relaxed);
+            if v > 0 {
+                parts.push(format!("{name}={v}"));
+            }
+        }
+        for (label, c) in DISCARD_LABELS.iter().zip(&s.discards) {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                parts.push(format!("discarded_{label}={v}"));
+            }
+        }
+        parts.join(" ")
+    }
+
     /// The effective priority after tracking (1..=255).
     pub fn set_priority(&self, p: u8) {
         let _ = self.tx.send(Command::Priority(p.max(1)));
