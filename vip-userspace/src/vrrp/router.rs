@@ -394,29 +394,7 @@ impl Router {
     async fn act(&mut self, a: Action) {
         let family = tracing::field::display(label(self.spec.family));
         match a {
-            Action::SendAdvert { priority } => {
-                let advert = Advert {
-                    vrid: self.spec.plan.vrid,
-                    priority,
-                    max_adver_int: self.spec.plan.advert_interval_cs,
-                    addrs: self.spec.vips.clone(),
-                };
-                for dst in self.dsts.clone() {
-                    let sent = match advert.encode(self.source, dst) {
-                        Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    match sent {
-                        Ok(()) => {
-                            self.stats.adverts_sent.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
-                            self.complain("send", &format!("sending VRRP to {dst} failed: {e}"));
-                        }
-                    }
-                }
-            }
+            Action::SendAdvert { priority } => self.send_advert(priority).await,
             Action::AddVips => {
                 for vip in self.spec.vips.clone() {
                     match host::set_vip(&self.spec.ifname, vip, true) {
@@ -460,6 +438,7 @@ impl Router {
             }
             Action::SplitBrain { peer, won } => {
                 self.stats.split_brain.fetch_add(1, Ordering::Relaxed);
+                let yield_to_router = !won && matches!(peer, Peer::Router { .. });
                 let peer = match peer {
                     Peer::Router { addr, priority } => format!("router {addr} priority {priority}"),
                     Peer::Mac(m) => format!("MAC {} claims a VIP", mac_string(&m)),
@@ -480,6 +459,41 @@ impl Router {
                         peer = %peer,
                         "VRRP split brain resolved: another master with a higher priority (preemption or a healed partition); yielding"
                     );
+                }
+                if yield_to_router {
+                    // One advertisement at our own, lower priority before we
+                    // step down, as keepalived's vrrp_higher_prio_send_advert:
+                    // the winner learns there were two masters and
+                    // re-announces (keepalived: garp_lower_prio_repeat, on by
+                    // default; vipd: the split-brain re-announce). Without it,
+                    // when the winner's advertisement reached us first after
+                    // a partition, the last gratuitous ARP the clients saw is
+                    // ours and they keep sending to a node without the VIP.
+                    self.send_advert(self.machine.priority()).await;
+                }
+            }
+        }
+    }
+
+    async fn send_advert(&mut self, priority: u8) {
+        let advert = Advert {
+            vrid: self.spec.plan.vrid,
+            priority,
+            max_adver_int: self.spec.plan.advert_interval_cs,
+            addrs: self.spec.vips.clone(),
+        };
+        for dst in self.dsts.clone() {
+            let sent = match advert.encode(self.source, dst) {
+                Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match sent {
+                Ok(()) => {
+                    self.stats.adverts_sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.complain("send", &format!("sending VRRP to {dst} failed: {e}"));
                 }
             }
         }
