@@ -1,15 +1,18 @@
 //! Test support for vipd: network-namespace topologies, a packet builder with
-//! independent checksum verification, a kube-apiserver stand-in, a test PKI.
+//! independent checksum verification, a kube-apiserver stand-in, a test PKI,
+//! keepalived and vipd as VRRP routers, the failover benchmark.
 //! Used by the topology tests, the program tests, the lab and the benchmarks.
 
 pub mod capture;
 pub mod certs;
+pub mod failover;
 pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
 pub mod scenario;
 pub mod standin;
+pub mod vrrpd;
 
 use std::path::PathBuf;
 

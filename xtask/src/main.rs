@@ -47,7 +47,8 @@ enum Cmd {
         args: Vec<OsString>,
     },
     /// Benchmarks: `dataplane` (ns per packet through BPF_PROG_TEST_RUN, with
-    /// baselines measured in the same run). Needs root.
+    /// baselines measured in the same run), `failover` (VIP outage when the
+    /// VRRP master crashes, vipd against keepalived; `--runs N`). Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -61,6 +62,18 @@ fn main() -> Result<()> {
     match cli.cmd.unwrap_or(Cmd::Run { args: vec![] }) {
         Cmd::Bench { args } => {
             let tc = bootstrap::bootstrap()?;
+            // `bench failover` runs the vipd next to vip-bench (target/release).
+            timed("build vipd (release)", || {
+                run(cargo(&tc).args([
+                    "build",
+                    "--release",
+                    "-q",
+                    "-p",
+                    "vip-userspace",
+                    "--bin",
+                    "vipd",
+                ]))
+            })?;
             let mut c = cargo(&tc);
             c.args([
                 "run",

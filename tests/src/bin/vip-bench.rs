@@ -1,5 +1,7 @@
 //! `cargo xtask bench dataplane`: ns per packet through BPF_PROG_TEST_RUN for the
 //! real program against trivial baselines measured in the same run.
+//! `cargo xtask bench failover`: VIP outage when the VRRP master crashes, vipd
+//! against keepalived in the same run (tests/src/failover.rs).
 //!
 //! Re-processing: with `repeat > 1` the kernel runs the program again on the
 //! buffer it already rewrote. The mode dsr rewrite only changes the Ethernet
@@ -22,6 +24,7 @@ use vip_common::{
     SVC_F_RST_UNSERVABLE, ServiceKey,
 };
 use vip_tests::{
+    failover,
     netns::{Lab, in_netns},
     packet::{Pkt, TCP_ACK, TCP_SYN},
 };
@@ -36,7 +39,7 @@ use vip_userspace::{
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `dataplane`.
+    /// Which benchmark: `dataplane` or `failover`.
     what: String,
     /// Samples per case (each the kernel's mean over `repeat` runs).
     #[arg(long, default_value_t = 15)]
@@ -50,6 +53,9 @@ struct Args {
     /// Largest connection-table fill to measure.
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: u32,
+    /// failover: crashes of the master per implementation.
+    #[arg(long, default_value_t = 30)]
+    runs: usize,
 }
 
 const VIP: &str = "10.77.0.100";
@@ -263,12 +269,18 @@ fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if a.what != "dataplane" {
-        bail!("unknown benchmark {:?}; available: dataplane", a.what);
+    if a.what != "dataplane" && a.what != "failover" {
+        bail!(
+            "unknown benchmark {:?}; available: dataplane, failover",
+            a.what
+        );
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark loads XDP programs: run it as root");
+        bail!("the benchmarks load XDP programs and create namespaces: run them as root");
+    }
+    if a.what == "failover" {
+        return failover::run(&failover::Options { runs: a.runs });
     }
     let est = Pkt::tcp(ip("10.77.0.10"), 40000, ip(VIP), PORT, TCP_ACK)
         .payload(&[0; 10])
