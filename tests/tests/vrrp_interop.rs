@@ -204,12 +204,15 @@ fn assert_vipd_adverts(adverts: &[(f64, VrrpPkt)], vip: IpAddr, prio: u8, dst: I
     }
 }
 
-/// A node crash: off the segment first (no frame leaves it after this),
-/// then `kill` (SIGKILL of its daemon). Returns the instant, epoch seconds.
+/// A node crash: `kill` (SIGKILL of its daemon), then off the segment.
+/// Returns the instant, epoch seconds.
 fn crash(lab: &Lab, node: &str, kill: impl FnOnce()) -> f64 {
     let t = now();
-    set_link(lab, node, false);
+    // The daemon dies first: with the link going first, vipd (which polls
+    // the link every 100 ms) could still release the VIP itself, and a
+    // crashed node does nothing of the kind.
     kill();
+    set_link(lab, node, false);
     t
 }
 

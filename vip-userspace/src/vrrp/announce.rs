@@ -504,6 +504,11 @@ const NA_FLAG_OVERRIDE: u8 = 0x20;
 /// Option length counts units of 8 bytes. Unsolicited (section 7.2.6): R
 /// and S clear, O set so receivers replace the cached MAC. The checksum is
 /// left 0 for the kernel to fill.
+///
+/// RFC 9568 sections 6.4.1/6.4.2 have an IPv6 Active Router set R, because
+/// its virtual addresses are default routers. A VIP in front of apiservers
+/// is no router: R set would make hosts that cache it treat the VIP as one
+/// (RFC 4861 section 7.2.5), so vipd, like keepalived, leaves it clear.
 pub fn build_unsolicited_na(target: Ipv6Addr, mac: [u8; 6]) -> [u8; NA_LEN] {
     let mut p = [0u8; NA_LEN];
     p[0] = ND_NEIGHBOR_ADVERT;

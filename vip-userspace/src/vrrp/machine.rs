@@ -303,6 +303,7 @@ impl Machine {
                 }
                 if expired(self.announce_at, now) {
                     out.push(Action::Announce);
+                    self.announces_left = self.announces_left.saturating_sub(1);
                     self.schedule_announce(now);
                 }
             }
@@ -338,6 +339,16 @@ impl Machine {
                             priority,
                         },
                         won: false,
+                    });
+                    // Beyond the RFC (keepalived's
+                    // vrrp_higher_prio_send_advert): one advertisement at our
+                    // lower priority before stepping down, so that after a
+                    // partition the winner learns there were two masters and
+                    // re-announces. Otherwise, when its advertisement reaches
+                    // us first, the clients' last gratuitous ARP is ours and
+                    // they keep sending to a node without the VIP.
+                    out.push(Action::SendAdvert {
+                        priority: self.priority,
                     });
                     self.adver_timer = None;
                     self.announce_at = None;
@@ -389,7 +400,11 @@ impl Machine {
                     peer: Peer::Mac(mac),
                     won: true,
                 });
-                self.restart_announces(now, &mut out);
+                // The other holder's gratuitous ARPs come in bursts: answer
+                // the first, and let a burst already running answer the rest.
+                if self.announces_left == 0 {
+                    self.restart_announces(now, &mut out);
+                }
             }
             (State::Master, Input::Startup) => {}
         }
@@ -428,7 +443,6 @@ impl Machine {
 
     fn schedule_announce(&mut self, now: Instant) {
         self.announce_at = if self.announces_left > 0 {
-            self.announces_left -= 1;
             Some(now + self.params.announce_interval)
         } else if !self.params.announce_refresh.is_zero() {
             Some(now + self.params.announce_refresh)
@@ -834,6 +848,9 @@ mod tests {
         let t0 = Instant::now();
         let (mut m, t) = master(100, t0);
         let a = m.handle(t, advert(LOWER_ADDR, 101));
+        // One last advert at our priority tells the winner to re-announce,
+        // before the VIPs go.
+        assert_eq!(a[1], Action::SendAdvert { priority: 100 });
         assert!(a.contains(&Action::RemoveVips));
         assert_eq!(transitions(&a), [(State::Master, State::Backup)]);
         assert!(a.contains(&Action::SplitBrain {
@@ -843,7 +860,6 @@ mod tests {
             },
             won: false
         }));
-        assert!(!a.iter().any(|a| matches!(a, Action::SendAdvert { .. })));
         assert_eq!(m.next_deadline(), Some(t + m.master_down_interval()));
     }
 
@@ -943,6 +959,27 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 9],
             },
         );
+        // Still within our own takeover burst: counted, the burst answers.
+        assert_eq!(
+            a,
+            [Action::SplitBrain {
+                peer: Peer::Mac([2, 0, 0, 0, 0, 9]),
+                won: true
+            }]
+        );
+        // After the burst: answered at once, and a new burst starts.
+        while let Some(d) = m.next_deadline()
+            && d <= t + ms(500)
+        {
+            m.handle(d, Input::Timer);
+        }
+        let t2 = t + ms(500);
+        let a = m.handle(
+            t2,
+            Input::Conflict {
+                mac: [2, 0, 0, 0, 0, 9],
+            },
+        );
         assert_eq!(
             a,
             [
@@ -952,6 +989,10 @@ mod tests {
                 },
                 Action::Announce
             ]
+        );
+        assert!(
+            m.next_deadline() <= Some(t2 + ms(100)),
+            "the burst's next announce"
         );
     }
 

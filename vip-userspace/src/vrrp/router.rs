@@ -438,17 +438,25 @@ impl Router {
             }
             Action::SplitBrain { peer, won } => {
                 self.stats.split_brain.fetch_add(1, Ordering::Relaxed);
-                let yield_to_router = !won && matches!(peer, Peer::Router { .. });
-                let peer = match peer {
-                    Peer::Router { addr, priority } => format!("router {addr} priority {priority}"),
-                    Peer::Mac(m) => format!("MAC {} claims a VIP", mac_string(&m)),
+                let (kind, peer) = match peer {
+                    Peer::Router { addr, priority } => (
+                        "split_brain_router",
+                        format!("router {addr} priority {priority}"),
+                    ),
+                    Peer::Mac(m) => (
+                        "split_brain_mac",
+                        format!("MAC {} claims a VIP", mac_string(&m)),
+                    ),
                 };
                 if won {
-                    warn!(
-                        family,
-                        vrid = self.spec.plan.vrid,
-                        peer = %peer,
-                        "VRRP split brain: another master on the segment; we win and re-announce"
+                    // A takeover burst of gratuitous ARPs from the other
+                    // holder would give one line each: rate-limited per kind
+                    // of peer, and counted.
+                    self.complain(
+                        kind,
+                        &format!(
+                            "VRRP split brain: another master on the segment ({peer}); we win and re-announce"
+                        ),
                     );
                 } else {
                     // The usual case is a preemption; after a partition it is
@@ -459,17 +467,6 @@ impl Router {
                         peer = %peer,
                         "VRRP split brain resolved: another master with a higher priority (preemption or a healed partition); yielding"
                     );
-                }
-                if yield_to_router {
-                    // One advertisement at our own, lower priority before we
-                    // step down, as keepalived's vrrp_higher_prio_send_advert:
-                    // the winner learns there were two masters and
-                    // re-announces (keepalived: garp_lower_prio_repeat, on by
-                    // default; vipd: the split-brain re-announce). Without it,
-                    // when the winner's advertisement reached us first after
-                    // a partition, the last gratuitous ARP the clients saw is
-                    // ours and they keep sending to a node without the VIP.
-                    self.send_advert(self.machine.priority()).await;
                 }
             }
         }
