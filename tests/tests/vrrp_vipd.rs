@@ -23,8 +23,18 @@ use vip_userspace::vrrp::{
 
 const VIP: IpAddr = IpAddr::V4(VIP_V4);
 
-fn config(lab: &Lab, node: &str, priority: u8, preempt: bool) -> PathBuf {
+/// vipd's config on `node`; `local`: the node's own apiserver (its address,
+/// port 6443) is one of the backends, as in a stacked control plane.
+fn config(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> PathBuf {
     let path = lab.dir().join(format!("{node}.yaml"));
+    let local = if local {
+        format!(
+            "      - address: {}\n        local: true\n",
+            lab.node(node).ipv4
+        )
+    } else {
+        String::new()
+    };
     let text = format!(
         "interface: eth0
 xdp_mode: skb
@@ -43,14 +53,18 @@ services:
     backends:
       - address: 10.77.0.50
         mac: \"02:77:00:00:00:50\"
-"
+{local}"
     );
     std::fs::write(&path, text).expect("write config");
     path
 }
 
 fn start(lab: &Lab, node: &str, priority: u8, preempt: bool) -> Proc {
-    let conf = config(lab, node, priority, preempt);
+    start_with(lab, node, priority, preempt, false)
+}
+
+fn start_with(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> Proc {
+    let conf = config(lab, node, priority, preempt, local);
     let bin = vipd_bin();
     let p = lab.spawn(
         node,
@@ -289,4 +303,46 @@ fn forged_advertisement_does_not_move_the_vip() {
         "{}",
         lb1.logs()
     );
+}
+
+/// Stacked mode: a node whose own apiserver stops answering loses
+/// `track.local_apiserver` (50) of its priority and hands the VIP to a peer
+/// whose apiserver answers; two failed probes in a row are needed, so this
+/// takes about two seconds plus a skew time.
+#[test]
+fn dead_local_apiserver_hands_the_vip_over() {
+    let lab = Lab::new("vrrp-local", &["client", "lb1", "lb2"]);
+    let listen = |node: &str| {
+        let addr = std::net::SocketAddr::new(IpAddr::V4(lab.node(node).ipv4), 6443);
+        in_netns(&lab.node(node).ns.clone(), move || {
+            // The kernel completes handshakes into the backlog: a listener
+            // that never accepts answers TCP connect probes.
+            std::net::TcpListener::bind(addr).expect("bind the apiserver port")
+        })
+    };
+    let apiserver1 = listen("lb1");
+    let _apiserver2 = listen("lb2");
+    let lb1 = start_with(&lab, "lb1", 150, false, true);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start_with(&lab, "lb2", 100, false, true);
+    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.has_addr("lb1", VIP),
+        "lb1 lost the VIP with its apiserver up:\n{}",
+        lb1.logs()
+    );
+
+    drop(apiserver1);
+    let down = Instant::now();
+    lb1.wait_for_logs("local apiserver does not answer", Duration::from_secs(5));
+    lab.wait_addr("lb2", VIP, true, Duration::from_secs(3));
+    lab.wait_addr("lb1", VIP, false, Duration::from_secs(1));
+    let took = down.elapsed();
+    assert!(
+        lb1.logs().contains("why=our priority fell to 100"),
+        "{}",
+        lb1.logs()
+    );
+    assert!(took < Duration::from_secs(5), "handover took {took:?}");
 }

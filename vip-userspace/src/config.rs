@@ -182,11 +182,17 @@ impl Default for AnnounceSettings {
 pub struct TrackSettings {
     /// Subtracted while the XDP program is not attached to the interface.
     pub xdp_detached: u8,
+    /// Stacked mode: subtracted while this node's own apiserver (the
+    /// backends with `local: true`) fails its probe.
+    pub local_apiserver: u8,
 }
 
 impl Default for TrackSettings {
     fn default() -> Self {
-        TrackSettings { xdp_detached: 100 }
+        TrackSettings {
+            xdp_detached: 100,
+            local_apiserver: 50,
+        }
     }
 }
 
@@ -203,6 +209,7 @@ pub struct VrrpPlan {
     pub announce_interval: Duration,
     pub announce_refresh: Duration,
     pub xdp_detached_weight: u8,
+    pub local_apiserver_weight: u8,
 }
 
 fn default_priority() -> u8 {
@@ -291,6 +298,7 @@ impl VrrpSettings {
             announce_interval,
             announce_refresh,
             xdp_detached_weight: self.track.xdp_detached,
+            local_apiserver_weight: self.track.local_apiserver,
         })
     }
 }
@@ -381,6 +389,24 @@ pub struct Backend {
 }
 
 impl Config {
+    /// This node's own apiservers: the backends marked `local: true`, as
+    /// (address, port).
+    pub fn local_backends(&self) -> Vec<std::net::SocketAddr> {
+        let mut v: Vec<std::net::SocketAddr> = self
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .filter(|b| b.local)
+                    .map(|b| std::net::SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),

@@ -223,14 +223,56 @@ fn start_vrrp(cfg: &Config) -> Result<Vec<RouterHandle>> {
 }
 
 /// Priority tracking: the advertised priority drops by the configured weight
-/// while this node cannot forward for the VIP.
-fn effective_priority(cfg: &Config, xdp_attached: bool) -> u8 {
+/// while this node cannot forward for the VIP, or cannot serve it from its
+/// own apiserver.
+fn effective_priority(cfg: &Config, xdp_attached: bool, local_ok: bool) -> u8 {
     let Some(v) = &cfg.vrrp else { return 0 };
     let mut p = v.priority;
     if !xdp_attached {
         p = p.saturating_sub(v.track.xdp_detached);
     }
+    if !local_ok {
+        p = p.saturating_sub(v.track.local_apiserver);
+    }
     p.max(1)
+}
+
+/// Consecutive probe results before the local apiserver counts as down or
+/// up again: one lost SYN must not move the VIP, and a flapping apiserver
+/// must not pull it back and forth.
+const LOCAL_FALL: u32 = 2;
+const LOCAL_RISE: u32 = 2;
+
+/// The local apiserver's health for priority tracking, from TCP connect
+/// probes once a second (the HTTPS /readyz probes of the controller will
+/// take this over).
+struct LocalHealth {
+    ok: bool,
+    streak: u32,
+}
+
+impl LocalHealth {
+    /// Feeds one probe round (all local backends answered, or not); returns
+    /// the state after it.
+    fn feed(&mut self, answered: bool) -> bool {
+        if answered == self.ok {
+            self.streak = 0;
+        } else {
+            self.streak += 1;
+            let need = if self.ok { LOCAL_FALL } else { LOCAL_RISE };
+            if self.streak >= need {
+                self.ok = answered;
+                self.streak = 0;
+            }
+        }
+        self.ok
+    }
+}
+
+fn probe_local(backends: &[SocketAddr]) -> bool {
+    backends
+        .iter()
+        .all(|b| std::net::TcpStream::connect_timeout(b, Duration::from_millis(500)).is_ok())
 }
 
 /// SIGHUP: validates the file again and applies the difference. Settings
@@ -376,6 +418,10 @@ async fn serve(
     // Priority tracking is read once a second: the checks spawn `ip`.
     let mut track = tokio::time::interval(Duration::from_secs(1));
     let mut xdp_ok = true;
+    let mut local = LocalHealth {
+        ok: true,
+        streak: 0,
+    };
     let mut last = vec![];
     let mut last_vrrp = std::collections::HashMap::new();
     loop {
@@ -406,10 +452,24 @@ async fn serve(
             }
             _ = track.tick(), if !routers.is_empty() => {
                 let iface = cfg.interface.clone();
-                let now_ok = tokio::task::spawn_blocking(move || host::xdp_attached(&iface))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let locals = cfg.local_backends();
+                let checks = tokio::task::spawn_blocking(move || {
+                    (host::xdp_attached(&iface), probe_local(&locals))
+                })
+                .await;
+                let (attached, answered) = match checks {
+                    Ok((a, l)) => (a.map_err(|e| e.to_string()), l),
+                    Err(e) => (Err(e.to_string()), false),
+                };
+                let was = local.ok;
+                if local.feed(answered) != was {
+                    if local.ok {
+                        info!(backends = ?cfg.local_backends(), "local apiserver answers again; VRRP priority restored");
+                    } else {
+                        error!(backends = ?cfg.local_backends(), "local apiserver does not answer: lowering the VRRP priority");
+                    }
+                }
+                let now_ok = attached;
                 let now_ok = match now_ok {
                     Ok(a) => a,
                     Err(e) => {
@@ -425,7 +485,7 @@ async fn serve(
                         error!(interface = %cfg.interface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority");
                     }
                 }
-                let p = effective_priority(&cfg, xdp_ok);
+                let p = effective_priority(&cfg, xdp_ok, local.ok);
                 for r in &routers {
                     r.set_priority(p);
                 }
@@ -492,5 +552,58 @@ fn remove_vips(iface: &str, vips: &[IpAddr]) {
                 warn!(vip = %vip, error = %e, "removing the VIP failed; remove it by hand with `ip addr del`")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_health_needs_two_results_in_a_row_to_change() {
+        let mut h = LocalHealth {
+            ok: true,
+            streak: 0,
+        };
+        assert!(h.feed(false), "one failed probe must not move the VIP");
+        assert!(h.feed(true));
+        assert!(h.feed(false));
+        assert!(!h.feed(false), "two in a row: down");
+        assert!(!h.feed(true), "one success is not enough to come back");
+        assert!(!h.feed(false));
+        assert!(!h.feed(true));
+        assert!(h.feed(true), "two in a row: up");
+    }
+
+    #[test]
+    fn effective_priority_subtracts_the_weights_of_what_fails() {
+        let text = "
+interface: eth0
+vrrp:
+  vrid: 1
+  priority: 150
+  track:
+    xdp_detached: 100
+    local_apiserver: 60
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    backends:
+      - address: 10.0.0.11
+        local: true
+";
+        let cfg = Config::parse(Path::new("t.yaml"), text).expect("valid");
+        assert_eq!(
+            cfg.local_backends(),
+            ["10.0.0.11:6443".parse().expect("addr")]
+        );
+        assert_eq!(effective_priority(&cfg, true, true), 150);
+        assert_eq!(effective_priority(&cfg, false, true), 50);
+        assert_eq!(effective_priority(&cfg, true, false), 90);
+        assert_eq!(
+            effective_priority(&cfg, false, false),
+            1,
+            "never 0: that means leaving"
+        );
     }
 }
