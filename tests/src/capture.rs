@@ -1,7 +1,9 @@
 //! tcpdump as an independent decoder: capture on a lab node's eth0 into a
 //! pcap file, read it back with `tcpdump -nn -v -e -tt -xx` and parse the
 //! text of the packets the VRRP tests look at (VRRP, ARP, IPv6 neighbour
-//! advertisements).
+//! advertisements), and answer what those tests ask of a capture: the
+//! adverts from one source and their interval, the announcements of a VIP,
+//! when (in epoch seconds, as tcpdump -tt prints) something happened.
 //!
 //! The formats are tcpdump 4.99.3's (Debian 12), taken from real captures of
 //! keepalived 2.2.7; the unit tests hold those captures as fixtures. With
@@ -9,11 +11,11 @@
 //! pseudo-header and the ICMPv6 checksum, and says so in the text.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::netns::{Lab, NODE_IF, Proc};
 
@@ -178,6 +180,56 @@ pub fn dump(packets: &[Packet]) -> String {
     packets.iter().map(|p| format!("{p}\n")).collect::<String>()
 }
 
+/// Seconds since the epoch, as `Packet::time` counts them, for placing
+/// test events among captured packets.
+pub fn epoch_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+}
+
+/// The VRRP group of `vip`'s family and its Ethernet address (RFC 9568
+/// sections 5.1.1.2, 5.1.2.2 and 7.3), where multicast adverts go.
+pub fn vrrp_group(vip: IpAddr) -> (IpAddr, &'static str) {
+    if vip.is_ipv6() {
+        (
+            IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12)),
+            "33:33:00:00:00:12",
+        )
+    } else {
+        (IpAddr::from([224, 0, 0, 18]), "01:00:5e:00:00:12")
+    }
+}
+
+/// (time, advert) for every VRRP packet from `src`.
+pub fn adverts_from(packets: &[Packet], src: IpAddr) -> Vec<(f64, VrrpPkt)> {
+    packets
+        .iter()
+        .filter_map(|p| Some((p.time, p.vrrp()?)))
+        .filter(|(_, v)| v.src == src)
+        .collect()
+}
+
+/// The median time between consecutive `adverts`, seconds; panics with
+/// fewer than two.
+pub fn median_gap(adverts: &[(f64, VrrpPkt)]) -> f64 {
+    let mut gaps: Vec<f64> = adverts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(!gaps.is_empty(), "fewer than two adverts");
+    gaps.sort_by(f64::total_cmp);
+    gaps[gaps.len() / 2]
+}
+
+/// Times of the packets that announce `vip` for `mac`
+/// (`Packet::is_announcement`).
+pub fn announcements(packets: &[Packet], vip: IpAddr, mac: &str, na_srcs: &[IpAddr]) -> Vec<f64> {
+    packets
+        .iter()
+        .filter(|p| p.is_announcement(vip, mac, na_srcs))
+        .map(|p| p.time)
+        .collect()
+}
+
 /// Splits tcpdump text into packets: a packet starts at a line with no
 /// leading whitespace; indented lines continue it; `0x....:` lines are hex.
 pub fn parse_dump(text: &str) -> Vec<Packet> {
@@ -301,6 +353,38 @@ pub struct NaPkt {
 }
 
 impl Packet {
+    /// Whether this frame, sent by `mac`, is an unsolicited announcement
+    /// that `vip` is at `mac`: a gratuitous ARP request (`Request who-has
+    /// VIP tell VIP`, broadcast, `mac` as sender) or an unsolicited NA to
+    /// all-nodes from one of `na_srcs`, with the override flag, neither
+    /// solicited nor router, hop limit 255, a good checksum and `mac` as
+    /// target link-layer address (RFC 5227 section 3, RFC 4861 section
+    /// 7.2.6).
+    pub fn is_announcement(&self, vip: IpAddr, mac: &str, na_srcs: &[IpAddr]) -> bool {
+        if self.src_mac != mac {
+            return false;
+        }
+        if let Some(a) = self.arp() {
+            a.op == ArpOp::Request
+                && a.is_gratuitous()
+                && a.sender_ip == vip
+                && a.sender_mac == mac
+                && self.dst_mac == "ff:ff:ff:ff:ff:ff"
+        } else if let Some(na) = self.na() {
+            na.target == vip
+                && na_srcs.contains(&na.src)
+                && na.dst == IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1))
+                && na.tlla.as_deref() == Some(mac)
+                && na.flags_override
+                && !na.flags_solicited
+                && !na.flags_router
+                && na.hop_limit == 255
+                && na.checksum_ok
+        } else {
+            false
+        }
+    }
+
     /// IPv4:
     /// ```text
     /// T 02:77:00:00:00:11 > 01:00:5e:00:00:12, ethertype IPv4 (0x0800), length 46: (tos 0xc0, ttl 255, id 1, offset 0, flags [none], proto VRRP (112), length 32)
@@ -726,6 +810,46 @@ mod tests {
                 solicited.flags_override
             ),
             (ip("fe80::77:ff:fe00:12"), None, true, false)
+        );
+    }
+
+    #[test]
+    fn announcements_of_a_vip() {
+        let (vip4, vip6) = (ip("10.77.0.100"), ip("fd77::100"));
+        let mac = "02:77:00:00:00:11";
+        let arp = parse_dump(ARP);
+        assert_eq!(announcements(&arp, vip4, mac, &[]), [arp[0].time]);
+        // An ordinary request or reply announces nothing.
+        assert!(announcements(&arp, ip("10.77.0.10"), "02:77:00:00:00:10", &[]).is_empty());
+        assert!(announcements(&arp, ip("10.77.0.12"), "02:77:00:00:00:12", &[]).is_empty());
+        let nd = parse_dump(ND);
+        assert_eq!(announcements(&nd, vip6, mac, &[vip6]), [nd[0].time]);
+        // The NA counts only from a source the caller allows, for its MAC.
+        assert!(!nd[0].is_announcement(vip6, mac, &[ip("fe80::77:ff:fe00:11")]));
+        assert!(!nd[0].is_announcement(vip6, "02:77:00:00:00:12", &[vip6]));
+        // A solicited NA is an answer, not an announcement.
+        let fd77_10 = ip("fd77::10");
+        assert!(!nd[2].is_announcement(fd77_10, "02:77:00:00:00:10", &[fd77_10]));
+    }
+
+    #[test]
+    fn adverts_of_a_source_and_their_interval() {
+        let packets = parse_dump(VRRP_ODD);
+        let from = adverts_from(&packets, ip("fe80::77:ff:fe00:11"));
+        assert_eq!(
+            from.iter().map(|(_, v)| v.prio).collect::<Vec<_>>(),
+            [77, 79]
+        );
+        let v4 = adverts_from(&packets, ip("10.77.0.11"));
+        let gap = median_gap(&v4);
+        assert!((gap - 0.000_037).abs() < 1e-6, "{gap}");
+        assert_eq!(
+            vrrp_group(ip("10.77.0.100")),
+            (ip("224.0.0.18"), "01:00:5e:00:00:12")
+        );
+        assert_eq!(
+            vrrp_group(ip("fd77::100")),
+            (ip("ff02::12"), "33:33:00:00:00:12")
         );
     }
 

@@ -391,15 +391,7 @@ impl Case {
             self.lab.wait_addr("lb1", vip, true, STEP);
             self.lab.wait_addr("lb2", vip, false, STEP);
             let mac = self.lab.node("lb1").mac_string();
-            let deadline = Instant::now() + STEP;
-            while self.lab.neighbour("client", vip).as_deref() != Some(mac.as_str()) {
-                assert!(
-                    Instant::now() < deadline,
-                    "the client does not resolve {vip} to lb1 ({mac}) within {STEP:?}: {:?}",
-                    self.lab.neighbour("client", vip)
-                );
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            self.lab.wait_neighbour("client", vip, &mac, STEP);
         })?;
         self.poller.wait_steady(since, STEP * 2)
     }

@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::netns::{Lab, NODE_IF, Proc};
+use crate::netns::{Lab, NODE_IF, Proc, poll_until};
 
 /// How long `Keepalived::start` waits for "Startup complete".
 const STARTUP: Duration = Duration::from_secs(5);
@@ -337,16 +337,17 @@ impl Keepalived {
             vrrp_pid_file,
         };
         k.proc.wait_for_logs("Startup complete", STARTUP);
-        let deadline = Instant::now() + STARTUP;
-        while k.vrrp_pid().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "keepalived on {node}: no VRRP child pid in {} within {STARTUP:?}\n{}",
-                k.vrrp_pid_file.display(),
-                k.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(
+            STARTUP,
+            || {
+                format!(
+                    "keepalived on {node}: no VRRP child pid in {}\n{}",
+                    k.vrrp_pid_file.display(),
+                    k.logs()
+                )
+            },
+            || k.vrrp_pid().is_some(),
+        );
         // `ip netns exec` execs keepalived, so the pid we spawned is the
         // keepalived parent; kill9 relies on it.
         let main_pid = read_pid(&pid_file);
@@ -403,26 +404,27 @@ impl Keepalived {
     /// Waits until the last logged state is `want`; returns how long that
     /// took. Panics with the logs on timeout or if keepalived exits.
     pub fn wait_state(&self, want: VrrpState, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.state() == Some(want) {
-                return start.elapsed();
-            }
-            assert!(
-                self.is_running(),
-                "keepalived on {} exited before entering {want}\n{}",
-                self.node,
-                self.logs()
-            );
-            assert!(
-                start.elapsed() < timeout,
-                "keepalived on {}: not {want} within {timeout:?} (transitions {:?})\n{}",
-                self.node,
-                self.transitions(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(
+            timeout,
+            || {
+                format!(
+                    "keepalived on {}: not {want} (transitions {:?})\n{}",
+                    self.node,
+                    self.transitions(),
+                    self.logs()
+                )
+            },
+            || {
+                let there = self.state() == Some(want);
+                assert!(
+                    there || self.is_running(),
+                    "keepalived on {} exited before entering {want}\n{}",
+                    self.node,
+                    self.logs()
+                );
+                there
+            },
+        )
     }
 
     /// Waits until the logs contain `needle`.
@@ -466,15 +468,16 @@ impl Keepalived {
             self.pid()
         );
         // Once the child is a zombie (or reaped) its sockets are closed.
-        let deadline = Instant::now() + STOP;
-        while !dead(c) {
-            assert!(
-                Instant::now() < deadline,
-                "keepalived on {}: VRRP child {c} survived SIGKILL",
-                self.node
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(
+            STOP,
+            || {
+                format!(
+                    "keepalived on {}: VRRP child {c} survived SIGKILL",
+                    self.node
+                )
+            },
+            || dead(c),
+        );
     }
 
     /// SIGTERM: keepalived sends a priority 0 advert, removes its VIPs and

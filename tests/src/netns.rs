@@ -354,8 +354,8 @@ impl Lab {
         addrs_in(&out).contains(&addr)
     }
 
-    /// Polls `has_addr` every 10 ms until it equals `present`; returns how
-    /// long that took, panics with the node's addresses on timeout.
+    /// Polls `has_addr` until it equals `present`; returns how long that
+    /// took, panics with the node's addresses on timeout.
     pub fn wait_addr(
         &self,
         node: &str,
@@ -363,20 +363,47 @@ impl Lab {
         present: bool,
         timeout: Duration,
     ) -> Duration {
-        let start = Instant::now();
-        loop {
-            if self.has_addr(node, addr) == present {
-                return start.elapsed();
-            }
-            if start.elapsed() >= timeout {
-                let verb = if present { "gain" } else { "lose" };
-                panic!(
-                    "{node} did not {verb} {addr} within {timeout:?}:\n{}",
-                    self.ip_addr_show(node)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let verb = if present { "gain" } else { "lose" };
+        poll_until(
+            timeout,
+            || format!("{node} did not {verb} {addr}:\n{}", self.ip_addr_show(node)),
+            || self.has_addr(node, addr) == present,
+        )
+    }
+
+    /// Polls `neighbour` until `node` resolves `addr` to `mac`
+    /// (`02:77:00:00:00:11` style); returns how long that took.
+    pub fn wait_neighbour(
+        &self,
+        node: &str,
+        addr: IpAddr,
+        mac: &str,
+        timeout: Duration,
+    ) -> Duration {
+        poll_until(
+            timeout,
+            || {
+                let got = self.neighbour(node, addr);
+                format!("{node}'s neighbour entry for {addr} is {got:?}, not {mac}")
+            },
+            || self.neighbour(node, addr).as_deref() == Some(mac),
+        )
+    }
+
+    /// One ping (`-c 1 -W 1`) from `from` to `to`; panics with ping's
+    /// output unless the reply came.
+    pub fn ping(&self, from: &str, to: IpAddr) {
+        let family = if to.is_ipv6() { "-6" } else { "-4" };
+        let out = self.try_sh(
+            from,
+            &["ping", family, "-c", "1", "-W", "1", &to.to_string()],
+        );
+        assert!(
+            out.status.success(),
+            "ping {to} from {from} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Starts `cmd args` inside `node`'s namespace with extra `env`. Output goes
@@ -717,6 +744,27 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// Calls `cond` every 10 ms until it holds; returns how long that took.
+/// On timeout panics with `what()`, which says what was awaited and what
+/// was seen instead (it runs once, after the last `cond`). For cheap checks
+/// (a log file, one `ip` command); a tcpdump read wants a slower pace.
+pub fn poll_until(
+    timeout: Duration,
+    what: impl FnOnce() -> String,
+    mut cond: impl FnMut() -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?}: {}", what());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `ip netns exec <ns> args...`, output captured.
 pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
     assert!(!args.is_empty(), "ns_exec({ns}): empty command");
@@ -853,6 +901,34 @@ mod tests {
         assert_eq!(
             parse_neighbour(out, v6).as_deref(),
             Some("02:77:00:00:00:12")
+        );
+    }
+
+    #[test]
+    fn poll_until_returns_once_the_condition_holds() {
+        let mut calls = 0;
+        let took = poll_until(
+            Duration::from_secs(5),
+            || unreachable!("no timeout"),
+            || {
+                calls += 1;
+                calls == 3
+            },
+        );
+        assert_eq!(calls, 3);
+        assert!(
+            took >= Duration::from_millis(20),
+            "two 10 ms pauses: {took:?}"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "timed out after 30ms: no sign of it")]
+    fn poll_until_panics_with_what_was_awaited() {
+        poll_until(
+            Duration::from_millis(30),
+            || "no sign of it".to_string(),
+            || false,
         );
     }
 

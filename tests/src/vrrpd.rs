@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use vip_userspace::vrrp::Family;
 
 use crate::keepalived::VrrpState;
-use crate::netns::{Lab, NODE_IF, Node, Proc};
+use crate::netns::{Lab, NODE_IF, Node, Proc, poll_until};
 
 /// How long `VipdVrrp::start` waits for "vipd ready" (loading the XDP
 /// object takes a while on a busy machine).
@@ -302,27 +302,28 @@ impl VipdVrrp {
     /// returns how long that took. Panics with the logs on timeout or if
     /// vipd exits.
     pub fn wait_state(&self, want: VrrpState, timeout: Duration) -> Duration {
-        let start = Instant::now();
         let families = self.conf.families();
-        loop {
-            if families.iter().all(|f| self.state(*f) == Some(want)) {
-                return start.elapsed();
-            }
-            assert!(
-                self.is_running(),
-                "vipd on {} exited before entering {want}\n{}",
-                self.node,
-                self.logs()
-            );
-            assert!(
-                start.elapsed() < timeout,
-                "vipd on {}: not {want} within {timeout:?} (transitions {:?})\n{}",
-                self.node,
-                self.transitions(),
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(
+            timeout,
+            || {
+                format!(
+                    "vipd on {}: not {want} (transitions {:?})\n{}",
+                    self.node,
+                    self.transitions(),
+                    self.logs()
+                )
+            },
+            || {
+                let there = families.iter().all(|f| self.state(*f) == Some(want));
+                assert!(
+                    there || self.is_running(),
+                    "vipd on {} exited before entering {want}\n{}",
+                    self.node,
+                    self.logs()
+                );
+                there
+            },
+        )
     }
 
     /// Waits until the logs contain `needle`.

@@ -9,132 +9,28 @@
 //! gives Skew_Time = (256 - 100) * 0.1 / 256 = 61 ms for lb2 and
 //! Master_Down_Interval = 3 * 0.1 + 0.061 = 361 ms.
 
-use std::net::{IpAddr, Ipv6Addr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::time::Duration;
 
 use vip_tests::capture::{
-    ARP_FILTER, ArpOp, Capture, NA_FILTER, Packet, VRRP_FILTER, VrrpPkt, any_of, dump,
+    self, ARP_FILTER, Capture, NA_FILTER, Packet, VRRP_FILTER, VrrpPkt, adverts_from, any_of, dump,
+    epoch_now, median_gap, vrrp_group,
 };
 use vip_tests::keepalived::{Keepalived, KeepalivedConf, VrrpState};
 use vip_tests::netns::{Lab, Node, VIP_V4, VIP_V6};
+use vip_tests::vrrpd::{advert_src, link_local};
 
 const STATE_TIMEOUT: Duration = Duration::from_secs(3);
 const SHORT: Duration = Duration::from_secs(2);
 /// keepalived's garp_master_repeat default: announcements per burst.
 const BURST: usize = 5;
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
-}
-
-fn ping(lab: &Lab, from: &str, to: IpAddr) {
-    let family = if to.is_ipv6() { "-6" } else { "-4" };
-    let out = lab.try_sh(
-        from,
-        &["ping", family, "-c", "1", "-W", "1", &to.to_string()],
-    );
-    assert!(
-        out.status.success(),
-        "ping {to} from {from} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait_neighbour(lab: &Lab, node: &str, addr: IpAddr, mac: &str, timeout: Duration) {
-    let start = std::time::Instant::now();
-    loop {
-        let got = lab.neighbour(node, addr);
-        if got.as_deref() == Some(mac) {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{node}'s neighbour entry for {addr} is {got:?}, not {mac}, after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The EUI-64 link-local address the kernel gives a MAC (RFC 4291 appendix A).
-fn link_local(mac: [u8; 6]) -> IpAddr {
-    let w = |a: u8, b: u8| (u16::from(a) << 8) | u16::from(b);
-    IpAddr::V6(Ipv6Addr::new(
-        0xfe80,
-        0,
-        0,
-        0,
-        w(mac[0] ^ 0x02, mac[1]),
-        w(mac[2], 0xff),
-        w(0xfe, mac[3]),
-        w(mac[4], mac[5]),
-    ))
-}
-
-/// Where a node's adverts come from: its address (IPv4) or its link-local
-/// address (IPv6, RFC 9568 section 5.1.2.1).
-fn advert_src(node: &Node, v6: bool) -> IpAddr {
-    if v6 {
-        link_local(node.mac)
-    } else {
-        IpAddr::V4(node.ipv4)
-    }
-}
-
-fn group(v6: bool) -> (IpAddr, &'static str) {
-    if v6 {
-        (
-            IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12)),
-            "33:33:00:00:00:12",
-        )
-    } else {
-        (IpAddr::from([224, 0, 0, 18]), "01:00:5e:00:00:12")
-    }
-}
-
-/// (time, advert) for every VRRP packet from `src`.
-fn adverts_from(packets: &[Packet], src: IpAddr) -> Vec<(f64, VrrpPkt)> {
-    packets
-        .iter()
-        .filter_map(|p| Some((p.time, p.vrrp()?)))
-        .filter(|(_, v)| v.src == src)
-        .collect()
-}
-
 /// Times of the unsolicited announcements of `vip` by `node`: gratuitous ARP
 /// requests (IPv4) or unsolicited NAs to all-nodes with the override flag
-/// and the node's MAC as target link-layer address (IPv6).
+/// and the node's MAC as target link-layer address (IPv6), which keepalived
+/// sends from the VIP itself.
 fn announcements(packets: &[Packet], node: &Node, vip: IpAddr) -> Vec<f64> {
-    let mac = node.mac_string();
-    packets
-        .iter()
-        .filter(|p| p.src_mac == mac)
-        .filter(|p| {
-            if let Some(a) = p.arp() {
-                a.op == ArpOp::Request
-                    && a.is_gratuitous()
-                    && a.sender_ip == vip
-                    && a.sender_mac == mac
-                    && p.dst_mac == "ff:ff:ff:ff:ff:ff"
-            } else if let Some(na) = p.na() {
-                na.target == vip
-                    && na.src == vip
-                    && na.dst == IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1))
-                    && na.tlla.as_deref() == Some(mac.as_str())
-                    && na.flags_override
-                    && !na.flags_solicited
-                    && !na.flags_router
-                    && na.hop_limit == 255
-                    && na.checksum_ok
-            } else {
-                false
-            }
-        })
-        .map(|p| p.time)
-        .collect()
+    capture::announcements(packets, vip, &node.mac_string(), &[vip])
 }
 
 /// Announcements within 100 ms of `from`.
@@ -145,20 +41,12 @@ fn burst(times: &[f64], from: f64) -> usize {
         .count()
 }
 
-fn median_gap(adverts: &[(f64, VrrpPkt)]) -> f64 {
-    let mut gaps: Vec<f64> = adverts.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    assert!(!gaps.is_empty(), "fewer than two adverts");
-    gaps.sort_by(f64::total_cmp);
-    gaps[gaps.len() / 2]
-}
-
 /// Master on lb1, backup on lb2; lb1 dies (SIGKILL of keepalived and its
 /// VRRP child), lb2 takes over; lb1 comes back and preempts.
 fn failover_and_preemption(hint: &str, vip: IpAddr) {
-    let v6 = vip.is_ipv6();
     let lab = Lab::new(hint, &["client", "lb1", "lb2"]);
     let (lb1, lb2) = (lab.node("lb1").clone(), lab.node("lb2").clone());
-    let announce = if v6 { NA_FILTER } else { ARP_FILTER };
+    let announce = if vip.is_ipv6() { NA_FILTER } else { ARP_FILTER };
     let cap = Capture::start(&lab, "client", &any_of(&[VRRP_FILTER, announce]));
     let conf1 = KeepalivedConf::new(51, 150, &[vip]);
     let conf2 = KeepalivedConf::new(51, 100, &[vip]);
@@ -170,7 +58,7 @@ fn failover_and_preemption(hint: &str, vip: IpAddr) {
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     lab.wait_addr("lb1", vip, true, SHORT);
     assert!(!lab.has_addr("lb2", vip), "backup lb2 holds {vip}");
-    ping(&lab, "client", vip);
+    lab.ping("client", vip);
     assert_eq!(
         lab.neighbour("client", vip),
         Some(lb1.mac_string()),
@@ -179,7 +67,7 @@ fn failover_and_preemption(hint: &str, vip: IpAddr) {
     // A steady second of adverts for the interval check.
     std::thread::sleep(Duration::from_millis(1000));
 
-    let t_kill = now();
+    let t_kill = epoch_now();
     k1.kill9();
     assert!(!k1.is_running(), "lb1 keepalived survived kill9");
     let took = k2.wait_state(VrrpState::Master, STATE_TIMEOUT);
@@ -191,16 +79,16 @@ fn failover_and_preemption(hint: &str, vip: IpAddr) {
         "keepalived killed with SIGKILL left {vip} on lb1? it does not clean up"
     );
     cap.wait_for("an announcement from lb2", SHORT, |p| {
-        !announcements(std::slice::from_ref(p), &lb2, vip).is_empty()
+        p.is_announcement(vip, &lb2.mac_string(), &[vip])
     });
-    wait_neighbour(&lab, "client", vip, &lb2.mac_string(), SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &lb2.mac_string(), SHORT);
+    lab.ping("client", vip);
     assert_eq!(k2.transitions(), [VrrpState::Backup, VrrpState::Master]);
 
     // lb1 comes back: keepalived clears the stale VIP at startup, listens
     // as backup, discards lb2's lower-priority adverts and preempts once its
     // Master_Down_Interval (3 * 0.1 + 0.041 s) runs out.
-    let t_restart = now();
+    let t_restart = epoch_now();
     let k1b = Keepalived::start(&lab, "lb1", &conf1);
     k1b.wait_state(VrrpState::Master, STATE_TIMEOUT);
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
@@ -224,15 +112,15 @@ fn failover_and_preemption(hint: &str, vip: IpAddr) {
         "lb2 says why it steps down:\n{}",
         k2.logs()
     );
-    wait_neighbour(&lab, "client", vip, &lb1.mac_string(), SHORT);
+    lab.wait_neighbour("client", vip, &lb1.mac_string(), SHORT);
     std::thread::sleep(Duration::from_millis(300));
     let packets = cap.stop();
     let all = || dump(&packets);
 
     // The adverts, as tcpdump decodes them.
-    let (dst, dst_mac) = group(v6);
-    let from1 = adverts_from(&packets, advert_src(&lb1, v6));
-    let from2 = adverts_from(&packets, advert_src(&lb2, v6));
+    let (dst, dst_mac) = vrrp_group(vip);
+    let from1 = adverts_from(&packets, advert_src(&lb1, vip));
+    let from2 = adverts_from(&packets, advert_src(&lb2, vip));
     assert!(from1.len() > 10, "few adverts from lb1:\n{}", all());
     let vrrp_frames = packets.iter().filter(|p| p.vrrp().is_some());
     for p in vrrp_frames {
@@ -352,7 +240,7 @@ fn unicast_peers() {
     let cap_client = Capture::start(&lab, "client", &any_of(&[VRRP_FILTER, ARP_FILTER]));
     let cap_lb2 = Capture::start(&lab, "lb2", VRRP_FILTER);
     let v4 = |n: &Node| IpAddr::V4(n.ipv4);
-    let ll = |n: &Node| link_local(n.mac);
+    let ll = |n: &Node| IpAddr::V6(link_local(n));
     let (vip4, vip6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
     let conf = |prio: u8, vip: IpAddr, peer: IpAddr, ttl: Option<u8>| KeepalivedConf {
         unicast_peers: vec![peer],
@@ -426,12 +314,7 @@ fn unicast_peers() {
     }
     let multicast: Vec<&Packet> = at_client
         .iter()
-        .filter(|p| {
-            p.vrrp().is_some_and(|v| match v.dst {
-                IpAddr::V4(a) => a.is_multicast(),
-                IpAddr::V6(a) => a.is_multicast(),
-            })
-        })
+        .filter(|p| p.vrrp().is_some_and(|v| v.dst.is_multicast()))
         .collect();
     assert!(
         multicast.is_empty(),
@@ -471,9 +354,9 @@ fn sigterm_sends_priority_zero() {
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     std::thread::sleep(Duration::from_millis(300));
 
-    let t_term = now();
+    let t_term = epoch_now();
     let status = k1.term();
-    let exit_took = now() - t_term;
+    let exit_took = epoch_now() - t_term;
     assert!(status.success(), "keepalived exit status {status}");
     k2.wait_state(VrrpState::Master, STATE_TIMEOUT);
     lab.wait_addr("lb2", vip, true, SHORT);

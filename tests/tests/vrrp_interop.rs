@@ -12,11 +12,12 @@
 //! down and whose daemon got SIGKILL in the same moment (a SIGKILLed daemon
 //! leaves its VIP on the interface; off the segment it cannot answer for it).
 
-use std::net::{IpAddr, Ipv6Addr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use vip_tests::capture::{
-    ARP_FILTER, ArpOp, Capture, NA_FILTER, Packet, VRRP_FILTER, VrrpPkt, any_of, dump,
+    self, ARP_FILTER, Capture, NA_FILTER, Packet, VRRP_FILTER, VrrpPkt, adverts_from, any_of, dump,
+    epoch_now, median_gap, vrrp_group,
 };
 use vip_tests::keepalived::{Keepalived, KeepalivedConf, VrrpState};
 use vip_tests::netns::{Lab, Node, VIP_V4, VIP_V6};
@@ -36,72 +37,8 @@ const SHORT: Duration = Duration::from_secs(2);
 /// vipd's announcements per takeover (VipdVrrpConf's default, the issue's).
 const VIPD_BURST: usize = 3;
 
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64()
-}
-
-fn ping(lab: &Lab, from: &str, to: IpAddr) {
-    let family = if to.is_ipv6() { "-6" } else { "-4" };
-    let out = lab.try_sh(
-        from,
-        &["ping", family, "-c", "1", "-W", "1", &to.to_string()],
-    );
-    assert!(
-        out.status.success(),
-        "ping {to} from {from} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn wait_neighbour(lab: &Lab, node: &str, addr: IpAddr, want: &Node, timeout: Duration) {
-    let mac = want.mac_string();
-    let start = Instant::now();
-    loop {
-        let got = lab.neighbour(node, addr);
-        if got.as_deref() == Some(mac.as_str()) {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{node}'s neighbour entry for {addr} is {got:?}, not {}'s {mac}, after {timeout:?}",
-            want.name
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn family(vip: IpAddr) -> Family {
     Family::of(&vip)
-}
-
-/// The VRRP group and its MAC for `vip`'s family (RFC 9568 sections 5.1.1.2
-/// and 5.1.2.2, 7.3).
-fn group(vip: IpAddr) -> (IpAddr, &'static str) {
-    if vip.is_ipv6() {
-        (
-            IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12)),
-            "33:33:00:00:00:12",
-        )
-    } else {
-        (IpAddr::from([224, 0, 0, 18]), "01:00:5e:00:00:12")
-    }
-}
-
-fn announce_filter(vip: IpAddr) -> &'static str {
-    if vip.is_ipv6() { NA_FILTER } else { ARP_FILTER }
-}
-
-/// (time, advert) for every VRRP packet from `src`.
-fn adverts_from(packets: &[Packet], src: IpAddr) -> Vec<(f64, VrrpPkt)> {
-    packets
-        .iter()
-        .filter_map(|p| Some((p.time, p.vrrp()?)))
-        .filter(|(_, v)| v.src == src)
-        .collect()
 }
 
 /// Polls the capture until it holds `n` adverts from `src` sent after `after`.
@@ -125,44 +62,21 @@ fn wait_adverts(cap: &Capture, src: IpAddr, n: usize, after: f64, timeout: Durat
     }
 }
 
-/// Times of `node`'s unsolicited announcements of `vip`: gratuitous ARP
-/// requests (`Request who-has VIP tell VIP`, broadcast, from its MAC) or
-/// unsolicited NAs to all-nodes with the override flag and its MAC as target
-/// link-layer address.
+/// Times of `node`'s unsolicited announcements of `vip`
+/// (`Packet::is_announcement`).
 fn announcements(packets: &[Packet], node: &Node, vip: IpAddr) -> Vec<f64> {
-    packets
-        .iter()
-        .filter(|p| is_announcement(p, node, vip))
-        .map(|p| p.time)
-        .collect()
+    capture::announcements(packets, vip, &node.mac_string(), &announcers(node, vip))
 }
 
 fn is_announcement(p: &Packet, node: &Node, vip: IpAddr) -> bool {
-    let mac = node.mac_string();
-    if p.src_mac != mac {
-        return false;
-    }
-    if let Some(a) = p.arp() {
-        a.op == ArpOp::Request
-            && a.is_gratuitous()
-            && a.sender_ip == vip
-            && a.sender_mac == mac
-            && p.dst_mac == "ff:ff:ff:ff:ff:ff"
-    } else if let Some(na) = p.na() {
-        // keepalived sends from the VIP, vipd from its link-local address;
-        // RFC 4861 section 7.2.6 allows any address of the interface.
-        na.target == vip
-            && (na.src == vip || na.src == IpAddr::V6(link_local(node)))
-            && na.dst == IpAddr::V6(Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1))
-            && na.tlla.as_deref() == Some(mac.as_str())
-            && na.flags_override
-            && !na.flags_solicited
-            && !na.flags_router
-            && na.hop_limit == 255
-            && na.checksum_ok
-    } else {
-        false
-    }
+    p.is_announcement(vip, &node.mac_string(), &announcers(node, vip))
+}
+
+/// Where `node`'s unsolicited NAs for `vip` may come from: keepalived sends
+/// from the VIP, vipd from its link-local address; RFC 4861 section 7.2.6
+/// allows any address of the interface.
+fn announcers(node: &Node, vip: IpAddr) -> [IpAddr; 2] {
+    [vip, IpAddr::V6(link_local(node))]
 }
 
 /// Announcements in the burst that starts at `from` (vipd: `count` of them
@@ -172,13 +86,6 @@ fn burst(times: &[f64], from: f64) -> usize {
         .iter()
         .filter(|&&t| t >= from - 0.01 && t < from + 0.35)
         .count()
-}
-
-fn median_gap(adverts: &[(f64, VrrpPkt)]) -> f64 {
-    let mut gaps: Vec<f64> = adverts.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    assert!(!gaps.is_empty(), "fewer than two adverts");
-    gaps.sort_by(f64::total_cmp);
-    gaps[gaps.len() / 2]
 }
 
 /// Every advert vipd sent, as tcpdump decoded it: VRRPv3, our VRID and
@@ -207,7 +114,7 @@ fn assert_vipd_adverts(adverts: &[(f64, VrrpPkt)], vip: IpAddr, prio: u8, dst: I
 /// A node crash: `kill` (SIGKILL of its daemon), then off the segment.
 /// Returns the instant, epoch seconds.
 fn crash(lab: &Lab, node: &str, kill: impl FnOnce()) -> f64 {
-    let t = now();
+    let t = epoch_now();
     // The daemon dies first: with the link going first, vipd (which polls
     // the link every 100 ms) could still release the VIP itself, and a
     // crashed node does nothing of the kind.
@@ -225,17 +132,47 @@ fn del_stale_vip(lab: &Lab, node: &str, vip: IpAddr) {
     }
 }
 
+/// client, lb1 and lb2, where lb1's and lb2's adverts for `vip` come from,
+/// and a capture on the client of VRRP and `vip`'s announcements, started
+/// before any daemon.
+struct ElectionLab {
+    lab: Lab,
+    lb1: Node,
+    lb2: Node,
+    src1: IpAddr,
+    src2: IpAddr,
+    cap: Capture,
+}
+
+impl ElectionLab {
+    fn new(hint: &str, vip: IpAddr) -> ElectionLab {
+        let lab = Lab::new(hint, &NODES);
+        let (lb1, lb2) = (lab.node("lb1").clone(), lab.node("lb2").clone());
+        let (src1, src2) = (advert_src(&lb1, vip), advert_src(&lb2, vip));
+        let announce = if vip.is_ipv6() { NA_FILTER } else { ARP_FILTER };
+        let cap = Capture::start(&lab, "client", &any_of(&[VRRP_FILTER, announce]));
+        ElectionLab {
+            lab,
+            lb1,
+            lb2,
+            src1,
+            src2,
+            cap,
+        }
+    }
+}
+
 /// vipd master (150) and keepalived backup (100); lb1 crashes and
 /// keepalived takes over; vipd comes back and preempts.
 fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
-    let lab = Lab::new(hint, &NODES);
-    let (lb1, lb2) = (lab.node("lb1").clone(), lab.node("lb2").clone());
-    let (src1, src2) = (advert_src(&lb1, vip), advert_src(&lb2, vip));
-    let cap = Capture::start(
-        &lab,
-        "client",
-        &any_of(&[VRRP_FILTER, announce_filter(vip)]),
-    );
+    let ElectionLab {
+        lab,
+        lb1,
+        lb2,
+        src1,
+        src2,
+        cap,
+    } = ElectionLab::new(hint, vip);
     let vconf = VipdVrrpConf::new(VRID, HIGH, &[vip]);
     let v1 = VipdVrrp::start(&lab, "lb1", &vconf);
     v1.wait_state(VrrpState::Master, STATE_TIMEOUT);
@@ -246,7 +183,7 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
         !lab.has_addr("lb2", vip),
         "keepalived backup lb2 holds {vip}"
     );
-    ping(&lab, "client", vip);
+    lab.ping("client", vip);
     assert_eq!(
         lab.neighbour("client", vip),
         Some(lb1.mac_string()),
@@ -254,7 +191,7 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
     );
     // A second of adverts with keepalived listening: the interval check,
     // and keepalived must stay backup throughout.
-    wait_adverts(&cap, src1, 10, now(), SHORT);
+    wait_adverts(&cap, src1, 10, epoch_now(), SHORT);
     assert_eq!(
         k2.transitions(),
         [VrrpState::Backup],
@@ -276,8 +213,8 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
     cap.wait_for("an announcement from keepalived's lb2", SHORT, |p| {
         is_announcement(p, &lb2, vip)
     });
-    wait_neighbour(&lab, "client", vip, &lb2, SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &lb2.mac_string(), SHORT);
+    lab.ping("client", vip);
 
     // vipd comes back while lb1 is still off the segment: it clears the VIP
     // its killed predecessor left and waits for the link before it elects.
@@ -290,14 +227,14 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
         "vipd elected with its link down: {:?}",
         v1b.transitions()
     );
-    let t_back = now();
+    let t_back = epoch_now();
     set_link(&lab, "lb1", true);
     v1b.wait_state(VrrpState::Master, STATE_TIMEOUT);
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     lab.wait_addr("lb2", vip, false, SHORT);
     assert!(lab.has_addr("lb1", vip), "vipd master without {vip}");
-    wait_neighbour(&lab, "client", vip, &lb1, SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &lb1.mac_string(), SHORT);
+    lab.ping("client", vip);
     assert_eq!(
         v1b.states(family(vip)),
         [VrrpState::Backup, VrrpState::Master]
@@ -311,7 +248,7 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
     let packets = cap.stop();
     let all = || dump(&packets);
 
-    let (dst, dst_mac) = group(vip);
+    let (dst, dst_mac) = vrrp_group(vip);
     let from1 = adverts_from(&packets, src1);
     let from2 = adverts_from(&packets, src2);
     assert_vipd_adverts(&from1, vip, HIGH, dst);
@@ -381,14 +318,14 @@ fn vipd_master_keepalived_backup(hint: &str, vip: IpAddr) {
 /// crashes and vipd takes over after Master_Down_Interval; keepalived comes
 /// back and preempts, vipd drops the VIP.
 fn keepalived_master_vipd_backup(hint: &str, vip: IpAddr) {
-    let lab = Lab::new(hint, &NODES);
-    let (lb1, lb2) = (lab.node("lb1").clone(), lab.node("lb2").clone());
-    let (src1, src2) = (advert_src(&lb1, vip), advert_src(&lb2, vip));
-    let cap = Capture::start(
-        &lab,
-        "client",
-        &any_of(&[VRRP_FILTER, announce_filter(vip)]),
-    );
+    let ElectionLab {
+        lab,
+        lb1,
+        lb2,
+        src1,
+        src2,
+        cap,
+    } = ElectionLab::new(hint, vip);
     let kconf = KeepalivedConf::new(VRID, HIGH, &[vip]);
     let k1 = Keepalived::start(&lab, "lb1", &kconf);
     k1.wait_state(VrrpState::Master, STATE_TIMEOUT);
@@ -397,7 +334,7 @@ fn keepalived_master_vipd_backup(hint: &str, vip: IpAddr) {
     lab.wait_addr("lb1", vip, true, SHORT);
     // Ten of keepalived's adverts (three Master_Down_Intervals) with vipd
     // listening: it must stay backup, without the VIP, silent.
-    wait_adverts(&cap, src1, 10, now(), SHORT);
+    wait_adverts(&cap, src1, 10, epoch_now(), SHORT);
     assert_eq!(
         v2.states(family(vip)),
         [VrrpState::Backup],
@@ -407,7 +344,7 @@ fn keepalived_master_vipd_backup(hint: &str, vip: IpAddr) {
     assert!(!lab.has_addr("lb2", vip), "vipd backup holds {vip}");
     let early = adverts_from(&cap.snapshot(), src2);
     assert!(early.is_empty(), "vipd backup advertised: {early:?}");
-    ping(&lab, "client", vip);
+    lab.ping("client", vip);
     assert_eq!(lab.neighbour("client", vip), Some(lb1.mac_string()));
 
     let t_kill = crash(&lab, "lb1", || k1.kill9());
@@ -416,20 +353,20 @@ fn keepalived_master_vipd_backup(hint: &str, vip: IpAddr) {
     cap.wait_for("an announcement from vipd's lb2", SHORT, |p| {
         is_announcement(p, &lb2, vip)
     });
-    wait_neighbour(&lab, "client", vip, &lb2, SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &lb2.mac_string(), SHORT);
+    lab.ping("client", vip);
 
     // keepalived comes back (link up, its stale VIP removed) and preempts.
     set_link(&lab, "lb1", true);
     del_stale_vip(&lab, "lb1", vip);
-    let t_back = now();
+    let t_back = epoch_now();
     let k1b = Keepalived::start(&lab, "lb1", &kconf);
     k1b.wait_state(VrrpState::Master, STATE_TIMEOUT);
     v2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     lab.wait_addr("lb2", vip, false, SHORT);
     lab.wait_addr("lb1", vip, true, SHORT);
-    wait_neighbour(&lab, "client", vip, &lb1, SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &lb1.mac_string(), SHORT);
+    lab.ping("client", vip);
     let t = v2.transitions();
     assert_eq!(
         v2.states(family(vip)),
@@ -445,7 +382,7 @@ fn keepalived_master_vipd_backup(hint: &str, vip: IpAddr) {
     let packets = cap.stop();
     let all = || dump(&packets);
 
-    let (dst, _) = group(vip);
+    let (dst, _) = vrrp_group(vip);
     let from1 = adverts_from(&packets, src1);
     let from2 = adverts_from(&packets, src2);
     assert_vipd_adverts(&from2, vip, LOW, dst);
@@ -525,11 +462,11 @@ fn sigterm_hands_over_with_priority_zero() {
     v1.wait_state(VrrpState::Master, STATE_TIMEOUT);
     let k2 = Keepalived::start(&lab, "lb2", &KeepalivedConf::new(VRID, LOW, &[vip]));
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
-    wait_adverts(&cap, src1, 3, now(), SHORT);
+    wait_adverts(&cap, src1, 3, epoch_now(), SHORT);
 
-    let t_term = now();
+    let t_term = epoch_now();
     let status = v1.term();
-    let exit_took = now() - t_term;
+    let exit_took = epoch_now() - t_term;
     assert!(status.success(), "vipd exit status {status}\n{}", v1.logs());
     k2.wait_state(VrrpState::Master, STATE_TIMEOUT);
     lab.wait_addr("lb2", vip, true, SHORT);
@@ -600,10 +537,10 @@ fn sigterm_hands_over_with_priority_zero() {
 /// split brain. Healing: the higher priority wins, the loser removes the
 /// VIP, the winner re-announces and the client follows it.
 fn partition(hint: &str, vipd_prio: u8) {
-    let lab = Lab::new(hint, &NODES);
     let vip = IpAddr::V4(VIP_V4);
-    let (lb1, lb2) = (lab.node("lb1").clone(), lab.node("lb2").clone());
-    let cap = Capture::start(&lab, "client", &any_of(&[VRRP_FILTER, ARP_FILTER]));
+    let ElectionLab {
+        lab, lb1, lb2, cap, ..
+    } = ElectionLab::new(hint, vip);
     let ka_prio = if vipd_prio == HIGH { LOW } else { HIGH };
     let vconf = VipdVrrpConf::new(VRID, vipd_prio, &[vip]);
     let kconf = KeepalivedConf::new(VRID, ka_prio, &[vip]);
@@ -634,11 +571,11 @@ fn partition(hint: &str, vipd_prio: u8) {
     );
     // The client talks to the VIP, so it has an entry for announcements to
     // move (Linux creates none from gratuitous ARP alone, arp_accept=0).
-    ping(&lab, "client", vip);
+    lab.ping("client", vip);
     assert_eq!(lab.neighbour("client", vip), Some(winner.mac_string()));
 
     block_vrrp_to(&lab, &["lb1", "lb2"]);
-    let t_split = now();
+    let t_split = epoch_now();
     if vipd_prio == HIGH {
         k2.wait_state(VrrpState::Master, STATE_TIMEOUT);
     } else {
@@ -663,7 +600,7 @@ fn partition(hint: &str, vipd_prio: u8) {
     }
 
     unblock_vrrp_to(&lab, &["lb1", "lb2"]);
-    let t_heal = now();
+    let t_heal = epoch_now();
     if vipd_prio == HIGH {
         k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
         v1.wait_log("router 10.77.0.12 priority 100", SHORT);
@@ -682,8 +619,8 @@ fn partition(hint: &str, vipd_prio: u8) {
         SHORT,
         |p| p.time > t_heal && is_announcement(p, winner, vip),
     );
-    wait_neighbour(&lab, "client", vip, winner, SHORT);
-    ping(&lab, "client", vip);
+    lab.wait_neighbour("client", vip, &winner.mac_string(), SHORT);
+    lab.ping("client", vip);
 
     let (won, yielded) = (v1.split_brains_won(), v1.split_brains_yielded());
     // Counted as well as logged: the periodic stats line.
@@ -774,7 +711,7 @@ fn unicast(hint: &str, vip: IpAddr) {
     let k2 = Keepalived::start(&lab, "lb2", &kconf);
     k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     lab.wait_addr("lb1", vip, true, SHORT);
-    wait_adverts(&cap_lb2, src1, 10, now(), SHORT);
+    wait_adverts(&cap_lb2, src1, 10, epoch_now(), SHORT);
     assert_eq!(
         k2.transitions(),
         [VrrpState::Backup],
@@ -794,7 +731,7 @@ fn unicast(hint: &str, vip: IpAddr) {
     v1b.wait_state(VrrpState::Backup, STATE_TIMEOUT);
     lab.wait_addr("lb1", vip, false, SHORT);
     let cap_lb1 = Capture::start(&lab, "lb1", VRRP_FILTER);
-    wait_adverts(&cap_lb1, src2, 10, now(), SHORT);
+    wait_adverts(&cap_lb1, src2, 10, epoch_now(), SHORT);
     assert_eq!(
         v1b.states(family(vip)),
         [VrrpState::Backup],
@@ -822,12 +759,7 @@ fn unicast(hint: &str, vip: IpAddr) {
         .iter()
         .chain(&at_lb1)
         .chain(&at_lb2)
-        .filter(|p| {
-            p.vrrp().is_some_and(|v| match v.dst {
-                IpAddr::V4(a) => a.is_multicast(),
-                IpAddr::V6(a) => a.is_multicast(),
-            })
-        })
+        .filter(|p| p.vrrp().is_some_and(|v| v.dst.is_multicast()))
         .collect();
     assert!(
         multicast.is_empty(),

@@ -13,10 +13,10 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::runtime::Runtime;
-use vip_tests::netns::{self, Lab, Proc, in_netns, mac_to_string};
+use vip_tests::netns::{self, Lab, Proc, in_netns, mac_to_string, poll_until};
 use vip_userspace::vrrp::announce::{Announcer, Claim, ClaimWatch};
 use vip_userspace::vrrp::net::{self, GROUP_V4, GROUP_V6, NetError, Transport, VrrpSocket};
 use vip_userspace::vrrp::{Family, Received};
@@ -207,60 +207,64 @@ fn assert_contains(text: &str, wants: &[&str]) {
     }
 }
 
-/// Polls `f` until it returns `Some`, for up to `timeout`.
-fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-#[test]
-fn ipv4_multicast_advert_reaches_the_peer_with_ttl_255_and_not_the_sender() {
-    let lab = Lab::new("vrrp-mc4", &["a", "b"]);
-    let a = lab.node("a");
+/// `a` sends an advert for the lab VIP of `src`'s family to the VRRP group,
+/// then a copy with a broken checksum. `b` receives both as sent: IP header
+/// stripped, source, destination and hop limit from the control messages,
+/// the bad checksum too (no IPV6_CHECKSUM; checking, and counting, is the
+/// codec's job). `a` hears neither (multicast loop off). Returns tcpdump's
+/// decode of the two on `b`: tcpdump -v verifies the VRRPv3 checksum over
+/// the pseudo-header (so the source in our header must be the one we
+/// summed) and the IPv4 header checksum, and the broken copy proves it
+/// looks.
+fn good_and_bad_to_the_group(lab: &Lab, src: IpAddr, vrid: u8) -> Vec<String> {
+    let family = Family::of(&src);
     let rt = runtime();
-    let sa = open(&lab, &rt, "a", Family::V4, Transport::Multicast);
-    let sb = open(&lab, &rt, "b", Family::V4, Transport::Multicast);
-    assert_eq!(sa.source(), IpAddr::V4(a.ipv4), "a's primary address");
-
-    let group = IpAddr::V4(GROUP_V4);
-    let vip = IpAddr::V4(netns::VIP_V4);
-    let good = advert(IpAddr::V4(a.ipv4), group, 51, 100, &[vip]);
-    let mut bad = advert(IpAddr::V4(a.ipv4), group, 51, 100, &[vip]);
+    let sa = open(lab, &rt, "a", family, Transport::Multicast);
+    let sb = open(lab, &rt, "b", family, Transport::Multicast);
+    assert_eq!(sa.source(), src, "a's VRRP source address");
+    let (group, vip, proto) = match family {
+        Family::V4 => (IpAddr::V4(GROUP_V4), IpAddr::V4(netns::VIP_V4), "ip"),
+        Family::V6 => (IpAddr::V6(GROUP_V6), IpAddr::V6(netns::VIP_V6), "ip6"),
+    };
+    let good = advert(src, group, vrid, 100, &[vip]);
+    let mut bad = good.clone();
     bad[6] ^= 0xff;
-    let cap = Capture::start(&lab, "b", "mc4", 2, "ip proto 112");
+    let cap = Capture::start(lab, "b", "group", 2, &format!("{proto} proto 112"));
 
     rt.block_on(async {
         for payload in [&good, &bad] {
             sa.send(payload, group)
                 .await
-                .expect("a sends to 224.0.0.18");
+                .unwrap_or_else(|e| panic!("a sends to {group}: {e}"));
             let got = recv(&sb, "b").await;
             assert_eq!(
                 got,
                 Received {
-                    src: IpAddr::V4(a.ipv4),
+                    src,
                     dst: group,
                     hop_limit: 255,
                     payload: payload.clone(),
                 },
-                "b receives the advert as sent, IPv4 header stripped"
+                "b receives the advert as sent"
             );
         }
-        // IP_MULTICAST_LOOP off: the sender never hears itself.
         assert_quiet("a's own socket", sa.recv()).await;
     });
 
     let text = cap.decode();
     let p = packets(&text);
     assert_eq!(p.len(), 2, "{text}");
+    assert!(!p[0].contains("bad"), "good advert flagged:\n{}", p[0]);
+    assert_contains(&p[1], &["(bad vrrp cksum"]);
+    p
+}
+
+#[test]
+fn ipv4_multicast_advert_reaches_the_peer_with_ttl_255_and_not_the_sender() {
+    let lab = Lab::new("vrrp-mc4", &["a", "b"]);
+    let a = lab.node("a");
+    // From a's primary address.
+    let p = good_and_bad_to_the_group(&lab, IpAddr::V4(a.ipv4), 51);
     assert_contains(
         &p[0],
         &[
@@ -277,52 +281,13 @@ fn ipv4_multicast_advert_reaches_the_peer_with_ttl_255_and_not_the_sender() {
             ),
         ],
     );
-    // tcpdump -v verifies the VRRPv3 checksum over the IPv4 pseudo-header
-    // (the source in our header must be the one we summed) and the IPv4
-    // header checksum; the broken copy proves it looks.
-    assert!(!p[0].contains("bad"), "good advert flagged:\n{}", p[0]);
-    assert_contains(&p[1], &["(bad vrrp cksum"]);
 }
 
 #[test]
 fn ipv6_multicast_advert_comes_from_the_link_local_address() {
     let lab = Lab::new("vrrp-mc6", &["a", "b"]);
-    let rt = runtime();
-    let sa = open(&lab, &rt, "a", Family::V6, Transport::Multicast);
-    let sb = open(&lab, &rt, "b", Family::V6, Transport::Multicast);
     let ll_a = link_local(&lab, "a");
-    assert_eq!(sa.source(), IpAddr::V6(ll_a), "a's link-local address");
-
-    let group = IpAddr::V6(GROUP_V6);
-    let vip = IpAddr::V6(netns::VIP_V6);
-    let good = advert(IpAddr::V6(ll_a), group, 52, 100, &[vip]);
-    let mut bad = good.clone();
-    bad[7] ^= 0xff;
-    let cap = Capture::start(&lab, "b", "mc6", 2, "ip6 proto 112");
-
-    rt.block_on(async {
-        for payload in [&good, &bad] {
-            sa.send(payload, group).await.expect("a sends to ff02::12");
-            let got = recv(&sb, "b").await;
-            // A bad checksum arrives too: no IPV6_CHECKSUM, so the kernel
-            // leaves checking (and counting) to the codec.
-            assert_eq!(
-                got,
-                Received {
-                    src: IpAddr::V6(ll_a),
-                    dst: group,
-                    hop_limit: 255,
-                    payload: payload.clone(),
-                },
-                "hop limit and destination from the control messages"
-            );
-        }
-        assert_quiet("a's own socket", sa.recv()).await;
-    });
-
-    let text = cap.decode();
-    let p = packets(&text);
-    assert_eq!(p.len(), 2, "{text}");
+    let p = good_and_bad_to_the_group(&lab, IpAddr::V6(ll_a), 52);
     assert_contains(
         &p[0],
         &[
@@ -334,8 +299,6 @@ fn ipv6_multicast_advert_comes_from_the_link_local_address() {
             "addrs: fd77::100",
         ],
     );
-    assert!(!p[0].contains("bad"), "good advert flagged:\n{}", p[0]);
-    assert_contains(&p[1], &["(bad vrrp cksum"]);
 }
 
 #[test]
@@ -451,39 +414,27 @@ fn source_address_skips_vips_and_finds_the_link_local() {
     });
 }
 
-/// `ip neigh show <addr>` on `node`, waiting up to TIMEOUT for `mac`.
-fn wait_neigh(lab: &Lab, node: &str, addr: &str, mac: &str) -> String {
-    let mut last = String::new();
-    poll(TIMEOUT, || {
-        last = lab.sh(node, &["ip", "neigh", "show", addr, "dev", IF]);
-        last.contains(mac).then(|| last.clone())
-    })
-    .unwrap_or_else(|| panic!("{node}: neighbour {addr} never showed {mac}; last: {last:?}"))
-}
-
 #[test]
 fn gratuitous_arp_and_unsolicited_na_move_existing_neighbour_entries() {
     let lab = Lab::new("vrrp-garp", &["b", "c"]);
     let b = lab.node("b");
-    let (v4, v6) = (netns::VIP_V4.to_string(), netns::VIP_V6.to_string());
-    for addr in [&v4, &v6] {
+    let (v4, v6) = (IpAddr::V4(netns::VIP_V4), IpAddr::V6(netns::VIP_V6));
+    for addr in [v4, v6] {
+        let addr = addr.to_string();
         lab.sh(
             "c",
             &[
-                "ip", "neigh", "replace", addr, "lladdr", OLD_MAC, "dev", IF, "nud", "stale",
+                "ip", "neigh", "replace", &addr, "lladdr", OLD_MAC, "dev", IF, "nud", "stale",
             ],
         );
-        let before = lab.sh("c", &["ip", "neigh", "show", addr, "dev", IF]);
+        let before = lab.sh("c", &["ip", "neigh", "show", &addr, "dev", IF]);
         assert!(before.contains(OLD_MAC), "{before}");
     }
     let announcer = in_netns(&b.ns, || Announcer::open(IF).expect("announcer on b"));
 
     let cap = Capture::start(&lab, "c", "garp", 1, "arp");
-    announcer
-        .announce(IpAddr::V4(netns::VIP_V4))
-        .expect("gratuitous ARP");
-    let shown = wait_neigh(&lab, "c", &v4, &b.mac_string());
-    assert!(!shown.contains(OLD_MAC), "{shown}");
+    announcer.announce(v4).expect("gratuitous ARP");
+    lab.wait_neighbour("c", v4, &b.mac_string(), TIMEOUT);
     let text = cap.decode();
     assert_contains(
         &text,
@@ -497,11 +448,8 @@ fn gratuitous_arp_and_unsolicited_na_move_existing_neighbour_entries() {
     assert!(!text.contains("who-has 10.77.0.100 ("), "{text}");
 
     let cap = Capture::start(&lab, "c", "na", 1, "icmp6 and ip6[40] == 136");
-    announcer
-        .announce(IpAddr::V6(netns::VIP_V6))
-        .expect("unsolicited NA");
-    let shown = wait_neigh(&lab, "c", &v6, &b.mac_string());
-    assert!(!shown.contains(OLD_MAC), "{shown}");
+    announcer.announce(v6).expect("unsolicited NA");
+    lab.wait_neighbour("c", v6, &b.mac_string(), TIMEOUT);
     let text = cap.decode();
     let ll_b = link_local(&lab, "b");
     assert_contains(
@@ -578,8 +526,11 @@ fn link_up_follows_admin_state_and_carrier() {
     let a = lab.node("a");
     let up = || in_netns(&a.ns, || net::link_up(IF).expect("link_up"));
     let wait = |want: bool, why: &str| {
-        poll(TIMEOUT, || (up() == want).then_some(()))
-            .unwrap_or_else(|| panic!("link_up never became {want} ({why})"));
+        poll_until(
+            TIMEOUT,
+            || format!("link_up never became {want} ({why})"),
+            || up() == want,
+        );
     };
     assert!(up(), "lab links start up");
     in_netns(&a.ns, || {
