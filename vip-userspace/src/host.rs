@@ -222,7 +222,10 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
     }
 }
 
-/// The interface's addresses.
+/// The interface's addresses in the order the kernel lists them (getifaddrs,
+/// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
+/// primaries before secondaries, each in the order they were added. The
+/// crate groups the entries by name, appending in order.
 pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
     use network_interface::{NetworkInterface, NetworkInterfaceConfig};
     let all = NetworkInterface::show().map_err(HostError::List)?;

@@ -453,36 +453,30 @@ async fn serve(
             _ = track.tick(), if !routers.is_empty() => {
                 let iface = cfg.interface.clone();
                 let locals = cfg.local_backends();
-                let checks = tokio::task::spawn_blocking(move || {
-                    (host::xdp_attached(&iface), probe_local(&locals))
+                let probe = locals.clone();
+                let (attached, answered) = tokio::task::spawn_blocking(move || {
+                    (host::xdp_attached(&iface).map_err(|e| e.to_string()), probe_local(&probe))
                 })
-                .await;
-                let (attached, answered) = match checks {
-                    Ok((a, l)) => (a.map_err(|e| e.to_string()), l),
-                    Err(e) => (Err(e.to_string()), false),
-                };
-                let was = local.ok;
-                if local.feed(answered) != was {
-                    if local.ok {
-                        info!(backends = ?cfg.local_backends(), "local apiserver answers again; VRRP priority restored");
-                    } else {
-                        error!(backends = ?cfg.local_backends(), "local apiserver does not answer: lowering the VRRP priority");
-                    }
-                }
-                let now_ok = attached;
-                let now_ok = match now_ok {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
-                        false
-                    }
-                };
-                if now_ok != xdp_ok {
-                    xdp_ok = now_ok;
+                .await
+                .unwrap_or_else(|e| (Err(e.to_string()), false));
+                let now_xdp = attached.unwrap_or_else(|e| {
+                    warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
+                    false
+                });
+                if now_xdp != xdp_ok {
+                    xdp_ok = now_xdp;
                     if xdp_ok {
                         info!(interface = %cfg.interface, "XDP program attached again");
                     } else {
                         error!(interface = %cfg.interface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority");
+                    }
+                }
+                let was = local.ok;
+                if local.feed(answered) != was {
+                    if local.ok {
+                        info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
+                    } else {
+                        error!(backends = ?locals, "local apiserver does not answer: lowering the VRRP priority");
                     }
                 }
                 let p = effective_priority(&cfg, xdp_ok, local.ok);

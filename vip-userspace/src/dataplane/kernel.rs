@@ -310,14 +310,7 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) 
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    let c =
-        std::ffi::CString::new(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        return Err(DataplaneError::NoInterface(iface.to_owned()));
-    }
-    Ok(idx)
+    crate::vrrp::net::ifindex(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))
 }
 
 impl Maps for KernelMaps {

@@ -50,21 +50,8 @@ impl Announcer {
         // Protocol 0: the socket is never hooked into the receive path, so
         // it queues nothing we would have to drain; the protocol of each
         // frame is given per sendto.
-        let arp = socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0)
-            .map_err(|e| socket_error(ifname, "AF_PACKET", e))?;
-        bind_packet(arp.as_fd(), ifname, ifindex, 0)?;
-        let icmp6 = match socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-            libc::IPPROTO_ICMPV6,
-        ) {
-            Ok(fd) => {
-                setup_icmp6(fd.as_fd(), ifname, ifindex, None)?;
-                Some(fd)
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
-            Err(e) => return Err(socket_error(ifname, "raw ICMPv6", e)),
-        };
+        let arp = packet_socket(ifname, ifindex, 0)?;
+        let icmp6 = icmp6_socket(ifname, ifindex, None)?;
         Ok(Announcer {
             ifname: ifname.to_owned(),
             ifindex,
@@ -160,17 +147,13 @@ impl ClaimWatch {
         // Created with protocol 0 and hooked in by bind with ETH_P_ARP and
         // the ifindex together: a socket created with ETH_P_ARP would queue
         // ARP from every interface until bind narrowed it down.
-        let arp = socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0)
-            .map_err(|e| socket_error(ifname, "AF_PACKET", e))?;
-        bind_packet(arp.as_fd(), ifname, ifindex, ETH_P_ARP_BE)?;
-        let arp = register(arp, ifname, "AF_PACKET")?;
-        let na = match socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
-            libc::IPPROTO_ICMPV6,
-        ) {
-            Ok(fd) => {
-                setup_icmp6(fd.as_fd(), ifname, ifindex, Some(ND_NEIGHBOR_ADVERT))?;
+        let arp = register(
+            packet_socket(ifname, ifindex, ETH_P_ARP_BE)?,
+            ifname,
+            "AF_PACKET",
+        )?;
+        let na = match icmp6_socket(ifname, ifindex, Some(ND_NEIGHBOR_ADVERT))? {
+            Some(fd) => {
                 // RFC 4861 section 7.1.2: an NA with a hop limit below 255
                 // was forwarded, so it is no claim from this link.
                 setsockopt(
@@ -182,8 +165,7 @@ impl ClaimWatch {
                 .map_err(|e| option_error(ifname, "IPV6_RECVHOPLIMIT", e))?;
                 Some(register(fd, ifname, "raw ICMPv6")?)
             }
-            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
-            Err(e) => return Err(socket_error(ifname, "raw ICMPv6", e)),
+            None => None,
         };
         Ok(ClaimWatch {
             ifname: ifname.to_owned(),
@@ -298,6 +280,32 @@ fn send_packet(fd: BorrowedFd<'_>, ifindex: u32, dst: [u8; 6], arp: &[u8]) -> io
     }
 }
 
+/// An AF_PACKET datagram socket bound to the interface; `protocol_be` 0
+/// receives nothing (send only).
+fn packet_socket(ifname: &str, ifindex: u32, protocol_be: u16) -> Result<OwnedFd, NetError> {
+    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, 0)
+        .map_err(|e| socket_error(ifname, "AF_PACKET", e))?;
+    bind_packet(fd.as_fd(), ifname, ifindex, protocol_be)?;
+    Ok(fd)
+}
+
+/// A raw ICMPv6 socket set up by [`setup_icmp6`]; `None` when the kernel
+/// has no IPv6 at all (the IPv4 side still works).
+fn icmp6_socket(ifname: &str, ifindex: u32, pass: Option<u8>) -> Result<Option<OwnedFd>, NetError> {
+    match socket(
+        libc::AF_INET6,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::IPPROTO_ICMPV6,
+    ) {
+        Ok(fd) => {
+            setup_icmp6(fd.as_fd(), ifname, ifindex, pass)?;
+            Ok(Some(fd))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(None),
+        Err(e) => Err(socket_error(ifname, "raw ICMPv6", e)),
+    }
+}
+
 /// A raw ICMPv6 socket on the interface with hop limit 255 and an ICMPv6
 /// type filter: `pass` only that type, or nothing at all (a send-only
 /// socket would otherwise queue every ICMPv6 message the node receives).
@@ -311,31 +319,9 @@ fn setup_icmp6(
     bind_to_device(fd, ifname)?;
     setsockopt(fd, libc::SOL_ICMPV6, ICMP6_FILTER, &icmp6_filter(pass))
         .map_err(opt("ICMP6_FILTER"))?;
-    setsockopt(
-        fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_HOPS,
-        &c_int::from(ND_HOP_LIMIT),
-    )
-    .map_err(opt("IPV6_MULTICAST_HOPS"))?;
-    setsockopt(
-        fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_UNICAST_HOPS,
-        &c_int::from(ND_HOP_LIMIT),
-    )
-    .map_err(opt("IPV6_UNICAST_HOPS"))?;
-    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &ifindex)
-        .map_err(opt("IPV6_MULTICAST_IF"))?;
-    // Our own NA must not come back as a "claim" to a watch on this node.
-    setsockopt(
-        fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_LOOP,
-        &0 as &c_int,
-    )
-    .map_err(opt("IPV6_MULTICAST_LOOP"))?;
-    Ok(())
+    // ND's hop limit is VRRP's (RFC 4861 7.1.2); our own NA must not come
+    // back as a "claim" to a watch on this node.
+    net::on_link_sender_v6(fd, ifname, ifindex)
 }
 
 /// struct icmp6_filter (linux/icmpv6.h): 256 bits, one per ICMPv6 type; a

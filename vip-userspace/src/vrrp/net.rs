@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 pub use super::packet::{GROUP_V4, GROUP_V6, group};
 use super::{
     Family, Received,
-    packet::{HOP_LIMIT, PROTO_VRRP},
+    packet::{HOP_LIMIT, PROTO_VRRP, internet_checksum},
 };
 
 /// IANA protocol number of VRRP (RFC 9568 sections 5.1.1.4 and 5.1.2.4).
@@ -422,9 +422,35 @@ fn setup_v4(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Re
     Ok(())
 }
 
-fn setup_v6(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Result<(), NetError> {
+/// An IPv6 socket that speaks only to its link: hop limit 255 unicast and
+/// multicast (RFC 9568 5.1.2.3, RFC 4861 7.1.2: receivers drop anything
+/// else, which proves the sender is on-link), multicast out of `index`, and
+/// no copy of our own multicast back to us (our adverts or NAs would come
+/// back as another router's, another holder's).
+pub(super) fn on_link_sender_v6(
+    fd: BorrowedFd<'_>,
+    ifname: &str,
+    index: u32,
+) -> Result<(), NetError> {
     let opt = |option| move |source| option_error(ifname, option, source);
     let hops = c_int::from(TTL);
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &hops)
+        .map_err(opt("IPV6_UNICAST_HOPS"))?;
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)
+        .map_err(opt("IPV6_MULTICAST_HOPS"))?;
+    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)
+        .map_err(opt("IPV6_MULTICAST_IF"))?;
+    setsockopt(
+        fd,
+        libc::IPPROTO_IPV6,
+        libc::IPV6_MULTICAST_LOOP,
+        &0 as &c_int,
+    )
+    .map_err(opt("IPV6_MULTICAST_LOOP"))
+}
+
+fn setup_v6(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Result<(), NetError> {
+    let opt = |option| move |source| option_error(ifname, option, source);
     // IPv6 raw sockets never deliver the IP header: hop limit and
     // destination come as control messages (RFC 3542 sections 6.1, 6.3).
     setsockopt(
@@ -436,10 +462,7 @@ fn setup_v6(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Re
     .map_err(opt("IPV6_RECVHOPLIMIT"))?;
     setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, &1 as &c_int)
         .map_err(opt("IPV6_RECVPKTINFO"))?;
-    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, &hops)
-        .map_err(opt("IPV6_UNICAST_HOPS"))?;
-    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_HOPS, &hops)
-        .map_err(opt("IPV6_MULTICAST_HOPS"))?;
+    on_link_sender_v6(fd, ifname, index)?;
     setsockopt(
         fd,
         libc::IPPROTO_IPV6,
@@ -447,18 +470,9 @@ fn setup_v6(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Re
         &c_int::from(TOS_NETWORK_CONTROL),
     )
     .map_err(opt("IPV6_TCLASS"))?;
-    setsockopt(
-        fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_LOOP,
-        &0 as &c_int,
-    )
-    .map_err(opt("IPV6_MULTICAST_LOOP"))?;
     // No IPV6_MULTICAST_ALL: raw_v6_match accepts any destination for a
     // socket not bound to an address before it would look at it; `recv`
     // filters group traffic out of unicast sockets instead.
-    setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &index)
-        .map_err(opt("IPV6_MULTICAST_IF"))?;
     // No IPV6_CHECKSUM: the kernel then neither fills nor verifies the VRRP
     // checksum (raw6 sockets only do for ICMPv6 or when asked), so the codec
     // computes it on send and counts bad ones on receive (RFC 9568 7.1).
@@ -689,21 +703,18 @@ pub fn source_address(
     }
 }
 
-/// The interface's addresses in the order the kernel lists them (getifaddrs,
-/// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
-/// primaries before secondaries, each in the order they were added.
+/// The interface's addresses in the kernel's order (the agent's one lister,
+/// `host::interface_addrs`), with this module's errors.
 fn interface_addresses(ifname: &str) -> Result<Vec<IpAddr>, NetError> {
-    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
-    let all = NetworkInterface::show().map_err(|source| NetError::ListAddresses {
-        ifname: ifname.to_owned(),
-        source,
-    })?;
-    // The crate groups getifaddrs entries by name, appending in order.
-    Ok(all
-        .iter()
-        .filter(|i| i.name == ifname)
-        .flat_map(|i| i.addr.iter().map(|a| a.ip()))
-        .collect())
+    crate::host::interface_addrs(ifname).map_err(|e| match e {
+        crate::host::HostError::List(source) => NetError::ListAddresses {
+            ifname: ifname.to_owned(),
+            source,
+        },
+        _ => NetError::NoInterface {
+            ifname: ifname.to_owned(),
+        },
+    })
 }
 
 /// Whether the link can carry traffic: administratively up (IFF_UP) and with
@@ -983,19 +994,6 @@ pub(crate) fn ipv4_header(src: Ipv4Addr, dst: Ipv4Addr, total_len: u16) -> [u8; 
     h
 }
 
-/// RFC 1071 checksum: the one's complement of the one's complement sum of
-/// the 16-bit words (an odd last byte padded with zero).
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// What the receive checks need from the IPv4 header of a received packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ipv4Fields {
@@ -1151,15 +1149,6 @@ mod tests {
         // checksum over itself is 0 (RFC 1071 section 1).
         assert_eq!(internet_checksum(&h), 0, "header checksum of {h:02x?}");
         assert_eq!(u16::from_be_bytes([h[10], h[11]]), 0xd044, "known checksum");
-    }
-
-    #[test]
-    fn checksum_rfc1071_example() {
-        // RFC 1071 section 3 example: sum 0xddf2, checksum its complement.
-        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
-        assert_eq!(internet_checksum(&data), !0xddf2);
-        // Odd length pads with a zero byte.
-        assert_eq!(internet_checksum(&[0x12]), !0x1200);
     }
 
     fn packet(header: &[u8], payload: &[u8]) -> Vec<u8> {

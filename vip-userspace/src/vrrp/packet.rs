@@ -138,25 +138,30 @@ pub const DISCARD_LABELS: &[&str] = &[
 ];
 
 impl Discard {
+    /// Position in [`DISCARD_LABELS`]: where a per-reason counter lives.
+    pub fn index(&self) -> usize {
+        match self {
+            Discard::HopLimit(_) => 0,
+            Discard::Version(_) => 1,
+            Discard::Type(_) => 2,
+            Discard::Truncated { .. } => 3,
+            Discard::Length { .. } => 4,
+            Discard::AddrCount => 5,
+            Discard::Checksum => 6,
+            Discard::Family { .. } => 7,
+            Discard::IntervalZero => 8,
+            Discard::OtherVrid(_) => 9,
+            Discard::Owner => 10,
+            Discard::AddrMismatch => 11,
+            Discard::NotPeer(_) => 12,
+            Discard::OwnPacket => 13,
+            Discard::Destination(_) => 14,
+        }
+    }
+
     /// The metric label: stable, snake_case, one per variant.
     pub fn label(&self) -> &'static str {
-        match self {
-            Discard::HopLimit(_) => "hop_limit",
-            Discard::Version(_) => "version",
-            Discard::Type(_) => "type",
-            Discard::Truncated { .. } => "truncated",
-            Discard::Length { .. } => "length",
-            Discard::AddrCount => "addr_count",
-            Discard::Checksum => "checksum",
-            Discard::Family { .. } => "family",
-            Discard::IntervalZero => "interval_zero",
-            Discard::OtherVrid(_) => "other_vrid",
-            Discard::Owner => "owner",
-            Discard::AddrMismatch => "addr_mismatch",
-            Discard::NotPeer(_) => "not_peer",
-            Discard::OwnPacket => "own_packet",
-            Discard::Destination(_) => "destination",
-        }
+        DISCARD_LABELS[self.index()]
     }
 
     /// True for a defective packet; false for a sound one that is not for us
@@ -210,7 +215,9 @@ impl Advert {
         // The interval is at most 12 bits, so the 4 reserved bits go out as
         // zero (5.2.6).
         let [int_hi, int_lo] = self.max_adver_int.to_be_bytes();
-        let mut header = [
+        let mut buf = Vec::with_capacity(HEADER_LEN + self.addrs.len() * addr_len(family));
+        // The checksum field (bytes 6 and 7) is zero while the sum is taken.
+        buf.extend_from_slice(&[
             VERSION << 4 | TYPE_ADVERTISEMENT,
             self.vrid,
             self.priority,
@@ -219,21 +226,15 @@ impl Advert {
             int_lo,
             0,
             0,
-        ];
-        let mut addrs = Vec::with_capacity(self.addrs.len() * addr_len(family));
+        ]);
         for addr in &self.addrs {
             match addr {
-                IpAddr::V4(addr) => addrs.extend_from_slice(&addr.octets()),
-                IpAddr::V6(addr) => addrs.extend_from_slice(&addr.octets()),
+                IpAddr::V4(addr) => buf.extend_from_slice(&addr.octets()),
+                IpAddr::V6(addr) => buf.extend_from_slice(&addr.octets()),
             }
         }
-        let [sum_hi, sum_lo] = checksum(src, dst, &[&header, &addrs]).to_be_bytes();
-        header[6] = sum_hi;
-        header[7] = sum_lo;
-
-        let mut buf = Vec::with_capacity(HEADER_LEN + addrs.len());
-        buf.extend_from_slice(&header);
-        buf.extend_from_slice(&addrs);
+        let sum = checksum(src, dst, &buf).to_be_bytes();
+        buf[6..8].copy_from_slice(&sum);
         Ok(buf)
     }
 
@@ -286,7 +287,7 @@ impl Advert {
         }
         // 5.2.8: summing the message with its checksum field in place gives
         // a complemented sum of zero when the checksum is right.
-        if checksum(src, dst, &[buf]) != 0 {
+        if checksum(src, dst, buf) != 0 {
             return Err(Discard::Checksum);
         }
 
@@ -315,41 +316,47 @@ impl Advert {
     }
 }
 
-/// The Internet checksum (RFC 1071) of `msg` (given in parts, read as one
-/// byte string) behind the pseudo-header of RFC 9568 5.2.8:
+/// The Internet checksum (RFC 1071) of `msg` behind the pseudo-header of
+/// RFC 9568 5.2.8:
 /// IPv4: src, dst, zero, protocol, 16-bit length (as UDP, RFC 768);
 /// IPv6: src, dst, 32-bit length, three zero bytes, next header (RFC 8200 8.1).
 /// Callers have checked that `src` and `dst` are one family.
-fn checksum(src: IpAddr, dst: IpAddr, msg: &[&[u8]]) -> u16 {
-    let mut sum: u64 = 0;
-    for addr in [src, dst] {
-        match addr {
-            IpAddr::V4(addr) => {
-                let [a, b, c, d] = addr.octets();
-                sum +=
-                    u64::from(u16::from_be_bytes([a, b])) + u64::from(u16::from_be_bytes([c, d]));
-            }
-            IpAddr::V6(addr) => sum += addr.segments().into_iter().map(u64::from).sum::<u64>(),
-        }
-    }
+fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+    let addrs: u64 = [src, dst]
+        .iter()
+        .map(|a| match a {
+            IpAddr::V4(a) => word_sum(&a.octets()),
+            IpAddr::V6(a) => word_sum(&a.octets()),
+        })
+        .sum();
     // The length and protocol words. Word order does not matter to a one's
     // complement sum, and a VRRP message is at most 8 + 255 * 16 bytes, so
     // the high word of the IPv6 32-bit length is zero and one expression
     // serves both layouts. `as` widens usize to u64, never truncates.
-    let len = msg.iter().map(|part| part.len()).sum::<usize>() as u64;
-    sum += (len >> 16) + (len & 0xffff) + u64::from(PROTO_VRRP);
-    // The message: bytes at even offsets are the high half of a word, an odd
-    // last byte is padded with zero. Counting offsets across the parts keeps
-    // the words right whatever the length of each part.
-    for (offset, byte) in msg.iter().flat_map(|part| part.iter()).enumerate() {
-        let byte = u64::from(*byte);
-        sum += if offset % 2 == 0 { byte << 8 } else { byte };
-    }
+    let len = msg.len() as u64;
+    fold(addrs + (len >> 16) + (len & 0xffff) + u64::from(PROTO_VRRP) + word_sum(msg))
+}
+
+/// The sum of the 16-bit big-endian words of `data`, an odd last byte
+/// padded with zero (RFC 1071), not yet folded.
+fn word_sum(data: &[u8]) -> u64 {
+    data.chunks(2)
+        .map(|w| u64::from(u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)])))
+        .sum()
+}
+
+/// Folds the carries back in and complements (RFC 1071).
+fn fold(mut sum: u64) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     // Folded to 16 bits above, so the cast drops nothing.
     !(sum as u16)
+}
+
+/// The Internet checksum of `data` alone: the IPv4 header checksum.
+pub(super) fn internet_checksum(data: &[u8]) -> u16 {
+    fold(word_sum(data))
 }
 
 /// Who we are when checking a received packet.
@@ -451,6 +458,15 @@ pub fn check(rx: &Received, policy: &RxPolicy) -> Result<Checked, Discard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_rfc1071_example() {
+        // RFC 1071 section 3 example: sum 0xddf2, checksum its complement.
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(internet_checksum(&data), !0xddf2);
+        // Odd length pads with a zero byte.
+        assert_eq!(internet_checksum(&[0x12]), !0x1200);
+    }
 
     const SRC4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 11));
     const PEER4: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 12));

@@ -25,7 +25,7 @@ use super::{
     announce::{Announcer, ClaimWatch},
     machine::{Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
     net::{self, NetError, Transport, VrrpSocket},
-    packet::{self, Advert, DISCARD_LABELS, RxPolicy},
+    packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{config::VrrpPlan, host};
 
@@ -72,15 +72,6 @@ pub struct RouterStats {
     pub discards: [AtomicU64; DISCARD_LABELS.len()],
 }
 
-impl RouterStats {
-    pub fn discarded(&self, label: &str) -> u64 {
-        DISCARD_LABELS
-            .iter()
-            .position(|l| *l == label)
-            .map_or(0, |i| self.discards[i].load(Ordering::Relaxed))
-    }
-}
-
 enum Command {
     Priority(u8),
     Stop,
@@ -102,10 +93,6 @@ impl RouterHandle {
 
     pub fn state(&self) -> State {
         *self.state.borrow()
-    }
-
-    pub fn stats(&self) -> &Arc<RouterStats> {
-        &self.stats
     }
 
     /// One line for the periodic log: state and the non-zero counters.
@@ -198,10 +185,6 @@ pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (state_tx, state) = watch::channel(State::Initialize);
     let stats = Arc::new(RouterStats::default());
-    let dsts = match &transport {
-        Transport::Multicast => vec![packet::group(spec.family)],
-        Transport::Unicast(p) => p.clone(),
-    };
     info!(
         family = %label(spec.family),
         vrid = plan.vrid,
@@ -217,7 +200,6 @@ pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
         spec,
         source,
         peers,
-        dsts,
         mac,
         sock,
         announcer,
@@ -240,8 +222,8 @@ pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
 struct Router {
     spec: RouterSpec,
     source: IpAddr,
+    /// Unicast peers; empty: multicast.
     peers: Vec<IpAddr>,
-    dsts: Vec<IpAddr>,
     mac: [u8; 6],
     sock: VrrpSocket,
     announcer: Announcer,
@@ -368,15 +350,12 @@ impl Router {
                 .await;
             }
             Err(d) => {
-                let label = d.label();
-                if let Some(i) = DISCARD_LABELS.iter().position(|l| *l == label) {
-                    self.stats.discards[i].fetch_add(1, Ordering::Relaxed);
-                }
+                self.stats.discards[d.index()].fetch_add(1, Ordering::Relaxed);
                 // Another VRID on the segment is normal; everything else is a
                 // misconfiguration or a broken sender worth one line.
-                if label != "other_vrid" {
+                if !matches!(d, Discard::OtherVrid(_)) {
                     self.complain(
-                        label,
+                        d.label(),
                         &format!("VRRP packet from {} discarded: {d}", pkt.src),
                     );
                 }
@@ -479,7 +458,12 @@ impl Router {
             max_adver_int: self.spec.plan.advert_interval_cs,
             addrs: self.spec.vips.clone(),
         };
-        for dst in self.dsts.clone() {
+        let dsts = if self.peers.is_empty() {
+            vec![packet::group(self.spec.family)]
+        } else {
+            self.peers.clone()
+        };
+        for dst in dsts {
             let sent = match advert.encode(self.source, dst) {
                 Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
@@ -497,11 +481,11 @@ impl Router {
     }
 
     fn remove_vips(&mut self, why: &str) {
+        // Only those present: the common case (a backup starting) then costs
+        // one address listing and no `ip` run, and logs nothing.
+        let present = host::interface_addrs(&self.spec.ifname).ok();
         for vip in self.spec.vips.clone() {
-            let present = host::interface_addrs(&self.spec.ifname)
-                .map(|a| a.contains(&vip))
-                .unwrap_or(true);
-            if !present {
+            if present.as_ref().is_some_and(|a| !a.contains(&vip)) {
                 continue;
             }
             match host::set_vip(&self.spec.ifname, vip, false) {
