@@ -483,14 +483,8 @@ impl Keepalived {
     /// SIGTERM: keepalived sends a priority 0 advert, removes its VIPs and
     /// exits (about a second later). Returns the exit status.
     pub fn term(&self) -> ExitStatus {
-        self.proc.signal(libc::SIGTERM);
-        self.proc.wait_timeout(STOP).unwrap_or_else(|| {
-            panic!(
-                "keepalived on {} still running {STOP:?} after SIGTERM\n{}",
-                self.node,
-                self.logs()
-            )
-        })
+        self.proc
+            .term_within(STOP, &format!("keepalived on {}", self.node))
     }
 }
 

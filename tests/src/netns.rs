@@ -647,6 +647,19 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then waits for the exit; panics with `who` and the logs if
+    /// the process is still running after `timeout` (a clean stop is what
+    /// the caller tests).
+    pub fn term_within(&self, timeout: Duration, who: &str) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_timeout(timeout).unwrap_or_else(|| {
+            panic!(
+                "{who} still running {timeout:?} after SIGTERM\n{}",
+                self.logs()
+            )
+        })
+    }
+
     /// Terminates now (SIGTERM, 2 s, SIGKILL) and returns the exit status.
     pub fn kill(&self) -> Option<ExitStatus> {
         let mut inner = self.lock();

@@ -65,6 +65,11 @@ pub struct VipdVrrpConf {
     pub announce_refresh_s: u32,
     /// `vrrp.track.xdp_detached`.
     pub track_xdp_detached: u8,
+    /// `vrrp.track.local_apiserver`.
+    pub track_local_apiserver: u8,
+    /// This node's own apiserver, added with `local: true` to the service of
+    /// its family (stacked mode; vipd probes it for priority tracking).
+    pub local_backend: Option<IpAddr>,
     /// One mode dsr service per VIP (port `port`, one made-up backend of
     /// the VIP's family): the VIPs VRRP moves. v4 and v6 VIPs run as two
     /// virtual routers with the same VRID.
@@ -90,6 +95,8 @@ impl Default for VipdVrrpConf {
             announce_interval_ms: 100,
             announce_refresh_s: 60,
             track_xdp_detached: 100,
+            track_local_apiserver: 50,
+            local_backend: None,
             vips: Vec::new(),
             port: 6443,
         }
@@ -156,8 +163,8 @@ impl VipdVrrpConf {
             self.announce_count, self.announce_interval_ms, self.announce_refresh_s
         ));
         line(&format!(
-            "  track: {{ xdp_detached: {} }}",
-            self.track_xdp_detached
+            "  track: {{ xdp_detached: {}, local_apiserver: {} }}",
+            self.track_xdp_detached, self.track_local_apiserver
         ));
         line("services:");
         for vip in &self.vips {
@@ -171,6 +178,10 @@ impl VipdVrrpConf {
             line("    backends:");
             line(&format!("      - address: \"{backend}\""));
             line(&format!("        mac: \"{BACKEND_MAC}\""));
+            if let Some(local) = self.local_backend.filter(|l| l.is_ipv4() == vip.is_ipv4()) {
+                line(&format!("      - address: \"{local}\""));
+                line("        local: true");
+            }
         }
         s
     }
@@ -382,14 +393,8 @@ impl VipdVrrp {
     /// SIGTERM: vipd sends priority 0, removes the VIPs and exits. Returns
     /// the exit status.
     pub fn term(&self) -> ExitStatus {
-        self.proc.signal(libc::SIGTERM);
-        self.proc.wait_timeout(STOP).unwrap_or_else(|| {
-            panic!(
-                "vipd on {} still running {STOP:?} after SIGTERM\n{}",
-                self.node,
-                self.logs()
-            )
-        })
+        self.proc
+            .term_within(STOP, &format!("vipd on {}", self.node))
     }
 }
 
@@ -607,7 +612,7 @@ vrrp:
   preempt_delay: 0ms
   unicast_peers: []
   announce: { count: 3, interval: 100ms, refresh: 60s }
-  track: { xdp_detached: 100 }
+  track: { xdp_detached: 100, local_apiserver: 50 }
 services:
   - vip: \"10.77.0.100\"
     port: 6443
@@ -624,15 +629,19 @@ services:
     fn renders_peers_and_both_families() {
         let conf = VipdVrrpConf {
             unicast_peers: vec![ip("10.77.0.12"), ip("fe80::77:ff:fe00:12")],
+            local_backend: Some(ip("10.77.0.11")),
             ..VipdVrrpConf::new(7, 100, &[ip("fd77::100"), ip("10.77.0.100")])
         };
         let text = conf.render();
         for want in [
             "unicast_peers: [\"10.77.0.12\", \"fe80::77:ff:fe00:12\"]\n",
             "  - vip: \"fd77::100\"\n    port: 6443\n    mode: dsr\n    backends:\n      - address: \"fd77::50\"\n",
+            // The local backend joins only the service of its family.
+            "        mac: \"02:77:00:00:00:50\"\n      - address: \"10.77.0.11\"\n        local: true\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
+        assert_eq!(text.matches("local: true").count(), 1, "{text}");
         assert_eq!(conf.families(), [Family::V4, Family::V6]);
     }
 

@@ -5,14 +5,14 @@
 
 use std::{
     net::IpAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use vip_tests::{
     capture::{ARP_FILTER, Capture},
-    netns::{Lab, Proc, VIP_V4, in_netns},
-    vipd_bin,
+    keepalived::VrrpState,
+    netns::{Lab, VIP_V4, in_netns},
+    vrrpd::{VipdVrrp, VipdVrrpConf},
 };
 use vip_userspace::vrrp::{
     Family,
@@ -23,68 +23,26 @@ use vip_userspace::vrrp::{
 
 const VIP: IpAddr = IpAddr::V4(VIP_V4);
 
-/// vipd's config on `node`; `local`: the node's own apiserver (its address,
-/// port 6443) is one of the backends, as in a stacked control plane.
-fn config(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> PathBuf {
-    let path = lab.dir().join(format!("{node}.yaml"));
-    let local = if local {
-        format!(
-            "      - address: {}\n        local: true\n",
-            lab.node(node).ipv4
-        )
-    } else {
-        String::new()
+/// vipd on `node` with VIP 10.77.0.100, 100 ms adverts and a short
+/// announcement burst; `local`: the node's own address is a `local: true`
+/// backend, as in a stacked control plane.
+fn start_with(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> VipdVrrp {
+    let conf = VipdVrrpConf {
+        preempt,
+        announce_count: 2,
+        announce_interval_ms: 50,
+        local_backend: local.then(|| IpAddr::V4(lab.node(node).ipv4)),
+        ..VipdVrrpConf::new(51, priority, &[VIP])
     };
-    let text = format!(
-        "interface: eth0
-xdp_mode: skb
-vrrp:
-  vrid: 51
-  priority: {priority}
-  advert_interval: 100ms
-  preempt: {preempt}
-  announce:
-    count: 2
-    interval: 50ms
-    refresh: 60s
-services:
-  - vip: {VIP}
-    mode: dsr
-    backends:
-      - address: 10.77.0.50
-        mac: \"02:77:00:00:00:50\"
-{local}"
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
+    VipdVrrp::start(lab, node, &conf)
 }
 
-fn start(lab: &Lab, node: &str, priority: u8, preempt: bool) -> Proc {
+fn start(lab: &Lab, node: &str, priority: u8, preempt: bool) -> VipdVrrp {
     start_with(lab, node, priority, preempt, false)
 }
 
-fn start_with(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> Proc {
-    let conf = config(lab, node, priority, preempt, local);
-    let bin = vipd_bin();
-    let p = lab.spawn(
-        node,
-        bin.to_str().expect("utf-8 path"),
-        &[
-            "run",
-            "--config",
-            conf.to_str().expect("utf-8 path"),
-            "--no-pin",
-            "--stats-interval",
-            "0",
-        ],
-        &[("RUST_LOG", "info")],
-    );
-    p.wait_for_stdout("vipd ready", Duration::from_secs(20));
-    p
-}
-
-fn wait_master(lab: &Lab, p: &Proc, node: &str) {
-    p.wait_for_logs("to=master", Duration::from_secs(5));
+fn wait_master(lab: &Lab, v: &VipdVrrp, node: &str) {
+    v.wait_state(VrrpState::Master, Duration::from_secs(5));
     lab.wait_addr(node, VIP, true, Duration::from_secs(2));
 }
 
@@ -130,7 +88,7 @@ fn xdp_detached_hands_the_vip_to_a_healthy_peer() {
     let lb1 = start(&lab, "lb1", 150, false);
     wait_master(&lab, &lb1, "lb1");
     let lb2 = start(&lab, "lb2", 100, false);
-    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
     assert!(
         !lab.has_addr("lb2", VIP),
         "lb2 took the VIP from a healthy master"
@@ -139,7 +97,7 @@ fn xdp_detached_hands_the_vip_to_a_healthy_peer() {
     let id = xdp_link_id(lb1.pid()).to_string();
     let out = lab.sh("lb1", &["bpftool", "link", "detach", "id", &id]);
     let detached = Instant::now();
-    lb1.wait_for_logs("XDP program not attached", Duration::from_secs(3));
+    lb1.wait_log("XDP program not attached", Duration::from_secs(3));
     let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(3));
     lab.wait_addr("lb1", VIP, false, Duration::from_secs(1));
     let logs = lb1.logs();
@@ -176,7 +134,7 @@ fn link_down_releases_the_vip_and_link_up_rejoins() {
     let lb1 = start(&lab, "lb1", 150, true);
     wait_master(&lab, &lb1, "lb1");
     let lb2 = start(&lab, "lb2", 100, true);
-    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
 
     lab.sh("lb1", &["ip", "link", "set", "eth0", "down"]);
     let released = lab.wait_addr("lb1", VIP, false, Duration::from_secs(2));
@@ -220,7 +178,7 @@ fn another_mac_claiming_the_vip_is_answered() {
             .announce(VIP)
             .expect("rogue announce");
     });
-    lb1.wait_for_logs("split brain", Duration::from_secs(3));
+    lb1.wait_log("split brain", Duration::from_secs(3));
     let deadline = Instant::now() + Duration::from_secs(3);
     while lab.neighbour("client", VIP).as_deref() != Some(lb1_mac.as_str()) {
         assert!(
@@ -288,7 +246,7 @@ fn forged_advertisement_does_not_move_the_vip() {
         })
     };
     send(true);
-    lb1.wait_for_logs("kind=checksum", Duration::from_secs(3));
+    lb1.wait_log("kind=checksum", Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         lab.has_addr("lb1", VIP),
@@ -325,7 +283,7 @@ fn dead_local_apiserver_hands_the_vip_over() {
     let lb1 = start_with(&lab, "lb1", 150, false, true);
     wait_master(&lab, &lb1, "lb1");
     let lb2 = start_with(&lab, "lb2", 100, false, true);
-    lb2.wait_for_logs("to=backup", Duration::from_secs(5));
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
     std::thread::sleep(Duration::from_secs(3));
     assert!(
         lab.has_addr("lb1", VIP),
@@ -335,7 +293,7 @@ fn dead_local_apiserver_hands_the_vip_over() {
 
     drop(apiserver1);
     let down = Instant::now();
-    lb1.wait_for_logs("local apiserver does not answer", Duration::from_secs(5));
+    lb1.wait_log("local apiserver does not answer", Duration::from_secs(5));
     lab.wait_addr("lb2", VIP, true, Duration::from_secs(3));
     lab.wait_addr("lb1", VIP, false, Duration::from_secs(1));
     let took = down.elapsed();
