@@ -1,8 +1,10 @@
 //! The vipd agent as a library: the dataplane loader and map writer, the Maglev
 //! table builder, configuration, and the pieces the `vipd` binary wires together.
 
+pub mod certcheck;
 pub mod config;
 pub mod dataplane;
 pub mod host;
 pub mod maglev;
+pub mod probe;
 pub mod vrrp;
