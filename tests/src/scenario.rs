@@ -142,8 +142,11 @@ impl LbLab {
             Fwd::Nat => "nat\n    snat: node",
         };
         for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+            // /readyz over TLS verified with the lab's CA: the defaults but
+            // for the CA's path.
             cfg.push_str(&format!(
-                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    backends:\n"
+                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    probe: {{ ca: \"{}\" }}\n    backends:\n",
+                ca_path.display()
             ));
             for be in BACKENDS {
                 let n = lab.node(be);

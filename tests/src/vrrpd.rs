@@ -175,6 +175,9 @@ impl VipdVrrpConf {
             line(&format!("  - vip: \"{vip}\""));
             line(&format!("    port: {}", self.port));
             line("    mode: dsr");
+            // Nothing speaks TLS here: the made-up backend is simply down
+            // and the local one, when set, a plain TCP listener.
+            line("    probe: { type: tcp }");
             line("    backends:");
             line(&format!("      - address: \"{backend}\""));
             line(&format!("        mac: \"{BACKEND_MAC}\""));
@@ -617,6 +620,7 @@ services:
   - vip: \"10.77.0.100\"
     port: 6443
     mode: dsr
+    probe: { type: tcp }
     backends:
       - address: \"10.77.0.50\"
         mac: \"02:77:00:00:00:50\"
@@ -635,7 +639,7 @@ services:
         let text = conf.render();
         for want in [
             "unicast_peers: [\"10.77.0.12\", \"fe80::77:ff:fe00:12\"]\n",
-            "  - vip: \"fd77::100\"\n    port: 6443\n    mode: dsr\n    backends:\n      - address: \"fd77::50\"\n",
+            "  - vip: \"fd77::100\"\n    port: 6443\n    mode: dsr\n    probe: { type: tcp }\n    backends:\n      - address: \"fd77::50\"\n",
             // The local backend joins only the service of its family.
             "        mac: \"02:77:00:00:00:50\"\n      - address: \"10.77.0.11\"\n        local: true\n",
         ] {

@@ -66,7 +66,220 @@ pub struct Config {
     /// Mode nat settings shared by all nat services.
     #[serde(default)]
     pub nat: NatSettings,
+    /// The certificate gate: the backends' certificates must carry the VIPs
+    /// (and `names`) in their SAN before this node serves the VIP.
+    #[serde(default)]
+    pub cert_gate: CertGateSettings,
+    /// First `kubeadm init`: until any apiserver passes its probe, forward to
+    /// the `local: true` backends whatever their probes say, and neither the
+    /// local-apiserver tracking nor the certificate gate keeps this node from
+    /// holding the VIP. Ends for good at the first ready apiserver.
+    #[serde(default)]
+    pub bootstrap: bool,
     pub services: Vec<Service>,
+}
+
+/// What the certificate gate does about a certificate without the VIP.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GateAction {
+    /// Such a backend gets no new flows, and a node whose own apiserver (or
+    /// every backend) lacks the names does not become VRRP master.
+    #[default]
+    Refuse,
+    /// Log and carry on.
+    Warn,
+    /// Do not dial the backends for their certificates.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertGateSettings {
+    pub on_missing_san: GateAction,
+    /// How often the certificates are read again (they rotate: kubeadm
+    /// renews them on upgrade, cert-manager whenever it likes).
+    pub interval: String,
+    /// DNS names clients use for the VIP, required in the SAN as well.
+    pub names: Vec<String>,
+    /// Warn when a certificate expires within this many days.
+    pub expiry_warning_days: u32,
+}
+
+impl Default for CertGateSettings {
+    fn default() -> Self {
+        CertGateSettings {
+            on_missing_san: GateAction::Refuse,
+            interval: "10m".into(),
+            names: vec![],
+            expiry_warning_days: 30,
+        }
+    }
+}
+
+/// How a backend is probed.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeType {
+    /// HTTPS GET of `path`, the certificate verified against `ca`.
+    #[default]
+    Https,
+    /// TCP connect.
+    Tcp,
+}
+
+/// Health-probe settings of a service's backends. The defaults fit kubeadm:
+/// `/readyz` over TLS verified with the cluster CA under the name
+/// `kubernetes`, which every kubeadm apiserver certificate carries.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbeSettings {
+    #[serde(rename = "type")]
+    pub kind: ProbeType,
+    pub path: String,
+    /// The cluster CA bundle (PEM).
+    pub ca: PathBuf,
+    /// The name the certificate is verified for (SNI as well).
+    pub server_name: String,
+    /// A client certificate and key to present, for apiservers that refuse
+    /// anonymous requests to /readyz (`--anonymous-auth=false`).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub interval: String,
+    pub timeout: String,
+    /// Consecutive successes before a down backend is used again.
+    pub rise: u32,
+    /// Consecutive failures before a backend is taken out.
+    pub fall: u32,
+    /// Each wait between probes is the interval plus or minus up to this,
+    /// so that nodes started together do not probe in lockstep.
+    pub jitter: String,
+    /// The apiservers' `--shutdown-delay-duration`: the time they keep
+    /// serving after /readyz turns red. vipd warns at start when its probes
+    /// cannot take a backend out within it.
+    pub apiserver_shutdown_delay: String,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            kind: ProbeType::Https,
+            path: "/readyz".into(),
+            ca: PathBuf::from("/etc/kubernetes/pki/ca.crt"),
+            server_name: "kubernetes".into(),
+            client_cert: None,
+            client_key: None,
+            interval: "1s".into(),
+            timeout: "1s".into(),
+            rise: 2,
+            fall: 2,
+            jitter: "100ms".into(),
+            apiserver_shutdown_delay: "5s".into(),
+        }
+    }
+}
+
+/// Probe settings validated and in units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePlan {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub jitter: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub shutdown_delay: Duration,
+}
+
+impl ProbePlan {
+    /// The longest a backend that stops answering can keep receiving new
+    /// flows: the last good probe started just before it failed, then `fall`
+    /// more probes each wait up to interval + jitter and run up to the
+    /// timeout before they count (a hung apiserver), then one map write.
+    pub fn worst_detection(&self) -> Duration {
+        (self.interval + self.jitter) * self.fall + self.timeout
+    }
+
+    /// The same for an apiserver whose /readyz fails at once (the shutdown
+    /// case: it answers 500 while draining), the one that must beat
+    /// `--shutdown-delay-duration`.
+    pub fn worst_fast_fail(&self) -> Duration {
+        (self.interval + self.jitter) * self.fall
+    }
+}
+
+impl ProbeSettings {
+    pub fn plan(&self) -> Result<ProbePlan, (String, String)> {
+        let field = |f: &str, m: String| (f.to_string(), m);
+        let interval = parse_duration(&self.interval).map_err(|e| field("interval", e))?;
+        let timeout = parse_duration(&self.timeout).map_err(|e| field("timeout", e))?;
+        let jitter = parse_duration(&self.jitter).map_err(|e| field("jitter", e))?;
+        let shutdown_delay = parse_duration(&self.apiserver_shutdown_delay)
+            .map_err(|e| field("apiserver_shutdown_delay", e))?;
+        if interval < Duration::from_millis(100) {
+            return Err(field(
+                "interval",
+                format!("{:?} is too often; use at least 100ms", self.interval),
+            ));
+        }
+        if timeout.is_zero() || timeout > interval {
+            return Err(field(
+                "timeout",
+                format!(
+                    "{:?}: use more than 0 and at most the interval ({}), or a hung apiserver would delay its own next probe",
+                    self.timeout, self.interval
+                ),
+            ));
+        }
+        if jitter * 2 > interval {
+            return Err(field(
+                "jitter",
+                format!("{:?}: use at most half the interval", self.jitter),
+            ));
+        }
+        for (name, v) in [("rise", self.rise), ("fall", self.fall)] {
+            if v == 0 || v > 100 {
+                return Err(field(name, format!("{v}: use 1..=100 probes")));
+            }
+        }
+        if self.kind == ProbeType::Https && !self.path.starts_with('/') {
+            return Err(field(
+                "path",
+                format!("{:?} must start with /, like /readyz", self.path),
+            ));
+        }
+        if self.path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(field(
+                "path",
+                format!("{:?} has spaces or control characters", self.path),
+            ));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(field(
+                "client_cert",
+                "client_cert and client_key go together; set both or neither".into(),
+            ));
+        }
+        if self.kind == ProbeType::Https && rustls_name_ok(&self.server_name).is_err() {
+            return Err(field(
+                "server_name",
+                format!("{:?} is not a DNS name or IP address", self.server_name),
+            ));
+        }
+        Ok(ProbePlan {
+            interval,
+            timeout,
+            jitter,
+            rise: self.rise,
+            fall: self.fall,
+            shutdown_delay,
+        })
+    }
+}
+
+fn rustls_name_ok(name: &str) -> Result<(), ()> {
+    rustls::pki_types::ServerName::try_from(name.to_owned())
+        .map(|_| ())
+        .map_err(|_| ())
 }
 
 /// Mode nat settings.
@@ -222,14 +435,18 @@ fn zero_duration() -> String {
     "0s".into()
 }
 
-/// "100ms", "1s", "1.5s", "0s".
+/// "100ms", "1s", "1.5s", "0s", "10m", "1h" (at most a day).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("{s:?} is not a duration; write it like 100ms or 1s");
+    let err = || format!("{s:?} is not a duration; write it like 100ms or 1s (or 10m, 1h)");
     let t = s.trim();
     let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1e-3)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
     } else {
         return Err(err());
     };
@@ -336,6 +553,9 @@ pub struct Service {
     pub rst_unservable: bool,
     #[serde(default = "default_maglev")]
     pub maglev_size: u32,
+    /// How the backends are probed.
+    #[serde(default)]
+    pub probe: ProbeSettings,
     /// Mode nat: the source address towards the backends: `node` (this node's
     /// address on the interface, of the VIP's family), `vip` (the VIP itself,
     /// so that connection state can move with it), or an address.
@@ -487,6 +707,49 @@ impl Config {
                 "idle timeouts must be at least 1 second".into(),
             ));
         }
+        parse_duration(&self.cert_gate.interval)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(10))
+            .ok_or_else(|| {
+                bad(
+                    "cert_gate.interval".into(),
+                    format!(
+                        "{:?}: use a duration of at least 10s, like 10m",
+                        self.cert_gate.interval
+                    ),
+                )
+            })?;
+        for (i, n) in self.cert_gate.names.iter().enumerate() {
+            if rustls_name_ok(n).is_err() || n.parse::<IpAddr>().is_ok() {
+                return Err(bad(
+                    format!("cert_gate.names[{i}]"),
+                    format!("{n:?} is not a DNS name (the VIPs are checked anyway)"),
+                ));
+            }
+        }
+        // One backend, one probe: its health is shared by every service
+        // that lists it.
+        let mut probes: std::collections::BTreeMap<std::net::SocketAddr, (usize, &ProbeSettings)> =
+            std::collections::BTreeMap::new();
+        for (i, s) in self.services.iter().enumerate() {
+            for (j, b) in s.backends.iter().enumerate() {
+                let addr = std::net::SocketAddr::new(b.address, b.port.unwrap_or(s.port));
+                match probes.get(&addr) {
+                    Some((first, p)) if *p != &s.probe => {
+                        return Err(bad(
+                            format!("services[{i}].backends[{j}]"),
+                            format!(
+                                "{addr} is probed with other settings in services[{first}]; give both services the same probe"
+                            ),
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        probes.insert(addr, (i, &s.probe));
+                    }
+                }
+            }
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -515,6 +778,9 @@ impl Config {
             }
             maglev::check_size(s.maglev_size)
                 .map_err(|e| bad(format!("{at}.maglev_size"), e.to_string()))?;
+            s.probe
+                .plan()
+                .map_err(|(f, m)| bad(format!("{at}.probe.{f}"), m))?;
             for (j, b) in s.backends.iter().enumerate() {
                 let bat = format!("{at}.backends[{j}]");
                 if b.address.is_ipv4() != s.vip.is_ipv4() {
@@ -754,7 +1020,9 @@ services:
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration(" 0.25s "), Ok(Duration::from_millis(250)));
-        for bad in ["100", "ms", "-1s", "1h", "nan s", "1e9s"] {
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["100", "ms", "-1s", "25h", "nan s", "1e9s", "1d"] {
             let e = parse_duration(bad).expect_err(bad);
             assert!(e.contains("100ms or 1s"), "{e}");
         }

@@ -1,9 +1,12 @@
 //! The vipd agent as a library: the dataplane loader and map writer, the Maglev
 //! table builder, configuration, and the pieces the `vipd` binary wires together.
 
+pub mod agent;
 pub mod certcheck;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
+pub mod health;
 pub mod host;
 pub mod maglev;
 pub mod probe;

@@ -19,6 +19,9 @@ pub struct MemMaps {
     pub ports: BTreeMap<u32, u64>,
     pub globals: Option<Globals>,
     pub writes: Writes,
+    /// Tests set this to make every Maglev write fail, as a full or broken
+    /// kernel map would.
+    pub fail_maglev: bool,
 }
 
 /// Write counts per map.
@@ -40,6 +43,7 @@ impl Default for MemMaps {
             ports: BTreeMap::new(),
             globals: None,
             writes: Writes::default(),
+            fail_maglev: false,
         }
     }
 }
@@ -68,6 +72,12 @@ impl Maps for MemMaps {
         Ok(())
     }
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        if self.fail_maglev {
+            return Err(DataplaneError::Full {
+                what: "Maglev entries (injected failure)",
+                max: 0,
+            });
+        }
         let slot = self
             .maglev
             .get_mut(index as usize)

@@ -74,8 +74,16 @@ pub struct RouterStats {
 
 enum Command {
     Priority(u8),
+    /// Keep out of the election (Initialize, no adverts, no VIP) while
+    /// set, with the reason; `None` joins again.
+    Hold(Option<String>),
     Stop,
 }
+
+/// The longest a stopping master keeps the VIPs after its priority-0
+/// advert, waiting for a Backup to take over (which takes its skew time,
+/// under one advert interval: RFC 9568 6.4.2).
+const HANDOVER_MAX: Duration = Duration::from_secs(2);
 
 /// The running router, owned by the agent.
 pub struct RouterHandle {
@@ -128,6 +136,13 @@ impl RouterHandle {
         let _ = self.tx.send(Command::Priority(p.max(1)));
     }
 
+    /// Holds the router out of the election with a reason (the certificate
+    /// gate refusing this node), or lets it join again with `None`. A held
+    /// Master hands over with priority 0, as on shutdown.
+    pub fn set_hold(&self, why: Option<String>) {
+        let _ = self.tx.send(Command::Hold(why));
+    }
+
     /// RFC 9568 6.4.3 Shutdown: a Master sends priority 0 so that a Backup
     /// takes over after its skew time, then the VIPs go. Asks only; see
     /// [`RouterHandle::stopped`].
@@ -147,6 +162,12 @@ impl RouterHandle {
 /// Opens the sockets (so that a missing interface or address fails the
 /// start, not later) and runs the router on the current tokio runtime.
 pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
+    spawn_held(spec, None)
+}
+
+/// [`spawn`], held out of the election from the start when `hold` is set
+/// (see [`RouterHandle::set_hold`]).
+pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, RouterError> {
     if spec.vips.is_empty() {
         return Err(RouterError::NoVips {
             ifname: spec.ifname,
@@ -208,8 +229,10 @@ pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
         state: state_tx,
         stats: stats.clone(),
         last_log: HashMap::new(),
+        defer_removal: false,
+        removal_deferred: false,
     };
-    let task = tokio::spawn(router.run(rx));
+    let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
         tx,
         state,
@@ -232,10 +255,14 @@ struct Router {
     state: watch::Sender<State>,
     stats: Arc<RouterStats>,
     last_log: HashMap<&'static str, Instant>,
+    /// While handing over on stop: keep the VIPs (and so local delivery)
+    /// until the new master is heard.
+    defer_removal: bool,
+    removal_deferred: bool,
 }
 
 impl Router {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, mut hold: Option<String>) {
         // A VIP left by an earlier vipd that died as Master (SIGKILL, crash)
         // would keep answering ARP here while another node holds it. The
         // owner's addresses are real and stay.
@@ -243,7 +270,9 @@ impl Router {
             self.remove_vips("left by an earlier run");
         }
         let mut link_up = self.link_up();
-        if link_up {
+        if let Some(w) = &hold {
+            error!(family = %label(self.spec.family), reason = %w, "VRRP: this node will not hold the VIP");
+        } else if link_up {
             self.feed(Input::Startup).await;
         } else {
             warn!(
@@ -275,8 +304,21 @@ impl Router {
                             self.feed(Input::Priority(p)).await;
                         }
                     }
+                    Some(Command::Hold(why)) => {
+                        let was_active = link_up && hold.is_none();
+                        match &why {
+                            Some(w) if hold.as_ref() != Some(w) => error!(family = %label(self.spec.family), reason = %w, "VRRP: this node will not hold the VIP"),
+                            None if hold.is_some() => info!(family = %label(self.spec.family), "VRRP: the hold is lifted; joining the election"),
+                            _ => {}
+                        }
+                        hold = why;
+                        let active = link_up && hold.is_none();
+                        if active != was_active {
+                            self.feed(if active { Input::Startup } else { Input::Shutdown }).await;
+                        }
+                    }
                     Some(Command::Stop) | None => {
-                        self.feed(Input::Shutdown).await;
+                        self.hand_over().await;
                         break;
                     }
                 },
@@ -301,12 +343,63 @@ impl Router {
                     if now_up != link_up {
                         link_up = now_up;
                         info!(family = %label(self.spec.family), interface = %self.spec.ifname, up = now_up, "link state changed");
-                        self.feed(if now_up { Input::Startup } else { Input::Shutdown }).await;
+                        if hold.is_none() {
+                            self.feed(if now_up { Input::Startup } else { Input::Shutdown }).await;
+                        }
                     }
                 }
             }
         }
         debug!(family = %label(self.spec.family), "VRRP router stopped");
+    }
+
+    /// Stop: a Master sends priority 0 (RFC 9568 6.4.3) and keeps the VIPs
+    /// until the Backup that takes over is heard (or [`HANDOVER_MAX`]), so
+    /// that nothing sent to the VIP meanwhile lands on a node without it.
+    async fn hand_over(&mut self) {
+        let master = self.machine.state() == State::Master;
+        self.defer_removal = master;
+        self.feed(Input::Shutdown).await;
+        self.defer_removal = false;
+        if !self.removal_deferred {
+            return;
+        }
+        self.removal_deferred = false;
+        let start = Instant::now();
+        let wait = (Duration::from_millis(u64::from(self.spec.plan.advert_interval_cs) * 10) * 3)
+            .min(HANDOVER_MAX);
+        let deadline = start + wait;
+        let heard = loop {
+            tokio::select! {
+                pkt = self.sock.recv() => {
+                    let Ok(pkt) = pkt else { continue };
+                    let own = [self.source];
+                    let policy = RxPolicy {
+                        vrid: self.spec.plan.vrid,
+                        family: self.spec.family,
+                        owner: false,
+                        unicast_peers: (!self.peers.is_empty()).then_some(self.peers.as_slice()),
+                        vips: &self.spec.vips,
+                        own_addrs: &own,
+                    };
+                    if let Ok(c) = packet::check(&pkt, &policy)
+                        && c.advert.priority > 0
+                    {
+                        break Some(pkt.src);
+                    }
+                }
+                () = tokio::time::sleep_until(deadline.into()) => break None,
+            }
+        };
+        match heard {
+            Some(peer) => {
+                info!(family = %label(self.spec.family), peer = %peer, after_ms = start.elapsed().as_millis() as u64, "VRRP: the new master is heard; handing the VIP over")
+            }
+            None => {
+                info!(family = %label(self.spec.family), waited_ms = wait.as_millis() as u64, "VRRP: no new master heard; releasing the VIP anyway")
+            }
+        }
+        self.remove_vips("handed over");
     }
 
     fn link_up(&mut self) -> bool {
@@ -385,11 +478,10 @@ impl Router {
                     }
                 }
             }
-            Action::RemoveVips => {
-                if self.spec.plan.priority != PRIORITY_OWNER {
-                    self.remove_vips("no longer master");
-                }
-            }
+            // The owner's addresses are real and stay.
+            Action::RemoveVips if self.spec.plan.priority == PRIORITY_OWNER => {}
+            Action::RemoveVips if self.defer_removal => self.removal_deferred = true,
+            Action::RemoveVips => self.remove_vips("no longer master"),
             Action::Announce => {
                 for vip in &self.spec.vips {
                     if let Err(e) = self.announcer.announce(*vip) {
