@@ -13,7 +13,7 @@ use vip_userspace::dataplane::kernel::{AttachMode, KernelMaps, LoadOptions, PROG
 use crate::{
     certs::TestPki,
     netns::{Lab, Proc, VIP_V4, VIP_V6, in_netns, mac_to_string},
-    standin::{StandinHandle, StandinOptions, spawn_in_thread},
+    standin::{HttpsConn, StandinHandle, StandinOptions, client_config, spawn_in_thread},
 };
 
 pub const PORT: u16 = 6443;
@@ -26,6 +26,49 @@ pub enum Fwd {
     Dsr,
     /// Backends are unmodified; vipd translates both directions.
     Nat,
+}
+
+/// The certificate a backend's stand-in presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertKind {
+    /// Issued by the lab CA for `kubernetes`, the VIPs and the node address.
+    Good,
+    /// The same without the VIPs in the SAN (a kubeadm cluster whose
+    /// certSANs forgot the VIP).
+    NoVipSan,
+}
+
+/// What [`LbLab::start_with`] builds.
+#[derive(Clone, Debug)]
+pub struct LbOptions {
+    pub xdp_mode: AttachMode,
+    pub fwd: Fwd,
+    /// Per backend, in [`BACKENDS`] order.
+    pub certs: [CertKind; 3],
+    /// More probe settings, as YAML flow-map entries (`interval: 200ms,
+    /// fall: 2`); the CA is always set.
+    pub probe: String,
+    /// The CA file vipd's probes trust; `None`: the lab's own.
+    pub probe_ca: Option<PathBuf>,
+    /// Elect the holder with VRRP (VRID 51, priority 150) instead of
+    /// `hold_vips`.
+    pub vrrp: bool,
+    /// Top-level YAML added to the config as is.
+    pub extra: String,
+}
+
+impl LbOptions {
+    pub fn new(xdp_mode: AttachMode, fwd: Fwd) -> LbOptions {
+        LbOptions {
+            xdp_mode,
+            fwd,
+            certs: [CertKind::Good; 3],
+            probe: String::new(),
+            probe_ca: None,
+            vrrp: false,
+            extra: String::new(),
+        }
+    }
 }
 
 /// client, lb (vipd), be1..be3 (apiserver stand-ins).
@@ -46,6 +89,13 @@ impl LbLab {
     /// Builds the topology and starts everything; returns once vipd says it
     /// is ready. `xdp_mode` is Native or Skb.
     pub fn start(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> LbLab {
+        LbLab::start_with(hint, &LbOptions::new(xdp_mode, fwd))
+    }
+
+    /// [`LbLab::start`] with certificates, probe settings and election as
+    /// `opts` says.
+    pub fn start_with(hint: &str, opts: &LbOptions) -> LbLab {
+        let (xdp_mode, fwd) = (opts.xdp_mode, opts.fwd);
         let lab = Lab::new(hint, &["client", "lb", "be1", "be2", "be3"]);
         let pki = TestPki::new();
         let ca_path = lab.dir().join("ca.crt");
@@ -84,15 +134,15 @@ impl LbLab {
                 ],
             );
         }
-        for be in BACKENDS {
+        for (be, kind) in BACKENDS.into_iter().zip(opts.certs) {
             let node = lab.node(be).clone();
+            let mut ips = vec![IpAddr::V4(node.ipv4)];
+            if kind == CertKind::Good {
+                ips.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
+            }
             let (cert, key) = pki.issue_server(
                 &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-                &[
-                    IpAddr::V4(VIP_V4),
-                    IpAddr::V6(VIP_V6),
-                    IpAddr::V4(node.ipv4),
-                ],
+                &ips,
             );
             let listener = in_netns(&node.ns, || TcpListener::bind(("::", PORT)))
                 .unwrap_or_else(|e| panic!("bind [::]:{PORT} in {be}: {e}"));
@@ -134,9 +184,21 @@ impl LbLab {
             AttachMode::Skb => "skb",
             AttachMode::Auto => "auto",
         };
+        let holder = if opts.vrrp {
+            "vrrp: { vrid: 51, priority: 150 }"
+        } else {
+            "hold_vips: true"
+        };
         let mut cfg = format!(
-            "# Written by vip_tests::scenario::LbLab\ninterface: eth0\nxdp_mode: {mode}\nhold_vips: true\nservices:\n"
+            "# Written by vip_tests::scenario::LbLab\ninterface: eth0\nxdp_mode: {mode}\n{holder}\n{}services:\n",
+            opts.extra
         );
+        let probe_ca = opts.probe_ca.clone().unwrap_or_else(|| ca_path.clone());
+        let probe_extra = if opts.probe.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", opts.probe)
+        };
         let fwd_mode = match fwd {
             Fwd::Dsr => "dsr",
             Fwd::Nat => "nat\n    snat: node",
@@ -145,8 +207,8 @@ impl LbLab {
             // /readyz over TLS verified with the lab's CA: the defaults but
             // for the CA's path.
             cfg.push_str(&format!(
-                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    probe: {{ ca: \"{}\" }}\n    backends:\n",
-                ca_path.display()
+                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    probe: {{ ca: \"{}\"{probe_extra} }}\n    backends:\n",
+                probe_ca.display()
             ));
             for be in BACKENDS {
                 let n = lab.node(be);
@@ -228,6 +290,60 @@ impl LbLab {
         } else {
             SocketAddr::new(IpAddr::V4(VIP_V4), PORT)
         }
+    }
+
+    /// A backend's address and port (IPv4).
+    pub fn backend(&self, be: &str) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.lab.node(be).ipv4), PORT)
+    }
+
+    /// Drives a stand-in's failure switches from the client namespace:
+    /// `what` is `readyz` (status `200`, `503`, `hang`...) or `auth`
+    /// (`200`, `401`, `403`).
+    pub fn control(&self, be: &str, what: &str, status: &str) {
+        let addr = self.backend(be);
+        let cfg = client_config(&self.pki.ca_pem(), None);
+        let ns = self.lab.node("client").ns.clone();
+        let path = format!("/standin/{what}?status={status}");
+        let r = in_netns(&ns, || {
+            HttpsConn::connect(addr, "kubernetes", cfg, Duration::from_secs(5))
+                .and_then(|mut c| c.request("POST", &path))
+        })
+        .unwrap_or_else(|e| panic!("POST {path} to {be}: {e:?}"));
+        assert_eq!(r.status, 200, "POST {path} to {be}: {}", r.text());
+    }
+
+    /// `n` new TLS connections to the IPv4 VIP from the client, each asking
+    /// GET /whoami: (status, body) per connection, or the error.
+    pub fn ask_vip(&self, n: usize) -> Vec<Result<(u16, String), String>> {
+        let cfg = client_config(&self.pki.ca_pem(), None);
+        let ns = self.lab.node("client").ns.clone();
+        let addr = LbLab::vip_addr(false);
+        in_netns(&ns, || {
+            (0..n)
+                .map(|_| {
+                    HttpsConn::connect(addr, "kubernetes", cfg.clone(), Duration::from_secs(3))
+                        .and_then(|mut c| c.get("/whoami"))
+                        .map(|r| (r.status, r.text().trim().to_owned()))
+                        .map_err(|e| format!("{e:?}"))
+                })
+                .collect()
+        })
+    }
+
+    /// The backends that answered `n` new connections through the VIP with
+    /// 200; panics on any failed connection.
+    pub fn answering(&self, n: usize) -> std::collections::BTreeSet<String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in self.ask_vip(n) {
+            match r {
+                Ok((200, who)) => {
+                    seen.insert(who);
+                }
+                other => panic!("through the VIP: {other:?}\n{}", self.vipd.logs()),
+            }
+        }
+        seen
     }
 
     /// Writes a kubeconfig for the VIP and returns its path. A token is set

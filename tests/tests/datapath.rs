@@ -47,6 +47,7 @@ fn backend(vip: IpAddr, i: u8, alive: bool, local: bool) -> DesiredBackend {
         mac: backend_mac(i),
         local,
         alive,
+        draining: false,
     }
 }
 

@@ -54,6 +54,7 @@ fn backend(v6: bool, i: u8) -> DesiredBackend {
         mac: [0; 6],
         local: false,
         alive: true,
+        draining: false,
     }
 }
 

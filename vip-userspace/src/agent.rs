@@ -381,15 +381,21 @@ fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
             first_failure,
             fall_reached,
         } => {
-            let ms = |d: Duration| d.as_secs_f64() * 1e3;
-            error!(
-                backend = %addr,
-                reason = %outcome,
-                probe_to_fall_ms = format!("{:.1}", ms(fall_reached.saturating_duration_since(*first_failure))),
-                fall_to_map_ms = format!("{:.2}", ms(written.saturating_duration_since(*fall_reached))),
-                total_ms = format!("{:.1}", ms(written.saturating_duration_since(*first_failure))),
-                "backend down: no new flows; its open connections get an RST"
-            );
+            let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+            let probe_to_fall_ms = ms(fall_reached.saturating_duration_since(*first_failure));
+            let fall_to_map_ms = ms(written.saturating_duration_since(*fall_reached));
+            let total_ms = ms(written.saturating_duration_since(*first_failure));
+            if matches!(outcome, Outcome::Fail(f) if f.unreachable()) {
+                error!(
+                    backend = %addr, reason = %outcome, probe_to_fall_ms, fall_to_map_ms, total_ms,
+                    "backend down: no new flows; its open connections get an RST"
+                );
+            } else {
+                error!(
+                    backend = %addr, reason = %outcome, probe_to_fall_ms, fall_to_map_ms, total_ms,
+                    "backend not ready: no new flows; its open connections stay until it closes them"
+                );
+            }
         }
         Change::Up => info!(backend = %addr, "backend up: receives new flows"),
         Change::AuthRefused(code) => error!(

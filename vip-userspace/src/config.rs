@@ -883,6 +883,7 @@ impl Config {
                                     .unwrap_or_default(),
                                 local: b.local,
                                 alive: true,
+                                draining: false,
                             }
                         })
                         .collect(),

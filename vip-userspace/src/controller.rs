@@ -65,6 +65,17 @@ pub struct ProbeEffect {
     pub report: Option<ApplyReport>,
 }
 
+/// What the dataplane does with a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// In the Maglev table.
+    Serving,
+    /// Out of the table, established flows kept.
+    Draining,
+    /// Out of the table, established flows get an RST.
+    Dead,
+}
+
 /// A backend's state for logs and status.
 #[derive(Debug, Clone)]
 pub struct BackendStatus {
@@ -208,18 +219,34 @@ impl<M: Maps> Controller<M> {
         }
     }
 
-    /// A backend receives new flows when it is up and, with the gate
+    /// What a backend gets. New flows when it is up and, with the gate
     /// refusing, its certificate is not known to lack the VIP (every TLS
-    /// client of the VIP would fail on it). In bootstrap the local
-    /// apiserver is used whatever its probe says.
-    fn serving(&self, addr: &SocketAddr, local: bool) -> bool {
+    /// client of the VIP would fail on it). Its established flows stay while
+    /// it still answers (a 503 from /readyz is an apiserver draining for
+    /// its --shutdown-delay-duration: it finishes and closes them itself; a
+    /// TLS failure or a certificate without the VIP is no reason to cut
+    /// working connections); they get an RST once it stops answering
+    /// (timeout, refused, unreachable), instead of hanging. In bootstrap the
+    /// local apiserver is used whatever its probe says.
+    fn use_of(&self, addr: &SocketAddr, local: bool) -> Use {
         if self.bootstrapping && local {
-            return true;
+            return Use::Serving;
         }
-        let up = self.health.get(addr).is_none_or(Health::up);
+        let h = self.health.get(addr);
         let san_ok = self.cfg.cert_gate.on_missing_san != GateAction::Refuse
             || !matches!(self.certs.get(addr), Some(CertState::Missing(_)));
-        up && san_ok
+        match h {
+            Some(h) if !h.up() => match h.last_failure() {
+                Some(f) if f.unreachable() => Use::Dead,
+                _ => Use::Draining,
+            },
+            _ if !san_ok => Use::Draining,
+            _ => Use::Serving,
+        }
+    }
+
+    fn serving(&self, addr: &SocketAddr, local: bool) -> bool {
+        self.use_of(addr, local) == Use::Serving
     }
 
     /// The services as the maps should hold them. A service with no serving
@@ -236,20 +263,25 @@ impl<M: Maps> Controller<M> {
             let mut any = false;
             for (b, db) in svc.backends.iter().zip(ds.backends.iter_mut()) {
                 let addr = SocketAddr::new(b.address, b.port.unwrap_or(svc.port));
-                db.alive = self.serving(&addr, b.local);
-                any |= db.alive;
+                let u = self.use_of(&addr, b.local);
+                db.alive = u != Use::Dead;
+                db.draining = u == Use::Draining;
+                any |= u == Use::Serving;
             }
             let name = service_name(&self.cfg, i);
             if !any && !ds.backends.is_empty() {
-                ds.backends.iter_mut().for_each(|b| b.alive = true);
+                ds.backends.iter_mut().for_each(|b| {
+                    b.alive = true;
+                    b.draining = false;
+                });
                 if self.failing_open.insert(name.clone()) {
                     error!(
                         service = %name,
-                        "no backend passes its probe: forwarding to all of them (fail open) until one does; check the probe settings (probe.ca, probe.server_name) if the apiservers are in fact up"
+                        "no usable backend (probes failing, or certificates without the VIP): forwarding to all of them (fail open) until one is; if the apiservers are in fact up, check probe.ca and probe.server_name"
                     );
                 }
             } else if any && self.failing_open.remove(&name) {
-                info!(service = %name, "a backend passes its probe again: fail open is over");
+                info!(service = %name, "a backend is usable again: fail open is over");
             }
         }
         Ok(d)
@@ -562,7 +594,7 @@ services:
         for a in [be(11), be(12), be(13)] {
             assert!(count(&before, a) >= 83, "even split: {}", count(&before, a));
         }
-        let down = Outcome::Fail(Failure::Status(503));
+        let down = Outcome::Fail(Failure::Refused);
         let e = feed(&mut c, &mut clock, be(12), &down);
         assert!(
             e.changes.is_empty() && e.report.is_none(),
@@ -615,6 +647,60 @@ services:
         assert_eq!(e.changes, [Change::Up]);
         assert_eq!(table(&c), before);
         assert!(alive_flag(&c, be(12)));
+    }
+
+    #[test]
+    fn not_ready_drains_and_unreachable_resets() {
+        let mut c = ctl(NAT3);
+        let mut clock = Clock(Instant::now());
+        for _ in 0..2 {
+            feed(
+                &mut c,
+                &mut clock,
+                be(11),
+                &Outcome::Fail(Failure::Status(503)),
+            );
+            feed(
+                &mut c,
+                &mut clock,
+                be(12),
+                &Outcome::Fail(Failure::Tls("unknown CA".into())),
+            );
+        }
+        let t = table(&c);
+        assert_eq!(count(&t, be(11)) + count(&t, be(12)), 0, "no new flows");
+        assert!(
+            alive_flag(&c, be(11)) && alive_flag(&c, be(12)),
+            "a draining apiserver keeps its connections"
+        );
+        // The same backend then stops answering: now its flows get an RST.
+        let e = feed(&mut c, &mut clock, be(11), &Outcome::Fail(Failure::Timeout));
+        assert!(e.changes.is_empty(), "already down");
+        assert!(e.report.is_some(), "the alive bit is written");
+        assert!(!alive_flag(&c, be(11)));
+        assert_eq!(table(&c), t, "the table did not change");
+    }
+
+    #[test]
+    fn a_dead_backend_loses_its_alive_bit_only_after_the_table_switch() {
+        // A failure injected into the table write leaves the bit alone: no
+        // packet may meet a table that names a backend marked dead.
+        let mut c = ctl(NAT3);
+        let mut clock = Clock(Instant::now());
+        c.programmer_mut().maps_mut().fail_maglev = true;
+        feed(&mut c, &mut clock, be(13), &Outcome::Fail(Failure::Refused));
+        let (s, f) = clock.probe();
+        assert!(
+            c.probe(be(13), s, f, &Outcome::Fail(Failure::Refused))
+                .is_err()
+        );
+        assert!(
+            alive_flag(&c, be(13)),
+            "still in the live table, still alive"
+        );
+        c.programmer_mut().maps_mut().fail_maglev = false;
+        c.tick().expect("written");
+        assert!(!alive_flag(&c, be(13)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::probe::Outcome;
+use crate::probe::{Failure, Outcome};
 
 /// What a probe outcome changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,7 @@ pub struct Health {
     auth: Option<u16>,
     ever_passed: bool,
     last: Option<Outcome>,
+    last_failure: Option<Failure>,
     last_latency: Option<Duration>,
     last_change: Option<Instant>,
 }
@@ -55,6 +56,7 @@ impl Health {
             auth: None,
             ever_passed: false,
             last: None,
+            last_failure: None,
             last_latency: None,
             last_change: None,
         }
@@ -91,6 +93,9 @@ impl Health {
             }
         }
         self.last = Some(outcome.clone());
+        if let Outcome::Fail(f) = outcome {
+            self.last_failure = Some(f.clone());
+        }
         self.last_latency = Some(finished.saturating_duration_since(started));
         if pass {
             self.ever_passed = true;
@@ -140,6 +145,12 @@ impl Health {
         self.last.as_ref()
     }
 
+    /// The most recent failed probe's failure: while down, what kind of
+    /// down it is (a single pass before `rise` does not change that).
+    pub fn last_failure(&self) -> Option<&Failure> {
+        self.last_failure.as_ref()
+    }
+
     pub fn last_latency(&self) -> Option<Duration> {
         self.last_latency
     }
@@ -161,7 +172,6 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::Failure;
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)

@@ -468,6 +468,16 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The backend no longer answers at all (hung, refused, unreachable),
+    /// as opposed to answering "not ready" or with a certificate we refuse:
+    /// its established connections are gone or stuck too.
+    pub fn unreachable(&self) -> bool {
+        matches!(
+            self,
+            Failure::Timeout | Failure::Refused | Failure::Connect(_)
+        )
+    }
+
     /// Stable label for metrics and logs: `timeout`, `refused`, `connect`,
     /// `tls`, `http_status`, `protocol`.
     pub fn label(&self) -> &'static str {

@@ -88,6 +88,7 @@ fn service(n: u8) -> DesiredService {
                     mac: [2, 0, 0, 0, 1, i],
                     local: false,
                     alive: true,
+                    draining: false,
                 }
             })
             .collect(),

@@ -28,8 +28,19 @@ pub struct DesiredBackend {
     pub mac: [u8; 6],
     /// This node: mode dsr hands its packets to the local stack.
     pub local: bool,
-    /// Healthy: may receive new flows, and keeps its established ones.
+    /// Keeps its established flows; unset, they get an RST.
     pub alive: bool,
+    /// Alive but out of the Maglev table: no new flows (an apiserver that
+    /// answers but is not ready, e.g. draining for its shutdown delay,
+    /// finishes and closes its own connections).
+    pub draining: bool,
+}
+
+impl DesiredBackend {
+    /// Takes new flows.
+    pub fn in_table(&self) -> bool {
+        self.alive && !self.draining
+    }
 }
 
 impl DesiredBackend {
@@ -175,7 +186,10 @@ impl<M: Maps> Programmer<M> {
         }
 
         // 1. Backends: allocate ids and write values (new ids are referenced by
-        //    no table yet; existing ones only flip their alive bit).
+        //    no table yet; existing ones only flip their alive bit). A bit
+        //    that goes from alive to dead is written after the tables stop
+        //    naming the backend (step 2b): before that, the new SYNs its
+        //    slots still get would be answered with an RST.
         let mut wanted_backends: BTreeMap<BackendIdent, bool> = BTreeMap::new();
         for s in desired {
             for b in &s.backends {
@@ -183,6 +197,7 @@ impl<M: Maps> Programmer<M> {
                 *alive |= b.alive;
             }
         }
+        let mut dying = vec![];
         for (bi, alive) in &wanted_backends {
             let value = BackendValue {
                 addr: bi.addr,
@@ -194,6 +209,9 @@ impl<M: Maps> Programmer<M> {
             };
             match self.backends.get(bi) {
                 Some((_, old)) if *old == value => {}
+                Some((id, old)) if old.flags & BE_F_ALIVE != 0 && !*alive => {
+                    dying.push((bi.clone(), *id, value));
+                }
                 Some((id, _)) => {
                     let id = *id;
                     self.maps.set_backend(id, &value)?;
@@ -220,7 +238,7 @@ impl<M: Maps> Programmer<M> {
             let alive: Vec<(Vec<u8>, u32)> = s
                 .backends
                 .iter()
-                .filter(|b| b.alive)
+                .filter(|b| b.in_table())
                 .filter_map(|b| {
                     self.backends
                         .get(&ident(b))
@@ -306,6 +324,14 @@ impl<M: Maps> Programmer<M> {
             report.services_published += 1;
         }
 
+        // 2b. Backends no table names any more lose their alive bit: their
+        //     established flows get an RST from here on.
+        for (bi, id, value) in dying {
+            self.maps.set_backend(id, &value)?;
+            self.backends.insert(bi, (id, value));
+            report.backend_writes += 1;
+        }
+
         // 3. Ports: the union of the wanted services' ports.
         let mut ports: BTreeMap<u32, u64> = BTreeMap::new();
         for k in wanted.keys() {
@@ -388,6 +414,7 @@ mod tests {
             mac: [2, 0, 0, 0, 0, last],
             local: false,
             alive,
+            draining: false,
         }
     }
 
