@@ -10,6 +10,7 @@ pub mod keepalived;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
+pub mod reaction;
 pub mod scenario;
 pub mod standin;
 pub mod vrrpd;

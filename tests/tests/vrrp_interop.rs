@@ -475,6 +475,14 @@ fn sigterm_hands_over_with_priority_zero() {
         "vipd left {vip} on lb1 after SIGTERM"
     );
     k2.wait_log(") Backup received priority 0 advertisement", SHORT);
+    // vipd kept the VIP (and its local delivery) until keepalived took over.
+    let logs = v1.logs();
+    assert!(
+        logs.contains("the new master is heard; handing the VIP over")
+            && logs.contains(&format!("peer={src2} after_ms="))
+            && logs.contains("why=handed over"),
+        "{logs}"
+    );
     assert_eq!(
         v1.states(Family::V4).last(),
         Some(&VrrpState::Init),
@@ -520,6 +528,10 @@ fn sigterm_hands_over_with_priority_zero() {
         .expect("adverts from keepalived")
         .0;
     let skew = first2 - zero;
+    assert!(
+        exit_took >= skew,
+        "vipd exited {exit_took:.3} s after SIGTERM, before keepalived's first advert ({skew:.3} s after the priority 0)"
+    );
     assert!(
         (0.0..0.3).contains(&skew),
         "keepalived's first advert {skew:.3} s after vipd's priority 0; its Skew_Time is 0.061 s, \

@@ -283,7 +283,7 @@ fn held_vips(cfg: &Config) -> Vec<IpAddr> {
 
 /// One VRRP virtual router per address family with VIPs (RFC 9568: the
 /// families are separate instances, here with the same VRID).
-fn start_vrrp(cfg: &Config, hold: Option<String>) -> Result<Vec<RouterHandle>> {
+fn start_vrrp(cfg: &Config, holds: &HashMap<Family, Option<String>>) -> Result<Vec<RouterHandle>> {
     let Some(v) = &cfg.vrrp else {
         return Ok(vec![]);
     };
@@ -303,7 +303,7 @@ fn start_vrrp(cfg: &Config, hold: Option<String>) -> Result<Vec<RouterHandle>> {
             plan: plan.clone(),
             vips,
         };
-        match router::spawn_held(spec, hold.clone()) {
+        match router::spawn_held(spec, holds.get(&family).cloned().flatten()) {
             Ok(r) => routers.push(r),
             Err(e) => {
                 return Err(anyhow::Error::new(e)
@@ -497,7 +497,12 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             _ => break,
         }
     }
-    let mut hold = ctl.gate_hold();
+    let hold_of =
+        |ctl: &Controller<KernelMaps>, f: Family| ctl.gate_hold(|vip| Family::of(&vip) == f);
+    let mut holds: HashMap<Family, Option<String>> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| (f, hold_of(&ctl, f)))
+        .collect();
 
     let vips = held_vips(&cfg);
     let mut added = vec![];
@@ -514,7 +519,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
     }
-    let routers = match start_vrrp(&cfg, hold.clone()) {
+    let routers = match start_vrrp(&cfg, &holds) {
         Ok(r) => r,
         Err(e) => {
             remove_vips(&cfg.interface, &added);
@@ -675,11 +680,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         // What VRRP must know after whatever happened.
-        let now_hold = ctl.gate_hold();
-        if now_hold != hold {
-            hold = now_hold;
-            for r in &routers {
-                r.set_hold(hold.clone());
+        for r in &routers {
+            let now = hold_of(&ctl, r.family());
+            if holds.get(&r.family()) != Some(&now) {
+                r.set_hold(now.clone());
+                holds.insert(r.family(), now);
             }
         }
         let now_local = ctl.local_ok();

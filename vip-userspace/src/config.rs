@@ -1016,6 +1016,75 @@ services:
         assert_eq!(p.unicast_peers, ["10.0.0.3".parse::<IpAddr>().expect("ip")]);
     }
 
+    /// Every example under examples/ is a valid configuration.
+    #[test]
+    fn the_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).expect("examples folder") {
+            let path = e.expect("entry").path();
+            if path.extension().is_some_and(|x| x == "yaml") {
+                Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "{n} examples");
+    }
+
+    #[test]
+    fn probe_and_gate_settings_default_and_refuse_nonsense() {
+        let c = parse(GOOD).expect("valid");
+        let p = &c.services[0].probe;
+        assert_eq!(p.kind, ProbeType::Https);
+        assert_eq!(p.path, "/readyz");
+        assert_eq!(p.ca, PathBuf::from("/etc/kubernetes/pki/ca.crt"));
+        assert_eq!(p.server_name, "kubernetes");
+        let plan = p.plan().expect("plan");
+        assert_eq!(
+            (plan.interval, plan.timeout, plan.rise, plan.fall),
+            (Duration::from_secs(1), Duration::from_secs(1), 2, 2)
+        );
+        assert_eq!(plan.worst_fast_fail(), Duration::from_millis(2200));
+        assert_eq!(plan.worst_detection(), Duration::from_millis(3200));
+        assert_eq!(c.cert_gate.on_missing_san, GateAction::Refuse);
+        assert!(!c.bootstrap);
+        let with = |probe: &str| {
+            GOOD.replace(
+                "    backends:",
+                &format!("    probe: {{ {probe} }}\n    backends:"),
+            )
+        };
+        for (probe, want) in [
+            ("interval: 50ms", "services[0].probe.interval"),
+            ("timeout: 2s", "services[0].probe.timeout"),
+            ("jitter: 600ms", "services[0].probe.jitter"),
+            ("fall: 0", "services[0].probe.fall"),
+            ("path: readyz", "services[0].probe.path"),
+            ("client_cert: /x.crt", "client_key go together"),
+            (
+                "server_name: \"not a name\"",
+                "services[0].probe.server_name",
+            ),
+            ("kind: https", "unknown field `kind`"),
+        ] {
+            let e = err(&with(probe));
+            assert!(e.contains(want), "{probe}: {e}");
+        }
+        let e = err(&format!("cert_gate: {{ interval: 1s }}\n{GOOD}"));
+        assert!(e.contains("cert_gate.interval"), "{e}");
+        let e = err(&format!("cert_gate: {{ names: [10.0.0.1] }}\n{GOOD}"));
+        assert!(e.contains("cert_gate.names[0]"), "{e}");
+        // One backend in two services with different probes.
+        let two = format!(
+            "{GOOD}  - vip: 10.0.0.101\n    mode: dsr\n    probe: {{ type: tcp }}\n    backends:\n      - address: 10.0.0.12\n        local: true\n"
+        );
+        let e = err(&two);
+        assert!(
+            e.contains("services[1].backends[0]") && e.contains("same probe"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn durations_parse_or_say_how_to_write_them() {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));

@@ -389,15 +389,16 @@ impl<M: Maps> Controller<M> {
         self.sync()
     }
 
-    /// Why this node must not hold the VIP, if it must not: the gate
+    /// Why this node must not hold the VIPs `mine` selects (one VRRP
+    /// router's, i.e. one address family), if it must not: the gate
     /// refuses, and this node's own apiserver lacks a name, or every
     /// backend of a service whose certificate is known lacks one.
-    pub fn gate_hold(&self) -> Option<String> {
+    pub fn gate_hold(&self, mine: impl Fn(IpAddr) -> bool) -> Option<String> {
         if self.cfg.cert_gate.on_missing_san != GateAction::Refuse || self.bootstrapping {
             return None;
         }
         for (i, s) in self.cfg.services.iter().enumerate() {
-            if s.probe.kind != ProbeType::Https {
+            if s.probe.kind != ProbeType::Https || !mine(s.vip) {
                 continue;
             }
             let mut known = 0;
@@ -781,10 +782,14 @@ services:
         c.cert(be(12), CertCheck::Checked(report(vec![vip()])), now)
             .expect("ok");
         assert_eq!(count(&table(&c), be(12)), 0);
-        assert_eq!(c.gate_hold(), None, "another backend serves the VIP");
+        assert_eq!(
+            c.gate_hold(|_| true),
+            None,
+            "another backend serves the VIP"
+        );
         c.cert(be(13), CertCheck::Checked(report(vec![vip()])), now)
             .expect("ok");
-        let why = c.gate_hold().expect("own apiserver lacks the VIP");
+        let why = c.gate_hold(|_| true).expect("own apiserver lacks the VIP");
         assert!(
             why.contains("10.0.0.13:6443") && why.contains("certSANs"),
             "{why}"
@@ -792,15 +797,15 @@ services:
         // Unreachable teaches nothing: the last known state stays.
         c.cert(be(13), CertCheck::Unreachable("refused".into()), now)
             .expect("ok");
-        assert!(c.gate_hold().is_some());
+        assert!(c.gate_hold(|_| true).is_some());
         c.cert(be(13), CertCheck::Checked(report(vec![])), now)
             .expect("ok");
-        assert_eq!(c.gate_hold(), None);
+        assert_eq!(c.gate_hold(|_| true), None);
         c.cert(be(11), CertCheck::Checked(report(vec![vip()])), now)
             .expect("ok");
         c.cert(be(13), CertCheck::Checked(report(vec![vip()])), now)
             .expect("ok");
-        let why = c.gate_hold().expect("no backend has the VIP");
+        let why = c.gate_hold(|_| true).expect("no backend has the VIP");
         assert!(
             why.contains("10.0.0.13") || why.contains("no backend"),
             "{why}"
@@ -814,7 +819,7 @@ services:
         let mut w = ctl(&format!("cert_gate:\n  on_missing_san: warn\n{stacked}"));
         w.cert(be(13), CertCheck::Checked(report(vec![vip()])), now)
             .expect("ok");
-        assert_eq!(w.gate_hold(), None, "warn only warns");
+        assert_eq!(w.gate_hold(|_| true), None, "warn only warns");
         assert!(count(&table(&w), be(13)) > 0);
         let off = ctl(&format!("cert_gate:\n  on_missing_san: off\n{NAT3}"));
         assert!(off.gate_targets().is_empty());
@@ -855,11 +860,11 @@ services:
             SystemTime::now(),
         )
         .expect("ok");
-        assert_eq!(c.gate_hold(), None, "nor a gate");
+        assert_eq!(c.gate_hold(|_| true), None, "nor a gate");
         feed(&mut c, &mut clock, be(13), &Outcome::Up);
         assert!(!c.bootstrapping(), "the first ready apiserver ends it");
         assert!(!c.local_ok(), "be13 is still down by its count (rise 2)");
-        assert!(c.gate_hold().is_some());
+        assert!(c.gate_hold(|_| true).is_some());
     }
 
     #[test]

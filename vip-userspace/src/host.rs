@@ -1,10 +1,11 @@
-//! What vipd changes on the host besides BPF maps: sysctls that mode nat needs,
-//! and keeping backend neighbours resolved. Every change is undone on stop.
+//! What vipd changes on the host besides BPF maps: sysctls that mode nat needs
+//! and the VIP addresses. Every change is undone on stop. (The backends'
+//! neighbour entries, which mode nat's FIB lookups need, stay resolved by
+//! the health probes' connections.)
 
 use std::{
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use thiserror::Error;
@@ -237,14 +238,4 @@ pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
         .iter()
         .flat_map(|i| i.addr.iter().map(|a| a.ip()))
         .collect())
-}
-
-/// Makes the kernel resolve (and keep fresh) the neighbour entries of the
-/// backends: mode nat's FIB lookups in XDP find the next hop's MAC only in the
-/// neighbour table, and a TCP connect is what resolves it.
-pub fn touch_backends(backends: &[SocketAddr]) {
-    for b in backends {
-        // The outcome does not matter; the ARP/ND exchange does.
-        let _ = TcpStream::connect_timeout(b, Duration::from_millis(500));
-    }
 }

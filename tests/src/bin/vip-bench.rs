@@ -1,7 +1,8 @@
 //! `cargo xtask bench dataplane`: ns per packet through BPF_PROG_TEST_RUN for the
 //! real program against trivial baselines measured in the same run.
 //! `cargo xtask bench failover`: VIP outage when the VRRP master crashes, vipd
-//! against keepalived in the same run (tests/src/failover.rs).
+//! against keepalived in the same run (tests/src/failover.rs). `cargo xtask bench reaction`:
+//! how long a failing apiserver keeps new flows (tests/src/reaction.rs).
 //!
 //! Re-processing: with `repeat > 1` the kernel runs the program again on the
 //! buffer it already rewrote. The mode dsr rewrite only changes the Ethernet
@@ -27,6 +28,7 @@ use vip_tests::{
     failover,
     netns::{Lab, in_netns},
     packet::{Pkt, TCP_ACK, TCP_SYN},
+    reaction,
 };
 use vip_userspace::{
     config::addr_bytes,
@@ -39,7 +41,7 @@ use vip_userspace::{
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `dataplane` or `failover`.
+    /// Which benchmark: `dataplane`, `failover` or `reaction`.
     what: String,
     /// Samples per case (each the kernel's mean over `repeat` runs).
     #[arg(long, default_value_t = 15)]
@@ -53,7 +55,8 @@ struct Args {
     /// Largest connection-table fill to measure.
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: u32,
-    /// failover: crashes of the master per implementation.
+    /// failover: crashes of the master per implementation; reaction:
+    /// failures per kind.
     #[arg(long, default_value_t = 30)]
     runs: usize,
 }
@@ -270,9 +273,9 @@ fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if a.what != "dataplane" && a.what != "failover" {
+    if !["dataplane", "failover", "reaction"].contains(&a.what.as_str()) {
         bail!(
-            "unknown benchmark {:?}; available: dataplane, failover",
+            "unknown benchmark {:?}; available: dataplane, failover, reaction",
             a.what
         );
     }
@@ -282,6 +285,9 @@ fn main() -> Result<()> {
     }
     if a.what == "failover" {
         return failover::run(&failover::Options { runs: a.runs });
+    }
+    if a.what == "reaction" {
+        return reaction::run(&reaction::Options { runs: a.runs });
     }
     let est = Pkt::tcp(ip("10.77.0.10"), 40000, ip(VIP), PORT, TCP_ACK)
         .payload(&[0; 10])
