@@ -346,6 +346,49 @@ impl LbLab {
         seen
     }
 
+    /// GET `path` from vipd's metrics endpoint (127.0.0.1:9590 in the lb
+    /// namespace): (status, body).
+    pub fn vipd_http(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let ns = self.lab.node("lb").ns.clone();
+        let path = path.to_owned();
+        in_netns(&ns, move || {
+            let mut s = std::net::TcpStream::connect_timeout(
+                &vip_userspace::config::DEFAULT_METRICS_LISTEN
+                    .parse()
+                    .expect("address"),
+                Duration::from_secs(3),
+            )
+            .expect("connect to vipd's metrics endpoint");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            write!(s, "GET {path} HTTP/1.1\r\nHost: vipd\r\n\r\n").expect("send");
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("read the answer");
+            let status = out
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+            (status, body.to_owned())
+        })
+    }
+
+    /// One sample of vipd's metrics: `series` is the name with its labels
+    /// as exposed (`vipd_backend_serving{backend="10.77.0.11:6443"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, body) = self.vipd_http("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
     /// Writes a kubeconfig for the VIP and returns its path. A token is set
     /// (the stand-in ignores it) because kubectl with no credentials at all
     /// prompts for a username.

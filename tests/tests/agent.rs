@@ -201,6 +201,82 @@ fn probes_follow_503_hung_401_and_killed_backends() {
         "be1 was up throughout:\n{}",
         l.vipd.logs()
     );
+
+    // The same story in the metrics (refreshed once a second).
+    let series = |name: &str, be: &str, extra: &str| {
+        format!("{name}{{backend=\"{}\"{extra}}}", l.backend(be))
+    };
+    // (series, lowest, highest) of its value.
+    let wants = [
+        (
+            series("vipd_backend_state", "be2", ",state=\"down\""),
+            1.0,
+            1.0,
+        ),
+        (
+            series("vipd_backend_state", "be1", ",state=\"up\""),
+            1.0,
+            1.0,
+        ),
+        (series("vipd_backend_serving", "be3", ""), 0.0, 0.0),
+        (series("vipd_cert_san_ok", "be3", ""), 0.0, 0.0),
+        (series("vipd_cert_san_ok", "be1", ""), 1.0, 1.0),
+        (
+            series("vipd_cert_expiry_seconds", "be1", ""),
+            86_400.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_probe_failures_total", "be2", ",reason=\"auth\""),
+            2.0,
+            f64::MAX,
+        ),
+        (
+            series(
+                "vipd_probe_failures_total",
+                "be1",
+                ",reason=\"http_status\"",
+            ),
+            2.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_probe_failures_total", "be2", ",reason=\"timeout\""),
+            2.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_probe_failures_total", "be2", ",reason=\"refused\""),
+            2.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_backend_new_flows_total", "be1", ""),
+            10.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_backend_packets_total", "be1", ""),
+            100.0,
+            f64::MAX,
+        ),
+        (
+            series("vipd_backend_bytes_total", "be1", ""),
+            10_000.0,
+            f64::MAX,
+        ),
+    ];
+    poll_until(
+        Duration::from_secs(5),
+        || l.vipd_http("/metrics").1,
+        || {
+            wants
+                .iter()
+                .all(|(s, lo, hi)| l.metric(s).is_some_and(|v| (*lo..=*hi).contains(&v)))
+        },
+    );
+    assert_eq!(l.vipd_http("/readyz"), (200, "ok\n".to_owned()));
+    assert_eq!(l.vipd_http("/healthz").0, 200);
 }
 
 /// vipd's probes trust another CA: every backend fails TLS, and rather
@@ -316,6 +392,15 @@ fn cert_gate_refuses_master_until_told_to_warn() {
         "the gate let the VIP on:\n{logs}"
     );
     assert!(!logs.contains("to=master"), "{logs}");
+    poll_until(
+        Duration::from_secs(3),
+        || l.vipd_http("/metrics").1,
+        || {
+            l.metric("vipd_vrrp_held{family=\"ipv4\"}") == Some(1.0)
+                && l.metric("vipd_vrrp_state{family=\"ipv4\",state=\"initialize\"}") == Some(1.0)
+                && l.metric("vipd_fail_open{service=\"10.77.0.100:6443\"}") == Some(1.0)
+        },
+    );
 
     let cfg = std::fs::read_to_string(&l.config_path).expect("read config");
     std::fs::write(
@@ -327,4 +412,15 @@ fn cert_gate_refuses_master_until_told_to_warn() {
     wait_log(&l, "the hold is lifted", 1, Duration::from_secs(5));
     l.lab.wait_addr("lb", vip, true, Duration::from_secs(3));
     wait_log(&l, "to=master", 2, Duration::from_secs(3));
+    poll_until(
+        Duration::from_secs(3),
+        || l.vipd_http("/metrics").1,
+        || {
+            l.metric("vipd_vrrp_held{family=\"ipv4\"}") == Some(0.0)
+                && l.metric("vipd_vrrp_state{family=\"ipv4\",state=\"master\"}") == Some(1.0)
+                && l.metric("vipd_vrrp_became_master_total{family=\"ipv4\"}") == Some(1.0)
+                && l.metric("vipd_vrrp_adverts_sent_total{family=\"ipv4\"}")
+                    .is_some_and(|v| v > 0.0)
+        },
+    );
 }

@@ -21,7 +21,7 @@ use vip_common::Reason;
 use crate::{
     certcheck::{self, CertCheck},
     config::{Config, Mode, ProbeSettings, ProbeType, parse_duration},
-    controller::Controller,
+    controller::{CertState, Controller},
     dataplane::{
         Maps,
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
@@ -29,6 +29,10 @@ use crate::{
     },
     health::Change,
     host,
+    metrics::{
+        self, BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics,
+        ReasonLabel, ServiceLabel, mirror,
+    },
     probe::{self, Outcome, ProbeKind, ProbeSpec, ProbeTls},
     vrrp::{
         Family,
@@ -342,6 +346,7 @@ fn check_reloadable(old: &Config, new: &Config) -> Result<()> {
         ("nat", old.nat != new.nat),
         ("vrrp", old.vrrp != new.vrrp),
         ("hold_vips", old.hold_vips != new.hold_vips),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
         (
             "services[].vip: the VIPs VRRP elects a holder for",
             old.vrrp.is_some() && service_vips(old) != service_vips(new),
@@ -407,9 +412,141 @@ fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
     }
 }
 
+/// Copies what lives elsewhere (controller, VRRP routers, BPF counters)
+/// into the metrics; once a second.
+fn refresh<M: Maps>(
+    m: &Metrics,
+    ctl: &Controller<M>,
+    routers: &[RouterHandle],
+    holds: &HashMap<Family, Option<String>>,
+    priority: u8,
+) {
+    for r in routers {
+        let family = router::label(r.family()).to_owned();
+        let fl = FamilyLabel {
+            family: family.clone(),
+        };
+        for st in [
+            crate::vrrp::machine::State::Initialize,
+            crate::vrrp::machine::State::Backup,
+            crate::vrrp::machine::State::Master,
+        ] {
+            m.vrrp_state
+                .get_or_create(&FamilyState {
+                    family: family.clone(),
+                    state: st.label().to_owned(),
+                })
+                .set(i64::from(r.state() == st));
+        }
+        m.vrrp_priority.get_or_create(&fl).set(i64::from(priority));
+        m.vrrp_held.get_or_create(&fl).set(i64::from(
+            holds.get(&r.family()).is_some_and(Option::is_some),
+        ));
+        let s = r.stats();
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        mirror(
+            &m.vrrp_became_master.get_or_create(&fl),
+            load(&s.became_master),
+        );
+        mirror(&m.vrrp_left_master.get_or_create(&fl), load(&s.left_master));
+        mirror(
+            &m.vrrp_adverts_sent.get_or_create(&fl),
+            load(&s.adverts_sent),
+        );
+        mirror(
+            &m.vrrp_adverts_received.get_or_create(&fl),
+            load(&s.adverts_received),
+        );
+        mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
+        for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
+            mirror(
+                &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
+                    family: family.clone(),
+                    reason: (*label).to_owned(),
+                }),
+                load(c),
+            );
+        }
+    }
+    for b in ctl.status() {
+        let backend = b.addr.to_string();
+        for st in ["up", "down", "auth_misconfigured"] {
+            m.backend_state
+                .get_or_create(&BackendState {
+                    backend: backend.clone(),
+                    state: st.to_owned(),
+                })
+                .set(i64::from(b.state == st));
+        }
+        m.backend_serving
+            .get_or_create(&BackendLabel {
+                backend: backend.clone(),
+            })
+            .set(i64::from(b.serving));
+    }
+    let now = SystemTime::now();
+    for (addr, c) in ctl.certs() {
+        let bl = BackendLabel {
+            backend: addr.to_string(),
+        };
+        if let CertState::Ok(r) | CertState::Missing(r) = c {
+            m.cert_san_ok
+                .get_or_create(&bl)
+                .set(i64::from(matches!(c, CertState::Ok(_))));
+            m.cert_expiry
+                .get_or_create(&bl)
+                .set(metrics::seconds_until(r.not_after, now));
+        }
+    }
+    for s in &ctl.config().services {
+        let name = SocketAddr::new(s.vip, s.port).to_string();
+        let on = ctl.failing_open().contains(&name);
+        m.fail_open
+            .get_or_create(&ServiceLabel { service: name })
+            .set(i64::from(on));
+    }
+    let maps = ctl.programmer().maps();
+    for (addr, id) in ctl.backend_ids() {
+        let Ok(c) = maps.backend_counters(id) else {
+            continue;
+        };
+        let bl = BackendLabel {
+            backend: addr.to_string(),
+        };
+        mirror(&m.backend_packets.get_or_create(&bl), c.packets);
+        mirror(&m.backend_bytes.get_or_create(&bl), c.bytes);
+        mirror(&m.backend_new_flows.get_or_create(&bl), c.new_flows);
+        mirror(&m.backend_rsts.get_or_create(&bl), c.rsts);
+    }
+    if let Ok(c) = maps.reason_counters() {
+        for r in Reason::ALL {
+            let rl = ReasonLabel {
+                reason: r.label().to_owned(),
+            };
+            mirror(
+                &m.dataplane_packets.get_or_create(&rl),
+                c[*r as usize].packets,
+            );
+            mirror(&m.dataplane_bytes.get_or_create(&rl), c[*r as usize].bytes);
+        }
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let jobs = probe_jobs(&cfg)?;
+    let metrics = Arc::new(Metrics::new());
+    metrics.beat();
+    let metrics_task = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("metrics_listen: {addr}: cannot listen; pick a free address, or set metrics_listen: null")
+            })?;
+            info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(metrics::serve(l, metrics.clone())))
+        }
+        None => None,
+    };
     for (ok, line) in timing_report(&cfg) {
         if ok {
             info!("{line}");
@@ -527,6 +664,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             return Err(e);
         }
     };
+    metrics.set_ready(true);
     println!("vipd ready: {} attached ({attached})", cfg.interface);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -540,6 +678,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let mut loaded_stamp = file_stamp(&opts.config_path);
     let mut seen_stamp = loaded_stamp;
     let mut xdp_ok = true;
+    let mut refresh_due = Instant::now() - Duration::from_secs(1);
     let mut local_ok = true;
     let mut last_counters = vec![];
     let mut last_vrrp = HashMap::new();
@@ -563,6 +702,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                 }
             }
             Some(ev) = probe_rx.recv() => {
+                metrics.probe(ev.addr, &ev.outcome, ev.finished.saturating_duration_since(ev.started));
                 let res = ctl.probe(ev.addr, ev.started, ev.finished, &ev.outcome);
                 let written = Instant::now();
                 match res {
@@ -701,6 +841,15 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         for r in &routers {
             r.set_priority(p);
         }
+        metrics.beat();
+        if refresh_due.elapsed() >= Duration::from_secs(1) {
+            refresh_due = Instant::now();
+            refresh(&metrics, &ctl, &routers, &holds, p);
+        }
+    }
+    metrics.set_ready(false);
+    if let Some(t) = metrics_task {
+        t.abort();
     }
     drop(probes);
     // VRRP first: the priority-0 advertisement lets a Backup take over after

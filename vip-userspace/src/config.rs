@@ -76,7 +76,19 @@ pub struct Config {
     /// holding the VIP. Ends for good at the first ready apiserver.
     #[serde(default)]
     pub bootstrap: bool,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `null`: nowhere.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub services: Vec<Service>,
+}
+
+/// Loopback by default: the endpoint tells anyone who asks the backends'
+/// addresses and states. Set `[::]:9590` (or the node's address) for a
+/// Prometheus elsewhere.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9590";
+
+fn default_metrics_listen() -> Option<std::net::SocketAddr> {
+    DEFAULT_METRICS_LISTEN.parse().ok()
 }
 
 /// What the certificate gate does about a certificate without the VIP.

@@ -470,6 +470,34 @@ impl<M: Maps> Controller<M> {
         Ok(self.sync()?.unwrap_or_default())
     }
 
+    /// What the gate knows of each backend's certificate.
+    pub fn certs(&self) -> &BTreeMap<SocketAddr, CertState> {
+        &self.certs
+    }
+
+    /// The services failing open now ("vip:port").
+    pub fn failing_open(&self) -> &BTreeSet<String> {
+        &self.failing_open
+    }
+
+    /// The dataplane id of every backend written, for its counters.
+    pub fn backend_ids(&self) -> Vec<(SocketAddr, u32)> {
+        let Some(written) = &self.written else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for (s, ds) in self.cfg.services.iter().zip(written) {
+            for (b, db) in s.backends.iter().zip(&ds.backends) {
+                if let Some(id) = self.prog.backend_id(db) {
+                    out.push((SocketAddr::new(b.address, b.port.unwrap_or(s.port)), id));
+                }
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Every backend's state, in configuration order.
     pub fn status(&self) -> Vec<BackendStatus> {
         let mut out = vec![];

@@ -9,5 +9,6 @@ pub mod dataplane;
 pub mod health;
 pub mod host;
 pub mod maglev;
+pub mod metrics;
 pub mod probe;
 pub mod vrrp;

@@ -99,6 +99,10 @@ impl RouterHandle {
         self.family
     }
 
+    pub fn stats(&self) -> &RouterStats {
+        &self.stats
+    }
+
     pub fn state(&self) -> State {
         *self.state.borrow()
     }

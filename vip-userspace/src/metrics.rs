@@ -1,0 +1,488 @@
+//! Prometheus metrics and the agent's own `/healthz` and `/readyz`, over a
+//! small HTTP/1.1 server. Names follow the Prometheus conventions: the
+//! `vipd_` prefix, `_total` on counters, base units (seconds, bytes).
+//!
+//! Values that live elsewhere (BPF per-CPU counters, VRRP counters) are
+//! mirrored into counters once a second by [`Metrics::refresh`]: the
+//! counter moves by the difference, so it stays monotonic even when its
+//! source was read between two scrapes.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::{Registry, Unit},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+use tracing::{debug, warn};
+
+use crate::probe::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyState {
+    pub family: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyReason {
+    pub family: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendState {
+    pub backend: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendReason {
+    pub backend: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: String,
+}
+
+fn probe_histogram() -> Histogram {
+    // 1 ms .. 8 s: a LAN TLS handshake to a timeout.
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+type ProbeHistograms = Family<BackendLabel, Histogram, fn() -> Histogram>;
+
+/// Every metric vipd exports.
+pub struct Metrics {
+    registry: Registry,
+    pub vrrp_state: Family<FamilyState, Gauge>,
+    pub vrrp_priority: Family<FamilyLabel, Gauge>,
+    pub vrrp_held: Family<FamilyLabel, Gauge>,
+    pub vrrp_became_master: Family<FamilyLabel, Counter>,
+    pub vrrp_left_master: Family<FamilyLabel, Counter>,
+    pub vrrp_adverts_sent: Family<FamilyLabel, Counter>,
+    pub vrrp_adverts_received: Family<FamilyLabel, Counter>,
+    pub vrrp_adverts_rejected: Family<FamilyReason, Counter>,
+    pub vrrp_split_brain: Family<FamilyLabel, Counter>,
+    pub backend_state: Family<BackendState, Gauge>,
+    pub backend_serving: Family<BackendLabel, Gauge>,
+    pub probe_duration: ProbeHistograms,
+    pub probe_failures: Family<BackendReason, Counter>,
+    pub backend_packets: Family<BackendLabel, Counter>,
+    pub backend_bytes: Family<BackendLabel, Counter>,
+    pub backend_new_flows: Family<BackendLabel, Counter>,
+    pub backend_rsts: Family<BackendLabel, Counter>,
+    pub dataplane_packets: Family<ReasonLabel, Counter>,
+    pub dataplane_bytes: Family<ReasonLabel, Counter>,
+    pub cert_san_ok: Family<BackendLabel, Gauge>,
+    pub cert_expiry: Family<BackendLabel, Gauge>,
+    pub fail_open: Family<ServiceLabel, Gauge>,
+    /// Set once the program is attached and the services are written.
+    ready: AtomicBool,
+    /// Seconds since start of the agent loop's last turn, for /healthz.
+    heartbeat_ms: AtomicU64,
+    started: Instant,
+}
+
+/// Adds to `c` what `total` has over it: a counter that mirrors a
+/// monotonic value kept elsewhere.
+pub fn mirror(c: &Counter, total: u64) {
+    let cur = c.get();
+    if total > cur {
+        c.inc_by(total - cur);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("vipd");
+        let m = Metrics {
+            registry: Registry::default(),
+            vrrp_state: Family::default(),
+            vrrp_priority: Family::default(),
+            vrrp_held: Family::default(),
+            vrrp_became_master: Family::default(),
+            vrrp_left_master: Family::default(),
+            vrrp_adverts_sent: Family::default(),
+            vrrp_adverts_received: Family::default(),
+            vrrp_adverts_rejected: Family::default(),
+            vrrp_split_brain: Family::default(),
+            backend_state: Family::default(),
+            backend_serving: Family::default(),
+            probe_duration: Family::new_with_constructor(probe_histogram),
+            probe_failures: Family::default(),
+            backend_packets: Family::default(),
+            backend_bytes: Family::default(),
+            backend_new_flows: Family::default(),
+            backend_rsts: Family::default(),
+            dataplane_packets: Family::default(),
+            dataplane_bytes: Family::default(),
+            cert_san_ok: Family::default(),
+            cert_expiry: Family::default(),
+            fail_open: Family::default(),
+            ready: AtomicBool::new(false),
+            heartbeat_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        r.register(
+            "vrrp_state",
+            "VRRP state per address family: 1 for the current state (initialize, backup, master)",
+            m.vrrp_state.clone(),
+        );
+        r.register(
+            "vrrp_priority",
+            "Advertised VRRP priority after tracking",
+            m.vrrp_priority.clone(),
+        );
+        r.register(
+            "vrrp_held",
+            "1 while the certificate gate keeps this node out of the election",
+            m.vrrp_held.clone(),
+        );
+        r.register(
+            "vrrp_became_master",
+            "Transitions to master",
+            m.vrrp_became_master.clone(),
+        );
+        r.register(
+            "vrrp_left_master",
+            "Transitions out of master",
+            m.vrrp_left_master.clone(),
+        );
+        r.register(
+            "vrrp_adverts_sent",
+            "VRRP advertisements sent",
+            m.vrrp_adverts_sent.clone(),
+        );
+        r.register(
+            "vrrp_adverts_received",
+            "VRRP advertisements accepted",
+            m.vrrp_adverts_received.clone(),
+        );
+        r.register(
+            "vrrp_adverts_rejected",
+            "VRRP packets discarded, by RFC 9568 7.1 check",
+            m.vrrp_adverts_rejected.clone(),
+        );
+        r.register(
+            "vrrp_split_brain",
+            "Another master or another MAC claiming the VIP seen while master",
+            m.vrrp_split_brain.clone(),
+        );
+        r.register(
+            "backend_state",
+            "Backend health: 1 for the current state (up, down, auth_misconfigured)",
+            m.backend_state.clone(),
+        );
+        r.register(
+            "backend_serving",
+            "1 while the backend receives new flows",
+            m.backend_serving.clone(),
+        );
+        r.register_with_unit(
+            "probe_duration",
+            "Health probe duration",
+            Unit::Seconds,
+            m.probe_duration.clone(),
+        );
+        r.register(
+            "probe_failures",
+            "Failed probes by reason (timeout, refused, connect, tls, http_status, protocol, auth)",
+            m.probe_failures.clone(),
+        );
+        r.register(
+            "backend_packets",
+            "Packets the XDP program forwarded to the backend",
+            m.backend_packets.clone(),
+        );
+        r.register_with_unit(
+            "backend",
+            "Bytes the XDP program forwarded to the backend",
+            Unit::Bytes,
+            m.backend_bytes.clone(),
+        );
+        r.register(
+            "backend_new_flows",
+            "New flows the XDP program gave the backend",
+            m.backend_new_flows.clone(),
+        );
+        r.register(
+            "backend_rsts",
+            "RSTs the XDP program sent for the backend's flows",
+            m.backend_rsts.clone(),
+        );
+        r.register(
+            "dataplane_packets",
+            "Packets by what the XDP program did with them",
+            m.dataplane_packets.clone(),
+        );
+        r.register_with_unit(
+            "dataplane",
+            "Bytes by what the XDP program did with them",
+            Unit::Bytes,
+            m.dataplane_bytes.clone(),
+        );
+        r.register(
+            "cert_san_ok",
+            "1 when the backend's certificate carries every VIP and configured name",
+            m.cert_san_ok.clone(),
+        );
+        r.register_with_unit(
+            "cert_expiry",
+            "Time until the backend's certificate expires",
+            Unit::Seconds,
+            m.cert_expiry.clone(),
+        );
+        r.register(
+            "fail_open",
+            "1 while a service forwards to every backend because none is usable",
+            m.fail_open.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// One probe outcome.
+    pub fn probe(&self, backend: SocketAddr, outcome: &Outcome, took: Duration) {
+        let b = backend.to_string();
+        self.probe_duration
+            .get_or_create(&BackendLabel { backend: b.clone() })
+            .observe(took.as_secs_f64());
+        if *outcome != Outcome::Up {
+            self.probe_failures
+                .get_or_create(&BackendReason {
+                    backend: b,
+                    reason: outcome.label().to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// Marks the agent ready (or not) for /readyz.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The agent loop is alive; /healthz fails when this stops.
+    pub fn beat(&self) {
+        self.heartbeat_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn healthy(&self) -> bool {
+        let last = Duration::from_millis(self.heartbeat_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last) < HEARTBEAT_STALE
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if let Err(e) = encode(&mut s, &self.registry) {
+            warn!(error = %e, "encoding the metrics failed");
+        }
+        s
+    }
+}
+
+/// /healthz fails when the agent loop has not turned for this long (it
+/// turns at least once a second).
+const HEARTBEAT_STALE: Duration = Duration::from_secs(10);
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until dropped.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (mut sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // The request line is all we read; a slow or silent client is
+            // dropped after 5 s.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(k) => n += k,
+                    }
+                }
+                true
+            })
+            .await;
+            if !matches!(read, Ok(true)) {
+                debug!(peer = %peer, "metrics: incomplete request");
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let mut parts = head.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (status, ctype, body) = respond(&m, method, path);
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+fn respond(m: &Metrics, method: &str, path: &str) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != "GET" {
+        return ("405 Method Not Allowed", TEXT, "GET only\n".into());
+    }
+    match path.split('?').next().unwrap_or("") {
+        "/metrics" => (
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            m.encode(),
+        ),
+        "/healthz" | "/livez" if m.healthy() => ("200 OK", TEXT, "ok\n".into()),
+        "/healthz" | "/livez" => (
+            "503 Service Unavailable",
+            TEXT,
+            "the agent loop is stuck\n".into(),
+        ),
+        "/readyz" if m.ready.load(Ordering::Relaxed) && m.healthy() => {
+            ("200 OK", TEXT, "ok\n".into())
+        }
+        "/readyz" => (
+            "503 Service Unavailable",
+            TEXT,
+            "not ready: the XDP program is not attached or the services are not written yet\n"
+                .into(),
+        ),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try /metrics, /healthz or /readyz\n".into(),
+        ),
+    }
+}
+
+/// Seconds from `now` to `t` (negative when past).
+pub fn seconds_until(t: SystemTime, now: SystemTime) -> i64 {
+    match t.duration_since(now) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::Failure;
+
+    #[test]
+    fn names_follow_the_conventions_and_values_show() {
+        let m = Metrics::new();
+        let be: SocketAddr = "10.0.0.11:6443".parse().expect("addr");
+        m.probe(be, &Outcome::Up, Duration::from_millis(3));
+        m.probe(be, &Outcome::AuthRefused(401), Duration::from_millis(4));
+        m.probe(
+            be,
+            &Outcome::Fail(Failure::Timeout),
+            Duration::from_millis(1000),
+        );
+        mirror(
+            &m.backend_packets.get_or_create(&BackendLabel {
+                backend: be.to_string(),
+            }),
+            10,
+        );
+        mirror(
+            &m.backend_packets.get_or_create(&BackendLabel {
+                backend: be.to_string(),
+            }),
+            7,
+        );
+        let bl = BackendLabel {
+            backend: be.to_string(),
+        };
+        mirror(&m.backend_bytes.get_or_create(&bl), 1500);
+        m.cert_expiry.get_or_create(&bl).set(86_400);
+        mirror(
+            &m.dataplane_bytes.get_or_create(&ReasonLabel {
+                reason: "tx_dsr".into(),
+            }),
+            60,
+        );
+        let text = m.encode();
+        for want in [
+            "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"auth\"} 1",
+            "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"timeout\"} 1",
+            "vipd_probe_duration_seconds_count{backend=\"10.0.0.11:6443\"} 3",
+            "vipd_backend_packets_total{backend=\"10.0.0.11:6443\"} 10",
+            "vipd_backend_bytes_total{backend=\"10.0.0.11:6443\"} 1500",
+            "vipd_cert_expiry_seconds{backend=\"10.0.0.11:6443\"} 86400",
+            "vipd_dataplane_bytes_total{reason=\"tx_dsr\"} 60",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn health_endpoints_follow_the_agent() {
+        let m = Metrics::new();
+        assert_eq!(respond(&m, "GET", "/readyz").0, "503 Service Unavailable");
+        m.beat();
+        m.set_ready(true);
+        assert_eq!(respond(&m, "GET", "/readyz").0, "200 OK");
+        assert_eq!(respond(&m, "GET", "/healthz").0, "200 OK");
+        assert_eq!(respond(&m, "POST", "/metrics").0, "405 Method Not Allowed");
+        assert_eq!(respond(&m, "GET", "/nope").0, "404 Not Found");
+        assert!(respond(&m, "GET", "/metrics?x=1").2.contains("# EOF"));
+    }
+
+    #[test]
+    fn seconds_until_is_signed() {
+        let now = SystemTime::now();
+        assert_eq!(seconds_until(now + Duration::from_secs(90), now), 90);
+        assert_eq!(seconds_until(now - Duration::from_secs(90), now), -90);
+    }
+}
