@@ -467,17 +467,18 @@ fn first_lines(s: &str, n: usize) -> String {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// A small xorshift for the jitter: the kill must fall at a random point
 /// of the advert interval, or a fixed phase would bias both cases.
-struct Jitter(u64);
+pub struct Jitter(u64);
 
 impl Jitter {
-    fn new() -> Jitter {
+    /// Seeded from the clock.
+    pub fn from_clock() -> Jitter {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -485,7 +486,8 @@ impl Jitter {
         Jitter(seed | 1)
     }
 
-    fn next(&mut self, max: Duration) -> Duration {
+    /// Uniform in [0, max).
+    pub fn next(&mut self, max: Duration) -> Duration {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -537,7 +539,7 @@ fn measure(opts: &Options) -> Result<()> {
         }
     }
     println!("{:>4} {:>12} {:>12}", "run", "vipd ms", "keepalived ms");
-    let mut jitter = Jitter::new();
+    let mut jitter = Jitter::from_clock();
     for run in 1..=opts.runs {
         let mut row = Vec::new();
         for c in &mut cases {

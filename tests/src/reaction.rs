@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
 
+use crate::failover::{Jitter, percentile};
 use crate::scenario::{Fwd, LbLab, LbOptions};
 use vip_userspace::config::ProbeSettings;
 use vip_userspace::dataplane::kernel::AttachMode;
@@ -60,11 +61,6 @@ fn field(line: &str, key: &str) -> Option<f64> {
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
     v.parse().ok()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn now() -> f64 {
@@ -157,11 +153,7 @@ pub fn run(opts: &Options) -> Result<()> {
             plan.worst_detection(),
         ),
     ];
-    let mut rng = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
+    let mut jitter = Jitter::from_clock();
     println!();
     println!(
         "{:<16} {:>4} {:>9} {:>9} {:>9} {:>13} {:>13} {:>9} {:>11}",
@@ -182,10 +174,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let mut to_map = vec![];
         let mut failed = 0;
         for _ in 0..opts.runs {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            let phase = plan.interval.mul_f64((rng % 1000) as f64 / 1000.0);
+            let phase = jitter.next(plan.interval);
             match repetition(&l, status, &needle, phase) {
                 Ok(s) => {
                     v.push(s.total_ms);

@@ -740,31 +740,15 @@ impl From<std::io::Error> for ClientError {
 }
 
 /// Client TLS config trusting only `ca_pem`, optionally presenting a client
-/// certificate; ALPN `http/1.1`.
+/// certificate; ALPN `http/1.1`. The probes' own (`vipd`'s `ProbeTls`): tests
+/// and agent trust certificates the same way.
 pub fn client_config(ca_pem: &str, client_cert: Option<(&str, &str)>) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.expect("CA PEM parses"))
-            .expect("CA certificate is usable as a trust anchor");
-    }
-    let builder = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots);
-    let mut config = match client_cert {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .expect("client certificate PEM parses"),
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("client key PEM parses"),
-            )
-            .expect("client certificate and key match"),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    vip_userspace::probe::ProbeTls::from_pem(
+        ca_pem.as_bytes(),
+        client_cert.map(|(c, k)| (c.as_bytes(), k.as_bytes())),
+    )
+    .unwrap_or_else(|e| panic!("test TLS client configuration: {e}"))
+    .client_config()
 }
 
 /// A blocking HTTPS/1.1 connection (keep-alive) for tests. Create it inside

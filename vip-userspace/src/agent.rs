@@ -13,14 +13,13 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use rustls::pki_types::ServerName;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 use vip_common::Reason;
 
 use crate::{
     certcheck::{self, CertCheck},
-    config::{Config, Mode, ProbeSettings, ProbeType, parse_duration},
+    config::{Config, Mode, ProbeSettings, parse_duration},
     controller::{CertState, Controller},
     dataplane::{
         Maps,
@@ -60,9 +59,8 @@ pub struct ProbeJob {
 }
 
 /// Builds every backend's probe: loads the CA and client certificates
-/// (errors name the field and the file), checks the timing against the
-/// apiservers' shutdown delay. Touches nothing but the files it reads, so
-/// `vipd check-config` runs it too.
+/// (errors name the field and the file). Touches nothing but the files it
+/// reads, so `vipd check-config` runs it too.
 pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
     let mut tls: HashMap<(PathBuf, Option<PathBuf>, Option<PathBuf>), Arc<ProbeTls>> =
         HashMap::new();
@@ -72,9 +70,9 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
         let plan = p
             .plan()
             .map_err(|(f, m)| anyhow::anyhow!("services[{i}].probe.{f}: {m}"))?;
-        let kind = match p.kind {
-            ProbeType::Tcp => ProbeKind::Tcp,
-            ProbeType::Https => {
+        let kind = match plan.server_name.clone() {
+            None => ProbeKind::Tcp,
+            Some(server_name) => {
                 let key = (p.ca.clone(), p.client_cert.clone(), p.client_key.clone());
                 let t = match tls.get(&key) {
                     Some(t) => t.clone(),
@@ -88,12 +86,6 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
                         t
                     }
                 };
-                let server_name = ServerName::try_from(p.server_name.clone()).map_err(|_| {
-                    anyhow::anyhow!(
-                        "services[{i}].probe.server_name: {:?} is not a DNS name or IP address",
-                        p.server_name
-                    )
-                })?;
                 ProbeKind::Https {
                     path: p.path.clone(),
                     server_name,
@@ -266,7 +258,7 @@ fn spawn_gate_round(
     }
 }
 
-fn nat_backends(cfg: &Config) -> bool {
+fn has_nat(cfg: &Config) -> bool {
     cfg.services.iter().any(|s| s.mode == Mode::Nat)
 }
 
@@ -353,7 +345,7 @@ fn check_reloadable(old: &Config, new: &Config) -> Result<()> {
         ),
         (
             "services[].mode: the first nat service",
-            !nat_backends(old) && nat_backends(new),
+            !has_nat(old) && has_nat(new),
         ),
     ];
     if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
@@ -534,7 +526,7 @@ fn refresh<M: Maps>(
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
-    let jobs = probe_jobs(&cfg)?;
+    let mut jobs = probe_jobs(&cfg)?;
     let metrics = Arc::new(Metrics::new());
     metrics.beat();
     let metrics_task = match cfg.metrics_listen {
@@ -558,7 +550,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         conntrack_capacity: cfg.conntrack_capacity,
         pin_dir: opts.pin.clone(),
     })?;
-    let prog = if maps.adopted() {
+    let mut prog = if maps.adopted() {
         info!(pins = %opts.pin.as_deref().unwrap_or(Path::new("")).display(), "adopting the pinned maps: established flows keep their backends");
         Programmer::adopt(maps).context("reading the adopted maps")?
     } else {
@@ -568,19 +560,20 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let node_addrs = host::interface_addrs(&cfg.interface)?;
     // Program the maps before attaching: the first packet the program sees
     // already finds every service.
-    let (mut ctl, report) = {
-        let mut prog = prog;
-        prog.maps_mut().set_globals(&globals)?;
-        Controller::new(prog, cfg, node_addrs).context("programming the services")?
-    };
+    prog.maps_mut().set_globals(&globals)?;
+    let (mut ctl, report) =
+        Controller::new(prog, cfg, node_addrs).context("programming the services")?;
     info!(
         services = report.services_published,
         backends = report.backend_writes,
         maglev_writes = report.maglev_writes,
         "services programmed"
     );
+    // The settings fixed for the life of this process (a reload may not
+    // change the interface, VRRP or hold_vips); the services are the
+    // controller's, ctl.config().
     let cfg = ctl.config().clone();
-    let sysctls = if nat_backends(&cfg) {
+    let sysctls = if has_nat(&cfg) {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
         if let Some(rec) = &opts.sysctl_record {
             // The pinned program needs these after we stop; `vipd detach`
@@ -610,7 +603,6 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
 
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeEvent>(256);
     let (cert_tx, mut cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
-    let mut jobs = jobs;
     let mut probes = Probes {
         tasks: BTreeMap::new(),
         tx: probe_tx,
@@ -680,10 +672,10 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let mut xdp_ok = true;
     let mut refresh_due = Instant::now() - Duration::from_secs(1);
     let mut local_ok = true;
+    let mut priority = None;
     let mut last_counters = vec![];
     let mut last_vrrp = HashMap::new();
     let mut last_backends = String::new();
-    let mut cfg = cfg;
     loop {
         let mut reload_now = false;
         tokio::select! {
@@ -787,13 +779,12 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         if reload_now {
             loaded_stamp = file_stamp(&opts.config_path);
             seen_stamp = loaded_stamp;
-            match reload(&opts.config_path, &cfg, &mut ctl) {
+            match reload(&opts.config_path, &mut ctl) {
                 Ok(new_jobs) => {
-                    let new = ctl.config().clone();
-                    let want = held_vips(&new);
+                    let want = held_vips(ctl.config());
                     for vip in &want {
                         if !added.contains(vip) {
-                            match host::set_vip(&new.interface, *vip, true) {
+                            match host::set_vip(&cfg.interface, *vip, true) {
                                 Ok(()) => added.push(*vip),
                                 Err(e) => {
                                     error!(vip = %vip, error = %format!("{e:#}"), "adding a VIP failed")
@@ -806,12 +797,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                         .filter(|v| !want.contains(v))
                         .copied()
                         .collect();
-                    remove_vips(&new.interface, &gone);
+                    remove_vips(&cfg.interface, &gone);
                     added.retain(|v| want.contains(v));
                     probes.sync(new_jobs.clone());
                     jobs = new_jobs;
                     spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx);
-                    cfg = new;
                 }
                 Err(e) => error!(
                     error = %format!("{e:#}"),
@@ -830,7 +820,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         let now_local = ctl.local_ok();
         if now_local != local_ok && !routers.is_empty() {
             local_ok = now_local;
-            let locals = cfg.local_backends();
+            let locals = ctl.config().local_backends();
             if local_ok {
                 info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
             } else {
@@ -838,8 +828,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         let p = effective_priority(&cfg, xdp_ok, local_ok);
-        for r in &routers {
-            r.set_priority(p);
+        if priority != Some(p) {
+            priority = Some(p);
+            for r in &routers {
+                r.set_priority(p);
+            }
         }
         metrics.beat();
         if refresh_due.elapsed() >= Duration::from_secs(1) {
@@ -882,13 +875,9 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
 /// SIGHUP or a changed file: validates the file again (probe files
 /// included) and applies the difference; anything wrong refuses the whole
 /// file and the running configuration stays.
-fn reload<M: Maps>(
-    path: &Path,
-    old: &Config,
-    ctl: &mut Controller<M>,
-) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
+fn reload<M: Maps>(path: &Path, ctl: &mut Controller<M>) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
     let new = Config::load(path)?;
-    check_reloadable(old, &new).with_context(|| path.display().to_string())?;
+    check_reloadable(ctl.config(), &new).with_context(|| path.display().to_string())?;
     let jobs = probe_jobs(&new).with_context(|| path.display().to_string())?;
     let node_addrs = host::interface_addrs(&new.interface)?;
     let report = ctl

@@ -194,6 +194,8 @@ impl Default for ProbeSettings {
 /// Probe settings validated and in units.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbePlan {
+    /// The name an HTTPS probe verifies the certificate for; `None` for TCP.
+    pub server_name: Option<rustls::pki_types::ServerName<'static>>,
     pub interval: Duration,
     pub timeout: Duration,
     pub jitter: Duration,
@@ -271,13 +273,21 @@ impl ProbeSettings {
                 "client_cert and client_key go together; set both or neither".into(),
             ));
         }
-        if self.kind == ProbeType::Https && rustls_name_ok(&self.server_name).is_err() {
-            return Err(field(
-                "server_name",
-                format!("{:?} is not a DNS name or IP address", self.server_name),
-            ));
-        }
+        let server_name = match self.kind {
+            ProbeType::Tcp => None,
+            ProbeType::Https => Some(
+                rustls::pki_types::ServerName::try_from(self.server_name.clone()).map_err(
+                    |_| {
+                        field(
+                            "server_name",
+                            format!("{:?} is not a DNS name or IP address", self.server_name),
+                        )
+                    },
+                )?,
+            ),
+        };
         Ok(ProbePlan {
+            server_name,
             interval,
             timeout,
             jitter,
@@ -288,10 +298,9 @@ impl ProbeSettings {
     }
 }
 
-fn rustls_name_ok(name: &str) -> Result<(), ()> {
-    rustls::pki_types::ServerName::try_from(name.to_owned())
-        .map(|_| ())
-        .map_err(|_| ())
+/// A DNS name or IP address as a TLS client accepts it.
+fn rustls_name_ok(name: &str) -> bool {
+    rustls::pki_types::ServerName::try_from(name).is_ok()
 }
 
 /// Mode nat settings.
@@ -732,7 +741,7 @@ impl Config {
                 )
             })?;
         for (i, n) in self.cert_gate.names.iter().enumerate() {
-            if rustls_name_ok(n).is_err() || n.parse::<IpAddr>().is_ok() {
+            if !rustls_name_ok(n) || n.parse::<IpAddr>().is_ok() {
                 return Err(bad(
                     format!("cert_gate.names[{i}]"),
                     format!("{n:?} is not a DNS name (the VIPs are checked anyway)"),

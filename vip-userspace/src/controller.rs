@@ -457,15 +457,12 @@ impl<M: Maps> Controller<M> {
         cfg: Config,
         node_addrs: Vec<IpAddr>,
     ) -> Result<ApplyReport, ControlError> {
-        // Refuse before touching anything if the services cannot be built.
+        // Refuse before touching anything if the services cannot be built
+        // (health does not enter into that: only the configuration and the
+        // node's addresses do).
         cfg.desired(&node_addrs).map_err(ControlError::Config)?;
-        let old = std::mem::replace(&mut self.cfg, cfg);
-        let old_addrs = std::mem::replace(&mut self.node_addrs, node_addrs);
-        if let Err(e) = self.desired() {
-            self.cfg = old;
-            self.node_addrs = old_addrs;
-            return Err(e);
-        }
+        self.cfg = cfg;
+        self.node_addrs = node_addrs;
         self.sync_targets();
         Ok(self.sync()?.unwrap_or_default())
     }
@@ -630,7 +627,7 @@ services:
             "one failure: no write"
         );
         assert_eq!(table(&c), before);
-        let first = clock.0 + Duration::from_secs(0);
+        let first = clock.0;
         let e = feed(&mut c, &mut clock, be(12), &down);
         let Some(Change::Down {
             first_failure,
@@ -835,8 +832,23 @@ services:
             .expect("ok");
         let why = c.gate_hold(|_| true).expect("no backend has the VIP");
         assert!(
-            why.contains("10.0.0.13") || why.contains("no backend"),
+            why.starts_with("this node's apiserver 10.0.0.13:6443"),
+            "the own apiserver is named first: {why}"
+        );
+        let mut none = ctl(NAT3);
+        for b in [11, 12, 13] {
+            none.cert(be(b), CertCheck::Checked(report(vec![vip()])), now)
+                .expect("ok");
+        }
+        let why = none.gate_hold(|_| true).expect("no backend has the VIP");
+        assert!(
+            why.starts_with("no backend of 10.0.0.100:6443 has a certificate for it"),
             "{why}"
+        );
+        assert_eq!(
+            none.gate_hold(|ip| ip.is_ipv6()),
+            None,
+            "an IPv6 router is not held for an IPv4 service"
         );
         assert_eq!(
             table(&c).iter().flatten().count(),

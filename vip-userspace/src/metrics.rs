@@ -112,7 +112,7 @@ pub struct Metrics {
     pub fail_open: Family<ServiceLabel, Gauge>,
     /// Set once the program is attached and the services are written.
     ready: AtomicBool,
-    /// Seconds since start of the agent loop's last turn, for /healthz.
+    /// Milliseconds from `started` to the agent loop's last turn, for /healthz.
     heartbeat_ms: AtomicU64,
     started: Instant,
 }

@@ -233,8 +233,6 @@ pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle
         state: state_tx,
         stats: stats.clone(),
         last_log: HashMap::new(),
-        defer_removal: false,
-        removal_deferred: false,
     };
     let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
@@ -259,10 +257,6 @@ struct Router {
     state: watch::Sender<State>,
     stats: Arc<RouterStats>,
     last_log: HashMap<&'static str, Instant>,
-    /// While handing over on stop: keep the VIPs (and so local delivery)
-    /// until the new master is heard.
-    defer_removal: bool,
-    removal_deferred: bool,
 }
 
 impl Router {
@@ -361,14 +355,21 @@ impl Router {
     /// until the Backup that takes over is heard (or [`HANDOVER_MAX`]), so
     /// that nothing sent to the VIP meanwhile lands on a node without it.
     async fn hand_over(&mut self) {
-        let master = self.machine.state() == State::Master;
-        self.defer_removal = master;
-        self.feed(Input::Shutdown).await;
-        self.defer_removal = false;
-        if !self.removal_deferred {
+        // The machine's Shutdown actions, but the VIP removal held back
+        // until the new master is heard (an owner's addresses stay anyway).
+        let yielding =
+            self.machine.state() == State::Master && self.spec.plan.priority != PRIORITY_OWNER;
+        let mut release = false;
+        for a in self.machine.handle(Instant::now(), Input::Shutdown) {
+            if yielding && a == Action::RemoveVips {
+                release = true;
+            } else {
+                self.act(a).await;
+            }
+        }
+        if !release {
             return;
         }
-        self.removal_deferred = false;
         let start = Instant::now();
         let wait = (Duration::from_millis(u64::from(self.spec.plan.advert_interval_cs) * 10) * 3)
             .min(HANDOVER_MAX);
@@ -377,16 +378,7 @@ impl Router {
             tokio::select! {
                 pkt = self.sock.recv() => {
                     let Ok(pkt) = pkt else { continue };
-                    let own = [self.source];
-                    let policy = RxPolicy {
-                        vrid: self.spec.plan.vrid,
-                        family: self.spec.family,
-                        owner: false,
-                        unicast_peers: (!self.peers.is_empty()).then_some(self.peers.as_slice()),
-                        vips: &self.spec.vips,
-                        own_addrs: &own,
-                    };
-                    if let Ok(c) = packet::check(&pkt, &policy)
+                    if let Ok(c) = self.check(&pkt)
                         && c.advert.priority > 0
                     {
                         break Some(pkt.src);
@@ -416,7 +408,8 @@ impl Router {
         }
     }
 
-    async fn received(&mut self, pkt: super::Received) {
+    /// The RFC 9568 7.1 receive checks with this router's settings.
+    fn check(&self, pkt: &super::Received) -> Result<packet::Checked, Discard> {
         let own = [self.source];
         let policy = RxPolicy {
             vrid: self.spec.plan.vrid,
@@ -426,7 +419,11 @@ impl Router {
             vips: &self.spec.vips,
             own_addrs: &own,
         };
-        match packet::check(&pkt, &policy) {
+        packet::check(pkt, &policy)
+    }
+
+    async fn received(&mut self, pkt: super::Received) {
+        match self.check(&pkt) {
             Ok(c) => {
                 self.stats.adverts_received.fetch_add(1, Ordering::Relaxed);
                 if !c.addrs_match {
@@ -482,10 +479,12 @@ impl Router {
                     }
                 }
             }
-            // The owner's addresses are real and stay.
-            Action::RemoveVips if self.spec.plan.priority == PRIORITY_OWNER => {}
-            Action::RemoveVips if self.defer_removal => self.removal_deferred = true,
-            Action::RemoveVips => self.remove_vips("no longer master"),
+            Action::RemoveVips => {
+                // The owner's addresses are real and stay.
+                if self.spec.plan.priority != PRIORITY_OWNER {
+                    self.remove_vips("no longer master");
+                }
+            }
             Action::Announce => {
                 for vip in &self.spec.vips {
                     if let Err(e) = self.announcer.announce(*vip) {
