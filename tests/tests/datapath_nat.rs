@@ -408,3 +408,166 @@ fn nat_udp_checksums() {
         );
     });
 }
+
+/// The agent's sweep of the flow tables against the real maps: it deletes
+/// what the program treats as expired (by the same rule, `Globals::expired`)
+/// and nothing else; a reverse entry whose forward flow lives keeps its port
+/// however stale it is; the live flows are counted per backend; and an
+/// established flow still forwards afterwards.
+#[test]
+fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
+    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_userspace::dataplane::flows::monotonic_ns;
+    let l = NatLab::new("natsweep");
+    let snat = l.lb_ip(false);
+    let svc = l.three(false, PROTO_TCP);
+    l.with_dp(vec![svc], |dp| {
+        // One real flow, through the program.
+        let s = syn(false, 43000).build();
+        let (action, _) = dp.run(&s, Reason::TxNat);
+        assert_eq!(action, XDP_TX);
+        let real_be = chosen(dp, ip(CLIENT4), 43000, false);
+        let now = monotonic_ns();
+        let s_ago = |s: u64| now - s * 1_000_000_000;
+        let id1 = dp
+            .prog
+            .backend_id(&backend(false, 1))
+            .expect("id of backend 1");
+        let fwd_key = |sport: u16| ConnKey {
+            saddr: addr_bytes(ip(CLIENT4)).1,
+            daddr: addr_bytes(ip(VIP4)).1,
+            sport_be: sport.to_be(),
+            dport_be: PORT.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let rev_key = |nat_port: u16| ConnKey {
+            saddr: addr_bytes(backend_ip(false, 1)).1,
+            daddr: addr_bytes(snat).1,
+            sport_be: PORT.to_be(),
+            dport_be: nat_port.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let fwd = |last: u64, flags: u8, nat_port: u16| ConnValue {
+            last_seen_ns: last,
+            backend_id: id1,
+            service_id: 0,
+            nat_port_be: nat_port.to_be(),
+            flags,
+            _pad: [0; 5],
+        };
+        let rev = |last: u64, flags: u8, sport: u16| NatValue {
+            last_seen_ns: last,
+            client_addr: addr_bytes(ip(CLIENT4)).1,
+            vip: addr_bytes(ip(VIP4)).1,
+            client_port_be: sport.to_be(),
+            vip_port_be: PORT.to_be(),
+            flags,
+            _pad: [0; 3],
+        };
+        // (client port, forward entry, reverse entry): what must stay.
+        // 41001: closed 11 s ago (closing_s 10) both ways: both go.
+        // 41002: live forward, reverse idle past the TCP timeout: both stay.
+        // 41003: forward closed, no reverse: goes.
+        // 41004: reverse closed, no forward: goes.
+        // 41005: live both ways, 5 s idle: stays.
+        {
+            let m = dp
+                .prog
+                .maps_mut()
+                .raw_map_mut("CONNTRACK")
+                .expect("CONNTRACK");
+            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
+                HashMap::try_from(m).expect("CONNTRACK map");
+            ct.insert(fwd_key(41001), fwd(s_ago(11), CT_F_CLOSING, 50001), 0)
+                .expect("insert");
+            ct.insert(fwd_key(41002), fwd(s_ago(1), 0, 50002), 0)
+                .expect("insert");
+            ct.insert(fwd_key(41003), fwd(s_ago(11), CT_F_CLOSING, 50003), 0)
+                .expect("insert");
+            ct.insert(fwd_key(41005), fwd(s_ago(5), 0, 50005), 0)
+                .expect("insert");
+        }
+        {
+            let m = dp.prog.maps_mut().raw_map_mut("NAT_REV").expect("NAT_REV");
+            let mut nr: HashMap<&mut MapData, ConnKey, NatValue> =
+                HashMap::try_from(m).expect("NAT_REV map");
+            nr.insert(rev_key(50001), rev(s_ago(11), CT_F_CLOSING, 41001), 0)
+                .expect("insert");
+            nr.insert(rev_key(50002), rev(s_ago(8000), 0, 41002), 0)
+                .expect("insert");
+            nr.insert(rev_key(50004), rev(s_ago(11), CT_F_CLOSING, 41004), 0)
+                .expect("insert");
+            nr.insert(rev_key(50005), rev(s_ago(5), 0, 41005), 0)
+                .expect("insert");
+        }
+        let mut tables = dp.prog.maps().flow_tables().expect("flow tables");
+        let g = Globals::DEFAULT;
+        let sw = tables.sweep(&g, monotonic_ns()).expect("sweep");
+        assert_eq!(sw.removed, 4, "41001 both ways, 41003, 41004: {sw:?}");
+        assert_eq!(sw.flows, 3, "43000, 41002, 41005 live: {sw:?}");
+        assert_eq!(
+            sw.nat_flows, 3,
+            "43000's, 41002's (its flow lives), 41005's: {sw:?}"
+        );
+        assert_eq!(sw.capacity, 4096, "the table Dp loads");
+        let real_id = dp.prog.backend_id(&backend(false, real_be)).expect("id");
+        let mut want = std::collections::BTreeMap::new();
+        *want.entry(id1).or_insert(0) += 2;
+        *want.entry(real_id).or_insert(0) += 1;
+        assert_eq!(sw.per_backend, want, "live flows per backend");
+        let ct: Vec<u16> = dp
+            .prog
+            .maps()
+            .conntrack()
+            .expect("dump")
+            .iter()
+            .map(|(k, _)| u16::from_be(k.sport_be))
+            .collect();
+        for (sport, kept) in [
+            (41001, false),
+            (41002, true),
+            (41003, false),
+            (41005, true),
+            (43000, true),
+        ] {
+            assert_eq!(
+                ct.contains(&sport),
+                kept,
+                "forward entry of {sport}: {ct:?}"
+            );
+        }
+        let nr: Vec<u16> = dp
+            .prog
+            .maps()
+            .nat_entries()
+            .expect("dump")
+            .iter()
+            .map(|(_, v)| u16::from_be(v.client_port_be))
+            .collect();
+        for (sport, kept) in [(41001, false), (41002, true), (41004, false), (41005, true)] {
+            assert_eq!(
+                nr.contains(&sport),
+                kept,
+                "reverse entry of {sport}: {nr:?}"
+            );
+        }
+        // A second sweep finds nothing more, and the real flow forwards on.
+        let again = tables.sweep(&g, monotonic_ns()).expect("sweep");
+        assert_eq!((again.removed, again.flows), (0, 3));
+        let ack = Pkt {
+            dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+            src_mac: CLIENT_MAC,
+            ..Pkt::tcp(ip(CLIENT4), 43000, ip(VIP4), PORT, TCP_ACK)
+        }
+        .build();
+        let (action, _) = dp.run(&ack, Reason::TxNat);
+        assert_eq!(
+            action, XDP_TX,
+            "the established flow forwards after the sweep"
+        );
+    });
+}

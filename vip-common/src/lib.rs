@@ -278,6 +278,29 @@ impl Globals {
     };
 }
 
+impl Globals {
+    /// Whether a flow entry last seen at `last` (`bpf_ktime_get_ns`,
+    /// CLOCK_MONOTONIC) no longer counts at `now`. The one rule for the XDP
+    /// program (an expired entry is treated as absent) and for the agent's
+    /// sweep (which deletes such entries so the LRU never evicts a live
+    /// flow to make room while dead ones sit in the table).
+    #[inline(always)]
+    pub fn expired(&self, now: u64, last: u64, flags: u8, tcp: bool) -> bool {
+        // Saturating: an entry touched after `now` was read (by another CPU
+        // between our clock read and our lookup, or during the agent's walk,
+        // which reads the clock once) is fresh, not 2^64 ns old.
+        let idle = now.saturating_sub(last);
+        let limit = if flags & CT_F_CLOSING != 0 {
+            self.closing_s
+        } else if tcp {
+            self.tcp_idle_s
+        } else {
+            self.udp_idle_s
+        };
+        idle > limit as u64 * 1_000_000_000
+    }
+}
+
 /// Capacity of `NAT_REV`: one reverse entry per translated connection, so the
 /// agent sizes it like `CONNTRACK`.
 pub const NAT_DEFAULT_CAPACITY: u32 = CONNTRACK_DEFAULT_CAPACITY;
@@ -445,5 +468,22 @@ mod tests {
         // Pinned value: changing the hash silently would break flow stickiness
         // between nodes running different versions during a rolling upgrade.
         assert_eq!(h, PINNED_HASH, "flow_hash changed: {h:#010x}");
+    }
+
+    #[test]
+    fn expiry_follows_protocol_and_closing() {
+        let g = Globals::DEFAULT;
+        let s = 1_000_000_000u64;
+        let now = 100_000 * s;
+        // TCP: 7500 s idle; UDP: 300 s; closing: 10 s, whatever the protocol.
+        assert!(!g.expired(now, now - 7500 * s, 0, true));
+        assert!(g.expired(now, now - 7500 * s - 1, 0, true));
+        assert!(!g.expired(now, now - 300 * s, 0, false));
+        assert!(g.expired(now, now - 301 * s, 0, false));
+        assert!(!g.expired(now, now - 10 * s, CT_F_CLOSING, true));
+        assert!(g.expired(now, now - 11 * s, CT_F_CLOSING, false));
+        // Touched after `now` was read: fresh.
+        assert!(!g.expired(now, now + 1, 0, true));
+        assert!(!g.expired(now, u64::MAX, CT_F_CLOSING, false));
     }
 }

@@ -20,7 +20,6 @@ use crate::{
 /// Refresh a connection's timestamp at most this often: a write per packet
 /// would bounce the entry's cache line between CPUs for nothing.
 const CT_TOUCH_NS: u64 = 1_000_000_000;
-const NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext) -> Verdict {
@@ -86,7 +85,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
                 (*ct).nat_port_be,
             )
         };
-        let live = !expired(now, last, flags, is_tcp, &g);
+        let live = !g.expired(now, last, flags, is_tcp);
         if let Some(be) = alive_backend(id) {
             // A SYN on a closing or expired entry is a new connection reusing
             // the tuple: choose again so it follows the current table.
@@ -185,21 +184,6 @@ fn touch(last_seen: &mut u64, flags: &mut u8, now: u64, tcp_flags: u8) {
             *flags |= CT_F_CLOSING;
         }
     }
-}
-
-/// An entry no longer counts once idle past its protocol's timeout, or past
-/// the closing linger after FIN/RST.
-#[inline(always)]
-fn expired(now: u64, last: u64, flags: u8, tcp: bool, g: &Globals) -> bool {
-    let idle = now.wrapping_sub(last);
-    let limit = if flags & CT_F_CLOSING != 0 {
-        g.closing_s
-    } else if tcp {
-        g.tcp_idle_s
-    } else {
-        g.udp_idle_s
-    };
-    idle > limit as u64 * NS
 }
 
 #[inline(always)]
@@ -318,7 +302,7 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     let is_tcp = p.key.proto == PROTO_TCP;
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if expired(now, n.last_seen_ns, n.flags, is_tcp, g) {
+    if g.expired(now, n.last_seen_ns, n.flags, is_tcp) {
         return Verdict::pass(Reason::PassNoService);
     }
     // SAFETY: as above.

@@ -15,29 +15,62 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
-use vip_common::Reason;
+use vip_common::{Globals, Reason};
 
 use crate::{
     certcheck::{self, CertCheck},
     config::{Config, Mode, ProbeSettings, parse_duration},
-    controller::{CertState, Controller},
+    controller::Controller,
     dataplane::{
         Maps,
+        flows::{FlowTables, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
     health::Change,
     host,
-    metrics::{
-        self, BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics,
-        ReasonLabel, ServiceLabel, mirror,
-    },
+    metrics::{self, Metrics},
     probe::{self, Outcome, ProbeKind, ProbeSpec, ProbeTls},
     vrrp::{
         Family,
         router::{self, RouterHandle, RouterSpec},
     },
 };
+
+mod observe;
+
+use observe::Observed;
+
+/// How often the flow tables are swept (expired entries deleted, live ones
+/// counted for status and metrics).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Sweeps the flow tables every [`SWEEP_EVERY`] in a blocking thread and
+/// sends each result; ends when the receiver goes.
+fn spawn_sweeper(mut tables: FlowTables, g: Globals, tx: mpsc::Sender<Sweep>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let res = tokio::task::spawn_blocking(move || {
+                let r = tables.sweep(&g, monotonic_ns());
+                (tables, r)
+            })
+            .await;
+            let Ok((t, r)) = res else { return };
+            tables = t;
+            match r {
+                Ok(s) => {
+                    if tx.send(s).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "sweeping the flow tables failed"),
+            }
+        }
+    })
+}
 
 pub struct AgentOptions {
     pub config_path: PathBuf,
@@ -404,126 +437,6 @@ fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
     }
 }
 
-/// Copies what lives elsewhere (controller, VRRP routers, BPF counters)
-/// into the metrics; once a second.
-fn refresh<M: Maps>(
-    m: &Metrics,
-    ctl: &Controller<M>,
-    routers: &[RouterHandle],
-    holds: &HashMap<Family, Option<String>>,
-    priority: u8,
-) {
-    for r in routers {
-        let family = router::label(r.family()).to_owned();
-        let fl = FamilyLabel {
-            family: family.clone(),
-        };
-        for st in [
-            crate::vrrp::machine::State::Initialize,
-            crate::vrrp::machine::State::Backup,
-            crate::vrrp::machine::State::Master,
-        ] {
-            m.vrrp_state
-                .get_or_create(&FamilyState {
-                    family: family.clone(),
-                    state: st.label().to_owned(),
-                })
-                .set(i64::from(r.state() == st));
-        }
-        m.vrrp_priority.get_or_create(&fl).set(i64::from(priority));
-        m.vrrp_held.get_or_create(&fl).set(i64::from(
-            holds.get(&r.family()).is_some_and(Option::is_some),
-        ));
-        let s = r.stats();
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        mirror(
-            &m.vrrp_became_master.get_or_create(&fl),
-            load(&s.became_master),
-        );
-        mirror(&m.vrrp_left_master.get_or_create(&fl), load(&s.left_master));
-        mirror(
-            &m.vrrp_adverts_sent.get_or_create(&fl),
-            load(&s.adverts_sent),
-        );
-        mirror(
-            &m.vrrp_adverts_received.get_or_create(&fl),
-            load(&s.adverts_received),
-        );
-        mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
-        for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
-            mirror(
-                &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
-                    family: family.clone(),
-                    reason: (*label).to_owned(),
-                }),
-                load(c),
-            );
-        }
-    }
-    for b in ctl.status() {
-        let backend = b.addr.to_string();
-        for st in ["up", "down", "auth_misconfigured"] {
-            m.backend_state
-                .get_or_create(&BackendState {
-                    backend: backend.clone(),
-                    state: st.to_owned(),
-                })
-                .set(i64::from(b.state == st));
-        }
-        m.backend_serving
-            .get_or_create(&BackendLabel {
-                backend: backend.clone(),
-            })
-            .set(i64::from(b.serving));
-    }
-    let now = SystemTime::now();
-    for (addr, c) in ctl.certs() {
-        let bl = BackendLabel {
-            backend: addr.to_string(),
-        };
-        if let CertState::Ok(r) | CertState::Missing(r) = c {
-            m.cert_san_ok
-                .get_or_create(&bl)
-                .set(i64::from(matches!(c, CertState::Ok(_))));
-            m.cert_expiry
-                .get_or_create(&bl)
-                .set(metrics::seconds_until(r.not_after, now));
-        }
-    }
-    for s in &ctl.config().services {
-        let name = SocketAddr::new(s.vip, s.port).to_string();
-        let on = ctl.failing_open().contains(&name);
-        m.fail_open
-            .get_or_create(&ServiceLabel { service: name })
-            .set(i64::from(on));
-    }
-    let maps = ctl.programmer().maps();
-    for (addr, id) in ctl.backend_ids() {
-        let Ok(c) = maps.backend_counters(id) else {
-            continue;
-        };
-        let bl = BackendLabel {
-            backend: addr.to_string(),
-        };
-        mirror(&m.backend_packets.get_or_create(&bl), c.packets);
-        mirror(&m.backend_bytes.get_or_create(&bl), c.bytes);
-        mirror(&m.backend_new_flows.get_or_create(&bl), c.new_flows);
-        mirror(&m.backend_rsts.get_or_create(&bl), c.rsts);
-    }
-    if let Ok(c) = maps.reason_counters() {
-        for r in Reason::ALL {
-            let rl = ReasonLabel {
-                reason: r.label().to_owned(),
-            };
-            mirror(
-                &m.dataplane_packets.get_or_create(&rl),
-                c[*r as usize].packets,
-            );
-            mirror(&m.dataplane_bytes.get_or_create(&rl), c[*r as usize].bytes);
-        }
-    }
-}
-
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let mut jobs = probe_jobs(&cfg)?;
@@ -600,6 +513,17 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         };
     info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
+    let mut obs = Observed::new(attached.to_string());
+    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
+    let sweeper = match ctl.programmer().maps().flow_tables() {
+        Ok(t) => Some(spawn_sweeper(t, globals, sweep_tx)),
+        Err(e) => {
+            // Forwarding does not need the sweep; status and the flow
+            // metrics go without counts, and the LRU evicts as before.
+            error!(error = %format!("{e:#}"), "opening the flow tables for the sweep failed; flows will not be counted");
+            None
+        }
+    };
 
     let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeEvent>(256);
     let (cert_tx, mut cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
@@ -694,13 +618,22 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                 }
             }
             Some(ev) = probe_rx.recv() => {
-                metrics.probe(ev.addr, &ev.outcome, ev.finished.saturating_duration_since(ev.started));
+                let took = ev.finished.saturating_duration_since(ev.started);
+                metrics.probe(ev.addr, &ev.outcome, took);
+                obs.probe_last.insert(ev.addr, (took, ev.outcome.label()));
                 let res = ctl.probe(ev.addr, ev.started, ev.finished, &ev.outcome);
                 let written = Instant::now();
                 match res {
                     Ok(effect) => {
                         for c in &effect.changes {
                             log_probe_change(ev.addr, c, written);
+                            let (to, reason) = match c {
+                                Change::Down { outcome, .. } => ("down", outcome.label()),
+                                Change::Up => ("up", "probe passes"),
+                                Change::AuthRefused(_) => ("auth_misconfigured", "auth"),
+                                Change::AuthAccepted => ("up", "probe accepted again"),
+                            };
+                            obs.changed(ev.addr, to, reason.to_owned());
                             if *c == Change::Up {
                                 // A restarted apiserver may present another
                                 // certificate: read it now.
@@ -711,6 +644,13 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     }
                     Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
                 }
+            }
+            Some(sw) = sweep_rx.recv() => {
+                obs.swept_total += sw.removed;
+                if sw.removed > 0 {
+                    tracing::debug!(removed = sw.removed, live = sw.flows, took_us = sw.took_us, "flow tables swept");
+                }
+                obs.sweep = Some((sw, SystemTime::now()));
             }
             Some((addr, check)) = cert_rx.recv() => {
                 if let Err(e) = ctl.cert(addr, check, SystemTime::now()) {
@@ -828,6 +768,8 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         let p = effective_priority(&cfg, xdp_ok, local_ok);
+        obs.xdp_ok = xdp_ok;
+        obs.priority = p;
         if priority != Some(p) {
             priority = Some(p);
             for r in &routers {
@@ -837,11 +779,14 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         metrics.beat();
         if refresh_due.elapsed() >= Duration::from_secs(1) {
             refresh_due = Instant::now();
-            refresh(&metrics, &ctl, &routers, &holds, p);
+            observe::refresh(&metrics, &ctl, &routers, &mut obs);
         }
     }
     metrics.set_ready(false);
     if let Some(t) = metrics_task {
+        t.abort();
+    }
+    if let Some(t) = sweeper {
         t.abort();
     }
     drop(probes);

@@ -11,4 +11,5 @@ pub mod host;
 pub mod maglev;
 pub mod metrics;
 pub mod probe;
+pub mod status;
 pub mod vrrp;

@@ -1,6 +1,9 @@
 //! `vipd`: the agent binary.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -48,6 +51,26 @@ enum Cmd {
     },
     /// Validate a configuration file without touching the system.
     CheckConfig { config: PathBuf },
+    /// Ask the running agent: VRRP role, priority and peers, VIPs, backends
+    /// with health, probe latency and flows, the last failover.
+    Status {
+        /// The agent's config: status is served on its `metrics_listen`.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Where the agent serves /status (instead of reading --config).
+        #[arg(long)]
+        address: Option<SocketAddr>,
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+const DEFAULT_CONFIG: &str = "/etc/vipd/vipd.yaml";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args, Clone)]
@@ -89,6 +112,11 @@ fn main() {
         } => run(&config, stats_interval, &pin),
         Cmd::Detach { interface, pin } => detach(&interface, &pin),
         Cmd::CheckConfig { config } => check_config(&config),
+        Cmd::Status {
+            config,
+            address,
+            output,
+        } => status(&config, address, output),
     };
     if let Err(e) = res {
         eprintln!("vipd: error: {e:#}");
@@ -126,6 +154,32 @@ fn check_config(path: &Path) -> Result<()> {
     );
     for (ok, line) in agent::timing_report(&cfg) {
         println!("{}{line}", if ok { "" } else { "warning: " });
+    }
+    Ok(())
+}
+
+fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<()> {
+    let addr = match address {
+        Some(a) => a,
+        // No config at the default place: the default listen address.
+        None if config == Path::new(DEFAULT_CONFIG) && !config.exists() => {
+            vip_userspace::config::DEFAULT_METRICS_LISTEN.parse()?
+        }
+        None => match Config::load(config)?.metrics_listen {
+            Some(a) => a,
+            None => bail!(
+                "{}: metrics_listen is null, and /status is served there; set it (default 127.0.0.1:9590) and reload",
+                config.display()
+            ),
+        },
+    };
+    let (st, json) = vip_userspace::status::fetch(
+        vip_userspace::status::reach(addr),
+        std::time::Duration::from_secs(3),
+    )?;
+    match output {
+        Output::Json => println!("{json}"),
+        Output::Table => print!("{}", st.render()),
     }
     Ok(())
 }

@@ -85,6 +85,14 @@ fn probe_histogram() -> Histogram {
 
 type ProbeHistograms = Family<BackendLabel, Histogram, fn() -> Histogram>;
 
+fn failover_histogram() -> Histogram {
+    // 10 ms .. 41 s: a 20 ms advert interval's skew time to a 10 s one's
+    // master-down interval.
+    Histogram::new(exponential_buckets(0.01, 2.0, 13))
+}
+
+type FailoverHistograms = Family<FamilyLabel, Histogram, fn() -> Histogram>;
+
 /// Every metric vipd exports.
 pub struct Metrics {
     registry: Registry,
@@ -97,6 +105,7 @@ pub struct Metrics {
     pub vrrp_adverts_received: Family<FamilyLabel, Counter>,
     pub vrrp_adverts_rejected: Family<FamilyReason, Counter>,
     pub vrrp_split_brain: Family<FamilyLabel, Counter>,
+    pub vrrp_failover_duration: FailoverHistograms,
     pub backend_state: Family<BackendState, Gauge>,
     pub backend_serving: Family<BackendLabel, Gauge>,
     pub probe_duration: ProbeHistograms,
@@ -110,6 +119,12 @@ pub struct Metrics {
     pub cert_san_ok: Family<BackendLabel, Gauge>,
     pub cert_expiry: Family<BackendLabel, Gauge>,
     pub fail_open: Family<ServiceLabel, Gauge>,
+    pub backend_flows: Family<BackendLabel, Gauge>,
+    pub conntrack_entries: Gauge,
+    pub conntrack_capacity: Gauge,
+    pub conntrack_swept: Counter,
+    /// The last `vipd status` snapshot (JSON), served at /status.
+    status: std::sync::Mutex<String>,
     /// Set once the program is attached and the services are written.
     ready: AtomicBool,
     /// Milliseconds from `started` to the agent loop's last turn, for /healthz.
@@ -146,6 +161,7 @@ impl Metrics {
             vrrp_adverts_received: Family::default(),
             vrrp_adverts_rejected: Family::default(),
             vrrp_split_brain: Family::default(),
+            vrrp_failover_duration: Family::new_with_constructor(failover_histogram),
             backend_state: Family::default(),
             backend_serving: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram),
@@ -159,6 +175,11 @@ impl Metrics {
             cert_san_ok: Family::default(),
             cert_expiry: Family::default(),
             fail_open: Family::default(),
+            backend_flows: Family::default(),
+            conntrack_entries: Gauge::default(),
+            conntrack_capacity: Gauge::default(),
+            conntrack_swept: Counter::default(),
+            status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -207,6 +228,12 @@ impl Metrics {
             "vrrp_split_brain",
             "Another master or another MAC claiming the VIP seen while master",
             m.vrrp_split_brain.clone(),
+        );
+        r.register_with_unit(
+            "vrrp_failover_duration",
+            "Takeovers by this node: from the previous master's last advertisement to becoming master",
+            Unit::Seconds,
+            m.vrrp_failover_duration.clone(),
         );
         r.register(
             "backend_state",
@@ -277,6 +304,26 @@ impl Metrics {
             "1 while a service forwards to every backend because none is usable",
             m.fail_open.clone(),
         );
+        r.register(
+            "backend_flows",
+            "Live flows in the connection table for the backend (counted every 10 s)",
+            m.backend_flows.clone(),
+        );
+        r.register(
+            "conntrack_entries",
+            "Live connection-table entries (counted every 10 s)",
+            m.conntrack_entries.clone(),
+        );
+        r.register(
+            "conntrack_capacity",
+            "Connection-table capacity (conntrack_capacity); entries over capacity is its fullness",
+            m.conntrack_capacity.clone(),
+        );
+        r.register(
+            "conntrack_swept",
+            "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
+            m.conntrack_swept.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -294,6 +341,21 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Replaces the snapshot `/status` serves.
+    pub fn set_status(&self, json: String) {
+        *self
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = json;
+    }
+
+    fn status(&self) -> String {
+        self.status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Marks the agent ready (or not) for /readyz.
@@ -391,6 +453,14 @@ fn respond(m: &Metrics, method: &str, path: &str) -> (&'static str, &'static str
         "/readyz" if m.ready.load(Ordering::Relaxed) && m.healthy() => {
             ("200 OK", TEXT, "ok\n".into())
         }
+        "/status" => match m.status() {
+            s if s.is_empty() => (
+                "503 Service Unavailable",
+                TEXT,
+                "vipd is starting; no status yet\n".into(),
+            ),
+            s => ("200 OK", "application/json", s),
+        },
         "/readyz" => (
             "503 Service Unavailable",
             TEXT,
@@ -400,7 +470,7 @@ fn respond(m: &Metrics, method: &str, path: &str) -> (&'static str, &'static str
         _ => (
             "404 Not Found",
             TEXT,
-            "try /metrics, /healthz or /readyz\n".into(),
+            "try /metrics, /status, /healthz or /readyz\n".into(),
         ),
     }
 }

@@ -20,7 +20,7 @@ use vip_common::{
     BackendStats, BackendValue, Counter, Globals, NatValue, REASON_COUNT, ServiceKey, ServiceValue,
 };
 
-use super::{DataplaneError, EBPF_OBJECT, Maps, Result};
+use super::{DataplaneError, EBPF_OBJECT, Maps, Result, flows::FlowTables};
 
 /// How to attach the program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -284,6 +284,12 @@ impl KernelMaps {
     /// The names of the object's maps (to check `PINNED_MAPS` against).
     pub fn map_names(&self) -> Vec<String> {
         self.ebpf.maps().map(|(n, _)| n.to_owned()).collect()
+    }
+
+    /// Second handles on the flow tables for [`FlowTables::sweep`], which
+    /// runs in a blocking thread.
+    pub fn flow_tables(&self) -> Result<FlowTables> {
+        FlowTables::open(self.map("CONNTRACK")?, self.map("NAT_REV")?)
     }
 
     /// Every reverse-NAT entry (for tests and status).

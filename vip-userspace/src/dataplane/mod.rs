@@ -6,6 +6,7 @@
 //! it wrote and turns desired state into the smallest set of map writes, in an
 //! order that never lets a packet see a half-written table.
 
+pub mod flows;
 pub mod kernel;
 pub mod mem;
 pub mod programmer;

@@ -4,13 +4,13 @@
 //! Everything that decides lives in the machine; this file only does.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::IpAddr,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use thiserror::Error;
@@ -72,6 +72,52 @@ pub struct RouterStats {
     pub discards: [AtomicU64; DISCARD_LABELS.len()],
 }
 
+/// What `vipd status` shows of one virtual router; kept by its task.
+#[derive(Debug, Clone)]
+pub struct RouterInfo {
+    pub vrid: u8,
+    /// Our address in the advertisements.
+    pub source: IpAddr,
+    /// The priority we advertise now (after tracking).
+    pub priority: u8,
+    /// Why the certificate gate holds us out, if it does.
+    pub hold: Option<String>,
+    /// Every router whose advertisements passed the RFC 9568 7.1 checks.
+    pub peers: BTreeMap<IpAddr, PeerSeen>,
+    pub last_change: Option<ChangeSeen>,
+    pub last_failover: Option<Failover>,
+    /// Failovers so far, so that each is observed once in the histogram.
+    pub failovers: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PeerSeen {
+    pub priority: u8,
+    pub at: SystemTime,
+    pub seen: Instant,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeSeen {
+    pub at: SystemTime,
+    pub from: State,
+    pub to: State,
+    pub why: String,
+}
+
+/// This node took the VIP over from another master.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub at: SystemTime,
+    /// From the previous master's last advertisement to our takeover: how
+    /// long the VIP had no working master as far as this node can see (the
+    /// old master died at most one advert interval before its last advert
+    /// would have been due).
+    pub took: Duration,
+    pub from: IpAddr,
+    pub why: String,
+}
+
 enum Command {
     Priority(u8),
     /// Keep out of the election (Initialize, no adverts, no VIP) while
@@ -90,11 +136,17 @@ pub struct RouterHandle {
     tx: mpsc::UnboundedSender<Command>,
     state: watch::Receiver<State>,
     stats: Arc<RouterStats>,
+    info: Arc<Mutex<RouterInfo>>,
     task: JoinHandle<()>,
     family: Family,
 }
 
 impl RouterHandle {
+    /// A copy of what status shows.
+    pub fn info(&self) -> RouterInfo {
+        lock(&self.info).clone()
+    }
+
     pub fn family(&self) -> Family {
         self.family
     }
@@ -210,6 +262,16 @@ pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle
     let (tx, rx) = mpsc::unbounded_channel();
     let (state_tx, state) = watch::channel(State::Initialize);
     let stats = Arc::new(RouterStats::default());
+    let info = Arc::new(Mutex::new(RouterInfo {
+        vrid: plan.vrid,
+        source,
+        priority: plan.priority,
+        hold: hold.clone(),
+        peers: BTreeMap::new(),
+        last_change: None,
+        last_failover: None,
+        failovers: 0,
+    }));
     info!(
         family = %label(spec.family),
         vrid = plan.vrid,
@@ -232,6 +294,7 @@ pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle
         machine,
         state: state_tx,
         stats: stats.clone(),
+        info: info.clone(),
         last_log: HashMap::new(),
     };
     let task = tokio::spawn(router.run(rx, hold));
@@ -239,6 +302,7 @@ pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle
         tx,
         state,
         stats,
+        info,
         task,
         family,
     })
@@ -256,7 +320,14 @@ struct Router {
     machine: Machine,
     state: watch::Sender<State>,
     stats: Arc<RouterStats>,
+    info: Arc<Mutex<RouterInfo>>,
     last_log: HashMap<&'static str, Instant>,
+}
+
+/// The info lock is held for copies only; a poisoned one (a panic while
+/// copying) still holds consistent data.
+fn lock(m: &Mutex<RouterInfo>) -> std::sync::MutexGuard<'_, RouterInfo> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Router {
@@ -300,6 +371,7 @@ impl Router {
                         if p != self.machine.priority() {
                             info!(family = %label(self.spec.family), from = self.machine.priority(), to = p, "VRRP priority changed");
                             self.feed(Input::Priority(p)).await;
+                            lock(&self.info).priority = p;
                         }
                     }
                     Some(Command::Hold(why)) => {
@@ -310,6 +382,7 @@ impl Router {
                             _ => {}
                         }
                         hold = why;
+                        lock(&self.info).hold = hold.clone();
                         let active = link_up && hold.is_none();
                         if active != was_active {
                             self.feed(if active { Input::Startup } else { Input::Shutdown }).await;
@@ -426,6 +499,14 @@ impl Router {
         match self.check(&pkt) {
             Ok(c) => {
                 self.stats.adverts_received.fetch_add(1, Ordering::Relaxed);
+                lock(&self.info).peers.insert(
+                    pkt.src,
+                    PeerSeen {
+                        priority: c.advert.priority,
+                        at: SystemTime::now(),
+                        seen: Instant::now(),
+                    },
+                );
                 if !c.addrs_match {
                     // RFC 9568 7.1: the owner's list wins, but say so.
                     self.complain(
@@ -508,6 +589,7 @@ impl Router {
                 } else if from == State::Master {
                     self.stats.left_master.fetch_add(1, Ordering::Relaxed);
                 }
+                self.record_change(from, to, why);
                 self.state.send_replace(to);
             }
             Action::SplitBrain { peer, won } => {
@@ -543,6 +625,45 @@ impl Router {
                     );
                 }
             }
+        }
+    }
+
+    /// Keeps the last change, and a takeover from a master that went
+    /// silent or left (RFC 9568 6.4.2: Master_Down_Timer) as a failover.
+    /// Becoming master at startup with no master ever heard is not one.
+    fn record_change(&mut self, from: State, to: State, why: Why) {
+        let now = SystemTime::now();
+        let mut info = lock(&self.info);
+        info.last_change = Some(ChangeSeen {
+            at: now,
+            from,
+            to,
+            why: describe(why),
+        });
+        if to != State::Master || !matches!(why, Why::MasterDown | Why::MasterLeft) {
+            return;
+        }
+        let last = info
+            .peers
+            .iter()
+            .max_by_key(|(_, p)| p.seen)
+            .map(|(a, p)| (*a, p.seen));
+        if let Some((from, seen)) = last {
+            let took = seen.elapsed();
+            info!(
+                family = %label(self.spec.family),
+                vrid = self.spec.plan.vrid,
+                previous_master = %from,
+                took_ms = took.as_millis() as u64,
+                "VRRP failover: this node took the VIP over"
+            );
+            info.failovers += 1;
+            info.last_failover = Some(Failover {
+                at: now,
+                took,
+                from,
+                why: describe(why),
+            });
         }
     }
 

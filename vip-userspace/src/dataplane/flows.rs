@@ -1,0 +1,174 @@
+//! The agent's sweep of the flow tables: it counts the live flows (per
+//! backend, for status and metrics) and deletes the entries the XDP program
+//! already treats as absent.
+//!
+//! Why delete what the program ignores: `CONNTRACK` and `NAT_REV` are LRU
+//! hashes, and an LRU evicts only when full. A closed flow's reverse entry
+//! keeps its source port (the program claims ports with `BPF_NOEXIST`, see
+//! `allocate_port` in vip-ebpf), so without a sweep a backend's 20 000 ports
+//! fill with dead flows and new ones are dropped
+//! (`drop_nat_ports_exhausted`); and a full connection table evicts live
+//! flows (the least recently used ones: the idle watch streams) while dead
+//! ones sit in it.
+//!
+//! The walk runs on its own map handles in a blocking thread: a full table
+//! (262 144 entries) takes a few hundred ms of syscalls, and the agent's
+//! runtime, which also sends VRRP adverts, must not stall that long.
+
+use std::{collections::BTreeMap, os::fd::AsFd as _, time::Instant};
+
+use aya::maps::{HashMap, Map, MapData};
+use vip_common::{ConnKey, ConnValue, Globals, NatValue, PROTO_TCP};
+
+use super::{DataplaneError, Result};
+
+/// Second handles on the two flow tables (the same kernel maps).
+pub struct FlowTables {
+    conntrack: HashMap<MapData, ConnKey, ConnValue>,
+    nat_rev: HashMap<MapData, ConnKey, NatValue>,
+    capacity: u32,
+}
+
+/// What one sweep found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sweep {
+    /// Live connection-table entries after the sweep.
+    pub flows: u64,
+    /// Live reverse-NAT entries after the sweep.
+    pub nat_flows: u64,
+    /// The connection table's capacity (`conntrack_capacity`).
+    pub capacity: u32,
+    /// Expired entries deleted (both tables).
+    pub removed: u64,
+    /// Live flows by backend id.
+    pub per_backend: BTreeMap<u32, u64>,
+    /// How long the walk took, in microseconds.
+    pub took_us: u64,
+}
+
+fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
+    let fd = d
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| DataplaneError::Map {
+            map: name,
+            op: "dup",
+            source: Box::new(aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            })),
+        })?;
+    let d = MapData::from_fd(fd).map_err(map_err(name, "open"))?;
+    Ok(Map::LruHashMap(d))
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        map,
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl FlowTables {
+    pub(super) fn open(conntrack: &Map, nat_rev: &Map) -> Result<FlowTables> {
+        let (Map::LruHashMap(ct), Map::LruHashMap(nr)) = (conntrack, nat_rev) else {
+            return Err(DataplaneError::NoMap("CONNTRACK/NAT_REV as LRU hashes"));
+        };
+        let capacity = ct
+            .info()
+            .map_err(map_err("CONNTRACK", "info"))?
+            .max_entries();
+        Ok(FlowTables {
+            conntrack: HashMap::try_from(clone_lru(ct, "CONNTRACK")?)
+                .map_err(map_err("CONNTRACK", "open"))?,
+            nat_rev: HashMap::try_from(clone_lru(nr, "NAT_REV")?)
+                .map_err(map_err("NAT_REV", "open"))?,
+            capacity,
+        })
+    }
+
+    /// Counts the live flows and deletes the expired ones, judged by the
+    /// program's own rule ([`Globals::expired`]) at `now` (CLOCK_MONOTONIC
+    /// ns, see [`monotonic_ns`]).
+    ///
+    /// A reverse entry goes only when its forward flow is gone or expired
+    /// too: a UDP flow whose backend never answers has a stale reverse entry
+    /// and a live forward one, and its port must stay claimed.
+    ///
+    /// Keys are collected first and deleted after the walk: deleting the
+    /// key the walk stands on makes `BPF_MAP_GET_NEXT_KEY` start over.
+    /// An entry touched between the read and the delete (a packet on a flow
+    /// idle past its timeout, in that very millisecond) loses its entry and
+    /// is treated as the program treats an expired one: chosen again.
+    pub fn sweep(&mut self, g: &Globals, now: u64) -> Result<Sweep> {
+        let t = Instant::now();
+        let mut out = Sweep {
+            capacity: self.capacity,
+            ..Sweep::default()
+        };
+        let mut dead_rev = vec![];
+        for r in self.nat_rev.iter() {
+            let Ok((k, v)) = r else { continue };
+            let tcp = k.proto == PROTO_TCP;
+            if !g.expired(now, v.last_seen_ns, v.flags, tcp) {
+                out.nat_flows += 1;
+                continue;
+            }
+            let fwd = ConnKey {
+                saddr: v.client_addr,
+                daddr: v.vip,
+                sport_be: v.client_port_be,
+                dport_be: v.vip_port_be,
+                proto: k.proto,
+                family: k.family,
+                _pad: [0; 2],
+            };
+            let fwd_live = self
+                .conntrack
+                .get(&fwd, 0)
+                .is_ok_and(|c| !g.expired(now, c.last_seen_ns, c.flags, tcp));
+            if fwd_live {
+                out.nat_flows += 1;
+            } else {
+                dead_rev.push(k);
+            }
+        }
+        let mut dead_fwd = vec![];
+        for r in self.conntrack.iter() {
+            let Ok((k, v)) = r else { continue };
+            if g.expired(now, v.last_seen_ns, v.flags, k.proto == PROTO_TCP) {
+                dead_fwd.push(k);
+            } else {
+                out.flows += 1;
+                *out.per_backend.entry(v.backend_id).or_default() += 1;
+            }
+        }
+        for k in &dead_rev {
+            // Already gone (evicted, or the program replaced it): fine.
+            if self.nat_rev.remove(k).is_ok() {
+                out.removed += 1;
+            }
+        }
+        for k in &dead_fwd {
+            if self.conntrack.remove(k).is_ok() {
+                out.removed += 1;
+            }
+        }
+        out.took_us = t.elapsed().as_micros() as u64;
+        Ok(out)
+    }
+}
