@@ -13,6 +13,7 @@ pub mod progtest;
 pub mod reaction;
 pub mod scenario;
 pub mod standin;
+pub mod traffic;
 pub mod vrrpd;
 
 use std::path::PathBuf;

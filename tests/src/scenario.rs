@@ -55,6 +55,9 @@ pub struct LbOptions {
     pub vrrp: bool,
     /// Top-level YAML added to the config as is.
     pub extra: String,
+    /// A second LB node, `lb2`, running vipd with VRRP priority 100 (the
+    /// first has 150); implies `vrrp`.
+    pub second_lb: bool,
 }
 
 impl LbOptions {
@@ -67,6 +70,7 @@ impl LbOptions {
             probe_ca: None,
             vrrp: false,
             extra: String::new(),
+            second_lb: false,
         }
     }
 }
@@ -80,6 +84,8 @@ pub struct LbLab {
     /// `--pin-dir` of this lab's vipd (removed when the lab is dropped).
     pub pin_root: PathBuf,
     pub vipd: Proc,
+    /// `lb2`'s vipd and config, with [`LbOptions::second_lb`].
+    pub vipd2: Option<(Proc, PathBuf)>,
     pub standins: Vec<StandinHandle>,
     pub xdp_mode: AttachMode,
     pub fwd: Fwd,
@@ -96,7 +102,27 @@ impl LbLab {
     /// `opts` says.
     pub fn start_with(hint: &str, opts: &LbOptions) -> LbLab {
         let (xdp_mode, fwd) = (opts.xdp_mode, opts.fwd);
-        let lab = Lab::new(hint, &["client", "lb", "be1", "be2", "be3"]);
+        // lb2 last: the others keep their addresses (10.77.0.10 + index).
+        let nodes: &[&str] = if opts.second_lb {
+            &["client", "lb", "be1", "be2", "be3", "lb2"]
+        } else {
+            &["client", "lb", "be1", "be2", "be3"]
+        };
+        let lab = Lab::new(hint, nodes);
+        let lbs: &[&str] = if opts.second_lb {
+            &["lb", "lb2"]
+        } else {
+            &["lb"]
+        };
+        for lb in lbs {
+            // A real NIC drops unicast frames for other MACs before XDP sees
+            // them; a veth hands XDP everything. Without this, frames for a
+            // dead LB's MAC, flooded once the bridge forgets it, would be
+            // served by the other LB's XDP program before any VRRP takeover,
+            // and failover figures would flatter vipd.
+            let port = lab.node(lb).switch_port.clone();
+            lab.switch_sh(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+        }
         let pki = TestPki::new();
         let ca_path = lab.dir().join("ca.crt");
         std::fs::write(&ca_path, pki.ca_pem()).expect("write CA");
@@ -164,19 +190,21 @@ impl LbLab {
             // veth delivers the LB's native XDP_TX frames only if its peer runs
             // an XDP program (drivers/net/veth.c); give the switch port one that
             // passes everything.
-            let port = lab.node("lb").switch_port.clone();
-            let sw = lab.switch_ns().to_owned();
-            let pass = in_netns(&sw, || {
-                let mut m = KernelMaps::load(&LoadOptions {
-                    conntrack_capacity: 1024,
-                    pin_dir: None,
-                })
-                .expect("load the XDP object for the switch port");
-                m.attach(PROG_PASS, &port, AttachMode::Native)
-                    .expect("attach vip_pass to the switch port");
-                m
-            });
-            lab.keep(Box::new(pass));
+            for lb in lbs {
+                let port = lab.node(lb).switch_port.clone();
+                let sw = lab.switch_ns().to_owned();
+                let pass = in_netns(&sw, || {
+                    let mut m = KernelMaps::load(&LoadOptions {
+                        conntrack_capacity: 1024,
+                        pin_dir: None,
+                    })
+                    .expect("load the XDP object for the switch port");
+                    m.attach(PROG_PASS, &port, AttachMode::Native)
+                        .expect("attach vip_pass to the switch port");
+                    m
+                });
+                lab.keep(Box::new(pass));
+            }
         }
 
         let mode = match xdp_mode {
@@ -184,7 +212,7 @@ impl LbLab {
             AttachMode::Skb => "skb",
             AttachMode::Auto => "auto",
         };
-        let holder = if opts.vrrp {
+        let holder = if opts.vrrp || opts.second_lb {
             "vrrp: { vrid: 51, priority: 150 }"
         } else {
             "hold_vips: true"
@@ -246,8 +274,21 @@ impl LbLab {
             pin_root.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let vipd = spawn_vipd(&lab, &config_path, &pin_root);
+        let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root);
         vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
+        let vipd2 = opts.second_lb.then(|| {
+            // The same config but for the priority; pins in a folder of its
+            // own (both attach to an `eth0`).
+            let text = std::fs::read_to_string(&config_path).expect("read vipd config");
+            let text = text.replace("priority: 150", "priority: 100");
+            let path = lab.dir().join("vipd-lb2.yaml");
+            std::fs::write(&path, text).expect("write lb2's vipd config");
+            let pins = pin_root.join("lb2");
+            std::fs::create_dir_all(&pins).expect("create lb2's pin folder");
+            let p = spawn_vipd(&lab, "lb2", &path, &pins);
+            p.wait_for_stdout("vipd ready", Duration::from_secs(30));
+            (p, path)
+        });
         LbLab {
             lab,
             pki,
@@ -255,6 +296,7 @@ impl LbLab {
             config_path,
             pin_root,
             vipd,
+            vipd2,
             standins,
             xdp_mode,
             fwd,
@@ -279,7 +321,7 @@ impl LbLab {
     /// `systemctl restart` would; returns once the new one is ready.
     pub fn restart_vipd(&mut self) {
         self.stop_vipd();
-        self.vipd = spawn_vipd(&self.lab, &self.config_path, &self.pin_root);
+        self.vipd = spawn_vipd(&self.lab, "lb", &self.config_path, &self.pin_root);
         self.vipd
             .wait_for_stdout("vipd ready", Duration::from_secs(30));
     }
@@ -349,8 +391,13 @@ impl LbLab {
     /// GET `path` from vipd's metrics endpoint (127.0.0.1:9590 in the lb
     /// namespace): (status, body).
     pub fn vipd_http(&self, path: &str) -> (u16, String) {
+        self.vipd_http_on("lb", path)
+    }
+
+    /// [`LbLab::vipd_http`] against the vipd on `node` (`lb` or `lb2`).
+    pub fn vipd_http_on(&self, node: &str, path: &str) -> (u16, String) {
         use std::io::{Read, Write};
-        let ns = self.lab.node("lb").ns.clone();
+        let ns = self.lab.node(node).ns.clone();
         let path = path.to_owned();
         in_netns(&ns, move || {
             let mut s = std::net::TcpStream::connect_timeout(
@@ -373,6 +420,25 @@ impl LbLab {
             let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
             (status, body.to_owned())
         })
+    }
+
+    /// The `vipd status` snapshot of the vipd on `node` (`lb` or `lb2`).
+    pub fn status_of(&self, node: &str) -> vip_userspace::status::Status {
+        self.try_status_of(node)
+            .unwrap_or_else(|e| panic!("vipd status on {node}: {e}"))
+    }
+
+    /// [`LbLab::status_of`] that tells rather than panics (a vipd that was
+    /// killed does not answer).
+    pub fn try_status_of(&self, node: &str) -> Result<vip_userspace::status::Status, String> {
+        let ns = self.lab.node(node).ns.clone();
+        let addr = vip_userspace::config::DEFAULT_METRICS_LISTEN
+            .parse()
+            .expect("address");
+        in_netns(&ns, || {
+            vip_userspace::status::fetch(addr, Duration::from_secs(3)).map(|(s, _)| s)
+        })
+        .map_err(|e| e.to_string())
     }
 
     /// One sample of vipd's metrics: `series` is the name with its labels
@@ -421,10 +487,10 @@ impl LbLab {
     }
 }
 
-fn spawn_vipd(lab: &Lab, config: &std::path::Path, pin_root: &std::path::Path) -> Proc {
+fn spawn_vipd(lab: &Lab, node: &str, config: &std::path::Path, pin_root: &std::path::Path) -> Proc {
     let vipd_bin = crate::vipd_bin();
     lab.spawn(
-        "lb",
+        node,
         vipd_bin.to_str().expect("utf-8 path"),
         &[
             "run",

@@ -933,6 +933,34 @@ impl WatchStream {
         self.conn.set_read_timeout(timeout)
     }
 
+    /// TCP keepalive probes after `every` of silence, then every `every`.
+    pub fn keepalive(&self, every: Duration) -> Result<(), ClientError> {
+        use std::os::fd::AsRawFd;
+        let fd = self.conn.tls.sock.as_raw_fd();
+        let secs = every.as_secs().max(1) as libc::c_int;
+        for (level, opt, val) in [
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs),
+        ] {
+            // SAFETY: setsockopt on a socket we own, with a c_int value of
+            // the size given.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    opt,
+                    (&val as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r != 0 {
+                return Err(ClientError::Io(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
     fn read_chunk(&mut self) -> Result<(), ClientError> {
         let c = &mut self.conn;
         let end = loop {

@@ -103,6 +103,15 @@ fn metrics_and_status_follow_traffic_and_a_failing_backend() {
         s.vrrp.iter().all(|v| v.state == "master")
     });
     assert_eq!(s.vrrp.len(), 2, "one router per family: {s:?}");
+    // The node's own connections do not leave from the VIP (an IPv6 /128
+    // would win source selection over the node's /64 unless deprecated).
+    let be1_v6 = l.lab.node("be1").ipv6.to_string();
+    let route = l.lab.sh("lb", &["ip", "-6", "route", "get", &be1_v6]);
+    let own = l.lab.node("lb").ipv6.to_string();
+    assert!(
+        route.contains(&format!("src {own} ")),
+        "the node's IPv6 source must be its own address, not the VIP: {route}"
+    );
     assert!(
         s.services
             .iter()

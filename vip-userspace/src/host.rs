@@ -70,6 +70,14 @@ pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
         // No duplicate address detection: the VIP must answer at once, and
         // VRRP (not DAD) decides who holds it.
         c.arg("nodad");
+        // Deprecated (preferred lifetime 0): it still receives, but is never
+        // picked as a source address while the node's own one exists (RFC
+        // 6724 rule 3). Otherwise rule 8 (longest matching prefix, which
+        // Linux caps at the address's prefix length) prefers the /128 VIP
+        // over the node's /64 address for every neighbour on the subnet,
+        // and the node's own connections (probes, etcd, kubelet) leave from
+        // the VIP: their answers go to whichever node holds it next.
+        c.args(["preferred_lft", "0"]);
     }
     let out = c.output().map_err(HostError::Ip)?;
     if out.status.success() {
