@@ -339,7 +339,7 @@ pub fn failure_window(attempts: &[Attempt], from: Instant) -> Option<(Instant, I
         .filter(|a| a.at >= from && a.result.is_err())
         .map(|a| a.at);
     let first = fails.next()?;
-    Some((first, fails.last().unwrap_or(first)))
+    Some((first, fails.next_back().unwrap_or(first)))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod health;
 pub mod host;
+pub mod import;
 pub mod maglev;
 pub mod metrics;
 pub mod probe;

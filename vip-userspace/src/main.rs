@@ -1,17 +1,17 @@
 //! `vipd`: the agent binary.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use vip_userspace::{
     agent::{self, AgentOptions},
-    config::Config,
+    config::{Config, Mode},
     dataplane::kernel::{KernelMaps, pin_dir_for},
-    host,
+    host, import,
 };
 
 #[derive(Parser)]
@@ -63,6 +63,10 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Write a vipd configuration equivalent to an existing keepalived.conf
+    /// and/or haproxy.cfg (the kubeadm HA recipe's pair); every setting that
+    /// is not carried over becomes a comment saying why.
+    Import(ImportArgs),
 }
 
 const DEFAULT_CONFIG: &str = "/etc/vipd/vipd.yaml";
@@ -71,6 +75,39 @@ const DEFAULT_CONFIG: &str = "/etc/vipd/vipd.yaml";
 enum Output {
     Table,
     Json,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// keepalived.conf: the VIP, the interface and the VRRP settings.
+    #[arg(long, value_name = "FILE")]
+    keepalived: Option<PathBuf>,
+    /// haproxy.cfg: the apiservers and how they are checked.
+    #[arg(long, value_name = "FILE")]
+    haproxy: Option<PathBuf>,
+    /// dsr: stacked control plane, vipd on every control-plane node (the
+    /// recipe's shape); nat: dedicated load-balancer nodes.
+    #[arg(long, default_value = "dsr", value_parser = import::parse_mode)]
+    mode: Mode,
+    /// This node's address: the server with it is the local apiserver.
+    /// Default: keepalived's unicast_src_ip, else an address of this host.
+    #[arg(long, value_name = "ADDR")]
+    node_address: Option<IpAddr>,
+    /// A backend's MAC for mode dsr, instead of this node's neighbour table.
+    #[arg(long = "mac", value_name = "ADDR=MAC", value_parser = import::parse_mac_arg)]
+    macs: Vec<(IpAddr, [u8; 6])>,
+    /// Without --haproxy: an apiserver (port 6443 by default).
+    #[arg(long = "backend", value_name = "ADDR[:PORT]", value_parser = import::parse_backend_arg)]
+    backends: Vec<(IpAddr, Option<u16>)>,
+    /// Without --keepalived: the VIP (else HAProxy's bind address).
+    #[arg(long = "vip", value_name = "ADDR")]
+    vips: Vec<IpAddr>,
+    /// The interface that carries the VIP (default: keepalived's).
+    #[arg(long, value_name = "IF")]
+    interface: Option<String>,
+    /// Where to write the configuration (default: stdout).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -117,6 +154,7 @@ fn main() {
             address,
             output,
         } => status(&config, address, output),
+        Cmd::Import(args) => import(args),
     };
     if let Err(e) = res {
         eprintln!("vipd: error: {e:#}");
@@ -180,6 +218,50 @@ fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<
     match output {
         Output::Json => println!("{json}"),
         Output::Table => print!("{}", st.render()),
+    }
+    Ok(())
+}
+
+/// `vipd import`: reads the files, this host's addresses and neighbour table,
+/// converts, and writes the result (already parsed by vipd's own loader).
+fn import(a: ImportArgs) -> Result<()> {
+    let read = |p: &Option<PathBuf>| -> Result<Option<import::Source>> {
+        p.as_ref()
+            .map(|p| {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                Ok(import::Source {
+                    name: p.display().to_string(),
+                    text,
+                })
+            })
+            .transpose()
+    };
+    let opts = import::Options {
+        keepalived: read(&a.keepalived)?,
+        haproxy: read(&a.haproxy)?,
+        mode: a.mode,
+        node_address: a.node_address,
+        interface: a.interface,
+        vips: a.vips,
+        backends: a.backends,
+        macs: a.macs.into_iter().collect(),
+        host: import::host_addresses().context("listing this host's addresses")?,
+    };
+    let out = import::convert(&opts, &import::KernelNeighbours)?;
+    match &a.output {
+        Some(path) => {
+            std::fs::write(path, &out.yaml)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            eprintln!(
+                "vipd import: wrote {} ({} service(s); {} settings not carried over, each a `# not carried over` comment). Read it, then run `vipd check-config {}`",
+                path.display(),
+                out.config.services.len(),
+                out.not_carried_over,
+                path.display()
+            );
+        }
+        None => print!("{}", out.yaml),
     }
     Ok(())
 }

@@ -1,0 +1,263 @@
+//! `vipd import` as an operator runs it: the real binary on the sample files
+//! under `tests/import/`, its output loaded with vipd's own config loader.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use vip_userspace::config::{Config, Mode};
+
+const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
+
+fn samples(set: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/import")
+        .join(set)
+}
+
+/// A fresh folder for one test's files, unique per test and process.
+fn scratch(test: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("import-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("scratch folder");
+    d
+}
+
+fn vipd(args: &[&str]) -> Output {
+    Command::new(VIPD)
+        .arg("import")
+        .args(args)
+        .output()
+        .expect("run vipd")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn a(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+#[test]
+fn recipe_pair_becomes_a_config_vipd_loads() {
+    let dir = scratch("recipe");
+    let out = dir.join("vipd.yaml");
+    let ka = samples("kubeadm").join("keepalived.conf");
+    let ha = samples("kubeadm").join("haproxy.cfg");
+    let o = vipd(&[
+        "--keepalived",
+        ka.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--node-address",
+        "10.0.0.13",
+        "--mac",
+        "10.0.0.11=52:54:00:00:00:11",
+        "--mac",
+        "10.0.0.12=52:54:00:00:00:12",
+        "--output",
+        out.to_str().expect("path"),
+    ]);
+    assert!(
+        o.status.success(),
+        "vipd import failed: {}",
+        text(&o.stderr)
+    );
+    assert!(o.stdout.is_empty(), "--output: nothing on stdout");
+    assert!(
+        text(&o.stderr).contains("settings not carried over"),
+        "{}",
+        text(&o.stderr)
+    );
+    let c = Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}"));
+    assert_eq!(c.interface, "eth0");
+    let v = c.vrrp.as_ref().expect("vrrp");
+    assert_eq!((v.vrid, v.priority, v.preempt), (51, 101, true));
+    assert_eq!(v.track.local_apiserver, 2, "check_apiserver's weight -2");
+    let s = &c.services[0];
+    assert_eq!((s.vip, s.port, s.mode), (a("10.0.0.100"), 6443, Mode::Dsr));
+    let backends: Vec<(IpAddr, Option<&str>, bool)> = s
+        .backends
+        .iter()
+        .map(|b| (b.address, b.mac.as_deref(), b.local))
+        .collect();
+    assert_eq!(
+        backends,
+        vec![
+            (a("10.0.0.11"), Some("52:54:00:00:00:11"), false),
+            (a("10.0.0.12"), Some("52:54:00:00:00:12"), false),
+            (a("10.0.0.13"), None, true),
+        ]
+    );
+    assert_eq!(s.probe.path, "/readyz");
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    let ka = ka.display();
+    let ha = ha.display();
+    for want in [
+        format!("# not carried over: {ka}:16: state MASTER ("),
+        format!("# not carried over: {ka}:20: authentication {{ ... }} (VRRPv3"),
+        format!("# not carried over: {ha}:40: balance roundrobin ("),
+        format!("# not carried over: {ha}:21: timeout client 35s ("),
+        format!("HAProxy checked /healthz ({ha}:36)"),
+        "controlPlaneEndpoint: 10.0.0.100:6443".into(),
+    ] {
+        assert!(yaml.contains(&want), "output lacks {want:?}:\n{yaml}");
+    }
+    // Deterministic: the same inputs write the same bytes.
+    let again = vipd(&[
+        "--keepalived",
+        &ka.to_string(),
+        "--haproxy",
+        &ha.to_string(),
+        "--node-address",
+        "10.0.0.13",
+        "--mac",
+        "10.0.0.11=52:54:00:00:00:11",
+        "--mac",
+        "10.0.0.12=52:54:00:00:00:12",
+    ]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(text(&again.stdout), yaml, "stdout and --output differ");
+}
+
+#[test]
+fn unsupported_settings_are_listed_and_the_rest_loads() {
+    let dir = scratch("unsupported");
+    let out = dir.join("vipd.yaml");
+    let ka = samples("unsupported").join("keepalived.conf");
+    let ha = samples("unsupported").join("haproxy.cfg");
+    let o = vipd(&[
+        "--keepalived",
+        ka.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--mac",
+        "10.1.0.12=52:54:00:01:00:12",
+        "--mac",
+        "10.1.0.13=52:54:00:01:00:13",
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    assert!(
+        o.status.success(),
+        "vipd import failed: {}",
+        text(&o.stderr)
+    );
+    let c = Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}"));
+    let v = c.vrrp.as_ref().expect("vrrp");
+    assert_eq!((v.vrid, v.priority, v.preempt), (7, 150, false));
+    assert_eq!(v.advert_interval, "500ms");
+    assert_eq!(v.unicast_peers, vec![a("10.1.0.12"), a("10.1.0.13")]);
+    let s = &c.services[0];
+    assert!(
+        s.backends[0].local,
+        "unicast_src_ip 10.1.0.11 is this node when --node-address is not given"
+    );
+    assert_eq!(
+        (s.probe.interval.as_str(), s.probe.fall, s.probe.rise),
+        ("2s", 3, 2)
+    );
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    let ka = ka.display();
+    let ha = ha.display();
+    for want in [
+        format!("{ka}:32: authentication {{ ... }} ("),
+        format!("{ka}:39: track_interface {{ ... }} ("),
+        format!("{ka}:41: notify_master \"/etc/keepalived/notify.sh MASTER\" ("),
+        format!("{ka}:43: notify /etc/keepalived/notify.sh ("),
+        format!("{ha}:6: maxconn 4000 ("),
+        format!("{ha}:15: option redispatch ("),
+        format!("{ha}:19: timeout client 4h ("),
+        format!("{ha}:24: listen stats ("),
+        format!("{ha}:41: weight 50 ("),
+    ] {
+        assert!(
+            yaml.contains(&format!("# not carried over: {want}")),
+            "output lacks {want:?}:\n{yaml}"
+        );
+    }
+    assert!(!yaml.contains("s3cret"), "the VRRP password was copied");
+}
+
+#[test]
+fn bad_input_exits_non_zero_naming_file_and_line() {
+    let dir = scratch("bad");
+    let out = dir.join("vipd.yaml");
+    let ka = dir.join("keepalived.conf");
+    let recipe = std::fs::read_to_string(samples("kubeadm").join("keepalived.conf"))
+        .expect("recipe keepalived.conf");
+    // The authentication block loses its `}`, so the vrrp_instance that
+    // holds it (line 15) is never closed.
+    std::fs::write(&ka, recipe.replacen("    }\n", "", 1)).expect("write");
+    let ha = samples("kubeadm").join("haproxy.cfg");
+    let o = vipd(&[
+        "--keepalived",
+        ka.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--output",
+        out.to_str().expect("path"),
+    ]);
+    assert!(!o.status.success(), "a broken file must fail");
+    let e = text(&o.stderr);
+    assert!(
+        e.contains(&format!("{}:15:", ka.display())) && e.contains("never closed"),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing is written on error");
+}
+
+#[test]
+fn unknown_mac_exits_non_zero_naming_the_fixes() {
+    let dir = scratch("mac");
+    let out = dir.join("vipd.yaml");
+    let ka = samples("kubeadm").join("keepalived.conf");
+    let ha = samples("kubeadm").join("haproxy.cfg");
+    // An interface no host has: its neighbour table is empty.
+    let base = [
+        "--keepalived",
+        ka.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--node-address",
+        "10.0.0.13",
+        "--interface",
+        "vipdtest-none0",
+    ];
+    let o = vipd(&[&base[..], &["--output", out.to_str().expect("path")]].concat());
+    assert!(!o.status.success(), "missing MACs must fail");
+    let e = text(&o.stderr);
+    for w in [
+        "10.0.0.11, 10.0.0.12 on vipdtest-none0",
+        "ping -c 1 10.0.0.11",
+        "--mac ADDR=MAC",
+        "--mode nat",
+    ] {
+        assert!(e.contains(w), "error lacks {w:?}: {e}");
+    }
+    assert!(!out.exists(), "nothing is written on error");
+    // The third fix works: mode nat needs no MACs and keeps HAProxy's port.
+    let o = vipd(&[&base[..], &["--mode", "nat"]].concat());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let c = Config::parse(Path::new("stdout"), &text(&o.stdout)).expect("loads");
+    assert_eq!(c.interface, "vipdtest-none0");
+    assert_eq!((c.services[0].mode, c.services[0].port), (Mode::Nat, 8443));
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let o = vipd(&["--mac", "10.0.0.11"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("ADDR=MAC"), "{}", text(&o.stderr));
+    let o = vipd(&[]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("--keepalived FILE"),
+        "{}",
+        text(&o.stderr)
+    );
+}
