@@ -58,6 +58,11 @@ pub struct LbOptions {
     /// A second LB node, `lb2`, running vipd with VRRP priority 100 (the
     /// first has 150); implies `vrrp`.
     pub second_lb: bool,
+    /// Run vipd with only these capabilities (`setpriv --bounding-set`
+    /// names: `bpf`, `net_admin`...), as uid 0 with no_new_privs: what a
+    /// container gets with `drop: [ALL]` and `add:` them. `None`: all of
+    /// root's.
+    pub caps: Option<Vec<String>>,
 }
 
 impl LbOptions {
@@ -71,6 +76,7 @@ impl LbOptions {
             vrrp: false,
             extra: String::new(),
             second_lb: false,
+            caps: None,
         }
     }
 }
@@ -89,6 +95,8 @@ pub struct LbLab {
     pub standins: Vec<StandinHandle>,
     pub xdp_mode: AttachMode,
     pub fwd: Fwd,
+    /// [`LbOptions::caps`], for restarts.
+    pub caps: Option<Vec<String>>,
 }
 
 impl LbLab {
@@ -274,7 +282,7 @@ impl LbLab {
             pin_root.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root);
+        let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root, opts.caps.as_deref());
         vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
         let vipd2 = opts.second_lb.then(|| {
             // The same config but for the priority; pins in a folder of its
@@ -285,7 +293,7 @@ impl LbLab {
             std::fs::write(&path, text).expect("write lb2's vipd config");
             let pins = pin_root.join("lb2");
             std::fs::create_dir_all(&pins).expect("create lb2's pin folder");
-            let p = spawn_vipd(&lab, "lb2", &path, &pins);
+            let p = spawn_vipd(&lab, "lb2", &path, &pins, opts.caps.as_deref());
             p.wait_for_stdout("vipd ready", Duration::from_secs(30));
             (p, path)
         });
@@ -300,6 +308,7 @@ impl LbLab {
             standins,
             xdp_mode,
             fwd,
+            caps: opts.caps.clone(),
         }
     }
 
@@ -321,7 +330,13 @@ impl LbLab {
     /// `systemctl restart` would; returns once the new one is ready.
     pub fn restart_vipd(&mut self) {
         self.stop_vipd();
-        self.vipd = spawn_vipd(&self.lab, "lb", &self.config_path, &self.pin_root);
+        self.vipd = spawn_vipd(
+            &self.lab,
+            "lb",
+            &self.config_path,
+            &self.pin_root,
+            self.caps.as_deref(),
+        );
         self.vipd
             .wait_for_stdout("vipd ready", Duration::from_secs(30));
     }
@@ -487,22 +502,54 @@ impl LbLab {
     }
 }
 
-fn spawn_vipd(lab: &Lab, node: &str, config: &std::path::Path, pin_root: &std::path::Path) -> Proc {
+fn spawn_vipd(
+    lab: &Lab,
+    node: &str,
+    config: &std::path::Path,
+    pin_root: &std::path::Path,
+    caps: Option<&[String]>,
+) -> Proc {
     let vipd_bin = crate::vipd_bin();
-    lab.spawn(
-        node,
-        vipd_bin.to_str().expect("utf-8 path"),
-        &[
-            "run",
-            "--config",
-            config.to_str().expect("utf-8 path"),
-            "--stats-interval",
-            "1",
-            "--pin-dir",
-            pin_root.to_str().expect("utf-8 path"),
-        ],
-        &[("RUST_LOG", "info")],
-    )
+    let vipd_bin = vipd_bin.to_str().expect("utf-8 path");
+    let run = [
+        "run",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--stats-interval",
+        "1",
+        "--pin-dir",
+        pin_root.to_str().expect("utf-8 path"),
+    ];
+    let env = [("RUST_LOG", "info")];
+    let Some(caps) = caps else {
+        return lab.spawn(node, vipd_bin, &run, &env);
+    };
+    // setpriv execs vipd in the same process, so the Proc's pid is vipd's.
+    let prefix = setpriv_args(caps);
+    let mut args: Vec<&str> = prefix.iter().map(String::as_str).collect();
+    args.push(vipd_bin);
+    args.extend(run);
+    lab.spawn(node, "setpriv", &args, &env)
+}
+
+/// `setpriv` arguments (up to and including `--`) that run the next command
+/// as uid 0 with only `caps` (`bpf`, `net_admin`, ...), as a container
+/// runtime does for `capabilities: {drop: [ALL], add: [...]}` with
+/// `allowPrivilegeEscalation: false`: for uid 0 the permitted and effective
+/// sets after exec are the bounding set, the inheritable set is cleared and
+/// no_new_privs is set.
+pub fn setpriv_args(caps: &[String]) -> Vec<String> {
+    let mut bounding = String::from("-all");
+    for c in caps {
+        bounding.push_str(",+");
+        bounding.push_str(&c.to_ascii_lowercase());
+    }
+    vec![
+        "--no-new-privs".into(),
+        "--inh-caps=-all".into(),
+        format!("--bounding-set={bounding}"),
+        "--".into(),
+    ]
 }
 
 impl Drop for LbLab {

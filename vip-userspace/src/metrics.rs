@@ -19,12 +19,13 @@ use std::{
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{
+        MetricType,
         counter::Counter,
         family::Family,
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::{Registry, Unit},
+    registry::{Metric, Registry, Unit},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -93,6 +94,39 @@ fn failover_histogram() -> Histogram {
 
 type FailoverHistograms = Family<FamilyLabel, Histogram, fn() -> Histogram>;
 
+const PREFIX: &str = "vipd";
+
+/// The registry being built, noting each family's exposed name and type
+/// for [`Metrics::families`]; registers like [`Registry`].
+struct Registrar {
+    registry: Registry,
+    families: Vec<(String, MetricType)>,
+}
+
+impl Registrar {
+    fn register<N: Into<String>, H: Into<String>>(&mut self, name: N, help: H, m: impl Metric) {
+        let name = name.into();
+        self.families
+            .push((format!("{PREFIX}_{name}"), m.metric_type()));
+        self.registry.register(name, help, m);
+    }
+
+    fn register_with_unit<N: Into<String>, H: Into<String>>(
+        &mut self,
+        name: N,
+        help: H,
+        unit: Unit,
+        m: impl Metric,
+    ) {
+        let name = name.into();
+        self.families.push((
+            format!("{PREFIX}_{name}_{}", unit.as_str()),
+            m.metric_type(),
+        ));
+        self.registry.register_with_unit(name, help, unit, m);
+    }
+}
+
 /// Every metric vipd exports.
 pub struct Metrics {
     registry: Registry,
@@ -125,6 +159,8 @@ pub struct Metrics {
     pub conntrack_swept: Counter,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
+    /// Every family as registered, see [`Metrics::families`].
+    families: Vec<(String, MetricType)>,
     /// Set once the program is attached and the services are written.
     ready: AtomicBool,
     /// Milliseconds from `started` to the agent loop's last turn, for /healthz.
@@ -149,9 +185,13 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut r = Registry::with_prefix("vipd");
+        let mut r = Registrar {
+            registry: Registry::with_prefix(PREFIX),
+            families: Vec::new(),
+        };
         let m = Metrics {
             registry: Registry::default(),
+            families: Vec::new(),
             vrrp_state: Family::default(),
             vrrp_priority: Family::default(),
             vrrp_held: Family::default(),
@@ -324,7 +364,19 @@ impl Metrics {
             "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
             m.conntrack_swept.clone(),
         );
-        Metrics { registry: r, ..m }
+        Metrics {
+            registry: r.registry,
+            families: r.families,
+            ..m
+        }
+    }
+
+    /// Every family's exposed name (prefix and unit included, before the
+    /// `_total`/`_bucket` sample suffixes) and type, with or without
+    /// series: the text encoding leaves out families without series, and
+    /// the checks of deploy/'s dashboard and alert rules need them all.
+    pub fn families(&self) -> &[(String, MetricType)] {
+        &self.families
     }
 
     /// One probe outcome.
