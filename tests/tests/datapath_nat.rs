@@ -571,3 +571,28 @@ fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
         );
     });
 }
+
+/// Mode nat's host settings come back as they were, the empty port
+/// reservation included (a zero-byte write would leave ours in place).
+#[test]
+fn nat_host_settings_are_restored() {
+    let l = NatLab::new("natsys");
+    let ns = l.lab.node("lb").ns.clone();
+    in_netns(&ns, || {
+        let read = |p: &str| {
+            std::fs::read_to_string(p)
+                .unwrap_or_else(|e| panic!("{p}: {e}"))
+                .trim()
+                .to_owned()
+        };
+        let reserved = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+        let accept = "/proc/sys/net/ipv4/conf/eth0/accept_local";
+        let before = (read(reserved), read(accept));
+        assert_eq!(before.0, "", "a fresh namespace reserves no ports");
+        let changed = vip_userspace::host::prepare_nat("eth0", 40000, 40999).expect("prepare");
+        assert_eq!(read(reserved), "40000-40999");
+        assert_eq!(read(accept), "1");
+        vip_userspace::host::restore_all(changed);
+        assert_eq!((read(reserved), read(accept)), before);
+    });
+}

@@ -151,7 +151,9 @@ pub struct Changed {
 
 impl Changed {
     pub fn restore(self) {
-        if let Err(e) = std::fs::write(&self.path, &self.old) {
+        // With a newline: a write of zero bytes is ignored by the kernel, so
+        // an empty value (ip_local_reserved_ports had none) would leave ours.
+        if let Err(e) = std::fs::write(&self.path, format!("{}\n", self.old)) {
             tracing::warn!(path = %self.path.display(), error = %e, "restoring a sysctl failed");
         }
     }
