@@ -611,8 +611,11 @@ fn partition(hint: &str, vipd_prio: u8) {
         );
     }
 
-    unblock_vrrp_to(&lab, &["lb1", "lb2"]);
+    // Taken before the unblock: the winner answers the loser's first advert
+    // with its announcements within milliseconds, which can be before the
+    // unblocking command has even returned.
     let t_heal = epoch_now();
+    unblock_vrrp_to(&lab, &["lb1", "lb2"]);
     if vipd_prio == HIGH {
         k2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
         v1.wait_log("router 10.77.0.12 priority 100", SHORT);
