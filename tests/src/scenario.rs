@@ -411,30 +411,11 @@ impl LbLab {
 
     /// [`LbLab::vipd_http`] against the vipd on `node` (`lb` or `lb2`).
     pub fn vipd_http_on(&self, node: &str, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
         let ns = self.lab.node(node).ns.clone();
-        let path = path.to_owned();
-        in_netns(&ns, move || {
-            let mut s = std::net::TcpStream::connect_timeout(
-                &vip_userspace::config::DEFAULT_METRICS_LISTEN
-                    .parse()
-                    .expect("address"),
-                Duration::from_secs(3),
-            )
-            .expect("connect to vipd's metrics endpoint");
-            s.set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
-            write!(s, "GET {path} HTTP/1.1\r\nHost: vipd\r\n\r\n").expect("send");
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("read the answer");
-            let status = out
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-            (status, body.to_owned())
+        in_netns(&ns, || {
+            vip_userspace::status::get(metrics_addr(), path, Duration::from_secs(5))
         })
+        .unwrap_or_else(|e| panic!("GET {path} from vipd on {node}: {e}"))
     }
 
     /// The `vipd status` snapshot of the vipd on `node` (`lb` or `lb2`).
@@ -447,11 +428,8 @@ impl LbLab {
     /// killed does not answer).
     pub fn try_status_of(&self, node: &str) -> Result<vip_userspace::status::Status, String> {
         let ns = self.lab.node(node).ns.clone();
-        let addr = vip_userspace::config::DEFAULT_METRICS_LISTEN
-            .parse()
-            .expect("address");
         in_netns(&ns, || {
-            vip_userspace::status::fetch(addr, Duration::from_secs(3)).map(|(s, _)| s)
+            vip_userspace::status::fetch(metrics_addr(), Duration::from_secs(3)).map(|(s, _)| s)
         })
         .map_err(|e| e.to_string())
     }
@@ -459,15 +437,16 @@ impl LbLab {
     /// One sample of vipd's metrics: `series` is the name with its labels
     /// as exposed (`vipd_backend_serving{backend="10.77.0.11:6443"}`).
     pub fn metric(&self, series: &str) -> Option<f64> {
-        let (status, body) = self.vipd_http("/metrics");
-        assert_eq!(status, 200, "GET /metrics: {body}");
-        body.lines().find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
+        self.metrics().get(series).copied()
+    }
+
+    /// Every sample of lb's `/metrics`, by series (name with labels as
+    /// exposed), parsed; panics on a line that is neither a comment nor a
+    /// sample.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let (code, body) = self.vipd_http("/metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        parse_metrics(&body)
     }
 
     /// Writes a kubeconfig for the VIP and returns its path. A token is set
@@ -500,6 +479,33 @@ impl LbLab {
         full.extend_from_slice(args);
         self.lab.sh("client", &full)
     }
+}
+
+/// Where the lab's vipds serve /metrics and /status (each in its own
+/// namespace): the default `metrics_listen`.
+fn metrics_addr() -> SocketAddr {
+    vip_userspace::config::DEFAULT_METRICS_LISTEN
+        .parse()
+        .expect("the default metrics_listen is an address")
+}
+
+/// The samples of an OpenMetrics text, by series; panics on a line that is
+/// neither a comment nor a sample.
+pub fn parse_metrics(body: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for line in body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|e| panic!("{line:?}: value {value:?}: {e}"));
+        out.insert(series.to_owned(), v);
+    }
+    out
 }
 
 fn spawn_vipd(

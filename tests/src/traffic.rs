@@ -282,20 +282,21 @@ impl Poller {
 
     /// Stops and returns every attempt.
     pub fn finish(mut self) -> Vec<Attempt> {
+        self.halt();
+        self.attempts()
+    }
+
+    fn halt(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.attempts()
     }
 }
 
 impl Drop for Poller {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.halt();
     }
 }
 

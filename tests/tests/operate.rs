@@ -12,7 +12,7 @@ use std::{
 use vip_tests::{
     keepalived::VrrpState,
     netns::{Lab, VIP_V4, in_netns},
-    scenario::{Fwd, LbLab, LbOptions},
+    scenario::{Fwd, LbLab, LbOptions, parse_metrics},
     standin::{HttpsConn, client_config},
     vipd_bin,
     vrrpd::{VipdVrrp, VipdVrrpConf},
@@ -57,27 +57,6 @@ fn wait_status(
         );
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// Every sample of the exposition, by series (name with labels as
-/// exposed), parsed; panics on a line that is not a comment or a sample.
-fn scrape(l: &LbLab) -> BTreeMap<String, f64> {
-    let (code, body) = l.vipd_http("/metrics");
-    assert_eq!(code, 200, "GET /metrics: {body}");
-    let mut out = BTreeMap::new();
-    for line in body
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
-        let v: f64 = value
-            .parse()
-            .unwrap_or_else(|e| panic!("{line:?}: value {value:?}: {e}"));
-        out.insert(series.to_owned(), v);
-    }
-    out
 }
 
 fn sum(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
@@ -158,7 +137,7 @@ fn metrics_and_status_follow_traffic_and_a_failing_backend() {
         s.render()
     );
 
-    let m = scrape(&l);
+    let m = l.metrics();
     let be1 = l.backend("be1").to_string();
     for (series, want) in [
         (
@@ -216,7 +195,7 @@ fn metrics_and_status_follow_traffic_and_a_failing_backend() {
         (change.to.as_str(), change.reason.as_str()),
         ("down", "http_status")
     );
-    let m = scrape(&l);
+    let m = l.metrics();
     assert_eq!(
         m.get(&format!(
             "vipd_backend_state{{backend=\"{be1}\",state=\"down\"}}"
@@ -317,20 +296,20 @@ fn a_backup_records_the_failover_it_made() {
     );
 
     // The histogram has it once.
-    let m = in_netns(&lab.node("n2").ns, || {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9590").expect("connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: vipd\r\n\r\n")
-            .expect("send");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    });
+    let (code, body) = in_netns(&lab.node("n2").ns, || {
+        vip_userspace::status::get(
+            "127.0.0.1:9590".parse().expect("address"),
+            "/metrics",
+            Duration::from_secs(5),
+        )
+    })
+    .expect("GET /metrics from n2");
+    assert_eq!(code, 200, "{body}");
+    let m = parse_metrics(&body);
     let count = m
-        .lines()
-        .find_map(|l| l.strip_prefix("vipd_vrrp_failover_duration_seconds_count{family=\"ipv4\"} "))
-        .unwrap_or_else(|| panic!("no failover histogram:\n{m}"));
-    assert_eq!(count.trim(), "1");
+        .get("vipd_vrrp_failover_duration_seconds_count{family=\"ipv4\"}")
+        .unwrap_or_else(|| panic!("no failover histogram:\n{body}"));
+    assert_eq!(*count, 1.0);
     let table = lab.sh(
         "n2",
         &[

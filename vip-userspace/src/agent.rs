@@ -633,7 +633,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                                 Change::AuthRefused(_) => ("auth_misconfigured", "auth"),
                                 Change::AuthAccepted => ("up", "probe accepted again"),
                             };
-                            obs.changed(ev.addr, to, reason.to_owned());
+                            obs.record_change(ev.addr, to, reason.to_owned());
                             if *c == Change::Up {
                                 // A restarted apiserver may present another
                                 // certificate: read it now.
@@ -769,7 +769,6 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         }
         let p = effective_priority(&cfg, xdp_ok, local_ok);
         obs.xdp_ok = xdp_ok;
-        obs.priority = p;
         if priority != Some(p) {
             priority = Some(p);
             for r in &routers {

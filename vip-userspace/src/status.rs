@@ -392,8 +392,9 @@ pub enum FetchError {
     Bad { addr: SocketAddr, msg: String },
 }
 
-/// GET /status from a running agent. Blocking, bounded by `timeout`.
-pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<(Status, String), FetchError> {
+/// One GET against vipd's HTTP endpoint (`metrics_listen`): the status
+/// code and the body. Blocking, bounded by `timeout`.
+pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), FetchError> {
     let io = |source| FetchError::Io { addr, source };
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
         if e.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -404,29 +405,43 @@ pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<(Status, String), Fe
     })?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    s.write_all(b"GET /status HTTP/1.1\r\nHost: vipd\r\nConnection: close\r\n\r\n")
-        .map_err(io)?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: vipd\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(io)?;
     let text = String::from_utf8_lossy(&buf);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(FetchError::Bad {
-            addr,
-            msg: "not an HTTP answer; is this vipd's metrics_listen?".into(),
-        });
+    let bad = |msg: &str| FetchError::Bad {
+        addr,
+        msg: msg.to_owned(),
     };
-    let status_line = head.lines().next().unwrap_or("");
-    if !status_line.contains(" 200 ") {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("not an HTTP answer; is this vipd's metrics_listen?"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no HTTP status; is this vipd's metrics_listen?"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// GET /status from a running agent: the snapshot and its JSON text.
+pub fn fetch(addr: SocketAddr, timeout: Duration) -> Result<(Status, String), FetchError> {
+    let (code, body) = get(addr, "/status", timeout)?;
+    if code != 200 {
         return Err(FetchError::Bad {
             addr,
-            msg: format!("{status_line}: {}", body.trim()),
+            msg: format!("HTTP {code}: {}", body.trim()),
         });
     }
-    let st: Status = serde_json::from_str(body).map_err(|e| FetchError::Bad {
+    let st: Status = serde_json::from_str(&body).map_err(|e| FetchError::Bad {
         addr,
         msg: format!("unreadable status ({e}); is `vipd` the same version as the agent?"),
     })?;
-    Ok((st, body.to_owned()))
+    Ok((st, body))
 }
 
 #[cfg(test)]

@@ -38,7 +38,6 @@ pub struct Observed {
     /// How the program was attached (native, skb, adopted).
     pub attached: String,
     pub xdp_ok: bool,
-    pub priority: u8,
     /// Per backend: the last probe's latency and outcome label.
     pub probe_last: HashMap<SocketAddr, (Duration, &'static str)>,
     /// Per backend: its last state change.
@@ -58,7 +57,6 @@ impl Observed {
             started: SystemTime::now(),
             attached,
             xdp_ok: true,
-            priority: 0,
             probe_last: HashMap::new(),
             changed: HashMap::new(),
             sweep: None,
@@ -68,7 +66,7 @@ impl Observed {
     }
 
     /// A backend changed state.
-    pub fn changed(&mut self, addr: SocketAddr, to: &str, reason: String) {
+    pub fn record_change(&mut self, addr: SocketAddr, to: &str, reason: String) {
         self.changed.insert(
             addr,
             BackendChange {
@@ -120,7 +118,7 @@ pub fn refresh<M: Maps>(
         let info = r.info();
         m.vrrp_priority
             .get_or_create(&fl)
-            .set(i64::from(obs.priority));
+            .set(i64::from(info.priority));
         m.vrrp_held
             .get_or_create(&fl)
             .set(i64::from(info.hold.is_some()));
