@@ -444,8 +444,13 @@ impl LbLab {
     /// exposed), parsed; panics on a line that is neither a comment nor a
     /// sample.
     pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
-        let (code, body) = self.vipd_http("/metrics");
-        assert_eq!(code, 200, "GET /metrics: {body}");
+        self.metrics_of("lb")
+    }
+
+    /// [`LbLab::metrics`] of the vipd on `node` (`lb` or `lb2`).
+    pub fn metrics_of(&self, node: &str) -> std::collections::BTreeMap<String, f64> {
+        let (code, body) = self.vipd_http_on(node, "/metrics");
+        assert_eq!(code, 200, "GET /metrics on {node}: {body}");
         parse_metrics(&body)
     }
 

@@ -74,9 +74,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Watches {
-    /// Opens `n` streams from `client_ns` to the IPv4 VIP; each has sent
-    /// its first event before this returns.
+    /// Opens `n` streams from `client_ns` to the IPv4 VIP, with TCP
+    /// keepalives every second; each has sent its first event before this
+    /// returns.
     pub fn open(client_ns: &str, cfg: &Arc<ClientConfig>, n: usize) -> Result<Watches, String> {
+        Watches::open_with(client_ns, cfg, n, Some(Duration::from_secs(1)))
+    }
+
+    /// As [`Watches::open`], with TCP keepalives every `keepalive` or none:
+    /// a client that sends nothing at all while it listens.
+    pub fn open_with(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        n: usize,
+        keepalive: Option<Duration>,
+    ) -> Result<Watches, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut states = vec![];
         let mut threads = vec![];
@@ -103,8 +115,10 @@ impl Watches {
             // with an RST when the backend is dead; a watch client sends
             // nothing until its next write (client-go: an HTTP/2 ping every
             // 30 s). TCP keepalives every second stand in for that ping.
-            w.keepalive(Duration::from_secs(1))
-                .map_err(|e| format!("watch {i}: keepalive: {e:?}"))?;
+            if let Some(k) = keepalive {
+                w.keepalive(k)
+                    .map_err(|e| format!("watch {i}: keepalive: {e:?}"))?;
+            }
             // Short reads so the thread sees `stop` and measures gaps.
             w.set_read_timeout(Duration::from_millis(100))
                 .map_err(|e| format!("watch {i}: {e:?}"))?;

@@ -596,3 +596,118 @@ fn nat_host_settings_are_restored() {
         assert_eq!((read(reserved), read(accept)), before);
     });
 }
+
+/// A dead backend's flows: `poke_dead` pokes the client of each live TCP
+/// flow of that backend once and marks it closing; flows of live backends,
+/// UDP flows and flows already closing are left alone. The client's answer
+/// to the poke (an ACK carrying its RCV.NXT) then draws an RST whose
+/// sequence number is that RCV.NXT, the only one the client accepts
+/// (RFC 5961 section 3.2).
+#[test]
+fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
+    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_userspace::dataplane::flows::monotonic_ns;
+    let l = NatLab::new("natpoke");
+    let svc = l.three(false, PROTO_TCP);
+    l.with_dp(vec![svc.clone()], |dp| {
+        let id = |i: u8| dp.prog.backend_id(&backend(false, i)).expect("id");
+        let (id1, id2) = (id(1), id(2));
+        let now = monotonic_ns();
+        let key = |sport: u16, proto: u8| ConnKey {
+            saddr: addr_bytes(ip(CLIENT4)).1,
+            daddr: addr_bytes(ip(VIP4)).1,
+            sport_be: sport.to_be(),
+            dport_be: PORT.to_be(),
+            proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let val = |be: u32, flags: u8| ConnValue {
+            last_seen_ns: now - 2_000_000_000,
+            backend_id: be,
+            service_id: 0,
+            nat_port_be: 50000u16.to_be(),
+            flags,
+            _pad: [0; 5],
+        };
+        // 42001: backend 1, live: poked. 42002: backend 1, closing: not.
+        // 42003: backend 1, UDP: not. 42004: backend 2: not.
+        let entries = [
+            (key(42001, PROTO_TCP), val(id1, 0)),
+            (key(42002, PROTO_TCP), val(id1, CT_F_CLOSING)),
+            (key(42003, PROTO_UDP), val(id1, 0)),
+            (key(42004, PROTO_TCP), val(id2, 0)),
+        ];
+        {
+            let m = dp
+                .prog
+                .maps_mut()
+                .raw_map_mut("CONNTRACK")
+                .expect("CONNTRACK");
+            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
+                HashMap::try_from(m).expect("CONNTRACK map");
+            for (k, v) in entries {
+                ct.insert(k, v, 0).expect("insert");
+            }
+        }
+        let mut tables = dp.prog.maps().flow_tables().expect("flow tables");
+        let g = Globals::DEFAULT;
+        let none = tables.poke_dead(&g, monotonic_ns()).expect("poke");
+        assert_eq!(none.flows, 0, "every backend alive: nothing to poke");
+
+        // Backend 1 dies.
+        let mut dead = svc.clone();
+        dead.backends[0].alive = false;
+        dp.prog.apply(&[dead]).expect("apply");
+        let p = tables.poke_dead(&g, monotonic_ns()).expect("poke");
+        assert_eq!((p.flows, p.failed), (1, 0), "only 42001 is poked: {p:?}");
+        let after: std::collections::BTreeMap<u16, ConnValue> = dp
+            .prog
+            .maps()
+            .conntrack()
+            .expect("dump")
+            .into_iter()
+            .map(|(k, v)| (u16::from_be(k.sport_be), v))
+            .collect();
+        assert_eq!(
+            after[&42001].flags & CT_F_CLOSING,
+            CT_F_CLOSING,
+            "the poked flow is marked closing"
+        );
+        assert!(after[&42001].last_seen_ns > now, "and touched");
+        for (k, v) in entries.iter().skip(1) {
+            assert_eq!(
+                after[&u16::from_be(k.sport_be)],
+                *v,
+                "flow {} changed",
+                u16::from_be(k.sport_be)
+            );
+        }
+        let again = tables.poke_dead(&g, monotonic_ns()).expect("poke");
+        assert_eq!(again.flows, 0, "a flow is poked once");
+
+        // The client answers the poke with an ACK: it gets the RST.
+        let rcv_nxt = 0x5eed_1234u32;
+        let answer = Pkt {
+            dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+            src_mac: CLIENT_MAC,
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK,
+                seq: 77,
+                ack: rcv_nxt,
+            },
+            ..Pkt::tcp(ip(CLIENT4), 42001, ip(VIP4), PORT, TCP_ACK)
+        }
+        .build();
+        let (action, out) = dp.run(&answer, Reason::TxRst);
+        assert_eq!(action, XDP_TX);
+        let d = decode(&out).expect("decode the RST");
+        assert_eq!(d.tcp_flags, TCP_RST, "a bare RST");
+        assert_eq!(
+            d.seq, rcv_nxt,
+            "the RST's sequence number is the client's RCV.NXT"
+        );
+        assert_eq!((d.src, d.sport), (ip(VIP4), PORT), "from the VIP");
+        assert_eq!((d.dst, d.dport), (ip(CLIENT4), 42001), "to the client");
+    });
+}

@@ -23,7 +23,7 @@ use crate::{
     controller::Controller,
     dataplane::{
         Maps,
-        flows::{FlowTables, Sweep, monotonic_ns},
+        flows::{FlowTables, Pokes, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
@@ -45,28 +45,48 @@ use observe::Observed;
 /// counted for status and metrics).
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// Sweeps the flow tables every [`SWEEP_EVERY`] in a blocking thread and
-/// sends each result; ends when the receiver goes.
-fn spawn_sweeper(mut tables: FlowTables, g: Globals, tx: mpsc::Sender<Sweep>) -> JoinHandle<()> {
+/// What the flow-table thread reports.
+enum FlowReport {
+    Swept(Sweep),
+    Poked(Pokes),
+}
+
+/// Sweeps the flow tables every [`SWEEP_EVERY`], and pokes the clients of
+/// dead backends whenever `poke` says a backend was just taken out; both in a
+/// blocking thread. Ends when the receiver goes.
+fn spawn_sweeper(
+    mut tables: FlowTables,
+    g: Globals,
+    tx: mpsc::Sender<FlowReport>,
+    mut poke: mpsc::Receiver<()>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let poking = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = poke.recv() => true,
+            };
             let res = tokio::task::spawn_blocking(move || {
-                let r = tables.sweep(&g, monotonic_ns());
+                let now = monotonic_ns();
+                let r = if poking {
+                    tables.poke_dead(&g, now).map(FlowReport::Poked)
+                } else {
+                    tables.sweep(&g, now).map(FlowReport::Swept)
+                };
                 (tables, r)
             })
             .await;
             let Ok((t, r)) = res else { return };
             tables = t;
             match r {
-                Ok(s) => {
-                    if tx.send(s).await.is_err() {
+                Ok(rep) => {
+                    if tx.send(rep).await.is_err() {
                         return;
                     }
                 }
-                Err(e) => warn!(error = %format!("{e:#}"), "sweeping the flow tables failed"),
+                Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
             }
         }
     })
@@ -514,9 +534,12 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         };
     info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
     let mut obs = Observed::new(attached.to_string());
-    let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
+    let (sweep_tx, mut sweep_rx) = mpsc::channel::<FlowReport>(2);
+    // One pending poke is enough: a round pokes every flow of every dead
+    // backend.
+    let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
     let sweeper = match ctl.programmer().maps().flow_tables() {
-        Ok(t) => Some(spawn_sweeper(t, globals, sweep_tx)),
+        Ok(t) => Some(spawn_sweeper(t, globals, sweep_tx, poke_rx)),
         Err(e) => {
             // Forwarding does not need the sweep; status and the flow
             // metrics go without counts, and the LRU evicts as before.
@@ -627,6 +650,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     Ok(effect) => {
                         for c in &effect.changes {
                             log_probe_change(ev.addr, c, written);
+                            if matches!(c, Change::Down { outcome: Outcome::Fail(f), .. } if f.unreachable()) {
+                                // Full: a round is already pending and will
+                                // see this backend too.
+                                let _ = poke_tx.try_send(());
+                            }
                             let (to, reason) = match c {
                                 Change::Down { outcome, .. } => ("down", outcome.label()),
                                 Change::Up => ("up", "probe passes"),
@@ -645,13 +673,23 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
                 }
             }
-            Some(sw) = sweep_rx.recv() => {
-                obs.swept_total += sw.removed;
-                if sw.removed > 0 {
-                    tracing::debug!(removed = sw.removed, live = sw.flows, took_us = sw.took_us, "flow tables swept");
+            Some(rep) = sweep_rx.recv() => match rep {
+                FlowReport::Swept(sw) => {
+                    obs.swept_total += sw.removed;
+                    if sw.removed > 0 {
+                        tracing::debug!(removed = sw.removed, live = sw.flows, took_us = sw.took_us, "flow tables swept");
+                    }
+                    obs.sweep = Some((sw, SystemTime::now()));
                 }
-                obs.sweep = Some((sw, SystemTime::now()));
-            }
+                FlowReport::Poked(p) => {
+                    metrics.conntrack_poked.inc_by(p.flows);
+                    if let Some(e) = &p.first_error {
+                        warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
+                    } else if p.flows > 0 {
+                        info!(poked = p.flows, "poked the clients of dead backends: each gets an RST within a round trip");
+                    }
+                }
+            },
             Some((addr, check)) = cert_rx.recv() => {
                 if let Err(e) = ctl.cert(addr, check, SystemTime::now()) {
                     error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
@@ -741,6 +779,9 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     added.retain(|v| want.contains(v));
                     probes.sync(new_jobs.clone());
                     jobs = new_jobs;
+                    // A removed backend's flows are answered with an RST;
+                    // wake their clients now.
+                    let _ = poke_tx.try_send(());
                     spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx);
                 }
                 Err(e) => error!(

@@ -157,6 +157,7 @@ pub struct Metrics {
     pub conntrack_entries: Gauge,
     pub conntrack_capacity: Gauge,
     pub conntrack_swept: Counter,
+    pub conntrack_poked: Counter,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
     /// Every family as registered, see [`Metrics::families`].
@@ -219,6 +220,7 @@ impl Metrics {
             conntrack_entries: Gauge::default(),
             conntrack_capacity: Gauge::default(),
             conntrack_swept: Counter::default(),
+            conntrack_poked: Counter::default(),
             status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
@@ -363,6 +365,11 @@ impl Metrics {
             "conntrack_swept",
             "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
             m.conntrack_swept.clone(),
+        );
+        r.register(
+            "conntrack_poked",
+            "Clients of a dead backend's flows poked so that their next packet gets the RST at once",
+            m.conntrack_poked.clone(),
         );
         Metrics {
             registry: r.registry,

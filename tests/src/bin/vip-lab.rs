@@ -361,8 +361,8 @@ fn demo(l: &LbLab, n_watches: usize) -> Result<()> {
         bail!("lb2 did not mark be1 down within 10 s");
     }
     let detected = t2.elapsed();
-    // The streams on be1 get their RST at the client's next packet (a
-    // keepalive here, within a second).
+    // The streams on be1 get their RST as soon as lb2 marks it down: vipd
+    // pokes each client, and the client's answer draws the RST.
     std::thread::sleep(Duration::from_secs(3));
     let attempts = poller.finish();
     let window = failure_window(&attempts, t2);

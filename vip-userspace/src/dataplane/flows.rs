@@ -17,16 +17,38 @@
 
 use std::{collections::BTreeMap, os::fd::AsFd as _, time::Instant};
 
-use aya::maps::{HashMap, Map, MapData};
-use vip_common::{ConnKey, ConnValue, Globals, NatValue, PROTO_TCP};
+use aya::maps::{Array, HashMap, Map, MapData};
+use vip_common::{
+    BE_F_ALIVE, BackendValue, CT_F_CLOSING, ConnKey, ConnValue, Globals, NatValue, PROTO_TCP,
+};
 
-use super::{DataplaneError, Result};
+use super::{
+    DataplaneError, Result,
+    poke::{Flow, Poker},
+};
 
-/// Second handles on the two flow tables (the same kernel maps).
+/// `bpf_map_update_elem` flag: update only an existing entry
+/// (include/uapi/linux/bpf.h).
+const BPF_EXIST: u64 = 2;
+
+/// Second handles on the two flow tables (the same kernel maps), and on the
+/// backends, to tell which flows lost theirs.
 pub struct FlowTables {
     conntrack: HashMap<MapData, ConnKey, ConnValue>,
     nat_rev: HashMap<MapData, ConnKey, NatValue>,
+    backends: Array<MapData, BackendValue>,
     capacity: u32,
+    poker: Poker,
+}
+
+/// What one round of pokes did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pokes {
+    /// Flows whose clients were poked.
+    pub flows: u64,
+    /// Pokes the kernel refused to send (the first error is kept).
+    pub failed: u64,
+    pub first_error: Option<String>,
 }
 
 /// What one sweep found and did.
@@ -47,6 +69,11 @@ pub struct Sweep {
 }
 
 fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
+    Ok(Map::LruHashMap(clone_fd(d, name)?))
+}
+
+/// A second `MapData` on the same kernel map (a dup'd fd).
+fn clone_fd(d: &MapData, name: &'static str) -> Result<MapData> {
     let fd = d
         .fd()
         .as_fd()
@@ -59,8 +86,7 @@ fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
                 io_error: e,
             })),
         })?;
-    let d = MapData::from_fd(fd).map_err(map_err(name, "open"))?;
-    Ok(Map::LruHashMap(d))
+    MapData::from_fd(fd).map_err(map_err(name, "open"))
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -84,9 +110,13 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl FlowTables {
-    pub(super) fn open(conntrack: &Map, nat_rev: &Map) -> Result<FlowTables> {
-        let (Map::LruHashMap(ct), Map::LruHashMap(nr)) = (conntrack, nat_rev) else {
-            return Err(DataplaneError::NoMap("CONNTRACK/NAT_REV as LRU hashes"));
+    pub(super) fn open(conntrack: &Map, nat_rev: &Map, backends: &Map) -> Result<FlowTables> {
+        let (Map::LruHashMap(ct), Map::LruHashMap(nr), Map::Array(be)) =
+            (conntrack, nat_rev, backends)
+        else {
+            return Err(DataplaneError::NoMap(
+                "CONNTRACK/NAT_REV as LRU hashes, BACKENDS as an array",
+            ));
         };
         let capacity = ct
             .info()
@@ -97,8 +127,63 @@ impl FlowTables {
                 .map_err(map_err("CONNTRACK", "open"))?,
             nat_rev: HashMap::try_from(clone_lru(nr, "NAT_REV")?)
                 .map_err(map_err("NAT_REV", "open"))?,
+            backends: Array::try_from(Map::Array(clone_fd(be, "BACKENDS")?))
+                .map_err(map_err("BACKENDS", "open"))?,
             capacity,
+            poker: Poker::default(),
         })
+    }
+
+    /// Pokes the client of every live TCP flow whose backend is dead or
+    /// gone (see [`super::poke`]): its next packet, the answer to the poke,
+    /// gets the XDP program's RST. Each poked flow is marked closing, so it
+    /// is poked once and leaves the table `closing_s` later, while the
+    /// program still answers it (an expired entry would be treated as new).
+    ///
+    /// Run right after a backend is marked dead or removed, never on a
+    /// schedule: a backend id that is not alive at that moment is one the
+    /// agent just took out.
+    pub fn poke_dead(&mut self, g: &Globals, now: u64) -> Result<Pokes> {
+        let mut alive = vec![false; self.backends.len() as usize];
+        for (i, a) in alive.iter_mut().enumerate() {
+            *a = self
+                .backends
+                .get(&(i as u32), 0)
+                .is_ok_and(|b| b.flags & BE_F_ALIVE != 0);
+        }
+        let mut doomed = vec![];
+        for r in self.conntrack.iter() {
+            let Ok((k, v)) = r else { continue };
+            let tcp = k.proto == PROTO_TCP;
+            if !tcp
+                || v.flags & CT_F_CLOSING != 0
+                || g.expired(now, v.last_seen_ns, v.flags, tcp)
+                || alive.get(v.backend_id as usize).copied().unwrap_or(false)
+            {
+                continue;
+            }
+            doomed.push((k, v));
+        }
+        let mut out = Pokes::default();
+        for (k, mut v) in doomed {
+            let Some(flow) = Flow::of(&k) else { continue };
+            v.flags |= CT_F_CLOSING;
+            v.last_seen_ns = now;
+            // Marked before the poke, so the answer finds it closing (still
+            // answered with an RST, see `unservable`); a flow that vanished
+            // meanwhile is left alone.
+            if self.conntrack.insert(k, v, BPF_EXIST).is_err() {
+                continue;
+            }
+            match self.poker.poke(&flow, (now as u32) ^ u32::from(k.sport_be)) {
+                Ok(()) => out.flows += 1,
+                Err(e) => {
+                    out.failed += 1;
+                    out.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Counts the live flows and deletes the expired ones, judged by the

@@ -289,7 +289,11 @@ impl KernelMaps {
     /// Second handles on the flow tables for [`FlowTables::sweep`], which
     /// runs in a blocking thread.
     pub fn flow_tables(&self) -> Result<FlowTables> {
-        FlowTables::open(self.map("CONNTRACK")?, self.map("NAT_REV")?)
+        FlowTables::open(
+            self.map("CONNTRACK")?,
+            self.map("NAT_REV")?,
+            self.map("BACKENDS")?,
+        )
     }
 
     /// Every reverse-NAT entry (for tests and status).
