@@ -9,7 +9,7 @@ use std::{
 };
 
 use vip_tests::{
-    capture::{ARP_FILTER, Capture},
+    capture::{ARP_FILTER, ArpOp, Capture},
     keepalived::VrrpState,
     netns::{Lab, VIP_V4, in_netns},
     vrrpd::{VipdVrrp, VipdVrrpConf},
@@ -303,4 +303,110 @@ fn dead_local_apiserver_hands_the_vip_over() {
         lb1.logs()
     );
     assert!(took < Duration::from_secs(5), "handover took {took:?}");
+}
+
+/// Stacked control plane: the backup's vipd (its own apiserver a `local:
+/// true` backend) makes its kernel take the VIP locally without ever
+/// answering ARP for it: the VIP on `lo`, arp_ignore=1 and arp_announce=2
+/// on eth0. A frame the master would send it (the client's, addressed to
+/// the backup's MAC) reaches a socket bound to the VIP there; the client's
+/// ARP for the VIP is answered by the master alone. vipd's stop puts it all
+/// back.
+#[test]
+fn stacked_backup_takes_the_vip_locally_and_never_answers_arp_for_it() {
+    let lab = Lab::new("vrrp-stack", &["client", "lb1", "lb2"]);
+    let sysctl = |node: &str, key: &str| {
+        lab.sh(
+            node,
+            &["cat", &format!("/proc/sys/net/ipv4/conf/eth0/{key}")],
+        )
+        .trim()
+        .to_owned()
+    };
+    let on_lo = |node: &str| {
+        lab.sh(node, &["ip", "-4", "addr", "show", "dev", "lo"])
+            .contains(&format!("{VIP_V4}/32"))
+    };
+    assert_eq!(
+        (sysctl("lb2", "arp_ignore"), sysctl("lb2", "arp_announce")),
+        ("0".into(), "0".into()),
+        "a fresh namespace's defaults"
+    );
+    let lb1 = start_with(&lab, "lb1", 150, true, true);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start_with(&lab, "lb2", 100, true, true);
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(3));
+    assert!(on_lo("lb2"), "the VIP is not on lb2's lo");
+    assert!(
+        !lab.has_addr("lb2", VIP),
+        "the backup holds the VIP on eth0"
+    );
+    assert_eq!(
+        (sysctl("lb2", "arp_ignore"), sysctl("lb2", "arp_announce")),
+        ("1".into(), "2".into())
+    );
+
+    // Only the master answers ARP for the VIP.
+    let cap = Capture::start(&lab, "client", ARP_FILTER);
+    for _ in 0..3 {
+        lab.sh("client", &["ip", "neigh", "flush", "dev", "eth0"]);
+        lab.sh("client", &["ping", "-c1", "-W1", &VIP.to_string()]);
+    }
+    let lb1_mac = lab.node("lb1").mac_string();
+    let lb2_mac = lab.node("lb2").mac_string();
+    let replies: Vec<String> = cap
+        .stop()
+        .iter()
+        .filter_map(|p| p.arp())
+        .filter(|a| a.op == ArpOp::Reply && a.sender_ip == VIP)
+        .map(|a| a.sender_mac)
+        .collect();
+    assert!(
+        !replies.is_empty() && replies.iter().all(|m| *m == lb1_mac),
+        "ARP replies for the VIP from {replies:?}; only lb1 ({lb1_mac}) may answer, not lb2 ({lb2_mac})"
+    );
+
+    // What the master's dsr rewrite does: the client's frame for the VIP
+    // goes to lb2's MAC, and lb2's kernel takes it.
+    let lb2_ns = lab.node("lb2").ns.clone();
+    let listener = in_netns(&lb2_ns, || std::net::TcpListener::bind((VIP_V4, 7443)))
+        .expect("bind the VIP on the backup: it is local there");
+    lab.sh(
+        "client",
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &VIP.to_string(),
+            "lladdr",
+            &lb2_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    );
+    let client_ns = lab.node("client").ns.clone();
+    let conn = in_netns(&client_ns, || {
+        std::net::TcpStream::connect_timeout(&(VIP, 7443).into(), Duration::from_secs(2))
+    });
+    assert!(
+        conn.is_ok(),
+        "the backup did not take the VIP's frame: {conn:?}"
+    );
+    let (_, peer) = listener.accept().expect("accept on lb2");
+    assert_eq!(peer.ip(), IpAddr::V4(lab.node("client").ipv4));
+
+    // A stop without pins puts everything back.
+    drop(lb2);
+    assert!(
+        !on_lo("lb2"),
+        "the VIP stayed on lb2's lo after vipd stopped"
+    );
+    assert_eq!(
+        (sysctl("lb2", "arp_ignore"), sysctl("lb2", "arp_announce")),
+        ("0".into(), "0".into()),
+        "lb2's ARP settings were not restored"
+    );
+    drop(lb1);
 }

@@ -311,6 +311,21 @@ fn spawn_gate_round(
     }
 }
 
+/// The VIPs of mode dsr services that have this node's own apiserver as a
+/// backend (`local: true`): a stacked control plane, see
+/// `host::prepare_stacked`.
+fn stacked_vips(cfg: &Config) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Dsr && s.backends.iter().any(|b| b.local))
+        .map(|s| s.vip)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 fn has_nat(cfg: &Config) -> bool {
     cfg.services.iter().any(|s| s.mode == Mode::Nat)
 }
@@ -506,18 +521,34 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     // change the interface, VRRP or hold_vips); the services are the
     // controller's, ctl.config().
     let cfg = ctl.config().clone();
-    let sysctls = if has_nat(&cfg) {
+    let mut sysctls = if has_nat(&cfg) {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
-        if let Some(rec) = &opts.sysctl_record {
-            // The pinned program needs these after we stop; `vipd detach`
-            // restores the originals recorded by the first run.
-            host::record(&c, rec)?;
-        }
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
         c
     } else {
         vec![]
     };
+    let stacked = stacked_vips(&cfg);
+    if !stacked.is_empty() {
+        match host::prepare_stacked(&cfg.interface, &stacked) {
+            Ok(c) => sysctls.extend(c),
+            Err(e) => {
+                host::restore_all(sysctls);
+                return Err(
+                    anyhow::Error::new(e).context("preparing this node for stacked mode dsr")
+                );
+            }
+        }
+        info!(vips = ?stacked, interface = %cfg.interface, "stacked mode dsr: the VIPs on lo, arp_ignore=1, arp_announce=2 (flows the master sends here are taken locally, and only the master answers ARP)");
+    }
+    if let Some(rec) = opts.sysctl_record.as_ref().filter(|_| !sysctls.is_empty()) {
+        // The pinned program needs these after we stop; `vipd detach`
+        // restores the originals recorded by the first run.
+        if let Err(e) = host::record(&sysctls, rec) {
+            host::restore_all(sysctls);
+            return Err(e.into());
+        }
+    }
     let attached =
         match ctl
             .programmer_mut()

@@ -22,6 +22,17 @@ pub enum HostError {
     },
     #[error("interface {0:?} not found; check `interface:` against `ip link show`")]
     NoInterface(String),
+    #[error(
+        "{path} is {have}, stacked mode dsr needs {want}, and it cannot be written here ({source}); set it on the host (/etc/sysctl.d/90-vipd-dsr.conf: net.ipv4.conf.{iface}.arp_ignore = 1, net.ipv4.conf.{iface}.arp_announce = 2; README, Deploying) or run vipd with a writable /proc/sys"
+    )]
+    StackedSysctl {
+        path: PathBuf,
+        iface: String,
+        have: String,
+        want: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("listing interfaces failed")]
     List(#[source] network_interface::Error),
     #[error("running `ip` (iproute2) failed; install iproute2")]
@@ -151,6 +162,17 @@ pub struct Changed {
 
 impl Changed {
     pub fn restore(self) {
+        if self.path.as_os_str() == LO_VIP {
+            match self.old.parse::<IpAddr>() {
+                Ok(vip) => {
+                    if let Err(e) = set_vip("lo", vip, false) {
+                        tracing::warn!(vip = %vip, error = %e, "removing the VIP from lo failed; remove it with `ip addr del`");
+                    }
+                }
+                Err(_) => tracing::warn!(line = %self.old, "not an address in the record"),
+            }
+            return;
+        }
         // With a newline: a write of zero bytes is ignored by the kernel, so
         // an empty value (ip_local_reserved_ports had none) would leave ours.
         if let Err(e) = std::fs::write(&self.path, format!("{}\n", self.old)) {
@@ -222,6 +244,84 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
             format!("{old},{lo}-{hi}")
         };
         changed.push(sysctl(reserved, &new)?);
+        Ok(())
+    })();
+    match res {
+        Ok(()) => Ok(changed),
+        Err(e) => {
+            restore_all(changed);
+            Err(e)
+        }
+    }
+}
+
+/// The pseudo path under which a VIP added to `lo` is recorded: restoring
+/// it removes the address.
+const LO_VIP: &str = "lo-vip";
+
+/// A stacked control plane (mode dsr with this node's own apiserver as a
+/// `local: true` backend): the VRRP master rewrites a flow's destination MAC
+/// to this node's, so this node's kernel must take packets for the VIP as
+/// local even when it does not hold the VIP, and must never answer ARP for
+/// it (only the master may, or clients would follow the wrong node):
+/// - each VIP as a host address on `lo` (IPv6: deprecated, never a source,
+///   see `set_vip`), so the kernel delivers packets for it locally;
+/// - arp_ignore=1 on the interface: ARP is answered only for addresses
+///   configured on the interface it arrived on, so not for the VIP on `lo`;
+///   the master, which also holds the VIP on the interface, still answers.
+///   Neighbour solicitations are already answered only for addresses on
+///   the receiving interface (ndisc_recv_ns);
+/// - arp_announce=2: ARP requests never carry the VIP as their source.
+///
+/// (Documentation/networking/ip-sysctl.rst; the kernel uses the larger of
+/// the `all` and the interface value, so the interface's is enough.)
+pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, HostError> {
+    let mut changed = vec![];
+    let res = (|| {
+        for (key, want) in [("arp_ignore", "1"), ("arp_announce", "2")] {
+            let path = format!("/proc/sys/net/ipv4/conf/{iface}/{key}");
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .map(|v| v.trim().to_owned())
+                    .map_err(|source| HostError::Sysctl {
+                        path: p.into(),
+                        source,
+                    })
+            };
+            let have = read(&path)?;
+            let all = read(&format!("/proc/sys/net/ipv4/conf/all/{key}"))?;
+            // The kernel applies the larger of `all` and the interface's
+            // (IN_DEV_ARP_IGNORE, IN_DEV_ARP_ANNOUNCE). Already so (the
+            // operator's sysctl.d, or a pod whose /proc/sys is read-only):
+            // nothing to change or restore.
+            let effective = have
+                .parse::<u32>()
+                .unwrap_or(0)
+                .max(all.parse().unwrap_or(0));
+            if effective.to_string() == want {
+                continue;
+            }
+            match sysctl(&path, want) {
+                Ok(c) => changed.push(c),
+                Err(HostError::Sysctl { source, .. }) => {
+                    return Err(HostError::StackedSysctl {
+                        path: path.into(),
+                        iface: iface.to_owned(),
+                        have,
+                        want,
+                        source,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for vip in vips {
+            set_vip("lo", *vip, true)?;
+            changed.push(Changed {
+                path: PathBuf::from(LO_VIP),
+                old: vip.to_string(),
+            });
+        }
         Ok(())
     })();
     match res {
