@@ -23,7 +23,7 @@ use crate::{
     controller::Controller,
     dataplane::{
         Maps,
-        flows::{FlowTables, Sweep, monotonic_ns},
+        flows::{FlowTables, Refresh, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
@@ -47,21 +47,65 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Sweeps the flow tables every [`SWEEP_EVERY`] in a blocking thread and
 /// sends each result; ends when the receiver goes.
-fn spawn_sweeper(mut tables: FlowTables, g: Globals, tx: mpsc::Sender<Sweep>) -> JoinHandle<()> {
+/// State sync's side of the sweep: the directory (which services are
+/// synced), where to send the active flows, and the interface whose
+/// addresses say which VIPs this node holds.
+struct SweepSync {
+    dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
+    tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
+    iface: String,
+}
+
+fn spawn_sweeper(
+    mut tables: FlowTables,
+    g: Globals,
+    tx: mpsc::Sender<Sweep>,
+    sync: Option<SweepSync>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prev: Option<u64> = None;
+        let mut n: u32 = 0;
         loop {
             tick.tick().await;
+            let refresh = match &sync {
+                Some(s) => Refresh {
+                    services: s.dir.borrow().synced_service_ids(),
+                    vips: host::interface_addrs(&s.iface)
+                        .map(|a| {
+                            a.into_iter()
+                                .map(|ip| crate::config::addr_bytes(ip).1)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    since: if n % crate::sync::FULL_REFRESH_EVERY == 0 {
+                        None
+                    } else {
+                        prev
+                    },
+                },
+                None => Refresh::default(),
+            };
+            n = n.wrapping_add(1);
             let res = tokio::task::spawn_blocking(move || {
-                let r = tables.sweep(&g, monotonic_ns());
-                (tables, r)
+                let now = monotonic_ns();
+                let r = tables.sweep_with(&g, now, &refresh);
+                (tables, r, now)
             })
             .await;
-            let Ok((t, r)) = res else { return };
+            let Ok((t, r, now)) = res else { return };
             tables = t;
+            prev = Some(now);
             match r {
-                Ok(s) => {
+                Ok(mut s) => {
+                    let active = std::mem::take(&mut s.active);
+                    if let Some(sy) = &sync
+                        && !active.is_empty()
+                        && sy.tx.try_send(active).is_err()
+                    {
+                        warn!("state sync is behind; this refresh is skipped");
+                    }
                     if tx.send(s).await.is_err() {
                         return;
                     }
@@ -369,6 +413,7 @@ fn check_reloadable(old: &Config, new: &Config) -> Result<()> {
             old.conntrack_capacity != new.conntrack_capacity,
         ),
         ("nat", old.nat != new.nat),
+        ("state_sync", old.state_sync != new.state_sync),
         ("vrrp", old.vrrp != new.vrrp),
         ("hold_vips", old.hold_vips != new.hold_vips),
         ("metrics_listen", old.metrics_listen != new.metrics_listen),
@@ -471,6 +516,13 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
     let node_addrs = host::interface_addrs(&cfg.interface)?;
+    let sync_listen = match &cfg.state_sync {
+        Some(s) => Some(
+            s.listen_addr(&node_addrs, &service_vips(&cfg))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     // Program the maps before attaching: the first packet the program sees
     // already finds every service.
     prog.maps_mut().set_globals(&globals)?;
@@ -486,6 +538,29 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     // change the interface, VRRP or hold_vips); the services are the
     // controller's, ctl.config().
     let cfg = ctl.config().clone();
+    let directory = |ctl: &Controller<KernelMaps>| {
+        let mut d = ctl.programmer().directory();
+        d.globals = Some(globals);
+        d
+    };
+    // State sync before attaching: the ring buffer keeps the first flows'
+    // events until the sender reads them.
+    let sync = match (&cfg.state_sync, sync_listen) {
+        (Some(s), Some(ip)) => {
+            let maps = ctl.programmer().maps();
+            let h = crate::sync::start(
+                SocketAddr::new(ip, s.port),
+                s.peers.clone(),
+                maps.sync_events()
+                    .context("state_sync: opening the event ring")?,
+                maps.sync_tables()
+                    .context("state_sync: opening the flow tables")?,
+                directory(&ctl),
+            )?;
+            Some(h)
+        }
+        _ => None,
+    };
     let sysctls = if has_nat(&cfg) {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
         if let Some(rec) = &opts.sysctl_record {
@@ -514,9 +589,19 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         };
     info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
     let mut obs = Observed::new(attached.to_string());
+    obs.sync = sync.as_ref().map(|s| s.stats.clone());
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<Sweep>(2);
     let sweeper = match ctl.programmer().maps().flow_tables() {
-        Ok(t) => Some(spawn_sweeper(t, globals, sweep_tx)),
+        Ok(t) => Some(spawn_sweeper(
+            t,
+            globals,
+            sweep_tx,
+            sync.as_ref().map(|s| SweepSync {
+                dir: s.directory(),
+                tx: s.refresh_sender(),
+                iface: cfg.interface.clone(),
+            }),
+        )),
         Err(e) => {
             // Forwarding does not need the sweep; status and the flow
             // metrics go without counts, and the LRU evicts as before.
@@ -776,8 +861,20 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         metrics.beat();
+        if let Some(s) = &sync {
+            // Ids and members may have changed (probes, reloads): the
+            // shells resolve with what the maps hold now.
+            s.publish(directory(&ctl));
+        }
         if refresh_due.elapsed() >= Duration::from_secs(1) {
             refresh_due = Instant::now();
+            if sync.is_some() {
+                obs.sync_ring_lost = ctl
+                    .programmer()
+                    .maps()
+                    .sync_lost()
+                    .unwrap_or(obs.sync_ring_lost);
+            }
             observe::refresh(&metrics, &ctl, &routers, &mut obs);
         }
     }
@@ -788,6 +885,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     if let Some(t) = sweeper {
         t.abort();
     }
+    drop(sync);
     drop(probes);
     // VRRP first: the priority-0 advertisement lets a Backup take over after
     // its skew time; the router keeps the VIP until it hears the new master,

@@ -157,6 +157,11 @@ pub struct Metrics {
     pub conntrack_entries: Gauge,
     pub conntrack_capacity: Gauge,
     pub conntrack_swept: Counter,
+    pub state_sync_sent: Counter,
+    pub state_sync_received: Counter,
+    pub state_sync_applied: Counter,
+    pub state_sync_rejected: Family<ReasonLabel, Counter>,
+    pub state_sync_lost: Family<ReasonLabel, Counter>,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
     /// Every family as registered, see [`Metrics::families`].
@@ -219,6 +224,11 @@ impl Metrics {
             conntrack_entries: Gauge::default(),
             conntrack_capacity: Gauge::default(),
             conntrack_swept: Counter::default(),
+            state_sync_sent: Counter::default(),
+            state_sync_received: Counter::default(),
+            state_sync_applied: Counter::default(),
+            state_sync_rejected: Family::default(),
+            state_sync_lost: Family::default(),
             status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
@@ -363,6 +373,31 @@ impl Metrics {
             "conntrack_swept",
             "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
             m.conntrack_swept.clone(),
+        );
+        r.register(
+            "state_sync_sent",
+            "Mode nat flow records sent to state-sync peers (counted once per peer)",
+            m.state_sync_sent.clone(),
+        );
+        r.register(
+            "state_sync_received",
+            "Flow records received from state-sync peers",
+            m.state_sync_received.clone(),
+        );
+        r.register(
+            "state_sync_applied",
+            "Flow records from peers written to the flow tables (new or refreshed)",
+            m.state_sync_applied.clone(),
+        );
+        r.register(
+            "state_sync_rejected",
+            "Flow records or datagrams from peers refused, by reason (stranger: not from a configured peer)",
+            m.state_sync_rejected.clone(),
+        );
+        r.register(
+            "state_sync_lost",
+            "New flows not replicated, by reason (ring_full, unresolved, send_failed): they reset after a failover",
+            m.state_sync_lost.clone(),
         );
         Metrics {
             registry: r.registry,
