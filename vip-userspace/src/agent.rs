@@ -79,7 +79,7 @@ fn spawn_sweeper(
                                 .collect()
                         })
                         .unwrap_or_default(),
-                    since: if n % crate::sync::FULL_REFRESH_EVERY == 0 {
+                    since: if n.is_multiple_of(crate::sync::FULL_REFRESH_EVERY) {
                         None
                     } else {
                         prev
