@@ -58,6 +58,10 @@ pub struct LbOptions {
     /// A second LB node, `lb2`, running vipd with VRRP priority 100 (the
     /// first has 150); implies `vrrp`.
     pub second_lb: bool,
+    /// Mode nat state sync between lb and lb2 (needs `second_lb`): every
+    /// nat service gets `snat: vip`, and each LB's config a `state_sync:`
+    /// naming the other's IPv4 address.
+    pub sync: bool,
     /// Run vipd with only these capabilities (`setpriv --bounding-set`
     /// names: `bpf`, `net_admin`...), as uid 0 with no_new_privs: what a
     /// container gets with `drop: [ALL]` and `add:` them. `None`: all of
@@ -76,6 +80,7 @@ impl LbOptions {
             vrrp: false,
             extra: String::new(),
             second_lb: false,
+            sync: false,
             caps: None,
         }
     }
@@ -237,8 +242,23 @@ impl LbLab {
         };
         let fwd_mode = match fwd {
             Fwd::Dsr => "dsr",
+            Fwd::Nat if opts.sync => "nat\n    snat: vip",
             Fwd::Nat => "nat\n    snat: node",
         };
+        assert!(
+            !opts.sync || opts.second_lb,
+            "LbOptions.sync needs second_lb"
+        );
+        let sync_peer =
+            |node: &str| format!("state_sync: {{ peers: [\"{}\"] }}\n", lab.node(node).ipv4);
+        if opts.sync {
+            // Top level, before the services.
+            cfg = cfg.replacen(
+                "\nservices:\n",
+                &format!("\n{}services:\n", sync_peer("lb2")),
+                1,
+            );
+        }
         for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
             // /readyz over TLS verified with the lab's CA: the defaults but
             // for the CA's path.
@@ -288,7 +308,10 @@ impl LbLab {
             // The same config but for the priority; pins in a folder of its
             // own (both attach to an `eth0`).
             let text = std::fs::read_to_string(&config_path).expect("read vipd config");
-            let text = text.replace("priority: 150", "priority: 100");
+            let mut text = text.replace("priority: 150", "priority: 100");
+            if opts.sync {
+                text = text.replace(&sync_peer("lb2"), &sync_peer("lb"));
+            }
             let path = lab.dir().join("vipd-lb2.yaml");
             std::fs::write(&path, text).expect("write lb2's vipd config");
             let pins = pin_root.join("lb2");

@@ -711,3 +711,230 @@ fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
         assert_eq!((d.dst, d.dport), (ip(CLIENT4), 42001), "to the client");
     });
 }
+
+/// State sync (`state_sync:`), both ends through the real program:
+/// a new flow on a `SVC_F_SYNC` service puts one event on the ring and an
+/// unflagged one does not; the event, turned into a wire record with node
+/// A's ids and applied by the receiver on node B (whose ids differ), makes
+/// B translate a mid-stream packet of that flow to the same backend and NAT
+/// port, where without it B answers with an RST; the backend's reply
+/// translates back; and a record that would take a live local flow's port
+/// is refused.
+#[test]
+fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
+    use vip_common::{SVC_F_SYNC, SyncEvent};
+    use vip_userspace::sync::{self, SyncStats, receive_datagram, wire};
+    let l = NatLab::new("natsync");
+    let vip = ip(VIP4);
+    let other_vip = ip("10.77.0.101");
+    let synced = || {
+        let mut s = service(
+            vip,
+            vip,
+            PROTO_TCP,
+            (1..=3).map(|i| backend(false, i)).collect(),
+        );
+        s.flags |= SVC_F_SYNC;
+        s
+    };
+    let plain = service(
+        other_vip,
+        other_vip,
+        PROTO_TCP,
+        (1..=3).map(|i| backend(false, i)).collect(),
+    );
+    let peer = ip("10.77.0.99");
+
+    // Node A: the program reports the flagged service's new flow only.
+    let (ev, a_backend, datagram) = l.with_dp(vec![synced(), plain.clone()], |dp| {
+        let mut ring = dp.prog.maps().sync_events().expect("SYNC_EVENTS");
+        let s = syn(false, 46000).build();
+        let (action, _) = dp.run(&s, Reason::TxNat);
+        assert_eq!(action, XDP_TX);
+        let ev: SyncEvent = {
+            let item = ring
+                .next()
+                .expect("a new synced flow puts an event on the ring");
+            sync::parse_event(&item).expect("the event has SyncEvent's size")
+        };
+        assert!(ring.next().is_none(), "one event per new flow");
+        assert_eq!(
+            ev.key.saddr,
+            addr_bytes(ip(CLIENT4)).1,
+            "event key is the client's flow"
+        );
+        assert_eq!(u16::from_be(ev.key.sport_be), 46000);
+        assert_eq!(
+            ev.backend_id,
+            dp.conntrack_backend(ip(CLIENT4), 46000),
+            "event names the flow's backend"
+        );
+        let ct = dp.prog.maps().conntrack().expect("dump");
+        let (_, cv) = ct
+            .iter()
+            .find(|(k, _)| k.sport_be == ev.key.sport_be)
+            .expect("entry");
+        assert_eq!(ev.nat_port_be, cv.nat_port_be, "event holds the NAT port");
+        assert_eq!(ev.service_id, cv.service_id);
+
+        // The same flow again (established) and a new flow of the unflagged
+        // service: no event.
+        let data = Pkt {
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK,
+                seq: 2,
+                ack: 2,
+            },
+            ..syn(false, 46000)
+        }
+        .build();
+        dp.run(&data, Reason::TxNat);
+        let other = Pkt {
+            dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+            src_mac: CLIENT_MAC,
+            ..Pkt::tcp(ip(CLIENT4), 46001, other_vip, PORT, TCP_SYN)
+        }
+        .build();
+        dp.run(&other, Reason::TxNat);
+        assert!(
+            ring.next().is_none(),
+            "no event for an established flow or an unflagged service"
+        );
+
+        let mut dir = dp.prog.directory();
+        dir.globals = Some(Globals::DEFAULT);
+        let rec = dir.to_wire(&ev).expect("backend id resolves on A");
+        let mut buf = vec![];
+        wire::encode(1, &[rec], &mut buf);
+        let b = chosen(dp, ip(CLIENT4), 46000, false);
+        (ev, b, buf)
+    });
+
+    // Node B: other ids for the same backends (an extra backend took id 0
+    // first), the same services.
+    l.with_dp(vec![], |dp| {
+        let mut extra = synced();
+        extra.backends.insert(0, backend(false, 0));
+        dp.prog.apply(&[extra]).expect("first state");
+        dp.prog.apply(&[synced(), plain.clone()]).expect("services");
+        let b_id = dp
+            .prog
+            .backend_id(&backend(false, a_backend))
+            .expect("B's id");
+        assert_ne!(b_id, ev.backend_id, "the test needs ids that differ");
+
+        let mid = Pkt {
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK | TCP_PSH,
+                seq: 3000,
+                ack: 4000,
+            },
+            ..syn(false, 46000)
+        }
+        .payload(b"watch event")
+        .build();
+        let (action, _) = dp.run(&mid, Reason::TxRst);
+        assert_eq!(action, XDP_TX, "without sync B can only reset the flow");
+
+        let mut dir = dp.prog.directory();
+        dir.globals = Some(Globals::DEFAULT);
+        let mut tables = dp.prog.maps().sync_tables().expect("tables");
+        let stats = SyncStats::default();
+        let stranger = ip("10.77.0.98");
+        assert_eq!(
+            receive_datagram(&datagram, stranger, &[peer], &dir, &mut tables, &stats),
+            0,
+            "a datagram from a non-peer is dropped"
+        );
+        assert_eq!(
+            receive_datagram(&datagram[..20], peer, &[peer], &dir, &mut tables, &stats),
+            0,
+            "a truncated datagram is dropped"
+        );
+        assert_eq!(
+            receive_datagram(&datagram, peer, &[peer], &dir, &mut tables, &stats),
+            1,
+            "the peer's record applies"
+        );
+        let rejected: std::collections::BTreeMap<&str, u64> = stats
+            .rejected()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(
+            rejected,
+            [("malformed", 1), ("stranger", 1)].into_iter().collect(),
+            "refusals counted by reason"
+        );
+        assert_eq!(
+            dp.conntrack_backend(ip(CLIENT4), 46000),
+            b_id,
+            "B's entry names B's id for A's backend"
+        );
+        // Applying it again is a refresh, not a conflict.
+        assert_eq!(
+            receive_datagram(&datagram, peer, &[peer], &dir, &mut tables, &stats),
+            1,
+            "the same record again refreshes"
+        );
+
+        let (action, out) = dp.run(&mid, Reason::TxNat);
+        assert_eq!(action, XDP_TX, "B translates the mid-stream packet");
+        let o = decode(&out).expect("translated packet decodes");
+        assert_eq!(o.dst, backend_ip(false, a_backend), "to A's backend");
+        assert_eq!(o.src, vip, "from the VIP (snat: vip)");
+        assert_eq!(
+            o.sport,
+            u16::from_be(ev.nat_port_be),
+            "from A's NAT port: the backend's connection is the same"
+        );
+        assert_eq!((o.seq, o.ack), (3000, 4000), "TCP untouched");
+        assert!(o.ip_csum_ok && o.l4_csum_ok, "checksums");
+
+        let reply = Pkt {
+            dst_mac: l.lab.node("lb").mac,
+            src_mac: backend_mac(a_backend),
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK,
+                seq: 4000,
+                ack: 3011,
+            },
+            ..Pkt::tcp(
+                backend_ip(false, a_backend),
+                PORT,
+                vip,
+                u16::from_be(ev.nat_port_be),
+                0,
+            )
+        }
+        .build();
+        let (action, out) = dp.run(&reply, Reason::TxReverseNat);
+        assert_eq!(action, XDP_TX);
+        let o = decode(&out).expect("reply decodes");
+        assert_eq!((o.src, o.sport), (vip, PORT), "reply from the VIP");
+        assert_eq!((o.dst, o.dport), (ip(CLIENT4), 46000), "to the client");
+
+        // Another client's record for the same backend and NAT port: the
+        // live flow keeps its port, the record is refused.
+        let mut d = wire::decode(&datagram).expect("decode");
+        d.records[0].client_port = 47000;
+        let mut clash = vec![];
+        wire::encode(2, &d.records, &mut clash);
+        assert_eq!(
+            receive_datagram(&clash, peer, &[peer], &dir, &mut tables, &stats),
+            0,
+            "a record taking a live flow's port is refused"
+        );
+        let conflicts = stats
+            .rejected()
+            .into_iter()
+            .find(|(l, _)| *l == "conflict")
+            .map(|(_, n)| n);
+        assert_eq!(conflicts, Some(1), "counted as a conflict");
+        let ct = dp.prog.maps().conntrack().expect("dump");
+        assert!(
+            !ct.iter().any(|(k, _)| u16::from_be(k.sport_be) == 47000),
+            "no forward entry for the refused record"
+        );
+    });
+}

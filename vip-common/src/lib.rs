@@ -38,6 +38,10 @@ pub const MODE_NAT: u8 = 2;
 
 /// Service flag: answer TCP that cannot be served with an RST instead of passing it.
 pub const SVC_F_RST_UNSERVABLE: u8 = 1 << 0;
+/// Service flag (mode nat): report every new flow on the `SYNC_EVENTS` ring
+/// buffer so the agent replicates it to its peer LBs (`state_sync:`). Set only
+/// with `snat: vip`: the backend's replies must follow the VIP to the peer.
+pub const SVC_F_SYNC: u8 = 1 << 1;
 
 /// Backend flag: the backend is healthy and may receive flows.
 pub const BE_F_ALIVE: u8 = 1 << 0;
@@ -301,6 +305,30 @@ impl Globals {
     }
 }
 
+/// A new nat flow of a `SVC_F_SYNC` service, as the XDP program reports it on
+/// the `SYNC_EVENTS` ring buffer. Ids are this node's: the agent turns them into
+/// addresses before anything leaves the node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncEvent {
+    /// The flow as the client sent it (the `CONNTRACK` key).
+    pub key: ConnKey,
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// The source port allocated towards the backend (network order).
+    pub nat_port_be: u16,
+    /// `CT_F_*` of the new entry.
+    pub flags: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<SyncEvent>() == 56);
+
+/// Size of the `SYNC_EVENTS` ring buffer (a power-of-two multiple of the page
+/// size, kernel/bpf/ringbuf.c). Each event takes 64 bytes with the ring's
+/// 8-byte header: 8192 new flows between two reads of the agent, which drains it
+/// within milliseconds; a burst beyond that loses sync for the excess (counted).
+pub const SYNC_RING_BYTES: u32 = 512 * 1024;
+
 /// Capacity of `NAT_REV`: one reverse entry per translated connection, so the
 /// agent sizes it like `CONNTRACK`.
 pub const NAT_DEFAULT_CAPACITY: u32 = CONNTRACK_DEFAULT_CAPACITY;
@@ -322,6 +350,7 @@ mod pod {
     unsafe impl aya::Pod for ConnValue {}
     unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for Globals {}
+    unsafe impl aya::Pod for SyncEvent {}
 }
 
 /// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.

@@ -6,12 +6,15 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpCo
 use vip_common::{
     BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, ConnKey, ConnValue, Globals,
     MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_PORT_TRIES, NO_BACKEND, NatValue, PROTO_TCP, Reason,
-    SVC_F_RST_UNSERVABLE, ServiceKey, ServiceValue, flow_hash, maglev_index,
+    SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent, flow_hash, maglev_index,
 };
 
 use crate::{
     Verdict, fwd,
-    maps::{BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_REV, SCRATCH, SERVICE_PORTS, SERVICES},
+    maps::{
+        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_REV, SCRATCH, SERVICE_PORTS, SERVICES,
+        SYNC_EVENTS,
+    },
     nat::{self, Endpoints},
     parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers},
     stats,
@@ -159,8 +162,41 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     if CONNTRACK.insert(p.key, v, 0).is_err() {
         return Verdict::drop(Reason::DropConntrackFull);
     }
+    if svc.flags & SVC_F_SYNC != 0 {
+        sync_event(p, &v);
+    }
     stats::new_flow(id);
     forward(ctx, p, &svc, id, &be, nat_port)
+}
+
+/// Reports a new flow to the agent for replication to the peer LBs. Written
+/// field by field straight into the reserved ring slot, and inlined: as a
+/// subprogram (or with the event built on the stack first) its frame on top
+/// of the main one broke the verifier's 512-byte combined stack limit
+/// (kernel/bpf/verifier.c, MAX_BPF_STACK: "combined stack size of 2 calls is
+/// 544"). A full ring loses the event, counted; the flow itself goes on.
+/// Only new flows of flagged services get here, never established ones.
+#[inline(always)]
+fn sync_event(p: &Parsed, v: &ConnValue) {
+    let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
+        stats::sync_lost();
+        return;
+    };
+    let ev = e.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring slot of size_of::<SyncEvent>()
+    // bytes, ours until submit; every field is written before it.
+    unsafe {
+        core::ptr::copy_nonoverlapping(&p.key, core::ptr::addr_of_mut!((*ev).key), 1);
+        (*ev).backend_id = v.backend_id;
+        (*ev).service_id = v.service_id;
+        (*ev).nat_port_be = v.nat_port_be;
+        (*ev).flags = v.flags;
+        (*ev)._pad = [0; 5];
+    }
+    // Flags 0: the kernel wakes the reader only when it has caught up
+    // (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), so a busy agent is not
+    // woken per event, an idle one at once.
+    e.submit(0);
 }
 
 /// The agent's settings; an unwritten (all-zero) entry means the defaults, so

@@ -4,12 +4,12 @@
 use crate::parse::Parsed;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter, Globals,
     MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NatValue, REASON_COUNT,
-    ServiceKey, ServiceValue,
+    SYNC_RING_BYTES, ServiceKey, ServiceValue,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -58,3 +58,15 @@ pub static GLOBALS: Array<Globals> = Array::with_max_entries(1, 0);
 /// the 512-byte BPF stack for the call chain.
 #[map]
 pub static SCRATCH: PerCpuArray<Parsed> = PerCpuArray::with_max_entries(1, 0);
+
+/// Mode nat with `state_sync:`: one `SyncEvent` per new flow of a
+/// `SVC_F_SYNC` service, read by the agent, which replicates it to its peers.
+/// Not pinned: events are only worth something to the agent that reads them.
+#[map]
+pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
+
+/// Per-CPU count of sync events lost because `SYNC_EVENTS` was full (the
+/// agent fell behind): those flows reset at their next packet after a
+/// failover. One slot.
+#[map]
+pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -5,7 +5,7 @@ use vip_common::Reason;
 
 use crate::{
     Verdict,
-    maps::{BACKEND_STATS, REASONS},
+    maps::{BACKEND_STATS, REASONS, SYNC_LOST},
 };
 
 #[inline(always)]
@@ -37,5 +37,14 @@ pub fn new_flow(backend: u32) {
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend) {
         // SAFETY: per-CPU slot.
         unsafe { (*b).new_flows += 1 };
+    }
+}
+
+/// Counts a sync event the ring buffer had no room for.
+#[inline(always)]
+pub fn sync_lost() {
+    if let Some(c) = SYNC_LOST.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
     }
 }

@@ -23,7 +23,7 @@ use crate::{
     controller::Controller,
     dataplane::{
         Maps,
-        flows::{FlowTables, Pokes, Sweep, monotonic_ns},
+        flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
@@ -51,38 +51,92 @@ enum FlowReport {
     Poked(Pokes),
 }
 
-/// Sweeps the flow tables every [`SWEEP_EVERY`], and pokes the clients of
-/// dead backends whenever `poke` says a backend was just taken out; both in a
+/// State sync's side of the sweep: the directory (which services are
+/// synced), where to send the active flows, and the interface whose
+/// addresses say which VIPs this node holds.
+struct SweepSync {
+    dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
+    tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
+    iface: String,
+}
+
+/// Sweeps the flow tables every [`SWEEP_EVERY`] (and hands state sync the
+/// flows active since the last sweep), and pokes the clients of dead
+/// backends whenever `poke` says a backend was just taken out; both in a
 /// blocking thread. Ends when the receiver goes.
 fn spawn_sweeper(
     mut tables: FlowTables,
     g: Globals,
     tx: mpsc::Sender<FlowReport>,
     mut poke: mpsc::Receiver<()>,
+    sync: Option<SweepSync>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prev: Option<u64> = None;
+        let mut n: u32 = 0;
         loop {
             let poking = tokio::select! {
                 _ = tick.tick() => false,
                 Some(()) = poke.recv() => true,
             };
+            if poking {
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = tables.poke_dead(&g, monotonic_ns());
+                    (tables, r)
+                })
+                .await;
+                let Ok((t, r)) = res else { return };
+                tables = t;
+                match r {
+                    Ok(p) => {
+                        if tx.send(FlowReport::Poked(p)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
+                }
+                continue;
+            }
+            let refresh = match &sync {
+                Some(s) => Refresh {
+                    services: s.dir.borrow().synced_service_ids(),
+                    vips: host::interface_addrs(&s.iface)
+                        .map(|a| {
+                            a.into_iter()
+                                .map(|ip| crate::config::addr_bytes(ip).1)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    since: if n.is_multiple_of(crate::sync::FULL_REFRESH_EVERY) {
+                        None
+                    } else {
+                        prev
+                    },
+                },
+                None => Refresh::default(),
+            };
+            n = n.wrapping_add(1);
             let res = tokio::task::spawn_blocking(move || {
                 let now = monotonic_ns();
-                let r = if poking {
-                    tables.poke_dead(&g, now).map(FlowReport::Poked)
-                } else {
-                    tables.sweep(&g, now).map(FlowReport::Swept)
-                };
-                (tables, r)
+                let r = tables.sweep_with(&g, now, &refresh);
+                (tables, r, now)
             })
             .await;
-            let Ok((t, r)) = res else { return };
+            let Ok((t, r, now)) = res else { return };
             tables = t;
+            prev = Some(now);
             match r {
-                Ok(rep) => {
-                    if tx.send(rep).await.is_err() {
+                Ok(mut s) => {
+                    let active = std::mem::take(&mut s.active);
+                    if let Some(sy) = &sync
+                        && !active.is_empty()
+                        && sy.tx.try_send(active).is_err()
+                    {
+                        warn!("state sync is behind; this refresh is skipped");
+                    }
+                    if tx.send(FlowReport::Swept(s)).await.is_err() {
                         return;
                     }
                 }
@@ -404,6 +458,7 @@ fn check_reloadable(old: &Config, new: &Config) -> Result<()> {
             old.conntrack_capacity != new.conntrack_capacity,
         ),
         ("nat", old.nat != new.nat),
+        ("state_sync", old.state_sync != new.state_sync),
         ("vrrp", old.vrrp != new.vrrp),
         ("hold_vips", old.hold_vips != new.hold_vips),
         ("metrics_listen", old.metrics_listen != new.metrics_listen),
@@ -506,6 +561,13 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
     let node_addrs = host::interface_addrs(&cfg.interface)?;
+    let sync_listen = match &cfg.state_sync {
+        Some(s) => Some(
+            s.listen_addr(&node_addrs, &service_vips(&cfg))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
     // Program the maps before attaching: the first packet the program sees
     // already finds every service.
     prog.maps_mut().set_globals(&globals)?;
@@ -521,6 +583,29 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     // change the interface, VRRP or hold_vips); the services are the
     // controller's, ctl.config().
     let cfg = ctl.config().clone();
+    let directory = |ctl: &Controller<KernelMaps>| {
+        let mut d = ctl.programmer().directory();
+        d.globals = Some(globals);
+        d
+    };
+    // State sync before attaching: the ring buffer keeps the first flows'
+    // events until the sender reads them.
+    let sync = match (&cfg.state_sync, sync_listen) {
+        (Some(s), Some(ip)) => {
+            let maps = ctl.programmer().maps();
+            let h = crate::sync::start(
+                SocketAddr::new(ip, s.port),
+                s.peers.clone(),
+                maps.sync_events()
+                    .context("state_sync: opening the event ring")?,
+                maps.sync_tables()
+                    .context("state_sync: opening the flow tables")?,
+                directory(&ctl),
+            )?;
+            Some(h)
+        }
+        _ => None,
+    };
     let mut sysctls = if has_nat(&cfg) {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
@@ -565,12 +650,23 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         };
     info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
     let mut obs = Observed::new(attached.to_string());
+    obs.sync = sync.as_ref().map(|s| s.stats.clone());
     let (sweep_tx, mut sweep_rx) = mpsc::channel::<FlowReport>(2);
     // One pending poke is enough: a round pokes every flow of every dead
     // backend.
     let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
     let sweeper = match ctl.programmer().maps().flow_tables() {
-        Ok(t) => Some(spawn_sweeper(t, globals, sweep_tx, poke_rx)),
+        Ok(t) => Some(spawn_sweeper(
+            t,
+            globals,
+            sweep_tx,
+            poke_rx,
+            sync.as_ref().map(|s| SweepSync {
+                dir: s.directory(),
+                tx: s.refresh_sender(),
+                iface: cfg.interface.clone(),
+            }),
+        )),
         Err(e) => {
             // Forwarding does not need the sweep; status and the flow
             // metrics go without counts, and the LRU evicts as before.
@@ -848,8 +944,20 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         metrics.beat();
+        if let Some(s) = &sync {
+            // Ids and members may have changed (probes, reloads): the
+            // shells resolve with what the maps hold now.
+            s.publish(directory(&ctl));
+        }
         if refresh_due.elapsed() >= Duration::from_secs(1) {
             refresh_due = Instant::now();
+            if sync.is_some() {
+                obs.sync_ring_lost = ctl
+                    .programmer()
+                    .maps()
+                    .sync_lost()
+                    .unwrap_or(obs.sync_ring_lost);
+            }
             observe::refresh(&metrics, &ctl, &routers, &mut obs);
         }
     }
@@ -860,6 +968,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     if let Some(t) = sweeper {
         t.abort();
     }
+    drop(sync);
     drop(probes);
     // VRRP first: the priority-0 advertisement lets a Backup take over after
     // its skew time; the router keeps the VIP until it hears the new master,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use vip_common::{
     AddrBytes, FAMILY_V4, FAMILY_V6, Globals, MAGLEV_DEFAULT_SIZE, MODE_DSR, MODE_NAT, PROTO_TCP,
-    PROTO_UDP, SVC_F_RST_UNSERVABLE, ServiceKey,
+    PROTO_UDP, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey,
 };
 
 use crate::{
@@ -79,7 +79,64 @@ pub struct Config {
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `null`: nowhere.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Mode nat: replicate new flows to the peer LBs so that they continue
+    /// when the VIP moves (needs `snat: vip` on every nat service).
+    #[serde(default)]
+    pub state_sync: Option<StateSyncSettings>,
     pub services: Vec<Service>,
+}
+
+/// The default state-sync port (UDP). Next to the apiserver's 6443 so it is
+/// easy to open in the same firewall rule set; outside the kernel's
+/// ephemeral range (32768-60999), vipd's default NAT source ports
+/// (40000-59999, which the XDP program claims as reply ports), the
+/// Kubernetes NodePort range (30000-32767), and the ports kubeadm control
+/// planes use (6443, 2379-2380, 10250, 10257, 10259).
+pub const DEFAULT_SYNC_PORT: u16 = 6446;
+
+fn default_sync_port() -> u16 {
+    DEFAULT_SYNC_PORT
+}
+
+/// `state_sync:` settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StateSyncSettings {
+    /// The other LB nodes' addresses. Datagrams from any other source are
+    /// dropped (and counted): the channel is not authenticated.
+    pub peers: Vec<IpAddr>,
+    /// UDP port to listen on and send to (the same on every node).
+    #[serde(default = "default_sync_port")]
+    pub port: u16,
+    /// Address to listen on and send from; default: the interface's first
+    /// address of the peers' family that is no VIP.
+    #[serde(default)]
+    pub listen: Option<IpAddr>,
+}
+
+impl StateSyncSettings {
+    /// The listen address: `listen`, or the interface's first address of
+    /// the peers' family that is no VIP and not link-local.
+    pub fn listen_addr(&self, node_addrs: &[IpAddr], vips: &[IpAddr]) -> Result<IpAddr, String> {
+        if let Some(a) = self.listen {
+            return Ok(a);
+        }
+        let v4 = self.peers.first().is_none_or(|p| p.is_ipv4());
+        node_addrs
+            .iter()
+            .copied()
+            .find(|a| {
+                a.is_ipv4() == v4
+                    && !vips.contains(a)
+                    && !matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "state_sync: the interface has no {} address to listen on; add one or set state_sync.listen",
+                    if v4 { "IPv4" } else { "IPv6" }
+                )
+            })
+    }
 }
 
 /// Loopback by default: the endpoint tells anyone who asks the backends'
@@ -771,6 +828,9 @@ impl Config {
                 }
             }
         }
+        if let Some(sync) = &self.state_sync {
+            self.validate_sync(sync).map_err(|(f, m)| bad(f, m))?;
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");
@@ -836,6 +896,83 @@ impl Config {
         Ok(())
     }
 
+    /// `state_sync:` must name peers of one family, a port clear of the NAT
+    /// source ports, and only nat services with `snat: vip`. Why refuse
+    /// `snat: node` rather than warn: the backend knows a connection by its
+    /// source address; with the node's own address there, the replicated entry
+    /// on the peer would send from another address and the backend would
+    /// answer it with an RST (or the replies go to the dead node): sync would
+    /// look configured and keep nothing.
+    fn validate_sync(&self, sync: &StateSyncSettings) -> Result<(), (String, String)> {
+        let f = |field: &str, m: String| (format!("state_sync.{field}"), m);
+        if sync.peers.is_empty() {
+            return Err(f(
+                "peers",
+                "empty; list the other LB nodes' addresses, or remove state_sync".into(),
+            ));
+        }
+        let v4 = sync.peers[0].is_ipv4();
+        let vips: Vec<IpAddr> = self.services.iter().map(|s| s.vip).collect();
+        for (i, p) in sync.peers.iter().enumerate() {
+            if p.is_ipv4() != v4 {
+                return Err(f(
+                    &format!("peers[{i}]"),
+                    format!("{p}: all peers must be of one address family (one socket)"),
+                ));
+            }
+            if p.is_unspecified() || p.is_multicast() || p.is_loopback() {
+                return Err(f(
+                    &format!("peers[{i}]"),
+                    format!("{p} is not a peer's unicast address; give the node address"),
+                ));
+            }
+            if vips.contains(p) {
+                return Err(f(
+                    &format!("peers[{i}]"),
+                    format!("{p} is a VIP; give the peer node's own address"),
+                ));
+            }
+        }
+        if let Some(l) = sync.listen
+            && l.is_ipv4() != v4
+        {
+            return Err(f(
+                "listen",
+                format!("{l} is not of the peers' address family"),
+            ));
+        }
+        let (lo, hi) = self.nat.port_range().map_err(|e| ("nat.ports".into(), e))?;
+        if sync.port == 0 || (lo..=hi).contains(&sync.port) {
+            return Err(f(
+                "port",
+                format!(
+                    "{} is not usable (0, or inside nat.ports {lo}-{hi}, whose replies the XDP program takes); use the default {DEFAULT_SYNC_PORT}",
+                    sync.port
+                ),
+            ));
+        }
+        let mut nat = 0;
+        for (i, s) in self.services.iter().enumerate() {
+            if s.mode != Mode::Nat {
+                continue;
+            }
+            nat += 1;
+            if !matches!(s.snat(), Ok(Snat::Vip)) {
+                return Err((
+                    format!("services[{i}].snat"),
+                    "state_sync needs `snat: vip` on every nat service: the backends must see the VIP as the source, so that their replies follow it to the new holder; set snat: vip, or remove state_sync".into(),
+                ));
+            }
+        }
+        if nat == 0 {
+            return Err(f(
+                "peers",
+                "state_sync replicates mode nat flows, and no service is mode nat; remove state_sync".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The services as the dataplane programmer wants them, every backend alive
     /// (health probes come later and will clear `alive`). `node_addrs` are the
     /// interface's addresses, for `snat: node`.
@@ -883,6 +1020,10 @@ impl Config {
                     },
                     flags: if s.rst_unservable {
                         SVC_F_RST_UNSERVABLE
+                    } else {
+                        0
+                    } | if s.mode == Mode::Nat && self.state_sync.is_some() {
+                        SVC_F_SYNC
                     } else {
                         0
                     },
@@ -1000,6 +1141,76 @@ services:
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("vipd.yaml"), text)
+    }
+
+    #[test]
+    fn state_sync_defaults_flags_services_and_refuses_what_cannot_work() {
+        let synced = format!(
+            "state_sync:\n  peers: [10.0.0.3]\n{}",
+            NAT.replace("snat: node", "snat: vip")
+        );
+        let c = parse(&synced).expect("valid");
+        let s = c.state_sync.as_ref().expect("state_sync");
+        assert_eq!(s.port, DEFAULT_SYNC_PORT);
+        let d = c.desired(&[]).expect("desired");
+        assert_ne!(d[0].flags & SVC_F_SYNC, 0, "nat service flagged for sync");
+        let node: Vec<IpAddr> = ["fe80::1", "10.0.0.100", "10.0.0.2"]
+            .iter()
+            .map(|a| a.parse().expect("ip"))
+            .collect();
+        let vips = [c.services[0].vip];
+        assert_eq!(
+            s.listen_addr(&node, &vips),
+            Ok("10.0.0.2".parse().expect("ip")),
+            "the node address, not the VIP"
+        );
+        assert!(
+            s.listen_addr(&[], &vips)
+                .expect_err("none")
+                .contains("state_sync.listen")
+        );
+        // Without state_sync, no flag.
+        let plain = parse(&NAT.replace("snat: node", "snat: vip")).expect("valid");
+        assert_eq!(
+            plain.desired(&[]).expect("desired")[0].flags & SVC_F_SYNC,
+            0
+        );
+
+        for (text, want) in [
+            (
+                format!("state_sync:\n  peers: [10.0.0.3]\n{NAT}"),
+                vec!["services[0].snat", "snat: vip"],
+            ),
+            (
+                synced.replace("[10.0.0.3]", "[]"),
+                vec!["state_sync.peers", "other LB nodes"],
+            ),
+            (
+                synced.replace("[10.0.0.3]", "[10.0.0.3, fd00::3]"),
+                vec!["state_sync.peers[1]", "one address family"],
+            ),
+            (
+                synced.replace("[10.0.0.3]", "[10.0.0.100]"),
+                vec!["state_sync.peers[0]", "is a VIP"],
+            ),
+            (
+                synced.replace("[10.0.0.3]", "[10.0.0.3]\n  port: 45000"),
+                vec!["state_sync.port", "nat.ports", "6446"],
+            ),
+            (
+                format!("state_sync:\n  peers: [10.0.0.3]\n{GOOD}"),
+                vec!["state_sync.peers", "no service is mode nat"],
+            ),
+            (
+                synced.replace("[10.0.0.3]", "[10.0.0.3]\n  secret: x"),
+                vec!["state_sync", "secret"],
+            ),
+        ] {
+            let e = parse(&text).expect_err(&text).to_string();
+            for w in want {
+                assert!(e.contains(w), "{e:?} lacks {w:?}");
+            }
+        }
     }
 
     #[test]

@@ -13,4 +13,5 @@ pub mod maglev;
 pub mod metrics;
 pub mod probe;
 pub mod status;
+pub mod sync;
 pub mod vrrp;

@@ -158,6 +158,11 @@ pub struct Metrics {
     pub conntrack_capacity: Gauge,
     pub conntrack_swept: Counter,
     pub conntrack_poked: Counter,
+    pub state_sync_sent: Counter,
+    pub state_sync_received: Counter,
+    pub state_sync_applied: Counter,
+    pub state_sync_rejected: Family<ReasonLabel, Counter>,
+    pub state_sync_lost: Family<ReasonLabel, Counter>,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
     /// Every family as registered, see [`Metrics::families`].
@@ -221,6 +226,11 @@ impl Metrics {
             conntrack_capacity: Gauge::default(),
             conntrack_swept: Counter::default(),
             conntrack_poked: Counter::default(),
+            state_sync_sent: Counter::default(),
+            state_sync_received: Counter::default(),
+            state_sync_applied: Counter::default(),
+            state_sync_rejected: Family::default(),
+            state_sync_lost: Family::default(),
             status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
@@ -370,6 +380,31 @@ impl Metrics {
             "conntrack_poked",
             "Clients of a dead backend's flows poked so that their next packet gets the RST at once",
             m.conntrack_poked.clone(),
+        );
+        r.register(
+            "state_sync_sent",
+            "Mode nat flow records sent to state-sync peers (counted once per peer)",
+            m.state_sync_sent.clone(),
+        );
+        r.register(
+            "state_sync_received",
+            "Flow records received from state-sync peers",
+            m.state_sync_received.clone(),
+        );
+        r.register(
+            "state_sync_applied",
+            "Flow records from peers written to the flow tables (new or refreshed)",
+            m.state_sync_applied.clone(),
+        );
+        r.register(
+            "state_sync_rejected",
+            "Flow records or datagrams from peers refused, by reason (stranger: not from a configured peer)",
+            m.state_sync_rejected.clone(),
+        );
+        r.register(
+            "state_sync_lost",
+            "New flows not replicated, by reason (ring_full, unresolved, send_failed): they reset after a failover",
+            m.state_sync_lost.clone(),
         );
         Metrics {
             registry: r.registry,

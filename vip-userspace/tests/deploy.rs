@@ -753,6 +753,23 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
     m.conntrack_entries.set(1);
     m.conntrack_capacity.set(262_144);
     m.conntrack_swept.inc();
+    m.state_sync_sent.inc();
+    m.state_sync_received.inc();
+    m.state_sync_applied.inc();
+    for r in vip_userspace::sync::REJECT_LABELS {
+        m.state_sync_rejected
+            .get_or_create(&ReasonLabel {
+                reason: r.to_owned(),
+            })
+            .inc();
+    }
+    for r in vip_userspace::sync::LOST_LABELS {
+        m.state_sync_lost
+            .get_or_create(&ReasonLabel {
+                reason: r.to_owned(),
+            })
+            .inc();
+    }
     m.cert_san_ok.get_or_create(&bl).set(1);
     m.cert_expiry.get_or_create(&bl).set(86_400);
     m.fail_open

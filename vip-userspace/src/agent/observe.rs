@@ -44,6 +44,10 @@ pub struct Observed {
     pub changed: HashMap<SocketAddr, BackendChange>,
     pub sweep: Option<(Sweep, SystemTime)>,
     pub swept_total: u64,
+    /// State sync's counters, and the program's count of events lost to a
+    /// full ring (read by the agent loop).
+    pub sync: Option<std::sync::Arc<crate::sync::SyncStats>>,
+    pub sync_ring_lost: u64,
     /// Failovers already observed in the histogram, per family.
     failovers_seen: HashMap<Family, u64>,
 }
@@ -61,6 +65,8 @@ impl Observed {
             changed: HashMap::new(),
             sweep: None,
             swept_total: 0,
+            sync: None,
+            sync_ring_lost: 0,
             failovers_seen: HashMap::new(),
         }
     }
@@ -344,6 +350,24 @@ pub fn refresh<M: Maps>(
         },
     };
     mirror(&m.conntrack_swept, obs.swept_total);
+    if let Some(st) = &obs.sync {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        mirror(&m.state_sync_sent, load(&st.sent));
+        mirror(&m.state_sync_received, load(&st.received));
+        mirror(&m.state_sync_applied, load(&st.applied));
+        for (reason, n) in st.rejected() {
+            let l = ReasonLabel {
+                reason: reason.to_owned(),
+            };
+            mirror(&m.state_sync_rejected.get_or_create(&l), n);
+        }
+        for (reason, n) in st.lost(obs.sync_ring_lost) {
+            let l = ReasonLabel {
+                reason: reason.to_owned(),
+            };
+            mirror(&m.state_sync_lost.get_or_create(&l), n);
+        }
+    }
     let snapshot = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         node: obs.node.clone(),

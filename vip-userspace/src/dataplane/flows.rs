@@ -66,14 +66,32 @@ pub struct Sweep {
     pub per_backend: BTreeMap<u32, u64>,
     /// How long the walk took, in microseconds.
     pub took_us: u64,
+    /// Live flows the [`Refresh`] asked for, for state sync to resend.
+    pub active: Vec<(ConnKey, ConnValue)>,
 }
 
-fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
-    Ok(Map::LruHashMap(clone_fd(d, name)?))
+/// Which live flows a sweep collects for the state-sync refresh.
+#[derive(Debug, Clone, Default)]
+pub struct Refresh {
+    /// Services whose flows are replicated (`SVC_F_SYNC`).
+    pub services: Vec<u32>,
+    /// Only flows to these VIPs: the ones this node holds. A backup's
+    /// entries were written by the receiver, and sending them back would
+    /// keep both copies alive forever by echo, whatever the client does.
+    pub vips: Vec<vip_common::AddrBytes>,
+    /// Only flows touched at or after this time (the previous sweep's);
+    /// `None`: every live flow (a full refresh).
+    pub since: Option<u64>,
 }
 
-/// A second `MapData` on the same kernel map (a dup'd fd).
-fn clone_fd(d: &MapData, name: &'static str) -> Result<MapData> {
+/// A second handle on an LRU hash map: a dup of its fd, so a blocking thread
+/// can own it while the agent keeps its own.
+pub(crate) fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
+    Ok(Map::LruHashMap(dup_map(d, name)?))
+}
+
+/// A dup of a map's fd as a new `MapData`.
+pub(crate) fn dup_map(d: &MapData, name: &'static str) -> Result<MapData> {
     let fd = d
         .fd()
         .as_fd()
@@ -89,7 +107,10 @@ fn clone_fd(d: &MapData, name: &'static str) -> Result<MapData> {
     MapData::from_fd(fd).map_err(map_err(name, "open"))
 }
 
-fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+pub(crate) fn map_err(
+    map: &'static str,
+    op: &'static str,
+) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |e| DataplaneError::Map {
         map,
         op,
@@ -127,7 +148,7 @@ impl FlowTables {
                 .map_err(map_err("CONNTRACK", "open"))?,
             nat_rev: HashMap::try_from(clone_lru(nr, "NAT_REV")?)
                 .map_err(map_err("NAT_REV", "open"))?,
-            backends: Array::try_from(Map::Array(clone_fd(be, "BACKENDS")?))
+            backends: Array::try_from(Map::Array(dup_map(be, "BACKENDS")?))
                 .map_err(map_err("BACKENDS", "open"))?,
             capacity,
             poker: Poker::default(),
@@ -200,6 +221,14 @@ impl FlowTables {
     /// idle past its timeout, in that very millisecond) loses its entry and
     /// is treated as the program treats an expired one: chosen again.
     pub fn sweep(&mut self, g: &Globals, now: u64) -> Result<Sweep> {
+        self.sweep_with(g, now, &Refresh::default())
+    }
+
+    /// [`FlowTables::sweep`], also collecting into [`Sweep::active`] the
+    /// live flows `refresh` asks for. The XDP program refreshes an entry's
+    /// timestamp at most once a second while packets flow, so a flow active
+    /// since the previous sweep has `last_seen_ns` after it.
+    pub fn sweep_with(&mut self, g: &Globals, now: u64, refresh: &Refresh) -> Result<Sweep> {
         let t = Instant::now();
         let mut out = Sweep {
             capacity: self.capacity,
@@ -240,6 +269,12 @@ impl FlowTables {
             } else {
                 out.flows += 1;
                 *out.per_backend.entry(v.backend_id).or_default() += 1;
+                if refresh.services.contains(&v.service_id)
+                    && refresh.vips.contains(&k.daddr)
+                    && refresh.since.is_none_or(|s| v.last_seen_ns >= s)
+                {
+                    out.active.push((k, v));
+                }
             }
         }
         for k in &dead_rev {

@@ -296,6 +296,30 @@ impl KernelMaps {
         )
     }
 
+    /// Second handles on the flow tables for the state-sync receiver.
+    pub fn sync_tables(&self) -> Result<crate::sync::tables::SyncTables> {
+        crate::sync::tables::SyncTables::open(self.map("CONNTRACK")?, self.map("NAT_REV")?)
+    }
+
+    /// The `SYNC_EVENTS` ring buffer on a dup'd fd, for the state-sync sender
+    /// (a ring buffer has one consumer position: take it once).
+    pub fn sync_events(&self) -> Result<aya::maps::RingBuf<MapData>> {
+        let aya::maps::Map::RingBuf(d) = self.map("SYNC_EVENTS")? else {
+            return Err(DataplaneError::NoMap("SYNC_EVENTS as a ring buffer"));
+        };
+        let d = super::flows::dup_map(d, "SYNC_EVENTS")?;
+        aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(d))
+            .map_err(map_err("SYNC_EVENTS", "open"))
+    }
+
+    /// Sync events the program lost to a full ring, summed over CPUs.
+    pub fn sync_lost(&self) -> Result<u64> {
+        let m: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.map("SYNC_LOST")?).map_err(map_err("SYNC_LOST", "open"))?;
+        let per_cpu = m.get(&0, 0).map_err(map_err("SYNC_LOST", "lookup"))?;
+        Ok(per_cpu.iter().sum())
+    }
+
     /// Every reverse-NAT entry (for tests and status).
     pub fn nat_entries(&self) -> Result<Vec<(vip_common::ConnKey, NatValue)>> {
         let m: HashMap<&MapData, vip_common::ConnKey, NatValue> =

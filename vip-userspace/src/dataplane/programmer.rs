@@ -16,7 +16,10 @@ use vip_common::{
 };
 
 use super::{DataplaneError, Maps, Result};
-use crate::maglev;
+use crate::{
+    maglev,
+    sync::resolve::{BackendAddr, DirService, Directory},
+};
 
 /// A backend as the controller wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +106,9 @@ pub struct Programmer<M: Maps> {
     /// stranger instead of answering them with an RST.
     free_backend_ids: VecDeque<u32>,
     ports: BTreeMap<u32, u64>,
+    /// Each service's backends by address, with their ids, as last applied
+    /// (for state sync, which names backends by address on the wire).
+    members: BTreeMap<ServiceKey, BTreeMap<BackendAddr, u32>>,
 }
 
 impl<M: Maps> Programmer<M> {
@@ -115,6 +121,7 @@ impl<M: Maps> Programmer<M> {
             free_service_ids: (0..MAX_SERVICES).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             ports: BTreeMap::new(),
+            members: BTreeMap::new(),
         }
     }
 
@@ -162,6 +169,35 @@ impl<M: Maps> Programmer<M> {
     /// The backend id the dataplane uses for a backend, if it has one.
     pub fn backend_id(&self, b: &DesiredBackend) -> Option<u32> {
         self.backends.get(&ident(b)).map(|(id, _)| *id)
+    }
+
+    /// What this node's ids mean, for state sync (see `sync::resolve`).
+    /// The NAT settings are not the programmer's: `globals` stays `None`.
+    pub fn directory(&self) -> Directory {
+        let mut d = Directory::default();
+        for (bi, (id, _)) in &self.backends {
+            d.backends.insert(
+                *id,
+                BackendAddr {
+                    family: bi.family,
+                    addr: bi.addr,
+                    port_be: bi.port_be,
+                },
+            );
+        }
+        for (key, p) in &self.services {
+            d.services.insert(
+                *key,
+                DirService {
+                    id: p.value.id,
+                    mode: p.value.mode,
+                    flags: p.value.flags,
+                    snat_addr: p.value.snat_addr,
+                    backends: self.members.get(key).cloned().unwrap_or_default(),
+                },
+            );
+        }
+        d
     }
 
     /// Makes the maps match `desired`. On error the maps may hold part of the
@@ -234,6 +270,25 @@ impl<M: Maps> Programmer<M> {
         }
 
         // 2. Tables and services.
+        self.members = wanted
+            .iter()
+            .map(|(key, s)| {
+                let m = s
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        let (id, _) = self.backends.get(&ident(b))?;
+                        let a = BackendAddr {
+                            family: b.family,
+                            addr: b.addr,
+                            port_be: b.port_be,
+                        };
+                        Some((a, *id))
+                    })
+                    .collect();
+                (*key, m)
+            })
+            .collect();
         for (key, s) in &wanted {
             let alive: Vec<(Vec<u8>, u32)> = s
                 .backends

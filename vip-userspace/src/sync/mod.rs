@@ -1,0 +1,462 @@
+//! NAT connection-state sync between LB nodes (`state_sync:`).
+//!
+//! Mode nat keeps per-flow state on the LB: which backend, which source
+//! port. When the VIP moves, the new holder has none of it, so its XDP
+//! program must answer every mid-stream packet with an RST (mode nat cannot
+//! pick up a connection whose handshake the backend saw from another
+//! source). With `snat: vip` the backend knows each connection as
+//! (VIP, NAT port), which the new holder can reproduce if it knows the port:
+//! this module replicates each new flow to the peer LBs.
+//!
+//! - `wire`: the datagram format (versioned, 1212 bytes at most).
+//! - `resolve`: node-local ids to addresses and back ([`resolve::Directory`]).
+//! - `tables`: writing a peer's flows into this node's maps without ever
+//!   displacing a live local flow.
+//! - here: the two shells. The sender reads the program's `SYNC_EVENTS` ring
+//!   buffer (tokio `AsyncFd`), batches records and sends each datagram to
+//!   every peer, at most [`FLUSH_DELAY`] after the first record waiting; the
+//!   sweep's list of active flows is resent the same way (a refresh), so a
+//!   replicated entry never idles out on the peer while the flow lives, and
+//!   a restarted peer learns every flow within [`FULL_REFRESH_EVERY`] sweeps.
+//!   The receiver is a blocking thread with its own socket and map handles.
+//!
+//! Guarantees and limits: a flow opened less than about [`FLUSH_DELAY`]
+//! (plus one network trip) before the master dies is not on the peer and
+//! gets an RST at its next packet, as without sync. The channel is not
+//! authenticated: only datagrams from the configured peers' addresses are
+//! accepted, so it belongs on a trusted segment.
+
+pub mod resolve;
+pub mod tables;
+pub mod wire;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use thiserror::Error;
+use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch, task::JoinHandle};
+use tracing::{debug, info, warn};
+use vip_common::{ConnKey, ConnValue, SyncEvent};
+
+use resolve::{Directory, Reject};
+use tables::{Applied, SyncTables};
+use wire::{MAX_RECORDS, Record};
+
+use crate::dataplane::flows::monotonic_ns;
+
+/// The longest a record waits for others to share its datagram. A failover
+/// loses the flows of this window; a few ms costs nothing in datagram count
+/// when flows are rare and fills datagrams when they are not.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(2);
+
+/// Every this many sweeps (10 s each) the refresh sends every live synced
+/// flow, not only those active since the last sweep: a peer that restarted
+/// learns the idle ones within 5 minutes.
+pub const FULL_REFRESH_EVERY: u32 = 30;
+
+/// Receive buffer asked for the sync socket: a full refresh arrives as a
+/// burst of datagrams.
+const RCVBUF: libc::c_int = 4 << 20;
+
+/// The `reason` labels of `vipd_state_sync_rejected_total`.
+pub const REJECT_LABELS: [&str; 10] = [
+    "unknown_service",
+    "not_synced",
+    "unknown_backend",
+    "port_range",
+    "conflict",
+    "map_error",
+    "malformed",
+    "magic",
+    "version",
+    "stranger",
+];
+
+/// The `reason` labels of `vipd_state_sync_lost_total` (flows that were
+/// not sent): the program's ring was full, the backend id was unknown by
+/// the time the agent read it, the send failed.
+pub const LOST_LABELS: [&str; 3] = ["ring_full", "unresolved", "send_failed"];
+
+fn reject_index(label: &str) -> usize {
+    REJECT_LABELS
+        .iter()
+        .position(|l| *l == label)
+        .unwrap_or(REJECT_LABELS.len() - 1)
+}
+
+/// Counters shared by the shells and the metrics refresh.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Records sent, counted once per peer.
+    pub sent: AtomicU64,
+    /// Records decoded from peers' datagrams.
+    pub received: AtomicU64,
+    /// Records written to the maps (new or refreshed).
+    pub applied: AtomicU64,
+    rejected: [AtomicU64; REJECT_LABELS.len()],
+    /// `unresolved`, `send_failed` (`ring_full` is the program's counter).
+    lost: [AtomicU64; 2],
+}
+
+impl SyncStats {
+    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
+        REJECT_LABELS
+            .iter()
+            .zip(&self.rejected)
+            .map(|(l, c)| (*l, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Sender-side losses by label, `ring_full` given by the caller (it
+    /// lives in the program's per-CPU counter).
+    pub fn lost(&self, ring_full: u64) -> Vec<(&'static str, u64)> {
+        vec![
+            (LOST_LABELS[0], ring_full),
+            (LOST_LABELS[1], self.lost[0].load(Ordering::Relaxed)),
+            (LOST_LABELS[2], self.lost[1].load(Ordering::Relaxed)),
+        ]
+    }
+
+    fn reject(&self, label: &str) {
+        self.rejected[reject_index(label)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum SyncError {
+    #[error(
+        "state_sync: cannot listen on {addr}; is the address on this node and the port free? (state_sync.listen, state_sync.port)"
+    )]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state_sync: setting up the sync socket failed")]
+    Socket(#[source] std::io::Error),
+}
+
+/// A ring-buffer item as the program wrote it; `None` if it is not one
+/// (a shorter item would be a build mismatch: refuse, never read past it).
+pub fn parse_event(item: &[u8]) -> Option<SyncEvent> {
+    if item.len() < std::mem::size_of::<SyncEvent>() {
+        return None;
+    }
+    // SAFETY: the length is checked above; SyncEvent is plain old data
+    // (repr(C), every bit pattern valid); read_unaligned needs no alignment.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyncEvent>()) })
+}
+
+/// What the receiver does with one datagram from `from`: check the source,
+/// decode, resolve and write each record. Returns the records applied.
+/// Every refusal is counted under its reason; nothing here panics.
+pub fn receive_datagram(
+    buf: &[u8],
+    from: IpAddr,
+    peers: &[IpAddr],
+    dir: &Directory,
+    tables: &mut SyncTables,
+    stats: &SyncStats,
+) -> usize {
+    if !peers.contains(&from) {
+        stats.reject("stranger");
+        return 0;
+    }
+    let d = match wire::decode(buf) {
+        Ok(d) => d,
+        Err(e) => {
+            stats.reject(e.label());
+            debug!(peer = %from, error = %e, "state sync: datagram refused");
+            return 0;
+        }
+    };
+    stats
+        .received
+        .fetch_add(d.records.len() as u64, Ordering::Relaxed);
+    let Some(g) = dir.globals else {
+        // Not programmed yet: nothing can be resolved.
+        for _ in &d.records {
+            stats.reject(Reject::UnknownService.label());
+        }
+        return 0;
+    };
+    let now = monotonic_ns();
+    let mut applied = 0;
+    for r in &d.records {
+        match dir.to_local(r).and_then(|l| tables.apply(&l, &g, now)) {
+            Ok(Applied::New | Applied::Refreshed) => applied += 1,
+            Err(reason) => stats.reject(reason.label()),
+        }
+    }
+    stats.applied.fetch_add(applied as u64, Ordering::Relaxed);
+    applied
+}
+
+/// The running sync: publish directory changes and refresh batches to it;
+/// dropping it stops both shells.
+pub struct SyncHandle {
+    pub stats: Arc<SyncStats>,
+    dir: watch::Sender<Arc<Directory>>,
+    refresh: mpsc::Sender<Vec<(ConnKey, ConnValue)>>,
+    sender: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+    listen: SocketAddr,
+}
+
+impl SyncHandle {
+    /// Makes `d` the directory both shells resolve with, if it changed.
+    pub fn publish(&self, d: Directory) {
+        self.dir.send_if_modified(|cur| {
+            if **cur == d {
+                false
+            } else {
+                *cur = Arc::new(d);
+                true
+            }
+        });
+    }
+
+    /// Where the sweep sends live flows for the refresh.
+    pub fn refresh_sender(&self) -> mpsc::Sender<Vec<(ConnKey, ConnValue)>> {
+        self.refresh.clone()
+    }
+
+    /// The directory as last published (the sweep reads the synced ids).
+    pub fn directory(&self) -> watch::Receiver<Arc<Directory>> {
+        self.dir.subscribe()
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.sender.abort();
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Opens the socket and starts the sender task and the receiver thread.
+/// Must run inside the tokio runtime.
+pub fn start(
+    listen: SocketAddr,
+    peers: Vec<IpAddr>,
+    events: RingBuf<MapData>,
+    tables: SyncTables,
+    dir: Directory,
+) -> Result<SyncHandle, SyncError> {
+    let sock = UdpSocket::bind(listen).map_err(|source| SyncError::Bind {
+        addr: listen,
+        source,
+    })?;
+    set_rcvbuf(&sock);
+    let rx_sock = sock.try_clone().map_err(SyncError::Socket)?;
+    rx_sock
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .map_err(SyncError::Socket)?;
+    sock.set_nonblocking(true).map_err(SyncError::Socket)?;
+    let tx_sock = tokio::net::UdpSocket::from_std(sock).map_err(SyncError::Socket)?;
+    // SAFETY: the RingBuf owns its (dup'd) map fd, which stays open and
+    // the same for as long as the RingBuf lives inside the AsyncFd, and
+    // `as_raw_fd` always returns it.
+    let ring = unsafe { AsyncFd::register(events) }.map_err(|e| SyncError::Socket(e.into()))?;
+    let stats = Arc::new(SyncStats::default());
+    let (dir_tx, dir_rx) = watch::channel(Arc::new(dir));
+    let (refresh_tx, refresh_rx) = mpsc::channel(4);
+    let stop = Arc::new(AtomicBool::new(false));
+    let targets: Vec<SocketAddr> = peers
+        .iter()
+        .map(|p| SocketAddr::new(*p, listen.port()))
+        .collect();
+    let sender = tokio::spawn(send_loop(
+        ring,
+        tx_sock,
+        targets.clone(),
+        dir_rx.clone(),
+        refresh_rx,
+        stats.clone(),
+    ));
+    {
+        let (stats, stop) = (stats.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("vipd-sync-rx".into())
+            .spawn(move || receive_loop(rx_sock, peers, dir_rx, tables, stats, stop))
+            .map_err(SyncError::Socket)?;
+    }
+    info!(listen = %listen, peers = ?targets, "state sync running");
+    Ok(SyncHandle {
+        stats,
+        dir: dir_tx,
+        refresh: refresh_tx,
+        sender,
+        stop,
+        listen,
+    })
+}
+
+fn set_rcvbuf(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let v = RCVBUF;
+    // SAFETY: setsockopt reads one c_int we own for the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        // The default (net.core.rmem_default) still works; bursts may drop.
+        warn!("state sync: SO_RCVBUF refused; a full refresh may lose datagrams");
+    }
+}
+
+/// The sender: ring-buffer events and refresh batches in, datagrams out.
+async fn send_loop(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    sock: tokio::net::UdpSocket,
+    targets: Vec<SocketAddr>,
+    dir: watch::Receiver<Arc<Directory>>,
+    mut refresh: mpsc::Receiver<Vec<(ConnKey, ConnValue)>>,
+    stats: Arc<SyncStats>,
+) {
+    let mut pending: Vec<Record> = Vec::with_capacity(MAX_RECORDS * 4);
+    let mut deadline: Option<Instant> = None;
+    let mut seq: u32 = 0;
+    let mut buf = Vec::with_capacity(wire::MAX_DATAGRAM);
+    loop {
+        let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let mut flush_now = false;
+        tokio::select! {
+            g = ring.readable_mut() => {
+                let mut g = match g {
+                    Ok(g) => g,
+                    Err(e) => {
+                        warn!(error = %e, "state sync: polling the ring buffer failed; sync stops");
+                        return;
+                    }
+                };
+                let d = dir.borrow().clone();
+                drain(g.get_inner_mut(), &d, &mut pending, &stats);
+                g.clear_ready();
+                drop(g);
+                // An event committed between the last read and clear_ready
+                // woke nobody (the kernel wakes a reader once it has caught
+                // up): read again after clearing.
+                drain(ring.get_mut(), &d, &mut pending, &stats);
+            }
+            b = refresh.recv() => {
+                let Some(b) = b else { return };
+                let d = dir.borrow().clone();
+                for (k, v) in &b {
+                    match d.entry_to_wire(k, v) {
+                        Some(r) => pending.push(r),
+                        None => { stats.lost[0].fetch_add(1, Ordering::Relaxed); }
+                    }
+                }
+                debug!(flows = b.len(), "state sync: refresh queued");
+            }
+            _ = tokio::time::sleep_until(flush_at.into()), if deadline.is_some() => flush_now = true,
+        }
+        while pending.len() >= MAX_RECORDS || (flush_now && !pending.is_empty()) {
+            let n = pending.len().min(MAX_RECORDS);
+            wire::encode(seq, &pending[..n], &mut buf);
+            seq = seq.wrapping_add(1);
+            for t in &targets {
+                match sock.send_to(&buf, t).await {
+                    Ok(_) => {
+                        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        stats.lost[1].fetch_add(n as u64, Ordering::Relaxed);
+                        debug!(peer = %t, error = %e, "state sync: send failed");
+                    }
+                }
+            }
+            pending.drain(..n);
+        }
+        deadline = match (pending.is_empty(), deadline) {
+            (true, _) => None,
+            (false, Some(d)) => Some(d),
+            (false, None) => Some(Instant::now() + FLUSH_DELAY),
+        };
+    }
+}
+
+/// Moves every waiting ring-buffer event into `pending` as records.
+pub fn drain(
+    ring: &mut RingBuf<MapData>,
+    dir: &Directory,
+    pending: &mut Vec<Record>,
+    stats: &SyncStats,
+) {
+    while let Some(item) = ring.next() {
+        match parse_event(&item).and_then(|e| dir.to_wire(&e)) {
+            Some(r) => pending.push(r),
+            None => {
+                stats.lost[0].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The receiver thread: one datagram at a time, until `stop`.
+fn receive_loop(
+    sock: UdpSocket,
+    peers: Vec<IpAddr>,
+    dir: watch::Receiver<Arc<Directory>>,
+    mut tables: SyncTables,
+    stats: Arc<SyncStats>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut strangers: BTreeMap<IpAddr, u64> = BTreeMap::new();
+    let mut last_log = Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) {
+        let (n, from) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "state sync: receiving failed; retrying");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let from_ip = match from.ip() {
+            IpAddr::V6(v) => v.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v)),
+            a => a,
+        };
+        if !peers.contains(&from_ip) {
+            *strangers.entry(from_ip).or_default() += 1;
+            // Rate-limited: a flood from a stranger must not flood the log.
+            if last_log.elapsed() >= Duration::from_secs(10) {
+                last_log = Instant::now();
+                warn!(
+                    strangers = ?strangers,
+                    "state sync: datagrams from addresses not in state_sync.peers dropped (counts since start)"
+                );
+            }
+        }
+        let d = dir.borrow().clone();
+        receive_datagram(&buf[..n], from_ip, &peers, &d, &mut tables, &stats);
+    }
+}

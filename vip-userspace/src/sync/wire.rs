@@ -1,0 +1,334 @@
+//! The state-sync datagram: plain data in, bytes out, and back.
+//!
+//! One UDP datagram carries a header and up to [`MAX_RECORDS`] flow records.
+//! Everything is in network byte order; nothing node-local (backend or
+//! service ids) is on the wire: a flow names its service by the client's
+//! destination (VIP, port, protocol) and its backend by address and port,
+//! which both LBs resolve to their own ids.
+//!
+//! ```text
+//!  0                   1                   2                   3
+//!  0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1 2 3 4 5 6 7 8 9 0 1
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 magic "VPSY" (0x56 0x50 0x53 0x59)            |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  version (1)  |  reserved (0) |         record count          |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 sequence (per sender, +1 per datagram)        |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  records: count x 60 bytes                                    |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//!
+//! record (60 bytes):
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! | family (4/6)  | proto (6/17)  |  flags (CT_F) |  reserved (0) |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |              client address (16 bytes; IPv4: 4 + 12 zeros)    |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |              VIP (16 bytes, the client's destination)         |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |          client port          |     VIP (service) port        |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |              backend address (16 bytes)                       |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |          backend port         |   NAT source port (SNAT)      |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! ```
+//!
+//! Size: 12 + 20 x 60 = 1212 bytes, within the 1232 bytes of UDP payload
+//! that the IPv6 minimum MTU (RFC 8200 section 5: 1280) leaves after the
+//! IPv6 and UDP headers, so a datagram is never fragmented on any path.
+//! A receiver refuses a version it does not know (whole datagram, counted):
+//! a later format gets a new version number, never a reinterpretation.
+
+use thiserror::Error;
+use vip_common::{AddrBytes, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
+
+pub const MAGIC: [u8; 4] = *b"VPSY";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 12;
+pub const RECORD_LEN: usize = 60;
+/// Records per datagram: the most that fit 1232 bytes (see the module doc).
+pub const MAX_RECORDS: usize = 20;
+/// The largest datagram [`encode`] writes.
+pub const MAX_DATAGRAM: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
+const _: () = assert!(MAX_DATAGRAM <= 1280 - 40 - 8);
+
+/// One replicated flow, in node-independent terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub family: u8,
+    pub proto: u8,
+    /// `CT_F_*` of the flow when it was reported.
+    pub flags: u8,
+    pub client: AddrBytes,
+    pub vip: AddrBytes,
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub backend: AddrBytes,
+    pub backend_port: u16,
+    pub nat_port: u16,
+}
+
+/// A datagram as decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    pub seq: u32,
+    pub records: Vec<Record>,
+}
+
+/// Why a datagram was refused; also the `reason` label of
+/// `vipd_state_sync_rejected_total`.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("shorter than the {HEADER_LEN}-byte header")]
+    Short,
+    #[error("no state-sync magic: not a vipd state-sync datagram")]
+    Magic,
+    #[error("version {0}; this vipd speaks version {VERSION}: upgrade the older node")]
+    Version(u8),
+    #[error("length does not match the record count")]
+    Length,
+    #[error("record {0}: bad family, protocol or address")]
+    Record(usize),
+}
+
+impl DecodeError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            DecodeError::Short | DecodeError::Length => "malformed",
+            DecodeError::Magic => "magic",
+            DecodeError::Version(_) => "version",
+            DecodeError::Record(_) => "malformed",
+        }
+    }
+}
+
+/// Encodes `records` (at most [`MAX_RECORDS`]; more is a caller bug and the
+/// excess is left out) into `out`, which is cleared first.
+pub fn encode(seq: u32, records: &[Record], out: &mut Vec<u8>) {
+    let records = &records[..records.len().min(MAX_RECORDS)];
+    out.clear();
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    out.push(0);
+    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    out.extend_from_slice(&seq.to_be_bytes());
+    for r in records {
+        out.extend_from_slice(&[r.family, r.proto, r.flags, 0]);
+        out.extend_from_slice(&r.client);
+        out.extend_from_slice(&r.vip);
+        out.extend_from_slice(&r.client_port.to_be_bytes());
+        out.extend_from_slice(&r.vip_port.to_be_bytes());
+        out.extend_from_slice(&r.backend);
+        out.extend_from_slice(&r.backend_port.to_be_bytes());
+        out.extend_from_slice(&r.nat_port.to_be_bytes());
+    }
+}
+
+fn addr(b: &[u8]) -> AddrBytes {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&b[..16]);
+    a
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+/// An address valid for `family`: IPv4 keeps the 12 trailing bytes zero, as
+/// the map keys do, or the lookup would never match.
+fn addr_ok(family: u8, a: &AddrBytes) -> bool {
+    match family {
+        FAMILY_V4 => a[4..].iter().all(|b| *b == 0) && a[..4] != [0; 4],
+        _ => *a != [0; 16],
+    }
+}
+
+/// Decodes one datagram; every length is checked before it is read.
+pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Short);
+    }
+    if buf[..4] != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    if buf[4] != VERSION {
+        return Err(DecodeError::Version(buf[4]));
+    }
+    let count = be16(&buf[6..8]) as usize;
+    if count > MAX_RECORDS || buf.len() != HEADER_LEN + count * RECORD_LEN {
+        return Err(DecodeError::Length);
+    }
+    let seq = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let mut records = Vec::with_capacity(count);
+    for (i, r) in buf[HEADER_LEN..].chunks_exact(RECORD_LEN).enumerate() {
+        let rec = Record {
+            family: r[0],
+            proto: r[1],
+            flags: r[2],
+            client: addr(&r[4..20]),
+            vip: addr(&r[20..36]),
+            client_port: be16(&r[36..38]),
+            vip_port: be16(&r[38..40]),
+            backend: addr(&r[40..56]),
+            backend_port: be16(&r[56..58]),
+            nat_port: be16(&r[58..60]),
+        };
+        let ok = matches!(rec.family, FAMILY_V4 | FAMILY_V6)
+            && matches!(rec.proto, PROTO_TCP | PROTO_UDP)
+            && addr_ok(rec.family, &rec.client)
+            && addr_ok(rec.family, &rec.vip)
+            && addr_ok(rec.family, &rec.backend)
+            && rec.vip_port != 0
+            && rec.backend_port != 0
+            && rec.nat_port != 0;
+        if !ok {
+            return Err(DecodeError::Record(i));
+        }
+        records.push(rec);
+    }
+    Ok(Datagram { seq, records })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> AddrBytes {
+        let mut x = [0; 16];
+        x[..4].copy_from_slice(&a);
+        x
+    }
+
+    fn rec(i: u16) -> Record {
+        Record {
+            family: FAMILY_V4,
+            proto: PROTO_TCP,
+            flags: 0,
+            client: v4([10, 77, 0, 50]),
+            vip: v4([10, 77, 0, 100]),
+            client_port: 40000 + i,
+            vip_port: 6443,
+            backend: v4([10, 77, 0, 12]),
+            backend_port: 6443,
+            nat_port: 50000 + i,
+        }
+    }
+
+    /// The bytes of one fixed record, written out by hand: the format is
+    /// the contract between two vipd versions, not whatever encode does.
+    #[test]
+    fn fixed_fixture_decodes_and_encodes_byte_for_byte() {
+        let mut want = vec![];
+        want.extend_from_slice(b"VPSY");
+        want.extend_from_slice(&[1, 0, 0, 1]); // version, reserved, count 1
+        want.extend_from_slice(&[0, 0, 0, 7]); // seq 7
+        want.extend_from_slice(&[4, 6, 0, 0]); // v4, TCP, flags, reserved
+        want.extend_from_slice(&[10, 77, 0, 50]);
+        want.extend_from_slice(&[0; 12]);
+        want.extend_from_slice(&[10, 77, 0, 100]);
+        want.extend_from_slice(&[0; 12]);
+        want.extend_from_slice(&[0x9c, 0x40, 0x19, 0x2b]); // 40000, 6443
+        want.extend_from_slice(&[10, 77, 0, 12]);
+        want.extend_from_slice(&[0; 12]);
+        want.extend_from_slice(&[0x19, 0x2b, 0xc3, 0x50]); // 6443, 50000
+        let d = decode(&want).expect("fixture decodes");
+        assert_eq!(d.seq, 7);
+        assert_eq!(d.records, vec![rec(0)]);
+        let mut out = vec![];
+        encode(7, &[rec(0)], &mut out);
+        assert_eq!(out, want, "encode writes the documented layout");
+    }
+
+    #[test]
+    fn full_datagram_round_trips_and_fits_the_minimum_mtu() {
+        let recs: Vec<Record> = (0..MAX_RECORDS as u16).map(rec).collect();
+        let mut out = vec![];
+        encode(u32::MAX, &recs, &mut out);
+        assert_eq!(out.len(), MAX_DATAGRAM);
+        assert!(out.len() + 40 + 8 <= 1280, "fits IPv6's minimum MTU");
+        let d = decode(&out).expect("round trip");
+        assert_eq!((d.seq, d.records), (u32::MAX, recs));
+        // More than fit are cut, never written past the limit.
+        let many: Vec<Record> = (0..50).map(rec).collect();
+        encode(1, &many, &mut out);
+        assert_eq!(out.len(), MAX_DATAGRAM);
+    }
+
+    #[test]
+    fn every_truncation_is_refused_without_panic() {
+        let recs: Vec<Record> = (0..3).map(rec).collect();
+        let mut out = vec![];
+        encode(1, &recs, &mut out);
+        for n in 0..out.len() {
+            let e = decode(&out[..n]).expect_err("truncated datagram accepted");
+            let want = if n < HEADER_LEN {
+                DecodeError::Short
+            } else {
+                DecodeError::Length
+            };
+            assert_eq!(e, want, "cut at {n}");
+        }
+        let mut longer = out.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), Err(DecodeError::Length));
+    }
+
+    #[test]
+    fn wrong_magic_version_count_and_fields_are_refused() {
+        let mut out = vec![];
+        encode(1, &[rec(0)], &mut out);
+        let mut bad = out.clone();
+        bad[0] = b'X';
+        assert_eq!(decode(&bad), Err(DecodeError::Magic));
+        let mut bad = out.clone();
+        bad[4] = 2;
+        assert_eq!(decode(&bad), Err(DecodeError::Version(2)));
+        assert_eq!(DecodeError::Version(2).label(), "version");
+        let mut bad = out.clone();
+        bad[6..8].copy_from_slice(&0xffffu16.to_be_bytes());
+        assert_eq!(decode(&bad), Err(DecodeError::Length));
+        for (off, val, what) in [
+            (HEADER_LEN, 5u8, "family"),
+            (HEADER_LEN + 1, 1, "protocol"),
+            (HEADER_LEN + 4 + 5, 1, "IPv4 client with trailing bytes"),
+            (HEADER_LEN + 56, 0, "backend port 0 (with the next byte)"),
+        ] {
+            let mut bad = out.clone();
+            bad[off] = val;
+            if what.starts_with("backend port") {
+                bad[off + 1] = 0;
+            }
+            assert_eq!(decode(&bad), Err(DecodeError::Record(0)), "{what}");
+        }
+    }
+
+    /// Garbage of every length and content: an error or a datagram, never
+    /// a panic. A fixed xorshift keeps it deterministic.
+    #[test]
+    fn garbage_never_panics() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut good = vec![];
+        encode(9, &[rec(1), rec(2)], &mut good);
+        for i in 0..20_000 {
+            let buf: Vec<u8> = if i % 2 == 0 {
+                let len = (next() % 1400) as usize;
+                (0..len).map(|_| next() as u8).collect()
+            } else {
+                // Mutations of a valid datagram reach the record checks.
+                let mut b = good.clone();
+                let at = (next() as usize) % b.len();
+                b[at] = next() as u8;
+                b
+            };
+            let _ = decode(&buf);
+        }
+    }
+}
