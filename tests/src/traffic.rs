@@ -99,7 +99,9 @@ impl Watches {
                     LbLab::vip_addr(false),
                     "kubernetes",
                     cfg,
-                    Duration::from_secs(3),
+                    // Generous: opening hundreds of TLS streams on a busy
+                    // 2-core machine (the first event is read under it too).
+                    Duration::from_secs(10),
                 )
                 .and_then(|c| c.watch(WATCH_PATH))
             })
