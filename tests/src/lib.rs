@@ -1,10 +1,11 @@
 //! Test support for vipd: network-namespace topologies, a packet builder with
 //! independent checksum verification, a kube-apiserver stand-in, a test PKI,
-//! keepalived and vipd as VRRP routers, the failover benchmark.
+//! keepalived and vipd as VRRP routers, the failover and end-to-end benchmarks.
 //! Used by the topology tests, the program tests, the lab and the benchmarks.
 
 pub mod capture;
 pub mod certs;
+pub mod e2e;
 pub mod failover;
 pub mod keepalived;
 pub mod netns;

@@ -67,6 +67,10 @@ pub struct LbOptions {
     /// container gets with `drop: [ALL]` and `add:` them. `None`: all of
     /// root's.
     pub caps: Option<Vec<String>>,
+    /// More TCP services on the same VIPs, mode and backends, one per port,
+    /// probed by TCP connect: for servers a test or benchmark starts on the
+    /// backends itself (the stand-in serves only [`PORT`]).
+    pub extra_ports: Vec<u16>,
 }
 
 impl LbOptions {
@@ -82,6 +86,7 @@ impl LbOptions {
             second_lb: false,
             sync: false,
             caps: None,
+            extra_ports: Vec::new(),
         }
     }
 }
@@ -259,12 +264,19 @@ impl LbLab {
                 1,
             );
         }
-        for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
-            // /readyz over TLS verified with the lab's CA: the defaults but
-            // for the CA's path.
+        // /readyz over TLS verified with the lab's CA (the defaults but for
+        // the CA's path) on the stand-in's port; a TCP connect on the others.
+        let https_probe = format!("{{ ca: \"{}\"{probe_extra} }}", probe_ca.display());
+        let ports = std::iter::once((PORT, https_probe)).chain(
+            opts.extra_ports
+                .iter()
+                .map(|&p| (p, "{ type: tcp }".to_owned())),
+        );
+        for ((port, probe), vip) in
+            ports.flat_map(|p| [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].map(|v| (p.clone(), v)))
+        {
             cfg.push_str(&format!(
-                "  - vip: \"{vip}\"\n    port: {PORT}\n    mode: {fwd_mode}\n    probe: {{ ca: \"{}\"{probe_extra} }}\n    backends:\n",
-                probe_ca.display()
+                "  - vip: \"{vip}\"\n    port: {port}\n    mode: {fwd_mode}\n    probe: {probe}\n    backends:\n"
             ));
             for be in BACKENDS {
                 let n = lab.node(be);

@@ -3,6 +3,9 @@
 //! `cargo xtask bench failover`: VIP outage when the VRRP master crashes, vipd
 //! against keepalived in the same run (tests/src/failover.rs). `cargo xtask bench reaction`:
 //! how long a failing apiserver keeps new flows (tests/src/reaction.rs).
+//! `cargo xtask bench e2e`: connection rate, latency, bulk throughput and LB
+//! CPU per request for vipd nat, vipd dsr, HAProxy and no load balancer, side
+//! by side (tests/src/e2e.rs).
 //!
 //! Re-processing: with `repeat > 1` the kernel runs the program again on the
 //! buffer it already rewrote. The mode dsr rewrite only changes the Ethernet
@@ -12,7 +15,7 @@
 //! runs `repeat = 1` per packet with a fresh source port each, and is compared
 //! with the baselines measured the same way.
 
-use std::{net::IpAddr, time::Duration};
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use aya::{
@@ -25,7 +28,7 @@ use vip_common::{
     SVC_F_RST_UNSERVABLE, ServiceKey,
 };
 use vip_tests::{
-    failover,
+    e2e, failover,
     netns::{Lab, in_netns},
     packet::{Pkt, TCP_ACK, TCP_SYN},
     reaction,
@@ -34,14 +37,14 @@ use vip_userspace::{
     config::addr_bytes,
     dataplane::{
         Maps,
-        kernel::{KernelMaps, LoadOptions, PROG_BENCH_TX, PROG_PASS, PROG_VIP},
+        kernel::{AttachMode, KernelMaps, LoadOptions, PROG_BENCH_TX, PROG_PASS, PROG_VIP},
         programmer::{DesiredBackend, DesiredService, Programmer},
     },
 };
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `dataplane`, `failover` or `reaction`.
+    /// Which benchmark: `dataplane`, `failover`, `reaction` or `e2e`.
     what: String,
     /// Samples per case (each the kernel's mean over `repeat` runs).
     #[arg(long, default_value_t = 15)]
@@ -59,6 +62,29 @@ struct Args {
     /// failures per kind.
     #[arg(long, default_value_t = 30)]
     runs: usize,
+    /// e2e: rounds; each measures every case once per metric, and the
+    /// table shows the medians.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// e2e: seconds per rate or latency sample.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// e2e: client connections in parallel (the same for every case).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// e2e: size of the bulk response body, MiB.
+    #[arg(long, default_value_t = 256)]
+    bulk_mib: u64,
+    /// e2e: how vipd attaches its XDP program: `native` or `skb`.
+    #[arg(long, default_value = "native")]
+    xdp: String,
+    /// e2e: skip the TLS connection rate (the backends' crypto dominates it).
+    #[arg(long)]
+    no_tls: bool,
+    /// e2e: folder for the report; default `$CARGO_TARGET_DIR/bench` or
+    /// `target/bench`.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 const VIP: &str = "10.77.0.100";
@@ -273,9 +299,9 @@ fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if !["dataplane", "failover", "reaction"].contains(&a.what.as_str()) {
+    if !["dataplane", "failover", "reaction", "e2e"].contains(&a.what.as_str()) {
         bail!(
-            "unknown benchmark {:?}; available: dataplane, failover, reaction",
+            "unknown benchmark {:?}; available: dataplane, failover, reaction, e2e",
             a.what
         );
     }
@@ -288,6 +314,30 @@ fn main() -> Result<()> {
     }
     if a.what == "reaction" {
         return reaction::run(&reaction::Options { runs: a.runs });
+    }
+    if a.what == "e2e" {
+        let xdp_mode = match a.xdp.as_str() {
+            "native" => AttachMode::Native,
+            "skb" => AttachMode::Skb,
+            other => bail!("--xdp {other:?}: use native or skb"),
+        };
+        if !(a.duration.is_finite() && a.duration > 0.0) {
+            bail!("--duration must be a positive number of seconds");
+        }
+        let out = a.out.clone().unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| PathBuf::from("target"), PathBuf::from)
+                .join("bench")
+        });
+        return e2e::run(&e2e::Options {
+            samples: a.rounds,
+            duration: Duration::from_secs_f64(a.duration),
+            concurrency: a.concurrency,
+            bulk_bytes: a.bulk_mib << 20,
+            xdp_mode,
+            tls: !a.no_tls,
+            out_dir: out,
+        });
     }
     let est = Pkt::tcp(ip("10.77.0.10"), 40000, ip(VIP), PORT, TCP_ACK)
         .payload(&[0; 10])
