@@ -329,6 +329,58 @@ fn fixtures() -> Vec<Fixture> {
         ),
     ];
 
+    // Found by the differential fuzz (fuzz_differential_parser): an L4 header
+    // must lie inside the IP payload, not merely inside the frame. Each of
+    // these was forwarded or answered with an RST before the fix.
+    let mut cut_by_ip_len = syn4().build();
+    cut_by_ip_len[14 + 2..14 + 4].copy_from_slice(&30u16.to_be_bytes()); // 20 + 10
+    let mut doff_past_segment = syn4().payload(b"abcd").build();
+    doff_past_segment[14 + 20 + 12] = 7 << 4; // 28 bytes of header in a 24-byte segment
+    let mut v6_short = syn6().build();
+    v6_short[14 + 4..14 + 6].copy_from_slice(&19u16.to_be_bytes());
+    let mut udp_len_past = Pkt::udp(ip(CLIENT4), 5353, ip(VIP4), PORT)
+        .payload(b"q")
+        .build();
+    udp_len_past[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&10u16.to_be_bytes()); // 9 in the payload
+    let udp_service = || {
+        service(
+            v4,
+            PROTO_UDP,
+            (1..=3).map(|i| backend(v4, i, true, false)).collect(),
+        )
+    };
+    for (desc, services, input) in [
+        (
+            "a TCP header cut by the IPv4 total length passes (padding is no header)",
+            vec![service(v4, PROTO_TCP, vec![backend(v4, 1, false, false)])],
+            cut_by_ip_len,
+        ),
+        (
+            "a TCP data offset past the segment passes, not answered with an RST",
+            vec![service(v4, PROTO_TCP, vec![backend(v4, 1, false, false)])],
+            doff_past_segment,
+        ),
+        (
+            "an IPv6 payload length shorter than the TCP header passes",
+            vec![three(v6)],
+            v6_short,
+        ),
+        (
+            "a UDP length past the IP payload passes",
+            vec![udp_service()],
+            udp_len_past,
+        ),
+    ] {
+        f.push(fx(
+            desc,
+            services,
+            input,
+            XDP_PASS,
+            Reason::PassMalformed,
+            Expect::Unchanged,
+        ));
+    }
+
     // Established flows.
     let data = Pkt::tcp(ip(CLIENT4), 40000, ip(VIP4), PORT, TCP_ACK | TCP_PSH)
         .payload(b"GET /readyz HTTP/1.1\r\n\r\n");
@@ -610,3 +662,4 @@ fn every_state_map_is_pinned() {
     want.sort();
     assert_eq!(names, want, "maps in the object vs PINNED_MAPS + SCRATCH");
 }
+
