@@ -16,6 +16,7 @@ pub mod scenario;
 pub mod standin;
 pub mod traffic;
 pub mod vrrpd;
+pub mod xdpfuzz;
 
 use std::path::PathBuf;
 

@@ -90,6 +90,25 @@ impl Dp {
         (res.return_value, out)
     }
 
+    /// One reason counter summed over CPUs: a single map lookup, where
+    /// `reason_counters` does one per reason (the fuzz reads one per packet).
+    pub fn reason_counter(&mut self, reason: Reason) -> vip_common::Counter {
+        let map = self
+            .prog
+            .maps_mut()
+            .raw_map_mut("REASONS")
+            .expect("REASONS map");
+        let m: aya::maps::PerCpuArray<&aya::maps::MapData, vip_common::Counter> =
+            aya::maps::PerCpuArray::try_from(&*map).expect("REASONS is a per-CPU array");
+        let per_cpu = m.get(&(reason as u32), 0).expect("read a reason counter");
+        per_cpu
+            .iter()
+            .fold(vip_common::Counter::default(), |a, c| vip_common::Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            })
+    }
+
     /// Runs one packet; returns (action, output frame) and checks that exactly
     /// one packet was counted, under `reason`.
     pub fn run(&self, input: &[u8], reason: Reason) -> (u32, Vec<u8>) {

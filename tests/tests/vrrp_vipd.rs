@@ -410,3 +410,355 @@ fn stacked_backup_takes_the_vip_locally_and_never_answers_arp_for_it() {
     );
     drop(lb1);
 }
+
+// ------------------------------------------------------------ spoofed VRRP
+//
+// Issue 7, bad input. What RFC 9568 lets a receiver tell apart, and what
+// not: VRRPv3 has no authentication (section 9 drops v2's, which protected
+// nothing), so a packet's only credentials are its source address, its TTL
+// / hop limit (7.1: must be 255, which proves an on-link sender because
+// routers decrement it, the GTSM argument of RFC 5082), and, in vipd's
+// unicast mode, whether the source is a configured peer. Hence:
+// - detectable, and tested below: adverts from a source that is not a peer
+//   (unicast mode), adverts with a TTL other than 255 (multicast mode: sent
+//   from or replayed through another subnet), our own adverts sent back to
+//   us (the source is ours; RFC 9568 7.1 has no rule for it, but a router
+//   must never treat itself as a peer);
+// - not detectable, by anyone speaking RFC 9568: an attacker on the link
+//   who sends with TTL 255 and the source address of a configured peer,
+//   fresh or replayed (there is no sequence number or timestamp). Such an
+//   advert is the peer's as far as the protocol can know: it can take the
+//   VIP (priority 255), hand it over (priority 0), or, replaying a dead
+//   master's adverts, hold the backups back. The unicast test below shows
+//   exactly that with a priority 0 from a spoofed peer address, as the
+//   control that proves the forged packets were otherwise well formed. The
+//   defence is the link itself (802.1X, port security, a VLAN only the
+//   control-plane nodes reach) or IPsec AH between the peers, outside vipd.
+
+/// An Ethernet frame carrying `payload` as IPv4 protocol 112 (VRRP) from
+/// `src` to `dst` with TTL `ttl`, the header checksum computed here.
+fn vrrp4_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut h = vec![0x45, 0xc0];
+    h.extend_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0, ttl, 112, 0, 0]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let c = vip_tests::packet::checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sets the TTL of an IPv4 frame (no VLAN tag) and redoes the header checksum.
+fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[14 + 8] = ttl;
+    f[14 + 10..14 + 12].fill(0);
+    let ihl = usize::from(f[14] & 0x0f) * 4;
+    let c = vip_tests::packet::checksum(&f[14..14 + ihl]);
+    f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// Sends each frame `times` times, 20 ms apart, from `node`'s eth0 through an
+/// AF_PACKET socket: the attacker writes the whole frame, so nothing in its
+/// own stack (routing, TTL, source checks) changes it.
+fn inject(lab: &Lab, node: &str, frames: &[Vec<u8>], times: usize) {
+    let n = lab.node(node).clone();
+    in_netns(&n.ns, move || {
+        // SAFETY: plain socket(2) call; the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        for _ in 0..times {
+            for f in frames {
+                // SAFETY: sockaddr_ll is plain C data; all-zero is valid.
+                let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                sa.sll_family = libc::AF_PACKET as u16;
+                sa.sll_ifindex = n.ifindex as i32;
+                sa.sll_halen = 6;
+                sa.sll_addr[..6].copy_from_slice(&f[..6]);
+                // SAFETY: f and sa are valid for the call.
+                let r = unsafe {
+                    libc::sendto(
+                        fd,
+                        f.as_ptr().cast(),
+                        f.len(),
+                        0,
+                        (&sa as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                assert_eq!(
+                    r,
+                    f.len() as isize,
+                    "inject on {}: {}",
+                    n.name,
+                    std::io::Error::last_os_error()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    });
+}
+
+/// An advert for the test's VIP from `src` to `dst` with `priority`.
+fn advert_bytes(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, priority: u8) -> Vec<u8> {
+    Advert {
+        vrid: 51,
+        priority,
+        max_adver_int: 10,
+        addrs: vec![VIP],
+    }
+    .encode(src.into(), dst.into())
+    .expect("encode")
+}
+
+fn start_stats(lab: &Lab, node: &str, priority: u8, peers: Vec<IpAddr>) -> VipdVrrp {
+    let conf = VipdVrrpConf {
+        announce_count: 1,
+        unicast_peers: peers,
+        ..VipdVrrpConf::new(51, priority, &[VIP])
+    };
+    VipdVrrp::start_with_stats(lab, node, &conf, 1)
+}
+
+/// Neither router changed state and the VIP stayed where it was.
+fn assert_unmoved(lab: &Lab, master: &VipdVrrp, backup: &VipdVrrp, before: (usize, usize)) {
+    assert_eq!(
+        (master.transitions().len(), backup.transitions().len()),
+        before,
+        "a spoofed advert changed a state: master {:?}, backup {:?}",
+        master.transitions(),
+        backup.transitions()
+    );
+    assert_eq!(master.state(Family::V4), Some(VrrpState::Master));
+    assert_eq!(backup.state(Family::V4), Some(VrrpState::Backup));
+    assert!(lab.has_addr(master.node(), VIP), "the master lost the VIP");
+    assert!(!lab.has_addr(backup.node(), VIP), "the backup took the VIP");
+}
+
+/// Unicast mode: priority 255 to the master and priority 0 to the backup
+/// from a host that is not a configured peer, and the master's own advert
+/// replayed to the backup with the attacker's source: all discarded and
+/// counted as `not_peer`, nothing moves. Then the control: the same
+/// priority 0 with the master's address as source (an on-link spoof of a
+/// configured peer, which RFC 9568 cannot detect) does hand the VIP over.
+#[test]
+fn spoofed_adverts_from_a_non_peer_are_counted_not_obeyed() {
+    let lab = Lab::new("vrrp-spoof-uc", &["lb1", "lb2", "forger"]);
+    let (n1, n2, nf) = (
+        lab.node("lb1").clone(),
+        lab.node("lb2").clone(),
+        lab.node("forger").clone(),
+    );
+    let lb1 = start_stats(&lab, "lb1", 150, vec![n2.ipv4.into()]);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start_stats(&lab, "lb2", 100, vec![n1.ipv4.into()]);
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
+    // The master's advert as the backup receives it, captured off the wire.
+    let cap = vip_tests::capture::Capture::start(&lab, "lb2", vip_tests::capture::VRRP_FILTER);
+    let captured = cap
+        .wait_for("an advert from lb1", Duration::from_secs(3), |p| {
+            p.vrrp().is_some_and(|v| v.src == IpAddr::V4(n1.ipv4))
+        })
+        .bytes;
+    drop(cap);
+    let before = (lb1.transitions().len(), lb2.transitions().len());
+
+    let take = vrrp4_frame(
+        n1.mac,
+        nf.mac,
+        nf.ipv4,
+        n1.ipv4,
+        255,
+        &advert_bytes(nf.ipv4, n1.ipv4, 255),
+    );
+    let leave = vrrp4_frame(
+        n2.mac,
+        nf.mac,
+        nf.ipv4,
+        n2.ipv4,
+        255,
+        &advert_bytes(nf.ipv4, n2.ipv4, 0),
+    );
+    // Replay from a non-peer: the captured message under the attacker's
+    // source (the checksum covers the pseudo-header, so it is redone: no
+    // secret is needed for that).
+    let msg = &captured[14 + 20..];
+    let mut replay_msg = msg.to_vec();
+    let redo =
+        Advert::decode(msg, n1.ipv4.into(), n2.ipv4.into()).expect("captured advert decodes");
+    replay_msg.copy_from_slice(&redo.encode(nf.ipv4.into(), n2.ipv4.into()).expect("encode"));
+    let replay = vrrp4_frame(n2.mac, nf.mac, nf.ipv4, n2.ipv4, 255, &replay_msg);
+    inject(&lab, "forger", &[take, leave, replay], 5);
+
+    lb1.wait_counter(Family::V4, "discarded_not_peer", 5, Duration::from_secs(5));
+    lb2.wait_counter(Family::V4, "discarded_not_peer", 10, Duration::from_secs(5));
+    // Longer than the master-down interval (3 x 100 ms + skew): had the
+    // backup obeyed the priority 0, it would be master by now.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_unmoved(&lab, &lb1, &lb2, before);
+    assert!(
+        lb1.logs()
+            .contains(&format!("{} is not a configured unicast peer", nf.ipv4))
+    );
+
+    // Control: a configured peer's address, spoofed on the link, with a
+    // higher priority: the master steps down at once (RFC 9568 6.4.3). (A
+    // spoofed priority 0 to the backup works too but races the master's
+    // next advert: the backup waits only its skew time, ~61 ms here.)
+    let spoofed = vrrp4_frame(
+        n1.mac,
+        nf.mac,
+        n2.ipv4,
+        n1.ipv4,
+        255,
+        &advert_bytes(n2.ipv4, n1.ipv4, 254),
+    );
+    inject(&lab, "forger", &[spoofed], 3);
+    lb1.wait_log(
+        &format!("{} advertises priority 254", n2.ipv4),
+        Duration::from_secs(3),
+    );
+    assert!(
+        lb1.transitions().len() > before.0,
+        "the spoofed peer advert was not obeyed: {:?}",
+        lb1.transitions()
+    );
+}
+
+/// Multicast mode: priority 255 and 0 with a TTL other than 255 (sent from,
+/// or through, another subnet) are `hop_limit` discards at both routers;
+/// the master's own advert, captured and sent back, is an `own_packet`
+/// discard at the master; the same advert replayed with the TTL a router
+/// would leave (254) is a `hop_limit` discard at the backup. Nothing moves.
+/// Then the master dies and the TTL-254 replays of its adverts go on: they
+/// must not hold the backup back.
+#[test]
+fn spoofed_and_replayed_adverts_in_multicast_mode_are_counted_not_obeyed() {
+    let lab = Lab::new("vrrp-spoof-mc", &["lb1", "lb2", "forger"]);
+    let (n1, nf) = (lab.node("lb1").clone(), lab.node("forger").clone());
+    let group4 = vip_userspace::vrrp::packet::GROUP_V4;
+    let group_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
+    let lb1 = start_stats(&lab, "lb1", 150, vec![]);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start_stats(&lab, "lb2", 100, vec![]);
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
+    let cap = vip_tests::capture::Capture::start(&lab, "forger", vip_tests::capture::VRRP_FILTER);
+    let mut captured = cap
+        .wait_for("an advert from lb1", Duration::from_secs(3), |p| {
+            p.vrrp().is_some_and(|v| v.src == IpAddr::V4(n1.ipv4))
+        })
+        .bytes;
+    drop(cap);
+    // Replayed from the attacker's port: its MAC, the IP packet as captured.
+    captured[6..12].copy_from_slice(&nf.mac);
+    assert_eq!(captured[14 + 8], 255, "lb1 sends with TTL 255");
+    let before = (lb1.transitions().len(), lb2.transitions().len());
+
+    let take = vrrp4_frame(
+        group_mac,
+        nf.mac,
+        nf.ipv4,
+        group4,
+        254,
+        &advert_bytes(nf.ipv4, group4, 255),
+    );
+    let leave = vrrp4_frame(
+        group_mac,
+        nf.mac,
+        nf.ipv4,
+        group4,
+        1,
+        &advert_bytes(nf.ipv4, group4, 0),
+    );
+    inject(&lab, "forger", &[take, leave], 5);
+    lb1.wait_counter(
+        Family::V4,
+        "discarded_hop_limit",
+        10,
+        Duration::from_secs(5),
+    );
+    lb2.wait_counter(
+        Family::V4,
+        "discarded_hop_limit",
+        10,
+        Duration::from_secs(5),
+    );
+
+    // lb1's own advert back to it (the backup accepts it: it is lb1's).
+    // Linux drops an IPv4 packet whose source is one of the receiver's own
+    // addresses before any socket sees it (fib_validate_source) unless
+    // accept_local is set, which vipd's mode nat does (so the kernel takes
+    // its own SNAT source back): set it, so the packet reaches vipd's own
+    // check rather than the kernel's.
+    for key in ["all", "eth0"] {
+        lab.sh(
+            "lb1",
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{key}.accept_local=1"),
+            ],
+        );
+    }
+    inject(&lab, "forger", std::slice::from_ref(&captured), 5);
+    lb1.wait_counter(
+        Family::V4,
+        "discarded_own_packet",
+        5,
+        Duration::from_secs(5),
+    );
+
+    // The same advert as if routed in from off-link: TTL decremented.
+    let off_link = with_ttl(&captured, 254);
+    inject(&lab, "forger", std::slice::from_ref(&off_link), 5);
+    lb2.wait_counter(
+        Family::V4,
+        "discarded_hop_limit",
+        15,
+        Duration::from_secs(5),
+    );
+    lb1.wait_counter(
+        Family::V4,
+        "discarded_own_packet",
+        10,
+        Duration::from_secs(5),
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert_unmoved(&lab, &lb1, &lb2, before);
+
+    // The master dies without a word; the off-link replays of its adverts
+    // continue for 1.5 s, five master-down intervals. Were they accepted,
+    // the backup would keep waiting for a master that is gone.
+    lb1.kill9();
+    let replays = std::thread::scope(|s| {
+        let t = s.spawn(|| inject(&lab, "forger", std::slice::from_ref(&off_link), 75));
+        let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(2));
+        t.join().expect("injector");
+        took
+    });
+    assert!(
+        lb2.logs().contains("why=no master heard"),
+        "lb2 took over for another reason (took {replays:?}):\n{}",
+        lb2.logs()
+    );
+}

@@ -1,5 +1,6 @@
 //! One header walk with a bounds-checked cursor: Ethernet, one 802.1Q tag, IPv4
-//! (IHL honoured, options allowed) or IPv6 (fixed header), then TCP or UDP.
+//! (IHL honoured, options allowed) or IPv6 (fixed header), then TCP or UDP,
+//! each header inside the length the header before it states.
 //! "Not ours" is a verdict (`Err(Reason::Pass*)`), never a fault.
 
 use core::mem::size_of;
@@ -136,7 +137,10 @@ pub fn headers(ctx: &XdpContext) -> Result<Headers, Reason> {
         l3_off += size_of::<VlanHdr>();
     }
 
-    let (family, l4proto, l4_off);
+    // l4_len: the IP payload as the IP header states it (IPv4 Total Length
+    // minus the header, IPv6 Payload Length). Bytes past it are Ethernet
+    // padding, never part of a header.
+    let (family, l4proto, l4_off, l4_len);
     if proto == ETH_P_IP {
         let ip: *const Ipv4Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked for the fixed 20 bytes.
@@ -169,6 +173,7 @@ pub fn headers(ctx: &XdpContext) -> Result<Headers, Reason> {
         family = FAMILY_V4;
         l4proto = p;
         l4_off = l3_off + ihl;
+        l4_len = tot_len as usize - ihl;
     } else if proto == ETH_P_IPV6 {
         let ip: *const Ipv6Hdr = ptr_at(ctx, l3_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked.
@@ -195,16 +200,28 @@ pub fn headers(ctx: &XdpContext) -> Result<Headers, Reason> {
         family = FAMILY_V6;
         l4proto = nexthdr;
         l4_off = l3_off + size_of::<Ipv6Hdr>();
+        l4_len = plen;
     } else {
         return Err(Reason::PassNotIp);
     }
 
+    // The L4 header must lie inside the IP payload, not merely inside the
+    // frame: a segment cut by the IP length with padding behind it, a TCP
+    // Data Offset past the segment (RFC 9293 3.1) or a UDP Length past the
+    // payload (RFC 768) is malformed, and Linux drops it (tcp_v4_rcv,
+    // __udp4_lib_rcv "short packet"). Forwarding it, or answering it with an
+    // RST, would act on bytes that are no header. Found by the differential
+    // fuzz (tests/tests/datapath.rs fuzz_differential_parser).
     let (sport_be, dport_be, tcp_flags);
     if l4proto == PROTO_TCP {
+        if l4_len < size_of::<TcpHdr>() {
+            return Err(Reason::PassMalformed);
+        }
         let tcp: *const TcpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked.
         unsafe {
-            if ((*tcp).doff_res >> 4) < 5 {
+            let doff = ((*tcp).doff_res >> 4) as usize * 4;
+            if doff < size_of::<TcpHdr>() || doff > l4_len {
                 return Err(Reason::PassMalformed);
             }
             sport_be = (*tcp).source;
@@ -212,9 +229,19 @@ pub fn headers(ctx: &XdpContext) -> Result<Headers, Reason> {
             tcp_flags = (*tcp).flags;
         }
     } else {
+        if l4_len < size_of::<UdpHdr>() {
+            return Err(Reason::PassMalformed);
+        }
         let udp: *const UdpHdr = ptr_at(ctx, l4_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: bounds checked.
         unsafe {
+            // Shorter than the payload is allowed (the kernel trims); zero
+            // means a jumbogram only behind a hop-by-hop header (RFC 2675),
+            // which never reaches here.
+            let len = u16::from_be((*udp).len) as usize;
+            if len < size_of::<UdpHdr>() || len > l4_len {
+                return Err(Reason::PassMalformed);
+            }
             sport_be = (*udp).source;
             dport_be = (*udp).dest;
         }

@@ -13,6 +13,9 @@ pub mod net;
 pub mod packet;
 pub mod router;
 
+#[cfg(test)]
+mod proptests;
+
 use std::net::IpAddr;
 
 /// One VRRP packet as it came off the wire: the IP header fields the receive

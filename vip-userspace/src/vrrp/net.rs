@@ -1076,8 +1076,11 @@ pub(crate) fn parse_cmsgs_v6(control: &[u8]) -> V6Info {
         ) else {
             break;
         };
+        // checked_add: `len` is a word from the buffer; near usize::MAX it
+        // would overflow the offset (a panic in debug builds, found by
+        // proptests::cmsg_lengths_edited) rather than end the walk.
         let Some(data) = (len >= CMSG_HDR)
-            .then(|| control.get(at + CMSG_HDR..at + len))
+            .then(|| control.get(at + CMSG_HDR..at.checked_add(len)?))
             .flatten()
         else {
             break;
@@ -1290,6 +1293,13 @@ mod tests {
             &256i32.to_ne_bytes(),
         );
         assert_eq!(parse_cmsgs_v6(&weird).hop_limit, None);
+        // A length word that overflows the offset ends the walk (the
+        // minimal case proptest found: a panic before checked_add).
+        let mut huge = want_hop();
+        huge[..LEVEL_AT].copy_from_slice(&usize::MAX.to_ne_bytes());
+        let info = parse_cmsgs_v6(&[want_hop(), huge].concat());
+        assert_eq!(info.hop_limit, Some(255));
+        assert_eq!(info.dst, None);
     }
 
     fn want_hop() -> Vec<u8> {
