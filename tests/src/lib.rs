@@ -7,6 +7,7 @@ pub mod capture;
 pub mod certs;
 pub mod failover;
 pub mod keepalived;
+pub mod kubeadm_ha;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
