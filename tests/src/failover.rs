@@ -486,6 +486,11 @@ impl Pair {
             // As in `LbLab`, so the two labs' switches behave alike.
             let port = lab.node(lb).switch_port.clone();
             lab.switch_sh(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+            // The lab turns forwarding on everywhere; an LB of the recipe is
+            // a proxy, not a router (Debian's default is off). With it on, a
+            // backup that lost the VIP would route a client's stale-ARP
+            // traffic on to the master and hide the outage a real one has.
+            lab.sh(lb, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]);
         }
         let standins = start_standins(&lab, &pki);
         let backends: Vec<(String, SocketAddr)> = BACKENDS
