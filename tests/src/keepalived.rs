@@ -271,7 +271,7 @@ impl KeepalivedConf {
 }
 
 /// 100 -> "0.1", 1000 -> "1", 1250 -> "1.25".
-fn seconds(ms: u32) -> String {
+pub(crate) fn seconds(ms: u32) -> String {
     let (whole, frac) = (ms / 1000, ms % 1000);
     if frac == 0 {
         return whole.to_string();
@@ -297,11 +297,19 @@ impl Keepalived {
     /// then waits for "Startup complete" and the VRRP child's pid file.
     pub fn start(lab: &Lab, node: &str, conf: &KeepalivedConf) -> Keepalived {
         let instance = conf.default_instance_name();
+        Keepalived::start_text(lab, node, &instance, &conf.render(&instance))
+    }
+
+    /// `start` with a keepalived.conf written elsewhere (the kubeadm
+    /// recipe's, `kubeadm_ha`) holding one `vrrp_instance` named
+    /// `instance`.
+    pub fn start_text(lab: &Lab, node: &str, instance: &str, text: &str) -> Keepalived {
+        let instance = instance.to_string();
         let n = START_COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = lab.dir().join(format!("keepalived-{node}-{n}"));
         let file = |ext: &str| PathBuf::from(format!("{}.{ext}", base.display()));
         let conf_path = file("conf");
-        std::fs::write(&conf_path, conf.render(&instance))
+        std::fs::write(&conf_path, text)
             .unwrap_or_else(|e| panic!("write {}: {e}", conf_path.display()));
         let (pid_file, vrrp_pid_file) = (file("pid"), file("vrrp.pid"));
         let (checkers_pid_file, bfd_pid_file) = (file("checkers.pid"), file("bfd.pid"));

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod e2e;
 pub mod failover;
 pub mod keepalived;
+pub mod kubeadm_ha;
 pub mod netns;
 pub mod packet;
 pub mod progtest;

@@ -376,6 +376,41 @@ impl LbLab {
             .wait_for_stdout("vipd ready", Duration::from_secs(30));
     }
 
+    /// Starts vipd on `node` (`lb`, or `lb2` with [`LbOptions::second_lb`])
+    /// again with its config and pins: after a test killed it, or as a
+    /// restart (a running one is stopped first: SIGTERM, 2 s, SIGKILL, so
+    /// two never share the pins). Returns once the new one is ready.
+    pub fn respawn_vipd(&mut self, node: &str) {
+        let (config, pins) = match node {
+            "lb" => {
+                self.vipd.kill();
+                (self.config_path.clone(), self.pin_root.clone())
+            }
+            "lb2" => {
+                let (old, config) = self.vipd2.as_ref().expect("lb2 runs with second_lb");
+                old.kill();
+                (config.clone(), self.pin_root.join("lb2"))
+            }
+            other => panic!("no vipd on {other:?}: lb or lb2"),
+        };
+        let p = spawn_vipd(&self.lab, node, &config, &pins, self.caps.as_deref());
+        p.wait_for_stdout("vipd ready", Duration::from_secs(30));
+        if node == "lb" {
+            self.vipd = p;
+        } else {
+            self.vipd2 = Some((p, config));
+        }
+    }
+
+    /// The vipd process on `node` (`lb` or `lb2`).
+    pub fn vipd_on(&self, node: &str) -> Option<&Proc> {
+        match node {
+            "lb" => Some(&self.vipd),
+            "lb2" => self.vipd2.as_ref().map(|(p, _)| p),
+            _ => None,
+        }
+    }
+
     pub fn vip_addr(v6: bool) -> SocketAddr {
         if v6 {
             SocketAddr::new(IpAddr::V6(VIP_V6), PORT)

@@ -47,12 +47,14 @@ enum Cmd {
         args: Vec<OsString>,
     },
     /// Benchmarks: `dataplane` (ns per packet through BPF_PROG_TEST_RUN, with
-    /// baselines measured in the same run), `failover` (VIP outage when the
-    /// VRRP master crashes, vipd against keepalived; `--runs N`), `reaction`
-    /// (how long a failing apiserver keeps new flows; `--runs N`), `e2e`
-    /// (connection rate, latency, bulk throughput and LB CPU per request for
-    /// vipd nat and dsr, HAProxy and no LB, side by side; `--rounds N
-    /// --duration S --concurrency C`; report under target/bench). Needs root.
+    /// baselines measured in the same run), `failover` (the outage a client
+    /// sees when an LB's daemon is killed, its link goes down, or VRRP is
+    /// partitioned, vipd against the kubeadm recipe's keepalived + HAProxy;
+    /// `--runs N`, `--scenario kill,link,partition`), `reaction` (how long a
+    /// failing apiserver keeps new flows; `--runs N`), `e2e` (connection
+    /// rate, latency, bulk throughput and LB CPU per request for vipd nat and
+    /// dsr, HAProxy and no LB, side by side; `--rounds N --duration S
+    /// --concurrency C`; report under target/bench). Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,

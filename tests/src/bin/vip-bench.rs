@@ -1,7 +1,8 @@
 //! `cargo xtask bench dataplane`: ns per packet through BPF_PROG_TEST_RUN for the
 //! real program against trivial baselines measured in the same run.
-//! `cargo xtask bench failover`: VIP outage when the VRRP master crashes, vipd
-//! against keepalived in the same run (tests/src/failover.rs). `cargo xtask bench reaction`:
+//! `cargo xtask bench failover`: the outage clients see when an LB fails
+//! (daemon killed, link down, VRRP partition), vipd against the kubeadm
+//! recipe's keepalived + HAProxy in the same run (tests/src/failover.rs). `cargo xtask bench reaction`:
 //! how long a failing apiserver keeps new flows (tests/src/reaction.rs).
 //! `cargo xtask bench e2e`: connection rate, latency, bulk throughput and LB
 //! CPU per request for vipd nat, vipd dsr, HAProxy and no load balancer, side
@@ -58,7 +59,7 @@ struct Args {
     /// Largest connection-table fill to measure.
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: u32,
-    /// failover: crashes of the master per implementation; reaction:
+    /// failover: repetitions of each scenario per implementation; reaction:
     /// failures per kind.
     #[arg(long, default_value_t = 30)]
     runs: usize,
@@ -85,6 +86,10 @@ struct Args {
     /// `target/bench`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// failover: which failures (`kill`, `link`, `partition`; comma-separated
+    /// or repeated); all by default.
+    #[arg(long)]
+    scenario: Vec<String>,
 }
 
 const VIP: &str = "10.77.0.100";
@@ -310,7 +315,10 @@ fn main() -> Result<()> {
         bail!("the benchmarks load XDP programs and create namespaces: run them as root");
     }
     if a.what == "failover" {
-        return failover::run(&failover::Options { runs: a.runs });
+        return failover::run(&failover::Options {
+            runs: a.runs,
+            scenarios: failover::Scenario::parse_list(&a.scenario)?,
+        });
     }
     if a.what == "reaction" {
         return reaction::run(&reaction::Options { runs: a.runs });
