@@ -90,6 +90,9 @@ fn main() -> Result<()> {
         "lab",
         &LbOptions {
             second_lb: true,
+            // Mode nat: the LBs replicate their flows (snat: vip), so
+            // connections survive the master's death as in dsr.
+            sync: fwd == Fwd::Nat,
             ..LbOptions::new(mode, fwd)
         },
     );
