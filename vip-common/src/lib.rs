@@ -50,6 +50,9 @@ pub const BE_F_LOCAL: u8 = 1 << 1;
 
 /// Connection flag: the flow saw FIN or RST and may be reused.
 pub const CT_F_CLOSING: u8 = 1 << 0;
+/// Connection flag: the flow's service forwards in mode dsr, so the entry
+/// alone says how to send its packets (the XDP program's fast path).
+pub const CT_F_DSR: u8 = 1 << 1;
 
 /// Program configuration slot indices in the `CONFIG` array.
 pub const CONFIG_LOG_PACKETS: u32 = 0;

@@ -2,9 +2,9 @@
 //! lookup), which backend (connection table, else Maglev), and how to send it
 //! (by service mode).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use vip_common::{
-    BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, ConnKey, ConnValue, Globals,
+    BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue, Globals,
     MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_PORT_TRIES, NO_BACKEND, NatValue, PROTO_TCP, Reason,
     SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent, flow_hash, maglev_index,
 };
@@ -60,6 +60,37 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     if !service_port {
         return Verdict::pass(Reason::PassNoService);
     }
+
+    let is_tcp = p.key.proto == PROTO_TCP;
+    let syn = is_tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    // CLOCK_MONOTONIC_COARSE: the agent's clock (CLOCK_MONOTONIC) as of the
+    // last tick, read without touching the clock source. Flow timestamps
+    // need seconds (refreshed once a second, timeouts of 10 s and more),
+    // and a timestamp the agent wrote a tick "in the future" reads as fresh
+    // (`Globals::expired` saturates).
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+
+    // The common packet first: an established mode dsr flow whose backend
+    // lives. Its entry says everything needed to send it, so it costs one
+    // hash lookup (the connection table) instead of two. Anything else
+    // (nat, a dead backend, a new flow) takes the full path below, which
+    // reuses this lookup.
+    let ct = CONNTRACK.get_ptr_mut(p.key);
+    if let Some(ct) = ct {
+        // SAFETY: LRU value pointer, valid during this run.
+        let (id, last, flags) = unsafe { ((*ct).backend_id, (*ct).last_seen_ns, (*ct).flags) };
+        if flags & CT_F_DSR != 0
+            && !(syn && flags & CT_F_CLOSING != 0)
+            && !g.expired(now, last, flags, is_tcp)
+            && let Some(be) = alive_backend(id)
+        {
+            // SAFETY: as above.
+            unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
+            return dsr(ctx, id, &be);
+        }
+    }
+
     let skey = ServiceKey {
         addr: p.key.daddr,
         port_be: p.key.dport_be,
@@ -72,12 +103,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         None => return Verdict::pass(Reason::PassNoService),
     };
 
-    let is_tcp = p.key.proto == PROTO_TCP;
-    let syn = is_tcp && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-
-    if let Some(ct) = CONNTRACK.get_ptr_mut(p.key) {
+    if let Some(ct) = ct {
         // SAFETY: LRU value pointer, valid during this run; racing writers
         // only ever store whole timestamps and flag bits.
         let (id, last, flags, nat_port) = unsafe {
@@ -156,7 +182,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             CT_F_CLOSING
         } else {
             0
-        },
+        } | if svc.mode == MODE_DSR { CT_F_DSR } else { 0 },
         _pad: [0; 5],
     };
     if CONNTRACK.insert(p.key, v, 0).is_err() {
@@ -298,16 +324,7 @@ fn forward(
     nat_port_be: u16,
 ) -> Verdict {
     if svc.mode == MODE_DSR {
-        if be.flags & BE_F_LOCAL != 0 {
-            return Verdict {
-                backend: Some(id),
-                ..Verdict::pass(Reason::PassLocalBackend)
-            };
-        }
-        return match fwd::dsr(ctx, &be.mac) {
-            Ok(()) => Verdict::tx(Reason::TxDsr, id),
-            Err(()) => Verdict::drop(Reason::DropAdjustFailed),
-        };
+        return dsr(ctx, id, be);
     }
     if svc.mode != MODE_NAT {
         return Verdict::drop(Reason::DropBadMode);
@@ -324,6 +341,21 @@ fn forward(
     send(ctx, p, Reason::TxNat, Some(id))
 }
 
+/// Mode dsr: to the backend's MAC, or to the local stack for this node's own.
+#[inline(always)]
+fn dsr(ctx: &XdpContext, id: u32, be: &BackendValue) -> Verdict {
+    if be.flags & BE_F_LOCAL != 0 {
+        return Verdict {
+            backend: Some(id),
+            ..Verdict::pass(Reason::PassLocalBackend)
+        };
+    }
+    match fwd::dsr(ctx, &be.mac) {
+        Ok(()) => Verdict::tx(Reason::TxDsr, id),
+        Err(()) => Verdict::drop(Reason::DropAdjustFailed),
+    }
+}
+
 /// A reply from a backend: translate it back to the client and send it.
 /// Returns a packed `Verdict` (a subprogram returns one register).
 #[inline(never)]
@@ -336,8 +368,8 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     // SAFETY: LRU value pointer, valid during this run.
     let n = unsafe { *v };
     let is_tcp = p.key.proto == PROTO_TCP;
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions (see try_vip).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if g.expired(now, n.last_seen_ns, n.flags, is_tcp) {
         return Verdict::pass(Reason::PassNoService);
     }
