@@ -25,11 +25,9 @@
 //! noisy moment of a shared machine hits every case alike; the table shows
 //! medians over the samples.
 
-use std::any::Any;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -39,6 +37,7 @@ use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vip_userspace::dataplane::kernel::AttachMode;
 
+use crate::attempt;
 use crate::certs::TestPki;
 use crate::failover::percentile;
 use crate::netns::{Lab, Proc, VIP_V4, in_netns};
@@ -994,30 +993,6 @@ fn start_vipd_lab(
         Duration::from_secs(10),
     )?;
     Ok((l, plain, prog_id))
-}
-
-/// Runs `f`, turning a panic (the lab helpers panic with the logs) into an
-/// error holding the first lines of its message.
-fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| first_lines(&panic_text(&*p), 12))
-}
-
-fn panic_text(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "panic".into()
-    }
-}
-
-fn first_lines(s: &str, n: usize) -> String {
-    let mut out: Vec<&str> = s.lines().take(n).collect();
-    if s.lines().count() > n {
-        out.push("...");
-    }
-    out.join("\n    ")
 }
 
 // ---------------------------------------------------------------- summary

@@ -40,9 +40,7 @@
 //! alike. Every wait has a deadline: a phase that fails is reported and the
 //! lab reset, never a hang.
 
-use std::any::Any;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -52,6 +50,7 @@ use anyhow::{Result, bail};
 use rustls::ClientConfig;
 use vip_userspace::dataplane::kernel::AttachMode;
 
+use crate::attempt;
 use crate::certs::TestPki;
 use crate::keepalived::Keepalived;
 use crate::kubeadm_ha::{INSTANCE, RecipeKeepalived, haproxy_cfg, write_check_script};
@@ -826,30 +825,6 @@ impl Bed {
     }
 }
 
-/// Runs `f`, turning a panic (the lab helpers panic with the logs on a
-/// deadline) into an error: the first lines of its message.
-fn attempt(f: impl FnOnce()) -> Result<(), String> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| first_lines(&panic_text(&*p), 12))
-}
-
-fn panic_text(p: &(dyn Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "panic".into()
-    }
-}
-
-fn first_lines(s: &str, n: usize) -> String {
-    let mut out: Vec<&str> = s.lines().take(n).collect();
-    if s.lines().count() > n {
-        out.push("...");
-    }
-    out.join("\n    ")
-}
-
 /// Nearest-rank percentile of sorted values.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -1192,14 +1167,6 @@ mod tests {
         for _ in 0..1000 {
             assert!(j.next(Duration::from_millis(100)) < Duration::from_millis(100));
         }
-    }
-
-    #[test]
-    fn panic_messages_are_cut() {
-        assert_eq!(first_lines("a\nb\nc", 2), "a\n    b\n    ...");
-        assert_eq!(first_lines("a", 2), "a");
-        let p: Box<dyn Any + Send> = Box::new(String::from("boom"));
-        assert_eq!(panic_text(&*p), "boom");
     }
 
     #[test]

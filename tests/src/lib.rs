@@ -41,3 +41,50 @@ pub fn vipd_bin() -> PathBuf {
         exe.display()
     );
 }
+
+/// Runs `f`, turning a panic (the lab helpers panic with the logs on a
+/// deadline) into an error holding the first lines of its message: a
+/// benchmark reports a failed step and goes on.
+pub fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|p| first_lines(&panic_text(&*p), 12))
+}
+
+/// A panic payload's message.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "panic".into()
+    }
+}
+
+/// The first `n` lines of `s`, indented for a report, "..." if cut.
+pub fn first_lines(s: &str, n: usize) -> String {
+    let mut out: Vec<&str> = s.lines().take(n).collect();
+    if s.lines().count() > n {
+        out.push("...");
+    }
+    out.join("\n    ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_cut() {
+        assert_eq!(first_lines("a\nb\nc", 2), "a\n    b\n    ...");
+        assert_eq!(first_lines("a", 2), "a");
+        let p: Box<dyn std::any::Any + Send> = Box::new(String::from("boom"));
+        assert_eq!(panic_text(&*p), "boom");
+        assert_eq!(attempt(|| 7), Ok(7));
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let e = attempt(|| -> u8 { panic!("one\ntwo") });
+        std::panic::set_hook(hook);
+        assert_eq!(e, Err("one\n    two".into()));
+    }
+}

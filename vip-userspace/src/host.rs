@@ -109,6 +109,21 @@ pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
     })
 }
 
+/// `changed` if `res` is Ok; otherwise `changed` undone and the error: a
+/// preparation that fails half way leaves the host as it found it.
+fn all_or_nothing(
+    changed: Vec<Changed>,
+    res: Result<(), HostError>,
+) -> Result<Vec<Changed>, HostError> {
+    match res {
+        Ok(()) => Ok(changed),
+        Err(e) => {
+            restore_all(changed);
+            Err(e)
+        }
+    }
+}
+
 /// Restores a set of changes, last first.
 pub fn restore_all(changed: Vec<Changed>) {
     changed.into_iter().rev().for_each(Changed::restore);
@@ -246,13 +261,7 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
         changed.push(sysctl(reserved, &new)?);
         Ok(())
     })();
-    match res {
-        Ok(()) => Ok(changed),
-        Err(e) => {
-            restore_all(changed);
-            Err(e)
-        }
-    }
+    all_or_nothing(changed, res)
 }
 
 /// The pseudo path under which a VIP added to `lo` is recorded: restoring
@@ -324,13 +333,7 @@ pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, Hos
         }
         Ok(())
     })();
-    match res {
-        Ok(()) => Ok(changed),
-        Err(e) => {
-            restore_all(changed);
-            Err(e)
-        }
-    }
+    all_or_nothing(changed, res)
 }
 
 /// The interface's addresses in the order the kernel lists them (getifaddrs,

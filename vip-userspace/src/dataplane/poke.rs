@@ -203,29 +203,22 @@ impl Poker {
         // The destination only routes the packet (the header is ours); the
         // port must be 0 for raw sockets.
         let rc = match to {
-            IpAddr::V4(a) => {
-                let sa = libc::sockaddr_in {
+            IpAddr::V4(a) => sendto(
+                fd,
+                pkt,
+                &libc::sockaddr_in {
                     sin_family: libc::AF_INET as libc::sa_family_t,
                     sin_port: 0,
                     sin_addr: libc::in_addr {
                         s_addr: u32::from_ne_bytes(a.octets()),
                     },
                     sin_zero: [0; 8],
-                };
-                // SAFETY: buffer and address are valid for the call.
-                unsafe {
-                    libc::sendto(
-                        fd,
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
-            }
-            IpAddr::V6(a) => {
-                let sa = libc::sockaddr_in6 {
+                },
+            ),
+            IpAddr::V6(a) => sendto(
+                fd,
+                pkt,
+                &libc::sockaddr_in6 {
                     sin6_family: libc::AF_INET6 as libc::sa_family_t,
                     sin6_port: 0,
                     sin6_flowinfo: 0,
@@ -233,24 +226,29 @@ impl Poker {
                         s6_addr: a.octets(),
                     },
                     sin6_scope_id: 0,
-                };
-                // SAFETY: as above.
-                unsafe {
-                    libc::sendto(
-                        fd,
-                        pkt.as_ptr().cast(),
-                        pkt.len(),
-                        0,
-                        (&raw const sa).cast(),
-                        size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                }
-            }
+                },
+            ),
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// sendto(2) of `pkt` to the socket address `sa` (a sockaddr_in or _in6).
+fn sendto<A>(fd: i32, pkt: &[u8], sa: &A) -> isize {
+    // SAFETY: buffer and address are valid for the call, and the length
+    // given is the address's own.
+    unsafe {
+        libc::sendto(
+            fd,
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (sa as *const A).cast(),
+            size_of::<A>() as libc::socklen_t,
+        )
     }
 }
 
