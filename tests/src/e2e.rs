@@ -1614,6 +1614,39 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
         }
     }
 
+    // What vipd's program dropped over the whole run, by reason: a case's
+    // failed or slow connections have their cause here (its /metrics,
+    // refreshed once a second).
+    let drops: Vec<String> = vipd_labs
+        .iter()
+        .map(|(_, l)| {
+            let name = if l.fwd == Fwd::Nat {
+                "vipd nat"
+            } else {
+                "vipd dsr"
+            };
+            let listed = match attempt(|| l.metrics()) {
+                Ok(m) => {
+                    let d: Vec<String> = m
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            let r = k
+                                .strip_prefix("vipd_dataplane_packets_total{reason=\"")?
+                                .strip_suffix("\"}")?;
+                            (r.starts_with("drop_") && *v > 0.0).then(|| format!("{r} {v}"))
+                        })
+                        .collect();
+                    if d.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        d.join(", ")
+                    }
+                }
+                Err(e) => format!("unknown ({e})"),
+            };
+            format!("- {name}: {listed}")
+        })
+        .collect();
     let rows: Vec<Summary> = cases.iter().map(summarize).collect();
     let mut report = String::new();
     let _ = writeln!(report, "# vipd end-to-end benchmark\n");
@@ -1641,6 +1674,13 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
     report.push_str(&render_tables(&rows));
     let _ = writeln!(report, "\nLB CPU split and failures:\n");
     report.push_str(&render_details(&rows));
+    let _ = writeln!(
+        report,
+        "\nPackets vipd's XDP program dropped over the whole run, by reason:\n"
+    );
+    for d in &drops {
+        let _ = writeln!(report, "{d}");
+    }
     let _ = writeln!(report, "\nGoals (issue 7):\n");
     report.push_str(&render_goals(&rows));
     let _ = writeln!(report, "\nWhat the columns mean:\n");
