@@ -15,7 +15,7 @@ use vip_common::{
 use vip_tests::{
     netns::{Lab, in_netns},
     packet::{Decoded, Pkt, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, decode},
-    progtest::{Dp, XDP_PASS, XDP_TX, require_root},
+    progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root},
 };
 use vip_userspace::{
     config::addr_bytes,
@@ -936,5 +936,143 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             !ct.iter().any(|(k, _)| u16::from_be(k.sport_be) == 47000),
             "no forward entry for the refused record"
         );
+    });
+}
+
+/// A closed flow's source port is taken over by a new flow at once, not
+/// only after the agent's sweep: with every port of a 4-port range held by
+/// expired reverse entries, a new flow gets one whose forward flow is over
+/// too, and never one whose forward flow lives (a UDP flow whose backend
+/// never answers keeps its port), nor one another CPU or the sweep holds
+/// the lock for (`NAT_LOCK`).
+#[test]
+fn nat_expired_ports_are_reclaimed_under_the_lock() {
+    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_userspace::dataplane::{Maps, flows::monotonic_ns};
+    let l = NatLab::new("natreclaim");
+    let snat = l.lb_ip(false);
+    let svc = service(ip(VIP4), snat, PROTO_TCP, vec![backend(false, 1)]);
+    l.with_dp(vec![svc], |dp| {
+        dp.prog
+            .maps_mut()
+            .set_globals(&Globals {
+                nat_port_lo: 50000,
+                nat_port_hi: 50003,
+                ..Globals::DEFAULT
+            })
+            .expect("globals");
+        let now = monotonic_ns();
+        let ago = |s: u64| now - s * 1_000_000_000;
+        let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
+        let fwd_key = |sport: u16| ConnKey {
+            saddr: addr_bytes(ip(CLIENT4)).1,
+            daddr: addr_bytes(ip(VIP4)).1,
+            sport_be: sport.to_be(),
+            dport_be: PORT.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let rev_key = |port: u16| ConnKey {
+            saddr: addr_bytes(backend_ip(false, 1)).1,
+            daddr: addr_bytes(snat).1,
+            sport_be: PORT.to_be(),
+            dport_be: port.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        // Every port held by a flow closed 11 s ago (closing_s 10): expired.
+        // Client ports 41000 + i. Ports 50000..=50002: the forward flow is
+        // expired too. Port 50003: the forward flow still lives.
+        let fill = |dp: &mut Dp, live_fwd: &[u16]| {
+            {
+                let m = dp.prog.maps_mut().raw_map_mut("NAT_REV").expect("NAT_REV");
+                let mut nr: HashMap<&mut MapData, ConnKey, NatValue> =
+                    HashMap::try_from(m).expect("NAT_REV map");
+                for i in 0..4u16 {
+                    let v = NatValue {
+                        last_seen_ns: ago(11),
+                        client_addr: addr_bytes(ip(CLIENT4)).1,
+                        vip: addr_bytes(ip(VIP4)).1,
+                        client_port_be: (41000 + i).to_be(),
+                        vip_port_be: PORT.to_be(),
+                        flags: CT_F_CLOSING,
+                        _pad: [0; 3],
+                    };
+                    nr.insert(rev_key(50000 + i), v, 0).expect("insert");
+                }
+            }
+            let m = dp
+                .prog
+                .maps_mut()
+                .raw_map_mut("CONNTRACK")
+                .expect("CONNTRACK");
+            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
+                HashMap::try_from(m).expect("CONNTRACK map");
+            for i in 0..4u16 {
+                let live = live_fwd.contains(&(50000 + i));
+                let v = ConnValue {
+                    last_seen_ns: if live { ago(1) } else { ago(11) },
+                    backend_id: id1,
+                    service_id: 0,
+                    nat_port_be: (50000 + i).to_be(),
+                    flags: if live { 0 } else { CT_F_CLOSING },
+                    _pad: [0; 5],
+                };
+                ct.insert(fwd_key(41000 + i), v, 0).expect("insert");
+            }
+        };
+        let nat_port_of = |dp: &Dp, sport: u16| {
+            dp.prog
+                .maps()
+                .conntrack()
+                .expect("dump")
+                .into_iter()
+                .find(|(k, _)| u16::from_be(k.sport_be) == sport)
+                .map(|(_, v)| u16::from_be(v.nat_port_be))
+        };
+
+        fill(dp, &[50003]);
+        let (action, _) = dp.run(&syn(false, 45000).build(), Reason::TxNat);
+        assert_eq!(action, XDP_TX, "a new flow takes over a closed flow's port");
+        let port = nat_port_of(dp, 45000).expect("the new flow's entry");
+        assert!(
+            (50000..=50002).contains(&port),
+            "port {port}: not one whose forward flow is over"
+        );
+        let owner = dp
+            .prog
+            .maps()
+            .nat_entries()
+            .expect("dump")
+            .into_iter()
+            .find(|(k, _)| u16::from_be(k.dport_be) == port)
+            .map(|(_, v)| (u16::from_be(v.client_port_be), v.flags))
+            .expect("the reverse entry");
+        assert_eq!(owner, (45000, 0), "the reverse entry is the new flow's");
+
+        // Only ports whose forward flows live: nothing to take.
+        fill(dp, &[50000, 50001, 50002, 50003]);
+        let (action, _) = dp.run(&syn(false, 45001).build(), Reason::DropNatPortsExhausted);
+        assert_eq!(action, XDP_DROP, "dropped: every port's forward flow lives");
+
+        // Reclaimable again, but every port locked (a sweep or another CPU
+        // at work on them): left alone.
+        fill(dp, &[]);
+        {
+            let m = dp
+                .prog
+                .maps_mut()
+                .raw_map_mut("NAT_LOCK")
+                .expect("NAT_LOCK");
+            let mut lk: HashMap<&mut MapData, ConnKey, u8> =
+                HashMap::try_from(m).expect("NAT_LOCK map");
+            for i in 0..4u16 {
+                lk.insert(rev_key(50000 + i), 1, 0).expect("lock");
+            }
+        }
+        let (action, _) = dp.run(&syn(false, 45002).build(), Reason::DropNatPortsExhausted);
+        assert_eq!(action, XDP_DROP, "dropped while the ports are locked");
     });
 }

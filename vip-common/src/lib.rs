@@ -336,6 +336,9 @@ pub const SYNC_RING_BYTES: u32 = 512 * 1024;
 /// agent sizes it like `CONNTRACK`.
 pub const NAT_DEFAULT_CAPACITY: u32 = CONNTRACK_DEFAULT_CAPACITY;
 
+/// Capacity of `NAT_LOCK`: reclaims and sweep deletes in flight at once.
+pub const NAT_LOCK_CAPACITY: u32 = 1024;
+
 /// Source ports tried per new nat flow before giving up.
 pub const NAT_PORT_TRIES: u32 = 16;
 

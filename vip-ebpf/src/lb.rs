@@ -2,7 +2,11 @@
 //! lookup), which backend (connection table, else Maglev), and how to send it
 //! (by service mode).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
+    programs::XdpContext,
+};
 use vip_common::{
     BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue, Globals,
     MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_PORT_TRIES, NO_BACKEND, NatValue, PROTO_TCP, Reason,
@@ -12,8 +16,8 @@ use vip_common::{
 use crate::{
     Verdict, fwd,
     maps::{
-        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_REV, SCRATCH, SERVICE_PORTS, SERVICES,
-        SYNC_EVENTS,
+        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_LOCK, NAT_REV, RECLAIM_SCRATCH, ReclaimScratch,
+        SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
     },
     nat::{self, Endpoints},
     parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers},
@@ -167,7 +171,10 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             lo: g.nat_port_lo,
             hi: g.nat_port_hi,
         };
-        let got = allocate_port(p, &svc, &be, &req);
+        let mut got = allocate_port(p, &svc, &be, &req);
+        if got == 0 {
+            got = reclaim_port(p, &svc, &be, &req);
+        }
         if got == 0 {
             return Verdict::drop(Reason::DropNatPortsExhausted);
         }
@@ -312,6 +319,112 @@ fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRe
         }
     }
     0
+}
+
+/// When every port `allocate_port` tried is taken: takes over one whose flow
+/// is over, in the same order. A flow is over when its reverse entry and
+/// its forward flow both expired by the program's own rule
+/// (`Globals::expired`). Without this a closed flow's port stays claimed
+/// until the agent's sweep deletes it (every 10 s), and a backend with many
+/// short connections runs out of ports. The forward flow must be over too:
+/// a UDP flow whose backend never answers has a stale reverse entry and a
+/// live forward one, and keeps its port.
+///
+/// Each take-over holds `NAT_LOCK` for that entry and reads it again under
+/// the lock, so a port another CPU reclaimed, or the sweep deleted and
+/// someone claimed afresh, is left alone. A separate call from
+/// `allocate_port`'s, not nested in it: the BPF stack of a call chain is
+/// 512 bytes. Same return as `allocate_port`.
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(never)]
+fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+    let PortRequest { now, hash, lo, hi } = *req;
+    if hi < lo {
+        return 0;
+    }
+    let lo = lo as u32;
+    let range = hi as u32 - lo + 1;
+    if range == 0 {
+        return 0;
+    }
+    let sc = match RECLAIM_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else runs on it during this program.
+        Some(sc) => unsafe { &mut *sc },
+        None => return 0,
+    };
+    sc.value = NatValue {
+        last_seen_ns: now,
+        client_addr: p.key.saddr,
+        vip: p.key.daddr,
+        client_port_be: p.key.sport_be,
+        vip_port_be: p.key.dport_be,
+        flags: 0,
+        _pad: [0; 3],
+    };
+    sc.rev = ConnKey {
+        saddr: be.addr,
+        daddr: svc.snat_addr,
+        sport_be: be.port_be,
+        dport_be: 0,
+        proto: p.key.proto,
+        family: p.key.family,
+        _pad: [0; 2],
+    };
+    let start = hash % range;
+    for i in 0..NAT_PORT_TRIES {
+        let port = (lo + (start + i) % range) as u16;
+        sc.rev.dport_be = port.to_be();
+        if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
+            continue;
+        }
+        let done = reclaim_locked(sc, now);
+        let _ = NAT_LOCK.remove(&sc.rev);
+        if done {
+            return port.to_be() as u32 | 1 << 16;
+        }
+    }
+    0
+}
+
+/// `reclaim_port`'s take-over of `sc.rev` for `sc.value`, under the lock.
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(always)]
+fn reclaim_locked(sc: &mut ReclaimScratch, now: u64) -> bool {
+    let Some(old) = NAT_REV.get_ptr(&sc.rev) else {
+        return false;
+    };
+    let g = globals();
+    let tcp = sc.rev.proto == PROTO_TCP;
+    // SAFETY: LRU value pointer, valid during this run.
+    unsafe {
+        if !g.expired(now, (*old).last_seen_ns, (*old).flags, tcp) {
+            return false;
+        }
+        sc.fwd = ConnKey {
+            saddr: (*old).client_addr,
+            daddr: (*old).vip,
+            sport_be: (*old).client_port_be,
+            dport_be: (*old).vip_port_be,
+            proto: sc.rev.proto,
+            family: sc.rev.family,
+            _pad: [0; 2],
+        };
+    }
+    if let Some(f) = CONNTRACK.get_ptr(&sc.fwd)
+        // SAFETY: as above.
+        && unsafe { !g.expired(now, (*f).last_seen_ns, (*f).flags, tcp) }
+    {
+        return false;
+    }
+    // BPF_EXIST: replace the whole value (a reader sees the old flow's or
+    // the new one's, never a mix).
+    NAT_REV.insert(&sc.rev, &sc.value, BPF_EXIST as u64).is_ok()
 }
 
 #[inline(always)]

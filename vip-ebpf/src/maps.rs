@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter, Globals,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NatValue, REASON_COUNT,
-    SYNC_RING_BYTES, ServiceKey, ServiceValue,
+    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue,
+    REASON_COUNT, SYNC_RING_BYTES, ServiceKey, ServiceValue,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -49,6 +49,28 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 #[map]
 pub static NAT_REV: LruHashMap<ConnKey, NatValue> =
     LruHashMap::with_max_entries(NAT_DEFAULT_CAPACITY, 0);
+
+/// Mode nat: reverse entries being reclaimed or swept right now, one key each.
+/// Whoever inserts a key here first (BPF_NOEXIST: atomic) may replace or
+/// delete that `NAT_REV` entry; everyone else leaves it alone. The program
+/// and the agent's sweep both take it, so a port is never handed to two
+/// flows. Entries live for one reclaim; a full map only means "busy".
+#[map]
+pub static NAT_LOCK: HashMap<ConnKey, u8> = HashMap::with_max_entries(NAT_LOCK_CAPACITY, 0);
+
+/// Per-CPU scratch space for `reclaim_port`: the new flow's reverse value
+/// and the keys it looks up live here, not on the BPF stack, which the call
+/// chain has nearly used up.
+#[map]
+pub static RECLAIM_SCRATCH: PerCpuArray<ReclaimScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `RECLAIM_SCRATCH`.
+#[repr(C)]
+pub struct ReclaimScratch {
+    pub value: NatValue,
+    pub rev: ConnKey,
+    pub fwd: ConnKey,
+}
 
 /// Program-wide settings (one entry): NAT port range, idle timeouts.
 #[map]

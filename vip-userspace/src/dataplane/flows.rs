@@ -30,6 +30,8 @@ use super::{
 /// `bpf_map_update_elem` flag: update only an existing entry
 /// (include/uapi/linux/bpf.h).
 const BPF_EXIST: u64 = 2;
+/// ... and only a new one.
+const BPF_NOEXIST: u64 = 1;
 
 /// Second handles on the two flow tables (the same kernel maps), and on the
 /// backends, to tell which flows lost theirs.
@@ -37,6 +39,10 @@ pub struct FlowTables {
     conntrack: HashMap<MapData, ConnKey, ConnValue>,
     nat_rev: HashMap<MapData, ConnKey, NatValue>,
     backends: Array<MapData, BackendValue>,
+    /// The program's reclaim lock (`NAT_LOCK` in vip-ebpf): a reverse entry
+    /// is deleted only under it, so the sweep never deletes a port the
+    /// program has just handed to a new flow.
+    nat_lock: HashMap<MapData, ConnKey, u8>,
     capacity: u32,
     poker: Poker,
 }
@@ -131,12 +137,17 @@ pub fn monotonic_ns() -> u64 {
 }
 
 impl FlowTables {
-    pub(super) fn open(conntrack: &Map, nat_rev: &Map, backends: &Map) -> Result<FlowTables> {
-        let (Map::LruHashMap(ct), Map::LruHashMap(nr), Map::Array(be)) =
-            (conntrack, nat_rev, backends)
+    pub(super) fn open(
+        conntrack: &Map,
+        nat_rev: &Map,
+        backends: &Map,
+        nat_lock: &Map,
+    ) -> Result<FlowTables> {
+        let (Map::LruHashMap(ct), Map::LruHashMap(nr), Map::Array(be), Map::HashMap(lk)) =
+            (conntrack, nat_rev, backends, nat_lock)
         else {
             return Err(DataplaneError::NoMap(
-                "CONNTRACK/NAT_REV as LRU hashes, BACKENDS as an array",
+                "CONNTRACK/NAT_REV as LRU hashes, BACKENDS as an array, NAT_LOCK as a hash",
             ));
         };
         let capacity = ct
@@ -150,6 +161,8 @@ impl FlowTables {
                 .map_err(map_err("NAT_REV", "open"))?,
             backends: Array::try_from(Map::Array(dup_map(be, "BACKENDS")?))
                 .map_err(map_err("BACKENDS", "open"))?,
+            nat_lock: HashMap::try_from(Map::HashMap(dup_map(lk, "NAT_LOCK")?))
+                .map_err(map_err("NAT_LOCK", "open"))?,
             capacity,
             poker: Poker::default(),
         })
@@ -278,10 +291,21 @@ impl FlowTables {
             }
         }
         for k in &dead_rev {
-            // Already gone (evicted, or the program replaced it): fine.
-            if self.nat_rev.remove(k).is_ok() {
+            // Under the program's lock, and only if still expired: the
+            // program may have reclaimed the port for a new flow since the
+            // walk read it. A held lock means it is doing so now.
+            if self.nat_lock.insert(k, 1, BPF_NOEXIST).is_err() {
+                continue;
+            }
+            let still = self
+                .nat_rev
+                .get(k, 0)
+                .is_ok_and(|v| g.expired(now, v.last_seen_ns, v.flags, k.proto == PROTO_TCP));
+            // Already gone (evicted): fine.
+            if still && self.nat_rev.remove(k).is_ok() {
                 out.removed += 1;
             }
+            let _ = self.nat_lock.remove(k);
         }
         for k in &dead_fwd {
             if self.conntrack.remove(k).is_ok() {
