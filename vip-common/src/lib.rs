@@ -255,6 +255,25 @@ pub struct NatValue {
 }
 const _: () = assert!(size_of::<NatValue>() == 48);
 
+impl NatValue {
+    /// The forward flow (client -> VIP, the `CONNTRACK` key) of the reverse
+    /// entry `rev` holding this value: whether a reverse entry's port is
+    /// still in use depends on it (the program's port reclaim, the agent's
+    /// sweep).
+    #[inline(always)]
+    pub fn forward_key(&self, rev: &ConnKey) -> ConnKey {
+        ConnKey {
+            saddr: self.client_addr,
+            daddr: self.vip,
+            sport_be: self.client_port_be,
+            dport_be: self.vip_port_be,
+            proto: rev.proto,
+            family: rev.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Program-wide settings, the single entry of the `GLOBALS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use vip_common::{
 use crate::{
     Verdict, fwd,
     maps::{
-        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_LOCK, NAT_REV, RECLAIM_SCRATCH, ReclaimScratch,
+        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH, PortScratch,
         SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
     },
     nat::{self, Endpoints},
@@ -274,87 +274,30 @@ struct PortRequest {
     hi: u16,
 }
 
-/// Finds a source port such that (backend, port, SNAT address, source port,
-/// protocol) is used by no other flow: the reverse entry is inserted with
-/// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
-/// Starts at a hash of the client's flow and probes linearly. Returns the port
-/// (network order) in the low 16 bits with bit 16 set, or 0 if every try was
-/// taken: a plain integer, because a BPF call returns in one register.
-#[inline(never)]
-fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+/// The ports a new flow may take, in the order it tries them, and its
+/// reverse value and key in this CPU's `PORT_SCRATCH` (not on the BPF stack,
+/// which the call chain has nearly used up): `allocate_port`'s and
+/// `reclaim_port`'s common start. `None` if the range is empty.
+#[inline(always)]
+fn port_search(
+    p: &Parsed,
+    svc: &ServiceValue,
+    be: &BackendValue,
+    req: &PortRequest,
+) -> Option<(&'static mut PortScratch, PortOrder)> {
     let PortRequest { now, hash, lo, hi } = *req;
     if hi < lo {
-        return 0;
+        return None;
     }
     let lo = lo as u32;
     let range = hi as u32 - lo + 1;
     // Never zero (hi >= lo), but the compiler cannot see it and would keep a
     // division-by-zero panic path, which the verifier rejects.
     if range == 0 {
-        return 0;
+        return None;
     }
-    let value = NatValue {
-        last_seen_ns: now,
-        client_addr: p.key.saddr,
-        vip: p.key.daddr,
-        client_port_be: p.key.sport_be,
-        vip_port_be: p.key.dport_be,
-        flags: 0,
-        _pad: [0; 3],
-    };
-    let start = hash % range;
-    for i in 0..NAT_PORT_TRIES {
-        let port = (lo + (start + i) % range) as u16;
-        let rev = ConnKey {
-            saddr: be.addr,
-            daddr: svc.snat_addr,
-            sport_be: be.port_be,
-            dport_be: port.to_be(),
-            proto: p.key.proto,
-            family: p.key.family,
-            _pad: [0; 2],
-        };
-        if NAT_REV.insert(rev, value, BPF_NOEXIST as u64).is_ok() {
-            return port.to_be() as u32 | 1 << 16;
-        }
-    }
-    0
-}
-
-/// When every port `allocate_port` tried is taken: takes over one whose flow
-/// is over, in the same order. A flow is over when its reverse entry and
-/// its forward flow both expired by the program's own rule
-/// (`Globals::expired`). Without this a closed flow's port stays claimed
-/// until the agent's sweep deletes it (every 10 s), and a backend with many
-/// short connections runs out of ports. The forward flow must be over too:
-/// a UDP flow whose backend never answers has a stale reverse entry and a
-/// live forward one, and keeps its port.
-///
-/// Each take-over holds `NAT_LOCK` for that entry and reads it again under
-/// the lock, so a port another CPU reclaimed, or the sweep deleted and
-/// someone claimed afresh, is left alone. A separate call from
-/// `allocate_port`'s, not nested in it: the BPF stack of a call chain is
-/// 512 bytes. Same return as `allocate_port`.
-#[allow(
-    clippy::needless_borrows_for_generic_args,
-    reason = "keys passed by value would be copied onto the stack the scratch map spares"
-)]
-#[inline(never)]
-fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
-    let PortRequest { now, hash, lo, hi } = *req;
-    if hi < lo {
-        return 0;
-    }
-    let lo = lo as u32;
-    let range = hi as u32 - lo + 1;
-    if range == 0 {
-        return 0;
-    }
-    let sc = match RECLAIM_SCRATCH.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; nothing else runs on it during this program.
-        Some(sc) => unsafe { &mut *sc },
-        None => return 0,
-    };
+    // SAFETY: this CPU's slot; nothing else runs on it during this program.
+    let sc = unsafe { &mut *PORT_SCRATCH.get_ptr_mut(0)? };
     sc.value = NatValue {
         last_seen_ns: now,
         client_addr: p.key.saddr,
@@ -373,14 +316,84 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
         family: p.key.family,
         _pad: [0; 2],
     };
-    let start = hash % range;
+    Some((
+        sc,
+        PortOrder {
+            lo,
+            range,
+            start: hash % range,
+        },
+    ))
+}
+
+/// Linear probing from a hash of the client's flow.
+#[derive(Clone, Copy)]
+struct PortOrder {
+    lo: u32,
+    range: u32,
+    start: u32,
+}
+
+impl PortOrder {
+    /// The `i`th port to try, host order.
+    #[inline(always)]
+    fn nth(self, i: u32) -> u16 {
+        (self.lo + (self.start + i) % self.range) as u16
+    }
+}
+
+/// Finds a source port such that (backend, port, SNAT address, source port,
+/// protocol) is used by no other flow: the reverse entry is inserted with
+/// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
+/// Returns the port (network order) in the low 16 bits with bit 16 set, or 0
+/// if every try was taken: a plain integer, because a BPF call returns in one
+/// register.
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(never)]
+fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+    let Some((sc, order)) = port_search(p, svc, be, req) else {
+        return 0;
+    };
     for i in 0..NAT_PORT_TRIES {
-        let port = (lo + (start + i) % range) as u16;
+        let port = order.nth(i);
+        sc.rev.dport_be = port.to_be();
+        if NAT_REV
+            .insert(&sc.rev, &sc.value, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return port.to_be() as u32 | 1 << 16;
+        }
+    }
+    0
+}
+
+/// When every port `allocate_port` tried is taken: takes over one whose flow
+/// is over (`reclaim_locked`), in the same order. Without this a closed
+/// flow's port stays claimed until the agent's sweep deletes it (every
+/// 10 s), and a backend with many short connections runs out of ports. Each
+/// take-over holds `NAT_LOCK` for that entry, which the sweep takes too, so
+/// a port is never handed to two flows. A separate call from
+/// `allocate_port`'s, not part of it: the BPF stack of a call chain is 512
+/// bytes. Same return as `allocate_port`.
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(never)]
+fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+    let Some((sc, order)) = port_search(p, svc, be, req) else {
+        return 0;
+    };
+    for i in 0..NAT_PORT_TRIES {
+        let port = order.nth(i);
         sc.rev.dport_be = port.to_be();
         if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
             continue;
         }
-        let done = reclaim_locked(sc, now);
+        let done = reclaim_locked(sc, req.now);
         let _ = NAT_LOCK.remove(&sc.rev);
         if done {
             return port.to_be() as u32 | 1 << 16;
@@ -389,13 +402,19 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
     0
 }
 
-/// `reclaim_port`'s take-over of `sc.rev` for `sc.value`, under the lock.
+/// Takes over the reverse entry `sc.rev` for `sc.value` if the flow that held
+/// it is over: the entry and its forward flow both expired by the program's
+/// own rule (`Globals::expired`). The forward flow must be over too: a UDP
+/// flow whose backend never answers has a stale reverse entry and a live
+/// forward one, and keeps its port. Called under `NAT_LOCK`, and reads the
+/// entry again under it, so a port another CPU reclaimed, or the sweep
+/// deleted and someone claimed afresh, is left alone.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(always)]
-fn reclaim_locked(sc: &mut ReclaimScratch, now: u64) -> bool {
+fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
     let Some(old) = NAT_REV.get_ptr(&sc.rev) else {
         return false;
     };
@@ -406,15 +425,7 @@ fn reclaim_locked(sc: &mut ReclaimScratch, now: u64) -> bool {
         if !g.expired(now, (*old).last_seen_ns, (*old).flags, tcp) {
             return false;
         }
-        sc.fwd = ConnKey {
-            saddr: (*old).client_addr,
-            daddr: (*old).vip,
-            sport_be: (*old).client_port_be,
-            dport_be: (*old).vip_port_be,
-            proto: sc.rev.proto,
-            family: sc.rev.family,
-            _pad: [0; 2],
-        };
+        sc.fwd = (*old).forward_key(&sc.rev);
     }
     if let Some(f) = CONNTRACK.get_ptr(&sc.fwd)
         // SAFETY: as above.

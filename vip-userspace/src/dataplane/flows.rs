@@ -27,11 +27,11 @@ use super::{
     poke::{Flow, Poker},
 };
 
-/// `bpf_map_update_elem` flag: update only an existing entry
-/// (include/uapi/linux/bpf.h).
-const BPF_EXIST: u64 = 2;
-/// ... and only a new one.
-const BPF_NOEXIST: u64 = 1;
+/// `bpf_map_update_elem` flags (include/uapi/linux/bpf.h): update only an
+/// existing entry ...
+pub(crate) const BPF_EXIST: u64 = 2;
+/// ... create only a new one.
+pub(crate) const BPF_NOEXIST: u64 = 1;
 
 /// Second handles on the two flow tables (the same kernel maps), and on the
 /// backends, to tell which flows lost theirs.
@@ -255,18 +255,9 @@ impl FlowTables {
                 out.nat_flows += 1;
                 continue;
             }
-            let fwd = ConnKey {
-                saddr: v.client_addr,
-                daddr: v.vip,
-                sport_be: v.client_port_be,
-                dport_be: v.vip_port_be,
-                proto: k.proto,
-                family: k.family,
-                _pad: [0; 2],
-            };
             let fwd_live = self
                 .conntrack
-                .get(&fwd, 0)
+                .get(&v.forward_key(&k), 0)
                 .is_ok_and(|c| !g.expired(now, c.last_seen_ns, c.flags, tcp));
             if fwd_live {
                 out.nat_flows += 1;

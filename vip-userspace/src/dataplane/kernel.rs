@@ -85,13 +85,13 @@ pub const PINNED_MAPS: [&str; 10] = [
 /// The maps that are deliberately not pinned, each new with every load.
 /// A restarted vipd loads the program anew and switches the pinned link to
 /// it (BPF_LINK_UPDATE), so the program it runs uses its own copies:
-/// - SCRATCH, RECLAIM_SCRATCH: per-packet scratch space, no state;
+/// - SCRATCH, PORT_SCRATCH: per-packet scratch space, no state;
 /// - SYNC_EVENTS: state sync's ring; the new agent reads the new program's
 ///   ring. Events of flows opened while no agent ran are lost, and the next
 ///   sweep's refresh sends those flows;
 /// - SYNC_LOST: a counter of ring overflows, reset like any counter of a
 ///   restarted process.
-pub const UNPINNED_MAPS: [&str; 4] = ["SCRATCH", "RECLAIM_SCRATCH", "SYNC_EVENTS", "SYNC_LOST"];
+pub const UNPINNED_MAPS: [&str; 4] = ["SCRATCH", "PORT_SCRATCH", "SYNC_EVENTS", "SYNC_LOST"];
 
 /// The folder for `iface` under a pin root, versioned by the map ABI so that
 /// a vipd whose map layout differs never adopts incompatible maps.
