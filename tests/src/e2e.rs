@@ -4,7 +4,7 @@
 //! Four cases, each with its own lab (client, lb, be1..be3; the same addresses
 //! in every lab): `direct` (the client talks to the backends themselves, one
 //! after the other), `haproxy` (Debian's HAProxy 2.6 on lb in `mode tcp`,
-//! round robin, the kubeadm HA recipe's checks), `vipd nat` and `vipd dsr`
+//! round robin, HTTPS `/readyz` checks), `vipd nat` and `vipd dsr`
 //! (the real vipd on lb, XDP native by default). `direct` and `haproxy` share
 //! a lab without XDP anywhere.
 //!
@@ -41,8 +41,8 @@ use crate::attempt;
 use crate::certs::TestPki;
 use crate::failover::percentile;
 use crate::netns::{Lab, Proc, VIP_V4, in_netns};
-use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions};
-use crate::standin::{HttpsConn, StandinHandle, StandinOptions, client_config, spawn_in_thread};
+use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions, start_standin};
+use crate::standin::{HttpsConn, StandinHandle, client_config};
 
 /// The plain HTTP server's port on every backend (and on the VIP).
 pub const PLAIN_PORT: u16 = 8080;
@@ -61,7 +61,7 @@ const MAX_HEAD: usize = 16 * 1024;
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Rounds; every case is measured once per metric per round.
-    pub samples: usize,
+    pub rounds: usize,
     /// Length of each rate and latency sample.
     pub duration: Duration,
     /// Client connections (threads) in parallel, the same for every case.
@@ -519,9 +519,8 @@ fn bulk(t: &Target, o: &Options) -> Sample {
 /// Cumulative CPU counters at one instant.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSnap {
-    /// Whole machine, /proc/stat `cpu` line, in ticks: busy and all.
+    /// Whole machine, /proc/stat `cpu` line, busy ticks.
     machine_busy: u64,
-    machine_total: u64,
     /// The LB process (vipd or haproxy): utime + stime in ticks.
     proc_ticks: u64,
     /// vipd's XDP program: run time (ns) and runs, from the kernel's BPF
@@ -534,7 +533,6 @@ struct CpuSnap {
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuUse {
     pub machine_busy_s: f64,
-    pub machine_total_s: f64,
     pub proc_s: f64,
     pub xdp_s: f64,
     pub xdp_runs: u64,
@@ -553,9 +551,9 @@ fn clock_ticks() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-/// (busy, total) ticks from the first line of /proc/stat: busy is everything
-/// but idle and iowait (guest time is already inside user).
-pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
+/// Busy ticks from the first line of /proc/stat: everything but idle and
+/// iowait (guest time is already inside user).
+pub fn parse_proc_stat(text: &str) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
         .split_whitespace()
@@ -567,7 +565,7 @@ pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
         return None;
     }
     let total: u64 = v.iter().sum();
-    Some((total - v[3] - v[4], total))
+    Some(total - v[3] - v[4])
 }
 
 /// utime + stime (ticks) from /proc/PID/stat; the fields after the command
@@ -597,7 +595,7 @@ fn xdp_stats(prog_id: u32) -> Option<(u64, u64)> {
 }
 
 fn snap(src: CpuSource) -> CpuSnap {
-    let (machine_busy, machine_total) = std::fs::read_to_string("/proc/stat")
+    let machine_busy = std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|t| parse_proc_stat(&t))
         .unwrap_or_default();
@@ -609,7 +607,6 @@ fn snap(src: CpuSource) -> CpuSnap {
     };
     let mut s = CpuSnap {
         machine_busy,
-        machine_total,
         ..CpuSnap::default()
     };
     match src {
@@ -628,7 +625,6 @@ fn cpu_delta(a: CpuSnap, b: CpuSnap) -> CpuUse {
     let ticks = |x: u64, y: u64| y.saturating_sub(x) as f64 / hz;
     CpuUse {
         machine_busy_s: ticks(a.machine_busy, b.machine_busy),
-        machine_total_s: ticks(a.machine_total, b.machine_total),
         proc_s: ticks(a.proc_ticks, b.proc_ticks),
         xdp_s: b.xdp_ns.saturating_sub(a.xdp_ns) as f64 / 1e9,
         xdp_runs: b.xdp_runs.saturating_sub(a.xdp_runs),
@@ -745,33 +741,17 @@ fn start_standins(lab: &Lab, pki: &TestPki) -> Vec<StandinHandle> {
     BACKENDS
         .iter()
         .map(|be| {
-            let node = lab.node(be).clone();
-            let (cert, key) = pki.issue_server(
-                &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-                &[IpAddr::V4(node.ipv4), IpAddr::V4(VIP_V4)],
-            );
-            let listener = in_netns(&node.ns, || TcpListener::bind(("::", TLS_PORT)))
-                .unwrap_or_else(|e| panic!("bind [::]:{TLS_PORT} in {be}: {e}"));
-            let listen = listener.local_addr().expect("local addr");
-            spawn_in_thread(
-                StandinOptions {
-                    listen,
-                    cert_pem: cert,
-                    key_pem: key,
-                    name: (*be).to_owned(),
-                    watch_interval: Duration::from_millis(200),
-                    client_ca_pem: None,
-                },
-                listener,
-            )
+            let ips = [IpAddr::V4(lab.node(be).ipv4), IpAddr::V4(VIP_V4)];
+            start_standin(lab, pki, be, &ips)
         })
         .collect()
 }
 
 /// haproxy.cfg for the `haproxy` case: `mode tcp`, round robin over the
-/// backends, for the plain port and the TLS port, with the health checks of
-/// the kubeadm HA recipe (docs: kubeadm/ha-considerations.md) on the TLS
-/// one and a TCP check on the plain one. No logging: it would cost HAProxy
+/// backends, for the plain port and the TLS port, with an HTTPS `GET /readyz`
+/// check on the TLS one (the recipe's, docs: kubeadm/ha-considerations.md,
+/// checks `/healthz`; vipd probes `/readyz`, so both LBs ask the same) and a
+/// TCP check on the plain one. No logging: it would cost HAProxy
 /// CPU that vipd does not spend either.
 pub fn haproxy_cfg(vip: Ipv4Addr, backends: &[Ipv4Addr], nbthread: usize) -> String {
     let mut s = String::new();
@@ -901,16 +881,10 @@ impl BaseLab {
     }
 
     fn tls_config(&self) -> Arc<ClientConfig> {
-        no_resumption(&client_config(&self.pki.ca_pem(), None))
+        // Full handshakes every time, as client-go makes them:
+        // `client_config` never resumes.
+        client_config(&self.pki.ca_pem(), None)
     }
-}
-
-/// Full handshakes on every connection, as client-go makes them (it sets no
-/// session cache); with resumption rustls would skip most of the crypto.
-fn no_resumption(cfg: &Arc<ClientConfig>) -> Arc<ClientConfig> {
-    let mut c = (**cfg).clone();
-    c.resumption = rustls::client::Resumption::disabled();
-    Arc::new(c)
 }
 
 /// vipd's XDP program id on lb's eth0 (`bpftool net show` in lb's namespace).
@@ -1415,9 +1389,6 @@ pub fn report_name(t: SystemTime) -> String {
 
 fn measure_one(case: &mut Case, metric: Metric, o: &Options) -> Option<String> {
     let t = case.target.clone()?;
-    if metric == Metric::Tls && !o.tls {
-        return None;
-    }
     let before = snap(t.cpu);
     let r = attempt(|| match metric {
         Metric::Short => short_conns(&t, o),
@@ -1468,8 +1439,8 @@ fn measure_one(case: &mut Case, metric: Metric, o: &Options) -> Option<String> {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    if o.samples == 0 || o.concurrency == 0 || o.duration.is_zero() || o.bulk_bytes == 0 {
-        bail!("--samples, --concurrency, --duration and --bulk-mib must be above zero");
+    if o.rounds == 0 || o.concurrency == 0 || o.duration.is_zero() || o.bulk_bytes == 0 {
+        bail!("--rounds, --concurrency, --duration and --bulk-mib must be above zero");
     }
     let mode = match o.xdp_mode {
         AttachMode::Native => "native",
@@ -1479,7 +1450,7 @@ pub fn run(o: &Options) -> Result<()> {
     println!(
         "vipd end-to-end benchmark: direct, haproxy, vipd nat, vipd dsr (XDP {mode}); {} rounds, \
          {:.1} s per rate/latency sample, {} client connections in parallel, bulk {} MiB",
-        o.samples,
+        o.rounds,
         o.duration.as_secs_f64(),
         o.concurrency,
         o.bulk_bytes >> 20
@@ -1564,7 +1535,7 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
                     client_ns: l.lab.node("client").ns.clone(),
                     plain: vec![SocketAddr::new(VIP_V4.into(), PLAIN_PORT)],
                     tls: vec![SocketAddr::new(VIP_V4.into(), TLS_PORT)],
-                    tls_config: no_resumption(&client_config(&l.pki.ca_pem(), None)),
+                    tls_config: client_config(&l.pki.ca_pem(), None),
                     cpu: CpuSource::Vipd {
                         pid: l.vipd.pid(),
                         prog_id,
@@ -1589,7 +1560,7 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
         "{:<6} {:<10} {:>18} {:>18} {:>18} {:>18}",
         "round", "metric", "direct", "haproxy", "vipd nat", "vipd dsr"
     );
-    for round in 0..o.samples {
+    for round in 0..o.rounds {
         for &metric in metrics {
             if metric == Metric::Tls && !o.tls {
                 continue;
@@ -1655,7 +1626,7 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
         "{} rounds, interleaved (case order rotates each round); {:.1} s per rate/latency sample; \
          {} client connections in parallel (equal for every case); bulk body {} MiB; vipd XDP {mode}; \
          {} CPUs; {}; kernel {}. Medians over the rounds.\n",
-        o.samples,
+        o.rounds,
         o.duration.as_secs_f64(),
         o.concurrency,
         o.bulk_bytes >> 20,
@@ -1772,7 +1743,7 @@ mod tests {
     fn proc_stat_lines() {
         let stat = "cpu  100 5 50 1000 20 3 7 0 0 0\ncpu0 50 2 25 500 10 1 3 0 0 0\n";
         // busy = user + nice + system + irq + softirq + steal.
-        assert_eq!(parse_proc_stat(stat), Some((165, 1185)));
+        assert_eq!(parse_proc_stat(stat), Some(165));
         assert_eq!(parse_proc_stat("intr 1 2 3"), None);
         // The command name may hold spaces and parentheses.
         let pid = "42 (tokio (worker) 1) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0";

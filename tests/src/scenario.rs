@@ -133,13 +133,7 @@ impl LbLab {
             &["lb"]
         };
         for lb in lbs {
-            // A real NIC drops unicast frames for other MACs before XDP sees
-            // them; a veth hands XDP everything. Without this, frames for a
-            // dead LB's MAC, flooded once the bridge forgets it, would be
-            // served by the other LB's XDP program before any VRRP takeover,
-            // and failover figures would flatter vipd.
-            let port = lab.node(lb).switch_port.clone();
-            lab.switch_sh(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+            flood_off(&lab, lb);
         }
         let pki = TestPki::new();
         let ca_path = lab.dir().join("ca.crt");
@@ -179,29 +173,11 @@ impl LbLab {
             );
         }
         for (be, kind) in BACKENDS.into_iter().zip(opts.certs) {
-            let node = lab.node(be).clone();
-            let mut ips = vec![IpAddr::V4(node.ipv4)];
+            let mut ips = vec![IpAddr::V4(lab.node(be).ipv4)];
             if kind == CertKind::Good {
                 ips.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
             }
-            let (cert, key) = pki.issue_server(
-                &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-                &ips,
-            );
-            let listener = in_netns(&node.ns, || TcpListener::bind(("::", PORT)))
-                .unwrap_or_else(|e| panic!("bind [::]:{PORT} in {be}: {e}"));
-            let listen = listener.local_addr().expect("local addr");
-            standins.push(spawn_in_thread(
-                StandinOptions {
-                    listen,
-                    cert_pem: cert,
-                    key_pem: key,
-                    name: be.to_owned(),
-                    watch_interval: Duration::from_millis(200),
-                    client_ca_pem: None,
-                },
-                listener,
-            ));
+            standins.push(start_standin(&lab, &pki, be, &ips));
         }
 
         if xdp_mode == AttachMode::Native {
@@ -315,7 +291,6 @@ impl LbLab {
             String::from_utf8_lossy(&out.stderr)
         );
         let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root, opts.caps.as_deref());
-        vipd.wait_for_stdout("vipd ready", Duration::from_secs(30));
         let vipd2 = opts.second_lb.then(|| {
             // The same config but for the priority; pins in a folder of its
             // own (both attach to an `eth0`).
@@ -328,9 +303,10 @@ impl LbLab {
             std::fs::write(&path, text).expect("write lb2's vipd config");
             let pins = pin_root.join("lb2");
             std::fs::create_dir_all(&pins).expect("create lb2's pin folder");
-            let p = spawn_vipd(&lab, "lb2", &path, &pins, opts.caps.as_deref());
-            p.wait_for_stdout("vipd ready", Duration::from_secs(30));
-            (p, path)
+            (
+                spawn_vipd(&lab, "lb2", &path, &pins, opts.caps.as_deref()),
+                path,
+            )
         });
         LbLab {
             lab,
@@ -365,15 +341,7 @@ impl LbLab {
     /// `systemctl restart` would; returns once the new one is ready.
     pub fn restart_vipd(&mut self) {
         self.stop_vipd();
-        self.vipd = spawn_vipd(
-            &self.lab,
-            "lb",
-            &self.config_path,
-            &self.pin_root,
-            self.caps.as_deref(),
-        );
-        self.vipd
-            .wait_for_stdout("vipd ready", Duration::from_secs(30));
+        self.respawn_vipd("lb");
     }
 
     /// Starts vipd on `node` (`lb`, or `lb2` with [`LbOptions::second_lb`])
@@ -394,7 +362,6 @@ impl LbLab {
             other => panic!("no vipd on {other:?}: lb or lb2"),
         };
         let p = spawn_vipd(&self.lab, node, &config, &pins, self.caps.as_deref());
-        p.wait_for_stdout("vipd ready", Duration::from_secs(30));
         if node == "lb" {
             self.vipd = p;
         } else {
@@ -566,6 +533,41 @@ fn metrics_addr() -> SocketAddr {
 
 /// The samples of an OpenMetrics text, by series; panics on a line that is
 /// neither a comment nor a sample.
+/// Unknown-unicast flooding off on `node`'s switch port. A real NIC drops
+/// unicast frames for other MACs before XDP sees them; a veth hands XDP
+/// everything. Without this, frames for a dead LB's MAC, flooded once the
+/// bridge forgets it, would be served by the other LB's XDP program before
+/// any VRRP takeover, and failover figures would flatter vipd.
+pub fn flood_off(lab: &Lab, node: &str) {
+    let port = lab.node(node).switch_port.clone();
+    lab.switch_sh(&["bridge", "link", "set", "dev", &port, "flood", "off"]);
+}
+
+/// The apiserver stand-in on backend `be`, on [::]:[`PORT`], with a
+/// certificate for the `kubernetes` names and `ips`, one watch event per
+/// 200 ms.
+pub fn start_standin(lab: &Lab, pki: &TestPki, be: &str, ips: &[IpAddr]) -> StandinHandle {
+    let (cert, key) = pki.issue_server(
+        &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
+        ips,
+    );
+    let ns = lab.node(be).ns.clone();
+    let listener = in_netns(&ns, || TcpListener::bind(("::", PORT)))
+        .unwrap_or_else(|e| panic!("bind [::]:{PORT} in {be}: {e}"));
+    let listen = listener.local_addr().expect("local addr");
+    spawn_in_thread(
+        StandinOptions {
+            listen,
+            cert_pem: cert,
+            key_pem: key,
+            name: be.to_owned(),
+            watch_interval: Duration::from_millis(200),
+            client_ca_pem: None,
+        },
+        listener,
+    )
+}
+
 pub fn parse_metrics(body: &str) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     for line in body
@@ -583,6 +585,8 @@ pub fn parse_metrics(body: &str) -> std::collections::BTreeMap<String, f64> {
     out
 }
 
+/// Starts vipd on `node` with `config` and its pins under `pin_root` (with
+/// only `caps`, if given); returns once it says it is ready.
 fn spawn_vipd(
     lab: &Lab,
     node: &str,
@@ -602,15 +606,20 @@ fn spawn_vipd(
         pin_root.to_str().expect("utf-8 path"),
     ];
     let env = [("RUST_LOG", "info")];
-    let Some(caps) = caps else {
-        return lab.spawn(node, vipd_bin, &run, &env);
+    let p = match caps {
+        None => lab.spawn(node, vipd_bin, &run, &env),
+        Some(caps) => {
+            // setpriv execs vipd in the same process, so the Proc's pid is
+            // vipd's.
+            let prefix = setpriv_args(caps);
+            let mut args: Vec<&str> = prefix.iter().map(String::as_str).collect();
+            args.push(vipd_bin);
+            args.extend(run);
+            lab.spawn(node, "setpriv", &args, &env)
+        }
     };
-    // setpriv execs vipd in the same process, so the Proc's pid is vipd's.
-    let prefix = setpriv_args(caps);
-    let mut args: Vec<&str> = prefix.iter().map(String::as_str).collect();
-    args.push(vipd_bin);
-    args.extend(run);
-    lab.spawn(node, "setpriv", &args, &env)
+    p.wait_for_stdout("vipd ready", Duration::from_secs(30));
+    p
 }
 
 /// `setpriv` arguments (up to and including `--`) that run the next command

@@ -741,7 +741,8 @@ impl From<std::io::Error> for ClientError {
 
 /// Client TLS config trusting only `ca_pem`, optionally presenting a client
 /// certificate; ALPN `http/1.1`. The probes' own (`vipd`'s `ProbeTls`): tests
-/// and agent trust certificates the same way.
+/// and agent trust certificates the same way. It never resumes a session, so
+/// every connection makes a full handshake, as client-go's do.
 pub fn client_config(ca_pem: &str, client_cert: Option<(&str, &str)>) -> Arc<ClientConfig> {
     vip_userspace::probe::ProbeTls::from_pem(
         ca_pem.as_bytes(),

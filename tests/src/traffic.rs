@@ -244,7 +244,9 @@ pub struct Poller {
 }
 
 impl Poller {
-    /// Every attempt is bounded by `timeout` (connect, handshake, answer).
+    /// Each step of an attempt (connect, each read and write) is bounded by
+    /// `timeout`; attempts run one after another, every `every` while
+    /// answers come back.
     pub fn start(
         client_ns: &str,
         cfg: &Arc<ClientConfig>,

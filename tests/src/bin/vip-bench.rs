@@ -338,7 +338,7 @@ fn main() -> Result<()> {
                 .join("bench")
         });
         return e2e::run(&e2e::Options {
-            samples: a.rounds,
+            rounds: a.rounds,
             duration: Duration::from_secs_f64(a.duration),
             concurrency: a.concurrency,
             bulk_bytes: a.bulk_mib << 20,

@@ -290,7 +290,7 @@ fn demo(l: &LbLab, n_watches: usize) -> Result<()> {
     let client_ns = l.lab.node("client").ns.clone();
     let cfg = client_config(&l.pki.ca_pem(), None);
     println!(
-        "\n==> demo: {n_watches} watch streams open through the VIP, and a new connection every 10 ms"
+        "\n==> demo: {n_watches} watch streams open through the VIP, and a new connection every 10 ms while answers come back"
     );
     let watches = Watches::open(&client_ns, &cfg, n_watches).map_err(anyhow::Error::msg)?;
     for (be, (open, _, _)) in watches.by_server() {
@@ -369,16 +369,13 @@ fn demo(l: &LbLab, n_watches: usize) -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     let attempts = poller.finish();
     let window = failure_window(&attempts, t2);
-    let failed = attempts
-        .iter()
-        .filter(|a| a.at >= t2 && a.result.is_err())
-        .count();
-    let total = attempts.iter().filter(|a| a.at >= t2).count();
+    let (_, failed, total) = outage(&attempts, t2);
     let report = watches.report();
+    // Only resets after be1's death count (not one from step 1).
     let be1_reset: Vec<Duration> = report
         .iter()
         .filter(|r| r.server == "be1" && r.end == End::Reset)
-        .filter_map(|r| r.ended.map(|e| e.saturating_duration_since(t2)))
+        .filter_map(|r| r.ended.filter(|e| *e >= t2).map(|e| e - t2))
         .collect();
     let others_open = report
         .iter()
@@ -401,7 +398,7 @@ fn demo(l: &LbLab, n_watches: usize) -> Result<()> {
         "    be1's {on_be1} streams: {} reset by an RST from XDP (latest {} after the link went down), {} silent",
         be1_reset.len(),
         ms(be1_reset.iter().max().copied().unwrap_or_default()),
-        on_be1 - be1_reset.len()
+        on_be1.saturating_sub(be1_reset.len())
     );
     println!("    streams on be2 and be3: {others_open} of {others} still streaming");
     summary.push(format!(
