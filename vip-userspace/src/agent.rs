@@ -25,7 +25,7 @@ use crate::{
         Maps,
         flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
-        programmer::Programmer,
+        programmer::{ApplyReport, Programmer},
     },
     health::Change,
     host,
@@ -152,7 +152,8 @@ pub struct AgentOptions {
     pub stats_interval: u64,
     /// Where program and maps are pinned; `None`: nothing is pinned.
     pub pin: Option<PathBuf>,
-    /// Where the sysctls mode nat replaced are recorded for `vipd detach`.
+    /// Where the host changes (`host::Changed`) are recorded for `vipd
+    /// detach`.
     pub sysctl_record: Option<PathBuf>,
 }
 
@@ -421,7 +422,7 @@ fn start_vrrp(cfg: &Config, holds: &HashMap<Family, Option<String>>) -> Result<V
             plan: plan.clone(),
             vips,
         };
-        match router::spawn_held(spec, holds.get(&family).cloned().flatten()) {
+        match router::spawn(spec, holds.get(&family).cloned().flatten()) {
             Ok(r) => routers.push(r),
             Err(e) => {
                 return Err(anyhow::Error::new(e)
@@ -606,6 +607,9 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         }
         _ => None,
     };
+    // The programmer generation the directory state sync holds was built
+    // from: republished when the maps change.
+    let mut published = ctl.programmer().generation();
     let mut sysctls = if has_nat(&cfg) {
         let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
@@ -655,6 +659,14 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     // One pending poke is enough: a round pokes every flow of every dead
     // backend.
     let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
+    // Every map write that took an alive backend out (a probe verdict, a
+    // certificate, a retried write, a reload) wakes its clients. A full
+    // channel means a round is pending and will see this backend too.
+    let poke_after = |r: Option<&ApplyReport>| {
+        if r.is_some_and(|r| r.backends_killed > 0) {
+            let _ = poke_tx.try_send(());
+        }
+    };
     let sweeper = match ctl.programmer().maps().flow_tables() {
         Ok(t) => Some(spawn_sweeper(
             t,
@@ -693,8 +705,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         match tokio::time::timeout_at(first_round_end.into(), cert_rx.recv()).await {
             Ok(Some((addr, check))) => {
                 pending -= 1;
-                if let Err(e) = ctl.cert(addr, check, SystemTime::now()) {
-                    error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
+                match ctl.cert(addr, check, SystemTime::now()) {
+                    Ok(r) => poke_after(r.as_ref()),
+                    Err(e) => {
+                        error!(error = %format!("{e:#}"), "writing the maps failed; retrying")
+                    }
                 }
             }
             _ => break,
@@ -775,13 +790,9 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                 let written = Instant::now();
                 match res {
                     Ok(effect) => {
+                        poke_after(effect.report.as_ref());
                         for c in &effect.changes {
                             log_probe_change(ev.addr, c, written);
-                            if matches!(c, Change::Down { outcome: Outcome::Fail(f), .. } if f.unreachable()) {
-                                // Full: a round is already pending and will
-                                // see this backend too.
-                                let _ = poke_tx.try_send(());
-                            }
                             let (to, reason) = match c {
                                 Change::Down { outcome, .. } => ("down", outcome.label()),
                                 Change::Up => ("up", "probe passes"),
@@ -818,14 +829,16 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                 }
             },
             Some((addr, check)) = cert_rx.recv() => {
-                if let Err(e) = ctl.cert(addr, check, SystemTime::now()) {
-                    error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
+                match ctl.cert(addr, check, SystemTime::now()) {
+                    Ok(r) => poke_after(r.as_ref()),
+                    Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
                 }
             }
             _ = gate_tick.tick() => spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx),
             _ = track.tick() => {
-                if let Err(e) = ctl.tick() {
-                    error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
+                match ctl.tick() {
+                    Ok(r) => poke_after(r.as_ref()),
+                    Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
                 }
                 if !routers.is_empty() {
                     let iface = cfg.interface.clone();
@@ -885,7 +898,8 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             loaded_stamp = file_stamp(&opts.config_path);
             seen_stamp = loaded_stamp;
             match reload(&opts.config_path, &mut ctl) {
-                Ok(new_jobs) => {
+                Ok((new_jobs, report)) => {
+                    poke_after(Some(&report));
                     let want = held_vips(ctl.config());
                     for vip in &want {
                         if !added.contains(vip) {
@@ -906,9 +920,6 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     added.retain(|v| want.contains(v));
                     probes.sync(new_jobs.clone());
                     jobs = new_jobs;
-                    // A removed backend's flows are answered with an RST;
-                    // wake their clients now.
-                    let _ = poke_tx.try_send(());
                     spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx);
                 }
                 Err(e) => error!(
@@ -944,9 +955,12 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             }
         }
         metrics.beat();
-        if let Some(s) = &sync {
+        if let Some(s) = &sync
+            && ctl.programmer().generation() != published
+        {
             // Ids and members may have changed (probes, reloads): the
             // shells resolve with what the maps hold now.
+            published = ctl.programmer().generation();
             s.publish(directory(&ctl));
         }
         if refresh_due.elapsed() >= Duration::from_secs(1) {
@@ -1000,7 +1014,10 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
 /// SIGHUP or a changed file: validates the file again (probe files
 /// included) and applies the difference; anything wrong refuses the whole
 /// file and the running configuration stays.
-fn reload<M: Maps>(path: &Path, ctl: &mut Controller<M>) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
+fn reload<M: Maps>(
+    path: &Path,
+    ctl: &mut Controller<M>,
+) -> Result<(BTreeMap<SocketAddr, ProbeJob>, ApplyReport)> {
     let new = Config::load(path)?;
     check_reloadable(ctl.config(), &new).with_context(|| path.display().to_string())?;
     let jobs = probe_jobs(&new).with_context(|| path.display().to_string())?;
@@ -1020,7 +1037,7 @@ fn reload<M: Maps>(path: &Path, ctl: &mut Controller<M>) -> Result<BTreeMap<Sock
             warn!("{line}");
         }
     }
-    Ok(jobs)
+    Ok((jobs, report))
 }
 
 #[cfg(test)]

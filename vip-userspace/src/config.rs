@@ -114,6 +114,17 @@ pub struct StateSyncSettings {
     pub listen: Option<IpAddr>,
 }
 
+/// The node's first address of the family (`v4`) that is none of
+/// `exclude` (the VIPs) and not IPv6 link-local: what it speaks to
+/// backends and peers from.
+fn node_address(addrs: &[IpAddr], v4: bool, exclude: &[IpAddr]) -> Option<IpAddr> {
+    addrs.iter().copied().find(|a| {
+        a.is_ipv4() == v4
+            && !exclude.contains(a)
+            && !matches!(a, IpAddr::V6(v) if v.is_unicast_link_local())
+    })
+}
+
 impl StateSyncSettings {
     /// The listen address: `listen`, or the interface's first address of
     /// the peers' family that is no VIP and not link-local.
@@ -122,15 +133,7 @@ impl StateSyncSettings {
             return Ok(a);
         }
         let v4 = self.peers.first().is_none_or(|p| p.is_ipv4());
-        node_addrs
-            .iter()
-            .copied()
-            .find(|a| {
-                a.is_ipv4() == v4
-                    && !vips.contains(a)
-                    && !matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
-            })
-            .ok_or_else(|| {
+        node_address(node_addrs, v4, vips).ok_or_else(|| {
                 format!(
                     "state_sync: the interface has no {} address to listen on; add one or set state_sync.listen",
                     if v4 { "IPv4" } else { "IPv6" }
@@ -987,13 +990,7 @@ impl Config {
                     (Mode::Nat, Snat::Vip) => addr,
                     (Mode::Nat, Snat::Addr(a)) => addr_bytes(a).1,
                     (Mode::Nat, Snat::Node) => {
-                        let a = node_addrs
-                            .iter()
-                            .find(|a| {
-                                a.is_ipv4() == s.vip.is_ipv4()
-                                    && **a != s.vip
-                                    && !matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
-                            })
+                        let a = node_address(node_addrs, s.vip.is_ipv4(), &[s.vip])
                             .ok_or_else(|| {
                                 format!(
                                     "services[{i}].snat: node: interface {} has no {} address; add one or set snat to an address",
@@ -1001,7 +998,7 @@ impl Config {
                                     if s.vip.is_ipv4() { "IPv4" } else { "IPv6" }
                                 )
                             })?;
-                        addr_bytes(*a).1
+                        addr_bytes(a).1
                     }
                 };
                 Ok(DesiredService {

@@ -53,7 +53,6 @@ impl CertState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateTarget {
     pub addr: SocketAddr,
-    pub probe: ProbeSettings,
     pub want: Vec<SanName>,
 }
 
@@ -188,7 +187,6 @@ impl<M: Maps> Controller<M> {
                 let addr = SocketAddr::new(b.address, b.port.unwrap_or(s.port));
                 let e = t.entry(addr).or_insert_with(|| GateTarget {
                     addr,
-                    probe: s.probe.clone(),
                     want: self
                         .cfg
                         .cert_gate

@@ -143,10 +143,7 @@ pub fn record(changed: &[Changed], file: &Path) -> Result<(), HostError> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let text: String = changed
-        .iter()
-        .map(|c| format!("{}={}\n", c.path.display(), c.old))
-        .collect();
+    let text: String = changed.iter().map(|c| format!("{}\n", c.line())).collect();
     std::fs::write(file, text).map_err(err)
 }
 
@@ -158,40 +155,63 @@ pub fn restore_recorded(file: &Path) -> Result<(), HostError> {
     };
     let text = std::fs::read_to_string(file).map_err(err)?;
     for line in text.lines().rev() {
-        if let Some((path, old)) = line.split_once('=') {
-            Changed {
-                path: PathBuf::from(path),
-                old: old.to_owned(),
-            }
-            .restore();
+        match Changed::parse(line) {
+            Some(c) => c.restore(),
+            None => tracing::warn!(line, "not a line vipd writes in its record; ignored"),
         }
     }
     std::fs::remove_file(file).map_err(err)
 }
 
-/// A sysctl value changed by vipd, restored by `restore`.
-pub struct Changed {
-    path: PathBuf,
-    old: String,
+/// A change vipd made to the host, undone by `restore`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Changed {
+    /// A sysctl and the value it had.
+    Sysctl { path: PathBuf, old: String },
+    /// A VIP added to `lo` (stacked mode dsr).
+    LoVip(IpAddr),
 }
 
+/// The record's key for [`Changed::LoVip`]: no sysctl path is this.
+const LO_VIP: &str = "lo-vip";
+
 impl Changed {
-    pub fn restore(self) {
-        if self.path.as_os_str() == LO_VIP {
-            match self.old.parse::<IpAddr>() {
-                Ok(vip) => {
-                    if let Err(e) = set_vip("lo", vip, false) {
-                        tracing::warn!(vip = %vip, error = %e, "removing the VIP from lo failed; remove it with `ip addr del`");
-                    }
-                }
-                Err(_) => tracing::warn!(line = %self.old, "not an address in the record"),
-            }
-            return;
+    /// The record's line: `path=old`, or `lo-vip=ADDR`.
+    fn line(&self) -> String {
+        match self {
+            Changed::Sysctl { path, old } => format!("{}={old}", path.display()),
+            Changed::LoVip(vip) => format!("{LO_VIP}={vip}"),
         }
-        // With a newline: a write of zero bytes is ignored by the kernel, so
-        // an empty value (ip_local_reserved_ports had none) would leave ours.
-        if let Err(e) = std::fs::write(&self.path, format!("{}\n", self.old)) {
-            tracing::warn!(path = %self.path.display(), error = %e, "restoring a sysctl failed");
+    }
+
+    /// The change a record line describes.
+    fn parse(line: &str) -> Option<Changed> {
+        let (key, value) = line.split_once('=')?;
+        Some(if key == LO_VIP {
+            Changed::LoVip(value.parse().ok()?)
+        } else {
+            Changed::Sysctl {
+                path: PathBuf::from(key),
+                old: value.to_owned(),
+            }
+        })
+    }
+
+    pub fn restore(self) {
+        match self {
+            Changed::LoVip(vip) => {
+                if let Err(e) = set_vip("lo", vip, false) {
+                    tracing::warn!(vip = %vip, error = %e, "removing the VIP from lo failed; remove it with `ip addr del`");
+                }
+            }
+            // With a newline: a write of zero bytes is ignored by the kernel,
+            // so an empty value (ip_local_reserved_ports had none) would
+            // leave ours.
+            Changed::Sysctl { path, old } => {
+                if let Err(e) = std::fs::write(&path, format!("{old}\n")) {
+                    tracing::warn!(path = %path.display(), error = %e, "restoring a sysctl failed");
+                }
+            }
         }
     }
 }
@@ -204,7 +224,7 @@ fn sysctl(path: &str, value: &str) -> Result<Changed, HostError> {
     };
     let old = std::fs::read_to_string(&path).map_err(err)?;
     std::fs::write(&path, value).map_err(err)?;
-    Ok(Changed {
+    Ok(Changed::Sysctl {
         path,
         old: old.trim().to_owned(),
     })
@@ -264,10 +284,6 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
     all_or_nothing(changed, res)
 }
 
-/// The pseudo path under which a VIP added to `lo` is recorded: restoring
-/// it removes the address.
-const LO_VIP: &str = "lo-vip";
-
 /// A stacked control plane (mode dsr with this node's own apiserver as a
 /// `local: true` backend): the VRRP master rewrites a flow's destination MAC
 /// to this node's, so this node's kernel must take packets for the VIP as
@@ -326,10 +342,7 @@ pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, Hos
         }
         for vip in vips {
             set_vip("lo", *vip, true)?;
-            changed.push(Changed {
-                path: PathBuf::from(LO_VIP),
-                old: vip.to_string(),
-            });
+            changed.push(Changed::LoVip(*vip));
         }
         Ok(())
     })();
@@ -351,4 +364,31 @@ pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
         .iter()
         .flat_map(|i| i.addr.iter().map(|a| a.ip()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vipd detach` reads back what the first run wrote: every kind of
+    /// change survives the record, and the empty old value of a sysctl too.
+    #[test]
+    fn record_lines_round_trip() {
+        for c in [
+            Changed::Sysctl {
+                path: PathBuf::from("/proc/sys/net/ipv4/ip_local_reserved_ports"),
+                old: String::new(),
+            },
+            Changed::Sysctl {
+                path: PathBuf::from("/proc/sys/net/ipv4/conf/eth0/arp_ignore"),
+                old: "0".into(),
+            },
+            Changed::LoVip("10.0.0.100".parse().expect("address")),
+            Changed::LoVip("fd00::100".parse().expect("address")),
+        ] {
+            assert_eq!(Changed::parse(&c.line()), Some(c));
+        }
+        assert_eq!(Changed::parse("lo-vip=nonsense"), None);
+        assert_eq!(Changed::parse("no equals sign"), None);
+    }
 }

@@ -42,7 +42,8 @@ enum Cmd {
         pin: PinArgs,
     },
     /// Remove what a stopped vipd left pinned on an interface: the XDP program
-    /// detaches, the maps go, and the sysctls mode nat changed are restored.
+    /// detaches, the maps go, and what vipd changed on the host for it (mode
+    /// nat's sysctls; stacked dsr's ARP sysctls and VIPs on lo) is undone.
     Detach {
         #[arg(long, short)]
         interface: String,
@@ -127,7 +128,8 @@ impl PinArgs {
     }
 }
 
-/// Where the sysctl values mode nat replaced are kept until `vipd detach`
+/// Where the host changes the pinned program relies on (sysctls, VIPs on
+/// lo; see `host::Changed`) are kept until `vipd detach`
 /// (bpffs holds only BPF objects, so not in the pin folder).
 fn sysctl_record(pin: &Path) -> PathBuf {
     let flat: String = pin

@@ -3,7 +3,7 @@
 //! `vipd_` prefix, `_total` on counters, base units (seconds, bytes).
 //!
 //! Values that live elsewhere (BPF per-CPU counters, VRRP counters) are
-//! mirrored into counters once a second by [`Metrics::refresh`]: the
+//! mirrored into counters once a second by the agent (`agent::observe`): the
 //! counter moves by the difference, so it stays monotonic even when its
 //! source was read between two scrapes.
 
@@ -13,7 +13,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -569,14 +569,6 @@ fn respond(m: &Metrics, method: &str, path: &str) -> (&'static str, &'static str
     }
 }
 
-/// Seconds from `now` to `t` (negative when past).
-pub fn seconds_until(t: SystemTime, now: SystemTime) -> i64 {
-    match t.duration_since(now) {
-        Ok(d) => d.as_secs() as i64,
-        Err(e) => -(e.duration().as_secs() as i64),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,12 +633,5 @@ mod tests {
         assert_eq!(respond(&m, "POST", "/metrics").0, "405 Method Not Allowed");
         assert_eq!(respond(&m, "GET", "/nope").0, "404 Not Found");
         assert!(respond(&m, "GET", "/metrics?x=1").2.contains("# EOF"));
-    }
-
-    #[test]
-    fn seconds_until_is_signed() {
-        let now = SystemTime::now();
-        assert_eq!(seconds_until(now + Duration::from_secs(90), now), 90);
-        assert_eq!(seconds_until(now - Duration::from_secs(90), now), -90);
     }
 }

@@ -17,8 +17,8 @@ use crate::{
     controller::{CertState, Controller},
     dataplane::{Maps, flows::Sweep},
     metrics::{
-        self, BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics,
-        ReasonLabel, ServiceLabel, mirror,
+        BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics, ReasonLabel,
+        ServiceLabel, mirror,
     },
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
@@ -278,7 +278,7 @@ pub fn refresh<M: Maps>(
                 .set(i64::from(matches!(c, CertState::Ok(_))));
             m.cert_expiry
                 .get_or_create(&bl)
-                .set(metrics::seconds_until(r.not_after, now));
+                .set(r.seconds_to_expiry(now));
         }
     }
     let here: Vec<IpAddr> = match crate::host::interface_addrs(&cfg.interface) {

@@ -36,6 +36,8 @@ use std::{
 
 use vip_common::{ConnKey, FAMILY_V4, FAMILY_V6, PROTO_TCP};
 
+use crate::vrrp::packet::{internet_checksum, pseudo_header_checksum};
+
 /// The client side of a flow as the connection table keys it: the client
 /// (source) and the VIP and service port (destination).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,14 +100,9 @@ fn packet(flow: &Flow, seq: u32) -> Vec<u8> {
     tcp[13] = TCP_ACK;
     // A small window: the client must not think it may send much to us.
     tcp[14..16].copy_from_slice(&1024u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(40);
     let mut out = Vec::with_capacity(60);
     match (flow.vip, flow.client) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&[0, PROTO_TCP]);
-            pseudo.extend_from_slice(&(TCP_HDR as u16).to_be_bytes());
             let mut ip = [0u8; 20];
             ip[0] = 0x45;
             ip[2..4].copy_from_slice(&((20 + TCP_HDR) as u16).to_be_bytes());
@@ -115,15 +112,11 @@ fn packet(flow: &Flow, seq: u32) -> Vec<u8> {
             ip[9] = PROTO_TCP;
             ip[12..16].copy_from_slice(&src.octets());
             ip[16..20].copy_from_slice(&dst.octets());
-            let c = checksum(&[&ip]);
+            let c = internet_checksum(&ip);
             ip[10..12].copy_from_slice(&c.to_be_bytes());
             out.extend_from_slice(&ip);
         }
         (IpAddr::V6(src), IpAddr::V6(dst)) => {
-            pseudo.extend_from_slice(&src.octets());
-            pseudo.extend_from_slice(&dst.octets());
-            pseudo.extend_from_slice(&(TCP_HDR as u32).to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
             let mut ip = [0u8; 40];
             ip[0] = 0x60;
             ip[4..6].copy_from_slice(&(TCP_HDR as u16).to_be_bytes());
@@ -136,26 +129,10 @@ fn packet(flow: &Flow, seq: u32) -> Vec<u8> {
         // A flow key never mixes families; nothing sensible to send.
         _ => return vec![],
     }
-    let c = checksum(&[&pseudo, &tcp]);
+    let c = pseudo_header_checksum(flow.vip, flow.client, PROTO_TCP, &tcp);
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     out.extend_from_slice(&tcp);
     out
-}
-
-/// The Internet checksum (RFC 1071) over the concatenation of `parts`, each
-/// of even length.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum = 0u32;
-    for p in parts {
-        for w in p.chunks(2) {
-            let hi = u32::from(w[0]) << 8;
-            sum += hi | w.get(1).copied().map_or(0, u32::from);
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Raw sockets for the pokes, one per family, opened when first needed.
@@ -276,7 +253,7 @@ mod tests {
 
     /// Sums a whole header with its checksum in place: 0 when right.
     fn verify(parts: &[&[u8]]) -> u16 {
-        checksum(parts)
+        internet_checksum(&parts.concat())
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct ApplyReport {
     pub services_published: usize,
     pub services_removed: usize,
     pub backend_writes: usize,
+    /// Backends that lost their alive bit or were removed while alive: their
+    /// established flows get an RST from this write on.
+    pub backends_killed: usize,
 }
 
 pub struct Programmer<M: Maps> {
@@ -106,6 +109,9 @@ pub struct Programmer<M: Maps> {
     /// stranger instead of answering them with an RST.
     free_backend_ids: VecDeque<u32>,
     ports: BTreeMap<u32, u64>,
+    /// Counts `apply` calls: what the maps mean may have changed since a
+    /// reader last looked (state sync's directory).
+    generation: u64,
     /// Each service's backends by address, with their ids, as last applied
     /// (for state sync, which names backends by address on the wire).
     members: BTreeMap<ServiceKey, BTreeMap<BackendAddr, u32>>,
@@ -121,6 +127,7 @@ impl<M: Maps> Programmer<M> {
             free_service_ids: (0..MAX_SERVICES).collect(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             ports: BTreeMap::new(),
+            generation: 0,
             members: BTreeMap::new(),
         }
     }
@@ -171,6 +178,11 @@ impl<M: Maps> Programmer<M> {
         self.backends.get(&ident(b)).map(|(id, _)| *id)
     }
 
+    /// Changes with every `apply` (a write, or an attempt at one).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// What this node's ids mean, for state sync (see `sync::resolve`).
     /// The NAT settings are not the programmer's: `globals` stays `None`.
     pub fn directory(&self) -> Directory {
@@ -204,6 +216,7 @@ impl<M: Maps> Programmer<M> {
     /// change, but every service still publishes a complete table: a table half is
     /// only published after all its slots were written.
     pub fn apply(&mut self, desired: &[DesiredService]) -> Result<ApplyReport> {
+        self.generation += 1;
         let mut report = ApplyReport::default();
         for s in desired {
             maglev::check_size(s.table_size)?;
@@ -385,6 +398,7 @@ impl<M: Maps> Programmer<M> {
             self.maps.set_backend(id, &value)?;
             self.backends.insert(bi, (id, value));
             report.backend_writes += 1;
+            report.backends_killed += 1;
         }
 
         // 3. Ports: the union of the wanted services' ports.
@@ -429,10 +443,13 @@ impl<M: Maps> Programmer<M> {
             .cloned()
             .collect();
         for bi in stale {
-            if let Some((id, _)) = self.backends.remove(&bi) {
+            if let Some((id, old)) = self.backends.remove(&bi) {
                 self.maps.set_backend(id, &BackendValue::EMPTY)?;
                 self.free_backend_ids.push_back(id);
                 report.backend_writes += 1;
+                if old.flags & BE_F_ALIVE != 0 {
+                    report.backends_killed += 1;
+                }
             }
         }
         Ok(report)
@@ -538,12 +555,15 @@ mod tests {
         p.apply(&[three()]).expect("apply");
         let before = live_table(&p);
         let dead_id = p.backend_id(&backend(2, true)).expect("id");
-        p.apply(&[service(vec![
+        let dead = [service(vec![
             backend(1, true),
             backend(2, false),
             backend(3, true),
-        ])])
-        .expect("apply");
+        ])];
+        let r = p.apply(&dead).expect("apply");
+        assert_eq!(r.backends_killed, 1, "the agent pokes its clients on this");
+        let again = p.apply(&dead).expect("apply");
+        assert_eq!(again.backends_killed, 0, "already dead: nothing to poke");
         let after = live_table(&p);
         assert!(
             after.iter().all(|id| *id != dead_id),
@@ -562,6 +582,12 @@ mod tests {
         assert!(
             moved_others * 100 < before.len(),
             "{moved_others} foreign slots moved"
+        );
+        // Removed while alive: killed too; removed when dead already: not.
+        let r = p.apply(&[service(vec![backend(3, true)])]).expect("apply");
+        assert_eq!(
+            r.backends_killed, 1,
+            "backend 1 removed while alive, 2 dead already"
         );
     }
 

@@ -208,7 +208,6 @@ pub struct SyncHandle {
     refresh: mpsc::Sender<Vec<(ConnKey, ConnValue)>>,
     sender: JoinHandle<()>,
     stop: Arc<AtomicBool>,
-    listen: SocketAddr,
 }
 
 impl SyncHandle {
@@ -232,10 +231,6 @@ impl SyncHandle {
     /// The directory as last published (the sweep reads the synced ids).
     pub fn directory(&self) -> watch::Receiver<Arc<Directory>> {
         self.dir.subscribe()
-    }
-
-    pub fn listen(&self) -> SocketAddr {
-        self.listen
     }
 }
 
@@ -300,7 +295,6 @@ pub fn start(
         refresh: refresh_tx,
         sender,
         stop,
-        listen,
     })
 }
 

@@ -16,11 +16,8 @@ use vip_common::{ConnKey, ConnValue, Globals, NatValue, PROTO_TCP};
 use super::resolve::{LocalFlow, Reject};
 use crate::dataplane::{
     DataplaneError, Result,
-    flows::{clone_lru, map_err},
+    flows::{BPF_NOEXIST, clone_lru, map_err},
 };
-
-/// `BPF_NOEXIST` (include/uapi/linux/bpf.h): create only.
-const BPF_NOEXIST: u64 = 1;
 
 /// What applying a record did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -316,12 +316,18 @@ impl Advert {
     }
 }
 
-/// The Internet checksum (RFC 1071) of `msg` behind the pseudo-header of
-/// RFC 9568 5.2.8:
-/// IPv4: src, dst, zero, protocol, 16-bit length (as UDP, RFC 768);
+/// The VRRP checksum (RFC 9568 5.2.8): [`pseudo_header_checksum`] with
+/// protocol 112.
+fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+    pseudo_header_checksum(src, dst, PROTO_VRRP, msg)
+}
+
+/// The Internet checksum (RFC 1071) of `msg` behind the pseudo-header that
+/// VRRP (RFC 9568 5.2.8), TCP and UDP share:
+/// IPv4: src, dst, zero, protocol, 16-bit length (RFC 768, RFC 9293 3.1);
 /// IPv6: src, dst, 32-bit length, three zero bytes, next header (RFC 8200 8.1).
 /// Callers have checked that `src` and `dst` are one family.
-fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+pub(crate) fn pseudo_header_checksum(src: IpAddr, dst: IpAddr, proto: u8, msg: &[u8]) -> u16 {
     let addrs: u64 = [src, dst]
         .iter()
         .map(|a| match a {
@@ -330,11 +336,11 @@ fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
         })
         .sum();
     // The length and protocol words. Word order does not matter to a one's
-    // complement sum, and a VRRP message is at most 8 + 255 * 16 bytes, so
-    // the high word of the IPv6 32-bit length is zero and one expression
-    // serves both layouts. `as` widens usize to u64, never truncates.
+    // complement sum: the IPv6 32-bit length is its two 16-bit halves, and
+    // the IPv4 16-bit length its low half (the high one is zero for any
+    // message that fits an IPv4 packet). `as` widens usize to u64.
     let len = msg.len() as u64;
-    fold(addrs + (len >> 16) + (len & 0xffff) + u64::from(PROTO_VRRP) + word_sum(msg))
+    fold(addrs + (len >> 16) + (len & 0xffff) + u64::from(proto) + word_sum(msg))
 }
 
 /// The sum of the 16-bit big-endian words of `data`, an odd last byte
@@ -355,7 +361,7 @@ fn fold(mut sum: u64) -> u16 {
 }
 
 /// The Internet checksum of `data` alone: the IPv4 header checksum.
-pub(super) fn internet_checksum(data: &[u8]) -> u16 {
+pub(crate) fn internet_checksum(data: &[u8]) -> u16 {
     fold(word_sum(data))
 }
 

@@ -194,7 +194,8 @@ impl RouterHandle {
 
     /// Holds the router out of the election with a reason (the certificate
     /// gate refusing this node), or lets it join again with `None`. A held
-    /// Master hands over with priority 0, as on shutdown.
+    /// Master sends priority 0 (RFC 9568 6.4.3) and gives the VIPs up at
+    /// once; only a stop keeps them until the new master is heard.
     pub fn set_hold(&self, why: Option<String>) {
         let _ = self.tx.send(Command::Hold(why));
     }
@@ -216,14 +217,10 @@ impl RouterHandle {
 }
 
 /// Opens the sockets (so that a missing interface or address fails the
-/// start, not later) and runs the router on the current tokio runtime.
-pub fn spawn(spec: RouterSpec) -> Result<RouterHandle, RouterError> {
-    spawn_held(spec, None)
-}
-
-/// [`spawn`], held out of the election from the start when `hold` is set
-/// (see [`RouterHandle::set_hold`]).
-pub fn spawn_held(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, RouterError> {
+/// start, not later) and runs the router on the current tokio runtime, held
+/// out of the election from the start when `hold` is set (see
+/// [`RouterHandle::set_hold`]).
+pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, RouterError> {
     if spec.vips.is_empty() {
         return Err(RouterError::NoVips {
             ifname: spec.ifname,
@@ -425,7 +422,8 @@ impl Router {
     }
 
     /// Stop: a Master sends priority 0 (RFC 9568 6.4.3) and keeps the VIPs
-    /// until the Backup that takes over is heard (or [`HANDOVER_MAX`]), so
+    /// until the Backup that takes over is heard, or for three advert
+    /// intervals but never more than [`HANDOVER_MAX`], so
     /// that nothing sent to the VIP meanwhile lands on a node without it.
     async fn hand_over(&mut self) {
         // The machine's Shutdown actions, but the VIP removal held back
