@@ -321,7 +321,7 @@ impl Advert {
 /// IPv4: src, dst, zero, protocol, 16-bit length (as UDP, RFC 768);
 /// IPv6: src, dst, 32-bit length, three zero bytes, next header (RFC 8200 8.1).
 /// Callers have checked that `src` and `dst` are one family.
-fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+pub(super) fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
     let addrs: u64 = [src, dst]
         .iter()
         .map(|a| match a {
