@@ -1079,6 +1079,15 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(m)
 }
 
+/// A MAC address as [`parse_mac`] reads it: six lower-case hex pairs
+/// joined by colons.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

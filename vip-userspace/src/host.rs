@@ -349,21 +349,32 @@ pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, Hos
     all_or_nothing(changed, res)
 }
 
+/// Every interface of this host by name with its addresses, in the order
+/// [`interface_addrs`] describes; an interface without addresses is listed
+/// with none.
+pub fn all_addrs() -> Result<Vec<(String, Vec<IpAddr>)>, HostError> {
+    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
+    Ok(NetworkInterface::show()
+        .map_err(HostError::List)?
+        .into_iter()
+        .map(|i| (i.name, i.addr.iter().map(|a| a.ip()).collect()))
+        .collect())
+}
+
 /// The interface's addresses in the order the kernel lists them (getifaddrs,
 /// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
 /// primaries before secondaries, each in the order they were added. The
 /// crate groups the entries by name, appending in order.
 pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
-    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
-    let all = NetworkInterface::show().map_err(HostError::List)?;
-    let mine: Vec<&NetworkInterface> = all.iter().filter(|i| i.name == iface).collect();
+    let mine: Vec<Vec<IpAddr>> = all_addrs()?
+        .into_iter()
+        .filter(|(name, _)| name == iface)
+        .map(|(_, addrs)| addrs)
+        .collect();
     if mine.is_empty() {
         return Err(HostError::NoInterface(iface.to_owned()));
     }
-    Ok(mine
-        .iter()
-        .flat_map(|i| i.addr.iter().map(|a| a.ip()))
-        .collect())
+    Ok(mine.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

@@ -360,7 +360,7 @@ impl Status {
     }
 }
 
-fn join(a: &[IpAddr]) -> String {
+pub(crate) fn join(a: &[IpAddr]) -> String {
     a.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()

@@ -36,7 +36,7 @@ use vip_userspace::{
 /// is needed: not SYS_ADMIN, SYS_RESOURCE, DAC_OVERRIDE nor NET_BIND_SERVICE.
 const CAPABILITIES: [&str; 4] = ["BPF", "NET_ADMIN", "NET_RAW", "PERFMON"];
 
-/// Labels Prometheus adds to every scraped series (and `le` of buckets).
+/// Labels Prometheus adds to every scraped series.
 const TARGET_LABELS: [&str; 2] = ["job", "instance"];
 
 fn root() -> PathBuf {
@@ -159,8 +159,13 @@ fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 /// The checks the DaemonSet and the static pod share; returns the
-/// container's args and the volumes by mount path.
-fn check_pod(file: &str, doc: &Yaml, spec: &Yaml, want: &PodExpect) -> Vec<String> {
+/// container's args and the pod's volumes by name.
+fn check_pod<'a>(
+    file: &str,
+    doc: &Yaml,
+    spec: &'a Yaml,
+    want: &PodExpect,
+) -> (Vec<String>, BTreeMap<&'a str, &'a Yaml>) {
     let mut privileged = vec![];
     find_privileged(doc, file, &mut privileged);
     assert!(
@@ -177,13 +182,15 @@ fn check_pod(file: &str, doc: &Yaml, spec: &Yaml, want: &PodExpect) -> Vec<Strin
         Some("system-node-critical"),
         "{file}: priorityClassName"
     );
-    // The SIGTERM handover takes at most 3 advert intervals, then the VIPs
-    // are removed and sysctls restored: 10 s for that and the process exit.
+    // The SIGTERM handover takes at most 3 advert intervals, capped at
+    // router::HANDOVER_MAX, then the VIPs are removed and sysctls restored:
+    // 10 s for that and the process exit.
     let grace = spec["terminationGracePeriodSeconds"]
         .as_u64()
         .unwrap_or_else(|| panic!("{file}: terminationGracePeriodSeconds"));
     assert!(
-        Duration::from_secs(grace) >= want.advert * 3 + Duration::from_secs(10),
+        Duration::from_secs(grace)
+            >= (want.advert * 3).min(router::HANDOVER_MAX) + Duration::from_secs(10),
         "{file}: terminationGracePeriodSeconds {grace} is too short for a handover at {:?} adverts",
         want.advert
     );
@@ -320,7 +327,7 @@ fn check_pod(file: &str, doc: &Yaml, spec: &Yaml, want: &PodExpect) -> Vec<Strin
             "{file}: {probe} host"
         );
     }
-    args
+    (args, volumes)
 }
 
 fn advert_of(cfg: &Config) -> Duration {
@@ -416,8 +423,12 @@ fn daemonset_runs_unprivileged_with_exactly_the_needed_capabilities() {
     let spec = &doc["spec"]["template"]["spec"];
     let (cm, configs) = configmap_configs();
     let metrics: BTreeSet<u16> = configs
-        .values()
-        .map(|c| c.metrics_listen.expect("checked above").port())
+        .iter()
+        .map(|(key, c)| {
+            c.metrics_listen
+                .unwrap_or_else(|| panic!("{key}: metrics_listen off: no probes"))
+                .port()
+        })
         .collect();
     assert_eq!(metrics.len(), 1, "one metrics port for the DaemonSet");
     let port = *metrics.first().expect("a port");
@@ -427,7 +438,7 @@ fn daemonset_runs_unprivileged_with_exactly_the_needed_capabilities() {
         probe_host: None,
         advert,
     };
-    let args = check_pod("daemonset.yaml", &doc, spec, &want);
+    let (args, volumes) = check_pod("daemonset.yaml", &doc, spec, &want);
 
     assert_eq!(
         spec["dnsPolicy"].as_str(),
@@ -462,10 +473,7 @@ fn daemonset_runs_unprivileged_with_exactly_the_needed_capabilities() {
         }),
         "NODE_NAME from spec.nodeName"
     );
-    let config_volume = seq(&spec["volumes"], "volumes")
-        .iter()
-        .find(|v| v["name"].as_str() == Some("config"))
-        .expect("the config volume");
+    let config_volume = volumes.get("config").expect("the config volume");
     assert_eq!(
         config_volume["configMap"]["name"].as_str(),
         cm["metadata"]["name"].as_str(),
@@ -503,12 +511,9 @@ fn static_pod_runs_unprivileged_with_the_same_set_and_host_config() {
         advert: advert_of(&cfg),
     };
     let spec = &doc["spec"];
-    let args = check_pod("kubeadm-static-pod.yaml", &doc, spec, &want);
+    let (args, volumes) = check_pod("kubeadm-static-pod.yaml", &doc, spec, &want);
     assert_eq!(arg(&args, "--config"), Some("/etc/vipd/vipd.yaml"));
-    let config_volume = seq(&spec["volumes"], "volumes")
-        .iter()
-        .find(|v| v["name"].as_str() == Some("config"))
-        .expect("the config volume");
+    let config_volume = volumes.get("config").expect("the config volume");
     // Static pods cannot use ConfigMaps.
     assert_eq!(
         config_volume["hostPath"]["path"].as_str(),
@@ -807,14 +812,7 @@ fn parse_exposition(text: &str) -> BTreeMap<String, FamilyInfo> {
             fams.entry(name.to_owned()).or_default().kind = kind.to_owned();
         }
     }
-    let by_sample: BTreeMap<String, String> = fams
-        .iter()
-        .flat_map(|(n, f)| {
-            FamilyInfo::samples(n, &f.kind)
-                .into_iter()
-                .map(move |sname| (sname, n.clone()))
-        })
-        .collect();
+    let by_sample = sample_names(&fams);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let end = line.find(['{', ' ']).unwrap_or(line.len());
         let Some(fam) = by_sample.get(&line[..end]) else {
@@ -881,8 +879,7 @@ fn matchers(inner: &str) -> Vec<(String, String, String)> {
     out
 }
 
-/// Sample names the registry exposes, each with its
-/// family.
+/// Sample names the registry exposes, each with its family.
 fn sample_names(fams: &BTreeMap<String, FamilyInfo>) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (name, f) in fams {

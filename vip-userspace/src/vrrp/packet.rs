@@ -318,7 +318,7 @@ impl Advert {
 
 /// The VRRP checksum (RFC 9568 5.2.8): [`pseudo_header_checksum`] with
 /// protocol 112.
-fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
+pub(super) fn checksum(src: IpAddr, dst: IpAddr, msg: &[u8]) -> u16 {
     pseudo_header_checksum(src, dst, PROTO_VRRP, msg)
 }
 

@@ -27,7 +27,10 @@ use super::{
     net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
-use crate::{config::VrrpPlan, host};
+use crate::{
+    config::{VrrpPlan, format_mac},
+    host,
+};
 
 /// How often the link state is read (ioctl, cheap): a link that goes down
 /// releases the VIPs within this time.
@@ -129,7 +132,7 @@ enum Command {
 /// The longest a stopping master keeps the VIPs after its priority-0
 /// advert, waiting for a Backup to take over (which takes its skew time,
 /// under one advert interval: RFC 9568 6.4.2).
-const HANDOVER_MAX: Duration = Duration::from_secs(2);
+pub const HANDOVER_MAX: Duration = Duration::from_secs(2);
 
 /// The running router, owned by the agent.
 pub struct RouterHandle {
@@ -599,7 +602,7 @@ impl Router {
                     ),
                     Peer::Mac(m) => (
                         "split_brain_mac",
-                        format!("MAC {} claims a VIP", mac_string(&m)),
+                        format!("MAC {} claims a VIP", format_mac(&m)),
                     ),
                 };
                 if won {
@@ -747,11 +750,4 @@ fn describe(why: Why) -> String {
         Why::StepDown { priority } => format!("our priority fell to {priority}"),
         Why::Shutdown => "shutdown or link down".into(),
     }
-}
-
-fn mac_string(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
