@@ -118,7 +118,7 @@ fn probes_follow_503_hung_401_and_killed_backends() {
     // left for it to finish.
     l.control("be1", "readyz", "503");
     let not_ready = not_ready_line(&l, "be1", "HTTP 503");
-    wait_log(&l, &not_ready, 1, Duration::from_secs(5));
+    l.vipd.wait_for_logs(&not_ready, Duration::from_secs(5));
     let logs = l.vipd.logs();
     let line = logs
         .lines()
@@ -131,13 +131,11 @@ fn probes_follow_503_hung_401_and_killed_backends() {
     wait_answering(&l, &["be2"]);
     kept_alive("be1's 503");
     l.control("be1", "readyz", "200");
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         &format!(
             "backend up: receives new flows backend={}",
             l.backend("be1")
         ),
-        1,
         Duration::from_secs(5),
     );
     wait_answering(&l, &["be1", "be2"]);
@@ -145,10 +143,8 @@ fn probes_follow_503_hung_401_and_killed_backends() {
 
     // Hung: the probe times out, and be1's probes go on meanwhile.
     l.control("be2", "readyz", "hang");
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         &down_line(&l, "be2", "timed out (no answer within the probe timeout)"),
-        1,
         Duration::from_secs(5),
     );
     wait_answering(&l, &["be1"]);
@@ -163,15 +159,10 @@ fn probes_follow_503_hung_401_and_killed_backends() {
 
     // 401: its own state and line, and be2 keeps its flows.
     l.control("be2", "auth", "401");
-    wait_log(
-        &l,
-        &format!(
+    l.vipd.wait_for_logs(&format!(
             "auth misconfigured: the apiserver refuses the probe (401); it stays in use. Allow anonymous /readyz (the default) or give probe.client_cert/client_key backend={}",
             l.backend("be2")
-        ),
-        1,
-        Duration::from_secs(5),
-    );
+        ), Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(600));
     let statuses: BTreeSet<u16> = l
         .ask_vip(24)
@@ -184,14 +175,13 @@ fn probes_follow_503_hung_401_and_killed_backends() {
         "be2 (401) still gets new flows next to be1 (200)"
     );
     l.control("be2", "auth", "200");
-    wait_log(&l, "the probe is accepted again", 1, Duration::from_secs(5));
+    l.vipd
+        .wait_for_logs("the probe is accepted again", Duration::from_secs(5));
 
     // Killed: refused, out; be1's connection never notices.
     l.standins.remove(1).stop();
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         &down_line(&l, "be2", "connection refused"),
-        1,
         Duration::from_secs(5),
     );
     wait_answering(&l, &["be1"]);
@@ -295,10 +285,8 @@ fn ca_mismatch_fails_open_and_reloads_fix_it() {
     let l = LbLab::start_with("ag-ca", &opts);
     let _ = std::fs::remove_file(&wrong_ca);
 
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         "forwarding to all of them (fail open)",
-        1,
         Duration::from_secs(5),
     );
     let logs = l.vipd.logs();
@@ -316,16 +304,16 @@ fn ca_mismatch_fails_open_and_reloads_fix_it() {
     );
     assert_ne!(cfg, fixed);
     std::fs::write(&l.config_path, &fixed).expect("write config");
-    wait_log(&l, "configuration reloaded", 1, Duration::from_secs(5));
-    wait_log(&l, "fail open is over", 1, Duration::from_secs(5));
+    l.vipd
+        .wait_for_logs("configuration reloaded", Duration::from_secs(5));
+    l.vipd
+        .wait_for_logs("fail open is over", Duration::from_secs(5));
     wait_answering(&l, &["be1", "be2", "be3"]);
 
     // A typo: refused, loudly, and nothing changes.
     std::fs::write(&l.config_path, fixed.replace("xdp_mode:", "xdp_mdoe:")).expect("write config");
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         "configuration reload refused; the running configuration stays",
-        1,
         Duration::from_secs(5),
     );
     assert!(l.vipd.logs().contains("xdp_mdoe"), "{}", l.vipd.logs());
@@ -372,10 +360,8 @@ fn cert_gate_refuses_master_until_told_to_warn() {
     opts.vrrp = true;
     let l = LbLab::start_with("ag-gate", &opts);
     let vip = std::net::IpAddr::V4(vip_tests::netns::VIP_V4);
-    wait_log(
-        &l,
+    l.vipd.wait_for_logs(
         "VRRP: this node will not hold the VIP",
-        1,
         Duration::from_secs(5),
     );
     let logs = l.vipd.logs();
@@ -387,6 +373,7 @@ fn cert_gate_refuses_master_until_told_to_warn() {
     );
     // Far beyond the master-down interval (about 0.36 s).
     std::thread::sleep(Duration::from_secs(2));
+    let logs = l.vipd.logs();
     assert!(
         !l.lab.has_addr("lb", vip),
         "the gate let the VIP on:\n{logs}"
@@ -409,7 +396,8 @@ fn cert_gate_refuses_master_until_told_to_warn() {
     )
     .expect("write config");
     l.vipd.signal(libc::SIGHUP);
-    wait_log(&l, "the hold is lifted", 1, Duration::from_secs(5));
+    l.vipd
+        .wait_for_logs("the hold is lifted", Duration::from_secs(5));
     l.lab.wait_addr("lb", vip, true, Duration::from_secs(3));
     wait_log(&l, "to=master", 2, Duration::from_secs(3));
     poll_until(

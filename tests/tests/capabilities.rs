@@ -211,9 +211,11 @@ fn dsr_with_vrrp_runs_with_the_manifest_capabilities() {
     }
 }
 
-/// Mode nat: besides the above, vipd writes the interface's forwarding,
-/// accept_local and redirect sysctls and reserves its ports (NET_ADMIN in
-/// the namespace, uid 0 owning /proc/sys). In a container /proc/sys is
+/// Mode nat: besides the above, vipd writes the interface's forwarding
+/// (IPv4 and IPv6), accept_local and send_redirects sysctls (and all's
+/// send_redirects) and reserves its ports in ip_local_reserved_ports, each
+/// checked here (NET_ADMIN in the namespace, uid 0 owning /proc/sys). In a
+/// container /proc/sys is
 /// read-only whatever the capabilities, which is why the manifests say
 /// mode nat runs with vipd.service.
 #[test]
@@ -222,10 +224,24 @@ fn nat_with_vrrp_runs_with_the_manifest_capabilities() {
     assert_runs_with(l.vipd.pid(), &caps);
     assert_vrrp_holds_the_vips(&l);
     assert_traffic_through_the_vip(&l);
-    let fwd = l
-        .lab
-        .sh("lb", &["sysctl", "-n", "net.ipv4.conf.eth0.forwarding"]);
-    assert_eq!(fwd.trim(), "1", "vipd did not turn forwarding on");
+    let sysctl = |key: &str| l.lab.sh("lb", &["sysctl", "-n", key]).trim().to_owned();
+    for (key, want) in [
+        ("net.ipv4.conf.eth0.forwarding", "1"),
+        ("net.ipv6.conf.eth0.forwarding", "1"),
+        ("net.ipv4.conf.eth0.accept_local", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        ("net.ipv4.conf.eth0.send_redirects", "0"),
+    ] {
+        assert_eq!(sysctl(key), want, "vipd did not set {key} to {want}");
+    }
+    let (lo, hi) = vip_userspace::config::NatSettings::default()
+        .port_range()
+        .expect("the default NAT port range");
+    let reserved = sysctl("net.ipv4.ip_local_reserved_ports");
+    assert!(
+        reserved.split(',').any(|r| r == format!("{lo}-{hi}")),
+        "vipd did not reserve its NAT ports {lo}-{hi}: {reserved:?}"
+    );
 }
 
 /// What vipd says when one capability is missing (every capability of the

@@ -10,7 +10,8 @@ use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData};
 use vip_common::{
-    ConnKey, FAMILY_V4, Globals, MODE_NAT, NatValue, PROTO_TCP, PROTO_UDP, Reason, flow_hash,
+    ConnKey, ConnValue, FAMILY_V4, Globals, MODE_NAT, NatValue, PROTO_TCP, PROTO_UDP, Reason,
+    flow_hash,
 };
 use vip_tests::{
     netns::{Lab, in_netns},
@@ -135,6 +136,90 @@ fn chosen(dp: &Dp, client: IpAddr, sport: u16, v6: bool) -> u8 {
         .into_iter()
         .find(|i| dp.prog.backend_id(&backend(v6, *i)) == Some(id))
         .unwrap_or_else(|| panic!("connection entry names unknown backend id {id}"))
+}
+
+/// The forward (`CONNTRACK`) key of the IPv4 client's flow from `sport` to
+/// the VIP's service port.
+fn fwd_key(sport: u16, proto: u8) -> ConnKey {
+    ConnKey {
+        saddr: addr_bytes(ip(CLIENT4)).1,
+        daddr: addr_bytes(ip(VIP4)).1,
+        sport_be: sport.to_be(),
+        dport_be: PORT.to_be(),
+        proto,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+/// The reverse (`NAT_REV`) key of IPv4 backend `be`'s TCP replies to
+/// `snat`:`nat_port`.
+fn rev_key(be: u8, snat: IpAddr, nat_port: u16) -> ConnKey {
+    ConnKey {
+        saddr: addr_bytes(backend_ip(false, be)).1,
+        daddr: addr_bytes(snat).1,
+        sport_be: PORT.to_be(),
+        dport_be: nat_port.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+/// A forward entry of service 0: to `backend_id`, through `nat_port`.
+fn ct_value(last_seen_ns: u64, backend_id: u32, nat_port: u16, flags: u8) -> ConnValue {
+    ConnValue {
+        last_seen_ns,
+        backend_id,
+        service_id: 0,
+        nat_port_be: nat_port.to_be(),
+        flags,
+        _pad: [0; 5],
+    }
+}
+
+/// A reverse entry leading back to `client`:`client_port` from the VIP's
+/// service port.
+fn nat_value(last_seen_ns: u64, client: IpAddr, client_port: u16, flags: u8) -> NatValue {
+    NatValue {
+        last_seen_ns,
+        client_addr: addr_bytes(client).1,
+        vip: addr_bytes(ip(VIP4)).1,
+        client_port_be: client_port.to_be(),
+        vip_port_be: PORT.to_be(),
+        flags,
+        _pad: [0; 3],
+    }
+}
+
+/// Writes `entries` into the program's hash map `name` as they are.
+fn insert<K: aya::Pod, V: aya::Pod>(
+    dp: &mut Dp,
+    name: &'static str,
+    entries: impl IntoIterator<Item = (K, V)>,
+) {
+    let m = dp
+        .prog
+        .maps_mut()
+        .raw_map_mut(name)
+        .unwrap_or_else(|e| panic!("map {name}: {e}"));
+    let mut map: HashMap<&mut MapData, K, V> =
+        HashMap::try_from(m).unwrap_or_else(|e| panic!("{name} as a hash map: {e}"));
+    for (k, v) in entries {
+        map.insert(k, v, 0)
+            .unwrap_or_else(|e| panic!("insert into {name}: {e}"));
+    }
+}
+
+/// The connection table by client port.
+fn conntrack_by_sport(dp: &Dp) -> std::collections::BTreeMap<u16, ConnValue> {
+    dp.prog
+        .maps()
+        .conntrack()
+        .expect("dump the connection table")
+        .into_iter()
+        .map(|(k, v)| (u16::from_be(k.sport_be), v))
+        .collect()
 }
 
 /// Checks a forward-translated packet field by field; returns the SNAT port.
@@ -305,44 +390,22 @@ fn nat_port_collision_probes_the_next_port() {
     l.with_dp(vec![svc], |dp| {
         let s = syn(false, 43000).build();
         let input = decode(&s).expect("input");
-        let key = ConnKey {
-            saddr: addr_bytes(input.src).1,
-            daddr: addr_bytes(input.dst).1,
-            sport_be: 43000u16.to_be(),
-            dport_be: PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let key = fwd_key(43000, PROTO_TCP);
+        assert_eq!(
+            (key.saddr, key.daddr),
+            (addr_bytes(input.src).1, addr_bytes(input.dst).1),
+            "the key is the SYN's flow"
+        );
         let g = Globals::DEFAULT;
         let range = (g.nat_port_hi - g.nat_port_lo) as u32 + 1;
         let first = g.nat_port_lo + (flow_hash(&key) % range) as u16;
-        {
-            let m = dp.prog.maps_mut().raw_map_mut("NAT_REV").expect("NAT_REV");
-            let mut rev: HashMap<&mut MapData, ConnKey, NatValue> =
-                HashMap::try_from(m).expect("NAT_REV map");
-            for i in 1..=3 {
-                let k = ConnKey {
-                    saddr: addr_bytes(backend_ip(false, i)).1,
-                    daddr: addr_bytes(snat).1,
-                    sport_be: PORT.to_be(),
-                    dport_be: first.to_be(),
-                    proto: PROTO_TCP,
-                    family: FAMILY_V4,
-                    _pad: [0; 2],
-                };
-                let other = NatValue {
-                    last_seen_ns: u64::MAX / 2,
-                    client_addr: addr_bytes(ip("10.77.0.99")).1,
-                    vip: addr_bytes(ip(VIP4)).1,
-                    client_port_be: 1u16.to_be(),
-                    vip_port_be: PORT.to_be(),
-                    flags: 0,
-                    _pad: [0; 3],
-                };
-                rev.insert(k, other, 0).expect("occupy the first port");
-            }
-        }
+        // Another client's live flow holds the first port for each backend.
+        let other = nat_value(u64::MAX / 2, ip("10.77.0.99"), 1, 0);
+        insert(
+            dp,
+            "NAT_REV",
+            (1..=3).map(|i| (rev_key(i, snat, first), other)),
+        );
         let (action, out) = dp.run(&s, Reason::TxNat);
         assert_eq!(action, XDP_TX);
         let port = check_forward(&l, dp, &input, &out, false);
@@ -416,7 +479,7 @@ fn nat_udp_checksums() {
 /// established flow still forwards afterwards.
 #[test]
 fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
-    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_common::CT_F_CLOSING;
     use vip_userspace::dataplane::flows::monotonic_ns;
     let l = NatLab::new("natsweep");
     let snat = l.lb_ip(false);
@@ -428,84 +491,61 @@ fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
         assert_eq!(action, XDP_TX);
         let real_be = chosen(dp, ip(CLIENT4), 43000, false);
         let now = monotonic_ns();
-        let s_ago = |s: u64| now - s * 1_000_000_000;
+        let s_ago = |s: u64| now.saturating_sub(s * 1_000_000_000);
         let id1 = dp
             .prog
             .backend_id(&backend(false, 1))
             .expect("id of backend 1");
-        let fwd_key = |sport: u16| ConnKey {
-            saddr: addr_bytes(ip(CLIENT4)).1,
-            daddr: addr_bytes(ip(VIP4)).1,
-            sport_be: sport.to_be(),
-            dport_be: PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
+        let fwd = |sport: u16, last: u64, flags: u8, nat_port: u16| {
+            (
+                fwd_key(sport, PROTO_TCP),
+                ct_value(last, id1, nat_port, flags),
+            )
         };
-        let rev_key = |nat_port: u16| ConnKey {
-            saddr: addr_bytes(backend_ip(false, 1)).1,
-            daddr: addr_bytes(snat).1,
-            sport_be: PORT.to_be(),
-            dport_be: nat_port.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
+        let rev = |nat_port: u16, last: u64, flags: u8, sport: u16| {
+            (
+                rev_key(1, snat, nat_port),
+                nat_value(last, ip(CLIENT4), sport, flags),
+            )
         };
-        let fwd = |last: u64, flags: u8, nat_port: u16| ConnValue {
-            last_seen_ns: last,
-            backend_id: id1,
-            service_id: 0,
-            nat_port_be: nat_port.to_be(),
-            flags,
-            _pad: [0; 5],
-        };
-        let rev = |last: u64, flags: u8, sport: u16| NatValue {
-            last_seen_ns: last,
-            client_addr: addr_bytes(ip(CLIENT4)).1,
-            vip: addr_bytes(ip(VIP4)).1,
-            client_port_be: sport.to_be(),
-            vip_port_be: PORT.to_be(),
-            flags,
-            _pad: [0; 3],
+        // The sweep's TCP idle time is 60 s (not the default 7500 s, which
+        // a freshly booted host's clock has not reached yet).
+        let g = Globals {
+            tcp_idle_s: 60,
+            ..Globals::DEFAULT
         };
         // (client port, forward entry, reverse entry): what must stay.
         // 41001: closed 11 s ago (closing_s 10) both ways: both go.
-        // 41002: live forward, reverse idle past the TCP timeout: both stay.
+        // 41002: live forward, reverse idle 120 s, past the TCP timeout:
+        //        both stay.
         // 41003: forward closed, no reverse: goes.
         // 41004: reverse closed, no forward: goes.
         // 41005: live both ways, 5 s idle: stays.
-        {
-            let m = dp
-                .prog
-                .maps_mut()
-                .raw_map_mut("CONNTRACK")
-                .expect("CONNTRACK");
-            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
-                HashMap::try_from(m).expect("CONNTRACK map");
-            ct.insert(fwd_key(41001), fwd(s_ago(11), CT_F_CLOSING, 50001), 0)
-                .expect("insert");
-            ct.insert(fwd_key(41002), fwd(s_ago(1), 0, 50002), 0)
-                .expect("insert");
-            ct.insert(fwd_key(41003), fwd(s_ago(11), CT_F_CLOSING, 50003), 0)
-                .expect("insert");
-            ct.insert(fwd_key(41005), fwd(s_ago(5), 0, 50005), 0)
-                .expect("insert");
-        }
-        {
-            let m = dp.prog.maps_mut().raw_map_mut("NAT_REV").expect("NAT_REV");
-            let mut nr: HashMap<&mut MapData, ConnKey, NatValue> =
-                HashMap::try_from(m).expect("NAT_REV map");
-            nr.insert(rev_key(50001), rev(s_ago(11), CT_F_CLOSING, 41001), 0)
-                .expect("insert");
-            nr.insert(rev_key(50002), rev(s_ago(8000), 0, 41002), 0)
-                .expect("insert");
-            nr.insert(rev_key(50004), rev(s_ago(11), CT_F_CLOSING, 41004), 0)
-                .expect("insert");
-            nr.insert(rev_key(50005), rev(s_ago(5), 0, 41005), 0)
-                .expect("insert");
-        }
+        insert(
+            dp,
+            "CONNTRACK",
+            [
+                fwd(41001, s_ago(11), CT_F_CLOSING, 50001),
+                fwd(41002, s_ago(1), 0, 50002),
+                fwd(41003, s_ago(11), CT_F_CLOSING, 50003),
+                fwd(41005, s_ago(5), 0, 50005),
+            ],
+        );
+        insert(
+            dp,
+            "NAT_REV",
+            [
+                rev(50001, s_ago(11), CT_F_CLOSING, 41001),
+                rev(50002, s_ago(120), 0, 41002),
+                rev(50004, s_ago(11), CT_F_CLOSING, 41004),
+                rev(50005, s_ago(5), 0, 41005),
+            ],
+        );
+        assert!(
+            g.expired(now, s_ago(120), 0, true),
+            "41002's reverse entry is stale by itself"
+        );
         let mut tables = dp.prog.maps().flow_tables().expect("flow tables");
-        let g = Globals::DEFAULT;
         let sw = tables.sweep(&g, monotonic_ns()).expect("sweep");
         assert_eq!(sw.removed, 4, "41001 both ways, 41003, 41004: {sw:?}");
         assert_eq!(sw.flows, 3, "43000, 41002, 41005 live: {sw:?}");
@@ -519,14 +559,7 @@ fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
         *want.entry(id1).or_insert(0) += 2;
         *want.entry(real_id).or_insert(0) += 1;
         assert_eq!(sw.per_backend, want, "live flows per backend");
-        let ct: Vec<u16> = dp
-            .prog
-            .maps()
-            .conntrack()
-            .expect("dump")
-            .iter()
-            .map(|(k, _)| u16::from_be(k.sport_be))
-            .collect();
+        let ct = conntrack_by_sport(dp);
         for (sport, kept) in [
             (41001, false),
             (41002, true),
@@ -535,7 +568,7 @@ fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
             (43000, true),
         ] {
             assert_eq!(
-                ct.contains(&sport),
+                ct.contains_key(&sport),
                 kept,
                 "forward entry of {sport}: {ct:?}"
             );
@@ -605,7 +638,7 @@ fn nat_host_settings_are_restored() {
 /// (RFC 5961 section 3.2).
 #[test]
 fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
-    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_common::CT_F_CLOSING;
     use vip_userspace::dataplane::flows::monotonic_ns;
     let l = NatLab::new("natpoke");
     let svc = l.three(false, PROTO_TCP);
@@ -613,43 +646,17 @@ fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
         let id = |i: u8| dp.prog.backend_id(&backend(false, i)).expect("id");
         let (id1, id2) = (id(1), id(2));
         let now = monotonic_ns();
-        let key = |sport: u16, proto: u8| ConnKey {
-            saddr: addr_bytes(ip(CLIENT4)).1,
-            daddr: addr_bytes(ip(VIP4)).1,
-            sport_be: sport.to_be(),
-            dport_be: PORT.to_be(),
-            proto,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
-        let val = |be: u32, flags: u8| ConnValue {
-            last_seen_ns: now - 2_000_000_000,
-            backend_id: be,
-            service_id: 0,
-            nat_port_be: 50000u16.to_be(),
-            flags,
-            _pad: [0; 5],
-        };
+        let two_s_ago = now.saturating_sub(2_000_000_000);
+        let val = |be: u32, flags: u8| ct_value(two_s_ago, be, 50000, flags);
         // 42001: backend 1, live: poked. 42002: backend 1, closing: not.
         // 42003: backend 1, UDP: not. 42004: backend 2: not.
         let entries = [
-            (key(42001, PROTO_TCP), val(id1, 0)),
-            (key(42002, PROTO_TCP), val(id1, CT_F_CLOSING)),
-            (key(42003, PROTO_UDP), val(id1, 0)),
-            (key(42004, PROTO_TCP), val(id2, 0)),
+            (fwd_key(42001, PROTO_TCP), val(id1, 0)),
+            (fwd_key(42002, PROTO_TCP), val(id1, CT_F_CLOSING)),
+            (fwd_key(42003, PROTO_UDP), val(id1, 0)),
+            (fwd_key(42004, PROTO_TCP), val(id2, 0)),
         ];
-        {
-            let m = dp
-                .prog
-                .maps_mut()
-                .raw_map_mut("CONNTRACK")
-                .expect("CONNTRACK");
-            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
-                HashMap::try_from(m).expect("CONNTRACK map");
-            for (k, v) in entries {
-                ct.insert(k, v, 0).expect("insert");
-            }
-        }
+        insert(dp, "CONNTRACK", entries);
         let mut tables = dp.prog.maps().flow_tables().expect("flow tables");
         let g = Globals::DEFAULT;
         let none = tables.poke_dead(&g, monotonic_ns()).expect("poke");
@@ -661,14 +668,7 @@ fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
         dp.prog.apply(&[dead]).expect("apply");
         let p = tables.poke_dead(&g, monotonic_ns()).expect("poke");
         assert_eq!((p.flows, p.failed), (1, 0), "only 42001 is poked: {p:?}");
-        let after: std::collections::BTreeMap<u16, ConnValue> = dp
-            .prog
-            .maps()
-            .conntrack()
-            .expect("dump")
-            .into_iter()
-            .map(|(k, v)| (u16::from_be(k.sport_be), v))
-            .collect();
+        let after = conntrack_by_sport(dp);
         assert_eq!(
             after[&42001].flags & CT_F_CLOSING,
             CT_F_CLOSING,
@@ -942,12 +942,12 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
 /// A closed flow's source port is taken over by a new flow at once, not
 /// only after the agent's sweep: with every port of a 4-port range held by
 /// expired reverse entries, a new flow gets one whose forward flow is over
-/// too, and never one whose forward flow lives (a UDP flow whose backend
-/// never answers keeps its port), nor one another CPU or the sweep holds
-/// the lock for (`NAT_LOCK`).
+/// too, and never one whose forward entry lives (a flow whose forward entry
+/// lives keeps its port, however stale its reverse entry), nor one another
+/// CPU or the sweep holds the lock for (`NAT_LOCK`).
 #[test]
 fn nat_expired_ports_are_reclaimed_under_the_lock() {
-    use vip_common::{CT_F_CLOSING, ConnValue};
+    use vip_common::CT_F_CLOSING;
     use vip_userspace::dataplane::{Maps, flows::monotonic_ns};
     let l = NatLab::new("natreclaim");
     let snat = l.lb_ip(false);
@@ -962,75 +962,40 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
             })
             .expect("globals");
         let now = monotonic_ns();
-        let ago = |s: u64| now - s * 1_000_000_000;
+        let ago = |s: u64| now.saturating_sub(s * 1_000_000_000);
         let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
-        let fwd_key = |sport: u16| ConnKey {
-            saddr: addr_bytes(ip(CLIENT4)).1,
-            daddr: addr_bytes(ip(VIP4)).1,
-            sport_be: sport.to_be(),
-            dport_be: PORT.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
-        let rev_key = |port: u16| ConnKey {
-            saddr: addr_bytes(backend_ip(false, 1)).1,
-            daddr: addr_bytes(snat).1,
-            sport_be: PORT.to_be(),
-            dport_be: port.to_be(),
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            _pad: [0; 2],
-        };
         // Every port held by a flow closed 11 s ago (closing_s 10): expired.
         // Client ports 41000 + i. Ports 50000..=50002: the forward flow is
         // expired too. Port 50003: the forward flow still lives.
         let fill = |dp: &mut Dp, live_fwd: &[u16]| {
-            {
-                let m = dp.prog.maps_mut().raw_map_mut("NAT_REV").expect("NAT_REV");
-                let mut nr: HashMap<&mut MapData, ConnKey, NatValue> =
-                    HashMap::try_from(m).expect("NAT_REV map");
-                for i in 0..4u16 {
-                    let v = NatValue {
-                        last_seen_ns: ago(11),
-                        client_addr: addr_bytes(ip(CLIENT4)).1,
-                        vip: addr_bytes(ip(VIP4)).1,
-                        client_port_be: (41000 + i).to_be(),
-                        vip_port_be: PORT.to_be(),
-                        flags: CT_F_CLOSING,
-                        _pad: [0; 3],
+            insert(
+                dp,
+                "NAT_REV",
+                (0..4u16).map(|i| {
+                    (
+                        rev_key(1, snat, 50000 + i),
+                        nat_value(ago(11), ip(CLIENT4), 41000 + i, CT_F_CLOSING),
+                    )
+                }),
+            );
+            insert(
+                dp,
+                "CONNTRACK",
+                (0..4u16).map(|i| {
+                    let port = 50000 + i;
+                    let v = if live_fwd.contains(&port) {
+                        ct_value(ago(1), id1, port, 0)
+                    } else {
+                        ct_value(ago(11), id1, port, CT_F_CLOSING)
                     };
-                    nr.insert(rev_key(50000 + i), v, 0).expect("insert");
-                }
-            }
-            let m = dp
-                .prog
-                .maps_mut()
-                .raw_map_mut("CONNTRACK")
-                .expect("CONNTRACK");
-            let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
-                HashMap::try_from(m).expect("CONNTRACK map");
-            for i in 0..4u16 {
-                let live = live_fwd.contains(&(50000 + i));
-                let v = ConnValue {
-                    last_seen_ns: if live { ago(1) } else { ago(11) },
-                    backend_id: id1,
-                    service_id: 0,
-                    nat_port_be: (50000 + i).to_be(),
-                    flags: if live { 0 } else { CT_F_CLOSING },
-                    _pad: [0; 5],
-                };
-                ct.insert(fwd_key(41000 + i), v, 0).expect("insert");
-            }
+                    (fwd_key(41000 + i, PROTO_TCP), v)
+                }),
+            );
         };
         let nat_port_of = |dp: &Dp, sport: u16| {
-            dp.prog
-                .maps()
-                .conntrack()
-                .expect("dump")
-                .into_iter()
-                .find(|(k, _)| u16::from_be(k.sport_be) == sport)
-                .map(|(_, v)| u16::from_be(v.nat_port_be))
+            conntrack_by_sport(dp)
+                .get(&sport)
+                .map(|v| u16::from_be(v.nat_port_be))
         };
 
         fill(dp, &[50003]);
@@ -1060,18 +1025,11 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
         // Reclaimable again, but every port locked (a sweep or another CPU
         // at work on them): left alone.
         fill(dp, &[]);
-        {
-            let m = dp
-                .prog
-                .maps_mut()
-                .raw_map_mut("NAT_LOCK")
-                .expect("NAT_LOCK");
-            let mut lk: HashMap<&mut MapData, ConnKey, u8> =
-                HashMap::try_from(m).expect("NAT_LOCK map");
-            for i in 0..4u16 {
-                lk.insert(rev_key(50000 + i), 1, 0).expect("lock");
-            }
-        }
+        insert(
+            dp,
+            "NAT_LOCK",
+            (0..4u16).map(|i| (rev_key(1, snat, 50000 + i), 1u8)),
+        );
         let (action, _) = dp.run(&syn(false, 45002).build(), Reason::DropNatPortsExhausted);
         assert_eq!(action, XDP_DROP, "dropped while the ports are locked");
     });

@@ -79,7 +79,7 @@ fn metrics_and_status_follow_traffic_and_a_failing_backend() {
     );
     let cfg = l.config_path.to_str().expect("utf-8").to_owned();
     let s = wait_status(&l.lab, "lb", &cfg, "master", Duration::from_secs(5), |s| {
-        s.vrrp.iter().all(|v| v.state == "master")
+        !s.vrrp.is_empty() && s.vrrp.iter().all(|v| v.state == "master")
     });
     assert_eq!(s.vrrp.len(), 2, "one router per family: {s:?}");
     // The node's own connections do not leave from the VIP (an IPv6 /128
@@ -112,7 +112,11 @@ fn metrics_and_status_follow_traffic_and_a_failing_backend() {
     .expect("kept-alive connection through the VIP");
     assert_eq!(kept.get("/whoami").expect("GET /whoami").status, 200);
     let answered = l.answering(30);
-    assert!(!answered.is_empty());
+    assert_eq!(
+        answered.len(),
+        3,
+        "30 new connections through the VIP reached {answered:?}, not all three backends"
+    );
 
     // The sweep counts the live flow and deletes the closed ones; status
     // and metrics show both.

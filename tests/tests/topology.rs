@@ -292,6 +292,7 @@ fn lab_demo_reports_what_the_client_saw() {
         .nth(1)
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("{be1}"));
+    assert!(n > 0, "no stream was on be1, so none could be reset: {be1}");
     assert!(
         be1.contains(&format!("{n} reset by an RST from XDP")),
         "{be1}"

@@ -558,9 +558,10 @@ fn assert_unmoved(lab: &Lab, master: &VipdVrrp, backup: &VipdVrrp, before: (usiz
 /// Unicast mode: priority 255 to the master and priority 0 to the backup
 /// from a host that is not a configured peer, and the master's own advert
 /// replayed to the backup with the attacker's source: all discarded and
-/// counted as `not_peer`, nothing moves. Then the control: the same
-/// priority 0 with the master's address as source (an on-link spoof of a
-/// configured peer, which RFC 9568 cannot detect) does hand the VIP over.
+/// counted as `not_peer`, nothing moves. Then the control: priority 254
+/// sent to the master under lb2's address (an on-link spoof of a
+/// configured peer, which RFC 9568 cannot detect) makes the master step
+/// down.
 #[test]
 fn spoofed_adverts_from_a_non_peer_are_counted_not_obeyed() {
     let lab = Lab::new("vrrp-spoof-uc", &["lb1", "lb2", "forger"]);
@@ -747,12 +748,15 @@ fn spoofed_and_replayed_adverts_in_multicast_mode_are_counted_not_obeyed() {
     assert_unmoved(&lab, &lb1, &lb2, before);
 
     // The master dies without a word; the off-link replays of its adverts
-    // continue for 1.5 s, five master-down intervals. Were they accepted,
-    // the backup would keep waiting for a master that is gone.
+    // continue for 1.5 s, about four master-down intervals (3 x 100 ms +
+    // 61 ms skew). Were they accepted, the backup would keep waiting for a
+    // master that is gone and take over only ~1.86 s after the kill: the
+    // 1 s wait fails that, while a healthy takeover needs ~361 ms plus a
+    // poll.
     lb1.kill9();
     let replays = std::thread::scope(|s| {
         let t = s.spawn(|| inject(&lab, "forger", std::slice::from_ref(&off_link), 75));
-        let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(2));
+        let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(1));
         t.join().expect("injector");
         took
     });
