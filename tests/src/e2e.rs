@@ -27,7 +27,7 @@
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,7 +41,7 @@ use crate::attempt;
 use crate::certs::TestPki;
 use crate::failover::percentile;
 use crate::netns::{Lab, Proc, VIP_V4, in_netns};
-use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions, start_standin};
+use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions, start_standins};
 use crate::standin::{HttpsConn, StandinHandle, client_config};
 
 /// The plain HTTP server's port on every backend (and on the VIP).
@@ -732,17 +732,6 @@ fn start_plain_servers(lab: &Lab) -> Vec<PlainServer> {
             let l = in_netns(&ns, || TcpListener::bind(("::", PLAIN_PORT)))
                 .unwrap_or_else(|e| panic!("bind [::]:{PLAIN_PORT} in {be}: {e}"));
             PlainServer::spawn(l, be).unwrap_or_else(|e| panic!("plain server on {be}: {e}"))
-        })
-        .collect()
-}
-
-/// The stand-in on every backend, as [`LbLab`] starts it.
-fn start_standins(lab: &Lab, pki: &TestPki) -> Vec<StandinHandle> {
-    BACKENDS
-        .iter()
-        .map(|be| {
-            let ips = [IpAddr::V4(lab.node(be).ipv4), IpAddr::V4(VIP_V4)];
-            start_standin(lab, pki, be, &ips)
         })
         .collect()
 }

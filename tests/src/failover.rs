@@ -56,7 +56,7 @@ use crate::certs::TestPki;
 use crate::keepalived::Keepalived;
 use crate::kubeadm_ha::{INSTANCE, RecipeKeepalived, haproxy_cfg, write_check_script};
 use crate::netns::{Lab, NODE_IF, Proc, VIP_V4, in_netns};
-use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions, PORT, flood_off, start_standin};
+use crate::scenario::{BACKENDS, Fwd, LbLab, LbOptions, PORT, flood_off, start_standins};
 use crate::standin::{HttpsConn, StandinHandle, client_config};
 use crate::vrrpd::{block_vrrp_to, set_link};
 
@@ -551,18 +551,6 @@ impl Pair {
             &conf.render(),
         ));
     }
-}
-
-/// The apiserver stand-ins of a keepalived lab, as `LbLab` starts them but
-/// without the VIP on their loopback (HAProxy proxies; nothing is DSR).
-fn start_standins(lab: &Lab, pki: &TestPki) -> Vec<StandinHandle> {
-    BACKENDS
-        .iter()
-        .map(|be| {
-            let ips = [IpAddr::V4(lab.node(be).ipv4), IpAddr::V4(VIP_V4)];
-            start_standin(lab, pki, be, &ips)
-        })
-        .collect()
 }
 
 fn short(which: Impl) -> &'static str {

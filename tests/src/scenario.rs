@@ -568,6 +568,19 @@ pub fn start_standin(lab: &Lab, pki: &TestPki, be: &str, ips: &[IpAddr]) -> Stan
     )
 }
 
+/// The stand-in on every backend with a certificate for its own address
+/// and the IPv4 VIP, for the labs whose LB is not vipd's dsr (nothing on
+/// the backends' loopback): the benchmarks' HAProxy and keepalived labs.
+pub fn start_standins(lab: &Lab, pki: &TestPki) -> Vec<StandinHandle> {
+    BACKENDS
+        .iter()
+        .map(|be| {
+            let ips = [IpAddr::V4(lab.node(be).ipv4), IpAddr::V4(VIP_V4)];
+            start_standin(lab, pki, be, &ips)
+        })
+        .collect()
+}
+
 pub fn parse_metrics(body: &str) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
     for line in body
