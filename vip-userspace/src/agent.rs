@@ -745,6 +745,9 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             return Err(e);
         }
     };
+    // The first status snapshot exists before readiness is announced, so
+    // `vipd status` run right after "vipd ready" never answers "starting".
+    observe::refresh(&metrics, &ctl, &routers, &mut obs);
     metrics.set_ready(true);
     println!("vipd ready: {} attached ({attached})", cfg.interface);
 
@@ -759,7 +762,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let mut loaded_stamp = file_stamp(&opts.config_path);
     let mut seen_stamp = loaded_stamp;
     let mut xdp_ok = true;
-    let mut refresh_due = Instant::now() - Duration::from_secs(1);
+    let mut refresh_due = Instant::now();
     let mut local_ok = true;
     let mut priority = None;
     let mut last_counters = vec![];
