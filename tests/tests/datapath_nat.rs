@@ -11,11 +11,11 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, MapData};
 use vip_common::{
     ConnKey, ConnValue, FAMILY_V4, Globals, MODE_NAT, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    flow_hash,
+    flow_hash, nat_port_try,
 };
 use vip_tests::{
     netns::{Lab, in_netns},
-    packet::{Decoded, Pkt, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, decode},
+    packet::{Decoded, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode},
     progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root},
 };
 use vip_userspace::{
@@ -381,9 +381,9 @@ fn nat_mid_connection_packet_gets_rst() {
 }
 
 /// The port the hash picks first is taken for every backend: the program must
-/// take the next one, never share a (backend, SNAT, port) tuple.
+/// take its second try, never share a (backend, SNAT, port) tuple.
 #[test]
-fn nat_port_collision_probes_the_next_port() {
+fn nat_port_collision_probes_another_port() {
     let l = NatLab::new("natcol");
     let snat = l.lb_ip(false);
     let svc = l.three(false, PROTO_TCP);
@@ -399,6 +399,10 @@ fn nat_port_collision_probes_the_next_port() {
         let g = Globals::DEFAULT;
         let range = (g.nat_port_hi - g.nat_port_lo) as u32 + 1;
         let first = g.nat_port_lo + (flow_hash(&key) % range) as u16;
+        assert_eq!(
+            nat_port_try(flow_hash(&key), 0, g.nat_port_lo, range),
+            first
+        );
         // Another client's live flow holds the first port for each backend.
         let other = nat_value(u64::MAX / 2, ip("10.77.0.99"), 1, 0);
         insert(
@@ -410,7 +414,11 @@ fn nat_port_collision_probes_the_next_port() {
         assert_eq!(action, XDP_TX);
         let port = check_forward(&l, dp, &input, &out, false);
         assert_ne!(port, first, "took a port another flow holds");
-        assert_eq!(port, first + 1, "linear probing takes the next port");
+        assert_eq!(
+            port,
+            nat_port_try(flow_hash(&key), 1, g.nat_port_lo, range),
+            "the second try"
+        );
     });
 }
 
@@ -1032,5 +1040,121 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
         );
         let (action, _) = dp.run(&syn(false, 45002).build(), Reason::DropNatPortsExhausted);
         assert_eq!(action, XDP_DROP, "dropped while the ports are locked");
+    });
+}
+
+/// How the backend's end closed decides how long its port stays taken
+/// (`Globals::port_free`). One port in the range; the flow opens, then:
+/// - the client closes first and the backend answers with its FIN (the
+///   backend ends CLOSED, no TIME-WAIT): `NAT_F_DONE`, and a new flow gets
+///   the port once both sides are 2 s quiet, not before;
+/// - the backend closes first (it waits in TIME-WAIT): no flag, and the port
+///   stays taken for `closing_s`;
+/// - the backend resets: `NAT_F_DONE`.
+#[test]
+fn nat_port_hold_follows_how_the_backend_closed() {
+    use vip_common::{CT_F_CLOSING, NAT_F_DONE};
+    use vip_userspace::dataplane::{Maps, flows::monotonic_ns};
+    let l = NatLab::new("natclose");
+    let snat = l.lb_ip(false);
+    let svc = service(ip(VIP4), snat, PROTO_TCP, vec![backend(false, 1)]);
+    l.with_dp(vec![svc], |dp| {
+        dp.prog
+            .maps_mut()
+            .set_globals(&Globals {
+                nat_port_lo: 50000,
+                nat_port_hi: 50000,
+                ..Globals::DEFAULT
+            })
+            .expect("globals");
+        let lb_mac = l.lab.node("lb").mac;
+        let client = |sport: u16, flags: u8| {
+            Pkt {
+                l4: vip_tests::packet::L4::Tcp {
+                    flags,
+                    seq: 1001,
+                    ack: 9,
+                },
+                ..syn(false, sport)
+            }
+            .build()
+        };
+        let from_backend = |flags: u8| {
+            Pkt {
+                dst_mac: lb_mac,
+                src_mac: backend_mac(1),
+                l4: vip_tests::packet::L4::Tcp {
+                    flags,
+                    seq: 9,
+                    ack: 1002,
+                },
+                ..Pkt::tcp(backend_ip(false, 1), PORT, snat, 50000, 0)
+            }
+            .build()
+        };
+        let rev_flags = |dp: &Dp| {
+            let e = dp.prog.maps().nat_entries().expect("dump");
+            assert_eq!(e.len(), 1, "one reverse entry: {e:?}");
+            e[0].1.flags
+        };
+        // Ages both entries of the flow from client port `sport` by `secs`.
+        let age = |dp: &mut Dp, sport: u16, secs: u64| {
+            let back = secs * 1_000_000_000;
+            let now = monotonic_ns();
+            let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
+            v.last_seen_ns = now - back;
+            insert(dp, "NAT_REV", [(k, v)]);
+            let mut c = conntrack_by_sport(dp)[&sport];
+            c.last_seen_ns = now - back;
+            insert(dp, "CONNTRACK", [(fwd_key(sport, PROTO_TCP), c)]);
+        };
+        let open = |dp: &mut Dp, sport: u16| {
+            let (action, _) = dp.run(&syn(false, sport).build(), Reason::TxNat);
+            assert_eq!(
+                action, XDP_TX,
+                "client port {sport}: a new flow gets the port"
+            );
+            assert_eq!(
+                u16::from_be(conntrack_by_sport(dp)[&sport].nat_port_be),
+                50000
+            );
+        };
+        let refused = |dp: &mut Dp, sport: u16, why: &str| {
+            let (action, _) = dp.run(&syn(false, sport).build(), Reason::DropNatPortsExhausted);
+            assert_eq!(action, XDP_DROP, "{why}");
+        };
+
+        // The client closes first; the backend closes passively.
+        open(dp, 41000);
+        dp.run(&client(41000, TCP_FIN | TCP_ACK), Reason::TxNat);
+        assert_eq!(rev_flags(dp) & NAT_F_DONE, 0, "the client's FIN alone");
+        dp.run(&from_backend(TCP_FIN | TCP_ACK), Reason::TxReverseNat);
+        assert_ne!(
+            rev_flags(dp) & NAT_F_DONE,
+            0,
+            "the backend closed passively"
+        );
+        dp.run(&client(41000, TCP_ACK), Reason::TxNat);
+        refused(dp, 42000, "the port is held for 2 s after the last packet");
+        age(dp, 41000, 3);
+        open(dp, 42000);
+        assert_eq!(rev_flags(dp), 0, "the reverse entry is the new flow's");
+
+        // The backend closes first: it waits in TIME-WAIT, the port is held
+        // for closing_s (10 s).
+        dp.run(&from_backend(TCP_FIN | TCP_ACK), Reason::TxReverseNat);
+        dp.run(&client(42000, TCP_FIN | TCP_ACK), Reason::TxNat);
+        dp.run(&from_backend(TCP_ACK), Reason::TxReverseNat);
+        assert_eq!(rev_flags(dp), CT_F_CLOSING, "closing, not done");
+        age(dp, 42000, 3);
+        refused(dp, 43000, "the backend's TIME-WAIT keeps the port");
+        age(dp, 42000, 11);
+        open(dp, 43000);
+
+        // The backend resets: done at once.
+        dp.run(&from_backend(TCP_RST), Reason::TxReverseNat);
+        assert_eq!(rev_flags(dp), CT_F_CLOSING | NAT_F_DONE, "reset");
+        age(dp, 43000, 3);
+        open(dp, 44000);
     });
 }

@@ -53,6 +53,19 @@ pub const CT_F_CLOSING: u8 = 1 << 0;
 /// Connection flag: the flow's service forwards in mode dsr, so the entry
 /// alone says how to send its packets (the XDP program's fast path).
 pub const CT_F_DSR: u8 = 1 << 1;
+/// Reverse-NAT flag: the backend's end of this connection is closed and
+/// keeps no TIME-WAIT, so its source port may be reused after
+/// [`CLOSED_HOLD_NS`] rather than `closing_s`. Set when the backend sends an
+/// RST (RFC 9293 3.10.7: it is CLOSED at once), or sends its FIN after the
+/// client's (the passive close, CLOSE-WAIT -> LAST-ACK -> CLOSED, RFC 9293
+/// 3.6: only the side that closes first waits in TIME-WAIT).
+pub const NAT_F_DONE: u8 = 1 << 2;
+
+/// How long a `NAT_F_DONE` flow keeps its source port after the last packet
+/// of either side. It covers the backend retransmitting its FIN when the
+/// client's last ACK was lost (each retransmission refreshes the entry), so
+/// a new flow's SYN never lands on a socket still in LAST-ACK.
+pub const CLOSED_HOLD_NS: u64 = 2_000_000_000;
 
 /// Program configuration slot indices in the `CONFIG` array.
 pub const CONFIG_LOG_PACKETS: u32 = 0;
@@ -325,6 +338,43 @@ impl Globals {
         };
         idle > limit as u64 * 1_000_000_000
     }
+
+    /// Whether the source port of the reverse entry `rev` (keyed by `port_be`,
+    /// last seen at `rev_last` with `rev_flags`) may go to a new flow: the
+    /// one rule for the XDP program's reclaim and the agent's sweep. `fwd`
+    /// is the forward entry of the flow that holds it, if any: (last seen,
+    /// flags, its allocated port). A forward entry with another port is a
+    /// newer connection on the same client tuple and holds nothing here.
+    ///
+    /// The port is free once both sides are idle past the hold:
+    /// [`CLOSED_HOLD_NS`] for a `NAT_F_DONE` flow, else [`Globals::expired`]
+    /// (a UDP flow whose backend never answers has a stale reverse entry and
+    /// a live forward one, and keeps its port).
+    #[inline(always)]
+    pub fn port_free(
+        &self,
+        now: u64,
+        port_be: u16,
+        (rev_last, rev_flags): (u64, u8),
+        fwd: Option<(u64, u8, u16)>,
+        tcp: bool,
+    ) -> bool {
+        let done = tcp && rev_flags & NAT_F_DONE != 0;
+        let over = |last: u64, flags: u8| {
+            if done {
+                now.saturating_sub(last) > CLOSED_HOLD_NS
+            } else {
+                self.expired(now, last, flags, tcp)
+            }
+        };
+        if !over(rev_last, rev_flags) {
+            return false;
+        }
+        match fwd {
+            Some((last, flags, port)) if port == port_be => over(last, flags),
+            _ => true,
+        }
+    }
 }
 
 /// A new nat flow of a `SVC_F_SYNC` service, as the XDP program reports it on
@@ -360,6 +410,22 @@ pub const NAT_LOCK_CAPACITY: u32 = 1024;
 
 /// Source ports tried per new nat flow before giving up.
 pub const NAT_PORT_TRIES: u32 = 16;
+
+/// The `i`th source port (host order) a new nat flow tries, in
+/// `[lo, lo + range)`; `range` must not be 0. The first is the flow hash's
+/// slot; the others are scattered by a hash of the try number rather than
+/// taken in a row: with linear probing, taken ports form runs that every
+/// new flow starting inside them walks again (primary clustering), so a
+/// busy range refused flows well before it was full.
+#[inline(always)]
+pub fn nat_port_try(hash: u32, i: u32, lo: u16, range: u32) -> u16 {
+    let h = if i == 0 {
+        hash
+    } else {
+        fmix(hash ^ i.wrapping_mul(0x9e37_79b9))
+    };
+    (lo as u32 + h % range) as u16
+}
 
 // Pod lets aya copy these types in and out of maps. Sound: every type above is
 // repr(C), Copy, and has no padding (asserted by size).
@@ -539,5 +605,53 @@ mod tests {
         // Touched after `now` was read: fresh.
         assert!(!g.expired(now, now + 1, 0, true));
         assert!(!g.expired(now, u64::MAX, CT_F_CLOSING, false));
+    }
+
+    #[test]
+    fn a_port_is_free_when_both_sides_are_over() {
+        let g = Globals::DEFAULT;
+        let s = 1_000_000_000u64;
+        let now = 100_000 * s;
+        let port = 40_123u16.to_be();
+        let closing = (now - 3 * s, CT_F_CLOSING);
+        let done = (now - 3 * s, CT_F_CLOSING | NAT_F_DONE);
+        // Closed by the backend first (it waits in TIME-WAIT): closing_s.
+        assert!(!g.port_free(now, port, closing, None, true));
+        assert!(g.port_free(now, port, (now - 11 * s, CT_F_CLOSING), None, true));
+        // Passively closed or reset by the backend: the short hold.
+        assert!(g.port_free(now, port, done, None, true));
+        assert!(!g.port_free(now, port, (now - s, NAT_F_DONE), None, true));
+        // ... counted from the client's last packet too.
+        let fwd = |ago: u64, p: u16| Some((now - ago, CT_F_CLOSING, p));
+        assert!(!g.port_free(now, port, done, fwd(s, port), true));
+        assert!(g.port_free(now, port, done, fwd(3 * s, port), true));
+        // A forward entry with another port is another connection.
+        assert!(g.port_free(now, port, done, fwd(0, port ^ 1), true));
+        // UDP has no FIN: the flag means nothing there, and a live forward
+        // flow keeps its port though the backend never answered.
+        assert!(!g.port_free(now, port, (now - 3 * s, NAT_F_DONE), None, false));
+        let stale = (now - 301 * s, 0);
+        assert!(g.port_free(now, port, stale, None, false));
+        assert!(!g.port_free(now, port, stale, Some((now, 0, port)), false));
+    }
+
+    #[test]
+    fn port_tries_start_at_the_hash_and_scatter() {
+        let (lo, range) = (40_000u16, 20_000u32);
+        for hash in [0u32, 7, 0xdead_beef, u32::MAX] {
+            assert_eq!(nat_port_try(hash, 0, lo, range), lo + (hash % range) as u16);
+            let mut tries = [0u16; NAT_PORT_TRIES as usize];
+            for (i, t) in tries.iter_mut().enumerate() {
+                *t = nat_port_try(hash, i as u32, lo, range);
+            }
+            assert!(tries.iter().all(|p| (lo..lo + range as u16).contains(p)));
+            // Not a run: at most two of the 16 tries are neighbours.
+            let mut sorted = tries;
+            sorted.sort_unstable();
+            let adjacent = sorted.windows(2).filter(|w| w[1] - w[0] <= 1).count();
+            assert!(adjacent <= 2, "{tries:?}");
+        }
+        // A range of one port: every try is that port.
+        assert!((0..NAT_PORT_TRIES).all(|i| nat_port_try(99, i, 5, 1) == 5));
     }
 }

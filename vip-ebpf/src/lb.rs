@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use vip_common::{
     BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue, Globals,
-    MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_PORT_TRIES, NO_BACKEND, NatValue, PROTO_TCP, Reason,
-    SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent, flow_hash, maglev_index,
+    MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND, NatValue,
+    PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent,
+    flow_hash, maglev_index, nat_port_try,
 };
 
 use crate::{
@@ -289,8 +290,7 @@ fn port_search(
     if hi < lo {
         return None;
     }
-    let lo = lo as u32;
-    let range = hi as u32 - lo + 1;
+    let range = hi as u32 - lo as u32 + 1;
     // Never zero (hi >= lo), but the compiler cannot see it and would keep a
     // division-by-zero panic path, which the verifier rejects.
     if range == 0 {
@@ -316,29 +316,22 @@ fn port_search(
         family: p.key.family,
         _pad: [0; 2],
     };
-    Some((
-        sc,
-        PortOrder {
-            lo,
-            range,
-            start: hash % range,
-        },
-    ))
+    Some((sc, PortOrder { lo, range, hash }))
 }
 
-/// Linear probing from a hash of the client's flow.
+/// The ports to try, from the flow hash (`nat_port_try`).
 #[derive(Clone, Copy)]
 struct PortOrder {
-    lo: u32,
+    lo: u16,
     range: u32,
-    start: u32,
+    hash: u32,
 }
 
 impl PortOrder {
     /// The `i`th port to try, host order.
     #[inline(always)]
     fn nth(self, i: u32) -> u16 {
-        (self.lo + (self.start + i) % self.range) as u16
+        nat_port_try(self.hash, i, self.lo, self.range)
     }
 }
 
@@ -403,12 +396,12 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
 }
 
 /// Takes over the reverse entry `sc.rev` for `sc.value` if the flow that held
-/// it is over: the entry and its forward flow both expired by the program's
-/// own rule (`Globals::expired`). The forward flow must be over too: a UDP
-/// flow whose backend never answers has a stale reverse entry and a live
-/// forward one, and keeps its port. Called under `NAT_LOCK`, and reads the
-/// entry again under it, so a port another CPU reclaimed, or the sweep
-/// deleted and someone claimed afresh, is left alone.
+/// it is over by the rule the agent's sweep uses too (`Globals::port_free`):
+/// a flow the backend closed passively or reset frees its port 2 s after its
+/// last packet, any other when both its entries expired. Called under
+/// `NAT_LOCK`, and reads the entry again under it, so a port another CPU
+/// reclaimed, or the sweep deleted and someone claimed afresh, is left
+/// alone.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
@@ -421,16 +414,15 @@ fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
     let g = globals();
     let tcp = sc.rev.proto == PROTO_TCP;
     // SAFETY: LRU value pointer, valid during this run.
-    unsafe {
-        if !g.expired(now, (*old).last_seen_ns, (*old).flags, tcp) {
-            return false;
-        }
+    let rev = unsafe {
         sc.fwd = (*old).forward_key(&sc.rev);
-    }
-    if let Some(f) = CONNTRACK.get_ptr(&sc.fwd)
+        ((*old).last_seen_ns, (*old).flags)
+    };
+    let fwd = CONNTRACK
+        .get_ptr(&sc.fwd)
         // SAFETY: as above.
-        && unsafe { !g.expired(now, (*f).last_seen_ns, (*f).flags, tcp) }
-    {
+        .map(|f| unsafe { ((*f).last_seen_ns, (*f).flags, (*f).nat_port_be) });
+    if !g.port_free(now, sc.rev.dport_be, rev, fwd, tcp) {
         return false;
     }
     // BPF_EXIST: replace the whole value (a reader sees the old flow's or
@@ -497,6 +489,9 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     if g.expired(now, n.last_seen_ns, n.flags, is_tcp) {
         return Verdict::pass(Reason::PassNoService);
     }
+    if is_tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && n.flags & NAT_F_DONE == 0 {
+        mark_done(p, v, &n);
+    }
     // SAFETY: as above.
     unsafe { touch(&mut (*v).last_seen_ns, &mut (*v).flags, now, p.tcp_flags) };
     let to = Endpoints {
@@ -509,6 +504,48 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
         return Verdict::drop(Reason::DropAdjustFailed);
     }
     send(ctx, p, Reason::TxReverseNat, None)
+}
+
+/// The backend sent FIN or RST: marks the flow `NAT_F_DONE` if the backend's
+/// end closes without TIME-WAIT, so its port is free 2 s later rather than
+/// `closing_s` (`Globals::port_free`). An RST closes it at once. A FIN does
+/// if the client's FIN came first (its forward entry is closing): the backend
+/// then goes CLOSE-WAIT -> LAST-ACK -> CLOSED (RFC 9293 3.6). Only FIN and RST
+/// segments get here, so the extra lookup costs nothing on data. If the two
+/// FINs crossed (a simultaneous close, both sides in TIME-WAIT), a reused
+/// port's first SYN may meet that TIME-WAIT; Linux accepts it if its sequence
+/// number or timestamp is newer, and otherwise the client retransmits the
+/// SYN after its RST ends the TIME-WAIT (tcp_timewait_state_process).
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(always)]
+fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
+    let done = if p.tcp_flags & TCP_RST != 0 {
+        true
+    } else {
+        // The forward key goes in this CPU's port scratch (unused on the
+        // reverse path), not on the stack.
+        let Some(sc) = PORT_SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: this CPU's slot; nothing else runs on it during this program.
+        let sc = unsafe { &mut *sc };
+        sc.fwd = n.forward_key(&p.key);
+        match CONNTRACK.get_ptr(&sc.fwd) {
+            // SAFETY: LRU value pointer, valid during this run.
+            Some(f) => unsafe {
+                (*f).flags & CT_F_CLOSING != 0 && (*f).nat_port_be == p.key.dport_be
+            },
+            None => false,
+        }
+    };
+    if done {
+        // SAFETY: LRU value pointer, valid during this run; flag bits are
+        // only ever set.
+        unsafe { (*v).flags |= NAT_F_DONE };
+    }
 }
 
 #[inline(always)]

@@ -224,9 +224,11 @@ impl FlowTables {
     /// program's own rule ([`Globals::expired`]) at `now` (CLOCK_MONOTONIC
     /// ns, see [`monotonic_ns`]).
     ///
-    /// A reverse entry goes only when its forward flow is gone or expired
-    /// too: a UDP flow whose backend never answers has a stale reverse entry
-    /// and a live forward one, and its port must stay claimed.
+    /// A reverse entry goes when its port is free by the program's rule
+    /// ([`Globals::port_free`]): its forward flow must be gone or over too
+    /// (a UDP flow whose backend never answers has a stale reverse entry and
+    /// a live forward one, and its port must stay claimed), and a flow the
+    /// backend closed without TIME-WAIT goes after `CLOSED_HOLD_NS`.
     ///
     /// Keys are collected first and deleted after the walk: deleting the
     /// key the walk stands on makes `BPF_MAP_GET_NEXT_KEY` start over.
@@ -235,6 +237,23 @@ impl FlowTables {
     /// is treated as the program treats an expired one: chosen again.
     pub fn sweep(&mut self, g: &Globals, now: u64) -> Result<Sweep> {
         self.sweep_with(g, now, &Refresh::default())
+    }
+
+    /// Whether the reverse entry `k` -> `v` no longer holds its port, by the
+    /// program's rule ([`Globals::port_free`]).
+    fn port_free(&self, g: &Globals, now: u64, k: &ConnKey, v: &NatValue) -> bool {
+        let fwd = self
+            .conntrack
+            .get(&v.forward_key(k), 0)
+            .ok()
+            .map(|c| (c.last_seen_ns, c.flags, c.nat_port_be));
+        g.port_free(
+            now,
+            k.dport_be,
+            (v.last_seen_ns, v.flags),
+            fwd,
+            k.proto == PROTO_TCP,
+        )
     }
 
     /// [`FlowTables::sweep`], also collecting into [`Sweep::active`] the
@@ -250,19 +269,10 @@ impl FlowTables {
         let mut dead_rev = vec![];
         for r in self.nat_rev.iter() {
             let Ok((k, v)) = r else { continue };
-            let tcp = k.proto == PROTO_TCP;
-            if !g.expired(now, v.last_seen_ns, v.flags, tcp) {
-                out.nat_flows += 1;
-                continue;
-            }
-            let fwd_live = self
-                .conntrack
-                .get(&v.forward_key(&k), 0)
-                .is_ok_and(|c| !g.expired(now, c.last_seen_ns, c.flags, tcp));
-            if fwd_live {
-                out.nat_flows += 1;
-            } else {
+            if self.port_free(g, now, &k, &v) {
                 dead_rev.push(k);
+            } else {
+                out.nat_flows += 1;
             }
         }
         let mut dead_fwd = vec![];
@@ -291,7 +301,7 @@ impl FlowTables {
             let still = self
                 .nat_rev
                 .get(k, 0)
-                .is_ok_and(|v| g.expired(now, v.last_seen_ns, v.flags, k.proto == PROTO_TCP));
+                .is_ok_and(|v| self.port_free(g, now, k, &v));
             // Already gone (evicted): fine.
             if still && self.nat_rev.remove(k).is_ok() {
                 out.removed += 1;
