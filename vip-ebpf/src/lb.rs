@@ -29,6 +29,10 @@ use crate::{
 /// would bounce the entry's cache line between CPUs for nothing.
 const CT_TOUCH_NS: u64 = 1_000_000_000;
 
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied onto the stack first (20 u16 moves for a ConnKey); by reference the lookup reads it in the scratch map"
+)]
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext) -> Verdict {
     let h = match headers(ctx) {
@@ -59,7 +63,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     let p: &Parsed = p;
 
     // Replies from backends to a source port we allocated (mode nat).
-    if reply_port && let Some(v) = NAT_REV.get_ptr_mut(p.key) {
+    if reply_port && let Some(v) = NAT_REV.get_ptr_mut(&p.key) {
         return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
     if !service_port {
@@ -81,7 +85,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     // hash lookup (the connection table) instead of two. Anything else
     // (nat, a dead backend, a new flow) takes the full path below, which
     // reuses this lookup.
-    let ct = CONNTRACK.get_ptr_mut(p.key);
+    let ct = CONNTRACK.get_ptr_mut(&p.key);
     if let Some(ct) = ct {
         // SAFETY: LRU value pointer, valid during this run.
         let (id, last, flags) = unsafe { ((*ct).backend_id, (*ct).last_seen_ns, (*ct).flags) };
@@ -92,7 +96,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         {
             // SAFETY: as above.
             unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
-            return dsr(ctx, id, &be);
+            return dsr(ctx, id, be);
         }
     }
 
@@ -126,7 +130,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             if live && !(syn && flags & CT_F_CLOSING != 0) {
                 // SAFETY: as above.
                 unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
-                return forward(ctx, p, &svc, id, &be, nat_port);
+                return forward(ctx, p, &svc, id, be, nat_port);
             }
         } else if live && !syn {
             // The flow's backend died: tell the client now rather than let
@@ -162,7 +166,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         if svc.mode == MODE_NAT {
             return Verdict::drop(Reason::DropNoBackend);
         }
-        return forward(ctx, p, &svc, id, &be, 0);
+        return forward(ctx, p, &svc, id, be, 0);
     }
     let mut nat_port = 0u16;
     if svc.mode == MODE_NAT {
@@ -172,35 +176,36 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             lo: g.nat_port_lo,
             hi: g.nat_port_hi,
         };
-        let mut got = allocate_port(p, &svc, &be, &req);
+        let mut got = allocate_port(p, &svc, be, &req);
         if got == 0 {
-            got = reclaim_port(p, &svc, &be, &req);
+            got = reclaim_port(p, &svc, be, &req);
         }
         if got == 0 {
             return Verdict::drop(Reason::DropNatPortsExhausted);
         }
         nat_port = got as u16;
     }
-    let v = ConnValue {
-        last_seen_ns: now,
-        backend_id: id,
-        service_id: svc.id,
-        nat_port_be: nat_port,
-        flags: if p.tcp_flags & TCP_FIN != 0 {
-            CT_F_CLOSING
-        } else {
-            0
-        } | if svc.mode == MODE_DSR { CT_F_DSR } else { 0 },
-        _pad: [0; 5],
-    };
-    if CONNTRACK.insert(p.key, v, 0).is_err() {
+    // Zeroed whole, then filled: a `_pad: [0; 5]` literal compiles to a
+    // call of compiler-builtins' memset, a byte loop in BPF.
+    // SAFETY: ConnValue is plain integers; all-zero is a valid value.
+    let mut v: ConnValue = unsafe { core::mem::zeroed() };
+    v.last_seen_ns = now;
+    v.backend_id = id;
+    v.service_id = svc.id;
+    v.nat_port_be = nat_port;
+    v.flags = if p.tcp_flags & TCP_FIN != 0 {
+        CT_F_CLOSING
+    } else {
+        0
+    } | if svc.mode == MODE_DSR { CT_F_DSR } else { 0 };
+    if CONNTRACK.insert(&p.key, &v, 0).is_err() {
         return Verdict::drop(Reason::DropConntrackFull);
     }
     if svc.flags & SVC_F_SYNC != 0 {
         sync_event(p, &v);
     }
     stats::new_flow(id);
-    forward(ctx, p, &svc, id, &be, nat_port)
+    forward(ctx, p, &svc, id, be, nat_port)
 }
 
 /// Reports a new flow to the agent for replication to the peer LBs. Written
@@ -225,7 +230,14 @@ fn sync_event(p: &Parsed, v: &ConnValue) {
         (*ev).service_id = v.service_id;
         (*ev).nat_port_be = v.nat_port_be;
         (*ev).flags = v.flags;
-        (*ev)._pad = [0; 5];
+        // Byte by byte, volatile: `= [0; 5]` would call memset (a BPF
+        // byte-loop subprogram).
+        let pad = core::ptr::addr_of_mut!((*ev)._pad).cast::<u8>();
+        let mut i = 0;
+        while i < 5 {
+            pad.add(i).write_volatile(0);
+            i += 1;
+        }
     }
     // Flags 0: the kernel wakes the reader only when it has caught up
     // (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), so a busy agent is not
@@ -256,10 +268,13 @@ fn touch(last_seen: &mut u64, flags: &mut u8, now: u64, tcp_flags: u8) {
     }
 }
 
+/// The backend's entry in place, not a copy: a `BackendValue` (alignment 2)
+/// copies through compiler-builtins' memmove, a byte loop in BPF. The agent
+/// replaces entries whole, and a flow reads only its address, port and MAC.
 #[inline(always)]
-fn alive_backend(id: u32) -> Option<BackendValue> {
+fn alive_backend(id: u32) -> Option<&'static BackendValue> {
     match BACKENDS.get(id) {
-        Some(be) if be.flags & BE_F_ALIVE != 0 => Some(*be),
+        Some(be) if be.flags & BE_F_ALIVE != 0 => Some(be),
         _ => None,
     }
 }

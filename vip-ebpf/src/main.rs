@@ -3,7 +3,8 @@
 //!
 //! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
-//! RST rewrites), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters).
+//! RST rewrites), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
+//! `mem` (zeroing and copies that stay inline).
 #![no_std]
 #![no_main]
 
@@ -11,6 +12,7 @@ mod csum;
 mod fwd;
 mod lb;
 mod maps;
+mod mem;
 mod nat;
 mod parse;
 mod stats;

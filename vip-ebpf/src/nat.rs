@@ -1,7 +1,7 @@
 //! Mode nat (full NAT, one arm): address and port rewrites with incremental
 //! checksum updates, and the next hop from the kernel's FIB.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -14,7 +14,7 @@ use aya_ebpf::{
 use vip_common::{AddrBytes, FAMILY_V4, PROTO_TCP, PROTO_UDP, Reason};
 
 use crate::{
-    csum,
+    csum, mem,
     parse::{EthHdr, Ipv4Hdr, Ipv6Hdr, Parsed, TcpHdr, UdpHdr, ptr_at},
 };
 
@@ -122,8 +122,13 @@ pub const FORWARD_FAILED: u32 = 1 << 31;
 
 #[inline(always)]
 fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
-    // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays).
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib = MaybeUninit::<FibParams>::uninit();
+    // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays),
+    // written whole before the reference is made.
+    let fib = unsafe {
+        mem::zero(fib.as_mut_ptr());
+        &mut *fib.as_mut_ptr()
+    };
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.l4_protocol = p.key.proto;
     if p.key.family == FAMILY_V4 {
@@ -159,7 +164,7 @@ fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut fib as *mut FibParams,
+            fib as *mut FibParams,
             size_of::<FibParams>() as i32,
             0,
         )
@@ -171,10 +176,10 @@ fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
         return Err(Reason::DropNoRoute);
     }
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::DropAdjustFailed)?;
-    // SAFETY: bounds checked.
+    // SAFETY: bounds checked; both 2-aligned (`mem::copy_mac`).
     unsafe {
-        (*eth).dst = fib.dmac;
-        (*eth).src = fib.smac;
+        mem::copy_mac(&raw mut (*eth).dst, &raw const fib.dmac);
+        mem::copy_mac(&raw mut (*eth).src, &raw const fib.smac);
     }
     if fib.ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(xdp_action::XDP_TX);
