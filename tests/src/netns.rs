@@ -778,6 +778,48 @@ pub fn poll_until(
     }
 }
 
+/// Sends one raw Ethernet frame out of `ifindex` in namespace `ns` (an
+/// AF_PACKET socket): for frames the kernel's stack would never send, such
+/// as one addressed to a MAC no node has, which the lab's bridge floods.
+pub fn send_frame(ns: &str, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    in_netns(ns, || {
+        // SAFETY: plain socket(2); the descriptor is owned below.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                0, // send only: no protocol to receive
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // SAFETY: zero is a valid sockaddr_ll; the fields are set below.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_ifindex = ifindex as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and address are valid for the lengths given.
+        let n = unsafe {
+            libc::sendto(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&raw const to).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })
+}
+
 /// `ip netns exec <ns> args...`, output captured.
 pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
     assert!(!args.is_empty(), "ns_exec({ns}): empty command");

@@ -47,6 +47,16 @@ impl Dp {
         }
     }
 
+    /// Tells the program this interface's MAC, as the agent does before it
+    /// attaches: frames for a service addressed elsewhere are then passed
+    /// (`pass_other_host`). Left unset, the program serves any MAC.
+    pub fn set_local_mac(&mut self, mac: [u8; 6]) {
+        self.prog
+            .maps_mut()
+            .set_local_mac(mac)
+            .expect("write LOCAL_MAC");
+    }
+
     /// The backend id the connection table holds for the client flow from
     /// `client`:`sport`; panics naming the flow if there is none.
     pub fn conntrack_backend(&self, client: std::net::IpAddr, sport: u16) -> u32 {

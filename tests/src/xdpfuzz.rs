@@ -280,6 +280,14 @@ pub fn classify(f: &[u8], services: &[RefService]) -> Expected {
         }
         be16(f, l4 + 2)
     };
+    // Any service's port, or the mode nat reply range (whatever the address
+    // and protocol): it may be ours, so it must be addressed to us.
+    let g = vip_common::Globals::DEFAULT;
+    let may_be_ours = services.iter().any(|s| s.port == dport)
+        || (g.nat_port_lo..=g.nat_port_hi).contains(&dport);
+    if may_be_ours && f[..6] != MAC_LB {
+        return pass(Reason::PassOtherHost);
+    }
     let Some(svc) = services
         .iter()
         .find(|s| s.vip == dst && s.port == dport && s.proto == proto)
@@ -876,6 +884,12 @@ pub fn mutate(rng: &mut Rng, f: &mut Vec<u8>) -> String {
                 let p = rng.pick(&[PORT, DNS, 22, REPLY_PORT, 59999, 60000, any]);
                 set16(f, l4 + 2, p);
             }
+            if rng.chance(1, 4) {
+                // Flooded to us for another host, or broadcast.
+                let other = [0x02, 0x77, 0, 0, 0, 0x0c];
+                f[..6].copy_from_slice(&rng.pick(&[other, [0xff; 6], [0x01, 0, 0x5e, 0, 0, 1]]));
+                return "retargeted to another MAC".to_string();
+            }
             "retargeted".to_string()
         }
         18 => {
@@ -987,6 +1001,15 @@ mod tests {
         );
         assert_eq!(reason(&get("v4 UDP to a TCP port")), Reason::PassNoService);
         assert_eq!(reason(&get("v4 ACK with Ethernet padding")), Reason::TxDsr);
+
+        // Flooded to us for another host: not ours, whatever it carries; a
+        // port no service uses stays "no service".
+        let mut other = get("v4 SYN to the VIP");
+        other[5] ^= 1;
+        assert_eq!(reason(&other), Reason::PassOtherHost);
+        let mut ssh = get("v4 SSH to the node");
+        ssh[..6].copy_from_slice(&[0xff; 6]);
+        assert_eq!(reason(&ssh), Reason::PassNoService);
 
         // The TCP header must be inside the IP total length, even when the
         // frame's padding would hold it.

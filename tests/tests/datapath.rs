@@ -383,6 +383,71 @@ fn fixtures() -> Vec<Fixture> {
         ));
     }
 
+    // Frames for a service flooded to us for another host (a promiscuous
+    // interface): the kernel drops them as PACKET_OTHERHOST; serving them
+    // would duplicate the other host's packet, and in mode nat answer its
+    // connection with an RST.
+    let other_mac = [0x02, 0x77, 0, 0, 0, 0x0c];
+    let to = |mac: [u8; 6], p: Pkt| Pkt { dst_mac: mac, ..p }.build();
+    let nat_vip = || {
+        vip_tests::progtest::service(
+            v4,
+            PORT,
+            PROTO_TCP,
+            MODE_NAT,
+            addr_bytes(ip("10.77.0.11")).1,
+            vec![backend(v4, 1, true, false)],
+        )
+    };
+    for (desc, services, input) in [
+        (
+            "a SYN for the VIP addressed to another host passes untouched",
+            vec![three(v4)],
+            to(other_mac, syn4()),
+        ),
+        (
+            "a broadcast SYN for the VIP passes untouched",
+            vec![three(v4)],
+            to([0xff; 6], syn4()),
+        ),
+        (
+            "an IPv6 SYN for the VIP addressed to another host passes untouched",
+            vec![three(v6)],
+            to(other_mac, syn6()),
+        ),
+        (
+            "mode nat: another host's mid-connection segment gets no RST",
+            vec![nat_vip()],
+            to(
+                other_mac,
+                Pkt::tcp(ip(CLIENT4), 40000, ip(VIP4), PORT, TCP_ACK),
+            ),
+        ),
+    ] {
+        f.push(fx(
+            desc,
+            services,
+            input,
+            XDP_PASS,
+            Reason::PassOtherHost,
+            Expect::Unchanged,
+        ));
+    }
+    f.push(Fixture {
+        before: vec![syn4().build()],
+        ..fx(
+            "an established flow's segment addressed to another host passes",
+            vec![three(v4)],
+            to(
+                other_mac,
+                Pkt::tcp(ip(CLIENT4), 40000, ip(VIP4), PORT, TCP_ACK),
+            ),
+            XDP_PASS,
+            Reason::PassOtherHost,
+            Expect::Unchanged,
+        )
+    });
+
     // Established flows.
     let data = Pkt::tcp(ip(CLIENT4), 40000, ip(VIP4), PORT, TCP_ACK | TCP_PSH)
         .payload(b"GET /readyz HTTP/1.1\r\n\r\n");
@@ -479,6 +544,9 @@ fn fixture_table() {
     let mut failures = vec![];
     for fx in fixtures() {
         let mut dp = Dp::new(&fx.services);
+        // As a running agent has it: every fixture frame is addressed to
+        // MAC_LB unless it says otherwise.
+        dp.set_local_mac(MAC_LB);
         for b in &fx.before {
             dp.run_raw(b);
         }
@@ -748,6 +816,7 @@ fn fuzz_differential_parser() {
     );
     let refs = xdpfuzz::services();
     let mut dp = Dp::new(&fuzz_services(&refs));
+    dp.set_local_mac(MAC_LB);
     let fixtures = xdpfuzz::fixtures();
     let mut rng = xdpfuzz::Rng::new(seed);
     let base = dp.prog.maps().reason_counters().expect("read counters");

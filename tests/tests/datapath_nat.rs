@@ -115,6 +115,7 @@ impl NatLab {
         in_netns(&node.ns, move || {
             let mut dp = Dp::new(&services);
             dp.ingress_ifindex = node.ifindex;
+            dp.set_local_mac(node.mac);
             f(&mut dp)
         })
     }

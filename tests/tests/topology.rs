@@ -450,3 +450,66 @@ fn dsr_backend_removed_under_watches() {
 fn nat_backend_removed_under_watches() {
     backend_removed_under_watches(AttachMode::Skb, Fwd::Nat, "rm-nat");
 }
+
+/// A frame for the VIP flooded to the LB for another host (the lab's bridge
+/// floods unknown unicast, and veth hands XDP every frame, as a promiscuous
+/// NIC would) is left to the kernel, which drops it: mode nat would
+/// otherwise answer another host's mid-connection segment with an RST and
+/// kill its connection. The same segment addressed to the LB is answered
+/// (the control: the test sees RSTs when there are any).
+#[test]
+fn nat_frames_flooded_for_another_host_are_not_answered() {
+    use vip_tests::{
+        netns::{VIP_V4, poll_until, send_frame},
+        packet::{Pkt, TCP_ACK},
+    };
+    let l = LbLab::start("flood", AttachMode::Native, Fwd::Nat);
+    // The lab turns unknown-unicast flooding off towards the LB (see
+    // `flood_off`); this test wants what a switch does after its MAC table
+    // forgot a host.
+    let port = l.lab.node("lb").switch_port.clone();
+    l.lab
+        .switch_sh(&["bridge", "link", "set", "dev", &port, "flood", "on"]);
+    let client = l.lab.node("client").clone();
+    let lb_mac = l.lab.node("lb").mac;
+    let segment = |dst_mac: [u8; 6], sport: u16| {
+        Pkt {
+            dst_mac,
+            src_mac: client.mac,
+            ..Pkt::tcp(client.ipv4.into(), sport, VIP_V4.into(), 6443, TCP_ACK)
+        }
+        .build()
+    };
+    let counter = |reason: &str| {
+        l.metric(&format!(
+            "vipd_dataplane_packets_total{{reason=\"{reason}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    let wait_counter = |reason: &str, at_least: f64| {
+        poll_until(
+            Duration::from_secs(5),
+            || format!("{reason} stayed at {}", counter(reason)),
+            || counter(reason) >= at_least,
+        );
+    };
+
+    // Control: no connection entry, addressed to the LB: an RST (mode nat
+    // cannot pick up a connection in the middle).
+    let rst0 = counter("tx_rst");
+    send_frame(&client.ns, client.ifindex, &segment(lb_mac, 45001)).expect("send");
+    wait_counter("tx_rst", rst0 + 1.0);
+
+    // Another host's MAC, then broadcast: passed, not answered.
+    let other0 = counter("pass_other_host");
+    let rst1 = counter("tx_rst");
+    let nobody = [0x02, 0x77, 0, 0, 0, 0xee];
+    send_frame(&client.ns, client.ifindex, &segment(nobody, 45002)).expect("send");
+    send_frame(&client.ns, client.ifindex, &segment([0xff; 6], 45003)).expect("send");
+    wait_counter("pass_other_host", other0 + 2.0);
+    assert_eq!(
+        counter("tx_rst"),
+        rst1,
+        "a segment addressed to another host was answered with an RST"
+    );
+}

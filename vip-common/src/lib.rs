@@ -139,7 +139,27 @@ reasons! {
     DropNatPortsExhausted = 18, "drop_nat_ports_exhausted";
     /// Mode nat: no route to the backend or client (FIB lookup failed).
     DropNoRoute = 19, "drop_no_route";
+    /// For a service (or a mode nat reply port) but addressed to another
+    /// host's MAC: it reached this interface because the interface is
+    /// promiscuous (a bridge port, a running packet capture) and the switch
+    /// flooded it. Passed to the kernel, which drops it (PACKET_OTHERHOST):
+    /// forwarding it would duplicate another node's packet, and answering it
+    /// in mode nat would reset another node's connection.
+    PassOtherHost = 20, "pass_other_host";
 }
+
+/// The `LOCAL_MAC` entry: the MAC address of the interface the program is
+/// attached to, which the agent writes before attaching and whenever it
+/// changes. Frames for a service must be addressed to it. `set` 0 (never
+/// written, as in program tests that do not care) turns the check off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMac {
+    pub mac: [u8; 6],
+    pub set: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<LocalMac>() == 8);
 
 /// Number of reason counters (the length of the `REASONS` per-CPU array).
 pub const REASON_COUNT: u32 = Reason::ALL.len() as u32;
@@ -442,6 +462,7 @@ mod pod {
     unsafe impl aya::Pod for NatValue {}
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for SyncEvent {}
+    unsafe impl aya::Pod for LocalMac {}
 }
 
 /// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.

@@ -17,11 +17,11 @@ use vip_common::{
 use crate::{
     Verdict, fwd,
     maps::{
-        BACKENDS, CONNTRACK, GLOBALS, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH, PortScratch,
-        SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
+        BACKENDS, CONNTRACK, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH,
+        PortScratch, SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
     },
     nat::{self, Endpoints},
-    parse::{Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers},
+    parse::{EthHdr, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers, ptr_at},
     stats,
 };
 
@@ -51,6 +51,9 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     };
     if !service_port && !reply_port {
         return Verdict::pass(Reason::PassNoService);
+    }
+    if !addressed_to_us(ctx) {
+        return Verdict::pass(Reason::PassOtherHost);
     }
     let p = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's slot; nothing else runs on it during this program.
@@ -243,6 +246,33 @@ fn sync_event(p: &Parsed, v: &ConnValue) {
     // (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), so a busy agent is not
     // woken per event, an idle one at once.
     e.submit(0);
+}
+
+/// Whether the frame's destination MAC is the attached interface's (see
+/// `LocalMac`); true while the agent has not written it.
+#[inline(always)]
+fn addressed_to_us(ctx: &XdpContext) -> bool {
+    let Some(m) = LOCAL_MAC.get(0) else {
+        return true;
+    };
+    if m.set == 0 {
+        return true;
+    }
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // In u16 words: a [u8; 6] comparison may compile to a bcmp call. Both
+    // are 2-aligned (the frame's start; a map value is 8-aligned).
+    // SAFETY: bounds checked; `m` is a map value, valid during this run.
+    unsafe {
+        let (a, b) = (
+            (&raw const (*eth).dst).cast::<u16>(),
+            m.mac.as_ptr().cast::<u16>(),
+        );
+        a.read() == b.read()
+            && a.add(1).read() == b.add(1).read()
+            && a.add(2).read() == b.add(2).read()
+    }
 }
 
 /// The agent's settings; an unwritten (all-zero) entry means the defaults, so

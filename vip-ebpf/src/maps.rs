@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter, Globals,
-    MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue,
-    REASON_COUNT, SYNC_RING_BYTES, ServiceKey, ServiceValue,
+    LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY,
+    NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey, ServiceValue,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -21,6 +21,11 @@ pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entri
 /// a hash lookup. Index = port / 64, bit = port % 64 (host order port).
 #[map]
 pub static SERVICE_PORTS: Array<u64> = Array::with_max_entries(1024, 0);
+
+/// The attached interface's MAC (one entry, see `LocalMac`): frames for a
+/// service addressed elsewhere are not ours.
+#[map]
+pub static LOCAL_MAC: Array<LocalMac> = Array::with_max_entries(1, 0);
 
 /// Backend id -> address, port, MAC, flags (alive, local).
 #[map]

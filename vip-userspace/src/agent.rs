@@ -392,6 +392,39 @@ pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
     v
 }
 
+/// Keeps the program's `LOCAL_MAC` equal to the interface's MAC (read once
+/// a second, so a MAC changed under a running agent is followed within a
+/// second). Returns what the program now holds. A MAC that cannot be read
+/// (not Ethernet) leaves the program's check off, which only costs the
+/// protection against flooded frames (`pass_other_host`); the caller logs
+/// that at start.
+fn write_local_mac(maps: &mut KernelMaps, iface: &str, last: Option<[u8; 6]>) -> Option<[u8; 6]> {
+    let mac = match crate::vrrp::net::mac_address(iface) {
+        Ok(m) => m,
+        Err(e) => {
+            if last.is_some() {
+                warn!(interface = %iface, error = %e, "reading the interface's MAC failed; keeping the last one");
+            }
+            return last;
+        }
+    };
+    if Some(mac) == last {
+        return last;
+    }
+    match maps.set_local_mac(mac) {
+        Ok(()) => {
+            if last.is_some() {
+                info!(interface = %iface, mac = %crate::config::format_mac(&mac), "the interface's MAC changed; frames for the VIP must now be addressed to it");
+            }
+            Some(mac)
+        }
+        Err(e) => {
+            warn!(interface = %iface, error = %e, "writing the interface's MAC to the program failed; retrying in a second");
+            last
+        }
+    }
+}
+
 fn held_vips(cfg: &Config) -> Vec<IpAddr> {
     if cfg.hold_vips {
         service_vips(cfg)
@@ -572,6 +605,10 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     // Program the maps before attaching: the first packet the program sees
     // already finds every service.
     prog.maps_mut().set_globals(&globals)?;
+    let mut local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
+    if local_mac.is_none() {
+        warn!(interface = %cfg.interface, "the interface's MAC could not be read or written: frames for a service are served whatever MAC they are addressed to");
+    }
     let (mut ctl, report) =
         Controller::new(prog, cfg, node_addrs).context("programming the services")?;
     info!(
@@ -843,6 +880,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
                     Ok(r) => poke_after(r.as_ref()),
                     Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
                 }
+                local_mac = write_local_mac(ctl.programmer_mut().maps_mut(), &cfg.interface, local_mac);
                 if !routers.is_empty() {
                     let iface = cfg.interface.clone();
                     let now_xdp = tokio::task::spawn_blocking(move || host::xdp_attached(&iface))

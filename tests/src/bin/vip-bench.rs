@@ -10,9 +10,12 @@
 //!
 //! Re-processing: with `repeat > 1` the kernel runs the program again on the
 //! buffer it already rewrote. The mode dsr rewrite only changes the Ethernet
-//! addresses, which the program never reads, so every repeat takes the same path
-//! (same flow, same connection entry): established-flow and non-VIP cases use
-//! `repeat`. A new flow must miss the connection table every time, so that case
+//! addresses, and the benchmark's backends all have the LB's own MAC, so the
+//! rewritten frame is again addressed to the LB (which the program checks)
+//! and every repeat takes the same path (same flow, same connection entry):
+//! established-flow and non-VIP cases use `repeat`. The reason counters are
+//! checked after each such case: every run must have ended as that case's
+//! reason (`tx_dsr`, `pass_no_service`), or the benchmark stops. A new flow must miss the connection table every time, so that case
 //! runs `repeat = 1` per packet with a fresh source port each, and is compared
 //! with the baselines measured the same way.
 
@@ -31,7 +34,7 @@ use vip_common::{
 use vip_tests::{
     e2e, failover,
     netns::{Lab, in_netns},
-    packet::{Pkt, TCP_ACK, TCP_SYN},
+    packet::{MAC_LB, Pkt, TCP_ACK, TCP_SYN},
     reaction,
 };
 use vip_userspace::{
@@ -119,7 +122,8 @@ fn service(n: u8) -> DesiredService {
                     family,
                     addr,
                     port_be: PORT.to_be(),
-                    mac: [2, 0, 0, 0, 1, i],
+                    // The LB's own MAC: see "Re-processing" above.
+                    mac: MAC_LB,
                     local: false,
                     alive: true,
                     draining: false,
@@ -127,6 +131,29 @@ fn service(n: u8) -> DesiredService {
             })
             .collect(),
     }
+}
+
+/// Runs `case` and checks that the program counted exactly `runs` more
+/// packets as `reason`: a repeated case whose rewritten buffer took another
+/// path would measure that path instead.
+fn counted(
+    maps: &KernelMaps,
+    reason: Reason,
+    runs: u64,
+    case: impl FnOnce() -> Result<f64>,
+) -> Result<f64> {
+    let before = maps.reason_counters()?[reason as usize].packets;
+    let ns = case()?;
+    let after = maps.reason_counters()?[reason as usize].packets;
+    if after - before != runs {
+        bail!(
+            "{} runs, but {} counted as {}: the case did not take its path every time",
+            runs,
+            after - before,
+            reason.label()
+        );
+    }
+    Ok(ns)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -224,6 +251,7 @@ fn nat_section(a: &Args) -> Result<()> {
                 b.addr = addr_bytes(ip(&format!("10.77.0.{}", 21 + i))).1;
             }
             prog.apply(&[svc])?;
+            prog.maps_mut().set_local_mac(MAC_LB)?;
             let syn = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_SYN).build();
             let est = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_ACK)
                 .payload(&[0; 10])
@@ -392,13 +420,20 @@ fn main() -> Result<()> {
             fill_conntrack(&mut maps, flows.saturating_sub(1))?;
             let mut prog = Programmer::new(maps);
             prog.apply(&[service(backends)])?;
+            // As a running agent has it: the frames' destination is ours.
+            prog.maps_mut().set_local_mac(MAC_LB)?;
             // Establish the measured flow.
             repeated(prog.maps(), PROG_VIP, &syn, 1, 1)?;
             let m = prog.maps();
             let pass = repeated(m, PROG_PASS, &est, a.repeat, a.samples)?;
             let tx = repeated(m, PROG_BENCH_TX, &est, a.repeat, a.samples)?;
-            let nv = repeated(m, PROG_VIP, &non_vip, a.repeat, a.samples)?;
-            let es = repeated(m, PROG_VIP, &est, a.repeat, a.samples)?;
+            let runs = u64::from(a.repeat) * a.samples as u64;
+            let nv = counted(m, Reason::PassNoService, runs, || {
+                repeated(m, PROG_VIP, &non_vip, a.repeat, a.samples)
+            })?;
+            let es = counted(m, Reason::TxDsr, runs, || {
+                repeated(m, PROG_VIP, &est, a.repeat, a.samples)
+            })?;
             let tx1 = single(m, PROG_BENCH_TX, &new_flows, 0)?;
             let nf = single(m, PROG_VIP, &new_flows, 0)?;
             println!(

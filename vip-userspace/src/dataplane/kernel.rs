@@ -17,7 +17,8 @@ use aya::{
     },
 };
 use vip_common::{
-    BackendStats, BackendValue, Counter, Globals, NatValue, REASON_COUNT, ServiceKey, ServiceValue,
+    BackendStats, BackendValue, Counter, Globals, LocalMac, NatValue, REASON_COUNT, ServiceKey,
+    ServiceValue,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Maps, Result, flows::FlowTables};
@@ -90,8 +91,16 @@ pub const PINNED_MAPS: [&str; 10] = [
 ///   ring. Events of flows opened while no agent ran are lost, and the next
 ///   sweep's refresh sends those flows;
 /// - SYNC_LOST: a counter of ring overflows, reset like any counter of a
-///   restarted process.
-pub const UNPINNED_MAPS: [&str; 4] = ["SCRATCH", "PORT_SCRATCH", "SYNC_EVENTS", "SYNC_LOST"];
+///   restarted process;
+/// - LOCAL_MAC: written by every agent before it attaches or switches the
+///   link.
+pub const UNPINNED_MAPS: [&str; 5] = [
+    "SCRATCH",
+    "PORT_SCRATCH",
+    "SYNC_EVENTS",
+    "SYNC_LOST",
+    "LOCAL_MAC",
+];
 
 /// The folder for `iface` under a pin root, versioned by the map ABI so that
 /// a vipd whose map layout differs never adopts incompatible maps.
@@ -292,6 +301,19 @@ impl KernelMaps {
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap(name))
+    }
+
+    /// Tells the program the attached interface's MAC: frames for a service
+    /// addressed to another host are passed (`pass_other_host`), not served.
+    pub fn set_local_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let mut m: Array<&mut MapData, LocalMac> =
+            Array::try_from(self.map_mut("LOCAL_MAC")?).map_err(map_err("LOCAL_MAC", "open"))?;
+        let v = LocalMac {
+            mac,
+            set: 1,
+            _pad: 0,
+        };
+        m.set(0, v, 0).map_err(map_err("LOCAL_MAC", "update"))
     }
 
     /// The names of the object's maps (to check `PINNED_MAPS` against).
