@@ -20,7 +20,10 @@ use vip_tests::{
 };
 use vip_userspace::{
     config::addr_bytes,
-    dataplane::programmer::{DesiredBackend, DesiredService},
+    dataplane::{
+        Maps,
+        programmer::{DesiredBackend, DesiredService},
+    },
 };
 
 const PORT: u16 = 6443;
@@ -98,6 +101,32 @@ impl NatLab {
             proto,
             (1..=3).map(|i| backend(v6, i)).collect(),
         )
+    }
+
+    /// The port-allocation tests' program: one IPv4 TCP service with backend
+    /// 1, and only `ports` as mode nat source ports.
+    fn one_backend_with_ports<T: Send>(
+        &self,
+        ports: std::ops::RangeInclusive<u16>,
+        f: impl FnOnce(&mut Dp) -> T + Send,
+    ) -> T {
+        let svc = service(
+            ip(VIP4),
+            self.lb_ip(false),
+            PROTO_TCP,
+            vec![backend(false, 1)],
+        );
+        self.with_dp(vec![svc], |dp| {
+            dp.prog
+                .maps_mut()
+                .set_globals(&Globals {
+                    nat_port_lo: *ports.start(),
+                    nat_port_hi: *ports.end(),
+                    ..Globals::DEFAULT
+                })
+                .expect("globals");
+            f(dp)
+        })
     }
 
     fn lb_ip(&self, v6: bool) -> IpAddr {
@@ -957,19 +986,10 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
 #[test]
 fn nat_expired_ports_are_reclaimed_under_the_lock() {
     use vip_common::CT_F_CLOSING;
-    use vip_userspace::dataplane::{Maps, flows::monotonic_ns};
+    use vip_userspace::dataplane::flows::monotonic_ns;
     let l = NatLab::new("natreclaim");
     let snat = l.lb_ip(false);
-    let svc = service(ip(VIP4), snat, PROTO_TCP, vec![backend(false, 1)]);
-    l.with_dp(vec![svc], |dp| {
-        dp.prog
-            .maps_mut()
-            .set_globals(&Globals {
-                nat_port_lo: 50000,
-                nat_port_hi: 50003,
-                ..Globals::DEFAULT
-            })
-            .expect("globals");
+    l.one_backend_with_ports(50000..=50003, |dp| {
         let now = monotonic_ns();
         let ago = |s: u64| now.saturating_sub(s * 1_000_000_000);
         let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
@@ -1055,19 +1075,10 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
 #[test]
 fn nat_port_hold_follows_how_the_backend_closed() {
     use vip_common::{CT_F_CLOSING, NAT_F_DONE};
-    use vip_userspace::dataplane::{Maps, flows::monotonic_ns};
+    use vip_userspace::dataplane::flows::monotonic_ns;
     let l = NatLab::new("natclose");
     let snat = l.lb_ip(false);
-    let svc = service(ip(VIP4), snat, PROTO_TCP, vec![backend(false, 1)]);
-    l.with_dp(vec![svc], |dp| {
-        dp.prog
-            .maps_mut()
-            .set_globals(&Globals {
-                nat_port_lo: 50000,
-                nat_port_hi: 50000,
-                ..Globals::DEFAULT
-            })
-            .expect("globals");
+    l.one_backend_with_ports(50000..=50000, |dp| {
         let lb_mac = l.lab.node("lb").mac;
         let client = |sport: u16, flags: u8| {
             Pkt {
