@@ -310,6 +310,17 @@ fn nat_vip_move_with_state_sync_keeps_200_watches() {
         .filter(|(k, v)| k.starts_with("vipd_state_sync_rejected_total") && *v > 0.0)
         .collect();
     assert!(rejected.is_empty(), "lb2 refused records: {rejected:?}");
+    // `vipd status` says the same as the metrics.
+    let st = l.status_of("lb2");
+    let sync = st
+        .sync
+        .as_ref()
+        .unwrap_or_else(|| panic!("no sync in lb2's status:\n{}", st.render()));
+    assert!(
+        sync.applied >= STREAMS as u64 && sync.rejected.is_empty(),
+        "lb2's status: {sync:?}"
+    );
+    assert!(st.render().contains("state sync: "), "{}", st.render());
 }
 
 /// A backend's link goes down under 30 watch streams whose clients send

@@ -32,6 +32,24 @@ pub struct Status {
     pub vrrp: Vec<VrrpStatus>,
     pub services: Vec<ServiceStatus>,
     pub flows: FlowStatus,
+    /// State sync's counters (mode nat with `state_sync:`); absent without it.
+    #[serde(default)]
+    pub sync: Option<SyncStatus>,
+}
+
+/// Connection-state sync since the agent started: the same counters as the
+/// `vipd_state_sync_*` metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Records sent, once per peer.
+    pub sent: u64,
+    pub received: u64,
+    /// Records written to this node's maps.
+    pub applied: u64,
+    /// Records refused, by reason (only reasons seen).
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    /// New flows never sent, by reason (only reasons seen).
+    pub lost: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -356,6 +374,26 @@ impl Status {
                 );
             }
         }
+        if let Some(y) = &self.sync {
+            let by_reason = |m: &std::collections::BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    return "none".to_owned();
+                }
+                m.iter()
+                    .map(|(r, n)| format!("{n} {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                o,
+                "state sync: {} records sent, {} received, {} applied; refused: {}; lost: {}",
+                y.sent,
+                y.received,
+                y.applied,
+                by_reason(&y.rejected),
+                by_reason(&y.lost)
+            );
+        }
         o
     }
 }
@@ -538,6 +576,13 @@ mod tests {
                 swept: 4,
                 last_sweep_unix_ms: Some(at - 4_000),
             },
+            sync: Some(SyncStatus {
+                sent: 120,
+                received: 7,
+                applied: 6,
+                rejected: [("conflict".to_owned(), 1)].into(),
+                lost: Default::default(),
+            }),
         }
     }
 
@@ -569,6 +614,7 @@ mod tests {
             "last failover 12 s ago: took 342 ms, from 10.0.0.12",
             "service 10.0.0.100:6443 tcp mode dsr: VIP on this node, 1/2 backends serving",
             "flows: 12 of 262144 (0.0% full), 4 expired entries swept, counted 4 s ago",
+            "state sync: 120 records sent, 7 received, 6 applied; refused: 1 conflict; lost: none",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -22,7 +22,7 @@ use crate::{
     },
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
-        ServiceStatus, Status, VrrpStatus,
+        ServiceStatus, Status, SyncStatus, VrrpStatus,
     },
     vrrp::{
         Family,
@@ -350,24 +350,37 @@ pub fn refresh<M: Maps>(
         },
     };
     mirror(&m.conntrack_swept, obs.swept_total);
-    if let Some(st) = &obs.sync {
+    let sync = obs.sync.as_ref().map(|st| {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        mirror(&m.state_sync_sent, load(&st.sent));
-        mirror(&m.state_sync_received, load(&st.received));
-        mirror(&m.state_sync_applied, load(&st.applied));
+        let mut y = SyncStatus {
+            sent: load(&st.sent),
+            received: load(&st.received),
+            applied: load(&st.applied),
+            ..SyncStatus::default()
+        };
+        mirror(&m.state_sync_sent, y.sent);
+        mirror(&m.state_sync_received, y.received);
+        mirror(&m.state_sync_applied, y.applied);
         for (reason, n) in st.rejected() {
             let l = ReasonLabel {
                 reason: reason.to_owned(),
             };
             mirror(&m.state_sync_rejected.get_or_create(&l), n);
+            if n > 0 {
+                y.rejected.insert(reason.to_owned(), n);
+            }
         }
         for (reason, n) in st.lost(obs.sync_ring_lost) {
             let l = ReasonLabel {
                 reason: reason.to_owned(),
             };
             mirror(&m.state_sync_lost.get_or_create(&l), n);
+            if n > 0 {
+                y.lost.insert(reason.to_owned(), n);
+            }
         }
-    }
+        y
+    });
     let snapshot = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         node: obs.node.clone(),
@@ -387,6 +400,7 @@ pub fn refresh<M: Maps>(
         vrrp,
         services,
         flows,
+        sync,
     };
     match serde_json::to_string(&snapshot) {
         Ok(j) => m.set_status(j),
