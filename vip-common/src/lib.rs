@@ -362,9 +362,11 @@ impl Globals {
     /// Whether the source port of the reverse entry `rev` (keyed by `port_be`,
     /// last seen at `rev_last` with `rev_flags`) may go to a new flow: the
     /// one rule for the XDP program's reclaim and the agent's sweep. `fwd`
-    /// is the forward entry of the flow that holds it, if any: (last seen,
-    /// flags, its allocated port). A forward entry with another port is a
-    /// newer connection on the same client tuple and holds nothing here.
+    /// looks up the forward entry of the flow that holds it, if any: (last
+    /// seen, flags, its allocated port). It is called only when the reverse
+    /// side is over, so a live flow costs no second lookup. A forward entry
+    /// with another port is a newer connection on the same client tuple and
+    /// holds nothing here.
     ///
     /// The port is free once both sides are idle past the hold:
     /// [`CLOSED_HOLD_NS`] for a `NAT_F_DONE` flow, else [`Globals::expired`]
@@ -376,7 +378,7 @@ impl Globals {
         now: u64,
         port_be: u16,
         (rev_last, rev_flags): (u64, u8),
-        fwd: Option<(u64, u8, u16)>,
+        fwd: impl FnOnce() -> Option<(u64, u8, u16)>,
         tcp: bool,
     ) -> bool {
         let done = tcp && rev_flags & NAT_F_DONE != 0;
@@ -390,7 +392,7 @@ impl Globals {
         if !over(rev_last, rev_flags) {
             return false;
         }
-        match fwd {
+        match fwd() {
             Some((last, flags, port)) if port == port_be => over(last, flags),
             _ => true,
         }
@@ -637,23 +639,26 @@ mod tests {
         let closing = (now - 3 * s, CT_F_CLOSING);
         let done = (now - 3 * s, CT_F_CLOSING | NAT_F_DONE);
         // Closed by the backend first (it waits in TIME-WAIT): closing_s.
-        assert!(!g.port_free(now, port, closing, None, true));
-        assert!(g.port_free(now, port, (now - 11 * s, CT_F_CLOSING), None, true));
+        assert!(!g.port_free(now, port, closing, || None, true));
+        assert!(g.port_free(now, port, (now - 11 * s, CT_F_CLOSING), || None, true));
         // Passively closed or reset by the backend: the short hold.
-        assert!(g.port_free(now, port, done, None, true));
-        assert!(!g.port_free(now, port, (now - s, NAT_F_DONE), None, true));
-        // ... counted from the client's last packet too.
+        assert!(g.port_free(now, port, done, || None, true));
+        assert!(!g.port_free(now, port, (now - s, NAT_F_DONE), || None, true));
+        // The forward entry is not looked up while the reverse side lives.
+        assert!(!g.port_free(now, port, closing, || panic!("looked up"), true));
+        // ... and counts when it is: the hold runs from the client's last
+        // packet too.
         let fwd = |ago: u64, p: u16| Some((now - ago, CT_F_CLOSING, p));
-        assert!(!g.port_free(now, port, done, fwd(s, port), true));
-        assert!(g.port_free(now, port, done, fwd(3 * s, port), true));
+        assert!(!g.port_free(now, port, done, || fwd(s, port), true));
+        assert!(g.port_free(now, port, done, || fwd(3 * s, port), true));
         // A forward entry with another port is another connection.
-        assert!(g.port_free(now, port, done, fwd(0, port ^ 1), true));
+        assert!(g.port_free(now, port, done, || fwd(0, port ^ 1), true));
         // UDP has no FIN: the flag means nothing there, and a live forward
         // flow keeps its port though the backend never answered.
-        assert!(!g.port_free(now, port, (now - 3 * s, NAT_F_DONE), None, false));
+        assert!(!g.port_free(now, port, (now - 3 * s, NAT_F_DONE), || None, false));
         let stale = (now - 301 * s, 0);
-        assert!(g.port_free(now, port, stale, None, false));
-        assert!(!g.port_free(now, port, stale, Some((now, 0, port)), false));
+        assert!(g.port_free(now, port, stale, || None, false));
+        assert!(!g.port_free(now, port, stale, || Some((now, 0, port)), false));
     }
 
     #[test]

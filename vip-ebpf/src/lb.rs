@@ -463,10 +463,12 @@ fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
         sc.fwd = (*old).forward_key(&sc.rev);
         ((*old).last_seen_ns, (*old).flags)
     };
-    let fwd = CONNTRACK
-        .get_ptr(&sc.fwd)
-        // SAFETY: as above.
-        .map(|f| unsafe { ((*f).last_seen_ns, (*f).flags, (*f).nat_port_be) });
+    let fwd = || {
+        CONNTRACK
+            .get_ptr(&sc.fwd)
+            // SAFETY: as above.
+            .map(|f| unsafe { ((*f).last_seen_ns, (*f).flags, (*f).nat_port_be) })
+    };
     if !g.port_free(now, sc.rev.dport_be, rev, fwd, tcp) {
         return false;
     }

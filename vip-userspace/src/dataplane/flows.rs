@@ -242,11 +242,12 @@ impl FlowTables {
     /// Whether the reverse entry `k` -> `v` no longer holds its port, by the
     /// program's rule ([`Globals::port_free`]).
     fn port_free(&self, g: &Globals, now: u64, k: &ConnKey, v: &NatValue) -> bool {
-        let fwd = self
-            .conntrack
-            .get(&v.forward_key(k), 0)
-            .ok()
-            .map(|c| (c.last_seen_ns, c.flags, c.nat_port_be));
+        let fwd = || {
+            self.conntrack
+                .get(&v.forward_key(k), 0)
+                .ok()
+                .map(|c| (c.last_seen_ns, c.flags, c.nat_port_be))
+        };
         g.port_free(
             now,
             k.dport_be,
