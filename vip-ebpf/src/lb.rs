@@ -20,6 +20,7 @@ use crate::{
         BACKENDS, CONNTRACK, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH,
         PortScratch, SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
     },
+    mem,
     nat::{self, Endpoints},
     parse::{EthHdr, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers, ptr_at},
     stats,
@@ -233,14 +234,8 @@ fn sync_event(p: &Parsed, v: &ConnValue) {
         (*ev).service_id = v.service_id;
         (*ev).nat_port_be = v.nat_port_be;
         (*ev).flags = v.flags;
-        // Byte by byte, volatile: `= [0; 5]` would call memset (a BPF
-        // byte-loop subprogram).
-        let pad = core::ptr::addr_of_mut!((*ev)._pad).cast::<u8>();
-        let mut i = 0;
-        while i < 5 {
-            pad.add(i).write_volatile(0);
-            i += 1;
-        }
+        // `= [0; 5]` would call memset (`mem`).
+        mem::zero_bytes::<5>(core::ptr::addr_of_mut!((*ev)._pad).cast());
     }
     // Flags 0: the kernel wakes the reader only when it has caught up
     // (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), so a busy agent is not
@@ -261,18 +256,9 @@ fn addressed_to_us(ctx: &XdpContext) -> bool {
     let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return false;
     };
-    // In u16 words: a [u8; 6] comparison may compile to a bcmp call. Both
-    // are 2-aligned (the frame's start; a map value is 8-aligned).
-    // SAFETY: bounds checked; `m` is a map value, valid during this run.
-    unsafe {
-        let (a, b) = (
-            (&raw const (*eth).dst).cast::<u16>(),
-            m.mac.as_ptr().cast::<u16>(),
-        );
-        a.read() == b.read()
-            && a.add(1).read() == b.add(1).read()
-            && a.add(2).read() == b.add(2).read()
-    }
+    // SAFETY: bounds checked; both 2-aligned (the frame's start, a map
+    // value); `m` is valid during this run.
+    unsafe { mem::eq_u16s::<3>((&raw const (*eth).dst).cast(), m.mac.as_ptr()) }
 }
 
 /// The agent's settings; an unwritten (all-zero) entry means the defaults, so

@@ -1,7 +1,7 @@
 //! Mode nat (full NAT, one arm): address and port rewrites with incremental
 //! checksum updates, and the next hop from the kernel's FIB.
 
-use core::mem::{MaybeUninit, size_of};
+use core::mem::{MaybeUninit, align_of, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -120,13 +120,16 @@ pub fn forward(ctx: &XdpContext, p: &Parsed) -> u32 {
 /// Marks a failed `forward`; the low bits carry the `Reason`.
 pub const FORWARD_FAILED: u32 = 1 << 31;
 
+// Zeroed in u32 words (`forward_inner`).
+const _: () = assert!(size_of::<FibParams>().is_multiple_of(4) && align_of::<FibParams>() >= 4);
+
 #[inline(always)]
 fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
     let mut fib = MaybeUninit::<FibParams>::uninit();
     // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays),
     // written whole before the reference is made.
     let fib = unsafe {
-        mem::zero(fib.as_mut_ptr());
+        mem::zero_u32s::<{ size_of::<FibParams>() / 4 }>(fib.as_mut_ptr().cast());
         &mut *fib.as_mut_ptr()
     };
     fib.ifindex = ctx.ingress_ifindex() as u32;

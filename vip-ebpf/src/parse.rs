@@ -8,6 +8,8 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use vip_common::{ConnKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason};
 
+use crate::mem;
+
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 pub const ETH_P_8021Q: u16 = 0x8100u16.to_be();
@@ -271,53 +273,26 @@ pub fn fill(ctx: &XdpContext, h: &Headers, out: &mut Parsed) -> Result<(), Reaso
     key.sport_be = h.sport_be;
     key.dport_be = h.dport_be;
     key._pad = [0; 2];
-    // The addresses are written word by word, with volatile stores. Plain
-    // array assignments of [u8; 16] (alignment 1) compile to calls of
-    // compiler-builtins' memset and memmove, which in BPF are subprograms
-    // looping byte by byte: 32 iterations to zero two IPv4 keys' tails, more
-    // than the whole rest of the established-flow path (seen in `bpftool prog
-    // dump xlated`). Volatile keeps LLVM from merging the stores back into a
-    // memset.
-    let words = |a: &mut [u8; 16]| a.as_mut_ptr().cast::<u16>();
+    // Word by word (`mem`): array assignments would call byte-loop
+    // subprograms. The key lies in the per-CPU scratch map at an offset of
+    // 16 (asserted below `Parsed`), whose values the kernel aligns to 8
+    // bytes; the header's address fields are u16-aligned (see the layouts).
+    let (ks, kd) = (key.saddr.as_mut_ptr(), key.daddr.as_mut_ptr());
     if h.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, h.l3_off).map_err(|()| Reason::PassMalformed)?;
-        // SAFETY: bounds checked; the key lies in the per-CPU scratch map at
-        // an offset of 16 (`KEY_ALIGNED`), whose values the kernel aligns to
-        // 8 bytes, so its address fields take u16 stores; the header's
-        // fields are u16-aligned (see the header layouts).
+        // SAFETY: bounds checked; alignment as above.
         unsafe {
-            let (src, dst) = (
-                (*ip).saddr.as_ptr().cast::<u16>(),
-                (*ip).daddr.as_ptr().cast::<u16>(),
-            );
-            let (ks, kd) = (words(&mut key.saddr), words(&mut key.daddr));
-            ks.write_volatile(src.read());
-            ks.add(1).write_volatile(src.add(1).read());
-            kd.write_volatile(dst.read());
-            kd.add(1).write_volatile(dst.add(1).read());
-            let (ks, kd) = (ks.cast::<u32>(), kd.cast::<u32>());
-            ks.add(1).write_volatile(0);
-            ks.add(2).write_volatile(0);
-            ks.add(3).write_volatile(0);
-            kd.add(1).write_volatile(0);
-            kd.add(2).write_volatile(0);
-            kd.add(3).write_volatile(0);
+            mem::copy_u16s::<2>(ks, (*ip).saddr.as_ptr());
+            mem::copy_u16s::<2>(kd, (*ip).daddr.as_ptr());
+            mem::zero_u32s::<3>(ks.add(4));
+            mem::zero_u32s::<3>(kd.add(4));
         }
     } else {
         let ip: *const Ipv6Hdr = ptr_at(ctx, h.l3_off).map_err(|()| Reason::PassMalformed)?;
         // SAFETY: as above.
         unsafe {
-            let (src, dst) = (
-                (*ip).saddr.as_ptr().cast::<u16>(),
-                (*ip).daddr.as_ptr().cast::<u16>(),
-            );
-            let (ks, kd) = (words(&mut key.saddr), words(&mut key.daddr));
-            let mut i = 0;
-            while i < 8 {
-                ks.add(i).write_volatile(src.add(i).read());
-                kd.add(i).write_volatile(dst.add(i).read());
-                i += 1;
-            }
+            mem::copy_u16s::<8>(ks, (*ip).saddr.as_ptr());
+            mem::copy_u16s::<8>(kd, (*ip).daddr.as_ptr());
         }
     }
     out.l3_off = h.l3_off;
