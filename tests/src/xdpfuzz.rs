@@ -551,7 +551,8 @@ pub fn fixtures() -> Vec<(&'static str, Vec<u8>)> {
     f
 }
 
-fn arp() -> Vec<u8> {
+/// An ARP request from the client for the VIP.
+pub fn arp() -> Vec<u8> {
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&MAC_CLIENT);
     f.extend_from_slice(&0x0806u16.to_be_bytes());
@@ -563,7 +564,9 @@ fn arp() -> Vec<u8> {
     f
 }
 
-fn vrrp4() -> Vec<u8> {
+/// A VRRPv3 advert from the node: version 3, type 1, VRID 51, priority
+/// 100, one address (the VIP).
+pub fn vrrp4() -> Vec<u8> {
     let mut p = Pkt::tcp(NODE4.into(), 0, Ipv4Addr::new(224, 0, 0, 18).into(), 0, 0);
     p.l4 = L4::Other(112);
     p.ttl = 255;

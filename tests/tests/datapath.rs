@@ -9,9 +9,7 @@
 use std::net::IpAddr;
 
 use vip_common::{MODE_DSR, MODE_NAT, PROTO_TCP, PROTO_UDP, Reason};
-use vip_tests::packet::{
-    L4, MAC_CLIENT, MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode,
-};
+use vip_tests::packet::{MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode};
 use vip_tests::progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root};
 use vip_tests::xdpfuzz;
 use vip_userspace::config::addr_bytes;
@@ -117,28 +115,6 @@ fn syn6() -> Pkt {
     Pkt::tcp(ip(CLIENT6), 40000, ip(VIP6), PORT, TCP_SYN)
 }
 
-fn arp() -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&MAC_CLIENT);
-    f.extend_from_slice(&0x0806u16.to_be_bytes());
-    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&MAC_CLIENT);
-    f.extend_from_slice(&[10, 77, 0, 10]);
-    f.extend_from_slice(&[0; 6]);
-    f.extend_from_slice(&[10, 77, 0, 100]);
-    f
-}
-
-fn vrrp() -> Vec<u8> {
-    let mut p = Pkt::tcp(ip("10.77.0.11"), 0, ip("224.0.0.18"), 0, 0);
-    p.l4 = L4::Other(112);
-    p.ttl = 255;
-    p.dst_mac = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x12];
-    // VRRPv3 advert: version 3, type 1, VRID 51, priority 100, 1 address.
-    p.payload = vec![0x31, 51, 100, 1, 0, 100, 0, 0, 10, 77, 0, 100];
-    p.build()
-}
-
 fn fixtures() -> Vec<Fixture> {
     let v4 = ip(VIP4);
     let v6 = ip(VIP6);
@@ -146,7 +122,7 @@ fn fixtures() -> Vec<Fixture> {
         fx(
             "ARP passes untouched",
             vec![three(v4)],
-            arp(),
+            xdpfuzz::arp(),
             XDP_PASS,
             Reason::PassNotIp,
             Expect::Unchanged,
@@ -154,7 +130,7 @@ fn fixtures() -> Vec<Fixture> {
         fx(
             "VRRP advert passes untouched",
             vec![three(v4)],
-            vrrp(),
+            xdpfuzz::vrrp4(),
             XDP_PASS,
             Reason::PassNotL4,
             Expect::Unchanged,
