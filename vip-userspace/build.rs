@@ -11,6 +11,10 @@ use std::{env, path::PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
+// Shared with the unit tests in tests/build_linker.rs (a build script has none).
+#[path = "build/linker.rs"]
+mod linker;
+
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=VIPD_CACHE");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -52,7 +56,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The folders `cargo xtask bootstrap` installs bpf-linker into.
+/// The folders `cargo xtask bootstrap` installs bpf-linker into
+/// (`bpf-linker-<version>-llvm<major>/bin`) that can link for this rustc, best
+/// first ([`linker::rank`]; shared/TOOLCHAIN.md has the LLVM rule).
 fn cached_linker_dirs() -> Vec<PathBuf> {
     let cache = env::var_os("VIPD_CACHE")
         .map(PathBuf::from)
@@ -62,17 +68,23 @@ fn cached_linker_dirs() -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(&cache) else {
         return vec![];
     };
-    let mut dirs: Vec<PathBuf> = entries
+    let names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("bpf-linker-"))
-        })
-        .map(|p| p.join("bin"))
+        .filter_map(|e| e.file_name().into_string().ok())
         .collect();
-    dirs.sort();
-    dirs.reverse();
-    dirs
+    linker::rank(&names, rustc_llvm_major())
+        .into_iter()
+        .map(|n| cache.join(n).join("bin"))
+        .collect()
+}
+
+/// The LLVM major of the rustc cargo runs us with (`rustc -vV`).
+fn rustc_llvm_major() -> Option<u32> {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = std::process::Command::new(rustc).arg("-vV").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))?;
+    line.split('.').next()?.trim().parse().ok()
 }

@@ -22,7 +22,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages and one command that proves each is usable. A package whose
 /// command already works (from whatever source) is left alone: this machine image
 /// ships Google's `kubectl`, which conflicts with Debian's `kubernetes-client`.
-const DEBIAN: &[(&str, &str)] = &[
+/// `cargo xtask test` checks that every command the code runs is one of these,
+/// or essential in Debian (`commands.rs`).
+pub const DEBIAN: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("ethtool", "ethtool"),
     ("bpftool", "bpftool"),
@@ -33,7 +35,21 @@ const DEBIAN: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("iputils-ping", "ping"),
     ("netcat-openbsd", "nc"),
+    // sysctl: the tests and the lab set per-namespace sysctls. procps is
+    // "important", not "required": debootstrap's minbase lacks it.
+    ("procps", "sysctl"),
+    // systemd-analyze verifies the shipped unit (vip-userspace/tests/deploy.rs).
+    ("systemd", "systemd-analyze"),
+    // The kubeadm recipe's check_apiserver.sh (the keepalived baseline) and the
+    // lab's printed commands use curl.
+    ("curl", "curl"),
 ];
+
+/// The package the bootstrap installs for `cmd`, if `cmd` is the command that
+/// proves one of them.
+pub fn provider_of(cmd: &str) -> Option<&'static str> {
+    DEBIAN.iter().find(|(_, c)| *c == cmd).map(|(p, _)| *p)
+}
 
 /// What later steps need to know about the toolchain.
 pub struct Toolchain {
@@ -296,12 +312,36 @@ fn bpffs() -> Result<()> {
     run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
 }
 
-/// Finds an executable on PATH (and in /usr/sbin, /sbin, which a non-login root
-/// shell may lack).
+/// The folders a root shell has on PATH that a non-login one (`su`, `sudo`
+/// without `-i`, a CI runner) may lack: `ip`, `sysctl`, `tcpdump` live there.
+const SBIN: [&str; 2] = ["/usr/sbin", "/sbin"];
+
+/// Puts [`SBIN`] on this process's PATH when it lacks them, before anything
+/// looks for a tool: the tests and the lab inherit this PATH, so a tool
+/// [`which`] finds is one they can start (looking in /usr/sbin for `which`
+/// alone once reported tools present that the tests then could not run).
+pub fn complete_path() {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = env::split_paths(&path).collect();
+    let missing: Vec<PathBuf> = SBIN
+        .iter()
+        .map(PathBuf::from)
+        .filter(|d| !dirs.contains(d))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    dirs.extend(missing);
+    if let Ok(p) = env::join_paths(dirs) {
+        // SAFETY: called first thing in main, before any thread is started.
+        unsafe { env::set_var("PATH", p) };
+    }
+}
+
+/// Finds an executable on PATH, exactly as a child process would.
 pub fn which(cmd: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
         .map(|d| d.join(cmd))
         .find(|p| p.is_file())
 }

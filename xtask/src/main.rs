@@ -3,6 +3,8 @@
 //! in place) so a fresh machine needs nothing installed by hand.
 
 mod bootstrap;
+mod commands;
+mod fresh;
 
 use std::{
     env,
@@ -59,9 +61,27 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Lists the external commands the code runs (read from the source) and
+    /// checks that each comes from a package the bootstrap installs or from
+    /// Debian's essential set; `cargo xtask test` runs it first.
+    Commands,
+    /// Runs the bootstrap in a minimal Debian 12 root made with `debootstrap
+    /// --variant=minbase` (rustup and its bpf-linker cache bind-mounted from
+    /// this host), prints what it installs and checks that every command the
+    /// code runs is then present. A few minutes; needs root and the Debian
+    /// mirror.
+    FreshRoot {
+        /// Where the root is made (kept for the next run).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Start from a new root.
+        #[arg(long)]
+        rm: bool,
+    },
 }
 
 fn main() -> Result<()> {
+    bootstrap::complete_path();
     let cli = Cli::parse();
     let root = workspace_root();
     env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
@@ -95,6 +115,8 @@ fn main() -> Result<()> {
             run(&mut c)
         }
         Cmd::Bootstrap => bootstrap::bootstrap().map(drop),
+        Cmd::Commands => commands::check(&root),
+        Cmd::FreshRoot { dir, rm } => fresh::fresh_root(&root, dir, rm),
         Cmd::Build { release } => {
             let tc = bootstrap::bootstrap()?;
             build(&tc, release)
@@ -106,6 +128,7 @@ fn main() -> Result<()> {
         Cmd::Test { args } => {
             let started = Instant::now();
             let tc = bootstrap::bootstrap()?;
+            commands::check(&root)?;
             check(&tc)?;
             test(&tc, &args)?;
             step(&format!(
