@@ -38,6 +38,10 @@ pub enum CertKind {
     NoVipSan,
 }
 
+/// The state-sync key of labs with [`LbOptions::sync`] (id 1), for tests
+/// that craft datagrams as a peer would.
+pub const SYNC_KEY_HEX: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+
 /// What [`LbLab::start_with`] builds.
 #[derive(Clone, Debug)]
 pub struct LbOptions {
@@ -60,7 +64,8 @@ pub struct LbOptions {
     pub second_lb: bool,
     /// Mode nat state sync between lb and lb2 (needs `second_lb`): every
     /// nat service gets `snat: vip`, and each LB's config a `state_sync:`
-    /// naming the other's IPv4 address.
+    /// naming the other's IPv4 address and the lab's key file
+    /// ([`SYNC_KEY_HEX`]).
     pub sync: bool,
     /// Run vipd with only these capabilities (`setpriv --bounding-set`
     /// names: `bpf`, `net_admin`...), as uid 0 with no_new_privs: what a
@@ -230,8 +235,19 @@ impl LbLab {
             !opts.sync || opts.second_lb,
             "LbOptions.sync needs second_lb"
         );
-        let sync_peer =
-            |node: &str| format!("state_sync: {{ peers: [\"{}\"] }}\n", lab.node(node).ipv4);
+        // Authenticated, as the README recommends: every LB reads the same
+        // key file (`state_sync.key_file`).
+        let key_path = lab.dir().join("sync.key");
+        if opts.sync {
+            std::fs::write(&key_path, format!("1 {SYNC_KEY_HEX}\n")).expect("write the sync key");
+        }
+        let sync_peer = |node: &str| {
+            format!(
+                "state_sync: {{ peers: [\"{}\"], key_file: \"{}\" }}\n",
+                lab.node(node).ipv4,
+                key_path.display()
+            )
+        };
         if opts.sync {
             // Top level, before the services.
             cfg = cfg.replacen(

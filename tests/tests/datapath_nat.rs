@@ -843,7 +843,7 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         dir.globals = Some(Globals::DEFAULT);
         let rec = dir.to_wire(&ev).expect("backend id resolves on A");
         let mut buf = vec![];
-        wire::encode(1, &[rec], &mut buf);
+        wire::encode(1, &[rec], None, &mut buf);
         let b = chosen(dp, ip(CLIENT4), 46000, false);
         (ev, b, buf)
     });
@@ -878,19 +878,44 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         dir.globals = Some(Globals::DEFAULT);
         let mut tables = dp.prog.maps().sync_tables().expect("tables");
         let stats = SyncStats::default();
+        let mut adm = sync::Admission::default();
         let stranger = ip("10.77.0.98");
         assert_eq!(
-            receive_datagram(&datagram, stranger, &[peer], &dir, &mut tables, &stats),
+            receive_datagram(
+                &datagram,
+                stranger,
+                &[peer],
+                &mut adm,
+                &dir,
+                &mut tables,
+                &stats
+            ),
             0,
             "a datagram from a non-peer is dropped"
         );
         assert_eq!(
-            receive_datagram(&datagram[..20], peer, &[peer], &dir, &mut tables, &stats),
+            receive_datagram(
+                &datagram[..20],
+                peer,
+                &[peer],
+                &mut adm,
+                &dir,
+                &mut tables,
+                &stats
+            ),
             0,
             "a truncated datagram is dropped"
         );
         assert_eq!(
-            receive_datagram(&datagram, peer, &[peer], &dir, &mut tables, &stats),
+            receive_datagram(
+                &datagram,
+                peer,
+                &[peer],
+                &mut adm,
+                &dir,
+                &mut tables,
+                &stats
+            ),
             1,
             "the peer's record applies"
         );
@@ -911,7 +936,15 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         );
         // Applying it again is a refresh, not a conflict.
         assert_eq!(
-            receive_datagram(&datagram, peer, &[peer], &dir, &mut tables, &stats),
+            receive_datagram(
+                &datagram,
+                peer,
+                &[peer],
+                &mut adm,
+                &dir,
+                &mut tables,
+                &stats
+            ),
             1,
             "the same record again refreshes"
         );
@@ -957,9 +990,9 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let mut d = wire::decode(&datagram).expect("decode");
         d.records[0].client_port = 47000;
         let mut clash = vec![];
-        wire::encode(2, &d.records, &mut clash);
+        wire::encode(2, &d.records, None, &mut clash);
         assert_eq!(
-            receive_datagram(&clash, peer, &[peer], &dir, &mut tables, &stats),
+            receive_datagram(&clash, peer, &[peer], &mut adm, &dir, &mut tables, &stats),
             0,
             "a record taking a live flow's port is refused"
         );

@@ -595,6 +595,11 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
     let node_addrs = host::interface_addrs(&cfg.interface)?;
+    // Read before anything is changed: a bad key file stops the start.
+    let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
+        Some(p) => Some(Arc::new(crate::sync::auth::KeySource::open(p)?)),
+        None => None,
+    };
     let sync_listen = match &cfg.state_sync {
         Some(s) => Some(
             s.listen_addr(&node_addrs, &service_vips(&cfg))
@@ -634,6 +639,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             let h = crate::sync::start(
                 SocketAddr::new(ip, s.port),
                 s.peers.clone(),
+                sync_keys,
                 maps.sync_events()
                     .context("state_sync: opening the event ring")?,
                 maps.sync_tables()

@@ -112,6 +112,11 @@ pub struct StateSyncSettings {
     /// address of the peers' family that is no VIP.
     #[serde(default)]
     pub listen: Option<IpAddr>,
+    /// Shared keys (`ID HEX` lines, the first signs): every datagram is
+    /// then tagged with HMAC-SHA256 and checked for replay
+    /// ([`crate::sync::auth`]). Read again when it changes.
+    #[serde(default)]
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// The node's first address of the family (`v4`) that is none of

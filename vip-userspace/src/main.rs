@@ -180,11 +180,15 @@ fn init_logging(json: bool) {
     }
 }
 
-/// Parses and validates the file and reads the probe certificates it names;
-/// changes nothing on the system.
+/// Parses and validates the file and reads the probe certificates and the
+/// state-sync key file it names; changes nothing on the system.
 fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     agent::probe_jobs(&cfg).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    if let Some(k) = cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
+        vip_userspace::sync::auth::Keys::load(k)
+            .map_err(|e| anyhow::anyhow!("{}: state_sync.key_file: {e}", path.display()))?;
+    }
     let backends: usize = cfg.services.iter().map(|s| s.backends.len()).sum();
     println!(
         "{}: ok ({} services, {} backends)",

@@ -9,6 +9,7 @@
 //! this module replicates each new flow to the peer LBs.
 //!
 //! - `wire`: the datagram format (versioned, 1212 bytes at most).
+//! - `auth`: keys, tags and the replay window of the authenticated form.
 //! - `resolve`: node-local ids to addresses and back ([`resolve::Directory`]).
 //! - `tables`: writing a peer's flows into this node's maps without ever
 //!   displacing a live local flow.
@@ -22,10 +23,13 @@
 //!
 //! Guarantees and limits: a flow opened less than about [`FLUSH_DELAY`]
 //! (plus one network trip) before the master dies is not on the peer and
-//! gets an RST at its next packet, as without sync. The channel is not
-//! authenticated: only datagrams from the configured peers' addresses are
-//! accepted, so it belongs on a trusted segment.
+//! gets an RST at its next packet, as without sync. Only datagrams from the
+//! configured peers' addresses are accepted; with `key_file` each must also
+//! carry a valid tag under a listed key and be new ([`auth`]): without it,
+//! anyone on the segment who can spoof a peer's address can write flow
+//! entries, so the channel then belongs on a trusted segment.
 
+pub mod auth;
 pub mod resolve;
 pub mod tables;
 pub mod wire;
@@ -37,7 +41,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -46,9 +50,10 @@ use tokio::{io::unix::AsyncFd, sync::mpsc, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 use vip_common::{ConnKey, ConnValue, SyncEvent};
 
+use auth::{AuthError, KeySource, Replay};
 use resolve::{Directory, Reject};
 use tables::{Applied, SyncTables};
-use wire::{MAX_RECORDS, Record};
+use wire::{MAX_RECORDS, Record, Seal};
 
 use crate::dataplane::flows::monotonic_ns;
 
@@ -67,7 +72,7 @@ pub const FULL_REFRESH_EVERY: u32 = 30;
 const RCVBUF: libc::c_int = 4 << 20;
 
 /// The `reason` labels of `vipd_state_sync_rejected_total`.
-pub const REJECT_LABELS: [&str; 10] = [
+pub const REJECT_LABELS: [&str; 16] = [
     "unknown_service",
     "not_synced",
     "unknown_backend",
@@ -77,6 +82,12 @@ pub const REJECT_LABELS: [&str; 10] = [
     "malformed",
     "magic",
     "version",
+    "unkeyed",
+    "keyed",
+    "unknown_key",
+    "forged",
+    "replayed",
+    "stale",
     "stranger",
 ];
 
@@ -155,19 +166,113 @@ pub fn parse_event(item: &[u8]) -> Option<SyncEvent> {
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyncEvent>()) })
 }
 
+/// The receiver's authentication state: the keys (`None` without
+/// `key_file`) and the peers' replay windows.
+#[derive(Debug, Default)]
+pub struct Admission {
+    keys: Option<Arc<KeySource>>,
+    replay: Replay,
+    /// The last refusal logged: at most one line per 10 s, the counters
+    /// carry the totals.
+    last_log: Option<Instant>,
+}
+
+impl Admission {
+    pub fn new(keys: Option<Arc<KeySource>>) -> Admission {
+        Admission {
+            keys,
+            replay: Replay::default(),
+            last_log: None,
+        }
+    }
+
+    /// Logs a refusal an operator must act on (a peer without the key, a
+    /// forged or replayed datagram), at most once per 10 s.
+    fn complain(&mut self, from: IpAddr, reason: &str) {
+        if self
+            .last_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        self.last_log = Some(Instant::now());
+        let fix = match reason {
+            "unkeyed" => {
+                "the peer runs without state_sync.key_file: give every LB the same key file"
+            }
+            "keyed" => {
+                "the peer signs its datagrams: set state_sync.key_file to the same key file as the peers"
+            }
+            "unknown_key" => {
+                "the peer signs with a key id this node's key file lacks: copy the current key file to every LB"
+            }
+            "forged" => {
+                "a tag did not verify: another key under the same id, or someone spoofing the peer's address"
+            }
+            "replayed" => {
+                "a datagram seen before: a replay from someone spoofing the peer's address"
+            }
+            "stale" => {
+                "the send time is more than 30 s from this node's clock: check NTP on both nodes"
+            }
+            _ => "malformed datagram",
+        };
+        warn!(peer = %from, reason, "state sync: datagram refused ({fix}); vipd_state_sync_rejected_total counts them");
+    }
+
+    /// Whether a datagram from `from` may be read: a tag is required exactly
+    /// when this node has keys; a tagged one must verify (before any record
+    /// is read) and be new. A decode error of the header is returned as the
+    /// caller's `malformed`/`magic`/`version` refusal.
+    fn admit(&mut self, buf: &[u8], from: IpAddr, now: SystemTime) -> Result<(), &'static str> {
+        let tagged = wire::tagged(buf).map_err(|e| e.label())?;
+        match (&self.keys, tagged) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err(AuthError::Keyed.label()),
+            (Some(_), None) => Err(AuthError::Unkeyed.label()),
+            (
+                Some(src),
+                Some(wire::Tagged {
+                    key_id,
+                    signed,
+                    tag,
+                }),
+            ) => {
+                auth::verify(&src.keys(), key_id, signed, tag).map_err(|e| e.label())?;
+                if signed.len() < wire::HEADER_LEN_AUTH {
+                    return Err("malformed");
+                }
+                let be = |r: std::ops::Range<usize>| {
+                    signed[r].iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))
+                };
+                self.replay
+                    .check(from, be(12..20), be(8..12) as u32, be(20..28), now)
+                    .map_err(|e| e.label())
+            }
+        }
+    }
+}
+
 /// What the receiver does with one datagram from `from`: check the source,
-/// decode, resolve and write each record. Returns the records applied.
-/// Every refusal is counted under its reason; nothing here panics.
+/// the tag and replay window when keyed, decode, resolve and write each
+/// record. Returns the records applied. Every refusal is counted under its
+/// reason; nothing here panics, and a refused datagram changes no table.
 pub fn receive_datagram(
     buf: &[u8],
     from: IpAddr,
     peers: &[IpAddr],
+    admission: &mut Admission,
     dir: &Directory,
     tables: &mut SyncTables,
     stats: &SyncStats,
 ) -> usize {
     if !peers.contains(&from) {
         stats.reject("stranger");
+        return 0;
+    }
+    if let Err(reason) = admission.admit(buf, from, SystemTime::now()) {
+        stats.reject(reason);
+        admission.complain(from, reason);
         return 0;
     }
     let d = match wire::decode(buf) {
@@ -246,6 +351,7 @@ impl Drop for SyncHandle {
 pub fn start(
     listen: SocketAddr,
     peers: Vec<IpAddr>,
+    keys: Option<Arc<KeySource>>,
     events: RingBuf<MapData>,
     tables: SyncTables,
     dir: Directory,
@@ -280,15 +386,18 @@ pub fn start(
         dir_rx.clone(),
         refresh_rx,
         stats.clone(),
+        keys.clone(),
     ));
+    let authenticated = keys.is_some();
     {
         let (stats, stop) = (stats.clone(), stop.clone());
+        let admission = Admission::new(keys);
         std::thread::Builder::new()
             .name("vipd-sync-rx".into())
-            .spawn(move || receive_loop(rx_sock, peers, dir_rx, tables, stats, stop))
+            .spawn(move || receive_loop(rx_sock, peers, admission, dir_rx, tables, stats, stop))
             .map_err(SyncError::Socket)?;
     }
-    info!(listen = %listen, peers = ?targets, "state sync running");
+    info!(listen = %listen, peers = ?targets, authenticated, "state sync running");
     Ok(SyncHandle {
         stats,
         dir: dir_tx,
@@ -325,11 +434,16 @@ async fn send_loop(
     dir: watch::Receiver<Arc<Directory>>,
     mut refresh: mpsc::Receiver<Vec<(ConnKey, ConnValue)>>,
     stats: Arc<SyncStats>,
+    keys: Option<Arc<KeySource>>,
 ) {
     let mut pending: Vec<Record> = Vec::with_capacity(MAX_RECORDS * 4);
     let mut deadline: Option<Instant> = None;
     let mut seq: u32 = 0;
     let mut buf = Vec::with_capacity(wire::MAX_DATAGRAM);
+    // The boot epoch: this process's start, so that a restarted sender's
+    // sequence numbers (from 0 again) are new to its peers' windows.
+    let epoch = unix_ms(SystemTime::now());
+    let max = wire::max_records(keys.is_some());
     loop {
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let mut flush_now = false;
@@ -364,9 +478,15 @@ async fn send_loop(
             }
             _ = tokio::time::sleep_until(flush_at.into()), if deadline.is_some() => flush_now = true,
         }
-        while pending.len() >= MAX_RECORDS || (flush_now && !pending.is_empty()) {
-            let n = pending.len().min(MAX_RECORDS);
-            wire::encode(seq, &pending[..n], &mut buf);
+        while pending.len() >= max || (flush_now && !pending.is_empty()) {
+            let n = pending.len().min(max);
+            let k = keys.as_ref().map(|k| k.keys());
+            let seal = k.as_ref().map(|k| Seal {
+                key: k.signing(),
+                epoch,
+                sent_ms: unix_ms(SystemTime::now()),
+            });
+            wire::encode(seq, &pending[..n], seal.as_ref(), &mut buf);
             seq = seq.wrapping_add(1);
             for t in &targets {
                 match sock.send_to(&buf, t).await {
@@ -406,10 +526,17 @@ pub fn drain(
     }
 }
 
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The receiver thread: one datagram at a time, until `stop`.
 fn receive_loop(
     sock: UdpSocket,
     peers: Vec<IpAddr>,
+    mut admission: Admission,
     dir: watch::Receiver<Arc<Directory>>,
     mut tables: SyncTables,
     stats: Arc<SyncStats>,
@@ -451,6 +578,14 @@ fn receive_loop(
             }
         }
         let d = dir.borrow().clone();
-        receive_datagram(&buf[..n], from_ip, &peers, &d, &mut tables, &stats);
+        receive_datagram(
+            &buf[..n],
+            from_ip,
+            &peers,
+            &mut admission,
+            &d,
+            &mut tables,
+            &stats,
+        );
     }
 }

@@ -40,19 +40,70 @@
 //! IPv6 and UDP headers, so a datagram is never fragmented on any path.
 //! A receiver refuses a version it does not know (whole datagram, counted):
 //! a later format gets a new version number, never a reinterpretation.
+//!
+//! Version 2 is the authenticated form (`state_sync.key_file`, see
+//! [`super::auth`]): the reserved byte holds the key id, the header grows by
+//! the sender's boot epoch and send time, and a 16-byte tag follows the
+//! records; 19 records keep it within the same 1232 bytes.
+//!
+//! ```text
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 magic "VPSY"                                  |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  version (2)  |    key id     |         record count          |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 sequence                                      |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 epoch (64 bits: the sender's start, unix ms)  |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |                 send time (64 bits, unix ms)                  |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  records: count x 60 bytes                                    |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! |  tag: HMAC-SHA256 of everything above, left 128 bits          |
+//! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
+//! ```
 
 use thiserror::Error;
 use vip_common::{AddrBytes, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP};
 
+use super::auth::{self, Key, TAG_LEN};
+
 pub const MAGIC: [u8; 4] = *b"VPSY";
 pub const VERSION: u8 = 1;
+/// The authenticated form.
+pub const VERSION_AUTH: u8 = 2;
 pub const HEADER_LEN: usize = 12;
+/// Version 2's header: version 1's plus epoch and send time.
+pub const HEADER_LEN_AUTH: usize = HEADER_LEN + 16;
 pub const RECORD_LEN: usize = 60;
 /// Records per datagram: the most that fit 1232 bytes (see the module doc).
 pub const MAX_RECORDS: usize = 20;
 /// The largest datagram [`encode`] writes.
 pub const MAX_DATAGRAM: usize = HEADER_LEN + MAX_RECORDS * RECORD_LEN;
 const _: () = assert!(MAX_DATAGRAM <= 1280 - 40 - 8);
+/// Records per authenticated datagram.
+pub const MAX_RECORDS_AUTH: usize = 19;
+pub const MAX_DATAGRAM_AUTH: usize = HEADER_LEN_AUTH + MAX_RECORDS_AUTH * RECORD_LEN + TAG_LEN;
+const _: () = assert!(MAX_DATAGRAM_AUTH <= 1280 - 40 - 8);
+
+/// What makes a version 2 datagram: the signing key, the sender's boot
+/// epoch and the send time (both unix ms).
+#[derive(Clone, Copy, Debug)]
+pub struct Seal<'a> {
+    pub key: &'a Key,
+    pub epoch: u64,
+    pub sent_ms: u64,
+}
+
+/// The authentication fields of a version 2 datagram, as decoded (the tag
+/// itself is checked by [`auth::verify`] before anything else is read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sealed {
+    pub key_id: u8,
+    pub epoch: u64,
+    pub sent_ms: u64,
+}
 
 /// One replicated flow, in node-independent terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +126,8 @@ pub struct Record {
 pub struct Datagram {
     pub seq: u32,
     pub records: Vec<Record>,
+    /// Version 2 only.
+    pub sealed: Option<Sealed>,
 }
 
 /// Why a datagram was refused; also the `reason` label of
@@ -85,7 +138,9 @@ pub enum DecodeError {
     Short,
     #[error("no state-sync magic: not a vipd state-sync datagram")]
     Magic,
-    #[error("version {0}; this vipd speaks version {VERSION}: upgrade the older node")]
+    #[error(
+        "version {0}; this vipd speaks versions {VERSION} and {VERSION_AUTH}: upgrade the older node"
+    )]
     Version(u8),
     #[error("length does not match the record count")]
     Length,
@@ -104,16 +159,32 @@ impl DecodeError {
     }
 }
 
-/// Encodes `records` (at most [`MAX_RECORDS`]; more is a caller bug and the
-/// excess is left out) into `out`, which is cleared first.
-pub fn encode(seq: u32, records: &[Record], out: &mut Vec<u8>) {
-    let records = &records[..records.len().min(MAX_RECORDS)];
+/// Records per datagram in the form `seal` selects.
+pub fn max_records(sealed: bool) -> usize {
+    if sealed {
+        MAX_RECORDS_AUTH
+    } else {
+        MAX_RECORDS
+    }
+}
+
+/// Encodes `records` (at most [`max_records`]; more is a caller bug and the
+/// excess is left out) into `out`, which is cleared first: version 1, or
+/// version 2 with a tag when `seal` is given.
+pub fn encode(seq: u32, records: &[Record], seal: Option<&Seal>, out: &mut Vec<u8>) {
+    let records = &records[..records.len().min(max_records(seal.is_some()))];
     out.clear();
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
-    out.push(0);
+    match seal {
+        None => out.extend_from_slice(&[VERSION, 0]),
+        Some(s) => out.extend_from_slice(&[VERSION_AUTH, s.key.id]),
+    }
     out.extend_from_slice(&(records.len() as u16).to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
+    if let Some(s) = seal {
+        out.extend_from_slice(&s.epoch.to_be_bytes());
+        out.extend_from_slice(&s.sent_ms.to_be_bytes());
+    }
     for r in records {
         out.extend_from_slice(&[r.family, r.proto, r.flags, 0]);
         out.extend_from_slice(&r.client);
@@ -123,6 +194,44 @@ pub fn encode(seq: u32, records: &[Record], out: &mut Vec<u8>) {
         out.extend_from_slice(&r.backend);
         out.extend_from_slice(&r.backend_port.to_be_bytes());
         out.extend_from_slice(&r.nat_port.to_be_bytes());
+    }
+    if let Some(s) = seal {
+        let t = auth::tag(s.key, out);
+        out.extend_from_slice(&t);
+    }
+}
+
+/// A version 2 datagram seen before its records are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tagged<'a> {
+    pub key_id: u8,
+    /// The bytes the tag covers: everything before it.
+    pub signed: &'a [u8],
+    pub tag: &'a [u8],
+}
+
+/// For a version 2 datagram, the key id, the bytes the tag covers and the
+/// tag, so that the tag is checked before any record is read; `None` for
+/// version 1. Checks only the magic, the version and that a tag fits.
+pub fn tagged(buf: &[u8]) -> Result<Option<Tagged<'_>>, DecodeError> {
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::Short);
+    }
+    if buf[..4] != MAGIC {
+        return Err(DecodeError::Magic);
+    }
+    match buf[4] {
+        VERSION => Ok(None),
+        VERSION_AUTH if buf.len() >= HEADER_LEN_AUTH + TAG_LEN => {
+            let (signed, tag) = buf.split_at(buf.len() - TAG_LEN);
+            Ok(Some(Tagged {
+                key_id: buf[5],
+                signed,
+                tag,
+            }))
+        }
+        VERSION_AUTH => Err(DecodeError::Short),
+        v => Err(DecodeError::Version(v)),
     }
 }
 
@@ -145,24 +254,37 @@ fn addr_ok(family: u8, a: &AddrBytes) -> bool {
     }
 }
 
-/// Decodes one datagram; every length is checked before it is read.
+fn be64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(a)
+}
+
+/// Decodes one datagram of either version; every length is checked before
+/// it is read. A version 2 tag is not checked here ([`tagged`] and
+/// [`auth::verify`] do that first).
 pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
-    if buf.len() < HEADER_LEN {
-        return Err(DecodeError::Short);
-    }
-    if buf[..4] != MAGIC {
-        return Err(DecodeError::Magic);
-    }
-    if buf[4] != VERSION {
-        return Err(DecodeError::Version(buf[4]));
-    }
+    let sealed_form = tagged(buf)?.is_some();
+    let (header, trailer) = if sealed_form {
+        (HEADER_LEN_AUTH, TAG_LEN)
+    } else {
+        (HEADER_LEN, 0)
+    };
     let count = be16(&buf[6..8]) as usize;
-    if count > MAX_RECORDS || buf.len() != HEADER_LEN + count * RECORD_LEN {
+    if count > max_records(sealed_form) || buf.len() != header + count * RECORD_LEN + trailer {
         return Err(DecodeError::Length);
     }
     let seq = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
+    let sealed = sealed_form.then(|| Sealed {
+        key_id: buf[5],
+        epoch: be64(&buf[12..20]),
+        sent_ms: be64(&buf[20..28]),
+    });
     let mut records = Vec::with_capacity(count);
-    for (i, r) in buf[HEADER_LEN..].chunks_exact(RECORD_LEN).enumerate() {
+    for (i, r) in buf[header..buf.len() - trailer]
+        .chunks_exact(RECORD_LEN)
+        .enumerate()
+    {
         let rec = Record {
             family: r[0],
             proto: r[1],
@@ -188,7 +310,11 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
         }
         records.push(rec);
     }
-    Ok(Datagram { seq, records })
+    Ok(Datagram {
+        seq,
+        records,
+        sealed,
+    })
 }
 
 #[cfg(test)]
@@ -237,7 +363,7 @@ mod tests {
         assert_eq!(d.seq, 7);
         assert_eq!(d.records, vec![rec(0)]);
         let mut out = vec![];
-        encode(7, &[rec(0)], &mut out);
+        encode(7, &[rec(0)], None, &mut out);
         assert_eq!(out, want, "encode writes the documented layout");
     }
 
@@ -245,14 +371,14 @@ mod tests {
     fn full_datagram_round_trips_and_fits_the_minimum_mtu() {
         let recs: Vec<Record> = (0..MAX_RECORDS as u16).map(rec).collect();
         let mut out = vec![];
-        encode(u32::MAX, &recs, &mut out);
+        encode(u32::MAX, &recs, None, &mut out);
         assert_eq!(out.len(), MAX_DATAGRAM);
         assert!(out.len() + 40 + 8 <= 1280, "fits IPv6's minimum MTU");
         let d = decode(&out).expect("round trip");
-        assert_eq!((d.seq, d.records), (u32::MAX, recs));
+        assert_eq!((d.seq, d.records, d.sealed), (u32::MAX, recs, None));
         // More than fit are cut, never written past the limit.
         let many: Vec<Record> = (0..50).map(rec).collect();
-        encode(1, &many, &mut out);
+        encode(1, &many, None, &mut out);
         assert_eq!(out.len(), MAX_DATAGRAM);
     }
 
@@ -260,7 +386,7 @@ mod tests {
     fn every_truncation_is_refused_without_panic() {
         let recs: Vec<Record> = (0..3).map(rec).collect();
         let mut out = vec![];
-        encode(1, &recs, &mut out);
+        encode(1, &recs, None, &mut out);
         for n in 0..out.len() {
             let e = decode(&out[..n]).expect_err("truncated datagram accepted");
             let want = if n < HEADER_LEN {
@@ -278,14 +404,14 @@ mod tests {
     #[test]
     fn wrong_magic_version_count_and_fields_are_refused() {
         let mut out = vec![];
-        encode(1, &[rec(0)], &mut out);
+        encode(1, &[rec(0)], None, &mut out);
         let mut bad = out.clone();
         bad[0] = b'X';
         assert_eq!(decode(&bad), Err(DecodeError::Magic));
         let mut bad = out.clone();
-        bad[4] = 2;
-        assert_eq!(decode(&bad), Err(DecodeError::Version(2)));
-        assert_eq!(DecodeError::Version(2).label(), "version");
+        bad[4] = 3;
+        assert_eq!(decode(&bad), Err(DecodeError::Version(3)));
+        assert_eq!(DecodeError::Version(3).label(), "version");
         let mut bad = out.clone();
         bad[6..8].copy_from_slice(&0xffffu16.to_be_bytes());
         assert_eq!(decode(&bad), Err(DecodeError::Length));
@@ -304,6 +430,61 @@ mod tests {
         }
     }
 
+    fn key() -> super::super::auth::Keys {
+        super::super::auth::Keys::parse(
+            "k",
+            "7 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+        )
+        .expect("key")
+    }
+
+    #[test]
+    fn sealed_datagram_round_trips_fits_the_minimum_mtu_and_its_tag_covers_every_byte() {
+        let keys = key();
+        let seal = Seal {
+            key: keys.signing(),
+            epoch: 0x0102_0304_0506_0708,
+            sent_ms: 1_800_000_000_000,
+        };
+        let recs: Vec<Record> = (0..30).map(rec).collect();
+        let mut out = vec![];
+        encode(5, &recs, Some(&seal), &mut out);
+        assert_eq!(
+            out.len(),
+            MAX_DATAGRAM_AUTH,
+            "cut at {MAX_RECORDS_AUTH} records"
+        );
+        assert!(out.len() + 40 + 8 <= 1280);
+        assert_eq!(&out[4..6], &[VERSION_AUTH, 7], "version 2, key id 7");
+        assert_eq!(&out[12..20], &seal.epoch.to_be_bytes());
+        let d = decode(&out).expect("round trip");
+        assert_eq!(d.records, recs[..MAX_RECORDS_AUTH]);
+        assert_eq!(
+            d.sealed,
+            Some(Sealed {
+                key_id: 7,
+                epoch: seal.epoch,
+                sent_ms: seal.sent_ms
+            })
+        );
+        let t = tagged(&out).expect("v2").expect("tagged");
+        assert_eq!(t.key_id, 7);
+        assert_eq!(auth::verify(&keys, t.key_id, t.signed, t.tag), Ok(()));
+        // Any byte changed, header or record, breaks the tag.
+        for at in [5usize, 8, 12, 20, 40, out.len() - TAG_LEN - 1] {
+            let mut bad = out.clone();
+            bad[at] ^= 0x40;
+            let t = tagged(&bad).expect("v2").expect("tagged");
+            assert!(
+                auth::verify(&keys, t.key_id, t.signed, t.tag).is_err(),
+                "byte {at} is not covered"
+            );
+        }
+        // A v2 datagram too short for its tag, or cut inside a record.
+        assert_eq!(tagged(&out[..HEADER_LEN_AUTH + 3]), Err(DecodeError::Short));
+        assert_eq!(decode(&out[..out.len() - 1]), Err(DecodeError::Length));
+    }
+
     /// Garbage of every length and content: an error or a datagram, never
     /// a panic. A fixed xorshift keeps it deterministic.
     #[test]
@@ -316,7 +497,7 @@ mod tests {
             x
         };
         let mut good = vec![];
-        encode(9, &[rec(1), rec(2)], &mut good);
+        encode(9, &[rec(1), rec(2)], None, &mut good);
         for i in 0..20_000 {
             let buf: Vec<u8> = if i % 2 == 0 {
                 let len = (next() % 1400) as usize;
