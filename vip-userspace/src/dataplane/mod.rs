@@ -71,6 +71,10 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     #[error(
+        "the pinned maps hold {what}: they were not written by a compatible vipd, or are corrupted. Nothing was changed and the pinned program keeps forwarding with them; remove the pins with `vipd detach --interface IF` and start vipd again (established flows then get an RST at their next packet)"
+    )]
+    Corrupt { what: String },
+    #[error(
         "{path}: pinning or taking over the XDP link failed; if no vipd runs, remove it with `vipd detach`"
     )]
     Adopt {

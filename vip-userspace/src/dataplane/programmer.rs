@@ -11,8 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use vip_common::{
-    AddrBytes, BE_F_ALIVE, BE_F_LOCAL, BackendValue, MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    NO_BACKEND, ServiceKey, ServiceValue, maglev_index,
+    AddrBytes, BE_F_ALIVE, BE_F_LOCAL, BackendValue, FAMILY_V4, FAMILY_V6, MAGLEV_MAX_SIZE,
+    MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT, NO_BACKEND, ServiceKey, ServiceValue,
+    maglev_index,
 };
 
 use super::{DataplaneError, Maps, Result};
@@ -117,6 +118,41 @@ pub struct Programmer<M: Maps> {
     members: BTreeMap<ServiceKey, BTreeMap<BackendAddr, u32>>,
 }
 
+/// What [`Programmer::adopt`] requires of a service read back from a pinned
+/// map: what `apply` writes and what the rest of the programmer indexes with.
+fn check_adopted_service(key: &ServiceKey, v: &ServiceValue) -> Result<()> {
+    let bad = |what: String| Err(DataplaneError::Corrupt { what });
+    if v.id >= MAX_SERVICES {
+        return bad(format!(
+            "a service with table id {} (at most {})",
+            v.id,
+            MAX_SERVICES - 1
+        ));
+    }
+    if v.maglev_half > 1 {
+        return bad(format!(
+            "service {} with table half {} (0 or 1)",
+            v.id, v.maglev_half
+        ));
+    }
+    if !maglev::is_prime(v.maglev_size) || v.maglev_size > MAGLEV_MAX_SIZE {
+        return bad(format!(
+            "service {} with table size {}",
+            v.id, v.maglev_size
+        ));
+    }
+    if !matches!(v.mode, MODE_DSR | MODE_NAT) {
+        return bad(format!("service {} with mode {}", v.id, v.mode));
+    }
+    if v.family != key.family || !matches!(v.family, FAMILY_V4 | FAMILY_V6) {
+        return bad(format!(
+            "service {} with address family {} under a key of family {}",
+            v.id, v.family, key.family
+        ));
+    }
+    Ok(())
+}
+
 impl<M: Maps> Programmer<M> {
     /// A programmer for freshly created (zeroed) maps.
     pub fn new(maps: M) -> Self {
@@ -135,11 +171,19 @@ impl<M: Maps> Programmer<M> {
     /// A programmer for maps an earlier agent wrote (pinned maps adopted after
     /// a restart): its shadow is read back from the maps, so ids stay what the
     /// connection table already refers to and `apply` writes only differences.
+    ///
+    /// Every value read back is checked before it is used (a table half
+    /// indexes an array, an id a map): anything an earlier vipd could not
+    /// have written refuses the adoption with [`DataplaneError::Corrupt`],
+    /// before a single write.
     pub fn adopt(maps: M) -> Result<Self> {
         let mut p = Programmer::new(maps);
         for (key, value) in p.maps.read_services()? {
-            if value.id >= MAX_SERVICES {
-                continue;
+            check_adopted_service(&key, &value)?;
+            if !p.free_service_ids.remove(&value.id) {
+                return Err(DataplaneError::Corrupt {
+                    what: format!("two services with table id {}", value.id),
+                });
             }
             let mut halves = [vec![], vec![]];
             for (half, shadow) in halves.iter_mut().enumerate() {
@@ -147,10 +191,14 @@ impl<M: Maps> Programmer<M> {
                     .maps
                     .read_maglev(maglev_index(value.id, half as u32, 0), MAGLEV_MAX_SIZE)?;
             }
-            p.free_service_ids.remove(&value.id);
             p.services.insert(key, ProgrammedService { value, halves });
         }
         for (id, v) in p.maps.read_backends()? {
+            if id >= MAX_BACKENDS || !matches!(v.family, FAMILY_V4 | FAMILY_V6) {
+                return Err(DataplaneError::Corrupt {
+                    what: format!("backend {id} with address family {}", v.family),
+                });
+            }
             let bi = BackendIdent {
                 family: v.family,
                 addr: v.addr,
@@ -470,7 +518,7 @@ fn ident(b: &DesiredBackend) -> BackendIdent {
 mod tests {
     use super::*;
     use crate::dataplane::mem::MemMaps;
-    use vip_common::{FAMILY_V4, MAGLEV_DEFAULT_SIZE, MODE_DSR, PROTO_TCP, SVC_F_RST_UNSERVABLE};
+    use vip_common::{MAGLEV_DEFAULT_SIZE, PROTO_TCP, SVC_F_RST_UNSERVABLE};
 
     fn v4(a: [u8; 4]) -> AddrBytes {
         let mut x = [0; 16];
@@ -635,6 +683,62 @@ mod tests {
 
     /// A restarted agent adopts the maps: same desired state, no write; the
     /// ids the connection table refers to are kept; changes are diffs.
+    #[test]
+    fn adopting_maps_with_impossible_values_is_refused_without_a_write() {
+        let mut first = Programmer::new(MemMaps::default());
+        first.apply(&[three()]).expect("apply");
+        let good = first.maps().clone();
+        type Corrupt = fn(&mut MemMaps);
+        let cases: [(&str, Corrupt); 6] = [
+            ("table half 7", |m| {
+                m.services.values_mut().for_each(|v| v.maglev_half = 7)
+            }),
+            ("table id 16", |m| {
+                m.services.values_mut().for_each(|v| v.id = 16)
+            }),
+            ("table size 16", |m| {
+                m.services.values_mut().for_each(|v| v.maglev_size = 16)
+            }),
+            ("mode 9", |m| {
+                m.services.values_mut().for_each(|v| v.mode = 9)
+            }),
+            ("address family 5", |m| {
+                m.services.values_mut().for_each(|v| v.family = 5)
+            }),
+            ("backend 0 with address family 0", |m| {
+                m.backends[0].family = 0;
+                m.backends[0].port_be = 1;
+            }),
+        ];
+        for (what, corrupt) in cases {
+            let mut maps = good.clone();
+            corrupt(&mut maps);
+            maps.writes = Default::default();
+            let e = match Programmer::adopt(maps) {
+                Ok(_) => panic!("{what}: adopted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(what), "{what}: {e}");
+            assert!(e.contains("vipd detach"), "names the fix: {e}");
+        }
+        // Two services sharing a table id.
+        let mut maps = good.clone();
+        let (k, v) = maps
+            .services
+            .iter()
+            .next()
+            .map(|(k, v)| (*k, *v))
+            .expect("one");
+        let mut k2 = k;
+        k2.port_be = 1;
+        maps.services.insert(k2, v);
+        assert!(
+            Programmer::adopt(maps)
+                .err()
+                .is_some_and(|e| e.to_string().contains("two services with table id")),
+        );
+    }
+
     #[test]
     fn adopting_written_maps_keeps_ids_and_writes_only_differences() {
         let three = [three()];
