@@ -325,5 +325,12 @@ fn every_manifest_capability_is_needed() {
             "vipd without {cap} failed, but not with {want:?}\n{}",
             p.logs()
         );
+        // The kernel's words name no capability; vipd's must.
+        let named = format!("vipd needs CAP_{}", cap.to_uppercase());
+        assert!(
+            p.logs().contains(&named),
+            "vipd without {cap} does not say {named:?}\n{}",
+            p.logs()
+        );
     }
 }

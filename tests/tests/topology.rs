@@ -250,7 +250,8 @@ fn lab_runs_and_cleans_up() {
 
 /// `cargo xtask run -- --demo`: the master dies, then a backend, with watch
 /// streams and a poller running; the walkthrough reports what the client
-/// saw, and in mode dsr that is: the takeover within the protocol's bound,
+/// saw, and in mode dsr that is: the takeover within 190 ms of the
+/// protocol's 361 ms bound, the client's outage within one attempt timeout of it,
 /// every stream kept across it, be1's streams reset by XDP and no other
 /// stream touched. Then nothing is left behind.
 #[test]
@@ -279,9 +280,29 @@ fn lab_demo_reports_what_the_client_saw() {
         .rsplit_once("took ")
         .and_then(|(_, r)| r.trim_end_matches(" ms").parse().ok())
         .unwrap_or_else(|| panic!("failover figure:\n{stdout}"));
-    // RFC 9568: 3 x 100 ms + skew for priority 100 = 361 ms after the
-    // last advert; a loaded machine adds scheduling delay.
-    assert!((300..1500).contains(&took), "failover took {took} ms");
+    // RFC 9568 6.1: Master_Down_Interval = 3 x 100 ms + Skew_Time
+    // ((256 - 100) x 100 / 256 = 60.9 ms) = 361 ms after the last advert
+    // lb2 heard. It cannot take over before that, and after it only the
+    // scheduling of a loaded 2-core machine delays it (the README says 190
+    // ms at most).
+    assert!(
+        (355..=551).contains(&took),
+        "failover took {took} ms, against the protocol's 361 ms"
+    );
+    // What the client saw: new connections fail from the crash until the
+    // takeover (at most the 361 ms above, counted from the last advert
+    // before the crash) and its gratuitous ARP; one 300 ms attempt timeout
+    // on top covers an attempt that started just before.
+    let outage: u64 = line("new connections: longest time without an answer")
+        .split("answer ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("outage figure:\n{stdout}"));
+    assert!(
+        outage <= took + 300,
+        "the client went {outage} ms without an answer; the takeover took {took} ms"
+    );
     assert!(
         line("watch streams:").contains("24 of 24 still streaming"),
         "{stdout}"

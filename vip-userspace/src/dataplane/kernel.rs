@@ -155,7 +155,7 @@ impl KernelMaps {
         }
         let ebpf = loader
             .load(EBPF_OBJECT)
-            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+            .map_err(|e| super::with_capability_hint(DataplaneError::Load(Box::new(e))))?;
         let mut me = KernelMaps {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
@@ -167,12 +167,12 @@ impl KernelMaps {
             me.set_globals(&Globals::DEFAULT)?;
         }
         for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
-            me.xdp_mut(name)?
-                .load()
-                .map_err(|e| DataplaneError::Program {
+            me.xdp_mut(name)?.load().map_err(|e| {
+                super::with_capability_hint(DataplaneError::Program {
                     name,
                     source: Box::new(e),
-                })?;
+                })
+            })?;
         }
         Ok(me)
     }

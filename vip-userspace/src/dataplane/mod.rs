@@ -71,6 +71,15 @@ pub enum DataplaneError {
         source: std::io::Error,
     },
     #[error(
+        "vipd needs {cap}: {why}. Grant it (the DaemonSet's securityContext.capabilities.add, the unit's AmbientCapabilities); see README.md#capabilities"
+    )]
+    Capability {
+        cap: &'static str,
+        why: &'static str,
+        #[source]
+        source: Box<DataplaneError>,
+    },
+    #[error(
         "the pinned maps hold {what}: they were not written by a compatible vipd, or are corrupted. Nothing was changed and the pinned program keeps forwarding with them; remove the pins with `vipd detach --interface IF` and start vipd again (established flows then get an RST at their next packet)"
     )]
     Corrupt { what: String },
@@ -108,4 +117,78 @@ pub trait Maps {
     fn reason_counters(&self) -> Result<Vec<Counter>>;
     /// A backend's counters summed over CPUs.
     fn backend_counters(&self, id: u32) -> Result<BackendStats>;
+}
+
+/// The capability whose absence `text` (an error and its sources, as
+/// printed) shows, with what needed it: the kernel says only "Operation not
+/// permitted" or gives a verifier line, which names no capability.
+pub fn missing_capability(text: &str) -> Option<(&'static str, &'static str)> {
+    let eperm = text.contains("Operation not permitted");
+    if text.contains("failed to create map") && eperm {
+        // BPF_MAP_CREATE: CAP_BPF (kernel 5.8+, kernel/bpf/syscall.c).
+        return Some(("CAP_BPF", "creating the BPF maps"));
+    }
+    if text.contains("pointer -= pointer prohibited") {
+        // The verifier allows packet pointer arithmetic only to
+        // "pointer-leak" capable loaders (bpf_allow_ptr_leaks: CAP_PERFMON).
+        return Some((
+            "CAP_PERFMON",
+            "the verifier accepts the program's packet bounds checks only from a CAP_PERFMON loader",
+        ));
+    }
+    if text.contains("BPF_PROG_LOAD") && eperm {
+        // XDP is a networking program type: loading it needs CAP_NET_ADMIN.
+        return Some(("CAP_NET_ADMIN", "loading an XDP program"));
+    }
+    None
+}
+
+/// Wraps `e` with the capability its text shows missing, if any.
+pub fn with_capability_hint(e: DataplaneError) -> DataplaneError {
+    let mut text = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    match missing_capability(&text) {
+        Some((cap, why)) => DataplaneError::Capability {
+            cap,
+            why,
+            source: Box::new(e),
+        },
+        None => e,
+    }
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::missing_capability;
+
+    /// The texts the kernel and aya gave on kernel 6.18 with one capability
+    /// dropped (tests/tests/capabilities.rs runs the real thing).
+    #[test]
+    fn each_refusal_names_its_capability() {
+        for (text, want) in [
+            (
+                "loading the XDP program failed: failed to create map `SERVICES` with code -1: Operation not permitted (os error 1)",
+                Some("CAP_BPF"),
+            ),
+            (
+                "verifying or loading program \"vip\" failed: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1)",
+                Some("CAP_NET_ADMIN"),
+            ),
+            (
+                "verifying or loading program \"vip\" failed: Verifier output: ... R4 pointer -= pointer prohibited",
+                Some("CAP_PERFMON"),
+            ),
+            (
+                "verifying or loading program \"vip\" failed: the BPF_PROG_LOAD syscall returned Invalid argument (os error 22)",
+                None,
+            ),
+        ] {
+            assert_eq!(missing_capability(text).map(|c| c.0), want, "{text}");
+        }
+    }
 }
