@@ -7,6 +7,7 @@ pub mod capture;
 pub mod certs;
 pub mod e2e;
 pub mod failover;
+pub mod h2client;
 pub mod keepalived;
 pub mod kubeadm_ha;
 pub mod netns;

@@ -522,20 +522,47 @@ impl LbLab {
 
     /// Runs kubectl inside the client namespace against the VIP.
     pub fn kubectl(&self, args: &[&str]) -> String {
+        let full = self.kubectl_args(args);
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
+        self.lab.sh("client", &args)
+    }
+
+    /// kubectl's stdout and stderr together (its -v logs go to stderr);
+    /// panics if it fails.
+    pub fn kubectl_output(&self, args: &[&str]) -> String {
+        let full = self.kubectl_args(args);
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = self.lab.try_sh("client", &args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}\n{text}",
+            out.status
+        );
+        text
+    }
+
+    fn kubectl_args(&self, args: &[&str]) -> Vec<String> {
         let kc = self.kubeconfig();
         let home = self.lab.dir().join("kubectl-home");
         std::fs::create_dir_all(&home).expect("kubectl home");
         let home_env = format!("HOME={}", home.display());
-        let mut full = vec![
+        let mut full: Vec<String> = [
             "env",
             &home_env,
             "kubectl",
             "--kubeconfig",
             kc.to_str().expect("utf-8"),
             "--request-timeout=10s",
-        ];
-        full.extend_from_slice(args);
-        self.lab.sh("client", &full)
+        ]
+        .map(String::from)
+        .to_vec();
+        full.extend(args.iter().map(|a| (*a).to_owned()));
+        full
     }
 }
 

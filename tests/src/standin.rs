@@ -1,6 +1,10 @@
-//! A kube-apiserver stand-in: HTTPS (HTTP/1.1 only) with `/readyz`, `/livez`,
-//! `/healthz`, `/version`, a chunked watch stream, and control endpoints that
-//! make it fail on purpose. Plus a small blocking TLS client for tests.
+//! A kube-apiserver stand-in: HTTPS with `/readyz`, `/livez`, `/healthz`,
+//! `/version`, a watch stream, and control endpoints that make it fail on
+//! purpose. It speaks HTTP/2 to clients that offer `h2` in ALPN (as
+//! kube-apiserver does, and as client-go always asks: every watch and request
+//! of a client multiplexed on one connection) and HTTP/1.1 to the others.
+//! Every response says which in `X-Standin-Protocol`. Plus a small blocking
+//! HTTP/1.1 client for tests.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -118,7 +122,9 @@ pub fn tls_config(opts: &StandinOptions) -> Result<Arc<ServerConfig>, StandinErr
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(StandinError::Tls)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The server's preference decides (rustls): h2 first, as Go's
+    // net/http, which kube-apiserver uses, configures it.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -174,7 +180,11 @@ async fn serve_with(
                     return;
                 }
             };
-            serve_conn(tls, &state).await;
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(tls, state).await;
+            } else {
+                serve_conn(tls, &state).await;
+            }
         });
     }
 }
@@ -452,14 +462,32 @@ const JSON: &str = "application/json";
 const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Handles one request; `Ok(true)` if the connection may be reused.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut Conn<S>,
-    state: &State,
-    req: &Request,
-) -> std::io::Result<bool> {
-    let close = req.close;
-    if let Some(what) = req.path.strip_prefix("/standin/") {
-        return control(&mut conn.io, state, req, what).await;
+/// What a request gets, whatever the protocol carries it.
+enum Reply {
+    Full {
+        code: u16,
+        content_type: &'static str,
+        body: Vec<u8>,
+    },
+    /// A watch stream: one event per interval until the client goes.
+    Watch,
+    /// Read the request, never answer (a wedged apiserver's `/readyz`).
+    Hang,
+}
+
+fn full(code: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+    Reply::Full {
+        code,
+        content_type,
+        body: body.into(),
+    }
+}
+
+/// The apiserver's answer to `method path?query`, for HTTP/1.1 and HTTP/2
+/// alike.
+fn route(state: &State, method: &str, path: &str, query: &HashMap<String, String>) -> Reply {
+    if let Some(what) = path.strip_prefix("/standin/") {
+        return control(state, method, query, what);
     }
     let auth = *state.auth.lock().unwrap_or_else(|e| e.into_inner());
     if auth != 200 {
@@ -467,53 +495,36 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             401 => status_json(401, "Unauthorized"),
             403 => status_json(
                 403,
-                &format!(
-                    "forbidden: User \"system:anonymous\" cannot get path \"{}\"",
-                    req.path
-                ),
+                &format!("forbidden: User \"system:anonymous\" cannot get path \"{path}\""),
             ),
             code => status_json(code, "refused by stand-in control"),
         };
-        respond(&mut conn.io, state, auth, JSON, body.as_bytes(), close).await?;
-        return Ok(true);
+        return full(auth, JSON, body);
     }
-    if req.method != "GET" {
+    if method != "GET" {
         let body = status_json(
             405,
             "the server does not allow this method on the requested resource",
         );
-        respond(&mut conn.io, state, 405, JSON, body.as_bytes(), close).await?;
-        return Ok(true);
+        return full(405, JSON, body);
     }
-    if matches!(
-        req.query.get("watch").map(String::as_str),
-        Some("1" | "true")
-    ) {
-        watch(&mut conn.io, state).await?;
-        return Ok(false);
+    if matches!(query.get("watch").map(String::as_str), Some("1" | "true")) {
+        return Reply::Watch;
     }
-    match req.path.as_str() {
+    match path {
         "/readyz" => {
             let ready = *state.ready.lock().unwrap_or_else(|e| e.into_inner());
             match ready {
-                Ready::Status(200) => respond(&mut conn.io, state, 200, TEXT, b"ok", close).await?,
-                Ready::Status(code) => {
-                    let body = b"[-]standin-control failed: reason withheld\nreadyz check failed\n";
-                    respond(&mut conn.io, state, code, TEXT, body, close).await?;
-                }
-                Ready::Hang => {
-                    // Keep the connection, answer nothing, until the client leaves.
-                    let mut scratch = [0u8; 1024];
-                    while let Ok(n) = conn.io.read(&mut scratch).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                    return Ok(false);
-                }
+                Ready::Status(200) => full(200, TEXT, "ok"),
+                Ready::Status(code) => full(
+                    code,
+                    TEXT,
+                    "[-]standin-control failed: reason withheld\nreadyz check failed\n",
+                ),
+                Ready::Hang => Reply::Hang,
             }
         }
-        "/livez" | "/healthz" => respond(&mut conn.io, state, 200, TEXT, b"ok", close).await?,
+        "/livez" | "/healthz" => full(200, TEXT, "ok"),
         "/version" => {
             let body = serde_json::json!({
                 "major": "1",
@@ -527,41 +538,51 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
                 "platform": "linux/amd64",
             })
             .to_string();
-            respond(&mut conn.io, state, 200, JSON, body.as_bytes(), close).await?;
+            full(200, JSON, body)
         }
-        "/whoami" => {
-            let name = state.name.clone();
-            respond(&mut conn.io, state, 200, TEXT, name.as_bytes(), close).await?;
+        "/whoami" => full(200, TEXT, state.name.clone()),
+        path => full(404, JSON, not_found(path)),
+    }
+}
+
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    state: &State,
+    req: &Request,
+) -> std::io::Result<bool> {
+    let close = req.close;
+    match route(state, &req.method, &req.path, &req.query) {
+        Reply::Full {
+            code,
+            content_type,
+            body,
+        } => {
+            respond(&mut conn.io, state, code, content_type, &body, close).await?;
+            Ok(true)
         }
-        path => {
-            let body = not_found(path);
-            respond(&mut conn.io, state, 404, JSON, body.as_bytes(), close).await?;
+        Reply::Watch => {
+            watch(&mut conn.io, state).await?;
+            Ok(false)
+        }
+        Reply::Hang => {
+            // Keep the connection, answer nothing, until the client leaves.
+            let mut scratch = [0u8; 1024];
+            while let Ok(n) = conn.io.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(false)
         }
     }
-    Ok(true)
 }
 
 /// `POST /standin/readyz?status=200|503|hang`, `POST /standin/auth?status=200|401|403`.
-async fn control<S: AsyncWrite + Unpin>(
-    io: &mut S,
-    state: &State,
-    req: &Request,
-    what: &str,
-) -> std::io::Result<bool> {
-    let close = req.close;
-    if req.method != "POST" {
-        respond(
-            io,
-            state,
-            405,
-            TEXT,
-            b"control endpoints take POST\n",
-            close,
-        )
-        .await?;
-        return Ok(true);
+fn control(state: &State, method: &str, query: &HashMap<String, String>, what: &str) -> Reply {
+    if method != "POST" {
+        return full(405, TEXT, "control endpoints take POST\n");
     }
-    let status = req.query.get("status").map(String::as_str).unwrap_or("");
+    let status = query.get("status").map(String::as_str).unwrap_or("");
     let code = status
         .parse::<u16>()
         .ok()
@@ -582,14 +603,34 @@ async fn control<S: AsyncWrite + Unpin>(
         _ => None,
     };
     match reply {
-        Some(body) => respond(io, state, 200, TEXT, body.as_bytes(), close).await?,
-        None => {
-            let body = "usage: POST /standin/readyz?status=200|503|<code>|hang, \
-                        POST /standin/auth?status=200|401|403\n";
-            respond(io, state, 400, TEXT, body.as_bytes(), close).await?;
-        }
+        Some(body) => full(200, TEXT, body),
+        None => full(
+            400,
+            TEXT,
+            "usage: POST /standin/readyz?status=200|503|<code>|hang, \
+             POST /standin/auth?status=200|401|403\n",
+        ),
     }
-    Ok(true)
+}
+
+/// The watch stream's next event: one ADDED ConfigMap, resourceVersions
+/// growing across every stream of the server.
+fn next_event(state: &State) -> String {
+    let n = state.events.fetch_add(1, Ordering::Relaxed) + 1;
+    let event = serde_json::json!({
+        "type": "ADDED",
+        "object": {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": format!("standin-{n}"),
+                "namespace": "default",
+                "resourceVersion": n.to_string(),
+            },
+            "data": { "server": state.name },
+        },
+    });
+    format!("{event}\n")
 }
 
 /// One ADDED event per interval, each a chunk ending in `\n`, until a write
@@ -597,7 +638,7 @@ async fn control<S: AsyncWrite + Unpin>(
 async fn watch<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
-         X-Standin-Name: {}\r\nCache-Control: no-cache, private\r\n\r\n",
+         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
         state.name
     );
     io.write_all(head.as_bytes()).await?;
@@ -606,21 +647,7 @@ async fn watch<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Res
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let n = state.events.fetch_add(1, Ordering::Relaxed) + 1;
-        let event = serde_json::json!({
-            "type": "ADDED",
-            "object": {
-                "kind": "ConfigMap",
-                "apiVersion": "v1",
-                "metadata": {
-                    "name": format!("standin-{n}"),
-                    "namespace": "default",
-                    "resourceVersion": n.to_string(),
-                },
-                "data": { "server": state.name },
-            },
-        });
-        let line = format!("{event}\n");
+        let line = next_event(state);
         let chunk = format!("{:x}\r\n{line}\r\n", line.len());
         io.write_all(chunk.as_bytes()).await?;
         io.flush().await?;
@@ -637,7 +664,7 @@ async fn respond<S: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut msg = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         X-Standin-Name: {}\r\nCache-Control: no-cache, private\r\n",
+         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n",
         reason(code),
         body.len(),
         state.name
@@ -706,6 +733,82 @@ fn not_found(path: &str) -> String {
         _ => "the server could not find the requested resource".to_string(),
     };
     status_json(404, &message)
+}
+
+// ---------------------------------------------------------------- HTTP/2 server
+
+/// One HTTP/2 connection (RFC 9113): every request a stream of its own task,
+/// all of them multiplexed on this one TCP connection, as client-go does.
+async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(io: S, state: Arc<State>) {
+    let mut conn = match h2::server::handshake(io).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("standin {}: HTTP/2 preface: {e}", state.name);
+            return;
+        }
+    };
+    while let Some(next) = conn.accept().await {
+        let Ok((req, respond)) = next else { return };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = h2_stream(req, respond, &state).await;
+        });
+    }
+}
+
+fn h2_head(
+    state: &State,
+    code: u16,
+    content_type: &str,
+) -> Result<http::Response<()>, http::Error> {
+    http::Response::builder()
+        .status(code)
+        .header("content-type", content_type)
+        .header("x-standin-name", state.name.as_str())
+        .header("x-standin-protocol", "h2")
+        .header("cache-control", "no-cache, private")
+        .body(())
+}
+
+async fn h2_stream(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    state: &State,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let query: HashMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    match route(state, req.method().as_str(), req.uri().path(), &query) {
+        Reply::Full {
+            code,
+            content_type,
+            body,
+        } => {
+            let mut out = respond.send_response(h2_head(state, code, content_type)?, false)?;
+            out.send_data(bytes::Bytes::from(body), true)?;
+        }
+        Reply::Watch => {
+            let mut out = respond.send_response(h2_head(state, 200, JSON)?, false)?;
+            let mut tick = tokio::time::interval(state.watch_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Fails once the client reset the stream or the connection
+                // went: the stream's task ends.
+                out.send_data(bytes::Bytes::from(next_event(state)), false)?;
+            }
+        }
+        Reply::Hang => {
+            // Answer nothing until the client resets the stream.
+            let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- test client

@@ -14,6 +14,7 @@ use std::{
 
 use vip_tests::{
     capture::{Capture, VRRP_FILTER, adverts_from, dump, epoch_now},
+    h2client::H2Watches,
     keepalived::VrrpState,
     netns::{Lab, VIP_V4, poll_until},
     scenario::{Fwd, LbLab, LbOptions},
@@ -321,6 +322,95 @@ fn nat_vip_move_with_state_sync_keeps_200_watches() {
         "lb2's status: {sync:?}"
     );
     assert!(st.render().contains("state sync: "), "{}", st.render());
+}
+
+/// client-go's shape: 50 watches multiplexed on one HTTP/2 connection (ALPN
+/// `h2`), so one TCP flow carries them all. The master dies (mode dsr): the
+/// flow's next packet reaches the same backend through lb2, and all 50
+/// streams go on.
+#[test]
+fn h2_fifty_watches_on_one_connection_survive_the_masters_death() {
+    let l = two_lbs("sv-h2m", AttachMode::Native, Fwd::Dsr);
+    let ns = l.lab.node("client").ns.clone();
+    let cfg = client_config(&l.pki.ca_pem(), None);
+    let w = H2Watches::open(&ns, &cfg, LbLab::vip_addr(false), 50).expect("50 h2 watches");
+    assert_eq!(w.protocol, "h2", "the stand-in negotiates HTTP/2");
+    let servers: std::collections::BTreeSet<String> =
+        w.report().into_iter().map(|r| r.server).collect();
+    assert_eq!(servers.len(), 1, "one connection, one backend: {servers:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let before: Vec<u64> = w.report().iter().map(|r| r.events).collect();
+    let (t_crash, t_master) = master_dies(&l);
+    std::thread::sleep(Duration::from_secs(3));
+    let report = w.report();
+    let line = summary(&report);
+    eprintln!(
+        "h2, 50 watches on one connection: lb2 master {:?} after the crash; {line}",
+        t_master - t_crash
+    );
+    for (i, r) in report.iter().enumerate() {
+        assert_eq!(r.end, End::Open, "stream {i} ended: {line}");
+        assert!(
+            r.events > before[i] && r.longest_gap < Duration::from_secs(2),
+            "stream {i} stayed open but silent: {} events ({} before), gap {:?}",
+            r.events,
+            before[i],
+            r.longest_gap
+        );
+    }
+}
+
+/// The backend under that one HTTP/2 connection dies (its link down): the
+/// client sends nothing, yet vipd's poke draws the XDP program's RST and
+/// the connection, with all 50 watches, ends within the probes' detection
+/// (plus a round trip), never silent. client-go would otherwise notice only
+/// after its 30 s ping and 15 s timeout.
+#[test]
+fn h2_connection_of_a_dead_backend_is_reset_within_detection() {
+    let l = LbLab::start("sv-h2b", AttachMode::Native, Fwd::Dsr);
+    let ns = l.lab.node("client").ns.clone();
+    let cfg = client_config(&l.pki.ca_pem(), None);
+    let w = H2Watches::open(&ns, &cfg, LbLab::vip_addr(false), 50).expect("50 h2 watches");
+    assert_eq!(w.protocol, "h2");
+    let server = w.report()[0].server.clone();
+    assert!(server.starts_with("be"), "served by a stand-in: {server:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let t_dead = Instant::now();
+    l.lab.sh(&server, &["ip", "link", "set", "eth0", "down"]);
+    let limit = worst_detection() + Duration::from_millis(300);
+    poll_until(
+        limit + Duration::from_secs(2),
+        || {
+            format!(
+                "the h2 connection to the dead {server} was not reset: {}",
+                summary(&w.report())
+            )
+        },
+        || w.report().iter().all(|r| r.end != End::Open),
+    );
+    let report = w.report();
+    let line = summary(&report);
+    for (i, r) in report.iter().enumerate() {
+        assert_eq!(r.end, End::Reset, "stream {i}: {line}");
+        let after = r.ended.expect("time").saturating_duration_since(t_dead);
+        assert!(
+            after <= limit,
+            "stream {i} ended {after:?} after {server} died, past detection + 300 ms ({limit:?}): {line}"
+        );
+    }
+    eprintln!("h2 connection to the dead {server}: {line}");
+}
+
+/// kubectl through the VIP speaks HTTP/2 (the stand-in reports the
+/// protocol it served in a header, which kubectl prints at -v=8).
+#[test]
+fn kubectl_negotiates_h2_through_the_vip() {
+    let l = LbLab::start("sv-h2k", AttachMode::Skb, Fwd::Dsr);
+    let out = l.kubectl_output(&["get", "--raw", "/version", "-v=8"]);
+    assert!(
+        out.contains("X-Standin-Protocol: h2"),
+        "kubectl did not get HTTP/2 through the VIP:\n{out}"
+    );
 }
 
 /// A backend's link goes down under 30 watch streams whose clients send
