@@ -14,7 +14,11 @@
 //! - announcements (gratuitous ARP / unsolicited NA) are repeated a configured
 //!   number of times after a takeover and refreshed periodically while Active;
 //! - another Active Router, or another MAC claiming the VIP, is reported as a
-//!   split brain, and the winner re-announces.
+//!   split brain, and the winner re-announces;
+//! - a router that cannot send its advertisements (the shell feeds
+//!   [`Input::CanSend`], e.g. while its IPv6 link-local address is still
+//!   tentative) never becomes Active: its Master_Down_Timer only runs while
+//!   it can send, and an Active Router that loses the ability steps down.
 
 use std::{
     net::IpAddr,
@@ -89,6 +93,10 @@ pub enum Input {
     /// Another MAC claimed one of our VIPs (gratuitous ARP / NA from a
     /// different host).
     Conflict { mac: [u8; 6] },
+    /// Whether advertisements can leave (the source address is usable:
+    /// for IPv6 the link-local one, not tentative nor failed DAD). The
+    /// machine starts assuming they can.
+    CanSend(bool),
 }
 
 /// Why the state changed, for logs and metrics.
@@ -112,6 +120,10 @@ pub enum Why {
     StepDown {
         priority: u8,
     },
+    /// Our advertisements can no longer leave: an Active Router that nobody
+    /// hears is replaced by a Backup after its Master_Down_Interval, and
+    /// both would hold the VIP.
+    CannotSend,
     Shutdown,
 }
 
@@ -165,6 +177,8 @@ pub struct Machine {
     /// The Master_Down_Timer runs for a skew time after a priority-0
     /// advertisement (for the reason given on takeover).
     master_left: bool,
+    /// Advertisements can leave ([`Input::CanSend`]).
+    can_send: bool,
 }
 
 impl Machine {
@@ -180,6 +194,7 @@ impl Machine {
             announces_left: 0,
             preempt_after: None,
             master_left: false,
+            can_send: true,
         }
     }
 
@@ -233,15 +248,19 @@ impl Machine {
             // RFC 9568 6.4.1: Initialize waits for Startup only.
             (State::Initialize, Input::Startup) => {
                 self.preempt_after = Some(now + self.params.preempt_delay);
-                if self.priority == PRIORITY_OWNER {
+                if self.priority == PRIORITY_OWNER && self.can_send {
                     self.become_master(now, Why::Owner, &mut out);
                 } else {
+                    // A router that cannot send waits as a Backup with its
+                    // Master_Down_Timer stopped: it listens, and its
+                    // timer starts once its adverts can leave.
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
-                    self.master_down_timer = Some(now + self.master_down_interval());
+                    self.arm_master_down(now, self.master_down_interval());
                     self.transition(State::Backup, Why::Startup, &mut out);
                 }
             }
             (State::Initialize, Input::Priority(p)) => self.priority = p,
+            (State::Initialize, Input::CanSend(c)) => self.can_send = c,
             (
                 State::Initialize,
                 Input::Shutdown | Input::Advert { .. } | Input::Timer | Input::Conflict { .. },
@@ -273,11 +292,11 @@ impl Machine {
                 if priority == PRIORITY_LEAVING {
                     // The Active Router is leaving: take over after our
                     // skew time only, the highest priority first.
-                    self.master_down_timer = Some(now + self.skew_time());
+                    self.arm_master_down(now, self.skew_time());
                     self.master_left = true;
                 } else if !self.preempting(now) || priority >= self.priority {
                     self.master_adver_interval_cs = max_adver_int_cs;
-                    self.master_down_timer = Some(now + self.master_down_interval());
+                    self.arm_master_down(now, self.master_down_interval());
                     self.master_left = false;
                 }
                 // Otherwise preemption: discard, and let Master_Down_Timer
@@ -287,8 +306,25 @@ impl Machine {
                 // The skew follows the new priority from the next
                 // advertisement on (6.1 defines it from Priority).
                 self.priority = p;
-                if p == PRIORITY_OWNER {
+                if p == PRIORITY_OWNER && self.can_send {
                     self.become_master(now, Why::Owner, &mut out);
+                }
+            }
+            (State::Backup, Input::CanSend(c)) => {
+                if c != self.can_send {
+                    self.can_send = c;
+                    if !c {
+                        self.master_down_timer = None;
+                    } else if self.priority == PRIORITY_OWNER {
+                        self.become_master(now, Why::Owner, &mut out);
+                    } else {
+                        // RFC 9568 6.4.2 measures Master_Down_Interval
+                        // without hearing the Active Router; it counts
+                        // only once our own advertisements can answer, so
+                        // a full interval from now.
+                        self.master_left = false;
+                        self.arm_master_down(now, self.master_down_interval());
+                    }
                 }
             }
             (State::Backup, Input::Startup | Input::Conflict { .. }) => {}
@@ -406,9 +442,30 @@ impl Machine {
                     self.restart_announces(now, &mut out);
                 }
             }
+            (State::Master, Input::CanSend(c)) => {
+                self.can_send = c;
+                if !c {
+                    // RFC 9568 6.4.3 has the Active Router advertise every
+                    // interval; one that cannot is replaced by a Backup
+                    // after its Master_Down_Interval while still holding
+                    // the VIP. Step down (no priority 0: it could not leave
+                    // either); our own timer waits until we can send again.
+                    self.adver_timer = None;
+                    self.announce_at = None;
+                    self.master_adver_interval_cs = self.params.advert_interval_cs;
+                    self.master_down_timer = None;
+                    self.leave_master(State::Backup, Why::CannotSend, &mut out);
+                }
+            }
             (State::Master, Input::Startup) => {}
         }
         out
+    }
+
+    /// Starts the Master_Down_Timer for `after`, only while our
+    /// advertisements can leave ([`Input::CanSend`]).
+    fn arm_master_down(&mut self, now: Instant, after: Duration) {
+        self.master_down_timer = self.can_send.then(|| now + after);
     }
 
     /// Preempt_Mode, once the preempt delay after startup has passed.
@@ -760,6 +817,82 @@ mod tests {
         assert!(m.handle(t0, Input::Priority(200)).is_empty());
         assert_eq!(m.skew_time(), Duration::from_micros(21_875)); // 56 * 100 ms / 256
         let a = m.handle(t0, Input::Priority(PRIORITY_OWNER));
+        assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
+    }
+
+    // --- Unable to send (the shell's Input::CanSend) ---
+
+    #[test]
+    fn startup_unable_to_send_waits_as_backup_without_timer() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(150));
+        assert!(m.handle(t0, Input::CanSend(false)).is_empty());
+        let a = m.handle(t0, Input::Startup);
+        assert_eq!(transitions(&a), [(State::Initialize, State::Backup)]);
+        assert_eq!(m.next_deadline(), None, "no Master_Down_Timer while mute");
+        // Adverts of a lower-priority master are still discarded
+        // (preemption) and nothing starts a timer either.
+        assert!(m.handle(t0 + ms(500), advert(HIGHER_ADDR, 100)).is_empty());
+        assert_eq!(m.next_deadline(), None);
+        // Once adverts can leave, a whole Master_Down_Interval from then.
+        let t1 = t0 + Duration::from_secs(2);
+        assert!(m.handle(t1, Input::CanSend(true)).is_empty());
+        assert_eq!(m.next_deadline(), Some(t1 + m.master_down_interval()));
+        let a = m.handle(t1 + m.master_down_interval(), Input::Timer);
+        assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
+        assert_eq!(a[0], Action::SendAdvert { priority: 150 });
+    }
+
+    #[test]
+    fn backup_losing_send_stops_its_timer_even_when_due() {
+        let t0 = Instant::now();
+        let mut m = backup(150, t0);
+        let due = m.next_deadline().expect("timer");
+        assert!(m.handle(t0 + ms(10), Input::CanSend(false)).is_empty());
+        assert!(m.handle(due, Input::Timer).is_empty());
+        assert_eq!(m.state(), State::Backup);
+        // A priority-0 advert does not start it either.
+        assert!(m.handle(due, advert(HIGHER_ADDR, 0)).is_empty());
+        assert_eq!(m.next_deadline(), None);
+        // CanSend(true) twice restarts the timer once.
+        let t1 = due + ms(100);
+        m.handle(t1, Input::CanSend(true));
+        m.handle(t1 + ms(50), Input::CanSend(true));
+        assert_eq!(m.next_deadline(), Some(t1 + m.master_down_interval()));
+    }
+
+    #[test]
+    fn owner_unable_to_send_becomes_master_once_it_can() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(params(PRIORITY_OWNER));
+        m.handle(t0, Input::CanSend(false));
+        let a = m.handle(t0, Input::Startup);
+        assert_eq!(transitions(&a), [(State::Initialize, State::Backup)]);
+        let a = m.handle(t0 + ms(300), Input::CanSend(true));
+        assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
+    }
+
+    #[test]
+    fn master_unable_to_send_steps_down_and_comes_back() {
+        let t0 = Instant::now();
+        let (mut m, t) = master(100, t0);
+        let a = m.handle(t + ms(20), Input::CanSend(false));
+        assert_eq!(
+            a,
+            [
+                Action::RemoveVips,
+                Action::Transition {
+                    from: State::Master,
+                    to: State::Backup,
+                    why: Why::CannotSend
+                }
+            ],
+            "no advert: it could not leave"
+        );
+        assert_eq!(m.next_deadline(), None);
+        let t1 = t + Duration::from_secs(1);
+        m.handle(t1, Input::CanSend(true));
+        let a = m.handle(t1 + m.master_down_interval(), Input::Timer);
         assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
     }
 

@@ -24,7 +24,7 @@ use super::{
     Family,
     announce::{Announcer, ClaimWatch},
     machine::{Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
-    net::{self, NetError, Transport, VrrpSocket},
+    net::{self, NetError, SourceState, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{
@@ -296,6 +296,8 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         stats: stats.clone(),
         info: info.clone(),
         last_log: HashMap::new(),
+        source_state: SourceState::Usable,
+        send_failed: false,
     };
     let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
@@ -322,6 +324,11 @@ struct Router {
     stats: Arc<RouterStats>,
     info: Arc<Mutex<RouterInfo>>,
     last_log: HashMap<&'static str, Instant>,
+    /// The source address's state as last told to the machine
+    /// ([`Input::CanSend`]); the machine starts assuming it usable.
+    source_state: SourceState,
+    /// A send failed since the last input: look at the source again.
+    send_failed: bool,
 }
 
 /// The info lock is held for copies only; a poisoned one (a panic while
@@ -339,6 +346,9 @@ impl Router {
             self.remove_vips("left by an earlier run");
         }
         let mut link_up = self.link_up();
+        if link_up && let Some(input) = self.source_change() {
+            self.feed(input).await;
+        }
         if let Some(w) = &hold {
             error!(family = %label(self.spec.family), reason = %w, "VRRP: this node will not hold the VIP");
         } else if link_up {
@@ -395,7 +405,7 @@ impl Router {
                 },
                 pkt = self.sock.recv() => match pkt {
                     Ok(pkt) => self.received(pkt).await,
-                    Err(e) => self.complain("recv", &format!("receiving VRRP failed: {e}")),
+                    Err(e) => self.complain("recv", &format!("receiving VRRP failed: {}", with_sources(&e))),
                 },
                 claim = self.claims.next() => match claim {
                     Ok(c) => {
@@ -406,11 +416,17 @@ impl Router {
                             self.feed(Input::Conflict { mac: c.mac }).await;
                         }
                     }
-                    Err(e) => self.complain("claims", &format!("watching ARP/NA failed: {e}")),
+                    Err(e) => self.complain("claims", &format!("watching ARP/NA failed: {}", with_sources(&e))),
                 },
                 () = sleep => self.feed(Input::Timer).await,
                 _ = link_tick.tick() => {
                     let now_up = self.link_up();
+                    // Before the Startup of a link coming up: a source that
+                    // cannot send yet must keep the machine from timing out
+                    // into Master (RFC 9568 6.4.2).
+                    if now_up && let Some(input) = self.source_change() {
+                        self.feed(input).await;
+                    }
                     if now_up != link_up {
                         link_up = now_up;
                         info!(family = %label(self.spec.family), interface = %self.spec.ifname, up = now_up, "link state changed");
@@ -476,7 +492,10 @@ impl Router {
         match net::link_up(&self.spec.ifname) {
             Ok(up) => up,
             Err(e) => {
-                self.complain("link", &format!("reading the link state failed: {e}"));
+                self.complain(
+                    "link",
+                    &format!("reading the link state failed: {}", with_sources(&e)),
+                );
                 false
             }
         }
@@ -540,10 +559,62 @@ impl Router {
     }
 
     async fn feed(&mut self, input: Input) {
-        let actions = self.machine.handle(Instant::now(), input);
-        for a in actions {
-            self.act(a).await;
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            let actions = self.machine.handle(Instant::now(), input);
+            for a in actions {
+                self.act(a).await;
+            }
+            // A failed send may mean the source just became unusable (DAD
+            // restarted, the address removed): tell the machine now rather
+            // than at the next link poll.
+            if std::mem::take(&mut self.send_failed) {
+                next = self.source_change();
+            }
         }
+    }
+
+    /// Reads the source address's state; when it changed since the machine
+    /// was last told, logs why and returns the [`Input::CanSend`] to feed.
+    fn source_change(&mut self) -> Option<Input> {
+        let state = match net::source_state(&self.spec.ifname, self.source) {
+            Ok(s) => s,
+            Err(e) => {
+                // Unknown: keep what the machine believes, say so once.
+                self.complain(
+                    "source_state",
+                    &format!(
+                        "reading the state of {} from /proc/net/if_inet6 failed: {e}",
+                        self.source
+                    ),
+                );
+                return None;
+            }
+        };
+        if state == self.source_state {
+            return None;
+        }
+        let family = tracing::field::display(label(self.spec.family));
+        let usable = state == SourceState::Usable;
+        if usable {
+            info!(
+                family,
+                source = %self.source,
+                interface = %self.spec.ifname,
+                was = %self.source_state.describe(),
+                "VRRP source address usable again; the election resumes (master-down timer restarted)"
+            );
+        } else {
+            warn!(
+                family,
+                source = %self.source,
+                interface = %self.spec.ifname,
+                state = %state.describe(),
+                "VRRP cannot send its advertisements from this source address; this node stays backup until it can (a master nobody hears would hold the VIP next to the real one)"
+            );
+        }
+        self.source_state = state;
+        Some(Input::CanSend(usable))
     }
 
     async fn act(&mut self, a: Action) {
@@ -682,8 +753,12 @@ impl Router {
         };
         for dst in dsts {
             let sent = match advert.encode(self.source, dst) {
-                Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(bytes) => self
+                    .sock
+                    .send(&bytes, dst)
+                    .await
+                    .map_err(|e| with_sources(&e)),
+                Err(e) => Err(with_sources(&e)),
             };
             match sent {
                 Ok(()) => {
@@ -691,6 +766,7 @@ impl Router {
                 }
                 Err(e) => {
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.send_failed = true;
                     self.complain("send", &format!("sending VRRP to {dst} failed: {e}"));
                 }
             }
@@ -740,6 +816,20 @@ pub fn label(f: Family) -> &'static str {
     }
 }
 
+/// An error and its sources, `: `-separated: the OS error under a
+/// [`NetError::Send`] is what tells EINVAL (a tentative source) from
+/// ENETUNREACH.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(src) = next {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        next = src.source();
+    }
+    s
+}
+
 fn describe(why: Why) -> String {
     match why {
         Why::Owner => "address owner (priority 255)".into(),
@@ -748,6 +838,9 @@ fn describe(why: Why) -> String {
         Why::MasterLeft => "the master left (priority 0)".into(),
         Why::Preempted { by, priority } => format!("{by} advertises priority {priority}"),
         Why::StepDown { priority } => format!("our priority fell to {priority}"),
+        Why::CannotSend => {
+            "our advertisements cannot be sent (see the source address warning)".into()
+        }
         Why::Shutdown => "shutdown or link down".into(),
     }
 }
