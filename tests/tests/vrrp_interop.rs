@@ -822,3 +822,59 @@ fn ipv4_unicast_peers() {
 fn ipv6_unicast_peers() {
     unicast("vk-uni-v6", IpAddr::V6(VIP_V6));
 }
+
+/// keepalived master advertising every second (its default) and vipd
+/// backup configured for 100 ms: a Backup learns Master_Adver_Interval from
+/// the master's adverts (RFC 9568 sections 6.3 and 6.4.2), and `vipd
+/// status` must judge "a master is heard" by that interval, not by its own.
+/// Polled a dozen times over six seconds (the snapshot is rebuilt every
+/// second, at any phase of keepalived's adverts): the master is always
+/// keepalived. vipd says once that the intervals differ.
+#[test]
+fn status_shows_a_master_advertising_slower_than_ours() {
+    let vip = IpAddr::V4(VIP_V4);
+    let lab = Lab::new("vk-slow", &NODES);
+    let k1 = Keepalived::start(
+        &lab,
+        "lb1",
+        &KeepalivedConf {
+            advert_int_ms: 1000,
+            ..KeepalivedConf::new(VRID, HIGH, &[vip])
+        },
+    );
+    k1.wait_state(VrrpState::Master, Duration::from_secs(6));
+    let v2 = VipdVrrp::start(&lab, "lb2", &VipdVrrpConf::new(VRID, LOW, &[vip]));
+    v2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
+    // keepalived heard (its interval noted), and a snapshot rebuilt since.
+    v2.wait_log("advertises every 1s", SHORT);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let ns = lab.node("lb2").ns.clone();
+    let master = IpAddr::V4(lab.node("lb1").ipv4);
+    let mut seen = vec![];
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(500));
+        let status = vip_tests::netns::in_netns(&ns, || {
+            vip_userspace::status::fetch(
+                "127.0.0.1:9590".parse().expect("addr"),
+                Duration::from_secs(3),
+            )
+        })
+        .unwrap_or_else(|e| panic!("vipd status on lb2: {e}"))
+        .0;
+        seen.push(status.vrrp[0].master);
+    }
+    assert!(
+        seen.iter().all(|m| *m == Some(master)),
+        "vipd status on lb2 named the master {seen:?}, keepalived {master} advertises every second\n{}",
+        v2.logs()
+    );
+    // (Before the first advert it may have become master for a moment:
+    // until then it knows only its own 100 ms interval, RFC 9568 6.4.1.)
+    assert_eq!(v2.state(Family::V4), Some(VrrpState::Backup));
+    let logs = v2.logs();
+    assert_eq!(
+        logs.matches("advertises every 1s").count(),
+        1,
+        "said once:\n{logs}"
+    );
+}

@@ -227,14 +227,13 @@ impl Machine {
     /// Skew_Time (RFC 9568 6.1): ((256 - Priority) * Master_Adver_Interval) /
     /// 256, so that the highest-priority Backup fires first.
     pub fn skew_time(&self) -> Duration {
-        let us = (256 - u64::from(self.priority)) * cs_to_us(self.master_adver_interval_cs) / 256;
-        Duration::from_micros(us)
+        skew_time(self.master_adver_interval_cs, self.priority)
     }
 
     /// Master_Down_Interval (RFC 9568 6.1): 3 * Master_Adver_Interval +
     /// Skew_Time.
     pub fn master_down_interval(&self) -> Duration {
-        Duration::from_micros(3 * cs_to_us(self.master_adver_interval_cs)) + self.skew_time()
+        master_down_interval(self.master_adver_interval_cs, self.priority)
     }
 
     fn advertisement_interval(&self) -> Duration {
@@ -516,6 +515,21 @@ impl Machine {
         });
         self.state = to;
     }
+}
+
+/// Skew_Time (RFC 9568 6.1) of a Backup with `priority` behind a master
+/// advertising every `master_adver_interval_cs`.
+pub fn skew_time(master_adver_interval_cs: u16, priority: u8) -> Duration {
+    let us = (256 - u64::from(priority)) * cs_to_us(master_adver_interval_cs) / 256;
+    Duration::from_micros(us)
+}
+
+/// Master_Down_Interval (RFC 9568 6.1): how long a Backup with `priority`
+/// waits without hearing a master that advertises every
+/// `master_adver_interval_cs` before it declares that master down.
+pub fn master_down_interval(master_adver_interval_cs: u16, priority: u8) -> Duration {
+    Duration::from_micros(3 * cs_to_us(master_adver_interval_cs))
+        + skew_time(master_adver_interval_cs, priority)
 }
 
 fn expired(deadline: Option<Instant>, now: Instant) -> bool {

@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
-    machine::{Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
+    machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
     net::{self, NetError, SourceState, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
@@ -96,8 +96,33 @@ pub struct RouterInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSeen {
     pub priority: u8,
+    /// The Max Adver Interval of its last advert (centiseconds): as a
+    /// master, how often it advertises.
+    pub interval_cs: u16,
     pub at: SystemTime,
     pub seen: Instant,
+}
+
+impl RouterInfo {
+    /// The master as far as a Backup can tell at `now`: the router heard
+    /// last with a non-zero priority (a Backup never advertises), if heard
+    /// within its Master_Down_Interval. RFC 9568 6.3 and 6.4.2: a Backup
+    /// learns Master_Adver_Interval from the master's adverts and declares
+    /// it down only after 3 of those plus its skew time, so that, not this
+    /// node's own interval, is "heard lately" (a master at 1 s behind a
+    /// node configured for 100 ms would otherwise be "none" most of the
+    /// time).
+    pub fn heard_master(&self, now: Instant) -> Option<IpAddr> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.priority > 0
+                    && now.saturating_duration_since(p.seen)
+                        < machine::master_down_interval(p.interval_cs, self.priority)
+            })
+            .max_by_key(|(_, p)| p.seen)
+            .map(|(a, _)| *a)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -298,6 +323,7 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         last_log: HashMap::new(),
         source_state: SourceState::Usable,
         send_failed: false,
+        intervals: HashMap::new(),
     };
     let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
@@ -329,6 +355,9 @@ struct Router {
     source_state: SourceState,
     /// A send failed since the last input: look at the source again.
     send_failed: bool,
+    /// The advert interval each router was last heard with (logged once
+    /// per change).
+    intervals: HashMap<IpAddr, u16>,
 }
 
 /// The info lock is held for copies only; a poisoned one (a panic while
@@ -523,10 +552,12 @@ impl Router {
                     pkt.src,
                     PeerSeen {
                         priority: c.advert.priority,
+                        interval_cs: c.advert.max_adver_int,
                         at: SystemTime::now(),
                         seen: Instant::now(),
                     },
                 );
+                self.note_interval(pkt.src, c.advert.priority, c.advert.max_adver_int);
                 if !c.addrs_match {
                     // RFC 9568 7.1: the owner's list wins, but say so.
                     self.complain(
@@ -555,6 +586,30 @@ impl Router {
                     );
                 }
             }
+        }
+    }
+
+    /// Says once per router and interval when a router that may be master
+    /// (non-zero priority) advertises at another interval than ours, as
+    /// keepalived does: a Backup follows the master's (RFC 9568 6.4.2
+    /// learns Master_Adver_Interval from its adverts), so failover takes
+    /// 3 of the master's intervals, not of ours.
+    fn note_interval(&mut self, src: IpAddr, priority: u8, interval_cs: u16) {
+        let ours = self.spec.plan.advert_interval_cs;
+        if priority == 0 || self.intervals.get(&src) == Some(&interval_cs) {
+            return;
+        }
+        self.intervals.insert(src, interval_cs);
+        if interval_cs != ours {
+            info!(
+                family = %label(self.spec.family),
+                vrid = self.spec.plan.vrid,
+                peer = %src,
+                "VRRP: {src} advertises every {}, our configured {}; while it is master this node uses the master's as RFC 9568 6.4.2 says (Master_Down_Interval {} ms)",
+                interval(interval_cs),
+                interval(ours),
+                machine::master_down_interval(interval_cs, self.machine.priority()).as_millis()
+            );
         }
     }
 
@@ -830,6 +885,16 @@ fn with_sources(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// "100ms", "1s", "1500ms": an advert interval in centiseconds as the
+/// config writes it.
+fn interval(cs: u16) -> String {
+    if cs.is_multiple_of(100) {
+        format!("{}s", cs / 100)
+    } else {
+        format!("{}ms", u32::from(cs) * 10)
+    }
+}
+
 fn describe(why: Why) -> String {
     match why {
         Why::Owner => "address owner (priority 255)".into(),
@@ -842,5 +907,84 @@ fn describe(why: Why) -> String {
             "our advertisements cannot be sent (see the source address warning)".into()
         }
         Why::Shutdown => "shutdown or link down".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
+        RouterInfo {
+            vrid: 51,
+            source: "10.0.0.2".parse().expect("addr"),
+            priority,
+            hold: None,
+            peers: peers
+                .iter()
+                .map(|(a, prio, cs, seen)| {
+                    (
+                        a.parse().expect("addr"),
+                        PeerSeen {
+                            priority: *prio,
+                            interval_cs: *cs,
+                            at: SystemTime::now(),
+                            seen: *seen,
+                        },
+                    )
+                })
+                .collect(),
+            last_change: None,
+            last_failover: None,
+            failovers: 0,
+        }
+    }
+
+    /// A master advertising every second, heard 900 ms ago by a node
+    /// configured for 100 ms: still the master (its Master_Down_Interval at
+    /// our priority 100 is 3.609 s), not "none heard" as 3 x our 100 ms
+    /// would have it. Gone after that interval.
+    #[test]
+    fn master_heard_within_its_own_master_down_interval() {
+        let t0 = Instant::now();
+        let i = info(100, &[("10.0.0.1", 150, 100, t0)]);
+        let master = Some("10.0.0.1".parse().expect("addr"));
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(900)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_600)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_610)), None);
+        // A 100 ms master is gone after its own 361 ms.
+        let i = info(100, &[("10.0.0.1", 150, 10, t0)]);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(300)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(400)), None);
+    }
+
+    #[test]
+    fn heard_master_is_the_last_non_zero_priority() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(50);
+        let i = info(
+            100,
+            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 0, 10, later)],
+        );
+        assert_eq!(
+            i.heard_master(later),
+            Some("10.0.0.1".parse().expect("addr")),
+            "priority 0 is a master leaving"
+        );
+        let i = info(
+            100,
+            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 120, 10, later)],
+        );
+        assert_eq!(
+            i.heard_master(later),
+            Some("10.0.0.3".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn intervals_read_as_configured() {
+        assert_eq!(interval(100), "1s");
+        assert_eq!(interval(10), "100ms");
+        assert_eq!(interval(150), "1500ms");
     }
 }
