@@ -237,6 +237,60 @@ fn ipv6_link_up_during_dad_never_gives_the_vip_to_both() {
     );
 }
 
+/// The preferred node coming back (lb1, 150) takes the VIP from the live
+/// lower-priority master (lb2, 100): a preemption (RFC 9568 6.4.2
+/// Preempt_Mode) on both sides, neither a split brain (the shipped
+/// `VipdSplitBrain` alert would fire after every reboot) nor a failover
+/// (the VIP always had a holder: nothing to put in the failover histogram
+/// or status's "last failover").
+#[test]
+fn preemption_is_neither_split_brain_nor_failover() {
+    let lab = Lab::new("vrrp-preempt", &["client", "lb1", "lb2"]);
+    let conf = |priority| VipdVrrpConf {
+        announce_count: 2,
+        announce_interval_ms: 50,
+        ..VipdVrrpConf::new(51, priority, &[VIP])
+    };
+    let lb2 = VipdVrrp::start_with_stats(&lab, "lb2", &conf(100), 1);
+    wait_master(&lab, &lb2, "lb2");
+    let lb1 = VipdVrrp::start_with_stats(&lab, "lb1", &conf(150), 1);
+    wait_master(&lab, &lb1, "lb1");
+    lab.wait_addr("lb2", VIP, false, Duration::from_secs(2));
+    lb2.wait_counter(Family::V4, "left_master", 1, Duration::from_secs(3));
+    lb1.wait_counter(Family::V4, "became_master", 1, Duration::from_secs(3));
+    // A counter that moved after those lines shows in the next one, a
+    // second later.
+    std::thread::sleep(Duration::from_millis(1_500));
+    for v in [&lb1, &lb2] {
+        assert_eq!(
+            v.counter(Family::V4, "split_brain"),
+            None,
+            "{} counted a split brain for a preemption:\n{}",
+            v.node(),
+            v.logs()
+        );
+    }
+    let took = lb1.transitions().pop().expect("lb1's transitions");
+    assert!(
+        took.why.contains("preemption") && took.why.contains("10.77.0.12"),
+        "lb1 must say it preempted lb2: {took:?}"
+    );
+    let status = in_netns(&lab.node("lb1").ns, || {
+        vip_userspace::status::fetch(
+            "127.0.0.1:9590".parse().expect("addr"),
+            Duration::from_secs(3),
+        )
+    })
+    .unwrap_or_else(|e| panic!("vipd status on lb1: {e}"))
+    .0;
+    assert_eq!(
+        status.vrrp[0].last_failover, None,
+        "a preemption is no failover"
+    );
+    assert_eq!(lb1.counter(Family::V4, "preempted_by_us"), Some(1));
+    assert_eq!(lb2.counter(Family::V4, "preempted_by_peer"), Some(1));
+}
+
 /// Another host announcing the VIP (a stale holder, a misconfigured box):
 /// the master counts a split brain and re-announces, so the client's ARP
 /// entry comes back to it.

@@ -17,8 +17,8 @@ use crate::{
     controller::{CertState, Controller},
     dataplane::{Maps, flows::Sweep},
     metrics::{
-        BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics, ReasonLabel,
-        ServiceLabel, mirror,
+        BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
+        ReasonLabel, ServiceLabel, mirror,
     },
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
@@ -136,6 +136,18 @@ pub fn refresh<M: Maps>(
             load(&s.adverts_received),
         );
         mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
+        for (by, c) in [
+            ("this_node", &s.preempted_by_us),
+            ("peer", &s.preempted_by_peer),
+        ] {
+            mirror(
+                &m.vrrp_preemptions.get_or_create(&FamilyBy {
+                    family: family.clone(),
+                    by: by.to_owned(),
+                }),
+                load(c),
+            );
+        }
         for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
             mirror(
                 &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {

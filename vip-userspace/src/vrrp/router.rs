@@ -69,6 +69,11 @@ pub struct RouterStats {
     pub became_master: AtomicU64,
     pub left_master: AtomicU64,
     pub split_brain: AtomicU64,
+    /// This node took the VIP from a live lower-priority master (RFC 9568
+    /// 6.4.2 Preempt_Mode).
+    pub preempted_by_us: AtomicU64,
+    /// A higher-priority router took the VIP from this node (6.4.3).
+    pub preempted_by_peer: AtomicU64,
     pub vip_errors: AtomicU64,
     pub announce_errors: AtomicU64,
     /// Indexed like [`DISCARD_LABELS`].
@@ -198,6 +203,8 @@ impl RouterHandle {
             ("became_master", &s.became_master),
             ("left_master", &s.left_master),
             ("split_brain", &s.split_brain),
+            ("preempted_by_us", &s.preempted_by_us),
+            ("preempted_by_peer", &s.preempted_by_peer),
             ("vip_errors", &s.vip_errors),
             ("announce_errors", &s.announce_errors),
         ] {
@@ -716,6 +723,15 @@ impl Router {
                 } else if from == State::Master {
                     self.stats.left_master.fetch_add(1, Ordering::Relaxed);
                 }
+                match why {
+                    Why::Preempt { .. } => {
+                        self.stats.preempted_by_us.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Why::Preempted { .. } => {
+                        self.stats.preempted_by_peer.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
                 self.record_change(from, to, why);
                 self.state.send_replace(to);
             }
@@ -742,13 +758,14 @@ impl Router {
                         ),
                     );
                 } else {
-                    // The usual case is a preemption; after a partition it is
-                    // the split brain resolving. Counted either way.
+                    // Only when this mastership met the other master
+                    // before (machine.rs, "Preemption or split brain"); a
+                    // plain preemption is a state change, not this.
                     info!(
                         family,
                         vrid = self.spec.plan.vrid,
                         peer = %peer,
-                        "VRRP split brain resolved: another master with a higher priority (preemption or a healed partition); yielding"
+                        "VRRP split brain resolved: the other master has a higher priority; yielding"
                     );
                 }
             }
@@ -901,7 +918,15 @@ fn describe(why: Why) -> String {
         Why::Startup => "startup".into(),
         Why::MasterDown => "no master heard for the master-down interval".into(),
         Why::MasterLeft => "the master left (priority 0)".into(),
-        Why::Preempted { by, priority } => format!("{by} advertises priority {priority}"),
+        Why::Preempt { master, priority } => format!(
+            "preemption: the master {master} has the lower priority {priority} (RFC 9568 6.4.2 Preempt_Mode)"
+        ),
+        Why::Preempted { by, priority } => {
+            format!("preempted: {by} advertises priority {priority}")
+        }
+        Why::Outranked { by, priority } => {
+            format!("split brain resolved: {by} advertises priority {priority}")
+        }
         Why::StepDown { priority } => format!("our priority fell to {priority}"),
         Why::CannotSend => {
             "our advertisements cannot be sent (see the source address warning)".into()
