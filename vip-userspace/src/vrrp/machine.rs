@@ -468,7 +468,9 @@ impl Machine {
                     // partition the winner learns there were two masters and
                     // re-announces. Otherwise, when its advertisement reaches
                     // us first, the clients' last gratuitous ARP is ours and
-                    // they keep sending to a node without the VIP.
+                    // they keep sending to a node without the VIP. After a
+                    // preemption it reaches the winner within its handover
+                    // window and counts nothing there.
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
