@@ -28,8 +28,9 @@ pub const STATE_CHANGE: &str = "VRRP state change";
 /// The log message when vipd, as master, meets another master (or another
 /// MAC claiming the VIP) and wins.
 pub const SPLIT_BRAIN_WON: &str = "VRRP split brain: ";
-/// The log message when vipd meets a higher-priority master and yields:
-/// after a partition heals, or an ordinary preemption.
+/// The log message when vipd meets a higher-priority master and yields
+/// after meeting it (or its MAC) as another master: a split brain ending.
+/// A plain preemption logs only the state change (`why=preempted: ...`).
 pub const SPLIT_BRAIN_YIELDED: &str = "VRRP split brain resolved";
 
 static START_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -351,8 +352,8 @@ impl VipdVrrp {
         lines_with(&self.logs(), SPLIT_BRAIN_WON)
     }
 
-    /// Log lines of vipd yielding to a higher-priority master (a healed
-    /// partition or a preemption).
+    /// Log lines of vipd yielding to a higher-priority master it had met
+    /// as another master (a split brain ending).
     pub fn split_brains_yielded(&self) -> Vec<String> {
         lines_with(&self.logs(), SPLIT_BRAIN_YIELDED)
     }

@@ -629,7 +629,7 @@ fn partition(hint: &str, vipd_prio: u8) {
         v1.wait_log("router 10.77.0.12 priority 100", SHORT);
     } else {
         v1.wait_state(VrrpState::Backup, STATE_TIMEOUT);
-        v1.wait_log("router 10.77.0.12 priority 150", SHORT);
+        v1.wait_log("10.77.0.12 advertises priority 150", SHORT);
     }
     lab.wait_addr(&loser.name, vip, false, SHORT);
     assert!(
@@ -664,9 +664,7 @@ fn partition(hint: &str, vipd_prio: u8) {
     );
 
     let (won, yielded) = (v1.split_brains_won(), v1.split_brains_yielded());
-    // Counted as well as logged: the periodic stats line.
-    let counted = v1.wait_counter(Family::V4, "split_brain", 1, SHORT);
-    if vipd_prio == HIGH {
+    let counted = if vipd_prio == HIGH {
         assert!(
             won.iter().any(|l| l.contains("MAC 02:77:00:00:00:12"))
                 && won.iter().any(|l| l.contains("router 10.77.0.12")),
@@ -674,17 +672,32 @@ fn partition(hint: &str, vipd_prio: u8) {
             v1.logs()
         );
         assert!(yielded.is_empty(), "{yielded:?}");
+        // Counted as well as logged: the periodic stats line.
+        v1.wait_counter(Family::V4, "split_brain", 1, SHORT)
     } else {
+        // keepalived, master since before the partition, sent no ARP during
+        // it, so vipd met no sign of a second master: from the side that
+        // yields, one higher-priority advert is all there is, as in a
+        // preemption (vrrp/machine.rs, "Preemption or split brain"). The
+        // side that stays master tells: keepalived hears vipd's adverts
+        // although vipd was a backup before, as vipd does when it wins.
+        assert!(yielded.is_empty(), "{yielded:?}");
+        let last = v1.transitions().pop().expect("vipd's transitions");
         assert!(
-            yielded.iter().any(|l| l.contains("router 10.77.0.12")),
-            "vipd logs the split brain it lost:\n{}",
-            v1.logs()
+            last.why
+                .contains("preempted: 10.77.0.12 advertises priority 150"),
+            "{last:?}"
+        );
+        k2.wait_log(
+            "Received advert from 10.77.0.11 with lower priority 100, ours 150",
+            SHORT,
         );
         assert_eq!(
             v1.states(Family::V4),
             [VrrpState::Backup, VrrpState::Master, VrrpState::Backup]
         );
-    }
+        0
+    };
     let packets = cap.stop();
     // The loser falls silent once it hears the winner (vipd sends one last
     // advert at its own priority as it yields).
@@ -821,4 +834,60 @@ fn ipv4_unicast_peers() {
 #[test]
 fn ipv6_unicast_peers() {
     unicast("vk-uni-v6", IpAddr::V6(VIP_V6));
+}
+
+/// keepalived master advertising every second (its default) and vipd
+/// backup configured for 100 ms: a Backup learns Master_Adver_Interval from
+/// the master's adverts (RFC 9568 sections 6.3 and 6.4.2), and `vipd
+/// status` must judge "a master is heard" by that interval, not by its own.
+/// Polled a dozen times over six seconds (the snapshot is rebuilt every
+/// second, at any phase of keepalived's adverts): the master is always
+/// keepalived. vipd says once that the intervals differ.
+#[test]
+fn status_shows_a_master_advertising_slower_than_ours() {
+    let vip = IpAddr::V4(VIP_V4);
+    let lab = Lab::new("vk-slow", &NODES);
+    let k1 = Keepalived::start(
+        &lab,
+        "lb1",
+        &KeepalivedConf {
+            advert_int_ms: 1000,
+            ..KeepalivedConf::new(VRID, HIGH, &[vip])
+        },
+    );
+    k1.wait_state(VrrpState::Master, Duration::from_secs(6));
+    let v2 = VipdVrrp::start(&lab, "lb2", &VipdVrrpConf::new(VRID, LOW, &[vip]));
+    v2.wait_state(VrrpState::Backup, STATE_TIMEOUT);
+    // keepalived heard (its interval noted), and a snapshot rebuilt since.
+    v2.wait_log("advertises every 1s", SHORT);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let ns = lab.node("lb2").ns.clone();
+    let master = IpAddr::V4(lab.node("lb1").ipv4);
+    let mut seen = vec![];
+    for _ in 0..12 {
+        std::thread::sleep(Duration::from_millis(500));
+        let status = vip_tests::netns::in_netns(&ns, || {
+            vip_userspace::status::fetch(
+                "127.0.0.1:9590".parse().expect("addr"),
+                Duration::from_secs(3),
+            )
+        })
+        .unwrap_or_else(|e| panic!("vipd status on lb2: {e}"))
+        .0;
+        seen.push(status.vrrp[0].master);
+    }
+    assert!(
+        seen.iter().all(|m| *m == Some(master)),
+        "vipd status on lb2 named the master {seen:?}, keepalived {master} advertises every second\n{}",
+        v2.logs()
+    );
+    // (Before the first advert it may have become master for a moment:
+    // until then it knows only its own 100 ms interval, RFC 9568 6.4.1.)
+    assert_eq!(v2.state(Family::V4), Some(VrrpState::Backup));
+    let logs = v2.logs();
+    assert_eq!(
+        logs.matches("advertises every 1s").count(),
+        1,
+        "said once:\n{logs}"
+    );
 }

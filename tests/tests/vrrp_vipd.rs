@@ -11,7 +11,7 @@ use std::{
 use vip_tests::{
     capture::{ARP_FILTER, ArpOp, Capture},
     keepalived::VrrpState,
-    netns::{Lab, VIP_V4, in_netns},
+    netns::{Lab, VIP_V4, VIP_V6, in_netns},
     vrrpd::{VipdVrrp, VipdVrrpConf},
 };
 use vip_userspace::vrrp::{
@@ -152,6 +152,143 @@ fn link_down_releases_the_vip_and_link_up_rejoins() {
         logs.contains("up=false") && logs.contains("up=true"),
         "{logs}"
     );
+}
+
+/// IPv6 adverts leave from the link-local address (RFC 9568 section
+/// 5.1.2.1), and the kernel sends nothing from one that is still tentative
+/// (duplicate address detection, RFC 4862 section 5.4): a node whose link
+/// comes up cannot advertise for a second or more. lb1 (150) comes back up
+/// with a slow DAD while lb2 (100) holds the VIP: lb1 must wait until it can
+/// advertise before it preempts, or both hold the VIP until DAD ends (lb2
+/// never hears lb1). Sampled every few ms: the longest stretch with the VIP
+/// on both nodes must stay under one advert interval (the preemption itself
+/// overlaps by the time lb2 takes to act on lb1's first advert).
+#[test]
+fn ipv6_link_up_during_dad_never_gives_the_vip_to_both() {
+    let vip = IpAddr::V6(VIP_V6);
+    let lab = Lab::new("vrrp-dad", &["client", "lb1", "lb2"]);
+    let conf = |priority| VipdVrrpConf {
+        announce_count: 2,
+        announce_interval_ms: 50,
+        ..VipdVrrpConf::new(51, priority, &[vip])
+    };
+    let lb2 = VipdVrrp::start(&lab, "lb2", &conf(100));
+    lb2.wait_state(VrrpState::Master, Duration::from_secs(5));
+    let lb1 = VipdVrrp::start(&lab, "lb1", &conf(150));
+    lb1.wait_state(VrrpState::Master, Duration::from_secs(5));
+    lab.wait_addr("lb2", vip, false, Duration::from_secs(2));
+
+    // Three DAD probes 400 ms apart: the re-created link-local stays
+    // tentative for 1.2 s and more after the link comes up.
+    lab.sh(
+        "lb1",
+        &[
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.eth0.accept_dad=1",
+            "net.ipv6.conf.eth0.dad_transmits=3",
+            "net.ipv6.neigh.eth0.retrans_time_ms=400",
+        ],
+    );
+    // Admin down deletes the IPv6 addresses; up makes the link-local anew,
+    // tentative.
+    lab.sh("lb1", &["ip", "link", "set", "eth0", "down"]);
+    lab.wait_addr("lb2", vip, true, Duration::from_secs(2));
+    lab.sh("lb1", &["ip", "link", "set", "eth0", "up"]);
+    let up = Instant::now();
+    let mut both_since: Option<Instant> = None;
+    let mut longest = Duration::ZERO;
+    let mut saw_tentative = false;
+    loop {
+        let (on1, on2) = (lab.has_addr("lb1", vip), lab.has_addr("lb2", vip));
+        saw_tentative |= lab
+            .sh("lb1", &["ip", "-6", "-o", "addr", "show", "dev", "eth0"])
+            .contains("tentative");
+        if on1 && on2 {
+            let since = *both_since.get_or_insert_with(Instant::now);
+            longest = longest.max(since.elapsed());
+        } else {
+            both_since = None;
+        }
+        if on1 && !on2 {
+            break;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(8),
+            "lb1 did not take the VIP back within 8 s of its link coming up (on lb1 {on1}, on lb2 {on2})"
+        );
+    }
+    eprintln!(
+        "lb1 took the VIP back {:?} after its link came up; both held it for at most {longest:?}",
+        up.elapsed()
+    );
+    assert!(
+        saw_tentative,
+        "lb1's link-local was never seen tentative: the test did not exercise DAD"
+    );
+    assert!(
+        longest < Duration::from_millis(100),
+        "both nodes held {vip} for {longest:?} after lb1's link came up"
+    );
+    let logs = lb1.logs();
+    assert!(
+        logs.contains("tentative"),
+        "lb1 must say why it waits (the tentative link-local, DAD):\n{logs}"
+    );
+}
+
+/// The preferred node coming back (lb1, 150) takes the VIP from the live
+/// lower-priority master (lb2, 100): a preemption (RFC 9568 6.4.2
+/// Preempt_Mode) on both sides, neither a split brain (the shipped
+/// `VipdSplitBrain` alert would fire after every reboot) nor a failover
+/// (the VIP always had a holder: nothing to put in the failover histogram
+/// or status's "last failover").
+#[test]
+fn preemption_is_neither_split_brain_nor_failover() {
+    let lab = Lab::new("vrrp-preempt", &["client", "lb1", "lb2"]);
+    let conf = |priority| VipdVrrpConf {
+        announce_count: 2,
+        announce_interval_ms: 50,
+        ..VipdVrrpConf::new(51, priority, &[VIP])
+    };
+    let lb2 = VipdVrrp::start_with_stats(&lab, "lb2", &conf(100), 1);
+    wait_master(&lab, &lb2, "lb2");
+    let lb1 = VipdVrrp::start_with_stats(&lab, "lb1", &conf(150), 1);
+    wait_master(&lab, &lb1, "lb1");
+    lab.wait_addr("lb2", VIP, false, Duration::from_secs(2));
+    lb2.wait_counter(Family::V4, "left_master", 1, Duration::from_secs(3));
+    lb1.wait_counter(Family::V4, "became_master", 1, Duration::from_secs(3));
+    // A counter that moved after those lines shows in the next one, a
+    // second later.
+    std::thread::sleep(Duration::from_millis(1_500));
+    for v in [&lb1, &lb2] {
+        assert_eq!(
+            v.counter(Family::V4, "split_brain"),
+            None,
+            "{} counted a split brain for a preemption:\n{}",
+            v.node(),
+            v.logs()
+        );
+    }
+    let took = lb1.transitions().pop().expect("lb1's transitions");
+    assert!(
+        took.why.contains("preemption") && took.why.contains("10.77.0.12"),
+        "lb1 must say it preempted lb2: {took:?}"
+    );
+    let status = in_netns(&lab.node("lb1").ns, || {
+        vip_userspace::status::fetch(
+            "127.0.0.1:9590".parse().expect("addr"),
+            Duration::from_secs(3),
+        )
+    })
+    .unwrap_or_else(|e| panic!("vipd status on lb1: {e}"))
+    .0;
+    assert_eq!(
+        status.vrrp[0].last_failover, None,
+        "a preemption is no failover"
+    );
+    assert_eq!(lb1.counter(Family::V4, "preempted_by_us"), Some(1));
+    assert_eq!(lb2.counter(Family::V4, "preempted_by_peer"), Some(1));
 }
 
 /// Another host announcing the VIP (a stale holder, a misconfigured box):

@@ -178,6 +178,11 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
         let plan = p
             .plan()
             .map_err(|(f, m)| anyhow::anyhow!("services[{i}].probe.{f}: {m}"))?;
+        // Nothing to probe, nothing to read: a service without backends
+        // yet must not need the CA file.
+        if s.backends.is_empty() {
+            continue;
+        }
         let kind = match plan.server_name.clone() {
             None => ProbeKind::Tcp,
             Some(server_name) => {
@@ -1090,6 +1095,50 @@ fn reload<M: Maps>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_backends(backends: &str) -> Config {
+        let text = format!(
+            "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: nat
+    probe: {{ ca: /nonexistent/vipd-test/ca.crt }}
+    backends: {backends}
+"
+        );
+        Config::parse(Path::new("t.yaml"), &text).expect("valid")
+    }
+
+    /// Issue 18: `backends: []` failed on the missing CA file although
+    /// nothing would be probed.
+    #[test]
+    fn no_backend_no_ca_needed() {
+        let jobs = match probe_jobs(&with_backends("[]")) {
+            Ok(j) => j,
+            Err(e) => panic!("nothing to probe, no CA to read: {e:#}"),
+        };
+        assert!(jobs.is_empty());
+    }
+
+    /// Issue 18: the missing CA's "No such file or directory" came twice
+    /// (in the message and again as its source).
+    #[test]
+    fn missing_ca_says_the_os_error_once() {
+        let Err(e) = probe_jobs(&with_backends("[{ address: 10.0.0.11 }]")) else {
+            panic!("a missing CA file was accepted");
+        };
+        let text = format!("{e:#}");
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("/nonexistent/vipd-test/ca.crt") && text.contains("probe.ca"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn effective_priority_subtracts_the_weights_of_what_fails() {

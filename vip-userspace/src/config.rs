@@ -24,7 +24,7 @@ use crate::{
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Read {
         path: PathBuf,
         #[source]
@@ -589,6 +589,20 @@ impl VrrpSettings {
                     format!("{p} is not a peer's unicast address"),
                 ));
             }
+            // RFC 9568 5.1.2.1: IPv6 adverts leave from the sender's
+            // link-local address, and unicast peers are matched on the
+            // source (anything else is discarded as not_peer); a global
+            // address would never match.
+            if let IpAddr::V6(v6) = p
+                && !v6.is_unicast_link_local()
+            {
+                return Err(field(
+                    &format!("unicast_peers[{i}]"),
+                    format!(
+                        "{p} is not link-local; VRRPv3 over IPv6 sends from the link-local address (RFC 9568 section 5.1.2.1), so name each IPv6 peer by its fe80:: address (`ip -6 addr show dev IFACE scope link` on that node)"
+                    ),
+                ));
+            }
         }
         Ok(VrrpPlan {
             vrid: self.vrid,
@@ -725,6 +739,7 @@ impl Config {
         let de = serde_yaml_ng::Deserializer::from_str(text);
         let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
+            let message = parse_message(&field, &e.into_inner().to_string());
             ConfigError::Parse {
                 path: path.into(),
                 field: if field == "." {
@@ -732,7 +747,7 @@ impl Config {
                 } else {
                     field
                 },
-                message: e.into_inner().to_string(),
+                message,
             }
         })?;
         cfg.validate(path)?;
@@ -1065,6 +1080,43 @@ pub fn addr_bytes(a: IpAddr) -> (u8, AddrBytes) {
             (FAMILY_V4, b)
         }
         IpAddr::V6(v) => (FAMILY_V6, v.octets()),
+    }
+}
+
+/// The parser's message as the operator reads it after the field path:
+/// serde_yaml_ng starts it with its own copy of that path, said once here;
+/// a bare type ("expected u16") becomes the range to use, and a missing
+/// field says to add it.
+fn parse_message(field: &str, message: &str) -> String {
+    let m = message
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(message);
+    let name = field.rsplit('.').next().unwrap_or(field);
+    let range = |ty: &str| match (ty, name) {
+        ("u16", "port") => Some("use a port number in 1..65535"),
+        ("u8", "vrid" | "priority") => Some("use 1..255"),
+        ("u8", _) => Some("use a whole number in 0..255"),
+        ("u16", _) => Some("use a whole number in 0..65535"),
+        ("u32", _) => Some("use a whole number in 0..4294967295"),
+        _ => None,
+    };
+    let hint = if let Some(ty) = m
+        .split("expected ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        && let Some(r) = range(ty)
+    {
+        Some(r.to_owned())
+    } else {
+        m.split("missing field `")
+            .nth(1)
+            .and_then(|t| t.split('`').next())
+            .map(|missing| format!("add `{missing}:` here (see the configuration table in README)"))
+    };
+    match hint {
+        Some(h) => format!("{m}; {h}"),
+        None => m.to_owned(),
     }
 }
 
@@ -1422,7 +1474,7 @@ services:
                 &["vrrp.announce.count", "at least 1"],
             ),
             (
-                format!("vrrp:\n  vrid: 1\n  unicast_peers: [fd00::3]\n{GOOD}"),
+                format!("vrrp:\n  vrid: 1\n  unicast_peers: [fe80::3]\n{GOOD}"),
                 &["vrrp.unicast_peers[0]", "address family"],
             ),
             (
@@ -1445,5 +1497,47 @@ services:
                 assert!(e.contains(w), "error {e:?} lacks {w:?}");
             }
         }
+    }
+
+    /// Issue 18: the parser's own message repeated the field path
+    /// (`services[0].port: services[0].port: invalid value ...`); say it
+    /// once, and say the fix.
+    #[test]
+    fn parse_errors_say_the_path_once_and_the_fix() {
+        let e = err(&GOOD.replace("mode: dsr", "mode: dsr\n    port: 70000"));
+        assert_eq!(e.matches("services[0].port").count(), 1, "{e}");
+        assert!(e.starts_with("vipd.yaml: services[0].port: "), "{e}");
+        assert!(e.contains("70000") && e.contains("1..65535"), "{e}");
+
+        let e = err("interface: eth0\nservices:\n  - vip: 10.0.0.100\n    mode: dsr\n");
+        assert_eq!(e.matches("services[0]").count(), 1, "{e}");
+        assert!(e.contains("missing field `backends`"), "{e}");
+        assert!(e.contains("add `backends:`"), "{e}");
+
+        let e = err(&format!("vrrp:\n  vrid: 300\n{GOOD}"));
+        assert_eq!(e.matches("vrrp.vrid").count(), 1, "{e}");
+        assert!(e.contains("use 1..255"), "{e}");
+    }
+
+    /// RFC 9568 5.1.2.1: an IPv6 advert's source is the sender's link-local
+    /// address, and unicast peers are matched on the source: a global
+    /// address would never match (every advert of that peer discarded as
+    /// `not_peer`). Refused with the reason.
+    #[test]
+    fn ipv6_unicast_peer_must_be_link_local() {
+        let v6 = GOOD.replace("vip: 10.0.0.100", "vip: fd00::100").replace(
+            "address: 10.0.0.11\n        mac: 02:00:00:00:00:0b\n      - address: 10.0.0.12",
+            "address: fd00::11\n        mac: 02:00:00:00:00:0b\n      - address: fd00::12",
+        );
+        parse(&v6).expect("the IPv6 base file is valid");
+        parse(&format!(
+            "vrrp:\n  vrid: 1\n  unicast_peers: [\"fe80::3\"]\n{v6}"
+        ))
+        .expect("a link-local peer is fine");
+        let e = err(&format!(
+            "vrrp:\n  vrid: 1\n  unicast_peers: [\"fd00::3\"]\n{v6}"
+        ));
+        assert!(e.contains("vrrp.unicast_peers[0]"), "{e}");
+        assert!(e.contains("link-local") && e.contains("5.1.2.1"), "{e}");
     }
 }

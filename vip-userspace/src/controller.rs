@@ -275,7 +275,8 @@ impl<M: Maps> Controller<M> {
                 if self.failing_open.insert(name.clone()) {
                     error!(
                         service = %name,
-                        "no usable backend (probes failing, or certificates without the VIP): forwarding to all of them (fail open) until one is; if the apiservers are in fact up, check probe.ca and probe.server_name"
+                        "no usable backend (probes failing, or certificates without the VIP): forwarding to all of them (fail open) until one is; {}",
+                        fail_open_hint(svc.probe.kind)
                     );
                 }
             } else if any && self.failing_open.remove(&name) {
@@ -518,6 +519,20 @@ impl<M: Maps> Controller<M> {
     }
 }
 
+/// What to check when every backend of a service fails its probe although
+/// the apiservers may be up: what the probe type can get wrong.
+fn fail_open_hint(kind: ProbeType) -> &'static str {
+    match kind {
+        ProbeType::Https => {
+            "if the apiservers are in fact up, check probe.ca (the cluster CA) and probe.server_name (a name in their certificates)"
+        }
+        // A TCP connect has no CA or name to get wrong: only reachability.
+        ProbeType::Tcp => {
+            "if the apiservers are in fact up, check that this node reaches their address and port (a firewall, services[].backends[].port, `nc -z ADDRESS PORT`)"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::{
@@ -529,6 +544,21 @@ mod tests {
 
     use super::*;
     use crate::{dataplane::mem::MemMaps, probe::Failure};
+
+    #[test]
+    fn fail_open_hint_fits_the_probe_type() {
+        let tcp = fail_open_hint(ProbeType::Tcp);
+        assert!(
+            !tcp.contains("probe.ca") && !tcp.contains("server_name"),
+            "{tcp}"
+        );
+        assert!(tcp.contains("port"), "{tcp}");
+        let https = fail_open_hint(ProbeType::Https);
+        assert!(
+            https.contains("probe.ca") && https.contains("probe.server_name"),
+            "{https}"
+        );
+    }
 
     const NAT3: &str = "
 interface: eth0

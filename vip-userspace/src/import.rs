@@ -219,6 +219,7 @@ mod why {
     pub const VERSION2: &str = "vipd speaks VRRPv3 (RFC 9568) only; keepalived nodes left on this VRID during the move must run `vrrp_version 3`, or the two will not hear each other";
     pub const ADVERT_ROUNDED: &str = "VRRPv3 carries the interval in centiseconds, 20ms..40950ms";
     pub const PEER_FAMILY: &str = "no VIP of this address family to elect a holder for";
+    pub const PEER_NOT_LINK_LOCAL: &str = "not link-local: vipd sends IPv6 adverts from the link-local address (RFC 9568 5.1.2.1) and accepts a unicast peer by its link-local source; list that node's fe80:: address in vrrp.unicast_peers";
     pub const PEER_OPTION: &str = "vipd checks TTL 255 on every advert (RFC 9568 7.1)";
     pub const GENERIC: &str = "vipd has no equivalent";
 
@@ -2341,11 +2342,15 @@ fn write_vrrp(
         .peers
         .iter()
         .filter(|(p, line)| {
-            let ok = families.contains(&p.is_ipv4());
-            if !ok {
+            if !families.contains(&p.is_ipv4()) {
                 out.comment(2, not_carried(file, *line, p, why::PEER_FAMILY));
+                return false;
             }
-            ok
+            if matches!(p, IpAddr::V6(v6) if !v6.is_unicast_link_local()) {
+                out.comment(2, not_carried(file, *line, p, why::PEER_NOT_LINK_LOCAL));
+                return false;
+            }
+            true
         })
         .map(|(p, _)| *p)
         .collect();
@@ -2798,8 +2803,11 @@ mod tests {
             ]
         );
         let plan = i.config.vrrp.as_ref().expect("vrrp").plan().expect("plan");
-        assert_eq!(plan.unicast_peers, vec![a("fd00::11"), a("fd00::12")]);
+        // Global IPv6 peers cannot match vipd's link-local sources.
+        assert!(plan.unicast_peers.is_empty(), "{:?}", plan.unicast_peers);
         for w in [
+            "not carried over: keepalived.conf:10: fd00::11 (not link-local",
+            "not carried over: keepalived.conf:11: fd00::12 (not link-local",
             "not carried over: keepalived.conf:6: fe80::1/64 (a link-local VIP",
             "not carried over: keepalived.conf:7: fd00::100/64 (vipd adds each VIP",
             "not carried over: keepalived.conf:12: 10.0.0.12 (no VIP of this address family",

@@ -52,6 +52,17 @@ pub struct FamilyReason {
     pub reason: String,
 }
 
+/// `by`: `this_node` (it took the VIP from a live lower-priority master)
+/// or `peer` (a higher-priority router took it from this node).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyBy {
+    pub family: String,
+    pub by: String,
+}
+
+/// The values of [`FamilyBy::by`].
+pub const PREEMPTION_BY: [&str; 2] = ["this_node", "peer"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
     pub backend: String,
@@ -139,6 +150,7 @@ pub struct Metrics {
     pub vrrp_adverts_received: Family<FamilyLabel, Counter>,
     pub vrrp_adverts_rejected: Family<FamilyReason, Counter>,
     pub vrrp_split_brain: Family<FamilyLabel, Counter>,
+    pub vrrp_preemptions: Family<FamilyBy, Counter>,
     pub vrrp_failover_duration: FailoverHistograms,
     pub backend_state: Family<BackendState, Gauge>,
     pub backend_serving: Family<BackendLabel, Gauge>,
@@ -207,6 +219,7 @@ impl Metrics {
             vrrp_adverts_received: Family::default(),
             vrrp_adverts_rejected: Family::default(),
             vrrp_split_brain: Family::default(),
+            vrrp_preemptions: Family::default(),
             vrrp_failover_duration: Family::new_with_constructor(failover_histogram),
             backend_state: Family::default(),
             backend_serving: Family::default(),
@@ -278,8 +291,13 @@ impl Metrics {
         );
         r.register(
             "vrrp_split_brain",
-            "Another master or another MAC claiming the VIP seen while master",
+            "Another master or another MAC claiming the VIP seen while master, preemption excluded",
             m.vrrp_split_brain.clone(),
+        );
+        r.register(
+            "vrrp_preemptions",
+            "The VIP taken from a live master with a lower priority (RFC 9568 6.4.2): by this node, or from it by a peer",
+            m.vrrp_preemptions.clone(),
         );
         r.register_with_unit(
             "vrrp_failover_duration",

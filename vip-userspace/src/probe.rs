@@ -99,7 +99,7 @@ impl fmt::Display for PemOrigin {
 #[derive(Debug, Error)]
 pub enum ProbeSetupError {
     /// The file could not be read (missing, permissions).
-    #[error("cannot read the {material} file {}: {source}; {}", path.display(), material.fix())]
+    #[error("cannot read the {material} file {}; {}", path.display(), material.fix())]
     Read {
         /// Which material.
         material: Material,
@@ -110,7 +110,7 @@ pub enum ProbeSetupError {
         source: io::Error,
     },
     /// A PEM section is malformed (bad base64, unterminated block).
-    #[error("{origin}: malformed PEM in the {material}: {source}; {}", material.fix())]
+    #[error("{origin}: malformed PEM in the {material}; {}", material.fix())]
     BadPem {
         /// Which material.
         material: Material,
@@ -144,7 +144,7 @@ pub enum ProbeSetupError {
     },
     /// The key PEM holds no usable private key.
     #[error(
-        "{origin}: no usable private key in the client key (expected a PKCS#8, PKCS#1 or SEC1 PEM block): {source}; {}",
+        "{origin}: no usable private key in the client key (expected a PKCS#8, PKCS#1 or SEC1 PEM block); {}",
         Material::ClientKey.fix()
     )]
     NoKey {
@@ -166,7 +166,7 @@ pub enum ProbeSetupError {
     },
     /// rustls refused the client certificate and key for another reason
     /// (e.g. an unsupported key type).
-    #[error("the client certificate {cert} with key {key} is not usable: {source}; {}", Material::ClientCert.fix())]
+    #[error("the client certificate {cert} with key {key} is not usable; {}", Material::ClientCert.fix())]
     ClientAuth {
         /// Where the certificate came from.
         cert: PemOrigin,
@@ -177,7 +177,7 @@ pub enum ProbeSetupError {
         source: rustls::Error,
     },
     /// The server certificate verifier could not be built from the CA.
-    #[error("cannot build a certificate verifier from the cluster CA {origin}: {source}; {}", Material::Ca.fix())]
+    #[error("cannot build a certificate verifier from the cluster CA {origin}; {}", Material::Ca.fix())]
     Verifier {
         /// Where the CA came from.
         origin: PemOrigin,
@@ -186,7 +186,7 @@ pub enum ProbeSetupError {
         source: VerifierBuilderError,
     },
     /// The crypto provider refused the protocol versions (not expected with ring).
-    #[error("TLS client setup failed: {0}")]
+    #[error("TLS client setup failed")]
     Tls(#[source] rustls::Error),
 }
 

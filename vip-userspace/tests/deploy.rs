@@ -20,8 +20,8 @@ use serde_yaml_ng::Value as Yaml;
 use vip_userspace::{
     config::{Config, parse_duration},
     metrics::{
-        BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics, ReasonLabel,
-        ServiceLabel,
+        BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
+        PREEMPTION_BY, ReasonLabel, ServiceLabel,
     },
     probe::{Failure, Outcome},
     vrrp::{Family, machine::State, packet::DISCARD_LABELS, router},
@@ -707,6 +707,14 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
             &m.vrrp_split_brain,
         ] {
             c.get_or_create(&fl).inc();
+        }
+        for by in PREEMPTION_BY {
+            m.vrrp_preemptions
+                .get_or_create(&FamilyBy {
+                    family: family.clone(),
+                    by: by.to_owned(),
+                })
+                .inc();
         }
         for reason in DISCARD_LABELS {
             m.vrrp_adverts_rejected

@@ -17,8 +17,8 @@ use crate::{
     controller::{CertState, Controller},
     dataplane::{Maps, flows::Sweep},
     metrics::{
-        BackendLabel, BackendState, FamilyLabel, FamilyReason, FamilyState, Metrics, ReasonLabel,
-        ServiceLabel, mirror,
+        BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
+        ReasonLabel, ServiceLabel, mirror,
     },
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
@@ -100,13 +100,6 @@ pub fn refresh<M: Maps>(
     let now = SystemTime::now();
     let now_ms = status::unix_ms(now);
     let mut vrrp = vec![];
-    let advert = cfg
-        .vrrp
-        .as_ref()
-        .and_then(|v| v.plan().ok())
-        .map_or(Duration::from_secs(1), |p| {
-            Duration::from_millis(u64::from(p.advert_interval_cs) * 10)
-        });
     for r in routers {
         let family = router::label(r.family()).to_owned();
         let fl = FamilyLabel {
@@ -143,6 +136,18 @@ pub fn refresh<M: Maps>(
             load(&s.adverts_received),
         );
         mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
+        for (by, c) in [
+            ("this_node", &s.preempted_by_us),
+            ("peer", &s.preempted_by_peer),
+        ] {
+            mirror(
+                &m.vrrp_preemptions.get_or_create(&FamilyBy {
+                    family: family.clone(),
+                    by: by.to_owned(),
+                }),
+                load(c),
+            );
+        }
         for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
             mirror(
                 &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
@@ -163,17 +168,10 @@ pub fn refresh<M: Maps>(
             }
             *seen = info.failovers;
         }
-        // Any router heard lately with a non-zero priority holds the VIP
-        // (a Backup never advertises); "lately" is three advert intervals,
-        // after which a Backup declares it down anyway.
         let master = if state == State::Master {
             Some(info.source)
         } else {
-            info.peers
-                .iter()
-                .filter(|(_, p)| p.priority > 0 && p.seen.elapsed() < advert * 3)
-                .max_by_key(|(_, p)| p.seen)
-                .map(|(a, _)| *a)
+            info.heard_master(std::time::Instant::now())
         };
         vrrp.push(VrrpStatus {
             family,

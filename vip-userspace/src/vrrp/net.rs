@@ -148,7 +148,7 @@ pub enum NetError {
         max: usize,
     },
     #[error(
-        "{ifname}: sending to {dst} failed; check that the link is up and {dst} is reachable through it (`ip route get {dst} oif {ifname}`)"
+        "{ifname}: sending to {dst} failed; check that the link is up, that {dst} is reachable through it (`ip route get {dst} oif {ifname}`) and, for IPv6, that the link-local source is not `tentative` or `dadfailed` (`ip -6 addr show dev {ifname} scope link`)"
     )]
     Send {
         ifname: String,
@@ -700,6 +700,75 @@ pub fn source_address(
             .ok_or_else(|| NetError::NoLinkLocal {
                 ifname: ifname.to_owned(),
             }),
+    }
+}
+
+/// Whether the VRRP source address can send right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceState {
+    Usable,
+    /// IPv6 duplicate address detection still runs (RFC 4862 section 5.4,
+    /// up to `dad_transmits` x `retrans_time_ms` after the link comes up):
+    /// the kernel refuses it as a source (EINVAL), so no advert leaves.
+    Tentative,
+    /// DAD found another node with this address (RFC 4862 section 5.4.5):
+    /// unusable until it is fixed and the address re-added.
+    DadFailed,
+    /// Not on the interface (an admin-down link deletes IPv6 addresses).
+    Missing,
+}
+
+impl SourceState {
+    /// What the operator reads in the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SourceState::Usable => "usable",
+            SourceState::Tentative => {
+                "tentative: duplicate address detection (RFC 4862 5.4) still runs, and the kernel sends nothing from a tentative address"
+            }
+            SourceState::DadFailed => {
+                "failed duplicate address detection (another node on the link has it); fix the duplicate MAC or address, then re-add it or bounce the link"
+            }
+            SourceState::Missing => "not on the interface",
+        }
+    }
+}
+
+/// Whether `source` can send from `ifname`. IPv4 has no DAD here and is
+/// always usable; an IPv6 address is looked up in the calling thread's
+/// namespace in `/proc/thread-self/net/if_inet6` (its flags are those of
+/// `ip -6 addr`: tentative, dadfailed, optimistic).
+pub fn source_state(ifname: &str, source: IpAddr) -> io::Result<SourceState> {
+    let IpAddr::V6(addr) = source else {
+        return Ok(SourceState::Usable);
+    };
+    let text = std::fs::read_to_string("/proc/thread-self/net/if_inet6")?;
+    Ok(parse_if_inet6(&text, ifname, addr))
+}
+
+/// One line of `/proc/net/if_inet6` per address: 32 hex digits of address,
+/// then ifindex, prefix length, scope and flags in hex, then the interface
+/// name (net/ipv6/addrconf.c, if6_seq_show).
+fn parse_if_inet6(text: &str, ifname: &str, addr: Ipv6Addr) -> SourceState {
+    let want = addr
+        .octets()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    let flags = text.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 6 && f[5] == ifname && f[0].eq_ignore_ascii_case(&want))
+            .then(|| u32::from_str_radix(f[4], 16).ok())
+            .flatten()
+    });
+    match flags {
+        None => SourceState::Missing,
+        Some(f) if f & libc::IFA_F_DADFAILED != 0 => SourceState::DadFailed,
+        // An optimistic address (RFC 4429) may send while DAD runs.
+        Some(f) if f & libc::IFA_F_TENTATIVE != 0 && f & libc::IFA_F_OPTIMISTIC == 0 => {
+            SourceState::Tentative
+        }
+        Some(_) => SourceState::Usable,
     }
 }
 
@@ -1332,6 +1401,29 @@ mod tests {
         }
         let e = ifindex("no-such-if-0").expect_err("missing interface");
         assert!(e.to_string().contains("ip link show"), "{e}");
+    }
+
+    #[test]
+    fn if_inet6_flags_give_the_source_state() {
+        let text = "fe80000000000000007700fffe000011 02 40 20 c0     eth0\n\
+                    fe80000000000000007700fffe000012 03 40 20 80     eth1\n\
+                    fe80000000000000007700fffe000013 02 40 20 c8     eth0\n\
+                    fe80000000000000007700fffe000014 02 40 20 c4     eth0\n\
+                    fd770000000000000000000000000011 02 40 00 80     eth0\n";
+        let at =
+            |a: &str, ifname| parse_if_inet6(text, ifname, a.parse::<Ipv6Addr>().expect("addr"));
+        assert_eq!(at("fe80::77:ff:fe00:11", "eth0"), SourceState::Tentative);
+        assert_eq!(at("fe80::77:ff:fe00:12", "eth1"), SourceState::Usable);
+        assert_eq!(at("fe80::77:ff:fe00:12", "eth0"), SourceState::Missing);
+        assert_eq!(at("fe80::77:ff:fe00:13", "eth0"), SourceState::DadFailed);
+        assert_eq!(at("fe80::77:ff:fe00:14", "eth0"), SourceState::Usable);
+        assert_eq!(at("fd77::11", "eth0"), SourceState::Usable);
+        assert_eq!(at("fe80::1", "eth0"), SourceState::Missing);
+        assert!(
+            SourceState::Tentative
+                .describe()
+                .contains("duplicate address detection")
+        );
     }
 
     #[test]

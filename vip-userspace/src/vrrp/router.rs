@@ -23,8 +23,8 @@ use tracing::{debug, error, info, warn};
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
-    machine::{Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
-    net::{self, NetError, Transport, VrrpSocket},
+    machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
+    net::{self, NetError, SourceState, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{
@@ -69,6 +69,11 @@ pub struct RouterStats {
     pub became_master: AtomicU64,
     pub left_master: AtomicU64,
     pub split_brain: AtomicU64,
+    /// This node took the VIP from a live lower-priority master (RFC 9568
+    /// 6.4.2 Preempt_Mode).
+    pub preempted_by_us: AtomicU64,
+    /// A higher-priority router took the VIP from this node (6.4.3).
+    pub preempted_by_peer: AtomicU64,
     pub vip_errors: AtomicU64,
     pub announce_errors: AtomicU64,
     /// Indexed like [`DISCARD_LABELS`].
@@ -96,8 +101,33 @@ pub struct RouterInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSeen {
     pub priority: u8,
+    /// The Max Adver Interval of its last advert (centiseconds): as a
+    /// master, how often it advertises.
+    pub interval_cs: u16,
     pub at: SystemTime,
     pub seen: Instant,
+}
+
+impl RouterInfo {
+    /// The master as far as a Backup can tell at `now`: the router heard
+    /// last with a non-zero priority (a Backup never advertises), if heard
+    /// within its Master_Down_Interval. RFC 9568 6.3 and 6.4.2: a Backup
+    /// learns Master_Adver_Interval from the master's adverts and declares
+    /// it down only after 3 of those plus its skew time, so that, not this
+    /// node's own interval, is "heard lately" (a master at 1 s behind a
+    /// node configured for 100 ms would otherwise be "none" most of the
+    /// time).
+    pub fn heard_master(&self, now: Instant) -> Option<IpAddr> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.priority > 0
+                    && now.saturating_duration_since(p.seen)
+                        < machine::master_down_interval(p.interval_cs, self.priority)
+            })
+            .max_by_key(|(_, p)| p.seen)
+            .map(|(a, _)| *a)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +203,8 @@ impl RouterHandle {
             ("became_master", &s.became_master),
             ("left_master", &s.left_master),
             ("split_brain", &s.split_brain),
+            ("preempted_by_us", &s.preempted_by_us),
+            ("preempted_by_peer", &s.preempted_by_peer),
             ("vip_errors", &s.vip_errors),
             ("announce_errors", &s.announce_errors),
         ] {
@@ -296,6 +328,9 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         stats: stats.clone(),
         info: info.clone(),
         last_log: HashMap::new(),
+        source_state: SourceState::Usable,
+        send_failed: false,
+        intervals: HashMap::new(),
     };
     let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
@@ -322,6 +357,14 @@ struct Router {
     stats: Arc<RouterStats>,
     info: Arc<Mutex<RouterInfo>>,
     last_log: HashMap<&'static str, Instant>,
+    /// The source address's state as last told to the machine
+    /// ([`Input::CanSend`]); the machine starts assuming it usable.
+    source_state: SourceState,
+    /// A send failed since the last input: look at the source again.
+    send_failed: bool,
+    /// The advert interval each router was last heard with (logged once
+    /// per change).
+    intervals: HashMap<IpAddr, u16>,
 }
 
 /// The info lock is held for copies only; a poisoned one (a panic while
@@ -339,6 +382,9 @@ impl Router {
             self.remove_vips("left by an earlier run");
         }
         let mut link_up = self.link_up();
+        if link_up && let Some(input) = self.source_change() {
+            self.feed(input).await;
+        }
         if let Some(w) = &hold {
             error!(family = %label(self.spec.family), reason = %w, "VRRP: this node will not hold the VIP");
         } else if link_up {
@@ -395,7 +441,7 @@ impl Router {
                 },
                 pkt = self.sock.recv() => match pkt {
                     Ok(pkt) => self.received(pkt).await,
-                    Err(e) => self.complain("recv", &format!("receiving VRRP failed: {e}")),
+                    Err(e) => self.complain("recv", &format!("receiving VRRP failed: {}", with_sources(&e))),
                 },
                 claim = self.claims.next() => match claim {
                     Ok(c) => {
@@ -406,11 +452,17 @@ impl Router {
                             self.feed(Input::Conflict { mac: c.mac }).await;
                         }
                     }
-                    Err(e) => self.complain("claims", &format!("watching ARP/NA failed: {e}")),
+                    Err(e) => self.complain("claims", &format!("watching ARP/NA failed: {}", with_sources(&e))),
                 },
                 () = sleep => self.feed(Input::Timer).await,
                 _ = link_tick.tick() => {
                     let now_up = self.link_up();
+                    // Before the Startup of a link coming up: a source that
+                    // cannot send yet must keep the machine from timing out
+                    // into Master (RFC 9568 6.4.2).
+                    if now_up && let Some(input) = self.source_change() {
+                        self.feed(input).await;
+                    }
                     if now_up != link_up {
                         link_up = now_up;
                         info!(family = %label(self.spec.family), interface = %self.spec.ifname, up = now_up, "link state changed");
@@ -476,7 +528,10 @@ impl Router {
         match net::link_up(&self.spec.ifname) {
             Ok(up) => up,
             Err(e) => {
-                self.complain("link", &format!("reading the link state failed: {e}"));
+                self.complain(
+                    "link",
+                    &format!("reading the link state failed: {}", with_sources(&e)),
+                );
                 false
             }
         }
@@ -504,10 +559,12 @@ impl Router {
                     pkt.src,
                     PeerSeen {
                         priority: c.advert.priority,
+                        interval_cs: c.advert.max_adver_int,
                         at: SystemTime::now(),
                         seen: Instant::now(),
                     },
                 );
+                self.note_interval(pkt.src, c.advert.priority, c.advert.max_adver_int);
                 if !c.addrs_match {
                     // RFC 9568 7.1: the owner's list wins, but say so.
                     self.complain(
@@ -539,11 +596,87 @@ impl Router {
         }
     }
 
-    async fn feed(&mut self, input: Input) {
-        let actions = self.machine.handle(Instant::now(), input);
-        for a in actions {
-            self.act(a).await;
+    /// Says once per router and interval when a router that may be master
+    /// (non-zero priority) advertises at another interval than ours, as
+    /// keepalived does: a Backup follows the master's (RFC 9568 6.4.2
+    /// learns Master_Adver_Interval from its adverts), so failover takes
+    /// 3 of the master's intervals, not of ours.
+    fn note_interval(&mut self, src: IpAddr, priority: u8, interval_cs: u16) {
+        let ours = self.spec.plan.advert_interval_cs;
+        if priority == 0 || self.intervals.get(&src) == Some(&interval_cs) {
+            return;
         }
+        self.intervals.insert(src, interval_cs);
+        if interval_cs != ours {
+            info!(
+                family = %label(self.spec.family),
+                vrid = self.spec.plan.vrid,
+                peer = %src,
+                "VRRP: {src} advertises every {}, our configured {}; while it is master this node uses the master's as RFC 9568 6.4.2 says (Master_Down_Interval {} ms)",
+                interval(interval_cs),
+                interval(ours),
+                machine::master_down_interval(interval_cs, self.machine.priority()).as_millis()
+            );
+        }
+    }
+
+    async fn feed(&mut self, input: Input) {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            let actions = self.machine.handle(Instant::now(), input);
+            for a in actions {
+                self.act(a).await;
+            }
+            // A failed send may mean the source just became unusable (DAD
+            // restarted, the address removed): tell the machine now rather
+            // than at the next link poll.
+            if std::mem::take(&mut self.send_failed) {
+                next = self.source_change();
+            }
+        }
+    }
+
+    /// Reads the source address's state; when it changed since the machine
+    /// was last told, logs why and returns the [`Input::CanSend`] to feed.
+    fn source_change(&mut self) -> Option<Input> {
+        let state = match net::source_state(&self.spec.ifname, self.source) {
+            Ok(s) => s,
+            Err(e) => {
+                // Unknown: keep what the machine believes, say so once.
+                self.complain(
+                    "source_state",
+                    &format!(
+                        "reading the state of {} from /proc/net/if_inet6 failed: {e}",
+                        self.source
+                    ),
+                );
+                return None;
+            }
+        };
+        if state == self.source_state {
+            return None;
+        }
+        let family = tracing::field::display(label(self.spec.family));
+        let usable = state == SourceState::Usable;
+        if usable {
+            info!(
+                family,
+                source = %self.source,
+                interface = %self.spec.ifname,
+                was = %self.source_state.describe(),
+                "VRRP source address usable again; the election resumes (master-down timer restarted)"
+            );
+        } else {
+            warn!(
+                family,
+                source = %self.source,
+                interface = %self.spec.ifname,
+                state = %state.describe(),
+                "VRRP cannot send its advertisements from this source address; this node stays backup until it can (a master nobody hears would hold the VIP next to the real one)"
+            );
+        }
+        self.source_state = state;
+        Some(Input::CanSend(usable))
     }
 
     async fn act(&mut self, a: Action) {
@@ -590,6 +723,15 @@ impl Router {
                 } else if from == State::Master {
                     self.stats.left_master.fetch_add(1, Ordering::Relaxed);
                 }
+                match why {
+                    Why::Preempt { .. } => {
+                        self.stats.preempted_by_us.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Why::Preempted { .. } => {
+                        self.stats.preempted_by_peer.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
                 self.record_change(from, to, why);
                 self.state.send_replace(to);
             }
@@ -616,13 +758,14 @@ impl Router {
                         ),
                     );
                 } else {
-                    // The usual case is a preemption; after a partition it is
-                    // the split brain resolving. Counted either way.
+                    // Only when this mastership met the other master
+                    // before (machine.rs, "Preemption or split brain"); a
+                    // plain preemption is a state change, not this.
                     info!(
                         family,
                         vrid = self.spec.plan.vrid,
                         peer = %peer,
-                        "VRRP split brain resolved: another master with a higher priority (preemption or a healed partition); yielding"
+                        "VRRP split brain resolved: the other master has a higher priority; yielding"
                     );
                 }
             }
@@ -682,8 +825,12 @@ impl Router {
         };
         for dst in dsts {
             let sent = match advert.encode(self.source, dst) {
-                Ok(bytes) => self.sock.send(&bytes, dst).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(bytes) => self
+                    .sock
+                    .send(&bytes, dst)
+                    .await
+                    .map_err(|e| with_sources(&e)),
+                Err(e) => Err(with_sources(&e)),
             };
             match sent {
                 Ok(()) => {
@@ -691,6 +838,7 @@ impl Router {
                 }
                 Err(e) => {
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);
+                    self.send_failed = true;
                     self.complain("send", &format!("sending VRRP to {dst} failed: {e}"));
                 }
             }
@@ -740,14 +888,128 @@ pub fn label(f: Family) -> &'static str {
     }
 }
 
+/// An error and its sources, `: `-separated: the OS error under a
+/// [`NetError::Send`] is what tells EINVAL (a tentative source) from
+/// ENETUNREACH.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(src) = next {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        next = src.source();
+    }
+    s
+}
+
+/// "100ms", "1s", "1500ms": an advert interval in centiseconds as the
+/// config writes it.
+fn interval(cs: u16) -> String {
+    if cs.is_multiple_of(100) {
+        format!("{}s", cs / 100)
+    } else {
+        format!("{}ms", u32::from(cs) * 10)
+    }
+}
+
 fn describe(why: Why) -> String {
     match why {
         Why::Owner => "address owner (priority 255)".into(),
         Why::Startup => "startup".into(),
         Why::MasterDown => "no master heard for the master-down interval".into(),
         Why::MasterLeft => "the master left (priority 0)".into(),
-        Why::Preempted { by, priority } => format!("{by} advertises priority {priority}"),
+        Why::Preempt { master, priority } => format!(
+            "preemption: the master {master} has the lower priority {priority} (RFC 9568 6.4.2 Preempt_Mode)"
+        ),
+        Why::Preempted { by, priority } => {
+            format!("preempted: {by} advertises priority {priority}")
+        }
+        Why::Outranked { by, priority } => {
+            format!("split brain resolved: {by} advertises priority {priority}")
+        }
         Why::StepDown { priority } => format!("our priority fell to {priority}"),
+        Why::CannotSend => {
+            "our advertisements cannot be sent (see the source address warning)".into()
+        }
         Why::Shutdown => "shutdown or link down".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
+        RouterInfo {
+            vrid: 51,
+            source: "10.0.0.2".parse().expect("addr"),
+            priority,
+            hold: None,
+            peers: peers
+                .iter()
+                .map(|(a, prio, cs, seen)| {
+                    (
+                        a.parse().expect("addr"),
+                        PeerSeen {
+                            priority: *prio,
+                            interval_cs: *cs,
+                            at: SystemTime::now(),
+                            seen: *seen,
+                        },
+                    )
+                })
+                .collect(),
+            last_change: None,
+            last_failover: None,
+            failovers: 0,
+        }
+    }
+
+    /// A master advertising every second, heard 900 ms ago by a node
+    /// configured for 100 ms: still the master (its Master_Down_Interval at
+    /// our priority 100 is 3.609 s), not "none heard" as 3 x our 100 ms
+    /// would have it. Gone after that interval.
+    #[test]
+    fn master_heard_within_its_own_master_down_interval() {
+        let t0 = Instant::now();
+        let i = info(100, &[("10.0.0.1", 150, 100, t0)]);
+        let master = Some("10.0.0.1".parse().expect("addr"));
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(900)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_600)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_610)), None);
+        // A 100 ms master is gone after its own 361 ms.
+        let i = info(100, &[("10.0.0.1", 150, 10, t0)]);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(300)), master);
+        assert_eq!(i.heard_master(t0 + Duration::from_millis(400)), None);
+    }
+
+    #[test]
+    fn heard_master_is_the_last_non_zero_priority() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(50);
+        let i = info(
+            100,
+            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 0, 10, later)],
+        );
+        assert_eq!(
+            i.heard_master(later),
+            Some("10.0.0.1".parse().expect("addr")),
+            "priority 0 is a master leaving"
+        );
+        let i = info(
+            100,
+            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 120, 10, later)],
+        );
+        assert_eq!(
+            i.heard_master(later),
+            Some("10.0.0.3".parse().expect("addr"))
+        );
+    }
+
+    #[test]
+    fn intervals_read_as_configured() {
+        assert_eq!(interval(100), "1s");
+        assert_eq!(interval(10), "100ms");
+        assert_eq!(interval(150), "1500ms");
     }
 }
