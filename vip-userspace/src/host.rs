@@ -1,7 +1,7 @@
 //! What vipd changes on the host besides BPF maps: sysctls that mode nat needs
-//! and the VIP addresses. Every change is undone on stop. (The backends'
-//! neighbour entries, which mode nat's FIB lookups need, stay resolved by
-//! the health probes' connections.)
+//! and the VIP addresses. Every change is undone on stop, in one place (a
+//! [`HostGuard`]). (The backends' neighbour entries, which mode nat's FIB
+//! lookups need, stay resolved by the health probes' connections.)
 
 use std::{
     net::IpAddr,
@@ -127,6 +127,48 @@ fn all_or_nothing(
 /// Restores a set of changes, last first.
 pub fn restore_all(changed: Vec<Changed>) {
     changed.into_iter().rev().for_each(Changed::restore);
+}
+
+/// Every change this run made to the host (sysctls, VIPs on `lo`, the
+/// reserved ports), undone in one place: [`HostGuard::restore`] on an
+/// orderly stop, [`HostGuard::keep`] when the pinned program keeps
+/// forwarding and needs them (`vipd detach` restores them from the record),
+/// and a drop without either (an error during start, a panic) restores
+/// them too, so no path out of the agent leaves them behind by accident.
+#[derive(Debug, Default)]
+pub struct HostGuard {
+    changed: Vec<Changed>,
+}
+
+impl HostGuard {
+    pub fn new() -> HostGuard {
+        HostGuard::default()
+    }
+
+    /// Takes over changes just made; restored after the earlier ones.
+    pub fn extend(&mut self, changed: Vec<Changed>) {
+        self.changed.extend(changed);
+    }
+
+    pub fn changed(&self) -> &[Changed] {
+        &self.changed
+    }
+
+    /// Undoes every change, last first.
+    pub fn restore(mut self) {
+        restore_all(std::mem::take(&mut self.changed));
+    }
+
+    /// Leaves the changes in place (for the pinned program).
+    pub fn keep(mut self) {
+        self.changed.clear();
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        restore_all(std::mem::take(&mut self.changed));
+    }
 }
 
 /// Writes `path=old` lines for the changed values, unless a record exists
