@@ -1,150 +1,57 @@
 //! The running agent: loads and attaches the dataplane, hands the maps to
 //! the [`Controller`], runs one probe task per backend and the certificate
-//! gate, the VRRP routers, reloads, and the orderly stop. Every decision
-//! lives in the controller, the VRRP machine or the health counter; this
-//! file moves events between them.
+//! gate, the VIP holder, reloads, and the orderly stop.
+//!
+//! This file is the shell: the start-up sequence, then a loop that turns
+//! signals, ticks and channel messages into events for the pure
+//! [`AgentState`] and carries out the effects it returns. Every decision
+//! lives in the state, the controller, the VIP holder (`hold`: VRRP,
+//! static, none) or the health counter; probe results, certificates and
+//! flow sweeps go straight to the controller and the observer.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{error, info, warn};
 use vip_common::{Globals, Reason};
 
 use crate::{
-    certcheck::{self, CertCheck},
-    config::{Config, Mode, ProbeSettings, parse_duration},
+    certcheck::CertCheck,
+    config::{Config, Mode, parse_duration},
     controller::Controller,
     dataplane::{
         Maps,
-        flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns},
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
         programmer::{ApplyReport, Programmer},
     },
     health::Change,
-    host,
+    host::{self, HostGuard},
     metrics::{self, Metrics},
-    probe::{self, Outcome, ProbeKind, ProbeSpec, ProbeTls},
-    vrrp::{
-        Family,
-        router::{self, RouterHandle, RouterSpec},
-    },
+    probe::Outcome,
+    sync::{SyncHandle, auth::KeySource},
+    vrrp::{Family, router},
 };
 
+mod hold;
 mod observe;
+mod probes;
+mod state;
+mod sweep;
 
+use hold::VipHolder;
+pub use hold::vrrp::effective_priority;
 use observe::Observed;
-
-/// How often the flow tables are swept (expired entries deleted, live ones
-/// counted for status and metrics).
-const SWEEP_EVERY: Duration = Duration::from_secs(10);
-
-/// What the flow-table thread reports.
-enum FlowReport {
-    Swept(Sweep),
-    Poked(Pokes),
-}
-
-/// State sync's side of the sweep: the directory (which services are
-/// synced), where to send the active flows, and the interface whose
-/// addresses say which VIPs this node holds.
-struct SweepSync {
-    dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
-    tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
-    iface: String,
-}
-
-/// Sweeps the flow tables every [`SWEEP_EVERY`] (and hands state sync the
-/// flows active since the last sweep), and pokes the clients of dead
-/// backends whenever `poke` says a backend was just taken out; both in a
-/// blocking thread. Ends when the receiver goes.
-fn spawn_sweeper(
-    mut tables: FlowTables,
-    g: Globals,
-    tx: mpsc::Sender<FlowReport>,
-    mut poke: mpsc::Receiver<()>,
-    sync: Option<SweepSync>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prev: Option<u64> = None;
-        let mut n: u32 = 0;
-        loop {
-            let poking = tokio::select! {
-                _ = tick.tick() => false,
-                Some(()) = poke.recv() => true,
-            };
-            if poking {
-                let res = tokio::task::spawn_blocking(move || {
-                    let r = tables.poke_dead(&g, monotonic_ns());
-                    (tables, r)
-                })
-                .await;
-                let Ok((t, r)) = res else { return };
-                tables = t;
-                match r {
-                    Ok(p) => {
-                        if tx.send(FlowReport::Poked(p)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
-                }
-                continue;
-            }
-            let refresh = match &sync {
-                Some(s) => Refresh {
-                    services: s.dir.borrow().synced_service_ids(),
-                    vips: host::interface_addrs(&s.iface)
-                        .map(|a| {
-                            a.into_iter()
-                                .map(|ip| crate::config::addr_bytes(ip).1)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    since: if n.is_multiple_of(crate::sync::FULL_REFRESH_EVERY) {
-                        None
-                    } else {
-                        prev
-                    },
-                },
-                None => Refresh::default(),
-            };
-            n = n.wrapping_add(1);
-            let res = tokio::task::spawn_blocking(move || {
-                let now = monotonic_ns();
-                let r = tables.sweep_with(&g, now, &refresh);
-                (tables, r, now)
-            })
-            .await;
-            let Ok((t, r, now)) = res else { return };
-            tables = t;
-            prev = Some(now);
-            match r {
-                Ok(mut s) => {
-                    let active = std::mem::take(&mut s.active);
-                    if let Some(sy) = &sync
-                        && !active.is_empty()
-                        && sy.tx.try_send(active).is_err()
-                    {
-                        warn!("state sync is behind; this refresh is skipped");
-                    }
-                    if tx.send(FlowReport::Swept(s)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
-            }
-        }
-    })
-}
+use probes::{ProbeEvent, Probes, spawn_gate_round};
+pub use probes::{ProbeJob, probe_jobs, timing_report};
+use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
+use sweep::{FlowReport, SweepSync, spawn_sweeper};
 
 pub struct AgentOptions {
     pub config_path: PathBuf,
@@ -155,215 +62,6 @@ pub struct AgentOptions {
     /// Where the host changes (`host::Changed`) are recorded for `vipd
     /// detach`.
     pub sysctl_record: Option<PathBuf>,
-}
-
-/// One probe's settings ready to run.
-#[derive(Clone)]
-pub struct ProbeJob {
-    pub settings: ProbeSettings,
-    pub spec: Arc<ProbeSpec>,
-    pub interval: Duration,
-    pub jitter: Duration,
-}
-
-/// Builds every backend's probe: loads the CA and client certificates
-/// (errors name the field and the file). Touches nothing but the files it
-/// reads, so `vipd check-config` runs it too.
-pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
-    let mut tls: HashMap<(PathBuf, Option<PathBuf>, Option<PathBuf>), Arc<ProbeTls>> =
-        HashMap::new();
-    let mut jobs = BTreeMap::new();
-    for (i, s) in cfg.services.iter().enumerate() {
-        let p = &s.probe;
-        let plan = p
-            .plan()
-            .map_err(|(f, m)| anyhow::anyhow!("services[{i}].probe.{f}: {m}"))?;
-        let kind = match plan.server_name.clone() {
-            None => ProbeKind::Tcp,
-            Some(server_name) => {
-                let key = (p.ca.clone(), p.client_cert.clone(), p.client_key.clone());
-                let t = match tls.get(&key) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let client = p.client_cert.as_deref().zip(p.client_key.as_deref());
-                        let t = Arc::new(
-                            ProbeTls::load(&p.ca, client)
-                                .with_context(|| format!("services[{i}].probe"))?,
-                        );
-                        tls.insert(key, t.clone());
-                        t
-                    }
-                };
-                ProbeKind::Https {
-                    path: p.path.clone(),
-                    server_name,
-                    tls: t,
-                }
-            }
-        };
-        let spec = Arc::new(ProbeSpec {
-            kind,
-            timeout: plan.timeout,
-        });
-        for b in &s.backends {
-            jobs.entry(SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
-                .or_insert_with(|| ProbeJob {
-                    settings: p.clone(),
-                    spec: spec.clone(),
-                    interval: plan.interval,
-                    jitter: plan.jitter,
-                });
-        }
-    }
-    Ok(jobs)
-}
-
-/// Says, per service, how fast a failing apiserver is taken out, and warns
-/// when that cannot beat its `--shutdown-delay-duration` (after which the
-/// apiserver closes its listener and new connections are refused).
-pub fn timing_report(cfg: &Config) -> Vec<(bool, String)> {
-    let mut out = vec![];
-    for (i, s) in cfg.services.iter().enumerate() {
-        let Ok(plan) = s.probe.plan() else { continue };
-        let fast = plan.worst_fast_fail();
-        let hung = plan.worst_detection();
-        let delay = plan.shutdown_delay;
-        let at = format!("services[{i}] ({}:{})", s.vip, s.port);
-        if fast >= delay {
-            out.push((
-                false,
-                format!(
-                    "{at}: a draining apiserver is taken out up to {fast:?} after its /readyz fails, but probe.apiserver_shutdown_delay is {delay:?}: clients would reach a closed listener. Lower probe.interval or probe.fall, or raise the apiservers' --shutdown-delay-duration (kubeadm: apiServer.extraArgs) above {fast:?}"
-                ),
-            ));
-        } else {
-            out.push((
-                true,
-                format!(
-                    "{at}: a draining apiserver is out within {fast:?} (a hung one within {hung:?}), inside its {delay:?} shutdown delay"
-                ),
-            ));
-        }
-    }
-    out
-}
-
-/// A small xorshift for probe jitter: nothing here needs more than
-/// spreading probes apart.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(seed: &SocketAddr) -> Jitter {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        seed.hash(&mut h);
-        SystemTime::now().hash(&mut h);
-        Jitter(h.finish() | 1)
-    }
-
-    /// Uniform in [0, 2 * max], as an offset around `max`.
-    fn around(&mut self, base: Duration, max: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let span = max.as_micros() as u64 * 2;
-        let off = if span == 0 { 0 } else { self.0 % (span + 1) };
-        (base + Duration::from_micros(off)).saturating_sub(max)
-    }
-}
-
-struct ProbeEvent {
-    addr: SocketAddr,
-    started: Instant,
-    finished: Instant,
-    outcome: Outcome,
-}
-
-/// One backend's probe loop: its own task, so a hung apiserver holds up
-/// only its own next probe (each attempt is bounded by the timeout anyway).
-fn spawn_probe(addr: SocketAddr, job: ProbeJob, tx: mpsc::Sender<ProbeEvent>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut jitter = Jitter::new(&addr);
-        // Spread the first probes of all backends over the jitter.
-        tokio::time::sleep(jitter.around(job.jitter, job.jitter)).await;
-        loop {
-            let started = Instant::now();
-            let outcome = probe::probe(addr, &job.spec).await;
-            let finished = Instant::now();
-            let ev = ProbeEvent {
-                addr,
-                started,
-                finished,
-                outcome,
-            };
-            if tx.send(ev).await.is_err() {
-                return;
-            }
-            let next = started + jitter.around(job.interval, job.jitter);
-            tokio::time::sleep_until(next.into()).await;
-        }
-    })
-}
-
-/// Probe tasks following the configuration: a backend whose settings did
-/// not change keeps its task (and its rhythm) across a reload.
-struct Probes {
-    tasks: BTreeMap<SocketAddr, (ProbeSettings, JoinHandle<()>)>,
-    tx: mpsc::Sender<ProbeEvent>,
-}
-
-impl Probes {
-    fn sync(&mut self, jobs: BTreeMap<SocketAddr, ProbeJob>) {
-        self.tasks.retain(|addr, (settings, task)| {
-            let keep = jobs.get(addr).is_some_and(|j| j.settings == *settings);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (addr, job) in jobs {
-            if self.tasks.contains_key(&addr) {
-                continue;
-            }
-            let settings = job.settings.clone();
-            let task = spawn_probe(addr, job, self.tx.clone());
-            self.tasks.insert(addr, (settings, task));
-        }
-    }
-}
-
-impl Drop for Probes {
-    fn drop(&mut self) {
-        for (_, (_, t)) in std::mem::take(&mut self.tasks) {
-            t.abort();
-        }
-    }
-}
-
-/// Dials the gate's targets (all of them, or one) in parallel; results
-/// arrive on `tx`.
-fn spawn_gate_round(
-    targets: Vec<crate::controller::GateTarget>,
-    jobs: &BTreeMap<SocketAddr, ProbeJob>,
-    tx: &mpsc::Sender<(SocketAddr, CertCheck)>,
-) {
-    for t in targets {
-        let Some(job) = jobs.get(&t.addr) else {
-            continue;
-        };
-        let ProbeKind::Https {
-            server_name, tls, ..
-        } = &job.spec.kind
-        else {
-            continue;
-        };
-        let (server_name, tls, timeout) = (server_name.clone(), tls.clone(), job.spec.timeout);
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let check = certcheck::inspect(t.addr, &server_name, &tls, &t.want, timeout).await;
-            let _ = tx.send((t.addr, check)).await;
-        });
-    }
 }
 
 /// The VIPs of mode dsr services that have this node's own apiserver as a
@@ -425,107 +123,10 @@ fn write_local_mac(maps: &mut KernelMaps, iface: &str, last: Option<[u8; 6]>) ->
     }
 }
 
-fn held_vips(cfg: &Config) -> Vec<IpAddr> {
-    if cfg.hold_vips {
-        service_vips(cfg)
-    } else {
-        vec![]
-    }
-}
-
-/// One VRRP virtual router per address family with VIPs (RFC 9568: the
-/// families are separate instances, here with the same VRID).
-fn start_vrrp(cfg: &Config, holds: &HashMap<Family, Option<String>>) -> Result<Vec<RouterHandle>> {
-    let Some(v) = &cfg.vrrp else {
-        return Ok(vec![]);
-    };
-    let plan = v.plan().map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
-    let mut routers = vec![];
-    for family in [Family::V4, Family::V6] {
-        let vips: Vec<IpAddr> = service_vips(cfg)
-            .into_iter()
-            .filter(|a| Family::of(a) == family)
-            .collect();
-        if vips.is_empty() {
-            continue;
-        }
-        let spec = RouterSpec {
-            ifname: cfg.interface.clone(),
-            family,
-            plan: plan.clone(),
-            vips,
-        };
-        match router::spawn(spec, holds.get(&family).cloned().flatten()) {
-            Ok(r) => routers.push(r),
-            Err(e) => {
-                return Err(anyhow::Error::new(e)
-                    .context(format!("starting {} VRRP", router::label(family))));
-            }
-        }
-    }
-    Ok(routers)
-}
-
-/// Priority tracking: the advertised priority drops by the configured weight
-/// while this node cannot forward for the VIP, or cannot serve it from its
-/// own apiserver.
-pub fn effective_priority(cfg: &Config, xdp_attached: bool, local_ok: bool) -> u8 {
-    let Some(v) = &cfg.vrrp else { return 0 };
-    let mut p = v.priority;
-    if !xdp_attached {
-        p = p.saturating_sub(v.track.xdp_detached);
-    }
-    if !local_ok {
-        p = p.saturating_sub(v.track.local_apiserver);
-    }
-    p.max(1)
-}
-
-/// Settings fixed at load time need a restart; a file changing them is
-/// refused whole and the running configuration stays.
-fn check_reloadable(old: &Config, new: &Config) -> Result<()> {
-    let fixed = [
-        ("interface", old.interface != new.interface),
-        ("xdp_mode", old.xdp_mode != new.xdp_mode),
-        (
-            "conntrack_capacity",
-            old.conntrack_capacity != new.conntrack_capacity,
-        ),
-        ("nat", old.nat != new.nat),
-        ("state_sync", old.state_sync != new.state_sync),
-        ("vrrp", old.vrrp != new.vrrp),
-        ("hold_vips", old.hold_vips != new.hold_vips),
-        ("metrics_listen", old.metrics_listen != new.metrics_listen),
-        (
-            "services[].vip: the VIPs VRRP elects a holder for",
-            old.vrrp.is_some() && service_vips(old) != service_vips(new),
-        ),
-        (
-            "services[].mode: the first nat service",
-            !has_nat(old) && has_nat(new),
-        ),
-    ];
-    if let Some((field, _)) = fixed.iter().find(|(_, changed)| *changed) {
-        bail!("{field} changed; that takes a restart of vipd (systemctl restart vipd)");
-    }
-    Ok(())
-}
-
 /// The config file's identity for change detection.
 fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
-}
-
-fn remove_vips(iface: &str, vips: &[IpAddr]) {
-    for vip in vips {
-        match host::set_vip(iface, *vip, false) {
-            Ok(()) => info!(vip = %vip, "VIP removed"),
-            Err(e) => {
-                warn!(vip = %vip, error = %e, "removing the VIP failed; remove it by hand with `ip addr del`")
-            }
-        }
-    }
 }
 
 fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
@@ -561,28 +162,80 @@ fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
     }
 }
 
+/// Everything the running agent owns. Fields drop in order: the host
+/// changes are undone before the controller's map handles go (which,
+/// unpinned, detaches the program), as on an orderly stop.
+struct Agent {
+    opts: AgentOptions,
+    /// The settings fixed for the life of this process (a reload may not
+    /// change the interface, VRRP or hold_vips); the services are the
+    /// controller's, `ctl.config()`.
+    cfg: Config,
+    state: AgentState,
+    holder: Option<Box<dyn VipHolder>>,
+    host: Option<HostGuard>,
+    ctl: Controller<KernelMaps>,
+    globals: Globals,
+    /// How the program was attached.
+    attached: String,
+    /// The MAC the program holds as the interface's.
+    local_mac: Option<[u8; 6]>,
+    metrics: Arc<Metrics>,
+    metrics_task: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
+    sync: Option<SyncHandle>,
+    probes: Option<Probes>,
+    jobs: BTreeMap<SocketAddr, ProbeJob>,
+    obs: Observed,
+    poke_tx: mpsc::Sender<()>,
+    cert_tx: mpsc::Sender<(SocketAddr, CertCheck)>,
+}
+
+/// What the side tasks send the agent loop.
+struct Inbox {
+    probes: mpsc::Receiver<ProbeEvent>,
+    certs: mpsc::Receiver<(SocketAddr, CertCheck)>,
+    sweeps: mpsc::Receiver<FlowReport>,
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
-    let mut jobs = probe_jobs(&cfg)?;
-    let metrics = Arc::new(Metrics::new());
-    metrics.beat();
-    let metrics_task = match cfg.metrics_listen {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("metrics_listen: {addr}: cannot listen; pick a free address, or set metrics_listen: null")
-            })?;
-            info!(listen = %addr, "serving /metrics, /healthz and /readyz");
-            Some(tokio::spawn(metrics::serve(l, metrics.clone())))
-        }
-        None => None,
+    let (mut agent, mut inbox) = Agent::start(opts, cfg).await?;
+    agent.run(&mut inbox).await?;
+    // Dropping the controller closes our map handles; without pins the XDP
+    // link goes with them and the program detaches.
+    drop(agent);
+    info!("stopped");
+    Ok(())
+}
+
+/// Serves /metrics, /healthz, /readyz and /status if asked to.
+async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Option<JoinHandle<()>>> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
     };
-    for (ok, line) in timing_report(&cfg) {
-        if ok {
-            info!("{line}");
-        } else {
-            warn!("{line}");
-        }
-    }
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("metrics_listen: {addr}: cannot listen; pick a free address, or set metrics_listen: null")
+    })?;
+    info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(tokio::spawn(metrics::serve(l, metrics.clone()))))
+}
+
+/// The maps programmed, ready to attach.
+struct Programmed {
+    ctl: Controller<KernelMaps>,
+    globals: Globals,
+    /// The interface's MAC as written to the program.
+    local_mac: Option<[u8; 6]>,
+    /// The address state sync listens on, if it runs.
+    sync_listen: Option<IpAddr>,
+    /// State sync's keys, if it authenticates.
+    sync_keys: Option<Arc<KeySource>>,
+}
+
+/// Loads (or adopts) the maps and programs every service before anything
+/// is attached: the first packet the program sees already finds them.
+fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
     let maps = KernelMaps::load(&LoadOptions {
         conntrack_capacity: cfg.conntrack_capacity,
         pin_dir: opts.pin.clone(),
@@ -597,7 +250,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let node_addrs = host::interface_addrs(&cfg.interface)?;
     // Read before anything is changed: a bad key file stops the start.
     let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
-        Some(p) => Some(Arc::new(crate::sync::auth::KeySource::open(p)?)),
+        Some(p) => Some(Arc::new(KeySource::open(p)?)),
         None => None,
     };
     let sync_listen = match &cfg.state_sync {
@@ -607,14 +260,12 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         ),
         None => None,
     };
-    // Program the maps before attaching: the first packet the program sees
-    // already finds every service.
     prog.maps_mut().set_globals(&globals)?;
-    let mut local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
+    let local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
     if local_mac.is_none() {
         warn!(interface = %cfg.interface, "the interface's MAC could not be read or written: frames for a service are served whatever MAC they are addressed to");
     }
-    let (mut ctl, report) =
+    let (ctl, report) =
         Controller::new(prog, cfg, node_addrs).context("programming the services")?;
     info!(
         services = report.services_published,
@@ -622,104 +273,96 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
         maglev_writes = report.maglev_writes,
         "services programmed"
     );
-    // The settings fixed for the life of this process (a reload may not
-    // change the interface, VRRP or hold_vips); the services are the
-    // controller's, ctl.config().
-    let cfg = ctl.config().clone();
-    let directory = |ctl: &Controller<KernelMaps>| {
-        let mut d = ctl.programmer().directory();
-        d.globals = Some(globals);
-        d
+    Ok(Programmed {
+        ctl,
+        globals,
+        local_mac,
+        sync_listen,
+        sync_keys,
+    })
+}
+
+/// The directory state sync resolves flows with: what the maps hold now.
+fn directory(ctl: &Controller<KernelMaps>, globals: Globals) -> crate::sync::resolve::Directory {
+    let mut d = ctl.programmer().directory();
+    d.globals = Some(globals);
+    d
+}
+
+/// State sync, before attaching: the ring buffer keeps the first flows'
+/// events until the sender reads them.
+fn start_sync(
+    cfg: &Config,
+    ctl: &Controller<KernelMaps>,
+    globals: Globals,
+    listen: Option<IpAddr>,
+    keys: Option<Arc<KeySource>>,
+) -> Result<Option<SyncHandle>> {
+    let (Some(s), Some(ip)) = (&cfg.state_sync, listen) else {
+        return Ok(None);
     };
-    // State sync before attaching: the ring buffer keeps the first flows'
-    // events until the sender reads them.
-    let sync = match (&cfg.state_sync, sync_listen) {
-        (Some(s), Some(ip)) => {
-            let maps = ctl.programmer().maps();
-            let h = crate::sync::start(
-                SocketAddr::new(ip, s.port),
-                s.peers.clone(),
-                sync_keys,
-                maps.sync_events()
-                    .context("state_sync: opening the event ring")?,
-                maps.sync_tables()
-                    .context("state_sync: opening the flow tables")?,
-                directory(&ctl),
-            )?;
-            Some(h)
-        }
-        _ => None,
-    };
-    // The programmer generation the directory state sync holds was built
-    // from: republished when the maps change.
-    let mut published = ctl.programmer().generation();
-    let mut sysctls = if has_nat(&cfg) {
-        let c = host::prepare_nat(&cfg.interface, globals.nat_port_lo, globals.nat_port_hi)?;
+    let maps = ctl.programmer().maps();
+    let h = crate::sync::start(
+        SocketAddr::new(ip, s.port),
+        s.peers.clone(),
+        keys,
+        maps.sync_events()
+            .context("state_sync: opening the event ring")?,
+        maps.sync_tables()
+            .context("state_sync: opening the flow tables")?,
+        directory(ctl, globals),
+    )?;
+    Ok(Some(h))
+}
+
+/// The host changes the modes need (mode nat's sysctls and reserved
+/// ports; stacked mode dsr's VIPs on `lo` and ARP sysctls), recorded for
+/// `vipd detach`. Undone when the guard goes, should anything after fail.
+fn prepare_host(cfg: &Config, globals: &Globals, record: Option<&Path>) -> Result<HostGuard> {
+    let mut guard = HostGuard::new();
+    if has_nat(cfg) {
+        guard.extend(host::prepare_nat(
+            &cfg.interface,
+            globals.nat_port_lo,
+            globals.nat_port_hi,
+        )?);
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
-        c
-    } else {
-        vec![]
-    };
-    let stacked = stacked_vips(&cfg);
+    }
+    let stacked = stacked_vips(cfg);
     if !stacked.is_empty() {
-        match host::prepare_stacked(&cfg.interface, &stacked) {
-            Ok(c) => sysctls.extend(c),
-            Err(e) => {
-                host::restore_all(sysctls);
-                return Err(
-                    anyhow::Error::new(e).context("preparing this node for stacked mode dsr")
-                );
-            }
-        }
+        guard.extend(
+            host::prepare_stacked(&cfg.interface, &stacked)
+                .context("preparing this node for stacked mode dsr")?,
+        );
         info!(vips = ?stacked, interface = %cfg.interface, "stacked mode dsr: the VIPs on lo, arp_ignore=1, arp_announce=2 (flows the master sends here are taken locally, and only the master answers ARP)");
     }
-    if let Some(rec) = opts.sysctl_record.as_ref().filter(|_| !sysctls.is_empty()) {
+    if let Some(rec) = record.filter(|_| !guard.changed().is_empty()) {
         // The pinned program needs these after we stop; `vipd detach`
         // restores the originals recorded by the first run.
-        if let Err(e) = host::record(&sysctls, rec) {
-            host::restore_all(sysctls);
-            return Err(e.into());
-        }
+        host::record(guard.changed(), rec)?;
     }
-    let attached =
-        match ctl
-            .programmer_mut()
-            .maps_mut()
-            .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
-        {
-            Ok(a) => a,
-            Err(e) => {
-                host::restore_all(sysctls);
-                return Err(
-                    anyhow::Error::new(e).context(format!("attaching to {}", cfg.interface))
-                );
-            }
-        };
-    info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
-    let mut obs = Observed::new(attached.to_string());
-    obs.sync = sync.as_ref().map(|s| s.stats.clone());
-    let (sweep_tx, mut sweep_rx) = mpsc::channel::<FlowReport>(2);
-    // One pending poke is enough: a round pokes every flow of every dead
-    // backend.
-    let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
-    // Every map write that took an alive backend out (a probe verdict, a
-    // certificate, a retried write, a reload) wakes its clients. A full
-    // channel means a round is pending and will see this backend too.
-    let poke_after = |r: Option<&ApplyReport>| {
-        if r.is_some_and(|r| r.backends_killed > 0) {
-            let _ = poke_tx.try_send(());
-        }
-    };
-    let sweeper = match ctl.programmer().maps().flow_tables() {
+    Ok(guard)
+}
+
+/// The flow-table sweeper, with state sync's refresh when it runs.
+fn start_sweeper(
+    ctl: &Controller<KernelMaps>,
+    globals: Globals,
+    sync: Option<&SyncHandle>,
+    iface: &str,
+    tx: mpsc::Sender<FlowReport>,
+    poke: mpsc::Receiver<()>,
+) -> Option<JoinHandle<()>> {
+    match ctl.programmer().maps().flow_tables() {
         Ok(t) => Some(spawn_sweeper(
             t,
             globals,
-            sweep_tx,
-            poke_rx,
-            sync.as_ref().map(|s| SweepSync {
+            tx,
+            poke,
+            sync.map(|s| SweepSync {
                 dir: s.directory(),
                 tx: s.refresh_sender(),
-                iface: cfg.interface.clone(),
+                iface: iface.to_owned(),
             }),
         )),
         Err(e) => {
@@ -728,435 +371,493 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
             error!(error = %format!("{e:#}"), "opening the flow tables for the sweep failed; flows will not be counted");
             None
         }
-    };
-
-    let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeEvent>(256);
-    let (cert_tx, mut cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
-    let mut probes = Probes {
-        tasks: BTreeMap::new(),
-        tx: probe_tx,
-    };
-    probes.sync(jobs.clone());
-
-    // The first certificate round before VRRP starts: a node whose
-    // certificates lack the VIP must not win an election meanwhile.
-    let gate_targets = ctl.gate_targets();
-    let mut pending = gate_targets.len();
-    spawn_gate_round(gate_targets, &jobs, &cert_tx);
-    let first_round_end = Instant::now() + Duration::from_secs(5);
-    while pending > 0 {
-        match tokio::time::timeout_at(first_round_end.into(), cert_rx.recv()).await {
-            Ok(Some((addr, check))) => {
-                pending -= 1;
-                match ctl.cert(addr, check, SystemTime::now()) {
-                    Ok(r) => poke_after(r.as_ref()),
-                    Err(e) => {
-                        error!(error = %format!("{e:#}"), "writing the maps failed; retrying")
-                    }
-                }
-            }
-            _ => break,
-        }
     }
-    let hold_of =
-        |ctl: &Controller<KernelMaps>, f: Family| ctl.gate_hold(|vip| Family::of(&vip) == f);
-    let mut holds: HashMap<Family, Option<String>> = [Family::V4, Family::V6]
-        .into_iter()
-        .map(|f| (f, hold_of(&ctl, f)))
-        .collect();
+}
 
-    let vips = held_vips(&cfg);
-    let mut added = vec![];
-    for vip in &vips {
-        match host::set_vip(&cfg.interface, *vip, true) {
-            Ok(()) => {
-                info!(vip = %vip, interface = %cfg.interface, "VIP added");
-                added.push(*vip);
-            }
-            Err(e) => {
-                remove_vips(&cfg.interface, &added);
-                host::restore_all(sysctls);
-                return Err(e.into());
-            }
-        }
-    }
-    let routers = match start_vrrp(&cfg, &holds) {
-        Ok(r) => r,
-        Err(e) => {
-            remove_vips(&cfg.interface, &added);
-            host::restore_all(sysctls);
-            return Err(e);
-        }
-    };
-    // The first status snapshot exists before readiness is announced, so
-    // `vipd status` run right after "vipd ready" never answers "starting".
-    observe::refresh(&metrics, &ctl, &routers, &mut obs);
-    metrics.set_ready(true);
-    println!("vipd ready: {} attached ({attached})", cfg.interface);
-
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut stats = tokio::time::interval(Duration::from_secs(opts.stats_interval.max(1)));
-    // Priority tracking is read once a second: the XDP check spawns `ip`.
-    let mut track = tokio::time::interval(Duration::from_secs(1));
-    let gate_every = parse_duration(&cfg.cert_gate.interval).unwrap_or(Duration::from_secs(600));
-    let mut gate_tick = tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
-    let mut file_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut loaded_stamp = file_stamp(&opts.config_path);
-    let mut seen_stamp = loaded_stamp;
-    let mut xdp_ok = true;
-    let mut refresh_due = Instant::now();
-    let mut local_ok = true;
-    let mut priority = None;
-    let mut last_counters = vec![];
-    let mut last_vrrp = HashMap::new();
-    let mut last_backends = String::new();
-    loop {
-        let mut reload_now = false;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => { info!("SIGINT: stopping"); break }
-            _ = term.recv() => { info!("SIGTERM: stopping"); break }
-            _ = hup.recv() => reload_now = true,
-            _ = file_tick.tick() => {
-                // A changed file is reloaded once it has stopped changing
-                // for a tick, so an editor's half-written file is not read.
-                let now = file_stamp(&opts.config_path);
-                if now != loaded_stamp && now.is_some() {
-                    if now == seen_stamp {
-                        reload_now = true;
-                    }
-                    seen_stamp = now;
-                }
-            }
-            Some(ev) = probe_rx.recv() => {
-                let took = ev.finished.saturating_duration_since(ev.started);
-                metrics.probe(ev.addr, &ev.outcome, took);
-                obs.probe_last.insert(ev.addr, (took, ev.outcome.label()));
-                let res = ctl.probe(ev.addr, ev.started, ev.finished, &ev.outcome);
-                let written = Instant::now();
-                match res {
-                    Ok(effect) => {
-                        poke_after(effect.report.as_ref());
-                        for c in &effect.changes {
-                            log_probe_change(ev.addr, c, written);
-                            let (to, reason) = match c {
-                                Change::Down { outcome, .. } => ("down", outcome.label()),
-                                Change::Up => ("up", "probe passes"),
-                                Change::AuthRefused(_) => ("auth_misconfigured", "auth"),
-                                Change::AuthAccepted => ("up", "probe accepted again"),
-                            };
-                            obs.record_change(ev.addr, to, reason.to_owned());
-                            if *c == Change::Up {
-                                // A restarted apiserver may present another
-                                // certificate: read it now.
-                                let t: Vec<_> = ctl.gate_targets().into_iter().filter(|t| t.addr == ev.addr).collect();
-                                spawn_gate_round(t, &jobs, &cert_tx);
-                            }
-                        }
-                    }
-                    Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
-                }
-            }
-            Some(rep) = sweep_rx.recv() => match rep {
-                FlowReport::Swept(sw) => {
-                    obs.swept_total += sw.removed;
-                    if sw.removed > 0 {
-                        tracing::debug!(removed = sw.removed, live = sw.flows, took_us = sw.took_us, "flow tables swept");
-                    }
-                    obs.sweep = Some((sw, SystemTime::now()));
-                }
-                FlowReport::Poked(p) => {
-                    metrics.conntrack_poked.inc_by(p.flows);
-                    if let Some(e) = &p.first_error {
-                        warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
-                    } else if p.flows > 0 {
-                        info!(poked = p.flows, "poked the clients of dead backends: each gets an RST within a round trip");
-                    }
-                }
-            },
-            Some((addr, check)) = cert_rx.recv() => {
-                match ctl.cert(addr, check, SystemTime::now()) {
-                    Ok(r) => poke_after(r.as_ref()),
-                    Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
-                }
-            }
-            _ = gate_tick.tick() => spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx),
-            _ = track.tick() => {
-                match ctl.tick() {
-                    Ok(r) => poke_after(r.as_ref()),
-                    Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
-                }
-                local_mac = write_local_mac(ctl.programmer_mut().maps_mut(), &cfg.interface, local_mac);
-                if !routers.is_empty() {
-                    let iface = cfg.interface.clone();
-                    let now_xdp = tokio::task::spawn_blocking(move || host::xdp_attached(&iface))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                        .unwrap_or_else(|e| {
-                            warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
-                            false
-                        });
-                    if now_xdp != xdp_ok {
-                        xdp_ok = now_xdp;
-                        if xdp_ok {
-                            info!(interface = %cfg.interface, "XDP program attached again");
-                        } else {
-                            error!(interface = %cfg.interface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority");
-                        }
-                    }
-                }
-            }
-            _ = stats.tick(), if opts.stats_interval > 0 => {
-                match ctl.programmer().maps().reason_counters() {
-                    Ok(c) => {
-                        let line: Vec<String> = Reason::ALL
-                            .iter()
-                            .filter(|r| c[**r as usize].packets > 0)
-                            .map(|r| format!("{}={}", r.label(), c[*r as usize].packets))
-                            .collect();
-                        if line != last_counters {
-                            info!(counters = %line.join(" "), "traffic");
-                            last_counters = line;
-                        }
-                    }
-                    Err(e) => warn!(error = %e, "reading counters failed"),
-                }
-                for r in &routers {
-                    let line = r.summary();
-                    if last_vrrp.get(&r.family()) != Some(&line) {
-                        info!(family = %router::label(r.family()), counters = %line, "vrrp");
-                        last_vrrp.insert(r.family(), line);
-                    }
-                }
-                let line: Vec<String> = ctl
-                    .status()
-                    .iter()
-                    .map(|b| format!("{}={}{}", b.addr, b.state, if b.cert == "san_missing" { "+san_missing" } else { "" }))
-                    .collect();
-                let line = line.join(" ");
-                if line != last_backends {
-                    info!(backends = %line, "health");
-                    last_backends = line;
-                }
-            }
-        }
-        if reload_now {
-            loaded_stamp = file_stamp(&opts.config_path);
-            seen_stamp = loaded_stamp;
-            match reload(&opts.config_path, &mut ctl) {
-                Ok((new_jobs, report)) => {
-                    poke_after(Some(&report));
-                    let want = held_vips(ctl.config());
-                    for vip in &want {
-                        if !added.contains(vip) {
-                            match host::set_vip(&cfg.interface, *vip, true) {
-                                Ok(()) => added.push(*vip),
-                                Err(e) => {
-                                    error!(vip = %vip, error = %format!("{e:#}"), "adding a VIP failed")
-                                }
-                            }
-                        }
-                    }
-                    let gone: Vec<IpAddr> = added
-                        .iter()
-                        .filter(|v| !want.contains(v))
-                        .copied()
-                        .collect();
-                    remove_vips(&cfg.interface, &gone);
-                    added.retain(|v| want.contains(v));
-                    probes.sync(new_jobs.clone());
-                    jobs = new_jobs;
-                    spawn_gate_round(ctl.gate_targets(), &jobs, &cert_tx);
-                }
-                Err(e) => error!(
-                    error = %format!("{e:#}"),
-                    "configuration reload refused; the running configuration stays"
-                ),
-            }
-        }
-        // What VRRP must know after whatever happened.
-        for r in &routers {
-            let now = hold_of(&ctl, r.family());
-            if holds.get(&r.family()) != Some(&now) {
-                r.set_hold(now.clone());
-                holds.insert(r.family(), now);
-            }
-        }
-        let now_local = ctl.local_ok();
-        if now_local != local_ok && !routers.is_empty() {
-            local_ok = now_local;
-            let locals = ctl.config().local_backends();
-            if local_ok {
-                info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
-            } else {
-                error!(backends = ?locals, "local apiserver does not answer: lowering the VRRP priority");
-            }
-        }
-        let p = effective_priority(&cfg, xdp_ok, local_ok);
-        obs.xdp_ok = xdp_ok;
-        if priority != Some(p) {
-            priority = Some(p);
-            for r in &routers {
-                r.set_priority(p);
-            }
-        }
+impl Agent {
+    /// The start-up sequence up to "vipd ready".
+    async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
+        let jobs = probe_jobs(&cfg)?;
+        let metrics = Arc::new(Metrics::new());
         metrics.beat();
-        if let Some(s) = &sync
-            && ctl.programmer().generation() != published
-        {
-            // Ids and members may have changed (probes, reloads): the
-            // shells resolve with what the maps hold now.
-            published = ctl.programmer().generation();
-            s.publish(directory(&ctl));
-        }
-        if refresh_due.elapsed() >= Duration::from_secs(1) {
-            refresh_due = Instant::now();
-            if sync.is_some() {
-                obs.sync_ring_lost = ctl
-                    .programmer()
-                    .maps()
-                    .sync_lost()
-                    .unwrap_or(obs.sync_ring_lost);
+        let metrics_task = serve_metrics(&cfg, &metrics).await?;
+        for (ok, line) in timing_report(&cfg) {
+            if ok {
+                info!("{line}");
+            } else {
+                warn!("{line}");
             }
-            observe::refresh(&metrics, &ctl, &routers, &mut obs);
         }
-    }
-    metrics.set_ready(false);
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
-    if let Some(t) = sweeper {
-        t.abort();
-    }
-    drop(sync);
-    drop(probes);
-    // VRRP first: the priority-0 advertisement lets a Backup take over after
-    // its skew time; the router keeps the VIP until it hears the new master,
-    // and the pinned program keeps forwarding meanwhile.
-    routers.iter().for_each(RouterHandle::stop);
-    for r in routers {
-        r.stopped().await;
-    }
-    remove_vips(&cfg.interface, &added);
-    match &opts.pin {
-        Some(dir) => {
-            // Pinned: the program keeps forwarding with these maps until the
-            // next vipd adopts them, so its sysctls stay too.
-            info!(
-                pins = %dir.display(),
-                "the XDP program stays attached and keeps forwarding; `vipd detach --interface {}` removes it",
-                cfg.interface
-            );
-        }
-        None => host::restore_all(sysctls),
-    }
-    // Dropping the controller closes our map handles; without pins the XDP
-    // link goes with them and the program detaches.
-    drop(ctl);
-    info!("stopped");
-    Ok(())
-}
-
-/// SIGHUP or a changed file: validates the file again (probe files
-/// included) and applies the difference; anything wrong refuses the whole
-/// file and the running configuration stays.
-fn reload<M: Maps>(
-    path: &Path,
-    ctl: &mut Controller<M>,
-) -> Result<(BTreeMap<SocketAddr, ProbeJob>, ApplyReport)> {
-    let new = Config::load(path)?;
-    check_reloadable(ctl.config(), &new).with_context(|| path.display().to_string())?;
-    let jobs = probe_jobs(&new).with_context(|| path.display().to_string())?;
-    let node_addrs = host::interface_addrs(&new.interface)?;
-    let report = ctl
-        .reload(new, node_addrs)
-        .with_context(|| format!("{}: programming the new services", path.display()))?;
-    info!(
-        services = report.services_published,
-        removed = report.services_removed,
-        backends = report.backend_writes,
-        maglev_writes = report.maglev_writes,
-        "configuration reloaded"
-    );
-    for (ok, line) in timing_report(ctl.config()) {
-        if !ok {
-            warn!("{line}");
-        }
-    }
-    Ok((jobs, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn effective_priority_subtracts_the_weights_of_what_fails() {
-        let text = "
-interface: eth0
-vrrp:
-  vrid: 1
-  priority: 150
-  track:
-    xdp_detached: 100
-    local_apiserver: 60
-services:
-  - vip: 10.0.0.100
-    mode: dsr
-    backends:
-      - address: 10.0.0.11
-        local: true
-";
-        let cfg = Config::parse(Path::new("t.yaml"), text).expect("valid");
-        assert_eq!(effective_priority(&cfg, true, true), 150);
-        assert_eq!(effective_priority(&cfg, false, true), 50);
-        assert_eq!(effective_priority(&cfg, true, false), 90);
-        assert_eq!(
-            effective_priority(&cfg, false, false),
-            1,
-            "never 0: that means leaving"
+        let Programmed {
+            mut ctl,
+            globals,
+            local_mac,
+            sync_listen,
+            sync_keys,
+        } = program(&opts, cfg)?;
+        let cfg = ctl.config().clone();
+        let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
+        let state = AgentState::new(Settings {
+            config: cfg.clone(),
+            config_path: opts.config_path.clone(),
+            stamp: file_stamp(&opts.config_path),
+            pinned: opts.pin.is_some(),
+            sync: sync.as_ref().map(|_| ctl.programmer().generation()),
+        });
+        let host = prepare_host(&cfg, &globals, opts.sysctl_record.as_deref())?;
+        let attached = ctl
+            .programmer_mut()
+            .maps_mut()
+            .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
+            .with_context(|| format!("attaching to {}", cfg.interface))?;
+        info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
+        let mut obs = Observed::new(attached.to_string());
+        obs.sync = sync.as_ref().map(|s| s.stats.clone());
+        let (sweep_tx, sweeps) = mpsc::channel::<FlowReport>(2);
+        // One pending poke is enough: a round pokes every flow of every
+        // dead backend.
+        let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
+        let sweeper = start_sweeper(
+            &ctl,
+            globals,
+            sync.as_ref(),
+            &cfg.interface,
+            sweep_tx,
+            poke_rx,
         );
+        let (probe_tx, probe_rx) = mpsc::channel::<ProbeEvent>(256);
+        let (cert_tx, cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
+        let mut probes = Probes::new(probe_tx);
+        probes.sync(jobs.clone());
+        let mut agent = Agent {
+            opts,
+            cfg,
+            state,
+            holder: None,
+            host: Some(host),
+            ctl,
+            globals,
+            attached: attached.to_string(),
+            local_mac,
+            metrics,
+            metrics_task,
+            sweeper,
+            sync,
+            probes: Some(probes),
+            jobs,
+            obs,
+            poke_tx,
+            cert_tx,
+        };
+        let mut inbox = Inbox {
+            probes: probe_rx,
+            certs: cert_rx,
+            sweeps,
+        };
+        agent.first_gate_round(&mut inbox.certs).await;
+        let v = agent.verdicts();
+        agent.feed(Event::Started(v)).await?;
+        Ok((agent, inbox))
     }
 
-    #[test]
-    fn jitter_stays_within_its_bounds() {
-        let mut j = Jitter::new(&"10.0.0.1:6443".parse().expect("addr"));
-        let base = Duration::from_secs(1);
-        let max = Duration::from_millis(100);
-        let mut lo = Duration::MAX;
-        let mut hi = Duration::ZERO;
-        for _ in 0..10_000 {
-            let d = j.around(base, max);
-            assert!(d >= base - max && d <= base + max, "{d:?}");
-            lo = lo.min(d);
-            hi = hi.max(d);
+    /// The first certificate round before the VIP holder starts: a node
+    /// whose certificates lack the VIP must not win an election meanwhile.
+    async fn first_gate_round(&mut self, certs: &mut mpsc::Receiver<(SocketAddr, CertCheck)>) {
+        let targets = self.ctl.gate_targets();
+        let mut pending = targets.len();
+        spawn_gate_round(targets, &self.jobs, &self.cert_tx);
+        let end = Instant::now() + Duration::from_secs(5);
+        while pending > 0 {
+            match tokio::time::timeout_at(end.into(), certs.recv()).await {
+                Ok(Some((addr, check))) => {
+                    pending -= 1;
+                    self.cert(addr, check);
+                }
+                _ => break,
+            }
         }
-        assert!(lo < Duration::from_millis(910) && hi > Duration::from_millis(1090));
-        assert_eq!(j.around(base, Duration::ZERO), base);
     }
 
-    #[test]
-    fn default_timing_beats_a_five_second_shutdown_delay_and_warns_below() {
-        let text = "
-interface: eth0
-services:
-  - vip: 10.0.0.100
-    mode: nat
-    backends:
-      - address: 10.0.0.11
-";
-        let cfg = Config::parse(Path::new("t.yaml"), text).expect("valid");
-        let r = timing_report(&cfg);
-        assert!(r[0].0, "{r:?}");
-        assert!(r[0].1.contains("2.2s"), "{r:?}");
-        let slow = text.replace(
-            "    backends:",
-            "    probe: { interval: 3s, timeout: 1s, fall: 3, jitter: 0s }\n    backends:",
+    /// Until SIGINT or SIGTERM: each signal, tick or message becomes an
+    /// event, and after each the controller's verdicts are settled.
+    async fn run(&mut self, inbox: &mut Inbox) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut stats = tokio::time::interval(Duration::from_secs(self.opts.stats_interval.max(1)));
+        // Priority tracking is read once a second: the XDP check spawns `ip`.
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        let gate_every =
+            parse_duration(&self.cfg.cert_gate.interval).unwrap_or(Duration::from_secs(600));
+        let mut gate_tick =
+            tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
+        let mut file_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let ev = tokio::select! {
+                _ = tokio::signal::ctrl_c() => Some(Event::Signal(Signal::Int)),
+                _ = term.recv() => Some(Event::Signal(Signal::Term)),
+                _ = hup.recv() => Some(Event::Hangup),
+                _ = file_tick.tick() => Some(Event::FileStamp(file_stamp(&self.opts.config_path))),
+                Some(ev) = inbox.probes.recv() => { self.probed(ev); None }
+                Some(rep) = inbox.sweeps.recv() => { self.swept(rep); None }
+                Some((addr, check)) = inbox.certs.recv() => { self.cert(addr, check); None }
+                _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
+                _ = second.tick() => Some(Event::Second),
+                _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
+            };
+            if let Some(ev) = ev
+                && self.feed(ev).await?
+            {
+                return Ok(());
+            }
+            self.metrics.beat();
+            let v = self.verdicts();
+            self.feed(Event::Settled(v)).await?;
+        }
+    }
+
+    /// Hands the state an event and carries out its effects, and those of
+    /// the answers they bring, in order. True once the agent is to exit.
+    async fn feed(&mut self, ev: Event) -> Result<bool> {
+        let mut queue: VecDeque<Effect> = self.state.on(Instant::now(), ev).into();
+        let mut exit = false;
+        while let Some(e) = queue.pop_front() {
+            exit |= e == Effect::Exit;
+            if let Some(answer) = self.execute(e).await? {
+                queue.extend(self.state.on(Instant::now(), answer));
+            }
+        }
+        Ok(exit)
+    }
+
+    /// What the controller says now.
+    fn verdicts(&self) -> Verdicts {
+        let gate = |f: Family| self.ctl.gate_hold(|vip| Family::of(&vip) == f);
+        Verdicts {
+            local_ok: self.ctl.local_ok(),
+            serving: self.ctl.status().iter().any(|b| b.serving),
+            gate_v4: gate(Family::V4),
+            gate_v6: gate(Family::V6),
+            generation: self.ctl.programmer().generation(),
+        }
+    }
+
+    /// Carries out one effect; some are answered with an event.
+    async fn execute(&mut self, e: Effect) -> Result<Option<Event>> {
+        match e {
+            Effect::StartHolder(f) => {
+                let h = hold::start(&self.cfg, &f)?;
+                self.obs.xdp_ok = f.xdp_attached;
+                let tracks = h.tracks();
+                self.holder = Some(h);
+                return Ok(Some(Event::HolderStarted { tracks }));
+            }
+            Effect::Ready => {
+                // The first status snapshot exists before readiness is
+                // announced, so `vipd status` run right after "vipd ready"
+                // never answers "starting".
+                self.refresh();
+                self.metrics.set_ready(true);
+                println!(
+                    "vipd ready: {} attached ({})",
+                    self.cfg.interface, self.attached
+                );
+            }
+            Effect::Fit(f) => {
+                self.obs.xdp_ok = f.xdp_attached;
+                if let Some(h) = &mut self.holder {
+                    h.fit(&f);
+                }
+            }
+            Effect::Upkeep => {
+                let r = self.ctl.tick();
+                self.wrote(r);
+                self.local_mac = write_local_mac(
+                    self.ctl.programmer_mut().maps_mut(),
+                    &self.cfg.interface,
+                    self.local_mac,
+                );
+            }
+            Effect::CheckXdp => return Ok(Some(Event::Xdp(self.xdp_attached().await))),
+            Effect::ReadStats => return Ok(Some(Event::Stats(self.stats_lines()))),
+            Effect::ReadConfig => {
+                let path = &self.opts.config_path;
+                return Ok(Some(Event::ConfigRead {
+                    stamp: file_stamp(path),
+                    config: Config::load(path)
+                        .map(Box::new)
+                        .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
+                }));
+            }
+            Effect::Apply(c) => {
+                let res = self.apply(*c).map_err(|e| format!("{e:#}"));
+                return Ok(Some(Event::Applied(res)));
+            }
+            Effect::Publish => {
+                if let Some(s) = &self.sync {
+                    s.publish(directory(&self.ctl, self.globals));
+                }
+            }
+            Effect::Refresh => self.refresh(),
+            Effect::Log(n) => self.log(n),
+            Effect::Quiesce => self.quiesce(),
+            Effect::StopHolder => {
+                if let Some(h) = self.holder.take() {
+                    h.stop().await;
+                }
+            }
+            Effect::RestoreHost => self.host.take().into_iter().for_each(HostGuard::restore),
+            Effect::KeepHost => {
+                // Pinned: the program keeps forwarding with these maps until
+                // the next vipd adopts them, so its sysctls stay too.
+                info!(
+                    pins = %self.opts.pin.as_deref().unwrap_or(Path::new("")).display(),
+                    "the XDP program stays attached and keeps forwarding; `vipd detach --interface {}` removes it",
+                    self.cfg.interface
+                );
+                self.host.take().into_iter().for_each(HostGuard::keep);
+            }
+            Effect::Exit => {}
+        }
+        Ok(None)
+    }
+
+    /// Every map write that took an alive backend out (a probe verdict, a
+    /// certificate, a retried write, a reload) wakes its clients. A full
+    /// channel means a round is pending and will see this backend too.
+    fn poke_after(&self, r: Option<&ApplyReport>) {
+        if r.is_some_and(|r| r.backends_killed > 0) {
+            let _ = self.poke_tx.try_send(());
+        }
+    }
+
+    /// A map write's outcome: pokes if a backend died, retried on the next
+    /// tick if it failed.
+    fn wrote<E: std::fmt::Display>(&self, r: Result<Option<ApplyReport>, E>) {
+        match r {
+            Ok(r) => self.poke_after(r.as_ref()),
+            Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
+        }
+    }
+
+    fn cert(&mut self, addr: SocketAddr, check: CertCheck) {
+        let r = self.ctl.cert(addr, check, SystemTime::now());
+        self.wrote(r);
+    }
+
+    fn probed(&mut self, ev: ProbeEvent) {
+        let took = ev.finished.saturating_duration_since(ev.started);
+        self.metrics.probe(ev.addr, &ev.outcome, took);
+        self.obs
+            .probe_last
+            .insert(ev.addr, (took, ev.outcome.label()));
+        let res = self
+            .ctl
+            .probe(ev.addr, ev.started, ev.finished, &ev.outcome);
+        let written = Instant::now();
+        let effect = match res {
+            Ok(effect) => effect,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
+                return;
+            }
+        };
+        self.poke_after(effect.report.as_ref());
+        for c in &effect.changes {
+            log_probe_change(ev.addr, c, written);
+            let (to, reason) = match c {
+                Change::Down { outcome, .. } => ("down", outcome.label()),
+                Change::Up => ("up", "probe passes"),
+                Change::AuthRefused(_) => ("auth_misconfigured", "auth"),
+                Change::AuthAccepted => ("up", "probe accepted again"),
+            };
+            self.obs.record_change(ev.addr, to, reason.to_owned());
+            if *c == Change::Up {
+                // A restarted apiserver may present another certificate:
+                // read it now.
+                let t: Vec<_> = self
+                    .ctl
+                    .gate_targets()
+                    .into_iter()
+                    .filter(|t| t.addr == ev.addr)
+                    .collect();
+                spawn_gate_round(t, &self.jobs, &self.cert_tx);
+            }
+        }
+    }
+
+    fn swept(&mut self, rep: FlowReport) {
+        match rep {
+            FlowReport::Swept(sw) => {
+                self.obs.swept_total += sw.removed;
+                if sw.removed > 0 {
+                    tracing::debug!(
+                        removed = sw.removed,
+                        live = sw.flows,
+                        took_us = sw.took_us,
+                        "flow tables swept"
+                    );
+                }
+                self.obs.sweep = Some((sw, SystemTime::now()));
+            }
+            FlowReport::Poked(p) => {
+                self.metrics.conntrack_poked.inc_by(p.flows);
+                if let Some(e) = &p.first_error {
+                    warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
+                } else if p.flows > 0 {
+                    info!(
+                        poked = p.flows,
+                        "poked the clients of dead backends: each gets an RST within a round trip"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the program is attached, as the kernel says (an unreadable
+    /// answer counts as detached).
+    async fn xdp_attached(&self) -> bool {
+        let iface = self.cfg.interface.clone();
+        tokio::task::spawn_blocking(move || host::xdp_attached(&iface))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
+                false
+            })
+    }
+
+    fn stats_lines(&self) -> StatsLines {
+        let counters = match self.ctl.programmer().maps().reason_counters() {
+            Ok(c) => Some(
+                Reason::ALL
+                    .iter()
+                    .filter(|r| c[**r as usize].packets > 0)
+                    .map(|r| format!("{}={}", r.label(), c[*r as usize].packets))
+                    .collect(),
+            ),
+            Err(e) => {
+                warn!(error = %e, "reading counters failed");
+                None
+            }
+        };
+        let vrrp = self
+            .routers()
+            .iter()
+            .map(|r| (r.family(), r.summary()))
+            .collect();
+        let backends: Vec<String> = self
+            .ctl
+            .status()
+            .iter()
+            .map(|b| {
+                let san = if b.cert == "san_missing" {
+                    "+san_missing"
+                } else {
+                    ""
+                };
+                format!("{}={}{san}", b.addr, b.state)
+            })
+            .collect();
+        StatsLines {
+            counters,
+            vrrp,
+            backends: backends.join(" "),
+        }
+    }
+
+    fn routers(&self) -> &[router::RouterHandle] {
+        self.holder.as_ref().map_or(&[][..], |h| h.routers())
+    }
+
+    fn refresh(&mut self) {
+        if self.sync.is_some() {
+            self.obs.sync_ring_lost = self
+                .ctl
+                .programmer()
+                .maps()
+                .sync_lost()
+                .unwrap_or(self.obs.sync_ring_lost);
+        }
+        let routers = self.holder.as_ref().map_or(&[][..], |h| h.routers());
+        observe::refresh(&self.metrics, &self.ctl, routers, &mut self.obs);
+    }
+
+    /// A new configuration the state accepted: validated again (probe
+    /// files included) and handed to the controller, which applies the
+    /// difference or refuses it whole.
+    fn apply(&mut self, new: Config) -> Result<()> {
+        let path = self.opts.config_path.display().to_string();
+        let jobs = probe_jobs(&new).with_context(|| path.clone())?;
+        let node_addrs = host::interface_addrs(&new.interface)?;
+        let report = self
+            .ctl
+            .reload(new, node_addrs)
+            .with_context(|| format!("{path}: programming the new services"))?;
+        info!(
+            services = report.services_published,
+            removed = report.services_removed,
+            backends = report.backend_writes,
+            maglev_writes = report.maglev_writes,
+            "configuration reloaded"
         );
-        let cfg = Config::parse(Path::new("t.yaml"), &slow).expect("valid");
-        let r = timing_report(&cfg);
-        assert!(!r[0].0, "9 s cannot beat 5 s: {r:?}");
-        assert!(r[0].1.contains("--shutdown-delay-duration"), "{r:?}");
+        for (ok, line) in timing_report(self.ctl.config()) {
+            if !ok {
+                warn!("{line}");
+            }
+        }
+        self.poke_after(Some(&report));
+        if let Some(h) = &mut self.holder {
+            h.set_vips(&service_vips(self.ctl.config()));
+        }
+        if let Some(p) = &mut self.probes {
+            p.sync(jobs.clone());
+        }
+        self.jobs = jobs;
+        spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
+        Ok(())
+    }
+
+    /// Not ready any more; the side tasks end.
+    fn quiesce(&mut self) {
+        self.metrics.set_ready(false);
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.sweeper.take() {
+            t.abort();
+        }
+        self.sync = None;
+        self.probes = None;
+    }
+
+    fn log(&self, n: Note) {
+        let iface = &self.cfg.interface;
+        match n {
+            Note::Stopping(Signal::Int) => info!("SIGINT: stopping"),
+            Note::Stopping(Signal::Term) => info!("SIGTERM: stopping"),
+            Note::ReloadRefused(e) => error!(
+                error = %e,
+                "configuration reload refused; the running configuration stays"
+            ),
+            Note::Xdp(true) => info!(interface = %iface, "XDP program attached again"),
+            Note::Xdp(false) => {
+                error!(interface = %iface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority")
+            }
+            Note::LocalApiserver(ok) => {
+                let locals = self.ctl.config().local_backends();
+                if ok {
+                    info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
+                } else {
+                    error!(backends = ?locals, "local apiserver does not answer: lowering the VRRP priority");
+                }
+            }
+            Note::Traffic(line) => info!(counters = %line, "traffic"),
+            Note::Vrrp(family, line) => {
+                info!(family = %router::label(family), counters = %line, "vrrp")
+            }
+            Note::Health(line) => info!(backends = %line, "health"),
+        }
     }
 }
