@@ -780,8 +780,10 @@ impl Agent {
                 .sync_lost()
                 .unwrap_or(self.obs.sync_ring_lost);
         }
-        let routers = self.holder.as_ref().map_or(&[][..], |h| h.routers());
-        observe::refresh(&self.metrics, &self.ctl, routers, &mut self.obs);
+        // The holder runs from before readiness until the stop.
+        if let Some(h) = &self.holder {
+            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &mut self.obs);
+        }
     }
 
     /// A new configuration the state accepted: validated again (probe

@@ -12,6 +12,7 @@ use std::{
 use tracing::warn;
 use vip_common::Reason;
 
+use super::hold::VipHolder;
 use crate::{
     config::Mode,
     controller::{CertState, Controller},
@@ -24,11 +25,7 @@ use crate::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
         ServiceStatus, Status, SyncStatus, VrrpStatus,
     },
-    vrrp::{
-        Family,
-        machine::State,
-        router::{self, RouterHandle},
-    },
+    vrrp::{Family, machine::State, router},
 };
 
 /// What the agent loop learns between refreshes and status shows.
@@ -88,14 +85,15 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// Copies what lives elsewhere (controller, VRRP routers, BPF counters)
+/// Copies what lives elsewhere (controller, VIP holder, BPF counters)
 /// into the metrics and publishes the status snapshot; once a second.
 pub fn refresh<M: Maps>(
     m: &Metrics,
     ctl: &Controller<M>,
-    routers: &[RouterHandle],
+    holder: &dyn VipHolder,
     obs: &mut Observed,
 ) {
+    let routers = holder.routers();
     let cfg = ctl.config();
     let now = SystemTime::now();
     let now_ms = status::unix_ms(now);
@@ -387,14 +385,7 @@ pub fn refresh<M: Maps>(
         interface: cfg.interface.clone(),
         xdp_mode: obs.attached.clone(),
         xdp_attached: obs.xdp_ok,
-        vip_holding: if cfg.vrrp.is_some() {
-            "vrrp"
-        } else if cfg.hold_vips {
-            "static"
-        } else {
-            "none"
-        }
-        .into(),
+        vip_holding: holder.label().into(),
         started_unix_ms: status::unix_ms(obs.started),
         at_unix_ms: now_ms,
         vrrp,

@@ -58,6 +58,9 @@ pub type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// How this node holds the VIP.
 pub trait VipHolder: Send {
+    /// What status calls this way of holding the VIP (`vip_holding`).
+    fn label(&self) -> &'static str;
+
     /// Whether what this node can do moves the VIP: the agent then watches
     /// the XDP attachment and logs the changes that matter.
     fn tracks(&self) -> bool;
@@ -99,6 +102,10 @@ pub fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
 pub struct Unheld;
 
 impl VipHolder for Unheld {
+    fn label(&self) -> &'static str {
+        "none"
+    }
+
     fn tracks(&self) -> bool {
         false
     }

@@ -40,6 +40,10 @@ impl StaticVips {
 }
 
 impl VipHolder for StaticVips {
+    fn label(&self) -> &'static str {
+        "static"
+    }
+
     fn tracks(&self) -> bool {
         false
     }

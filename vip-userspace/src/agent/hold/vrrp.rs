@@ -142,6 +142,10 @@ impl Vrrp {
 }
 
 impl VipHolder for Vrrp {
+    fn label(&self) -> &'static str {
+        "vrrp"
+    }
+
     fn tracks(&self) -> bool {
         !self.routers.is_empty()
     }
