@@ -444,4 +444,46 @@ mod tests {
         assert_eq!(Changed::parse("lo-vip=nonsense"), None);
         assert_eq!(Changed::parse("no equals sign"), None);
     }
+
+    /// A sysctl "file" in a temporary directory, holding `value`.
+    fn fake_sysctl(dir: &Path, name: &str, value: &str) -> Changed {
+        let path = dir.join(name);
+        std::fs::write(&path, value).expect("write");
+        Changed::Sysctl {
+            path,
+            old: "0".into(),
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).expect("read")
+    }
+
+    /// The guard undoes every change on restore and on drop (an error
+    /// during start), and none when kept for the pinned program.
+    #[test]
+    fn the_guard_restores_unless_kept() {
+        let dir = std::env::temp_dir().join(format!("vipd-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        g.extend(vec![fake_sysctl(&dir, "b", "1\n")]);
+        assert_eq!(g.changed().len(), 2);
+        g.restore();
+        assert_eq!(
+            (read(&dir, "a"), read(&dir, "b")),
+            ("0\n".into(), "0\n".into())
+        );
+
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        g.keep();
+        assert_eq!(read(&dir, "a"), "1\n", "kept for the pinned program");
+
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        drop(g);
+        assert_eq!(read(&dir, "a"), "0\n", "restored on drop");
+        std::fs::remove_dir_all(&dir).expect("rm");
+    }
 }
