@@ -1,7 +1,7 @@
 //! What vipd changes on the host besides BPF maps: sysctls that mode nat needs
-//! and the VIP addresses. Every change is undone on stop. (The backends'
-//! neighbour entries, which mode nat's FIB lookups need, stay resolved by
-//! the health probes' connections.)
+//! and the VIP addresses. Every change is undone on stop, in one place (a
+//! [`HostGuard`]). (The backends' neighbour entries, which mode nat's FIB
+//! lookups need, stay resolved by the health probes' connections.)
 
 use std::{
     net::IpAddr,
@@ -127,6 +127,48 @@ fn all_or_nothing(
 /// Restores a set of changes, last first.
 pub fn restore_all(changed: Vec<Changed>) {
     changed.into_iter().rev().for_each(Changed::restore);
+}
+
+/// Every change this run made to the host (sysctls, VIPs on `lo`, the
+/// reserved ports), undone in one place: [`HostGuard::restore`] on an
+/// orderly stop, [`HostGuard::keep`] when the pinned program keeps
+/// forwarding and needs them (`vipd detach` restores them from the record),
+/// and a drop without either (an error during start, a panic) restores
+/// them too, so no path out of the agent leaves them behind by accident.
+#[derive(Debug, Default)]
+pub struct HostGuard {
+    changed: Vec<Changed>,
+}
+
+impl HostGuard {
+    pub fn new() -> HostGuard {
+        HostGuard::default()
+    }
+
+    /// Takes over changes just made; restored after the earlier ones.
+    pub fn extend(&mut self, changed: Vec<Changed>) {
+        self.changed.extend(changed);
+    }
+
+    pub fn changed(&self) -> &[Changed] {
+        &self.changed
+    }
+
+    /// Undoes every change, last first.
+    pub fn restore(mut self) {
+        restore_all(std::mem::take(&mut self.changed));
+    }
+
+    /// Leaves the changes in place (for the pinned program).
+    pub fn keep(mut self) {
+        self.changed.clear();
+    }
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        restore_all(std::mem::take(&mut self.changed));
+    }
 }
 
 /// Writes `path=old` lines for the changed values, unless a record exists
@@ -401,5 +443,47 @@ mod tests {
         }
         assert_eq!(Changed::parse("lo-vip=nonsense"), None);
         assert_eq!(Changed::parse("no equals sign"), None);
+    }
+
+    /// A sysctl "file" in a temporary directory, holding `value`.
+    fn fake_sysctl(dir: &Path, name: &str, value: &str) -> Changed {
+        let path = dir.join(name);
+        std::fs::write(&path, value).expect("write");
+        Changed::Sysctl {
+            path,
+            old: "0".into(),
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).expect("read")
+    }
+
+    /// The guard undoes every change on restore and on drop (an error
+    /// during start), and none when kept for the pinned program.
+    #[test]
+    fn the_guard_restores_unless_kept() {
+        let dir = std::env::temp_dir().join(format!("vipd-guard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        g.extend(vec![fake_sysctl(&dir, "b", "1\n")]);
+        assert_eq!(g.changed().len(), 2);
+        g.restore();
+        assert_eq!(
+            (read(&dir, "a"), read(&dir, "b")),
+            ("0\n".into(), "0\n".into())
+        );
+
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        g.keep();
+        assert_eq!(read(&dir, "a"), "1\n", "kept for the pinned program");
+
+        let mut g = HostGuard::new();
+        g.extend(vec![fake_sysctl(&dir, "a", "1\n")]);
+        drop(g);
+        assert_eq!(read(&dir, "a"), "0\n", "restored on drop");
+        std::fs::remove_dir_all(&dir).expect("rm");
     }
 }

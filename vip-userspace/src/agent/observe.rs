@@ -12,8 +12,9 @@ use std::{
 use tracing::warn;
 use vip_common::Reason;
 
+use super::hold::VipHolder;
 use crate::{
-    config::Mode,
+    config::{Config, Mode},
     controller::{CertState, Controller},
     dataplane::{Maps, flows::Sweep},
     metrics::{
@@ -88,128 +89,168 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// Copies what lives elsewhere (controller, VRRP routers, BPF counters)
+/// Copies what lives elsewhere (controller, VIP holder, BPF counters)
 /// into the metrics and publishes the status snapshot; once a second.
 pub fn refresh<M: Maps>(
     m: &Metrics,
     ctl: &Controller<M>,
-    routers: &[RouterHandle],
+    holder: &dyn VipHolder,
     obs: &mut Observed,
 ) {
     let cfg = ctl.config();
     let now = SystemTime::now();
     let now_ms = status::unix_ms(now);
-    let mut vrrp = vec![];
-    for r in routers {
-        let family = router::label(r.family()).to_owned();
-        let fl = FamilyLabel {
-            family: family.clone(),
-        };
-        let state = r.state();
-        for st in [State::Initialize, State::Backup, State::Master] {
-            m.vrrp_state
-                .get_or_create(&FamilyState {
-                    family: family.clone(),
-                    state: st.label().to_owned(),
-                })
-                .set(i64::from(state == st));
-        }
-        let info = r.info();
-        m.vrrp_priority
-            .get_or_create(&fl)
-            .set(i64::from(info.priority));
-        m.vrrp_held
-            .get_or_create(&fl)
-            .set(i64::from(info.hold.is_some()));
-        let s = r.stats();
-        mirror(
-            &m.vrrp_became_master.get_or_create(&fl),
-            load(&s.became_master),
-        );
-        mirror(&m.vrrp_left_master.get_or_create(&fl), load(&s.left_master));
-        mirror(
-            &m.vrrp_adverts_sent.get_or_create(&fl),
-            load(&s.adverts_sent),
-        );
-        mirror(
-            &m.vrrp_adverts_received.get_or_create(&fl),
-            load(&s.adverts_received),
-        );
-        mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
-        for (by, c) in [
-            ("this_node", &s.preempted_by_us),
-            ("peer", &s.preempted_by_peer),
-        ] {
-            mirror(
-                &m.vrrp_preemptions.get_or_create(&FamilyBy {
-                    family: family.clone(),
-                    by: by.to_owned(),
-                }),
-                load(c),
-            );
-        }
-        for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
-            mirror(
-                &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
-                    family: family.clone(),
-                    reason: (*label).to_owned(),
-                }),
-                load(c),
-            );
-        }
-        // Each takeover once in the histogram; between two refreshes (1 s)
-        // there is at most one, the router keeps the last.
-        let seen = obs.failovers_seen.entry(r.family()).or_default();
-        if info.failovers > *seen {
-            if let Some(f) = &info.last_failover {
-                m.vrrp_failover_duration
-                    .get_or_create(&fl)
-                    .observe(f.took.as_secs_f64());
-            }
-            *seen = info.failovers;
-        }
-        let master = if state == State::Master {
-            Some(info.source)
-        } else {
-            info.heard_master(std::time::Instant::now())
-        };
-        vrrp.push(VrrpStatus {
-            family,
-            vrid: info.vrid,
-            state: state.label().to_owned(),
-            priority: info.priority,
-            configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority),
-            held: info.hold.clone(),
-            source: info.source,
-            vips: crate::agent::service_vips(cfg)
-                .into_iter()
-                .filter(|v| Family::of(v) == r.family())
-                .collect(),
-            master,
-            peers: info
-                .peers
-                .iter()
-                .map(|(a, p)| PeerStatus {
-                    address: *a,
-                    priority: p.priority,
-                    last_heard_unix_ms: status::unix_ms(p.at),
-                })
-                .collect(),
-            last_change: info.last_change.as_ref().map(|c| ChangeStatus {
-                at_unix_ms: status::unix_ms(c.at),
-                from: c.from.label().to_owned(),
-                to: c.to.label().to_owned(),
-                why: c.why.clone(),
-            }),
-            last_failover: info.last_failover.as_ref().map(|f| FailoverStatus {
-                at_unix_ms: status::unix_ms(f.at),
-                took_ms: f.took.as_millis() as u64,
-                from: f.from,
-                why: f.why.clone(),
-            }),
-        });
+    let vrrp = holder
+        .routers()
+        .iter()
+        .map(|r| {
+            let seen = obs.failovers_seen.entry(r.family()).or_default();
+            router_status(m, cfg, r, seen)
+        })
+        .collect();
+    let backends = backends(m, ctl, obs);
+    certs(m, ctl, now);
+    let services = services(m, ctl, &backends);
+    dataplane(m, ctl.programmer().maps());
+    let flows = flows(m, cfg, obs);
+    let sync = sync(m, obs);
+    let snapshot = Status {
+        version: env!("CARGO_PKG_VERSION").into(),
+        node: obs.node.clone(),
+        interface: cfg.interface.clone(),
+        xdp_mode: obs.attached.clone(),
+        xdp_attached: obs.xdp_ok,
+        vip_holding: holder.label().into(),
+        started_unix_ms: status::unix_ms(obs.started),
+        at_unix_ms: now_ms,
+        vrrp,
+        services,
+        flows,
+        sync,
+    };
+    match serde_json::to_string(&snapshot) {
+        Ok(j) => m.set_status(j),
+        Err(e) => warn!(error = %e, "encoding the status failed"),
     }
+}
 
+/// One virtual router's metrics and status; `seen`: the failovers already
+/// in the histogram.
+fn router_status(m: &Metrics, cfg: &Config, r: &RouterHandle, seen: &mut u64) -> VrrpStatus {
+    let family = router::label(r.family()).to_owned();
+    let fl = FamilyLabel {
+        family: family.clone(),
+    };
+    let state = r.state();
+    for st in [State::Initialize, State::Backup, State::Master] {
+        m.vrrp_state
+            .get_or_create(&FamilyState {
+                family: family.clone(),
+                state: st.label().to_owned(),
+            })
+            .set(i64::from(state == st));
+    }
+    let info = r.info();
+    m.vrrp_priority
+        .get_or_create(&fl)
+        .set(i64::from(info.priority));
+    m.vrrp_held
+        .get_or_create(&fl)
+        .set(i64::from(info.hold.is_some()));
+    let s = r.stats();
+    mirror(
+        &m.vrrp_became_master.get_or_create(&fl),
+        load(&s.became_master),
+    );
+    mirror(&m.vrrp_left_master.get_or_create(&fl), load(&s.left_master));
+    mirror(
+        &m.vrrp_adverts_sent.get_or_create(&fl),
+        load(&s.adverts_sent),
+    );
+    mirror(
+        &m.vrrp_adverts_received.get_or_create(&fl),
+        load(&s.adverts_received),
+    );
+    mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
+    for (by, c) in [
+        ("this_node", &s.preempted_by_us),
+        ("peer", &s.preempted_by_peer),
+    ] {
+        mirror(
+            &m.vrrp_preemptions.get_or_create(&FamilyBy {
+                family: family.clone(),
+                by: by.to_owned(),
+            }),
+            load(c),
+        );
+    }
+    for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
+        mirror(
+            &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
+                family: family.clone(),
+                reason: (*label).to_owned(),
+            }),
+            load(c),
+        );
+    }
+    // Each takeover once in the histogram; between two refreshes (1 s)
+    // there is at most one, the router keeps the last.
+    if info.failovers > *seen {
+        if let Some(f) = &info.last_failover {
+            m.vrrp_failover_duration
+                .get_or_create(&fl)
+                .observe(f.took.as_secs_f64());
+        }
+        *seen = info.failovers;
+    }
+    let master = if state == State::Master {
+        Some(info.source)
+    } else {
+        info.heard_master(std::time::Instant::now())
+    };
+    VrrpStatus {
+        family,
+        vrid: info.vrid,
+        state: state.label().to_owned(),
+        priority: info.priority,
+        configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority),
+        held: info.hold.clone(),
+        source: info.source,
+        vips: crate::agent::service_vips(cfg)
+            .into_iter()
+            .filter(|v| Family::of(v) == r.family())
+            .collect(),
+        master,
+        peers: info
+            .peers
+            .iter()
+            .map(|(a, p)| PeerStatus {
+                address: *a,
+                priority: p.priority,
+                last_heard_unix_ms: status::unix_ms(p.at),
+            })
+            .collect(),
+        last_change: info.last_change.as_ref().map(|c| ChangeStatus {
+            at_unix_ms: status::unix_ms(c.at),
+            from: c.from.label().to_owned(),
+            to: c.to.label().to_owned(),
+            why: c.why.clone(),
+        }),
+        last_failover: info.last_failover.as_ref().map(|f| FailoverStatus {
+            at_unix_ms: status::unix_ms(f.at),
+            took_ms: f.took.as_millis() as u64,
+            from: f.from,
+            why: f.why.clone(),
+        }),
+    }
+}
+
+/// Every backend's metrics and status.
+fn backends<M: Maps>(
+    m: &Metrics,
+    ctl: &Controller<M>,
+    obs: &Observed,
+) -> HashMap<SocketAddr, BackendStatus> {
     let maps = ctl.programmer().maps();
     let ids: HashMap<SocketAddr, u32> = ctl.backend_ids().into_iter().collect();
     let mut backends: HashMap<SocketAddr, BackendStatus> = HashMap::new();
@@ -266,6 +307,11 @@ pub fn refresh<M: Maps>(
             },
         );
     }
+    backends
+}
+
+/// The certificate gate's view of each backend's certificate.
+fn certs<M: Maps>(m: &Metrics, ctl: &Controller<M>, now: SystemTime) {
     for (addr, c) in ctl.certs() {
         let bl = BackendLabel {
             backend: addr.to_string(),
@@ -279,6 +325,15 @@ pub fn refresh<M: Maps>(
                 .set(r.seconds_to_expiry(now));
         }
     }
+}
+
+/// Every service's status, with its backends', and whether it fails open.
+fn services<M: Maps>(
+    m: &Metrics,
+    ctl: &Controller<M>,
+    backends: &HashMap<SocketAddr, BackendStatus>,
+) -> Vec<ServiceStatus> {
+    let cfg = ctl.config();
     let here: Vec<IpAddr> = match crate::host::interface_addrs(&cfg.interface) {
         Ok(a) => a,
         Err(e) => {
@@ -314,6 +369,11 @@ pub fn refresh<M: Maps>(
             backends: bs,
         });
     }
+    services
+}
+
+/// The program's verdict and drop counters.
+fn dataplane<M: Maps>(m: &Metrics, maps: &M) {
     if let Ok(c) = maps.reason_counters() {
         for r in Reason::ALL {
             let rl = ReasonLabel {
@@ -326,6 +386,10 @@ pub fn refresh<M: Maps>(
             mirror(&m.dataplane_bytes.get_or_create(&rl), c[*r as usize].bytes);
         }
     }
+}
+
+/// The flow tables as the last sweep found them.
+fn flows(m: &Metrics, cfg: &Config, obs: &Observed) -> FlowStatus {
     let flows = match &obs.sweep {
         Some((s, at)) => {
             m.conntrack_entries.set(s.flows as i64);
@@ -348,7 +412,12 @@ pub fn refresh<M: Maps>(
         },
     };
     mirror(&m.conntrack_swept, obs.swept_total);
-    let sync = obs.sync.as_ref().map(|st| {
+    flows
+}
+
+/// State sync's counters.
+fn sync(m: &Metrics, obs: &Observed) -> Option<SyncStatus> {
+    obs.sync.as_ref().map(|st| {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut y = SyncStatus {
             sent: load(&st.sent),
@@ -378,30 +447,5 @@ pub fn refresh<M: Maps>(
             }
         }
         y
-    });
-    let snapshot = Status {
-        version: env!("CARGO_PKG_VERSION").into(),
-        node: obs.node.clone(),
-        interface: cfg.interface.clone(),
-        xdp_mode: obs.attached.clone(),
-        xdp_attached: obs.xdp_ok,
-        vip_holding: if cfg.vrrp.is_some() {
-            "vrrp"
-        } else if cfg.hold_vips {
-            "static"
-        } else {
-            "none"
-        }
-        .into(),
-        started_unix_ms: status::unix_ms(obs.started),
-        at_unix_ms: now_ms,
-        vrrp,
-        services,
-        flows,
-        sync,
-    };
-    match serde_json::to_string(&snapshot) {
-        Ok(j) => m.set_status(j),
-        Err(e) => warn!(error = %e, "encoding the status failed"),
-    }
+    })
 }

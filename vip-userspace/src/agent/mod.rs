@@ -1,0 +1,865 @@
+//! The running agent: loads and attaches the dataplane, hands the maps to
+//! the [`Controller`], runs one probe task per backend and the certificate
+//! gate, the VIP holder, reloads, and the orderly stop.
+//!
+//! This file is the shell: the start-up sequence, then a loop that turns
+//! signals, ticks and channel messages into events for the pure
+//! [`AgentState`] and carries out the effects it returns. Every decision
+//! lives in the state, the controller, the VIP holder (`hold`: VRRP,
+//! static, none) or the health counter; probe results, certificates and
+//! flow sweeps go straight to the controller and the observer.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{error, info, warn};
+use vip_common::{Globals, Reason};
+
+use crate::{
+    certcheck::CertCheck,
+    config::{Config, Mode, parse_duration},
+    controller::Controller,
+    dataplane::{
+        Maps,
+        kernel::{KernelMaps, LoadOptions, PROG_VIP},
+        programmer::{ApplyReport, Programmer},
+    },
+    health::Change,
+    host::{self, HostGuard},
+    metrics::{self, Metrics},
+    probe::Outcome,
+    sync::{SyncHandle, auth::KeySource},
+    vrrp::{Family, router},
+};
+
+mod hold;
+mod observe;
+mod probes;
+mod state;
+mod sweep;
+
+use hold::VipHolder;
+pub use hold::vrrp::effective_priority;
+use observe::Observed;
+use probes::{ProbeEvent, Probes, spawn_gate_round};
+pub use probes::{ProbeJob, probe_jobs, timing_report};
+use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
+use sweep::{FlowReport, SweepSync, spawn_sweeper};
+
+pub struct AgentOptions {
+    pub config_path: PathBuf,
+    /// Seconds between counter log lines (0: never).
+    pub stats_interval: u64,
+    /// Where program and maps are pinned; `None`: nothing is pinned.
+    pub pin: Option<PathBuf>,
+    /// Where the host changes (`host::Changed`) are recorded for `vipd
+    /// detach`.
+    pub sysctl_record: Option<PathBuf>,
+}
+
+/// The VIPs of mode dsr services that have this node's own apiserver as a
+/// backend (`local: true`): a stacked control plane, see
+/// `host::prepare_stacked`.
+fn stacked_vips(cfg: &Config) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = cfg
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Dsr && s.backends.iter().any(|b| b.local))
+        .map(|s| s.vip)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn has_nat(cfg: &Config) -> bool {
+    cfg.services.iter().any(|s| s.mode == Mode::Nat)
+}
+
+pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Keeps the program's `LOCAL_MAC` equal to the interface's MAC (read once
+/// a second, so a MAC changed under a running agent is followed within a
+/// second). Returns what the program now holds. A MAC that cannot be read
+/// (not Ethernet) leaves the program's check off, which only costs the
+/// protection against flooded frames (`pass_other_host`); the caller logs
+/// that at start.
+fn write_local_mac(maps: &mut KernelMaps, iface: &str, last: Option<[u8; 6]>) -> Option<[u8; 6]> {
+    let mac = match crate::vrrp::net::mac_address(iface) {
+        Ok(m) => m,
+        Err(e) => {
+            if last.is_some() {
+                warn!(interface = %iface, error = %e, "reading the interface's MAC failed; keeping the last one");
+            }
+            return last;
+        }
+    };
+    if Some(mac) == last {
+        return last;
+    }
+    match maps.set_local_mac(mac) {
+        Ok(()) => {
+            if last.is_some() {
+                info!(interface = %iface, mac = %crate::config::format_mac(&mac), "the interface's MAC changed; frames for the VIP must now be addressed to it");
+            }
+            Some(mac)
+        }
+        Err(e) => {
+            warn!(interface = %iface, error = %e, "writing the interface's MAC to the program failed; retrying in a second");
+            last
+        }
+    }
+}
+
+/// The config file's identity for change detection.
+fn file_stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
+    match change {
+        Change::Down {
+            outcome,
+            first_failure,
+            fall_reached,
+        } => {
+            let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
+            let probe_to_fall_ms = ms(fall_reached.saturating_duration_since(*first_failure));
+            let fall_to_map_ms = ms(written.saturating_duration_since(*fall_reached));
+            let total_ms = ms(written.saturating_duration_since(*first_failure));
+            if matches!(outcome, Outcome::Fail(f) if f.unreachable()) {
+                error!(
+                    backend = %addr, reason = %outcome, probe_to_fall_ms, fall_to_map_ms, total_ms,
+                    "backend down: no new flows; its open connections get an RST"
+                );
+            } else {
+                error!(
+                    backend = %addr, reason = %outcome, probe_to_fall_ms, fall_to_map_ms, total_ms,
+                    "backend not ready: no new flows; its open connections stay until it closes them"
+                );
+            }
+        }
+        Change::Up => info!(backend = %addr, "backend up: receives new flows"),
+        Change::AuthRefused(code) => error!(
+            backend = %addr,
+            status = code,
+            "auth misconfigured: the apiserver refuses the probe ({code}); it stays in use. Allow anonymous /readyz (the default) or give probe.client_cert/client_key"
+        ),
+        Change::AuthAccepted => info!(backend = %addr, "the probe is accepted again"),
+    }
+}
+
+/// Everything the running agent owns. Fields drop in order: the host
+/// changes are undone before the controller's map handles go (which,
+/// unpinned, detaches the program), as on an orderly stop.
+struct Agent {
+    opts: AgentOptions,
+    /// The settings fixed for the life of this process (a reload may not
+    /// change the interface, VRRP or hold_vips); the services are the
+    /// controller's, `ctl.config()`.
+    cfg: Config,
+    state: AgentState,
+    holder: Option<Box<dyn VipHolder>>,
+    host: Option<HostGuard>,
+    ctl: Controller<KernelMaps>,
+    globals: Globals,
+    /// How the program was attached.
+    attached: String,
+    /// The MAC the program holds as the interface's.
+    local_mac: Option<[u8; 6]>,
+    metrics: Arc<Metrics>,
+    metrics_task: Option<JoinHandle<()>>,
+    sweeper: Option<JoinHandle<()>>,
+    sync: Option<SyncHandle>,
+    probes: Option<Probes>,
+    jobs: BTreeMap<SocketAddr, ProbeJob>,
+    obs: Observed,
+    poke_tx: mpsc::Sender<()>,
+    cert_tx: mpsc::Sender<(SocketAddr, CertCheck)>,
+}
+
+/// What the side tasks send the agent loop.
+struct Inbox {
+    probes: mpsc::Receiver<ProbeEvent>,
+    certs: mpsc::Receiver<(SocketAddr, CertCheck)>,
+    sweeps: mpsc::Receiver<FlowReport>,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
+    let (mut agent, mut inbox) = Agent::start(opts, cfg).await?;
+    agent.run(&mut inbox).await?;
+    // Dropping the controller closes our map handles; without pins the XDP
+    // link goes with them and the program detaches.
+    drop(agent);
+    info!("stopped");
+    Ok(())
+}
+
+/// Serves /metrics, /healthz, /readyz and /status if asked to.
+async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Option<JoinHandle<()>>> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(None);
+    };
+    let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("metrics_listen: {addr}: cannot listen; pick a free address, or set metrics_listen: null")
+    })?;
+    info!(listen = %addr, "serving /metrics, /healthz and /readyz");
+    Ok(Some(tokio::spawn(metrics::serve(l, metrics.clone()))))
+}
+
+/// The maps programmed, ready to attach.
+struct Programmed {
+    ctl: Controller<KernelMaps>,
+    globals: Globals,
+    /// The interface's MAC as written to the program.
+    local_mac: Option<[u8; 6]>,
+    /// The address state sync listens on, if it runs.
+    sync_listen: Option<IpAddr>,
+    /// State sync's keys, if it authenticates.
+    sync_keys: Option<Arc<KeySource>>,
+}
+
+/// Loads (or adopts) the maps and programs every service before anything
+/// is attached: the first packet the program sees already finds them.
+fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
+    let maps = KernelMaps::load(&LoadOptions {
+        conntrack_capacity: cfg.conntrack_capacity,
+        pin_dir: opts.pin.clone(),
+    })?;
+    let mut prog = if maps.adopted() {
+        info!(pins = %opts.pin.as_deref().unwrap_or(Path::new("")).display(), "adopting the pinned maps: established flows keep their backends");
+        Programmer::adopt(maps).context("reading the adopted maps")?
+    } else {
+        Programmer::new(maps)
+    };
+    let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
+    let node_addrs = host::interface_addrs(&cfg.interface)?;
+    // Read before anything is changed: a bad key file stops the start.
+    let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
+        Some(p) => Some(Arc::new(KeySource::open(p)?)),
+        None => None,
+    };
+    let sync_listen = match &cfg.state_sync {
+        Some(s) => Some(
+            s.listen_addr(&node_addrs, &service_vips(&cfg))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    prog.maps_mut().set_globals(&globals)?;
+    let local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
+    if local_mac.is_none() {
+        warn!(interface = %cfg.interface, "the interface's MAC could not be read or written: frames for a service are served whatever MAC they are addressed to");
+    }
+    let (ctl, report) =
+        Controller::new(prog, cfg, node_addrs).context("programming the services")?;
+    info!(
+        services = report.services_published,
+        backends = report.backend_writes,
+        maglev_writes = report.maglev_writes,
+        "services programmed"
+    );
+    Ok(Programmed {
+        ctl,
+        globals,
+        local_mac,
+        sync_listen,
+        sync_keys,
+    })
+}
+
+/// The directory state sync resolves flows with: what the maps hold now.
+fn directory(ctl: &Controller<KernelMaps>, globals: Globals) -> crate::sync::resolve::Directory {
+    let mut d = ctl.programmer().directory();
+    d.globals = Some(globals);
+    d
+}
+
+/// State sync, before attaching: the ring buffer keeps the first flows'
+/// events until the sender reads them.
+fn start_sync(
+    cfg: &Config,
+    ctl: &Controller<KernelMaps>,
+    globals: Globals,
+    listen: Option<IpAddr>,
+    keys: Option<Arc<KeySource>>,
+) -> Result<Option<SyncHandle>> {
+    let (Some(s), Some(ip)) = (&cfg.state_sync, listen) else {
+        return Ok(None);
+    };
+    let maps = ctl.programmer().maps();
+    let h = crate::sync::start(
+        SocketAddr::new(ip, s.port),
+        s.peers.clone(),
+        keys,
+        maps.sync_events()
+            .context("state_sync: opening the event ring")?,
+        maps.sync_tables()
+            .context("state_sync: opening the flow tables")?,
+        directory(ctl, globals),
+    )?;
+    Ok(Some(h))
+}
+
+/// The host changes the modes need (mode nat's sysctls and reserved
+/// ports; stacked mode dsr's VIPs on `lo` and ARP sysctls), recorded for
+/// `vipd detach`. Undone when the guard goes, should anything after fail.
+fn prepare_host(cfg: &Config, globals: &Globals, record: Option<&Path>) -> Result<HostGuard> {
+    let mut guard = HostGuard::new();
+    if has_nat(cfg) {
+        guard.extend(host::prepare_nat(
+            &cfg.interface,
+            globals.nat_port_lo,
+            globals.nat_port_hi,
+        )?);
+        info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
+    }
+    let stacked = stacked_vips(cfg);
+    if !stacked.is_empty() {
+        guard.extend(
+            host::prepare_stacked(&cfg.interface, &stacked)
+                .context("preparing this node for stacked mode dsr")?,
+        );
+        info!(vips = ?stacked, interface = %cfg.interface, "stacked mode dsr: the VIPs on lo, arp_ignore=1, arp_announce=2 (flows the master sends here are taken locally, and only the master answers ARP)");
+    }
+    if let Some(rec) = record.filter(|_| !guard.changed().is_empty()) {
+        // The pinned program needs these after we stop; `vipd detach`
+        // restores the originals recorded by the first run.
+        host::record(guard.changed(), rec)?;
+    }
+    Ok(guard)
+}
+
+/// The flow-table sweeper, with state sync's refresh when it runs.
+fn start_sweeper(
+    ctl: &Controller<KernelMaps>,
+    globals: Globals,
+    sync: Option<&SyncHandle>,
+    iface: &str,
+    tx: mpsc::Sender<FlowReport>,
+    poke: mpsc::Receiver<()>,
+) -> Option<JoinHandle<()>> {
+    match ctl.programmer().maps().flow_tables() {
+        Ok(t) => Some(spawn_sweeper(
+            t,
+            globals,
+            tx,
+            poke,
+            sync.map(|s| SweepSync {
+                dir: s.directory(),
+                tx: s.refresh_sender(),
+                iface: iface.to_owned(),
+            }),
+        )),
+        Err(e) => {
+            // Forwarding does not need the sweep; status and the flow
+            // metrics go without counts, and the LRU evicts as before.
+            error!(error = %format!("{e:#}"), "opening the flow tables for the sweep failed; flows will not be counted");
+            None
+        }
+    }
+}
+
+impl Agent {
+    /// The start-up sequence up to "vipd ready".
+    async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
+        let jobs = probe_jobs(&cfg)?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.beat();
+        let metrics_task = serve_metrics(&cfg, &metrics).await?;
+        for (ok, line) in timing_report(&cfg) {
+            if ok {
+                info!("{line}");
+            } else {
+                warn!("{line}");
+            }
+        }
+        let Programmed {
+            mut ctl,
+            globals,
+            local_mac,
+            sync_listen,
+            sync_keys,
+        } = program(&opts, cfg)?;
+        let cfg = ctl.config().clone();
+        let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
+        let state = AgentState::new(Settings {
+            config: cfg.clone(),
+            config_path: opts.config_path.clone(),
+            stamp: file_stamp(&opts.config_path),
+            pinned: opts.pin.is_some(),
+            sync: sync.as_ref().map(|_| ctl.programmer().generation()),
+        });
+        let host = prepare_host(&cfg, &globals, opts.sysctl_record.as_deref())?;
+        let attached = ctl
+            .programmer_mut()
+            .maps_mut()
+            .attach(PROG_VIP, &cfg.interface, cfg.xdp_mode)
+            .with_context(|| format!("attaching to {}", cfg.interface))?;
+        info!(interface = %cfg.interface, mode = %attached, "XDP program attached");
+        let mut obs = Observed::new(attached.to_string());
+        obs.sync = sync.as_ref().map(|s| s.stats.clone());
+        let (sweep_tx, sweeps) = mpsc::channel::<FlowReport>(2);
+        // One pending poke is enough: a round pokes every flow of every
+        // dead backend.
+        let (poke_tx, poke_rx) = mpsc::channel::<()>(1);
+        let sweeper = start_sweeper(
+            &ctl,
+            globals,
+            sync.as_ref(),
+            &cfg.interface,
+            sweep_tx,
+            poke_rx,
+        );
+        let (probe_tx, probe_rx) = mpsc::channel::<ProbeEvent>(256);
+        let (cert_tx, cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
+        let mut probes = Probes::new(probe_tx);
+        probes.sync(jobs.clone());
+        let mut agent = Agent {
+            opts,
+            cfg,
+            state,
+            holder: None,
+            host: Some(host),
+            ctl,
+            globals,
+            attached: attached.to_string(),
+            local_mac,
+            metrics,
+            metrics_task,
+            sweeper,
+            sync,
+            probes: Some(probes),
+            jobs,
+            obs,
+            poke_tx,
+            cert_tx,
+        };
+        let mut inbox = Inbox {
+            probes: probe_rx,
+            certs: cert_rx,
+            sweeps,
+        };
+        agent.first_gate_round(&mut inbox.certs).await;
+        let v = agent.verdicts();
+        agent.feed(Event::Started(v)).await?;
+        Ok((agent, inbox))
+    }
+
+    /// The first certificate round before the VIP holder starts: a node
+    /// whose certificates lack the VIP must not win an election meanwhile.
+    async fn first_gate_round(&mut self, certs: &mut mpsc::Receiver<(SocketAddr, CertCheck)>) {
+        let targets = self.ctl.gate_targets();
+        let mut pending = targets.len();
+        spawn_gate_round(targets, &self.jobs, &self.cert_tx);
+        let end = Instant::now() + Duration::from_secs(5);
+        while pending > 0 {
+            match tokio::time::timeout_at(end.into(), certs.recv()).await {
+                Ok(Some((addr, check))) => {
+                    pending -= 1;
+                    self.cert(addr, check);
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Until SIGINT or SIGTERM: each signal, tick or message becomes an
+    /// event, and after each the controller's verdicts are settled.
+    async fn run(&mut self, inbox: &mut Inbox) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut stats = tokio::time::interval(Duration::from_secs(self.opts.stats_interval.max(1)));
+        // Priority tracking is read once a second: the XDP check spawns `ip`.
+        let mut second = tokio::time::interval(Duration::from_secs(1));
+        let gate_every =
+            parse_duration(&self.cfg.cert_gate.interval).unwrap_or(Duration::from_secs(600));
+        let mut gate_tick =
+            tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
+        let mut file_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let ev = tokio::select! {
+                _ = tokio::signal::ctrl_c() => Some(Event::Signal(Signal::Int)),
+                _ = term.recv() => Some(Event::Signal(Signal::Term)),
+                _ = hup.recv() => Some(Event::Hangup),
+                _ = file_tick.tick() => Some(Event::FileStamp(file_stamp(&self.opts.config_path))),
+                Some(ev) = inbox.probes.recv() => { self.probed(ev); None }
+                Some(rep) = inbox.sweeps.recv() => { self.swept(rep); None }
+                Some((addr, check)) = inbox.certs.recv() => { self.cert(addr, check); None }
+                _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
+                _ = second.tick() => Some(Event::Second),
+                _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
+            };
+            if let Some(ev) = ev
+                && self.feed(ev).await?
+            {
+                return Ok(());
+            }
+            self.metrics.beat();
+            let v = self.verdicts();
+            self.feed(Event::Settled(v)).await?;
+        }
+    }
+
+    /// Hands the state an event and carries out its effects, and those of
+    /// the answers they bring, in order. True once the agent is to exit.
+    async fn feed(&mut self, ev: Event) -> Result<bool> {
+        let mut queue: VecDeque<Effect> = self.state.on(Instant::now(), ev).into();
+        let mut exit = false;
+        while let Some(e) = queue.pop_front() {
+            exit |= e == Effect::Exit;
+            if let Some(answer) = self.execute(e).await? {
+                queue.extend(self.state.on(Instant::now(), answer));
+            }
+        }
+        Ok(exit)
+    }
+
+    /// What the controller says now.
+    fn verdicts(&self) -> Verdicts {
+        let gate = |f: Family| self.ctl.gate_hold(|vip| Family::of(&vip) == f);
+        Verdicts {
+            local_ok: self.ctl.local_ok(),
+            serving: self.ctl.status().iter().any(|b| b.serving),
+            gate_v4: gate(Family::V4),
+            gate_v6: gate(Family::V6),
+            generation: self.ctl.programmer().generation(),
+        }
+    }
+
+    /// Carries out one effect; some are answered with an event.
+    async fn execute(&mut self, e: Effect) -> Result<Option<Event>> {
+        match e {
+            Effect::StartHolder(f) => {
+                let h = hold::start(&self.cfg, &f)?;
+                self.obs.xdp_ok = f.xdp_attached;
+                let tracks = h.tracks();
+                self.holder = Some(h);
+                return Ok(Some(Event::HolderStarted { tracks }));
+            }
+            Effect::Ready => {
+                // The first status snapshot exists before readiness is
+                // announced, so `vipd status` run right after "vipd ready"
+                // never answers "starting".
+                self.refresh();
+                self.metrics.set_ready(true);
+                println!(
+                    "vipd ready: {} attached ({})",
+                    self.cfg.interface, self.attached
+                );
+            }
+            Effect::Fit(f) => {
+                self.obs.xdp_ok = f.xdp_attached;
+                if let Some(h) = &mut self.holder {
+                    h.fit(&f);
+                }
+            }
+            Effect::Upkeep => {
+                let r = self.ctl.tick();
+                self.wrote(r);
+                self.local_mac = write_local_mac(
+                    self.ctl.programmer_mut().maps_mut(),
+                    &self.cfg.interface,
+                    self.local_mac,
+                );
+            }
+            Effect::CheckXdp => return Ok(Some(Event::Xdp(self.xdp_attached().await))),
+            Effect::ReadStats => return Ok(Some(Event::Stats(self.stats_lines()))),
+            Effect::ReadConfig => {
+                let path = &self.opts.config_path;
+                return Ok(Some(Event::ConfigRead {
+                    stamp: file_stamp(path),
+                    config: Config::load(path)
+                        .map(Box::new)
+                        .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
+                }));
+            }
+            Effect::Apply(c) => {
+                let res = self.apply(*c).map_err(|e| format!("{e:#}"));
+                return Ok(Some(Event::Applied(res)));
+            }
+            Effect::Publish => {
+                if let Some(s) = &self.sync {
+                    s.publish(directory(&self.ctl, self.globals));
+                }
+            }
+            Effect::Refresh => self.refresh(),
+            Effect::Log(n) => self.log(n),
+            Effect::Quiesce => self.quiesce(),
+            Effect::StopHolder => {
+                if let Some(h) = self.holder.take() {
+                    h.stop().await;
+                }
+            }
+            Effect::RestoreHost => self.host.take().into_iter().for_each(HostGuard::restore),
+            Effect::KeepHost => {
+                // Pinned: the program keeps forwarding with these maps until
+                // the next vipd adopts them, so its sysctls stay too.
+                info!(
+                    pins = %self.opts.pin.as_deref().unwrap_or(Path::new("")).display(),
+                    "the XDP program stays attached and keeps forwarding; `vipd detach --interface {}` removes it",
+                    self.cfg.interface
+                );
+                self.host.take().into_iter().for_each(HostGuard::keep);
+            }
+            Effect::Exit => {}
+        }
+        Ok(None)
+    }
+
+    /// Every map write that took an alive backend out (a probe verdict, a
+    /// certificate, a retried write, a reload) wakes its clients. A full
+    /// channel means a round is pending and will see this backend too.
+    fn poke_after(&self, r: Option<&ApplyReport>) {
+        if r.is_some_and(|r| r.backends_killed > 0) {
+            let _ = self.poke_tx.try_send(());
+        }
+    }
+
+    /// A map write's outcome: pokes if a backend died, retried on the next
+    /// tick if it failed.
+    fn wrote<E: std::fmt::Display>(&self, r: Result<Option<ApplyReport>, E>) {
+        match r {
+            Ok(r) => self.poke_after(r.as_ref()),
+            Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
+        }
+    }
+
+    fn cert(&mut self, addr: SocketAddr, check: CertCheck) {
+        let r = self.ctl.cert(addr, check, SystemTime::now());
+        self.wrote(r);
+    }
+
+    fn probed(&mut self, ev: ProbeEvent) {
+        let took = ev.finished.saturating_duration_since(ev.started);
+        self.metrics.probe(ev.addr, &ev.outcome, took);
+        self.obs
+            .probe_last
+            .insert(ev.addr, (took, ev.outcome.label()));
+        let res = self
+            .ctl
+            .probe(ev.addr, ev.started, ev.finished, &ev.outcome);
+        let written = Instant::now();
+        let effect = match res {
+            Ok(effect) => effect,
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "writing the maps failed; retrying");
+                return;
+            }
+        };
+        self.poke_after(effect.report.as_ref());
+        for c in &effect.changes {
+            log_probe_change(ev.addr, c, written);
+            let (to, reason) = match c {
+                Change::Down { outcome, .. } => ("down", outcome.label()),
+                Change::Up => ("up", "probe passes"),
+                Change::AuthRefused(_) => ("auth_misconfigured", "auth"),
+                Change::AuthAccepted => ("up", "probe accepted again"),
+            };
+            self.obs.record_change(ev.addr, to, reason.to_owned());
+            if *c == Change::Up {
+                // A restarted apiserver may present another certificate:
+                // read it now.
+                let t: Vec<_> = self
+                    .ctl
+                    .gate_targets()
+                    .into_iter()
+                    .filter(|t| t.addr == ev.addr)
+                    .collect();
+                spawn_gate_round(t, &self.jobs, &self.cert_tx);
+            }
+        }
+    }
+
+    fn swept(&mut self, rep: FlowReport) {
+        match rep {
+            FlowReport::Swept(sw) => {
+                self.obs.swept_total += sw.removed;
+                if sw.removed > 0 {
+                    tracing::debug!(
+                        removed = sw.removed,
+                        live = sw.flows,
+                        took_us = sw.took_us,
+                        "flow tables swept"
+                    );
+                }
+                self.obs.sweep = Some((sw, SystemTime::now()));
+            }
+            FlowReport::Poked(p) => {
+                self.metrics.conntrack_poked.inc_by(p.flows);
+                if let Some(e) = &p.first_error {
+                    warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
+                } else if p.flows > 0 {
+                    info!(
+                        poked = p.flows,
+                        "poked the clients of dead backends: each gets an RST within a round trip"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Whether the program is attached, as the kernel says (an unreadable
+    /// answer counts as detached).
+    async fn xdp_attached(&self) -> bool {
+        let iface = self.cfg.interface.clone();
+        tokio::task::spawn_blocking(move || host::xdp_attached(&iface))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "reading the XDP attachment failed; counting it as detached");
+                false
+            })
+    }
+
+    fn stats_lines(&self) -> StatsLines {
+        let counters = match self.ctl.programmer().maps().reason_counters() {
+            Ok(c) => Some(
+                Reason::ALL
+                    .iter()
+                    .filter(|r| c[**r as usize].packets > 0)
+                    .map(|r| format!("{}={}", r.label(), c[*r as usize].packets))
+                    .collect(),
+            ),
+            Err(e) => {
+                warn!(error = %e, "reading counters failed");
+                None
+            }
+        };
+        let vrrp = self
+            .routers()
+            .iter()
+            .map(|r| (r.family(), r.summary()))
+            .collect();
+        let backends: Vec<String> = self
+            .ctl
+            .status()
+            .iter()
+            .map(|b| {
+                let san = if b.cert == "san_missing" {
+                    "+san_missing"
+                } else {
+                    ""
+                };
+                format!("{}={}{san}", b.addr, b.state)
+            })
+            .collect();
+        StatsLines {
+            counters,
+            vrrp,
+            backends: backends.join(" "),
+        }
+    }
+
+    fn routers(&self) -> &[router::RouterHandle] {
+        self.holder.as_ref().map_or(&[][..], |h| h.routers())
+    }
+
+    fn refresh(&mut self) {
+        if self.sync.is_some() {
+            self.obs.sync_ring_lost = self
+                .ctl
+                .programmer()
+                .maps()
+                .sync_lost()
+                .unwrap_or(self.obs.sync_ring_lost);
+        }
+        // The holder runs from before readiness until the stop.
+        if let Some(h) = &self.holder {
+            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &mut self.obs);
+        }
+    }
+
+    /// A new configuration the state accepted: validated again (probe
+    /// files included) and handed to the controller, which applies the
+    /// difference or refuses it whole.
+    fn apply(&mut self, new: Config) -> Result<()> {
+        let path = self.opts.config_path.display().to_string();
+        let jobs = probe_jobs(&new).with_context(|| path.clone())?;
+        let node_addrs = host::interface_addrs(&new.interface)?;
+        let report = self
+            .ctl
+            .reload(new, node_addrs)
+            .with_context(|| format!("{path}: programming the new services"))?;
+        info!(
+            services = report.services_published,
+            removed = report.services_removed,
+            backends = report.backend_writes,
+            maglev_writes = report.maglev_writes,
+            "configuration reloaded"
+        );
+        for (ok, line) in timing_report(self.ctl.config()) {
+            if !ok {
+                warn!("{line}");
+            }
+        }
+        self.poke_after(Some(&report));
+        if let Some(h) = &mut self.holder {
+            h.set_vips(&service_vips(self.ctl.config()));
+        }
+        if let Some(p) = &mut self.probes {
+            p.sync(jobs.clone());
+        }
+        self.jobs = jobs;
+        spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
+        Ok(())
+    }
+
+    /// Not ready any more; the side tasks end.
+    fn quiesce(&mut self) {
+        self.metrics.set_ready(false);
+        if let Some(t) = self.metrics_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.sweeper.take() {
+            t.abort();
+        }
+        self.sync = None;
+        self.probes = None;
+    }
+
+    fn log(&self, n: Note) {
+        let iface = &self.cfg.interface;
+        match n {
+            Note::Stopping(Signal::Int) => info!("SIGINT: stopping"),
+            Note::Stopping(Signal::Term) => info!("SIGTERM: stopping"),
+            Note::ReloadRefused(e) => error!(
+                error = %e,
+                "configuration reload refused; the running configuration stays"
+            ),
+            Note::Xdp(true) => info!(interface = %iface, "XDP program attached again"),
+            Note::Xdp(false) => {
+                error!(interface = %iface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority")
+            }
+            Note::LocalApiserver(ok) => {
+                let locals = self.ctl.config().local_backends();
+                if ok {
+                    info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
+                } else {
+                    error!(backends = ?locals, "local apiserver does not answer: lowering the VRRP priority");
+                }
+            }
+            Note::Traffic(line) => info!(counters = %line, "traffic"),
+            Note::Vrrp(family, line) => {
+                info!(family = %router::label(family), counters = %line, "vrrp")
+            }
+            Note::Health(line) => info!(backends = %line, "health"),
+        }
+    }
+}

@@ -1,0 +1,880 @@
+//! The agent's own decisions as a pure state machine: (state, event, now)
+//! to effects, as [`crate::vrrp::machine`] is for one virtual router.
+//!
+//! No sockets, no tokio, no BPF: the shell in `agent/mod.rs` turns signals,
+//! ticks and what it read (the controller's verdicts, the XDP attachment,
+//! the config file) into [`Event`]s and carries out the returned
+//! [`Effect`]s in order. What this decides: when start-up hands over to the
+//! VIP holder and announces readiness; what this node can do
+//! ([`Fitness`]) and when the holder hears of it; when a changed config
+//! file is read and whether it may be applied; which periodic lines are
+//! worth logging (changes only); when the status is rebuilt and state sync
+//! republished; and the order of an orderly stop. Probe results,
+//! certificates and flow sweeps go straight to their owner (the
+//! [`crate::controller::Controller`]), whose verdicts come back here as
+//! [`Verdicts`].
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{has_nat, hold::Fitness, service_vips};
+use crate::{config::Config, vrrp::Family};
+
+/// How often metrics and the status snapshot are rebuilt.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// The config file's identity for change detection: modification time and
+/// length.
+pub type Stamp = (SystemTime, u64);
+
+/// What the agent is told at start and keeps.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The configuration as loaded: the settings it fixes for the life of
+    /// the process, and the services a reload is compared with.
+    pub config: Config,
+    /// Where it was read from (named in a refusal).
+    pub config_path: PathBuf,
+    /// The file's stamp when it was read.
+    pub stamp: Option<Stamp>,
+    /// Program and maps are pinned: they outlive this process, and so do
+    /// the host changes they need.
+    pub pinned: bool,
+    /// State sync runs, holding the directory built at this programmer
+    /// generation.
+    pub sync: Option<u64>,
+}
+
+/// The signals that stop the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Int,
+    Term,
+}
+
+/// What the controller says after whatever happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdicts {
+    /// [`crate::controller::Controller::local_ok`].
+    pub local_ok: bool,
+    /// Some backend serves (passes its probe and the gate).
+    pub serving: bool,
+    /// [`crate::controller::Controller::gate_hold`] per family.
+    pub gate_v4: Option<String>,
+    pub gate_v6: Option<String>,
+    /// The programmer's generation: changes with every map write.
+    pub generation: u64,
+}
+
+/// The lines the periodic log would show now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsLines {
+    /// The program's non-zero drop/verdict counters; `None`: unreadable.
+    pub counters: Option<Vec<String>>,
+    /// Each VRRP router's summary.
+    pub vrrp: Vec<(Family, String)>,
+    /// Every backend's state.
+    pub backends: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Start-up is done up to the VIP (maps programmed, program attached,
+    /// the first certificate round over): the controller's verdicts now.
+    Started(Verdicts),
+    /// The VIP holder runs; whether it acts on the node's fitness.
+    HolderStarted {
+        tracks: bool,
+    },
+    /// After any event: what the controller says now.
+    Settled(Verdicts),
+    /// The once-a-second tick.
+    Second,
+    /// Whether an XDP program is attached to the interface, as read.
+    Xdp(bool),
+    /// The periodic log is due.
+    StatsDue,
+    Stats(StatsLines),
+    /// The config file's stamp, read once a second (`None`: unreadable).
+    FileStamp(Option<Stamp>),
+    /// SIGHUP: reload now.
+    Hangup,
+    /// The config file as read for a reload, with its stamp then.
+    ConfigRead {
+        stamp: Option<Stamp>,
+        config: Result<Box<Config>, String>,
+    },
+    /// The controller applied the new configuration, or refused it (why).
+    Applied(Result<(), String>),
+    Signal(Signal),
+}
+
+/// Lines to log, carried out by the shell with their fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    Stopping(Signal),
+    ReloadRefused(String),
+    /// The XDP attachment changed (true: attached again).
+    Xdp(bool),
+    /// The local apiserver's verdict changed (true: answers again).
+    LocalApiserver(bool),
+    Traffic(String),
+    Vrrp(Family, String),
+    Health(String),
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start the VIP holder the configuration asks for, this fit.
+    StartHolder(Fitness),
+    /// Publish the first status, mark ready, print "vipd ready".
+    Ready,
+    /// Tell the holder what this node can do now.
+    Fit(Fitness),
+    /// Retry failed map writes; follow the interface's MAC.
+    Upkeep,
+    /// Read the XDP attachment (answered with [`Event::Xdp`]).
+    CheckXdp,
+    /// Build the periodic log's lines (answered with [`Event::Stats`]).
+    ReadStats,
+    /// Read the config file (answered with [`Event::ConfigRead`]).
+    ReadConfig,
+    /// Apply the new configuration (answered with [`Event::Applied`]).
+    Apply(Box<Config>),
+    /// Hand state sync the directory the maps hold now.
+    Publish,
+    /// Rebuild metrics and the status snapshot.
+    Refresh,
+    Log(Note),
+    /// Stop, 1: not ready; metrics, sweeper, state sync and probes end.
+    Quiesce,
+    /// Stop, 2: the holder lets the VIP go (VRRP hands it over first).
+    StopHolder,
+    /// Stop, 3: the host changes are undone...
+    RestoreHost,
+    /// ... or, pinned, kept for the program that goes on forwarding.
+    KeepHost,
+    /// Stop, 4: leave.
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Setting up; no holder yet.
+    Starting,
+    /// The holder is being started.
+    Holding,
+    /// Serving; the status is next rebuilt at `refresh_at`.
+    Running {
+        refresh_at: Instant,
+    },
+    Stopping,
+}
+
+pub struct AgentState {
+    settings: Settings,
+    phase: Phase,
+    /// The configuration running now (a reload is compared with it).
+    running: Config,
+    /// One accepted by the checks here, awaiting the controller.
+    pending: Option<Box<Config>>,
+    /// The config file's stamp at the last reload, and the last one seen:
+    /// a changed file is read once it has stopped changing for a tick, so
+    /// an editor's half-written file is not.
+    loaded: Option<Stamp>,
+    seen: Option<Stamp>,
+    /// The holder acts on fitness: XDP is watched, changes logged.
+    tracks: bool,
+    xdp: bool,
+    /// What the holder was last told.
+    fitness: Fitness,
+    /// The generation state sync's directory was built from.
+    published: Option<u64>,
+    last_counters: Vec<String>,
+    last_vrrp: HashMap<Family, String>,
+    last_backends: String,
+}
+
+impl AgentState {
+    pub fn new(settings: Settings) -> AgentState {
+        AgentState {
+            running: settings.config.clone(),
+            pending: None,
+            loaded: settings.stamp,
+            seen: settings.stamp,
+            published: settings.sync,
+            settings,
+            phase: Phase::Starting,
+            tracks: false,
+            // Until read otherwise: this process just attached it.
+            xdp: true,
+            fitness: Fitness {
+                xdp_attached: true,
+                local_ok: true,
+                serving: true,
+                gate_v4: None,
+                gate_v6: None,
+            },
+            last_counters: vec![],
+            last_vrrp: HashMap::new(),
+            last_backends: String::new(),
+        }
+    }
+
+    pub fn on(&mut self, now: Instant, ev: Event) -> Vec<Effect> {
+        let mut out = vec![];
+        match (self.phase, ev) {
+            (Phase::Stopping, _) => {}
+            (_, Event::Signal(s)) => self.stop(s, &mut out),
+            (Phase::Starting, Event::Started(v)) => {
+                // The first certificate round is over: a node whose
+                // certificates lack the VIP starts held out.
+                self.fitness = self.fit_of(&v);
+                self.phase = Phase::Holding;
+                out.push(Effect::StartHolder(self.fitness.clone()));
+            }
+            (Phase::Holding, Event::HolderStarted { tracks }) => {
+                self.tracks = tracks;
+                self.phase = Phase::Running {
+                    refresh_at: now + REFRESH_EVERY,
+                };
+                out.push(Effect::Ready);
+            }
+            (Phase::Running { refresh_at }, ev) => self.running(now, refresh_at, ev, &mut out),
+            // Nothing else happens before the holder runs.
+            (Phase::Starting | Phase::Holding, _) => {}
+        }
+        out
+    }
+
+    fn fit_of(&self, v: &Verdicts) -> Fitness {
+        Fitness {
+            xdp_attached: self.xdp,
+            local_ok: v.local_ok,
+            serving: v.serving,
+            gate_v4: v.gate_v4.clone(),
+            gate_v6: v.gate_v6.clone(),
+        }
+    }
+
+    fn running(&mut self, now: Instant, refresh_at: Instant, ev: Event, out: &mut Vec<Effect>) {
+        match ev {
+            Event::Settled(v) => self.settled(now, refresh_at, &v, out),
+            Event::Second => {
+                out.push(Effect::Upkeep);
+                // The check spawns `ip`: only when it can move the VIP.
+                if self.tracks {
+                    out.push(Effect::CheckXdp);
+                }
+            }
+            Event::Xdp(now_xdp) => {
+                if now_xdp != self.xdp {
+                    self.xdp = now_xdp;
+                    out.push(Effect::Log(Note::Xdp(now_xdp)));
+                }
+            }
+            Event::StatsDue => out.push(Effect::ReadStats),
+            Event::Stats(lines) => self.stats(lines, out),
+            Event::FileStamp(stamp) => {
+                if stamp != self.loaded && stamp.is_some() {
+                    if stamp == self.seen {
+                        out.push(Effect::ReadConfig);
+                    }
+                    self.seen = stamp;
+                }
+            }
+            Event::Hangup => out.push(Effect::ReadConfig),
+            Event::ConfigRead { stamp, config } => {
+                self.loaded = stamp;
+                self.seen = stamp;
+                match config.and_then(|c| self.reloadable(c)) {
+                    Ok(c) => {
+                        self.pending = Some(c.clone());
+                        out.push(Effect::Apply(c));
+                    }
+                    Err(why) => out.push(Effect::Log(Note::ReloadRefused(why))),
+                }
+            }
+            Event::Applied(res) => {
+                let pending = self.pending.take();
+                match (res, pending) {
+                    (Ok(()), Some(c)) => self.running = *c,
+                    (Ok(()), None) => {}
+                    (Err(why), _) => out.push(Effect::Log(Note::ReloadRefused(why))),
+                }
+            }
+            Event::Signal(_) | Event::Started(_) | Event::HolderStarted { .. } => {}
+        }
+    }
+
+    /// What the holder, state sync and the status must know after
+    /// whatever happened.
+    fn settled(&mut self, now: Instant, refresh_at: Instant, v: &Verdicts, out: &mut Vec<Effect>) {
+        let f = self.fit_of(v);
+        if f.local_ok != self.fitness.local_ok && self.tracks {
+            out.push(Effect::Log(Note::LocalApiserver(f.local_ok)));
+        }
+        if f != self.fitness {
+            self.fitness = f.clone();
+            out.push(Effect::Fit(f));
+        }
+        if let Some(p) = self.published
+            && p != v.generation
+        {
+            // Ids and members may have changed (probes, reloads): the
+            // shells resolve with what the maps hold now.
+            self.published = Some(v.generation);
+            out.push(Effect::Publish);
+        }
+        if now >= refresh_at {
+            self.phase = Phase::Running {
+                refresh_at: now + REFRESH_EVERY,
+            };
+            out.push(Effect::Refresh);
+        }
+    }
+
+    /// The periodic log says only what changed since it last spoke.
+    fn stats(&mut self, lines: StatsLines, out: &mut Vec<Effect>) {
+        if let Some(c) = lines.counters
+            && c != self.last_counters
+        {
+            out.push(Effect::Log(Note::Traffic(c.join(" "))));
+            self.last_counters = c;
+        }
+        for (family, line) in lines.vrrp {
+            if self.last_vrrp.get(&family) != Some(&line) {
+                out.push(Effect::Log(Note::Vrrp(family, line.clone())));
+                self.last_vrrp.insert(family, line);
+            }
+        }
+        if lines.backends != self.last_backends {
+            out.push(Effect::Log(Note::Health(lines.backends.clone())));
+            self.last_backends = lines.backends;
+        }
+    }
+
+    /// The new file, unless it changes what only a restart may.
+    fn reloadable(&self, new: Box<Config>) -> Result<Box<Config>, String> {
+        match check_reloadable(&self.running, &new) {
+            Ok(()) => Ok(new),
+            Err(field) => Err(format!(
+                "{}: {field} changed; that takes a restart of vipd (systemctl restart vipd)",
+                self.settings.config_path.display()
+            )),
+        }
+    }
+
+    /// The orderly stop, in its order: readiness and the side tasks go, the
+    /// holder lets the VIP go (VRRP: the priority-0 advertisement, and the
+    /// VIP kept until the new master is heard, while the program still
+    /// forwards), then the host changes are undone unless the pinned
+    /// program goes on forwarding with them.
+    fn stop(&mut self, s: Signal, out: &mut Vec<Effect>) {
+        let held = self.phase != Phase::Starting;
+        self.phase = Phase::Stopping;
+        out.push(Effect::Log(Note::Stopping(s)));
+        out.push(Effect::Quiesce);
+        if held {
+            out.push(Effect::StopHolder);
+        }
+        out.push(if self.settings.pinned {
+            Effect::KeepHost
+        } else {
+            Effect::RestoreHost
+        });
+        out.push(Effect::Exit);
+    }
+}
+
+/// Settings fixed at load time need a restart; a file changing them is
+/// refused whole and the running configuration stays. The field that
+/// changed, if one did.
+pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), &'static str> {
+    let fixed = [
+        ("interface", old.interface != new.interface),
+        ("xdp_mode", old.xdp_mode != new.xdp_mode),
+        (
+            "conntrack_capacity",
+            old.conntrack_capacity != new.conntrack_capacity,
+        ),
+        ("nat", old.nat != new.nat),
+        ("state_sync", old.state_sync != new.state_sync),
+        ("vrrp", old.vrrp != new.vrrp),
+        ("hold_vips", old.hold_vips != new.hold_vips),
+        ("metrics_listen", old.metrics_listen != new.metrics_listen),
+        (
+            "services[].vip: the VIPs VRRP elects a holder for",
+            old.vrrp.is_some() && service_vips(old) != service_vips(new),
+        ),
+        (
+            "services[].mode: the first nat service",
+            !has_nat(old) && has_nat(new),
+        ),
+    ];
+    match fixed.iter().find(|(_, changed)| *changed) {
+        Some((field, _)) => Err(field),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::agent::hold::vrrp::{Command, Tracking};
+
+    /// Stacked dual-stack VRRP: priority 200, the default weights (XDP
+    /// detached 100, local apiserver 50).
+    const VRRP: &str = "
+interface: eth0
+vrrp:
+  vrid: 1
+  priority: 200
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    backends:
+      - address: 10.0.0.11
+        local: true
+      - address: 10.0.0.12
+        mac: 02:00:00:00:00:12
+  - vip: fd00::100
+    mode: dsr
+    backends:
+      - address: fd00::11
+        local: true
+";
+
+    /// VRRP's second IPv4 backend, which reloads remove.
+    const BE2: &str = "      - address: 10.0.0.12\n        mac: 02:00:00:00:00:12\n";
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(Path::new("t.yaml"), text).expect("valid config")
+    }
+
+    fn stamp(secs: u64) -> Option<Stamp> {
+        Some((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), 100))
+    }
+
+    fn settings(text: &str) -> Settings {
+        Settings {
+            config: cfg(text),
+            config_path: PathBuf::from("/etc/vipd/vipd.yaml"),
+            stamp: stamp(1),
+            pinned: false,
+            sync: None,
+        }
+    }
+
+    /// Every backend up, the gate passing.
+    fn fine() -> Verdicts {
+        Verdicts {
+            local_ok: true,
+            serving: true,
+            gate_v4: None,
+            gate_v6: None,
+            generation: 1,
+        }
+    }
+
+    fn fit(v: &Verdicts, xdp: bool) -> Fitness {
+        Fitness {
+            xdp_attached: xdp,
+            local_ok: v.local_ok,
+            serving: v.serving,
+            gate_v4: v.gate_v4.clone(),
+            gate_v6: v.gate_v6.clone(),
+        }
+    }
+
+    /// A state past start-up (VRRP holder tracking) at `t0`, and VRRP's
+    /// tracking as the holder would run it.
+    fn running(s: Settings, t0: Instant) -> (AgentState, Tracking) {
+        let mut a = AgentState::new(s);
+        let fx = a.on(t0, Event::Started(fine()));
+        assert_eq!(fx, vec![Effect::StartHolder(fit(&fine(), true))]);
+        let mut t = Tracking::new(
+            200,
+            Default::default(),
+            &[Family::V4, Family::V6],
+            &fit(&fine(), true),
+        );
+        assert_eq!(t.fit(&fit(&fine(), true)), vec![Command::Priority(200)]);
+        assert_eq!(
+            a.on(t0, Event::HolderStarted { tracks: true }),
+            vec![Effect::Ready]
+        );
+        (a, t)
+    }
+
+    /// The fitness the holder is told in these effects, if any.
+    fn told(fx: &[Effect]) -> Option<Fitness> {
+        fx.iter().find_map(|e| match e {
+            Effect::Fit(f) => Some(f.clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn start_up_waits_for_the_first_certificate_round_then_the_holder() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(VRRP));
+        // Before start-up is done, ticks and verdicts do nothing: nothing
+        // runs that they could move.
+        assert_eq!(a.on(t0, Event::Second), vec![]);
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![]);
+        let mut v = fine();
+        v.gate_v6 = Some("this node's apiserver lacks fd00::100".into());
+        assert_eq!(
+            a.on(t0, Event::Started(v.clone())),
+            vec![Effect::StartHolder(fit(&v, true))],
+            "the holder starts with the first round's verdicts"
+        );
+        assert_eq!(a.on(t0, Event::Second), vec![], "no holder yet");
+        assert_eq!(
+            a.on(t0, Event::HolderStarted { tracks: true }),
+            vec![Effect::Ready]
+        );
+        assert_eq!(
+            a.on(t0, Event::Second),
+            vec![Effect::Upkeep, Effect::CheckXdp]
+        );
+        assert_eq!(
+            a.on(t0, Event::Settled(v)),
+            vec![],
+            "nothing changed since the holder started"
+        );
+        assert_eq!(
+            a.on(t0 + REFRESH_EVERY, Event::Settled(fine()))
+                .into_iter()
+                .filter(|e| *e == Effect::Refresh)
+                .count(),
+            1,
+            "the status is rebuilt a second after ready"
+        );
+    }
+
+    #[test]
+    fn without_tracking_xdp_is_not_read() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(VRRP));
+        a.on(t0, Event::Started(fine()));
+        a.on(t0, Event::HolderStarted { tracks: false });
+        assert_eq!(a.on(t0, Event::Second), vec![Effect::Upkeep]);
+        let mut v = fine();
+        v.local_ok = false;
+        let fx = a.on(t0, Event::Settled(v));
+        assert!(
+            !fx.iter().any(|e| matches!(e, Effect::Log(_))),
+            "the VRRP priority lines are not logged without VRRP: {fx:?}"
+        );
+        assert!(told(&fx).is_some(), "the holder still hears of it: {fx:?}");
+    }
+
+    /// The first master: a node the gate refuses starts out of the
+    /// election for that family only, and joins once the gate passes.
+    #[test]
+    fn the_gate_holds_a_family_out_until_it_passes() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(VRRP));
+        let mut v = fine();
+        v.gate_v4 = Some("no backend of 10.0.0.100:6443 has a certificate for it".into());
+        let fx = a.on(t0, Event::Started(v.clone()));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        let mut t = Tracking::new(200, Default::default(), &[Family::V4, Family::V6], f0);
+        assert_eq!(
+            t.fit(f0),
+            vec![Command::Priority(200)],
+            "started held: only the priority is sent"
+        );
+        a.on(t0, Event::HolderStarted { tracks: true });
+        let fx = a.on(t0, Event::Settled(fine()));
+        let f = told(&fx).expect("the holder hears the gate passes");
+        assert_eq!(t.fit(&f), vec![Command::Hold(Family::V4, None)]);
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![], "said once");
+    }
+
+    #[test]
+    fn priority_follows_the_xdp_attachment_and_the_local_apiserver() {
+        let t0 = Instant::now();
+        let (mut a, mut t) = running(settings(VRRP), t0);
+        assert_eq!(
+            a.on(t0, Event::Xdp(false)),
+            vec![Effect::Log(Note::Xdp(false))]
+        );
+        assert_eq!(a.on(t0, Event::Xdp(false)), vec![], "logged once");
+        let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
+        assert!(!f.xdp_attached);
+        assert_eq!(t.fit(&f), vec![Command::Priority(100)], "200 - 100");
+
+        let mut down = fine();
+        down.local_ok = false;
+        let fx = a.on(t0, Event::Settled(down.clone()));
+        assert_eq!(fx[0], Effect::Log(Note::LocalApiserver(false)));
+        let f = told(&fx).expect("told");
+        assert_eq!(t.fit(&f), vec![Command::Priority(50)], "- 50 more");
+
+        assert_eq!(
+            a.on(t0, Event::Xdp(true)),
+            vec![Effect::Log(Note::Xdp(true))]
+        );
+        let f = told(&a.on(t0, Event::Settled(down))).expect("told");
+        assert_eq!(t.fit(&f), vec![Command::Priority(150)]);
+        let fx = a.on(t0, Event::Settled(fine()));
+        assert_eq!(fx[0], Effect::Log(Note::LocalApiserver(true)));
+        assert_eq!(
+            t.fit(&told(&fx).expect("told")),
+            vec![Command::Priority(200)]
+        );
+    }
+
+    /// Fail open: no backend passes, vipd forwards to all of them. The
+    /// holder hears that nothing serves, but VRRP keeps its priority:
+    /// every node fails open alike, and moving the VIP would not help.
+    #[test]
+    fn fail_open_is_told_but_does_not_move_the_vrrp_vip() {
+        let t0 = Instant::now();
+        let (mut a, mut t) = running(settings(VRRP), t0);
+        let mut v = fine();
+        v.serving = false;
+        v.generation = 2;
+        let f = told(&a.on(t0, Event::Settled(v))).expect("told");
+        assert!(!f.serving);
+        assert_eq!(t.fit(&f), vec![]);
+    }
+
+    #[test]
+    fn a_changed_file_is_reloaded_once_it_stops_changing() {
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(VRRP), t0);
+        assert_eq!(a.on(t0, Event::FileStamp(stamp(1))), vec![], "unchanged");
+        assert_eq!(a.on(t0, Event::FileStamp(None)), vec![], "unreadable");
+        assert_eq!(a.on(t0, Event::FileStamp(stamp(2))), vec![], "changing");
+        assert_eq!(a.on(t0, Event::FileStamp(stamp(3))), vec![], "changing");
+        assert_eq!(
+            a.on(t0, Event::FileStamp(stamp(3))),
+            vec![Effect::ReadConfig],
+            "still for a tick"
+        );
+        let new = cfg(&VRRP.replace(BE2, ""));
+        assert_eq!(
+            a.on(
+                t0,
+                Event::ConfigRead {
+                    stamp: stamp(3),
+                    config: Ok(Box::new(new.clone()))
+                }
+            ),
+            vec![Effect::Apply(Box::new(new.clone()))]
+        );
+        assert_eq!(a.on(t0, Event::Applied(Ok(()))), vec![]);
+        assert_eq!(a.on(t0, Event::FileStamp(stamp(3))), vec![], "loaded");
+        assert_eq!(a.on(t0, Event::Hangup), vec![Effect::ReadConfig]);
+        // The new file is what runs now: reading it again is no change.
+        assert_eq!(
+            a.on(
+                t0,
+                Event::ConfigRead {
+                    stamp: stamp(3),
+                    config: Ok(Box::new(new.clone()))
+                }
+            ),
+            vec![Effect::Apply(Box::new(new))]
+        );
+    }
+
+    fn refused(fx: &[Effect]) -> String {
+        match fx {
+            [Effect::Log(Note::ReloadRefused(why))] => why.clone(),
+            _ => panic!("not refused: {fx:?}"),
+        }
+    }
+
+    #[test]
+    fn a_reload_changing_what_takes_a_restart_is_refused_whole() {
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(VRRP), t0);
+        let read = |c: Result<Config, String>| Event::ConfigRead {
+            stamp: stamp(2),
+            config: c.map(Box::new),
+        };
+        let why = refused(&a.on(t0, read(Ok(cfg(&VRRP.replace("eth0", "eth1"))))));
+        assert_eq!(
+            why,
+            "/etc/vipd/vipd.yaml: interface changed; that takes a restart of vipd (systemctl restart vipd)"
+        );
+        let why = refused(&a.on(t0, read(Ok(cfg(&VRRP.replace("10.0.0.100", "10.0.0.101"))))));
+        assert!(
+            why.contains("services[].vip: the VIPs VRRP elects a holder for"),
+            "{why}"
+        );
+        let why = refused(&a.on(
+            t0,
+            read(Ok(cfg(&VRRP.replace("priority: 200", "priority: 100")))),
+        ));
+        assert!(why.contains(": vrrp changed"), "{why}");
+        let why = refused(&a.on(
+            t0,
+            read(Err("/etc/vipd/vipd.yaml: xdp_mdoe: unknown field".into())),
+        ));
+        assert!(why.contains("xdp_mdoe"), "{why}");
+    }
+
+    /// A reload is compared with what runs: the configuration the
+    /// controller applied, not one it refused.
+    #[test]
+    fn a_reload_is_compared_with_the_configuration_that_runs() {
+        const TWO: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: nat
+    backends:
+      - address: 10.0.0.11
+  - vip: 10.0.0.101
+    mode: dsr
+    backends:
+      - address: 10.0.0.12
+        mac: 02:00:00:00:00:12
+";
+        let dsr_only = cfg(&TWO.replace(
+            "  - vip: 10.0.0.100\n    mode: nat\n    backends:\n      - address: 10.0.0.11\n",
+            "",
+        ));
+        assert_eq!(dsr_only.services.len(), 1);
+        let t0 = Instant::now();
+        let read = |c: &Config| Event::ConfigRead {
+            stamp: stamp(2),
+            config: Ok(Box::new(c.clone())),
+        };
+        let (mut a, _) = running(settings(TWO), t0);
+        assert_eq!(
+            a.on(t0, read(&dsr_only)),
+            vec![Effect::Apply(Box::new(dsr_only.clone()))]
+        );
+        let why = refused(&a.on(
+            t0,
+            Event::Applied(Err(
+                "/etc/vipd/vipd.yaml: programming the new services: no route".into(),
+            )),
+        ));
+        assert!(why.ends_with("no route"), "{why}");
+        assert!(
+            matches!(a.on(t0, read(&cfg(TWO)))[..], [Effect::Apply(_)]),
+            "mode nat still runs: the refused file never did"
+        );
+        assert_eq!(a.on(t0, Event::Applied(Ok(()))), vec![]);
+        assert!(matches!(a.on(t0, read(&dsr_only))[..], [Effect::Apply(_)]));
+        assert_eq!(a.on(t0, Event::Applied(Ok(()))), vec![]);
+        let why = refused(&a.on(t0, read(&cfg(TWO))));
+        assert!(
+            why.contains("services[].mode: the first nat service changed"),
+            "what runs now has no nat service: {why}"
+        );
+    }
+
+    /// The periodic log says what changed, once: a split brain shows in
+    /// the router's counters the first time it happens.
+    #[test]
+    fn a_split_brain_is_logged_when_the_counters_change() {
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(VRRP), t0);
+        assert_eq!(a.on(t0, Event::StatsDue), vec![Effect::ReadStats]);
+        let lines = |vrrp: &str| StatsLines {
+            counters: Some(vec!["pass_not_ours=3".into()]),
+            vrrp: vec![(Family::V4, vrrp.into())],
+            backends: "10.0.0.11:6443=up".into(),
+        };
+        assert_eq!(
+            a.on(t0, Event::Stats(lines("state=master"))),
+            vec![
+                Effect::Log(Note::Traffic("pass_not_ours=3".into())),
+                Effect::Log(Note::Vrrp(Family::V4, "state=master".into())),
+                Effect::Log(Note::Health("10.0.0.11:6443=up".into())),
+            ]
+        );
+        assert_eq!(a.on(t0, Event::Stats(lines("state=master"))), vec![]);
+        assert_eq!(
+            a.on(t0, Event::Stats(lines("state=master split_brain=1"))),
+            vec![Effect::Log(Note::Vrrp(
+                Family::V4,
+                "state=master split_brain=1".into()
+            ))]
+        );
+        let mut unreadable = lines("state=master split_brain=1");
+        unreadable.counters = None;
+        assert_eq!(a.on(t0, Event::Stats(unreadable)), vec![]);
+    }
+
+    #[test]
+    fn state_sync_is_republished_when_the_maps_change() {
+        let t0 = Instant::now();
+        let mut s = settings(VRRP);
+        s.sync = Some(1);
+        let (mut a, _) = running(s, t0);
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![]);
+        let mut v = fine();
+        v.generation = 2;
+        assert_eq!(a.on(t0, Event::Settled(v.clone())), vec![Effect::Publish]);
+        assert_eq!(a.on(t0, Event::Settled(v)), vec![]);
+    }
+
+    #[test]
+    fn the_status_is_rebuilt_once_a_second() {
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(VRRP), t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let refreshes = |fx: Vec<Effect>| fx.iter().filter(|e| **e == Effect::Refresh).count();
+        assert_eq!(refreshes(a.on(at(500), Event::Settled(fine()))), 0);
+        assert_eq!(refreshes(a.on(at(1000), Event::Settled(fine()))), 1);
+        assert_eq!(refreshes(a.on(at(1500), Event::Settled(fine()))), 0);
+        assert_eq!(refreshes(a.on(at(2100), Event::Settled(fine()))), 1);
+    }
+
+    /// SIGTERM: VRRP hands the VIP over while the program still forwards,
+    /// and only then are the host changes undone, or kept for the pinned
+    /// program.
+    #[test]
+    fn sigterm_hands_over_before_the_host_is_restored() {
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(VRRP), t0);
+        assert_eq!(
+            a.on(t0, Event::Signal(Signal::Term)),
+            vec![
+                Effect::Log(Note::Stopping(Signal::Term)),
+                Effect::Quiesce,
+                Effect::StopHolder,
+                Effect::RestoreHost,
+                Effect::Exit,
+            ]
+        );
+        assert_eq!(
+            a.on(t0, Event::Signal(Signal::Int)),
+            vec![],
+            "stopping already"
+        );
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![]);
+
+        let mut s = settings(VRRP);
+        s.pinned = true;
+        let (mut a, _) = running(s, t0);
+        assert_eq!(
+            a.on(t0, Event::Signal(Signal::Int)),
+            vec![
+                Effect::Log(Note::Stopping(Signal::Int)),
+                Effect::Quiesce,
+                Effect::StopHolder,
+                Effect::KeepHost,
+                Effect::Exit,
+            ]
+        );
+    }
+}

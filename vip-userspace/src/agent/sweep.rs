@@ -1,0 +1,120 @@
+//! The flow-table sweeper: expired entries deleted and live ones counted
+//! every [`SWEEP_EVERY`], state sync's refresh handed the active flows, and
+//! the clients of dead backends poked; all in blocking threads, off the
+//! agent loop.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::warn;
+use vip_common::Globals;
+
+use crate::{
+    dataplane::flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns},
+    host,
+};
+
+/// How often the flow tables are swept (expired entries deleted, live ones
+/// counted for status and metrics).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// What the flow-table thread reports.
+pub enum FlowReport {
+    Swept(Sweep),
+    Poked(Pokes),
+}
+
+/// State sync's side of the sweep: the directory (which services are
+/// synced), where to send the active flows, and the interface whose
+/// addresses say which VIPs this node holds.
+pub struct SweepSync {
+    pub dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
+    pub tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
+    pub iface: String,
+}
+
+/// Sweeps the flow tables every [`SWEEP_EVERY`] (and hands state sync the
+/// flows active since the last sweep), and pokes the clients of dead
+/// backends whenever `poke` says a backend was just taken out; both in a
+/// blocking thread. Ends when the receiver goes.
+pub fn spawn_sweeper(
+    mut tables: FlowTables,
+    g: Globals,
+    tx: mpsc::Sender<FlowReport>,
+    mut poke: mpsc::Receiver<()>,
+    sync: Option<SweepSync>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prev: Option<u64> = None;
+        let mut n: u32 = 0;
+        loop {
+            let poking = tokio::select! {
+                _ = tick.tick() => false,
+                Some(()) = poke.recv() => true,
+            };
+            if poking {
+                let res = tokio::task::spawn_blocking(move || {
+                    let r = tables.poke_dead(&g, monotonic_ns());
+                    (tables, r)
+                })
+                .await;
+                let Ok((t, r)) = res else { return };
+                tables = t;
+                match r {
+                    Ok(p) => {
+                        if tx.send(FlowReport::Poked(p)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
+                }
+                continue;
+            }
+            let refresh = match &sync {
+                Some(s) => Refresh {
+                    services: s.dir.borrow().synced_service_ids(),
+                    vips: host::interface_addrs(&s.iface)
+                        .map(|a| {
+                            a.into_iter()
+                                .map(|ip| crate::config::addr_bytes(ip).1)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    since: if n.is_multiple_of(crate::sync::FULL_REFRESH_EVERY) {
+                        None
+                    } else {
+                        prev
+                    },
+                },
+                None => Refresh::default(),
+            };
+            n = n.wrapping_add(1);
+            let res = tokio::task::spawn_blocking(move || {
+                let now = monotonic_ns();
+                let r = tables.sweep_with(&g, now, &refresh);
+                (tables, r, now)
+            })
+            .await;
+            let Ok((t, r, now)) = res else { return };
+            tables = t;
+            prev = Some(now);
+            match r {
+                Ok(mut s) => {
+                    let active = std::mem::take(&mut s.active);
+                    if let Some(sy) = &sync
+                        && !active.is_empty()
+                        && sy.tx.try_send(active).is_err()
+                    {
+                        warn!("state sync is behind; this refresh is skipped");
+                    }
+                    if tx.send(FlowReport::Swept(s)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!(error = %format!("{e:#}"), "walking the flow tables failed"),
+            }
+        }
+    })
+}
