@@ -9,7 +9,7 @@ use super::{
     haproxy::{Pool, Server},
     keepalived::Keepalived,
 };
-use crate::config::ProbeSettings;
+use crate::config::{Mode, ProbeSettings, format_mac};
 
 /// The probe as written, and the comments that explain it.
 pub(super) struct ProbeOut {
@@ -219,7 +219,162 @@ pub(super) struct BackendOut {
     pub(super) local: bool,
 }
 
-pub(super) fn write_vrrp(
+/// What convert decided, ready to be written.
+pub(super) struct Plan {
+    /// The VIPs, each with its keepalived.conf line.
+    pub(super) vips: Vec<(IpAddr, Option<usize>)>,
+    /// How this node was recognised among the backends.
+    pub(super) local_from: String,
+    pub(super) interface: String,
+    /// Comments for the top of the file.
+    pub(super) top_remarks: Vec<String>,
+    pub(super) services: Vec<ServiceOut>,
+    /// haproxy.cfg's settings not carried over.
+    pub(super) ha_skipped: BTreeSet<Skip>,
+    /// Whether a backend is this node.
+    pub(super) any_local: bool,
+}
+
+/// The YAML of `plan`, comments included.
+pub(super) fn write_config(opts: &Options, ka: Option<&Keepalived>, plan: &Plan) -> String {
+    let mut out = Out::default();
+    write_header(&mut out, opts, plan);
+    out.line(0, format!("interface: {}", q(&plan.interface)));
+    if let Some(k) = ka {
+        out.skipped(0, opts.ka_file(), &k.skipped);
+        write_vrrp(
+            &mut out,
+            k,
+            opts.ka_file(),
+            &plan.vips,
+            opts,
+            plan.any_local,
+        );
+    } else {
+        out.comment(
+            0,
+            "No keepalived.conf: no VRRP election. vipd serves the VIP where the interface already has it; set `hold_vips: true` to have vipd add it, or add a `vrrp:` section to elect a holder.",
+        );
+    }
+    if opts.mode == Mode::Nat {
+        out.comment(
+            0,
+            "Mode nat: the apiservers see connections from this node's address (snat: node, the default), as they did from HAProxy.",
+        );
+    }
+    out.line(0, "services:");
+    if opts.haproxy.is_some() {
+        out.skipped(2, opts.ha_file(), &plan.ha_skipped);
+    }
+    for s in &plan.services {
+        write_service(&mut out, opts, s);
+    }
+    out.0
+}
+
+/// Where the file came from, what to read in it, and the remarks that
+/// concern it as a whole.
+fn write_header(out: &mut Out, opts: &Options, plan: &Plan) {
+    let local_from = &plan.local_from;
+    let from: Vec<String> = [&opts.keepalived, &opts.haproxy]
+        .into_iter()
+        .flatten()
+        .map(|s| s.name.clone())
+        .collect();
+    out.comment(
+        0,
+        format!(
+            "vipd configuration written by `vipd import` (vipd {}) from {}.",
+            env!("CARGO_PKG_VERSION"),
+            from.join(" and ")
+        ),
+    );
+    out.comment(
+        0,
+        format!(
+            "Mode {}; this node: {local_from}.",
+            match opts.mode {
+                Mode::Dsr => "dsr (stacked: vipd on every control-plane node)",
+                Mode::Nat => "nat (dedicated load-balancer nodes)",
+            }
+        ),
+    );
+    out.comment(
+        0,
+        "Each setting that was not carried over is a `not carried over: FILE:LINE` comment with the reason; read them, then check the file with `vipd check-config FILE`.",
+    );
+    if opts.mode == Mode::Dsr && !plan.any_local {
+        out.comment(
+            0,
+            format!(
+                "No server is this node ({local_from}). Mode dsr needs vipd on every apiserver node; on dedicated load-balancer nodes import with --mode nat."
+            ),
+        );
+    }
+    for r in &plan.top_remarks {
+        out.comment(0, r);
+    }
+}
+
+/// One entry of `services:`.
+fn write_service(out: &mut Out, opts: &Options, s: &ServiceOut) {
+    for r in &s.remarks {
+        out.comment(2, r);
+    }
+    let endpoint = match s.vip {
+        IpAddr::V4(_) => format!("{}:{}", s.vip, s.port),
+        IpAddr::V6(_) => format!("[{}]:{}", s.vip, s.port),
+    };
+    out.line(
+        2,
+        format!("- vip: {}    # controlPlaneEndpoint: {endpoint}", ip(s.vip)),
+    );
+    out.line(4, format!("port: {}", s.port));
+    out.line(
+        4,
+        match opts.mode {
+            Mode::Dsr => "mode: dsr",
+            Mode::Nat => "mode: nat",
+        },
+    );
+    out.line(4, "probe:");
+    for r in &s.probe.remarks {
+        out.comment(6, r);
+    }
+    let p = &s.probe.settings;
+    let d = ProbeSettings::default();
+    out.line(6, format!("path: {}", q(&p.path)));
+    if p.ca != d.ca {
+        out.line(6, format!("ca: {}", q(&p.ca.to_string_lossy())));
+    }
+    if p.server_name != d.server_name {
+        out.line(6, format!("server_name: {}", q(&p.server_name)));
+    }
+    out.line(6, format!("interval: {}", p.interval));
+    out.line(6, format!("timeout: {}", p.timeout));
+    if p.jitter != d.jitter {
+        out.line(6, format!("jitter: {}", p.jitter));
+    }
+    out.line(6, format!("fall: {}", p.fall));
+    out.line(6, format!("rise: {}", p.rise));
+    out.line(4, "backends:");
+    for b in &s.backends {
+        let mut fields = vec![format!("address: {}", ip(b.addr))];
+        if let Some(p) = b.port {
+            fields.push(format!("port: {p}"));
+        }
+        if let Some(m) = b.mac {
+            fields.push(format!("mac: \"{}\"", format_mac(&m)));
+        }
+        if b.local {
+            fields.push("local: true".into());
+        }
+        out.line(6, format!("- {{ {} }}", fields.join(", ")));
+    }
+}
+
+/// The `vrrp:` section from keepalived's first vrrp_instance.
+fn write_vrrp(
     out: &mut Out,
     k: &Keepalived,
     file: &str,
@@ -232,8 +387,48 @@ pub(super) fn write_vrrp(
         .vrid
         .expect("convert refuses a vrrp_instance without virtual_router_id");
     out.line(2, format!("vrid: {vrid}"));
-    // Priority: keepalived's (default 100), plus the bonus of a positive
-    // track_script weight (see below).
+    write_priority(out, k, vips, opts);
+    write_advert_interval(out, k, file);
+    match k.nopreempt {
+        Some(line) => {
+            out.comment(2, format!("nopreempt ({file}:{line})"));
+            out.line(2, "preempt: false");
+        }
+        None => out.line(2, "preempt: true"),
+    }
+    if let Some(ms) = k.preempt_delay_ms {
+        out.line(2, format!("preempt_delay: {}", fmt_ms(ms)));
+    }
+    write_peers(out, k, file, vips);
+    match k.version {
+        Some((3, _)) => {}
+        Some((v, line)) => out.comment(
+            2,
+            not_carried(file, line, format!("vrrp_version {v}"), why::VERSION2),
+        ),
+        None => out.comment(
+            2,
+            format!(
+                "keepalived spoke VRRPv2 (its default: no vrrp_version 3 in {file}); {}",
+                why::VERSION2
+            ),
+        ),
+    }
+    if k.garp_repeat.is_some() || k.garp_refresh_ms.is_some() {
+        out.line(2, "announce:");
+        if let Some(n) = k.garp_repeat {
+            out.line(4, format!("count: {n}"));
+        }
+        if let Some(ms) = k.garp_refresh_ms {
+            out.line(4, format!("refresh: {}", fmt_ms(ms)));
+        }
+    }
+    write_track(out, k, file, any_local);
+}
+
+/// Priority: keepalived's (default 100), plus the bonus of a positive
+/// track_script weight (see [`write_track`]).
+fn write_priority(out: &mut Out, k: &Keepalived, vips: &[(IpAddr, Option<usize>)], opts: &Options) {
     let base = k.priority.map_or(100, |p| p.0);
     let bonus: u16 = k
         .tracked
@@ -258,6 +453,10 @@ pub(super) fn write_vrrp(
         priority = 254;
     }
     out.line(2, format!("priority: {priority}"));
+}
+
+/// `advert_int`, in VRRPv3's centiseconds, or vipd's default when unset.
+fn write_advert_interval(out: &mut Out, k: &Keepalived, file: &str) {
     match k.advert_ms {
         Some((ms, line)) => {
             let cs = ms.div_ceil(10).clamp(2, 4095);
@@ -288,16 +487,10 @@ pub(super) fn write_vrrp(
             out.line(2, "advert_interval: 100ms");
         }
     }
-    match k.nopreempt {
-        Some(line) => {
-            out.comment(2, format!("nopreempt ({file}:{line})"));
-            out.line(2, "preempt: false");
-        }
-        None => out.line(2, "preempt: true"),
-    }
-    if let Some(ms) = k.preempt_delay_ms {
-        out.line(2, format!("preempt_delay: {}", fmt_ms(ms)));
-    }
+}
+
+/// `unicast_peer`s of an address family that has a VIP.
+fn write_peers(out: &mut Out, k: &Keepalived, file: &str, vips: &[(IpAddr, Option<usize>)]) {
     let families: BTreeSet<bool> = vips.iter().map(|(v, _)| v.is_ipv4()).collect();
     let peers: Vec<IpAddr> = k
         .peers
@@ -320,31 +513,11 @@ pub(super) fn write_vrrp(
             ),
         );
     }
-    match k.version {
-        Some((3, _)) => {}
-        Some((v, line)) => out.comment(
-            2,
-            not_carried(file, line, format!("vrrp_version {v}"), why::VERSION2),
-        ),
-        None => out.comment(
-            2,
-            format!(
-                "keepalived spoke VRRPv2 (its default: no vrrp_version 3 in {file}); {}",
-                why::VERSION2
-            ),
-        ),
-    }
-    if k.garp_repeat.is_some() || k.garp_refresh_ms.is_some() {
-        out.line(2, "announce:");
-        if let Some(n) = k.garp_repeat {
-            out.line(4, format!("count: {n}"));
-        }
-        if let Some(ms) = k.garp_refresh_ms {
-            out.line(4, format!("refresh: {}", fmt_ms(ms)));
-        }
-    }
-    // track_script: vipd probes the local apiserver itself; the script's
-    // weight says how much the priority drops.
+}
+
+/// track_script: vipd probes the local apiserver itself; the script's
+/// weight says how much the priority drops.
+fn write_track(out: &mut Out, k: &Keepalived, file: &str, any_local: bool) {
     let mut fall_by: u16 = 0;
     for t in &k.tracked {
         let what = format!(

@@ -316,21 +316,7 @@ pub(super) fn parse_keepalived(src: &Source) -> Result<Keepalived, ImportError> 
     let mut instances: Vec<&Stmt> = vec![];
     for s in &tree {
         match (s.kw(), s.block.is_some()) {
-            ("global_defs", true) => {
-                for g in s.block() {
-                    match g.kw() {
-                        "vrrp_version" => k.version = Some((ka_int(file, g, 1, 2, 3)?, g.line)),
-                        "vrrp_garp_master_repeat" => {
-                            k.garp_repeat = Some(ka_int(file, g, 1, 1, 10_000)?);
-                        }
-                        "vrrp_garp_master_refresh" => {
-                            k.garp_refresh_ms = Some(ka_seconds(file, g, 86_400.0)?);
-                        }
-                        "router_id" => k.skip(g, why::ROUTER_ID),
-                        _ => k.skip(g, why::GLOBAL),
-                    }
-                }
-            }
+            ("global_defs", true) => ka_global_defs(file, s, &mut k)?,
             ("vrrp_script", true) => {
                 scripts.insert(ka_word(file, s, 1)?, s);
             }
@@ -341,131 +327,195 @@ pub(super) fn parse_keepalived(src: &Source) -> Result<Keepalived, ImportError> 
             _ => k.skip(s, why::GENERIC),
         }
     }
-    let mut track_refs: Vec<(&str, Option<i32>, usize)> = vec![];
+    let mut track_refs: Vec<TrackRef> = vec![];
     for (n, inst) in instances.iter().enumerate() {
-        let primary = n == 0;
-        if primary {
-            k.instance = Some((ka_word(file, inst, 1)?.to_owned(), inst.line));
-        }
-        for s in inst.block() {
-            let kw = s.kw();
-            // Every instance's VIPs are served; of the other settings, only
-            // the first instance's are used (vipd has one election).
-            match kw {
-                "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
-                    if kw == "virtual_ipaddress_excluded" {
-                        k.skip(s, why::EXCLUDED);
-                    }
-                    ka_vips(file, s, &mut k)?;
-                    continue;
-                }
-                "interface" => {
-                    let name = ka_word(file, s, 1)?;
-                    match &k.interface {
-                        None => k.interface = Some((name.to_owned(), s.line)),
-                        Some((first, line)) if first != name => {
-                            return Err(unsupported(
-                                file,
-                                s.line,
-                                format!(
-                                    "this vrrp_instance runs on {name}, the first one on {first} (line {line}); vipd serves its VIPs on one interface: import each interface's instances into their own vipd configuration"
-                                ),
-                            ));
-                        }
-                        Some(_) => {}
-                    }
-                    continue;
-                }
-                _ if !primary => {
-                    k.skip(s, why::SECOND_INSTANCE);
-                    continue;
-                }
-                _ => {}
+        ka_instance(file, inst, n == 0, &mut k, &mut track_refs)?;
+    }
+    ka_track_scripts(file, track_refs, scripts, &mut k)?;
+    Ok(k)
+}
+
+/// A `track_script` entry: the script's name, the weight given there, and
+/// its line.
+type TrackRef<'a> = (&'a str, Option<i32>, usize);
+
+/// `global_defs`: the VRRP version and the gratuitous ARP settings.
+fn ka_global_defs(file: &str, s: &Stmt, k: &mut Keepalived) -> Result<(), ImportError> {
+    for g in s.block() {
+        match g.kw() {
+            "vrrp_version" => k.version = Some((ka_int(file, g, 1, 2, 3)?, g.line)),
+            "vrrp_garp_master_repeat" => {
+                k.garp_repeat = Some(ka_int(file, g, 1, 1, 10_000)?);
             }
-            match kw {
-                "state" => k.skip(s, why::STATE),
-                "virtual_router_id" => k.vrid = Some((ka_int(file, s, 1, 1, 255)?, s.line)),
-                "priority" => k.priority = Some((ka_int(file, s, 1, 1, 255)?, s.line)),
-                "advert_int" => {
-                    let ms = ka_seconds(file, s, 255.0)?;
-                    if ms == 0 {
-                        return Err(syntax(file, s.line, "`advert_int` must be more than 0"));
-                    }
-                    k.advert_ms = Some((ms, s.line));
-                }
-                "nopreempt" => k.nopreempt = Some(s.line),
-                "preempt" => {}
-                "preempt_delay" => k.preempt_delay_ms = Some(ka_seconds(file, s, 1000.0)?),
-                "unicast_src_ip" | "mcast_src_ip" => {
-                    k.src_ip = Some((ka_addr(file, s, ka_word(file, s, 1)?)?, s.line));
-                    k.skip(s, why::SRC_IP);
-                }
-                "unicast_peer" => {
-                    for p in s.block() {
-                        // A peer line is an address and its options; an
-                        // inline block may hold several addresses.
-                        let w = ka_word(file, p, 0)?;
-                        let a = w.parse().map_err(|_| {
-                            syntax(
-                                file,
-                                p.line,
-                                format!("`unicast_peer`: {w:?} is not an IP address"),
-                            )
-                        })?;
-                        k.peers.push((a, p.line));
-                        let mut options = false;
-                        for w in &p.words[1..] {
-                            match w.parse::<IpAddr>() {
-                                Ok(a) if !options => k.peers.push((a, p.line)),
-                                _ => options = true,
-                            }
-                        }
-                        if options {
-                            k.skip(p, why::PEER_OPTION);
-                        }
-                    }
-                }
-                "version" => k.version = Some((ka_int(file, s, 1, 2, 3)?, s.line)),
-                "authentication" => k.skip(s, why::AUTH),
-                "track_script" => {
-                    for t in s.block() {
-                        // `name` or `name weight W`; an inline block may list
-                        // several names.
-                        let mut words = t.words.iter().peekable();
-                        while let Some(name) = words.next() {
-                            let mut weight = None;
-                            if words.peek().is_some_and(|w| *w == "weight") {
-                                words.next();
-                                let w = words.next().ok_or_else(|| {
-                                    syntax(file, t.line, "`weight` needs a value")
-                                })?;
-                                weight = Some(ka_weight(file, t.line, w)?);
-                                if words.peek().is_some_and(|w| *w == "reverse") {
-                                    words.next();
-                                }
-                            }
-                            track_refs.push((name.as_str(), weight, t.line));
-                        }
-                    }
-                }
-                "track_interface" => k.skip(s, why::TRACK_INTERFACE),
-                "track_process" | "track_file" | "track_bfd" | "track_src_ip" => {
-                    k.skip(s, why::TRACK_OTHER);
-                }
-                kw if kw.starts_with("notify") || kw == "smtp_alert" => k.skip(s, why::NOTIFY),
-                "garp_master_repeat" => k.garp_repeat = Some(ka_int(file, s, 1, 1, 10_000)?),
-                "garp_master_refresh" => {
-                    k.garp_refresh_ms = Some(ka_seconds(file, s, 86_400.0)?);
-                }
-                kw if kw.starts_with("garp_") || kw.starts_with("gna_") => {
-                    k.skip(s, why::GARP_OTHER);
-                }
-                "use_vmac" | "vmac_xmit_base" => k.skip(s, why::VMAC),
-                _ => k.skip(s, why::GENERIC),
+            "vrrp_garp_master_refresh" => {
+                k.garp_refresh_ms = Some(ka_seconds(file, g, 86_400.0)?);
             }
+            "router_id" => k.skip(g, why::ROUTER_ID),
+            _ => k.skip(g, why::GLOBAL),
         }
     }
-    // The scripts the first instance tracks; the rest are noted whole.
+    Ok(())
+}
+
+/// One `vrrp_instance`. Every instance's VIPs are served; of the other
+/// settings, only the first (`primary`) instance's are used (vipd has one
+/// election).
+fn ka_instance<'a>(
+    file: &str,
+    inst: &'a Stmt,
+    primary: bool,
+    k: &mut Keepalived,
+    track_refs: &mut Vec<TrackRef<'a>>,
+) -> Result<(), ImportError> {
+    if primary {
+        k.instance = Some((ka_word(file, inst, 1)?.to_owned(), inst.line));
+    }
+    for s in inst.block() {
+        let kw = s.kw();
+        match kw {
+            "virtual_ipaddress" | "virtual_ipaddress_excluded" => {
+                if kw == "virtual_ipaddress_excluded" {
+                    k.skip(s, why::EXCLUDED);
+                }
+                ka_vips(file, s, k)?;
+            }
+            "interface" => ka_interface(file, s, k)?,
+            _ if !primary => k.skip(s, why::SECOND_INSTANCE),
+            _ => ka_setting(file, s, k, track_refs)?,
+        }
+    }
+    Ok(())
+}
+
+/// An instance's `interface`: all of them must be the same.
+fn ka_interface(file: &str, s: &Stmt, k: &mut Keepalived) -> Result<(), ImportError> {
+    let name = ka_word(file, s, 1)?;
+    match &k.interface {
+        None => k.interface = Some((name.to_owned(), s.line)),
+        Some((first, line)) if first != name => {
+            return Err(unsupported(
+                file,
+                s.line,
+                format!(
+                    "this vrrp_instance runs on {name}, the first one on {first} (line {line}); vipd serves its VIPs on one interface: import each interface's instances into their own vipd configuration"
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// One setting of the first instance.
+fn ka_setting<'a>(
+    file: &str,
+    s: &'a Stmt,
+    k: &mut Keepalived,
+    track_refs: &mut Vec<TrackRef<'a>>,
+) -> Result<(), ImportError> {
+    match s.kw() {
+        "state" => k.skip(s, why::STATE),
+        "virtual_router_id" => k.vrid = Some((ka_int(file, s, 1, 1, 255)?, s.line)),
+        "priority" => k.priority = Some((ka_int(file, s, 1, 1, 255)?, s.line)),
+        "advert_int" => {
+            let ms = ka_seconds(file, s, 255.0)?;
+            if ms == 0 {
+                return Err(syntax(file, s.line, "`advert_int` must be more than 0"));
+            }
+            k.advert_ms = Some((ms, s.line));
+        }
+        "nopreempt" => k.nopreempt = Some(s.line),
+        "preempt" => {}
+        "preempt_delay" => k.preempt_delay_ms = Some(ka_seconds(file, s, 1000.0)?),
+        "unicast_src_ip" | "mcast_src_ip" => {
+            k.src_ip = Some((ka_addr(file, s, ka_word(file, s, 1)?)?, s.line));
+            k.skip(s, why::SRC_IP);
+        }
+        "unicast_peer" => ka_unicast_peers(file, s, k)?,
+        "version" => k.version = Some((ka_int(file, s, 1, 2, 3)?, s.line)),
+        "authentication" => k.skip(s, why::AUTH),
+        "track_script" => ka_track_refs(file, s, track_refs)?,
+        "track_interface" => k.skip(s, why::TRACK_INTERFACE),
+        "track_process" | "track_file" | "track_bfd" | "track_src_ip" => {
+            k.skip(s, why::TRACK_OTHER);
+        }
+        kw if kw.starts_with("notify") || kw == "smtp_alert" => k.skip(s, why::NOTIFY),
+        "garp_master_repeat" => k.garp_repeat = Some(ka_int(file, s, 1, 1, 10_000)?),
+        "garp_master_refresh" => {
+            k.garp_refresh_ms = Some(ka_seconds(file, s, 86_400.0)?);
+        }
+        kw if kw.starts_with("garp_") || kw.starts_with("gna_") => {
+            k.skip(s, why::GARP_OTHER);
+        }
+        "use_vmac" | "vmac_xmit_base" => k.skip(s, why::VMAC),
+        _ => k.skip(s, why::GENERIC),
+    }
+    Ok(())
+}
+
+/// `unicast_peer { ADDR [options] ... }`.
+fn ka_unicast_peers(file: &str, s: &Stmt, k: &mut Keepalived) -> Result<(), ImportError> {
+    for p in s.block() {
+        // A peer line is an address and its options; an
+        // inline block may hold several addresses.
+        let w = ka_word(file, p, 0)?;
+        let a = w.parse().map_err(|_| {
+            syntax(
+                file,
+                p.line,
+                format!("`unicast_peer`: {w:?} is not an IP address"),
+            )
+        })?;
+        k.peers.push((a, p.line));
+        let mut options = false;
+        for w in &p.words[1..] {
+            match w.parse::<IpAddr>() {
+                Ok(a) if !options => k.peers.push((a, p.line)),
+                _ => options = true,
+            }
+        }
+        if options {
+            k.skip(p, why::PEER_OPTION);
+        }
+    }
+    Ok(())
+}
+
+/// `track_script { NAME [weight W [reverse]] ... }`: the scripts tracked.
+fn ka_track_refs<'a>(
+    file: &str,
+    s: &'a Stmt,
+    track_refs: &mut Vec<TrackRef<'a>>,
+) -> Result<(), ImportError> {
+    for t in s.block() {
+        // `name` or `name weight W`; an inline block may list
+        // several names.
+        let mut words = t.words.iter().peekable();
+        while let Some(name) = words.next() {
+            let mut weight = None;
+            if words.peek().is_some_and(|w| *w == "weight") {
+                words.next();
+                let w = words
+                    .next()
+                    .ok_or_else(|| syntax(file, t.line, "`weight` needs a value"))?;
+                weight = Some(ka_weight(file, t.line, w)?);
+                if words.peek().is_some_and(|w| *w == "reverse") {
+                    words.next();
+                }
+            }
+            track_refs.push((name.as_str(), weight, t.line));
+        }
+    }
+    Ok(())
+}
+
+/// The scripts the first instance tracks; the rest are noted whole.
+fn ka_track_scripts(
+    file: &str,
+    track_refs: Vec<TrackRef>,
+    scripts: BTreeMap<&str, &Stmt>,
+    k: &mut Keepalived,
+) -> Result<(), ImportError> {
     let mut used: BTreeSet<&str> = BTreeSet::new();
     for (name, weight, line) in track_refs {
         let Some(script) = scripts.get(name) else {
@@ -500,7 +550,7 @@ pub(super) fn parse_keepalived(src: &Source) -> Result<Keepalived, ImportError> 
             k.skip(s, why::UNTRACKED_SCRIPT);
         }
     }
-    Ok(k)
+    Ok(())
 }
 
 fn ka_vips(file: &str, block: &Stmt, k: &mut Keepalived) -> Result<(), ImportError> {

@@ -28,13 +28,13 @@ use thiserror::Error;
 
 pub use self::node::{KernelNeighbours, host_addresses};
 use self::{
-    emit::{BackendOut, Out, ProbeOut, ServiceOut, ha_show, ip, probe_for, q, write_vrrp},
+    emit::{BackendOut, Plan, ProbeOut, ServiceOut, ha_show, probe_for, write_config},
     explain::{Skip, why},
     haproxy::{Bind, Entry, Haproxy, Pool, Server, parse_haproxy},
     keepalived::{Keepalived, parse_keepalived},
 };
 use crate::{
-    config::{Config, ConfigError, Mode, ProbeSettings, format_mac, parse_mac},
+    config::{Config, ConfigError, Mode, ProbeSettings, parse_mac},
     status::join,
 };
 
@@ -196,8 +196,100 @@ pub fn parse_backend_arg(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     Ok((sa.ip(), Some(sa.port())))
 }
 
+impl Options {
+    /// keepalived.conf's name in comments and errors; empty without one.
+    pub(super) fn ka_file(&self) -> &str {
+        self.keepalived.as_ref().map_or("", |s| s.name.as_str())
+    }
+
+    /// haproxy.cfg's name in comments and errors; empty without one.
+    pub(super) fn ha_file(&self) -> &str {
+        self.haproxy.as_ref().map_or("", |s| s.name.as_str())
+    }
+}
+
 /// Converts the inputs; see the module comment.
 pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, ImportError> {
+    let (mut ka, ha) = read_inputs(opts)?;
+    let vips = pick_vips(opts, ka.as_ref(), &ha)?;
+    let (locals, local_from) = this_node(opts, ka.as_ref());
+    let mut top_remarks: Vec<String> = vec![];
+    let interface = pick_interface(opts, ka.as_ref(), &ha, &vips, &locals, &mut top_remarks)?;
+    let Haproxy {
+        entries,
+        skipped: mut ha_skipped,
+    } = ha;
+    let (mut services, served) = plan_services(opts, &entries, &vips, &locals, &mut ha_skipped)?;
+    note_unused(
+        &entries,
+        &vips,
+        &served,
+        &mut ka,
+        &mut ha_skipped,
+        &mut top_remarks,
+    );
+    if services.is_empty() {
+        return Err(ImportError::Missing {
+            what: "service".into(),
+            place: if opts.haproxy.is_some() {
+                format!("{} (no mode tcp frontend or listen section serves the VIPs {} with servers of their address family)", opts.ha_file(), join(&vips.iter().map(|v| v.0).collect::<Vec<_>>()))
+            } else {
+                "--backend (no backend of the VIPs' address family)".into()
+            },
+            fix: "the apiservers must be servers of a mode tcp frontend's default_backend that binds the VIP or all addresses".into(),
+        });
+    }
+    if opts.mode == Mode::Dsr {
+        resolve_macs(opts, neigh, &interface, &mut services)?;
+    }
+    let any_local = services.iter().any(|s| s.backends.iter().any(|b| b.local));
+    let yaml = write_config(
+        opts,
+        ka.as_ref(),
+        &Plan {
+            vips,
+            local_from,
+            interface,
+            top_remarks,
+            services,
+            ha_skipped,
+            any_local,
+        },
+    );
+    let config = Config::parse(Path::new("vipd-import.yaml"), &yaml)
+        .map_err(|source| ImportError::Refused { source })?;
+    let not_carried_over = yaml.matches("# not carried over: ").count();
+    Ok(Imported {
+        yaml,
+        config,
+        not_carried_over,
+    })
+}
+
+/// Checks the flags against each other, parses the files, and lets the
+/// `--backend` flags stand in for haproxy.cfg.
+fn read_inputs(opts: &Options) -> Result<(Option<Keepalived>, Haproxy), ImportError> {
+    check_flags(opts)?;
+    let ka = opts.keepalived.as_ref().map(parse_keepalived).transpose()?;
+    let ha = match &opts.haproxy {
+        Some(src) => parse_haproxy(src)?,
+        None if opts.backends.is_empty() => {
+            return Err(ImportError::Missing {
+                what: "backends".into(),
+                place: format!("{} (keepalived moves the VIP; HAProxy knew the apiservers)", opts.ka_file()),
+                fix: "add --haproxy FILE, or name each apiserver with --backend ADDR[:PORT] (port 6443 by default)".into(),
+            });
+        }
+        None => backends_as_haproxy(&opts.backends),
+    };
+    if let Some(k) = &ka {
+        check_instance(k, opts.ka_file())?;
+    }
+    Ok((ka, ha))
+}
+
+/// Each input comes from one place: a file or its flags, not both.
+fn check_flags(opts: &Options) -> Result<(), ImportError> {
     if opts.keepalived.is_none() && opts.haproxy.is_none() {
         return Err(ImportError::Usage {
             flag: "--keepalived/--haproxy",
@@ -218,61 +310,62 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
             message: "the VIPs come from keepalived.conf's virtual_ipaddress; give --keepalived or --vip, not both".into(),
         });
     }
-    let ka_file = opts.keepalived.as_ref().map_or("", |s| s.name.as_str());
-    let ha_file = opts.haproxy.as_ref().map_or("", |s| s.name.as_str());
-    let mut ka = opts.keepalived.as_ref().map(parse_keepalived).transpose()?;
-    let ha = match &opts.haproxy {
-        Some(src) => parse_haproxy(src)?,
-        None if opts.backends.is_empty() => {
-            return Err(ImportError::Missing {
-                what: "backends".into(),
-                place: format!("{ka_file} (keepalived moves the VIP; HAProxy knew the apiservers)"),
-                fix: "add --haproxy FILE, or name each apiserver with --backend ADDR[:PORT] (port 6443 by default)".into(),
-            });
-        }
-        None => Haproxy {
-            entries: vec![Entry {
-                binds: vec![Bind {
-                    addr: None,
-                    port: None,
-                    line: 0,
-                }],
-                pool: Pool {
-                    servers: opts
-                        .backends
-                        .iter()
-                        .map(|(addr, port)| Server {
-                            checked: true,
-                            tls_check: true,
-                            ..Server::new(addr.to_string(), 0, *addr, *port)
-                        })
-                        .collect(),
-                    ..Pool::default()
-                },
-            }],
-            skipped: BTreeSet::new(),
-        },
-    };
-    if let Some(k) = &ka {
-        if k.instance.is_none() {
-            return Err(ImportError::Missing {
-                what: "vrrp_instance".into(),
-                place: ka_file.into(),
-                fix: "import needs the vrrp_instance that holds the API VIP".into(),
-            });
-        }
-        if k.vrid.is_none() {
-            let line = k.instance.as_ref().map_or(0, |i| i.1);
-            return Err(ImportError::Missing {
-                what: "virtual_router_id".into(),
-                place: format!("{ka_file}:{line} (vrrp_instance)"),
-                fix: "add `virtual_router_id N` (1..255, the same on every node)".into(),
-            });
-        }
-    }
+    Ok(())
+}
 
-    // The VIPs: keepalived's, else --vip, else the addresses HAProxy bound.
-    let mut vips: Vec<(IpAddr, Option<usize>)> = match &ka {
+/// `--backend` as one entry on all addresses, every server checked over TLS.
+fn backends_as_haproxy(backends: &[(IpAddr, Option<u16>)]) -> Haproxy {
+    Haproxy {
+        entries: vec![Entry {
+            binds: vec![Bind {
+                addr: None,
+                port: None,
+                line: 0,
+            }],
+            pool: Pool {
+                servers: backends
+                    .iter()
+                    .map(|(addr, port)| Server {
+                        checked: true,
+                        tls_check: true,
+                        ..Server::new(addr.to_string(), 0, *addr, *port)
+                    })
+                    .collect(),
+                ..Pool::default()
+            },
+        }],
+        skipped: BTreeSet::new(),
+    }
+}
+
+/// keepalived.conf must have the instance that holds the VIP, with its VRID.
+fn check_instance(k: &Keepalived, ka_file: &str) -> Result<(), ImportError> {
+    if k.instance.is_none() {
+        return Err(ImportError::Missing {
+            what: "vrrp_instance".into(),
+            place: ka_file.into(),
+            fix: "import needs the vrrp_instance that holds the API VIP".into(),
+        });
+    }
+    if k.vrid.is_none() {
+        let line = k.instance.as_ref().map_or(0, |i| i.1);
+        return Err(ImportError::Missing {
+            what: "virtual_router_id".into(),
+            place: format!("{ka_file}:{line} (vrrp_instance)"),
+            fix: "add `virtual_router_id N` (1..255, the same on every node)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The VIPs, IPv4 first: keepalived's, else --vip, else the addresses
+/// HAProxy bound. Each with its keepalived.conf line.
+fn pick_vips(
+    opts: &Options,
+    ka: Option<&Keepalived>,
+    ha: &Haproxy,
+) -> Result<Vec<(IpAddr, Option<usize>)>, ImportError> {
+    let mut vips: Vec<(IpAddr, Option<usize>)> = match ka {
         Some(k) => k.vips.iter().map(|(a, l)| (*a, Some(*l))).collect(),
         None if !opts.vips.is_empty() => opts.vips.iter().map(|a| (*a, None)).collect(),
         None => {
@@ -291,9 +384,12 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
         return Err(ImportError::Missing {
             what: "VIP".into(),
             place: if ka.is_some() {
-                format!("{ka_file} (no virtual_ipaddress in its vrrp_instance)")
+                format!(
+                    "{} (no virtual_ipaddress in its vrrp_instance)",
+                    opts.ka_file()
+                )
             } else {
-                format!("{ha_file} (every bind is on all addresses)")
+                format!("{} (every bind is on all addresses)", opts.ha_file())
             },
             fix: if ka.is_some() {
                 "add the VIP to the vrrp_instance's virtual_ipaddress block".into()
@@ -303,9 +399,12 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
         });
     }
     vips.sort_by_key(|(a, _)| (a.is_ipv6(), *a));
+    Ok(vips)
+}
 
-    // Which backend is this node.
-    let (locals, local_from): (Vec<IpAddr>, String) = match (opts.node_address, &ka) {
+/// Which backend is this node: its addresses, and where that came from.
+fn this_node(opts: &Options, ka: Option<&Keepalived>) -> (Vec<IpAddr>, String) {
+    match (opts.node_address, ka) {
         (Some(a), _) => (vec![a], format!("{a} (--node-address)")),
         (
             None,
@@ -313,72 +412,86 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
                 src_ip: Some((a, line)),
                 ..
             }),
-        ) => (vec![*a], format!("{a} (unicast_src_ip, {ka_file}:{line})")),
+        ) => (
+            vec![*a],
+            format!("{a} (unicast_src_ip, {}:{line})", opts.ka_file()),
+        ),
         _ => (
             opts.host.iter().map(|h| h.addr).collect(),
             "an address of this host".into(),
         ),
-    };
+    }
+}
 
-    // The interface: --interface, keepalived's, or the one of this host
-    // that carries a VIP or a backend's address.
-    let mut top_remarks: Vec<String> = vec![];
-    let interface = match (
-        &opts.interface,
-        ka.as_ref().and_then(|k| k.interface.clone()),
-    ) {
-        (Some(i), Some((k, line))) => {
-            if *i != k {
-                top_remarks.push(format!(
-                    "interface {i} from --interface; keepalived used {k} ({ka_file}:{line})"
-                ));
-            }
-            i.clone()
-        }
-        (Some(i), None) => i.clone(),
-        (None, Some((k, _))) => k,
-        (None, None) => {
-            let servers: Vec<IpAddr> = ha
-                .entries
-                .iter()
-                .flat_map(|e| e.pool.servers.iter().map(|s| s.addr))
-                .collect();
-            let found = opts.host.iter().find(|h| {
-                vips.iter().any(|(v, _)| *v == h.addr)
-                    || (locals.contains(&h.addr) && servers.contains(&h.addr))
-            });
-            match found {
-                Some(h) => {
-                    top_remarks.push(format!(
-                        "interface {}: the one that carries {} on this host",
-                        h.interface, h.addr
+/// The interface: --interface, keepalived's, or the one of this host that
+/// carries a VIP or a backend's address. A choice worth a word goes into
+/// `remarks`.
+fn pick_interface(
+    opts: &Options,
+    ka: Option<&Keepalived>,
+    ha: &Haproxy,
+    vips: &[(IpAddr, Option<usize>)],
+    locals: &[IpAddr],
+    remarks: &mut Vec<String>,
+) -> Result<String, ImportError> {
+    let ka_file = opts.ka_file();
+    Ok(
+        match (&opts.interface, ka.and_then(|k| k.interface.clone())) {
+            (Some(i), Some((k, line))) => {
+                if *i != k {
+                    remarks.push(format!(
+                        "interface {i} from --interface; keepalived used {k} ({ka_file}:{line})"
                     ));
-                    h.interface.clone()
                 }
-                None => {
-                    return Err(ImportError::Missing {
-                        what: "interface".into(),
-                        place: format!(
-                            "{ha_file} (only keepalived.conf names it, and no address of this host is a VIP or a server)"
-                        ),
-                        fix: "pass --interface IF, the interface that carries the VIP".into(),
-                    });
+                i.clone()
+            }
+            (Some(i), None) => i.clone(),
+            (None, Some((k, _))) => k,
+            (None, None) => {
+                let servers: Vec<IpAddr> = ha
+                    .entries
+                    .iter()
+                    .flat_map(|e| e.pool.servers.iter().map(|s| s.addr))
+                    .collect();
+                let found = opts.host.iter().find(|h| {
+                    vips.iter().any(|(v, _)| *v == h.addr)
+                        || (locals.contains(&h.addr) && servers.contains(&h.addr))
+                });
+                match found {
+                    Some(h) => {
+                        remarks.push(format!(
+                            "interface {}: the one that carries {} on this host",
+                            h.interface, h.addr
+                        ));
+                        h.interface.clone()
+                    }
+                    None => {
+                        return Err(ImportError::Missing {
+                            what: "interface".into(),
+                            place: format!(
+                                "{} (only keepalived.conf names it, and no address of this host is a VIP or a server)",
+                                opts.ha_file()
+                            ),
+                            fix: "pass --interface IF, the interface that carries the VIP".into(),
+                        });
+                    }
                 }
             }
-        }
-    };
+        },
+    )
+}
 
-    // Services: every VIP with every entry point that serves it. Each
-    // entry's probe is worked out once, and its comments written once.
-    let Haproxy {
-        entries,
-        skipped: mut ha_skipped,
-    } = ha;
-    let mut probes: Vec<ProbeOut> = entries
+/// Each entry's probe, worked out once, and its comments written once.
+fn entry_probes(
+    opts: &Options,
+    entries: &[Entry],
+    ha_skipped: &mut BTreeSet<Skip>,
+) -> Vec<ProbeOut> {
+    entries
         .iter()
         .map(|e| {
             if opts.haproxy.is_some() {
-                probe_for(ha_file, &e.pool, &mut ha_skipped)
+                probe_for(opts.ha_file(), &e.pool, ha_skipped)
             } else {
                 // --backend (its one entry): nothing to carry over, vipd's
                 // own probe as it is.
@@ -390,10 +503,59 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
                 }
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The port a server listens on: its own, else the one the client used.
+fn port_of(s: &Server, b: &Bind) -> u16 {
+    s.port.or(b.port).unwrap_or(6443)
+}
+
+/// The service port of a bind served by `servers`, `first` among them.
+/// Mode dsr does not rewrite ports: every server must listen on it.
+fn service_port(
+    opts: &Options,
+    b: &Bind,
+    first: &Server,
+    servers: &[&Server],
+) -> Result<u16, ImportError> {
+    Ok(match opts.mode {
+        Mode::Dsr => {
+            let p = port_of(first, b);
+            if let Some(other) = servers.iter().find(|s| port_of(s, b) != p) {
+                let message = format!(
+                    "server {} listens on port {}, server {} on {p}; mode dsr does not rewrite ports, so every apiserver must listen on the service port: use --mode nat",
+                    other.name,
+                    port_of(other, b),
+                    first.name
+                );
+                return Err(match opts.haproxy {
+                    Some(_) => unsupported(opts.ha_file(), other.line, message),
+                    None => ImportError::Usage {
+                        flag: "--backend",
+                        message,
+                    },
+                });
+            }
+            p
+        }
+        Mode::Nat => b.port.unwrap_or_else(|| port_of(first, b)),
+    })
+}
+
+/// Services: every VIP with every entry point that serves it, and the set of
+/// VIPs that got one.
+fn plan_services(
+    opts: &Options,
+    entries: &[Entry],
+    vips: &[(IpAddr, Option<usize>)],
+    locals: &[IpAddr],
+    ha_skipped: &mut BTreeSet<Skip>,
+) -> Result<(Vec<ServiceOut>, BTreeSet<IpAddr>), ImportError> {
+    let mut probes = entry_probes(opts, entries, ha_skipped);
     let mut services: Vec<ServiceOut> = vec![];
     let mut served: BTreeSet<IpAddr> = BTreeSet::new();
-    for (vip, _) in &vips {
+    for (vip, _) in vips {
         for (e, entry_probe) in entries.iter().zip(&mut probes) {
             for b in &e.binds {
                 if b.addr.is_some_and(|a| a != *vip) {
@@ -408,30 +570,7 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
                 let Some(first) = servers.first() else {
                     continue;
                 };
-                // A server without a port gets the port the client used.
-                let port_of = |s: &Server| s.port.or(b.port).unwrap_or(6443);
-                let port = match opts.mode {
-                    Mode::Dsr => {
-                        let p = port_of(first);
-                        if let Some(other) = servers.iter().find(|s| port_of(s) != p) {
-                            let message = format!(
-                                "server {} listens on port {}, server {} on {p}; mode dsr does not rewrite ports, so every apiserver must listen on the service port: use --mode nat",
-                                other.name,
-                                port_of(other),
-                                first.name
-                            );
-                            return Err(match opts.haproxy {
-                                Some(_) => unsupported(ha_file, other.line, message),
-                                None => ImportError::Usage {
-                                    flag: "--backend",
-                                    message,
-                                },
-                            });
-                        }
-                        p
-                    }
-                    Mode::Nat => b.port.unwrap_or_else(|| port_of(first)),
-                };
+                let port = service_port(opts, b, first, &servers)?;
                 if services.iter().any(|s| s.vip == *vip && s.port == port) {
                     continue;
                 }
@@ -441,7 +580,8 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
                     && bp != port
                 {
                     remarks.push(format!(
-                        "HAProxy listened on port {bp} ({ha_file}:{}). Mode dsr does not rewrite ports, so the service is the apiservers' own port {port} and vipd needs no frontend port: point clients that use :{bp} (controlPlaneEndpoint, kubeconfigs, kubelet.conf, the cluster-info ConfigMap) at :{port}, or import with --mode nat to keep :{bp}",
+                        "HAProxy listened on port {bp} ({}:{}). Mode dsr does not rewrite ports, so the service is the apiservers' own port {port} and vipd needs no frontend port: point clients that use :{bp} (controlPlaneEndpoint, kubeconfigs, kubelet.conf, the cluster-info ConfigMap) at :{port}, or import with --mode nat to keep :{bp}",
+                        opts.ha_file(),
                         b.line
                     ));
                 }
@@ -453,7 +593,7 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
                 let backends = servers
                     .iter()
                     .map(|s| {
-                        let p = port_of(s);
+                        let p = port_of(s, b);
                         BackendOut {
                             addr: s.addr,
                             port: (p != port).then_some(p),
@@ -472,6 +612,19 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
             }
         }
     }
+    Ok((services, served))
+}
+
+/// Binds on other addresses than the VIPs, and VIPs no service serves,
+/// become comments: where they were written, else at the top.
+fn note_unused(
+    entries: &[Entry],
+    vips: &[(IpAddr, Option<usize>)],
+    served: &BTreeSet<IpAddr>,
+    ka: &mut Option<Keepalived>,
+    ha_skipped: &mut BTreeSet<Skip>,
+    top_remarks: &mut Vec<String>,
+) {
     for b in entries.iter().flat_map(|e| &e.binds) {
         if let Some(a) = b.addr
             && !vips.iter().any(|(v, _)| *v == a)
@@ -483,9 +636,9 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
             ));
         }
     }
-    for (vip, line) in &vips {
+    for (vip, line) in vips {
         if !served.contains(vip) {
-            match (line, &mut ka) {
+            match (line, ka.as_mut()) {
                 (Some(line), Some(k)) => {
                     k.skipped
                         .insert(Skip::new(*line, vip.to_string(), why::VIP_NO_BACKEND));
@@ -494,165 +647,35 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
             }
         }
     }
-    if services.is_empty() {
-        return Err(ImportError::Missing {
-            what: "service".into(),
-            place: if opts.haproxy.is_some() {
-                format!("{ha_file} (no mode tcp frontend or listen section serves the VIPs {} with servers of their address family)", join(&vips.iter().map(|v| v.0).collect::<Vec<_>>()))
-            } else {
-                "--backend (no backend of the VIPs' address family)".into()
-            },
-            fix: "the apiservers must be servers of a mode tcp frontend's default_backend that binds the VIP or all addresses".into(),
+}
+
+/// MACs: mode dsr sends to each other node by MAC. The command line's win
+/// over the neighbour table; every one must be known.
+fn resolve_macs(
+    opts: &Options,
+    neigh: &dyn Neighbours,
+    interface: &str,
+    services: &mut [ServiceOut],
+) -> Result<(), ImportError> {
+    let mut unknown = vec![];
+    for b in services.iter_mut().flat_map(|s| s.backends.iter_mut()) {
+        if b.local {
+            continue;
+        }
+        b.mac = opts
+            .macs
+            .get(&b.addr)
+            .copied()
+            .or_else(|| neigh.mac(interface, b.addr));
+        if b.mac.is_none() && !unknown.contains(&b.addr) {
+            unknown.push(b.addr);
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ImportError::MacUnknown {
+            interface: interface.to_owned(),
+            addrs: unknown,
         });
     }
-
-    // MACs: mode dsr sends to each other node by MAC.
-    if opts.mode == Mode::Dsr {
-        let mut unknown = vec![];
-        for b in services.iter_mut().flat_map(|s| s.backends.iter_mut()) {
-            if b.local {
-                continue;
-            }
-            b.mac = opts
-                .macs
-                .get(&b.addr)
-                .copied()
-                .or_else(|| neigh.mac(&interface, b.addr));
-            if b.mac.is_none() && !unknown.contains(&b.addr) {
-                unknown.push(b.addr);
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(ImportError::MacUnknown {
-                interface,
-                addrs: unknown,
-            });
-        }
-    }
-    let any_local = services.iter().any(|s| s.backends.iter().any(|b| b.local));
-
-    // And the YAML.
-    let mut out = Out::default();
-    let from: Vec<String> = [&opts.keepalived, &opts.haproxy]
-        .into_iter()
-        .flatten()
-        .map(|s| s.name.clone())
-        .collect();
-    out.comment(
-        0,
-        format!(
-            "vipd configuration written by `vipd import` (vipd {}) from {}.",
-            env!("CARGO_PKG_VERSION"),
-            from.join(" and ")
-        ),
-    );
-    out.comment(
-        0,
-        format!(
-            "Mode {}; this node: {local_from}.",
-            match opts.mode {
-                Mode::Dsr => "dsr (stacked: vipd on every control-plane node)",
-                Mode::Nat => "nat (dedicated load-balancer nodes)",
-            }
-        ),
-    );
-    out.comment(
-        0,
-        "Each setting that was not carried over is a `not carried over: FILE:LINE` comment with the reason; read them, then check the file with `vipd check-config FILE`.",
-    );
-    if opts.mode == Mode::Dsr && !any_local {
-        out.comment(
-            0,
-            format!(
-                "No server is this node ({local_from}). Mode dsr needs vipd on every apiserver node; on dedicated load-balancer nodes import with --mode nat."
-            ),
-        );
-    }
-    for r in &top_remarks {
-        out.comment(0, r);
-    }
-    out.line(0, format!("interface: {}", q(&interface)));
-    if let Some(k) = &ka {
-        out.skipped(0, ka_file, &k.skipped);
-        write_vrrp(&mut out, k, ka_file, &vips, opts, any_local);
-    } else {
-        out.comment(
-            0,
-            "No keepalived.conf: no VRRP election. vipd serves the VIP where the interface already has it; set `hold_vips: true` to have vipd add it, or add a `vrrp:` section to elect a holder.",
-        );
-    }
-    if opts.mode == Mode::Nat {
-        out.comment(
-            0,
-            "Mode nat: the apiservers see connections from this node's address (snat: node, the default), as they did from HAProxy.",
-        );
-    }
-    out.line(0, "services:");
-    if opts.haproxy.is_some() {
-        out.skipped(2, ha_file, &ha_skipped);
-    }
-    for s in &services {
-        for r in &s.remarks {
-            out.comment(2, r);
-        }
-        let endpoint = match s.vip {
-            IpAddr::V4(_) => format!("{}:{}", s.vip, s.port),
-            IpAddr::V6(_) => format!("[{}]:{}", s.vip, s.port),
-        };
-        out.line(
-            2,
-            format!("- vip: {}    # controlPlaneEndpoint: {endpoint}", ip(s.vip)),
-        );
-        out.line(4, format!("port: {}", s.port));
-        out.line(
-            4,
-            match opts.mode {
-                Mode::Dsr => "mode: dsr",
-                Mode::Nat => "mode: nat",
-            },
-        );
-        out.line(4, "probe:");
-        for r in &s.probe.remarks {
-            out.comment(6, r);
-        }
-        let p = &s.probe.settings;
-        let d = ProbeSettings::default();
-        out.line(6, format!("path: {}", q(&p.path)));
-        if p.ca != d.ca {
-            out.line(6, format!("ca: {}", q(&p.ca.to_string_lossy())));
-        }
-        if p.server_name != d.server_name {
-            out.line(6, format!("server_name: {}", q(&p.server_name)));
-        }
-        out.line(6, format!("interval: {}", p.interval));
-        out.line(6, format!("timeout: {}", p.timeout));
-        if p.jitter != d.jitter {
-            out.line(6, format!("jitter: {}", p.jitter));
-        }
-        out.line(6, format!("fall: {}", p.fall));
-        out.line(6, format!("rise: {}", p.rise));
-        out.line(4, "backends:");
-        for b in &s.backends {
-            let mut fields = vec![format!("address: {}", ip(b.addr))];
-            if let Some(p) = b.port {
-                fields.push(format!("port: {p}"));
-            }
-            if let Some(m) = b.mac {
-                fields.push(format!("mac: \"{}\"", format_mac(&m)));
-            }
-            if b.local {
-                fields.push("local: true".into());
-            }
-            out.line(6, format!("- {{ {} }}", fields.join(", ")));
-        }
-    }
-    let yaml = out.0;
-    let config = Config::parse(Path::new("vipd-import.yaml"), &yaml)
-        .map_err(|source| ImportError::Refused { source })?;
-    let not_carried_over = yaml.matches("# not carried over: ").count();
-    Ok(Imported {
-        yaml,
-        config,
-        not_carried_over,
-    })
+    Ok(())
 }
