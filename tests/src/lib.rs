@@ -7,6 +7,7 @@ pub mod capture;
 pub mod certs;
 pub mod e2e;
 pub mod failover;
+pub mod fuzz;
 pub mod keepalived;
 pub mod kubeadm_ha;
 pub mod netns;
@@ -17,7 +18,6 @@ pub mod scenario;
 pub mod standin;
 pub mod traffic;
 pub mod vrrpd;
-pub mod xdpfuzz;
 
 use std::path::PathBuf;
 
