@@ -31,7 +31,6 @@ pub mod load;
 pub mod report;
 pub mod server;
 
-use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,9 +43,7 @@ use vip_userspace::dataplane::kernel::AttachMode;
 use self::cpu::{CpuSource, cpu_delta, snap};
 use self::haproxy::{haproxy_available, haproxy_cfg};
 use self::load::{Sample, bulk, kept_alive, short_conns, tls_conns};
-use self::report::{
-    NOTES, Summary, render_details, render_goals, render_tables, report_name, summarize,
-};
+use self::report::{render_report, report_name};
 use self::server::PlainServer;
 use crate::attempt;
 use crate::certs::TestPki;
@@ -454,6 +451,33 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
         })
         .collect();
     // Kept alive until the end; dropped (namespaces removed) on every path.
+    let base = set_up_base(&mut cases);
+    let vipd_labs = set_up_vipd(o, &mut cases);
+    for c in cases.iter().filter(|c| c.target.is_none()) {
+        println!("{}: not measured: {}", c.kind.name(), c.failures.join("; "));
+    }
+    if cases.iter().all(|c| c.target.is_none()) {
+        bail!("no case could be set up");
+    }
+    run_rounds(&mut cases, o);
+    let drops = vipd_drops(&vipd_labs);
+    let report = render_report(o, mode, &cases, &drops);
+    // The file first: it is the record, whatever happens to stdout.
+    std::fs::create_dir_all(&o.out_dir)
+        .with_context(|| format!("create {}", o.out_dir.display()))?;
+    let path = o.out_dir.join(format!("{}.md", report_name(started)));
+    write_report(&path, &report)?;
+    println!();
+    print!("{report}");
+    println!();
+    println!("report written to {}", path.display());
+    drop(vipd_labs);
+    drop(base);
+    Ok(())
+}
+
+/// The `direct` and `haproxy` cases' lab, their targets set (or why not).
+fn set_up_base(cases: &mut [Case]) -> Option<BaseLab> {
     let mut base = None;
     match attempt(BaseLab::start) {
         Ok(mut b) => {
@@ -493,6 +517,13 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
             cases[1].failures.push(format!("setup: {e}"));
         }
     }
+    base
+}
+
+/// vipd's labs (nat, then dsr), their cases' targets set (or why not); each
+/// with its plain servers, to be dropped before the lab that holds their
+/// namespaces.
+fn set_up_vipd(o: &Options, cases: &mut [Case]) -> Vec<(Vec<PlainServer>, LbLab)> {
     let mut vipd_labs = vec![];
     for (i, fwd) in [(2, Fwd::Nat), (3, Fwd::Dsr)] {
         match attempt(|| start_vipd_lab(fwd, o.xdp_mode)).and_then(|r| r) {
@@ -513,13 +544,12 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
             Err(e) => cases[i].failures.push(format!("setup: {e}")),
         }
     }
-    for c in cases.iter().filter(|c| c.target.is_none()) {
-        println!("{}: not measured: {}", c.kind.name(), c.failures.join("; "));
-    }
-    if cases.iter().all(|c| c.target.is_none()) {
-        bail!("no case could be set up");
-    }
+    vipd_labs
+}
 
+/// Every round measures every case once per metric, the case order
+/// rotating; a line per round and metric.
+fn run_rounds(cases: &mut [Case], o: &Options) {
     let metrics: &[Metric] = &[Metric::Short, Metric::Tls, Metric::KeptAlive, Metric::Bulk];
     println!();
     println!(
@@ -550,11 +580,13 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
             );
         }
     }
+}
 
-    // What vipd's program dropped over the whole run, by reason: a case's
-    // failed or slow connections have their cause here (its /metrics,
-    // refreshed once a second).
-    let drops: Vec<String> = vipd_labs
+/// What vipd's program dropped over the whole run, by reason: a case's
+/// failed or slow connections have their cause here (its /metrics,
+/// refreshed once a second).
+fn vipd_drops(vipd_labs: &[(Vec<PlainServer>, LbLab)]) -> Vec<String> {
+    vipd_labs
         .iter()
         .map(|(_, l)| {
             let name = if l.fwd == Fwd::Nat {
@@ -583,71 +615,7 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
             };
             format!("- {name}: {listed}")
         })
-        .collect();
-    let rows: Vec<Summary> = cases.iter().map(summarize).collect();
-    let mut report = String::new();
-    let _ = writeln!(report, "# vipd end-to-end benchmark\n");
-    let _ = writeln!(
-        report,
-        "{} rounds, interleaved (case order rotates each round); {:.1} s per rate/latency sample; \
-         {} client connections in parallel (equal for every case); bulk body {} MiB; vipd XDP {mode}; \
-         {} CPUs; {}; kernel {}. Medians over the rounds.\n",
-        o.rounds,
-        o.duration.as_secs_f64(),
-        o.concurrency,
-        o.bulk_bytes >> 20,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        haproxy_available().unwrap_or_else(|e| e),
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim()
-    );
-    let _ = writeln!(
-        report,
-        "Backends: three, each with a plain HTTP/1.1 server (tokio, port {PLAIN_PORT}: conn/s, latency, bulk) \
-         and the TLS apiserver stand-in (rustls, port {TLS_PORT}: TLS conn/s). direct: the client walks the \
-         three backends in turn; the load balancers spread over the same three.\n"
-    );
-    report.push_str(&render_tables(&rows));
-    let _ = writeln!(report, "\nLB CPU split and failures:\n");
-    report.push_str(&render_details(&rows));
-    let _ = writeln!(
-        report,
-        "\nPackets vipd's XDP program dropped over the whole run, by reason:\n"
-    );
-    for d in &drops {
-        let _ = writeln!(report, "{d}");
-    }
-    let _ = writeln!(report, "\nGoals (issue 7):\n");
-    report.push_str(&render_goals(&rows));
-    let _ = writeln!(report, "\nWhat the columns mean:\n");
-    report.push_str(NOTES);
-    let failures: Vec<String> = cases
-        .iter()
-        .flat_map(|c| {
-            c.failures
-                .iter()
-                .map(move |f| format!("- {}: {f}", c.kind.name()))
-        })
-        .collect();
-    if !failures.is_empty() {
-        let _ = writeln!(report, "\nFailures:\n");
-        for f in &failures {
-            let _ = writeln!(report, "{f}");
-        }
-    }
-    // The file first: it is the record, whatever happens to stdout.
-    std::fs::create_dir_all(&o.out_dir)
-        .with_context(|| format!("create {}", o.out_dir.display()))?;
-    let path = o.out_dir.join(format!("{}.md", report_name(started)));
-    write_report(&path, &report)?;
-    println!();
-    print!("{report}");
-    println!();
-    println!("report written to {}", path.display());
-    drop(vipd_labs);
-    drop(base);
-    Ok(())
+        .collect()
 }
 
 fn write_report(path: &Path, text: &str) -> Result<()> {

@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use super::Case;
 use super::cpu::{CpuSource, CpuUse};
+use super::haproxy::haproxy_available;
 use super::load::Sample;
+use super::{Case, Options, PLAIN_PORT, TLS_PORT};
 use crate::stats::{median, percentile};
 
 /// One case's medians; `None` where nothing was measured.
@@ -411,6 +412,64 @@ pub fn report_name(t: SystemTime) -> String {
         rem % 3600 / 60,
         rem % 60
     )
+}
+
+/// The whole report: the run's settings, the tables, the drops, the goals,
+/// the notes and what failed.
+pub(super) fn render_report(o: &Options, mode: &str, cases: &[Case], drops: &[String]) -> String {
+    let rows: Vec<Summary> = cases.iter().map(summarize).collect();
+    let mut report = String::new();
+    let _ = writeln!(report, "# vipd end-to-end benchmark\n");
+    let _ = writeln!(
+        report,
+        "{} rounds, interleaved (case order rotates each round); {:.1} s per rate/latency sample; \
+         {} client connections in parallel (equal for every case); bulk body {} MiB; vipd XDP {mode}; \
+         {} CPUs; {}; kernel {}. Medians over the rounds.\n",
+        o.rounds,
+        o.duration.as_secs_f64(),
+        o.concurrency,
+        o.bulk_bytes >> 20,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        haproxy_available().unwrap_or_else(|e| e),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let _ = writeln!(
+        report,
+        "Backends: three, each with a plain HTTP/1.1 server (tokio, port {PLAIN_PORT}: conn/s, latency, bulk) \
+         and the TLS apiserver stand-in (rustls, port {TLS_PORT}: TLS conn/s). direct: the client walks the \
+         three backends in turn; the load balancers spread over the same three.\n"
+    );
+    report.push_str(&render_tables(&rows));
+    let _ = writeln!(report, "\nLB CPU split and failures:\n");
+    report.push_str(&render_details(&rows));
+    let _ = writeln!(
+        report,
+        "\nPackets vipd's XDP program dropped over the whole run, by reason:\n"
+    );
+    for d in drops {
+        let _ = writeln!(report, "{d}");
+    }
+    let _ = writeln!(report, "\nGoals (issue 7):\n");
+    report.push_str(&render_goals(&rows));
+    let _ = writeln!(report, "\nWhat the columns mean:\n");
+    report.push_str(NOTES);
+    let failures: Vec<String> = cases
+        .iter()
+        .flat_map(|c| {
+            c.failures
+                .iter()
+                .map(move |f| format!("- {}: {f}", c.kind.name()))
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(report, "\nFailures:\n");
+        for f in &failures {
+            let _ = writeln!(report, "{f}");
+        }
+    }
+    report
 }
 
 #[cfg(test)]
