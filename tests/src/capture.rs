@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::netns::{Lab, NODE_IF, Proc};
+use crate::stats::median;
 
 /// VRRP over IPv4 or IPv6 (IP protocol 112; no extension headers).
 pub const VRRP_FILTER: &str = "(ip proto 112 or ip6 proto 112)";
@@ -214,10 +215,8 @@ pub fn adverts_from(packets: &[Packet], src: IpAddr) -> Vec<(f64, VrrpPkt)> {
 /// The median time between consecutive `adverts`, seconds; panics with
 /// fewer than two.
 pub fn median_gap(adverts: &[(f64, VrrpPkt)]) -> f64 {
-    let mut gaps: Vec<f64> = adverts.windows(2).map(|w| w[1].0 - w[0].0).collect();
-    assert!(!gaps.is_empty(), "fewer than two adverts");
-    gaps.sort_by(f64::total_cmp);
-    gaps[gaps.len() / 2]
+    let gaps: Vec<f64> = adverts.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    median(&gaps).expect("fewer than two adverts")
 }
 
 /// Times of the packets that announce `vip` for `mac`

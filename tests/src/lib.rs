@@ -1,24 +1,24 @@
 //! Test support for vipd: network-namespace topologies, a packet builder with
 //! independent checksum verification, a kube-apiserver stand-in, a test PKI,
-//! keepalived and vipd as VRRP routers, the failover and end-to-end benchmarks.
-//! Used by the topology tests, the program tests, the lab and the benchmarks.
+//! keepalived and vipd as VRRP routers. Used by the topology tests, the program
+//! tests, the lab and the benchmarks. The benchmarks (`bench`, binary
+//! `vip-bench`) and the parser fuzz (`fuzz`) are their own module trees on top.
 
+pub mod bench;
 pub mod capture;
 pub mod certs;
-pub mod e2e;
-pub mod failover;
+pub mod fuzz;
 pub mod h2client;
 pub mod keepalived;
 pub mod kubeadm_ha;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
-pub mod reaction;
 pub mod scenario;
 pub mod standin;
+pub mod stats;
 pub mod traffic;
 pub mod vrrpd;
-pub mod xdpfuzz;
 
 use std::path::PathBuf;
 

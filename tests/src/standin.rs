@@ -454,7 +454,8 @@ async fn fill<S: AsyncRead + Unpin>(conn: &mut Conn<S>) -> Result<usize, ReadErr
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first occurs in `hay`.
+pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 

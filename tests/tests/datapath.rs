@@ -9,9 +9,9 @@
 use std::net::IpAddr;
 
 use vip_common::{MODE_DSR, MODE_NAT, PROTO_TCP, PROTO_UDP, Reason};
+use vip_tests::fuzz;
 use vip_tests::packet::{MAC_LB, Pkt, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, decode};
 use vip_tests::progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root};
-use vip_tests::xdpfuzz;
 use vip_userspace::config::addr_bytes;
 use vip_userspace::dataplane::Maps;
 use vip_userspace::dataplane::{
@@ -122,7 +122,7 @@ fn fixtures() -> Vec<Fixture> {
         fx(
             "ARP passes untouched",
             vec![three(v4)],
-            xdpfuzz::arp(),
+            fuzz::frames::arp(),
             XDP_PASS,
             Reason::PassNotIp,
             Expect::Unchanged,
@@ -130,7 +130,7 @@ fn fixtures() -> Vec<Fixture> {
         fx(
             "VRRP advert passes untouched",
             vec![three(v4)],
-            xdpfuzz::vrrp4(),
+            fuzz::frames::vrrp4(),
             XDP_PASS,
             Reason::PassNotL4,
             Expect::Unchanged,
@@ -715,7 +715,7 @@ fn every_state_map_is_pinned() {
 
 /// The desired state for the fuzz's reference services: one backend each,
 /// at addresses no other service uses (10.77.0.3x / fd77::3x).
-fn fuzz_services(refs: &[xdpfuzz::RefService]) -> Vec<DesiredService> {
+fn fuzz_services(refs: &[fuzz::reference::RefService]) -> Vec<DesiredService> {
     refs.iter()
         .enumerate()
         .map(|(i, s)| {
@@ -726,12 +726,12 @@ fn fuzz_services(refs: &[xdpfuzz::RefService]) -> Vec<DesiredService> {
             };
             let (family, addr) = addr_bytes(be);
             let (mac, local, alive) = match s.outcome {
-                xdpfuzz::Outcome::Dsr(mac) => (mac, false, true),
-                xdpfuzz::Outcome::Local => ([0; 6], true, true),
-                xdpfuzz::Outcome::Dead => ([0; 6], false, false),
+                fuzz::reference::Outcome::Dsr(mac) => (mac, false, true),
+                fuzz::reference::Outcome::Local => ([0; 6], true, true),
+                fuzz::reference::Outcome::Dead => ([0; 6], false, false),
             };
             let (mode, snat) = if s.nat {
-                (MODE_NAT, addr_bytes(IpAddr::V4(xdpfuzz::NODE4)).1)
+                (MODE_NAT, addr_bytes(IpAddr::V4(fuzz::reference::NODE4)).1)
             } else {
                 (MODE_DSR, [0; 16])
             };
@@ -773,7 +773,7 @@ fn hex(b: &[u8]) -> String {
 /// header boundary, bad IPv4 lengths and IHL, options, IPv6 extension
 /// headers, VLAN and QinQ, fragments, ARP, VRRP, other addresses and ports,
 /// TCP flag mixes, UDP) through the real program, each checked against the
-/// host-side reference of `vip_tests::xdpfuzz` (written from issue 3's
+/// host-side reference of `vip_tests::fuzz::reference` (written from issue 3's
 /// rules, not from the program): the verdict, the one reason counter that
 /// must tick (read per packet; all counters, packets and bytes, compared
 /// every 10 000 packets), and the output frame byte for byte, which for
@@ -784,17 +784,17 @@ fn hex(b: &[u8]) -> String {
 #[test]
 fn fuzz_differential_parser() {
     require_root();
-    let seed = env_u64("VIPD_FUZZ_SEED").unwrap_or(xdpfuzz::DEFAULT_SEED);
-    let count = env_u64("VIPD_FUZZ_COUNT").unwrap_or(xdpfuzz::DEFAULT_COUNT);
+    let seed = env_u64("VIPD_FUZZ_SEED").unwrap_or(fuzz::DEFAULT_SEED);
+    let count = env_u64("VIPD_FUZZ_COUNT").unwrap_or(fuzz::DEFAULT_COUNT);
     eprintln!(
         "xdp parser fuzz: seed {seed:#x}, {count} packets \
          (reproduce: VIPD_FUZZ_SEED={seed:#x} VIPD_FUZZ_COUNT={count})"
     );
-    let refs = xdpfuzz::services();
+    let refs = fuzz::reference::services();
     let mut dp = Dp::new(&fuzz_services(&refs));
     dp.set_local_mac(MAC_LB);
-    let fixtures = xdpfuzz::fixtures();
-    let mut rng = xdpfuzz::Rng::new(seed);
+    let fixtures = fuzz::frames::fixtures();
+    let mut rng = fuzz::Rng::new(seed);
     let base = dp.prog.maps().reason_counters().expect("read counters");
     // What the counters must say: the baseline plus the reference's
     // reasons, packets and bytes (the program counts the input length).
@@ -804,8 +804,8 @@ fn fuzz_differential_parser() {
     let mut mismatched = 0u64;
     let started = std::time::Instant::now();
     for i in 0..count {
-        let (frame, how) = xdpfuzz::generate(&mut rng, &fixtures);
-        let want = xdpfuzz::classify(&frame, &refs);
+        let (frame, how) = fuzz::mutate::generate(&mut rng, &fixtures);
+        let want = fuzz::reference::classify(&frame, &refs);
         let (action, out) = dp.run_raw(&frame);
         let r = want.reason as usize;
         model[r].packets += 1;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use vip_tests::netns::{self, Lab, Proc, in_netns, mac_to_string, poll_until};
+use vip_tests::packet;
 use vip_userspace::vrrp::announce::{Announcer, Claim, ClaimWatch};
 use vip_userspace::vrrp::net::{self, GROUP_V4, GROUP_V6, NetError, Transport, VrrpSocket};
 use vip_userspace::vrrp::{Family, Received};
@@ -83,16 +84,10 @@ fn link_local(lab: &Lab, node: &str) -> Ipv6Addr {
         .unwrap_or_else(|| panic!("{node}: no link-local address in:\n{out}"))
 }
 
-/// RFC 1071 sum, not yet complemented.
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
 /// A VRRPv3 advertisement (RFC 9568 section 5.2), assembled by hand with its
 /// checksum over the IPv4 or IPv6 pseudo-header (section 5.2.8) for `src`
-/// and `dst`, so it depends on nothing in vip-userspace.
+/// and `dst` from the test packet builder, so it depends on nothing in
+/// vip-userspace.
 fn advert(src: IpAddr, dst: IpAddr, vrid: u8, prio: u8, vips: &[IpAddr]) -> Vec<u8> {
     let count = u8::try_from(vips.len()).expect("at most 255 VIPs");
     // Version 3, type 1; VRID; priority; count; reserved + interval 100 cs;
@@ -104,29 +99,7 @@ fn advert(src: IpAddr, dst: IpAddr, vrid: u8, prio: u8, vips: &[IpAddr]) -> Vec<
             IpAddr::V6(a) => msg.extend_from_slice(&a.octets()),
         }
     }
-    let len = u32::try_from(msg.len()).expect("short message");
-    let mut pseudo = Vec::new();
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&[0, 112]);
-            let len = u16::try_from(len).expect("short message");
-            pseudo.extend_from_slice(&len.to_be_bytes());
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
-            pseudo.extend_from_slice(&len.to_be_bytes());
-            pseudo.extend_from_slice(&[0, 0, 0, 112]);
-        }
-        _ => panic!("advert: {src} and {dst} are of different families"),
-    }
-    let mut sum = sum16(&pseudo) + sum16(&msg);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let checksum = !u16::try_from(sum).expect("folded to 16 bits");
+    let checksum = packet::l4_checksum(src, dst, 112, &msg);
     msg[6..8].copy_from_slice(&checksum.to_be_bytes());
     msg
 }

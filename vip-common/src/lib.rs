@@ -67,10 +67,6 @@ pub const NAT_F_DONE: u8 = 1 << 2;
 /// a new flow's SYN never lands on a socket still in LAST-ACK.
 pub const CLOSED_HOLD_NS: u64 = 2_000_000_000;
 
-/// Program configuration slot indices in the `CONFIG` array.
-pub const CONFIG_LOG_PACKETS: u32 = 0;
-pub const CONFIG_SLOTS: u32 = 4;
-
 macro_rules! reasons {
     ($($(#[$m:meta])* $name:ident = $val:expr, $label:expr;)*) => {
         /// Why the program returned what it did. One enum for passes, forwards and

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod certcheck;
 pub mod config;
 pub mod controller;
+mod csum;
 pub mod dataplane;
 pub mod health;
 pub mod host;

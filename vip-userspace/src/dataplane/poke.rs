@@ -36,7 +36,7 @@ use std::{
 
 use vip_common::{ConnKey, FAMILY_V4, FAMILY_V6, PROTO_TCP};
 
-use crate::vrrp::packet::{internet_checksum, pseudo_header_checksum};
+use crate::csum::{internet_checksum, pseudo_header_checksum};
 
 /// The client side of a flow as the connection table keys it: the client
 /// (source) and the VIP and service port (destination).

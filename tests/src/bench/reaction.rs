@@ -17,11 +17,12 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, bail};
-
-use crate::failover::{Jitter, percentile};
-use crate::scenario::{Fwd, LbLab, LbOptions};
 use vip_userspace::config::ProbeSettings;
 use vip_userspace::dataplane::kernel::AttachMode;
+
+use crate::bench::Jitter;
+use crate::scenario::{Fwd, LbLab, LbOptions};
+use crate::stats::percentile;
 
 #[derive(Debug, Clone)]
 pub struct Options {
