@@ -6,6 +6,7 @@
 pub mod capture;
 pub mod certs;
 pub mod e2e;
+pub mod fabric;
 pub mod failover;
 pub mod keepalived;
 pub mod kubeadm_ha;
