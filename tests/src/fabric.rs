@@ -1,6 +1,7 @@
 //! An L3 fabric in network namespaces with real routing daemons (DESIGN.md,
 //! "Third shape"): an upstream router running FRR (zebra, bgpd, bfdd), three
-//! LB nodes each running BIRD 2 with the shipped `deploy/bird-vipd.conf`, each
+//! LB nodes each running BIRD 2 with the shipped `deploy/bird-vipd.conf` (or
+//! FRR with the shipped `deploy/frr-vipd.conf`), each
 //! LB on a point-to-point /30 of its own to the router (no shared L2 between
 //! LBs), a client behind the router and two backends in subnets of their own.
 //! Every LB peers with the router over eBGP with BFD; whatever vipd puts in
@@ -45,10 +46,18 @@ const FRR_DAEMONS: [&str; 3] = ["zebra", "bfdd", "bgpd"];
 static FABRIC_COUNTER: AtomicU32 = AtomicU32::new(0);
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The routing daemon an LB runs, with its shipped snippet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbDaemon {
+    Bird,
+    Frr,
+}
+
 /// One LB node: its namespace and its point-to-point link to the router.
 #[derive(Debug, Clone)]
 pub struct Lb {
     pub ns: String,
+    pub daemon: LbDaemon,
     /// 10.78.<i>.2/30 on the LB's eth0.
     pub addr: Ipv4Addr,
     /// 10.78.<i>.1/30, the router's end.
@@ -84,6 +93,9 @@ pub struct Fabric {
     pub lbs: Vec<Lb>,
     created: Vec<String>,
     frr: Vec<Proc>,
+    /// FRR daemons of the LBs that run FRR.
+    lb_frr: Vec<Proc>,
+    /// BIRD of each LB (`None` for an FRR LB, or while killed).
     birds: Mutex<Vec<Option<Proc>>>,
     bird_starts: AtomicU32,
     _serial: MutexGuard<'static, ()>,
@@ -94,6 +106,11 @@ impl Fabric {
     /// every LB. Does not wait for the sessions: `wait_for_paths` does.
     /// Panics with the fix if not root or a daemon is missing.
     pub fn new(hint: &str) -> Fabric {
+        Fabric::with_daemons(hint, [LbDaemon::Bird; LBS])
+    }
+
+    /// Like `new`, with the routing daemon of each LB chosen.
+    pub fn with_daemons(hint: &str, daemons: [LbDaemon; LBS]) -> Fabric {
         preflight();
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale();
@@ -112,6 +129,7 @@ impl Fabric {
             lbs: Vec::new(),
             created: Vec::new(),
             frr: Vec::new(),
+            lb_frr: Vec::new(),
             birds: Mutex::new(Vec::new()),
             bird_starts: AtomicU32::new(0),
             dir,
@@ -119,16 +137,27 @@ impl Fabric {
             _serial: serial,
         };
         // From here a panic drops `f`, which removes what was built.
-        f.build();
-        f.start_frr();
-        for i in 0..LBS {
-            let p = f.spawn_bird(i);
-            f.birds_lock().push(Some(p));
+        f.build(daemons);
+        let router = f.router.clone();
+        let conf = f.frr_conf();
+        f.frr = f.start_frr(&router, &f.dir.join("frr"), &conf, "");
+        for (i, daemon) in daemons.into_iter().enumerate() {
+            let bird = match daemon {
+                LbDaemon::Bird => Some(f.spawn_bird(i)),
+                LbDaemon::Frr => {
+                    let lb = &f.lbs[i];
+                    let (ns, run, conf) = (lb.ns.clone(), lb.dir.join("frr"), lb_frr_conf(lb));
+                    let procs = f.start_frr(&ns, &run, &conf, &format!("lb{i}-"));
+                    f.lb_frr.extend(procs);
+                    None
+                }
+            };
+            f.birds_lock().push(bird);
         }
         f
     }
 
-    fn build(&mut self) {
+    fn build(&mut self, daemons: [LbDaemon; LBS]) {
         let rt = self.router.clone();
         self.add_ns(&rt);
         sh(&rt, &["ip", "link", "set", "lo", "up"]);
@@ -145,7 +174,7 @@ impl Fabric {
                 "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
             ],
         );
-        for i in 0..LBS {
+        for (i, daemon) in daemons.into_iter().enumerate() {
             let ns = format!("{}-lb{i}", self.id);
             let octet = u8::try_from(i).expect("few LBs");
             let lb = Lb {
@@ -153,6 +182,7 @@ impl Fabric {
                 peer: Ipv4Addr::new(10, 78, octet, 1),
                 router_if: format!("lb{i}"),
                 asn: LB_AS,
+                daemon,
                 dir: self.dir.join(format!("lb{i}")),
                 ns,
             };
@@ -237,16 +267,16 @@ impl Fabric {
         self.created.push(ns.to_owned());
     }
 
-    /// zebra, bfdd and bgpd in the foreground (so the pid we hold is the
-    /// daemon's), every socket in a run directory of this fabric: nothing
-    /// clashes with a host FRR. zebra refuses a run directory it cannot write
-    /// as user frr ("Can't create pid lock file").
-    fn start_frr(&mut self) {
-        let run = self.dir.join("frr");
-        std::fs::create_dir_all(&run).unwrap_or_else(|e| panic!("create {}: {e}", run.display()));
+    /// zebra, bfdd and bgpd in namespace `ns`, in the foreground (so the pid
+    /// we hold is the daemon's), every socket in `run`: nothing clashes with
+    /// a host FRR or another namespace's. zebra refuses a run directory it
+    /// cannot write as user frr ("Can't create pid lock file"). Then `conf`
+    /// through vtysh.
+    fn start_frr(&self, ns: &str, run: &Path, conf: &str, label: &str) -> Vec<Proc> {
+        std::fs::create_dir_all(run).unwrap_or_else(|e| panic!("create {}: {e}", run.display()));
         let out = Command::new("chown")
             .args(["frr:frr"])
-            .arg(&run)
+            .arg(run)
             .output()
             .unwrap_or_else(|e| panic!("chown: {e}"));
         assert!(
@@ -256,6 +286,7 @@ impl Fabric {
             String::from_utf8_lossy(&out.stderr)
         );
         let r = run.display().to_string();
+        let mut procs = Vec::new();
         for d in FRR_DAEMONS {
             let mut args: Vec<String> = [
                 "-P",
@@ -276,34 +307,36 @@ impl Fabric {
             if d == "bfdd" {
                 args.extend(["--bfdctl".to_owned(), format!("{r}/bfdd.sock")]);
             }
-            let p = self.spawn(&self.router.clone(), &format!("{FRR_DIR}/{d}"), &args, d);
+            let p = self.spawn(ns, &format!("{FRR_DIR}/{d}"), &args, &format!("{label}{d}"));
             // Each daemon registers with zebra and vtysh talks to each
             // through its vty socket: start in order, wait for the socket.
             let vty = run.join(format!("{d}.vty"));
             wait_path(&vty, &p, Duration::from_secs(10));
-            self.frr.push(p);
+            procs.push(p);
         }
-        let conf = self.dir.join("frr.conf");
-        std::fs::write(&conf, self.frr_conf()).unwrap_or_else(|e| panic!("write frr.conf: {e}"));
+        let file = run.join("frr.conf");
+        std::fs::write(&file, conf).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
         let out = ns_exec(
-            &self.router,
+            ns,
             &[
                 "vtysh",
                 "--vty_socket",
                 &r,
                 "-f",
-                &conf.display().to_string(),
+                &file.display().to_string(),
             ],
         );
         if !out.status.success() {
+            let logs: Vec<String> = procs.iter().map(Proc::logs).collect();
             panic!(
-                "vtysh -f {} failed: {}{}\n{}",
-                conf.display(),
+                "vtysh -f {} in {ns} failed: {}{}\n{}",
+                file.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                self.logs()
+                logs.join("\n")
             );
         }
+        procs
     }
 
     fn frr_conf(&self) -> String {
@@ -399,7 +432,9 @@ impl Fabric {
             }
             if start.elapsed() >= timeout {
                 panic!(
-                    "router has not {n} usable paths to {vip} after {timeout:?}: {hops:?}\n{}",
+                    "router has not {n} usable paths to {vip} after {timeout:?}: {hops:?}\n\
+                     --- router: show bgp ipv4 unicast {vip}/32 ---\n{}{}",
+                    self.vtysh(&format!("show bgp ipv4 unicast {vip}/32")),
                     self.state()
                 );
             }
@@ -503,6 +538,7 @@ impl Fabric {
     }
 
     pub fn start_bird(&self, i: usize) {
+        assert_eq!(self.lbs[i].daemon, LbDaemon::Bird, "lb{i} runs FRR");
         let p = self.spawn_bird(i);
         let mut birds = self.birds_lock();
         assert!(birds[i].is_none(), "lb{i}: BIRD already running");
@@ -512,7 +548,7 @@ impl Fabric {
     /// Every daemon's output so far.
     pub fn logs(&self) -> String {
         let mut s = String::new();
-        for p in &self.frr {
+        for p in self.frr.iter().chain(&self.lb_frr) {
             s += &p.logs();
             s.push('\n');
         }
@@ -537,6 +573,7 @@ impl Drop for Fabric {
         // Daemons first (by pid: SIGTERM, 2 s, SIGKILL), then namespaces.
         drop(std::mem::take(&mut *self.birds_lock()));
         drop(std::mem::take(&mut self.frr));
+        drop(std::mem::take(&mut self.lb_frr));
         for ns in self.created.iter().rev() {
             match Command::new("ip").args(["netns", "del", ns]).output() {
                 Ok(o) if o.status.success() => {}
@@ -562,6 +599,32 @@ impl Drop for Fabric {
 /// that ships, so the two cannot drift apart.
 pub fn shipped_bird_conf() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird-vipd.conf")
+}
+
+/// `deploy/frr-vipd.conf` in this source tree.
+pub fn shipped_frr_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/frr-vipd.conf")
+}
+
+/// The shipped FRR snippet with its example addresses replaced by LB `lb`'s
+/// (its AS numbers are the lab's already).
+fn lb_frr_conf(lb: &Lb) -> String {
+    let path = shipped_frr_conf();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    for example in [
+        "neighbor 10.0.1.1 remote-as 65000",
+        "bgp router-id 10.0.1.2",
+        "router bgp 65100",
+    ] {
+        assert!(
+            text.contains(example),
+            "{} no longer has {example:?}: the lab fills in its example values",
+            path.display()
+        );
+    }
+    text.replace("10.0.1.1", &lb.peer.to_string())
+        .replace("10.0.1.2", &lb.addr.to_string())
 }
 
 /// Root, and the daemons installed; panics with the fix otherwise.

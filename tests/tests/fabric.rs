@@ -1,6 +1,7 @@
 //! The VIP across an L3 fabric, with real routing daemons: vipd's route
 //! module installs the VIP's host route in each LB's kernel table 198, BIRD 2
-//! (running the shipped deploy/bird-vipd.conf) carries it over eBGP with BFD,
+//! (running the shipped deploy/bird-vipd.conf; one test runs
+//! deploy/frr-vipd.conf on an LB instead) carries it over eBGP with BFD,
 //! and FRR on the upstream router turns the LBs into ECMP nexthops in its
 //! kernel. Every check reads the router's kernel, which is what clients are
 //! forwarded by. Needs root and bird2, frr, nftables (`cargo xtask bootstrap`).
@@ -11,7 +12,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use vip_tests::fabric::{Fabric, LBS, VIP};
+use vip_tests::fabric::{Fabric, LBS, LbDaemon, VIP};
 use vip_userspace::route::{Announced, Holder, RouteError};
 
 /// Daemon start-up to a stable multipath route is 2.5-3.2 s here
@@ -25,7 +26,11 @@ fn vip() -> IpAddr {
 
 /// A fabric whose every LB announces the VIP, converged on the router.
 fn announced(hint: &str) -> Fabric {
-    let f = Fabric::new(hint);
+    announced_with(hint, [LbDaemon::Bird; LBS])
+}
+
+fn announced_with(hint: &str, daemons: [LbDaemon; LBS]) -> Fabric {
+    let f = Fabric::with_daemons(hint, daemons);
     for i in 0..LBS {
         assert_eq!(
             f.announce(i, vip())
@@ -236,4 +241,30 @@ fn a_restarted_bird_brings_the_route_back() {
     f.start_bird(0);
     let t = f.wait_for_paths(VIP, LBS, CONVERGE);
     eprintln!("BIRD restarted -> lb0 back on the router: {t:?}");
+}
+
+#[test]
+fn an_lb_running_the_shipped_frr_snippet_joins_the_ecmp_group() {
+    let f = announced_with("frr_lb", [LbDaemon::Bird, LbDaemon::Bird, LbDaemon::Frr]);
+    assert!(
+        f.router_routes(VIP)
+            .iter()
+            .any(|h| h.gateway == IpAddr::V4(f.lbs[2].addr)),
+        "the FRR LB is a nexthop"
+    );
+    // The caveat deploy/frr-vipd.conf states: zebra also installs what it
+    // imports into the LB's main table. If this fails, FRR changed and the
+    // snippet's comment is stale.
+    let main = f.lb_sh(
+        2,
+        &["ip", "route", "show", "table", "main", &format!("{VIP}/32")],
+    );
+    assert!(
+        main.contains("blackhole") && main.contains("proto zebra"),
+        "zebra's copy of the VIP route in lb2's main table: {main:?}"
+    );
+    let t = std::time::Instant::now();
+    assert!(f.withdraw(2, vip()).expect("withdraw on the FRR LB"));
+    f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(1));
+    eprintln!("withdraw on an FRR LB -> router kernel: {:?}", t.elapsed());
 }
