@@ -268,3 +268,51 @@ fn an_lb_running_the_shipped_frr_snippet_joins_the_ecmp_group() {
     f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(1));
     eprintln!("withdraw on an FRR LB -> router kernel: {:?}", t.elapsed());
 }
+
+/// The route module alone, no daemons: IPv6 host routes and a table above
+/// 255 (carried in RTA_TABLE) go in, read back as vipd's, and come out.
+#[test]
+fn ipv6_and_large_tables_round_trip_through_the_kernel() {
+    use vip_tests::netns::{Lab, in_netns};
+    use vip_userspace::route::{RouteAnnouncer, RouteTable};
+
+    let lab = Lab::new("route6", &["lb"]);
+    let ns = lab.node("lb").ns.clone();
+    let v6: IpAddr = "fd78::100".parse().expect("v6 vip");
+    for table in [
+        RouteTable::default(),
+        RouteTable::new(1000, 249).expect("table"),
+    ] {
+        let shown = in_netns(&ns, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let a = RouteAnnouncer::new(table).expect("netlink socket");
+                assert_eq!(a.announce(v6).await.expect("announce v6"), Announced::Added);
+                assert_eq!(
+                    a.announce(vip()).await.expect("announce v4"),
+                    Announced::Added
+                );
+                let view = a.list().await.expect("list");
+                let mut want = vec![vip(), v6];
+                want.sort();
+                assert_eq!(view.ours, want, "table {}", table.table);
+                let shown = std::process::Command::new("ip")
+                    .args(["-6", "route", "show", "table", &table.table.to_string()])
+                    .output()
+                    .expect("ip route");
+                assert!(a.withdraw(v6).await.expect("withdraw v6"));
+                assert!(a.withdraw(vip()).await.expect("withdraw v4"));
+                assert_eq!(a.list().await.expect("list").ours, Vec::<IpAddr>::new());
+                String::from_utf8_lossy(&shown.stdout).into_owned()
+            })
+        });
+        assert!(
+            shown.contains("blackhole fd78::100") && shown.contains("proto 249"),
+            "iproute2 sees vipd's IPv6 route in table {}: {shown}",
+            table.table
+        );
+    }
+}
