@@ -17,7 +17,7 @@
 //! The daemon settings are the ones verified in shared/TOOLCHAIN.md ("BGP +
 //! BFD with real routing daemons in namespaces").
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +32,8 @@ use crate::netns::{NS_PREFIX, Proc, in_netns, ns_exec, sweep_stale};
 pub const LBS: usize = 3;
 /// The VIP the tests announce: outside every link subnet.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 78, 100, 1);
+/// An IPv6 VIP, outside the LB links' fd78:<i>::/64.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd78, 0x100, 0, 0, 0, 0, 0, 1);
 /// The router's AS, and the one AS all LBs share: FRR spreads over eBGP
 /// paths from several neighbours only when their AS paths are equal (or
 /// with `bgp bestpath as-path multipath-relax`).
@@ -172,6 +174,9 @@ impl Fabric {
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.fib_multipath_hash_policy=1",
                 "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.fib_multipath_hash_policy=1",
+                "net.ipv6.conf.all.ignore_routes_with_linkdown=1",
             ],
         );
         for (i, daemon) in daemons.into_iter().enumerate() {
@@ -189,6 +194,52 @@ impl Fabric {
             std::fs::create_dir_all(&lb.dir)
                 .unwrap_or_else(|e| panic!("create {}: {e}", lb.dir.display()));
             self.link(&lb.ns, &lb.router_if, lb.peer, lb.addr);
+            // IPv6 on the LB links: BGP over the IPv4 session carries IPv6
+            // routes too (RFC 4760), with the LB's IPv6 address as next hop.
+            let n = u16::from(octet);
+            let (r6, a6) = (
+                Ipv6Addr::new(0xfd78, n, 0, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0xfd78, n, 0, 0, 0, 0, 0, 2),
+            );
+            let rt = self.router.clone();
+            sh(
+                &rt,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{r6}/64"),
+                    "dev",
+                    &lb.router_if,
+                    "nodad",
+                ],
+            );
+            sh(
+                &lb.ns,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    NODE_IF,
+                    "nodad",
+                ],
+            );
+            sh(
+                &lb.ns,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &r6.to_string(),
+                ],
+            );
             self.lbs.push(lb);
         }
         let client = self.client.clone();
@@ -363,7 +414,8 @@ impl Fabric {
                 lb.addr, lb.asn, lb.addr
             );
         }
-        c += " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n!\n";
+        c += " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n\
+              address-family ipv6 unicast\n  neighbor lbs activate\n  maximum-paths 8\n exit-address-family\n!\n";
         c
     }
 
@@ -410,12 +462,19 @@ impl Fabric {
         &self.dir
     }
 
-    /// The router's kernel route for `vip`/32: its nexthops, empty without
-    /// a route. What clients are actually sent by, not what bgpd thinks.
-    pub fn router_routes(&self, vip: Ipv4Addr) -> Vec<Nexthop> {
+    /// The router's kernel route for the VIP's host prefix: its nexthops,
+    /// empty without a route. What clients are actually sent by, not what
+    /// bgpd thinks.
+    pub fn router_routes(&self, vip: impl Into<IpAddr>) -> Vec<Nexthop> {
+        let vip = vip.into();
+        let (family, len) = if vip.is_ipv6() {
+            ("-6", 128)
+        } else {
+            ("-4", 32)
+        };
         let out = sh(
             &self.router,
-            &["ip", "-j", "route", "show", &format!("{vip}/32")],
+            &["ip", "-j", family, "route", "show", &format!("{vip}/{len}")],
         );
         parse_routes(&out)
     }
@@ -423,7 +482,13 @@ impl Fabric {
     /// Polls the router's kernel every 5 ms until `n` usable nexthops lead to
     /// `vip`; returns how long that took. Panics with the route, BGP and BFD
     /// state and the daemons' logs on timeout.
-    pub fn wait_for_paths(&self, vip: Ipv4Addr, n: usize, timeout: Duration) -> Duration {
+    pub fn wait_for_paths(&self, vip: impl Into<IpAddr>, n: usize, timeout: Duration) -> Duration {
+        let vip = vip.into();
+        let (afi, len) = if vip.is_ipv6() {
+            ("ipv6", 128)
+        } else {
+            ("ipv4", 32)
+        };
         let start = Instant::now();
         loop {
             let hops = self.router_routes(vip);
@@ -433,8 +498,8 @@ impl Fabric {
             if start.elapsed() >= timeout {
                 panic!(
                     "router has not {n} usable paths to {vip} after {timeout:?}: {hops:?}\n\
-                     --- router: show bgp ipv4 unicast {vip}/32 ---\n{}{}",
-                    self.vtysh(&format!("show bgp ipv4 unicast {vip}/32")),
+                     --- router: show bgp {afi} unicast {vip}/{len} ---\n{}{}",
+                    self.vtysh(&format!("show bgp {afi} unicast {vip}/{len}")),
                     self.state()
                 );
             }

@@ -12,7 +12,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use vip_tests::fabric::{Fabric, LBS, LbDaemon, VIP};
+use vip_tests::fabric::{Fabric, LBS, LbDaemon, VIP, VIP6};
 use vip_userspace::route::{Announced, Holder, RouteError};
 
 /// Daemon start-up to a stable multipath route is 2.5-3.2 s here
@@ -317,4 +317,19 @@ fn ipv6_and_large_tables_round_trip_through_the_kernel() {
             table.table
         );
     }
+}
+
+#[test]
+fn an_ipv6_vip_is_announced_over_the_same_sessions() {
+    let f = Fabric::new("ipv6");
+    let v6 = IpAddr::V6(VIP6);
+    for i in 0..LBS {
+        assert_eq!(f.announce(i, v6).expect("announce v6"), Announced::Added);
+    }
+    let took = f.wait_for_paths(VIP6, LBS, CONVERGE);
+    eprintln!("ipv6: {LBS}-way ECMP on the router {took:?} after the daemons started");
+    let t = std::time::Instant::now();
+    assert!(f.withdraw(0, v6).expect("withdraw v6"));
+    f.wait_for_paths(VIP6, LBS - 1, Duration::from_secs(1));
+    eprintln!("ipv6 withdraw -> router kernel: {:?}", t.elapsed());
 }
