@@ -13,6 +13,7 @@ pub mod import;
 pub mod maglev;
 pub mod metrics;
 pub mod probe;
+pub mod route;
 pub mod status;
 pub mod sync;
 pub mod vrrp;

@@ -19,7 +19,8 @@ use crate::{cmd_output, run, step};
 /// bpf-linker release built here; 0.13 supports LLVM 22 (see shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages and one command that proves each is usable. A package whose
+/// Debian packages and one command that proves each is usable (a name looked up
+/// on PATH, or an absolute path for daemons kept outside it). A package whose
 /// command already works (from whatever source) is left alone: this machine image
 /// ships Google's `kubectl`, which conflicts with Debian's `kubernetes-client`.
 /// `cargo xtask test` checks that every command the code runs is one of these,
@@ -43,6 +44,12 @@ pub const DEBIAN: &[(&str, &str)] = &[
     // The kubeadm recipe's check_apiserver.sh (the keepalived baseline) and the
     // lab's printed commands use curl.
     ("curl", "curl"),
+    // The fabric lab (tests/src/fabric.rs): BIRD 2 on the LB nodes, FRR as the
+    // upstream router, nft to make a node silent for the BFD tests. FRR's
+    // daemons live in /usr/lib/frr, off PATH: the lab runs zebra itself.
+    ("bird2", "bird"),
+    ("frr", "/usr/lib/frr/zebra"),
+    ("nftables", "nft"),
 ];
 
 /// The package the bootstrap installs for `cmd`, if `cmd` is the command that
@@ -50,6 +57,16 @@ pub const DEBIAN: &[(&str, &str)] = &[
 pub fn provider_of(cmd: &str) -> Option<&'static str> {
     DEBIAN.iter().find(|(_, c)| *c == cmd).map(|(p, _)| *p)
 }
+
+/// Packages whose maintainer scripts would start a routing daemon on the host
+/// (Debian enables and starts `bird.service` and `frr.service` on install).
+/// vipd's tests run their own instances inside namespaces; a host BIRD or FRR
+/// nobody configured is not ours to start.
+const DAEMON_PACKAGES: &[(&str, &str)] = &[("bird2", "bird"), ("frr", "frr")];
+
+/// Process names of the daemons those packages ship, to notice one running
+/// in the host's network namespace.
+const HOST_DAEMONS: &[&str] = &["bird", "zebra", "bgpd", "bfdd", "watchfrr"];
 
 /// What later steps need to know about the toolchain.
 pub struct Toolchain {
@@ -270,7 +287,7 @@ pub fn is_root() -> bool {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN
         .iter()
-        .filter(|(_, cmd)| which(cmd).is_none())
+        .filter(|(_, cmd)| !usable(cmd))
         .map(|(p, _)| *p)
         .collect();
     if missing.is_empty() {
@@ -288,11 +305,102 @@ fn debian_packages() -> Result<()> {
     }
     step(&format!("Debian packages: installing {list}"));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
-    run(Command::new("apt-get")
+    let services: Vec<&str> = DAEMON_PACKAGES
+        .iter()
+        .filter(|(p, _)| missing.contains(p))
+        .map(|(_, s)| *s)
+        .collect();
+    let guard = NoStart::install(&services)?;
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("apt-get install {list}"))
+    .with_context(|| format!("apt-get install {list}"));
+    drop(guard);
+    installed?;
+    report_host_daemons();
+    Ok(())
+}
+
+/// Whether `cmd` (a name on PATH, or an absolute path) is an executable file.
+fn usable(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        Path::new(cmd).is_file()
+    } else {
+        which(cmd).is_some()
+    }
+}
+
+/// A temporary `/usr/sbin/policy-rc.d` that forbids starting `services` while
+/// apt-get runs: Debian's maintainer scripts ask it before starting anything
+/// (invoke-rc.d(8), deb-systemd-invoke; exit 101 = "action forbidden"), so the
+/// packages install with their units enabled but nothing running. An existing
+/// policy-rc.d is the administrator's (container images ship one that denies
+/// everything) and is left as it is. Removed on drop, also when apt-get fails.
+struct NoStart(Option<PathBuf>);
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl NoStart {
+    fn install(services: &[&str]) -> Result<NoStart> {
+        let path = Path::new(POLICY_RC_D);
+        if services.is_empty() || path.exists() {
+            return Ok(NoStart(None));
+        }
+        let script = format!(
+            "#!/bin/sh\n# Written by `cargo xtask bootstrap` for the length of one apt-get run.\n\
+             case \"$1\" in {}) exit 101 ;; esac\nexit 0\n",
+            services.join("|")
+        );
+        fs::write(path, script).with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .with_context(|| format!("chmod 755 {POLICY_RC_D}"))?;
+        step(&format!(
+            "{POLICY_RC_D}: keeps {} from starting on the host while apt-get installs",
+            services.join(", ")
+        ));
+        Ok(NoStart(Some(path.to_owned())))
+    }
+}
+
+impl Drop for NoStart {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = fs::remove_file(&p)
+        {
+            eprintln!("WARNING: remove {} by hand: {e}", p.display());
+        }
+    }
+}
+
+/// Says (and leaves alone) any BIRD or FRR daemon running in this network
+/// namespace: the tests never use one, and stopping a service is the
+/// administrator's call (`systemctl disable --now bird frr`).
+fn report_host_daemons() {
+    let own_ns = fs::read_link("/proc/self/ns/net").ok();
+    let mut seen = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if HOST_DAEMONS.contains(&comm) && fs::read_link(entry.path().join("ns/net")).ok() == own_ns
+        {
+            seen.push(format!("{comm} (pid {pid})"));
+        }
+    }
+    if !seen.is_empty() {
+        step(&format!(
+            "WARNING: routing daemons running on the host: {}. vipd's tests do not use them; \
+             if nobody meant to run them: systemctl disable --now bird frr",
+            seen.join(", ")
+        ));
+    }
 }
 
 /// Pinning maps and programs needs bpffs at /sys/fs/bpf.

@@ -1,0 +1,829 @@
+//! An L3 fabric in network namespaces with real routing daemons (DESIGN.md,
+//! "Third shape"): an upstream router running FRR (zebra, bgpd, bfdd), three
+//! LB nodes each running BIRD 2 with the shipped `deploy/bird-vipd.conf` (or
+//! FRR with the shipped `deploy/frr-vipd.conf`), each
+//! LB on a point-to-point /30 of its own to the router (no shared L2 between
+//! LBs), a client behind the router and two backends in subnets of their own.
+//! Every LB peers with the router over eBGP with BFD; whatever vipd puts in
+//! the LB's kernel table 198 reaches the router's kernel as an ECMP nexthop.
+//!
+//! Namespaces are named `vt-<pid>-<n>-<role>` like `netns::Lab`'s (so its
+//! `sweep_stale` removes what a SIGKILLed run left); daemons are started and
+//! stopped by pid; everything is removed on drop, also on unwind, after the
+//! daemons' logs are printed if the test failed. One fabric at a time per
+//! process: seven daemons with 50 ms BFD timers are as much as two shared
+//! cores carry without false BFD failures.
+//!
+//! The daemon settings are the ones verified in shared/TOOLCHAIN.md ("BGP +
+//! BFD with real routing daemons in namespaces").
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vip_userspace::route::{Announced, RouteAnnouncer, RouteError, RouteTable, TableView};
+
+use crate::netns::{NS_PREFIX, Proc, in_netns, ns_exec, sweep_stale};
+
+/// How many LB nodes a fabric has.
+pub const LBS: usize = 3;
+/// The VIP the tests announce: outside every link subnet.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 78, 100, 1);
+/// An IPv6 VIP, outside the LB links' fd78:<i>::/64.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd78, 0x100, 0, 0, 0, 0, 0, 1);
+/// The router's AS, and the one AS all LBs share: FRR spreads over eBGP
+/// paths from several neighbours only when their AS paths are equal (or
+/// with `bgp bestpath as-path multipath-relax`).
+pub const ROUTER_AS: u32 = 65000;
+pub const LB_AS: u32 = 65100;
+/// LB-side interface name in every LB, client and backend namespace.
+pub const NODE_IF: &str = "eth0";
+
+const FRR_DIR: &str = "/usr/lib/frr";
+const FRR_DAEMONS: [&str; 3] = ["zebra", "bfdd", "bgpd"];
+
+static FABRIC_COUNTER: AtomicU32 = AtomicU32::new(0);
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The routing daemon an LB runs, with its shipped snippet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbDaemon {
+    Bird,
+    Frr,
+}
+
+/// One LB node: its namespace and its point-to-point link to the router.
+#[derive(Debug, Clone)]
+pub struct Lb {
+    pub ns: String,
+    pub daemon: LbDaemon,
+    /// 10.78.<i>.2/30 on the LB's eth0.
+    pub addr: Ipv4Addr,
+    /// 10.78.<i>.1/30, the router's end.
+    pub peer: Ipv4Addr,
+    /// The router's interface towards this LB (`lb<i>`).
+    pub router_if: String,
+    pub asn: u32,
+    dir: PathBuf,
+}
+
+/// A nexthop of the router's kernel route for a prefix (`ip -j route`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nexthop {
+    pub gateway: IpAddr,
+    pub dev: String,
+    /// `linkdown`, `dead`, ...: such a nexthop carries no traffic here
+    /// (`ignore_routes_with_linkdown=1`).
+    pub flags: Vec<String>,
+}
+
+impl Nexthop {
+    pub fn usable(&self) -> bool {
+        !self.flags.iter().any(|f| f == "linkdown" || f == "dead")
+    }
+}
+
+pub struct Fabric {
+    id: String,
+    dir: PathBuf,
+    pub router: String,
+    pub client: String,
+    pub backends: Vec<String>,
+    pub lbs: Vec<Lb>,
+    created: Vec<String>,
+    frr: Vec<Proc>,
+    /// FRR daemons of the LBs that run FRR.
+    lb_frr: Vec<Proc>,
+    /// BIRD of each LB (`None` for an FRR LB, or while killed).
+    birds: Mutex<Vec<Option<Proc>>>,
+    bird_starts: AtomicU32,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Fabric {
+    /// Builds the namespaces and links, starts FRR on the router and BIRD on
+    /// every LB. Does not wait for the sessions: `wait_for_paths` does.
+    /// Panics with the fix if not root or a daemon is missing.
+    pub fn new(hint: &str) -> Fabric {
+        Fabric::with_daemons(hint, [LbDaemon::Bird; LBS])
+    }
+
+    /// Like `new`, with the routing daemon of each LB chosen.
+    pub fn with_daemons(hint: &str, daemons: [LbDaemon; LBS]) -> Fabric {
+        preflight();
+        let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        sweep_stale();
+        let id = format!(
+            "{NS_PREFIX}{}-f{}",
+            std::process::id(),
+            FABRIC_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(format!("{id}-{}", sanitize(hint)));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create fabric dir {}: {e}", dir.display()));
+        let mut f = Fabric {
+            router: format!("{id}-rt"),
+            client: format!("{id}-cl"),
+            backends: Vec::new(),
+            lbs: Vec::new(),
+            created: Vec::new(),
+            frr: Vec::new(),
+            lb_frr: Vec::new(),
+            birds: Mutex::new(Vec::new()),
+            bird_starts: AtomicU32::new(0),
+            dir,
+            id,
+            _serial: serial,
+        };
+        // From here a panic drops `f`, which removes what was built.
+        f.build(daemons);
+        let router = f.router.clone();
+        let conf = f.frr_conf();
+        f.frr = f.start_frr(&router, &f.dir.join("frr"), &conf, "");
+        for (i, daemon) in daemons.into_iter().enumerate() {
+            let bird = match daemon {
+                LbDaemon::Bird => Some(f.spawn_bird(i)),
+                LbDaemon::Frr => {
+                    let lb = &f.lbs[i];
+                    let (ns, run, conf) = (lb.ns.clone(), lb.dir.join("frr"), lb_frr_conf(lb));
+                    let procs = f.start_frr(&ns, &run, &conf, &format!("lb{i}-"));
+                    f.lb_frr.extend(procs);
+                    None
+                }
+            };
+            f.birds_lock().push(bird);
+        }
+        f
+    }
+
+    fn build(&mut self, daemons: [LbDaemon; LBS]) {
+        let rt = self.router.clone();
+        self.add_ns(&rt);
+        sh(&rt, &["ip", "link", "set", "lo", "up"]);
+        // ECMP across the LBs per flow (L4 hash; with 0 every flow of one
+        // client takes one LB), forwarding on, and a nexthop whose link is
+        // down is skipped at once rather than when zebra rewrites the route.
+        sh(
+            &rt,
+            &[
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.fib_multipath_hash_policy=1",
+                "net.ipv4.conf.all.ignore_routes_with_linkdown=1",
+                "net.ipv6.conf.all.forwarding=1",
+                "net.ipv6.fib_multipath_hash_policy=1",
+                "net.ipv6.conf.all.ignore_routes_with_linkdown=1",
+            ],
+        );
+        for (i, daemon) in daemons.into_iter().enumerate() {
+            let ns = format!("{}-lb{i}", self.id);
+            let octet = u8::try_from(i).expect("few LBs");
+            let lb = Lb {
+                addr: Ipv4Addr::new(10, 78, octet, 2),
+                peer: Ipv4Addr::new(10, 78, octet, 1),
+                router_if: format!("lb{i}"),
+                asn: LB_AS,
+                daemon,
+                dir: self.dir.join(format!("lb{i}")),
+                ns,
+            };
+            std::fs::create_dir_all(&lb.dir)
+                .unwrap_or_else(|e| panic!("create {}: {e}", lb.dir.display()));
+            self.link(&lb.ns, &lb.router_if, lb.peer, lb.addr);
+            // IPv6 on the LB links: BGP over the IPv4 session carries IPv6
+            // routes too (RFC 4760), with the LB's IPv6 address as next hop.
+            let n = u16::from(octet);
+            let (r6, a6) = (
+                Ipv6Addr::new(0xfd78, n, 0, 0, 0, 0, 0, 1),
+                Ipv6Addr::new(0xfd78, n, 0, 0, 0, 0, 0, 2),
+            );
+            let rt = self.router.clone();
+            sh(
+                &rt,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{r6}/64"),
+                    "dev",
+                    &lb.router_if,
+                    "nodad",
+                ],
+            );
+            sh(
+                &lb.ns,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    NODE_IF,
+                    "nodad",
+                ],
+            );
+            sh(
+                &lb.ns,
+                &[
+                    "ip",
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &r6.to_string(),
+                ],
+            );
+            self.lbs.push(lb);
+        }
+        let client = self.client.clone();
+        self.link(
+            &client,
+            "cl",
+            Ipv4Addr::new(10, 79, 0, 1),
+            Ipv4Addr::new(10, 79, 0, 2),
+        );
+        // Backends for the data path to come (DSR/NAT across subnets).
+        for k in 0..2u8 {
+            let ns = format!("{}-be{k}", self.id);
+            self.link(
+                &ns,
+                &format!("be{k}"),
+                Ipv4Addr::new(10, 79, 1 + k, 1),
+                Ipv4Addr::new(10, 79, 1 + k, 2),
+            );
+            self.backends.push(ns);
+        }
+    }
+
+    /// A namespace `ns` whose eth0 is a /30 to the router's `rif`, default
+    /// route via the router.
+    fn link(&mut self, ns: &str, rif: &str, router_addr: Ipv4Addr, addr: Ipv4Addr) {
+        self.add_ns(ns);
+        let rt = self.router.clone();
+        sh(ns, &["ip", "link", "set", "lo", "up"]);
+        sh(
+            ns,
+            &[
+                "ip", "link", "add", NODE_IF, "type", "veth", "peer", "name", rif, "netns", &rt,
+            ],
+        );
+        sh(
+            ns,
+            &["ip", "addr", "add", &format!("{addr}/30"), "dev", NODE_IF],
+        );
+        sh(
+            &rt,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{router_addr}/30"),
+                "dev",
+                rif,
+            ],
+        );
+        sh(ns, &["ip", "link", "set", NODE_IF, "up"]);
+        sh(&rt, &["ip", "link", "set", rif, "up"]);
+        sh(
+            ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &router_addr.to_string(),
+            ],
+        );
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "add", ns])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("ip netns add {ns}: {e}"));
+        assert!(
+            out.status.success(),
+            "ip netns add {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.created.push(ns.to_owned());
+    }
+
+    /// zebra, bfdd and bgpd in namespace `ns`, in the foreground (so the pid
+    /// we hold is the daemon's), every socket in `run`: nothing clashes with
+    /// a host FRR or another namespace's. zebra refuses a run directory it
+    /// cannot write as user frr ("Can't create pid lock file"). Then `conf`
+    /// through vtysh.
+    fn start_frr(&self, ns: &str, run: &Path, conf: &str, label: &str) -> Vec<Proc> {
+        std::fs::create_dir_all(run).unwrap_or_else(|e| panic!("create {}: {e}", run.display()));
+        let out = Command::new("chown")
+            .args(["frr:frr"])
+            .arg(run)
+            .output()
+            .unwrap_or_else(|e| panic!("chown: {e}"));
+        assert!(
+            out.status.success(),
+            "chown frr:frr {}: {} (the frr package creates that user: cargo xtask bootstrap)",
+            run.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = run.display().to_string();
+        let mut procs = Vec::new();
+        for d in FRR_DAEMONS {
+            let mut args: Vec<String> = [
+                "-P",
+                "0",
+                "--vty_socket",
+                &r,
+                "-z",
+                &format!("{r}/zserv.api"),
+                "-i",
+                &format!("{r}/{d}.pid"),
+                "-f",
+                "/dev/null",
+                "--log",
+                "stdout",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            if d == "bfdd" {
+                args.extend(["--bfdctl".to_owned(), format!("{r}/bfdd.sock")]);
+            }
+            let p = self.spawn(ns, &format!("{FRR_DIR}/{d}"), &args, &format!("{label}{d}"));
+            // Each daemon registers with zebra and vtysh talks to each
+            // through its vty socket: start in order, wait for the socket.
+            let vty = run.join(format!("{d}.vty"));
+            wait_path(&vty, &p, Duration::from_secs(10));
+            procs.push(p);
+        }
+        let file = run.join("frr.conf");
+        std::fs::write(&file, conf).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+        let out = ns_exec(
+            ns,
+            &[
+                "vtysh",
+                "--vty_socket",
+                &r,
+                "-f",
+                &file.display().to_string(),
+            ],
+        );
+        if !out.status.success() {
+            let logs: Vec<String> = procs.iter().map(Proc::logs).collect();
+            panic!(
+                "vtysh -f {} in {ns} failed: {}{}\n{}",
+                file.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                logs.join("\n")
+            );
+        }
+        procs
+    }
+
+    fn frr_conf(&self) -> String {
+        let mut c = String::from(
+            "frr defaults traditional\n\
+             hostname router\n\
+             ! FRR 8.4 leaves a stale kernel route after a link flap with nexthop objects\n\
+             no zebra nexthop kernel enable\n\
+             bfd\n profile fast\n  detect-multiplier 3\n  receive-interval 50\n  transmit-interval 50\n !\n!\n",
+        );
+        c += &format!(
+            "router bgp {ROUTER_AS}\n bgp router-id 10.79.0.1\n\
+             ! without it eBGP routes are held back as \"(Policy)\"\n\
+             no bgp ebgp-requires-policy\n\
+             neighbor lbs peer-group\n\
+             neighbor lbs timers 1 3\n\
+             neighbor lbs timers connect 1\n\
+             neighbor lbs bfd\n\
+             neighbor lbs bfd profile fast\n"
+        );
+        for lb in &self.lbs {
+            c += &format!(
+                " neighbor {} remote-as {}\n neighbor {} peer-group lbs\n",
+                lb.addr, lb.asn, lb.addr
+            );
+        }
+        c += " address-family ipv4 unicast\n  maximum-paths 8\n exit-address-family\n\
+              address-family ipv6 unicast\n  neighbor lbs activate\n  maximum-paths 8\n exit-address-family\n!\n";
+        c
+    }
+
+    /// BIRD for LB `i`, loading the shipped snippet; a fresh control socket
+    /// per start (a SIGKILLed BIRD leaves its socket file behind).
+    fn spawn_bird(&self, i: usize) -> Proc {
+        let lb = &self.lbs[i];
+        let n = self.bird_starts.fetch_add(1, Ordering::Relaxed);
+        let conf = lb.dir.join("bird.conf");
+        let main = format!(
+            "router id {};\nlog stderr all;\nprotocol device {{}}\n\
+             define VIPD_LOCAL_AS = {};\ndefine VIPD_PEER = {};\ndefine VIPD_PEER_AS = {ROUTER_AS};\n\
+             include \"{}\";\n",
+            lb.addr,
+            lb.asn,
+            lb.peer,
+            shipped_bird_conf().display()
+        );
+        std::fs::write(&conf, main).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
+        let ctl = lb.dir.join(format!("bird{n}.ctl"));
+        let args: Vec<String> = vec![
+            "-f".into(),
+            "-c".into(),
+            conf.display().to_string(),
+            "-s".into(),
+            ctl.display().to_string(),
+        ];
+        let p = self.spawn(&lb.ns, "bird", &args, &format!("bird-lb{i}"));
+        wait_path(&ctl, &p, Duration::from_secs(10));
+        p
+    }
+
+    fn spawn(&self, ns: &str, cmd: &str, args: &[String], label: &str) -> Proc {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, cmd]).args(args);
+        Proc::spawn_logged(c, &self.dir, label)
+    }
+
+    fn birds_lock(&self) -> MutexGuard<'_, Vec<Option<Proc>>> {
+        self.birds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The router's kernel route for the VIP's host prefix: its nexthops,
+    /// empty without a route. What clients are actually sent by, not what
+    /// bgpd thinks.
+    pub fn router_routes(&self, vip: impl Into<IpAddr>) -> Vec<Nexthop> {
+        let vip = vip.into();
+        let (family, len) = if vip.is_ipv6() {
+            ("-6", 128)
+        } else {
+            ("-4", 32)
+        };
+        let out = sh(
+            &self.router,
+            &["ip", "-j", family, "route", "show", &format!("{vip}/{len}")],
+        );
+        parse_routes(&out)
+    }
+
+    /// Polls the router's kernel every 5 ms until `n` usable nexthops lead to
+    /// `vip`; returns how long that took. Panics with the route, BGP and BFD
+    /// state and the daemons' logs on timeout.
+    pub fn wait_for_paths(&self, vip: impl Into<IpAddr>, n: usize, timeout: Duration) -> Duration {
+        let vip = vip.into();
+        let (afi, len) = if vip.is_ipv6() {
+            ("ipv6", 128)
+        } else {
+            ("ipv4", 32)
+        };
+        let start = Instant::now();
+        loop {
+            let hops = self.router_routes(vip);
+            if hops.iter().filter(|h| h.usable()).count() == n {
+                return start.elapsed();
+            }
+            if start.elapsed() >= timeout {
+                panic!(
+                    "router has not {n} usable paths to {vip} after {timeout:?}: {hops:?}\n\
+                     --- router: show bgp {afi} unicast {vip}/{len} ---\n{}{}",
+                    self.vtysh(&format!("show bgp {afi} unicast {vip}/{len}")),
+                    self.state()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// `vtysh -c` on the router.
+    pub fn vtysh(&self, cmd: &str) -> String {
+        let r = self.dir.join("frr").display().to_string();
+        let out = ns_exec(&self.router, &["vtysh", "--vty_socket", &r, "-c", cmd]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// BGP and BFD as the router sees them, for failure messages.
+    pub fn state(&self) -> String {
+        format!(
+            "--- router: show bgp summary ---\n{}--- router: show bfd peers brief ---\n{}",
+            self.vtysh("show bgp summary"),
+            self.vtysh("show bfd peers brief")
+        )
+    }
+
+    /// Runs `f` with a `RouteAnnouncer` (default table and proto) opened in
+    /// LB `i`'s namespace, on a current-thread runtime of its own.
+    pub fn with_announcer<T: Send>(
+        &self,
+        i: usize,
+        f: impl AsyncFnOnce(&RouteAnnouncer) -> T + Send,
+    ) -> T {
+        in_netns(&self.lbs[i].ns, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async {
+                let a = RouteAnnouncer::new(RouteTable::default())
+                    .unwrap_or_else(|e| panic!("RouteAnnouncer in lb{i}: {e}"));
+                f(&a).await
+            })
+        })
+    }
+
+    pub fn announce(&self, i: usize, vip: IpAddr) -> Result<Announced, RouteError> {
+        self.with_announcer(i, async |a| a.announce(vip).await)
+    }
+
+    pub fn withdraw(&self, i: usize, vip: IpAddr) -> Result<bool, RouteError> {
+        self.with_announcer(i, async |a| a.withdraw(vip).await)
+    }
+
+    pub fn list(&self, i: usize) -> TableView {
+        self.with_announcer(i, async |a| a.list().await)
+            .unwrap_or_else(|e| panic!("list table 198 in lb{i}: {e}"))
+    }
+
+    /// Runs `args` in LB `i`'s namespace, asserts success, returns stdout.
+    pub fn lb_sh(&self, i: usize, args: &[&str]) -> String {
+        sh(&self.lbs[i].ns, args)
+    }
+
+    /// Makes LB `i` silent without any link or process event: nft drops
+    /// everything in and out of its eth0, so only BFD (or the BGP hold
+    /// timer) can notice.
+    pub fn silence_lb(&self, i: usize) {
+        let rules = self.lbs[i].dir.join("silence.nft");
+        std::fs::write(
+            &rules,
+            format!(
+                "table inet vipd_lab_silence {{\n\
+                 \tchain in {{ type filter hook input priority -300; policy accept; iifname \"{NODE_IF}\" drop; }}\n\
+                 \tchain out {{ type filter hook output priority -300; policy accept; oifname \"{NODE_IF}\" drop; }}\n\
+                 }}\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", rules.display()));
+        self.lb_sh(i, &["nft", "-f", &rules.display().to_string()]);
+    }
+
+    /// Takes LB `i`'s link down (the router sees carrier loss at once).
+    pub fn lb_link_down(&self, i: usize) {
+        self.lb_sh(i, &["ip", "link", "set", NODE_IF, "down"]);
+    }
+
+    pub fn bird_pid(&self, i: usize) -> Option<u32> {
+        self.birds_lock()[i].as_ref().map(Proc::pid)
+    }
+
+    /// SIGKILLs LB `i`'s BIRD (no BGP notification, no cleanup) and reaps it.
+    pub fn kill_bird(&self, i: usize) {
+        let mut birds = self.birds_lock();
+        let p = birds[i]
+            .take()
+            .unwrap_or_else(|| panic!("lb{i}: BIRD not running"));
+        p.signal(libc::SIGKILL);
+        assert!(
+            p.wait_timeout(Duration::from_secs(5)).is_some(),
+            "lb{i}: BIRD (pid {}) did not die of SIGKILL",
+            p.pid()
+        );
+    }
+
+    pub fn start_bird(&self, i: usize) {
+        assert_eq!(self.lbs[i].daemon, LbDaemon::Bird, "lb{i} runs FRR");
+        let p = self.spawn_bird(i);
+        let mut birds = self.birds_lock();
+        assert!(birds[i].is_none(), "lb{i}: BIRD already running");
+        birds[i] = Some(p);
+    }
+
+    /// Every daemon's output so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in self.frr.iter().chain(&self.lb_frr) {
+            s += &p.logs();
+            s.push('\n');
+        }
+        for p in self.birds_lock().iter().flatten() {
+            s += &p.logs();
+            s.push('\n');
+        }
+        s
+    }
+}
+
+impl Drop for Fabric {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "fabric {} failed; daemon logs (kept in {}):\n{}",
+                self.id,
+                self.dir.display(),
+                self.logs()
+            );
+        }
+        // Daemons first (by pid: SIGTERM, 2 s, SIGKILL), then namespaces.
+        drop(std::mem::take(&mut *self.birds_lock()));
+        drop(std::mem::take(&mut self.frr));
+        drop(std::mem::take(&mut self.lb_frr));
+        for ns in self.created.iter().rev() {
+            match Command::new("ip").args(["netns", "del", ns]).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => eprintln!(
+                    "fabric {}: ip netns del {ns}: {}",
+                    self.id,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => eprintln!("fabric {}: ip netns del {ns}: {e}", self.id),
+            }
+        }
+        // A failed run keeps its logs for a look; sweep_stale removes the
+        // directory once this process is gone.
+        if !std::thread::panicking()
+            && let Err(e) = std::fs::remove_dir_all(&self.dir)
+        {
+            eprintln!("fabric {}: remove {}: {e}", self.id, self.dir.display());
+        }
+    }
+}
+
+/// `deploy/bird-vipd.conf` in this source tree: the lab runs the snippet
+/// that ships, so the two cannot drift apart.
+pub fn shipped_bird_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird-vipd.conf")
+}
+
+/// `deploy/frr-vipd.conf` in this source tree.
+pub fn shipped_frr_conf() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/frr-vipd.conf")
+}
+
+/// The shipped FRR snippet with its example addresses replaced by LB `lb`'s
+/// (its AS numbers are the lab's already).
+fn lb_frr_conf(lb: &Lb) -> String {
+    let path = shipped_frr_conf();
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    for example in [
+        "neighbor 10.0.1.1 remote-as 65000",
+        "bgp router-id 10.0.1.2",
+        "router bgp 65100",
+    ] {
+        assert!(
+            text.contains(example),
+            "{} no longer has {example:?}: the lab fills in its example values",
+            path.display()
+        );
+    }
+    text.replace("10.0.1.1", &lb.peer.to_string())
+        .replace("10.0.1.2", &lb.addr.to_string())
+}
+
+/// Root, and the daemons installed; panics with the fix otherwise.
+fn preflight() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("not root: the fabric lab runs routing daemons in namespaces (cargo xtask test)");
+    }
+    let mut missing = Vec::new();
+    for (what, probe) in [
+        ("bird (package bird2)", "/usr/sbin/bird"),
+        ("vtysh (package frr)", "/usr/bin/vtysh"),
+        ("FRR's zebra (package frr)", "/usr/lib/frr/zebra"),
+        ("FRR's bgpd (package frr)", "/usr/lib/frr/bgpd"),
+        ("FRR's bfdd (package frr)", "/usr/lib/frr/bfdd"),
+        ("nft (package nftables)", "/usr/sbin/nft"),
+    ] {
+        if !Path::new(probe).is_file() {
+            missing.push(format!("{what} at {probe}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "the fabric lab needs {}: run `cargo xtask bootstrap` (as root it installs bird2, frr, nftables)",
+        missing.join(", ")
+    );
+}
+
+/// Waits until the daemon `p` created `path` (its control or vty socket);
+/// panics with its logs if it exits or takes longer than `timeout`.
+fn wait_path(path: &Path, p: &Proc, timeout: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        if !p.is_running() {
+            panic!(
+                "daemon exited before creating {}\n{}",
+                path.display(),
+                p.logs()
+            );
+        }
+        if start.elapsed() > timeout {
+            panic!("no {} after {timeout:?}\n{}", path.display(), p.logs());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Nexthops in `ip -j route show PREFIX` output: a multipath route lists
+/// them under `nexthops`, a single path carries `gateway`/`dev` itself.
+pub fn parse_routes(json: &str) -> Vec<Nexthop> {
+    let v: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| panic!("ip -j route output is not JSON ({e}): {json}"));
+    let mut hops = Vec::new();
+    let flags = |v: &serde_json::Value| -> Vec<String> {
+        v["flags"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for route in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let list = match route["nexthops"].as_array() {
+            Some(n) => n.clone(),
+            None => vec![route.clone()],
+        };
+        for h in list {
+            let Some(gw) = h["gateway"].as_str().and_then(|g| g.parse().ok()) else {
+                continue;
+            };
+            hops.push(Nexthop {
+                gateway: gw,
+                dev: h["dev"].as_str().unwrap_or_default().to_owned(),
+                flags: flags(&h),
+            });
+        }
+    }
+    hops
+}
+
+fn sh(ns: &str, args: &[&str]) -> String {
+    let out: Output = ns_exec(ns, args);
+    if !out.status.success() {
+        panic!(
+            "`ip netns exec {ns} {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .take(24)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipath_and_single_path_routes() {
+        let multi = r#"[{"dst":"10.78.100.1","protocol":"bgp","metric":20,"flags":[],
+            "nexthops":[{"gateway":"10.78.0.2","dev":"lb0","weight":1,"flags":[]},
+                        {"gateway":"10.78.1.2","dev":"lb1","weight":1,"flags":["linkdown"]}]}]"#;
+        let hops = parse_routes(multi);
+        assert_eq!(hops.len(), 2);
+        assert_eq!(hops[0].gateway, "10.78.0.2".parse::<IpAddr>().expect("ip"));
+        assert_eq!(hops[0].dev, "lb0");
+        assert!(hops[0].usable());
+        assert!(!hops[1].usable(), "a linkdown nexthop carries nothing");
+
+        let single = r#"[{"dst":"10.78.100.1","gateway":"10.78.2.2","dev":"lb2","protocol":"bgp","metric":20,"flags":[]}]"#;
+        let hops = parse_routes(single);
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops[0].dev, "lb2");
+
+        assert!(parse_routes("[]").is_empty());
+        assert!(parse_routes("[ ]\n").is_empty());
+    }
+
+    #[test]
+    fn the_shipped_bird_snippet_is_there() {
+        let conf = std::fs::read_to_string(shipped_bird_conf()).expect("deploy/bird-vipd.conf");
+        assert!(
+            conf.contains("kernel table 198"),
+            "the table vipd announces into"
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! The VIP across an L3 fabric, with real routing daemons: vipd's route
+//! module installs the VIP's host route in each LB's kernel table 198, BIRD 2
+//! (running the shipped deploy/bird-vipd.conf; one test runs
+//! deploy/frr-vipd.conf on an LB instead) carries it over eBGP with BFD,
+//! and FRR on the upstream router turns the LBs into ECMP nexthops in its
+//! kernel. Every check reads the router's kernel, which is what clients are
+//! forwarded by. Needs root and bird2, frr, nftables (`cargo xtask bootstrap`).
+//!
+//! The times printed ("withdraw -> router", "BFD") are observations on a
+//! shared machine, not a benchmark; the bounds asserted are generous.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use vip_tests::fabric::{Fabric, LBS, LbDaemon, VIP, VIP6};
+use vip_userspace::route::{Announced, Holder, RouteError};
+
+/// Daemon start-up to a stable multipath route is 2.5-3.2 s here
+/// (TOOLCHAIN.md); a loaded machine or one BFD flap at start-up (BIRD then
+/// waits `error wait time` 1 s) takes longer.
+const CONVERGE: Duration = Duration::from_secs(20);
+
+fn vip() -> IpAddr {
+    IpAddr::V4(VIP)
+}
+
+/// A fabric whose every LB announces the VIP, converged on the router.
+fn announced(hint: &str) -> Fabric {
+    announced_with(hint, [LbDaemon::Bird; LBS])
+}
+
+fn announced_with(hint: &str, daemons: [LbDaemon; LBS]) -> Fabric {
+    let f = Fabric::with_daemons(hint, daemons);
+    for i in 0..LBS {
+        assert_eq!(
+            f.announce(i, vip())
+                .unwrap_or_else(|e| panic!("announce on lb{i}: {e}")),
+            Announced::Added,
+            "lb{i}: table 198 was empty"
+        );
+    }
+    let took = f.wait_for_paths(VIP, LBS, CONVERGE);
+    eprintln!("{hint}: {LBS}-way ECMP on the router {took:?} after the daemons started");
+    f
+}
+
+fn stats(ms: &mut [f64]) -> String {
+    ms.sort_by(f64::total_cmp);
+    format!(
+        "min/median/max {:.0}/{:.0}/{:.0} ms over {}",
+        ms[0],
+        ms[ms.len() / 2],
+        ms[ms.len() - 1],
+        ms.len()
+    )
+}
+
+#[test]
+fn every_lb_that_announces_is_an_ecmp_nexthop() {
+    let f = announced("ecmp");
+    let mut gws: Vec<IpAddr> = f.router_routes(VIP).iter().map(|h| h.gateway).collect();
+    gws.sort();
+    let want: Vec<IpAddr> = f.lbs.iter().map(|l| IpAddr::V4(l.addr)).collect();
+    assert_eq!(gws, want, "one nexthop per LB, each its link address");
+
+    // Announcing again is a no-op, and the table reads back as vipd's.
+    assert_eq!(
+        f.announce(0, vip()).expect("announce again"),
+        Announced::AlreadyThere
+    );
+    let view = f.list(0);
+    assert_eq!(view.ours, vec![vip()]);
+    assert!(view.foreign.is_empty(), "{:?}", view.foreign);
+    assert_eq!(view.holder(vip()), Holder::Vipd);
+
+    // Traffic follows: with the VIP on each LB's lo, the client reaches it
+    // through the router, whichever LB the flow hashes to.
+    for i in 0..LBS {
+        f.lb_sh(i, &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+    }
+    let out =
+        vip_tests::netns::ns_exec(&f.client, &["ping", "-c", "1", "-W", "2", &VIP.to_string()]);
+    assert!(
+        out.status.success(),
+        "client -> VIP through the fabric: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_withdrawn_route_leaves_the_router_quickly() {
+    let f = announced("withdraw");
+    let gone = IpAddr::V4(f.lbs[1].addr);
+    let mut ms = Vec::new();
+    for round in 0..5 {
+        let t = std::time::Instant::now();
+        assert!(
+            f.withdraw(1, vip()).expect("withdraw"),
+            "round {round}: lb1 had vipd's route"
+        );
+        f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(1));
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(
+            f.router_routes(VIP).iter().all(|h| h.gateway != gone),
+            "round {round}: the remaining nexthops are the other LBs"
+        );
+        assert!(
+            !f.withdraw(1, vip()).expect("withdraw twice"),
+            "nothing left to withdraw"
+        );
+        assert_eq!(f.announce(1, vip()).expect("announce"), Announced::Added);
+        f.wait_for_paths(VIP, LBS, Duration::from_secs(5));
+    }
+    eprintln!("withdraw -> router kernel (FRR): {}", stats(&mut ms));
+}
+
+#[test]
+fn bfd_takes_a_silent_lb_out() {
+    let f = announced("bfd");
+    let mut ms = Vec::new();
+    // Each LB in turn: nft drops all its traffic, no link or process
+    // event. BGP's hold time (3 s) alone would take seconds; BFD 50 ms x3
+    // detects in 150 ms plus bgpd and zebra's work. (Silencing each once
+    // rather than one LB again and again: a restored session comes back
+    // only after BIRD's growing error wait.)
+    for (n, i) in [2, 1, 0].into_iter().enumerate() {
+        let t = std::time::Instant::now();
+        f.silence_lb(i);
+        f.wait_for_paths(VIP, LBS - 1 - n, Duration::from_secs(1));
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    eprintln!(
+        "silent LB -> router kernel (BFD 50 ms x3): {}",
+        stats(&mut ms)
+    );
+    assert!(
+        f.vtysh("show bfd peers brief").contains("down"),
+        "the router saw it through BFD:\n{}",
+        f.state()
+    );
+}
+
+#[test]
+fn a_foreign_route_is_reported_and_never_removed() {
+    let f = Fabric::new("foreign");
+    let v = VIP.to_string();
+    // An operator's route for the VIP in vipd's table (proto static).
+    f.lb_sh(
+        0,
+        &[
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &v,
+            "table",
+            "198",
+            "proto",
+            "static",
+        ],
+    );
+    let view = f.list(0);
+    assert!(view.ours.is_empty(), "{view:?}");
+    match view.holder(vip()) {
+        Holder::Foreign(r) => assert_eq!(r.proto, 4, "proto static"),
+        other => panic!("the static route should be foreign, got {other:?}"),
+    }
+    match f.announce(0, vip()) {
+        Err(e @ RouteError::Occupied { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("ip route del"),
+                "the error names the fix: {msg}"
+            );
+            eprintln!("announce over a foreign route: {msg}");
+        }
+        other => panic!("announce must refuse to replace a foreign route: {other:?}"),
+    }
+    assert!(
+        !f.withdraw(0, vip()).expect("withdraw"),
+        "nothing of vipd's to withdraw"
+    );
+    let table = f.lb_sh(0, &["ip", "route", "show", "table", "198"]);
+    assert!(
+        table.contains(&v) && table.contains("proto static"),
+        "kept: {table}"
+    );
+
+    // vipd's route and a foreign one for the same VIP at another metric:
+    // withdraw removes vipd's only (the kernel matches the proto).
+    assert_eq!(f.announce(1, vip()).expect("announce"), Announced::Added);
+    f.lb_sh(
+        1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &v,
+            "table",
+            "198",
+            "proto",
+            "static",
+            "metric",
+            "100",
+        ],
+    );
+    // And a route for another prefix that has no business in the table.
+    f.lb_sh(
+        1,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.78.100.0/24",
+            "dev",
+            "lo",
+            "table",
+            "198",
+            "proto",
+            "static",
+        ],
+    );
+    let before = f.list(1);
+    assert_eq!(before.ours, vec![vip()]);
+    assert_eq!(before.foreign.len(), 2, "{:?}", before.foreign);
+    assert!(f.withdraw(1, vip()).expect("withdraw"));
+    let after = f.list(1);
+    assert!(after.ours.is_empty(), "{after:?}");
+    assert_eq!(after.foreign, before.foreign, "foreign routes untouched");
+}
+
+#[test]
+fn a_restarted_bird_brings_the_route_back() {
+    let f = announced("restart");
+    let pid = f.bird_pid(0).expect("lb0's BIRD runs");
+    f.kill_bird(0);
+    // The TCP session dies with the process: the router drops lb0 at once.
+    let t = f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(2));
+    eprintln!("BIRD (pid {pid}) SIGKILLed -> router drops lb0: {t:?}");
+    let view = f.list(0);
+    assert_eq!(view.ours, vec![vip()], "table 198 still holds vipd's route");
+    f.start_bird(0);
+    let t = f.wait_for_paths(VIP, LBS, CONVERGE);
+    eprintln!("BIRD restarted -> lb0 back on the router: {t:?}");
+}
+
+#[test]
+fn an_lb_running_the_shipped_frr_snippet_joins_the_ecmp_group() {
+    let f = announced_with("frr_lb", [LbDaemon::Bird, LbDaemon::Bird, LbDaemon::Frr]);
+    assert!(
+        f.router_routes(VIP)
+            .iter()
+            .any(|h| h.gateway == IpAddr::V4(f.lbs[2].addr)),
+        "the FRR LB is a nexthop"
+    );
+    // The caveat deploy/frr-vipd.conf states: zebra also installs what it
+    // imports into the LB's main table. If this fails, FRR changed and the
+    // snippet's comment is stale.
+    let main = f.lb_sh(
+        2,
+        &["ip", "route", "show", "table", "main", &format!("{VIP}/32")],
+    );
+    assert!(
+        main.contains("blackhole") && main.contains("proto zebra"),
+        "zebra's copy of the VIP route in lb2's main table: {main:?}"
+    );
+    let t = std::time::Instant::now();
+    assert!(f.withdraw(2, vip()).expect("withdraw on the FRR LB"));
+    f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(1));
+    eprintln!("withdraw on an FRR LB -> router kernel: {:?}", t.elapsed());
+}
+
+/// The route module alone, no daemons: IPv6 host routes and a table above
+/// 255 (carried in RTA_TABLE) go in, read back as vipd's, and come out.
+#[test]
+fn ipv6_and_large_tables_round_trip_through_the_kernel() {
+    use vip_tests::netns::{Lab, in_netns};
+    use vip_userspace::route::{RouteAnnouncer, RouteTable};
+
+    let lab = Lab::new("route6", &["lb"]);
+    let ns = lab.node("lb").ns.clone();
+    let v6: IpAddr = "fd78::100".parse().expect("v6 vip");
+    for table in [
+        RouteTable::default(),
+        RouteTable::new(1000, 249).expect("table"),
+    ] {
+        let shown = in_netns(&ns, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let a = RouteAnnouncer::new(table).expect("netlink socket");
+                assert_eq!(a.announce(v6).await.expect("announce v6"), Announced::Added);
+                assert_eq!(
+                    a.announce(vip()).await.expect("announce v4"),
+                    Announced::Added
+                );
+                let view = a.list().await.expect("list");
+                let mut want = vec![vip(), v6];
+                want.sort();
+                assert_eq!(view.ours, want, "table {}", table.table);
+                let shown = std::process::Command::new("ip")
+                    .args(["-6", "route", "show", "table", &table.table.to_string()])
+                    .output()
+                    .expect("ip route");
+                assert!(a.withdraw(v6).await.expect("withdraw v6"));
+                assert!(a.withdraw(vip()).await.expect("withdraw v4"));
+                assert_eq!(a.list().await.expect("list").ours, Vec::<IpAddr>::new());
+                String::from_utf8_lossy(&shown.stdout).into_owned()
+            })
+        });
+        assert!(
+            shown.contains("blackhole fd78::100") && shown.contains("proto 249"),
+            "iproute2 sees vipd's IPv6 route in table {}: {shown}",
+            table.table
+        );
+    }
+}
+
+#[test]
+fn an_ipv6_vip_is_announced_over_the_same_sessions() {
+    let f = Fabric::new("ipv6");
+    let v6 = IpAddr::V6(VIP6);
+    for i in 0..LBS {
+        assert_eq!(f.announce(i, v6).expect("announce v6"), Announced::Added);
+    }
+    let took = f.wait_for_paths(VIP6, LBS, CONVERGE);
+    eprintln!("ipv6: {LBS}-way ECMP on the router {took:?} after the daemons started");
+    let t = std::time::Instant::now();
+    assert!(f.withdraw(0, v6).expect("withdraw v6"));
+    f.wait_for_paths(VIP6, LBS - 1, Duration::from_secs(1));
+    eprintln!("ipv6 withdraw -> router kernel: {:?}", t.elapsed());
+}
