@@ -63,6 +63,11 @@ pub struct Config {
     /// keepalived) nodes on the segment.
     #[serde(default)]
     pub vrrp: Option<VrrpSettings>,
+    /// Across an L3 fabric: hold the VIPs by installing their host routes in
+    /// a kernel table that the node's routing daemon announces, only while
+    /// this node can serve. Excludes `vrrp` and `hold_vips`.
+    #[serde(default)]
+    pub announce: Option<RouteAnnounceSettings>,
     /// Mode nat settings shared by all nat services.
     #[serde(default)]
     pub nat: NatSettings,
@@ -476,6 +481,66 @@ impl Default for AnnounceSettings {
     }
 }
 
+/// `announce:`, the route holder (`agent::hold::announce`). Every field has
+/// a default: `announce: {}` announces into table 198 with proto 249.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteAnnounceSettings {
+    /// The kernel table the routing daemon imports (`kernel table 198` in
+    /// BIRD, `ip import-table 198` in FRR): 1..=252 or above 255.
+    pub table: u32,
+    /// The route protocol number that marks vipd's routes (`proto 249`).
+    pub proto: u8,
+    /// On an orderly stop, how long vipd waits after withdrawing the routes
+    /// before it exits (and, unpinned, its program detaches): the time the
+    /// routing daemon and the upstream router need to stop sending here.
+    pub drain: String,
+}
+
+impl Default for RouteAnnounceSettings {
+    fn default() -> Self {
+        RouteAnnounceSettings {
+            table: crate::route::DEFAULT_TABLE,
+            proto: crate::route::DEFAULT_PROTO,
+            drain: "1s".into(),
+        }
+    }
+}
+
+/// The longest `announce.drain`: a stop that waits longer only delays
+/// systemd and the next start; BGP with BFD needs well under a second.
+const MAX_DRAIN: Duration = Duration::from_secs(30);
+
+impl RouteAnnounceSettings {
+    /// The table and protocol, validated as the route module does.
+    pub fn route_table(&self) -> Result<crate::route::RouteTable, (String, String)> {
+        use crate::route::{RouteError, RouteTable};
+        RouteTable::new(self.table, self.proto).map_err(|e| {
+            let field = match e {
+                RouteError::Proto { .. } => "announce.proto",
+                _ => "announce.table",
+            };
+            (field.to_owned(), e.to_string())
+        })
+    }
+
+    /// The wait between withdrawing and exiting.
+    pub fn drain(&self) -> Result<Duration, (String, String)> {
+        let d = parse_duration(&self.drain).map_err(|e| ("announce.drain".to_owned(), e))?;
+        if d > MAX_DRAIN {
+            return Err((
+                "announce.drain".into(),
+                format!(
+                    "{:?}: vipd waits at most {}s; BGP with BFD needs well under a second, use 1s",
+                    self.drain,
+                    MAX_DRAIN.as_secs()
+                ),
+            ));
+        }
+        Ok(d)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrackSettings {
@@ -801,6 +866,25 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(a) = &self.announce {
+            // One holder per node: VRRP moves the VIP address between nodes
+            // of one segment, announce spreads it over every node by
+            // routing; both at once would fight over who serves it.
+            if self.vrrp.is_some() {
+                return Err(bad(
+                    "announce".into(),
+                    "announcing the VIP's route and electing a VRRP holder are two ways to hold the VIP; keep one: remove `vrrp:` across an L3 fabric (no shared segment), or `announce:` on one L2 segment".into(),
+                ));
+            }
+            if self.hold_vips {
+                return Err(bad(
+                    "hold_vips".into(),
+                    "announce: holds the VIPs by their route, only while this node can serve; hold_vips would claim them always; remove hold_vips".into(),
+                ));
+            }
+            a.route_table().map_err(|(f, m)| bad(f, m))?;
+            a.drain().map_err(|(f, m)| bad(f, m))?;
         }
         if self.nat.tcp_idle_s == 0 || self.nat.udp_idle_s == 0 {
             return Err(bad(
@@ -1290,6 +1374,26 @@ services:
     }
 
     #[test]
+    fn announce_section_defaults() {
+        let c = parse(&format!("announce: {{}}\n{GOOD}")).expect("valid");
+        let a = c.announce.as_ref().expect("announce");
+        assert_eq!(
+            a.route_table().expect("table"),
+            crate::route::RouteTable::default()
+        );
+        assert_eq!(a.drain().expect("drain"), Duration::from_secs(1));
+        let c = parse(&format!(
+            "announce:\n  table: 1000\n  proto: 250\n  drain: 0s\n{GOOD}"
+        ))
+        .expect("valid");
+        let a = c.announce.as_ref().expect("announce");
+        let t = a.route_table().expect("table");
+        assert_eq!((t.table, t.proto), (1000, 250));
+        assert_eq!(a.drain().expect("drain"), Duration::ZERO);
+        assert!(parse(GOOD).expect("valid").announce.is_none());
+    }
+
+    #[test]
     fn vrrp_section_defaults_and_units() {
         let c = parse(&format!("vrrp:\n  vrid: 51\n{GOOD}")).expect("valid");
         let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
@@ -1488,6 +1592,30 @@ services:
             (
                 format!("vrrp:\n  vrid: 1\n  prio: 5\n{GOOD}"),
                 &["vrrp", "prio"],
+            ),
+            (
+                format!("vrrp:\n  vrid: 1\nannounce: {{ table: 198 }}\n{GOOD}"),
+                &["announce:", "two ways to hold the VIP", "remove `vrrp:`"],
+            ),
+            (
+                format!("hold_vips: true\nannounce: {{}}\n{GOOD}"),
+                &["hold_vips", "remove hold_vips"],
+            ),
+            (
+                format!("announce: {{ table: 254 }}\n{GOOD}"),
+                &["announce.table", "254 main", "table of its own"],
+            ),
+            (
+                format!("announce: {{ proto: 12 }}\n{GOOD}"),
+                &["announce.proto", "BIRD"],
+            ),
+            (
+                format!("announce: {{ drain: 5m }}\n{GOOD}"),
+                &["announce.drain", "use 1s"],
+            ),
+            (
+                format!("announce: {{ tabel: 198 }}\n{GOOD}"),
+                &["announce", "tabel"],
             ),
         ];
         for (text, want) in cases {
