@@ -90,6 +90,18 @@ pub struct ServiceLabel {
     pub service: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VipLabel {
+    pub vip: String,
+}
+
+/// `reason`: why the route was withdrawn (`agent::hold::announce::Why`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VipReason {
+    pub vip: String,
+    pub reason: String,
+}
+
 fn probe_histogram() -> Histogram {
     // 1 ms .. 8 s: a LAN TLS handshake to a timeout.
     Histogram::new(exponential_buckets(0.001, 2.0, 14))
@@ -175,6 +187,8 @@ pub struct Metrics {
     pub state_sync_applied: Counter,
     pub state_sync_rejected: Family<ReasonLabel, Counter>,
     pub state_sync_lost: Family<ReasonLabel, Counter>,
+    pub announce_route_installed: Family<VipLabel, Gauge>,
+    pub announce_withdrawals: Family<VipReason, Counter>,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
     /// Every family as registered, see [`Metrics::families`].
@@ -244,6 +258,8 @@ impl Metrics {
             state_sync_applied: Counter::default(),
             state_sync_rejected: Family::default(),
             state_sync_lost: Family::default(),
+            announce_route_installed: Family::default(),
+            announce_withdrawals: Family::default(),
             status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
@@ -423,6 +439,16 @@ impl Metrics {
             "state_sync_lost",
             "New flows not replicated, by reason (ring_full, unresolved, send_failed): they reset after a failover",
             m.state_sync_lost.clone(),
+        );
+        r.register(
+            "announce_route_installed",
+            "announce: 1 while this node's route for the VIP is in the announce table (the routing daemon announces it)",
+            m.announce_route_installed.clone(),
+        );
+        r.register(
+            "announce_withdrawals",
+            "announce: routes withdrawn, by reason (xdp_detached, no_backend, cert_gate, stopping, unconfigured)",
+            m.announce_withdrawals.clone(),
         );
         Metrics {
             registry: r.registry,

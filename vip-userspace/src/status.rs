@@ -24,12 +24,15 @@ pub struct Status {
     pub xdp_mode: String,
     /// Whether the kernel reports the program attached right now.
     pub xdp_attached: bool,
-    /// `vrrp`, `static` (hold_vips) or `none`.
+    /// `vrrp`, `announce`, `static` (hold_vips) or `none`.
     pub vip_holding: String,
     pub started_unix_ms: u64,
     /// When this snapshot was taken.
     pub at_unix_ms: u64,
     pub vrrp: Vec<VrrpStatus>,
+    /// `announce:`: each VIP's route; empty with any other holder.
+    #[serde(default)]
+    pub announce: Vec<RouteStatus>,
     pub services: Vec<ServiceStatus>,
     pub flows: FlowStatus,
     /// State sync's counters (mode nat with `state_sync:`); absent without it.
@@ -71,6 +74,47 @@ pub struct VrrpStatus {
     pub peers: Vec<PeerStatus>,
     pub last_change: Option<ChangeStatus>,
     pub last_failover: Option<FailoverStatus>,
+}
+
+/// One VIP's host route in the announce table (`announce:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub vip: IpAddr,
+    pub table: u32,
+    /// vipd's route is in the table: the routing daemon announces it.
+    pub installed: bool,
+    /// When it was last installed or withdrawn (None: neither yet).
+    pub since_unix_ms: Option<u64>,
+    /// While not installed: why, as the `reason` label of
+    /// `vipd_announce_withdrawals_total` (xdp_detached, no_backend,
+    /// cert_gate, stopping) ...
+    pub reason: Option<String>,
+    /// ... and in words.
+    pub why: Option<String>,
+    /// Someone else's route for the VIP in the table, which vipd leaves
+    /// alone (and so does not announce the VIP).
+    pub blocked_by: Option<String>,
+    /// The last install or withdraw the kernel refused.
+    pub error: Option<String>,
+    /// Withdrawals since start, by reason.
+    pub withdrawals: std::collections::BTreeMap<String, u64>,
+}
+
+impl RouteStatus {
+    /// Not installed, nothing known yet.
+    pub fn new(vip: IpAddr, table: u32) -> RouteStatus {
+        RouteStatus {
+            vip,
+            table,
+            installed: false,
+            since_unix_ms: None,
+            reason: None,
+            why: None,
+            blocked_by: None,
+            error: None,
+            withdrawals: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +252,41 @@ fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
 }
 
 impl Status {
+    /// `announce:`: one row per VIP, with why a route is not installed.
+    fn render_routes(&self, o: &mut String) {
+        let Some(first) = self.announce.first() else {
+            return;
+        };
+        let _ = writeln!(
+            o,
+            "\nVIPs held by announcing their routes (table {}):",
+            first.table
+        );
+        let mut rows = vec![["VIP", "ROUTE", "SINCE", "WHY"].map(String::from).to_vec()];
+        for r in &self.announce {
+            let state = match (&r.blocked_by, r.installed) {
+                (Some(_), _) => "BLOCKED",
+                (None, true) => "installed",
+                (None, false) => "WITHDRAWN",
+            };
+            let mut why = match (&r.blocked_by, &r.why) {
+                (Some(b), _) => format!("someone else's route holds it: {b}"),
+                (None, Some(w)) => w.clone(),
+                (None, None) => "-".into(),
+            };
+            if let Some(e) = &r.error {
+                why = format!("{why}; ERROR: {e}");
+            }
+            rows.push(vec![
+                r.vip.to_string(),
+                state.into(),
+                r.since_unix_ms.map_or_else(|| "-".into(), |t| self.ago(t)),
+                why,
+            ]);
+        }
+        table(o, "  ", &rows);
+    }
+
     fn ago(&self, t: u64) -> String {
         format!("{} ago", span(self.at_unix_ms.saturating_sub(t)))
     }
@@ -234,6 +313,7 @@ impl Status {
             "none" => o.push_str("VIPs held by something else (no vrrp, no hold_vips)\n"),
             _ => {}
         }
+        self.render_routes(&mut o);
         for v in &self.vrrp {
             let _ = writeln!(
                 o,
@@ -525,6 +605,7 @@ mod tests {
                     why: "no master heard for the master-down interval".into(),
                 }),
             }],
+            announce: vec![],
             services: vec![ServiceStatus {
                 vip: "10.0.0.100".parse().expect("ip"),
                 port: 6443,
@@ -635,6 +716,49 @@ mod tests {
         assert!(t.contains("5 m ago (down: timeout)"), "{t}");
         assert!(t.contains("3.0 MiB"), "{t}");
         assert!(t.contains("10.0.0.11:6443 (local)"), "{t}");
+    }
+
+    #[test]
+    fn announced_routes_say_why_they_are_withdrawn() {
+        let mut s = sample();
+        s.vip_holding = "announce".into();
+        s.vrrp.clear();
+        let at = s.at_unix_ms;
+        s.announce = vec![
+            RouteStatus {
+                installed: true,
+                since_unix_ms: Some(at - 12_000),
+                ..RouteStatus::new("10.0.0.100".parse().expect("ip"), 198)
+            },
+            RouteStatus {
+                since_unix_ms: Some(at - 3_000),
+                reason: Some("no_backend".into()),
+                why: Some("no backend passes its probe".into()),
+                withdrawals: [("no_backend".to_owned(), 2)].into(),
+                ..RouteStatus::new("10.0.0.101".parse().expect("ip"), 198)
+            },
+            RouteStatus {
+                blocked_by: Some("blackhole fd00::100/128 table 198 proto 4".into()),
+                ..RouteStatus::new("fd00::100".parse().expect("ip"), 198)
+            },
+        ];
+        let t = s.render();
+        for want in [
+            "VIPs held by announcing their routes (table 198):",
+            "10.0.0.100  installed  12 s ago",
+            "10.0.0.101  WITHDRAWN  3 s ago   no backend passes its probe",
+            "fd00::100   BLOCKED    -         someone else's route holds it: blackhole",
+        ] {
+            assert!(t.contains(want), "{want:?} missing in:\n{t}");
+        }
+        let j = serde_json::to_string(&s).expect("json");
+        let back: Status = serde_json::from_str(&j).expect("parse");
+        assert_eq!(back, s);
+        // A snapshot of an older vipd (no `announce`) still reads.
+        let mut v: serde_json::Value = serde_json::from_str(&j).expect("value");
+        v.as_object_mut().expect("object").remove("announce");
+        let old: Status = serde_json::from_value(v).expect("older snapshot");
+        assert!(old.announce.is_empty());
     }
 
     #[test]

@@ -328,8 +328,18 @@ fn prepare_host(cfg: &Config, globals: &Globals, record: Option<&Path>) -> Resul
         )?);
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
     }
+    // announce: every VIP on lo, whatever the mode (`hold::announce` says
+    // why); the same host changes as stacked mode dsr's.
+    if cfg.announce.is_some() {
+        let vips = service_vips(cfg);
+        guard.extend(
+            host::prepare_stacked(&cfg.interface, &vips)
+                .context("preparing this node for announce (the VIPs on lo)")?,
+        );
+        info!(vips = ?vips, interface = %cfg.interface, "announce: the VIPs on lo, arp_ignore=1, arp_announce=2 (what the program passes for a VIP is taken locally, never routed back to the fabric)");
+    }
     let stacked = stacked_vips(cfg);
-    if !stacked.is_empty() {
+    if !stacked.is_empty() && cfg.announce.is_none() {
         guard.extend(
             host::prepare_stacked(&cfg.interface, &stacked)
                 .context("preparing this node for stacked mode dsr")?,
@@ -546,7 +556,7 @@ impl Agent {
     async fn execute(&mut self, e: Effect) -> Result<Option<Event>> {
         match e {
             Effect::StartHolder(f) => {
-                let h = hold::start(&self.cfg, &f)?;
+                let h = hold::start(&self.cfg, &f).await?;
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
@@ -767,6 +777,10 @@ impl Agent {
         }
     }
 
+    fn announces(&self) -> bool {
+        self.cfg.announce.is_some()
+    }
+
     fn routers(&self) -> &[router::RouterHandle] {
         self.holder.as_ref().map_or(&[][..], |h| h.routers())
     }
@@ -844,15 +858,27 @@ impl Agent {
                 "configuration reload refused; the running configuration stays"
             ),
             Note::Xdp(true) => info!(interface = %iface, "XDP program attached again"),
+            Note::Xdp(false) if self.announces() => {
+                error!(interface = %iface, "XDP program not attached: this node cannot forward for the VIP; withdrawing the VIP routes")
+            }
             Note::Xdp(false) => {
                 error!(interface = %iface, "XDP program not attached: this node cannot forward for the VIP; lowering the VRRP priority")
             }
             Note::LocalApiserver(ok) => {
                 let locals = self.ctl.config().local_backends();
-                if ok {
-                    info!(backends = ?locals, "local apiserver answers again; VRRP priority restored");
+                // announce: the other backends serve the VIP as well; only
+                // "no backend serving" withdraws the routes.
+                let effect = if self.announces() {
+                    "the VIP routes stay while another backend serves"
+                } else if ok {
+                    "VRRP priority restored"
                 } else {
-                    error!(backends = ?locals, "local apiserver does not answer: lowering the VRRP priority");
+                    "lowering the VRRP priority"
+                };
+                if ok {
+                    info!(backends = ?locals, "local apiserver answers again; {effect}");
+                } else {
+                    error!(backends = ?locals, "local apiserver does not answer: {effect}");
                 }
             }
             Note::Traffic(line) => info!(counters = %line, "traffic"),

@@ -19,7 +19,7 @@ use crate::{
     dataplane::{Maps, flows::Sweep},
     metrics::{
         BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
-        ReasonLabel, ServiceLabel, mirror,
+        ReasonLabel, ServiceLabel, VipLabel, VipReason, mirror,
     },
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
@@ -114,6 +114,8 @@ pub fn refresh<M: Maps>(
     dataplane(m, ctl.programmer().maps());
     let flows = flows(m, cfg, obs);
     let sync = sync(m, obs);
+    let announce = holder.routes();
+    routes(m, &announce);
     let snapshot = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         node: obs.node.clone(),
@@ -124,6 +126,7 @@ pub fn refresh<M: Maps>(
         started_unix_ms: status::unix_ms(obs.started),
         at_unix_ms: now_ms,
         vrrp,
+        announce,
         services,
         flows,
         sync,
@@ -131,6 +134,25 @@ pub fn refresh<M: Maps>(
     match serde_json::to_string(&snapshot) {
         Ok(j) => m.set_status(j),
         Err(e) => warn!(error = %e, "encoding the status failed"),
+    }
+}
+
+/// `announce`: each VIP's route and its withdrawals.
+fn routes(m: &Metrics, routes: &[status::RouteStatus]) {
+    for r in routes {
+        let vip = r.vip.to_string();
+        m.announce_route_installed
+            .get_or_create(&VipLabel { vip: vip.clone() })
+            .set(i64::from(r.installed));
+        for (reason, n) in &r.withdrawals {
+            mirror(
+                &m.announce_withdrawals.get_or_create(&VipReason {
+                    vip: vip.clone(),
+                    reason: reason.clone(),
+                }),
+                *n,
+            );
+        }
     }
 }
 

@@ -406,10 +406,17 @@ pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), &'static str> 
         ("state_sync", old.state_sync != new.state_sync),
         ("vrrp", old.vrrp != new.vrrp),
         ("hold_vips", old.hold_vips != new.hold_vips),
+        ("announce", old.announce != new.announce),
         ("metrics_listen", old.metrics_listen != new.metrics_listen),
         (
             "services[].vip: the VIPs VRRP elects a holder for",
             old.vrrp.is_some() && service_vips(old) != service_vips(new),
+        ),
+        // The VIPs go on `lo` at start (`prepare_host`), with the host
+        // changes a restart undoes and redoes.
+        (
+            "services[].vip: the VIPs announce routes to",
+            old.announce.is_some() && service_vips(old) != service_vips(new),
         ),
         (
             "services[].mode: the first nat service",
@@ -427,7 +434,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::agent::hold::vrrp::{Command, Tracking};
+    use crate::agent::hold::{
+        announce::{Announcing, Command as AnnounceCommand, Why},
+        vrrp::{Command, Tracking},
+    };
 
     /// Stacked dual-stack VRRP: priority 200, the default weights (XDP
     /// detached 100, local apiserver 50).
@@ -837,6 +847,166 @@ services:
         assert_eq!(refreshes(a.on(at(1000), Event::Settled(fine()))), 1);
         assert_eq!(refreshes(a.on(at(1500), Event::Settled(fine()))), 0);
         assert_eq!(refreshes(a.on(at(2100), Event::Settled(fine()))), 1);
+    }
+
+    /// announce across an L3 fabric: mode nat, `snat: node`, two backends
+    /// in other subnets.
+    const ANNOUNCE: &str = "
+interface: eth0
+announce:
+  table: 198
+services:
+  - vip: 10.78.100.1
+    mode: nat
+    snat: node
+    backends:
+      - address: 10.79.1.2
+      - address: 10.79.2.2
+";
+
+    /// The route holder's decisions as the holder would make them.
+    fn announcing() -> Announcing {
+        Announcing::new(&["10.78.100.1".parse().expect("vip")])
+    }
+
+    fn vip() -> std::net::IpAddr {
+        "10.78.100.1".parse().expect("vip")
+    }
+
+    #[test]
+    fn announce_installs_the_route_once_started_fit() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        let mut d = announcing();
+        // Nothing is announced before start-up is done.
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![]);
+        let fx = a.on(t0, Event::Started(fine()));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(d.fit(f0), vec![AnnounceCommand::Install(vip())]);
+        assert_eq!(
+            a.on(t0, Event::HolderStarted { tracks: true }),
+            vec![Effect::Ready]
+        );
+        assert_eq!(
+            a.on(t0, Event::Second),
+            vec![Effect::Upkeep, Effect::CheckXdp],
+            "the XDP attachment is watched: losing it withdraws the route"
+        );
+
+        // A node that starts with no backend serving announces nothing.
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        let mut d = announcing();
+        let mut v = fine();
+        v.serving = false;
+        let fx = a.on(t0, Event::Started(v));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            d.fit(f0),
+            vec![AnnounceCommand::Withdraw(vip(), Why::NoBackend)]
+        );
+        a.on(t0, Event::HolderStarted { tracks: true });
+        let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
+        assert_eq!(d.fit(&f), vec![AnnounceCommand::Install(vip())]);
+    }
+
+    #[test]
+    fn announce_withdraws_the_moment_fitness_is_lost() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        let mut d = announcing();
+        let fx = a.on(t0, Event::Started(fine()));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        d.fit(f0);
+        a.on(t0, Event::HolderStarted { tracks: true });
+
+        // Every backend fails its probe: the next settle tells the holder.
+        let mut down = fine();
+        down.serving = false;
+        let f = told(&a.on(t0, Event::Settled(down))).expect("told");
+        assert_eq!(
+            d.fit(&f),
+            vec![AnnounceCommand::Withdraw(vip(), Why::NoBackend)]
+        );
+        let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
+        assert_eq!(d.fit(&f), vec![AnnounceCommand::Install(vip())]);
+
+        // The program is detached: read within a second, logged, told.
+        assert_eq!(
+            a.on(t0, Event::Xdp(false)),
+            vec![Effect::Log(Note::Xdp(false))]
+        );
+        let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
+        assert_eq!(
+            d.fit(&f),
+            vec![AnnounceCommand::Withdraw(vip(), Why::XdpDetached)]
+        );
+
+        // The gate refusing the family withdraws too.
+        a.on(t0, Event::Xdp(true));
+        let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
+        assert_eq!(d.fit(&f), vec![AnnounceCommand::Install(vip())]);
+        let mut gated = fine();
+        gated.gate_v4 = Some("no backend of 10.78.100.1:6443 has a certificate for it".into());
+        let f = told(&a.on(t0, Event::Settled(gated))).expect("told");
+        assert!(matches!(
+            d.fit(&f)[..],
+            [AnnounceCommand::Withdraw(_, Why::CertGate(_))]
+        ));
+    }
+
+    /// SIGTERM: the holder withdraws the routes (and drains) before the
+    /// host changes are undone and the process exits, which unpinned
+    /// detaches the program.
+    #[test]
+    fn announce_withdraws_on_sigterm_before_the_stop() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        let mut d = announcing();
+        let fx = a.on(t0, Event::Started(fine()));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        d.fit(f0);
+        a.on(t0, Event::HolderStarted { tracks: true });
+        let fx = a.on(t0, Event::Signal(Signal::Term));
+        let at = |e: &Effect| fx.iter().position(|x| x == e).expect("effect");
+        assert!(at(&Effect::StopHolder) < at(&Effect::RestoreHost));
+        assert!(at(&Effect::StopHolder) < at(&Effect::Exit));
+        assert_eq!(
+            d.stop(),
+            vec![AnnounceCommand::Withdraw(vip(), Why::Stopping)]
+        );
+        assert_eq!(a.on(t0, Event::Settled(fine())), vec![], "stopping");
+    }
+
+    #[test]
+    fn announce_and_its_vips_take_a_restart() {
+        let t0 = Instant::now();
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        a.on(t0, Event::Started(fine()));
+        a.on(t0, Event::HolderStarted { tracks: true });
+        let read = |c: Config| Event::ConfigRead {
+            stamp: stamp(2),
+            config: Ok(Box::new(c)),
+        };
+        let why = refused(&a.on(t0, read(cfg(&ANNOUNCE.replace("table: 198", "table: 199")))));
+        assert!(why.contains(": announce changed"), "{why}");
+        let why = refused(&a.on(
+            t0,
+            read(cfg(&ANNOUNCE.replace("10.78.100.1", "10.78.100.2"))),
+        ));
+        assert!(why.contains("the VIPs announce routes to"), "{why}");
+        let fewer = cfg(&ANNOUNCE.replace("      - address: 10.79.2.2\n", ""));
+        assert!(
+            matches!(a.on(t0, read(fewer))[..], [Effect::Apply(_)]),
+            "backends reload"
+        );
     }
 
     /// SIGTERM: VRRP hands the VIP over while the program still forwards,

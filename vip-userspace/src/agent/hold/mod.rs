@@ -6,9 +6,10 @@
 //! means for the VIP. VRRP ([`vrrp::Vrrp`]) turns it into an advertised
 //! priority and a hold out of the election; `hold_vips` ([`StaticVips`])
 //! keeps the VIPs on the interface whatever happens; with neither
-//! ([`Unheld`]) something else holds them. A new way of holding the VIP
-//! (announcing its route to a routing daemon only while the node can serve)
-//! is one more implementation, not new branches in the agent loop.
+//! ([`Unheld`]) something else holds them. `announce` ([`Announce`])
+//! installs each VIP's route for a routing daemon to announce, only while
+//! the node can serve: one more implementation, not new branches in the
+//! agent loop.
 
 use std::{future::Future, net::IpAddr, pin::Pin};
 
@@ -16,12 +17,15 @@ use anyhow::Result;
 
 use crate::{
     config::Config,
+    status::RouteStatus,
     vrrp::{Family, router::RouterHandle},
 };
 
+pub mod announce;
 mod static_vips;
 pub mod vrrp;
 
+pub use announce::Announce;
 pub use static_vips::StaticVips;
 
 /// What this node can do now, as the agent sees it.
@@ -77,16 +81,25 @@ pub trait VipHolder: Send {
         &[]
     }
 
+    /// `announce`'s routes, one per VIP, for the status and metrics; other
+    /// holders have none.
+    fn routes(&self) -> Vec<RouteStatus> {
+        Vec::new()
+    }
+
     /// Lets the VIP go for good (an orderly stop), handing it over where
     /// the mode can.
     fn stop(self: Box<Self>) -> Stopping;
 }
 
 /// Starts the holder the configuration asks for, fit as `f` says from the
-/// start (a node the gate refuses never joins the election meanwhile).
-pub fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
+/// start (a node the gate refuses never joins the election meanwhile, nor
+/// announces a route).
+pub async fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
     Ok(if cfg.vrrp.is_some() {
         Box::new(vrrp::Vrrp::start(cfg, f)?)
+    } else if cfg.announce.is_some() {
+        Box::new(Announce::start(cfg, f).await?)
     } else if cfg.hold_vips {
         Box::new(StaticVips::start(
             &cfg.interface,
@@ -97,7 +110,7 @@ pub fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
     })
 }
 
-/// No `vrrp`, no `hold_vips`: something else (keepalived, an operator)
+/// No `vrrp`, no `announce`, no `hold_vips`: something else (keepalived, an operator)
 /// puts the VIP on the interface; vipd serves it wherever it lands.
 pub struct Unheld;
 
