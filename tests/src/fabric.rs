@@ -610,6 +610,55 @@ impl Fabric {
         birds[i] = Some(p);
     }
 
+    /// The real vipd in LB `i`'s namespace with `config` (YAML), started the
+    /// way scenario.rs starts it but unpinned (`--no-pin`: the program
+    /// detaches when vipd exits, and no bpffs is needed); returns once it
+    /// says it is ready. Drop the `Proc` before the fabric.
+    pub fn spawn_vipd(&self, i: usize, config: &str) -> Proc {
+        let lb = &self.lbs[i];
+        let path = lb.dir.join("vipd.yaml");
+        std::fs::write(&path, config).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lb.ns])
+            .arg(crate::vipd_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(["--stats-interval", "1", "--no-pin"])
+            .env("RUST_LOG", "info");
+        let p = Proc::spawn_logged(c, &self.dir, &format!("vipd-lb{i}"));
+        p.wait_for_stdout("vipd ready", Duration::from_secs(30));
+        p
+    }
+
+    /// A TCP server on backend `k` (`10.79.<k+1>.2:port`) that answers
+    /// every connection with `be<k>\n` and closes it: something for TCP
+    /// probes to reach and for clients to read which backend served them.
+    /// Stops (and closes its socket) when dropped.
+    pub fn serve_tcp(&self, k: usize, port: u16) -> TcpServer {
+        let addr =
+            std::net::SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 79, 1 + k as u8, 2)), port);
+        let l = in_netns(&self.backends[k], || std::net::TcpListener::bind(addr))
+            .unwrap_or_else(|e| panic!("bind {addr} in be{k}: {e}"));
+        l.set_nonblocking(true).expect("nonblocking listener");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        use std::io::Write as _;
+                        let _ = c.write_all(format!("be{k}\n").as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        TcpServer {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Every daemon's output so far.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -622,6 +671,21 @@ impl Fabric {
             s.push('\n');
         }
         s
+    }
+}
+
+/// [`Fabric::serve_tcp`]'s server.
+pub struct TcpServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -935,6 +935,32 @@ fn bcd(host: u8) -> u8 {
     ((host / 10) << 4) | (host % 10)
 }
 
+/// The id of the XDP link `pid` holds, from its fdinfo (each bpf_link fd
+/// shows `link_type` and `link_id`): exact even with other tests' programs
+/// attached to interfaces with the same index in other namespaces.
+pub fn xdp_link_id(pid: u32) -> u32 {
+    let dir = format!("/proc/{pid}/fdinfo");
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let Ok(text) = std::fs::read_to_string(e.expect("fdinfo entry").path()) else {
+            continue;
+        };
+        let is_xdp = text
+            .lines()
+            .any(|l| l.strip_prefix("link_type:").map(str::trim) == Some("xdp"));
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("link_id:"))
+            .and_then(|v| v.trim().parse().ok());
+        if let (true, Some(id)) = (is_xdp, id) {
+            return id;
+        }
+    }
+    panic!(
+        "vipd (pid {pid}) holds no XDP link fd:\n{}",
+        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,8 +12,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use vip_tests::fabric::{Fabric, LBS, LbDaemon, VIP, VIP6};
+use vip_tests::fabric::{Fabric, LBS, LbDaemon, NODE_IF, VIP, VIP6};
+use vip_tests::netns::{Proc, in_netns, xdp_link_id};
 use vip_userspace::route::{Announced, Holder, RouteError};
+use vip_userspace::status::Status;
 
 /// Daemon start-up to a stable multipath route is 2.5-3.2 s here
 /// (TOOLCHAIN.md); a loaded machine or one BFD flap at start-up (BIRD then
@@ -332,4 +334,252 @@ fn an_ipv6_vip_is_announced_over_the_same_sessions() {
     assert!(f.withdraw(0, v6).expect("withdraw v6"));
     f.wait_for_paths(VIP6, LBS - 1, Duration::from_secs(1));
     eprintln!("ipv6 withdraw -> router kernel: {:?}", t.elapsed());
+}
+
+/// The service port vipd serves on the VIP and the backends listen on.
+const PORT: u16 = 6443;
+/// Where each LB's vipd serves /status and /metrics (its own namespace).
+const METRICS: &str = "127.0.0.1:9590";
+
+/// vipd on an LB of the fabric: `announce:` into table 198 with a 1 s
+/// drain; mode nat with `snat: node`, so each LB reaches the backends (in
+/// subnets of their own) by routing, through the router, from its own link
+/// address; TCP probes every 200 ms, down after 2 failures. XDP in generic
+/// mode: veth's native mode needs an XDP program on the router's end for
+/// XDP_TX (TOOLCHAIN.md). No certificates in this lab: the gate is off.
+fn vipd_config() -> String {
+    format!(
+        "interface: {NODE_IF}
+xdp_mode: skb
+metrics_listen: {METRICS}
+announce:
+  table: 198
+  drain: 1s
+cert_gate:
+  on_missing_san: off
+services:
+  - vip: {VIP}
+    port: {PORT}
+    mode: nat
+    snat: node
+    probe: {{ type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 2, jitter: 0ms }}
+    backends:
+      - address: 10.79.1.2
+      - address: 10.79.2.2
+"
+    )
+}
+
+/// `vipd status -o json` of LB `i`'s vipd.
+fn status(f: &Fabric, i: usize) -> Status {
+    let out = vip_tests::netns::ns_exec(
+        &f.lbs[i].ns,
+        &[
+            vip_tests::vipd_bin().to_str().expect("utf-8 path"),
+            "status",
+            "--address",
+            METRICS,
+            "--output",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "vipd status in lb{i}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "vipd status JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Polls LB `i`'s status (rebuilt once a second) until `ok` holds.
+fn wait_status(f: &Fabric, i: usize, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(f, i);
+        if ok(&s) {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "lb{i}: {what}: status {:?}",
+            s.announce
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// LB `i`'s /metrics.
+fn metrics(f: &Fabric, i: usize) -> String {
+    use std::io::{Read as _, Write as _};
+    in_netns(&f.lbs[i].ns, || {
+        let mut c = std::net::TcpStream::connect(METRICS).expect("connect to /metrics");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+            .expect("request");
+        let mut s = String::new();
+        c.read_to_string(&mut s).expect("read /metrics");
+        s
+    })
+}
+
+/// A new TCP connection from the client to the VIP, through the router and
+/// whichever LB its flow hashes to: the backend's name it read.
+fn connect_through_vip(f: &Fabric) -> Result<String, std::io::Error> {
+    use std::io::Read as _;
+    in_netns(&f.client, || {
+        let addr = std::net::SocketAddr::new(vip(), PORT);
+        let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        c.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })
+}
+
+/// The agent end to end across the fabric: three LBs run vipd with
+/// `announce:`, BIRD carries each one's route to the router. The router
+/// learns the VIP from all three; clients reach the backends through it;
+/// an LB whose backends all fail is dropped by the router within the
+/// probes' detection plus a margin, and comes back; a SIGTERMed vipd's
+/// route leaves the router before the process exits (make-before-break).
+#[test]
+fn vipd_announces_only_while_it_can_serve() {
+    let f = Fabric::new("vipd");
+    let _backends: Vec<_> = (0..2).map(|k| f.serve_tcp(k, PORT)).collect();
+    let mut vipds: Vec<Option<Proc>> = (0..LBS)
+        .map(|i| Some(f.spawn_vipd(i, &vipd_config())))
+        .collect();
+    let took = f.wait_for_paths(VIP, LBS, CONVERGE);
+    eprintln!("vipd: {LBS}-way ECMP on the router {took:?} after the last vipd was ready");
+    for i in 0..LBS {
+        assert_eq!(f.list(i).ours, vec![vip()], "lb{i}: vipd's route");
+        let lo = f.lb_sh(i, &["ip", "-4", "addr", "show", "dev", "lo"]);
+        assert!(
+            lo.contains(&format!("{VIP}/32")),
+            "lb{i}: the VIP on lo: {lo}"
+        );
+    }
+    let s = wait_status(&f, 0, "route installed", |s| {
+        s.announce.first().is_some_and(|r| r.installed)
+    });
+    assert_eq!(s.vip_holding, "announce");
+    assert!(
+        metrics(&f, 0).contains(&format!("vipd_announce_route_installed{{vip=\"{VIP}\"}} 1")),
+        "the gauge"
+    );
+
+    // New connections through the VIP: each flow hashed to some LB, NATed
+    // there to a backend, the reply NATed back by the same LB.
+    for n in 0..12 {
+        let got = connect_through_vip(&f)
+            .unwrap_or_else(|e| panic!("connection {n} through the VIP: {e}\n{}", f.state()));
+        assert!(
+            got == "be0\n" || got == "be1\n",
+            "connection {n} read {got:?}"
+        );
+    }
+
+    // lb0 loses every backend (unreachable from it alone; the others still
+    // reach them): its probes fail in 2 x 200 ms, the route goes, BIRD
+    // withdraws it over BGP.
+    let t = std::time::Instant::now();
+    for be in ["10.79.1.2", "10.79.2.2"] {
+        f.lb_sh(0, &["ip", "route", "add", "unreachable", be]);
+    }
+    f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(3));
+    let health_ms = t.elapsed().as_secs_f64() * 1e3;
+    let gone = IpAddr::V4(f.lbs[0].addr);
+    assert!(
+        f.router_routes(VIP).iter().all(|h| h.gateway != gone),
+        "lb0 is the one dropped"
+    );
+    eprintln!(
+        "lb0's backends unreachable -> router drops lb0: {health_ms:.0} ms (probes 200 ms x 2)"
+    );
+    let s = wait_status(&f, 0, "withdrawn for no_backend", |s| {
+        s.announce
+            .first()
+            .is_some_and(|r| !r.installed && r.reason.as_deref() == Some("no_backend"))
+    });
+    assert_eq!(s.announce[0].withdrawals.get("no_backend"), Some(&1));
+    assert!(s.render().contains("WITHDRAWN"), "{}", s.render());
+    assert!(
+        metrics(&f, 0).contains(&format!(
+            "vipd_announce_withdrawals_total{{vip=\"{VIP}\",reason=\"no_backend\"}} 1"
+        )),
+        "the counter"
+    );
+    // Clients keep getting through the other two.
+    for n in 0..6 {
+        connect_through_vip(&f).unwrap_or_else(|e| panic!("connection {n} with lb0 out: {e}"));
+    }
+    for be in ["10.79.1.2", "10.79.2.2"] {
+        f.lb_sh(0, &["ip", "route", "del", "unreachable", be]);
+    }
+    let back = f.wait_for_paths(VIP, LBS, CONVERGE);
+    eprintln!("lb0's backends back -> router has lb0 again: {back:?}");
+
+    // lb1's program is detached under vipd: read within a second, the
+    // route goes (and stays out: vipd does not attach again by itself).
+    let lb1 = vipds[1].as_ref().expect("lb1's vipd");
+    let id = xdp_link_id(lb1.pid()).to_string();
+    let t = std::time::Instant::now();
+    f.lb_sh(1, &["bpftool", "link", "detach", "id", &id]);
+    f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(3));
+    let xdp_ms = t.elapsed().as_secs_f64() * 1e3;
+    let gone = IpAddr::V4(f.lbs[1].addr);
+    assert!(
+        f.router_routes(VIP).iter().all(|h| h.gateway != gone),
+        "lb1 is the one dropped"
+    );
+    eprintln!("lb1's XDP detached -> router drops lb1: {xdp_ms:.0} ms (checked once a second)");
+    wait_status(&f, 1, "withdrawn for xdp_detached", |s| {
+        s.announce
+            .first()
+            .is_some_and(|r| !r.installed && r.reason.as_deref() == Some("xdp_detached"))
+    });
+
+    // SIGTERM: the route goes first, the process stays for the drain
+    // (its program forwarding what still arrives), then exits cleanly and
+    // undoes its host changes (unpinned).
+    let p = vipds[2].take().expect("lb2's vipd");
+    let t = std::time::Instant::now();
+    p.signal(libc::SIGTERM);
+    f.wait_for_paths(VIP, LBS - 2, Duration::from_secs(2));
+    let term_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(
+        p.is_running(),
+        "lb2's route left the router {term_ms:.0} ms after SIGTERM, while vipd still drains"
+    );
+    let st = p
+        .wait_timeout(Duration::from_secs(6))
+        .unwrap_or_else(|| panic!("vipd did not exit after its drain\n{}", p.logs()));
+    let exit_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert!(st.success(), "vipd exit: {st}\n{}", p.logs());
+    assert!(
+        exit_ms >= 1000.0,
+        "exited after the 1 s drain: {exit_ms:.0} ms"
+    );
+    assert!(f.list(2).ours.is_empty(), "no route of vipd's left in lb2");
+    let lo = f.lb_sh(2, &["ip", "-4", "addr", "show", "dev", "lo"]);
+    assert!(!lo.contains(&format!("{VIP}/32")), "the VIP off lo: {lo}");
+    eprintln!(
+        "SIGTERM -> router drops lb2: {term_ms:.0} ms; vipd exited at {exit_ms:.0} ms (drain 1 s)"
+    );
+    for n in 0..6 {
+        connect_through_vip(&f).unwrap_or_else(|e| panic!("connection {n} through lb0 alone: {e}"));
+    }
+    for (i, p) in vipds.iter().enumerate() {
+        if let Some(p) = p {
+            assert!(
+                !p.logs().contains("no routing daemon"),
+                "lb{i}: BIRD runs in its namespace:\n{}",
+                p.logs()
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::{
 use vip_tests::{
     capture::{ARP_FILTER, ArpOp, Capture},
     keepalived::VrrpState,
-    netns::{Lab, VIP_V4, VIP_V6, in_netns},
+    netns::{Lab, VIP_V4, VIP_V6, in_netns, xdp_link_id},
     vrrpd::{VipdVrrp, VipdVrrpConf},
 };
 use vip_userspace::vrrp::{
@@ -44,32 +44,6 @@ fn start(lab: &Lab, node: &str, priority: u8, preempt: bool) -> VipdVrrp {
 fn wait_master(lab: &Lab, v: &VipdVrrp, node: &str) {
     v.wait_state(VrrpState::Master, Duration::from_secs(5));
     lab.wait_addr(node, VIP, true, Duration::from_secs(2));
-}
-
-/// The id of the XDP link `pid` holds, from its fdinfo (each bpf_link fd
-/// shows `link_type` and `link_id`): exact even with other tests' programs
-/// attached to interfaces with the same index in other namespaces.
-fn xdp_link_id(pid: u32) -> u32 {
-    let dir = format!("/proc/{pid}/fdinfo");
-    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{dir}: {e}")) {
-        let Ok(text) = std::fs::read_to_string(e.expect("fdinfo entry").path()) else {
-            continue;
-        };
-        let is_xdp = text
-            .lines()
-            .any(|l| l.strip_prefix("link_type:").map(str::trim) == Some("xdp"));
-        let id = text
-            .lines()
-            .find_map(|l| l.strip_prefix("link_id:"))
-            .and_then(|v| v.trim().parse().ok());
-        if let (true, Some(id)) = (is_xdp, id) {
-            return id;
-        }
-    }
-    panic!(
-        "vipd (pid {pid}) holds no XDP link fd:\n{}",
-        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
-    );
 }
 
 fn rt() -> tokio::runtime::Runtime {
