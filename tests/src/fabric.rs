@@ -507,6 +507,30 @@ impl Fabric {
         }
     }
 
+    /// Polls the router every 10 ms until `n` BFD sessions are up; returns
+    /// how long that took. Panics with the BGP and BFD state on timeout.
+    pub fn wait_bfd_up(&self, n: usize, timeout: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let peers = self.vtysh("show bfd peers brief");
+            if peers
+                .lines()
+                .filter(|l| l.trim_end().ends_with(" up"))
+                .count()
+                == n
+            {
+                return start.elapsed();
+            }
+            if start.elapsed() >= timeout {
+                panic!(
+                    "not {n} BFD sessions up after {timeout:?}\n{}",
+                    self.state()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `vtysh -c` on the router.
     pub fn vtysh(&self, cmd: &str) -> String {
         let r = self.dir.join("frr").display().to_string();

@@ -119,6 +119,11 @@ fn a_withdrawn_route_leaves_the_router_quickly() {
 #[test]
 fn bfd_takes_a_silent_lb_out() {
     let f = announced("bfd");
+    // The paths can be there before BFD is: a session that flapped at
+    // start-up (a loaded machine) is re-established by BGP first, and
+    // while its BFD session is down only the hold time would notice.
+    let took = f.wait_bfd_up(LBS, CONVERGE);
+    eprintln!("bfd: {LBS} BFD sessions up {took:?} after the paths");
     let mut ms = Vec::new();
     // Each LB in turn: nft drops all its traffic, no link or process
     // event. BGP's hold time (3 s) alone would take seconds; BFD 50 ms x3
