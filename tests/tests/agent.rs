@@ -360,10 +360,14 @@ fn cert_gate_refuses_master_until_told_to_warn() {
     opts.vrrp = true;
     let l = LbLab::start_with("ag-gate", &opts);
     let vip = std::net::IpAddr::V4(vip_tests::netns::VIP_V4);
-    l.vipd.wait_for_logs(
-        "VRRP: this node will not hold the VIP",
-        Duration::from_secs(5),
-    );
+    // One line per family, from each family's router task: wait for both
+    // (the IPv6 one may come a few ms after the IPv4 one).
+    for reason in [
+        "no backend of 10.77.0.100:6443 has a certificate for it",
+        "no backend of [fd77::100]:6443 has a certificate for it",
+    ] {
+        l.vipd.wait_for_logs(reason, Duration::from_secs(5));
+    }
     let logs = l.vipd.logs();
     assert!(
         logs.contains("no backend of 10.77.0.100:6443 has a certificate for it")
