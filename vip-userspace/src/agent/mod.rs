@@ -97,7 +97,7 @@ pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
 /// protection against flooded frames (`pass_other_host`); the caller logs
 /// that at start.
 fn write_local_mac(maps: &mut KernelMaps, iface: &str, last: Option<[u8; 6]>) -> Option<[u8; 6]> {
-    let mac = match crate::vrrp::net::mac_address(iface) {
+    let mac = match crate::link::mac_address(iface) {
         Ok(m) => m,
         Err(e) => {
             if last.is_some() {
@@ -247,7 +247,7 @@ fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
         Programmer::new(maps)
     };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
-    let node_addrs = host::interface_addrs(&cfg.interface)?;
+    let node_addrs = crate::link::addresses(&cfg.interface)?;
     // Read before anything is changed: a bad key file stops the start.
     let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
         Some(p) => Some(Arc::new(KeySource::open(p)?)),
@@ -792,7 +792,7 @@ impl Agent {
     fn apply(&mut self, new: Config) -> Result<()> {
         let path = self.opts.config_path.display().to_string();
         let jobs = probe_jobs(&new).with_context(|| path.clone())?;
-        let node_addrs = host::interface_addrs(&new.interface)?;
+        let node_addrs = crate::link::addresses(&new.interface)?;
         let report = self
             .ctl
             .reload(new, node_addrs)

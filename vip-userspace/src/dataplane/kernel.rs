@@ -380,7 +380,7 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) 
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    crate::vrrp::net::ifindex(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))
+    Ok(crate::link::ifindex(iface)?)
 }
 
 impl Maps for KernelMaps {

@@ -24,12 +24,13 @@ use super::{
     Family,
     announce::{Announcer, ClaimWatch},
     machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
-    net::{self, NetError, SourceState, Transport, VrrpSocket},
+    net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{
     config::{VrrpPlan, format_mac},
     host,
+    link::SourceState,
 };
 
 /// How often the link state is read (ioctl, cheap): a link that goes down
@@ -278,7 +279,7 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
     let sock = VrrpSocket::open(&spec.ifname, spec.family, source, &transport)?;
     let announcer = Announcer::open(&spec.ifname)?;
     let claims = ClaimWatch::open(&spec.ifname)?;
-    let mac = net::mac_address(&spec.ifname)?;
+    let mac = crate::link::mac_address(&spec.ifname).map_err(NetError::from)?;
     let plan = &spec.plan;
     let machine = Machine::new(Params {
         vrid: plan.vrid,
@@ -525,7 +526,7 @@ impl Router {
     }
 
     fn link_up(&mut self) -> bool {
-        match net::link_up(&self.spec.ifname) {
+        match crate::link::link_up(&self.spec.ifname) {
             Ok(up) => up,
             Err(e) => {
                 self.complain(
@@ -639,7 +640,7 @@ impl Router {
     /// Reads the source address's state; when it changed since the machine
     /// was last told, logs why and returns the [`Input::CanSend`] to feed.
     fn source_change(&mut self) -> Option<Input> {
-        let state = match net::source_state(&self.spec.ifname, self.source) {
+        let state = match crate::link::source_state(&self.spec.ifname, self.source) {
             Ok(s) => s,
             Err(e) => {
                 // Unknown: keep what the machine believes, say so once.
@@ -848,7 +849,7 @@ impl Router {
     fn remove_vips(&mut self, why: &str) {
         // Only those present: the common case (a backup starting) then costs
         // one address listing and no `ip` run, and logs nothing.
-        let present = host::interface_addrs(&self.spec.ifname).ok();
+        let present = crate::link::addresses(&self.spec.ifname).ok();
         for vip in self.spec.vips.clone() {
             if present.as_ref().is_some_and(|a| !a.contains(&vip)) {
                 continue;
