@@ -495,21 +495,7 @@ impl Default for TrackSettings {
     }
 }
 
-/// The VRRP settings, validated and in the units the state machine uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VrrpPlan {
-    pub vrid: u8,
-    pub priority: u8,
-    pub advert_interval_cs: u16,
-    pub preempt: bool,
-    pub preempt_delay: Duration,
-    pub unicast_peers: Vec<IpAddr>,
-    pub announce_count: u32,
-    pub announce_interval: Duration,
-    pub announce_refresh: Duration,
-    pub xdp_detached_weight: u8,
-    pub local_apiserver_weight: u8,
-}
+pub use crate::vrrp::VrrpPlan;
 
 fn default_priority() -> u8 {
     100
@@ -1138,12 +1124,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 /// A MAC address as [`parse_mac`] reads it: six lower-case hex pairs
 /// joined by colons.
-pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use crate::link::format_mac;
 
 #[cfg(test)]
 mod tests {

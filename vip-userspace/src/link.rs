@@ -239,6 +239,14 @@ pub(crate) fn ifname_raw(ifname: &str) -> Result<[libc::c_char; libc::IFNAMSIZ],
     Ok(raw)
 }
 
+/// A MAC as `ip link` writes it: `52:54:00:00:00:12`.
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use super::VrrpPlan;
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
@@ -28,9 +29,8 @@ use super::{
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{
-    config::{VrrpPlan, format_mac},
     host,
-    link::SourceState,
+    link::{SourceState, format_mac},
 };
 
 /// How often the link state is read (ioctl, cheap): a link that goes down
