@@ -284,7 +284,7 @@ fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
 
 /// The directory state sync resolves flows with: what the maps hold now.
 fn directory(ctl: &Controller<KernelMaps>, globals: Globals) -> crate::sync::resolve::Directory {
-    let mut d = ctl.programmer().directory();
+    let mut d = crate::sync::resolve::Directory::of(ctl.programmer());
     d.globals = Some(globals);
     d
 }
@@ -308,8 +308,7 @@ fn start_sync(
         keys,
         maps.sync_events()
             .context("state_sync: opening the event ring")?,
-        maps.sync_tables()
-            .context("state_sync: opening the flow tables")?,
+        crate::sync::tables::SyncTables::of(maps).context("state_sync: opening the flow tables")?,
         directory(ctl, globals),
     )?;
     Ok(Some(h))

@@ -17,10 +17,16 @@ use vip_common::{
 };
 
 use super::{DataplaneError, Maps, Result};
-use crate::{
-    maglev,
-    sync::resolve::{BackendAddr, DirService, Directory},
-};
+use crate::maglev;
+
+/// A backend as every node names it: its address, never a node-local id
+/// (state sync puts these on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub family: u8,
+    pub addr: AddrBytes,
+    pub port_be: u16,
+}
 
 /// A backend as the controller wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,33 +237,34 @@ impl<M: Maps> Programmer<M> {
         self.generation
     }
 
-    /// What this node's ids mean, for state sync (see `sync::resolve`).
-    /// The NAT settings are not the programmer's: `globals` stays `None`.
-    pub fn directory(&self) -> Directory {
-        let mut d = Directory::default();
-        for (bi, (id, _)) in &self.backends {
-            d.backends.insert(
+    /// Every backend with its id: what this node's ids mean.
+    pub fn backend_ids(&self) -> impl Iterator<Item = (u32, BackendAddr)> + '_ {
+        self.backends.iter().map(|(bi, (id, _))| {
+            (
                 *id,
                 BackendAddr {
                     family: bi.family,
                     addr: bi.addr,
                     port_be: bi.port_be,
                 },
-            );
-        }
-        for (key, p) in &self.services {
-            d.services.insert(
-                *key,
-                DirService {
-                    id: p.value.id,
-                    mode: p.value.mode,
-                    flags: p.value.flags,
-                    snat_addr: p.value.snat_addr,
-                    backends: self.members.get(key).cloned().unwrap_or_default(),
-                },
-            );
-        }
-        d
+            )
+        })
+    }
+
+    /// Every programmed service: its key, the value the program reads, and
+    /// its backends by address with their ids, as last applied.
+    pub fn services(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ServiceKey,
+            &ServiceValue,
+            Option<&BTreeMap<BackendAddr, u32>>,
+        ),
+    > + '_ {
+        self.services
+            .iter()
+            .map(|(key, p)| (key, &p.value, self.members.get(key)))
     }
 
     /// Makes the maps match `desired`. On error the maps may hold part of the
