@@ -1,4 +1,3 @@
-
 use std::time::{Instant as StdInstant, SystemTime};
 
 use super::test_support::{

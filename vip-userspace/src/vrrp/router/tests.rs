@@ -1,4 +1,3 @@
-
 use super::*;
 
 fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
