@@ -303,34 +303,44 @@ impl Machine {
     /// Handles one input at `now` and returns what the shell must do.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
-        match (self.state, input) {
+        match self.state {
+            State::Initialize => self.initialize(now, input, &mut out),
+            State::Backup => self.backup(now, input, &mut out),
+            State::Master => self.master(now, input, &mut out),
+        }
+        out
+    }
+
+    fn initialize(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+        match input {
             // RFC 9568 6.4.1: Initialize waits for Startup only.
-            (State::Initialize, Input::Startup) => {
+            Input::Startup => {
                 self.preempt_after = Some(now + self.params.preempt_delay);
                 if self.priority == PRIORITY_OWNER && self.can_send {
-                    self.become_master(now, Why::Owner, &mut out);
+                    self.become_master(now, Why::Owner, out);
                 } else {
                     // A router that cannot send waits as a Backup with its
                     // Master_Down_Timer stopped: it listens, and its
                     // timer starts once its adverts can leave.
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
                     self.arm_master_down(now, self.master_down_interval());
-                    self.transition(State::Backup, Why::Startup, &mut out);
+                    self.transition(State::Backup, Why::Startup, out);
                 }
             }
-            (State::Initialize, Input::Priority(p)) => self.priority = p,
-            (State::Initialize, Input::CanSend(c)) => self.can_send = c,
-            (
-                State::Initialize,
-                Input::Shutdown | Input::Advert { .. } | Input::Timer | Input::Conflict { .. },
-            ) => {}
+            Input::Priority(p) => self.priority = p,
+            Input::CanSend(c) => self.can_send = c,
+            Input::Shutdown | Input::Advert { .. } | Input::Timer | Input::Conflict { .. } => {}
+        }
+    }
 
+    fn backup(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+        match input {
             // RFC 9568 6.4.2, Backup.
-            (State::Backup, Input::Shutdown) => {
+            Input::Shutdown => {
                 self.master_down_timer = None;
-                self.transition(State::Initialize, Why::Shutdown, &mut out);
+                self.transition(State::Initialize, Why::Shutdown, out);
             }
-            (State::Backup, Input::Timer) => {
+            Input::Timer => {
                 if expired(self.master_down_timer, now) {
                     let live_lower = self.lower_master.take().filter(|h| {
                         now.saturating_duration_since(h.at)
@@ -346,7 +356,7 @@ impl Machine {
                     } else {
                         Why::MasterDown
                     };
-                    self.become_master(now, why, &mut out);
+                    self.become_master(now, why, out);
                     if let Some(h) = live_lower {
                         self.preempted = Some((
                             h.src,
@@ -355,14 +365,11 @@ impl Machine {
                     }
                 }
             }
-            (
-                State::Backup,
-                Input::Advert {
-                    src,
-                    priority,
-                    max_adver_int_cs,
-                },
-            ) => {
+            Input::Advert {
+                src,
+                priority,
+                max_adver_int_cs,
+            } => {
                 if priority == PRIORITY_LEAVING {
                     // The Active Router is leaving: take over after our
                     // skew time only, the highest priority first.
@@ -383,21 +390,21 @@ impl Machine {
                     });
                 }
             }
-            (State::Backup, Input::Priority(p)) => {
+            Input::Priority(p) => {
                 // The skew follows the new priority from the next
                 // advertisement on (6.1 defines it from Priority).
                 self.priority = p;
                 if p == PRIORITY_OWNER && self.can_send {
-                    self.become_master(now, Why::Owner, &mut out);
+                    self.become_master(now, Why::Owner, out);
                 }
             }
-            (State::Backup, Input::CanSend(c)) => {
+            Input::CanSend(c) => {
                 if c != self.can_send {
                     self.can_send = c;
                     if !c {
                         self.master_down_timer = None;
                     } else if self.priority == PRIORITY_OWNER {
-                        self.become_master(now, Why::Owner, &mut out);
+                        self.become_master(now, Why::Owner, out);
                     } else {
                         // RFC 9568 6.4.2 measures Master_Down_Interval
                         // without hearing the Active Router; it counts
@@ -408,10 +415,14 @@ impl Machine {
                     }
                 }
             }
-            (State::Backup, Input::Startup | Input::Conflict { .. }) => {}
+            Input::Startup | Input::Conflict { .. } => {}
+        }
+    }
 
+    fn master(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+        match input {
             // RFC 9568 6.4.3, Active.
-            (State::Master, Input::Timer) => {
+            Input::Timer => {
                 if expired(self.adver_timer, now) {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
@@ -424,22 +435,19 @@ impl Machine {
                     self.schedule_announce(now);
                 }
             }
-            (State::Master, Input::Shutdown) => {
+            Input::Shutdown => {
                 self.adver_timer = None;
                 self.announce_at = None;
                 out.push(Action::SendAdvert {
                     priority: PRIORITY_LEAVING,
                 });
-                self.leave_master(State::Initialize, Why::Shutdown, &mut out);
+                self.leave_master(State::Initialize, Why::Shutdown, out);
             }
-            (
-                State::Master,
-                Input::Advert {
-                    src,
-                    priority,
-                    max_adver_int_cs,
-                },
-            ) => {
+            Input::Advert {
+                src,
+                priority,
+                max_adver_int_cs,
+            } => {
                 if priority == PRIORITY_LEAVING {
                     // A router leaving while we are Active: assert the role so
                     // the Backups do not take over after their skew time.
@@ -478,7 +486,7 @@ impl Machine {
                     self.announce_at = None;
                     self.master_adver_interval_cs = max_adver_int_cs;
                     self.master_down_timer = Some(now + self.master_down_interval());
-                    self.leave_master(State::Backup, why, &mut out);
+                    self.leave_master(State::Backup, why, out);
                 } else {
                     // RFC 9568 6.4.3: a lower-priority advertisement is
                     // answered at once, so the other router learns of us
@@ -503,11 +511,11 @@ impl Machine {
                     });
                     self.adver_timer = Some(now + self.advertisement_interval());
                     if !handover {
-                        self.restart_announces(now, &mut out);
+                        self.restart_announces(now, out);
                     }
                 }
             }
-            (State::Master, Input::Priority(p)) => {
+            Input::Priority(p) => {
                 let fell = p < self.priority;
                 self.priority = p;
                 if fell {
@@ -522,10 +530,10 @@ impl Machine {
                     });
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
                     self.master_down_timer = Some(now + self.master_down_interval());
-                    self.leave_master(State::Backup, Why::StepDown { priority: p }, &mut out);
+                    self.leave_master(State::Backup, Why::StepDown { priority: p }, out);
                 }
             }
-            (State::Master, Input::Conflict { mac }) => {
+            Input::Conflict { mac } => {
                 self.rival_seen = true;
                 out.push(Action::SplitBrain {
                     peer: Peer::Mac(mac),
@@ -534,10 +542,10 @@ impl Machine {
                 // The other holder's gratuitous ARPs come in bursts: answer
                 // the first, and let a burst already running answer the rest.
                 if self.announces_left == 0 {
-                    self.restart_announces(now, &mut out);
+                    self.restart_announces(now, out);
                 }
             }
-            (State::Master, Input::CanSend(c)) => {
+            Input::CanSend(c) => {
                 self.can_send = c;
                 if !c {
                     // RFC 9568 6.4.3 has the Active Router advertise every
@@ -549,12 +557,11 @@ impl Machine {
                     self.announce_at = None;
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
                     self.master_down_timer = None;
-                    self.leave_master(State::Backup, Why::CannotSend, &mut out);
+                    self.leave_master(State::Backup, Why::CannotSend, out);
                 }
             }
-            (State::Master, Input::Startup) => {}
+            Input::Startup => {}
         }
-        out
     }
 
     /// Starts the Master_Down_Timer for `after`, only while our
