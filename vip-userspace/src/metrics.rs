@@ -439,6 +439,29 @@ impl Metrics {
         &self.families
     }
 
+    /// Exports the counters of `backends` that vipd itself counts from 0
+    /// (probe failures, every reason) at 0 before their first event.
+    /// Prometheus' `increase()` and `rate()` need a sample before the first
+    /// event: a series born at 1 hides that event. Called with every
+    /// configured backend at start and after each reload (a removed
+    /// backend's series stay, at their last value). Counters mirrored from
+    /// elsewhere (the BPF counters, which outlive a vipd restart in their
+    /// pins) are not: a 0 before their first mirror would read as their
+    /// whole history happening again; the agent's refresh creates them with
+    /// every label value at once.
+    pub fn known_backends(&self, backends: impl IntoIterator<Item = SocketAddr>) {
+        for b in backends {
+            let backend = b.to_string();
+            for reason in Outcome::FAILURE_LABELS {
+                // Creating the series is the point; the guard is not needed.
+                drop(self.probe_failures.get_or_create(&BackendReason {
+                    backend: backend.clone(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+    }
+
     /// One probe outcome.
     pub fn probe(&self, backend: SocketAddr, outcome: &Outcome, took: Duration) {
         let b = backend.to_string();
@@ -798,8 +821,18 @@ mod tests {
             }),
             60,
         );
+        // A known backend's probe failures exist at 0 before any failure.
+        let other: SocketAddr = "10.0.0.12:6443".parse().expect("addr");
+        m.known_backends([be, other]);
         let text = m.encode();
+        for reason in Outcome::FAILURE_LABELS {
+            let want = format!(
+                "vipd_probe_failures_total{{backend=\"10.0.0.12:6443\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&want), "{want:?} missing in:\n{text}");
+        }
         for want in [
+            "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"tls\"} 0",
             "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"auth\"} 1",
             "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"timeout\"} 1",
             "vipd_probe_duration_seconds_count{backend=\"10.0.0.11:6443\"} 3",

@@ -424,6 +424,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every label a failed probe gets ([`Outcome::label`] of all but
+    /// `Up`): the reasons of `vipd_probe_failures_total`.
+    pub const FAILURE_LABELS: [&'static str; 7] = [
+        "timeout",
+        "refused",
+        "connect",
+        "tls",
+        "http_status",
+        "protocol",
+        "auth",
+    ];
+
     /// Stable label for metrics and logs: `up`, `auth`, or [`Failure::label`].
     pub fn label(&self) -> &'static str {
         match self {
@@ -943,6 +955,12 @@ mod tests {
         ];
         for (outcome, label) in cases {
             assert_eq!(outcome.label(), label, "{outcome:?}");
+            // The metrics export each failure label at 0 from the start.
+            assert_eq!(
+                Outcome::FAILURE_LABELS.contains(&label),
+                outcome != Outcome::Up,
+                "{label} in FAILURE_LABELS"
+            );
         }
         assert_eq!(Failure::Status(503).to_string(), "HTTP 503");
     }

@@ -379,6 +379,7 @@ impl Agent {
     async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let jobs = probe_jobs(&cfg)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.known_backends(jobs.keys().copied());
         metrics.beat();
         let metrics_task = serve_metrics(&cfg, &metrics).await?;
         for (ok, line) in timing_report(&cfg) {
@@ -816,6 +817,7 @@ impl Agent {
         if let Some(p) = &mut self.probes {
             p.sync(jobs.clone());
         }
+        self.metrics.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
         Ok(())
