@@ -398,6 +398,9 @@ impl Agent {
         } = program(&opts, cfg)?;
         let cfg = ctl.config().clone();
         let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
+        if sync.is_some() {
+            metrics.known_sync();
+        }
         let state = AgentState::new(Settings {
             config: cfg.clone(),
             config_path: opts.config_path.clone(),
@@ -548,6 +551,9 @@ impl Agent {
         match e {
             Effect::StartHolder(f) => {
                 let h = hold::start(&self.cfg, &f)?;
+                for r in h.routers() {
+                    self.metrics.known_vrrp(router::label(r.family()));
+                }
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
