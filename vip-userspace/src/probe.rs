@@ -424,6 +424,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every label a failed probe gets ([`Outcome::label`] of all but
+    /// `Up`): the reasons of `vipd_probe_failures_total`.
+    pub const FAILURE_LABELS: [&'static str; 7] = [
+        "timeout",
+        "refused",
+        "connect",
+        "tls",
+        "http_status",
+        "protocol",
+        "auth",
+    ];
+
     /// Stable label for metrics and logs: `up`, `auth`, or [`Failure::label`].
     pub fn label(&self) -> &'static str {
         match self {

@@ -378,6 +378,7 @@ impl Agent {
     async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let jobs = probe_jobs(&cfg)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.known_backends(jobs.keys().copied());
         metrics.beat();
         let metrics_task = serve_metrics(&cfg, &metrics).await?;
         for (ok, line) in timing_report(&cfg) {
@@ -396,6 +397,9 @@ impl Agent {
         } = program(&opts, cfg)?;
         let cfg = ctl.config().clone();
         let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
+        if sync.is_some() {
+            metrics.known_sync();
+        }
         let state = AgentState::new(Settings {
             config: cfg.clone(),
             config_path: opts.config_path.clone(),
@@ -546,6 +550,9 @@ impl Agent {
         match e {
             Effect::StartHolder(f) => {
                 let h = hold::start(&self.cfg, &f)?;
+                for r in h.routers() {
+                    self.metrics.known_vrrp(router::label(r.family()));
+                }
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
@@ -815,6 +822,7 @@ impl Agent {
         if let Some(p) = &mut self.probes {
             p.sync(jobs.clone());
         }
+        self.metrics.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
         Ok(())

@@ -103,6 +103,12 @@ fn labels_are_stable() {
     ];
     for (outcome, label) in cases {
         assert_eq!(outcome.label(), label, "{outcome:?}");
+        // The metrics export each failure label at 0 from the start.
+        assert_eq!(
+            Outcome::FAILURE_LABELS.contains(&label),
+            outcome != Outcome::Up,
+            "{label} in FAILURE_LABELS"
+        );
     }
     assert_eq!(Failure::Status(503).to_string(), "HTTP 503");
 }
