@@ -72,7 +72,7 @@ fn spawned(src: &str) -> Vec<String> {
                 None => continue,
             }
         } else {
-            match rest.find(|c: char| matches!(c, ',' | '"' | '(' | ')')) {
+            match rest.find([',', '"', '(', ')']) {
                 Some(i) if rest[i..].starts_with(',') => &rest[i..],
                 _ => continue,
             }
