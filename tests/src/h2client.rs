@@ -18,21 +18,8 @@ use tokio_rustls::TlsConnector;
 
 use crate::{
     netns::in_netns,
-    traffic::{End, WATCH_PATH, WatchReport},
+    traffic::{End, WATCH_PATH, WatchReport, WatchState as State, lock},
 };
-
-struct State {
-    server: String,
-    end: End,
-    ended: Option<Instant>,
-    last: Instant,
-    longest_gap: Duration,
-    events: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// `n` watches multiplexed on one HTTP/2 connection, read by one tokio
 /// runtime on a thread of its own; stopped on drop.
@@ -129,25 +116,7 @@ impl H2Watches {
 
     /// Every stream's state now.
     pub fn report(&self) -> Vec<WatchReport> {
-        let now = Instant::now();
-        self.states
-            .iter()
-            .map(|s| {
-                let s = lock(s);
-                let gap = if s.end == End::Open {
-                    s.longest_gap.max(now - s.last)
-                } else {
-                    s.longest_gap
-                };
-                WatchReport {
-                    server: s.server.clone(),
-                    end: s.end.clone(),
-                    ended: s.ended,
-                    longest_gap: gap,
-                    events: s.events,
-                }
-            })
-            .collect()
+        self.states.iter().map(|s| lock(s).report()).collect()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod kubeadm_ha;
 pub mod netns;
 pub mod packet;
 pub mod progtest;
+pub mod prom;
 pub mod scenario;
 pub mod standin;
 pub mod stats;

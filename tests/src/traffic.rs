@@ -53,13 +53,34 @@ pub struct WatchReport {
     pub events: u64,
 }
 
-struct WatchState {
-    server: String,
-    end: End,
-    ended: Option<Instant>,
-    last: Instant,
-    longest_gap: Duration,
-    events: u64,
+/// One stream's state, kept by its reader (the HTTP/1.1 watches here, the
+/// HTTP/2 ones in `h2client`).
+pub(crate) struct WatchState {
+    pub(crate) server: String,
+    pub(crate) end: End,
+    pub(crate) ended: Option<Instant>,
+    pub(crate) last: Instant,
+    pub(crate) longest_gap: Duration,
+    pub(crate) events: u64,
+}
+
+impl WatchState {
+    /// What it looks like now; an open stream's current silence counts as a
+    /// gap too.
+    pub(crate) fn report(&self) -> WatchReport {
+        let silent = if self.end == End::Open {
+            self.last.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        WatchReport {
+            server: self.server.clone(),
+            end: self.end.clone(),
+            ended: self.ended,
+            longest_gap: self.longest_gap.max(silent),
+            events: self.events,
+        }
+    }
 }
 
 /// `n` watch streams through the VIP, each read by its own thread.
@@ -69,7 +90,7 @@ pub struct Watches {
     stop: Arc<AtomicBool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -181,25 +202,7 @@ impl Watches {
 
     /// A copy of every stream's state now.
     pub fn report(&self) -> Vec<WatchReport> {
-        self.states
-            .iter()
-            .map(|s| {
-                let s = lock(s);
-                // An open stream's current silence counts as a gap too.
-                let silent = if s.end == End::Open {
-                    s.last.elapsed()
-                } else {
-                    Duration::ZERO
-                };
-                WatchReport {
-                    server: s.server.clone(),
-                    end: s.end.clone(),
-                    ended: s.ended,
-                    longest_gap: s.longest_gap.max(silent),
-                    events: s.events,
-                }
-            })
-            .collect()
+        self.states.iter().map(|s| lock(s).report()).collect()
     }
 
     /// Streams per backend: (open, reset, other ends).

@@ -298,11 +298,11 @@ fn fixtures() -> Vec<Fixture> {
             Expect::Unchanged,
         ),
         fx(
-            "an RST to a dead service is dropped, never answered",
+            "an RST to a dead service is absorbed, never answered nor counted as a drop",
             vec![service(v4, PROTO_TCP, vec![backend(v4, 1, false, false)])],
             Pkt::tcp(ip(CLIENT4), 40000, ip(VIP4), PORT, TCP_RST | TCP_ACK).build(),
             XDP_DROP,
-            Reason::DropNoBackend,
+            Reason::AbsorbRst,
             Expect::Unchanged,
         ),
     ];

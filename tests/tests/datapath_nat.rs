@@ -839,7 +839,7 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             "no event for an established flow or an unflagged service"
         );
 
-        let mut dir = dp.prog.directory();
+        let mut dir = vip_userspace::sync::resolve::Directory::of(&dp.prog);
         dir.globals = Some(Globals::DEFAULT);
         let rec = dir.to_wire(&ev).expect("backend id resolves on A");
         let mut buf = vec![];
@@ -874,9 +874,10 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let (action, _) = dp.run(&mid, Reason::TxRst);
         assert_eq!(action, XDP_TX, "without sync B can only reset the flow");
 
-        let mut dir = dp.prog.directory();
+        let mut dir = vip_userspace::sync::resolve::Directory::of(&dp.prog);
         dir.globals = Some(Globals::DEFAULT);
-        let mut tables = dp.prog.maps().sync_tables().expect("tables");
+        let mut tables =
+            vip_userspace::sync::tables::SyncTables::of(dp.prog.maps()).expect("tables");
         let stats = SyncStats::default();
         let mut adm = sync::Admission::default();
         let stranger = ip("10.77.0.98");

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 use vip_tests::netns::{self, Lab, Proc, in_netns, mac_to_string, poll_until};
 use vip_tests::packet;
+use vip_userspace::link::{self, LinkError};
 use vip_userspace::vrrp::announce::{Announcer, Claim, ClaimWatch};
 use vip_userspace::vrrp::net::{self, GROUP_V4, GROUP_V6, NetError, Transport, VrrpSocket};
 use vip_userspace::vrrp::{Family, Received};
@@ -366,7 +367,10 @@ fn source_address_skips_vips_and_finds_the_link_local() {
             IpAddr::V6(ll)
         );
         let e = net::source_address("nosuch0", Family::V4, &[]).expect_err("no interface");
-        assert!(matches!(e, NetError::NoInterface { .. }), "{e}");
+        assert!(
+            matches!(e, NetError::Link(LinkError::NoInterface { .. })),
+            "{e}"
+        );
     });
 
     lab.sh(
@@ -497,7 +501,7 @@ fn claim_watch_sees_another_holder_but_not_itself() {
 fn link_up_follows_admin_state_and_carrier() {
     let lab = Lab::new("vrrp-link", &["a"]);
     let a = lab.node("a");
-    let up = || in_netns(&a.ns, || net::link_up(IF).expect("link_up"));
+    let up = || in_netns(&a.ns, || link::link_up(IF).expect("link_up"));
     let wait = |want: bool, why: &str| {
         poll_until(
             TIMEOUT,
@@ -507,16 +511,16 @@ fn link_up_follows_admin_state_and_carrier() {
     };
     assert!(up(), "lab links start up");
     in_netns(&a.ns, || {
-        assert_eq!(net::ifindex(IF).expect("ifindex"), a.ifindex);
-        assert_eq!(net::mac_address(IF).expect("mac"), a.mac);
+        assert_eq!(link::ifindex(IF).expect("ifindex"), a.ifindex);
+        assert_eq!(link::mac_address(IF).expect("mac"), a.mac);
         assert_eq!(mac_to_string(&a.mac), a.mac_string());
-        let e = net::mac_address("lo").expect_err("loopback is not Ethernet");
+        let e = link::mac_address("lo").expect_err("loopback is not Ethernet");
         assert!(
-            matches!(e, NetError::NotEthernet { hw_type: 772, .. }),
+            matches!(e, LinkError::NotEthernet { hw_type: 772, .. }),
             "{e}"
         );
-        let e = net::link_up("nosuch0").expect_err("no interface");
-        assert!(matches!(e, NetError::NoInterface { .. }), "{e}");
+        let e = link::link_up("nosuch0").expect_err("no interface");
+        assert!(matches!(e, LinkError::NoInterface { .. }), "{e}");
     });
 
     lab.sh("a", &["ip", "link", "set", IF, "down"]);
@@ -560,7 +564,10 @@ fn open_checks_families_and_sources() {
         assert!(matches!(e, NetError::NotLinkLocal { .. }), "{e}");
         let e = VrrpSocket::open("nosuch0", Family::V4, v4, &Transport::Multicast)
             .expect_err("no interface");
-        assert!(matches!(e, NetError::NoInterface { .. }), "{e}");
+        assert!(
+            matches!(e, NetError::Link(LinkError::NoInterface { .. })),
+            "{e}"
+        );
     });
     // Outside any runtime: an error, not tokio's panic.
     let e = in_netns(&a.ns, || {

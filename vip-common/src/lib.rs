@@ -117,7 +117,9 @@ reasons! {
     TxReverseNat = 9, "tx_reverse_nat";
     /// A flow that cannot be served was answered with a TCP RST.
     TxRst = 10, "tx_rst";
-    /// No healthy backend and the packet could not be answered with an RST.
+    /// No healthy backend and the packet could not be answered with an RST
+    /// (UDP, or TCP to a service without RST answers). An RST is
+    /// [`Reason::AbsorbRst`] instead.
     DropNoBackend = 11, "drop_no_backend";
     /// The Maglev slot pointed at a backend id with no backend entry.
     DropBadBackend = 12, "drop_bad_backend";
@@ -142,6 +144,14 @@ reasons! {
     /// forwarding it would duplicate another node's packet, and answering it
     /// in mode nat would reset another node's connection.
     PassOtherHost = 20, "pass_other_host";
+    /// A TCP RST for a flow no backend serves (its backend died, or mode
+    /// nat never saw its handshake): discarded, as RFC 9293 3.10.7.1 says
+    /// of an RST that reaches no connection. Nothing is lost: the sender is
+    /// ending the flow itself. A dead backend's clients send these as a
+    /// matter of course (the second poke reaches a client that the first
+    /// one's RST already closed, see vip-userspace `dataplane::poke`), so
+    /// they are not counted as a drop and do not raise the drops alert.
+    AbsorbRst = 21, "absorb_rst";
 }
 
 /// The `LOCAL_MAC` entry: the MAC address of the interface the program is

@@ -600,10 +600,16 @@ fn send(ctx: &XdpContext, p: &Parsed, reason: Reason, backend: Option<u32>) -> V
     }
 }
 
-/// A flow we cannot serve: TCP gets an RST if the service asks for it; all else
-/// is dropped (and counted), never passed to a kernel that does not own the VIP.
+/// A flow we cannot serve: an RST is absorbed (the sender is closing), other
+/// TCP gets an RST if the service asks for it; all else is dropped (and
+/// counted), never passed to a kernel that does not own the VIP.
 #[inline(always)]
 fn unservable(ctx: &XdpContext, p: &Parsed, svc: &ServiceValue, backend: Option<u32>) -> Verdict {
+    if p.key.proto == PROTO_TCP && p.tcp_flags & TCP_RST != 0 {
+        // The sender ends the flow itself; never answer an RST (RFC 9293
+        // 3.10.7.1). Counted apart from the drops: nothing was lost.
+        return Verdict::drop(Reason::AbsorbRst);
+    }
     if p.key.proto == PROTO_TCP && svc.flags & SVC_F_RST_UNSERVABLE != 0 && fwd::rst(ctx, p).is_ok()
     {
         return Verdict {

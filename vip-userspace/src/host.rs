@@ -20,8 +20,8 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    #[error("interface {0:?} not found; check `interface:` against `ip link show`")]
-    NoInterface(String),
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
     #[error(
         "{path} is {have}, stacked mode dsr needs {want}, and it cannot be written here ({source}); set it on the host (/etc/sysctl.d/90-vipd-dsr.conf: net.ipv4.conf.{iface}.arp_ignore = 1, net.ipv4.conf.{iface}.arp_announce = 2; README, Deploying) or run vipd with a writable /proc/sys"
     )]
@@ -33,8 +33,6 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    #[error("listing interfaces failed")]
-    List(#[source] network_interface::Error),
     #[error("running `ip` (iproute2) failed; install iproute2")]
     Ip(#[source] std::io::Error),
     #[error("`ip addr {op} {cidr} dev {iface}` failed: {stderr}")]
@@ -55,7 +53,10 @@ pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
         .output()
         .map_err(HostError::Ip)?;
     if !out.status.success() {
-        return Err(HostError::NoInterface(iface.to_owned()));
+        return Err(crate::link::LinkError::NoInterface {
+            ifname: iface.to_owned(),
+        }
+        .into());
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| HostError::Ip(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
@@ -389,34 +390,6 @@ pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, Hos
         Ok(())
     })();
     all_or_nothing(changed, res)
-}
-
-/// Every interface of this host by name with its addresses, in the order
-/// [`interface_addrs`] describes; an interface without addresses is listed
-/// with none.
-pub fn all_addrs() -> Result<Vec<(String, Vec<IpAddr>)>, HostError> {
-    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
-    Ok(NetworkInterface::show()
-        .map_err(HostError::List)?
-        .into_iter()
-        .map(|i| (i.name, i.addr.iter().map(|a| a.ip()).collect()))
-        .collect())
-}
-
-/// The interface's addresses in the order the kernel lists them (getifaddrs,
-/// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
-/// primaries before secondaries, each in the order they were added. The
-/// crate groups the entries by name, appending in order.
-pub fn interface_addrs(iface: &str) -> Result<Vec<IpAddr>, HostError> {
-    let mine: Vec<Vec<IpAddr>> = all_addrs()?
-        .into_iter()
-        .filter(|(name, _)| name == iface)
-        .map(|(_, addrs)| addrs)
-        .collect();
-    if mine.is_empty() {
-        return Err(HostError::NoInterface(iface.to_owned()));
-    }
-    Ok(mine.into_iter().flatten().collect())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod health;
 pub mod host;
 pub mod import;
+pub mod link;
 pub mod maglev;
 pub mod metrics;
 pub mod probe;

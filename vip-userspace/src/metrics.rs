@@ -465,6 +465,75 @@ impl Metrics {
         &self.families
     }
 
+    /// Exports the counters of `backends` that vipd itself counts from 0
+    /// (probe failures, every reason) at 0 before their first event.
+    /// Prometheus' `increase()` and `rate()` need a sample before the first
+    /// event: a series born at 1 hides that event. Called with every
+    /// configured backend at start and after each reload (a removed
+    /// backend's series stay, at their last value). Counters mirrored from
+    /// elsewhere (the BPF counters, which outlive a vipd restart in their
+    /// pins) are not: a 0 before their first mirror would read as their
+    /// whole history happening again; the agent's refresh creates them with
+    /// every label value at once.
+    pub fn known_backends(&self, backends: impl IntoIterator<Item = SocketAddr>) {
+        for b in backends {
+            let backend = b.to_string();
+            for reason in Outcome::FAILURE_LABELS {
+                // Creating the series is the point; the guard is not needed.
+                drop(self.probe_failures.get_or_create(&BackendReason {
+                    backend: backend.clone(),
+                    reason: reason.to_owned(),
+                }));
+            }
+        }
+    }
+
+    /// Exports state sync's counters, every reject and loss reason, at 0
+    /// before their first event (see [`Metrics::known_backends`]); called
+    /// when sync starts. All of them start at 0 with each vipd: the
+    /// program's ring-full count lives in a map that is not pinned.
+    pub fn known_sync(&self) {
+        for reason in crate::sync::REJECT_LABELS {
+            drop(self.state_sync_rejected.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            }));
+        }
+        for reason in crate::sync::LOST_LABELS {
+            drop(self.state_sync_lost.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+
+    /// Exports a VRRP router's event counters (transitions, split brains,
+    /// preemptions, every discard reason) for `family` at 0 when it starts:
+    /// they count from 0 with the router, and an election, a split brain or
+    /// a rejected advert can come before the agent's first refresh.
+    pub fn known_vrrp(&self, family: &str) {
+        let fl = FamilyLabel {
+            family: family.to_owned(),
+        };
+        for c in [
+            &self.vrrp_became_master,
+            &self.vrrp_left_master,
+            &self.vrrp_split_brain,
+        ] {
+            drop(c.get_or_create(&fl));
+        }
+        for by in PREEMPTION_BY {
+            drop(self.vrrp_preemptions.get_or_create(&FamilyBy {
+                family: family.to_owned(),
+                by: by.to_owned(),
+            }));
+        }
+        for reason in crate::vrrp::packet::DISCARD_LABELS {
+            drop(self.vrrp_adverts_rejected.get_or_create(&FamilyReason {
+                family: family.to_owned(),
+                reason: (*reason).to_owned(),
+            }));
+        }
+    }
+
     /// One probe outcome.
     pub fn probe(&self, backend: SocketAddr, outcome: &Outcome, took: Duration) {
         let b = backend.to_string();
@@ -824,8 +893,29 @@ mod tests {
             }),
             60,
         );
+        // A known backend's probe failures exist at 0 before any failure.
+        let other: SocketAddr = "10.0.0.12:6443".parse().expect("addr");
+        m.known_backends([be, other]);
+        m.known_sync();
+        m.known_vrrp("ipv6");
         let text = m.encode();
         for want in [
+            "vipd_state_sync_rejected_total{reason=\"forged\"} 0",
+            "vipd_state_sync_lost_total{reason=\"ring_full\"} 0",
+            "vipd_vrrp_split_brain_total{family=\"ipv6\"} 0",
+            "vipd_vrrp_preemptions_total{family=\"ipv6\",by=\"peer\"} 0",
+            "vipd_vrrp_adverts_rejected_total{family=\"ipv6\",reason=\"not_peer\"} 0",
+        ] {
+            assert!(text.contains(want), "{want:?} missing in:\n{text}");
+        }
+        for reason in Outcome::FAILURE_LABELS {
+            let want = format!(
+                "vipd_probe_failures_total{{backend=\"10.0.0.12:6443\",reason=\"{reason}\"}} 0"
+            );
+            assert!(text.contains(&want), "{want:?} missing in:\n{text}");
+        }
+        for want in [
+            "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"tls\"} 0",
             "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"auth\"} 1",
             "vipd_probe_failures_total{backend=\"10.0.0.11:6443\",reason=\"timeout\"} 1",
             "vipd_probe_duration_seconds_count{backend=\"10.0.0.11:6443\"} 3",

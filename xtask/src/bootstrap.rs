@@ -50,6 +50,9 @@ pub const DEBIAN: &[(&str, &str)] = &[
     ("bird2", "bird"),
     ("frr", "/usr/lib/frr/zebra"),
     ("nftables", "nft"),
+    // A real Prometheus evaluates the shipped alert rules against the lab's
+    // vipds (tests/src/prom.rs, tests/tests/alerts.rs).
+    ("prometheus", "prometheus"),
 ];
 
 /// The package the bootstrap installs for `cmd`, if `cmd` is the command that
@@ -58,15 +61,20 @@ pub fn provider_of(cmd: &str) -> Option<&'static str> {
     DEBIAN.iter().find(|(_, c)| *c == cmd).map(|(p, _)| *p)
 }
 
-/// Packages whose maintainer scripts would start a routing daemon on the host
-/// (Debian enables and starts `bird.service` and `frr.service` on install).
-/// vipd's tests run their own instances inside namespaces; a host BIRD or FRR
-/// nobody configured is not ours to start.
-const DAEMON_PACKAGES: &[(&str, &str)] = &[("bird2", "bird"), ("frr", "frr")];
+/// Packages whose maintainer scripts would start a daemon on the host (Debian
+/// enables and starts `bird.service`, `frr.service` and `prometheus.service`
+/// on install; the last would bind :9090 on every address). vipd's tests run
+/// their own instances inside namespaces; a host daemon nobody configured is
+/// not ours to start.
+const DAEMON_PACKAGES: &[(&str, &str)] = &[
+    ("bird2", "bird"),
+    ("frr", "frr"),
+    ("prometheus", "prometheus"),
+];
 
 /// Process names of the daemons those packages ship, to notice one running
 /// in the host's network namespace.
-const HOST_DAEMONS: &[&str] = &["bird", "zebra", "bgpd", "bfdd", "watchfrr"];
+const HOST_DAEMONS: &[&str] = &["bird", "zebra", "bgpd", "bfdd", "watchfrr", "prometheus"];
 
 /// What later steps need to know about the toolchain.
 pub struct Toolchain {
@@ -373,9 +381,9 @@ impl Drop for NoStart {
     }
 }
 
-/// Says (and leaves alone) any BIRD or FRR daemon running in this network
-/// namespace: the tests never use one, and stopping a service is the
-/// administrator's call (`systemctl disable --now bird frr`).
+/// Says (and leaves alone) any BIRD, FRR or Prometheus daemon running in
+/// this network namespace: the tests never use one, and stopping a service
+/// is the administrator's call (`systemctl disable --now bird frr prometheus`).
 fn report_host_daemons() {
     let own_ns = fs::read_link("/proc/self/ns/net").ok();
     let mut seen = Vec::new();
@@ -396,8 +404,8 @@ fn report_host_daemons() {
     }
     if !seen.is_empty() {
         step(&format!(
-            "WARNING: routing daemons running on the host: {}. vipd's tests do not use them; \
-             if nobody meant to run them: systemctl disable --now bird frr",
+            "WARNING: daemons running on the host: {}. vipd's tests do not use them; \
+             if nobody meant to run them: systemctl disable --now bird frr prometheus",
             seen.join(", ")
         ));
     }

@@ -9,6 +9,8 @@
 //! - `Command::new("X")`;
 //! - the first element of an array literal, `["X", ...]` / `&["X", ...]`: the
 //!   argument vectors the namespace harness runs (`lab.sh(node, &["ip", ...])`);
+//! - the second argument of a `spawn(node, "X", ...)` call: the processes the
+//!   harness starts in a namespace (`lab.spawn("lb", "haproxy", ...)`);
 //! - inside a string literal, the word after `netns exec <ns> ` (commands the
 //!   lab prints for the operator to paste);
 //! - inside a string literal that is a shell script (`#!/bin/sh`), the first word
@@ -53,7 +55,38 @@ pub fn commands_in(src: &str) -> BTreeSet<String> {
         }
         out.extend(words_in_text(&lit.text));
     }
+    out.extend(spawned(src));
     out.retain(|w| is_word(w));
+    out
+}
+
+/// The `"X"` of every `spawn(FIRST, "X"` in `src`, where FIRST is a string
+/// literal or an expression with no quote, parenthesis or comma in it.
+fn spawned(src: &str) -> Vec<String> {
+    let mut out = vec![];
+    for (at, _) in src.match_indices("spawn(") {
+        let rest = src[at + "spawn(".len()..].trim_start();
+        let after_first = if let Some(lit) = rest.strip_prefix('"') {
+            match lit.find('"') {
+                Some(end) => &lit[end + 1..],
+                None => continue,
+            }
+        } else {
+            match rest.find([',', '"', '(', ')']) {
+                Some(i) if rest[i..].starts_with(',') => &rest[i..],
+                _ => continue,
+            }
+        };
+        let Some(second) = after_first.trim_start().strip_prefix(',') else {
+            continue;
+        };
+        let Some(lit) = second.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        if let Some(end) = lit.find('"') {
+            out.push(lit[..end].to_owned());
+        }
+    }
     out
 }
 
@@ -353,6 +386,22 @@ mod tests {
             assert!(f.contains(&c.to_owned()), "{c} missing from {f:?}");
         }
         assert!(!f.contains(&"-sfk".to_owned()), "{f:?}");
+    }
+
+    #[test]
+    fn processes_the_harness_spawns_are_commands() {
+        let src = r#"
+            let p = lab.spawn(node, "prometheus", &args, &[]);
+            let q = self.spawn(&lb.ns, "bird", &args, &label);
+            let r = lab.spawn(
+                "lb",
+                "haproxy",
+                &["-f", cfg],
+            );
+            let not = lab.spawn(node, cmd, &args, &[]);
+            std::thread::spawn(move || run("x"));
+        "#;
+        assert_eq!(found(src), ["bird", "haproxy", "prometheus"]);
     }
 
     #[test]

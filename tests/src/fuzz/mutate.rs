@@ -346,6 +346,7 @@ mod tests {
             Reason::TxDsr,
             Reason::TxRst,
             Reason::DropNoBackend,
+            Reason::AbsorbRst,
         ] {
             assert!(seen.contains(&r), "{r:?} never generated: {seen:?}");
         }

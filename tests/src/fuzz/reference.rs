@@ -34,8 +34,8 @@
 //! connection table: one alive backend (mode dsr: `TxDsr`, destination MAC
 //! rewritten to the backend's, source MAC to the frame's old destination),
 //! the local backend (`PassLocalBackend`, untouched), or no alive backend
-//! (TCP: an RST per RFC 9293 3.10.7.1, `TxRst`; an RST or UDP:
-//! `DropNoBackend`, untouched).
+//! (TCP: an RST per RFC 9293 3.10.7.1, `TxRst`; an RST: `AbsorbRst`,
+//! untouched; UDP: `DropNoBackend`, untouched).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -262,8 +262,12 @@ pub fn classify(f: &[u8], services: &[RefService]) -> Expected {
             }
         }
         Outcome::Dead => {
-            // RFC 9293 3.10.7.1: never answer an RST; UDP has no answer.
-            if proto != 6 || f[l4 + 13] & TCP_RST != 0 {
+            // RFC 9293 3.10.7.1: never answer an RST (absorbed, not a
+            // loss); UDP has no answer.
+            if proto == 6 && f[l4 + 13] & TCP_RST != 0 {
+                return Expected::untouched(XDP_DROP, Reason::AbsorbRst, f);
+            }
+            if proto != 6 {
                 return Expected::untouched(XDP_DROP, Reason::DropNoBackend, f);
             }
             rst_for(f, l3, l4, l4_len, ethertype == 0x0800)

@@ -97,7 +97,7 @@ pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
 /// protection against flooded frames (`pass_other_host`); the caller logs
 /// that at start.
 fn write_local_mac(maps: &mut KernelMaps, iface: &str, last: Option<[u8; 6]>) -> Option<[u8; 6]> {
-    let mac = match crate::vrrp::net::mac_address(iface) {
+    let mac = match crate::link::mac_address(iface) {
         Ok(m) => m,
         Err(e) => {
             if last.is_some() {
@@ -247,7 +247,7 @@ fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
         Programmer::new(maps)
     };
     let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
-    let node_addrs = host::interface_addrs(&cfg.interface)?;
+    let node_addrs = crate::link::addresses(&cfg.interface)?;
     // Read before anything is changed: a bad key file stops the start.
     let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
         Some(p) => Some(Arc::new(KeySource::open(p)?)),
@@ -284,7 +284,7 @@ fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
 
 /// The directory state sync resolves flows with: what the maps hold now.
 fn directory(ctl: &Controller<KernelMaps>, globals: Globals) -> crate::sync::resolve::Directory {
-    let mut d = ctl.programmer().directory();
+    let mut d = crate::sync::resolve::Directory::of(ctl.programmer());
     d.globals = Some(globals);
     d
 }
@@ -308,8 +308,7 @@ fn start_sync(
         keys,
         maps.sync_events()
             .context("state_sync: opening the event ring")?,
-        maps.sync_tables()
-            .context("state_sync: opening the flow tables")?,
+        crate::sync::tables::SyncTables::of(maps).context("state_sync: opening the flow tables")?,
         directory(ctl, globals),
     )?;
     Ok(Some(h))
@@ -389,6 +388,7 @@ impl Agent {
     async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let jobs = probe_jobs(&cfg)?;
         let metrics = Arc::new(Metrics::new());
+        metrics.known_backends(jobs.keys().copied());
         metrics.beat();
         let metrics_task = serve_metrics(&cfg, &metrics).await?;
         for (ok, line) in timing_report(&cfg) {
@@ -407,6 +407,9 @@ impl Agent {
         } = program(&opts, cfg)?;
         let cfg = ctl.config().clone();
         let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
+        if sync.is_some() {
+            metrics.known_sync();
+        }
         let state = AgentState::new(Settings {
             config: cfg.clone(),
             config_path: opts.config_path.clone(),
@@ -557,6 +560,9 @@ impl Agent {
         match e {
             Effect::StartHolder(f) => {
                 let h = hold::start(&self.cfg, &f).await?;
+                for r in h.routers() {
+                    self.metrics.known_vrrp(router::label(r.family()));
+                }
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
@@ -806,7 +812,7 @@ impl Agent {
     fn apply(&mut self, new: Config) -> Result<()> {
         let path = self.opts.config_path.display().to_string();
         let jobs = probe_jobs(&new).with_context(|| path.clone())?;
-        let node_addrs = host::interface_addrs(&new.interface)?;
+        let node_addrs = crate::link::addresses(&new.interface)?;
         let report = self
             .ctl
             .reload(new, node_addrs)
@@ -830,6 +836,7 @@ impl Agent {
         if let Some(p) = &mut self.probes {
             p.sync(jobs.clone());
         }
+        self.metrics.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
         Ok(())

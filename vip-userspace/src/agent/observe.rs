@@ -356,7 +356,7 @@ fn services<M: Maps>(
     backends: &HashMap<SocketAddr, BackendStatus>,
 ) -> Vec<ServiceStatus> {
     let cfg = ctl.config();
-    let here: Vec<IpAddr> = match crate::host::interface_addrs(&cfg.interface) {
+    let here: Vec<IpAddr> = match crate::link::addresses(&cfg.interface) {
         Ok(a) => a,
         Err(e) => {
             warn!(error = %e, "reading the interface addresses for status failed");

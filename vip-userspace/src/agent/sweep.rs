@@ -9,10 +9,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::warn;
 use vip_common::Globals;
 
-use crate::{
-    dataplane::flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns},
-    host,
-};
+use crate::dataplane::flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns};
 
 /// How often the flow tables are swept (expired entries deleted, live ones
 /// counted for status and metrics).
@@ -75,7 +72,7 @@ pub fn spawn_sweeper(
             let refresh = match &sync {
                 Some(s) => Refresh {
                     services: s.dir.borrow().synced_service_ids(),
-                    vips: host::interface_addrs(&s.iface)
+                    vips: crate::link::addresses(&s.iface)
                         .map(|a| {
                             a.into_iter()
                                 .map(|ip| crate::config::addr_bytes(ip).1)

@@ -332,9 +332,10 @@ impl KernelMaps {
         )
     }
 
-    /// Second handles on the flow tables for the state-sync receiver.
-    pub fn sync_tables(&self) -> Result<crate::sync::tables::SyncTables> {
-        crate::sync::tables::SyncTables::open(self.map("CONNTRACK")?, self.map("NAT_REV")?)
+    /// A map by name, for the layers above that open their own handles on
+    /// it (state sync's flow tables).
+    pub fn raw_map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.map(name)
     }
 
     /// The `SYNC_EVENTS` ring buffer on a dup'd fd, for the state-sync sender
@@ -380,7 +381,7 @@ fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) 
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    crate::vrrp::net::ifindex(iface).map_err(|_| DataplaneError::NoInterface(iface.to_owned()))
+    Ok(crate::link::ifindex(iface)?)
 }
 
 impl Maps for KernelMaps {

@@ -40,10 +40,8 @@ pub enum DataplaneError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
-    #[error(
-        "interface {0:?} does not exist; check `interface:` in the config against `ip link show`"
-    )]
-    NoInterface(String),
+    #[error(transparent)]
+    Link(#[from] crate::link::LinkError),
     #[error("attaching XDP to {iface:?} in {mode} mode failed")]
     Attach {
         iface: String,

@@ -17,10 +17,16 @@ use vip_common::{
 };
 
 use super::{DataplaneError, Maps, Result};
-use crate::{
-    maglev,
-    sync::resolve::{BackendAddr, DirService, Directory},
-};
+use crate::maglev;
+
+/// A backend as every node names it: its address, never a node-local id
+/// (state sync puts these on the wire).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendAddr {
+    pub family: u8,
+    pub addr: AddrBytes,
+    pub port_be: u16,
+}
 
 /// A backend as the controller wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,33 +237,34 @@ impl<M: Maps> Programmer<M> {
         self.generation
     }
 
-    /// What this node's ids mean, for state sync (see `sync::resolve`).
-    /// The NAT settings are not the programmer's: `globals` stays `None`.
-    pub fn directory(&self) -> Directory {
-        let mut d = Directory::default();
-        for (bi, (id, _)) in &self.backends {
-            d.backends.insert(
+    /// Every backend with its id: what this node's ids mean.
+    pub fn backend_ids(&self) -> impl Iterator<Item = (u32, BackendAddr)> + '_ {
+        self.backends.iter().map(|(bi, (id, _))| {
+            (
                 *id,
                 BackendAddr {
                     family: bi.family,
                     addr: bi.addr,
                     port_be: bi.port_be,
                 },
-            );
-        }
-        for (key, p) in &self.services {
-            d.services.insert(
-                *key,
-                DirService {
-                    id: p.value.id,
-                    mode: p.value.mode,
-                    flags: p.value.flags,
-                    snat_addr: p.value.snat_addr,
-                    backends: self.members.get(key).cloned().unwrap_or_default(),
-                },
-            );
-        }
-        d
+            )
+        })
+    }
+
+    /// Every programmed service: its key, the value the program reads, and
+    /// its backends by address with their ids, as last applied.
+    pub fn services(
+        &self,
+    ) -> impl Iterator<
+        Item = (
+            &ServiceKey,
+            &ServiceValue,
+            Option<&BTreeMap<BackendAddr, u32>>,
+        ),
+    > + '_ {
+        self.services
+            .iter()
+            .map(|(key, p)| (key, &p.value, self.members.get(key)))
     }
 
     /// Makes the maps match `desired`. On error the maps may hold part of the
@@ -281,12 +288,50 @@ impl<M: Maps> Programmer<M> {
                 max: MAX_SERVICES,
             });
         }
+        // 1. Backends: ids and values (a dying one waits for step 2b).
+        let (wanted_backends, dying) = self.write_backends(desired, &mut report)?;
+        // 2. Tables and services.
+        self.remember_members(&wanted);
+        for (key, s) in &wanted {
+            self.publish_service(key, s, &mut report)?;
+        }
+        // 2b. Backends no table names any more lose their alive bit: their
+        //     established flows get an RST from here on.
+        for (bi, id, value) in dying {
+            self.maps.set_backend(id, &value)?;
+            self.backends.insert(bi, (id, value));
+            report.backend_writes += 1;
+            report.backends_killed += 1;
+        }
+        // 3. Ports, 4. services no longer wanted, then ports no longer used.
+        let ports = self.write_ports(&wanted)?;
+        self.remove_services(&wanted, &mut report)?;
+        for w in self.ports.keys() {
+            if !ports.contains_key(w) {
+                self.maps.set_port_word(*w, 0)?;
+            }
+        }
+        self.ports = ports;
+        // 5. Backends no longer named by any service.
+        self.clear_stale_backends(&wanted_backends, &mut report)?;
+        Ok(report)
+    }
 
-        // 1. Backends: allocate ids and write values (new ids are referenced by
-        //    no table yet; existing ones only flip their alive bit). A bit
-        //    that goes from alive to dead is written after the tables stop
-        //    naming the backend (step 2b): before that, the new SYNs its
-        //    slots still get would be answered with an RST.
+    /// Step 1: allocates ids and writes values (new ids are referenced by no
+    /// table yet; existing ones only flip their alive bit). A bit that goes
+    /// from alive to dead is returned instead of written: it is written after
+    /// the tables stop naming the backend (step 2b), or else the new SYNs its
+    /// slots still get would be answered with an RST. Returns every wanted
+    /// backend with whether it is alive, and the dying ones.
+    #[expect(clippy::type_complexity, reason = "one step's two results, used once")]
+    fn write_backends(
+        &mut self,
+        desired: &[DesiredService],
+        report: &mut ApplyReport,
+    ) -> Result<(
+        BTreeMap<BackendIdent, bool>,
+        Vec<(BackendIdent, u32, BackendValue)>,
+    )> {
         let mut wanted_backends: BTreeMap<BackendIdent, bool> = BTreeMap::new();
         for s in desired {
             for b in &s.backends {
@@ -329,8 +374,12 @@ impl<M: Maps> Programmer<M> {
                 }
             }
         }
+        Ok((wanted_backends, dying))
+    }
 
-        // 2. Tables and services.
+    /// Each wanted service's backends by address with their ids (state
+    /// sync names backends by address on the wire).
+    fn remember_members(&mut self, wanted: &BTreeMap<ServiceKey, &DesiredService>) {
         self.members = wanted
             .iter()
             .map(|(key, s)| {
@@ -350,106 +399,115 @@ impl<M: Maps> Programmer<M> {
                 (*key, m)
             })
             .collect();
-        for (key, s) in &wanted {
-            let alive: Vec<(Vec<u8>, u32)> = s
-                .backends
-                .iter()
-                .filter(|b| b.in_table())
-                .filter_map(|b| {
-                    self.backends
-                        .get(&ident(b))
-                        .map(|(id, _)| (b.maglev_identity(), *id))
-                })
-                .collect();
-            let mut table = maglev::build(s.table_size, &alive)?;
-            if table.is_empty() {
-                // No healthy backend: every slot says so, and the program answers
-                // TCP with an RST rather than leaving clients to time out.
-                table = vec![NO_BACKEND; s.table_size as usize];
+    }
+
+    /// Step 2 for one service: computes its table, writes the slots of the
+    /// idle half that differ, then publishes that half with one value write.
+    fn publish_service(
+        &mut self,
+        key: &ServiceKey,
+        s: &DesiredService,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let alive: Vec<(Vec<u8>, u32)> = s
+            .backends
+            .iter()
+            .filter(|b| b.in_table())
+            .filter_map(|b| {
+                self.backends
+                    .get(&ident(b))
+                    .map(|(id, _)| (b.maglev_identity(), *id))
+            })
+            .collect();
+        let mut table = maglev::build(s.table_size, &alive)?;
+        if table.is_empty() {
+            // No healthy backend: every slot says so, and the program answers
+            // TCP with an RST rather than leaving clients to time out.
+            table = vec![NO_BACKEND; s.table_size as usize];
+        }
+        let (id, half, prev) = match self.services.get(key) {
+            Some(p) => (p.value.id, p.value.maglev_half ^ 1, Some(p.value)),
+            None => (self.new_service(key)?, 0, None),
+        };
+        let value = ServiceValue {
+            id,
+            maglev_size: s.table_size,
+            maglev_half: half,
+            mode: s.mode,
+            flags: s.flags,
+            family: key.family,
+            _pad: 0,
+            snat_addr: s.snat_addr,
+        };
+        let prog = self.services.get_mut(key).ok_or(DataplaneError::Full {
+            what: "services",
+            max: MAX_SERVICES,
+        })?;
+        // Same table in the live half and nothing else changed: no write.
+        let live = (half ^ 1) as usize;
+        if let Some(prev) = prev
+            && prev.maglev_size == s.table_size
+            && prog.halves[live][..table.len()] == table[..]
+            && (ServiceValue {
+                maglev_half: prev.maglev_half,
+                ..value
+            }) == prev
+        {
+            return Ok(());
+        }
+        let shadow = &mut prog.halves[half as usize];
+        for (slot, want) in table.iter().enumerate() {
+            if shadow[slot] != *want {
+                self.maps
+                    .set_maglev(maglev_index(id, half, slot as u32), *want)?;
+                shadow[slot] = *want;
+                report.maglev_writes += 1;
             }
-            let (id, half, prev) = match self.services.get(key) {
-                Some(p) => (p.value.id, p.value.maglev_half ^ 1, Some(p.value)),
-                None => {
-                    let id = self
-                        .free_service_ids
-                        .pop_first()
-                        .ok_or(DataplaneError::Full {
-                            what: "services",
-                            max: MAX_SERVICES,
-                        })?;
-                    self.services.insert(
-                        *key,
-                        ProgrammedService {
-                            value: ServiceValue {
-                                id,
-                                maglev_size: 0,
-                                maglev_half: 1,
-                                mode: 0,
-                                flags: 0,
-                                family: 0,
-                                _pad: 0,
-                                snat_addr: [0; 16],
-                            },
-                            // Kernel arrays start zeroed.
-                            halves: [
-                                vec![0; MAGLEV_MAX_SIZE as usize],
-                                vec![0; MAGLEV_MAX_SIZE as usize],
-                            ],
-                        },
-                    );
-                    (id, 0, None)
-                }
-            };
-            let value = ServiceValue {
-                id,
-                maglev_size: s.table_size,
-                maglev_half: half,
-                mode: s.mode,
-                flags: s.flags,
-                family: key.family,
-                _pad: 0,
-                snat_addr: s.snat_addr,
-            };
-            let prog = self.services.get_mut(key).ok_or(DataplaneError::Full {
+        }
+        self.maps.set_service(key, &value)?;
+        prog.value = value;
+        report.services_published += 1;
+        Ok(())
+    }
+
+    /// A table id and a zeroed shadow for a service seen the first time.
+    fn new_service(&mut self, key: &ServiceKey) -> Result<u32> {
+        let id = self
+            .free_service_ids
+            .pop_first()
+            .ok_or(DataplaneError::Full {
                 what: "services",
                 max: MAX_SERVICES,
             })?;
-            // Same table in the live half and nothing else changed: no write.
-            let live = (half ^ 1) as usize;
-            if let Some(prev) = prev
-                && prev.maglev_size == s.table_size
-                && prog.halves[live][..table.len()] == table[..]
-                && (ServiceValue {
-                    maglev_half: prev.maglev_half,
-                    ..value
-                }) == prev
-            {
-                continue;
-            }
-            let shadow = &mut prog.halves[half as usize];
-            for (slot, want) in table.iter().enumerate() {
-                if shadow[slot] != *want {
-                    self.maps
-                        .set_maglev(maglev_index(id, half, slot as u32), *want)?;
-                    shadow[slot] = *want;
-                    report.maglev_writes += 1;
-                }
-            }
-            self.maps.set_service(key, &value)?;
-            prog.value = value;
-            report.services_published += 1;
-        }
+        self.services.insert(
+            *key,
+            ProgrammedService {
+                value: ServiceValue {
+                    id,
+                    maglev_size: 0,
+                    maglev_half: 1,
+                    mode: 0,
+                    flags: 0,
+                    family: 0,
+                    _pad: 0,
+                    snat_addr: [0; 16],
+                },
+                // Kernel arrays start zeroed.
+                halves: [
+                    vec![0; MAGLEV_MAX_SIZE as usize],
+                    vec![0; MAGLEV_MAX_SIZE as usize],
+                ],
+            },
+        );
+        Ok(id)
+    }
 
-        // 2b. Backends no table names any more lose their alive bit: their
-        //     established flows get an RST from here on.
-        for (bi, id, value) in dying {
-            self.maps.set_backend(id, &value)?;
-            self.backends.insert(bi, (id, value));
-            report.backend_writes += 1;
-            report.backends_killed += 1;
-        }
-
-        // 3. Ports: the union of the wanted services' ports.
+    /// Step 3: the union of the wanted services' ports, written where it
+    /// changed; returned for the cleanup of step 4.
+    fn write_ports(
+        &mut self,
+        wanted: &BTreeMap<ServiceKey, &DesiredService>,
+    ) -> Result<BTreeMap<u32, u64>> {
         let mut ports: BTreeMap<u32, u64> = BTreeMap::new();
         for k in wanted.keys() {
             let p = u16::from_be(k.port_be) as u32;
@@ -460,8 +518,15 @@ impl<M: Maps> Programmer<M> {
                 self.maps.set_port_word(*w, *bits)?;
             }
         }
+        Ok(ports)
+    }
 
-        // 4. Services no longer wanted, then ports no longer used.
+    /// Step 4: services no longer wanted leave the map; their ids are free.
+    fn remove_services(
+        &mut self,
+        wanted: &BTreeMap<ServiceKey, &DesiredService>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         let gone: Vec<ServiceKey> = self
             .services
             .keys()
@@ -475,15 +540,16 @@ impl<M: Maps> Programmer<M> {
             }
             report.services_removed += 1;
         }
-        for w in self.ports.keys() {
-            if !ports.contains_key(w) {
-                self.maps.set_port_word(*w, 0)?;
-            }
-        }
-        self.ports = ports;
+        Ok(())
+    }
 
-        // 5. Backends no longer named by any service: cleared (flows still on
-        //    them get an RST) and their ids queued for late reuse.
+    /// Step 5: backends no longer named by any service are cleared (flows
+    /// still on them get an RST) and their ids queued for late reuse.
+    fn clear_stale_backends(
+        &mut self,
+        wanted_backends: &BTreeMap<BackendIdent, bool>,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
         let stale: Vec<BackendIdent> = self
             .backends
             .keys()
@@ -500,7 +566,7 @@ impl<M: Maps> Programmer<M> {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 }
 

@@ -3,11 +3,11 @@
 use std::net::IpAddr;
 
 use super::{HostAddr, Neighbours};
-use crate::{config::parse_mac, host, host::HostError};
+use crate::{config::parse_mac, link::LinkError};
 
 /// Every address of this host with its interface.
-pub fn host_addresses() -> Result<Vec<HostAddr>, HostError> {
-    Ok(host::all_addrs()?
+pub fn host_addresses() -> Result<Vec<HostAddr>, LinkError> {
+    Ok(crate::link::all_addrs()?
         .into_iter()
         .flat_map(|(interface, addrs)| {
             addrs.into_iter().map(move |addr| HostAddr {

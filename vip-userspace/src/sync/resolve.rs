@@ -14,13 +14,7 @@ use vip_common::{
 
 use super::wire::Record;
 
-/// A backend as both nodes name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BackendAddr {
-    pub family: u8,
-    pub addr: AddrBytes,
-    pub port_be: u16,
-}
+pub use crate::dataplane::programmer::BackendAddr;
 
 /// One service as this node programmed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +34,34 @@ pub struct Directory {
     pub backends: BTreeMap<u32, BackendAddr>,
     /// The program's settings (the NAT port range a record must fall in).
     pub globals: Option<Globals>,
+}
+
+impl Directory {
+    /// What `p`'s ids mean now. The NAT settings are not the programmer's:
+    /// `globals` stays `None` for the caller to fill.
+    pub fn of<M: crate::dataplane::Maps>(
+        p: &crate::dataplane::programmer::Programmer<M>,
+    ) -> Directory {
+        Directory {
+            backends: p.backend_ids().collect(),
+            services: p
+                .services()
+                .map(|(key, v, members)| {
+                    (
+                        *key,
+                        DirService {
+                            id: v.id,
+                            mode: v.mode,
+                            flags: v.flags,
+                            snat_addr: v.snat_addr,
+                            backends: members.cloned().unwrap_or_default(),
+                        },
+                    )
+                })
+                .collect(),
+            globals: None,
+        }
+    }
 }
 
 /// Why a record was not applied (or an event not sent); the `reason` label.

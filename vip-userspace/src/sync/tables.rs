@@ -38,7 +38,12 @@ fn exists(e: &MapError) -> bool {
 }
 
 impl SyncTables {
-    pub(crate) fn open(conntrack: &aya::maps::Map, nat_rev: &aya::maps::Map) -> Result<SyncTables> {
+    /// Second handles on `maps`' flow tables for the state-sync receiver.
+    pub fn of(maps: &crate::dataplane::kernel::KernelMaps) -> Result<SyncTables> {
+        SyncTables::open(maps.raw_map("CONNTRACK")?, maps.raw_map("NAT_REV")?)
+    }
+
+    fn open(conntrack: &aya::maps::Map, nat_rev: &aya::maps::Map) -> Result<SyncTables> {
         let (aya::maps::Map::LruHashMap(ct), aya::maps::Map::LruHashMap(nr)) = (conntrack, nat_rev)
         else {
             return Err(DataplaneError::NoMap("CONNTRACK/NAT_REV as LRU hashes"));

@@ -45,8 +45,8 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn open(ifname: &str) -> Result<Announcer, NetError> {
-        let ifindex = net::ifindex(ifname)?;
-        let mac = net::mac_address(ifname)?;
+        let ifindex = crate::link::ifindex(ifname)?;
+        let mac = crate::link::mac_address(ifname)?;
         // Protocol 0: the socket is never hooked into the receive path, so
         // it queues nothing we would have to drain; the protocol of each
         // frame is given per sendto.
@@ -143,7 +143,7 @@ pub struct ClaimWatch {
 impl ClaimWatch {
     /// Must be called within a tokio runtime.
     pub fn open(ifname: &str) -> Result<ClaimWatch, NetError> {
-        let ifindex = net::ifindex(ifname)?;
+        let ifindex = crate::link::ifindex(ifname)?;
         // Created with protocol 0 and hooked in by bind with ETH_P_ARP and
         // the ifindex together: a socket created with ETH_P_ARP would queue
         // ARP from every interface until bind narrowed it down.

@@ -16,7 +16,7 @@ pub mod router;
 #[cfg(test)]
 mod proptests;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 /// One VRRP packet as it came off the wire: the IP header fields the receive
 /// checks need (RFC 9568 section 7.1) and the VRRP message itself (the IPv4
@@ -46,4 +46,22 @@ impl Family {
             Family::V6
         }
     }
+}
+
+/// One virtual router's settings, validated and in the units the state
+/// machine uses: what `config` hands VRRP (VRRP imports nothing of the
+/// config file's shape).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpPlan {
+    pub vrid: u8,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub unicast_peers: Vec<IpAddr>,
+    pub announce_count: u32,
+    pub announce_interval: Duration,
+    pub announce_refresh: Duration,
+    pub xdp_detached_weight: u8,
+    pub local_apiserver_weight: u8,
 }

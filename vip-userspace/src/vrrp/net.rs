@@ -1,6 +1,7 @@
 //! The VRRP transport: raw IP protocol 112 sockets bound to one interface
-//! (RFC 9568 section 5.1), and the facts about that interface VRRP needs: the
-//! source address, the link state, the index and the MAC.
+//! (RFC 9568 section 5.1), and the source address VRRP sends from. The
+//! interface's own facts (index, MAC, link state, addresses) are
+//! [`crate::link`]'s.
 //!
 //! The wire layouts (the IPv4 header we send, the IPv4 header we strip, the
 //! control messages `recvmsg` hands back) are small pure functions at the
@@ -15,6 +16,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use thiserror::Error;
 use tokio::io::unix::AsyncFd;
+
+pub use crate::link::LinkError;
+use crate::link::ifindex;
 
 pub use super::packet::{GROUP_V4, GROUP_V6, group};
 use super::{
@@ -50,14 +54,9 @@ pub enum Transport {
 
 #[derive(Debug, Error)]
 pub enum NetError {
-    #[error(
-        "interface {ifname:?} not found; check `interface:` in the config against `ip link show`"
-    )]
-    NoInterface { ifname: String },
-    #[error(
-        "{ifname:?} is not a valid interface name (1 to 15 bytes, no NUL); check `interface:` in the config"
-    )]
-    BadInterfaceName { ifname: String },
+    /// The interface itself: missing, badly named, not Ethernet.
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error(
         "{ifname}: opening a {kind} socket failed; vipd needs CAP_NET_RAW (run it as root or grant the capability)"
     )]
@@ -120,25 +119,6 @@ pub enum NetError {
         family: Family,
         addr: IpAddr,
     },
-    #[error(
-        "{ifname}: listing the interface's addresses failed; check `ip addr show dev {ifname}`"
-    )]
-    ListAddresses {
-        ifname: String,
-        #[source]
-        source: network_interface::Error,
-    },
-    #[error("{ifname}: ioctl {request} failed; check `ip link show {ifname}`")]
-    Ioctl {
-        ifname: String,
-        request: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error(
-        "{ifname}: link type {hw_type} is not Ethernet (ARPHRD_ETHER); VIP announcements need an Ethernet interface, pick one in `interface:`"
-    )]
-    NotEthernet { ifname: String, hw_type: u16 },
     #[error(
         "{ifname}: a {len}-byte VRRP message does not fit one IPv4 packet (at most {max}); use fewer VIPs per virtual router"
     )]
@@ -367,7 +347,7 @@ fn check_family(ifname: &str, family: Family, addr: &IpAddr) -> Result<(), NetEr
 
 fn setup_v4(fd: BorrowedFd<'_>, ifname: &str, index: u32, multicast: bool) -> Result<(), NetError> {
     let opt = |option| move |source| option_error(ifname, option, source);
-    let ifindex = c_int::try_from(index).map_err(|_| NetError::NoInterface {
+    let ifindex = c_int::try_from(index).map_err(|_| LinkError::NoInterface {
         ifname: ifname.to_owned(),
     })?;
     // We write the whole IPv4 header on send (`send`). Receiving is
@@ -680,7 +660,7 @@ pub fn source_address(
     exclude: &[IpAddr],
 ) -> Result<IpAddr, NetError> {
     ifindex(ifname)?;
-    let addrs = interface_addresses(ifname)?;
+    let addrs = crate::link::addresses(ifname)?;
     let candidate = |a: &&IpAddr| !exclude.contains(a);
     match family {
         Family::V4 => addrs
@@ -703,183 +683,7 @@ pub fn source_address(
     }
 }
 
-/// Whether the VRRP source address can send right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceState {
-    Usable,
-    /// IPv6 duplicate address detection still runs (RFC 4862 section 5.4,
-    /// up to `dad_transmits` x `retrans_time_ms` after the link comes up):
-    /// the kernel refuses it as a source (EINVAL), so no advert leaves.
-    Tentative,
-    /// DAD found another node with this address (RFC 4862 section 5.4.5):
-    /// unusable until it is fixed and the address re-added.
-    DadFailed,
-    /// Not on the interface (an admin-down link deletes IPv6 addresses).
-    Missing,
-}
-
-impl SourceState {
-    /// What the operator reads in the log.
-    pub fn describe(self) -> &'static str {
-        match self {
-            SourceState::Usable => "usable",
-            SourceState::Tentative => {
-                "tentative: duplicate address detection (RFC 4862 5.4) still runs, and the kernel sends nothing from a tentative address"
-            }
-            SourceState::DadFailed => {
-                "failed duplicate address detection (another node on the link has it); fix the duplicate MAC or address, then re-add it or bounce the link"
-            }
-            SourceState::Missing => "not on the interface",
-        }
-    }
-}
-
-/// Whether `source` can send from `ifname`. IPv4 has no DAD here and is
-/// always usable; an IPv6 address is looked up in the calling thread's
-/// namespace in `/proc/thread-self/net/if_inet6` (its flags are those of
-/// `ip -6 addr`: tentative, dadfailed, optimistic).
-pub fn source_state(ifname: &str, source: IpAddr) -> io::Result<SourceState> {
-    let IpAddr::V6(addr) = source else {
-        return Ok(SourceState::Usable);
-    };
-    let text = std::fs::read_to_string("/proc/thread-self/net/if_inet6")?;
-    Ok(parse_if_inet6(&text, ifname, addr))
-}
-
-/// One line of `/proc/net/if_inet6` per address: 32 hex digits of address,
-/// then ifindex, prefix length, scope and flags in hex, then the interface
-/// name (net/ipv6/addrconf.c, if6_seq_show).
-fn parse_if_inet6(text: &str, ifname: &str, addr: Ipv6Addr) -> SourceState {
-    let want = addr
-        .octets()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    let flags = text.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() == 6 && f[5] == ifname && f[0].eq_ignore_ascii_case(&want))
-            .then(|| u32::from_str_radix(f[4], 16).ok())
-            .flatten()
-    });
-    match flags {
-        None => SourceState::Missing,
-        Some(f) if f & libc::IFA_F_DADFAILED != 0 => SourceState::DadFailed,
-        // An optimistic address (RFC 4429) may send while DAD runs.
-        Some(f) if f & libc::IFA_F_TENTATIVE != 0 && f & libc::IFA_F_OPTIMISTIC == 0 => {
-            SourceState::Tentative
-        }
-        Some(_) => SourceState::Usable,
-    }
-}
-
-/// The interface's addresses in the kernel's order (the agent's one lister,
-/// `host::interface_addrs`), with this module's errors.
-fn interface_addresses(ifname: &str) -> Result<Vec<IpAddr>, NetError> {
-    crate::host::interface_addrs(ifname).map_err(|e| match e {
-        crate::host::HostError::List(source) => NetError::ListAddresses {
-            ifname: ifname.to_owned(),
-            source,
-        },
-        _ => NetError::NoInterface {
-            ifname: ifname.to_owned(),
-        },
-    })
-}
-
-/// Whether the link can carry traffic: administratively up (IFF_UP) and with
-/// carrier (IFF_RUNNING, RFC 2863 operstate up). Asks the kernel directly
-/// (SIOCGIFFLAGS) rather than /sys, which shows whichever namespace it was
-/// mounted in.
-pub fn link_up(ifname: &str) -> Result<bool, NetError> {
-    let req = ioctl_ifreq(ifname, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
-    // SAFETY: SIOCGIFFLAGS filled ifru_flags.
-    let flags = c_int::from(unsafe { req.ifr_ifru.ifru_flags });
-    let want = libc::IFF_UP | libc::IFF_RUNNING;
-    Ok(flags & want == want)
-}
-
-/// The interface index in the calling thread's network namespace.
-pub fn ifindex(ifname: &str) -> Result<u32, NetError> {
-    let name = ifname_raw(ifname)?;
-    // SAFETY: name is NUL-terminated (ifname_raw leaves at least one NUL).
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        return Err(NetError::NoInterface {
-            ifname: ifname.to_owned(),
-        });
-    }
-    Ok(index)
-}
-
-/// The interface's Ethernet address (SIOCGIFHWADDR); an error for links
-/// that are not Ethernet, since ARP/ND announcements assume 6-byte MACs.
-pub fn mac_address(ifname: &str) -> Result<[u8; 6], NetError> {
-    let req = ioctl_ifreq(ifname, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR")?;
-    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
-        return Err(NetError::NotEthernet {
-            ifname: ifname.to_owned(),
-            hw_type: hw.sa_family,
-        });
-    }
-    let mut mac = [0u8; 6];
-    for (m, b) in mac.iter_mut().zip(hw.sa_data) {
-        // c_char is i8 or u8 depending on the target; the byte is the same.
-        *m = b as u8;
-    }
-    Ok(mac)
-}
-
-fn ioctl_ifreq(
-    ifname: &str,
-    request: libc::Ioctl,
-    request_name: &'static str,
-) -> Result<libc::ifreq, NetError> {
-    let name = ifname_raw(ifname)?;
-    // Any socket reaches the device ioctls (dev_ioctl); a datagram socket
-    // needs no privilege.
-    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
-        .map_err(|e| socket_error(ifname, "ioctl (AF_INET datagram)", e))?;
-    // SAFETY: ifreq is plain C data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    req.ifr_name = name;
-    // SAFETY: fd is open and req is a valid ifreq the kernel reads the name
-    // from and writes the answer into, for the duration of the call.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut req) };
-    if rc < 0 {
-        let source = io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::ENODEV) {
-            return Err(NetError::NoInterface {
-                ifname: ifname.to_owned(),
-            });
-        }
-        return Err(NetError::Ioctl {
-            ifname: ifname.to_owned(),
-            request: request_name,
-            source,
-        });
-    }
-    Ok(req)
-}
-
 // ---- helpers shared with `announce` ----
-
-/// `ifname` as the kernel's `char[IFNAMSIZ]`, NUL-terminated.
-pub(super) fn ifname_raw(ifname: &str) -> Result<[libc::c_char; libc::IFNAMSIZ], NetError> {
-    let bytes = ifname.as_bytes();
-    if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
-        return Err(NetError::BadInterfaceName {
-            ifname: ifname.to_owned(),
-        });
-    }
-    let mut raw = [0 as libc::c_char; libc::IFNAMSIZ];
-    for (r, b) in raw.iter_mut().zip(bytes) {
-        // c_char is i8 or u8 depending on the target; the byte is the same.
-        *r = *b as libc::c_char;
-    }
-    Ok(raw)
-}
 
 /// Hands `fd` to the tokio reactor of the current runtime.
 pub(super) fn register(
@@ -960,7 +764,7 @@ pub(super) fn setsockopt<T: Copy>(
 /// the routing table says, and follows the name if the index changes.
 pub(super) fn bind_to_device(fd: BorrowedFd<'_>, ifname: &str) -> Result<(), NetError> {
     let bytes = ifname.as_bytes();
-    let len = libc::socklen_t::try_from(bytes.len()).map_err(|_| NetError::BadInterfaceName {
+    let len = libc::socklen_t::try_from(bytes.len()).map_err(|_| LinkError::BadName {
         ifname: ifname.to_owned(),
     })?;
     // SAFETY: bytes is valid for reads of len bytes for the call.
@@ -976,9 +780,10 @@ pub(super) fn bind_to_device(fd: BorrowedFd<'_>, ifname: &str) -> Result<(), Net
     if rc < 0 {
         let source = io::Error::last_os_error();
         if source.raw_os_error() == Some(libc::ENODEV) {
-            return Err(NetError::NoInterface {
+            return Err(LinkError::NoInterface {
                 ifname: ifname.to_owned(),
-            });
+            }
+            .into());
         }
         return Err(option_error(ifname, "SO_BINDTODEVICE", source));
     }
@@ -1197,242 +1002,4 @@ fn write_pktinfo_cmsg(control: &mut [u8], source: Ipv6Addr, ifindex: u32) -> usi
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv4_header_fixture() {
-        let h = ipv4_header(
-            Ipv4Addr::new(10, 77, 0, 10),
-            Ipv4Addr::new(224, 0, 0, 18),
-            32,
-        );
-        #[rustfmt::skip]
-        let want: [u8; 20] = [
-            0x45, 0xc0, 0x00, 0x20, // v4, IHL 5, CS6, total 32
-            0x00, 0x00, 0x00, 0x00, // id 0, DF clear, offset 0
-            0xff, 0x70, 0x00, 0x00, // TTL 255, VRRP, checksum (below)
-            10, 77, 0, 10,
-            224, 0, 0, 18,
-        ];
-        assert_eq!(h[..10], want[..10], "fields before the checksum");
-        assert_eq!(h[12..], want[12..], "addresses");
-        // Independent check: a correct header sums to 0xffff, so its
-        // checksum over itself is 0 (RFC 1071 section 1).
-        assert_eq!(internet_checksum(&h), 0, "header checksum of {h:02x?}");
-        assert_eq!(u16::from_be_bytes([h[10], h[11]]), 0xd044, "known checksum");
-    }
-
-    fn packet(header: &[u8], payload: &[u8]) -> Vec<u8> {
-        let mut p = header.to_vec();
-        p.extend_from_slice(payload);
-        p
-    }
-
-    #[test]
-    fn parse_ipv4_plain_and_with_options() {
-        let src = Ipv4Addr::new(10, 77, 0, 11);
-        let dst = GROUP_V4;
-        let payload = [0x31, 51, 100, 1, 0, 100, 0xaa, 0xbb, 10, 77, 0, 100];
-        let h = ipv4_header(src, dst, 32);
-        let p = packet(&h, &payload);
-        let f = parse_ipv4(&p).expect("plain header parses");
-        assert_eq!((f.src, f.dst, f.ttl), (src, dst, 255));
-        assert_eq!(&p[f.payload], &payload);
-
-        // IHL 6: one 4-byte option (router alert) before the payload.
-        let mut h6 = h.to_vec();
-        h6[0] = 0x46;
-        h6[2..4].copy_from_slice(&36u16.to_be_bytes());
-        h6.extend_from_slice(&[0x94, 0x04, 0x00, 0x00]);
-        let p = packet(&h6, &payload);
-        let f = parse_ipv4(&p).expect("header with options parses");
-        assert_eq!(f.payload, 24..36);
-        assert_eq!(&p[f.payload], &payload);
-
-        // Trailing bytes beyond Total Length (link padding) are not payload.
-        let mut padded = packet(&h, &payload);
-        padded.extend_from_slice(&[0; 14]);
-        assert_eq!(parse_ipv4(&padded).expect("padded").payload, 20..32);
-    }
-
-    #[test]
-    fn parse_ipv4_rejects_malformed_without_panicking() {
-        let h = ipv4_header(Ipv4Addr::LOCALHOST, GROUP_V4, 32);
-        let p = packet(&h, &[0; 12]);
-        for n in 0..p.len() {
-            assert_eq!(parse_ipv4(&p[..n]), None, "truncated to {n} bytes");
-        }
-        let bad = |f: fn(&mut Vec<u8>)| {
-            let mut q = p.clone();
-            f(&mut q);
-            parse_ipv4(&q)
-        };
-        assert_eq!(bad(|q| q[0] = 0x65), None, "version 6");
-        assert_eq!(bad(|q| q[0] = 0x44), None, "IHL 4 < 5");
-        assert_eq!(bad(|q| q[0] = 0x4f), None, "IHL 15 beyond the packet");
-        assert_eq!(
-            bad(|q| q[2..4].copy_from_slice(&[0, 19])),
-            None,
-            "total < IHL"
-        );
-        assert_eq!(
-            bad(|q| q[2..4].copy_from_slice(&[0, 33])),
-            None,
-            "total > len"
-        );
-        // Every length and every first byte: no panic.
-        for b in 0..=255u8 {
-            let mut q = p.clone();
-            q[0] = b;
-            for n in 0..q.len() {
-                let _ = parse_ipv4(&q[..n]);
-            }
-        }
-    }
-
-    fn cmsg(level: c_int, ty: c_int, data: &[u8]) -> Vec<u8> {
-        let len = CMSG_HDR + data.len();
-        let mut m = vec![0u8; cmsg_align(len)];
-        m[..LEVEL_AT].copy_from_slice(&len.to_ne_bytes());
-        m[LEVEL_AT..TYPE_AT].copy_from_slice(&level.to_ne_bytes());
-        m[TYPE_AT..TYPE_AT + 4].copy_from_slice(&ty.to_ne_bytes());
-        m[CMSG_HDR..len].copy_from_slice(data);
-        m
-    }
-
-    #[test]
-    fn cmsg_layout_matches_libc() {
-        // SAFETY: CMSG_LEN/CMSG_SPACE are pure arithmetic.
-        let (l, s) = unsafe { (libc::CMSG_LEN(20), libc::CMSG_SPACE(20)) };
-        assert_eq!(CMSG_HDR + PKTINFO_LEN, l as usize);
-        assert_eq!(cmsg_align(CMSG_HDR + PKTINFO_LEN), s as usize);
-        assert_eq!(PKTINFO_LEN, 20);
-        let mut buf = [0u8; 64];
-        let src: Ipv6Addr = "fe80::77:ff:fe00:11".parse().expect("addr");
-        let n = write_pktinfo_cmsg(&mut buf, src, 7);
-        assert_eq!(n, s as usize);
-        assert_eq!(parse_cmsgs_v6(&buf[..n]).dst, Some(src));
-        assert_eq!(write_pktinfo_cmsg(&mut buf[..10], src, 7), 0, "no room");
-    }
-
-    #[test]
-    fn cmsgs_hop_limit_and_pktinfo_in_any_order() {
-        let dst = GROUP_V6;
-        let mut pktinfo = dst.octets().to_vec();
-        pktinfo.extend_from_slice(&3u32.to_ne_bytes());
-        let hop = cmsg(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_HOPLIMIT,
-            &255i32.to_ne_bytes(),
-        );
-        let info = cmsg(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &pktinfo);
-        let other = cmsg(libc::SOL_SOCKET, libc::IPV6_HOPLIMIT, &7i32.to_ne_bytes());
-        let want = V6Info {
-            dst: Some(dst),
-            hop_limit: Some(255),
-        };
-        assert_eq!(parse_cmsgs_v6(&[hop.clone(), info.clone()].concat()), want);
-        assert_eq!(
-            parse_cmsgs_v6(&[other.clone(), info.clone(), hop.clone()].concat()),
-            want,
-            "other levels are skipped"
-        );
-        assert_eq!(parse_cmsgs_v6(&[]), V6Info::default());
-        // Truncated anywhere: what fits is read, nothing panics.
-        let all = [info.clone(), hop].concat();
-        // The last message needs its data, not its trailing padding.
-        let hop_end = info.len() + CMSG_HDR + 4;
-        for n in 0..=all.len() {
-            let got = parse_cmsgs_v6(&all[..n]);
-            let want = (n >= hop_end).then_some(255);
-            assert_eq!(got.hop_limit, want, "hop limit from {n} bytes");
-        }
-        // A cmsg_len smaller than its header ends the walk (no endless loop).
-        let mut zero = other;
-        zero[..LEVEL_AT].copy_from_slice(&0usize.to_ne_bytes());
-        assert_eq!(
-            parse_cmsgs_v6(&[zero, want_hop()].concat()),
-            V6Info::default()
-        );
-        // A hop limit outside 0..=255 is not one.
-        let weird = cmsg(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_HOPLIMIT,
-            &256i32.to_ne_bytes(),
-        );
-        assert_eq!(parse_cmsgs_v6(&weird).hop_limit, None);
-        // A length word that overflows the offset ends the walk (the
-        // minimal case proptest found: a panic before checked_add).
-        let mut huge = want_hop();
-        huge[..LEVEL_AT].copy_from_slice(&usize::MAX.to_ne_bytes());
-        let info = parse_cmsgs_v6(&[want_hop(), huge].concat());
-        assert_eq!(info.hop_limit, Some(255));
-        assert_eq!(info.dst, None);
-    }
-
-    fn want_hop() -> Vec<u8> {
-        cmsg(
-            libc::IPPROTO_IPV6,
-            libc::IPV6_HOPLIMIT,
-            &255i32.to_ne_bytes(),
-        )
-    }
-
-    #[test]
-    fn scopes() {
-        let p = |s: &str| s.parse::<Ipv6Addr>().expect("addr");
-        assert!(needs_scope(&p("fe80::1")));
-        assert!(needs_scope(&GROUP_V6));
-        assert!(needs_scope(&p("ff01::1")));
-        assert!(!needs_scope(&p("ff05::2")));
-        assert!(!needs_scope(&p("fd77::11")));
-    }
-
-    #[test]
-    fn interface_names() {
-        assert!(ifname_raw("eth0").is_ok());
-        assert!(ifname_raw("fifteen-chars-x").is_ok());
-        for bad in ["", "sixteen-chars-xx", "a\0b"] {
-            assert!(
-                matches!(ifname_raw(bad), Err(NetError::BadInterfaceName { .. })),
-                "{bad:?}"
-            );
-        }
-        let e = ifindex("no-such-if-0").expect_err("missing interface");
-        assert!(e.to_string().contains("ip link show"), "{e}");
-    }
-
-    #[test]
-    fn if_inet6_flags_give_the_source_state() {
-        let text = "fe80000000000000007700fffe000011 02 40 20 c0     eth0\n\
-                    fe80000000000000007700fffe000012 03 40 20 80     eth1\n\
-                    fe80000000000000007700fffe000013 02 40 20 c8     eth0\n\
-                    fe80000000000000007700fffe000014 02 40 20 c4     eth0\n\
-                    fd770000000000000000000000000011 02 40 00 80     eth0\n";
-        let at =
-            |a: &str, ifname| parse_if_inet6(text, ifname, a.parse::<Ipv6Addr>().expect("addr"));
-        assert_eq!(at("fe80::77:ff:fe00:11", "eth0"), SourceState::Tentative);
-        assert_eq!(at("fe80::77:ff:fe00:12", "eth1"), SourceState::Usable);
-        assert_eq!(at("fe80::77:ff:fe00:12", "eth0"), SourceState::Missing);
-        assert_eq!(at("fe80::77:ff:fe00:13", "eth0"), SourceState::DadFailed);
-        assert_eq!(at("fe80::77:ff:fe00:14", "eth0"), SourceState::Usable);
-        assert_eq!(at("fd77::11", "eth0"), SourceState::Usable);
-        assert_eq!(at("fe80::1", "eth0"), SourceState::Missing);
-        assert!(
-            SourceState::Tentative
-                .describe()
-                .contains("duplicate address detection")
-        );
-    }
-
-    #[test]
-    fn errors_name_the_interface_and_the_fix() {
-        let e = NetError::NoLinkLocal {
-            ifname: "eth0".into(),
-        };
-        let s = e.to_string();
-        assert!(s.starts_with("eth0: no IPv6 link-local address"), "{s}");
-        assert!(s.contains("net.ipv6.conf.eth0.disable_ipv6=0"), "{s}");
-    }
-}
+mod tests;

@@ -20,16 +20,17 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use super::VrrpPlan;
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
     machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
-    net::{self, NetError, SourceState, Transport, VrrpSocket},
+    net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use crate::{
-    config::{VrrpPlan, format_mac},
     host,
+    link::{SourceState, format_mac},
 };
 
 /// How often the link state is read (ioctl, cheap): a link that goes down
@@ -278,7 +279,7 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
     let sock = VrrpSocket::open(&spec.ifname, spec.family, source, &transport)?;
     let announcer = Announcer::open(&spec.ifname)?;
     let claims = ClaimWatch::open(&spec.ifname)?;
-    let mac = net::mac_address(&spec.ifname)?;
+    let mac = crate::link::mac_address(&spec.ifname).map_err(NetError::from)?;
     let plan = &spec.plan;
     let machine = Machine::new(Params {
         vrid: plan.vrid,
@@ -525,7 +526,7 @@ impl Router {
     }
 
     fn link_up(&mut self) -> bool {
-        match net::link_up(&self.spec.ifname) {
+        match crate::link::link_up(&self.spec.ifname) {
             Ok(up) => up,
             Err(e) => {
                 self.complain(
@@ -639,7 +640,7 @@ impl Router {
     /// Reads the source address's state; when it changed since the machine
     /// was last told, logs why and returns the [`Input::CanSend`] to feed.
     fn source_change(&mut self) -> Option<Input> {
-        let state = match net::source_state(&self.spec.ifname, self.source) {
+        let state = match crate::link::source_state(&self.spec.ifname, self.source) {
             Ok(s) => s,
             Err(e) => {
                 // Unknown: keep what the machine believes, say so once.
@@ -848,7 +849,7 @@ impl Router {
     fn remove_vips(&mut self, why: &str) {
         // Only those present: the common case (a backup starting) then costs
         // one address listing and no `ip` run, and logs nothing.
-        let present = host::interface_addrs(&self.spec.ifname).ok();
+        let present = crate::link::addresses(&self.spec.ifname).ok();
         for vip in self.spec.vips.clone() {
             if present.as_ref().is_some_and(|a| !a.contains(&vip)) {
                 continue;
@@ -936,80 +937,4 @@ fn describe(why: Why) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
-        RouterInfo {
-            vrid: 51,
-            source: "10.0.0.2".parse().expect("addr"),
-            priority,
-            hold: None,
-            peers: peers
-                .iter()
-                .map(|(a, prio, cs, seen)| {
-                    (
-                        a.parse().expect("addr"),
-                        PeerSeen {
-                            priority: *prio,
-                            interval_cs: *cs,
-                            at: SystemTime::now(),
-                            seen: *seen,
-                        },
-                    )
-                })
-                .collect(),
-            last_change: None,
-            last_failover: None,
-            failovers: 0,
-        }
-    }
-
-    /// A master advertising every second, heard 900 ms ago by a node
-    /// configured for 100 ms: still the master (its Master_Down_Interval at
-    /// our priority 100 is 3.609 s), not "none heard" as 3 x our 100 ms
-    /// would have it. Gone after that interval.
-    #[test]
-    fn master_heard_within_its_own_master_down_interval() {
-        let t0 = Instant::now();
-        let i = info(100, &[("10.0.0.1", 150, 100, t0)]);
-        let master = Some("10.0.0.1".parse().expect("addr"));
-        assert_eq!(i.heard_master(t0 + Duration::from_millis(900)), master);
-        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_600)), master);
-        assert_eq!(i.heard_master(t0 + Duration::from_millis(3_610)), None);
-        // A 100 ms master is gone after its own 361 ms.
-        let i = info(100, &[("10.0.0.1", 150, 10, t0)]);
-        assert_eq!(i.heard_master(t0 + Duration::from_millis(300)), master);
-        assert_eq!(i.heard_master(t0 + Duration::from_millis(400)), None);
-    }
-
-    #[test]
-    fn heard_master_is_the_last_non_zero_priority() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_millis(50);
-        let i = info(
-            100,
-            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 0, 10, later)],
-        );
-        assert_eq!(
-            i.heard_master(later),
-            Some("10.0.0.1".parse().expect("addr")),
-            "priority 0 is a master leaving"
-        );
-        let i = info(
-            100,
-            &[("10.0.0.1", 150, 10, t0), ("10.0.0.3", 120, 10, later)],
-        );
-        assert_eq!(
-            i.heard_master(later),
-            Some("10.0.0.3".parse().expect("addr"))
-        );
-    }
-
-    #[test]
-    fn intervals_read_as_configured() {
-        assert_eq!(interval(100), "1s");
-        assert_eq!(interval(10), "100ms");
-        assert_eq!(interval(150), "1500ms");
-    }
-}
+mod tests;

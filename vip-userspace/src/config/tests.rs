@@ -1,0 +1,437 @@
+use super::*;
+
+const GOOD: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    backends:
+      - address: 10.0.0.11
+        mac: 02:00:00:00:00:0b
+      - address: 10.0.0.12
+        local: true
+";
+
+const NAT: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: nat
+    snat: node
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+        port: 443
+";
+
+#[test]
+fn nat_needs_no_macs_and_resolves_snat() {
+    let c = parse(NAT).expect("valid");
+    assert_eq!(c.nat.port_range(), Ok((40000, 59999)));
+    let node: Vec<IpAddr> = vec![
+        "fe80::1".parse().expect("ip"),
+        "10.0.0.2".parse().expect("ip"),
+    ];
+    let d = c.desired(&node).expect("node address found");
+    assert_eq!(d[0].mode, MODE_NAT);
+    assert_eq!(
+        d[0].snat_addr,
+        addr_bytes("10.0.0.2".parse().expect("ip")).1
+    );
+    assert_eq!(d[0].backends[1].port_be, 443u16.to_be());
+    let e = c
+        .desired(&["fe80::1".parse().expect("ip")])
+        .expect_err("no IPv4 on the interface");
+    assert!(
+        e.contains("services[0].snat") && e.contains("no IPv4 address"),
+        "{e}"
+    );
+    let vip = parse(&NAT.replace("snat: node", "snat: vip")).expect("valid");
+    assert_eq!(
+        vip.desired(&[]).expect("vip")[0].snat_addr,
+        addr_bytes("10.0.0.100".parse().expect("ip")).1
+    );
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("vipd.yaml"), text)
+}
+
+#[test]
+fn state_sync_defaults_flags_services_and_refuses_what_cannot_work() {
+    let synced = format!(
+        "state_sync:\n  peers: [10.0.0.3]\n{}",
+        NAT.replace("snat: node", "snat: vip")
+    );
+    let c = parse(&synced).expect("valid");
+    let s = c.state_sync.as_ref().expect("state_sync");
+    assert_eq!(s.port, DEFAULT_SYNC_PORT);
+    let d = c.desired(&[]).expect("desired");
+    assert_ne!(d[0].flags & SVC_F_SYNC, 0, "nat service flagged for sync");
+    let node: Vec<IpAddr> = ["fe80::1", "10.0.0.100", "10.0.0.2"]
+        .iter()
+        .map(|a| a.parse().expect("ip"))
+        .collect();
+    let vips = [c.services[0].vip];
+    assert_eq!(
+        s.listen_addr(&node, &vips),
+        Ok("10.0.0.2".parse().expect("ip")),
+        "the node address, not the VIP"
+    );
+    assert!(
+        s.listen_addr(&[], &vips)
+            .expect_err("none")
+            .contains("state_sync.listen")
+    );
+    // Without state_sync, no flag.
+    let plain = parse(&NAT.replace("snat: node", "snat: vip")).expect("valid");
+    assert_eq!(
+        plain.desired(&[]).expect("desired")[0].flags & SVC_F_SYNC,
+        0
+    );
+
+    for (text, want) in [
+        (
+            format!("state_sync:\n  peers: [10.0.0.3]\n{NAT}"),
+            vec!["services[0].snat", "snat: vip"],
+        ),
+        (
+            synced.replace("[10.0.0.3]", "[]"),
+            vec!["state_sync.peers", "other LB nodes"],
+        ),
+        (
+            synced.replace("[10.0.0.3]", "[10.0.0.3, fd00::3]"),
+            vec!["state_sync.peers[1]", "one address family"],
+        ),
+        (
+            synced.replace("[10.0.0.3]", "[10.0.0.100]"),
+            vec!["state_sync.peers[0]", "is a VIP"],
+        ),
+        (
+            synced.replace("[10.0.0.3]", "[10.0.0.3]\n  port: 45000"),
+            vec!["state_sync.port", "nat.ports", "6446"],
+        ),
+        (
+            format!("state_sync:\n  peers: [10.0.0.3]\n{GOOD}"),
+            vec!["state_sync.peers", "no service is mode nat"],
+        ),
+        (
+            synced.replace("[10.0.0.3]", "[10.0.0.3]\n  secret: x"),
+            vec!["state_sync", "secret"],
+        ),
+    ] {
+        let e = parse(&text).expect_err(&text).to_string();
+        for w in want {
+            assert!(e.contains(w), "{e:?} lacks {w:?}");
+        }
+    }
+}
+
+#[test]
+fn kubeadm_shape_parses_with_defaults() {
+    let c = parse(GOOD).expect("valid");
+    assert_eq!(c.services[0].port, 6443);
+    assert_eq!(c.services[0].maglev_size, MAGLEV_DEFAULT_SIZE);
+    assert!(c.services[0].rst_unservable);
+    assert_eq!(c.xdp_mode, AttachMode::Auto);
+    let d = c.desired(&[]).expect("dsr needs no node address");
+    assert_eq!(d[0].backends.len(), 2);
+    assert_eq!(d[0].backends[0].mac, [2, 0, 0, 0, 0, 0x0b]);
+    assert!(d[0].backends[1].local);
+}
+
+#[test]
+fn announce_section_defaults() {
+    let c = parse(&format!("announce: {{}}\n{GOOD}")).expect("valid");
+    let a = c.announce.as_ref().expect("announce");
+    assert_eq!(
+        a.route_table().expect("table"),
+        crate::route::RouteTable::default()
+    );
+    assert_eq!(a.drain().expect("drain"), Duration::from_secs(1));
+    let c = parse(&format!(
+        "announce:\n  table: 1000\n  proto: 250\n  drain: 0s\n{GOOD}"
+    ))
+    .expect("valid");
+    let a = c.announce.as_ref().expect("announce");
+    let t = a.route_table().expect("table");
+    assert_eq!((t.table, t.proto), (1000, 250));
+    assert_eq!(a.drain().expect("drain"), Duration::ZERO);
+    assert!(parse(GOOD).expect("valid").announce.is_none());
+}
+
+#[test]
+fn vrrp_section_defaults_and_units() {
+    let c = parse(&format!("vrrp:\n  vrid: 51\n{GOOD}")).expect("valid");
+    let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    assert_eq!(p.vrid, 51);
+    assert_eq!(p.priority, 100);
+    assert_eq!(p.advert_interval_cs, 10);
+    assert!(p.preempt);
+    assert_eq!(p.preempt_delay, Duration::ZERO);
+    assert!(p.unicast_peers.is_empty());
+    assert_eq!(p.announce_count, 3);
+    assert_eq!(p.announce_refresh, Duration::from_secs(60));
+    let c = parse(&format!(
+            "vrrp:\n  vrid: 7\n  advert_interval: 1.5s\n  preempt_delay: 250ms\n  unicast_peers: [10.0.0.3]\n{GOOD}"
+        ))
+        .expect("valid");
+    let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    assert_eq!(p.advert_interval_cs, 150);
+    assert_eq!(p.preempt_delay, Duration::from_millis(250));
+    assert_eq!(p.unicast_peers, ["10.0.0.3".parse::<IpAddr>().expect("ip")]);
+}
+
+/// Every example under examples/ is a valid configuration.
+#[test]
+fn the_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).expect("examples folder") {
+        let path = e.expect("entry").path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "{n} examples");
+}
+
+#[test]
+fn probe_and_gate_settings_default_and_refuse_nonsense() {
+    let c = parse(GOOD).expect("valid");
+    let p = &c.services[0].probe;
+    assert_eq!(p.kind, ProbeType::Https);
+    assert_eq!(p.path, "/readyz");
+    assert_eq!(p.ca, PathBuf::from("/etc/kubernetes/pki/ca.crt"));
+    assert_eq!(p.server_name, "kubernetes");
+    let plan = p.plan().expect("plan");
+    assert_eq!(
+        (plan.interval, plan.timeout, plan.rise, plan.fall),
+        (Duration::from_secs(1), Duration::from_secs(1), 2, 2)
+    );
+    assert_eq!(plan.worst_fast_fail(), Duration::from_millis(2200));
+    assert_eq!(plan.worst_detection(), Duration::from_millis(3200));
+    assert_eq!(c.cert_gate.on_missing_san, GateAction::Refuse);
+    assert!(!c.bootstrap);
+    let with = |probe: &str| {
+        GOOD.replace(
+            "    backends:",
+            &format!("    probe: {{ {probe} }}\n    backends:"),
+        )
+    };
+    for (probe, want) in [
+        ("interval: 50ms", "services[0].probe.interval"),
+        ("timeout: 2s", "services[0].probe.timeout"),
+        ("jitter: 600ms", "services[0].probe.jitter"),
+        ("fall: 0", "services[0].probe.fall"),
+        ("path: readyz", "services[0].probe.path"),
+        ("client_cert: /x.crt", "client_key go together"),
+        (
+            "server_name: \"not a name\"",
+            "services[0].probe.server_name",
+        ),
+        ("kind: https", "unknown field `kind`"),
+    ] {
+        let e = err(&with(probe));
+        assert!(e.contains(want), "{probe}: {e}");
+    }
+    let e = err(&format!("cert_gate: {{ interval: 1s }}\n{GOOD}"));
+    assert!(e.contains("cert_gate.interval"), "{e}");
+    let e = err(&format!("cert_gate: {{ names: [10.0.0.1] }}\n{GOOD}"));
+    assert!(e.contains("cert_gate.names[0]"), "{e}");
+    // One backend in two services with different probes.
+    let two = format!(
+        "{GOOD}  - vip: 10.0.0.101\n    mode: dsr\n    probe: {{ type: tcp }}\n    backends:\n      - address: 10.0.0.12\n        local: true\n"
+    );
+    let e = err(&two);
+    assert!(
+        e.contains("services[1].backends[0]") && e.contains("same probe"),
+        "{e}"
+    );
+}
+
+#[test]
+fn durations_parse_or_say_how_to_write_them() {
+    assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+    assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+    assert_eq!(parse_duration(" 0.25s "), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    for bad in ["100", "ms", "-1s", "25h", "nan s", "1e9s", "1d"] {
+        let e = parse_duration(bad).expect_err(bad);
+        assert!(e.contains("100ms or 1s"), "{e}");
+    }
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("must be refused").to_string()
+}
+
+/// Each broken variant of a good file, and what its error must name: the
+/// file, the field path, and the fix.
+#[test]
+fn errors_name_file_field_and_fix() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            GOOD.replace(
+                "address: 10.0.0.12",
+                "address: 10.0.0.12\n        colour: red",
+            ),
+            &["vipd.yaml: services[0].backends[1]", "colour"],
+        ),
+        (
+            GOOD.replace("mac: 02:00:00:00:00:0b", "mac: 02:00:00:00:0b"),
+            &["services[0].backends[0].mac", "02:42:ac:11:00:02"],
+        ),
+        (
+            GOOD.replace("        mac: 02:00:00:00:00:0b\n", ""),
+            &["services[0].backends[0].mac", "ip neigh show 10.0.0.11"],
+        ),
+        (
+            GOOD.replace("mode: dsr", "mode: dsr\n    maglev_size: 1000"),
+            &["services[0].maglev_size", "prime"],
+        ),
+        (
+            GOOD.replace("address: 10.0.0.11", "address: fd00::11"),
+            &["address family"],
+        ),
+        (
+            GOOD.replace("vip: 10.0.0.100", "vip: 10.0.0.300"),
+            &["services[0].vip"],
+        ),
+        (
+            GOOD.replace("mode: dsr", "mode: dsr\n    snat: vip"),
+            &["services[0].snat", "mode nat"],
+        ),
+        (
+            NAT.replace("snat: node", "snat: somewhere"),
+            &["services[0].snat", "`node`, `vip`"],
+        ),
+        (
+            NAT.replace("snat: node", "snat: fd00::1"),
+            &["services[0].snat", "family"],
+        ),
+        (
+            format!("nat:\n  ports: 100-200\n{NAT}"),
+            &["nat.ports", "40000-59999"],
+        ),
+        (
+            "interface: eth0\nservices: []\n".to_owned(),
+            &["services: no service"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 0\n{GOOD}"),
+            &["vrrp.vrid", "1..=255"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  priority: 0\n{GOOD}"),
+            &["vrrp.priority", "1..=254"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  advert_interval: 10ms\n{GOOD}"),
+            &["vrrp.advert_interval", "20ms..40950ms"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  advert_interval: 105ms\n{GOOD}"),
+            &["vrrp.advert_interval", "steps of 10ms"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  advert_interval: fast\n{GOOD}"),
+            &["vrrp.advert_interval", "100ms or 1s"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  announce:\n    count: 0\n{GOOD}"),
+            &["vrrp.announce.count", "at least 1"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  unicast_peers: [fe80::3]\n{GOOD}"),
+            &["vrrp.unicast_peers[0]", "address family"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  unicast_peers: [224.0.0.18]\n{GOOD}"),
+            &["vrrp.unicast_peers[0]", "unicast"],
+        ),
+        (
+            format!("hold_vips: true\nvrrp:\n  vrid: 1\n{GOOD}"),
+            &["hold_vips", "remove hold_vips"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  prio: 5\n{GOOD}"),
+            &["vrrp", "prio"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\nannounce: {{ table: 198 }}\n{GOOD}"),
+            &["announce:", "two ways to hold the VIP", "remove `vrrp:`"],
+        ),
+        (
+            format!("hold_vips: true\nannounce: {{}}\n{GOOD}"),
+            &["hold_vips", "remove hold_vips"],
+        ),
+        (
+            format!("announce: {{ table: 254 }}\n{GOOD}"),
+            &["announce.table", "254 main", "table of its own"],
+        ),
+        (
+            format!("announce: {{ proto: 12 }}\n{GOOD}"),
+            &["announce.proto", "BIRD"],
+        ),
+        (
+            format!("announce: {{ drain: 5m }}\n{GOOD}"),
+            &["announce.drain", "use 1s"],
+        ),
+        (
+            format!("announce: {{ tabel: 198 }}\n{GOOD}"),
+            &["announce", "tabel"],
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.starts_with("vipd.yaml: "), "{e}");
+        for w in want {
+            assert!(e.contains(w), "error {e:?} lacks {w:?}");
+        }
+    }
+}
+
+/// Issue 18: the parser's own message repeated the field path
+/// (`services[0].port: services[0].port: invalid value ...`); say it
+/// once, and say the fix.
+#[test]
+fn parse_errors_say_the_path_once_and_the_fix() {
+    let e = err(&GOOD.replace("mode: dsr", "mode: dsr\n    port: 70000"));
+    assert_eq!(e.matches("services[0].port").count(), 1, "{e}");
+    assert!(e.starts_with("vipd.yaml: services[0].port: "), "{e}");
+    assert!(e.contains("70000") && e.contains("1..65535"), "{e}");
+
+    let e = err("interface: eth0\nservices:\n  - vip: 10.0.0.100\n    mode: dsr\n");
+    assert_eq!(e.matches("services[0]").count(), 1, "{e}");
+    assert!(e.contains("missing field `backends`"), "{e}");
+    assert!(e.contains("add `backends:`"), "{e}");
+
+    let e = err(&format!("vrrp:\n  vrid: 300\n{GOOD}"));
+    assert_eq!(e.matches("vrrp.vrid").count(), 1, "{e}");
+    assert!(e.contains("use 1..255"), "{e}");
+}
+
+/// RFC 9568 5.1.2.1: an IPv6 advert's source is the sender's link-local
+/// address, and unicast peers are matched on the source: a global
+/// address would never match (every advert of that peer discarded as
+/// `not_peer`). Refused with the reason.
+#[test]
+fn ipv6_unicast_peer_must_be_link_local() {
+    let v6 = GOOD.replace("vip: 10.0.0.100", "vip: fd00::100").replace(
+        "address: 10.0.0.11\n        mac: 02:00:00:00:00:0b\n      - address: 10.0.0.12",
+        "address: fd00::11\n        mac: 02:00:00:00:00:0b\n      - address: fd00::12",
+    );
+    parse(&v6).expect("the IPv6 base file is valid");
+    parse(&format!(
+        "vrrp:\n  vrid: 1\n  unicast_peers: [\"fe80::3\"]\n{v6}"
+    ))
+    .expect("a link-local peer is fine");
+    let e = err(&format!(
+        "vrrp:\n  vrid: 1\n  unicast_peers: [\"fd00::3\"]\n{v6}"
+    ));
+    assert!(e.contains("vrrp.unicast_peers[0]"), "{e}");
+    assert!(e.contains("link-local") && e.contains("5.1.2.1"), "{e}");
+}
