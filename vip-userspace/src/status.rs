@@ -252,6 +252,178 @@ fn table(out: &mut String, indent: &str, rows: &[Vec<String>]) {
 }
 
 impl Status {
+    /// One virtual router: state, master, peers, last change and failover.
+    fn render_vrrp(&self, o: &mut String, v: &VrrpStatus) {
+        let _ = writeln!(
+            o,
+            "\nVRRP {} vrid {}: {}, priority {}{}, source {}, VIPs {}",
+            v.family,
+            v.vrid,
+            v.state.to_uppercase(),
+            v.priority,
+            if v.priority == v.configured_priority {
+                String::new()
+            } else {
+                format!(" (configured {})", v.configured_priority)
+            },
+            v.source,
+            join(&v.vips),
+        );
+        if let Some(h) = &v.held {
+            let _ = writeln!(o, "  HELD OUT of the election: {h}");
+        }
+        match v.master {
+            Some(m) if m == v.source => o.push_str("  master: this node\n"),
+            Some(m) => {
+                let _ = writeln!(o, "  master: {m}");
+            }
+            None => o.push_str("  master: none heard\n"),
+        }
+        let mut rows = vec![vec!["PEER".into(), "PRIORITY".into(), "LAST HEARD".into()]];
+        for p in &v.peers {
+            rows.push(vec![
+                p.address.to_string(),
+                p.priority.to_string(),
+                self.ago(p.last_heard_unix_ms),
+            ]);
+        }
+        if rows.len() > 1 {
+            table(o, "  ", &rows);
+        } else {
+            o.push_str("  peers: none heard\n");
+        }
+        if let Some(c) = &v.last_change {
+            let _ = writeln!(
+                o,
+                "  last change {}: {} -> {} ({})",
+                self.ago(c.at_unix_ms),
+                c.from,
+                c.to,
+                c.why
+            );
+        }
+        match &v.last_failover {
+            Some(f) => {
+                let _ = writeln!(
+                    o,
+                    "  last failover {}: took {} ms, from {} ({})",
+                    self.ago(f.at_unix_ms),
+                    f.took_ms,
+                    f.from,
+                    f.why
+                );
+            }
+            None => o.push_str("  last failover: none by this node\n"),
+        }
+    }
+
+    /// One service and its backends' table.
+    fn render_service(&self, o: &mut String, s: &ServiceStatus) {
+        let serving = s.backends.iter().filter(|b| b.serving).count();
+        let _ = writeln!(
+            o,
+            "\nservice {} {} mode {}: VIP {}on this node, {}/{} backends serving{}",
+            SocketAddr::new(s.vip, s.port),
+            s.protocol,
+            s.mode,
+            if s.vip_here { "" } else { "not " },
+            serving,
+            s.backends.len(),
+            if s.fail_open {
+                ", FAIL OPEN (no backend usable: forwarding to all)"
+            } else {
+                ""
+            }
+        );
+        let mut rows = vec![
+            [
+                "BACKEND",
+                "STATE",
+                "SERVING",
+                "CERT",
+                "PROBE",
+                "LATENCY",
+                "FLOWS",
+                "NEW FLOWS",
+                "BYTES",
+                "RSTS",
+                "LAST CHANGE",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for b in &s.backends {
+            rows.push(vec![
+                format!("{}{}", b.address, if b.local { " (local)" } else { "" }),
+                b.state.clone(),
+                if b.serving { "yes" } else { "no" }.into(),
+                b.cert.clone(),
+                b.last_probe.clone().unwrap_or_else(|| "-".into()),
+                b.probe_latency_ms
+                    .map_or("-".into(), |l| format!("{l:.1} ms")),
+                b.flows.map_or("-".into(), |f| f.to_string()),
+                b.new_flows.to_string(),
+                bytes(b.bytes),
+                b.rsts.to_string(),
+                b.last_change.as_ref().map_or("-".into(), |c| {
+                    format!("{} ({}: {})", self.ago(c.at_unix_ms), c.to, c.reason)
+                }),
+            ]);
+        }
+        table(o, "  ", &rows);
+    }
+
+    /// The connection table's fullness and the last sweep.
+    fn render_flows(&self, o: &mut String) {
+        let f = &self.flows;
+        match f.entries {
+            Some(n) => {
+                let _ = writeln!(
+                    o,
+                    "\nflows: {n} of {} ({:.1}% full){}, {} expired entries swept{}",
+                    f.capacity,
+                    n as f64 * 100.0 / f64::from(f.capacity.max(1)),
+                    f.nat_entries
+                        .map_or(String::new(), |n| format!(", {n} reverse-NAT")),
+                    f.swept,
+                    f.last_sweep_unix_ms
+                        .map_or(String::new(), |t| format!(", counted {}", self.ago(t))),
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "\nflows: not counted yet (every 10 s), capacity {}",
+                    f.capacity
+                );
+            }
+        }
+    }
+
+    /// State sync's counters, with sync on.
+    fn render_sync(&self, o: &mut String) {
+        if let Some(y) = &self.sync {
+            let by_reason = |m: &std::collections::BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    return "none".to_owned();
+                }
+                m.iter()
+                    .map(|(r, n)| format!("{n} {r}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(
+                o,
+                "state sync: {} records sent, {} received, {} applied; refused: {}; lost: {}",
+                y.sent,
+                y.received,
+                y.applied,
+                by_reason(&y.rejected),
+                by_reason(&y.lost)
+            );
+        }
+    }
+
     /// `announce:`: one row per VIP, with why a route is not installed.
     fn render_routes(&self, o: &mut String) {
         let Some(first) = self.announce.first() else {
@@ -315,165 +487,13 @@ impl Status {
         }
         self.render_routes(&mut o);
         for v in &self.vrrp {
-            let _ = writeln!(
-                o,
-                "\nVRRP {} vrid {}: {}, priority {}{}, source {}, VIPs {}",
-                v.family,
-                v.vrid,
-                v.state.to_uppercase(),
-                v.priority,
-                if v.priority == v.configured_priority {
-                    String::new()
-                } else {
-                    format!(" (configured {})", v.configured_priority)
-                },
-                v.source,
-                join(&v.vips),
-            );
-            if let Some(h) = &v.held {
-                let _ = writeln!(o, "  HELD OUT of the election: {h}");
-            }
-            match v.master {
-                Some(m) if m == v.source => o.push_str("  master: this node\n"),
-                Some(m) => {
-                    let _ = writeln!(o, "  master: {m}");
-                }
-                None => o.push_str("  master: none heard\n"),
-            }
-            let mut rows = vec![vec!["PEER".into(), "PRIORITY".into(), "LAST HEARD".into()]];
-            for p in &v.peers {
-                rows.push(vec![
-                    p.address.to_string(),
-                    p.priority.to_string(),
-                    self.ago(p.last_heard_unix_ms),
-                ]);
-            }
-            if rows.len() > 1 {
-                table(&mut o, "  ", &rows);
-            } else {
-                o.push_str("  peers: none heard\n");
-            }
-            if let Some(c) = &v.last_change {
-                let _ = writeln!(
-                    o,
-                    "  last change {}: {} -> {} ({})",
-                    self.ago(c.at_unix_ms),
-                    c.from,
-                    c.to,
-                    c.why
-                );
-            }
-            match &v.last_failover {
-                Some(f) => {
-                    let _ = writeln!(
-                        o,
-                        "  last failover {}: took {} ms, from {} ({})",
-                        self.ago(f.at_unix_ms),
-                        f.took_ms,
-                        f.from,
-                        f.why
-                    );
-                }
-                None => o.push_str("  last failover: none by this node\n"),
-            }
+            self.render_vrrp(&mut o, v);
         }
         for s in &self.services {
-            let serving = s.backends.iter().filter(|b| b.serving).count();
-            let _ = writeln!(
-                o,
-                "\nservice {} {} mode {}: VIP {}on this node, {}/{} backends serving{}",
-                SocketAddr::new(s.vip, s.port),
-                s.protocol,
-                s.mode,
-                if s.vip_here { "" } else { "not " },
-                serving,
-                s.backends.len(),
-                if s.fail_open {
-                    ", FAIL OPEN (no backend usable: forwarding to all)"
-                } else {
-                    ""
-                }
-            );
-            let mut rows = vec![
-                [
-                    "BACKEND",
-                    "STATE",
-                    "SERVING",
-                    "CERT",
-                    "PROBE",
-                    "LATENCY",
-                    "FLOWS",
-                    "NEW FLOWS",
-                    "BYTES",
-                    "RSTS",
-                    "LAST CHANGE",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            for b in &s.backends {
-                rows.push(vec![
-                    format!("{}{}", b.address, if b.local { " (local)" } else { "" }),
-                    b.state.clone(),
-                    if b.serving { "yes" } else { "no" }.into(),
-                    b.cert.clone(),
-                    b.last_probe.clone().unwrap_or_else(|| "-".into()),
-                    b.probe_latency_ms
-                        .map_or("-".into(), |l| format!("{l:.1} ms")),
-                    b.flows.map_or("-".into(), |f| f.to_string()),
-                    b.new_flows.to_string(),
-                    bytes(b.bytes),
-                    b.rsts.to_string(),
-                    b.last_change.as_ref().map_or("-".into(), |c| {
-                        format!("{} ({}: {})", self.ago(c.at_unix_ms), c.to, c.reason)
-                    }),
-                ]);
-            }
-            table(&mut o, "  ", &rows);
+            self.render_service(&mut o, s);
         }
-        let f = &self.flows;
-        match f.entries {
-            Some(n) => {
-                let _ = writeln!(
-                    o,
-                    "\nflows: {n} of {} ({:.1}% full){}, {} expired entries swept{}",
-                    f.capacity,
-                    n as f64 * 100.0 / f64::from(f.capacity.max(1)),
-                    f.nat_entries
-                        .map_or(String::new(), |n| format!(", {n} reverse-NAT")),
-                    f.swept,
-                    f.last_sweep_unix_ms
-                        .map_or(String::new(), |t| format!(", counted {}", self.ago(t))),
-                );
-            }
-            None => {
-                let _ = writeln!(
-                    o,
-                    "\nflows: not counted yet (every 10 s), capacity {}",
-                    f.capacity
-                );
-            }
-        }
-        if let Some(y) = &self.sync {
-            let by_reason = |m: &std::collections::BTreeMap<String, u64>| {
-                if m.is_empty() {
-                    return "none".to_owned();
-                }
-                m.iter()
-                    .map(|(r, n)| format!("{n} {r}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            let _ = writeln!(
-                o,
-                "state sync: {} records sent, {} received, {} applied; refused: {}; lost: {}",
-                y.sent,
-                y.received,
-                y.applied,
-                by_reason(&y.rejected),
-                by_reason(&y.lost)
-            );
-        }
+        self.render_flows(&mut o);
+        self.render_sync(&mut o);
         o
     }
 }
