@@ -835,18 +835,45 @@ impl Config {
         self.nat
             .port_range()
             .map_err(|e| bad("nat.ports".into(), e))?;
+        self.validate_holders().map_err(|(f, m)| bad(f, m))?;
+        if self.nat.tcp_idle_s == 0 || self.nat.udp_idle_s == 0 {
+            return Err(bad(
+                "nat".into(),
+                "idle timeouts must be at least 1 second".into(),
+            ));
+        }
+        self.validate_cert_gate().map_err(|(f, m)| bad(f, m))?;
+        self.validate_shared_probes().map_err(|(f, m)| bad(f, m))?;
+        if let Some(sync) = &self.state_sync {
+            self.validate_sync(sync).map_err(|(f, m)| bad(f, m))?;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            if !seen.insert((s.vip, s.port, s.protocol as u8)) {
+                return Err(bad(
+                    format!("services[{i}]"),
+                    format!("{}:{} {:?} is configured twice", s.vip, s.port, s.protocol),
+                ));
+            }
+            validate_service(i, s).map_err(|(f, m)| bad(f, m))?;
+        }
+        Ok(())
+    }
+
+    /// One holder per node, and the holder's own settings.
+    fn validate_holders(&self) -> Result<(), (String, String)> {
         if let Some(v) = &self.vrrp {
             if self.hold_vips {
-                return Err(bad(
+                return Err((
                     "hold_vips".into(),
                     "a static holder and VRRP election exclude each other; remove hold_vips".into(),
                 ));
             }
-            let plan = v.plan().map_err(|(f, m)| bad(f, m))?;
+            let plan = v.plan()?;
             let families: Vec<bool> = self.services.iter().map(|s| s.vip.is_ipv4()).collect();
             for (i, p) in plan.unicast_peers.iter().enumerate() {
                 if !families.contains(&p.is_ipv4()) {
-                    return Err(bad(
+                    return Err((
                         format!("vrrp.unicast_peers[{i}]"),
                         format!("{p}: no VIP of this address family to elect a holder for"),
                     ));
@@ -858,31 +885,30 @@ impl Config {
             // of one segment, announce spreads it over every node by
             // routing; both at once would fight over who serves it.
             if self.vrrp.is_some() {
-                return Err(bad(
+                return Err((
                     "announce".into(),
                     "announcing the VIP's route and electing a VRRP holder are two ways to hold the VIP; keep one: remove `vrrp:` across an L3 fabric (no shared segment), or `announce:` on one L2 segment".into(),
                 ));
             }
             if self.hold_vips {
-                return Err(bad(
+                return Err((
                     "hold_vips".into(),
                     "announce: holds the VIPs by their route, only while this node can serve; hold_vips would claim them always; remove hold_vips".into(),
                 ));
             }
-            a.route_table().map_err(|(f, m)| bad(f, m))?;
-            a.drain().map_err(|(f, m)| bad(f, m))?;
+            a.route_table()?;
+            a.drain()?;
         }
-        if self.nat.tcp_idle_s == 0 || self.nat.udp_idle_s == 0 {
-            return Err(bad(
-                "nat".into(),
-                "idle timeouts must be at least 1 second".into(),
-            ));
-        }
+        Ok(())
+    }
+
+    /// The certificate gate's interval and names.
+    fn validate_cert_gate(&self) -> Result<(), (String, String)> {
         parse_duration(&self.cert_gate.interval)
             .ok()
             .filter(|d| *d >= Duration::from_secs(10))
             .ok_or_else(|| {
-                bad(
+                (
                     "cert_gate.interval".into(),
                     format!(
                         "{:?}: use a duration of at least 10s, like 10m",
@@ -892,14 +918,18 @@ impl Config {
             })?;
         for (i, n) in self.cert_gate.names.iter().enumerate() {
             if !rustls_name_ok(n) || n.parse::<IpAddr>().is_ok() {
-                return Err(bad(
+                return Err((
                     format!("cert_gate.names[{i}]"),
                     format!("{n:?} is not a DNS name (the VIPs are checked anyway)"),
                 ));
             }
         }
-        // One backend, one probe: its health is shared by every service
-        // that lists it.
+        Ok(())
+    }
+
+    /// One backend, one probe: its health is shared by every service that
+    /// lists it, so they must probe it alike.
+    fn validate_shared_probes(&self) -> Result<(), (String, String)> {
         let mut probes: std::collections::BTreeMap<std::net::SocketAddr, (usize, &ProbeSettings)> =
             std::collections::BTreeMap::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -907,7 +937,7 @@ impl Config {
                 let addr = std::net::SocketAddr::new(b.address, b.port.unwrap_or(s.port));
                 match probes.get(&addr) {
                     Some((first, p)) if *p != &s.probe => {
-                        return Err(bad(
+                        return Err((
                             format!("services[{i}].backends[{j}]"),
                             format!(
                                 "{addr} is probed with other settings in services[{first}]; give both services the same probe"
@@ -918,71 +948,6 @@ impl Config {
                     None => {
                         probes.insert(addr, (i, &s.probe));
                     }
-                }
-            }
-        }
-        if let Some(sync) = &self.state_sync {
-            self.validate_sync(sync).map_err(|(f, m)| bad(f, m))?;
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, s) in self.services.iter().enumerate() {
-            let at = format!("services[{i}]");
-            if !seen.insert((s.vip, s.port, s.protocol as u8)) {
-                return Err(bad(
-                    at,
-                    format!("{}:{} {:?} is configured twice", s.vip, s.port, s.protocol),
-                ));
-            }
-            match (s.mode, s.snat()) {
-                (Mode::Dsr, _) if s.snat.is_some() => {
-                    return Err(bad(
-                        format!("{at}.snat"),
-                        "only mode nat translates source addresses; remove it or use mode nat"
-                            .into(),
-                    ));
-                }
-                (_, Err(e)) => return Err(bad(format!("{at}.snat"), e)),
-                (_, Ok(Snat::Addr(a))) if a.is_ipv4() != s.vip.is_ipv4() => {
-                    return Err(bad(
-                        format!("{at}.snat"),
-                        format!("{a} is not of the VIP's address family"),
-                    ));
-                }
-                _ => {}
-            }
-            maglev::check_size(s.maglev_size)
-                .map_err(|e| bad(format!("{at}.maglev_size"), e.to_string()))?;
-            s.probe
-                .plan()
-                .map_err(|(f, m)| bad(format!("{at}.probe.{f}"), m))?;
-            for (j, b) in s.backends.iter().enumerate() {
-                let bat = format!("{at}.backends[{j}]");
-                if b.address.is_ipv4() != s.vip.is_ipv4() {
-                    return Err(bad(
-                        format!("{bat}.address"),
-                        format!("{} is not of the VIP's address family", b.address),
-                    ));
-                }
-                if b.address.is_unspecified() || b.address.is_multicast() {
-                    return Err(bad(
-                        format!("{bat}.address"),
-                        format!("{} is not a unicast address", b.address),
-                    ));
-                }
-                match (&b.mac, b.local) {
-                    (Some(m), _) => {
-                        parse_mac(m).map_err(|e| bad(format!("{bat}.mac"), e))?;
-                    }
-                    (None, false) if s.mode == Mode::Dsr => {
-                        return Err(bad(
-                            format!("{bat}.mac"),
-                            format!(
-                                "mode dsr needs the backend's MAC; read it with `ip neigh show {}`",
-                                b.address
-                            ),
-                        ));
-                    }
-                    _ => {}
                 }
             }
         }
@@ -1209,6 +1174,63 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 /// A MAC address as [`parse_mac`] reads it: six lower-case hex pairs
 /// joined by colons.
 pub use crate::link::format_mac;
+
+/// One service's own fields (a service configured twice is the caller's to
+/// find): snat, the table size, the probe, each backend's address and MAC.
+fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
+    let at = format!("services[{i}]");
+    match (s.mode, s.snat()) {
+        (Mode::Dsr, _) if s.snat.is_some() => {
+            return Err((
+                format!("{at}.snat"),
+                "only mode nat translates source addresses; remove it or use mode nat".into(),
+            ));
+        }
+        (_, Err(e)) => return Err((format!("{at}.snat"), e)),
+        (_, Ok(Snat::Addr(a))) if a.is_ipv4() != s.vip.is_ipv4() => {
+            return Err((
+                format!("{at}.snat"),
+                format!("{a} is not of the VIP's address family"),
+            ));
+        }
+        _ => {}
+    }
+    maglev::check_size(s.maglev_size).map_err(|e| (format!("{at}.maglev_size"), e.to_string()))?;
+    s.probe
+        .plan()
+        .map_err(|(f, m)| (format!("{at}.probe.{f}"), m))?;
+    for (j, b) in s.backends.iter().enumerate() {
+        let bat = format!("{at}.backends[{j}]");
+        if b.address.is_ipv4() != s.vip.is_ipv4() {
+            return Err((
+                format!("{bat}.address"),
+                format!("{} is not of the VIP's address family", b.address),
+            ));
+        }
+        if b.address.is_unspecified() || b.address.is_multicast() {
+            return Err((
+                format!("{bat}.address"),
+                format!("{} is not a unicast address", b.address),
+            ));
+        }
+        match (&b.mac, b.local) {
+            (Some(m), _) => {
+                parse_mac(m).map_err(|e| (format!("{bat}.mac"), e))?;
+            }
+            (None, false) if s.mode == Mode::Dsr => {
+                return Err((
+                    format!("{bat}.mac"),
+                    format!(
+                        "mode dsr needs the backend's MAC; read it with `ip neigh show {}`",
+                        b.address
+                    ),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests;
