@@ -150,6 +150,215 @@ impl Registrar {
     }
 }
 
+/// VRRP's families, per address family.
+fn register_vrrp(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "vrrp_state",
+        "VRRP state per address family: 1 for the current state (initialize, backup, master)",
+        m.vrrp_state.clone(),
+    );
+    r.register(
+        "vrrp_priority",
+        "Advertised VRRP priority after tracking",
+        m.vrrp_priority.clone(),
+    );
+    r.register(
+        "vrrp_held",
+        "1 while the certificate gate keeps this node out of the election",
+        m.vrrp_held.clone(),
+    );
+    r.register(
+        "vrrp_became_master",
+        "Transitions to master",
+        m.vrrp_became_master.clone(),
+    );
+    r.register(
+        "vrrp_left_master",
+        "Transitions out of master",
+        m.vrrp_left_master.clone(),
+    );
+    r.register(
+        "vrrp_adverts_sent",
+        "VRRP advertisements sent",
+        m.vrrp_adverts_sent.clone(),
+    );
+    r.register(
+        "vrrp_adverts_received",
+        "VRRP advertisements accepted",
+        m.vrrp_adverts_received.clone(),
+    );
+    r.register(
+        "vrrp_adverts_rejected",
+        "VRRP packets discarded, by RFC 9568 7.1 check",
+        m.vrrp_adverts_rejected.clone(),
+    );
+    r.register(
+        "vrrp_split_brain",
+        "Another master or another MAC claiming the VIP seen while master, preemption excluded",
+        m.vrrp_split_brain.clone(),
+    );
+    r.register(
+        "vrrp_preemptions",
+        "The VIP taken from a live master with a lower priority (RFC 9568 6.4.2): by this node, or from it by a peer",
+        m.vrrp_preemptions.clone(),
+    );
+    r.register_with_unit(
+        "vrrp_failover_duration",
+        "Takeovers by this node: from the previous master's last advertisement to becoming master",
+        Unit::Seconds,
+        m.vrrp_failover_duration.clone(),
+    );
+}
+
+/// Per backend: health, probes, what XDP did for it, its certificate; per service: fail open.
+fn register_backends(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "backend_state",
+        "Backend health: 1 for the current state (up, down, auth_misconfigured)",
+        m.backend_state.clone(),
+    );
+    r.register(
+        "backend_serving",
+        "1 while the backend receives new flows",
+        m.backend_serving.clone(),
+    );
+    r.register_with_unit(
+        "probe_duration",
+        "Health probe duration",
+        Unit::Seconds,
+        m.probe_duration.clone(),
+    );
+    r.register(
+        "probe_failures",
+        "Failed probes by reason (timeout, refused, connect, tls, http_status, protocol, auth)",
+        m.probe_failures.clone(),
+    );
+    r.register(
+        "backend_packets",
+        "Packets the XDP program forwarded to the backend",
+        m.backend_packets.clone(),
+    );
+    r.register_with_unit(
+        "backend",
+        "Bytes the XDP program forwarded to the backend",
+        Unit::Bytes,
+        m.backend_bytes.clone(),
+    );
+    r.register(
+        "backend_new_flows",
+        "New flows the XDP program gave the backend",
+        m.backend_new_flows.clone(),
+    );
+    r.register(
+        "backend_rsts",
+        "RSTs the XDP program sent for the backend's flows",
+        m.backend_rsts.clone(),
+    );
+    r.register(
+        "cert_san_ok",
+        "1 when the backend's certificate carries every VIP and configured name",
+        m.cert_san_ok.clone(),
+    );
+    r.register_with_unit(
+        "cert_expiry",
+        "Time until the backend's certificate expires",
+        Unit::Seconds,
+        m.cert_expiry.clone(),
+    );
+    r.register(
+        "fail_open",
+        "1 while a service forwards to every backend because none is usable",
+        m.fail_open.clone(),
+    );
+    r.register(
+        "backend_flows",
+        "Live flows in the connection table for the backend (counted every 10 s)",
+        m.backend_flows.clone(),
+    );
+}
+
+/// What the XDP program did with every packet, by reason.
+fn register_dataplane(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "dataplane_packets",
+        "Packets by what the XDP program did with them",
+        m.dataplane_packets.clone(),
+    );
+    r.register_with_unit(
+        "dataplane",
+        "Bytes by what the XDP program did with them",
+        Unit::Bytes,
+        m.dataplane_bytes.clone(),
+    );
+}
+
+/// The connection table.
+fn register_flows(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "conntrack_entries",
+        "Live connection-table entries (counted every 10 s)",
+        m.conntrack_entries.clone(),
+    );
+    r.register(
+        "conntrack_capacity",
+        "Connection-table capacity (conntrack_capacity); entries over capacity is its fullness",
+        m.conntrack_capacity.clone(),
+    );
+    r.register(
+        "conntrack_swept",
+        "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
+        m.conntrack_swept.clone(),
+    );
+    r.register(
+        "conntrack_poked",
+        "Clients of a dead backend's flows poked so that their next packet gets the RST at once",
+        m.conntrack_poked.clone(),
+    );
+}
+
+/// Mode nat state sync.
+fn register_sync(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "state_sync_sent",
+        "Mode nat flow records sent to state-sync peers (counted once per peer)",
+        m.state_sync_sent.clone(),
+    );
+    r.register(
+        "state_sync_received",
+        "Flow records received from state-sync peers",
+        m.state_sync_received.clone(),
+    );
+    r.register(
+        "state_sync_applied",
+        "Flow records from peers written to the flow tables (new or refreshed)",
+        m.state_sync_applied.clone(),
+    );
+    r.register(
+        "state_sync_rejected",
+        "Flow records or datagrams from peers refused, by reason (stranger: not from a configured peer)",
+        m.state_sync_rejected.clone(),
+    );
+    r.register(
+        "state_sync_lost",
+        "New flows not replicated, by reason (ring_full, unresolved, send_failed): they reset after a failover",
+        m.state_sync_lost.clone(),
+    );
+}
+
+/// `announce:`: each VIP's route.
+fn register_announce(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "announce_route_installed",
+        "announce: 1 while this node's route for the VIP is in the announce table (the routing daemon announces it)",
+        m.announce_route_installed.clone(),
+    );
+    r.register(
+        "announce_withdrawals",
+        "announce: routes withdrawn, by reason (xdp_detached, no_backend, cert_gate, stopping, unconfigured)",
+        m.announce_withdrawals.clone(),
+    );
+}
+
 /// Every metric vipd exports.
 pub struct Metrics {
     registry: Registry,
@@ -265,191 +474,12 @@ impl Metrics {
             heartbeat_ms: AtomicU64::new(0),
             started: Instant::now(),
         };
-        r.register(
-            "vrrp_state",
-            "VRRP state per address family: 1 for the current state (initialize, backup, master)",
-            m.vrrp_state.clone(),
-        );
-        r.register(
-            "vrrp_priority",
-            "Advertised VRRP priority after tracking",
-            m.vrrp_priority.clone(),
-        );
-        r.register(
-            "vrrp_held",
-            "1 while the certificate gate keeps this node out of the election",
-            m.vrrp_held.clone(),
-        );
-        r.register(
-            "vrrp_became_master",
-            "Transitions to master",
-            m.vrrp_became_master.clone(),
-        );
-        r.register(
-            "vrrp_left_master",
-            "Transitions out of master",
-            m.vrrp_left_master.clone(),
-        );
-        r.register(
-            "vrrp_adverts_sent",
-            "VRRP advertisements sent",
-            m.vrrp_adverts_sent.clone(),
-        );
-        r.register(
-            "vrrp_adverts_received",
-            "VRRP advertisements accepted",
-            m.vrrp_adverts_received.clone(),
-        );
-        r.register(
-            "vrrp_adverts_rejected",
-            "VRRP packets discarded, by RFC 9568 7.1 check",
-            m.vrrp_adverts_rejected.clone(),
-        );
-        r.register(
-            "vrrp_split_brain",
-            "Another master or another MAC claiming the VIP seen while master, preemption excluded",
-            m.vrrp_split_brain.clone(),
-        );
-        r.register(
-            "vrrp_preemptions",
-            "The VIP taken from a live master with a lower priority (RFC 9568 6.4.2): by this node, or from it by a peer",
-            m.vrrp_preemptions.clone(),
-        );
-        r.register_with_unit(
-            "vrrp_failover_duration",
-            "Takeovers by this node: from the previous master's last advertisement to becoming master",
-            Unit::Seconds,
-            m.vrrp_failover_duration.clone(),
-        );
-        r.register(
-            "backend_state",
-            "Backend health: 1 for the current state (up, down, auth_misconfigured)",
-            m.backend_state.clone(),
-        );
-        r.register(
-            "backend_serving",
-            "1 while the backend receives new flows",
-            m.backend_serving.clone(),
-        );
-        r.register_with_unit(
-            "probe_duration",
-            "Health probe duration",
-            Unit::Seconds,
-            m.probe_duration.clone(),
-        );
-        r.register(
-            "probe_failures",
-            "Failed probes by reason (timeout, refused, connect, tls, http_status, protocol, auth)",
-            m.probe_failures.clone(),
-        );
-        r.register(
-            "backend_packets",
-            "Packets the XDP program forwarded to the backend",
-            m.backend_packets.clone(),
-        );
-        r.register_with_unit(
-            "backend",
-            "Bytes the XDP program forwarded to the backend",
-            Unit::Bytes,
-            m.backend_bytes.clone(),
-        );
-        r.register(
-            "backend_new_flows",
-            "New flows the XDP program gave the backend",
-            m.backend_new_flows.clone(),
-        );
-        r.register(
-            "backend_rsts",
-            "RSTs the XDP program sent for the backend's flows",
-            m.backend_rsts.clone(),
-        );
-        r.register(
-            "dataplane_packets",
-            "Packets by what the XDP program did with them",
-            m.dataplane_packets.clone(),
-        );
-        r.register_with_unit(
-            "dataplane",
-            "Bytes by what the XDP program did with them",
-            Unit::Bytes,
-            m.dataplane_bytes.clone(),
-        );
-        r.register(
-            "cert_san_ok",
-            "1 when the backend's certificate carries every VIP and configured name",
-            m.cert_san_ok.clone(),
-        );
-        r.register_with_unit(
-            "cert_expiry",
-            "Time until the backend's certificate expires",
-            Unit::Seconds,
-            m.cert_expiry.clone(),
-        );
-        r.register(
-            "fail_open",
-            "1 while a service forwards to every backend because none is usable",
-            m.fail_open.clone(),
-        );
-        r.register(
-            "backend_flows",
-            "Live flows in the connection table for the backend (counted every 10 s)",
-            m.backend_flows.clone(),
-        );
-        r.register(
-            "conntrack_entries",
-            "Live connection-table entries (counted every 10 s)",
-            m.conntrack_entries.clone(),
-        );
-        r.register(
-            "conntrack_capacity",
-            "Connection-table capacity (conntrack_capacity); entries over capacity is its fullness",
-            m.conntrack_capacity.clone(),
-        );
-        r.register(
-            "conntrack_swept",
-            "Expired flow entries (connection table and reverse NAT) deleted by the agent's sweep",
-            m.conntrack_swept.clone(),
-        );
-        r.register(
-            "conntrack_poked",
-            "Clients of a dead backend's flows poked so that their next packet gets the RST at once",
-            m.conntrack_poked.clone(),
-        );
-        r.register(
-            "state_sync_sent",
-            "Mode nat flow records sent to state-sync peers (counted once per peer)",
-            m.state_sync_sent.clone(),
-        );
-        r.register(
-            "state_sync_received",
-            "Flow records received from state-sync peers",
-            m.state_sync_received.clone(),
-        );
-        r.register(
-            "state_sync_applied",
-            "Flow records from peers written to the flow tables (new or refreshed)",
-            m.state_sync_applied.clone(),
-        );
-        r.register(
-            "state_sync_rejected",
-            "Flow records or datagrams from peers refused, by reason (stranger: not from a configured peer)",
-            m.state_sync_rejected.clone(),
-        );
-        r.register(
-            "state_sync_lost",
-            "New flows not replicated, by reason (ring_full, unresolved, send_failed): they reset after a failover",
-            m.state_sync_lost.clone(),
-        );
-        r.register(
-            "announce_route_installed",
-            "announce: 1 while this node's route for the VIP is in the announce table (the routing daemon announces it)",
-            m.announce_route_installed.clone(),
-        );
-        r.register(
-            "announce_withdrawals",
-            "announce: routes withdrawn, by reason (xdp_detached, no_backend, cert_gate, stopping, unconfigured)",
-            m.announce_withdrawals.clone(),
-        );
+        register_vrrp(&mut r, &m);
+        register_backends(&mut r, &m);
+        register_dataplane(&mut r, &m);
+        register_flows(&mut r, &m);
+        register_sync(&mut r, &m);
+        register_announce(&mut r, &m);
         Metrics {
             registry: r.registry,
             families: r.families,
