@@ -873,6 +873,19 @@ services:
         "10.78.100.1".parse().expect("vip")
     }
 
+    /// An announcing agent past start-up, its holder told the first fitness.
+    fn announcing_started(t0: Instant) -> (AgentState, Announcing) {
+        let mut a = AgentState::new(settings(ANNOUNCE));
+        let mut d = announcing();
+        let fx = a.on(t0, Event::Started(fine()));
+        let Some(Effect::StartHolder(f0)) = fx.first() else {
+            panic!("{fx:?}")
+        };
+        d.fit(f0);
+        a.on(t0, Event::HolderStarted { tracks: true });
+        (a, d)
+    }
+
     #[test]
     fn announce_installs_the_route_once_started_fit() {
         let t0 = Instant::now();
@@ -916,14 +929,7 @@ services:
     #[test]
     fn announce_withdraws_the_moment_fitness_is_lost() {
         let t0 = Instant::now();
-        let mut a = AgentState::new(settings(ANNOUNCE));
-        let mut d = announcing();
-        let fx = a.on(t0, Event::Started(fine()));
-        let Some(Effect::StartHolder(f0)) = fx.first() else {
-            panic!("{fx:?}")
-        };
-        d.fit(f0);
-        a.on(t0, Event::HolderStarted { tracks: true });
+        let (mut a, mut d) = announcing_started(t0);
 
         // Every backend fails its probe: the next settle tells the holder.
         let mut down = fine();
@@ -966,14 +972,7 @@ services:
     #[test]
     fn announce_withdraws_on_sigterm_before_the_stop() {
         let t0 = Instant::now();
-        let mut a = AgentState::new(settings(ANNOUNCE));
-        let mut d = announcing();
-        let fx = a.on(t0, Event::Started(fine()));
-        let Some(Effect::StartHolder(f0)) = fx.first() else {
-            panic!("{fx:?}")
-        };
-        d.fit(f0);
-        a.on(t0, Event::HolderStarted { tracks: true });
+        let (mut a, mut d) = announcing_started(t0);
         let fx = a.on(t0, Event::Signal(Signal::Term));
         let at = |e: &Effect| fx.iter().position(|x| x == e).expect("effect");
         assert!(at(&Effect::StopHolder) < at(&Effect::RestoreHost));
