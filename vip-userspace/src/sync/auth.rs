@@ -28,7 +28,7 @@ use std::{
     collections::BTreeMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -188,15 +188,21 @@ pub fn tag(key: &Key, data: &[u8]) -> [u8; TAG_LEN] {
 /// `vipd_state_sync_rejected_total`.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
 pub enum AuthError {
-    #[error("no tag, and state_sync.key_file is set: the peer runs without the key")]
+    #[error(
+        "no tag, and state_sync.key_file is set: the peer runs without the key; give every LB the same key file"
+    )]
     Unkeyed,
     #[error("tagged, and this node has no state_sync.key_file: give it the peers' key file")]
     Keyed,
     #[error("key id {0} is not in this node's key file: copy the current key file to every node")]
     UnknownKey(u8),
-    #[error("the tag does not verify: forged, corrupted, or another key under the same id")]
+    #[error(
+        "the tag does not verify: another key under the same id on the peer, or someone spoofing its address"
+    )]
     Forged,
-    #[error("sequence already seen or older than the replay window")]
+    #[error(
+        "sequence already seen or older than the replay window: a replay from someone spoofing the peer's address"
+    )]
     Replayed,
     #[error("sent {0:?} away from this node's clock (more than the allowed skew): check NTP")]
     Stale(Duration),
@@ -302,7 +308,9 @@ impl Replay {
 #[derive(Debug)]
 pub struct KeySource {
     path: PathBuf,
-    state: Mutex<(Keys, Option<SystemTime>, Instant)>,
+    /// The keys (shared, so a datagram's check copies no secret), the
+    /// file's modification time, when it was last looked at.
+    state: Mutex<(Arc<Keys>, Option<SystemTime>, Instant)>,
 }
 
 impl KeySource {
@@ -312,7 +320,7 @@ impl KeySource {
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(KeySource {
             path: path.to_owned(),
-            state: Mutex::new((keys, mtime, Instant::now())),
+            state: Mutex::new((Arc::new(keys), mtime, Instant::now())),
         })
     }
 
@@ -320,7 +328,7 @@ impl KeySource {
     /// modification time is read; a changed file that parses replaces the
     /// keys, one that does not keeps the old ones and is logged (a half
     /// edited file must not stop sync).
-    pub fn keys(&self) -> Keys {
+    pub fn keys(&self) -> Arc<Keys> {
         let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if g.2.elapsed() >= RECHECK {
             g.2 = Instant::now();
@@ -331,7 +339,7 @@ impl KeySource {
                 match Keys::load(&self.path) {
                     Ok(k) => {
                         tracing::info!(file = %self.path.display(), ids = ?k.ids(), signing = k.signing().id, "state sync: key file changed; keys replaced");
-                        g.0 = k;
+                        g.0 = Arc::new(k);
                         g.1 = mtime;
                     }
                     Err(e) => {

@@ -166,6 +166,24 @@ pub fn parse_event(item: &[u8]) -> Option<SyncEvent> {
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<SyncEvent>()) })
 }
 
+/// Why a datagram was not read: its header, or its authentication.
+#[derive(Debug, Error)]
+enum Refusal {
+    #[error(transparent)]
+    Decode(wire::DecodeError),
+    #[error(transparent)]
+    Auth(AuthError),
+}
+
+impl Refusal {
+    fn label(&self) -> &'static str {
+        match self {
+            Refusal::Decode(e) => e.label(),
+            Refusal::Auth(e) => e.label(),
+        }
+    }
+}
+
 /// The receiver's authentication state: the keys (`None` without
 /// `key_file`) and the peers' replay windows.
 #[derive(Debug, Default)]
@@ -187,8 +205,8 @@ impl Admission {
     }
 
     /// Logs a refusal an operator must act on (a peer without the key, a
-    /// forged or replayed datagram), at most once per 10 s.
-    fn complain(&mut self, from: IpAddr, reason: &str) {
+    /// forged or replayed datagram), with its fix, at most once per 10 s.
+    fn complain(&mut self, from: IpAddr, refusal: &Refusal) {
         if self
             .last_log
             .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
@@ -196,58 +214,25 @@ impl Admission {
             return;
         }
         self.last_log = Some(Instant::now());
-        let fix = match reason {
-            "unkeyed" => {
-                "the peer runs without state_sync.key_file: give every LB the same key file"
-            }
-            "keyed" => {
-                "the peer signs its datagrams: set state_sync.key_file to the same key file as the peers"
-            }
-            "unknown_key" => {
-                "the peer signs with a key id this node's key file lacks: copy the current key file to every LB"
-            }
-            "forged" => {
-                "a tag did not verify: another key under the same id, or someone spoofing the peer's address"
-            }
-            "replayed" => {
-                "a datagram seen before: a replay from someone spoofing the peer's address"
-            }
-            "stale" => {
-                "the send time is more than 30 s from this node's clock: check NTP on both nodes"
-            }
-            _ => "malformed datagram",
-        };
-        warn!(peer = %from, reason, "state sync: datagram refused ({fix}); vipd_state_sync_rejected_total counts them");
+        warn!(peer = %from, reason = refusal.label(), error = %refusal, "state sync: datagram refused; vipd_state_sync_rejected_total counts them");
     }
 
     /// Whether a datagram from `from` may be read: a tag is required exactly
     /// when this node has keys; a tagged one must verify (before any record
     /// is read) and be new. A decode error of the header is returned as the
     /// caller's `malformed`/`magic`/`version` refusal.
-    fn admit(&mut self, buf: &[u8], from: IpAddr, now: SystemTime) -> Result<(), &'static str> {
-        let tagged = wire::tagged(buf).map_err(|e| e.label())?;
+    fn admit(&mut self, buf: &[u8], from: IpAddr, now: SystemTime) -> Result<(), Refusal> {
+        let tagged = wire::tagged(buf).map_err(Refusal::Decode)?;
         match (&self.keys, tagged) {
             (None, None) => Ok(()),
-            (None, Some(_)) => Err(AuthError::Keyed.label()),
-            (Some(_), None) => Err(AuthError::Unkeyed.label()),
-            (
-                Some(src),
-                Some(wire::Tagged {
-                    key_id,
-                    signed,
-                    tag,
-                }),
-            ) => {
-                auth::verify(&src.keys(), key_id, signed, tag).map_err(|e| e.label())?;
-                if signed.len() < wire::HEADER_LEN_AUTH {
-                    return Err("malformed");
-                }
-                let be = |r: std::ops::Range<usize>| {
-                    signed[r].iter().fold(0u64, |a, b| (a << 8) | u64::from(*b))
-                };
+            (None, Some(_)) => Err(Refusal::Auth(AuthError::Keyed)),
+            (Some(_), None) => Err(Refusal::Auth(AuthError::Unkeyed)),
+            (Some(src), Some(t)) => {
+                auth::verify(&src.keys(), t.sealed.key_id, t.signed, t.tag)
+                    .map_err(Refusal::Auth)?;
                 self.replay
-                    .check(from, be(12..20), be(8..12) as u32, be(20..28), now)
-                    .map_err(|e| e.label())
+                    .check(from, t.sealed.epoch, t.seq, t.sealed.sent_ms, now)
+                    .map_err(Refusal::Auth)
             }
         }
     }
@@ -270,9 +255,9 @@ pub fn receive_datagram(
         stats.reject("stranger");
         return 0;
     }
-    if let Err(reason) = admission.admit(buf, from, SystemTime::now()) {
-        stats.reject(reason);
-        admission.complain(from, reason);
+    if let Err(refusal) = admission.admit(buf, from, SystemTime::now()) {
+        stats.reject(refusal.label());
+        admission.complain(from, &refusal);
         return 0;
     }
     let d = match wire::decode(buf) {

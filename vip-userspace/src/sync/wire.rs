@@ -201,16 +201,18 @@ pub fn encode(seq: u32, records: &[Record], seal: Option<&Seal>, out: &mut Vec<u
     }
 }
 
-/// A version 2 datagram seen before its records are read.
+/// A version 2 datagram seen before its records are read: its header and
+/// tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tagged<'a> {
-    pub key_id: u8,
+    pub sealed: Sealed,
+    pub seq: u32,
     /// The bytes the tag covers: everything before it.
     pub signed: &'a [u8],
     pub tag: &'a [u8],
 }
 
-/// For a version 2 datagram, the key id, the bytes the tag covers and the
+/// For a version 2 datagram, its header, the bytes the tag covers and the
 /// tag, so that the tag is checked before any record is read; `None` for
 /// version 1. Checks only the magic, the version and that a tag fits.
 pub fn tagged(buf: &[u8]) -> Result<Option<Tagged<'_>>, DecodeError> {
@@ -225,7 +227,12 @@ pub fn tagged(buf: &[u8]) -> Result<Option<Tagged<'_>>, DecodeError> {
         VERSION_AUTH if buf.len() >= HEADER_LEN_AUTH + TAG_LEN => {
             let (signed, tag) = buf.split_at(buf.len() - TAG_LEN);
             Ok(Some(Tagged {
-                key_id: buf[5],
+                sealed: Sealed {
+                    key_id: buf[5],
+                    epoch: be64(&buf[12..20]),
+                    sent_ms: be64(&buf[20..28]),
+                },
+                seq: be32(&buf[8..12]),
                 signed,
                 tag,
             }))
@@ -254,6 +261,10 @@ fn addr_ok(family: u8, a: &AddrBytes) -> bool {
     }
 }
 
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
 fn be64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
@@ -264,7 +275,8 @@ fn be64(b: &[u8]) -> u64 {
 /// it is read. A version 2 tag is not checked here ([`tagged`] and
 /// [`auth::verify`] do that first).
 pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
-    let sealed_form = tagged(buf)?.is_some();
+    let sealed = tagged(buf)?.map(|t| t.sealed);
+    let sealed_form = sealed.is_some();
     let (header, trailer) = if sealed_form {
         (HEADER_LEN_AUTH, TAG_LEN)
     } else {
@@ -274,12 +286,7 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
     if count > max_records(sealed_form) || buf.len() != header + count * RECORD_LEN + trailer {
         return Err(DecodeError::Length);
     }
-    let seq = u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]);
-    let sealed = sealed_form.then(|| Sealed {
-        key_id: buf[5],
-        epoch: be64(&buf[12..20]),
-        sent_ms: be64(&buf[20..28]),
-    });
+    let seq = be32(&buf[8..12]);
     let mut records = Vec::with_capacity(count);
     for (i, r) in buf[header..buf.len() - trailer]
         .chunks_exact(RECORD_LEN)
@@ -468,15 +475,18 @@ mod tests {
             })
         );
         let t = tagged(&out).expect("v2").expect("tagged");
-        assert_eq!(t.key_id, 7);
-        assert_eq!(auth::verify(&keys, t.key_id, t.signed, t.tag), Ok(()));
+        assert_eq!(t.sealed.key_id, 7);
+        assert_eq!(
+            auth::verify(&keys, t.sealed.key_id, t.signed, t.tag),
+            Ok(())
+        );
         // Any byte changed, header or record, breaks the tag.
         for at in [5usize, 8, 12, 20, 40, out.len() - TAG_LEN - 1] {
             let mut bad = out.clone();
             bad[at] ^= 0x40;
             let t = tagged(&bad).expect("v2").expect("tagged");
             assert!(
-                auth::verify(&keys, t.key_id, t.signed, t.tag).is_err(),
+                auth::verify(&keys, t.sealed.key_id, t.signed, t.tag).is_err(),
                 "byte {at} is not covered"
             );
         }
