@@ -42,12 +42,26 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    /// The file is valid, but this node's values cannot be resolved from it.
+    #[error("{path}: {error}")]
+    Node {
+        path: PathBuf,
+        error: node::NodeError,
+    },
+    #[error("{path}: reading this node's interfaces to resolve its values: {error}")]
+    Facts {
+        path: PathBuf,
+        error: crate::link::LinkError,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The interface the XDP program attaches to and the VIPs live on.
+    /// Omitted (empty in the file form): derived per node, see
+    /// [`node`]; a config vipd runs always has it ([`Config::for_node`]).
+    #[serde(default)]
     pub interface: String,
     /// How to attach XDP: auto (native, else generic), native, skb.
     #[serde(default)]
@@ -81,9 +95,14 @@ pub struct Config {
     /// holding the VIP. Ends for good at the first ready apiserver.
     #[serde(default)]
     pub bootstrap: bool,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `null`: nowhere.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `null`:
+    /// nowhere; `node:PORT`: this node's address on the backends' subnet.
     #[serde(default = "default_metrics_listen")]
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_listen: Option<MetricsListen>,
+    /// Per-node values (VRRP priority, interface) by node name: one file for
+    /// every node, each picking its entry by `NODE_NAME` or hostname.
+    #[serde(default)]
+    pub nodes: std::collections::BTreeMap<String, NodeSettings>,
     /// Mode nat: replicate new flows to the peer LBs so that they continue
     /// when the VIP moves (needs `snat: vip` on every nat service).
     #[serde(default)]
@@ -157,8 +176,8 @@ impl StateSyncSettings {
 /// Prometheus elsewhere.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9590";
 
-fn default_metrics_listen() -> Option<std::net::SocketAddr> {
-    DEFAULT_METRICS_LISTEN.parse().ok()
+fn default_metrics_listen() -> Option<MetricsListen> {
+    DEFAULT_METRICS_LISTEN.parse().ok().map(MetricsListen::Addr)
 }
 
 /// What the certificate gate does about a certificate without the VIP.
@@ -439,8 +458,10 @@ pub struct VrrpSettings {
     /// Virtual router id, 1..=255, the same on every node of this VIP.
     pub vrid: u8,
     /// 1..=254; 255 only on a node that owns the VIP as a real address.
-    #[serde(default = "default_priority")]
-    pub priority: u8,
+    /// Omitted: per node, from `nodes:` or the backend list's order
+    /// ([`node`]); a config vipd runs always has it.
+    #[serde(default)]
+    pub priority: Option<u8>,
     /// Advertisement interval: 20ms..40950ms in steps of 10ms ("100ms", "1s").
     #[serde(default = "default_advert_interval")]
     pub advert_interval: String,
@@ -562,8 +583,17 @@ impl Default for TrackSettings {
 
 pub use crate::vrrp::VrrpPlan;
 
-fn default_priority() -> u8 {
-    100
+const PRIORITY_ZERO: &str = "0 means \"leaving\" on the wire (RFC 9568 5.2.4); use 1..=254";
+
+/// The priority of a VRRP router whose config names none and was never
+/// resolved for a node (RFC 9568 section 5.2.4's default for backups).
+pub const DEFAULT_PRIORITY: u8 = 100;
+
+impl VrrpSettings {
+    /// The priority this node advertises before tracking.
+    pub fn priority(&self) -> u8 {
+        self.priority.unwrap_or(DEFAULT_PRIORITY)
+    }
 }
 fn default_advert_interval() -> String {
     "100ms".into()
@@ -604,11 +634,8 @@ impl VrrpSettings {
                 "0 is not a VRID; use 1..=255, the same on every node".into(),
             ));
         }
-        if self.priority == 0 {
-            return Err(field(
-                "priority",
-                "0 means \"leaving\" on the wire (RFC 9568 5.2.4); use 1..=254".into(),
-            ));
+        if self.priority == Some(0) {
+            return Err(field("priority", PRIORITY_ZERO.into()));
         }
         let iv = parse_duration(&self.advert_interval).map_err(|e| field("advert_interval", e))?;
         let ms = iv.as_millis();
@@ -657,7 +684,7 @@ impl VrrpSettings {
         }
         Ok(VrrpPlan {
             vrid: self.vrid,
-            priority: self.priority,
+            priority: self.priority(),
             advert_interval_cs: u16::try_from(ms / 10).unwrap_or(4095),
             preempt: self.preempt,
             preempt_delay,
@@ -811,12 +838,7 @@ impl Config {
             field,
             message,
         };
-        if self.interface.is_empty() {
-            return Err(bad(
-                "interface".into(),
-                "empty; name the interface that carries the VIP (ip link show)".into(),
-            ));
-        }
+        self.validate_nodes().map_err(|(f, m)| bad(f, m))?;
         if self.services.is_empty() {
             return Err(bad(
                 "services".into(),
@@ -856,6 +878,38 @@ impl Config {
                 ));
             }
             validate_service(i, s).map_err(|(f, m)| bad(f, m))?;
+        }
+        Ok(())
+    }
+
+    /// `nodes:` entries: a name, and only values that apply here.
+    fn validate_nodes(&self) -> Result<(), (String, String)> {
+        for (name, n) in &self.nodes {
+            let at = format!("nodes.{name}");
+            if name.is_empty() {
+                return Err((
+                    "nodes".into(),
+                    "an empty node name; use the name `kubectl get nodes` shows (or the hostname)"
+                        .into(),
+                ));
+            }
+            match (n.priority, &self.vrrp) {
+                (Some(_), None) => {
+                    return Err((
+                        format!("{at}.priority"),
+                        "a priority without `vrrp:`; remove it, or add vrrp".into(),
+                    ));
+                }
+                (Some(0), _) => return Err((format!("{at}.priority"), PRIORITY_ZERO.into())),
+                _ => {}
+            }
+            if n.interface.as_deref() == Some("") {
+                return Err((
+                    format!("{at}.interface"),
+                    "empty; name the interface that carries the VIP (ip link show), or remove it"
+                        .into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -1231,6 +1285,9 @@ fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
     }
     Ok(())
 }
+
+pub mod node;
+pub use node::{MetricsListen, NodeFacts, NodeSettings};
 
 #[cfg(test)]
 mod tests;

@@ -119,6 +119,33 @@ pub fn all_addrs() -> Result<Vec<(String, Vec<IpAddr>)>, LinkError> {
         .collect())
 }
 
+/// Every interface of this host by name with its addresses and their
+/// prefix lengths (from the netmask getifaddrs reports; an address without
+/// one counts as a host address).
+pub fn all_prefixes() -> Result<Vec<(String, Vec<(IpAddr, u8)>)>, LinkError> {
+    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
+    Ok(NetworkInterface::show()
+        .map_err(LinkError::List)?
+        .into_iter()
+        .map(|i| {
+            let addrs = i
+                .addr
+                .iter()
+                .map(|a| {
+                    let len = match a.netmask() {
+                        Some(IpAddr::V4(m)) => u32::from(m).count_ones(),
+                        Some(IpAddr::V6(m)) => u128::from(m).count_ones(),
+                        None if a.ip().is_ipv4() => 32,
+                        None => 128,
+                    };
+                    (a.ip(), u8::try_from(len).unwrap_or(128))
+                })
+                .collect();
+            (i.name, addrs)
+        })
+        .collect())
+}
+
 /// The interface's addresses in the order the kernel lists them (getifaddrs,
 /// an RTM_GETADDR dump of the calling thread's network namespace): for IPv4,
 /// primaries before secondaries, each in the order they were added. The

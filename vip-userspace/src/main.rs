@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use vip_userspace::{
     agent::{self, AgentOptions},
-    config::{Config, Mode},
+    config::{Config, MetricsListen, Mode, node::node_name},
     dataplane::kernel::{KernelMaps, pin_dir_for},
     host, import,
 };
@@ -50,8 +50,16 @@ enum Cmd {
         #[command(flatten)]
         pin: PinArgs,
     },
-    /// Validate a configuration file without touching the system.
-    CheckConfig { config: PathBuf },
+    /// Validate a configuration file without touching the system, and show
+    /// the values this node resolves from it.
+    CheckConfig {
+        config: PathBuf,
+        /// Away from the node (a laptop, CI before `kubectl apply`): check
+        /// only the file itself (syntax, types, cross-field rules, timing)
+        /// and list what could not be checked.
+        #[arg(long)]
+        offline: bool,
+    },
     /// Ask the running agent: VRRP role, priority and peers, VIPs, backends
     /// with health, probe latency and flows, the last failover.
     Status {
@@ -150,7 +158,7 @@ fn main() {
             pin,
         } => run(&config, stats_interval, &pin),
         Cmd::Detach { interface, pin } => detach(&interface, &pin),
-        Cmd::CheckConfig { config } => check_config(&config),
+        Cmd::CheckConfig { config, offline } => check_config(&config, offline),
         Cmd::Status {
             config,
             address,
@@ -180,22 +188,50 @@ fn init_logging(json: bool) {
     }
 }
 
-/// Parses and validates the file and reads the probe certificates and the
-/// state-sync key file it names; changes nothing on the system.
-fn check_config(path: &Path) -> Result<()> {
+/// Parses and validates the file; on the node also resolves this node's
+/// values and reads the probe certificates and the state-sync key file it
+/// names. Changes nothing on the system.
+fn check_config(path: &Path, offline: bool) -> Result<()> {
     let cfg = Config::load(path)?;
+    let backends: usize = cfg.services.iter().map(|s| s.backends.len()).sum();
+    let nodes = match cfg.nodes.len() {
+        0 => String::new(),
+        n => format!(", {n} nodes"),
+    };
+    if offline {
+        println!(
+            "{}: ok offline ({} services, {} backends{nodes})",
+            path.display(),
+            cfg.services.len(),
+            backends
+        );
+        for (ok, line) in agent::timing_report(&cfg) {
+            println!("{}{line}", if ok { "" } else { "warning: " });
+        }
+        println!("not checked offline (run `vipd check-config` on each node for these):");
+        for line in cfg.offline_unchecked() {
+            println!("  - {line}");
+        }
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (cfg, resolved) = rt.block_on(Config::load_for_node(path))?;
+    vip_userspace::link::ifindex(&cfg.interface)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     agent::probe_jobs(&cfg).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
     if let Some(k) = cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
         vip_userspace::sync::auth::Keys::load(k)
             .map_err(|e| anyhow::anyhow!("{}: state_sync.key_file: {e}", path.display()))?;
     }
-    let backends: usize = cfg.services.iter().map(|s| s.backends.len()).sum();
     println!(
-        "{}: ok ({} services, {} backends)",
+        "{}: ok ({} services, {} backends{nodes})",
         path.display(),
         cfg.services.len(),
         backends
     );
+    println!("{}", resolved.describe(&node_name()));
     for (ok, line) in agent::timing_report(&cfg) {
         println!("{}{line}", if ok { "" } else { "warning: " });
     }
@@ -209,7 +245,16 @@ fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<
         None if config == Path::new(DEFAULT_CONFIG) && !config.exists() => {
             vip_userspace::config::DEFAULT_METRICS_LISTEN.parse()?
         }
-        None => match Config::load(config)?.metrics_listen {
+        // `node:PORT` is this node's address: resolve the file as vipd
+        // run does.
+        None => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(Config::load_for_node(config))?
+            .0
+            .metrics_listen
+            .and_then(MetricsListen::addr)
+        {
             Some(a) => a,
             None => bail!(
                 "{}: metrics_listen is null, and /status is served there; set it (default 127.0.0.1:9590) and reload",
@@ -289,10 +334,11 @@ fn detach(iface: &str, pin: &PinArgs) -> Result<()> {
 }
 
 fn run(path: &Path, stats_interval: u64, pin: &PinArgs) -> Result<()> {
-    let cfg = Config::load(path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let (cfg, resolved) = rt.block_on(Config::load_for_node(path))?;
+    tracing::info!("{}", resolved.describe(&node_name()));
     let pin_dir = pin.dir(&cfg.interface);
     let opts = AgentOptions {
         config_path: path.to_owned(),

@@ -476,6 +476,41 @@ impl Drop for RouteAnnouncer {
     }
 }
 
+/// For each address, the interface the kernel would send to it through
+/// (`ip route get ADDR`, an RTM_GETROUTE with a destination and no dump
+/// flag), by name. Addresses without a route, or a failed lookup, are
+/// left out: the caller decides what a missing route means. Opens its own
+/// netlink socket in the calling thread's network namespace.
+pub async fn route_interfaces(addrs: &[IpAddr]) -> Vec<(IpAddr, String)> {
+    let Ok((conn, handle, _events)) = rtnetlink::new_connection() else {
+        return Vec::new();
+    };
+    let conn = tokio::spawn(conn);
+    use network_interface::{NetworkInterface, NetworkInterfaceConfig};
+    let names: Vec<(u32, String)> = NetworkInterface::show()
+        .map(|v| v.into_iter().map(|i| (i.index, i.name)).collect())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for &a in addrs {
+        let host = if a.is_ipv4() { 32 } else { 128 };
+        let Ok(b) = RouteMessageBuilder::<IpAddr>::new().destination_prefix(a, host) else {
+            continue;
+        };
+        let mut replies = handle.route().get(b.build()).execute();
+        while let Ok(Some(msg)) = replies.try_next().await {
+            let oif = msg.attributes.iter().find_map(|at| match at {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if let Some(name) = oif.and_then(|i| names.iter().find(|(n, _)| *n == i)) {
+                out.push((a, name.1.clone()));
+            }
+        }
+    }
+    conn.abort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

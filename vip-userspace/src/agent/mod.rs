@@ -24,7 +24,7 @@ use vip_common::{Globals, Reason};
 
 use crate::{
     certcheck::CertCheck,
-    config::{Config, Mode, parse_duration},
+    config::{Config, MetricsListen, Mode, parse_duration},
     controller::Controller,
     dataplane::{
         Maps,
@@ -211,7 +211,7 @@ pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
 
 /// Serves /metrics, /healthz, /readyz and /status if asked to.
 async fn serve_metrics(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Option<JoinHandle<()>>> {
-    let Some(addr) = cfg.metrics_listen else {
+    let Some(addr) = cfg.metrics_listen.and_then(MetricsListen::addr) else {
         return Ok(None);
     };
     let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -600,8 +600,11 @@ impl Agent {
                 let path = &self.opts.config_path;
                 return Ok(Some(Event::ConfigRead {
                     stamp: file_stamp(path),
-                    config: Config::load(path)
-                        .map(Box::new)
+                    // Resolved for this node again: the file is the same on
+                    // every node, its per-node values are not.
+                    config: Config::load_for_node(path)
+                        .await
+                        .map(|(c, _)| Box::new(c))
                         .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
                 }));
             }

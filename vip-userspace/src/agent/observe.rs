@@ -235,7 +235,7 @@ fn router_status(m: &Metrics, cfg: &Config, r: &RouterHandle, seen: &mut u64) ->
         vrid: info.vrid,
         state: state.label().to_owned(),
         priority: info.priority,
-        configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority),
+        configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority()),
         held: info.hold.clone(),
         source: info.source,
         vips: crate::agent::service_vips(cfg)

@@ -411,16 +411,16 @@ fn track_script_weights() {
             .expect("vrrp")
     };
     let v = with("weight -30");
-    assert_eq!((v.priority, v.track.local_apiserver), (101, 30));
+    assert_eq!((v.priority(), v.track.local_apiserver), (101, 30));
     let v = with("weight 0");
     assert_eq!(
-        (v.priority, v.track.local_apiserver),
+        (v.priority(), v.track.local_apiserver),
         (101, 254),
         "FAULT: drop to 1"
     );
     let v = with("weight 20");
     assert_eq!(
-        (v.priority, v.track.local_apiserver),
+        (v.priority(), v.track.local_apiserver),
         (121, 20),
         "+20 while passing = 121 minus 20 while failing"
     );
@@ -481,12 +481,16 @@ fn ca_file_check_sni_excluded_vips_and_announce_are_carried() {
 fn priority_255_only_for_the_address_owner() {
     let ka = RECIPE_KA.replace("priority 101", "priority 255");
     let i = ok(&opts(Some(&ka), Some(RECIPE_HA)));
-    assert_eq!(i.config.vrrp.as_ref().expect("vrrp").priority, 254);
+    assert_eq!(i.config.vrrp.as_ref().expect("vrrp").priority(), 254);
     assert!(i.yaml.contains("priority 255 lowered to 254"));
     let mut o = opts(Some(&ka), Some(RECIPE_HA));
     o.host = host(&["10.0.0.13", "10.0.0.100"]);
     let i = ok(&o);
-    assert_eq!(i.config.vrrp.as_ref().expect("vrrp").priority, 255, "owner");
+    assert_eq!(
+        i.config.vrrp.as_ref().expect("vrrp").priority(),
+        255,
+        "owner"
+    );
 }
 
 #[test]

@@ -22,7 +22,7 @@ use crate::{
 /// own apiserver.
 pub fn effective_priority(cfg: &Config, xdp_attached: bool, local_ok: bool) -> u8 {
     let Some(v) = &cfg.vrrp else { return 0 };
-    priority(v.priority, &v.track, xdp_attached, local_ok)
+    priority(v.priority(), &v.track, xdp_attached, local_ok)
 }
 
 /// Never 0: that means leaving (RFC 9568 5.2.4).
@@ -133,7 +133,7 @@ impl Vrrp {
         let families: Vec<Family> = routers.iter().map(RouterHandle::family).collect();
         let mut vrrp = Vrrp {
             routers,
-            tracking: Tracking::new(v.priority, v.track.clone(), &families, f),
+            tracking: Tracking::new(v.priority(), v.track.clone(), &families, f),
         };
         // The first fitness sets the priority (a router ignores its own).
         vrrp.fit(f);
