@@ -62,6 +62,13 @@ pub struct LbOptions {
     /// A second LB node, `lb2`, running vipd with VRRP priority 100 (the
     /// first has 150); implies `vrrp`.
     pub second_lb: bool,
+    /// lb and lb2 read ONE file, the same bytes (needs `second_lb`), as the
+    /// DaemonSet's ConfigMap: no `interface:` (derived from the backends'
+    /// subnet), no top-level priority but `nodes: { lb: 150, lb2: 100 }`
+    /// picked by NODE_NAME, `metrics_listen: node:9590` (each node's own
+    /// address, where this lab then reads status and metrics), and with
+    /// `sync` one peer list naming both.
+    pub one_file: bool,
     /// Mode nat state sync between lb and lb2 (needs `second_lb`): every
     /// nat service gets `snat: vip`, and each LB's config a `state_sync:`
     /// naming the other's IPv4 address and the lab's key file
@@ -89,6 +96,7 @@ impl LbOptions {
             vrrp: false,
             extra: String::new(),
             second_lb: false,
+            one_file: false,
             sync: false,
             caps: None,
             extra_ports: Vec::new(),
@@ -112,6 +120,8 @@ pub struct LbLab {
     pub fwd: Fwd,
     /// [`LbOptions::caps`], for restarts.
     pub caps: Option<Vec<String>>,
+    /// [`LbOptions::one_file`]: vipd serves status on each node's address.
+    pub one_file: bool,
 }
 
 impl LbLab {
@@ -211,13 +221,23 @@ impl LbLab {
             AttachMode::Skb => "skb",
             AttachMode::Auto => "auto",
         };
-        let holder = if opts.vrrp || opts.second_lb {
-            "vrrp: { vrid: 51, priority: 150 }"
+        assert!(
+            !opts.one_file || opts.second_lb,
+            "LbOptions.one_file needs second_lb"
+        );
+        let holder = if opts.one_file {
+            // Every per-node value from the file's node list or derived.
+            format!(
+                "vrrp: {{ vrid: 51 }}\nnodes:\n  lb: {{ priority: 150 }}\n  lb2: {{ priority: 100 }}\nmetrics_listen: node:{}\n",
+                metrics_addr().port()
+            )
+        } else if opts.vrrp || opts.second_lb {
+            "interface: eth0\nvrrp: { vrid: 51, priority: 150 }\n".to_owned()
         } else {
-            "hold_vips: true"
+            "interface: eth0\nhold_vips: true\n".to_owned()
         };
         let mut cfg = format!(
-            "# Written by vip_tests::scenario::LbLab\ninterface: eth0\nxdp_mode: {mode}\n{holder}\n{}services:\n",
+            "# Written by vip_tests::scenario::LbLab\nxdp_mode: {mode}\n{holder}{}services:\n",
             opts.extra
         );
         let probe_ca = opts.probe_ca.clone().unwrap_or_else(|| ca_path.clone());
@@ -242,9 +262,14 @@ impl LbLab {
             std::fs::write(&key_path, format!("1 {SYNC_KEY_HEX}\n")).expect("write the sync key");
         }
         let sync_peer = |node: &str| {
+            // One file: both LBs listed, each leaves itself out.
+            let peers = if opts.one_file {
+                format!("\"{}\", \"{}\"", lab.node("lb").ipv4, lab.node("lb2").ipv4)
+            } else {
+                format!("\"{}\"", lab.node(node).ipv4)
+            };
             format!(
-                "state_sync: {{ peers: [\"{}\"], key_file: \"{}\" }}\n",
-                lab.node(node).ipv4,
+                "state_sync: {{ peers: [{peers}], key_file: \"{}\" }}\n",
                 key_path.display()
             )
         };
@@ -308,15 +333,20 @@ impl LbLab {
         );
         let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root, opts.caps.as_deref());
         let vipd2 = opts.second_lb.then(|| {
-            // The same config but for the priority; pins in a folder of its
-            // own (both attach to an `eth0`).
-            let text = std::fs::read_to_string(&config_path).expect("read vipd config");
-            let mut text = text.replace("priority: 150", "priority: 100");
-            if opts.sync {
-                text = text.replace(&sync_peer("lb2"), &sync_peer("lb"));
-            }
-            let path = lab.dir().join("vipd-lb2.yaml");
-            std::fs::write(&path, text).expect("write lb2's vipd config");
+            // The same config but for the priority (or the very same file);
+            // pins in a folder of its own (both attach to an `eth0`).
+            let path = if opts.one_file {
+                config_path.clone()
+            } else {
+                let text = std::fs::read_to_string(&config_path).expect("read vipd config");
+                let mut text = text.replace("priority: 150", "priority: 100");
+                if opts.sync {
+                    text = text.replace(&sync_peer("lb2"), &sync_peer("lb"));
+                }
+                let path = lab.dir().join("vipd-lb2.yaml");
+                std::fs::write(&path, text).expect("write lb2's vipd config");
+                path
+            };
             let pins = pin_root.join("lb2");
             std::fs::create_dir_all(&pins).expect("create lb2's pin folder");
             (
@@ -336,6 +366,17 @@ impl LbLab {
             xdp_mode,
             fwd,
             caps: opts.caps.clone(),
+            one_file: opts.one_file,
+        }
+    }
+
+    /// Where `node`'s vipd serves status and metrics: loopback, or with
+    /// [`LbOptions::one_file`] the node's own address (`node:9590`).
+    pub fn metrics_addr_of(&self, node: &str) -> SocketAddr {
+        if self.one_file {
+            SocketAddr::new(self.lab.node(node).ipv4.into(), metrics_addr().port())
+        } else {
+            metrics_addr()
         }
     }
 
@@ -465,8 +506,9 @@ impl LbLab {
     /// [`LbLab::vipd_http`] against the vipd on `node` (`lb` or `lb2`).
     pub fn vipd_http_on(&self, node: &str, path: &str) -> (u16, String) {
         let ns = self.lab.node(node).ns.clone();
+        let at = self.metrics_addr_of(node);
         in_netns(&ns, || {
-            vip_userspace::status::get(metrics_addr(), path, Duration::from_secs(5))
+            vip_userspace::status::get(at, path, Duration::from_secs(5))
         })
         .unwrap_or_else(|e| panic!("GET {path} from vipd on {node}: {e}"))
     }
@@ -481,8 +523,9 @@ impl LbLab {
     /// killed does not answer).
     pub fn try_status_of(&self, node: &str) -> Result<vip_userspace::status::Status, String> {
         let ns = self.lab.node(node).ns.clone();
+        let at = self.metrics_addr_of(node);
         in_netns(&ns, || {
-            vip_userspace::status::fetch(metrics_addr(), Duration::from_secs(3)).map(|(s, _)| s)
+            vip_userspace::status::fetch(at, Duration::from_secs(3)).map(|(s, _)| s)
         })
         .map_err(|e| e.to_string())
     }
@@ -661,7 +704,9 @@ fn spawn_vipd(
         "--pin-dir",
         pin_root.to_str().expect("utf-8 path"),
     ];
-    let env = [("RUST_LOG", "info")];
+    // NODE_NAME as the DaemonSet's downward API sets it: picks the node's
+    // entry in a config with `nodes:`.
+    let env = [("RUST_LOG", "info"), ("NODE_NAME", node)];
     let p = match caps {
         None => lab.spawn(node, vipd_bin, &run, &env),
         Some(caps) => {

@@ -235,8 +235,17 @@ impl VipdVrrp {
         let bin = crate::vipd_bin();
         let bin = bin.to_str().expect("utf-8 vipd path");
         let path = conf_path.to_str().expect("utf-8 lab dir");
-        let check = Command::new(bin)
-            .args(["check-config", path])
+        // In the node's namespace: check-config also resolves the node's
+        // values and finds the interface there.
+        let check = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.node(node).ns,
+                bin,
+                "check-config",
+                path,
+            ])
             .output()
             .unwrap_or_else(|e| panic!("run {bin} check-config: {e}"));
         assert!(

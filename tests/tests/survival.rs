@@ -650,3 +650,92 @@ fn split_brain_ends_within_one_advert_interval_of_healing() {
         worst * 1e3
     );
 }
+
+/// Issue 16: both LBs run from ONE config file (the very same path, so the
+/// same bytes), as the DaemonSet's single ConfigMap key: no `interface:`,
+/// per-node priorities under `nodes:` picked by NODE_NAME, `metrics_listen:
+/// node:9590`, and one state-sync peer list naming both LBs. Each node
+/// resolves its own values (lb 150 and master, lb2 100 and backup, status on
+/// each node's own address, each syncing to the other), and a failover
+/// still keeps the watch streams through lb2.
+#[test]
+fn one_config_file_for_both_lbs_elects_syncs_and_fails_over() {
+    const STREAMS: usize = 20;
+    let l = LbLab::start_with(
+        "sv-1cfg",
+        &LbOptions {
+            second_lb: true,
+            one_file: true,
+            sync: true,
+            ..LbOptions::new(AttachMode::Skb, Fwd::Nat)
+        },
+    );
+    let (_, lb2_path) = l.vipd2.as_ref().expect("lb2 runs");
+    assert_eq!(lb2_path, &l.config_path, "lb2 reads lb's very file");
+    let text = std::fs::read_to_string(&l.config_path).expect("the config");
+    assert!(
+        !text.contains("interface:") && text.contains("vrrp: { vrid: 51 }\nnodes:\n"),
+        "the one file names no interface and gives priorities only under nodes:\n{text}"
+    );
+    wait_status(&l, "lb", Duration::from_secs(5), is_master);
+    wait_status(&l, "lb2", Duration::from_secs(5), |s| {
+        !s.vrrp.is_empty() && s.vrrp.iter().all(|v| v.state == "backup")
+    });
+    // The values each node resolved from the one file. Status answered on
+    // each node's own address (`node:9590`), not loopback.
+    for (node, prio) in [("lb", 150), ("lb2", 100)] {
+        let st = l.status_of(node);
+        assert!(
+            st.vrrp.iter().all(|v| v.configured_priority == prio),
+            "{node}: configured priority not {prio}:\n{}",
+            st.render()
+        );
+        assert_eq!(st.interface, "eth0", "{node}: derived interface");
+        let addr = l.metrics_addr_of(node);
+        assert!(
+            !addr.ip().is_loopback() && addr.ip() == IpAddr::V4(l.lab.node(node).ipv4),
+            "{node}: served on {addr}"
+        );
+        let logs = l.vipd_on(node).expect("vipd").logs();
+        assert!(
+            logs.contains(&format!("node \"{node}\" (entry nodes.{node}): interface eth0 (from backends' subnet), VRRP priority {prio} (from nodes)")),
+            "{node}: no resolution line in the log:\n{logs}"
+        );
+    }
+    let ns = l.lab.node("client").ns.clone();
+    let cfg = client_config(&l.pki.ca_pem(), None);
+    let watches = Watches::open(&ns, &cfg, STREAMS).expect("watch streams");
+    // Each node synced to the other, never to itself: lb2 applied every flow.
+    poll_until(
+        Duration::from_secs(5),
+        || {
+            format!(
+                "lb2 applied {:?} records",
+                l.metrics_of("lb2").get("vipd_state_sync_applied_total")
+            )
+        },
+        || {
+            l.metrics_of("lb2")
+                .get("vipd_state_sync_applied_total")
+                .is_some_and(|v| *v >= STREAMS as f64)
+        },
+    );
+    let (t_crash, t_master) = master_dies(&l);
+    std::thread::sleep(Duration::from_secs(3));
+    let report = watches.report();
+    let line = summary(&report);
+    eprintln!(
+        "one file: lb2 master {:?} after the crash; streams: {line}",
+        t_master - t_crash
+    );
+    let open = report.iter().filter(|w| w.end == End::Open).count();
+    assert!(
+        open * 100 >= STREAMS * 95,
+        "{open} of {STREAMS} streams went on through lb2: {line}"
+    );
+    let answers = l.ask_vip(10);
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "new requests through the VIP after the failover: {answers:?}"
+    );
+}

@@ -126,8 +126,9 @@ fn default_sync_port() -> u16 {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct StateSyncSettings {
-    /// The other LB nodes' addresses. Datagrams from any other source are
-    /// dropped (and counted): the channel is not authenticated.
+    /// The LB nodes' addresses; a node's own is left out ([`node`]), so
+    /// one file may list them all. Datagrams from any other source are
+    /// dropped (and counted).
     pub peers: Vec<IpAddr>,
     /// UDP port to listen on and send to (the same on every node).
     #[serde(default = "default_sync_port")]

@@ -119,10 +119,17 @@ pub fn all_addrs() -> Result<Vec<(String, Vec<IpAddr>)>, LinkError> {
         .collect())
 }
 
-/// Every interface of this host by name with its addresses and their
-/// prefix lengths (from the netmask getifaddrs reports; an address without
-/// one counts as a host address).
-pub fn all_prefixes() -> Result<Vec<(String, Vec<(IpAddr, u8)>)>, LinkError> {
+/// An interface of the node and its addresses with their prefix lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub addrs: Vec<(IpAddr, u8)>,
+}
+
+/// Every interface of this host with its addresses and their prefix
+/// lengths (from the netmask getifaddrs reports; an address without one
+/// counts as a host address).
+pub fn all_prefixes() -> Result<Vec<Interface>, LinkError> {
     use network_interface::{NetworkInterface, NetworkInterfaceConfig};
     Ok(NetworkInterface::show()
         .map_err(LinkError::List)?
@@ -141,7 +148,10 @@ pub fn all_prefixes() -> Result<Vec<(String, Vec<(IpAddr, u8)>)>, LinkError> {
                     (a.ip(), u8::try_from(len).unwrap_or(128))
                 })
                 .collect();
-            (i.name, addrs)
+            Interface {
+                name: i.name,
+                addrs,
+            }
         })
         .collect())
 }

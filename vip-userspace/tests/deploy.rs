@@ -18,7 +18,7 @@ use std::{
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use vip_userspace::{
-    config::{Config, parse_duration},
+    config::{Config, MetricsListen, NodeFacts, node::Interface, parse_duration},
     metrics::{
         BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
         PREEMPTION_BY, ReasonLabel, ServiceLabel,
@@ -337,8 +337,9 @@ fn advert_of(cfg: &Config) -> Duration {
         .unwrap_or_default()
 }
 
-/// The ConfigMap's node files, validated by vipd's own config loader.
-fn configmap_configs() -> (Yaml, BTreeMap<String, Config>) {
+/// The ConfigMap's one file, validated by vipd's own config loader: its key
+/// and the config.
+fn configmap_config() -> (Yaml, String, Config) {
     let doc = yaml("configmap.yaml");
     assert_eq!(doc["kind"].as_str(), Some("ConfigMap"));
     assert_eq!(doc["metadata"]["namespace"].as_str(), Some("kube-system"));
@@ -346,73 +347,101 @@ fn configmap_configs() -> (Yaml, BTreeMap<String, Config>) {
         .as_mapping()
         .expect("configmap.yaml: data")
         .clone();
-    let configs = data
-        .iter()
-        .map(|(k, v)| {
-            let key = s(k, "data key").to_owned();
-            assert!(
-                key.ends_with(".yaml"),
-                "configmap.yaml: key {key} is not <node-name>.yaml"
-            );
-            let cfg = Config::parse(Path::new(&key), s(v, &key))
-                .unwrap_or_else(|e| panic!("configmap.yaml: {key}: {e}"));
-            (key, cfg)
-        })
-        .collect();
-    (doc, configs)
+    assert_eq!(
+        data.len(),
+        1,
+        "configmap.yaml: one key, read by every node (issue 16)"
+    );
+    let (k, v) = data.iter().next().expect("one key");
+    let key = s(k, "data key").to_owned();
+    let text = s(v, &key);
+    // Nothing a node would have to edit: no MACs, no `local:`, no interface.
+    for per_node in ["mac:", "local:", "interface:"] {
+        assert!(
+            !text.lines().any(|l| l.trim_start().starts_with(per_node)),
+            "configmap.yaml: {key} sets {per_node}, which differs per node; vipd derives it"
+        );
+    }
+    let cfg = Config::parse(Path::new(&key), text)
+        .unwrap_or_else(|e| panic!("configmap.yaml: {key}: {e}"));
+    (doc, key, cfg)
+}
+
+/// A control-plane node as the ConfigMap's comment describes them: its
+/// apiserver's address on eth0 (a /24), loopback, and a second NIC.
+fn cp_node(name: &str, addr: IpAddr) -> NodeFacts {
+    NodeFacts {
+        name: name.into(),
+        interfaces: vec![
+            Interface {
+                name: "lo".into(),
+                addrs: vec![(IpAddr::from([127, 0, 0, 1]), 8)],
+            },
+            Interface {
+                name: "eth0".into(),
+                addrs: vec![(addr, 24)],
+            },
+            Interface {
+                name: "eth1".into(),
+                addrs: vec![(IpAddr::from([192, 168, 100, 2]), 24)],
+            },
+        ],
+        routes: vec![],
+    }
 }
 
 #[test]
-fn configmap_holds_a_valid_config_per_node_that_fit_together() {
-    let (_, configs) = configmap_configs();
-    assert!(configs.len() >= 2, "a VRRP group needs two nodes or more");
+fn configmap_one_file_resolves_to_values_that_fit_together_on_every_node() {
+    let (_, _, cfg) = configmap_config();
+    // A DaemonSet pod runs only once an apiserver exists.
+    assert!(!cfg.bootstrap, "bootstrap in a DaemonSet config");
+    let backends = cfg.backend_addresses();
+    assert!(backends.len() >= 2, "a VRRP group needs two nodes or more");
     let mut priorities = BTreeSet::new();
-    let mut shapes = BTreeSet::new();
-    for (key, cfg) in &configs {
-        let vrrp = cfg
-            .vrrp
-            .as_ref()
-            .unwrap_or_else(|| panic!("{key}: no vrrp"));
-        // One VRID for the group, a distinct priority per node.
-        assert!(priorities.insert(vrrp.priority), "{key}: priority repeated");
-        // A DaemonSet pod runs only once an apiserver exists.
-        assert!(!cfg.bootstrap, "{key}: bootstrap in a DaemonSet config");
-        let metrics = cfg
+    let mut metrics_ports = BTreeSet::new();
+    for (k, addr) in backends.iter().enumerate() {
+        let name = format!("cp{}", k + 1);
+        let r = cfg
+            .resolve(&cp_node(&name, *addr))
+            .unwrap_or_else(|e| panic!("{name} ({addr}): {e}"));
+        assert_eq!(
+            r.interface, "eth0",
+            "{name}: the interface on the backends' subnet"
+        );
+        assert_eq!(
+            r.backend_index,
+            Some(k),
+            "{name}: its own apiserver is backend {k}"
+        );
+        let p = r
+            .priority
+            .unwrap_or_else(|| panic!("{name}: no VRRP priority"));
+        assert!(priorities.insert(p), "{name}: priority {p} repeated");
+        let metrics = r
             .metrics_listen
-            .unwrap_or_else(|| panic!("{key}: metrics_listen off: no probes"));
-        assert!(
-            !metrics.ip().is_loopback() && !metrics.ip().is_unspecified(),
-            "{key}: metrics_listen {metrics} is not the node's address: the kubelet and \
+            .unwrap_or_else(|| panic!("{name}: metrics_listen off: no probes"));
+        assert_eq!(
+            metrics.ip(),
+            *addr,
+            "{name}: metrics_listen is not the node's address: the kubelet and \
              Prometheus reach a hostNetwork pod at the node's IP"
         );
-        let local = cfg.local_backends();
-        assert_eq!(local.len(), 1, "{key}: one local backend (this node)");
-        assert_eq!(
-            local[0].ip(),
-            metrics.ip(),
-            "{key}: the local backend and metrics_listen must both be this node's address"
-        );
-        // The same VIPs, backends, port and VRID everywhere.
-        let shape: Vec<String> = cfg
-            .services
-            .iter()
-            .map(|sv| {
-                let mut bes: Vec<IpAddr> = sv.backends.iter().map(|b| b.address).collect();
-                bes.sort();
-                format!("{}:{} {:?} {bes:?}", sv.vip, sv.port, sv.mode)
-            })
-            .collect();
-        shapes.insert(format!(
-            "vrid {} port {} {shape:?}",
-            vrrp.vrid,
-            metrics.port()
-        ));
+        metrics_ports.insert(metrics.port());
     }
-    assert_eq!(
-        shapes.len(),
-        1,
-        "the node files disagree on VRID, metrics port, VIPs or backends: {shapes:#?}"
-    );
+    assert_eq!(metrics_ports.len(), 1, "one metrics port");
+    // The first backend's node is the preferred master.
+    let first = cfg
+        .resolve(&cp_node("cp1", backends[0]))
+        .expect("cp1")
+        .priority;
+    assert_eq!(first, priorities.last().copied());
+    // A node that is none of the backends and not listed is refused, with
+    // the fix.
+    let e = cfg
+        .resolve(&cp_node("worker9", IpAddr::from([10, 0, 0, 99])))
+        .expect_err("an unknown node")
+        .to_string();
+    assert!(e.contains("nodes:"), "{e}");
 }
 
 #[test]
@@ -421,18 +450,12 @@ fn daemonset_runs_unprivileged_with_exactly_the_needed_capabilities() {
     assert_eq!(doc["kind"].as_str(), Some("DaemonSet"));
     assert_eq!(doc["metadata"]["namespace"].as_str(), Some("kube-system"));
     let spec = &doc["spec"]["template"]["spec"];
-    let (cm, configs) = configmap_configs();
-    let metrics: BTreeSet<u16> = configs
-        .iter()
-        .map(|(key, c)| {
-            c.metrics_listen
-                .unwrap_or_else(|| panic!("{key}: metrics_listen off: no probes"))
-                .port()
-        })
-        .collect();
-    assert_eq!(metrics.len(), 1, "one metrics port for the DaemonSet");
-    let port = *metrics.first().expect("a port");
-    let advert = configs.values().map(advert_of).max().unwrap_or_default();
+    let (cm, key, cfg) = configmap_config();
+    let port = match cfg.metrics_listen {
+        Some(MetricsListen::Node(p)) => p,
+        other => panic!("{key}: metrics_listen {other:?}: use node:PORT, the node's address"),
+    };
+    let advert = advert_of(&cfg);
     let want = PodExpect {
         metrics: SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port),
         probe_host: None,
@@ -462,10 +485,11 @@ fn daemonset_runs_unprivileged_with_exactly_the_needed_capabilities() {
         "no toleration of the control-plane taint"
     );
 
-    // Each node reads its own file of the ConfigMap.
+    // Every node reads the ConfigMap's one file; NODE_NAME picks its
+    // `nodes:` entry.
     let c = &spec["containers"][0];
     let config = arg(&args, "--config").expect("--config");
-    assert_eq!(config, "/etc/vipd/$(NODE_NAME).yaml");
+    assert_eq!(config, format!("/etc/vipd/{key}"));
     assert!(
         seq(&c["env"], "env").iter().any(|e| {
             e["name"].as_str() == Some("NODE_NAME")
@@ -500,7 +524,10 @@ fn static_pod_runs_unprivileged_with_the_same_set_and_host_config() {
     // The config the static pod is documented with: metrics_listen default.
     let example = root().join("examples/kubeadm-minimal.yaml");
     let cfg = Config::parse(&example, &read(&example)).expect("kubeadm-minimal.yaml is valid");
-    let metrics = cfg.metrics_listen.expect("metrics on");
+    let metrics = cfg
+        .metrics_listen
+        .and_then(MetricsListen::addr)
+        .expect("metrics on an address");
     assert!(
         metrics.ip().is_loopback(),
         "the static pod's probes assume the loopback default"

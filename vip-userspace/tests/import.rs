@@ -94,7 +94,7 @@ fn recipe_pair_becomes_a_config_vipd_loads() {
     let c = Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}"));
     assert_eq!(c.interface, "eth0");
     let v = c.vrrp.as_ref().expect("vrrp");
-    assert_eq!((v.vrid, v.priority, v.preempt), (51, 101, true));
+    assert_eq!((v.vrid, v.priority(), v.preempt), (51, 101, true));
     assert_eq!(v.track.local_apiserver, 2, "check_apiserver's weight -2");
     let s = &c.services[0];
     assert_eq!((s.vip, s.port, s.mode), (a("10.0.0.100"), 6443, Mode::Dsr));
@@ -154,7 +154,7 @@ fn unsupported_settings_are_listed_and_the_rest_loads() {
     );
     let c = Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}"));
     let v = c.vrrp.as_ref().expect("vrrp");
-    assert_eq!((v.vrid, v.priority, v.preempt), (7, 150, false));
+    assert_eq!((v.vrid, v.priority(), v.preempt), (7, 150, false));
     assert_eq!(v.advert_interval, "500ms");
     assert_eq!(v.unicast_peers, vec![a("10.1.0.12"), a("10.1.0.13")]);
     let s = &c.services[0];

@@ -14,7 +14,9 @@
 //!   nodes within 40 of each other: a node whose own apiserver fails drops by
 //!   `track.local_apiserver` (50) below every healthy one;
 //! - `metrics_listen: node:PORT`: this node's address on the backends'
-//!   subnet (the address the kubelet's probes and Prometheus reach).
+//!   subnet (the address the kubelet's probes and Prometheus reach);
+//! - `state_sync.peers` may list every LB node: this node's own address is
+//!   left out.
 
 use std::{
     collections::BTreeMap,
@@ -91,12 +93,7 @@ impl<'de> Deserialize<'de> for MetricsListen {
     }
 }
 
-/// An interface of the node and its addresses with their prefix lengths.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interface {
-    pub name: String,
-    pub addrs: Vec<(IpAddr, u8)>,
-}
+pub use crate::link::Interface;
 
 /// What vipd knows about the node it runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +122,9 @@ pub struct Resolved {
     pub priority: Option<u8>,
     pub priority_from: &'static str,
     pub metrics_listen: Option<SocketAddr>,
+    /// `state_sync.peers` without this node's own addresses: one file can
+    /// list every LB node.
+    pub sync_peers: Option<Vec<IpAddr>>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -145,6 +145,10 @@ pub enum NodeError {
         "metrics_listen: node:{port}: interface {interface} has no address of the backends' family to listen on; give an address (like 127.0.0.1:{port})"
     )]
     NoAddress { interface: String, port: u16 },
+    #[error(
+        "state_sync.peers: every peer is one of this node's own addresses ({addrs}); list the other LB nodes too"
+    )]
+    NoSyncPeer { addrs: String },
 }
 
 /// The backend priorities derived from the list's order stop at this
@@ -278,7 +282,25 @@ impl Config {
                 port,
             )),
         };
+        let sync_peers = match &self.state_sync {
+            None => None,
+            Some(sync) => {
+                let others: Vec<IpAddr> = sync
+                    .peers
+                    .iter()
+                    .copied()
+                    .filter(|p| !mine.contains(p))
+                    .collect();
+                if others.is_empty() {
+                    return Err(NodeError::NoSyncPeer {
+                        addrs: crate::status::join(&sync.peers),
+                    });
+                }
+                Some(others)
+            }
+        };
         Ok(Resolved {
+            sync_peers,
             entry: entry.map(|(k, _)| k.clone()),
             interface,
             interface_from,
@@ -298,6 +320,9 @@ impl Config {
             v.priority = r.priority;
         }
         self.metrics_listen = r.metrics_listen.map(MetricsListen::Addr);
+        if let (Some(sync), Some(peers)) = (&mut self.state_sync, &r.sync_peers) {
+            sync.peers.clone_from(peers);
+        }
         self
     }
 }
@@ -366,10 +391,7 @@ pub fn node_name() -> String {
 /// name, its interfaces' addresses (getifaddrs) and the kernel's route to
 /// each backend (rtnetlink, `ip route get`).
 pub async fn gather(cfg: &Config) -> Result<NodeFacts, crate::link::LinkError> {
-    let interfaces = crate::link::all_prefixes()?
-        .into_iter()
-        .map(|(name, addrs)| Interface { name, addrs })
-        .collect();
+    let interfaces = crate::link::all_prefixes()?;
     let routes = crate::route::route_interfaces(&cfg.backend_addresses()).await;
     Ok(NodeFacts {
         name: node_name(),

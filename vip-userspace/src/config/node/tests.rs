@@ -364,3 +364,39 @@ fn offline_lists_what_only_the_node_can_check() {
         assert!(l.contains(want), "{want:?} in\n{l}");
     }
 }
+
+#[test]
+fn state_sync_peers_may_list_every_lb_and_each_skips_itself() {
+    let text = "
+vrrp: { vrid: 51 }
+nodes:
+  lb1: { priority: 150 }
+  lb2: { priority: 100 }
+state_sync: { peers: [10.0.0.2, 10.0.0.3] }
+services:
+  - vip: 10.0.0.100
+    mode: nat
+    snat: vip
+    backends:
+      - address: 10.0.0.11
+";
+    let c = cfg(text);
+    let r = c.resolve(&node("lb1", "10.0.0.2")).expect("lb1");
+    assert_eq!(r.sync_peers, Some(vec![ip("10.0.0.3")]));
+    let run = c.clone().for_node(&r);
+    assert_eq!(
+        run.state_sync.as_ref().map(|s| s.peers.clone()),
+        Some(vec![ip("10.0.0.3")])
+    );
+    let r = c.resolve(&node("lb2", "10.0.0.3")).expect("lb2");
+    assert_eq!(r.sync_peers, Some(vec![ip("10.0.0.2")]));
+    let alone = cfg(&text.replace("peers: [10.0.0.2, 10.0.0.3]", "peers: [10.0.0.2]"));
+    let e = alone
+        .resolve(&node("lb1", "10.0.0.2"))
+        .expect_err("only itself")
+        .to_string();
+    assert!(
+        e.contains("state_sync.peers") && e.contains("other LB nodes"),
+        "{e}"
+    );
+}
