@@ -80,6 +80,17 @@ enum Cmd {
 
 const DEFAULT_CONFIG: &str = "/etc/vipd/vipd.yaml";
 
+fn parse_other_node(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "{s:?}: write NAME=FILE, the node's name (`kubectl get nodes`) and its keepalived.conf"
+        )),
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Output {
     Table,
@@ -114,6 +125,15 @@ struct ImportArgs {
     /// The interface that carries the VIP (default: keepalived's).
     #[arg(long, value_name = "IF")]
     interface: Option<String>,
+    /// Another node's keepalived.conf, by node name (repeat for each): the
+    /// output is then one file for every node, the priorities under
+    /// `nodes:`.
+    #[arg(long = "other-node", value_name = "NAME=FILE", value_parser = parse_other_node)]
+    other_nodes: Vec<(String, PathBuf)>,
+    /// This node's name under `nodes:` (default: NODE_NAME, else the
+    /// hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
     /// Where to write the configuration (default: stdout).
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
@@ -288,7 +308,19 @@ fn import(a: ImportArgs) -> Result<()> {
             })
             .transpose()
     };
+    let other_nodes = a
+        .other_nodes
+        .iter()
+        .map(|(name, path)| {
+            Ok((
+                name.clone(),
+                read(&Some(path.clone()))?.expect("a path was given"),
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let opts = import::Options {
+        other_nodes,
+        node_name: a.node_name.unwrap_or_else(node_name),
         keepalived: read(&a.keepalived)?,
         haproxy: read(&a.haproxy)?,
         mode: a.mode,

@@ -7,7 +7,7 @@ use std::{
     process::{Command, Output},
 };
 
-use vip_userspace::config::{Config, Mode};
+use vip_userspace::config::{Config, Mode, NodeFacts, node::Interface};
 
 const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
 
@@ -262,5 +262,107 @@ fn bad_flags_are_refused() {
         text(&o.stderr).contains("--keepalived FILE"),
         "{}",
         text(&o.stderr)
+    );
+}
+
+/// Issue 16: the three nodes' keepalived.conf files (the recipe's cp3 and
+/// cp1/cp2 as BACKUPs with priorities 100 and 99, cp2 on another NIC name)
+/// become ONE file: each node's priority under `nodes:`, cp2's interface
+/// with it, and every node resolves its own values from the same bytes.
+#[test]
+fn several_nodes_keepalived_files_become_one_file_with_nodes() {
+    let dir = scratch("nodes");
+    let ka = std::fs::read_to_string(samples("kubeadm").join("keepalived.conf")).expect("read");
+    let backup = |prio: &str, iface: &str| {
+        ka.replace("state MASTER", "state BACKUP")
+            .replace("priority 101", &format!("priority {prio}"))
+            .replace("interface eth0", &format!("interface {iface}"))
+    };
+    let (cp1, cp2) = (dir.join("cp1.conf"), dir.join("cp2.conf"));
+    std::fs::write(&cp1, backup("100", "eth0")).expect("write");
+    std::fs::write(&cp2, backup("99", "ens3")).expect("write");
+    let out = dir.join("vipd.yaml");
+    let o = import_set(
+        "kubeadm",
+        &[
+            "--mode",
+            "nat",
+            "--node-address",
+            "10.0.0.13",
+            "--node-name",
+            "cp3",
+            "--other-node",
+            &format!("cp1={}", cp1.display()),
+            "--other-node",
+            &format!("cp2={}", cp2.display()),
+            "--output",
+            out.to_str().expect("path"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    let c =
+        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    let v = c.vrrp.as_ref().expect("vrrp");
+    assert_eq!(v.priority, None, "no top-level priority:\n{yaml}");
+    let nodes: Vec<(String, Option<u8>, Option<String>)> = c
+        .nodes
+        .iter()
+        .map(|(n, s)| (n.clone(), s.priority, s.interface.clone()))
+        .collect();
+    assert_eq!(
+        nodes,
+        vec![
+            ("cp1".into(), Some(100), None),
+            ("cp2".into(), Some(99), Some("ens3".into())),
+            // The recipe's track_script weight -2 is vipd's
+            // track.local_apiserver, not part of the priority.
+            ("cp3".into(), Some(101), None),
+        ],
+        "{yaml}"
+    );
+    // The same bytes on every node: each resolves its own.
+    for (name, addr, iface, prio) in [
+        ("cp1", "10.0.0.11", "eth0", 100),
+        ("cp2", "10.0.0.12", "ens3", 99),
+        ("cp3", "10.0.0.13", "eth0", 101),
+    ] {
+        let facts = NodeFacts {
+            name: name.into(),
+            interfaces: vec![Interface {
+                name: iface.into(),
+                addrs: vec![(a(addr), 24)],
+            }],
+            routes: vec![],
+        };
+        let r = c.resolve(&facts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            (r.interface.as_str(), r.priority),
+            (iface, Some(prio)),
+            "{name}"
+        );
+    }
+    // Another VRRP group's file is refused, naming both files.
+    let other = dir.join("other.conf");
+    std::fs::write(
+        &other,
+        backup("100", "eth0").replace("virtual_router_id 51", "virtual_router_id 52"),
+    )
+    .expect("write");
+    let o = import_set(
+        "kubeadm",
+        &[
+            "--mode",
+            "nat",
+            "--node-name",
+            "cp3",
+            "--other-node",
+            &format!("cp1={}", other.display()),
+        ],
+    );
+    let e = text(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("virtual_router_id differs") && e.contains("other.conf"),
+        "{e}"
     );
 }

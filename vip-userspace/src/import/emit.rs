@@ -233,6 +233,9 @@ pub(super) struct Plan {
     pub(super) ha_skipped: BTreeSet<Skip>,
     /// Whether a backend is this node.
     pub(super) any_local: bool,
+    /// The other nodes (name, keepalived.conf's name, its content): the
+    /// priorities go under `nodes:`.
+    pub(super) others: Vec<(String, String, Keepalived)>,
 }
 
 /// The YAML of `plan`, comments included.
@@ -242,14 +245,10 @@ pub(super) fn write_config(opts: &Options, ka: Option<&Keepalived>, plan: &Plan)
     out.line(0, format!("interface: {}", q(&plan.interface)));
     if let Some(k) = ka {
         out.skipped(0, opts.ka_file(), &k.skipped);
-        write_vrrp(
-            &mut out,
-            k,
-            opts.ka_file(),
-            &plan.vips,
-            opts,
-            plan.any_local,
-        );
+        write_vrrp(&mut out, k, opts.ka_file(), plan, opts);
+        if !plan.others.is_empty() {
+            write_nodes(&mut out, k, plan, opts);
+        }
     } else {
         out.comment(
             0,
@@ -374,20 +373,22 @@ fn write_service(out: &mut Out, opts: &Options, s: &ServiceOut) {
 }
 
 /// The `vrrp:` section from keepalived's first vrrp_instance.
-fn write_vrrp(
-    out: &mut Out,
-    k: &Keepalived,
-    file: &str,
-    vips: &[(IpAddr, Option<usize>)],
-    opts: &Options,
-    any_local: bool,
-) {
+fn write_vrrp(out: &mut Out, k: &Keepalived, file: &str, plan: &Plan, opts: &Options) {
+    let (vips, any_local) = (plan.vips.as_slice(), plan.any_local);
     out.line(0, "vrrp:");
     let (vrid, _) = k
         .vrid
         .expect("convert refuses a vrrp_instance without virtual_router_id");
     out.line(2, format!("vrid: {vrid}"));
-    write_priority(out, k, vips, opts);
+    if plan.others.is_empty() {
+        let (priority, remark) = priority_of(k, owner(vips, opts));
+        if let Some(r) = remark {
+            out.comment(2, r);
+        }
+        out.line(2, format!("priority: {priority}"));
+    } else {
+        out.comment(2, "priority: per node, under nodes: below");
+    }
     write_advert_interval(out, k, file);
     match k.nopreempt {
         Some(line) => {
@@ -426,9 +427,54 @@ fn write_vrrp(
     write_track(out, k, file, any_local);
 }
 
+/// Whether every VIP is a real address of this host.
+fn owner(vips: &[(IpAddr, Option<usize>)], opts: &Options) -> bool {
+    vips.iter()
+        .all(|(v, _)| opts.host.iter().any(|h| h.addr == *v))
+}
+
+/// `nodes:`, one entry per keepalived.conf: this node's and the others',
+/// each with its priority, and its interface where it differs from the
+/// top-level one. One file then serves every node; NODE_NAME (else the
+/// hostname) picks the entry.
+fn write_nodes(out: &mut Out, mine: &Keepalived, plan: &Plan, opts: &Options) {
+    out.comment(
+        0,
+        "One file for every node: each node finds its entry by NODE_NAME (the DaemonSet sets it), else its hostname; the other settings are this node's keepalived.conf's.",
+    );
+    out.line(0, "nodes:");
+    let this = (
+        opts.node_name.as_str(),
+        opts.ka_file(),
+        mine,
+        owner(&plan.vips, opts),
+    );
+    let others = plan
+        .others
+        .iter()
+        .map(|(n, f, k)| (n.as_str(), f.as_str(), k, false));
+    for (name, file, k, owns) in std::iter::once(this).chain(others) {
+        let (priority, remark) = priority_of(k, owns);
+        if let Some(r) = remark {
+            out.comment(2, format!("{name}: {r}"));
+        }
+        let mut fields = vec![format!("priority: {priority}")];
+        if let Some((i, _)) = &k.interface
+            && *i != plan.interface
+        {
+            fields.push(format!("interface: {}", q(i)));
+        }
+        out.line(
+            2,
+            format!("{}: {{ {} }}    # {file}", q(name), fields.join(", ")),
+        );
+    }
+}
+
 /// Priority: keepalived's (default 100), plus the bonus of a positive
-/// track_script weight (see [`write_track`]).
-fn write_priority(out: &mut Out, k: &Keepalived, vips: &[(IpAddr, Option<usize>)], opts: &Options) {
+/// track_script weight (see [`write_track`]), with a remark when it had to
+/// change. `owner`: the VIPs are real addresses of that node.
+fn priority_of(k: &Keepalived, owner: bool) -> (u16, Option<String>) {
     let base = k.priority.map_or(100, |p| p.0);
     let bonus: u16 = k
         .tracked
@@ -437,22 +483,18 @@ fn write_priority(out: &mut Out, k: &Keepalived, vips: &[(IpAddr, Option<usize>)
         .map(|t| u16::try_from(t.weight).unwrap_or(0))
         .max()
         .unwrap_or(0);
-    let mut priority = u16::from(base) + bonus;
+    let priority = u16::from(base) + bonus;
     // 255 makes vipd the address owner (RFC 9568): Master at once, the VIP
     // never removed. Only right when the VIP is a real address of this node.
-    let owner = vips
-        .iter()
-        .all(|(v, _)| opts.host.iter().any(|h| h.addr == *v));
     if priority >= 255 && !(base == 255 && bonus == 0 && owner) {
-        out.comment(
-            2,
-            format!(
+        return (
+            254,
+            Some(format!(
                 "priority {priority} lowered to 254: 255 means the address owner (RFC 9568), which vipd takes to mean the VIP is a real address of this node, never removed"
-            ),
+            )),
         );
-        priority = 254;
     }
-    out.line(2, format!("priority: {priority}"));
+    (priority, None)
 }
 
 /// `advert_int`, in VRRPv3's centiseconds, or vipd's default when unset.

@@ -85,6 +85,12 @@ pub struct Options {
     pub backends: Vec<(IpAddr, Option<u16>)>,
     /// MACs given on the command line; they win over the neighbour table.
     pub macs: BTreeMap<IpAddr, [u8; 6]>,
+    /// The other nodes' keepalived.conf, by node name: with them the output
+    /// is one file for every node, each node's priority (and interface,
+    /// where it differs) under `nodes:`.
+    pub other_nodes: Vec<(String, Source)>,
+    /// This node's name under `nodes:` (NODE_NAME, else the hostname).
+    pub node_name: String,
     /// This host's addresses: which backend is local (without
     /// `--node-address` or `unicast_src_ip`), which interface carries the
     /// VIP (without keepalived), and whether this node owns the VIP.
@@ -211,6 +217,7 @@ impl Options {
 /// Converts the inputs; see the module comment.
 pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, ImportError> {
     let (mut ka, ha) = read_inputs(opts)?;
+    let others = read_other_nodes(opts, ka.as_ref())?;
     let vips = pick_vips(opts, ka.as_ref(), &ha)?;
     let (locals, local_from) = this_node(opts, ka.as_ref());
     let mut top_remarks: Vec<String> = vec![];
@@ -254,6 +261,7 @@ pub fn convert(opts: &Options, neigh: &dyn Neighbours) -> Result<Imported, Impor
             services,
             ha_skipped,
             any_local,
+            others,
         },
     );
     let config = Config::parse(Path::new("vipd-import.yaml"), &yaml)
@@ -286,6 +294,54 @@ fn read_inputs(opts: &Options) -> Result<(Option<Keepalived>, Haproxy), ImportEr
         check_instance(k, opts.ka_file())?;
     }
     Ok((ka, ha))
+}
+
+/// The other nodes' keepalived.conf files, parsed: one VRRP group, so the
+/// same VRID as this node's, and one name each.
+fn read_other_nodes(
+    opts: &Options,
+    ka: Option<&Keepalived>,
+) -> Result<Vec<(String, String, Keepalived)>, ImportError> {
+    if opts.other_nodes.is_empty() {
+        return Ok(vec![]);
+    }
+    let Some(mine) = ka else {
+        return Err(ImportError::Usage {
+            flag: "--other-node",
+            message: "the other nodes' keepalived.conf needs this node's (--keepalived FILE)"
+                .into(),
+        });
+    };
+    let vrid = mine.vrid.map(|v| v.0);
+    let mut names = BTreeSet::from([opts.node_name.clone()]);
+    let mut out = vec![];
+    for (name, src) in &opts.other_nodes {
+        if name.is_empty() || !names.insert(name.clone()) {
+            return Err(ImportError::Usage {
+                flag: "--other-node",
+                message: format!(
+                    "{name:?} is empty or named twice (this node is {:?}; set --node-name if that is wrong); give each node's name as `kubectl get nodes` shows it",
+                    opts.node_name
+                ),
+            });
+        }
+        let k = parse_keepalived(src)?;
+        check_instance(&k, &src.name)?;
+        if k.vrid.map(|v| v.0) != vrid {
+            let line = k.vrid.map_or(0, |v| v.1);
+            return Err(unsupported(
+                &src.name,
+                line,
+                format!(
+                    "virtual_router_id differs from {}'s ({}): one file serves one VRRP group; import each group on its own",
+                    opts.ka_file(),
+                    vrid.unwrap_or(0)
+                ),
+            ));
+        }
+        out.push((name.clone(), src.name.clone(), k));
+    }
+    Ok(out)
 }
 
 /// Each input comes from one place: a file or its flags, not both.

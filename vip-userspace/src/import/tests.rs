@@ -51,6 +51,8 @@ fn opts(ka: Option<&str>, ha: Option<&str>) -> Options {
         backends: vec![],
         macs: BTreeMap::new(),
         host: host(&["127.0.0.1", "10.0.0.13"]),
+        other_nodes: vec![],
+        node_name: "cp3".into(),
     }
 }
 
