@@ -324,4 +324,19 @@ mod tests {
                 .contains("duplicate address detection")
         );
     }
+
+    /// getifaddrs' netmask becomes a prefix length: loopback is 127.0.0.1/8
+    /// in every namespace.
+    #[test]
+    fn prefixes_come_from_the_netmask() {
+        let lo = all_prefixes()
+            .expect("getifaddrs")
+            .into_iter()
+            .find(|i| i.name == "lo")
+            .expect("lo");
+        assert!(
+            lo.addrs.contains(&(IpAddr::from([127, 0, 0, 1]), 8)),
+            "{lo:?}"
+        );
+    }
 }

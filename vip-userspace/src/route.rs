@@ -676,4 +676,12 @@ mod tests {
             RouteTable::default()
         );
     }
+
+    /// `ip route get` through rtnetlink, unprivileged: the kernel routes
+    /// loopback through `lo` in every namespace.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_kernel_names_the_interface_toward_an_address() {
+        let got = route_interfaces(&[ip("127.0.0.1")]).await;
+        assert_eq!(got, vec![(ip("127.0.0.1"), "lo".to_owned())]);
+    }
 }

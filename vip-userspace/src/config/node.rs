@@ -151,8 +151,11 @@ pub enum NodeError {
     NoSyncPeer { addrs: String },
 }
 
-/// The backend priorities derived from the list's order stop at this
-/// position: a 20th node would get 0, "leaving" on the wire.
+/// Derived priorities: 200 for the first backend's node, 10 less for each
+/// next; none from the 21st on, which would get 0 ("leaving" on the wire,
+/// RFC 9568 5.2.4). 200 leaves room above for `nodes:` overrides (and 255
+/// for an owner), 10 apart keeps five nodes within the default
+/// `track.local_apiserver` (50).
 const DERIVED_TOP: u8 = 200;
 const DERIVED_STEP: u8 = 10;
 
