@@ -83,6 +83,8 @@ pub struct LbOptions {
     /// probed by TCP connect: for servers a test or benchmark starts on the
     /// backends itself (the stand-in serves only [`PORT`]).
     pub extra_ports: Vec<u16>,
+    /// What each stand-in's `/version` reports, in [`BACKENDS`] order.
+    pub git_versions: [&'static str; 3],
 }
 
 impl LbOptions {
@@ -100,6 +102,7 @@ impl LbOptions {
             sync: false,
             caps: None,
             extra_ports: Vec::new(),
+            git_versions: [crate::standin::GIT_VERSION; 3],
         }
     }
 }
@@ -187,12 +190,12 @@ impl LbLab {
                 ],
             );
         }
-        for (be, kind) in BACKENDS.into_iter().zip(opts.certs) {
+        for ((be, kind), version) in BACKENDS.into_iter().zip(opts.certs).zip(opts.git_versions) {
             let mut ips = vec![IpAddr::V4(lab.node(be).ipv4)];
             if kind == CertKind::Good {
                 ips.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
             }
-            standins.push(start_standin(&lab, &pki, be, &ips));
+            standins.push(start_standin_version(&lab, &pki, be, &ips, version));
         }
 
         if xdp_mode == AttachMode::Native {
@@ -633,6 +636,17 @@ pub fn flood_off(lab: &Lab, node: &str) {
 /// certificate for the `kubernetes` names and `ips`, one watch event per
 /// 200 ms.
 pub fn start_standin(lab: &Lab, pki: &TestPki, be: &str, ips: &[IpAddr]) -> StandinHandle {
+    start_standin_version(lab, pki, be, ips, crate::standin::GIT_VERSION)
+}
+
+/// [`start_standin`] reporting `git_version` at `/version`.
+pub fn start_standin_version(
+    lab: &Lab,
+    pki: &TestPki,
+    be: &str,
+    ips: &[IpAddr],
+    git_version: &str,
+) -> StandinHandle {
     let (cert, key) = pki.issue_server(
         &["kubernetes", "kubernetes.default", "kubernetes.default.svc"],
         ips,
@@ -649,6 +663,7 @@ pub fn start_standin(lab: &Lab, pki: &TestPki, be: &str, ips: &[IpAddr]) -> Stan
             name: be.to_owned(),
             watch_interval: Duration::from_millis(200),
             client_ca_pem: None,
+            git_version: git_version.to_owned(),
         },
         listener,
     )

@@ -41,6 +41,10 @@ pub struct StandinOptions {
     pub watch_interval: Duration,
     /// When set, clients must present a certificate signed by this CA.
     pub client_ca_pem: Option<String>,
+    /// What `/version` reports as `gitVersion` (`major`/`minor` are derived
+    /// from it); [`GIT_VERSION`] unless a test needs apiservers of several
+    /// versions.
+    pub git_version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,7 @@ enum Ready {
 
 struct State {
     name: String,
+    git_version: String,
     watch_interval: Duration,
     ready: Mutex<Ready>,
     /// 200 = normal; 401/403 = every non-control request is refused.
@@ -143,6 +148,7 @@ async fn serve_with(
     let acceptor = TlsAcceptor::from(config);
     let state = Arc::new(State {
         name: opts.name,
+        git_version: opts.git_version,
         watch_interval: opts.watch_interval.max(Duration::from_millis(1)),
         ready: Mutex::new(Ready::Status(200)),
         auth: Mutex::new(200),
@@ -527,10 +533,13 @@ fn route(state: &State, method: &str, path: &str, query: &HashMap<String, String
         }
         "/livez" | "/healthz" => full(200, TEXT, "ok"),
         "/version" => {
+            // "v1.33.0" -> "1", "33", as kube-apiserver fills them.
+            let mut parts = state.git_version.trim_start_matches('v').split('.');
+            let (major, minor) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let body = serde_json::json!({
-                "major": "1",
-                "minor": "31",
-                "gitVersion": GIT_VERSION,
+                "major": major,
+                "minor": minor,
+                "gitVersion": state.git_version,
                 "gitCommit": "0000000000000000000000000000000000000000",
                 "gitTreeState": "clean",
                 "buildDate": "2024-08-13T00:00:00Z",

@@ -76,6 +76,8 @@ pub struct VipdVrrpConf {
     /// virtual routers with the same VRID.
     pub vips: Vec<IpAddr>,
     pub port: u16,
+    /// `vrrp.auth_hmac.key_file`: None leaves the option off.
+    pub auth_hmac_key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for VipdVrrpConf {
@@ -98,6 +100,7 @@ impl Default for VipdVrrpConf {
             track_xdp_detached: 100,
             track_local_apiserver: 50,
             local_backend: None,
+            auth_hmac_key_file: None,
             vips: Vec::new(),
             port: 6443,
         }
@@ -167,6 +170,12 @@ impl VipdVrrpConf {
             "  track: {{ xdp_detached: {}, local_apiserver: {} }}",
             self.track_xdp_detached, self.track_local_apiserver
         ));
+        if let Some(k) = &self.auth_hmac_key_file {
+            line(&format!(
+                "  auth_hmac: {{ key_file: {:?} }}",
+                k.display().to_string()
+            ));
+        }
         line("services:");
         for vip in &self.vips {
             let backend: IpAddr = match vip {

@@ -158,6 +158,7 @@ fn standin_in_a_backend_is_reachable_over_tls() {
             name: "be1".into(),
             watch_interval: Duration::from_millis(50),
             client_ca_pem: None,
+            git_version: standin::GIT_VERSION.into(),
         },
         listener,
     );

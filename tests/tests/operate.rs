@@ -328,3 +328,92 @@ fn a_backup_records_the_failover_it_made() {
         "the table names the failover:\n{table}"
     );
 }
+
+/// Issue 16 item 5: vipd reads every apiserver's `GET /version` over the
+/// probe's TLS, shows it per backend (status, `vipd_backend_version_info`)
+/// and warns (log, status, `vipd_apiserver_version_skew`) when they are more
+/// than one minor version apart, as Kubernetes' version-skew policy allows
+/// between the apiservers of a cluster: 1.31 and 1.33 warn, 1.31 and 1.32
+/// do not.
+#[test]
+fn apiserver_version_skew_is_shown_and_warned() {
+    for (hint, versions, skewed) in [
+        ("skew", ["v1.31.2", "v1.33.0", "v1.31.2"], true),
+        ("noskew", ["v1.31.2", "v1.32.0", "v1.32.0"], false),
+    ] {
+        let l = LbLab::start_with(
+            hint,
+            &LbOptions {
+                git_versions: versions,
+                ..LbOptions::new(AttachMode::Skb, Fwd::Nat)
+            },
+        );
+        let cfg = l.config_path.to_str().expect("utf-8").to_owned();
+        let s = wait_status(
+            &l.lab,
+            "lb",
+            &cfg,
+            "every backend's version read",
+            Duration::from_secs(10),
+            |s| {
+                s.services
+                    .iter()
+                    .flat_map(|svc| &svc.backends)
+                    .all(|b| b.version.is_some())
+            },
+        );
+        let want: BTreeMap<IpAddr, &str> = vip_tests::scenario::BACKENDS
+            .iter()
+            .zip(versions)
+            .flat_map(|(be, v)| {
+                let n = l.lab.node(be);
+                [(IpAddr::V4(n.ipv4), v), (IpAddr::V6(n.ipv6), v)]
+            })
+            .collect();
+        for b in s.services.iter().flat_map(|svc| &svc.backends) {
+            assert_eq!(
+                b.version.as_deref(),
+                Some(want[&b.address.ip()]),
+                "{hint}: {}",
+                b.address
+            );
+        }
+        assert_eq!(
+            s.version_skew.is_some(),
+            skewed,
+            "{hint}: {:?}",
+            s.version_skew
+        );
+        let table = s.render();
+        assert_eq!(
+            table.contains("WARNING: apiserver version skew"),
+            skewed,
+            "{hint}:\n{table}"
+        );
+        if skewed {
+            let w = s.version_skew.as_deref().unwrap_or_default();
+            assert!(w.contains("v1.31.2") && w.contains("v1.33.0"), "{w}");
+        }
+        let m = l.metrics();
+        assert_eq!(
+            m.get("vipd_apiserver_version_skew"),
+            Some(&f64::from(u8::from(skewed))),
+            "{hint}"
+        );
+        let be2 = format!("{}:6443", l.lab.node("be2").ipv4);
+        assert_eq!(
+            m.get(&format!(
+                "vipd_backend_version_info{{backend=\"{be2}\",git_version=\"{}\"}}",
+                versions[1]
+            )),
+            Some(&1.0),
+            "{hint}: {m:?}"
+        );
+        let logs = l.vipd.logs();
+        assert_eq!(
+            logs.contains("apiserver version skew"),
+            skewed,
+            "{hint}:\n{logs}"
+        );
+    }
+}

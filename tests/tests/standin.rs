@@ -27,6 +27,7 @@ fn start(pki: &TestPki, dns: &[&str], ips: &[IpAddr], name: &str) -> StandinHand
             name: name.to_string(),
             watch_interval: Duration::from_millis(50),
             client_ca_pem: None,
+            git_version: standin::GIT_VERSION.into(),
         },
         listener,
     )
@@ -279,6 +280,7 @@ fn client_certificates_are_required_when_configured() {
             name: "mtls".into(),
             watch_interval: Duration::from_millis(50),
             client_ca_pem: Some(pki.ca_pem()),
+            git_version: standin::GIT_VERSION.into(),
         },
         listener,
     );

@@ -877,3 +877,145 @@ fn spoofed_and_replayed_adverts_in_multicast_mode_are_counted_not_obeyed() {
         lb2.logs()
     );
 }
+
+/// The same key file on both nodes (`vrrp.auth_hmac`), in the lab's folder.
+fn auth_key_file(lab: &Lab) -> std::path::PathBuf {
+    let path = lab.dir().join("vrrp-hmac.key");
+    std::fs::write(
+        &path,
+        "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\n",
+    )
+    .expect("write the key file");
+    path
+}
+
+fn start_auth(
+    lab: &Lab,
+    node: &str,
+    priority: u8,
+    peer: IpAddr,
+    key: &std::path::Path,
+) -> VipdVrrp {
+    let conf = VipdVrrpConf {
+        announce_count: 1,
+        unicast_peers: vec![peer],
+        auth_hmac_key_file: Some(key.to_owned()),
+        ..VipdVrrpConf::new(51, priority, &[VIP])
+    };
+    VipdVrrp::start_with_stats(lab, node, &conf, 1)
+}
+
+/// `vrrp.auth_hmac` between two vipd nodes (draft-cassen-vrrp-auth-hmac):
+/// they elect and sign (every advert on the wire carries the 28-byte
+/// trailer). From a configured peer's own address, which plain VRRPv3
+/// cannot tell apart (the control in
+/// `spoofed_adverts_from_a_non_peer_are_counted_not_obeyed` moves the VIP
+/// with exactly this), an attacker sends: priority 254 unsigned, priority 254
+/// signed with another key under id 1, with an unknown key id, and priority
+/// 0 to the backup; and replays the master's captured, validly signed
+/// advert to the backup. Each is refused under its own reason and nothing
+/// moves. Then the master dies while the replays go on: the backup takes
+/// over as if they were not there.
+#[test]
+fn auth_hmac_refuses_forged_and_replayed_adverts_from_a_peers_address() {
+    let lab = Lab::new("vrrp-hmac", &["lb1", "lb2", "forger"]);
+    let (n1, n2, nf) = (
+        lab.node("lb1").clone(),
+        lab.node("lb2").clone(),
+        lab.node("forger").clone(),
+    );
+    let key = auth_key_file(&lab);
+    let lb1 = start_auth(&lab, "lb1", 150, n2.ipv4.into(), &key);
+    wait_master(&lab, &lb1, "lb1");
+    let lb2 = start_auth(&lab, "lb2", 100, n1.ipv4.into(), &key);
+    lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
+    let cap = vip_tests::capture::Capture::start(&lab, "lb2", vip_tests::capture::VRRP_FILTER);
+    let captured = cap
+        .wait_for("an advert from lb1", Duration::from_secs(3), |p| {
+            p.vrrp().is_some_and(|v| v.src == IpAddr::V4(n1.ipv4))
+        })
+        .bytes;
+    drop(cap);
+    let msg = &captured[14 + 20..];
+    assert_eq!(
+        msg.len(),
+        12 + vip_userspace::vrrp::auth::TRAILER_LEN,
+        "lb1's advert carries one VIP and the HMAC trailer"
+    );
+    assert_eq!(msg[12], 1, "Ext Type 1, HMAC-SHA256");
+    let before = (lb1.transitions().len(), lb2.transitions().len());
+
+    let now_seq = || vip_userspace::vrrp::auth::clock_seq(std::time::SystemTime::now());
+    let signed_with = |key_line: &str, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, prio| {
+        let keys = vip_userspace::sync::auth::Keys::parse("forger", key_line).expect("key");
+        Advert {
+            vrid: 51,
+            priority: prio,
+            max_adver_int: 10,
+            addrs: vec![VIP],
+        }
+        .encode_signed(src.into(), dst.into(), keys.signing(), now_seq())
+        .expect("encode")
+    };
+    let other_key = "1 ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+    let unknown_id = "9 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let to_lb1 = |payload: &[u8]| vrrp4_frame(n1.mac, nf.mac, n2.ipv4, n1.ipv4, 255, payload);
+    let unsigned = to_lb1(&advert_bytes(n2.ipv4, n1.ipv4, 254));
+    let forged = to_lb1(&signed_with(other_key, n2.ipv4, n1.ipv4, 254));
+    let unknown = to_lb1(&signed_with(unknown_id, n2.ipv4, n1.ipv4, 254));
+    let leave = vrrp4_frame(
+        n2.mac,
+        nf.mac,
+        n1.ipv4,
+        n2.ipv4,
+        255,
+        &advert_bytes(n1.ipv4, n2.ipv4, 0),
+    );
+    // The master's own signed advert, as captured, from the attacker's port.
+    let mut replay = captured.clone();
+    replay[6..12].copy_from_slice(&nf.mac);
+    inject(&lab, "forger", &[unsigned, forged, unknown, leave], 5);
+    inject(&lab, "forger", std::slice::from_ref(&replay), 5);
+
+    lb1.wait_counter(Family::V4, "discarded_unsigned", 5, Duration::from_secs(5));
+    lb1.wait_counter(Family::V4, "discarded_forged", 5, Duration::from_secs(5));
+    lb1.wait_counter(
+        Family::V4,
+        "discarded_unknown_key",
+        5,
+        Duration::from_secs(5),
+    );
+    lb2.wait_counter(Family::V4, "discarded_unsigned", 5, Duration::from_secs(5));
+    lb2.wait_counter(Family::V4, "discarded_replayed", 5, Duration::from_secs(5));
+    // Longer than the master-down interval: a backup that obeyed the
+    // priority 0 would be master by now.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_unmoved(&lab, &lb1, &lb2, before);
+    assert!(
+        lb1.logs().contains("the HMAC does not verify"),
+        "{}",
+        lb1.logs()
+    );
+    assert!(
+        !lb1.logs().contains("advertises priority 254"),
+        "{}",
+        lb1.logs()
+    );
+
+    // The master dies; the replays of its last signed advert go on for
+    // 1.5 s. Accepted, they would hold the backup back; refused, it takes
+    // over after the master-down interval (~361 ms) plus a poll.
+    lb1.kill9();
+    let took = std::thread::scope(|s| {
+        let t = s.spawn(|| inject(&lab, "forger", std::slice::from_ref(&replay), 75));
+        let took = lab.wait_addr("lb2", VIP, true, Duration::from_secs(1));
+        t.join().expect("injector");
+        took
+    });
+    assert!(
+        lb2.logs().contains("why=no master heard"),
+        "lb2 took over for another reason (took {took:?}):\n{}",
+        lb2.logs()
+    );
+    lb2.wait_counter(Family::V4, "discarded_replayed", 50, Duration::from_secs(5));
+}

@@ -483,6 +483,24 @@ pub struct VrrpSettings {
     /// How much the advertised priority drops while this node cannot serve.
     #[serde(default)]
     pub track: TrackSettings,
+    /// Sign every advert and refuse unsigned, forged and replayed ones
+    /// (draft-cassen-vrrp-auth-hmac, keepalived 2.4's `auth_hmac`). Off by
+    /// default: keepalived 2.2/2.3 discard signed adverts.
+    #[serde(default)]
+    pub auth_hmac: Option<AuthHmacSettings>,
+}
+
+/// `vrrp.auth_hmac`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthHmacSettings {
+    /// The same key file format as `state_sync.key_file` (`ID HEX` lines,
+    /// the first signs, all verify; read again when it changes).
+    pub key_file: std::path::PathBuf,
+    /// How far an advert's time may be from this node's clock ("5s",
+    /// 1s..300s); default max(3 x advert_interval, 5s) as the draft's.
+    #[serde(default)]
+    pub time_window: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -683,7 +701,29 @@ impl VrrpSettings {
                 ));
             }
         }
+        let auth_hmac = match &self.auth_hmac {
+            None => None,
+            Some(a) => Some(crate::vrrp::AuthPlan {
+                key_file: a.key_file.clone(),
+                time_window: match &a.time_window {
+                    None => crate::vrrp::auth::default_window(iv),
+                    Some(w) => {
+                        let d = parse_duration(w).map_err(|e| field("auth_hmac.time_window", e))?;
+                        if !(1..=300).contains(&d.as_secs()) || d.subsec_nanos() != 0 {
+                            return Err(field(
+                                "auth_hmac.time_window",
+                                format!(
+                                    "{w:?}: the trailer carries whole seconds; use 1s..300s (the draft's range)"
+                                ),
+                            ));
+                        }
+                        d
+                    }
+                },
+            }),
+        };
         Ok(VrrpPlan {
+            auth_hmac,
             vrid: self.vrid,
             priority: self.priority(),
             advert_interval_cs: u16::try_from(ms / 10).unwrap_or(4095),

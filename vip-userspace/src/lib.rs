@@ -17,4 +17,5 @@ pub mod probe;
 pub mod route;
 pub mod status;
 pub mod sync;
+pub mod version;
 pub mod vrrp;

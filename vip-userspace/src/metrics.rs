@@ -69,6 +69,12 @@ pub struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendVersion {
+    pub backend: String,
+    pub git_version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendState {
     pub backend: String,
     pub state: String,
@@ -222,6 +228,16 @@ fn register_backends(r: &mut Registrar, m: &Metrics) {
         "1 while the backend receives new flows",
         m.backend_serving.clone(),
     );
+    r.register(
+        "backend_version_info",
+        "1 for the gitVersion the backend's apiserver reports at GET /version (read every 30 s)",
+        m.backend_version_info.clone(),
+    );
+    r.register(
+        "apiserver_version_skew",
+        "1 while the apiservers are more than one minor version apart (Kubernetes version-skew policy)",
+        m.apiserver_version_skew.clone(),
+    );
     r.register_with_unit(
         "probe_duration",
         "Health probe duration",
@@ -374,6 +390,10 @@ pub struct Metrics {
     pub vrrp_preemptions: Family<FamilyBy, Counter>,
     pub vrrp_failover_duration: FailoverHistograms,
     pub backend_state: Family<BackendState, Gauge>,
+    /// 1 for each backend's apiserver gitVersion (`GET /version`).
+    pub backend_version_info: Family<BackendVersion, Gauge>,
+    /// 1 while the apiservers are more than one minor version apart.
+    pub apiserver_version_skew: Gauge,
     pub backend_serving: Family<BackendLabel, Gauge>,
     pub probe_duration: ProbeHistograms,
     pub probe_failures: Family<BackendReason, Counter>,
@@ -445,6 +465,8 @@ impl Metrics {
             vrrp_preemptions: Family::default(),
             vrrp_failover_duration: Family::new_with_constructor(failover_histogram),
             backend_state: Family::default(),
+            backend_version_info: Family::default(),
+            apiserver_version_skew: Gauge::default(),
             backend_serving: Family::default(),
             probe_duration: Family::new_with_constructor(probe_histogram),
             probe_failures: Family::default(),

@@ -586,7 +586,7 @@ async fn https(
 
 /// The request: HTTP/1.1 with `Connection: close` (RFC 9112 section 9.6), so
 /// the apiserver does not keep an idle connection for us.
-fn request(path: &str, host: &str) -> String {
+pub(crate) fn request(path: &str, host: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/json, */*\r\nConnection: close\r\n\r\n"
     )
@@ -594,7 +594,7 @@ fn request(path: &str, host: &str) -> String {
 
 /// Host (RFC 9110 section 7.2): the server name if it is a DNS name, with the
 /// port unless 443; otherwise the address we dialled.
-fn host_header(server_name: &ServerName<'_>, addr: SocketAddr) -> String {
+pub(crate) fn host_header(server_name: &ServerName<'_>, addr: SocketAddr) -> String {
     match server_name {
         ServerName::DnsName(name) if addr.port() == 443 => name.as_ref().to_owned(),
         ServerName::DnsName(name) => format!("{}:{}", name.as_ref(), addr.port()),
@@ -640,7 +640,7 @@ fn closed_early(received: usize) -> Failure {
 
 /// `HTTP-version SP status-code SP [reason-phrase]` (RFC 9112 section 4),
 /// HTTP/1.x only. A missing SP after the code is accepted, as most clients do.
-fn parse_status_line(line: &[u8]) -> Result<u16, Failure> {
+pub(crate) fn parse_status_line(line: &[u8]) -> Result<u16, Failure> {
     let malformed = || {
         let shown: String = String::from_utf8_lossy(line).chars().take(64).collect();
         Failure::Protocol(format!("malformed HTTP status line {shown:?}"))
@@ -663,7 +663,7 @@ fn parse_status_line(line: &[u8]) -> Result<u16, Failure> {
 /// A read or write error after the handshake: a TLS alert (the server
 /// rejected our client certificate, TLS 1.3 sends that after its Finished) or
 /// the connection going away.
-fn io_failure(e: &io::Error, server_name: &ServerName<'_>, ca: &PemOrigin) -> Failure {
+pub(crate) fn io_failure(e: &io::Error, server_name: &ServerName<'_>, ca: &PemOrigin) -> Failure {
     if let Some(err) = rustls_error(e) {
         return Failure::Tls(describe_tls(err, server_name, ca));
     }
@@ -687,7 +687,7 @@ pub(crate) enum DialError {
 }
 
 impl DialError {
-    fn into_failure(self) -> Failure {
+    pub(crate) fn into_failure(self) -> Failure {
         match self {
             DialError::Untrusted(message) => Failure::Tls(message),
             DialError::Failed(failure) => failure,

@@ -38,6 +38,10 @@ pub struct Status {
     /// State sync's counters (mode nat with `state_sync:`); absent without it.
     #[serde(default)]
     pub sync: Option<SyncStatus>,
+    /// The apiservers are further apart than Kubernetes' version-skew
+    /// policy allows: the warning ([`crate::version`]).
+    #[serde(default)]
+    pub version_skew: Option<String>,
 }
 
 /// Connection-state sync since the agent started: the same counters as the
@@ -174,6 +178,9 @@ pub struct BackendStatus {
     pub bytes: u64,
     pub rsts: u64,
     pub last_change: Option<BackendChange>,
+    /// The apiserver's gitVersion (`GET /version`), once read.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -347,6 +354,7 @@ impl Status {
                 "NEW FLOWS",
                 "BYTES",
                 "RSTS",
+                "VERSION",
                 "LAST CHANGE",
             ]
             .map(String::from)
@@ -365,6 +373,7 @@ impl Status {
                 b.new_flows.to_string(),
                 bytes(b.bytes),
                 b.rsts.to_string(),
+                b.version.clone().unwrap_or_else(|| "-".into()),
                 b.last_change.as_ref().map_or("-".into(), |c| {
                     format!("{} ({}: {})", self.ago(c.at_unix_ms), c.to, c.reason)
                 }),
@@ -484,6 +493,9 @@ impl Status {
             "static" => o.push_str("VIPs held statically (hold_vips: true)\n"),
             "none" => o.push_str("VIPs held by something else (no vrrp, no hold_vips)\n"),
             _ => {}
+        }
+        if let Some(w) = &self.version_skew {
+            let _ = writeln!(o, "WARNING: {w}");
         }
         self.render_routes(&mut o);
         for v in &self.vrrp {
@@ -648,6 +660,7 @@ mod tests {
                         bytes: 3 << 20,
                         rsts: 0,
                         last_change: None,
+                        version: Some("v1.31.2".into()),
                     },
                     BackendStatus {
                         address: "10.0.0.12:6443".parse().expect("addr"),
@@ -667,6 +680,7 @@ mod tests {
                             to: "down".into(),
                             reason: "timeout".into(),
                         }),
+                        version: None,
                     },
                 ],
             }],
@@ -684,6 +698,7 @@ mod tests {
                 rejected: [("conflict".to_owned(), 1)].into(),
                 lost: Default::default(),
             }),
+            version_skew: None,
         }
     }
 
@@ -736,6 +751,16 @@ mod tests {
         assert!(t.contains("5 m ago (down: timeout)"), "{t}");
         assert!(t.contains("3.0 MiB"), "{t}");
         assert!(t.contains("10.0.0.11:6443 (local)"), "{t}");
+        assert!(t.contains("v1.31.2"), "each apiserver's version: {t}");
+        assert!(!t.contains("WARNING"), "{t}");
+        let mut skewed = sample();
+        skewed.version_skew =
+            Some("apiserver version skew: A runs v1.31.2 and B runs v1.33.0".into());
+        let t = skewed.render();
+        assert!(
+            t.contains("WARNING: apiserver version skew: A runs v1.31.2 and B runs v1.33.0"),
+            "{t}"
+        );
     }
 
     #[test]

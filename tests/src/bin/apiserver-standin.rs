@@ -28,6 +28,9 @@ struct Args {
     /// Require client certificates signed by this CA (PEM).
     #[arg(long)]
     client_ca: Option<PathBuf>,
+    /// What `/version` reports as gitVersion, e.g. v1.33.0.
+    #[arg(long, default_value = vip_tests::standin::GIT_VERSION)]
+    git_version: String,
     /// Interval between watch events.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
@@ -55,6 +58,7 @@ fn main() -> anyhow::Result<()> {
             .as_deref()
             .map(|p| read(p, "--client-ca"))
             .transpose()?,
+        git_version: args.git_version,
     };
     // Fail before binding, naming the file at fault.
     standin::tls_config(&opts).with_context(|| {

@@ -48,7 +48,7 @@ mod sweep;
 use hold::VipHolder;
 pub use hold::vrrp::effective_priority;
 use observe::Observed;
-use probes::{ProbeEvent, Probes, spawn_gate_round};
+use probes::{ProbeEvent, Probes, spawn_gate_round, spawn_version_round};
 pub use probes::{ProbeJob, probe_jobs, timing_report};
 use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
 use sweep::{FlowReport, SweepSync, spawn_sweeper};
@@ -189,12 +189,14 @@ struct Agent {
     obs: Observed,
     poke_tx: mpsc::Sender<()>,
     cert_tx: mpsc::Sender<(SocketAddr, CertCheck)>,
+    version_tx: mpsc::Sender<(SocketAddr, Result<String, crate::probe::Failure>)>,
 }
 
 /// What the side tasks send the agent loop.
 struct Inbox {
     probes: mpsc::Receiver<ProbeEvent>,
     certs: mpsc::Receiver<(SocketAddr, CertCheck)>,
+    versions: mpsc::Receiver<(SocketAddr, Result<String, crate::probe::Failure>)>,
     sweeps: mpsc::Receiver<FlowReport>,
 }
 
@@ -440,6 +442,7 @@ impl Agent {
         );
         let (probe_tx, probe_rx) = mpsc::channel::<ProbeEvent>(256);
         let (cert_tx, cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
+        let (version_tx, version_rx) = mpsc::channel(64);
         let mut probes = Probes::new(probe_tx);
         probes.sync(jobs.clone());
         let mut agent = Agent {
@@ -461,10 +464,12 @@ impl Agent {
             obs,
             poke_tx,
             cert_tx,
+            version_tx,
         };
         let mut inbox = Inbox {
             probes: probe_rx,
             certs: cert_rx,
+            versions: version_rx,
             sweeps,
         };
         agent.first_gate_round(&mut inbox.certs).await;
@@ -505,6 +510,8 @@ impl Agent {
         let mut gate_tick =
             tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
         let mut file_tick = tokio::time::interval(Duration::from_secs(1));
+        // The first tick is at once: the versions are known from the start.
+        let mut version_tick = tokio::time::interval(crate::version::EVERY);
         loop {
             let ev = tokio::select! {
                 _ = tokio::signal::ctrl_c() => Some(Event::Signal(Signal::Int)),
@@ -515,6 +522,8 @@ impl Agent {
                 Some(rep) = inbox.sweeps.recv() => { self.swept(rep); None }
                 Some((addr, check)) = inbox.certs.recv() => { self.cert(addr, check); None }
                 _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
+                _ = version_tick.tick() => { spawn_version_round(&self.jobs, &self.version_tx); None }
+                Some((addr, got)) = inbox.versions.recv() => { self.versioned(addr, got); None }
                 _ = second.tick() => Some(Event::Second),
                 _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
             };
@@ -657,6 +666,70 @@ impl Agent {
             Ok(r) => self.poke_after(r.as_ref()),
             Err(e) => error!(error = %format!("{e:#}"), "writing the maps failed; retrying"),
         }
+    }
+
+    /// One backend's `GET /version`: its version kept (and exported), the
+    /// skew decided again over every backend, and a change of the decision
+    /// logged once.
+    fn versioned(&mut self, addr: SocketAddr, got: Result<String, crate::probe::Failure>) {
+        use crate::metrics::BackendVersion;
+        let label = |v: &str| BackendVersion {
+            backend: addr.to_string(),
+            git_version: v.to_owned(),
+        };
+        // A backend gone from the config (a reload) leaves the check.
+        let gone: Vec<SocketAddr> = self
+            .obs
+            .versions
+            .keys()
+            .filter(|a| !self.jobs.contains_key(a))
+            .copied()
+            .collect();
+        for a in gone {
+            if let Some(v) = self.obs.versions.remove(&a) {
+                self.metrics.backend_version_info.remove(&BackendVersion {
+                    backend: a.to_string(),
+                    git_version: v,
+                });
+            }
+        }
+        match got {
+            // An apiserver that does not answer keeps its last version: it
+            // still runs it (or will when it is back).
+            Err(e) => {
+                tracing::debug!(backend = %addr, error = %e, "GET /version failed; keeping the last version read");
+            }
+            Ok(v) if self.jobs.contains_key(&addr) => {
+                if let Some(old) = self.obs.versions.insert(addr, v.clone())
+                    && old != v
+                {
+                    self.metrics.backend_version_info.remove(&label(&old));
+                    info!(backend = %addr, from = %old, to = %v, "apiserver version changed");
+                }
+                self.metrics
+                    .backend_version_info
+                    .get_or_create(&label(&v))
+                    .set(1);
+            }
+            Ok(_) => {}
+        }
+        let skew = crate::version::skew(&self.obs.versions);
+        if skew.note() != self.obs.skew.note()
+            && let Some(n) = skew.note()
+        {
+            warn!("{n}");
+        }
+        match (skew.warning(), self.obs.skew.warning()) {
+            (Some(w), old) if old.as_ref() != Some(&w) => {
+                warn!("{w}; vipd_apiserver_version_skew is 1 until they are within one minor")
+            }
+            (None, Some(_)) => info!("apiserver versions are within one minor version again"),
+            _ => {}
+        }
+        self.metrics
+            .apiserver_version_skew
+            .set(i64::from(skew.warns()));
+        self.obs.skew = skew;
     }
 
     fn cert(&mut self, addr: SocketAddr, check: CertCheck) {

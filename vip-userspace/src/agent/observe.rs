@@ -51,6 +51,10 @@ pub struct Observed {
     pub sync_ring_lost: u64,
     /// Failovers already observed in the histogram, per family.
     failovers_seen: HashMap<Family, u64>,
+    /// Per backend: its apiserver's gitVersion, last read.
+    pub versions: std::collections::BTreeMap<SocketAddr, String>,
+    /// The version-skew decision over `versions`.
+    pub skew: crate::version::Skew,
 }
 
 impl Observed {
@@ -63,6 +67,8 @@ impl Observed {
             attached,
             xdp_ok: true,
             probe_last: HashMap::new(),
+            versions: Default::default(),
+            skew: Default::default(),
             changed: HashMap::new(),
             sweep: None,
             swept_total: 0,
@@ -130,6 +136,7 @@ pub fn refresh<M: Maps>(
         services,
         flows,
         sync,
+        version_skew: obs.skew.warning(),
     };
     match serde_json::to_string(&snapshot) {
         Ok(j) => m.set_status(j),
@@ -326,6 +333,7 @@ fn backends<M: Maps>(
                 bytes: counters.bytes,
                 rsts: counters.rsts,
                 last_change: obs.changed.get(&b.addr).cloned(),
+                version: obs.versions.get(&b.addr).cloned(),
             },
         );
     }

@@ -241,6 +241,30 @@ pub fn spawn_gate_round(
     }
 }
 
+/// Reads every https backend's `GET /version` in parallel ([`crate::version`]);
+/// results arrive on `tx`. TCP-probed backends have no TLS settings to
+/// reach it with and are skipped.
+pub fn spawn_version_round(
+    jobs: &BTreeMap<SocketAddr, ProbeJob>,
+    tx: &mpsc::Sender<(SocketAddr, Result<String, crate::probe::Failure>)>,
+) {
+    for (addr, job) in jobs {
+        let ProbeKind::Https {
+            server_name, tls, ..
+        } = &job.spec.kind
+        else {
+            continue;
+        };
+        let (addr, server_name, tls, timeout) =
+            (*addr, server_name.clone(), tls.clone(), job.spec.timeout);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let got = crate::version::fetch(addr, &server_name, &tls, timeout).await;
+            let _ = tx.send((addr, got)).await;
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

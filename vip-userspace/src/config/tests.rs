@@ -180,6 +180,26 @@ fn vrrp_section_defaults_and_units() {
     assert_eq!(p.advert_interval_cs, 150);
     assert_eq!(p.preempt_delay, Duration::from_millis(250));
     assert_eq!(p.unicast_peers, ["10.0.0.3".parse::<IpAddr>().expect("ip")]);
+    assert_eq!(p.auth_hmac, None, "auth_hmac is off by default");
+    let c = parse(&format!(
+        "vrrp:\n  vrid: 7\n  advert_interval: 2s\n  auth_hmac: {{ key_file: /etc/vipd/vrrp.key }}\n{GOOD}"
+    ))
+    .expect("valid");
+    let a = c
+        .vrrp
+        .as_ref()
+        .expect("vrrp")
+        .plan()
+        .expect("plan")
+        .auth_hmac;
+    assert_eq!(
+        a,
+        Some(crate::vrrp::AuthPlan {
+            key_file: "/etc/vipd/vrrp.key".into(),
+            time_window: Duration::from_secs(6),
+        }),
+        "the draft's default window: max(3 x interval, 5 s)"
+    );
 }
 
 /// Every example under examples/ is a valid configuration.
@@ -347,6 +367,20 @@ fn errors_name_file_field_and_fix() {
         (
             format!("vrrp:\n  vrid: 1\n  unicast_peers: [fe80::3]\n{GOOD}"),
             &["vrrp.unicast_peers[0]", "address family"],
+        ),
+        (
+            format!(
+                "vrrp:\n  vrid: 1\n  auth_hmac: {{ key_file: /k, time_window: 500ms }}\n{GOOD}"
+            ),
+            &["vrrp.auth_hmac.time_window", "1s..300s"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  auth_hmac: {{ key_file: /k, time_window: 301s }}\n{GOOD}"),
+            &["vrrp.auth_hmac.time_window", "1s..300s"],
+        ),
+        (
+            format!("vrrp:\n  vrid: 1\n  auth_hmac: {{ key: abc }}\n{GOOD}"),
+            &["vrrp.auth_hmac", "key_file"],
         ),
         (
             format!("vrrp:\n  vrid: 1\n  unicast_peers: [224.0.0.18]\n{GOOD}"),

@@ -308,6 +308,8 @@ impl Replay {
 #[derive(Debug)]
 pub struct KeySource {
     path: PathBuf,
+    /// Who reads it, for the log ("state sync", "VRRP").
+    what: &'static str,
     /// The keys (shared, so a datagram's check copies no secret), the
     /// file's modification time, when it was last looked at.
     state: Mutex<(Arc<Keys>, Option<SystemTime>, Instant)>,
@@ -316,10 +318,16 @@ pub struct KeySource {
 impl KeySource {
     /// Reads the file once; a bad file is an error at start.
     pub fn open(path: &Path) -> Result<KeySource, KeyError> {
+        KeySource::open_for(path, "state sync")
+    }
+
+    /// [`KeySource::open`] for another user of the format, named in the log.
+    pub fn open_for(path: &Path, what: &'static str) -> Result<KeySource, KeyError> {
         let keys = Keys::load(path)?;
         let mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         Ok(KeySource {
             path: path.to_owned(),
+            what,
             state: Mutex::new((Arc::new(keys), mtime, Instant::now())),
         })
     }
@@ -338,12 +346,12 @@ impl KeySource {
             if mtime != g.1 {
                 match Keys::load(&self.path) {
                     Ok(k) => {
-                        tracing::info!(file = %self.path.display(), ids = ?k.ids(), signing = k.signing().id, "state sync: key file changed; keys replaced");
+                        tracing::info!(file = %self.path.display(), ids = ?k.ids(), signing = k.signing().id, "{}: key file changed; keys replaced", self.what);
                         g.0 = Arc::new(k);
                         g.1 = mtime;
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "state sync: the changed key file is not valid; keeping the previous keys");
+                        tracing::warn!(error = %e, "{}: the changed key file is not valid; keeping the previous keys", self.what);
                         g.1 = mtime;
                     }
                 }

@@ -8,6 +8,7 @@
 //! wires them to time and the interface lives with the agent.
 
 pub mod announce;
+pub mod auth;
 pub mod machine;
 pub mod net;
 pub mod packet;
@@ -64,4 +65,15 @@ pub struct VrrpPlan {
     pub announce_refresh: Duration,
     pub xdp_detached_weight: u8,
     pub local_apiserver_weight: u8,
+    /// `vrrp.auth_hmac`: sign and require the HMAC trailer ([`auth`]).
+    pub auth_hmac: Option<AuthPlan>,
+}
+
+/// The HMAC option of draft-cassen-vrrp-auth-hmac, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPlan {
+    /// State sync's key file format: `ID HEX` lines, the first signs.
+    pub key_file: std::path::PathBuf,
+    /// How far a trailer's time may be from ours (whole seconds, 1..=300).
+    pub time_window: Duration,
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Family, Received};
+use super::{Family, Received, auth::TRAILER_LEN};
 
 /// IP protocol / IPv6 next header of VRRP (RFC 9568 5.1.1.4, 5.1.2.4).
 pub const PROTO_VRRP: u8 = 112;
@@ -116,6 +116,30 @@ pub enum Discard {
     OwnPacket,
     #[error("sent to {0}, not to the VRRP multicast group")]
     Destination(IpAddr),
+    #[error(
+        "no HMAC trailer, and vrrp.auth_hmac is set here: the sender runs without it; give every node the same vrrp.auth_hmac key file"
+    )]
+    Unsigned,
+    #[error(
+        "HMAC trailer of scheme {ext_type} with reserved bits {reserved:#06x}: only scheme 1 (HMAC-SHA256) with zero reserved bits exists (draft-cassen-vrrp-auth-hmac)"
+    )]
+    BadTrailer { ext_type: u8, reserved: u16 },
+    #[error(
+        "HMAC key id {0} is not in this node's vrrp.auth_hmac key file: copy the current key file to every node"
+    )]
+    UnknownKey(u8),
+    #[error(
+        "the HMAC does not verify: another key under the same id on the sender, or someone spoofing its address"
+    )]
+    Forged,
+    #[error(
+        "HMAC sequence {skew_s} s from this node's clock, outside the {window_s} s window: check NTP, or a replay of an old capture"
+    )]
+    Stale { skew_s: i64, window_s: i64 },
+    #[error(
+        "HMAC sequence not above the last one accepted from this sender: a replay from someone spoofing its address"
+    )]
+    Replayed,
 }
 
 /// Every [`Discard::label`], to register the counters before the first drop.
@@ -135,6 +159,12 @@ pub const DISCARD_LABELS: &[&str] = &[
     "not_peer",
     "own_packet",
     "destination",
+    "unsigned",
+    "bad_trailer",
+    "unknown_key",
+    "forged",
+    "stale",
+    "replayed",
 ];
 
 impl Discard {
@@ -156,6 +186,12 @@ impl Discard {
             Discard::NotPeer(_) => 12,
             Discard::OwnPacket => 13,
             Discard::Destination(_) => 14,
+            Discard::Unsigned => 15,
+            Discard::BadTrailer { .. } => 16,
+            Discard::UnknownKey(_) => 17,
+            Discard::Forged => 18,
+            Discard::Stale { .. } => 19,
+            Discard::Replayed => 20,
         }
     }
 
@@ -183,7 +219,14 @@ impl Discard {
             | Discard::AddrMismatch
             | Discard::NotPeer(_)
             | Discard::OwnPacket
-            | Discard::Destination(_) => false,
+            | Discard::Destination(_)
+            | Discard::Unsigned
+            // Another Ext Type may be a newer sender's scheme, not a defect.
+            | Discard::BadTrailer { .. }
+            | Discard::UnknownKey(_)
+            | Discard::Forged
+            | Discard::Stale { .. }
+            | Discard::Replayed => false,
         }
     }
 }
@@ -193,6 +236,43 @@ impl Advert {
     /// pseudo-header (RFC 9568 5.2.8: in v3 the pseudo-header is included
     /// for IPv4 too, unlike VRRPv2).
     pub fn encode(&self, src: IpAddr, dst: IpAddr) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = self.body(src, dst)?;
+        let sum = checksum(src, dst, &buf).to_be_bytes();
+        buf[6..8].copy_from_slice(&sum);
+        Ok(buf)
+    }
+
+    /// Wire bytes with the HMAC trailer of draft-cassen-vrrp-auth-hmac
+    /// signed by `key` with sequence `seq` ([`super::auth`]). The checksum
+    /// is computed after signing (the HMAC reads it as zero) and covers
+    /// what keepalived's does: for IPv4 the message alone, its pseudo-header
+    /// length the message's (RFC 9568 5.2.8, the trailer is not part of the
+    /// message); for IPv6 the whole payload, trailer included, as the
+    /// kernel's IPV6_CHECKSUM that keepalived's receive socket uses
+    /// computes it (RFC 8200 8.1 upper-layer length).
+    pub fn encode_signed(
+        &self,
+        src: IpAddr,
+        dst: IpAddr,
+        key: &crate::sync::auth::Key,
+        seq: u64,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let mut buf = self.body(src, dst)?;
+        let msg_len = buf.len();
+        let trailer = super::auth::sign(key, src, &buf, seq);
+        buf.extend_from_slice(&trailer);
+        let covered = match Family::of(&src) {
+            Family::V4 => &buf[..msg_len],
+            Family::V6 => &buf[..],
+        };
+        let sum = checksum(src, dst, covered).to_be_bytes();
+        buf[6..8].copy_from_slice(&sum);
+        Ok(buf)
+    }
+
+    /// The message with its checksum field zero, after the checks that keep
+    /// it encodable.
+    fn body(&self, src: IpAddr, dst: IpAddr) -> Result<Vec<u8>, EncodeError> {
         let family = Family::of(&src);
         if let Some(other) = std::iter::once(&dst)
             .chain(&self.addrs)
@@ -233,8 +313,6 @@ impl Advert {
                 IpAddr::V6(addr) => buf.extend_from_slice(&addr.octets()),
             }
         }
-        let sum = checksum(src, dst, &buf).to_be_bytes();
-        buf[6..8].copy_from_slice(&sum);
         Ok(buf)
     }
 
@@ -242,6 +320,19 @@ impl Advert {
     /// non-zero, length == 8 + count * address length, checksum. The
     /// family is that of `src`; `src` and `dst` must be the same family.
     pub fn decode(buf: &[u8], src: IpAddr, dst: IpAddr) -> Result<Advert, Discard> {
+        Advert::decode_framed(buf, src, dst, false).map(|(a, _)| a)
+    }
+
+    /// [`Advert::decode`], and with `signed` the message must be followed
+    /// by exactly one HMAC trailer (its length decides, as the draft says:
+    /// the message length is known from the count), returned unverified.
+    /// The checksum covers what [`Advert::encode_signed`] says.
+    pub fn decode_framed(
+        buf: &[u8],
+        src: IpAddr,
+        dst: IpAddr,
+        signed: bool,
+    ) -> Result<(Advert, Option<[u8; TRAILER_LEN]>), Discard> {
         let family = Family::of(&src);
         if Family::of(&dst) != family {
             return Err(Discard::Family { src, dst });
@@ -272,7 +363,11 @@ impl Advert {
         // 7.1: the packet must hold the complete message. The RFC does not
         // forbid more, but we refuse it: senders (keepalived included) send
         // exactly the list, so trailing bytes mean a sender we misread.
-        let need = HEADER_LEN + usize::from(count) * addr_len(family);
+        let msg_len = HEADER_LEN + usize::from(count) * addr_len(family);
+        if signed && buf.len() == msg_len {
+            return Err(Discard::Unsigned);
+        }
+        let need = msg_len + if signed { TRAILER_LEN } else { 0 };
         if buf.len() < need {
             return Err(Discard::Truncated {
                 len: buf.len(),
@@ -287,12 +382,20 @@ impl Advert {
         }
         // 5.2.8: summing the message with its checksum field in place gives
         // a complemented sum of zero when the checksum is right.
-        if checksum(src, dst, buf) != 0 {
+        let covered = match family {
+            Family::V4 => &buf[..msg_len],
+            Family::V6 => buf,
+        };
+        if checksum(src, dst, covered) != 0 {
             return Err(Discard::Checksum);
         }
+        let trailer = buf
+            .get(msg_len..)
+            .and_then(|t| <[u8; TRAILER_LEN]>::try_from(t).ok());
 
         // 5.2.6: the reserved bits are ignored on receive.
         let max_adver_int = u16::from_be_bytes([int_hi, int_lo]) & MAX_INTERVAL_CS;
+        let body = &body[..msg_len - HEADER_LEN];
         let addrs = match family {
             Family::V4 => body
                 .as_chunks::<4>()
@@ -307,12 +410,15 @@ impl Advert {
                 .map(|octets| IpAddr::V6(Ipv6Addr::from(*octets)))
                 .collect(),
         };
-        Ok(Advert {
-            vrid,
-            priority,
-            max_adver_int,
-            addrs,
-        })
+        Ok((
+            Advert {
+                vrid,
+                priority,
+                max_adver_int,
+                addrs,
+            },
+            trailer,
+        ))
     }
 }
 
@@ -380,6 +486,9 @@ pub struct RxPolicy<'a> {
     pub vips: &'a [IpAddr],
     /// This node's own addresses: our own packets looped back are discarded.
     pub own_addrs: &'a [IpAddr],
+    /// `vrrp.auth_hmac` is set: every advert must carry an HMAC trailer
+    /// (returned in [`Checked::trailer`] for the caller to verify).
+    pub signed: bool,
 }
 
 /// An advertisement that passed every check of RFC 9568 7.1.
@@ -389,6 +498,8 @@ pub struct Checked {
     /// false: the address list differs from ours (accepted only because the
     /// sender is the owner, priority 255; RFC 9568 7.1 says log it).
     pub addrs_match: bool,
+    /// The HMAC trailer, unverified (only with [`RxPolicy::signed`]).
+    pub trailer: Option<[u8; TRAILER_LEN]>,
 }
 
 /// Full RFC 9568 7.1 check of one received packet: the cheap IP header
@@ -430,7 +541,7 @@ pub fn check(rx: &Received, policy: &RxPolicy) -> Result<Checked, Discard> {
         }
     }
     // 7.1: version, complete packet, checksum.
-    let advert = Advert::decode(&rx.payload, rx.src, rx.dst)?;
+    let (advert, trailer) = Advert::decode_framed(&rx.payload, rx.src, rx.dst, policy.signed)?;
     // Treated as malformed: with a zero interval, Master_Down_Interval
     // (6.1: 3 * interval + skew) would shrink to the skew time and backups
     // would take over between two adverts.
@@ -458,6 +569,7 @@ pub fn check(rx: &Received, policy: &RxPolicy) -> Result<Checked, Discard> {
     Ok(Checked {
         advert,
         addrs_match,
+        trailer,
     })
 }
 
@@ -564,6 +676,7 @@ mod tests {
         Ok(Checked {
             advert,
             addrs_match,
+            trailer: None,
         })
     }
 
@@ -690,6 +803,14 @@ mod tests {
             p.vips = &[VIP6];
         };
         let owner: Tweak = |p| p.owner = true;
+        let signed: Tweak = |p| p.signed = true;
+        let key =
+            crate::sync::auth::Keys::parse("k", &format!("1 {}", "ab".repeat(32))).expect("key");
+        let signed_payload = advert4()
+            .encode_signed(SRC4, DST4, key.signing(), 7)
+            .expect("encodes");
+        let mut bad_sum = signed_payload.clone();
+        bad_sum[7] ^= 1;
         let other_vips: Tweak = |p| p.vips = &[VIP4B];
         let two_vips: Tweak = |p| p.vips = &[VIP4, VIP4B];
         let v6 = with(|a| a.addrs = vec![VIP6]);
@@ -724,6 +845,14 @@ mod tests {
             ("other VIPs, owner", mc(&owner_advert), other_vips, accepted(owner_advert.clone(), false)),
             ("same VIPs, other order", mc(&reordered), two_vips, accepted(reordered.clone(), true)),
             ("a subset of our VIPs", mc(&advert4()), two_vips, Err(Discard::AddrMismatch)),
+            // vrrp.auth_hmac: the trailer is required when on, and refused
+            // as before (keepalived 2.2 does the same) when off.
+            ("unsigned, auth_hmac on", mc(&advert4()), signed, Err(Discard::Unsigned)),
+            ("signed, auth_hmac on", payload(signed_payload.clone()), signed,
+                Ok(Checked { advert: advert4(), addrs_match: true, trailer: Some(<[u8; TRAILER_LEN]>::try_from(&signed_payload[12..]).expect("trailer")) })),
+            ("signed, bad checksum", payload(bad_sum), signed, Err(Discard::Checksum)),
+            ("signed, auth_hmac off", payload(signed_payload.clone()), keep, Err(Discard::Length { len: 40, expected: 12 })),
+            ("signed, truncated trailer", payload(signed_payload[..39].to_vec()), signed, Err(Discard::Truncated { len: 39, need: 40 })),
         ];
         for (what, packet, tweak, want) in cases {
             let mut policy = RxPolicy {
@@ -733,6 +862,7 @@ mod tests {
                 unicast_peers: None,
                 vips: &[VIP4],
                 own_addrs: &[ME4],
+                signed: false,
             };
             tweak(&mut policy);
             assert_eq!(check(&packet, &policy), want, "{what}");
@@ -790,6 +920,18 @@ mod tests {
             Discard::NotPeer(SRC4),
             Discard::OwnPacket,
             Discard::Destination(SRC4),
+            Discard::Unsigned,
+            Discard::BadTrailer {
+                ext_type: 2,
+                reserved: 0,
+            },
+            Discard::UnknownKey(9),
+            Discard::Forged,
+            Discard::Stale {
+                skew_s: 9,
+                window_s: 5,
+            },
+            Discard::Replayed,
         ];
         let labels: Vec<&str> = all.iter().map(Discard::label).collect();
         assert_eq!(labels, DISCARD_LABELS, "one label per variant");
@@ -812,6 +954,7 @@ mod tests {
             unicast_peers,
             vips: &[VIP4],
             own_addrs: &[],
+            signed: false,
         });
         // xorshift64: deterministic, no dependency.
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -170,6 +170,7 @@ fn policy<'a>(
         unicast_peers: unicast,
         vips,
         own_addrs: own,
+        signed: false,
     }
 }
 

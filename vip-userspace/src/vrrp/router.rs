@@ -24,10 +24,12 @@ use super::VrrpPlan;
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
+    auth,
     machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
     net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
+use crate::sync::auth::KeySource;
 use crate::{
     host,
     link::{SourceState, format_mac},
@@ -59,6 +61,16 @@ pub enum RouterError {
     Net(#[from] NetError),
     #[error("{family:?} VRRP on {ifname}: no VIP of this family")]
     NoVips { ifname: String, family: Family },
+    #[error("vrrp.auth_hmac.key_file: {0}")]
+    Key(#[from] crate::sync::auth::KeyError),
+}
+
+/// The HMAC option's state ([`super::auth`]): the keys, our sequence, the
+/// senders' marks.
+struct Auth {
+    keys: Arc<KeySource>,
+    seq: auth::Sequencer,
+    guard: auth::Guard,
 }
 
 /// Counters of one virtual router, read by the metrics and status code.
@@ -263,6 +275,15 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
             family: spec.family,
         });
     }
+    // Before any socket: a bad key file stops the start.
+    let auth = match &spec.plan.auth_hmac {
+        Some(a) => Some(Auth {
+            keys: Arc::new(KeySource::open_for(&a.key_file, "VRRP")?),
+            seq: auth::Sequencer::default(),
+            guard: auth::Guard::new(a.time_window),
+        }),
+        None => None,
+    };
     let source = net::source_address(&spec.ifname, spec.family, &spec.vips)?;
     let peers: Vec<IpAddr> = spec
         .plan
@@ -312,6 +333,7 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         interval_ms = u32::from(plan.advert_interval_cs) * 10,
         source = %source,
         transport = %if peers.is_empty() { "multicast" } else { "unicast" },
+        auth_hmac = auth.as_ref().map(|a| a.guard.window().as_secs()).map_or("off".to_owned(), |w| format!("on, window {w} s")),
         vips = ?spec.vips,
         "VRRP router starting"
     );
@@ -332,6 +354,7 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         source_state: SourceState::Usable,
         send_failed: false,
         intervals: HashMap::new(),
+        auth,
     };
     let task = tokio::spawn(router.run(rx, hold));
     Ok(RouterHandle {
@@ -366,6 +389,8 @@ struct Router {
     /// The advert interval each router was last heard with (logged once
     /// per change).
     intervals: HashMap<IpAddr, u16>,
+    /// `vrrp.auth_hmac`; None: adverts go out and are taken unsigned.
+    auth: Option<Auth>,
 }
 
 /// The info lock is held for copies only; a poisoned one (a panic while
@@ -539,7 +564,7 @@ impl Router {
     }
 
     /// The RFC 9568 7.1 receive checks with this router's settings.
-    fn check(&self, pkt: &super::Received) -> Result<packet::Checked, Discard> {
+    fn check(&mut self, pkt: &super::Received) -> Result<packet::Checked, Discard> {
         let own = [self.source];
         let policy = RxPolicy {
             vrid: self.spec.plan.vrid,
@@ -548,8 +573,15 @@ impl Router {
             unicast_peers: (!self.peers.is_empty()).then_some(self.peers.as_slice()),
             vips: &self.spec.vips,
             own_addrs: &own,
+            signed: self.auth.is_some(),
         };
-        packet::check(pkt, &policy)
+        let checked = packet::check(pkt, &policy)?;
+        if let (Some(a), Some(t)) = (&mut self.auth, &checked.trailer) {
+            let msg = &pkt.payload[..pkt.payload.len() - auth::TRAILER_LEN];
+            a.guard
+                .check(&a.keys.keys(), pkt.src, msg, t, SystemTime::now())?;
+        }
+        Ok(checked)
     }
 
     async fn received(&mut self, pkt: super::Received) {
@@ -824,8 +856,18 @@ impl Router {
         } else {
             self.peers.clone()
         };
+        // One sequence per advert: every unicast copy carries the same
+        // trailer (the HMAC leaves the destination out).
+        let signing = self.auth.as_mut().map(|a| {
+            let window = a.guard.window();
+            (a.keys.keys(), a.seq.next(SystemTime::now(), window))
+        });
         for dst in dsts {
-            let sent = match advert.encode(self.source, dst) {
+            let encoded = match &signing {
+                Some((keys, seq)) => advert.encode_signed(self.source, dst, keys.signing(), *seq),
+                None => advert.encode(self.source, dst),
+            };
+            let sent = match encoded {
                 Ok(bytes) => self
                     .sock
                     .send(&bytes, dst)
