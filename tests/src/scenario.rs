@@ -76,6 +76,9 @@ pub struct LbOptions {
     /// probed by TCP connect: for servers a test or benchmark starts on the
     /// backends itself (the stand-in serves only [`PORT`]).
     pub extra_ports: Vec<u16>,
+    /// Mode dsr: write each backend's `mac:` (an override). Unset, vipd
+    /// takes the MACs from the LB's neighbour table.
+    pub backend_macs: bool,
 }
 
 impl LbOptions {
@@ -92,6 +95,7 @@ impl LbOptions {
             sync: false,
             caps: None,
             extra_ports: Vec::new(),
+            backend_macs: true,
         }
     }
 }
@@ -278,7 +282,7 @@ impl LbLab {
                     n.ipv6.into()
                 };
                 cfg.push_str(&format!("      - address: \"{addr}\"\n"));
-                if fwd == Fwd::Dsr {
+                if fwd == Fwd::Dsr && opts.backend_macs {
                     // mode dsr rewrites the destination MAC to the backend's.
                     cfg.push_str(&format!("        mac: \"{}\"\n", mac_to_string(&n.mac)));
                 }

@@ -129,6 +129,17 @@ impl<M: Maps> Controller<M> {
         cfg: Config,
         node_addrs: Vec<IpAddr>,
     ) -> Result<(Self, ApplyReport), ControlError> {
+        Self::with_neighbours(prog, cfg, node_addrs, BTreeMap::new())
+    }
+
+    /// [`Controller::new`], with the neighbour table's MACs as read before
+    /// the first write (see `neigh::snapshot`).
+    pub fn with_neighbours(
+        prog: Programmer<M>,
+        cfg: Config,
+        node_addrs: Vec<IpAddr>,
+        neigh: BTreeMap<IpAddr, [u8; 6]>,
+    ) -> Result<(Self, ApplyReport), ControlError> {
         let mut c = Controller {
             prog,
             bootstrapping: cfg.bootstrap,
@@ -138,7 +149,7 @@ impl<M: Maps> Controller<M> {
             certs: BTreeMap::new(),
             failing_open: BTreeSet::new(),
             written: None,
-            neigh: BTreeMap::new(),
+            neigh,
         };
         c.sync_targets();
         if c.bootstrapping {

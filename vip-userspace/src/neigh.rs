@@ -212,14 +212,12 @@ impl Tracker {
                 })
             }
             (None, None) => None,
-            // Our own re-resolution in flight: the entry vipd deleted, then
-            // INCOMPLETE while the kernel asks. FAILED is an answer.
-            (None, Some(_))
-                if t.verifying_until.is_some_and(|u| now < u)
-                    && entry.is_none_or(|e| matches!(e.state, Nud::Incomplete | Nud::None)) =>
-            {
-                None
-            }
+            // Our own re-resolution in flight: deleting the entry reports it
+            // FAILED, then gone (neigh_delete runs __neigh_update to
+            // NUD_FAILED before unlinking it), then INCOMPLETE while the
+            // kernel asks. Only a usable entry or the deadline ends it
+            // (`expire`).
+            (None, Some(_)) if t.verifying_until.is_some_and(|u| now < u) => None,
             (None, Some(old)) => {
                 t.verifying_until = None;
                 t.mac = None;
@@ -314,9 +312,37 @@ pub struct NeighEvent {
     pub seen: Instant,
 }
 
+/// The agent's end of the task; the task ends when this goes.
+pub struct Commands {
+    tx: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+    /// The netlink connection's reader.
+    conn: JoinHandle<()>,
+}
+
+impl Commands {
+    /// Follow exactly these addresses (start, reload).
+    pub fn watch(&self, addrs: BTreeSet<IpAddr>) {
+        // The task gone means the agent stops: nothing to do.
+        let _ = self.tx.send(Command::Watch(addrs));
+    }
+
+    /// A probe of `addr` failed: perhaps it answers from another MAC.
+    pub fn probe_failed(&self, addr: IpAddr) {
+        let _ = self.tx.send(Command::ProbeFailed(addr));
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.conn.abort();
+    }
+}
+
 /// What the agent tells the task.
 #[derive(Debug, Clone)]
-pub enum Command {
+enum Command {
     /// Follow these addresses (start, reload).
     Watch(BTreeSet<IpAddr>),
     /// A probe of this address failed.
@@ -331,6 +357,11 @@ pub enum NeighError {
     Socket(#[source] std::io::Error),
     #[error("subscribing to neighbour table changes (RTNLGRP_NEIGH) failed")]
     Subscribe(#[source] std::io::Error),
+    #[error("reading the neighbour table failed")]
+    Dump {
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error(transparent)]
     Link(#[from] crate::link::LinkError),
 }
@@ -361,6 +392,37 @@ fn parse(msg: &NeighbourMessage, ifindex: u32, deleted: bool) -> Option<(IpAddr,
         mac,
     });
     Some((addr?, entry))
+}
+
+/// The interface's entries (both families) by address.
+async fn dump(handle: &Handle, ifindex: u32) -> Result<BTreeMap<IpAddr, Entry>, rtnetlink::Error> {
+    let mut dump = handle.neighbours().get().execute();
+    let mut found = BTreeMap::new();
+    while let Some(msg) = dump.try_next().await? {
+        if let Some((a, Some(e))) = parse(&msg, ifindex, false) {
+            found.insert(a, e);
+        }
+    }
+    Ok(found)
+}
+
+/// The usable MAC of each of `addrs` now: read once before the first map
+/// write, so that a restarting vipd adopting pinned maps keeps serving
+/// (and does not reset) the flows of backends the table already knows.
+pub async fn snapshot(
+    ifname: &str,
+    addrs: &BTreeSet<IpAddr>,
+) -> Result<BTreeMap<IpAddr, [u8; 6]>, NeighError> {
+    let ifindex = crate::link::ifindex(ifname)?;
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NeighError::Socket)?;
+    let conn = tokio::spawn(conn);
+    let found = dump(&handle, ifindex).await;
+    conn.abort();
+    let found = found.map_err(|source| NeighError::Dump { source })?;
+    Ok(addrs
+        .iter()
+        .filter_map(|a| Some((*a, usable(found.get(a))?)))
+        .collect())
 }
 
 /// The task's side: the socket, the tracker and the way back.
@@ -395,22 +457,13 @@ impl Watcher {
     /// Reads the whole table and feeds every watched address (absent ones
     /// as "no entry").
     async fn resync(&mut self) {
-        let mut dump = self.handle.neighbours().get().execute();
-        let mut found: BTreeMap<IpAddr, Entry> = BTreeMap::new();
-        loop {
-            match dump.try_next().await {
-                Ok(Some(msg)) => {
-                    if let Some((a, Some(e))) = parse(&msg, self.ifindex, false) {
-                        found.insert(a, e);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(interface = %self.ifname, error = %e, "reading the neighbour table failed; retrying in {}s", RESYNC_EVERY.as_secs());
-                    return;
-                }
+        let found = match dump(&self.handle, self.ifindex).await {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(interface = %self.ifname, error = %e, "reading the neighbour table failed; retrying in {}s", RESYNC_EVERY.as_secs());
+                return;
             }
-        }
+        };
         let watched: Vec<IpAddr> = self.tracker.watched().collect();
         for a in watched {
             self.observe(a, found.get(&a).copied()).await;
@@ -423,10 +476,10 @@ impl Watcher {
     /// solicitation right away, as the first packet to the address would.
     async fn ask(&self, addr: IpAddr, how: Verify) {
         let n = self.handle.neighbours();
-        if how == Verify::Recheck {
-            if let Err(e) = n.del(entry_message(self.ifindex, addr)).execute().await {
-                warn!(backend = %addr, error = %e, "deleting the neighbour entry to resolve it afresh failed");
-            }
+        if how == Verify::Recheck
+            && let Err(e) = n.del(entry_message(self.ifindex, addr)).execute().await
+        {
+            warn!(backend = %addr, error = %e, "deleting the neighbour entry to resolve it afresh failed");
         }
         let req = n
             .add(self.ifindex, addr)
@@ -480,11 +533,8 @@ impl Watcher {
 
 /// Starts following the neighbour table of `ifname` (in the calling
 /// thread's network namespace; call from inside the tokio runtime). Send
-/// [`Command::Watch`] first.
-pub fn spawn(
-    ifname: &str,
-    tx: mpsc::Sender<NeighEvent>,
-) -> Result<(mpsc::UnboundedSender<Command>, JoinHandle<()>), NeighError> {
+/// [`Commands::watch`] first.
+pub fn spawn(ifname: &str, tx: mpsc::Sender<NeighEvent>) -> Result<Commands, NeighError> {
     let ifindex = crate::link::ifindex(ifname)?;
     let (mut conn, handle, mut messages) =
         rtnetlink::new_connection().map_err(NeighError::Socket)?;
@@ -522,9 +572,12 @@ pub fn spawn(
                 }
             }
         }
-        conn.abort();
     });
-    Ok((cmd_tx, task))
+    Ok(Commands {
+        tx: cmd_tx,
+        task,
+        conn,
+    })
 }
 
 /// The message naming one entry: family, interface and address are what

@@ -6,7 +6,7 @@ const A: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
 const B: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
 fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
+    s.parse().expect("an address")
 }
 
 fn entry(state: Nud, mac: Option<[u8; 6]>) -> Option<Entry> {
@@ -110,7 +110,12 @@ fn a_recheck_keeps_the_mac_until_the_answer() {
     let mut t = tracker(&["10.0.0.12"]);
     t.observe(a, entry(Nud::Reachable, Some(A)), t0);
     assert_eq!(t.verify(a, t0), Some(Verify::Recheck));
-    assert_eq!(t.observe(a, None, t0), None, "our own delete");
+    assert_eq!(
+        t.observe(a, entry(Nud::Failed, Some(A)), t0),
+        None,
+        "our own delete, which reports FAILED first"
+    );
+    assert_eq!(t.observe(a, None, t0), None, "and then the entry gone");
     assert_eq!(t.observe(a, entry(Nud::Incomplete, None), t0), None);
     assert_eq!(t.mac(a), Some(A), "still the last MAC while asking");
     assert_eq!(
@@ -156,14 +161,14 @@ fn an_unanswered_recheck_loses_the_mac() {
         vec![(a, Decision::Lost(A))],
         "nobody answered in time"
     );
-    // FAILED ends it sooner.
+    // FAILED is what deleting the entry reports first: it does not end
+    // the recheck; the deadline does.
     let mut t = tracker(&["10.0.0.12"]);
     t.observe(a, entry(Nud::Reachable, Some(A)), t0);
     t.verify(a, t0);
-    assert_eq!(
-        t.observe(a, entry(Nud::Failed, None), t0 + Duration::from_secs(3)),
-        Some(Decision::Lost(A))
-    );
+    assert_eq!(t.observe(a, entry(Nud::Failed, Some(A)), t0), None);
+    assert_eq!(t.observe(a, None, t0), None);
+    assert_eq!(t.expire(t0 + VERIFY_FOR), vec![(a, Decision::Lost(A))]);
     // An INCOMPLETE entry after the recheck ran out is a loss too.
     let mut t = tracker(&["10.0.0.12"]);
     t.observe(a, entry(Nud::Reachable, Some(A)), t0);
@@ -220,9 +225,9 @@ services:
 
 #[test]
 fn the_node_address_is_the_local_backend_in_mode_dsr_only() {
-    let mut cfg = Config::parse(Path::new("t.yaml"), CFG).unwrap();
+    let mut cfg = Config::parse(Path::new("t.yaml"), CFG).expect("valid");
     let marked = derive_local(&mut cfg, &[ip("10.0.0.11"), ip("10.0.0.100")]);
-    assert_eq!(marked, vec!["10.0.0.11:6443".parse().unwrap()]);
+    assert_eq!(marked, vec!["10.0.0.11:6443".parse().expect("addr")]);
     assert!(cfg.services[0].backends[0].local);
     assert!(!cfg.services[0].backends[1].local);
     assert!(!cfg.services[1].backends[0].local, "mode nat is left alone");
@@ -253,6 +258,6 @@ fn messages_are_read_for_the_interface_only() {
     odd.header.state = NeighbourState::Reachable;
     odd.attributes
         .push(NeighbourAttribute::LinkLayerAddress(vec![1, 2, 3, 4]));
-    let (_, e) = parse(&odd, 7, false).unwrap();
+    let (_, e) = parse(&odd, 7, false).expect("read");
     assert_eq!(usable(e.as_ref()), None);
 }
