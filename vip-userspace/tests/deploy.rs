@@ -385,6 +385,10 @@ fn configmap_holds_a_valid_config_per_node_that_fit_together() {
             "{key}: metrics_listen {metrics} is not the node's address: the kubelet and \
              Prometheus reach a hostNetwork pod at the node's IP"
         );
+        // The node's own address (metrics_listen's) makes its backend the
+        // local one, as vipd derives it at start.
+        let mut cfg = cfg.clone();
+        vip_userspace::neigh::derive_local(&mut cfg, &[metrics.ip()]);
         let local = cfg.local_backends();
         assert_eq!(local.len(), 1, "{key}: one local backend (this node)");
         assert_eq!(
