@@ -49,6 +49,16 @@ fn wait_status(l: &LbLab, timeout: Duration, what: &str, ok: impl Fn(&Status) ->
     );
 }
 
+/// Until every backend of every service is up and serving (the MACs
+/// resolved).
+fn wait_all_serving(l: &LbLab) {
+    wait_status(l, Duration::from_secs(10), "every backend up", |s| {
+        s.services
+            .iter()
+            .all(|svc| svc.backends.iter().all(|b| b.state == "up" && b.serving))
+    });
+}
+
 /// Every backend row of every service for `addr`: (state, serving).
 fn rows(s: &Status, addr: IpAddr) -> Vec<(String, bool)> {
     s.services
@@ -64,11 +74,7 @@ fn rows(s: &Status, addr: IpAddr) -> Vec<(String, bool)> {
 #[test]
 fn dsr_without_mac_lines_serves_through_the_vip() {
     let l = lab("ng-serve", AttachMode::Native);
-    wait_status(&l, Duration::from_secs(10), "every backend up", |s| {
-        s.services
-            .iter()
-            .all(|svc| svc.backends.iter().all(|b| b.state == "up" && b.serving))
-    });
+    wait_all_serving(&l);
     let seen = l.answering(60);
     assert_eq!(
         seen.into_iter().collect::<Vec<_>>(),
@@ -99,11 +105,7 @@ fn dsr_without_mac_lines_serves_through_the_vip() {
 #[test]
 fn a_backend_whose_mac_changes_is_repointed() {
     let l = lab("ng-move", AttachMode::Native);
-    wait_status(&l, Duration::from_secs(10), "every backend up", |s| {
-        s.services
-            .iter()
-            .all(|svc| svc.backends.iter().all(|b| b.serving))
-    });
+    wait_all_serving(&l);
     let ns = l.lab.node("client").ns.clone();
     let cfg = client_config(&l.pki.ca_pem(), None);
     let watches = Watches::open(&ns, &cfg, 30).expect("30 watch streams");
@@ -235,11 +237,7 @@ fn a_backend_whose_mac_changes_is_repointed() {
 #[test]
 fn an_unresolvable_backend_is_not_served() {
     let l = lab("ng-silent", AttachMode::Skb);
-    wait_status(&l, Duration::from_secs(10), "every backend up", |s| {
-        s.services
-            .iter()
-            .all(|svc| svc.backends.iter().all(|b| b.serving))
-    });
+    wait_all_serving(&l);
     // A fourth backend on the segment with no host behind it, added by a
     // reload (the file watcher picks it up).
     let silent: IpAddr = "10.77.0.99".parse().expect("ip");
