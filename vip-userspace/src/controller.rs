@@ -79,6 +79,10 @@ enum Use {
 /// give (status, metrics, logs).
 pub const NO_NEIGHBOUR: &str = "no_neighbour";
 
+/// Every state a backend is shown in ([`BackendStatus::state`]): the label
+/// values of the backend state metric, each exported at 0 or 1.
+pub const BACKEND_STATES: [&str; 4] = ["up", "down", "auth_misconfigured", NO_NEIGHBOUR];
+
 /// A backend's state for logs and status.
 #[derive(Debug, Clone)]
 pub struct BackendStatus {

@@ -730,7 +730,7 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
         }
     }
     // The states agent.rs refresh() exports.
-    for st in ["up", "down", "auth_misconfigured"] {
+    for st in vip_userspace::controller::BACKEND_STATES {
         m.backend_state
             .get_or_create(&BackendState {
                 backend: be.to_string(),
