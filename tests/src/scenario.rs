@@ -85,6 +85,9 @@ pub struct LbOptions {
     pub extra_ports: Vec<u16>,
     /// What each stand-in's `/version` reports, in [`BACKENDS`] order.
     pub git_versions: [&'static str; 3],
+    /// Mode dsr: write each backend's `mac:` (an override). Unset, vipd
+    /// takes the MACs from the LB's neighbour table.
+    pub backend_macs: bool,
 }
 
 impl LbOptions {
@@ -103,6 +106,7 @@ impl LbOptions {
             caps: None,
             extra_ports: Vec::new(),
             git_versions: [crate::standin::GIT_VERSION; 3],
+            backend_macs: true,
         }
     }
 }
@@ -306,7 +310,7 @@ impl LbLab {
                     n.ipv6.into()
                 };
                 cfg.push_str(&format!("      - address: \"{addr}\"\n"));
-                if fwd == Fwd::Dsr {
+                if fwd == Fwd::Dsr && opts.backend_macs {
                     // mode dsr rewrites the destination MAC to the backend's.
                     cfg.push_str(&format!("        mac: \"{}\"\n", mac_to_string(&n.mac)));
                 }

@@ -68,8 +68,9 @@ pub struct VipdVrrpConf {
     pub track_xdp_detached: u8,
     /// `vrrp.track.local_apiserver`.
     pub track_local_apiserver: u8,
-    /// This node's own apiserver, added with `local: true` to the service of
-    /// its family (stacked mode; vipd probes it for priority tracking).
+    /// This node's own apiserver, added to the service of its family without
+    /// `local: true`: its address is the node's, which makes it the local
+    /// backend (stacked mode; vipd probes it for priority tracking).
     pub local_backend: Option<IpAddr>,
     /// One mode dsr service per VIP (port `port`, one made-up backend of
     /// the VIP's family): the VIPs VRRP moves. v4 and v6 VIPs run as two
@@ -193,7 +194,6 @@ impl VipdVrrpConf {
             line(&format!("        mac: \"{BACKEND_MAC}\""));
             if let Some(local) = self.local_backend.filter(|l| l.is_ipv4() == vip.is_ipv4()) {
                 line(&format!("      - address: \"{local}\""));
-                line("        local: true");
             }
         }
         s
@@ -659,12 +659,14 @@ services:
         for want in [
             "unicast_peers: [\"10.77.0.12\", \"fe80::77:ff:fe00:12\"]\n",
             "  - vip: \"fd77::100\"\n    port: 6443\n    mode: dsr\n    probe: { type: tcp }\n    backends:\n      - address: \"fd77::50\"\n",
-            // The local backend joins only the service of its family.
-            "        mac: \"02:77:00:00:00:50\"\n      - address: \"10.77.0.11\"\n        local: true\n",
+            // The local backend joins only the service of its family, and
+            // is local by its address alone.
+            "        mac: \"02:77:00:00:00:50\"\n      - address: \"10.77.0.11\"\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");
         }
-        assert_eq!(text.matches("local: true").count(), 1, "{text}");
+        assert_eq!(text.matches("10.77.0.11").count(), 1, "{text}");
+        assert!(!text.contains("local:"), "{text}");
         assert_eq!(conf.families(), [Family::V4, Family::V6]);
     }
 

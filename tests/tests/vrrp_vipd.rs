@@ -24,8 +24,8 @@ use vip_userspace::vrrp::{
 const VIP: IpAddr = IpAddr::V4(VIP_V4);
 
 /// vipd on `node` with VIP 10.77.0.100, 100 ms adverts and a short
-/// announcement burst; `local`: the node's own address is a `local: true`
-/// backend, as in a stacked control plane.
+/// announcement burst; `local`: the node's own address is a backend (local
+/// by its address, no `local: true`), as in a stacked control plane.
 fn start_with(lab: &Lab, node: &str, priority: u8, preempt: bool, local: bool) -> VipdVrrp {
     let conf = VipdVrrpConf {
         preempt,
@@ -416,8 +416,8 @@ fn dead_local_apiserver_hands_the_vip_over() {
     assert!(took < Duration::from_secs(5), "handover took {took:?}");
 }
 
-/// Stacked control plane: the backup's vipd (its own apiserver a `local:
-/// true` backend) makes its kernel take the VIP locally without ever
+/// Stacked control plane: the backup's vipd (its own apiserver a backend,
+/// local because its address is the node's) makes its kernel take the VIP locally without ever
 /// answering ARP for it: the VIP on `lo`, arp_ignore=1 and arp_announce=2
 /// on eth0. A frame the master would send it (the client's, addressed to
 /// the backup's MAC) reaches a socket bound to the VIP there; the client's

@@ -820,9 +820,13 @@ pub struct Backend {
     pub address: IpAddr,
     /// Defaults to the service port.
     pub port: Option<u16>,
-    /// Mode dsr: the backend node's MAC on the shared segment.
+    /// Mode dsr: the backend node's MAC on the shared segment, as an
+    /// override. Without it vipd takes the MAC from the kernel's neighbour
+    /// table and follows it (`neigh`).
     pub mac: Option<String>,
-    /// This node's own apiserver (mode dsr delivers locally).
+    /// This node's own apiserver (mode dsr delivers locally). Not needed:
+    /// in mode dsr a backend whose address is one of this node's is its
+    /// own (`neigh::derive_local`); still accepted.
     #[serde(default)]
     pub local: bool,
 }
@@ -1308,20 +1312,8 @@ fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
                 format!("{} is not a unicast address", b.address),
             ));
         }
-        match (&b.mac, b.local) {
-            (Some(m), _) => {
-                parse_mac(m).map_err(|e| (format!("{bat}.mac"), e))?;
-            }
-            (None, false) if s.mode == Mode::Dsr => {
-                return Err((
-                    format!("{bat}.mac"),
-                    format!(
-                        "mode dsr needs the backend's MAC; read it with `ip neigh show {}`",
-                        b.address
-                    ),
-                ));
-            }
-            _ => {}
+        if let Some(m) = &b.mac {
+            parse_mac(m).map_err(|e| (format!("{bat}.mac"), e))?;
         }
     }
     Ok(())

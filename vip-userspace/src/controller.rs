@@ -75,6 +75,14 @@ enum Use {
     Dead,
 }
 
+/// The state of a mode dsr backend whose MAC the neighbour table does not
+/// give (status, metrics, logs).
+pub const NO_NEIGHBOUR: &str = "no_neighbour";
+
+/// Every state a backend is shown in ([`BackendStatus::state`]): the label
+/// values of the backend state metric, each exported at 0 or 1.
+pub const BACKEND_STATES: [&str; 4] = ["up", "down", "auth_misconfigured", NO_NEIGHBOUR];
+
 /// A backend's state for logs and status.
 #[derive(Debug, Clone)]
 pub struct BackendStatus {
@@ -112,6 +120,9 @@ pub struct Controller<M: Maps> {
     failing_open: BTreeSet<String>,
     /// What the maps hold; `None` after a failed write (retried on `tick`).
     written: Option<Vec<DesiredService>>,
+    /// Mode dsr: the MAC the neighbour table gives each backend address
+    /// without `mac:` (see `neigh`). A backend missing here is not served.
+    neigh: BTreeMap<IpAddr, [u8; 6]>,
 }
 
 impl<M: Maps> Controller<M> {
@@ -122,6 +133,17 @@ impl<M: Maps> Controller<M> {
         cfg: Config,
         node_addrs: Vec<IpAddr>,
     ) -> Result<(Self, ApplyReport), ControlError> {
+        Self::with_neighbours(prog, cfg, node_addrs, BTreeMap::new())
+    }
+
+    /// [`Controller::new`], with the neighbour table's MACs as read before
+    /// the first write (see `neigh::snapshot`).
+    pub fn with_neighbours(
+        prog: Programmer<M>,
+        cfg: Config,
+        node_addrs: Vec<IpAddr>,
+        neigh: BTreeMap<IpAddr, [u8; 6]>,
+    ) -> Result<(Self, ApplyReport), ControlError> {
         let mut c = Controller {
             prog,
             bootstrapping: cfg.bootstrap,
@@ -131,6 +153,7 @@ impl<M: Maps> Controller<M> {
             certs: BTreeMap::new(),
             failing_open: BTreeSet::new(),
             written: None,
+            neigh,
         };
         c.sync_targets();
         if c.bootstrapping {
@@ -247,6 +270,40 @@ impl<M: Maps> Controller<M> {
         self.use_of(addr, local) == Use::Serving
     }
 
+    /// A backend whose MAC must come from the neighbour table and does not
+    /// (yet): nothing may be sent to it, whatever its probe says, and its
+    /// established flows get an RST rather than frames to nowhere.
+    fn no_neighbour(&self, s: &crate::config::Service, b: &crate::config::Backend) -> bool {
+        s.mode == crate::config::Mode::Dsr
+            && !b.local
+            && b.mac.is_none()
+            && !self.neigh.contains_key(&b.address)
+    }
+
+    /// The backend addresses whose MAC comes from the neighbour table.
+    pub fn neighbour_targets(&self) -> BTreeSet<IpAddr> {
+        crate::neigh::targets(&self.cfg)
+    }
+
+    /// The neighbour table's MAC for `addr` (`None`: no usable entry). A
+    /// new MAC re-points the backend with one write of its map entry (its
+    /// id, its Maglev slots and its flows stay); none takes it out of
+    /// service as a dead backend.
+    pub fn neighbour(
+        &mut self,
+        addr: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<Option<ApplyReport>, ControlError> {
+        if !self.neighbour_targets().contains(&addr) {
+            return Ok(None);
+        }
+        match mac {
+            Some(m) => self.neigh.insert(addr, m),
+            None => self.neigh.remove(&addr),
+        };
+        self.sync()
+    }
+
     /// The services as the maps should hold them. A service with no serving
     /// backend fails open to all of them: if the apiservers are all really
     /// gone this changes nothing, and if our probe is what is broken (a
@@ -259,19 +316,36 @@ impl<M: Maps> Controller<M> {
         for (i, ds) in d.iter_mut().enumerate() {
             let svc = &self.cfg.services[i];
             let mut any = false;
+            let mut reachable = vec![];
             for (b, db) in svc.backends.iter().zip(ds.backends.iter_mut()) {
                 let addr = SocketAddr::new(b.address, b.port.unwrap_or(svc.port));
+                if self.no_neighbour(svc, b) {
+                    db.alive = false;
+                    db.draining = false;
+                    reachable.push(false);
+                    continue;
+                }
+                if let Some(m) = self.neigh.get(&b.address).filter(|_| b.mac.is_none()) {
+                    db.mac = *m;
+                }
                 let u = self.use_of(&addr, b.local);
                 db.alive = u != Use::Dead;
                 db.draining = u == Use::Draining;
                 any |= u == Use::Serving;
+                reachable.push(true);
             }
             let name = service_name(&self.cfg, i);
-            if !any && !ds.backends.is_empty() {
-                ds.backends.iter_mut().for_each(|b| {
-                    b.alive = true;
-                    b.draining = false;
-                });
+            if !any && reachable.contains(&true) {
+                // Never to a backend without a neighbour: its frames would
+                // go nowhere.
+                ds.backends
+                    .iter_mut()
+                    .zip(&reachable)
+                    .filter(|(_, r)| **r)
+                    .for_each(|(b, _)| {
+                        b.alive = true;
+                        b.draining = false;
+                    });
                 if self.failing_open.insert(name.clone()) {
                     error!(
                         service = %name,
@@ -462,6 +536,8 @@ impl<M: Maps> Controller<M> {
         cfg.desired(&node_addrs).map_err(ControlError::Config)?;
         self.cfg = cfg;
         self.node_addrs = node_addrs;
+        let targets = self.neighbour_targets();
+        self.neigh.retain(|a, _| targets.contains(a));
         self.sync_targets();
         Ok(self.sync()?.unwrap_or_default())
     }
@@ -505,13 +581,18 @@ impl<M: Maps> Controller<M> {
                     continue;
                 }
                 let h = self.health.get(&addr);
+                let no_neighbour = self.no_neighbour(s, b);
                 out.push(BackendStatus {
                     addr,
                     local: b.local,
-                    state: h.map_or("up", Health::label),
+                    state: if no_neighbour {
+                        NO_NEIGHBOUR
+                    } else {
+                        h.map_or("up", Health::label)
+                    },
                     last: h.and_then(|h| h.last().cloned()),
                     cert: self.certs.get(&addr).map_or("unknown", CertState::label),
-                    serving: self.serving(&addr, b.local),
+                    serving: !no_neighbour && self.serving(&addr, b.local),
                 });
             }
         }
@@ -637,6 +718,109 @@ services:
 
     fn count(t: &[Option<IpAddr>], a: SocketAddr) -> usize {
         t.iter().filter(|x| **x == Some(a.ip())).count()
+    }
+
+    const DSR3: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    maglev_size: 251
+    backends:
+      - address: 10.0.0.11
+        local: true
+      - address: 10.0.0.12
+      - address: 10.0.0.13
+        mac: 02:00:00:00:00:13
+";
+
+    fn state_of(c: &Controller<MemMaps>, a: SocketAddr) -> (&'static str, bool) {
+        let b = c
+            .status()
+            .into_iter()
+            .find(|b| b.addr == a)
+            .expect("listed");
+        (b.state, b.serving)
+    }
+
+    /// A backend without `mac:` is served once the neighbour table gives
+    /// its MAC, re-pointed in place when the MAC changes, and out (its
+    /// flows reset) when the entry goes; the local backend and the
+    /// explicit MAC never wait for the table.
+    #[test]
+    fn a_backend_is_served_only_with_a_neighbour() {
+        let mut c = ctl(DSR3);
+        assert_eq!(
+            c.neighbour_targets(),
+            [be(12).ip()].into_iter().collect::<BTreeSet<_>>()
+        );
+        assert_eq!(state_of(&c, be(12)), (NO_NEIGHBOUR, false));
+        assert_eq!(state_of(&c, be(11)), ("up", true));
+        assert_eq!(state_of(&c, be(13)), ("up", true));
+        let t = table(&c);
+        assert_eq!(count(&t, be(12)), 0, "no slot for it");
+        assert!(!alive_flag(&c, be(12)), "its flows get an RST");
+
+        let mac = [2, 0, 0, 0, 0, 0x12];
+        let r = c.neighbour(be(12).ip(), Some(mac)).expect("written");
+        assert!(r.is_some_and(|r| r.maglev_writes > 0), "now in the table");
+        assert_eq!(state_of(&c, be(12)), ("up", true));
+        assert!(alive_flag(&c, be(12)));
+        let served = table(&c);
+        assert!(count(&served, be(12)) > 60, "its share of the table");
+        let m = c.programmer().maps();
+        let id = c
+            .backend_ids()
+            .into_iter()
+            .find(|(a, _)| *a == be(12))
+            .expect("id")
+            .1;
+        assert_eq!(m.backends[id as usize].mac, mac);
+
+        let moved = [2, 0, 0, 0, 0, 0x99];
+        let r = c
+            .neighbour(be(12).ip(), Some(moved))
+            .expect("written")
+            .expect("a write");
+        assert_eq!(
+            (r.backend_writes, r.maglev_writes, r.backends_killed),
+            (1, 0, 0)
+        );
+        assert_eq!(table(&c), served, "same table: its flows stay");
+        assert_eq!(c.programmer().maps().backends[id as usize].mac, moved);
+        assert!(
+            c.neighbour(be(12).ip(), Some(moved)).expect("ok").is_none(),
+            "the same MAC again writes nothing"
+        );
+
+        let r = c
+            .neighbour(be(12).ip(), None)
+            .expect("written")
+            .expect("a write");
+        assert_eq!(r.backends_killed, 1, "its clients are poked");
+        assert_eq!(state_of(&c, be(12)), (NO_NEIGHBOUR, false));
+        assert!(
+            c.neighbour(be(13).ip(), None).expect("ok").is_none(),
+            "an explicit mac is not the table's"
+        );
+    }
+
+    /// Fail open never revives a backend without a neighbour: its frames
+    /// would go nowhere, where an RST at least tells the client.
+    #[test]
+    fn fail_open_skips_backends_without_a_neighbour() {
+        let mut c = ctl(DSR3);
+        let mut clock = Clock(Instant::now());
+        let down = Outcome::Fail(Failure::Refused);
+        for _ in 0..5 {
+            for a in [be(11), be(13)] {
+                feed(&mut c, &mut clock, a, &down);
+            }
+        }
+        assert!(!c.failing_open().is_empty(), "every probe fails");
+        assert!(alive_flag(&c, be(11)) && alive_flag(&c, be(13)));
+        assert!(!alive_flag(&c, be(12)));
+        assert_eq!(count(&table(&c), be(12)), 0);
     }
 
     #[test]

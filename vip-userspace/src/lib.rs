@@ -13,6 +13,7 @@ pub mod import;
 pub mod link;
 pub mod maglev;
 pub mod metrics;
+pub mod neigh;
 pub mod probe;
 pub mod route;
 pub mod status;

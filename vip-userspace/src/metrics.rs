@@ -220,7 +220,7 @@ fn register_vrrp(r: &mut Registrar, m: &Metrics) {
 fn register_backends(r: &mut Registrar, m: &Metrics) {
     r.register(
         "backend_state",
-        "Backend health: 1 for the current state (up, down, auth_misconfigured)",
+        "Backend health: 1 for the current state (up, down, auth_misconfigured, no_neighbour: mode dsr and the neighbour table has no usable MAC for it)",
         m.backend_state.clone(),
     );
     r.register(

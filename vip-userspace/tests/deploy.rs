@@ -427,6 +427,17 @@ fn configmap_one_file_resolves_to_values_that_fit_together_on_every_node() {
              Prometheus reach a hostNetwork pod at the node's IP"
         );
         metrics_ports.insert(metrics.port());
+        // The node's own address (metrics_listen's) makes its backend the
+        // local one, as vipd derives it at start.
+        let mut node_cfg = cfg.clone().for_node(&r);
+        vip_userspace::neigh::derive_local(&mut node_cfg, &[metrics.ip()]);
+        let local = node_cfg.local_backends();
+        assert_eq!(local.len(), 1, "{name}: one local backend (this node)");
+        assert_eq!(
+            local[0].ip(),
+            *addr,
+            "{name}: the local backend must be this node's address"
+        );
     }
     assert_eq!(metrics_ports.len(), 1, "one metrics port");
     // The first backend's node is the preferred master.
@@ -753,7 +764,7 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
         }
     }
     // The states agent.rs refresh() exports.
-    for st in ["up", "down", "auth_misconfigured"] {
+    for st in vip_userspace::controller::BACKEND_STATES {
         m.backend_state
             .get_or_create(&BackendState {
                 backend: be.to_string(),

@@ -34,6 +34,7 @@ use crate::{
     health::Change,
     host::{self, HostGuard},
     metrics::{self, Metrics},
+    neigh::{self, Decision, NeighEvent},
     probe::Outcome,
     sync::{SyncHandle, auth::KeySource},
     vrrp::{Family, router},
@@ -190,6 +191,8 @@ struct Agent {
     poke_tx: mpsc::Sender<()>,
     cert_tx: mpsc::Sender<(SocketAddr, CertCheck)>,
     version_tx: mpsc::Sender<(SocketAddr, Result<String, crate::probe::Failure>)>,
+    /// The neighbour table task (mode dsr backend MACs).
+    neigh: neigh::Commands,
 }
 
 /// What the side tasks send the agent loop.
@@ -198,6 +201,20 @@ struct Inbox {
     certs: mpsc::Receiver<(SocketAddr, CertCheck)>,
     versions: mpsc::Receiver<(SocketAddr, Result<String, crate::probe::Failure>)>,
     sweeps: mpsc::Receiver<FlowReport>,
+    neigh: mpsc::Receiver<NeighEvent>,
+}
+
+/// This node's own addresses (every interface's; the VIPs are left out by
+/// `neigh::derive_local`) make its backends `local` in mode dsr.
+fn derive_local(mut cfg: Config) -> Result<Config> {
+    let here: Vec<IpAddr> = crate::link::all_addrs()?
+        .into_iter()
+        .flat_map(|(_, a)| a)
+        .collect();
+    for b in neigh::derive_local(&mut cfg, &here) {
+        info!(backend = %b, "this node's own apiserver (its address is this node's): delivered locally, and tracked by VRRP");
+    }
+    Ok(cfg)
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -237,7 +254,11 @@ struct Programmed {
 
 /// Loads (or adopts) the maps and programs every service before anything
 /// is attached: the first packet the program sees already finds them.
-fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
+fn program(
+    opts: &AgentOptions,
+    cfg: Config,
+    neighbours: BTreeMap<IpAddr, [u8; 6]>,
+) -> Result<Programmed> {
     let maps = KernelMaps::load(&LoadOptions {
         conntrack_capacity: cfg.conntrack_capacity,
         pin_dir: opts.pin.clone(),
@@ -267,8 +288,8 @@ fn program(opts: &AgentOptions, cfg: Config) -> Result<Programmed> {
     if local_mac.is_none() {
         warn!(interface = %cfg.interface, "the interface's MAC could not be read or written: frames for a service are served whatever MAC they are addressed to");
     }
-    let (ctl, report) =
-        Controller::new(prog, cfg, node_addrs).context("programming the services")?;
+    let (ctl, report) = Controller::with_neighbours(prog, cfg, node_addrs, neighbours)
+        .context("programming the services")?;
     info!(
         services = report.services_published,
         backends = report.backend_writes,
@@ -388,6 +409,7 @@ fn start_sweeper(
 impl Agent {
     /// The start-up sequence up to "vipd ready".
     async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
+        let cfg = derive_local(cfg)?;
         let jobs = probe_jobs(&cfg)?;
         let metrics = Arc::new(Metrics::new());
         metrics.known_backends(jobs.keys().copied());
@@ -400,13 +422,17 @@ impl Agent {
                 warn!("{line}");
             }
         }
+        let targets = neigh::targets(&cfg);
+        let neighbours = neigh::snapshot(&cfg.interface, &targets)
+            .await
+            .context("mode dsr: reading the backends' MACs from the neighbour table")?;
         let Programmed {
             mut ctl,
             globals,
             local_mac,
             sync_listen,
             sync_keys,
-        } = program(&opts, cfg)?;
+        } = program(&opts, cfg, neighbours)?;
         let cfg = ctl.config().clone();
         let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
         if sync.is_some() {
@@ -445,6 +471,10 @@ impl Agent {
         let (version_tx, version_rx) = mpsc::channel(64);
         let mut probes = Probes::new(probe_tx);
         probes.sync(jobs.clone());
+        let (neigh_tx, neigh_rx) = mpsc::channel::<NeighEvent>(64);
+        let neigh = neigh::spawn(&cfg.interface, neigh_tx)
+            .context("mode dsr: following the neighbour table")?;
+        neigh.watch(ctl.neighbour_targets());
         let mut agent = Agent {
             opts,
             cfg,
@@ -465,12 +495,14 @@ impl Agent {
             poke_tx,
             cert_tx,
             version_tx,
+            neigh,
         };
         let mut inbox = Inbox {
             probes: probe_rx,
             certs: cert_rx,
             versions: version_rx,
             sweeps,
+            neigh: neigh_rx,
         };
         agent.first_gate_round(&mut inbox.certs).await;
         let v = agent.verdicts();
@@ -520,6 +552,7 @@ impl Agent {
                 _ = file_tick.tick() => Some(Event::FileStamp(file_stamp(&self.opts.config_path))),
                 Some(ev) = inbox.probes.recv() => { self.probed(ev); None }
                 Some(rep) = inbox.sweeps.recv() => { self.swept(rep); None }
+                Some(ev) = inbox.neigh.recv() => { self.neighboured(ev); None }
                 Some((addr, check)) = inbox.certs.recv() => { self.cert(addr, check); None }
                 _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
                 _ = version_tick.tick() => { spawn_version_round(&self.jobs, &self.version_tx); None }
@@ -613,8 +646,10 @@ impl Agent {
                     // every node, its per-node values are not.
                     config: Config::load_for_node(path)
                         .await
-                        .map(|(c, _)| Box::new(c))
-                        .map_err(|e| format!("{:#}", anyhow::Error::new(e))),
+                        .map_err(anyhow::Error::new)
+                        .and_then(|(c, _)| derive_local(c))
+                        .map(Box::new)
+                        .map_err(|e| format!("{e:#}")),
                 }));
             }
             Effect::Apply(c) => {
@@ -747,6 +782,12 @@ impl Agent {
             .ctl
             .probe(ev.addr, ev.started, ev.finished, &ev.outcome);
         let written = Instant::now();
+        if matches!(ev.outcome, Outcome::Fail(_)) {
+            // Perhaps the backend answers from another MAC now: the task
+            // asks the kernel afresh (rate-limited) if the MAC is the
+            // neighbour table's.
+            self.neigh.probe_failed(ev.addr.ip());
+        }
         let effect = match res {
             Ok(effect) => effect,
             Err(e) => {
@@ -776,6 +817,34 @@ impl Agent {
                 spawn_gate_round(t, &self.jobs, &self.cert_tx);
             }
         }
+    }
+
+    /// A backend's MAC appeared, moved or went.
+    fn neighboured(&mut self, ev: NeighEvent) {
+        let iface = &self.cfg.interface;
+        let r = self.ctl.neighbour(ev.addr, ev.decision.mac());
+        let written_us = ev.seen.elapsed().as_micros() as u64;
+        let mac = |m: &[u8; 6]| crate::config::format_mac(m);
+        let (to, why) = match ev.decision {
+            Decision::Learnt(m) => {
+                info!(backend = %ev.addr, mac = %mac(&m), interface = %iface, "neighbour resolved: the backend may be served");
+                ("up", "neighbour resolved")
+            }
+            Decision::Moved { from, to } => {
+                warn!(backend = %ev.addr, from = %mac(&from), to = %mac(&to), interface = %iface, written_us, "neighbour changed: the backend answers from another MAC; re-pointed (its flows stay), nothing more is sent to the old MAC");
+                ("up", "neighbour changed")
+            }
+            Decision::Lost(m) => {
+                error!(backend = %ev.addr, mac = %mac(&m), interface = %iface, "no neighbour: the backend's address does not resolve on the interface; not served, its clients get an RST. Check that it is up and on this segment (`ip neigh show {} dev {iface}`)", ev.addr);
+                (crate::controller::NO_NEIGHBOUR, "no neighbour")
+            }
+        };
+        for b in self.ctl.status() {
+            if b.addr.ip() == ev.addr {
+                self.obs.record_change(b.addr, to, why.to_owned());
+            }
+        }
+        self.wrote(r);
     }
 
     fn swept(&mut self, rep: FlowReport) {
@@ -912,6 +981,7 @@ impl Agent {
         if let Some(p) = &mut self.probes {
             p.sync(jobs.clone());
         }
+        self.neigh.watch(self.ctl.neighbour_targets());
         self.metrics.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);

@@ -15,7 +15,7 @@ use vip_common::Reason;
 use super::hold::VipHolder;
 use crate::{
     config::{Config, Mode},
-    controller::{CertState, Controller},
+    controller::{BACKEND_STATES, CertState, Controller},
     dataplane::{Maps, flows::Sweep},
     metrics::{
         BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
@@ -285,7 +285,7 @@ fn backends<M: Maps>(
     let mut backends: HashMap<SocketAddr, BackendStatus> = HashMap::new();
     for b in ctl.status() {
         let backend = b.addr.to_string();
-        for st in ["up", "down", "auth_misconfigured"] {
+        for st in BACKEND_STATES {
             m.backend_state
                 .get_or_create(&BackendState {
                     backend: backend.clone(),

@@ -305,10 +305,6 @@ fn errors_name_file_field_and_fix() {
             &["services[0].backends[0].mac", "02:42:ac:11:00:02"],
         ),
         (
-            GOOD.replace("        mac: 02:00:00:00:00:0b\n", ""),
-            &["services[0].backends[0].mac", "ip neigh show 10.0.0.11"],
-        ),
-        (
             GOOD.replace("mode: dsr", "mode: dsr\n    maglev_size: 1000"),
             &["services[0].maglev_size", "prime"],
         ),
@@ -468,4 +464,29 @@ fn ipv6_unicast_peer_must_be_link_local() {
     ));
     assert!(e.contains("vrrp.unicast_peers[0]"), "{e}");
     assert!(e.contains("link-local") && e.contains("5.1.2.1"), "{e}");
+}
+
+/// Mode dsr needs no `mac:` (the neighbour table gives it) and no
+/// `local:` (the node's own address says it); a written MAC still parses
+/// and must be one.
+#[test]
+fn dsr_needs_neither_mac_nor_local() {
+    let c = parse(
+        "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+",
+    )
+    .expect("valid without mac and local");
+    let d = c.desired(&[]).expect("desired");
+    assert_eq!(
+        d[0].backends[0].mac, [0; 6],
+        "filled in from the neighbour table"
+    );
+    assert!(!c.services[0].backends[0].local);
 }

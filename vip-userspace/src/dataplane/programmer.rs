@@ -65,15 +65,26 @@ impl DesiredBackend {
 }
 
 /// A backend slot's identity: a change of any of these is a different backend
-/// with a fresh id, so a value in the map only ever changes its flag byte while
-/// packets may read it.
+/// with a fresh id. The MAC is not part of it: a backend that answers from
+/// another MAC (a replaced NIC, a re-created VM, as the neighbour table
+/// reports it) is the same backend, and is re-pointed by one write of its
+/// value, so its slots in every Maglev table and its established flows stay.
+/// While packets may read it, a value changes only its flag byte and its MAC.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct BackendIdent {
     family: u8,
     addr: AddrBytes,
     port_be: u16,
-    mac: [u8; 6],
     local: bool,
+}
+
+/// What the wanted backends share across services: alive if any service
+/// keeps it alive; the MAC of the first service that names it (one address
+/// has one MAC on the segment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Wanted {
+    alive: bool,
+    mac: [u8; 6],
 }
 
 /// A service as the controller wants it.
@@ -209,7 +220,6 @@ impl<M: Maps> Programmer<M> {
                 family: v.family,
                 addr: v.addr,
                 port_be: v.port_be,
-                mac: v.mac,
                 local: v.flags & BE_F_LOCAL != 0,
             };
             p.free_backend_ids.retain(|f| *f != id);
@@ -332,21 +342,25 @@ impl<M: Maps> Programmer<M> {
         BTreeMap<BackendIdent, bool>,
         Vec<(BackendIdent, u32, BackendValue)>,
     )> {
-        let mut wanted_backends: BTreeMap<BackendIdent, bool> = BTreeMap::new();
+        let mut wanted_backends: BTreeMap<BackendIdent, Wanted> = BTreeMap::new();
         for s in desired {
             for b in &s.backends {
-                let alive = wanted_backends.entry(ident(b)).or_insert(false);
-                *alive |= b.alive;
+                let w = wanted_backends.entry(ident(b)).or_insert(Wanted {
+                    alive: false,
+                    mac: b.mac,
+                });
+                w.alive |= b.alive;
             }
         }
         let mut dying = vec![];
-        for (bi, alive) in &wanted_backends {
+        for (bi, w) in &wanted_backends {
+            let alive = &w.alive;
             let value = BackendValue {
                 addr: bi.addr,
                 port_be: bi.port_be,
                 family: bi.family,
                 flags: if *alive { BE_F_ALIVE } else { 0 } | if bi.local { BE_F_LOCAL } else { 0 },
-                mac: bi.mac,
+                mac: w.mac,
                 _pad: [0; 2],
             };
             match self.backends.get(bi) {
@@ -374,7 +388,11 @@ impl<M: Maps> Programmer<M> {
                 }
             }
         }
-        Ok((wanted_backends, dying))
+        let alive = wanted_backends
+            .into_iter()
+            .map(|(bi, w)| (bi, w.alive))
+            .collect();
+        Ok((alive, dying))
     }
 
     /// Each wanted service's backends by address with their ids (state
@@ -575,7 +593,6 @@ fn ident(b: &DesiredBackend) -> BackendIdent {
         family: b.family,
         addr: b.addr,
         port_be: b.port_be,
-        mac: b.mac,
         local: b.local,
     }
 }
@@ -583,7 +600,7 @@ fn ident(b: &DesiredBackend) -> BackendIdent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::mem::MemMaps;
+    use crate::dataplane::mem::{MemMaps, Writes};
     use vip_common::{MAGLEV_DEFAULT_SIZE, PROTO_TCP, SVC_F_RST_UNSERVABLE};
 
     fn v4(a: [u8; 4]) -> AddrBytes {
@@ -650,6 +667,40 @@ mod tests {
         for id in ids {
             assert_ne!(p.maps().backends[id as usize].flags & BE_F_ALIVE, 0);
         }
+    }
+
+    /// A backend answering from another MAC is re-pointed by one write of
+    /// its own value: same id, no table slot written, nothing killed, so
+    /// its established flows follow it.
+    #[test]
+    fn a_new_mac_is_one_backend_write_and_keeps_the_table() {
+        let mut p = Programmer::new(MemMaps::default());
+        p.apply(&[three()]).expect("apply");
+        let table = live_table(&p);
+        let id = p.backend_id(&backend(2, true)).expect("id");
+        let mut moved = three();
+        moved.backends[1].mac = [2, 0, 0, 0, 0, 0x99];
+        let writes = p.maps().writes.clone();
+        let r = p.apply(&[moved.clone()]).expect("apply");
+        assert_eq!(
+            r,
+            ApplyReport {
+                backend_writes: 1,
+                ..ApplyReport::default()
+            }
+        );
+        assert_eq!(
+            p.maps().writes,
+            Writes {
+                backends: writes.backends + 1,
+                ..writes
+            },
+            "one map update, of the backend"
+        );
+        assert_eq!(p.backend_id(&moved.backends[1]), Some(id), "same id");
+        assert_eq!(p.maps().backends[id as usize].mac, [2, 0, 0, 0, 0, 0x99]);
+        assert_ne!(p.maps().backends[id as usize].flags & BE_F_ALIVE, 0);
+        assert_eq!(live_table(&p), table, "the Maglev table is untouched");
     }
 
     #[test]
