@@ -57,6 +57,7 @@ fn backend(v6: bool, i: u8) -> DesiredBackend {
         port_be: PORT.to_be(),
         mac: [0; 6],
         local: false,
+        encap: None,
         alive: true,
         draining: false,
     }

@@ -3,12 +3,13 @@
 //!
 //! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
-//! RST rewrites), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
+//! RST rewrites), `encap` (dsr across subnets: IPIP / IPv6 in IPv6, ICMP too big), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
 //! `mem` (zeroing and copies that stay inline).
 #![no_std]
 #![no_main]
 
 mod csum;
+mod encap;
 mod fwd;
 mod lb;
 mod maps;

@@ -76,6 +76,7 @@ fn service(n: u8) -> DesiredService {
                     // The LB's own MAC: see "Re-processing" above.
                     mac: MAC_LB,
                     local: false,
+                    encap: None,
                     alive: true,
                     draining: false,
                 }

@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use vip_common::{
-    BackendStats, BackendValue, Counter, Globals, LocalMac, NatValue, REASON_COUNT, ServiceKey,
-    ServiceValue,
+    BackendStats, BackendValue, Counter, EncapValue, Globals, LocalMac, NatValue, REASON_COUNT,
+    ServiceKey, ServiceValue,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Maps, Result, flows::FlowTables};
@@ -69,10 +69,11 @@ pub struct LoadOptions {
 
 /// The maps that hold state worth keeping across a restart (everything but
 /// the per-packet scratch space).
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "SERVICES",
     "SERVICE_PORTS",
     "BACKENDS",
+    "ENCAP",
     "MAGLEV",
     "CONNTRACK",
     "NAT_REV",
@@ -405,6 +406,18 @@ impl Maps for KernelMaps {
         let mut m: Array<&mut MapData, BackendValue> =
             Array::try_from(self.map_mut("BACKENDS")?).map_err(map_err("BACKENDS", "open"))?;
         m.set(id, value, 0).map_err(map_err("BACKENDS", "update"))
+    }
+
+    fn set_encap(&mut self, id: u32, value: &EncapValue) -> Result<()> {
+        let mut m: Array<&mut MapData, EncapValue> =
+            Array::try_from(self.map_mut("ENCAP")?).map_err(map_err("ENCAP", "open"))?;
+        m.set(id, value, 0).map_err(map_err("ENCAP", "update"))
+    }
+
+    fn read_encap(&self, id: u32) -> Result<EncapValue> {
+        let m: Array<&MapData, EncapValue> =
+            Array::try_from(self.map("ENCAP")?).map_err(map_err("ENCAP", "open"))?;
+        m.get(&id, 0).map_err(map_err("ENCAP", "lookup"))
     }
 
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {

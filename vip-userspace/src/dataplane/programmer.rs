@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use vip_common::{
-    AddrBytes, BE_F_ALIVE, BE_F_LOCAL, BackendValue, FAMILY_V4, FAMILY_V6, MAGLEV_MAX_SIZE,
-    MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT, NO_BACKEND, ServiceKey, ServiceValue,
-    maglev_index,
+    AddrBytes, BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, EncapValue, FAMILY_V4, FAMILY_V6,
+    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT, NO_BACKEND, ServiceKey,
+    ServiceValue, maglev_index,
 };
 
 use super::{DataplaneError, Maps, Result};
@@ -38,6 +38,9 @@ pub struct DesiredBackend {
     pub mac: [u8; 6],
     /// This node: mode dsr hands its packets to the local stack.
     pub local: bool,
+    /// Mode dsr to another subnet: encapsulate towards the backend's address
+    /// from this outer source, within this path MTU (`BE_F_ENCAP`).
+    pub encap: Option<EncapValue>,
     /// Keeps its established flows; unset, they get an RST.
     pub alive: bool,
     /// Alive but out of the Maglev table: no new flows (an apiserver that
@@ -74,6 +77,8 @@ struct BackendIdent {
     port_be: u16,
     mac: [u8; 6],
     local: bool,
+    /// Outer source and path MTU (`EncapValue`), if encapsulated.
+    encap: Option<(AddrBytes, u16)>,
 }
 
 /// A service as the controller wants it.
@@ -211,6 +216,12 @@ impl<M: Maps> Programmer<M> {
                 port_be: v.port_be,
                 mac: v.mac,
                 local: v.flags & BE_F_LOCAL != 0,
+                encap: if v.flags & BE_F_ENCAP != 0 {
+                    let e = p.maps.read_encap(id)?;
+                    Some((e.saddr, e.mtu))
+                } else {
+                    None
+                },
             };
             p.free_backend_ids.retain(|f| *f != id);
             p.backends.insert(bi, (id, v));
@@ -345,7 +356,9 @@ impl<M: Maps> Programmer<M> {
                 addr: bi.addr,
                 port_be: bi.port_be,
                 family: bi.family,
-                flags: if *alive { BE_F_ALIVE } else { 0 } | if bi.local { BE_F_LOCAL } else { 0 },
+                flags: if *alive { BE_F_ALIVE } else { 0 }
+                    | if bi.local { BE_F_LOCAL } else { 0 }
+                    | if bi.encap.is_some() { BE_F_ENCAP } else { 0 },
                 mac: bi.mac,
                 _pad: [0; 2],
             };
@@ -368,6 +381,18 @@ impl<M: Maps> Programmer<M> {
                             what: "backends",
                             max: MAX_BACKENDS,
                         })?;
+                    // The encapsulation first: the flag that makes the
+                    // program read it comes with the backend entry. An id
+                    // keeps its encapsulation for life (it is part of the
+                    // identity), so this is its only write.
+                    if let Some((saddr, mtu)) = bi.encap {
+                        let e = EncapValue {
+                            saddr,
+                            mtu,
+                            _pad: [0; 2],
+                        };
+                        self.maps.set_encap(id, &e)?;
+                    }
                     self.maps.set_backend(id, &value)?;
                     self.backends.insert(bi.clone(), (id, value));
                     report.backend_writes += 1;
@@ -577,6 +602,7 @@ fn ident(b: &DesiredBackend) -> BackendIdent {
         port_be: b.port_be,
         mac: b.mac,
         local: b.local,
+        encap: b.encap.map(|e| (e.saddr, e.mtu)),
     }
 }
 
@@ -599,6 +625,7 @@ mod tests {
             port_be: 6443u16.to_be(),
             mac: [2, 0, 0, 0, 0, last],
             local: false,
+            encap: None,
             alive,
             draining: false,
         }
