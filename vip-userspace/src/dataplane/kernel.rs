@@ -123,6 +123,9 @@ impl Default for LoadOptions {
 pub const PROG_VIP: &str = "vip";
 pub const PROG_PASS: &str = "vip_pass";
 pub const PROG_BENCH_TX: &str = "vip_bench_tx";
+/// A backend's IPIP / IPv6-in-IPv6 decapsulation where the kernel has no
+/// tunnel drivers (tests; README, "Backends in other subnets").
+pub const PROG_DECAP: &str = "vip_decap";
 
 pub struct KernelMaps {
     ebpf: Ebpf,
@@ -167,7 +170,7 @@ impl KernelMaps {
             // run with a zero idle timeout or an empty port range.
             me.set_globals(&Globals::DEFAULT)?;
         }
-        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
+        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX, PROG_DECAP] {
             me.xdp_mut(name)?.load().map_err(|e| {
                 super::with_capability_hint(DataplaneError::Program {
                     name,
