@@ -747,9 +747,13 @@ pub struct Service {
 }
 
 impl Service {
-    /// A backend's encapsulation: its own `encap`, else the service's.
+    /// A backend's encapsulation: its own `encap`, else the service's; this
+    /// node's own backend (`local: true`) takes no service default, since its
+    /// packets are delivered locally (a stacked node lists itself beside the
+    /// others it encapsulates to).
     pub fn encap_of(&self, b: &Backend) -> Encap {
-        b.encap.or(self.encap).unwrap_or(Encap::None)
+        let default = if b.local { None } else { self.encap };
+        b.encap.or(default).unwrap_or(Encap::None)
     }
 }
 
@@ -1324,7 +1328,7 @@ fn validate_encap(s: &Service, b: &Backend) -> Result<(), String> {
     }
     if b.local {
         return Err(
-            "this node's own backend is delivered locally, not encapsulated; set `encap: none` on it"
+            "this node's own backend is delivered locally, not encapsulated; remove its encap"
                 .into(),
         );
     }

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     certcheck::{CertCheck, CertReport, SanName, fix_hint},
-    config::{Config, GateAction, ProbeSettings, ProbeType},
+    config::{Config, Encap, GateAction, ProbeSettings, ProbeType},
     dataplane::{
         Maps,
         programmer::{ApplyReport, DesiredService, Programmer},
@@ -80,6 +80,8 @@ enum Use {
 pub struct BackendStatus {
     pub addr: SocketAddr,
     pub local: bool,
+    /// `ipip` / `ip6ip6`: reached by encapsulation (mode dsr).
+    pub encap: Option<&'static str>,
     pub state: &'static str,
     pub last: Option<Outcome>,
     pub cert: &'static str,
@@ -508,6 +510,11 @@ impl<M: Maps> Controller<M> {
                 out.push(BackendStatus {
                     addr,
                     local: b.local,
+                    encap: match s.encap_of(b) {
+                        Encap::None => None,
+                        Encap::Ipip => Some("ipip"),
+                        Encap::Ip6ip6 => Some("ip6ip6"),
+                    },
                     state: h.map_or("up", Health::label),
                     last: h.and_then(|h| h.last().cloned()),
                     cert: self.certs.get(&addr).map_or("unknown", CertState::label),
