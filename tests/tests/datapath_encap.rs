@@ -15,7 +15,7 @@ use vip_common::{
     PROTO_TCP, PROTO_UDP, Reason,
 };
 use vip_tests::{
-    netns::{Lab, in_netns, mac_to_string},
+    netns::{Lab, mac_to_string},
     packet::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN, checksum, l4_checksum},
     progtest::{Dp, XDP_DROP, XDP_PASS, XDP_TX, require_root},
 };
@@ -113,13 +113,7 @@ impl EncapLab {
         services: Vec<DesiredService>,
         f: impl FnOnce(&mut Dp) -> T + Send,
     ) -> T {
-        let node = self.lab.node("lb").clone();
-        in_netns(&node.ns, move || {
-            let mut dp = Dp::new(&services);
-            dp.ingress_ifindex = node.ifindex;
-            dp.set_local_mac(node.mac);
-            f(&mut dp)
-        })
+        vip_tests::progtest::with_dp_on(self.lab.node("lb"), services, f)
     }
 }
 

@@ -28,10 +28,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use vip_tests::netns::{NS_PREFIX, Proc, in_netns, ns_exec, poll_until, sweep_stale};
-use vip_tests::progtest::require_root;
-use vip_userspace::dataplane::kernel::{
-    AttachMode, KernelMaps, LoadOptions, PROG_DECAP, PROG_PASS,
-};
+use vip_tests::progtest::{attach_in, require_root};
+use vip_userspace::dataplane::kernel::{KernelMaps, PROG_DECAP, PROG_PASS};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 81, 100, 1);
 const PORT: u16 = 7443;
@@ -217,31 +215,10 @@ fn a_backend_in_another_subnet_serves_1_mib_each_way_through_ipip() {
     // The backend: strips IPIP in XDP, serves on every address (the LB's
     // TCP probe reaches 10.81.3.2, clients the VIP on lo).
     let be_ns = t.ns("be").to_owned();
-    let decap = in_netns(&be_ns, || {
-        let mut m = KernelMaps::load(&LoadOptions {
-            conntrack_capacity: 1024,
-            pin_dir: None,
-        })
-        .expect("load the XDP object for the backend");
-        m.attach(PROG_DECAP, "eth0", AttachMode::Native)
-            .expect("attach vip_decap to the backend's eth0");
-        m
-    });
-    t.keep.push(decap);
+    t.keep.push(attach_in(&be_ns, PROG_DECAP, "eth0"));
     // Native XDP_TX out of the LB's eth0 reaches the router only if the
     // router's end of the pair runs XDP too (TOOLCHAIN.md).
-    let rtr_ns = t.ns("rtr").to_owned();
-    let pass = in_netns(&rtr_ns, || {
-        let mut m = KernelMaps::load(&LoadOptions {
-            conntrack_capacity: 1024,
-            pin_dir: None,
-        })
-        .expect("load the XDP object for the router port");
-        m.attach(PROG_PASS, "l0", AttachMode::Native)
-            .expect("attach vip_pass to the router's port");
-        m
-    });
-    t.keep.push(pass);
+    t.keep.push(attach_in(t.ns("rtr"), PROG_PASS, "l0"));
     let listener = in_netns(&be_ns, || {
         TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, PORT)))
     })

@@ -833,6 +833,45 @@ mod tests {
     }
 
     #[test]
+    /// An encapsulated backend: its `ENCAP` entry is written before the
+    /// backend entry that flags it, and an adopting programmer reads it back
+    /// as part of the backend's identity (no rewrite, same id).
+    fn encap_backend_is_written_flagged_and_adopted() {
+        let mut b = backend(1, true);
+        b.encap = Some(EncapValue {
+            saddr: v4([10, 0, 0, 2]),
+            mtu: 1500,
+            _pad: [0; 2],
+        });
+        let svc = [service(vec![b.clone(), backend(2, true)])];
+        let mut first = Programmer::new(MemMaps::default());
+        first.apply(&svc).expect("apply");
+        let id = first.backend_id(&b).expect("id");
+        assert_eq!(first.maps().encap[id as usize], b.encap.expect("encap"));
+        assert_ne!(first.maps().backends[id as usize].flags & BE_F_ENCAP, 0);
+        let plain = first.backend_id(&backend(2, true)).expect("id");
+        assert_eq!(first.maps().backends[plain as usize].flags & BE_F_ENCAP, 0);
+
+        let mut maps = first.maps().clone();
+        maps.writes = Default::default();
+        let mut second = Programmer::adopt(maps).expect("adopt");
+        assert_eq!(second.apply(&svc).expect("apply"), ApplyReport::default());
+        assert_eq!(second.backend_id(&b), Some(id), "same id after adoption");
+        // Another outer source is another backend identity: a fresh id, so
+        // no packet ever reads a half-changed pair of entries.
+        let mut moved = b.clone();
+        moved.encap = Some(EncapValue {
+            saddr: v4([10, 0, 0, 3]),
+            mtu: 1500,
+            _pad: [0; 2],
+        });
+        second
+            .apply(&[service(vec![moved.clone(), backend(2, true)])])
+            .expect("apply");
+        assert_ne!(second.backend_id(&moved), Some(id));
+    }
+
+    #[test]
     fn adopting_written_maps_keeps_ids_and_writes_only_differences() {
         let three = [three()];
         let mut first = Programmer::new(MemMaps::default());
