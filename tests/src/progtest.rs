@@ -135,6 +135,43 @@ impl Dp {
     }
 }
 
+/// Runs `f` with a freshly loaded program inside `node`'s namespace, with
+/// its `eth0` as the ingress interface and its MAC as the program's: the
+/// FIB lookups (mode nat, encapsulation) then see the namespace's routes and
+/// neighbours.
+pub fn with_dp_on<T: Send>(
+    node: &crate::netns::Node,
+    services: Vec<DesiredService>,
+    f: impl FnOnce(&mut Dp) -> T + Send,
+) -> T {
+    let node = node.clone();
+    crate::netns::in_netns(&node.ns, move || {
+        let mut dp = Dp::new(&services);
+        dp.ingress_ifindex = node.ifindex;
+        dp.set_local_mac(node.mac);
+        f(&mut dp)
+    })
+}
+
+/// Loads the XDP object in namespace `ns` and attaches its program `prog` to
+/// `iface` natively; the returned maps keep it attached until dropped.
+pub fn attach_in(ns: &str, prog: &'static str, iface: &str) -> KernelMaps {
+    crate::netns::in_netns(ns, || {
+        let mut m = KernelMaps::load(&LoadOptions {
+            conntrack_capacity: 1024,
+            pin_dir: None,
+        })
+        .expect("load the XDP object");
+        m.attach(
+            prog,
+            iface,
+            vip_userspace::dataplane::kernel::AttachMode::Native,
+        )
+        .unwrap_or_else(|e| panic!("attach {prog} to {iface} in {ns}: {e}"));
+        m
+    })
+}
+
 /// A service on `vip`:`port` answering unservable TCP with an RST, at the
 /// default Maglev size. `snat` matters for mode nat only.
 pub fn service(

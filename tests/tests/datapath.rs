@@ -46,6 +46,7 @@ fn backend(vip: IpAddr, i: u8, alive: bool, local: bool) -> DesiredBackend {
         port_be: PORT.to_be(),
         mac: backend_mac(i),
         local,
+        encap: None,
         alive,
         draining: false,
     }
@@ -747,6 +748,7 @@ fn fuzz_services(refs: &[fuzz::reference::RefService]) -> Vec<DesiredService> {
                     port_be: s.port.to_be(),
                     mac,
                     local,
+                    encap: None,
                     alive,
                     draining: false,
                 }],

@@ -57,6 +57,7 @@ fn backend(v6: bool, i: u8) -> DesiredBackend {
         port_be: PORT.to_be(),
         mac: [0; 6],
         local: false,
+        encap: None,
         alive: true,
         draining: false,
     }
@@ -140,13 +141,7 @@ impl NatLab {
         services: Vec<DesiredService>,
         f: impl FnOnce(&mut Dp) -> T + Send,
     ) -> T {
-        let node = self.lab.node("lb").clone();
-        in_netns(&node.ns, move || {
-            let mut dp = Dp::new(&services);
-            dp.ingress_ifindex = node.ifindex;
-            dp.set_local_mac(node.mac);
-            f(&mut dp)
-        })
+        vip_tests::progtest::with_dp_on(self.lab.node("lb"), services, f)
     }
 }
 

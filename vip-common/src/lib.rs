@@ -47,6 +47,24 @@ pub const SVC_F_SYNC: u8 = 1 << 1;
 pub const BE_F_ALIVE: u8 = 1 << 0;
 /// Backend flag: the backend is this node (DSR: hand the packet to the local stack).
 pub const BE_F_LOCAL: u8 = 1 << 1;
+/// Backend flag (mode dsr): the backend is in another subnet and is reached by
+/// encapsulating the client's packet to its address, IPv4 in IPv4 (RFC 2003)
+/// or IPv6 in IPv6 (RFC 2473); its `ENCAP` entry holds the outer source and
+/// the path MTU. Its `mac` is unused: the next hop comes from the FIB.
+pub const BE_F_ENCAP: u8 = 1 << 2;
+
+/// IP protocol numbers of the outer header: IPv4 in IPv4 (RFC 2003) and
+/// IPv6 in IPv6 (RFC 2473), and ICMP / ICMPv6 for "too big" answers.
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+/// Bytes the outer header adds (no options, no extension headers).
+pub const ENCAP_V4_OVERHEAD: u16 = 20;
+pub const ENCAP_V6_OVERHEAD: u16 = 40;
+/// The path MTU towards encapsulated backends when the configuration says
+/// none: the usual Ethernet MTU.
+pub const ENCAP_DEFAULT_MTU: u16 = 1500;
 
 /// Connection flag: the flow saw FIN or RST and may be reused.
 pub const CT_F_CLOSING: u8 = 1 << 0;
@@ -152,6 +170,19 @@ reasons! {
     /// one's RST already closed, see vip-userspace `dataplane::poke`), so
     /// they are not counted as a drop and do not raise the drops alert.
     AbsorbRst = 21, "absorb_rst";
+    /// Mode dsr to a backend in another subnet: encapsulated (IPIP or IPv6
+    /// in IPv6) towards the backend's address, next hop from the FIB.
+    TxEncap = 22, "tx_encap";
+    /// The encapsulated packet would exceed the path MTU and the client
+    /// asked not to fragment (IPv4 DF, or any IPv6): answered with ICMP
+    /// "fragmentation needed" (RFC 1191) / ICMPv6 "packet too big"
+    /// (RFC 8201) so the client lowers its path MTU and resends smaller.
+    TxTooBig = 23, "tx_icmp_too_big";
+    /// The encapsulated packet would exceed the path MTU and may be
+    /// fragmented (IPv4 without DF): XDP cannot fragment, and the VIP's
+    /// owner must not take it locally. Dropped; the sender's transport
+    /// retries. TCP from Linux always sets DF.
+    DropEncapTooBig = 24, "drop_encap_too_big";
 }
 
 /// The `LOCAL_MAC` entry: the MAC address of the interface the program is
@@ -238,6 +269,30 @@ pub struct BackendValue {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<BackendValue>() == 28);
+
+/// Value of the `ENCAP` array, indexed by backend id like `BACKENDS`, read
+/// only for `BE_F_ENCAP` backends: the plain dsr and nat paths never touch it.
+/// Kept apart from `BackendValue` so that value (and the established flow's
+/// cache footprint) stays as it is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapValue {
+    /// Source of the outer header: this node's address towards the backend
+    /// (on the wire; the backend's family).
+    pub saddr: AddrBytes,
+    /// Largest outer packet (IP total length) the path carries, host order.
+    pub mtu: u16,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EncapValue>() == 20);
+
+impl EncapValue {
+    pub const EMPTY: EncapValue = EncapValue {
+        saddr: [0; 16],
+        mtu: 0,
+        _pad: [0; 2],
+    };
+}
 
 impl BackendValue {
     pub const EMPTY: BackendValue = BackendValue {
@@ -471,6 +526,7 @@ mod pod {
     unsafe impl aya::Pod for Globals {}
     unsafe impl aya::Pod for SyncEvent {}
     unsafe impl aya::Pod for LocalMac {}
+    unsafe impl aya::Pod for EncapValue {}
 }
 
 /// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.
@@ -496,6 +552,7 @@ pub const ABI_FINGERPRINT: u32 = {
         size_of::<Globals>() as u32,
         size_of::<Counter>() as u32,
         size_of::<BackendStats>() as u32,
+        size_of::<EncapValue>() as u32,
         MAX_SERVICES,
         MAX_BACKENDS,
         MAGLEV_MAX_SIZE,

@@ -119,7 +119,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
             (*ip).check = check;
         }
         // Source and destination addresses: 4 words from byte 12.
-        pseudo += sum_packet_words(ctx, p.l3_off + 12, 4)?;
+        pseudo += sum_packet_words::<16>(ctx, p.l3_off + 12, 4)?;
     } else {
         let ip: *mut Ipv6Hdr = ptr_at(ctx, p.l3_off)?;
         // SAFETY: bounds checked after the tail adjustment.
@@ -129,7 +129,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
             (*ip).hop_limit = RST_TTL;
         }
         // Source and destination addresses: 16 words from byte 8.
-        pseudo += sum_packet_words(ctx, p.l3_off + 8, 16)?;
+        pseudo += sum_packet_words::<16>(ctx, p.l3_off + 8, 16)?;
     }
     // Pseudo-header protocol and TCP length (RFC 9293 section 3.1; RFC 8200
     // section 8.1 for IPv6), as big-endian 16-bit words.
@@ -146,7 +146,7 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
         (*tcp).check = 0;
         (*tcp).urg_ptr = 0;
     }
-    let hdr = sum_packet_words(ctx, l4_off, size_of::<TcpHdr>() / 2)?;
+    let hdr = sum_packet_words::<16>(ctx, l4_off, size_of::<TcpHdr>() / 2)?;
     // SAFETY: bounds checked after the tail adjustment.
     unsafe {
         (*tcp).check = !csum::fold(pseudo + hdr);
@@ -154,12 +154,17 @@ pub fn rst(ctx: &XdpContext, p: &Parsed) -> Result<(), ()> {
     Ok(())
 }
 
-/// Sum of `n` (at most 16) 16-bit words of the packet from `off`, read in
+/// Sum of `n` (at most `MAX`) 16-bit words of the packet from `off`, read in
 /// place: copying headers into arrays first costs stack the verifier counts.
+/// `MAX` bounds the loop for the verifier.
 #[inline(always)]
-fn sum_packet_words(ctx: &XdpContext, off: usize, n: usize) -> Result<u32, ()> {
+pub fn sum_packet_words<const MAX: usize>(
+    ctx: &XdpContext,
+    off: usize,
+    n: usize,
+) -> Result<u32, ()> {
     let mut sum = 0u32;
-    for i in 0..16usize {
+    for i in 0..MAX {
         if i >= n {
             break;
         }

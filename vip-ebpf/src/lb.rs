@@ -8,14 +8,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use vip_common::{
-    BE_F_ALIVE, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue, Globals,
-    MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND, NatValue,
+    BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
+    Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND, NatValue,
     PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent,
     flow_hash, maglev_index, nat_port_try,
 };
 
 use crate::{
-    Verdict, fwd,
+    Verdict, encap, fwd,
     maps::{
         BACKENDS, CONNTRACK, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH,
         PortScratch, SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
@@ -100,7 +100,7 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         {
             // SAFETY: as above.
             unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
-            return dsr(ctx, id, be);
+            return dsr(ctx, p, id, be);
         }
     }
 
@@ -473,7 +473,7 @@ fn forward(
     nat_port_be: u16,
 ) -> Verdict {
     if svc.mode == MODE_DSR {
-        return dsr(ctx, id, be);
+        return dsr(ctx, p, id, be);
     }
     if svc.mode != MODE_NAT {
         return Verdict::drop(Reason::DropBadMode);
@@ -490,14 +490,20 @@ fn forward(
     send(ctx, p, Reason::TxNat, Some(id))
 }
 
-/// Mode dsr: to the backend's MAC, or to the local stack for this node's own.
+/// Mode dsr: to the backend's MAC, encapsulated to its address when it is in
+/// another subnet, or to the local stack for this node's own. Established
+/// flows get here too (the connection table's fast path), so an encapsulated
+/// backend's flow stays encapsulated for its whole life.
 #[inline(always)]
-fn dsr(ctx: &XdpContext, id: u32, be: &BackendValue) -> Verdict {
+fn dsr(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> Verdict {
     if be.flags & BE_F_LOCAL != 0 {
         return Verdict {
             backend: Some(id),
             ..Verdict::pass(Reason::PassLocalBackend)
         };
+    }
+    if be.flags & BE_F_ENCAP != 0 {
+        return Verdict::unpack(encap::encap(ctx, p, id, be));
     }
     match fwd::dsr(ctx, &be.mac) {
         Ok(()) => Verdict::tx(Reason::TxDsr, id),
@@ -583,7 +589,14 @@ fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
 
 #[inline(always)]
 fn send(ctx: &XdpContext, p: &Parsed, reason: Reason, backend: Option<u32>) -> Verdict {
-    let r = nat::forward(ctx, p);
+    let r = nat::forward(ctx, p.l3_off, p.l4_off, p.key.family, p.key.proto);
+    forwarded(r, reason, backend)
+}
+
+/// The verdict for `nat::forward`'s result `r`: sent (counted as `reason`),
+/// passed to the kernel to resolve the neighbour, or dropped.
+#[inline(always)]
+pub fn forwarded(r: u32, reason: Reason, backend: Option<u32>) -> Verdict {
     if r & nat::FORWARD_FAILED != 0 {
         return Verdict::drop(Reason::from_index(r & 0xff).unwrap_or(Reason::DropNoRoute));
     }

@@ -3,12 +3,15 @@
 //!
 //! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
-//! RST rewrites), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
+//! RST rewrites), `encap` (dsr across subnets: IPIP / IPv6 in IPv6, ICMP too big), `decap` (its
+//! backend side without tunnel drivers), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
 //! `mem` (zeroing and copies that stay inline).
 #![no_std]
 #![no_main]
 
 mod csum;
+mod decap;
+mod encap;
 mod fwd;
 mod lb;
 mod maps;
@@ -96,6 +99,13 @@ pub fn vip(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn vip_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Mode dsr across subnets, the backend's side where the kernel has no
+/// tunnel drivers: strips IPIP / IPv6-in-IPv6 outer headers (`decap`).
+#[xdp]
+pub fn vip_decap(ctx: XdpContext) -> u32 {
+    decap::decap(&ctx)
 }
 
 /// Benchmark baseline: swap the Ethernet addresses and transmit.

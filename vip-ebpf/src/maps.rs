@@ -7,9 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use vip_common::{
-    BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter, Globals,
-    LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY,
-    NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey, ServiceValue,
+    BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
+    EncapValue, Globals, LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+    NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey,
+    ServiceValue,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -30,6 +31,11 @@ pub static LOCAL_MAC: Array<LocalMac> = Array::with_max_entries(1, 0);
 /// Backend id -> address, port, MAC, flags (alive, local).
 #[map]
 pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Backend id -> outer source address and path MTU, for `BE_F_ENCAP`
+/// backends only (mode dsr across subnets, see `encap`).
+#[map]
+pub static ENCAP: Array<EncapValue> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// Maglev lookup tables of backend ids: two halves per service, one live.
 #[map]

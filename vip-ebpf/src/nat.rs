@@ -109,9 +109,21 @@ pub fn rewrite(ctx: &XdpContext, p: &Parsed, to: &Endpoints) -> Result<(), ()> {
 /// `FORWARD_FAILED | reason`. A plain integer: a BPF subprogram returns in one
 /// register, and a larger return value would go through a stack pointer, which
 /// the verifier refuses to hand back to the caller.
+///
+/// The packet's IP header is at `l3_off`; its ports (for the FIB's
+/// multipath hash) at `l4_off`, or none if `l4_off` is 0 (an encapsulated
+/// packet: the outer header carries no ports). Plain integers rather than a
+/// `Parsed`: the encapsulation's outer header is not where the parser found
+/// the client's.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, p: &Parsed) -> u32 {
-    match forward_inner(ctx, p) {
+pub fn forward(ctx: &XdpContext, l3_off: usize, l4_off: usize, family: u8, proto: u8) -> u32 {
+    let hop = Hop {
+        l3_off,
+        l4_off,
+        family,
+        proto,
+    };
+    match forward_inner(ctx, &hop) {
         Ok(action) => action,
         Err(reason) => FORWARD_FAILED | reason as u32,
     }
@@ -123,8 +135,16 @@ pub const FORWARD_FAILED: u32 = 1 << 31;
 // Zeroed in u32 words (`forward_inner`).
 const _: () = assert!(size_of::<FibParams>().is_multiple_of(4) && align_of::<FibParams>() >= 4);
 
+/// Where `forward` finds the packet's headers.
+struct Hop {
+    l3_off: usize,
+    l4_off: usize,
+    family: u8,
+    proto: u8,
+}
+
 #[inline(always)]
-fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
+fn forward_inner(ctx: &XdpContext, p: &Hop) -> Result<u32, Reason> {
     let mut fib = MaybeUninit::<FibParams>::uninit();
     // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays),
     // written whole before the reference is made.
@@ -133,8 +153,8 @@ fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
         &mut *fib.as_mut_ptr()
     };
     fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.l4_protocol = p.key.proto;
-    if p.key.family == FAMILY_V4 {
+    fib.l4_protocol = p.proto;
+    if p.family == FAMILY_V4 {
         let ip: *const Ipv4Hdr = ptr_at(ctx, p.l3_off).map_err(|()| Reason::DropAdjustFailed)?;
         fib.family = AF_INET;
         // SAFETY: bounds checked; union fields of plain integers.
@@ -155,13 +175,15 @@ fn forward_inner(ctx: &XdpContext, p: &Parsed) -> Result<u32, Reason> {
             fib.__bindgen_anon_4.ipv6_dst = words(&(*ip).daddr);
         }
     }
-    // SAFETY: reading the rewritten ports (bounds checked by the parser; the
-    // rewrite did not change the length).
-    unsafe {
-        let ports: *const [u16; 2] =
-            ptr_at(ctx, p.l4_off).map_err(|()| Reason::DropAdjustFailed)?;
-        fib.sport = (*ports)[0];
-        fib.dport = (*ports)[1];
+    if p.l4_off != 0 {
+        // SAFETY: reading the rewritten ports (bounds checked by the parser;
+        // the rewrite did not change the length).
+        unsafe {
+            let ports: *const [u16; 2] =
+                ptr_at(ctx, p.l4_off).map_err(|()| Reason::DropAdjustFailed)?;
+            fib.sport = (*ports)[0];
+            fib.dport = (*ports)[1];
+        }
     }
     // SAFETY: ctx is the program context, fib a valid parameter block.
     let rc = unsafe {

@@ -10,8 +10,8 @@ use std::{
 use serde::Deserialize;
 use thiserror::Error;
 use vip_common::{
-    AddrBytes, FAMILY_V4, FAMILY_V6, Globals, MAGLEV_DEFAULT_SIZE, MODE_DSR, MODE_NAT, PROTO_TCP,
-    PROTO_UDP, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey,
+    AddrBytes, EncapValue, FAMILY_V4, FAMILY_V6, Globals, MAGLEV_DEFAULT_SIZE, MODE_DSR, MODE_NAT,
+    PROTO_TCP, PROTO_UDP, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey,
 };
 
 use crate::{
@@ -153,6 +153,17 @@ fn node_address(addrs: &[IpAddr], v4: bool, exclude: &[IpAddr]) -> Option<IpAddr
             && !exclude.contains(a)
             && !matches!(a, IpAddr::V6(v) if v.is_unicast_link_local())
     })
+}
+
+/// The outer source towards an encapsulated backend: this node's address on
+/// the interface, of the backend's family, no VIP (a VIP moves between
+/// nodes, and the backend's replies to the tunnel's source, ICMP errors
+/// included, must reach this one) and not link-local (not routable to
+/// another subnet). The interface is the one the packets arrive on, and
+/// XDP_TX sends them back out of it; a redirect to another interface still
+/// carries an address of this node, which the route back to it reaches.
+fn encap_source(addrs: &[IpAddr], backend: IpAddr, vips: &[IpAddr]) -> Option<IpAddr> {
+    node_address(addrs, backend.is_ipv4(), vips)
 }
 
 impl StateSyncSettings {
@@ -758,6 +769,18 @@ pub enum Mode {
     Nat,
 }
 
+/// How mode dsr reaches a backend in another subnet.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// On the shared segment, by MAC (the default).
+    None,
+    /// IPv4 in IPv4 (RFC 2003): the backend decapsulates with `tunl0`.
+    Ipip,
+    /// IPv6 in IPv6 (RFC 2473): the backend decapsulates with `ip6tnl0`.
+    Ip6ip6,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Service {
@@ -780,7 +803,34 @@ pub struct Service {
     /// so that connection state can move with it), or an address.
     #[serde(default)]
     pub snat: Option<String>,
+    /// Mode dsr: the default `encap` of the backends that set none.
+    #[serde(default)]
+    pub encap: Option<Encap>,
+    /// Mode dsr with `encap`: the largest packet (IP total length) the path
+    /// to the backends carries, outer header included. Larger ones are
+    /// answered with ICMP "too big" so the client sends smaller.
+    #[serde(default = "default_encap_mtu")]
+    pub encap_mtu: u16,
     pub backends: Vec<Backend>,
+}
+
+impl Service {
+    /// A backend's encapsulation: its own `encap`, else the service's; this
+    /// node's own backend (`local: true`) takes no service default, since its
+    /// packets are delivered locally (a stacked node lists itself beside the
+    /// others it encapsulates to).
+    pub fn encap_of(&self, b: &Backend) -> Encap {
+        let default = if b.local { None } else { self.encap };
+        b.encap.or(default).unwrap_or(Encap::None)
+    }
+
+    /// Whether `b`'s MAC must come from the neighbour table: mode dsr, not
+    /// this node's own, no `mac:` override, and on the segment (an
+    /// encapsulated backend is reached through the FIB's next hop, whose
+    /// MAC the program's `bpf_fib_lookup` finds).
+    pub fn needs_neighbour(&self, b: &Backend) -> bool {
+        self.mode == Mode::Dsr && !b.local && b.mac.is_none() && self.encap_of(b) == Encap::None
+    }
 }
 
 /// Where mode nat takes its source address from.
@@ -810,6 +860,9 @@ fn default_port() -> u16 {
 fn yes() -> bool {
     true
 }
+fn default_encap_mtu() -> u16 {
+    vip_common::ENCAP_DEFAULT_MTU
+}
 fn default_maglev() -> u32 {
     MAGLEV_DEFAULT_SIZE
 }
@@ -829,6 +882,10 @@ pub struct Backend {
     /// own (`neigh::derive_local`); still accepted.
     #[serde(default)]
     pub local: bool,
+    /// Mode dsr: `ipip` / `ip6ip6` for a backend in another subnet
+    /// (overrides the service's `encap`; `none` opts out of it).
+    #[serde(default)]
+    pub encap: Option<Encap>,
 }
 
 impl Config {
@@ -1134,6 +1191,7 @@ impl Config {
     /// (health probes come later and will clear `alive`). `node_addrs` are the
     /// interface's addresses, for `snat: node`.
     pub fn desired(&self, node_addrs: &[IpAddr]) -> Result<Vec<DesiredService>, String> {
+        let vips: Vec<IpAddr> = self.services.iter().map(|s| s.vip).collect();
         self.services
             .iter()
             .enumerate()
@@ -1183,9 +1241,28 @@ impl Config {
                     backends: s
                         .backends
                         .iter()
-                        .map(|b| {
+                        .enumerate()
+                        .map(|(j, b)| {
                             let (family, addr) = addr_bytes(b.address);
-                            DesiredBackend {
+                            let encap = match s.encap_of(b) {
+                                Encap::None => None,
+                                Encap::Ipip | Encap::Ip6ip6 => {
+                                    let src = encap_source(node_addrs, b.address, &vips)
+                                        .ok_or_else(|| {
+                                            format!(
+                                                "services[{i}].backends[{j}].encap: interface {} has no {} address to send the tunnel from; add one",
+                                                self.interface,
+                                                if b.address.is_ipv4() { "IPv4" } else { "IPv6" }
+                                            )
+                                        })?;
+                                    Some(EncapValue {
+                                        saddr: addr_bytes(src).1,
+                                        mtu: s.encap_mtu,
+                                        _pad: [0; 2],
+                                    })
+                                }
+                            };
+                            Ok(DesiredBackend {
                                 family,
                                 addr,
                                 port_be: b.port.unwrap_or(s.port).to_be(),
@@ -1195,11 +1272,12 @@ impl Config {
                                     .and_then(|m| parse_mac(m).ok())
                                     .unwrap_or_default(),
                                 local: b.local,
+                                encap,
                                 alive: true,
                                 draining: false,
-                            }
+                            })
                         })
-                        .collect(),
+                        .collect::<Result<_, String>>()?,
                 })
             })
             .collect()
@@ -1294,6 +1372,16 @@ fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
         }
         _ => {}
     }
+    let min_mtu = if s.vip.is_ipv4() { 576 } else { 1280 };
+    if s.encap_mtu < min_mtu {
+        return Err((
+            format!("{at}.encap_mtu"),
+            format!(
+                "{} is below the minimum MTU of the VIP's family ({min_mtu}, RFC 791 / RFC 8200); set the path MTU towards the backends (1500 on usual Ethernet, 9000 with jumbo frames)",
+                s.encap_mtu
+            ),
+        ));
+    }
     maglev::check_size(s.maglev_size).map_err(|e| (format!("{at}.maglev_size"), e.to_string()))?;
     s.probe
         .plan()
@@ -1312,6 +1400,7 @@ fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
                 format!("{} is not a unicast address", b.address),
             ));
         }
+        validate_encap(s, b).map_err(|m| (format!("{bat}.encap"), m))?;
         if let Some(m) = &b.mac {
             parse_mac(m).map_err(|e| (format!("{bat}.mac"), e))?;
         }
@@ -1321,6 +1410,38 @@ fn validate_service(i: usize, s: &Service) -> Result<(), (String, String)> {
 
 pub mod node;
 pub use node::{MetricsListen, NodeFacts, NodeSettings};
+
+/// A backend's `encap` (its own or the service's): mode dsr only, not for
+/// this node's own backend, and of the backend's address family.
+fn validate_encap(s: &Service, b: &Backend) -> Result<(), String> {
+    let e = s.encap_of(b);
+    if e == Encap::None {
+        return Ok(());
+    }
+    if s.mode != Mode::Dsr {
+        return Err(
+            "only mode dsr encapsulates (mode nat already routes to any subnet); remove encap"
+                .into(),
+        );
+    }
+    if b.local {
+        return Err(
+            "this node's own backend is delivered locally, not encapsulated; remove its encap"
+                .into(),
+        );
+    }
+    match (e, b.address.is_ipv4()) {
+        (Encap::Ipip, false) => Err(format!(
+            "{} is IPv6: use `encap: ip6ip6` (IPv6 in IPv6)",
+            b.address
+        )),
+        (Encap::Ip6ip6, true) => Err(format!(
+            "{} is IPv4: use `encap: ipip` (IPv4 in IPv4)",
+            b.address
+        )),
+        _ => Ok(()),
+    }
+}
 
 #[cfg(test)]
 mod tests;

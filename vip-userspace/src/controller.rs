@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     certcheck::{CertCheck, CertReport, SanName, fix_hint},
-    config::{Config, GateAction, ProbeSettings, ProbeType},
+    config::{Config, Encap, GateAction, ProbeSettings, ProbeType},
     dataplane::{
         Maps,
         programmer::{ApplyReport, DesiredService, Programmer},
@@ -88,6 +88,8 @@ pub const BACKEND_STATES: [&str; 4] = ["up", "down", "auth_misconfigured", NO_NE
 pub struct BackendStatus {
     pub addr: SocketAddr,
     pub local: bool,
+    /// `ipip` / `ip6ip6`: reached by encapsulation (mode dsr).
+    pub encap: Option<&'static str>,
     pub state: &'static str,
     pub last: Option<Outcome>,
     pub cert: &'static str,
@@ -274,10 +276,7 @@ impl<M: Maps> Controller<M> {
     /// (yet): nothing may be sent to it, whatever its probe says, and its
     /// established flows get an RST rather than frames to nowhere.
     fn no_neighbour(&self, s: &crate::config::Service, b: &crate::config::Backend) -> bool {
-        s.mode == crate::config::Mode::Dsr
-            && !b.local
-            && b.mac.is_none()
-            && !self.neigh.contains_key(&b.address)
+        s.needs_neighbour(b) && !self.neigh.contains_key(&b.address)
     }
 
     /// The backend addresses whose MAC comes from the neighbour table.
@@ -585,6 +584,11 @@ impl<M: Maps> Controller<M> {
                 out.push(BackendStatus {
                     addr,
                     local: b.local,
+                    encap: match s.encap_of(b) {
+                        Encap::None => None,
+                        Encap::Ipip => Some("ipip"),
+                        Encap::Ip6ip6 => Some("ip6ip6"),
+                    },
                     state: if no_neighbour {
                         NO_NEIGHBOUR
                     } else {

@@ -33,6 +33,19 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{dev} does not exist: this node is an encapsulated backend and decapsulates with it; load the {module} module (`modprobe {module}`, and list it in /etc/modules-load.d/), or run a kernel built with it (README, \"Backends in other subnets\")"
+    )]
+    NoTunnel {
+        dev: &'static str,
+        module: &'static str,
+    },
+    #[error("`ip link set {dev} {state}` failed: {stderr}")]
+    LinkSet {
+        dev: String,
+        state: &'static str,
+        stderr: String,
+    },
     #[error("running `ip` (iproute2) failed; install iproute2")]
     Ip(#[source] std::io::Error),
     #[error("`ip addr {op} {cidr} dev {iface}` failed: {stderr}")]
@@ -213,10 +226,14 @@ pub enum Changed {
     Sysctl { path: PathBuf, old: String },
     /// A VIP added to `lo` (stacked mode dsr).
     LoVip(IpAddr),
+    /// A link vipd set up (the tunnel fallback device of an encap backend).
+    LinkUp(String),
 }
 
 /// The record's key for [`Changed::LoVip`]: no sysctl path is this.
 const LO_VIP: &str = "lo-vip";
+/// The record's key for [`Changed::LinkUp`].
+const LINK_UP: &str = "link-up";
 
 impl Changed {
     /// The record's line: `path=old`, or `lo-vip=ADDR`.
@@ -224,6 +241,7 @@ impl Changed {
         match self {
             Changed::Sysctl { path, old } => format!("{}={old}", path.display()),
             Changed::LoVip(vip) => format!("{LO_VIP}={vip}"),
+            Changed::LinkUp(dev) => format!("{LINK_UP}={dev}"),
         }
     }
 
@@ -232,6 +250,8 @@ impl Changed {
         let (key, value) = line.split_once('=')?;
         Some(if key == LO_VIP {
             Changed::LoVip(value.parse().ok()?)
+        } else if key == LINK_UP {
+            Changed::LinkUp(value.to_owned())
         } else {
             Changed::Sysctl {
                 path: PathBuf::from(key),
@@ -242,6 +262,11 @@ impl Changed {
 
     pub fn restore(self) {
         match self {
+            Changed::LinkUp(dev) => {
+                if let Err(e) = set_link(&dev, false) {
+                    tracing::warn!(dev = %dev, error = %e, "setting the tunnel device down failed; `ip link set {dev} down`");
+                }
+            }
             Changed::LoVip(vip) => {
                 if let Err(e) = set_vip("lo", vip, false) {
                     tracing::warn!(vip = %vip, error = %e, "removing the VIP from lo failed; remove it with `ip addr del`");
@@ -287,25 +312,7 @@ fn sysctl(path: &str, value: &str) -> Result<Changed, HostError> {
 pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostError> {
     let mut changed = vec![];
     let res = (|| {
-        changed.push(sysctl(
-            &format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"),
-            "1",
-        )?);
-        // bpf_fib_lookup answers "forwarding disabled" unless the ingress
-        // device forwards (IN_DEV_FORWARD for IPv4, cnf.forwarding for IPv6).
-        changed.push(sysctl(
-            &format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
-            "1",
-        )?);
-        changed.push(sysctl(
-            &format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
-            "1",
-        )?);
-        changed.push(sysctl("/proc/sys/net/ipv4/conf/all/send_redirects", "0")?);
-        changed.push(sysctl(
-            &format!("/proc/sys/net/ipv4/conf/{iface}/send_redirects"),
-            "0",
-        )?);
+        routed(iface, &mut changed)?;
         let reserved = "/proc/sys/net/ipv4/ip_local_reserved_ports";
         let old = std::fs::read_to_string(reserved).map_err(|source| HostError::Sysctl {
             path: reserved.into(),
@@ -325,6 +332,91 @@ pub fn prepare_nat(iface: &str, lo: u16, hi: u16) -> Result<Vec<Changed>, HostEr
         Ok(())
     })();
     all_or_nothing(changed, res)
+}
+
+/// What the program's FIB lookups need (mode nat, and mode dsr to
+/// encapsulated backends): forwarding, accept_local and no redirects on
+/// `iface` (see `prepare_nat`).
+fn routed(iface: &str, changed: &mut Vec<Changed>) -> Result<(), HostError> {
+    changed.push(sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"),
+        "1",
+    )?);
+    // bpf_fib_lookup answers "forwarding disabled" unless the ingress
+    // device forwards (IN_DEV_FORWARD for IPv4, cnf.forwarding for IPv6).
+    changed.push(sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"),
+        "1",
+    )?);
+    changed.push(sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"),
+        "1",
+    )?);
+    changed.push(sysctl("/proc/sys/net/ipv4/conf/all/send_redirects", "0")?);
+    changed.push(sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{iface}/send_redirects"),
+        "0",
+    )?);
+    Ok(())
+}
+
+/// Mode dsr with encapsulated backends, on the LB: the FIB lookup for the
+/// outer header needs what mode nat's does (`routed`); the first packet to
+/// a next hop without a neighbour entry is handed to the kernel, encapsulated
+/// with our own address as source (accept_local).
+pub fn prepare_encap(iface: &str) -> Result<Vec<Changed>, HostError> {
+    let mut changed = vec![];
+    let res = routed(iface, &mut changed);
+    all_or_nothing(changed, res)
+}
+
+/// This node is the encapsulated backend of another LB (a stacked node whose
+/// service encapsulates to the others): the kernel's fallback tunnel device
+/// takes the packets to decapsulate (`tunl0` for IPIP, protocol 4, from the
+/// `ipip` module; `ip6tnl0` for IPv6 in IPv6 from `ip6_tunnel`), and must be
+/// up. The decapsulated packet arrives on that device with the client's
+/// source, whose route leaves by another interface: reverse-path filtering
+/// set to 2 (loose) on the device lets it in whatever `all` says (the kernel
+/// uses the larger of the two; strict mode, 1, would drop it). The VIP on
+/// `lo` is `prepare_stacked`'s.
+pub fn prepare_decap(v4: bool, v6: bool) -> Result<Vec<Changed>, HostError> {
+    let mut changed = vec![];
+    let res = (|| {
+        for (want, dev, module) in [(v4, "tunl0", "ipip"), (v6, "ip6tnl0", "ip6_tunnel")] {
+            if !want {
+                continue;
+            }
+            if !Path::new("/sys/class/net").join(dev).exists() {
+                return Err(HostError::NoTunnel { dev, module });
+            }
+            if !crate::link::link_up(dev)? {
+                set_link(dev, true)?;
+                changed.push(Changed::LinkUp(dev.to_owned()));
+            }
+            if v4 && dev == "tunl0" {
+                changed.push(sysctl("/proc/sys/net/ipv4/conf/tunl0/rp_filter", "2")?);
+            }
+        }
+        Ok(())
+    })();
+    all_or_nothing(changed, res)
+}
+
+/// `ip link set DEV up|down`.
+fn set_link(dev: &str, up: bool) -> Result<(), HostError> {
+    let state = if up { "up" } else { "down" };
+    let out = std::process::Command::new("ip")
+        .args(["link", "set", dev, state])
+        .output()
+        .map_err(HostError::Ip)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(HostError::LinkSet {
+        dev: dev.to_owned(),
+        state,
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    })
 }
 
 /// A stacked control plane (mode dsr with this node's own apiserver as a

@@ -270,14 +270,12 @@ impl Tracker {
     }
 }
 
-/// The backend addresses whose MAC comes from the neighbour table: those of
-/// mode dsr services that are not this node's own and have no `mac:`.
+/// The backend addresses whose MAC comes from the neighbour table
+/// ([`Service::needs_neighbour`](crate::config::Service::needs_neighbour)).
 pub fn targets(cfg: &Config) -> BTreeSet<IpAddr> {
     cfg.services
         .iter()
-        .filter(|s| s.mode == Mode::Dsr)
-        .flat_map(|s| &s.backends)
-        .filter(|b| !b.local && b.mac.is_none())
+        .flat_map(|s| s.backends.iter().filter(|b| s.needs_neighbour(b)))
         .map(|b| b.address)
         .collect()
 }

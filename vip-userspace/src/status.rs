@@ -162,6 +162,10 @@ pub struct ServiceStatus {
 pub struct BackendStatus {
     pub address: SocketAddr,
     pub local: bool,
+    /// Mode dsr to another subnet: `ipip` or `ip6ip6` (absent from an
+    /// older vipd's answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encap: Option<String>,
     /// up, down, auth_misconfigured.
     pub state: String,
     /// Receives new flows.
@@ -362,7 +366,15 @@ impl Status {
         ];
         for b in &s.backends {
             rows.push(vec![
-                format!("{}{}", b.address, if b.local { " (local)" } else { "" }),
+                format!(
+                    "{}{}{}",
+                    b.address,
+                    if b.local { " (local)" } else { "" },
+                    b.encap
+                        .as_deref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ),
                 b.state.clone(),
                 if b.serving { "yes" } else { "no" }.into(),
                 b.cert.clone(),
@@ -649,6 +661,7 @@ mod tests {
                     BackendStatus {
                         address: "10.0.0.11:6443".parse().expect("addr"),
                         local: true,
+                        encap: None,
                         state: "up".into(),
                         serving: true,
                         cert: "ok".into(),
@@ -665,6 +678,7 @@ mod tests {
                     BackendStatus {
                         address: "10.0.0.12:6443".parse().expect("addr"),
                         local: false,
+                        encap: Some("ipip".into()),
                         state: "down".into(),
                         serving: false,
                         cert: "ok".into(),
@@ -760,6 +774,10 @@ mod tests {
         assert!(
             t.contains("WARNING: apiserver version skew: A runs v1.31.2 and B runs v1.33.0"),
             "{t}"
+        );
+        assert!(
+            t.contains(" (ipip)"),
+            "an encapsulated backend says so: {t}"
         );
     }
 

@@ -24,7 +24,7 @@ use vip_common::{Globals, Reason};
 
 use crate::{
     certcheck::CertCheck,
-    config::{Config, MetricsListen, Mode, parse_duration},
+    config::{Config, Encap, MetricsListen, Mode, parse_duration},
     controller::Controller,
     dataplane::{
         Maps,
@@ -82,6 +82,36 @@ fn stacked_vips(cfg: &Config) -> Vec<IpAddr> {
 
 fn has_nat(cfg: &Config) -> bool {
     cfg.services.iter().any(|s| s.mode == Mode::Nat)
+}
+
+/// Whether some service encapsulates to some backend (this node, as LB,
+/// sends IPIP / IPv6 in IPv6).
+fn has_encap(cfg: &Config) -> bool {
+    cfg.services
+        .iter()
+        .any(|s| s.backends.iter().any(|b| s.encap_of(b) != Encap::None))
+}
+
+/// The families this node decapsulates as an encapsulated backend: a stacked
+/// node (its own `local: true` backend) of a service that encapsulates to
+/// its other backends is, when another node holds the VIP, one of those
+/// other backends (every node runs the same configuration, as with stacked
+/// mode dsr). (IPv4, IPv6).
+fn decap_families(cfg: &Config) -> (bool, bool) {
+    let mut fam = (false, false);
+    for s in &cfg.services {
+        if !s.backends.iter().any(|b| b.local) {
+            continue;
+        }
+        for b in s.backends.iter().filter(|b| s.encap_of(b) != Encap::None) {
+            if b.address.is_ipv4() {
+                fam.0 = true;
+            } else {
+                fam.1 = true;
+            }
+        }
+    }
+    fam
 }
 
 pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
@@ -349,6 +379,25 @@ fn prepare_host(cfg: &Config, globals: &Globals, record: Option<&Path>) -> Resul
             globals.nat_port_hi,
         )?);
         info!(ports = %cfg.nat.ports, "mode nat: accept_local on, redirects off, source ports reserved");
+    }
+    if has_encap(cfg) && !has_nat(cfg) {
+        guard.extend(
+            host::prepare_encap(&cfg.interface)
+                .context("preparing this node to encapsulate to backends in other subnets")?,
+        );
+        info!(interface = %cfg.interface, "encap: forwarding and accept_local on, redirects off (the FIB lookup for the outer header)");
+    }
+    let (d4, d6) = decap_families(cfg);
+    if d4 || d6 {
+        guard.extend(
+            host::prepare_decap(d4, d6)
+                .context("preparing this node as an encapsulated backend")?,
+        );
+        info!(
+            ipip = d4,
+            ip6ip6 = d6,
+            "encap backend: the tunnel fallback device up (tunl0 / ip6tnl0), rp_filter loose on tunl0"
+        );
     }
     // announce: every VIP on lo, whatever the mode (`hold::announce` says
     // why); the same host changes as stacked mode dsr's.

@@ -322,6 +322,7 @@ fn backends<M: Maps>(
             BackendStatus {
                 address: b.addr,
                 local: b.local,
+                encap: b.encap.map(str::to_owned),
                 state: b.state.to_owned(),
                 serving: b.serving,
                 cert: b.cert.to_owned(),

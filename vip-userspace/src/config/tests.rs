@@ -490,3 +490,104 @@ services:
     );
     assert!(!c.services[0].backends[0].local);
 }
+
+const ENCAP: &str = "
+interface: eth0
+services:
+  - vip: 10.0.0.100
+    mode: dsr
+    encap: ipip
+    backends:
+      - address: 10.1.0.11
+      - address: 10.2.0.12
+        encap: none
+        mac: 02:00:00:00:00:0c
+      - address: 10.0.0.13
+        local: true
+";
+
+/// `encap` on the service applies to the backends that set none; such a
+/// backend needs no MAC; the outer source is the interface's address that is
+/// no VIP, and the path MTU defaults to 1500.
+#[test]
+fn encap_backends_need_no_mac_and_get_this_nodes_source() {
+    let c = parse(ENCAP).expect("valid");
+    let node: Vec<IpAddr> = ["10.0.0.100", "fe80::1", "10.0.0.2"]
+        .iter()
+        .map(|a| a.parse().expect("ip"))
+        .collect();
+    let d = c.desired(&node).expect("desired");
+    let e = d[0].backends[0].encap.expect("backend 0 encapsulated");
+    assert_eq!(e.saddr, addr_bytes("10.0.0.2".parse().expect("ip")).1);
+    assert_eq!(e.mtu, 1500);
+    assert_eq!(d[0].backends[1].encap, None, "encap: none opts out");
+    assert_eq!(d[0].backends[2].encap, None, "local");
+    let c =
+        parse(&ENCAP.replace("encap: ipip", "encap: ipip\n    encap_mtu: 9000")).expect("valid");
+    assert_eq!(
+        c.desired(&node).expect("desired")[0].backends[0]
+            .encap
+            .map(|e| e.mtu),
+        Some(9000)
+    );
+    let only_vip: Vec<IpAddr> = vec!["10.0.0.100".parse().expect("ip")];
+    let e = c.desired(&only_vip).expect_err("no source address");
+    assert!(
+        e.contains("services[0].backends[0].encap") && e.contains("no IPv4 address"),
+        "{e}"
+    );
+}
+
+#[test]
+fn encap_errors_name_the_field_and_the_fix() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            ENCAP.replace("mode: dsr", "mode: nat"),
+            &["services[0].backends[0].encap", "only mode dsr"],
+        ),
+        (
+            ENCAP.replace(
+                "address: 10.1.0.11",
+                "address: 10.1.0.11\n        encap: ip6ip6",
+            ),
+            &["services[0].backends[0].encap", "encap: ipip"],
+        ),
+        (
+            ENCAP
+                .replace("vip: 10.0.0.100", "vip: fd00::100")
+                .replace("10.1.0.11", "fd01::11")
+                .replace("10.2.0.12", "fd02::12")
+                .replace("10.0.0.13", "fd00::13"),
+            &["services[0].backends[0].encap", "encap: ip6ip6"],
+        ),
+        (
+            ENCAP.replace(
+                "        local: true\n",
+                "        local: true\n        encap: ipip\n",
+            ),
+            &["services[0].backends[2].encap", "remove its encap"],
+        ),
+        (
+            ENCAP.replace("encap: ipip", "encap: ipip\n    encap_mtu: 500"),
+            &["services[0].encap_mtu", "576", "9000"],
+        ),
+        (
+            ENCAP.replace("encap: ipip", "encap: gre"),
+            &["services[0].encap", "ipip"],
+        ),
+        (
+            ENCAP.replace("        encap: none\n        mac: 02:00:00:00:00:0c\n", ""),
+            &[],
+        ),
+    ];
+    for (text, want) in cases {
+        if want.is_empty() {
+            parse(&text).expect("a service-wide encap covers a backend without a MAC");
+            continue;
+        }
+        let e = err(&text);
+        for w in want {
+            assert!(e.contains(w), "error {e:?} should contain {w:?}");
+        }
+    }
+}

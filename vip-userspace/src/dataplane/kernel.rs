@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use vip_common::{
-    BackendStats, BackendValue, Counter, Globals, LocalMac, NatValue, REASON_COUNT, ServiceKey,
-    ServiceValue,
+    BackendStats, BackendValue, Counter, EncapValue, Globals, LocalMac, NatValue, REASON_COUNT,
+    ServiceKey, ServiceValue,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Maps, Result, flows::FlowTables};
@@ -69,10 +69,11 @@ pub struct LoadOptions {
 
 /// The maps that hold state worth keeping across a restart (everything but
 /// the per-packet scratch space).
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "SERVICES",
     "SERVICE_PORTS",
     "BACKENDS",
+    "ENCAP",
     "MAGLEV",
     "CONNTRACK",
     "NAT_REV",
@@ -122,6 +123,9 @@ impl Default for LoadOptions {
 pub const PROG_VIP: &str = "vip";
 pub const PROG_PASS: &str = "vip_pass";
 pub const PROG_BENCH_TX: &str = "vip_bench_tx";
+/// A backend's IPIP / IPv6-in-IPv6 decapsulation where the kernel has no
+/// tunnel drivers (tests; README, "Backends in other subnets").
+pub const PROG_DECAP: &str = "vip_decap";
 
 pub struct KernelMaps {
     ebpf: Ebpf,
@@ -166,7 +170,7 @@ impl KernelMaps {
             // run with a zero idle timeout or an empty port range.
             me.set_globals(&Globals::DEFAULT)?;
         }
-        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX] {
+        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX, PROG_DECAP] {
             me.xdp_mut(name)?.load().map_err(|e| {
                 super::with_capability_hint(DataplaneError::Program {
                     name,
@@ -405,6 +409,18 @@ impl Maps for KernelMaps {
         let mut m: Array<&mut MapData, BackendValue> =
             Array::try_from(self.map_mut("BACKENDS")?).map_err(map_err("BACKENDS", "open"))?;
         m.set(id, value, 0).map_err(map_err("BACKENDS", "update"))
+    }
+
+    fn set_encap(&mut self, id: u32, value: &EncapValue) -> Result<()> {
+        let mut m: Array<&mut MapData, EncapValue> =
+            Array::try_from(self.map_mut("ENCAP")?).map_err(map_err("ENCAP", "open"))?;
+        m.set(id, value, 0).map_err(map_err("ENCAP", "update"))
+    }
+
+    fn read_encap(&self, id: u32) -> Result<EncapValue> {
+        let m: Array<&MapData, EncapValue> =
+            Array::try_from(self.map("ENCAP")?).map_err(map_err("ENCAP", "open"))?;
+        m.get(&id, 0).map_err(map_err("ENCAP", "lookup"))
     }
 
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use vip_common::{
-    BackendStats, BackendValue, Counter, Globals, MAGLEV_ENTRIES, MAX_BACKENDS, REASON_COUNT,
-    ServiceKey, ServiceValue,
+    BackendStats, BackendValue, Counter, EncapValue, Globals, MAGLEV_ENTRIES, MAX_BACKENDS,
+    REASON_COUNT, ServiceKey, ServiceValue,
 };
 
 use super::{DataplaneError, Maps, Result};
@@ -15,6 +15,7 @@ use super::{DataplaneError, Maps, Result};
 pub struct MemMaps {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
     pub backends: Vec<BackendValue>,
+    pub encap: Vec<EncapValue>,
     pub maglev: Vec<u32>,
     pub ports: BTreeMap<u32, u64>,
     pub globals: Option<Globals>,
@@ -38,6 +39,7 @@ impl Default for MemMaps {
         MemMaps {
             services: BTreeMap::new(),
             backends: vec![BackendValue::EMPTY; MAX_BACKENDS as usize],
+            encap: vec![EncapValue::EMPTY; MAX_BACKENDS as usize],
             // Kernel arrays start zeroed; so does this one.
             maglev: vec![0; MAGLEV_ENTRIES as usize],
             ports: BTreeMap::new(),
@@ -70,6 +72,24 @@ impl Maps for MemMaps {
         self.writes.backends += 1;
         *slot = *value;
         Ok(())
+    }
+    fn set_encap(&mut self, id: u32, value: &EncapValue) -> Result<()> {
+        let slot = self
+            .encap
+            .get_mut(id as usize)
+            .ok_or(DataplaneError::Full {
+                what: "backends",
+                max: MAX_BACKENDS,
+            })?;
+        *slot = *value;
+        Ok(())
+    }
+    fn read_encap(&self, id: u32) -> Result<EncapValue> {
+        Ok(self
+            .encap
+            .get(id as usize)
+            .copied()
+            .unwrap_or(EncapValue::EMPTY))
     }
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()> {
         if self.fail_maglev {

@@ -13,7 +13,9 @@ pub mod poke;
 pub mod programmer;
 
 use thiserror::Error;
-use vip_common::{BackendStats, BackendValue, Counter, Globals, ServiceKey, ServiceValue};
+use vip_common::{
+    BackendStats, BackendValue, Counter, EncapValue, Globals, ServiceKey, ServiceValue,
+};
 
 use crate::maglev::MaglevError;
 
@@ -98,6 +100,11 @@ pub trait Maps {
     fn set_service(&mut self, key: &ServiceKey, value: &ServiceValue) -> Result<()>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()>;
     fn set_backend(&mut self, id: u32, value: &BackendValue) -> Result<()>;
+    /// Writes a `BE_F_ENCAP` backend's outer source and path MTU (`ENCAP`),
+    /// before the backend entry that sets the flag.
+    fn set_encap(&mut self, id: u32, value: &EncapValue) -> Result<()>;
+    /// Reads it back, for adoption.
+    fn read_encap(&self, id: u32) -> Result<EncapValue>;
     /// Writes one `MAGLEV` entry (index from `vip_common::maglev_index`).
     fn set_maglev(&mut self, index: u32, backend_id: u32) -> Result<()>;
     /// Writes the program-wide settings.

@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use vip_common::{
-    AddrBytes, BE_F_ALIVE, BE_F_LOCAL, BackendValue, FAMILY_V4, FAMILY_V6, MAGLEV_MAX_SIZE,
-    MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT, NO_BACKEND, ServiceKey, ServiceValue,
-    maglev_index,
+    AddrBytes, BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, EncapValue, FAMILY_V4, FAMILY_V6,
+    MAGLEV_MAX_SIZE, MAX_BACKENDS, MAX_SERVICES, MODE_DSR, MODE_NAT, NO_BACKEND, ServiceKey,
+    ServiceValue, maglev_index,
 };
 
 use super::{DataplaneError, Maps, Result};
@@ -38,6 +38,9 @@ pub struct DesiredBackend {
     pub mac: [u8; 6],
     /// This node: mode dsr hands its packets to the local stack.
     pub local: bool,
+    /// Mode dsr to another subnet: encapsulate towards the backend's address
+    /// from this outer source, within this path MTU (`BE_F_ENCAP`).
+    pub encap: Option<EncapValue>,
     /// Keeps its established flows; unset, they get an RST.
     pub alive: bool,
     /// Alive but out of the Maglev table: no new flows (an apiserver that
@@ -76,6 +79,8 @@ struct BackendIdent {
     addr: AddrBytes,
     port_be: u16,
     local: bool,
+    /// Outer source and path MTU (`EncapValue`), if encapsulated.
+    encap: Option<(AddrBytes, u16)>,
 }
 
 /// What the wanted backends share across services: alive if any service
@@ -221,6 +226,12 @@ impl<M: Maps> Programmer<M> {
                 addr: v.addr,
                 port_be: v.port_be,
                 local: v.flags & BE_F_LOCAL != 0,
+                encap: if v.flags & BE_F_ENCAP != 0 {
+                    let e = p.maps.read_encap(id)?;
+                    Some((e.saddr, e.mtu))
+                } else {
+                    None
+                },
             };
             p.free_backend_ids.retain(|f| *f != id);
             p.backends.insert(bi, (id, v));
@@ -359,7 +370,9 @@ impl<M: Maps> Programmer<M> {
                 addr: bi.addr,
                 port_be: bi.port_be,
                 family: bi.family,
-                flags: if *alive { BE_F_ALIVE } else { 0 } | if bi.local { BE_F_LOCAL } else { 0 },
+                flags: if *alive { BE_F_ALIVE } else { 0 }
+                    | if bi.local { BE_F_LOCAL } else { 0 }
+                    | if bi.encap.is_some() { BE_F_ENCAP } else { 0 },
                 mac: w.mac,
                 _pad: [0; 2],
             };
@@ -382,6 +395,18 @@ impl<M: Maps> Programmer<M> {
                             what: "backends",
                             max: MAX_BACKENDS,
                         })?;
+                    // The encapsulation first: the flag that makes the
+                    // program read it comes with the backend entry. An id
+                    // keeps its encapsulation for life (it is part of the
+                    // identity), so this is its only write.
+                    if let Some((saddr, mtu)) = bi.encap {
+                        let e = EncapValue {
+                            saddr,
+                            mtu,
+                            _pad: [0; 2],
+                        };
+                        self.maps.set_encap(id, &e)?;
+                    }
                     self.maps.set_backend(id, &value)?;
                     self.backends.insert(bi.clone(), (id, value));
                     report.backend_writes += 1;
@@ -594,6 +619,7 @@ fn ident(b: &DesiredBackend) -> BackendIdent {
         addr: b.addr,
         port_be: b.port_be,
         local: b.local,
+        encap: b.encap.map(|e| (e.saddr, e.mtu)),
     }
 }
 
@@ -616,6 +642,7 @@ mod tests {
             port_be: 6443u16.to_be(),
             mac: [2, 0, 0, 0, 0, last],
             local: false,
+            encap: None,
             alive,
             draining: false,
         }
@@ -854,6 +881,45 @@ mod tests {
                 .err()
                 .is_some_and(|e| e.to_string().contains("two services with table id")),
         );
+    }
+
+    #[test]
+    /// An encapsulated backend: its `ENCAP` entry is written before the
+    /// backend entry that flags it, and an adopting programmer reads it back
+    /// as part of the backend's identity (no rewrite, same id).
+    fn encap_backend_is_written_flagged_and_adopted() {
+        let mut b = backend(1, true);
+        b.encap = Some(EncapValue {
+            saddr: v4([10, 0, 0, 2]),
+            mtu: 1500,
+            _pad: [0; 2],
+        });
+        let svc = [service(vec![b.clone(), backend(2, true)])];
+        let mut first = Programmer::new(MemMaps::default());
+        first.apply(&svc).expect("apply");
+        let id = first.backend_id(&b).expect("id");
+        assert_eq!(first.maps().encap[id as usize], b.encap.expect("encap"));
+        assert_ne!(first.maps().backends[id as usize].flags & BE_F_ENCAP, 0);
+        let plain = first.backend_id(&backend(2, true)).expect("id");
+        assert_eq!(first.maps().backends[plain as usize].flags & BE_F_ENCAP, 0);
+
+        let mut maps = first.maps().clone();
+        maps.writes = Default::default();
+        let mut second = Programmer::adopt(maps).expect("adopt");
+        assert_eq!(second.apply(&svc).expect("apply"), ApplyReport::default());
+        assert_eq!(second.backend_id(&b), Some(id), "same id after adoption");
+        // Another outer source is another backend identity: a fresh id, so
+        // no packet ever reads a half-changed pair of entries.
+        let mut moved = b.clone();
+        moved.encap = Some(EncapValue {
+            saddr: v4([10, 0, 0, 3]),
+            mtu: 1500,
+            _pad: [0; 2],
+        });
+        second
+            .apply(&[service(vec![moved.clone(), backend(2, true)])])
+            .expect("apply");
+        assert_ne!(second.backend_id(&moved), Some(id));
     }
 
     #[test]
