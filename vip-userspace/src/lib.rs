@@ -15,6 +15,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod probe;
 pub mod route;
+pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod vrrp;
