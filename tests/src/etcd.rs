@@ -33,24 +33,26 @@ pub struct Member {
     pub creds: Creds,
     /// The member's server certificate and key (reused by a restored member).
     server: (PathBuf, PathBuf),
+    /// The address it serves clients on.
+    pub listen: IpAddr,
     pub proc: Proc,
 }
 
 impl Member {
-    /// `https://127.0.0.1:2379`, as seen from inside the member's node.
+    /// `https://<listen>:2379`.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{CLIENT_PORT}")
+        format!("https://{}", SocketAddr::new(self.listen, CLIENT_PORT))
     }
 }
 
-/// Issues the member's server certificate (SANs localhost and 127.0.0.1, as
-/// kubeadm's etcd/server.crt has) and a client certificate under `pki`, in
-/// `dir`.
-pub fn issue(pki: &TestPki, dir: &Path, name: &str) -> (Creds, (PathBuf, PathBuf)) {
+/// Issues the member's server certificate (SANs localhost, 127.0.0.1 and
+/// `ip`, as kubeadm's etcd/server.crt has the node's address) and a client
+/// certificate under `pki`, in `dir`.
+pub fn issue(pki: &TestPki, dir: &Path, name: &str, ip: IpAddr) -> (Creds, (PathBuf, PathBuf)) {
     std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
     let ca = dir.join("etcd-ca.crt");
     std::fs::write(&ca, pki.ca_pem()).unwrap_or_else(|e| panic!("write {}: {e}", ca.display()));
-    let (c, k) = pki.issue_server(&["localhost", name], &[IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let (c, k) = pki.issue_server(&["localhost", name], &[IpAddr::V4(Ipv4Addr::LOCALHOST), ip]);
     let server = pki.write(dir, &format!("{name}-server"), &c, &k);
     let (c, k) = pki.issue_client("kube-etcd-healthcheck-client", &[]);
     let (cert, key) = pki.write(dir, "healthcheck-client", &c, &k);
@@ -58,7 +60,7 @@ pub fn issue(pki: &TestPki, dir: &Path, name: &str) -> (Creds, (PathBuf, PathBuf
 }
 
 /// Starts etcd named `name` in `node` with data in `data_dir` (fresh, or a
-/// restored one), listening for clients on 127.0.0.1:2379 with client-cert
+/// restored one), listening for clients on `listen`:2379 with client-cert
 /// auth, and waits until it answers `endpoint health` through TLS.
 pub fn start(
     lab: &Lab,
@@ -67,8 +69,9 @@ pub fn start(
     data_dir: &Path,
     creds: Creds,
     server: (PathBuf, PathBuf),
+    listen: IpAddr,
 ) -> Member {
-    let client = format!("https://127.0.0.1:{CLIENT_PORT}");
+    let client = format!("https://{}", SocketAddr::new(listen, CLIENT_PORT));
     let peer = format!("http://127.0.0.1:{PEER_PORT}");
     let d = data_dir.to_string_lossy().into_owned();
     let (scert, skey) = (
@@ -116,11 +119,12 @@ pub fn start(
         data_dir: data_dir.into(),
         creds,
         server,
+        listen,
         proc,
     };
     lab.wait_tcp(
         node,
-        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), CLIENT_PORT),
+        SocketAddr::new(listen, CLIENT_PORT),
         Duration::from_secs(20),
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -139,11 +143,13 @@ pub fn start(
     }
 }
 
-/// A fresh single member with fresh credentials under `pki`.
-pub fn start_fresh(lab: &Lab, node: &str, pki: &TestPki) -> Member {
+/// A fresh single member with fresh credentials under `pki`, serving
+/// clients on `listen` (127.0.0.1, or the node's lab address for clients in
+/// other nodes).
+pub fn start_fresh(lab: &Lab, node: &str, pki: &TestPki, listen: IpAddr) -> Member {
     let dir = lab.dir().join(format!("etcd-{node}"));
-    let (creds, server) = issue(pki, &dir.join("pki"), node);
-    start(lab, node, node, &dir.join("data"), creds, server)
+    let (creds, server) = issue(pki, &dir.join("pki"), node, listen);
+    start(lab, node, node, &dir.join("data"), creds, server, listen)
 }
 
 /// Starts a member on a restored data folder with the first member's
@@ -156,6 +162,7 @@ pub fn start_restored(lab: &Lab, old: &Member, name: &str, data_dir: &Path) -> M
         data_dir,
         old.creds.clone(),
         old.server.clone(),
+        old.listen,
     )
 }
 

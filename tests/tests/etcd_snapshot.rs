@@ -4,6 +4,7 @@
 //! unreachable, wrong CA, untrusted client certificate, a full disk, too
 //! little space for the next one, a killed run, a corrupt snapshot on disk.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -14,6 +15,8 @@ use vip_tests::{
     netns::Lab,
     vipd_bin,
 };
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Runs `vipd etcd-snapshot` inside `node` with these credentials.
 fn snapshot(lab: &Lab, node: &str, url: &str, creds: &Creds, dir: &Path, extra: &[&str]) -> Output {
@@ -98,7 +101,7 @@ fn keys(n: usize) -> Vec<(String, String)> {
 fn snapshot_is_verified_and_restores_every_key() {
     let lab = Lab::new("etcd-snap", &["cp1"]);
     let pki = TestPki::new();
-    let m = etcd::start_fresh(&lab, "cp1", &pki);
+    let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
     let written = keys(3000);
     etcd::put_all(&lab, &m, &written);
 
@@ -151,7 +154,7 @@ fn snapshot_is_verified_and_restores_every_key() {
 fn snapshot_faults_lose_nothing_and_name_the_fix() {
     let lab = Lab::new("etcd-faults", &["cp1"]);
     let pki = TestPki::new();
-    let m = etcd::start_fresh(&lab, "cp1", &pki);
+    let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
     etcd::put_all(&lab, &m, &keys(2000));
     let dir = lab.dir().join("snapshots");
 
@@ -167,7 +170,7 @@ fn snapshot_faults_lose_nothing_and_name_the_fix() {
     // A CA that did not sign etcd's server certificate.
     let other = TestPki::new();
     let odir = lab.dir().join("other-pki");
-    let (ocreds, _) = etcd::issue(&other, &odir, "other");
+    let (ocreds, _) = etcd::issue(&other, &odir, "other", LOCAL);
     let wrong_ca = Creds {
         ca: ocreds.ca.clone(),
         ..m.creds.clone()
@@ -275,7 +278,7 @@ fn snapshot_faults_lose_nothing_and_name_the_fix() {
 fn snapshot_killed_midway_leaves_no_snapshot_named_file() {
     let lab = Lab::new("etcd-kill", &["cp1"]);
     let pki = TestPki::new();
-    let m = etcd::start_fresh(&lab, "cp1", &pki);
+    let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
     // About 40 MB, so the stream takes long enough to be cut.
     let big: Vec<(String, String)> = (0..40_000)
         .map(|i| (format!("/big/{i:06}"), "x".repeat(1000)))
@@ -362,5 +365,157 @@ impl Drop for Tmpfs {
         if !matches!(&out, Ok(o) if o.status.success()) {
             eprintln!("umount {}: {out:?}", self.0.display());
         }
+    }
+}
+
+/// The snapshot names in `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    files(dir).0
+}
+
+/// Two vipd nodes electing the VIP holder with VRRP, `snapshot:` on with a
+/// 12 s period against a real etcd member on be1: exactly one snapshot per
+/// period, by the master; after a failover the new master takes the next.
+/// (LbLab runs at most two vipd nodes; the claim that keeps it to one per
+/// period does not depend on how many there are.)
+#[test]
+fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
+    use vip_tests::scenario::{Fwd, LbLab, LbOptions};
+    use vip_userspace::dataplane::kernel::AttachMode;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let root = std::env::temp_dir().join(format!(
+        "vipd-snap-lab-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let _cleanup = RemoveDir(root.clone());
+    let pki = TestPki::new();
+    // be1 is node index 2: 10.77.0.12 (LbLab's order: client, lb, be1...).
+    let be1_ip = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 12));
+    let (creds, server) = etcd::issue(&pki, &root.join("pki"), "be1", be1_ip);
+    let interval = 12u64;
+    let extra = format!(
+        "snapshot: {{ endpoints: [\"https://{be1_ip}:2379\"], ca: \"{}\", cert: \"{}\", key: \"{}\", dir: \"{}\", interval: {interval}s, jitter: 0s, keep: 20 }}\n",
+        creds.ca.display(),
+        creds.cert.display(),
+        creds.key.display(),
+        root.join("snaps-lb").display()
+    );
+    let mut l = LbLab::start_with(
+        "etcd-snap-lab",
+        &LbOptions {
+            second_lb: true,
+            extra,
+            ..LbOptions::new(AttachMode::Skb, Fwd::Dsr)
+        },
+    );
+    assert_eq!(l.lab.node("be1").ipv4.to_string(), be1_ip.to_string());
+    let m = etcd::start(
+        &l.lab,
+        "be1",
+        "be1",
+        &root.join("etcd-data"),
+        creds,
+        server,
+        be1_ip,
+    );
+    etcd::put_all(&l.lab, &m, &keys(500));
+    // lb2 writes into its own folder (its config is lb's with priority 100).
+    let lb2_cfg = l.vipd2.as_ref().expect("lb2").1.clone();
+    let text = std::fs::read_to_string(&lb2_cfg).expect("read lb2 config");
+    std::fs::write(&lb2_cfg, text.replace("snaps-lb\"", "snaps-lb2\"")).expect("write lb2 config");
+    l.respawn_vipd("lb2");
+    let (d1, d2) = (root.join("snaps-lb"), root.join("snaps-lb2"));
+
+    let master = |l: &LbLab, node: &str| {
+        l.try_status_of(node)
+            .is_ok_and(|s| s.vrrp.iter().all(|v| v.state == "master"))
+    };
+    let wait = |what: &str, secs: u64, f: &dyn Fn() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < end,
+                "{what} within {secs}s\n{}",
+                l.lab.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("lb master", 20, &|| master(&l, "lb"));
+    // Two periods by lb, none by lb2.
+    wait("two snapshots by lb", 3 * interval + 5, &|| {
+        names_in(&d1).len() >= 2
+    });
+    assert!(
+        names_in(&d2).is_empty(),
+        "the backup took none: {:?}",
+        names_in(&d2)
+    );
+    let by_lb = names_in(&d1);
+    let periods: Vec<u64> = by_lb
+        .iter()
+        .map(|n| vip_userspace::snapshot::plan::parse_name(n).expect("a snapshot name") / interval)
+        .collect();
+    let mut unique = periods.clone();
+    unique.dedup();
+    assert_eq!(unique, periods, "one snapshot per period: {by_lb:?}");
+    // The claim in etcd names lb.
+    let key = vip_userspace::snapshot::period_key(periods[0]);
+    let out = etcd::etcdctl(&l.lab, &m, &["get", &key, "--print-value-only"]);
+    let who = String::from_utf8_lossy(&out.stdout);
+    assert!(who.contains("taken by 10.77.0.11"), "{key}: {who}");
+    let lb = l.metrics_of("lb");
+    assert!(
+        lb.get("vipd_etcd_snapshot_taken_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert!(
+        lb.get("vipd_etcd_snapshot_last_success_timestamp_seconds")
+            .copied()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        l.metrics_of("lb2")
+            .get("vipd_etcd_snapshot_taken_total")
+            .copied(),
+        Some(0.0)
+    );
+
+    // Failover: lb stops; lb2 becomes master and takes the next period's.
+    l.stop_vipd();
+    wait("lb2 master", 20, &|| master(&l, "lb2"));
+    let lb_final = names_in(&d1);
+    wait("a snapshot by lb2", 2 * interval + 5, &|| {
+        !names_in(&d2).is_empty()
+    });
+    let by_lb2 = names_in(&d2);
+    let all: Vec<&String> = lb_final.iter().chain(by_lb2.iter()).collect();
+    let mut periods: Vec<u64> = all
+        .iter()
+        .map(|n| vip_userspace::snapshot::plan::parse_name(n).expect("a snapshot name") / interval)
+        .collect();
+    periods.sort_unstable();
+    let n = periods.len();
+    periods.dedup();
+    assert_eq!(
+        periods.len(),
+        n,
+        "never two snapshots of one period: {lb_final:?} {by_lb2:?}"
+    );
+    for f in by_lb2 {
+        vip_userspace::snapshot::verify_file(&d2.join(f)).expect("lb2's snapshot verifies");
+    }
+}
+
+/// Removes a folder when dropped.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

@@ -42,6 +42,7 @@ use crate::{
 mod hold;
 mod observe;
 mod probes;
+mod snapshots;
 mod state;
 mod sweep;
 
@@ -50,6 +51,7 @@ pub use hold::vrrp::effective_priority;
 use observe::Observed;
 use probes::{ProbeEvent, Probes, spawn_gate_round};
 pub use probes::{ProbeJob, probe_jobs, timing_report};
+use snapshots::Snapshots;
 use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
 use sweep::{FlowReport, SweepSync, spawn_sweeper};
 
@@ -189,6 +191,8 @@ struct Agent {
     obs: Observed,
     poke_tx: mpsc::Sender<()>,
     cert_tx: mpsc::Sender<(SocketAddr, CertCheck)>,
+    /// `snapshot:` on: the scheduled etcd snapshot's shell.
+    snapshots: Option<Snapshots>,
 }
 
 /// What the side tasks send the agent loop.
@@ -196,6 +200,8 @@ struct Inbox {
     probes: mpsc::Receiver<ProbeEvent>,
     certs: mpsc::Receiver<(SocketAddr, CertCheck)>,
     sweeps: mpsc::Receiver<FlowReport>,
+    /// Finished snapshots (never anything without `snapshot:`).
+    snapshots: mpsc::UnboundedReceiver<snapshots::Done>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -442,6 +448,18 @@ impl Agent {
         let (cert_tx, cert_rx) = mpsc::channel::<(SocketAddr, CertCheck)>(64);
         let mut probes = Probes::new(probe_tx);
         probes.sync(jobs.clone());
+        let (snapshots, snapshot_rx) = match cfg.snapshot.as_ref().map(|s| s.plan()) {
+            Some(Ok(plan)) => {
+                // The period's claim names this node by its address.
+                let node = crate::link::addresses(&cfg.interface)
+                    .ok()
+                    .and_then(|a| a.first().map(ToString::to_string))
+                    .unwrap_or_else(|| cfg.interface.clone());
+                let (s, rx) = Snapshots::new(plan, node, &metrics);
+                (Some(s), rx)
+            }
+            _ => (None, mpsc::unbounded_channel().1),
+        };
         let mut agent = Agent {
             opts,
             cfg,
@@ -461,11 +479,13 @@ impl Agent {
             obs,
             poke_tx,
             cert_tx,
+            snapshots,
         };
         let mut inbox = Inbox {
             probes: probe_rx,
             certs: cert_rx,
             sweeps,
+            snapshots: snapshot_rx,
         };
         agent.first_gate_round(&mut inbox.certs).await;
         let v = agent.verdicts();
@@ -515,13 +535,20 @@ impl Agent {
                 Some(rep) = inbox.sweeps.recv() => { self.swept(rep); None }
                 Some((addr, check)) = inbox.certs.recv() => { self.cert(addr, check); None }
                 _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
+                Some(done) = inbox.snapshots.recv() => Some(self.snapshot_done(done)),
                 _ = second.tick() => Some(Event::Second),
                 _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
             };
+            let second = ev == Some(Event::Second);
             if let Some(ev) = ev
                 && self.feed(ev).await?
             {
                 return Ok(());
+            }
+            if second && self.snapshots.is_some() {
+                let holds = self.holder.as_ref().is_some_and(|h| h.holds());
+                let unix = crate::snapshot::unix_now();
+                self.feed(Event::SnapshotTick { unix, holds }).await?;
             }
             self.metrics.beat();
             let v = self.verdicts();
@@ -615,6 +642,11 @@ impl Agent {
                 }
             }
             Effect::Refresh => self.refresh(),
+            Effect::TakeSnapshot(period) => {
+                if let Some(s) = &self.snapshots {
+                    s.spawn(period);
+                }
+            }
             Effect::Log(n) => self.log(n),
             Effect::Quiesce => self.quiesce(),
             Effect::StopHolder => {
@@ -785,6 +817,20 @@ impl Agent {
 
     fn announces(&self) -> bool {
         self.cfg.announce.is_some()
+    }
+
+    /// A finished scheduled snapshot: metrics and logs, then the state.
+    fn snapshot_done(&mut self, done: snapshots::Done) -> Event {
+        let period = done.0;
+        let outcome = match &self.snapshots {
+            Some(s) => s.done(&self.metrics, done),
+            None => crate::snapshot::duty::Outcome::Failed,
+        };
+        Event::SnapshotDone {
+            period,
+            outcome,
+            unix: crate::snapshot::unix_now(),
+        }
     }
 
     fn routers(&self) -> &[router::RouterHandle] {

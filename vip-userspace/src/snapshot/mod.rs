@@ -11,6 +11,7 @@
 //! a corrupt one.
 
 pub mod bolt;
+pub mod duty;
 pub mod plan;
 
 use std::{
@@ -596,6 +597,80 @@ fn prune(plan: &SnapshotPlan, new: &str) -> Result<(Vec<String>, Vec<String>), S
         fsync_dir(dir)?;
     }
     Ok((pruned, corrupt))
+}
+
+/// The etcd key that records who took period `n`'s snapshot (see `duty`).
+pub fn period_key(n: u64) -> String {
+    format!("vipd/etcd-snapshot/period-{n}")
+}
+
+/// A scheduled attempt's result.
+#[derive(Debug)]
+pub enum Scheduled {
+    Taken(Taken),
+    /// The period is claimed or done by another node: what its key says.
+    Elsewhere(String),
+}
+
+/// Period `period`'s snapshot, if this node wins the period's claim in etcd:
+/// an atomic create of [`period_key`] under a lease as long as a snapshot
+/// may take (a taker that dies lets it expire), replaced once verified by a
+/// record that lives two intervals (so the keys do not pile up).
+pub async fn take_scheduled(
+    plan: &SnapshotPlan,
+    period: u64,
+    node: &str,
+) -> Result<Scheduled, SnapshotError> {
+    use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+    let mut c = client(plan).await?;
+    let err = |e| classify(plan, e);
+    let ttl = i64::try_from(plan.timeout.as_secs() + 60).unwrap_or(i64::MAX);
+    let claim = c.lease_grant(ttl, None).await.map_err(err)?.id();
+    let key = period_key(period);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.clone(),
+            format!("taking by {node}"),
+            Some(PutOptions::new().with_lease(claim)),
+        )])
+        .or_else([TxnOp::get(key.clone(), None)]);
+    let resp = c.txn(txn).await.map_err(err)?;
+    if !resp.succeeded() {
+        let _ = c.lease_revoke(claim).await;
+        let holder = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        return Ok(Scheduled::Elsewhere(holder));
+    }
+    match take(plan, plan.schedule.period_start(period)).await {
+        Ok(t) => {
+            let keep = i64::try_from(plan.schedule.interval.as_secs() * 2).unwrap_or(i64::MAX);
+            // Best effort: if recording fails, the claim's lease still
+            // covers this period for as long as a retry could come.
+            if let Ok(l) = c.lease_grant(keep, None).await {
+                let record = format!("taken by {node}, revision {}", t.revision);
+                let _ = c
+                    .put(key, record, Some(PutOptions::new().with_lease(l.id())))
+                    .await;
+                let _ = c.lease_revoke(claim).await;
+            }
+            Ok(Scheduled::Taken(t))
+        }
+        Err(e) => {
+            // Free the period for the next attempt, here or on a new master.
+            let _ = c.lease_revoke(claim).await;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]
