@@ -822,7 +822,7 @@ impl Agent {
     /// A finished scheduled snapshot: metrics and logs, then the state.
     fn snapshot_done(&mut self, done: snapshots::Done) -> Event {
         let period = done.0;
-        let outcome = match &self.snapshots {
+        let outcome = match &mut self.snapshots {
             Some(s) => s.done(&self.metrics, done),
             None => crate::snapshot::duty::Outcome::Failed,
         };
@@ -845,6 +845,9 @@ impl Agent {
                 .maps()
                 .sync_lost()
                 .unwrap_or(self.obs.sync_ring_lost);
+        }
+        if let Some(s) = &self.snapshots {
+            self.obs.etcd_snapshot = Some(s.status(&self.metrics));
         }
         // The holder runs from before readiness until the stop.
         if let Some(h) = &self.holder {

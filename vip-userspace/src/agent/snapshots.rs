@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 use crate::{
     metrics::{Metrics, ReasonLabel},
     snapshot::{self, Scheduled, SnapshotError, SnapshotPlan, duty::Outcome},
+    status::EtcdSnapshotStatus,
 };
 
 pub type Done = (u64, Result<Scheduled, SnapshotError>);
@@ -22,6 +23,8 @@ pub struct Snapshots {
     /// This node in the period's claim (its first address on the interface).
     node: String,
     tx: mpsc::UnboundedSender<Done>,
+    /// The last scheduled attempt's error since the last success.
+    last_error: Option<String>,
 }
 
 impl Snapshots {
@@ -33,7 +36,15 @@ impl Snapshots {
         metrics.known_snapshot();
         newest_on_disk(&plan, metrics);
         let (tx, rx) = mpsc::unbounded_channel();
-        (Snapshots { plan, node, tx }, rx)
+        (
+            Snapshots {
+                plan,
+                node,
+                tx,
+                last_error: None,
+            },
+            rx,
+        )
     }
 
     /// Takes period `period`'s snapshot in its own task.
@@ -47,7 +58,7 @@ impl Snapshots {
     }
 
     /// Metrics and logs for a finished attempt; what the state is told.
-    pub fn done(&self, metrics: &Arc<Metrics>, (period, r): Done) -> Outcome {
+    pub fn done(&mut self, metrics: &Arc<Metrics>, (period, r): Done) -> Outcome {
         match r {
             Ok(Scheduled::Taken(t)) => {
                 info!(
@@ -77,6 +88,7 @@ impl Snapshots {
                 metrics.snapshot_revision.set(t.revision as i64);
                 metrics.snapshot_taken.inc();
                 newest_on_disk(&self.plan, metrics);
+                self.last_error = None;
                 Outcome::Taken
             }
             Ok(Scheduled::Elsewhere(by)) => {
@@ -91,21 +103,45 @@ impl Snapshots {
                         reason: e.reason().into(),
                     })
                     .inc();
+                self.last_error = Some(format!("[{}] {e}", e.reason()));
                 Outcome::Failed
             }
         }
     }
 }
 
-/// The newest snapshot in the folder, by modification time (when it was
-/// written, not the period its name carries).
-fn newest_on_disk(plan: &SnapshotPlan, metrics: &Metrics) {
+impl Snapshots {
+    /// The folder for `vipd status`, and the newest-snapshot metric (the
+    /// folder also gets `vipd etcd-snapshot`'s one-off snapshots).
+    pub fn status(&self, metrics: &Metrics) -> EtcdSnapshotStatus {
+        let (newest, written) = newest_on_disk(&self.plan, metrics);
+        EtcdSnapshotStatus {
+            dir: self.plan.dir.display().to_string(),
+            newest_unix_ms: written.map(|t| t * 1000),
+            newest_bytes: newest.as_ref().map(|n| n.size),
+            newest: newest.map(|n| n.name),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// The newest snapshot in the folder and when it was written (its
+/// modification time, not the period its name carries), into the metric.
+fn newest_on_disk(
+    plan: &SnapshotPlan,
+    metrics: &Metrics,
+) -> (Option<snapshot::Newest>, Option<u64>) {
     let newest = snapshot::list(&plan.dir)
         .ok()
-        .and_then(|l| l.into_iter().next())
+        .and_then(|l| l.into_iter().next());
+    let written = newest
+        .as_ref()
         .and_then(|n| std::fs::metadata(plan.dir.join(&n.name)).ok())
         .and_then(|m| m.modified().ok())
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs() as i64);
-    metrics.snapshot_newest.set(newest);
+        .map(|d| d.as_secs());
+    metrics
+        .snapshot_newest
+        .set(written.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    (newest, written)
 }
