@@ -20,12 +20,18 @@ const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// Runs `vipd etcd-snapshot` inside `node` with these credentials.
 fn snapshot(lab: &Lab, node: &str, url: &str, creds: &Creds, dir: &Path, extra: &[&str]) -> Output {
-    let ns = lab.node(node).ns.clone();
-    Command::new("ip")
-        .args(["netns", "exec", &ns])
+    snapshot_cmd(lab, node, url, creds, dir)
+        .args(extra)
+        .output()
+        .expect("run vipd etcd-snapshot")
+}
+
+/// `vipd etcd-snapshot` inside `node`, not started yet.
+fn snapshot_cmd(lab: &Lab, node: &str, url: &str, creds: &Creds, dir: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &lab.node(node).ns])
         .arg(vipd_bin())
-        .arg("etcd-snapshot")
-        .args(["--endpoint", url])
+        .args(["etcd-snapshot", "--endpoint", url])
         .arg("--ca")
         .arg(&creds.ca)
         .arg("--cert")
@@ -33,10 +39,8 @@ fn snapshot(lab: &Lab, node: &str, url: &str, creds: &Creds, dir: &Path, extra: 
         .arg("--key")
         .arg(&creds.key)
         .arg("--dir")
-        .arg(dir)
-        .args(extra)
-        .output()
-        .expect("run vipd etcd-snapshot")
+        .arg(dir);
+    c
 }
 
 fn text(o: &Output) -> String {
@@ -288,19 +292,7 @@ fn snapshot_killed_midway_leaves_no_snapshot_named_file() {
     let good = ok_snapshot(&lab, &m, &dir, &[]);
     std::thread::sleep(Duration::from_millis(1100));
 
-    let ns = lab.node("cp1").ns.clone();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(vipd_bin())
-        .args(["etcd-snapshot", "--endpoint", &m.url()])
-        .arg("--ca")
-        .arg(&m.creds.ca)
-        .arg("--cert")
-        .arg(&m.creds.cert)
-        .arg("--key")
-        .arg(&m.creds.key)
-        .arg("--dir")
-        .arg(&dir)
+    let mut child = snapshot_cmd(&lab, "cp1", &m.url(), &m.creds, &dir)
         .spawn()
         .expect("spawn vipd");
     // Kill it once the partial file exists (ip netns exec execs vipd: the

@@ -415,19 +415,29 @@ pub fn verify_file(path: &Path) -> Result<bolt::DbStatus, SnapshotError> {
     })
 }
 
-/// Classifies a client error by what the operator must fix: a TLS problem
-/// (wrong CA, a client certificate etcd does not trust) or an unreachable
-/// member. tonic folds both into one transport error, so the source chain's
-/// text is what tells them apart.
-fn classify(plan: &SnapshotPlan, e: etcd_client::Error) -> SnapshotError {
-    let endpoints = plan.endpoints.join(",");
+/// An error with its whole source chain, for the operator.
+fn chain(e: &etcd_client::Error) -> String {
     let mut detail = e.to_string();
-    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
     while let Some(s) = src {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
         src = s.source();
     }
+    detail
+}
+
+/// Classifies an error before etcd sent any data by what the operator must
+/// fix: a TLS problem (wrong CA, a client certificate etcd does not trust)
+/// or an unreachable member. tonic folds both into one transport error, so
+/// the source chain's text is what tells them apart. With TLS 1.3 the client
+/// finishes its side of the handshake before the server checks the client
+/// certificate, so a refused certificate often shows only as the connection
+/// closed (or the request cancelled) on the first request: before any data,
+/// that is counted as TLS too.
+fn classify(plan: &SnapshotPlan, e: etcd_client::Error) -> SnapshotError {
+    let endpoints = plan.endpoints.join(",");
+    let detail = chain(&e);
     let lower = detail.to_lowercase();
     let tls = [
         "certificate",
@@ -436,6 +446,9 @@ fn classify(plan: &SnapshotPlan, e: etcd_client::Error) -> SnapshotError {
         "alert",
         "unknownissuer",
         "decrypt",
+        "connection closed",
+        "connection reset",
+        "cancel",
     ]
     .iter()
     .any(|w| lower.contains(w));
@@ -548,7 +561,19 @@ async fn stream_to(plan: &SnapshotPlan, part: &Path) -> Result<(), SnapshotError
         .await
         .map_err(io_err("create", part))?;
     let mut complete = false;
-    while let Some(msg) = stream.message().await.map_err(|e| classify(plan, e))? {
+    let mut received = 0u64;
+    let broke = |e: etcd_client::Error, received: u64| {
+        if received == 0 {
+            classify(plan, e)
+        } else {
+            SnapshotError::Etcd(format!(
+                "the stream broke after {received} bytes: {}",
+                chain(&e)
+            ))
+        }
+    };
+    while let Some(msg) = stream.message().await.map_err(|e| broke(e, received))? {
+        received += msg.blob().len() as u64;
         file.write_all(msg.blob())
             .await
             .map_err(io_err("write", part))?;
