@@ -428,36 +428,42 @@ fn chain(e: &etcd_client::Error) -> String {
 }
 
 /// Classifies an error before etcd sent any data by what the operator must
-/// fix: a TLS problem (wrong CA, a client certificate etcd does not trust)
-/// or an unreachable member. tonic folds both into one transport error, so
-/// the source chain's text is what tells them apart. With TLS 1.3 the client
-/// finishes its side of the handshake before the server checks the client
-/// certificate, so a refused certificate often shows only as the connection
-/// closed (or the request cancelled) on the first request: before any data,
-/// that is counted as TLS too.
+/// fix. tonic folds every connection problem into one transport error, so
+/// the source chain's text tells them apart: a connection that could not be
+/// made (refused, timed out, no route, a name that does not resolve) is an
+/// unreachable member; a genuine gRPC status from etcd is etcd's; anything
+/// else is the TLS session failing. With TLS 1.3 the client finishes its
+/// side of the handshake before the server checks the client certificate,
+/// so a refused certificate shows as whatever the first request meets: a
+/// closed connection, a broken pipe, a cancelled or unknown-status request
+/// (all seen against etcd 3.4 here), not always as a TLS alert.
 fn classify(plan: &SnapshotPlan, e: etcd_client::Error) -> SnapshotError {
     let endpoints = plan.endpoints.join(",");
     let detail = chain(&e);
     let lower = detail.to_lowercase();
-    let tls = [
-        "certificate",
-        "tls",
-        "handshake",
-        "alert",
-        "unknownissuer",
-        "decrypt",
-        "connection closed",
-        "connection reset",
-        "cancel",
+    let unreachable = [
+        "connection refused",
+        "tcp connect",
+        "timed out",
+        "timeout",
+        "no route",
+        "network is unreachable",
+        "failed to lookup",
+        "name or service not known",
     ]
     .iter()
     .any(|w| lower.contains(w));
     match e {
-        etcd_client::Error::GRpcStatus(s) if !tls && s.code() != tonic::Code::Unavailable => {
+        etcd_client::Error::GRpcStatus(s)
+            if !matches!(
+                s.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+            ) =>
+        {
             SnapshotError::Etcd(detail)
         }
-        _ if tls => SnapshotError::Tls { endpoints, detail },
-        _ => SnapshotError::Unreachable { endpoints, detail },
+        _ if unreachable => SnapshotError::Unreachable { endpoints, detail },
+        _ => SnapshotError::Tls { endpoints, detail },
     }
 }
 
