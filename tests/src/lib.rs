@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod capture;
 pub mod certs;
+pub mod etcd;
 pub mod fabric;
 pub mod fuzz;
 pub mod h2client;

@@ -107,6 +107,9 @@ pub struct Config {
     /// when the VIP moves (needs `snat: vip` on every nat service).
     #[serde(default)]
     pub state_sync: Option<StateSyncSettings>,
+    /// etcd snapshots taken by the VIP holder (issue 19); absent: none.
+    #[serde(default)]
+    pub snapshot: Option<crate::snapshot::SnapshotSettings>,
     pub services: Vec<Service>,
 }
 
@@ -970,6 +973,9 @@ impl Config {
         self.validate_shared_probes().map_err(|(f, m)| bad(f, m))?;
         if let Some(sync) = &self.state_sync {
             self.validate_sync(sync).map_err(|(f, m)| bad(f, m))?;
+        }
+        if let Some(snap) = &self.snapshot {
+            snap.plan().map_err(|(f, m)| bad(f, m))?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {

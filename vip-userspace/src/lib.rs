@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod neigh;
 pub mod probe;
 pub mod route;
+pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod version;

@@ -375,6 +375,45 @@ fn register_announce(r: &mut Registrar, m: &Metrics) {
     );
 }
 
+/// `snapshot:`: the etcd snapshots this node took (issue 19).
+fn register_snapshot(r: &mut Registrar, m: &Metrics) {
+    r.register(
+        "etcd_snapshot_last_success_timestamp_seconds",
+        "etcd snapshots: when this node last took and verified one (unix seconds; 0: not since start)",
+        m.snapshot_last_success.clone(),
+    );
+    r.register(
+        "etcd_snapshot_newest_timestamp_seconds",
+        "etcd snapshots: when the newest verified snapshot in this node's snapshot folder was written (unix seconds; 0: none). The cluster's newest is the max over nodes",
+        m.snapshot_newest.clone(),
+    );
+    r.register(
+        "etcd_snapshot_size_bytes",
+        "etcd snapshots: size of the last one this node took",
+        m.snapshot_size.clone(),
+    );
+    r.register(
+        "etcd_snapshot_duration_seconds",
+        "etcd snapshots: how long the last one took, connection to rename",
+        m.snapshot_duration.clone(),
+    );
+    r.register(
+        "etcd_snapshot_revision",
+        "etcd snapshots: the etcd revision of the last one this node took",
+        m.snapshot_revision.clone(),
+    );
+    r.register(
+        "etcd_snapshot_taken",
+        "etcd snapshots taken and verified by this node",
+        m.snapshot_taken.clone(),
+    );
+    r.register(
+        "etcd_snapshot_failures",
+        "etcd snapshots that failed, by reason (credentials, tls, unreachable, etcd, disk_space, disk_full, io, corrupt, timeout)",
+        m.snapshot_failures.clone(),
+    );
+}
+
 /// Every metric vipd exports.
 pub struct Metrics {
     registry: Registry,
@@ -418,6 +457,13 @@ pub struct Metrics {
     pub state_sync_lost: Family<ReasonLabel, Counter>,
     pub announce_route_installed: Family<VipLabel, Gauge>,
     pub announce_withdrawals: Family<VipReason, Counter>,
+    pub snapshot_last_success: Gauge,
+    pub snapshot_newest: Gauge,
+    pub snapshot_size: Gauge,
+    pub snapshot_duration: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub snapshot_revision: Gauge,
+    pub snapshot_taken: Counter,
+    pub snapshot_failures: Family<ReasonLabel, Counter>,
     /// The last `vipd status` snapshot (JSON), served at /status.
     status: std::sync::Mutex<String>,
     /// Every family as registered, see [`Metrics::families`].
@@ -491,6 +537,13 @@ impl Metrics {
             state_sync_lost: Family::default(),
             announce_route_installed: Family::default(),
             announce_withdrawals: Family::default(),
+            snapshot_last_success: Gauge::default(),
+            snapshot_newest: Gauge::default(),
+            snapshot_size: Gauge::default(),
+            snapshot_duration: Gauge::default(),
+            snapshot_revision: Gauge::default(),
+            snapshot_taken: Counter::default(),
+            snapshot_failures: Family::default(),
             status: std::sync::Mutex::new(String::new()),
             ready: AtomicBool::new(false),
             heartbeat_ms: AtomicU64::new(0),
@@ -502,6 +555,7 @@ impl Metrics {
         register_flows(&mut r, &m);
         register_sync(&mut r, &m);
         register_announce(&mut r, &m);
+        register_snapshot(&mut r, &m);
         Metrics {
             registry: r.registry,
             families: r.families,
@@ -544,6 +598,15 @@ impl Metrics {
     /// before their first event (see [`Metrics::known_backends`]); called
     /// when sync starts. All of them start at 0 with each vipd: the
     /// program's ring-full count lives in a map that is not pinned.
+    /// The snapshot failure counters, every reason at 0 from the start.
+    pub fn known_snapshot(&self) {
+        for reason in crate::snapshot::SnapshotError::REASONS {
+            drop(self.snapshot_failures.get_or_create(&ReasonLabel {
+                reason: (*reason).to_owned(),
+            }));
+        }
+    }
+
     pub fn known_sync(&self) {
         for reason in crate::sync::REJECT_LABELS {
             drop(self.state_sync_rejected.get_or_create(&ReasonLabel {

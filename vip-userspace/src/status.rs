@@ -42,6 +42,23 @@ pub struct Status {
     /// policy allows: the warning ([`crate::version`]).
     #[serde(default)]
     pub version_skew: Option<String>,
+    /// `snapshot:`: this node's snapshot folder; absent without it.
+    #[serde(default)]
+    pub etcd_snapshot: Option<EtcdSnapshotStatus>,
+}
+
+/// The etcd snapshots in this node's folder (the master takes them: a
+/// backup's newest is older).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EtcdSnapshotStatus {
+    pub dir: String,
+    /// The newest snapshot file, when it was written, its size.
+    pub newest: Option<String>,
+    pub newest_unix_ms: Option<u64>,
+    pub newest_bytes: Option<u64>,
+    /// The last scheduled attempt's error on this node since its last
+    /// success, with its reason label.
+    pub last_error: Option<String>,
 }
 
 /// Connection-state sync since the agent started: the same counters as the
@@ -480,6 +497,29 @@ impl Status {
         table(o, "  ", &rows);
     }
 
+    fn render_etcd_snapshot(&self, o: &mut String) {
+        let Some(e) = &self.etcd_snapshot else {
+            return;
+        };
+        match (&e.newest, e.newest_unix_ms) {
+            (Some(n), Some(t)) => {
+                let _ = writeln!(
+                    o,
+                    "etcd snapshot: newest {}/{n} ({} bytes), written {}",
+                    e.dir,
+                    e.newest_bytes.unwrap_or(0),
+                    self.ago(t)
+                );
+            }
+            _ => {
+                let _ = writeln!(o, "etcd snapshot: none in {} yet", e.dir);
+            }
+        }
+        if let Some(err) = &e.last_error {
+            let _ = writeln!(o, "  last attempt failed: {err}");
+        }
+    }
+
     fn ago(&self, t: u64) -> String {
         format!("{} ago", span(self.at_unix_ms.saturating_sub(t)))
     }
@@ -518,6 +558,7 @@ impl Status {
         }
         self.render_flows(&mut o);
         self.render_sync(&mut o);
+        self.render_etcd_snapshot(&mut o);
         o
     }
 }
@@ -713,6 +754,13 @@ mod tests {
                 lost: Default::default(),
             }),
             version_skew: None,
+            etcd_snapshot: Some(EtcdSnapshotStatus {
+                dir: "/var/lib/vipd/etcd-snapshots".into(),
+                newest: Some("etcd-snapshot-20270115T080000Z.db".into()),
+                newest_unix_ms: Some(at - 7_200_000),
+                newest_bytes: Some(4_202_528),
+                last_error: None,
+            }),
         }
     }
 
@@ -745,6 +793,7 @@ mod tests {
             "service 10.0.0.100:6443 tcp mode dsr: VIP on this node, 1/2 backends serving",
             "flows: 12 of 262144 (0.0% full), 4 expired entries swept, counted 4 s ago",
             "state sync: 120 records sent, 7 received, 6 applied; refused: 1 conflict; lost: none",
+            "etcd snapshot: newest /var/lib/vipd/etcd-snapshots/etcd-snapshot-20270115T080000Z.db (4202528 bytes), written 2 h ago",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -821,6 +821,7 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
             })
             .inc();
     }
+    m.known_snapshot();
     m.cert_san_ok.get_or_create(&bl).set(1);
     m.cert_expiry.get_or_create(&bl).set(86_400);
     m.fail_open

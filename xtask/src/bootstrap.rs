@@ -53,6 +53,23 @@ pub const DEBIAN: &[(&str, &str)] = &[
     // A real Prometheus evaluates the shipped alert rules against the lab's
     // vipds (tests/src/prom.rs, tests/tests/alerts.rs).
     ("prometheus", "prometheus"),
+    // etcd snapshots (issue 19): a real etcd 3.4 member with client-cert TLS
+    // for the snapshot tests (tests/src/etcd.rs), and etcdctl to write the
+    // tests' keys, cross-check vipd's reading of a snapshot (`snapshot
+    // status`) and perform the README's restore runbook (`snapshot restore`).
+    ("etcd-server", "etcd"),
+    ("etcd-client", "etcdctl"),
+    // protoc: the etcd-client crate compiles etcd's .proto files in its build
+    // script (tonic-prost-build), which runs protoc and has no vendored copy.
+    // Like bpf-linker for the eBPF half, the bootstrap provides it before
+    // `cargo xtask` builds vip-userspace.
+    ("protobuf-compiler", "protoc"),
+    // etcd's protos import Google's well-known types (descriptor.proto,
+    // struct.proto), which protoc finds in /usr/include beside it.
+    (
+        "libprotobuf-dev",
+        "/usr/include/google/protobuf/descriptor.proto",
+    ),
 ];
 
 /// The package the bootstrap installs for `cmd`, if `cmd` is the command that
@@ -70,11 +87,22 @@ const DAEMON_PACKAGES: &[(&str, &str)] = &[
     ("bird2", "bird"),
     ("frr", "frr"),
     ("prometheus", "prometheus"),
+    // Debian's etcd-server enables and starts etcd.service, a member on
+    // 127.0.0.1:2379 that the tests' own members in namespaces do not need.
+    ("etcd-server", "etcd"),
 ];
 
 /// Process names of the daemons those packages ship, to notice one running
 /// in the host's network namespace.
-const HOST_DAEMONS: &[&str] = &["bird", "zebra", "bgpd", "bfdd", "watchfrr", "prometheus"];
+const HOST_DAEMONS: &[&str] = &[
+    "bird",
+    "zebra",
+    "bgpd",
+    "bfdd",
+    "watchfrr",
+    "prometheus",
+    "etcd",
+];
 
 /// What later steps need to know about the toolchain.
 pub struct Toolchain {

@@ -43,6 +43,7 @@ use crate::{
 mod hold;
 mod observe;
 mod probes;
+mod snapshots;
 mod state;
 mod sweep;
 
@@ -51,6 +52,7 @@ pub use hold::vrrp::effective_priority;
 use observe::Observed;
 use probes::{ProbeEvent, Probes, spawn_gate_round, spawn_version_round};
 pub use probes::{ProbeJob, probe_jobs, timing_report};
+use snapshots::Snapshots;
 use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
 use sweep::{FlowReport, SweepSync, spawn_sweeper};
 
@@ -223,6 +225,8 @@ struct Agent {
     version_tx: mpsc::Sender<(SocketAddr, Result<String, crate::probe::Failure>)>,
     /// The neighbour table task (mode dsr backend MACs).
     neigh: neigh::Commands,
+    /// `snapshot:` on: the scheduled etcd snapshot's shell.
+    snapshots: Option<Snapshots>,
 }
 
 /// What the side tasks send the agent loop.
@@ -232,6 +236,8 @@ struct Inbox {
     versions: mpsc::Receiver<(SocketAddr, Result<String, crate::probe::Failure>)>,
     sweeps: mpsc::Receiver<FlowReport>,
     neigh: mpsc::Receiver<NeighEvent>,
+    /// Finished snapshots (never anything without `snapshot:`).
+    snapshots: mpsc::UnboundedReceiver<snapshots::Done>,
 }
 
 /// This node's own addresses (every interface's; the VIPs are left out by
@@ -524,6 +530,18 @@ impl Agent {
         let neigh = neigh::spawn(&cfg.interface, neigh_tx)
             .context("mode dsr: following the neighbour table")?;
         neigh.watch(ctl.neighbour_targets());
+        let (snapshots, snapshot_rx) = match cfg.snapshot.as_ref().map(|s| s.plan()) {
+            Some(Ok(plan)) => {
+                // The period's claim names this node by its address.
+                let node = crate::link::addresses(&cfg.interface)
+                    .ok()
+                    .and_then(|a| a.first().map(ToString::to_string))
+                    .unwrap_or_else(|| cfg.interface.clone());
+                let (s, rx) = Snapshots::new(plan, node, &metrics);
+                (Some(s), rx)
+            }
+            _ => (None, mpsc::unbounded_channel().1),
+        };
         let mut agent = Agent {
             opts,
             cfg,
@@ -545,6 +563,7 @@ impl Agent {
             cert_tx,
             version_tx,
             neigh,
+            snapshots,
         };
         let mut inbox = Inbox {
             probes: probe_rx,
@@ -552,6 +571,7 @@ impl Agent {
             versions: version_rx,
             sweeps,
             neigh: neigh_rx,
+            snapshots: snapshot_rx,
         };
         agent.first_gate_round(&mut inbox.certs).await;
         let v = agent.verdicts();
@@ -606,13 +626,20 @@ impl Agent {
                 _ = gate_tick.tick() => { spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx); None }
                 _ = version_tick.tick() => { spawn_version_round(&self.jobs, &self.version_tx); None }
                 Some((addr, got)) = inbox.versions.recv() => { self.versioned(addr, got); None }
+                Some(done) = inbox.snapshots.recv() => Some(self.snapshot_done(done)),
                 _ = second.tick() => Some(Event::Second),
                 _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
             };
+            let second = ev == Some(Event::Second);
             if let Some(ev) = ev
                 && self.feed(ev).await?
             {
                 return Ok(());
+            }
+            if second && self.snapshots.is_some() {
+                let holds = self.holder.as_ref().is_some_and(|h| h.holds());
+                let unix = crate::snapshot::unix_now();
+                self.feed(Event::SnapshotTick { unix, holds }).await?;
             }
             self.metrics.beat();
             let v = self.verdicts();
@@ -711,6 +738,11 @@ impl Agent {
                 }
             }
             Effect::Refresh => self.refresh(),
+            Effect::TakeSnapshot(period) => {
+                if let Some(s) = &self.snapshots {
+                    s.spawn(period);
+                }
+            }
             Effect::Log(n) => self.log(n),
             Effect::Quiesce => self.quiesce(),
             Effect::StopHolder => {
@@ -981,6 +1013,20 @@ impl Agent {
         self.cfg.announce.is_some()
     }
 
+    /// A finished scheduled snapshot: metrics and logs, then the state.
+    fn snapshot_done(&mut self, done: snapshots::Done) -> Event {
+        let period = done.0;
+        let outcome = match &mut self.snapshots {
+            Some(s) => s.done(&self.metrics, done),
+            None => crate::snapshot::duty::Outcome::Failed,
+        };
+        Event::SnapshotDone {
+            period,
+            outcome,
+            unix: crate::snapshot::unix_now(),
+        }
+    }
+
     fn routers(&self) -> &[router::RouterHandle] {
         self.holder.as_ref().map_or(&[][..], |h| h.routers())
     }
@@ -993,6 +1039,9 @@ impl Agent {
                 .maps()
                 .sync_lost()
                 .unwrap_or(self.obs.sync_ring_lost);
+        }
+        if let Some(s) = &self.snapshots {
+            self.obs.etcd_snapshot = Some(s.status(&self.metrics));
         }
         // The holder runs from before readiness until the stop.
         if let Some(h) = &self.holder {

@@ -49,6 +49,8 @@ pub struct Observed {
     /// full ring (read by the agent loop).
     pub sync: Option<std::sync::Arc<crate::sync::SyncStats>>,
     pub sync_ring_lost: u64,
+    /// `snapshot:` on: the folder as last read.
+    pub etcd_snapshot: Option<status::EtcdSnapshotStatus>,
     /// Failovers already observed in the histogram, per family.
     failovers_seen: HashMap<Family, u64>,
     /// Per backend: its apiserver's gitVersion, last read.
@@ -74,6 +76,7 @@ impl Observed {
             swept_total: 0,
             sync: None,
             sync_ring_lost: 0,
+            etcd_snapshot: None,
             failovers_seen: HashMap::new(),
         }
     }
@@ -137,6 +140,7 @@ pub fn refresh<M: Maps>(
         flows,
         sync,
         version_skew: obs.skew.warning(),
+        etcd_snapshot: obs.etcd_snapshot.clone(),
     };
     match serde_json::to_string(&snapshot) {
         Ok(j) => m.set_status(j),

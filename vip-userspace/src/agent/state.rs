@@ -21,7 +21,7 @@ use std::{
 };
 
 use super::{has_nat, hold::Fitness, service_vips};
-use crate::{config::Config, vrrp::Family};
+use crate::{config::Config, snapshot::duty::Duty, vrrp::Family};
 
 /// How often metrics and the status snapshot are rebuilt.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -102,6 +102,18 @@ pub enum Event {
     FileStamp(Option<Stamp>),
     /// SIGHUP: reload now.
     Hangup,
+    /// Once a second with `snapshot:` on: the wall clock, and whether this
+    /// node holds the VIP (`VipHolder::holds`).
+    SnapshotTick {
+        unix: u64,
+        holds: bool,
+    },
+    /// The scheduled snapshot of `period` ended (at `unix`).
+    SnapshotDone {
+        period: u64,
+        outcome: crate::snapshot::duty::Outcome,
+        unix: u64,
+    },
     /// The config file as read for a reload, with its stamp then.
     ConfigRead {
         stamp: Option<Stamp>,
@@ -149,6 +161,9 @@ pub enum Effect {
     Publish,
     /// Rebuild metrics and the status snapshot.
     Refresh,
+    /// Take period N's etcd snapshot (answered, later, with
+    /// [`Event::SnapshotDone`]).
+    TakeSnapshot(u64),
     Log(Note),
     /// Stop, 1: not ready; metrics, sweeper, state sync and probes end.
     Quiesce,
@@ -197,10 +212,18 @@ pub struct AgentState {
     last_counters: Vec<String>,
     last_vrrp: HashMap<Family, String>,
     last_backends: String,
+    /// Whose turn the scheduled etcd snapshot is (`snapshot:` on).
+    snapshot: Option<Duty>,
 }
 
 impl AgentState {
     pub fn new(settings: Settings) -> AgentState {
+        let snapshot = settings
+            .config
+            .snapshot
+            .as_ref()
+            .and_then(|s| s.plan().ok())
+            .map(|p| Duty::new(p.schedule));
         AgentState {
             running: settings.config.clone(),
             pending: None,
@@ -222,6 +245,7 @@ impl AgentState {
             last_counters: vec![],
             last_vrrp: HashMap::new(),
             last_backends: String::new(),
+            snapshot,
         }
     }
 
@@ -288,6 +312,20 @@ impl AgentState {
                 }
             }
             Event::Hangup => out.push(Effect::ReadConfig),
+            Event::SnapshotTick { unix, holds } => {
+                if let Some(n) = self.snapshot.as_mut().and_then(|d| d.tick(unix, holds)) {
+                    out.push(Effect::TakeSnapshot(n));
+                }
+            }
+            Event::SnapshotDone {
+                period,
+                outcome,
+                unix,
+            } => {
+                if let Some(d) = &mut self.snapshot {
+                    d.finished(period, outcome, unix);
+                }
+            }
             Event::ConfigRead { stamp, config } => {
                 self.loaded = stamp;
                 self.seen = stamp;
@@ -529,6 +567,35 @@ services:
             Effect::Fit(f) => Some(f.clone()),
             _ => None,
         })
+    }
+
+    #[test]
+    fn the_holder_takes_the_scheduled_snapshot_once_per_period() {
+        use crate::snapshot::duty::Outcome;
+        let text = format!("{VRRP}snapshot:\n  interval: 100s\n  jitter: 0s\n");
+        let t0 = Instant::now();
+        let (mut a, _) = running(settings(&text), t0);
+        let tick = |a: &mut AgentState, unix, holds| a.on(t0, Event::SnapshotTick { unix, holds });
+        // A backup never takes one.
+        assert_eq!(tick(&mut a, 1000, false), vec![]);
+        // The master at the slot does, once.
+        assert_eq!(tick(&mut a, 1001, true), vec![Effect::TakeSnapshot(10)]);
+        assert_eq!(tick(&mut a, 1002, true), vec![], "one at a time");
+        let done = |period, outcome, unix| Event::SnapshotDone {
+            period,
+            outcome,
+            unix,
+        };
+        assert_eq!(a.on(t0, done(10, Outcome::Taken, 1003)), vec![]);
+        assert_eq!(tick(&mut a, 1050, true), vec![], "period 10 is done");
+        // Period 11: this node lost the election; the new master's claim
+        // found the period taken by this one: no second snapshot.
+        assert_eq!(tick(&mut a, 1100, true), vec![Effect::TakeSnapshot(11)]);
+        assert_eq!(a.on(t0, done(11, Outcome::Elsewhere, 1100)), vec![]);
+        assert_eq!(tick(&mut a, 1150, true), vec![]);
+        // Without `snapshot:` the ticks do nothing.
+        let (mut b, _) = running(settings(VRRP), t0);
+        assert_eq!(tick(&mut b, 1001, true), vec![]);
     }
 
     #[test]

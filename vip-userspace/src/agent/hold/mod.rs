@@ -87,6 +87,14 @@ pub trait VipHolder: Send {
         Vec::new()
     }
 
+    /// Whether this node is the one that does the cluster's singular
+    /// chores now (the scheduled etcd snapshot): the VRRP master, the
+    /// `hold_vips` node. `announce` has no single holder (every fit node
+    /// announces) and `none` does not know who holds the VIP: both say no.
+    fn holds(&self) -> bool {
+        false
+    }
+
     /// Lets the VIP go for good (an orderly stop), handing it over where
     /// the mode can.
     fn stop(self: Box<Self>) -> Stopping;

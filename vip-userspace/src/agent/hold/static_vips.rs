@@ -48,6 +48,11 @@ impl VipHolder for StaticVips {
         false
     }
 
+    /// `hold_vips` is the one-node setup: this node holds the VIP.
+    fn holds(&self) -> bool {
+        true
+    }
+
     fn fit(&mut self, _: &Fitness) {}
 
     fn set_vips(&mut self, want: &[IpAddr]) {

@@ -171,6 +171,14 @@ impl VipHolder for Vrrp {
         &self.routers
     }
 
+    /// Master of the first virtual router (IPv4 when both run): one node,
+    /// whatever the other family's election says.
+    fn holds(&self) -> bool {
+        self.routers
+            .first()
+            .is_some_and(|r| r.state() == crate::vrrp::machine::State::Master)
+    }
+
     /// VRRP first: the priority-0 advertisement lets a Backup take over
     /// after its skew time; the router keeps the VIP until it hears the new
     /// master, and the pinned program keeps forwarding meanwhile.

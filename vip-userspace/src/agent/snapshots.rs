@@ -1,0 +1,147 @@
+//! The shell of the scheduled etcd snapshot: the pure [`Duty`] in
+//! [`super::state`] says when; this spawns the claim-and-take
+//! ([`crate::snapshot::take_scheduled`]) off the agent loop, and turns its
+//! result into metrics, log lines and the [`Outcome`] the state is told.
+//!
+//! [`Duty`]: crate::snapshot::duty::Duty
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::{
+    metrics::{Metrics, ReasonLabel},
+    snapshot::{self, Scheduled, SnapshotError, SnapshotPlan, duty::Outcome},
+    status::EtcdSnapshotStatus,
+};
+
+pub type Done = (u64, Result<Scheduled, SnapshotError>);
+
+pub struct Snapshots {
+    plan: SnapshotPlan,
+    /// This node in the period's claim (its first address on the interface).
+    node: String,
+    tx: mpsc::UnboundedSender<Done>,
+    /// The last scheduled attempt's error since the last success.
+    last_error: Option<String>,
+}
+
+impl Snapshots {
+    pub fn new(
+        plan: SnapshotPlan,
+        node: String,
+        metrics: &Metrics,
+    ) -> (Snapshots, mpsc::UnboundedReceiver<Done>) {
+        metrics.known_snapshot();
+        newest_on_disk(&plan, metrics);
+        let (tx, rx) = mpsc::unbounded_channel();
+        (
+            Snapshots {
+                plan,
+                node,
+                tx,
+                last_error: None,
+            },
+            rx,
+        )
+    }
+
+    /// Takes period `period`'s snapshot in its own task.
+    pub fn spawn(&self, period: u64) {
+        let (plan, node, tx) = (self.plan.clone(), self.node.clone(), self.tx.clone());
+        info!(period, slot = %snapshot::plan::stamp(plan.schedule.slot(period)), "etcd snapshot: this node holds the VIP, claiming the period");
+        tokio::spawn(async move {
+            let r = snapshot::take_scheduled(&plan, period, &node).await;
+            let _ = tx.send((period, r));
+        });
+    }
+
+    /// Metrics and logs for a finished attempt; what the state is told.
+    pub fn done(&mut self, metrics: &Arc<Metrics>, (period, r): Done) -> Outcome {
+        match r {
+            Ok(Scheduled::Taken(t)) => {
+                info!(
+                    period,
+                    file = %t.path.display(),
+                    size = t.size,
+                    revision = t.revision,
+                    keys = t.total_keys,
+                    seconds = t.duration.as_secs_f64(),
+                    pruned = t.pruned.len(),
+                    "etcd snapshot taken and verified"
+                );
+                for c in &t.corrupt {
+                    error!(file = %c, "a snapshot on disk is corrupt: kept out of retention and left in place; look at it and move it away");
+                    metrics
+                        .snapshot_failures
+                        .get_or_create(&ReasonLabel {
+                            reason: "corrupt".into(),
+                        })
+                        .inc();
+                }
+                metrics
+                    .snapshot_last_success
+                    .set(snapshot::unix_now() as i64);
+                metrics.snapshot_size.set(t.size as i64);
+                metrics.snapshot_duration.set(t.duration.as_secs_f64());
+                metrics.snapshot_revision.set(t.revision as i64);
+                metrics.snapshot_taken.inc();
+                newest_on_disk(&self.plan, metrics);
+                self.last_error = None;
+                Outcome::Taken
+            }
+            Ok(Scheduled::Elsewhere(by)) => {
+                info!(period, by = %by, "etcd snapshot: this period's snapshot is another node's");
+                Outcome::Elsewhere
+            }
+            Err(e) => {
+                warn!(period, reason = e.reason(), error = %e, "etcd snapshot failed; retrying");
+                metrics
+                    .snapshot_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: e.reason().into(),
+                    })
+                    .inc();
+                self.last_error = Some(format!("[{}] {e}", e.reason()));
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+impl Snapshots {
+    /// The folder for `vipd status`, and the newest-snapshot metric (the
+    /// folder also gets `vipd etcd-snapshot`'s one-off snapshots).
+    pub fn status(&self, metrics: &Metrics) -> EtcdSnapshotStatus {
+        let (newest, written) = newest_on_disk(&self.plan, metrics);
+        EtcdSnapshotStatus {
+            dir: self.plan.dir.display().to_string(),
+            newest_unix_ms: written.map(|t| t * 1000),
+            newest_bytes: newest.as_ref().map(|n| n.size),
+            newest: newest.map(|n| n.name),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// The newest snapshot in the folder and when it was written (its
+/// modification time, not the period its name carries), into the metric.
+fn newest_on_disk(
+    plan: &SnapshotPlan,
+    metrics: &Metrics,
+) -> (Option<snapshot::Newest>, Option<u64>) {
+    let newest = snapshot::list(&plan.dir)
+        .ok()
+        .and_then(|l| l.into_iter().next());
+    let written = newest
+        .as_ref()
+        .and_then(|n| std::fs::metadata(plan.dir.join(&n.name)).ok())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs());
+    metrics
+        .snapshot_newest
+        .set(written.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
+    (newest, written)
+}
