@@ -56,7 +56,9 @@ enum Cmd {
     /// failing apiserver keeps new flows; `--runs N`), `e2e` (connection
     /// rate, latency, bulk throughput and LB CPU per request for vipd nat and
     /// dsr, HAProxy and no LB, side by side; `--rounds N --duration S
-    /// --concurrency C`; report under target/bench). Needs root.
+    /// --concurrency C`; report under target/bench), `sync-lag` (mode nat
+    /// state sync: p50/p99 from a flow's first packet on the master to its
+    /// entry on the peer; `--runs N`). Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,

@@ -1,8 +1,9 @@
 //! The benchmarks behind `cargo xtask bench` (binary `vip-bench`): `dataplane`
 //! (ns per packet through BPF_PROG_TEST_RUN), `failover` (the outage clients
 //! see when an LB fails, vipd against keepalived + HAProxy), `reaction` (how
-//! long a failing apiserver keeps new flows) and `e2e` (vipd against HAProxy
-//! and no load balancer, end to end). They build on the harness (`netns`,
+//! long a failing apiserver keeps new flows), `e2e` (vipd against HAProxy
+//! and no load balancer, end to end) and `sync-lag` (how long after a flow's
+//! first packet its entry exists on the peer LB). They build on the harness (`netns`,
 //! `scenario`, `standin`, `kubeadm_ha`) and are not part of `cargo test`.
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ pub mod dataplane;
 pub mod e2e;
 pub mod failover;
 pub mod reaction;
+pub mod sync_lag;
 
 /// A small xorshift for the jitter: the failure must fall at a random point
 /// of the advert interval, or a fixed phase would bias the cases.

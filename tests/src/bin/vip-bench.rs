@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use vip_tests::bench::{dataplane, e2e, failover, reaction};
+use vip_tests::bench::{dataplane, e2e, failover, reaction, sync_lag};
 use vip_userspace::dataplane::kernel::AttachMode;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `dataplane`, `failover`, `reaction` or `e2e`.
+    /// Which benchmark: `dataplane`, `failover`, `reaction`, `e2e` or `sync-lag`.
     what: String,
     /// Samples per case (each the kernel's mean over `repeat` runs).
     #[arg(long, default_value_t = 15)]
@@ -32,7 +32,7 @@ struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: u32,
     /// failover: repetitions of each scenario per implementation; reaction:
-    /// failures per kind.
+    /// failures per kind; sync-lag: flows per case.
     #[arg(long, default_value_t = 30)]
     runs: usize,
     /// e2e: rounds; each measures every case once per metric, and the
@@ -66,9 +66,9 @@ struct Args {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if !["dataplane", "failover", "reaction", "e2e"].contains(&a.what.as_str()) {
+    if !["dataplane", "failover", "reaction", "e2e", "sync-lag"].contains(&a.what.as_str()) {
         bail!(
-            "unknown benchmark {:?}; available: dataplane, failover, reaction, e2e",
+            "unknown benchmark {:?}; available: dataplane, failover, reaction, e2e, sync-lag",
             a.what
         );
     }
@@ -84,6 +84,9 @@ fn main() -> Result<()> {
     }
     if a.what == "reaction" {
         return reaction::run(&reaction::Options { runs: a.runs });
+    }
+    if a.what == "sync-lag" {
+        return sync_lag::run(&sync_lag::Options { runs: a.runs });
     }
     if a.what == "e2e" {
         let xdp_mode = match a.xdp.as_str() {
