@@ -229,6 +229,13 @@ impl Comparison {
     /// The loud lines, one per problem; empty when the group agrees.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = vec![];
+        if self.labels.len() == 1 {
+            // A group of one compares nothing: saying "agree" would be a lie.
+            w.push(format!(
+                "only one node was asked ({}): nothing to compare. Name every node with --peers, or list them in the config (state_sync.peers, vrrp.unicast_peers; stacked dsr finds its backends). A VRRP master hears no backup, so run it on a backup to find the master",
+                self.labels[0]
+            ));
+        }
         for e in &self.elections {
             let router = format!("VRRP {} vrid {}", e.family, e.vrid);
             match e.masters.len() {
@@ -542,8 +549,18 @@ pub fn heard_peers(views: &[NodeView], known: &BTreeSet<IpAddr>) -> BTreeSet<IpA
                     .chain([r.source])
             })
         })
-        .filter(|a| !known.contains(a))
+        // A VRRPv3 IPv6 router advertises from its link-local address
+        // (RFC 9568 5.1.2.1), which cannot be asked without its interface's
+        // scope; the node's IPv4 instance, its peer lists or --peers find it.
+        .filter(|a| !known.contains(a) && !is_link_local(a))
         .collect()
+}
+
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v) => v.is_link_local(),
+        IpAddr::V6(v) => v.is_unicast_link_local(),
+    }
 }
 
 #[cfg(test)]

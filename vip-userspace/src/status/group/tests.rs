@@ -251,10 +251,20 @@ fn an_unreachable_node_is_shown_and_leaves_agreement_unconfirmed() {
     let header = t.lines().find(|l| l.contains("BACKEND")).expect("header");
     assert!(!header.contains("10.0.0.13"), "{header}");
 
-    // Nobody answered at all: no election to judge, only the unreachable.
+    // Nobody answered at all: no election to judge, only the unreachable
+    // (and that one node is no group).
     let c = compare(&[unreachable("10.0.0.11:9590")]);
     assert!(c.elections.is_empty() && c.disagreements.is_empty());
-    assert_eq!(c.warnings().len(), 1);
+    assert_eq!(c.warnings().len(), 2, "{:?}", c.warnings());
+    // One node that answered alone: no comparison, and that is said.
+    let c = compare(&[node("cp1", "10.0.0.11", "master", [true; 3])]);
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("only one node was asked (cp1)"),
+        "{}",
+        w[0]
+    );
 
     // The JSON carries each node's snapshot or error and the warnings.
     let j = to_json(&views, &compare(&views));
@@ -318,6 +328,11 @@ services:
             priority: 90,
             last_heard_unix_ms: AT,
         });
+        // An IPv6 router heard from its link-local source: not askable.
+        let mut v6 = s.vrrp[0].clone();
+        v6.family = "ipv6".into();
+        v6.master = Some("fe80::77:ff:fe00:12".parse().expect("ip"));
+        s.vrrp.push(v6);
     }
     assert_eq!(
         heard_peers(
