@@ -335,8 +335,9 @@ pub fn render(views: &[NodeView], cmp: &Comparison) -> String {
         .count();
     let _ = writeln!(
         o,
-        "vipd group: {} nodes asked, {answered} answered\n",
-        views.len()
+        "vipd group: {} node{} asked, {answered} answered\n",
+        views.len(),
+        if views.len() == 1 { "" } else { "s" }
     );
     let mut rows = vec![
         ["NODE", "ADDRESS", "VRRP", "XDP", "VERSION", "UP"]
