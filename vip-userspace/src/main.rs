@@ -71,6 +71,32 @@ enum Cmd {
         address: Option<SocketAddr>,
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// The same as `--output json`.
+        #[arg(long, conflicts_with = "output")]
+        json: bool,
+        /// Ask every node of the group at once and show their views side by
+        /// side: the master of each virtual router (two: split brain), each
+        /// node's backend states, and the backends the nodes disagree on
+        /// (different Maglev tables). Exits 2 when it warns.
+        #[arg(long)]
+        group: bool,
+        /// With --group: the nodes to ask, every one (this one too), as
+        /// ADDRESS or ADDRESS:PORT (the port defaults to this node's
+        /// metrics_listen port), comma-separated. Default: this node, the
+        /// config's state_sync and VRRP unicast peers, every dsr backend
+        /// when this node is one of them (stacked), then every VRRP router
+        /// the nodes have heard.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            requires = "group",
+            value_name = "ADDR,..."
+        )]
+        peers: Vec<String>,
+        /// With --group: how long to wait for each node (to connect, and for
+        /// each read); the nodes are asked at once.
+        #[arg(long, default_value = "2s", value_parser = vip_userspace::config::parse_duration, requires = "group")]
+        timeout: std::time::Duration,
     },
     /// Write a vipd configuration equivalent to an existing keepalived.conf
     /// and/or haproxy.cfg (the kubeadm HA recipe's pair); every setting that
@@ -121,7 +147,7 @@ fn parse_other_node(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Table,
     Json,
@@ -213,7 +239,30 @@ fn main() {
             config,
             address,
             output,
-        } => status(&config, address, output),
+            json,
+            group: true,
+            peers,
+            timeout,
+        } => status_group(
+            &config,
+            address,
+            &peers,
+            timeout,
+            json || output == Output::Json,
+        )
+        .map(|agreed| {
+            if !agreed {
+                // Printed already; the exit status tells a script.
+                std::process::exit(2)
+            }
+        }),
+        Cmd::Status {
+            config,
+            address,
+            output,
+            json,
+            ..
+        } => status(&config, address, if json { Output::Json } else { output }),
         Cmd::Import(args) => import(args),
         Cmd::EtcdSnapshot(args) => etcd_snapshot(args),
     };
@@ -289,30 +338,44 @@ fn check_config(path: &Path, offline: bool) -> Result<()> {
     Ok(())
 }
 
-fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<()> {
-    let addr = match address {
-        Some(a) => a,
-        // No config at the default place: the default listen address.
-        None if config == Path::new(DEFAULT_CONFIG) && !config.exists() => {
-            vip_userspace::config::DEFAULT_METRICS_LISTEN.parse()?
-        }
-        // `node:PORT` is this node's address: resolve the file as vipd
-        // run does.
-        None => match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(Config::load_for_node(config))?
-            .0
-            .metrics_listen
-            .and_then(MetricsListen::addr)
-        {
-            Some(a) => a,
+/// The config at `config`, resolved for this node as `vipd run` resolves
+/// it; `None` when there is no file at the default place.
+fn node_config(config: &Path) -> Result<Option<Config>> {
+    if config == Path::new(DEFAULT_CONFIG) && !config.exists() {
+        return Ok(None);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(Some(rt.block_on(Config::load_for_node(config))?.0))
+}
+
+/// Where this node's agent serves /status: `--address`, else the config's
+/// `metrics_listen` (`node:PORT` resolved), else the default.
+fn listen_addr(
+    config: &Path,
+    cfg: Option<&Config>,
+    address: Option<SocketAddr>,
+) -> Result<SocketAddr> {
+    match (address, cfg) {
+        (Some(a), _) => Ok(a),
+        (None, None) => Ok(vip_userspace::config::DEFAULT_METRICS_LISTEN.parse()?),
+        (None, Some(c)) => match c.metrics_listen.and_then(MetricsListen::addr) {
+            Some(a) => Ok(a),
             None => bail!(
                 "{}: metrics_listen is null, and /status is served there; set it (default 127.0.0.1:9590) and reload",
                 config.display()
             ),
         },
+    }
+}
+
+fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<()> {
+    let cfg = match address {
+        Some(_) => None,
+        None => node_config(config)?,
     };
+    let addr = listen_addr(config, cfg.as_ref(), address)?;
     let (st, json) = vip_userspace::status::fetch(
         vip_userspace::status::reach(addr),
         std::time::Duration::from_secs(3),
@@ -322,6 +385,80 @@ fn status(config: &Path, address: Option<SocketAddr>, output: Output) -> Result<
         Output::Table => print!("{}", st.render()),
     }
     Ok(())
+}
+
+/// `vipd status --group`: every node's /status, compared. `Ok(false)`: it
+/// warned (split brain, no master, a disagreement, a node that did not
+/// answer).
+fn status_group(
+    config: &Path,
+    address: Option<SocketAddr>,
+    peers: &[String],
+    timeout: std::time::Duration,
+    json: bool,
+) -> Result<bool> {
+    use std::collections::BTreeSet;
+    use vip_userspace::status::{group, reach};
+    let cfg = node_config(config)?;
+    let listen = listen_addr(config, cfg.as_ref(), address)?;
+    let port = listen.port();
+    let views = if peers.is_empty() {
+        let Some(cfg) = &cfg else {
+            bail!(
+                "no config at {DEFAULT_CONFIG} to find the other nodes in: pass --config FILE, or --peers ADDR,ADDR,... (every node's metrics address)"
+            );
+        };
+        if listen.ip().is_loopback() {
+            bail!(
+                "{}: metrics_listen is {listen}, on loopback: no other node's /status can be reached there. Serve it on the nodes' addresses (`metrics_listen: node:{port}`, or [::]:{port}) on every node, or pass --peers",
+                config.display()
+            );
+        }
+        let here: Vec<IpAddr> = vip_userspace::link::all_addrs()
+            .map_err(|e| anyhow::anyhow!("reading this node's addresses: {e}"))?
+            .into_iter()
+            .flat_map(|(_, a)| a)
+            .collect();
+        let mut addrs = vec![reach(listen)];
+        addrs.extend(
+            group::config_peers(cfg, &here)
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port)),
+        );
+        let mut views = group::fetch_all(&addrs, timeout);
+        // Second round: the VRRP routers the nodes heard that the file does
+        // not name (a multicast group has no peer list).
+        let known: BTreeSet<IpAddr> = addrs.iter().map(SocketAddr::ip).chain(here).collect();
+        let heard: Vec<SocketAddr> = group::heard_peers(&views, &known)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect();
+        views.extend(group::fetch_all(&heard, timeout));
+        views
+    } else {
+        let addrs = peers
+            .iter()
+            .map(|p| {
+                let p = p.trim();
+                p.parse::<SocketAddr>()
+                    .or_else(|_| p.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, port)))
+                    .map_err(|_| {
+                        anyhow::anyhow!(
+                            "--peers: {p:?} is not ADDRESS or ADDRESS:PORT (like 10.0.0.12, 10.0.0.12:9590 or [fd00::12]:9590)"
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        group::fetch_all(&addrs, timeout)
+    };
+    let views = group::dedupe(views);
+    let cmp = group::compare(&views);
+    if json {
+        println!("{:#}", group::to_json(&views, &cmp));
+    } else {
+        print!("{}", group::render(&views, &cmp));
+    }
+    Ok(cmp.warnings().is_empty())
 }
 
 /// `vipd import`: reads the files, this host's addresses and neighbour table,

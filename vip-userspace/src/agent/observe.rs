@@ -62,9 +62,12 @@ pub struct Observed {
 impl Observed {
     pub fn new(attached: String) -> Observed {
         Observed {
-            node: std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "unknown".into()),
+            // The name the config's `nodes:` entry is picked by (NODE_NAME,
+            // else the hostname): in a DaemonSet every pod's hostname may be
+            // the same, and `vipd status --group` tells nodes apart by it.
+            node: Some(crate::config::node::node_name())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| "unknown".into()),
             started: SystemTime::now(),
             attached,
             xdp_ok: true,
