@@ -571,8 +571,11 @@ fn agent_restart_loses_no_request_and_no_stream() {
 /// VRRP between two vipd nodes is cut: both become master, and both are
 /// seen advertising. Once it heals, the two masters last at most one
 /// advertisement interval: the winner's next advert reaches the loser
-/// within one interval and the loser yields at once (RFC 9568 section
-/// 6.4.3).
+/// within one interval of the path opening and the loser yields at once
+/// (RFC 9568 section 6.4.3). Each half is measured from the moment it can
+/// start (the unblock command's end; the winner's first advert after it), so a slow
+/// `nft` spawn on a loaded machine is not counted against vipd (issue 18:
+/// this test failed at 142-290 ms against the old single bound under load).
 #[test]
 fn split_brain_ends_within_one_advert_interval_of_healing() {
     const INTERVAL: Duration = Duration::from_millis(100);
@@ -597,6 +600,10 @@ fn split_brain_ends_within_one_advert_interval_of_healing() {
         // command's return.
         let t_heal = epoch_now();
         unblock_vrrp_to(&lab, &["lb1", "lb2"]);
+        // The path is open for certain from here; how long the command
+        // took (a process spawn, slow on a loaded 2-core machine) is not
+        // vipd's time.
+        let t_open = epoch_now();
         lab.wait_addr("lb2", vip, false, Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(300));
         let packets = cap.snapshot();
@@ -616,30 +623,45 @@ fn split_brain_ends_within_one_advert_interval_of_healing() {
             .copied()
             .filter(|t| *t > t_heal)
             .fold(t_heal, f64::max);
+        // The capture is on the client: an advert of lb1's seen there
+        // before the unblock command ended may not have reached lb2 yet
+        // (its side of the block can be lifted last). The first one after
+        // the command ended reached both.
         let winner_first = adverts_from(&packets, advert_src(&n1, vip))
             .iter()
             .map(|(t, _)| *t)
-            .find(|t| *t > t_heal)
+            .find(|t| *t > t_open)
             .expect("lb1 advertises after healing");
         let two_masters = loser_last - t_heal;
         worst = worst.max(two_masters);
         eprintln!(
-            "round {round}: lb1's first advert {:.1} ms after healing, lb2's last {:.1} ms after",
+            "round {round}: unblock took {:.1} ms; lb1's first advert after it {:.1} ms after \
+             healing, lb2's last {:.1} ms after ({:.1} ms after lb1's)",
+            (t_open - t_heal) * 1e3,
             (winner_first - t_heal) * 1e3,
-            two_masters * 1e3
+            two_masters * 1e3,
+            (loser_last - winner_first) * 1e3
         );
-        // One interval, and the unblock command's own few ms.
+        // The two halves of the promise, each against the moment it can
+        // start. The master keeps advertising every interval, so its first
+        // advert through comes at most one interval (and a little
+        // scheduling) after the path opened.
         let bound = INTERVAL.as_secs_f64() + 0.03;
         assert!(
-            winner_first - t_heal <= bound,
-            "round {round}: lb1's first advert came {:.1} ms after healing:\n{}",
-            (winner_first - t_heal) * 1e3,
+            winner_first - t_open <= bound,
+            "round {round}: lb1's first advert came {:.1} ms after the path opened:\n{}",
+            (winner_first - t_open) * 1e3,
             dump(&packets)
         );
+        // A master hearing a higher priority goes to Backup at once (RFC
+        // 9568 section 6.4.3): no advert of lb2's follows lb1's by more
+        // than the time to receive and process it. Half an interval: a
+        // second advert of lb2's as master would come a whole interval on.
         assert!(
-            two_masters <= bound,
-            "round {round}: lb2 still advertised as master {:.1} ms after healing:\n{}",
-            two_masters * 1e3,
+            loser_last - winner_first <= INTERVAL.as_secs_f64() / 2.0,
+            "round {round}: lb2 still advertised as master {:.1} ms after an advert of lb1's \
+             reached it:\n{}",
+            (loser_last - winner_first) * 1e3,
             dump(&packets)
         );
         assert!(lab.has_addr("lb1", vip), "round {round}: lb1 lost the VIP");
