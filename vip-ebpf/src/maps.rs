@@ -103,3 +103,8 @@ pub static SYNC_EVENTS: RingBuf = RingBuf::with_byte_size(SYNC_RING_BYTES, 0);
 /// failover. One slot.
 #[map]
 pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Benchmark only: the next flow number of `vip_bench_new_flow` (one slot).
+/// The production program `vip` never reads or writes it.
+#[map]
+pub static BENCH_SEQ: Array<u32> = Array::with_max_entries(1, 0);

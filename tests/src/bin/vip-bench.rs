@@ -25,7 +25,8 @@ struct Args {
     /// Runs per sample for the repeat-safe cases.
     #[arg(long, default_value_t = 20_000)]
     repeat: u32,
-    /// Packets for the new-flow case (one run each).
+    /// Packets per case for the mode nat and encapsulated dsr sections (one
+    /// run each; the main table's new-flow case repeats, see `--repeat`).
     #[arg(long, default_value_t = 20_000)]
     new_flows: u32,
     /// Largest connection-table fill to measure.

@@ -94,13 +94,16 @@ pub const PINNED_MAPS: [&str; 11] = [
 /// - SYNC_LOST: a counter of ring overflows, reset like any counter of a
 ///   restarted process;
 /// - LOCAL_MAC: written by every agent before it attaches or switches the
-///   link.
-pub const UNPINNED_MAPS: [&str; 5] = [
+///   link;
+/// - BENCH_SEQ: the benchmark program's flow number (`PROG_BENCH_NEW_FLOW`),
+///   which production never runs.
+pub const UNPINNED_MAPS: [&str; 6] = [
     "SCRATCH",
     "PORT_SCRATCH",
     "SYNC_EVENTS",
     "SYNC_LOST",
     "LOCAL_MAC",
+    "BENCH_SEQ",
 ];
 
 /// The folder for `iface` under a pin root, versioned by the map ABI so that
@@ -123,6 +126,9 @@ impl Default for LoadOptions {
 pub const PROG_VIP: &str = "vip";
 pub const PROG_PASS: &str = "vip_pass";
 pub const PROG_BENCH_TX: &str = "vip_bench_tx";
+/// Benchmark only, never attached: `vip` on a new 5-tuple every run, so a
+/// repeated BPF_PROG_TEST_RUN measures the new-flow path (vip-ebpf's `bench`).
+pub const PROG_BENCH_NEW_FLOW: &str = "vip_bench_new_flow";
 /// A backend's IPIP / IPv6-in-IPv6 decapsulation where the kernel has no
 /// tunnel drivers (tests; README, "Backends in other subnets").
 pub const PROG_DECAP: &str = "vip_decap";
@@ -170,7 +176,13 @@ impl KernelMaps {
             // run with a zero idle timeout or an empty port range.
             me.set_globals(&Globals::DEFAULT)?;
         }
-        for name in [PROG_VIP, PROG_PASS, PROG_BENCH_TX, PROG_DECAP] {
+        for name in [
+            PROG_VIP,
+            PROG_PASS,
+            PROG_BENCH_TX,
+            PROG_BENCH_NEW_FLOW,
+            PROG_DECAP,
+        ] {
             me.xdp_mut(name)?.load().map_err(|e| {
                 super::with_capability_hint(DataplaneError::Program {
                     name,
