@@ -18,6 +18,7 @@ pub mod packet;
 pub mod progtest;
 pub mod prom;
 pub mod scenario;
+pub mod stacked;
 pub mod standin;
 pub mod stats;
 pub mod traffic;

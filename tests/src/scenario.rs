@@ -319,25 +319,7 @@ impl LbLab {
         let config_path = lab.dir().join("vipd.yaml");
         std::fs::write(&config_path, cfg).expect("write vipd config");
 
-        // vipd runs under `ip netns exec`, which mounts a fresh /sys and so
-        // hides /sys/fs/bpf. Each lab mounts its own bpffs under /run (which
-        // the namespaced mounts inherit) for vipd's pins: visible to every
-        // vipd the lab starts, shared with no other lab.
-        sweep_stale_pins();
-        let pin_root =
-            PathBuf::from("/run").join(format!("{}-bpf", lab.switch_ns().trim_end_matches("-sw")));
-        std::fs::create_dir_all(&pin_root).expect("create the pin folder");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&pin_root)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "mount -t bpf at {}: {}",
-            pin_root.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let pin_root = mount_pins(&lab);
         let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root, opts.caps.as_deref());
         let vipd2 = opts.second_lb.then(|| {
             // The same config but for the priority (or the very same file);
@@ -705,7 +687,7 @@ pub fn parse_metrics(body: &str) -> std::collections::BTreeMap<String, f64> {
 
 /// Starts vipd on `node` with `config` and its pins under `pin_root` (with
 /// only `caps`, if given); returns once it says it is ready.
-fn spawn_vipd(
+pub(crate) fn spawn_vipd(
     lab: &Lab,
     node: &str,
     config: &std::path::Path,
@@ -764,16 +746,44 @@ pub fn setpriv_args(caps: &[String]) -> Vec<String> {
 
 impl Drop for LbLab {
     fn drop(&mut self) {
-        // Unmounting the lab's bpffs drops the pins, so the program detaches
-        // once vipd (killed next, with the namespaces) lets go; the sysctl
-        // record has no meaning without them.
-        unmount_pins(&self.pin_root);
-        if let Ok(entries) = std::fs::read_dir("/run/vipd") {
-            let tag: String = self.pin_root.to_string_lossy().replace('/', "_");
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&tag) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+        release_pins(&self.pin_root);
+    }
+}
+
+/// Mounts a bpffs of `lab`'s own under /run for its vipds' pins (after
+/// sweeping those of dead test processes) and returns its path. vipd runs
+/// under `ip netns exec`, which mounts a fresh /sys and so hides
+/// /sys/fs/bpf; namespaced mounts inherit /run, so the folder is visible to
+/// every vipd the lab starts and shared with no other lab.
+pub(crate) fn mount_pins(lab: &Lab) -> PathBuf {
+    sweep_stale_pins();
+    let pin_root =
+        PathBuf::from("/run").join(format!("{}-bpf", lab.switch_ns().trim_end_matches("-sw")));
+    std::fs::create_dir_all(&pin_root).expect("create the pin folder");
+    let out = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&pin_root)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount -t bpf at {}: {}",
+        pin_root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pin_root
+}
+
+/// Undoes [`mount_pins`]: unmounting the lab's bpffs drops the pins, so the
+/// program detaches once vipd (killed next, with the namespaces) lets go;
+/// the sysctl records under /run/vipd have no meaning without them.
+pub(crate) fn release_pins(pin_root: &std::path::Path) {
+    unmount_pins(pin_root);
+    if let Ok(entries) = std::fs::read_dir("/run/vipd") {
+        let tag: String = pin_root.to_string_lossy().replace('/', "_");
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&tag) {
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }

@@ -169,7 +169,8 @@ struct ImportArgs {
     /// Default: keepalived's unicast_src_ip, else an address of this host.
     #[arg(long, value_name = "ADDR")]
     node_address: Option<IpAddr>,
-    /// A backend's MAC for mode dsr, instead of this node's neighbour table.
+    /// A backend's MAC for mode dsr, written as an override (else this
+    /// node's neighbour table; with --other-node none: vipd reads it).
     #[arg(long = "mac", value_name = "ADDR=MAC", value_parser = import::parse_mac_arg)]
     macs: Vec<(IpAddr, [u8; 6])>,
     /// Without --haproxy: an apiserver (port 6443 by default).
@@ -183,7 +184,7 @@ struct ImportArgs {
     interface: Option<String>,
     /// Another node's keepalived.conf, by node name (repeat for each): the
     /// output is then one file for every node, the priorities under
-    /// `nodes:`.
+    /// `nodes:`, with no `local: true` and no MAC but --mac's.
     #[arg(long = "other-node", value_name = "NAME=FILE", value_parser = parse_other_node)]
     other_nodes: Vec<(String, PathBuf)>,
     /// This node's name under `nodes:` (default: NODE_NAME, else the

@@ -366,3 +366,63 @@ fn several_nodes_keepalived_files_become_one_file_with_nodes() {
         "{e}"
     );
 }
+
+/// Issue 16, mode dsr: with `--other-node` the output is one file for every
+/// node, so it carries nothing one node sees: no `local: true` (each node's
+/// own apiserver is the backend with its address), no MAC from this host's
+/// neighbour table (this test host has none for 10.0.0.11-13, which a
+/// single-node import would refuse; each node's vipd reads them at run
+/// time), only the `--mac` the user gave, as an override.
+#[test]
+fn one_file_in_mode_dsr_has_no_local_and_only_the_given_macs() {
+    let dir = scratch("nodes-dsr");
+    let ka = std::fs::read_to_string(samples("kubeadm").join("keepalived.conf")).expect("read");
+    let cp1 = dir.join("cp1.conf");
+    std::fs::write(
+        &cp1,
+        ka.replace("state MASTER", "state BACKUP")
+            .replace("priority 101", "priority 100"),
+    )
+    .expect("write");
+    let out = dir.join("vipd.yaml");
+    let o = import_set(
+        "kubeadm",
+        &[
+            "--mode",
+            "dsr",
+            "--node-address",
+            "10.0.0.13",
+            "--node-name",
+            "cp3",
+            "--other-node",
+            &format!("cp1={}", cp1.display()),
+            "--mac",
+            "10.0.0.12=52:54:00:00:00:12",
+            "--output",
+            out.to_str().expect("path"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    assert!(!yaml.contains("local: true"), "{yaml}");
+    assert!(!yaml.contains("this node: "), "{yaml}");
+    assert_eq!(yaml.matches("mac:").count(), 1, "{yaml}");
+    let c =
+        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    let s = &c.services[0];
+    assert_eq!(s.mode, Mode::Dsr);
+    let macs: Vec<(IpAddr, Option<&str>, bool)> = s
+        .backends
+        .iter()
+        .map(|b| (b.address, b.mac.as_deref(), b.local))
+        .collect();
+    assert_eq!(
+        macs,
+        vec![
+            (a("10.0.0.11"), None, false),
+            (a("10.0.0.12"), Some("52:54:00:00:00:12"), false),
+            (a("10.0.0.13"), None, false),
+        ],
+        "{yaml}"
+    );
+}

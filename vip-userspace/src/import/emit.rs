@@ -288,16 +288,25 @@ fn write_header(out: &mut Out, opts: &Options, plan: &Plan) {
             from.join(" and ")
         ),
     );
-    out.comment(
-        0,
-        format!(
-            "Mode {}; this node: {local_from}.",
-            match opts.mode {
-                Mode::Dsr => "dsr (stacked: vipd on every control-plane node)",
-                Mode::Nat => "nat (dedicated load-balancer nodes)",
-            }
-        ),
-    );
+    let mode = match opts.mode {
+        Mode::Dsr => "dsr (stacked: vipd on every control-plane node)",
+        Mode::Nat => "nat (dedicated load-balancer nodes)",
+    };
+    if plan.others.is_empty() {
+        out.comment(0, format!("Mode {mode}; this node: {local_from}."));
+    } else {
+        out.comment(
+            0,
+            format!(
+                "Mode {mode}; one file for every node, nothing in it is one node's: each node's own apiserver is the backend with its address{}.",
+                if opts.mode == Mode::Dsr {
+                    ", and vipd reads the other nodes' MACs from its neighbour table"
+                } else {
+                    ""
+                }
+            ),
+        );
+    }
     out.comment(
         0,
         "Each setting that was not carried over is a `not carried over: FILE:LINE` comment with the reason; read them, then check the file with `vipd check-config FILE`.",
@@ -365,7 +374,9 @@ fn write_service(out: &mut Out, opts: &Options, s: &ServiceOut) {
         if let Some(m) = b.mac {
             fields.push(format!("mac: \"{}\"", format_mac(&m)));
         }
-        if b.local {
+        // One file for every node leaves it out: each node's own backend
+        // is the one with its address.
+        if b.local && opts.other_nodes.is_empty() {
             fields.push("local: true".into());
         }
         out.line(6, format!("- {{ {} }}", fields.join(", ")));

@@ -12,7 +12,7 @@ pub(super) mod why {
     pub const NOTIFY: &str = "vipd runs no scripts on state changes; watch vipd_vrrp_state on /metrics or vipd's log instead";
     pub const TRACK_INTERFACE: &str = "vipd tracks the link of its own interface only (link down releases the VIP); other interfaces are not watched";
     pub const TRACK_OTHER: &str = "vipd tracks only its XDP program and this node's apiserver";
-    pub const SCRIPT: &str = "vipd probes this node's own apiserver itself (the `local: true` backend) and lowers its priority by track.local_apiserver while the probe fails";
+    pub const SCRIPT: &str = "vipd probes this node's own apiserver itself (the backend with one of its addresses) and lowers its priority by track.local_apiserver while the probe fails";
     pub const SCRIPT_TIMING: &str = "the local apiserver is tracked with its probe's timing (services[].probe interval, fall, rise)";
     pub const SRC_IP: &str = "vipd sends from the interface's own address; this address was used only to find which server is this node";
     pub const VIP_OPTIONS: &str = "vipd adds each VIP to `interface` as a /32 or /128 host address, without prefix, dev, label or scope";

@@ -706,7 +706,10 @@ fn note_unused(
 }
 
 /// MACs: mode dsr sends to each other node by MAC. The command line's win
-/// over the neighbour table; every one must be known.
+/// over the neighbour table; every one must be known. One file for every
+/// node (`--other-node`) carries only the command line's: each node's vipd
+/// reads the others' MACs from its own neighbour table at run time, and a
+/// MAC read here would name this node's view of a NIC that may be replaced.
 fn resolve_macs(
     opts: &Options,
     neigh: &dyn Neighbours,
@@ -715,6 +718,10 @@ fn resolve_macs(
 ) -> Result<(), ImportError> {
     let mut unknown = vec![];
     for b in services.iter_mut().flat_map(|s| s.backends.iter_mut()) {
+        if !opts.other_nodes.is_empty() {
+            b.mac = opts.macs.get(&b.addr).copied();
+            continue;
+        }
         if b.local {
             continue;
         }
