@@ -179,16 +179,24 @@ fn case(
         missed: 0,
     };
     for _ in 0..runs.div_ceil(burst) {
-        let mut keys = vec![];
-        let mut sent = vec![];
-        for _ in 0..burst {
-            let port = *next_port;
-            *next_port = if port >= 60_999 { 20_000 } else { port + 1 };
-            let (fd, t0) = syn(&client_ns, client, port)?;
-            keys.push(key(client, port));
-            sent.push((fd, t0));
-        }
-        let seen = wait_all(&[lb, lb2], &keys, Instant::now() + Duration::from_secs(2));
+        let ports: Vec<u16> = (0..burst)
+            .map(|_| {
+                let port = *next_port;
+                *next_port = if port >= 60_999 { 20_000 } else { port + 1 };
+                port
+            })
+            .collect();
+        let keys: Vec<ConnKey> = ports.iter().map(|p| key(client, *p)).collect();
+        // The poller runs while the burst is sent: started after it, it
+        // would find both entries already there and read a lag of zero.
+        let (seen, sent) = std::thread::scope(|s| {
+            let poller =
+                s.spawn(|| wait_all(&[lb, lb2], &keys, Instant::now() + Duration::from_secs(2)));
+            let sent: Result<Vec<(i32, Instant)>> =
+                ports.iter().map(|p| syn(&client_ns, client, *p)).collect();
+            (poller.join().expect("poller"), sent)
+        });
+        let sent = sent?;
         for (k, (fd, t0)) in sent.into_iter().enumerate() {
             match (seen[0][k], seen[1][k]) {
                 (Some(a), Some(b)) => {
