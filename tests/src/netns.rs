@@ -53,6 +53,15 @@ pub struct Node {
 }
 
 impl Node {
+    /// This node's address of the family (`v6`: its IPv6 one).
+    pub fn ip(&self, v6: bool) -> IpAddr {
+        if v6 {
+            self.ipv6.into()
+        } else {
+            self.ipv4.into()
+        }
+    }
+
     /// `02:77:00:00:00:11` style, for `ip`/`tcpdump` comparisons.
     pub fn mac_string(&self) -> String {
         mac_to_string(&self.mac)

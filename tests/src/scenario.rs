@@ -304,11 +304,7 @@ impl LbLab {
             ));
             for be in BACKENDS {
                 let n = lab.node(be);
-                let addr: IpAddr = if vip.is_ipv4() {
-                    n.ipv4.into()
-                } else {
-                    n.ipv6.into()
-                };
+                let addr = n.ip(vip.is_ipv6());
                 cfg.push_str(&format!("      - address: \"{addr}\"\n"));
                 if fwd == Fwd::Dsr && opts.backend_macs {
                     // mode dsr rewrites the destination MAC to the backend's.

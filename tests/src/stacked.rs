@@ -184,12 +184,7 @@ pub fn one_file(lab: &Lab, ca: &std::path::Path) -> String {
             ca.display()
         ));
         for be in BACKENDS {
-            let n = lab.node(be);
-            let addr: IpAddr = if vip.is_ipv4() {
-                n.ipv4.into()
-            } else {
-                n.ipv6.into()
-            };
+            let addr = lab.node(be).ip(vip.is_ipv6());
             cfg.push_str(&format!("      - address: \"{addr}\"\n"));
         }
     }

@@ -78,8 +78,7 @@ impl EncapLab {
     }
 
     fn lb_ip(&self, v6: bool) -> IpAddr {
-        let n = self.lab.node("lb");
-        if v6 { n.ipv6.into() } else { n.ipv4.into() }
+        self.lab.node("lb").ip(v6)
     }
 
     fn lb_mac(&self) -> [u8; 6] {

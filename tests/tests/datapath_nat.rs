@@ -131,8 +131,7 @@ impl NatLab {
     }
 
     fn lb_ip(&self, v6: bool) -> IpAddr {
-        let n = self.lab.node("lb");
-        if v6 { n.ipv6.into() } else { n.ipv4.into() }
+        self.lab.node("lb").ip(v6)
     }
 
     /// Runs `f` with a freshly loaded program, inside the lb namespace.
