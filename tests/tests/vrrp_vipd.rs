@@ -582,6 +582,16 @@ fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
     f[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
     f
 }
+/// An advert from `from` as `node` receives it, captured off the wire
+/// (Ethernet frame bytes).
+fn advert_seen_on(lab: &Lab, node: &str, from: std::net::Ipv4Addr) -> Vec<u8> {
+    let cap = vip_tests::capture::Capture::start(lab, node, vip_tests::capture::VRRP_FILTER);
+    cap.wait_for("an advert from the master", Duration::from_secs(3), |p| {
+        p.vrrp().is_some_and(|v| v.src == IpAddr::V4(from))
+    })
+    .bytes
+}
+
 /// With the master gone, `frame` (a replayed or off-link advert) is sent
 /// from the forger for 1.5 s, about four master-down intervals (3 x 100 ms +
 /// 61 ms skew). Accepted, it would hold lb2 back until the replays stop
@@ -705,13 +715,7 @@ fn spoofed_adverts_from_a_non_peer_are_counted_not_obeyed() {
     let lb2 = start_stats(&lab, "lb2", 100, vec![n1.ipv4.into()]);
     lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
     // The master's advert as the backup receives it, captured off the wire.
-    let cap = vip_tests::capture::Capture::start(&lab, "lb2", vip_tests::capture::VRRP_FILTER);
-    let captured = cap
-        .wait_for("an advert from lb1", Duration::from_secs(3), |p| {
-            p.vrrp().is_some_and(|v| v.src == IpAddr::V4(n1.ipv4))
-        })
-        .bytes;
-    drop(cap);
+    let captured = advert_seen_on(&lab, "lb2", n1.ipv4);
     let before = (lb1.transitions().len(), lb2.transitions().len());
 
     let take = vrrp4_frame(
@@ -938,13 +942,7 @@ fn auth_hmac_refuses_forged_and_replayed_adverts_from_a_peers_address() {
     wait_master(&lab, &lb1, "lb1");
     let lb2 = start_auth(&lab, "lb2", 100, n1.ipv4.into(), &key);
     lb2.wait_state(VrrpState::Backup, Duration::from_secs(5));
-    let cap = vip_tests::capture::Capture::start(&lab, "lb2", vip_tests::capture::VRRP_FILTER);
-    let captured = cap
-        .wait_for("an advert from lb1", Duration::from_secs(3), |p| {
-            p.vrrp().is_some_and(|v| v.src == IpAddr::V4(n1.ipv4))
-        })
-        .bytes;
-    drop(cap);
+    let captured = advert_seen_on(&lab, "lb2", n1.ipv4);
     let msg = &captured[14 + 20..];
     assert_eq!(
         msg.len(),
