@@ -23,7 +23,7 @@ pub enum HostError {
     #[error(transparent)]
     Link(#[from] crate::link::LinkError),
     #[error(
-        "{path} is {have}, stacked mode dsr needs {want}, and it cannot be written here ({source}); set it on the host (/etc/sysctl.d/90-vipd-dsr.conf: net.ipv4.conf.{iface}.arp_ignore = 1, net.ipv4.conf.{iface}.arp_announce = 2; README, Deploying) or run vipd with a writable /proc/sys"
+        "{path} is {have}, vipd needs {want} to hold the VIPs on lo (stacked mode dsr, announce mode), and it cannot be written here ({source}); set it on the host (/etc/sysctl.d/90-vipd-dsr.conf: net.ipv4.conf.{iface}.arp_ignore = 1, net.ipv4.conf.{iface}.arp_announce = 2; README, Deploying) or run vipd with a writable /proc/sys"
     )]
     StackedSysctl {
         path: PathBuf,
