@@ -24,7 +24,7 @@ use vip_common::{Globals, Reason};
 
 use crate::{
     certcheck::CertCheck,
-    config::{Config, Encap, MetricsListen, Mode, parse_duration},
+    config::{Config, Encap, MetricsListen, Mode},
     controller::Controller,
     dataplane::{
         Maps,
@@ -114,13 +114,6 @@ fn decap_families(cfg: &Config) -> (bool, bool) {
         }
     }
     fam
-}
-
-pub fn service_vips(cfg: &Config) -> Vec<IpAddr> {
-    let mut v: Vec<IpAddr> = cfg.services.iter().map(|s| s.vip).collect();
-    v.sort();
-    v.dedup();
-    v
 }
 
 /// Keeps the program's `LOCAL_MAC` equal to the interface's MAC (read once
@@ -305,7 +298,7 @@ fn program(
     } else {
         Programmer::new(maps)
     };
-    let globals = cfg.nat.globals().map_err(anyhow::Error::msg)?;
+    let globals = cfg.nat.globals();
     let node_addrs = crate::link::addresses(&cfg.interface)?;
     // Read before anything is changed: a bad key file stops the start.
     let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
@@ -313,10 +306,7 @@ fn program(
         None => None,
     };
     let sync_listen = match &cfg.state_sync {
-        Some(s) => Some(
-            s.listen_addr(&node_addrs, &service_vips(&cfg))
-                .map_err(anyhow::Error::msg)?,
-        ),
+        Some(s) => Some(s.listen_addr(&node_addrs, &cfg.vips())?),
         None => None,
     };
     prog.maps_mut().set_globals(&globals)?;
@@ -408,7 +398,7 @@ fn prepare_host(cfg: &Config, globals: &Globals, record: Option<&Path>) -> Resul
     // announce: every VIP on lo, whatever the mode (`hold::announce` says
     // why); the same host changes as stacked mode dsr's.
     if cfg.announce.is_some() {
-        let vips = service_vips(cfg);
+        let vips = cfg.vips();
         guard.extend(
             host::prepare_stacked(&cfg.interface, &vips)
                 .context("preparing this node for announce (the VIPs on lo)")?,
@@ -493,7 +483,14 @@ impl Agent {
         if sync.is_some() {
             metrics.known_sync();
         }
+        // Planned once; the file's check made the same plan, so an error
+        // here is reported, not expected.
+        let snapshot_plan = match &cfg.snapshot {
+            Some(s) => Some(s.plan().map_err(crate::config::FieldError::from)?),
+            None => None,
+        };
         let state = AgentState::new(Settings {
+            snapshot: snapshot_plan.as_ref().map(|p| p.schedule),
             config: cfg.clone(),
             config_path: opts.config_path.clone(),
             stamp: file_stamp(&opts.config_path),
@@ -530,8 +527,8 @@ impl Agent {
         let neigh = neigh::spawn(&cfg.interface, neigh_tx)
             .context("mode dsr: following the neighbour table")?;
         neigh.watch(ctl.neighbour_targets());
-        let (snapshots, snapshot_rx) = match cfg.snapshot.as_ref().map(|s| s.plan()) {
-            Some(Ok(plan)) => {
+        let (snapshots, snapshot_rx) = match snapshot_plan {
+            Some(plan) => {
                 // The period's claim names this node by its address.
                 let node = crate::link::addresses(&cfg.interface)
                     .ok()
@@ -540,7 +537,7 @@ impl Agent {
                 let (s, rx) = Snapshots::new(plan, node, &metrics);
                 (Some(s), rx)
             }
-            _ => (None, mpsc::unbounded_channel().1),
+            None => (None, mpsc::unbounded_channel().1),
         };
         let mut agent = Agent {
             opts,
@@ -606,8 +603,7 @@ impl Agent {
         let mut stats = tokio::time::interval(Duration::from_secs(self.opts.stats_interval.max(1)));
         // Priority tracking is read once a second: the XDP check spawns `ip`.
         let mut second = tokio::time::interval(Duration::from_secs(1));
-        let gate_every =
-            parse_duration(&self.cfg.cert_gate.interval).unwrap_or(Duration::from_secs(600));
+        let gate_every = self.cfg.cert_gate.interval;
         let mut gate_tick =
             tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
         let mut file_tick = tokio::time::interval(Duration::from_secs(1));
@@ -1074,7 +1070,7 @@ impl Agent {
         }
         self.poke_after(Some(&report));
         if let Some(h) = &mut self.holder {
-            h.set_vips(&service_vips(self.ctl.config()));
+            h.set_vips(&self.ctl.config().vips());
         }
         if let Some(p) = &mut self.probes {
             p.sync(jobs.clone());

@@ -20,8 +20,12 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{has_nat, hold::Fitness, service_vips};
-use crate::{config::Config, snapshot::duty::Duty, vrrp::Family};
+use super::hold::Fitness;
+use crate::{
+    config::Config,
+    snapshot::{duty::Duty, plan::Schedule},
+    vrrp::Family,
+};
 
 /// How often metrics and the status snapshot are rebuilt.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -46,6 +50,8 @@ pub struct Settings {
     /// State sync runs, holding the directory built at this programmer
     /// generation.
     pub sync: Option<u64>,
+    /// `snapshot:` on: when the periods start (planned once, at start).
+    pub snapshot: Option<Schedule>,
 }
 
 /// The signals that stop the agent.
@@ -218,12 +224,7 @@ pub struct AgentState {
 
 impl AgentState {
     pub fn new(settings: Settings) -> AgentState {
-        let snapshot = settings
-            .config
-            .snapshot
-            .as_ref()
-            .and_then(|s| s.plan().ok())
-            .map(|p| Duty::new(p.schedule));
+        let snapshot = settings.snapshot.map(Duty::new);
         AgentState {
             running: settings.config.clone(),
             pending: None,
@@ -398,9 +399,9 @@ impl AgentState {
 
     /// The new file, unless it changes what only a restart may.
     fn reloadable(&self, new: Box<Config>) -> Result<Box<Config>, String> {
-        match check_reloadable(&self.running, &new) {
-            Ok(()) => Ok(new),
-            Err(field) => Err(format!(
+        match self.running.split().0.refuses(&new.split().0) {
+            None => Ok(new),
+            Some(field) => Err(format!(
                 "{}: {field} changed; that takes a restart of vipd (systemctl restart vipd)",
                 self.settings.config_path.display()
             )),
@@ -426,44 +427,6 @@ impl AgentState {
             Effect::RestoreHost
         });
         out.push(Effect::Exit);
-    }
-}
-
-/// Settings fixed at load time need a restart; a file changing them is
-/// refused whole and the running configuration stays. The field that
-/// changed, if one did.
-pub fn check_reloadable(old: &Config, new: &Config) -> Result<(), &'static str> {
-    let fixed = [
-        ("interface", old.interface != new.interface),
-        ("xdp_mode", old.xdp_mode != new.xdp_mode),
-        (
-            "conntrack_capacity",
-            old.conntrack_capacity != new.conntrack_capacity,
-        ),
-        ("nat", old.nat != new.nat),
-        ("state_sync", old.state_sync != new.state_sync),
-        ("vrrp", old.vrrp != new.vrrp),
-        ("hold_vips", old.hold_vips != new.hold_vips),
-        ("announce", old.announce != new.announce),
-        ("metrics_listen", old.metrics_listen != new.metrics_listen),
-        (
-            "services[].vip: the VIPs VRRP elects a holder for",
-            old.vrrp.is_some() && service_vips(old) != service_vips(new),
-        ),
-        // The VIPs go on `lo` at start (`prepare_host`), with the host
-        // changes a restart undoes and redoes.
-        (
-            "services[].vip: the VIPs announce routes to",
-            old.announce.is_some() && service_vips(old) != service_vips(new),
-        ),
-        (
-            "services[].mode: the first nat service",
-            !has_nat(old) && has_nat(new),
-        ),
-    ];
-    match fixed.iter().find(|(_, changed)| *changed) {
-        Some((field, _)) => Err(field),
-        None => Ok(()),
     }
 }
 
@@ -511,8 +474,13 @@ services:
     }
 
     fn settings(text: &str) -> Settings {
+        let config = cfg(text);
         Settings {
-            config: cfg(text),
+            snapshot: config
+                .snapshot
+                .as_ref()
+                .map(|s| s.plan().expect("a valid snapshot section").schedule),
+            config,
             config_path: PathBuf::from("/etc/vipd/vipd.yaml"),
             stamp: stamp(1),
             pinned: false,
