@@ -184,6 +184,14 @@ services:
         Config::parse(Path::new("t.yaml"), text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
+    /// BASE with another holder (or none) in place of VRRP.
+    fn held_by(holder: &str) -> String {
+        BASE.replace(
+            "vrrp:\n  vrid: 1\n  priority: 200\nnodes:\n  cp1: { priority: 200 }\n",
+            holder,
+        )
+    }
+
     fn refusal(old: &str, new: &str) -> Option<String> {
         cfg(old).split().0.refuses(&cfg(new).split().0)
     }
@@ -200,13 +208,7 @@ services:
                 BASE.into(),
                 format!("conntrack_capacity: 4096\n{BASE}"),
             ),
-            (
-                "hold_vips",
-                BASE.replace("vrrp:\n  vrid: 1\n  priority: 200\n", "")
-                    .replace("nodes:\n  cp1: { priority: 200 }\n", ""),
-                BASE.replace("vrrp:\n  vrid: 1\n  priority: 200\n", "hold_vips: true\n")
-                    .replace("nodes:\n  cp1: { priority: 200 }\n", ""),
-            ),
+            ("hold_vips", held_by(""), held_by("hold_vips: true\n")),
             (
                 "vrrp",
                 BASE.into(),
@@ -214,13 +216,8 @@ services:
             ),
             (
                 "announce",
-                BASE.replace("vrrp:\n  vrid: 1\n  priority: 200\n", "announce: {}\n")
-                    .replace("nodes:\n  cp1: { priority: 200 }\n", ""),
-                BASE.replace(
-                    "vrrp:\n  vrid: 1\n  priority: 200\n",
-                    "announce: { table: 199 }\n",
-                )
-                .replace("nodes:\n  cp1: { priority: 200 }\n", ""),
+                held_by("announce: {}\n"),
+                held_by("announce: { table: 199 }\n"),
             ),
             (
                 "nat",
@@ -264,14 +261,12 @@ services:
             refusal(BASE, &moved).as_deref(),
             Some("services[].vip: the VIPs VRRP elects a holder for")
         );
-        let announce = BASE
-            .replace("vrrp:\n  vrid: 1\n  priority: 200\n", "announce: {}\n")
-            .replace("nodes:\n  cp1: { priority: 200 }\n", "");
+        let announce = held_by("announce: {}\n");
         assert_eq!(
             refusal(&announce, &announce.replace("10.0.0.100", "10.0.0.101")).as_deref(),
             Some("services[].vip: the VIPs announce routes to")
         );
-        let static_vips = announce.replace("announce: {}\n", "hold_vips: true\n");
+        let static_vips = held_by("hold_vips: true\n");
         assert_eq!(
             refusal(
                 &static_vips,
