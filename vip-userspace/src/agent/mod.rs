@@ -202,9 +202,10 @@ impl Agent {
         let mut stats = tokio::time::interval(Duration::from_secs(self.opts.stats_interval.max(1)));
         // Priority tracking is read once a second: the XDP check spawns `ip`.
         let mut second = tokio::time::interval(Duration::from_secs(1));
-        let gate_every = self.cfg.cert_gate.interval;
-        let mut gate_tick =
-            tokio::time::interval_at((Instant::now() + gate_every).into(), gate_every);
+        let gate_tick_every =
+            |every: Duration| tokio::time::interval_at((Instant::now() + every).into(), every);
+        let mut gate_every = self.cfg.cert_gate.interval;
+        let mut gate_tick = gate_tick_every(gate_every);
         let mut file_tick = tokio::time::interval(Duration::from_secs(1));
         // The first tick is at once: the versions are known from the start.
         let mut version_tick = tokio::time::interval(crate::version::EVERY);
@@ -235,6 +236,11 @@ impl Agent {
                 let holds = self.holder.as_ref().is_some_and(|h| h.holds());
                 let unix = crate::snapshot::unix_now();
                 self.feed(Event::SnapshotTick { unix, holds }).await?;
+            }
+            // `cert_gate` is live: a reload may change its interval.
+            if self.ctl.config().cert_gate.interval != gate_every {
+                gate_every = self.ctl.config().cert_gate.interval;
+                gate_tick = gate_tick_every(gate_every);
             }
             self.metrics.beat();
             let v = self.verdicts();

@@ -70,8 +70,8 @@ pub struct HeldVips {
 #[derive(Debug, PartialEq)]
 pub struct Live<'a> {
     pub services: &'a [Service],
-    /// The gate's action and names (its interval is the timer's, set at
-    /// start).
+    /// The gate's action, names and interval (the agent sets its timer
+    /// again when the interval changes).
     pub cert_gate: &'a CertGateSettings,
     /// Read at start only: it ends for good at the first ready apiserver,
     /// so removing it afterwards (the usual edit after `kubeadm init`)
