@@ -257,9 +257,15 @@ mod tests {
             let e = parse_mac(bad).expect_err(bad);
             assert!(e.contains("02:42:ac:11:00:02"), "{e}");
         }
-        for s in ["node", "vip", "10.0.0.5", "fd00::5"] {
-            assert_eq!(Snat::parse(s).expect(s).to_string(), s);
+        for snat in [
+            Snat::Node,
+            Snat::Vip,
+            Snat::Addr("10.0.0.5".parse().expect("ip")),
+            Snat::Addr("fd00::5".parse().expect("ip")),
+        ] {
+            assert_eq!(Snat::parse(&snat.to_string()), Ok(snat));
         }
+        assert_eq!(Snat::parse("node"), Ok(Snat::Node));
         let e = Snat::parse("somewhere").expect_err("not an address");
         assert!(e.contains("`node`, `vip` or an IP address"), "{e}");
         let r = PortRange::parse("40000-59999").expect("range");
