@@ -141,9 +141,9 @@ fn log_probe_change(addr: SocketAddr, change: &Change, written: Instant) {
 /// unpinned, detaches the program), as on an orderly stop.
 struct Agent {
     opts: AgentOptions,
-    /// The settings fixed for the life of this process (a reload may not
-    /// change the interface, VRRP or hold_vips); the services are the
-    /// controller's, `ctl.config()`.
+    /// The configuration as started: its `Fixed` part holds for the life
+    /// of this process (a reload that changes it is refused); the live
+    /// part is the controller's, `ctl.config()`.
     cfg: Config,
     state: AgentState,
     holder: Option<Box<dyn VipHolder>>,
