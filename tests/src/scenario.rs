@@ -598,8 +598,6 @@ impl LbLab {
 /// namespace): the default `metrics_listen`.
 fn metrics_addr() -> SocketAddr {
     vip_userspace::config::DEFAULT_METRICS_LISTEN
-        .parse()
-        .expect("the default metrics_listen is an address")
 }
 
 /// The samples of an OpenMetrics text, by series; panics on a line that is

@@ -234,9 +234,7 @@ fn nat_with_vrrp_runs_with_the_manifest_capabilities() {
     ] {
         assert_eq!(sysctl(key), want, "vipd did not set {key} to {want}");
     }
-    let (lo, hi) = vip_userspace::config::NatSettings::default()
-        .port_range()
-        .expect("the default NAT port range");
+    let (lo, hi) = vip_userspace::config::NatSettings::default().port_range();
     let reserved = sysctl("net.ipv4.ip_local_reserved_ports");
     assert!(
         reserved.split(',').any(|r| r == format!("{lo}-{hi}")),

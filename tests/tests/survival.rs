@@ -205,13 +205,10 @@ fn nat_vip_move_resets_every_stream_within_a_second() {
     );
 }
 
-/// `ProbePlan::worst_detection` for the default probe settings, which the
+/// `ProbeSettings::worst_detection` for the default probe settings, which the
 /// labs here run with.
 fn worst_detection() -> Duration {
-    ProbeSettings::default()
-        .plan()
-        .expect("the default probe settings are valid")
-        .worst_detection()
+    ProbeSettings::default().worst_detection()
 }
 
 /// Mode nat with state sync (`snat: vip`, `state_sync` peers): 200 watch

@@ -100,7 +100,7 @@ pub struct BackendStatus {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("{0}")]
-    Config(String),
+    Config(crate::config::FieldError),
     #[error("writing the maps failed")]
     Dataplane(#[from] crate::dataplane::DataplaneError),
 }

@@ -360,7 +360,7 @@ fn listen_addr(
 ) -> Result<SocketAddr> {
     match (address, cfg) {
         (Some(a), _) => Ok(a),
-        (None, None) => Ok(vip_userspace::config::DEFAULT_METRICS_LISTEN.parse()?),
+        (None, None) => Ok(vip_userspace::config::DEFAULT_METRICS_LISTEN),
         (None, Some(c)) => match c.metrics_listen.and_then(MetricsListen::addr) {
             Some(a) => Ok(a),
             None => bail!(

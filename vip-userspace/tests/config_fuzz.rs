@@ -44,7 +44,8 @@ fn seeds() -> Vec<(PathBuf, String)> {
 fn derive_everything(cfg: &Config) {
     let _ = agent::probe_jobs(cfg);
     let _ = agent::timing_report(cfg);
-    let _ = agent::service_vips(cfg);
+    let _ = cfg.vips();
+    let _ = cfg.split();
     for xdp in [false, true] {
         for local in [false, true] {
             let _ = agent::effective_priority(cfg, xdp, local);
@@ -56,7 +57,8 @@ fn derive_everything(cfg: &Config) {
         let _ = v.plan();
     }
     for s in &cfg.services {
-        let _ = s.probe.plan();
+        let _ = s.probe.worst_detection();
+        let _ = s.probe.tls_name();
         let _ = s.snat();
     }
     let _ = cfg.local_backends();

@@ -333,7 +333,7 @@ fn check_pod<'a>(
 fn advert_of(cfg: &Config) -> Duration {
     cfg.vrrp
         .as_ref()
-        .map(|v| parse_duration(&v.advert_interval).expect("a valid advert interval"))
+        .map(|v| v.advert_interval)
         .unwrap_or_default()
 }
 

@@ -5,9 +5,10 @@ use std::{
     net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Output},
+    time::Duration,
 };
 
-use vip_userspace::config::{Config, Mode, NodeFacts, node::Interface};
+use vip_userspace::config::{Config, Mode, NodeFacts, format_mac, node::Interface};
 
 const VIPD: &str = env!("CARGO_BIN_EXE_vipd");
 
@@ -98,16 +99,16 @@ fn recipe_pair_becomes_a_config_vipd_loads() {
     assert_eq!(v.track.local_apiserver, 2, "check_apiserver's weight -2");
     let s = &c.services[0];
     assert_eq!((s.vip, s.port, s.mode), (a("10.0.0.100"), 6443, Mode::Dsr));
-    let backends: Vec<(IpAddr, Option<&str>, bool)> = s
+    let backends: Vec<(IpAddr, Option<String>, bool)> = s
         .backends
         .iter()
-        .map(|b| (b.address, b.mac.as_deref(), b.local))
+        .map(|b| (b.address, b.mac.as_ref().map(format_mac), b.local))
         .collect();
     assert_eq!(
         backends,
         vec![
-            (a("10.0.0.11"), Some("52:54:00:00:00:11"), false),
-            (a("10.0.0.12"), Some("52:54:00:00:00:12"), false),
+            (a("10.0.0.11"), Some("52:54:00:00:00:11".into()), false),
+            (a("10.0.0.12"), Some("52:54:00:00:00:12".into()), false),
             (a("10.0.0.13"), None, true),
         ]
     );
@@ -155,7 +156,7 @@ fn unsupported_settings_are_listed_and_the_rest_loads() {
     let c = Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}"));
     let v = c.vrrp.as_ref().expect("vrrp");
     assert_eq!((v.vrid, v.priority(), v.preempt), (7, 150, false));
-    assert_eq!(v.advert_interval, "500ms");
+    assert_eq!(v.advert_interval, Duration::from_millis(500));
     assert_eq!(v.unicast_peers, vec![a("10.1.0.12"), a("10.1.0.13")]);
     let s = &c.services[0];
     assert!(
@@ -163,8 +164,8 @@ fn unsupported_settings_are_listed_and_the_rest_loads() {
         "unicast_src_ip 10.1.0.11 is this node when --node-address is not given"
     );
     assert_eq!(
-        (s.probe.interval.as_str(), s.probe.fall, s.probe.rise),
-        ("2s", 3, 2)
+        (s.probe.interval, s.probe.fall, s.probe.rise),
+        (Duration::from_secs(2), 3, 2)
     );
     let yaml = std::fs::read_to_string(&out).expect("output");
     let ka = samples("unsupported").join("keepalived.conf");
@@ -411,16 +412,16 @@ fn one_file_in_mode_dsr_has_no_local_and_only_the_given_macs() {
         Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
     let s = &c.services[0];
     assert_eq!(s.mode, Mode::Dsr);
-    let macs: Vec<(IpAddr, Option<&str>, bool)> = s
+    let macs: Vec<(IpAddr, Option<String>, bool)> = s
         .backends
         .iter()
-        .map(|b| (b.address, b.mac.as_deref(), b.local))
+        .map(|b| (b.address, b.mac.as_ref().map(format_mac), b.local))
         .collect();
     assert_eq!(
         macs,
         vec![
             (a("10.0.0.11"), None, false),
-            (a("10.0.0.12"), Some("52:54:00:00:00:12"), false),
+            (a("10.0.0.12"), Some("52:54:00:00:00:12".into()), false),
             (a("10.0.0.13"), None, false),
         ],
         "{yaml}"

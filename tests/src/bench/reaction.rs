@@ -125,9 +125,7 @@ pub fn run(opts: &Options) -> Result<()> {
     if opts.runs == 0 {
         bail!("--runs must be at least 1");
     }
-    let plan = ProbeSettings::default()
-        .plan()
-        .map_err(|(f, m)| anyhow::anyhow!("probe.{f}: {m}"))?;
+    let plan = ProbeSettings::default();
     let l = LbLab::start_with("bench-react", &LbOptions::new(AttachMode::Skb, Fwd::Nat));
     println!(
         "vipd reaction benchmark: default probes (interval {:?} +- {:?}, timeout {:?}, fall {}), \
@@ -137,7 +135,7 @@ pub fn run(opts: &Options) -> Result<()> {
     println!(
         "measured: be1's /readyz turns bad -> vipd has written the maps that take it out \
          (vipd's log timestamp); apiserver shutdown delay assumed: {:?}",
-        plan.shutdown_delay
+        plan.apiserver_shutdown_delay
     );
     let be1 = l.backend("be1");
     let cases = [
@@ -211,7 +209,7 @@ pub fn run(opts: &Options) -> Result<()> {
         );
         // The 503 case is an apiserver draining: it must be out before its
         // shutdown delay ends, or clients meet a stopped apiserver.
-        let past_delay = status == "503" && p99 > plan.shutdown_delay.as_secs_f64() * 1e3;
+        let past_delay = status == "503" && p99 > plan.apiserver_shutdown_delay.as_secs_f64() * 1e3;
         if failed > 0 || p99 > bound_ms * 1.05 || past_delay {
             missed.push(name);
         }
@@ -220,7 +218,7 @@ pub fn run(opts: &Options) -> Result<()> {
     println!(
         "target: every case within its bound (p99/bound <= 1.05 for scheduling noise), and the 503 \
          case inside the {:?} shutdown delay: {}",
-        plan.shutdown_delay,
+        plan.apiserver_shutdown_delay,
         if missed.is_empty() {
             "met".to_string()
         } else {

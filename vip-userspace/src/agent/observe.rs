@@ -252,7 +252,8 @@ fn router_status(m: &Metrics, cfg: &Config, r: &RouterHandle, seen: &mut u64) ->
         configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority()),
         held: info.hold.clone(),
         source: info.source,
-        vips: crate::agent::service_vips(cfg)
+        vips: cfg
+            .vips()
             .into_iter()
             .filter(|v| Family::of(v) == r.family())
             .collect(),

@@ -38,15 +38,12 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
     let mut jobs = BTreeMap::new();
     for (i, s) in cfg.services.iter().enumerate() {
         let p = &s.probe;
-        let plan = p
-            .plan()
-            .map_err(|(f, m)| anyhow::anyhow!("services[{i}].probe.{f}: {m}"))?;
         // Nothing to probe, nothing to read: a service without backends
         // yet must not need the CA file.
         if s.backends.is_empty() {
             continue;
         }
-        let kind = match plan.server_name.clone() {
+        let kind = match p.tls_name().map(|n| n.server_name().clone()) {
             None => ProbeKind::Tcp,
             Some(server_name) => {
                 let key = (p.ca.clone(), p.client_cert.clone(), p.client_key.clone());
@@ -71,16 +68,15 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
         };
         let spec = Arc::new(ProbeSpec {
             kind,
-            timeout: plan.timeout,
+            timeout: p.timeout,
         });
         for b in &s.backends {
-            jobs.entry(SocketAddr::new(b.address, b.port.unwrap_or(s.port)))
-                .or_insert_with(|| ProbeJob {
-                    settings: p.clone(),
-                    spec: spec.clone(),
-                    interval: plan.interval,
-                    jitter: plan.jitter,
-                });
+            jobs.entry(s.backend_addr(b)).or_insert_with(|| ProbeJob {
+                settings: p.clone(),
+                spec: spec.clone(),
+                interval: p.interval,
+                jitter: p.jitter,
+            });
         }
     }
     Ok(jobs)
@@ -92,10 +88,10 @@ pub fn probe_jobs(cfg: &Config) -> Result<BTreeMap<SocketAddr, ProbeJob>> {
 pub fn timing_report(cfg: &Config) -> Vec<(bool, String)> {
     let mut out = vec![];
     for (i, s) in cfg.services.iter().enumerate() {
-        let Ok(plan) = s.probe.plan() else { continue };
+        let plan = &s.probe;
         let fast = plan.worst_fast_fail();
         let hung = plan.worst_detection();
-        let delay = plan.shutdown_delay;
+        let delay = plan.apiserver_shutdown_delay;
         let at = format!("services[{i}] ({}:{})", s.vip, s.port);
         if fast >= delay {
             out.push((

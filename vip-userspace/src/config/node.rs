@@ -237,7 +237,7 @@ impl Config {
                 let v4 = backends.first().is_none_or(|b| b.is_ipv4());
                 let vips: Vec<IpAddr> = self.services.iter().map(|s| s.vip).collect();
                 let plain: Vec<IpAddr> = on_iface.iter().map(|(a, _)| *a).collect();
-                super::node_address(&plain, v4, &vips)
+                super::desired::node_address(&plain, v4, &vips)
             });
         let mine: Vec<IpAddr> = facts
             .interfaces

@@ -1,3 +1,7 @@
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use vip_common::{MAGLEV_DEFAULT_SIZE, MODE_NAT, SVC_F_SYNC};
+
 use super::*;
 
 const GOOD: &str = "
@@ -27,7 +31,7 @@ services:
 #[test]
 fn nat_needs_no_macs_and_resolves_snat() {
     let c = parse(NAT).expect("valid");
-    assert_eq!(c.nat.port_range(), Ok((40000, 59999)));
+    assert_eq!(c.nat.port_range(), (40000, 59999));
     let node: Vec<IpAddr> = vec![
         "fe80::1".parse().expect("ip"),
         "10.0.0.2".parse().expect("ip"),
@@ -41,7 +45,8 @@ fn nat_needs_no_macs_and_resolves_snat() {
     assert_eq!(d[0].backends[1].port_be, 443u16.to_be());
     let e = c
         .desired(&["fe80::1".parse().expect("ip")])
-        .expect_err("no IPv4 on the interface");
+        .expect_err("no IPv4 on the interface")
+        .to_string();
     assert!(
         e.contains("services[0].snat") && e.contains("no IPv4 address"),
         "{e}"
@@ -81,6 +86,7 @@ fn state_sync_defaults_flags_services_and_refuses_what_cannot_work() {
     assert!(
         s.listen_addr(&[], &vips)
             .expect_err("none")
+            .to_string()
             .contains("state_sync.listen")
     );
     // Without state_sync, no flag.
@@ -148,7 +154,7 @@ fn announce_section_defaults() {
         a.route_table().expect("table"),
         crate::route::RouteTable::default()
     );
-    assert_eq!(a.drain().expect("drain"), Duration::from_secs(1));
+    assert_eq!(a.drain, Duration::from_secs(1));
     let c = parse(&format!(
         "announce:\n  table: 1000\n  proto: 250\n  drain: 0s\n{GOOD}"
     ))
@@ -156,14 +162,14 @@ fn announce_section_defaults() {
     let a = c.announce.as_ref().expect("announce");
     let t = a.route_table().expect("table");
     assert_eq!((t.table, t.proto), (1000, 250));
-    assert_eq!(a.drain().expect("drain"), Duration::ZERO);
+    assert_eq!(a.drain, Duration::ZERO);
     assert!(parse(GOOD).expect("valid").announce.is_none());
 }
 
 #[test]
 fn vrrp_section_defaults_and_units() {
     let c = parse(&format!("vrrp:\n  vrid: 51\n{GOOD}")).expect("valid");
-    let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    let p = c.vrrp.as_ref().expect("vrrp").plan();
     assert_eq!(p.vrid, 51);
     assert_eq!(p.priority, 100);
     assert_eq!(p.advert_interval_cs, 10);
@@ -176,7 +182,7 @@ fn vrrp_section_defaults_and_units() {
             "vrrp:\n  vrid: 7\n  advert_interval: 1.5s\n  preempt_delay: 250ms\n  unicast_peers: [10.0.0.3]\n{GOOD}"
         ))
         .expect("valid");
-    let p = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    let p = c.vrrp.as_ref().expect("vrrp").plan();
     assert_eq!(p.advert_interval_cs, 150);
     assert_eq!(p.preempt_delay, Duration::from_millis(250));
     assert_eq!(p.unicast_peers, ["10.0.0.3".parse::<IpAddr>().expect("ip")]);
@@ -185,13 +191,7 @@ fn vrrp_section_defaults_and_units() {
         "vrrp:\n  vrid: 7\n  advert_interval: 2s\n  auth_hmac: {{ key_file: /etc/vipd/vrrp.key }}\n{GOOD}"
     ))
     .expect("valid");
-    let a = c
-        .vrrp
-        .as_ref()
-        .expect("vrrp")
-        .plan()
-        .expect("plan")
-        .auth_hmac;
+    let a = c.vrrp.as_ref().expect("vrrp").plan().auth_hmac;
     assert_eq!(
         a,
         Some(crate::vrrp::AuthPlan {
@@ -224,8 +224,8 @@ fn probe_and_gate_settings_default_and_refuse_nonsense() {
     assert_eq!(p.kind, ProbeType::Https);
     assert_eq!(p.path, "/readyz");
     assert_eq!(p.ca, PathBuf::from("/etc/kubernetes/pki/ca.crt"));
-    assert_eq!(p.server_name, "kubernetes");
-    let plan = p.plan().expect("plan");
+    assert_eq!(p.server_name.as_str(), "kubernetes");
+    let plan = p;
     assert_eq!(
         (plan.interval, plan.timeout, plan.rise, plan.fall),
         (Duration::from_secs(1), Duration::from_secs(1), 2, 2)
@@ -531,7 +531,10 @@ fn encap_backends_need_no_mac_and_get_this_nodes_source() {
         Some(9000)
     );
     let only_vip: Vec<IpAddr> = vec!["10.0.0.100".parse().expect("ip")];
-    let e = c.desired(&only_vip).expect_err("no source address");
+    let e = c
+        .desired(&only_vip)
+        .expect_err("no source address")
+        .to_string();
     assert!(
         e.contains("services[0].backends[0].encap") && e.contains("no IPv4 address"),
         "{e}"
@@ -589,5 +592,65 @@ fn encap_errors_name_the_field_and_the_fix() {
         for w in want {
             assert!(e.contains(w), "error {e:?} should contain {w:?}");
         }
+    }
+}
+
+/// A value written as text is parsed once, at its field: the error names
+/// the path once (not serde_yaml_ng's copy of the section again) and says
+/// how to write it; the value arrives typed.
+#[test]
+fn text_values_are_typed_at_load_and_refused_at_their_field() {
+    let c = parse(&format!(
+        "nat: {{ ports: 41000-42000 }}\ncert_gate: {{ interval: 15m }}\n{}",
+        NAT.replace("snat: node", "snat: 10.0.0.9")
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.nat.ports,
+        PortRange {
+            lo: 41000,
+            hi: 42000
+        }
+    );
+    assert_eq!(c.cert_gate.interval, Duration::from_secs(900));
+    assert_eq!(
+        c.services[0].snat(),
+        Snat::Addr("10.0.0.9".parse().expect("ip"))
+    );
+    assert_eq!(
+        parse(GOOD).expect("valid").services[0].backends[0].mac,
+        Some([2, 0, 0, 0, 0, 0x0b])
+    );
+    for (text, field, fix) in [
+        (
+            format!("nat: {{ ports: 10-20 }}\n{GOOD}"),
+            "nat.ports",
+            "write it as 40000-59999",
+        ),
+        (
+            GOOD.replace("02:00:00:00:00:0b", "02:00:00:00:00:zz"),
+            "services[0].backends[0].mac",
+            "write it as 02:42:ac:11:00:02",
+        ),
+        (
+            GOOD.replace(
+                "    backends:",
+                "    probe: { jitter: soon }\n    backends:",
+            ),
+            "services[0].probe.jitter",
+            "write it like 100ms or 1s",
+        ),
+        (
+            NAT.replace("snat: node", "snat: somewhere"),
+            "services[0].snat",
+            "`node`, `vip` or an IP address",
+        ),
+    ] {
+        let e = err(&text);
+        let (path, message) = e.split_once(": ").expect("file: ...");
+        assert_eq!(path, "vipd.yaml", "{e}");
+        assert!(message.starts_with(&format!("{field}: ")), "{e}");
+        assert_eq!(e.matches(field).count(), 1, "the path said once: {e}");
+        assert!(e.contains(fix), "{e}");
     }
 }

@@ -9,7 +9,7 @@ use super::{
     haproxy::{Pool, Server},
     keepalived::Keepalived,
 };
-use crate::config::{Mode, ProbeSettings, format_mac};
+use crate::config::{Mode, ProbeSettings, TlsName, format_duration, format_mac};
 
 /// The probe as written, and the comments that explain it.
 pub(super) struct ProbeOut {
@@ -18,11 +18,7 @@ pub(super) struct ProbeOut {
 }
 
 fn fmt_ms(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
-    }
+    format_duration(Duration::from_millis(ms))
 }
 
 fn no_check_remark(file: &str, s: &Server) -> String {
@@ -36,7 +32,7 @@ pub(super) fn probe_for(file: &str, pool: &Pool, skipped: &mut BTreeSet<Skip>) -
     let mut remarks = vec![];
     let mut p = ProbeSettings::default();
     // vipd's defaults, for what HAProxy left unset.
-    let defaults = p.plan().expect("vipd's default probe settings are valid");
+    let defaults = p.clone();
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let Some(first) = pool.servers.first() else {
         return ProbeOut {
@@ -96,7 +92,13 @@ pub(super) fn probe_for(file: &str, pool: &Pool, skipped: &mut BTreeSet<Skip>) -
         None => {}
     }
     if let Some(sni) = &first.sni {
-        p.server_name = sni.clone();
+        match TlsName::parse(sni) {
+            Ok(n) => p.server_name = n,
+            Err(e) => remarks.push(format!(
+                "HAProxy's check-sni ({file}:{}): {e}; the name checked is `kubernetes`, in every kubeadm apiserver certificate",
+                first.line
+            )),
+        }
     }
     let mut interval = first.inter_ms.unwrap_or(ms(defaults.interval));
     if interval < 100 {
@@ -130,18 +132,16 @@ pub(super) fn probe_for(file: &str, pool: &Pool, skipped: &mut BTreeSet<Skip>) -
         fall = fall.min(100);
         rise = rise.min(100);
     }
-    p.interval = fmt_ms(interval);
-    p.timeout = fmt_ms(timeout);
-    p.jitter = fmt_ms(100.min(interval / 2));
+    p.interval = Duration::from_millis(interval);
+    p.timeout = Duration::from_millis(timeout);
+    p.jitter = Duration::from_millis(100.min(interval / 2));
     p.fall = fall;
     p.rise = rise;
-    if let Ok(plan) = p.plan()
-        && plan.worst_fast_fail() > plan.shutdown_delay
-    {
+    if p.check().is_ok() && p.worst_fast_fail() > p.apiserver_shutdown_delay {
         remarks.push(format!(
             "with this timing a draining apiserver can get new flows for up to {}ms, longer than the {} --shutdown-delay-duration assumed in apiserver_shutdown_delay; vipd warns at start. interval 1s, fall 2 take it out within 2.2s",
-            plan.worst_fast_fail().as_millis(),
-            p.apiserver_shutdown_delay
+            p.worst_fast_fail().as_millis(),
+            format_duration(p.apiserver_shutdown_delay)
         ));
     }
     ProbeOut {
@@ -356,12 +356,12 @@ fn write_service(out: &mut Out, opts: &Options, s: &ServiceOut) {
         out.line(6, format!("ca: {}", q(&p.ca.to_string_lossy())));
     }
     if p.server_name != d.server_name {
-        out.line(6, format!("server_name: {}", q(&p.server_name)));
+        out.line(6, format!("server_name: {}", q(p.server_name.as_str())));
     }
-    out.line(6, format!("interval: {}", p.interval));
-    out.line(6, format!("timeout: {}", p.timeout));
+    out.line(6, format!("interval: {}", format_duration(p.interval)));
+    out.line(6, format!("timeout: {}", format_duration(p.timeout)));
     if p.jitter != d.jitter {
-        out.line(6, format!("jitter: {}", p.jitter));
+        out.line(6, format!("jitter: {}", format_duration(p.jitter)));
     }
     out.line(6, format!("fall: {}", p.fall));
     out.line(6, format!("rise: {}", p.rise));

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use super::*;
+use crate::config::format_mac;
 
 const RECIPE_KA: &str = include_str!("../../tests/import/kubeadm/keepalived.conf");
 const RECIPE_HA: &str = include_str!("../../tests/import/kubeadm/haproxy.cfg");
@@ -73,7 +76,7 @@ fn kubeadm_recipe_converts_field_by_field() {
     let c = &i.config;
     assert_eq!(c.interface, "eth0", "interface from keepalived");
     let v = c.vrrp.as_ref().expect("vrrp section");
-    let plan = v.plan().expect("vrrp plan");
+    let plan = v.plan();
     assert_eq!(plan.vrid, 51, "virtual_router_id");
     assert_eq!(plan.priority, 101, "priority");
     assert_eq!(
@@ -97,16 +100,26 @@ fn kubeadm_recipe_converts_field_by_field() {
     );
     assert_eq!(s.mode, Mode::Dsr);
     assert_eq!(s.snat, None);
-    let got: Vec<(IpAddr, Option<u16>, Option<&str>, bool)> = s
+    let got: Vec<(IpAddr, Option<u16>, Option<String>, bool)> = s
         .backends
         .iter()
-        .map(|b| (b.address, b.port, b.mac.as_deref(), b.local))
+        .map(|b| (b.address, b.port, b.mac.as_ref().map(format_mac), b.local))
         .collect();
     assert_eq!(
         got,
         vec![
-            (a("10.0.0.11"), None, Some("52:54:00:00:00:11"), false),
-            (a("10.0.0.12"), None, Some("52:54:00:00:00:12"), false),
+            (
+                a("10.0.0.11"),
+                None,
+                Some("52:54:00:00:00:11".into()),
+                false
+            ),
+            (
+                a("10.0.0.12"),
+                None,
+                Some("52:54:00:00:00:12".into()),
+                false
+            ),
             (a("10.0.0.13"), None, None, true),
         ],
         "backends, MACs from the neighbour table, cp3 local by this host's address"
@@ -114,12 +127,12 @@ fn kubeadm_recipe_converts_field_by_field() {
     let p = &s.probe;
     assert_eq!(p.path, "/readyz");
     assert_eq!(
-        (p.interval.as_str(), p.timeout.as_str(), p.fall, p.rise),
-        ("1s", "1s", 2, 2),
+        (p.interval, p.timeout, p.fall, p.rise),
+        (Duration::from_secs(1), Duration::from_secs(1), 2, 2),
         "unset inter/fall/rise: vipd's defaults; timeout check 10s cut to the interval"
     );
     assert_eq!(p.ca, Path::new("/etc/kubernetes/pki/ca.crt"));
-    assert_eq!(p.server_name, "kubernetes");
+    assert_eq!(p.server_name.as_str(), "kubernetes");
     let y = &i.yaml;
     for want in [
         "# vipd configuration written by `vipd import`",
@@ -190,7 +203,7 @@ fn unsupported_settings_each_get_their_comment() {
     let i = ok(&o);
     let c = &i.config;
     assert_eq!(c.interface, "ens3");
-    let plan = c.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    let plan = c.vrrp.as_ref().expect("vrrp").plan();
     assert_eq!(plan.vrid, 7);
     assert_eq!(plan.priority, 150);
     assert_eq!(plan.advert_interval_cs, 50, "advert_int 0.5");
@@ -212,12 +225,12 @@ fn unsupported_settings_each_get_their_comment() {
     );
     assert_eq!(
         (
-            s.probe.interval.as_str(),
-            s.probe.timeout.as_str(),
+            s.probe.interval,
+            s.probe.timeout,
             s.probe.fall,
             s.probe.rise
         ),
-        ("2s", "1500ms", 3, 2),
+        (Duration::from_secs(2), Duration::from_millis(1500), 3, 2),
         "inter 2s fall 3 rise 2, timeout check 1500ms"
     );
     let want = [
@@ -294,7 +307,7 @@ fn ipv6_vips_and_servers() {
             (a("fd00::13"), false, true),
         ]
     );
-    let plan = i.config.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    let plan = i.config.vrrp.as_ref().expect("vrrp").plan();
     // Global IPv6 peers cannot match vipd's link-local sources.
     assert!(plan.unicast_peers.is_empty(), "{:?}", plan.unicast_peers);
     for w in [
@@ -354,12 +367,8 @@ fn unicast_src_ip_and_node_address_pick_the_local_backend() {
         vec![a("10.0.0.12")],
         "unicast_src_ip wins over this host's addresses"
     );
-    assert_eq!(
-        s.backends[2].mac.as_deref(),
-        Some("02:00:00:00:00:13"),
-        "--mac"
-    );
-    let plan = i.config.vrrp.as_ref().expect("vrrp").plan().expect("plan");
+    assert_eq!(s.backends[2].mac, Some([0x02, 0, 0, 0, 0, 0x13]), "--mac");
+    let plan = i.config.vrrp.as_ref().expect("vrrp").plan();
     assert_eq!(plan.unicast_peers, vec![a("10.0.0.11"), a("10.0.0.13")]);
     assert!(
         i.yaml
@@ -390,7 +399,6 @@ fn nopreempt_and_preempt_delay() {
             .vrrp
             .expect("vrrp")
             .plan()
-            .expect("plan")
     };
     let p = with("    nopreempt\n");
     assert!(!p.preempt);
@@ -462,10 +470,13 @@ fn ca_file_check_sni_excluded_vips_and_announce_are_carried() {
     o.host = host(&["10.0.0.13", "fd00::13"]);
     let i = ok(&o);
     let v = i.config.vrrp.as_ref().expect("vrrp");
-    assert_eq!((v.announce.count, v.announce.refresh.as_str()), (2, "30s"));
+    assert_eq!(
+        (v.announce.count, v.announce.refresh),
+        (2, Duration::from_secs(30))
+    );
     let s = &i.config.services[0];
     assert_eq!(s.probe.ca, Path::new("/etc/pki/k8s-ca.pem"));
-    assert_eq!(s.probe.server_name, "api.example");
+    assert_eq!(s.probe.server_name.as_str(), "api.example");
     assert!(!i.yaml.contains("`verify none`"), "{}", i.yaml);
     let six = &i.config.services[1];
     assert_eq!(six.vip, a("fd00::100"), "an excluded address is a VIP too");
@@ -687,7 +698,7 @@ fn nat_keeps_the_frontend_port_and_needs_no_macs() {
             .iter()
             .all(|b| b.port == Some(6443) && b.mac.is_none())
     );
-    assert_eq!(s.snat(), Ok(crate::config::Snat::Node));
+    assert_eq!(s.snat(), crate::config::Snat::Node);
     assert!(
         !i.yaml.contains("HAProxy listened on port"),
         "no port change to explain"

@@ -414,11 +414,9 @@ impl Announce {
         let Some(s) = &cfg.announce else {
             anyhow::bail!("no announce section");
         };
-        let table = s
-            .route_table()
-            .map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
-        let drain = s.drain().map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
-        let vips = crate::agent::service_vips(cfg);
+        let table = s.route_table().map_err(|e| e.under("announce"))?;
+        let drain = s.drain;
+        let vips = cfg.vips();
         let a = RouteAnnouncer::new(table).context("announce: opening the netlink socket")?;
         let view = a.list().await.context("announce: reading the routes")?;
         // Changing routes needs CAP_NET_ADMIN; reading them does not. Find
@@ -491,7 +489,7 @@ impl VipHolder for Announce {
         }
     }
 
-    /// A reload never changes the VIPs (`check_reloadable` refuses it:
+    /// A reload never changes the VIPs (`Fixed::refuses` refuses it:
     /// they are on `lo` since start).
     fn set_vips(&mut self, _: &[IpAddr]) {}
 

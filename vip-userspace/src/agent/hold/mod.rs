@@ -109,10 +109,7 @@ pub async fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
     } else if cfg.announce.is_some() {
         Box::new(Announce::start(cfg, f).await?)
     } else if cfg.hold_vips {
-        Box::new(StaticVips::start(
-            &cfg.interface,
-            &crate::agent::service_vips(cfg),
-        )?)
+        Box::new(StaticVips::start(&cfg.interface, &cfg.vips())?)
     } else {
         Box::new(Unheld)
     })

@@ -106,10 +106,11 @@ impl Vrrp {
         let Some(v) = &cfg.vrrp else {
             anyhow::bail!("no vrrp section");
         };
-        let plan = v.plan().map_err(|(f, m)| anyhow::anyhow!("{f}: {m}"))?;
+        let plan = v.plan();
         let mut routers = vec![];
         for family in [Family::V4, Family::V6] {
-            let vips: Vec<IpAddr> = crate::agent::service_vips(cfg)
+            let vips: Vec<IpAddr> = cfg
+                .vips()
                 .into_iter()
                 .filter(|a| Family::of(a) == family)
                 .collect();
@@ -164,7 +165,7 @@ impl VipHolder for Vrrp {
     }
 
     /// A reload never changes the VIPs VRRP elects a holder for
-    /// (`check_reloadable` refuses it).
+    /// (`Fixed::refuses` refuses it).
     fn set_vips(&mut self, _: &[IpAddr]) {}
 
     fn routers(&self) -> &[RouterHandle] {
