@@ -6,6 +6,8 @@
 //! tracking). Pure: no sockets, no clock; tests drive it with the in-memory
 //! maps and made-up instants.
 
+pub mod metrics;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
@@ -567,6 +569,16 @@ impl<M: Maps> Controller<M> {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Every backend with its dataplane id if written: whose counters
+    /// the metrics read.
+    pub fn counted_backends(&self) -> Vec<(SocketAddr, Option<u32>)> {
+        let ids: BTreeMap<SocketAddr, u32> = self.backend_ids().into_iter().collect();
+        self.status()
+            .iter()
+            .map(|b| (b.addr, ids.get(&b.addr).copied()))
+            .collect()
     }
 
     /// Every backend's state, in configuration order.

@@ -847,5 +847,7 @@ fn age(secs: u64) -> String {
     }
 }
 
+pub mod metrics;
+
 #[cfg(test)]
 mod tests;

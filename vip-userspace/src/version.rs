@@ -213,6 +213,61 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The versions' metric families: each backend's gitVersion, and whether
+/// they are too far apart; set as each `GET /version` answer arrives.
+#[derive(Clone, Debug, Default)]
+pub struct VersionMetrics {
+    pub info: prometheus_client::metrics::family::Family<
+        BackendVersion,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    pub skew: prometheus_client::metrics::gauge::Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct BackendVersion {
+    pub backend: String,
+    pub git_version: String,
+}
+
+impl VersionMetrics {
+    pub fn register(r: &mut crate::metrics::Scope) -> VersionMetrics {
+        let m = VersionMetrics::default();
+        r.register(
+            "backend_version_info",
+            "1 for the gitVersion the backend's apiserver reports at GET /version (read every 30 s)",
+            m.info.clone(),
+        );
+        r.register(
+            "apiserver_version_skew",
+            "1 while the apiservers are more than one minor version apart (Kubernetes version-skew policy)",
+            m.skew.clone(),
+        );
+        m
+    }
+
+    /// `backend` runs `version` now: its one series (an earlier version's
+    /// goes).
+    pub fn set(&self, backend: SocketAddr, old: Option<&str>, version: &str) {
+        if let Some(old) = old.filter(|o| *o != version) {
+            self.forget(backend, old);
+        }
+        self.info.get_or_create(&label(backend, version)).set(1);
+    }
+
+    /// `backend` left the configuration, or runs another version.
+    pub fn forget(&self, backend: SocketAddr, version: &str) {
+        self.info.remove(&label(backend, version));
+    }
+}
+
+fn label(backend: SocketAddr, version: &str) -> BackendVersion {
+    BackendVersion {
+        backend: backend.to_string(),
+        git_version: version.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,7 @@ use crate::{
     certcheck::CertCheck,
     config::{Config, Encap, MetricsListen, Mode, parse_duration},
     controller::Controller,
+    dataplane::kernel::KernelCounters,
     dataplane::{
         Maps,
         kernel::{KernelMaps, LoadOptions, PROG_VIP},
@@ -40,12 +41,13 @@ use crate::{
     vrrp::{Family, router},
 };
 
-mod hold;
+pub mod hold;
 mod observe;
 mod probes;
 mod snapshots;
 mod state;
 mod sweep;
+pub mod telemetry;
 
 use hold::VipHolder;
 pub use hold::vrrp::effective_priority;
@@ -55,6 +57,7 @@ pub use probes::{ProbeJob, probe_jobs, timing_report};
 use snapshots::Snapshots;
 use state::{AgentState, Effect, Event, Note, Settings, Signal, StatsLines, Verdicts};
 use sweep::{FlowReport, SweepSync, spawn_sweeper};
+use telemetry::Telemetry;
 
 pub struct AgentOptions {
     pub config_path: PathBuf,
@@ -214,6 +217,8 @@ struct Agent {
     /// The MAC the program holds as the interface's.
     local_mac: Option<[u8; 6]>,
     metrics: Arc<Metrics>,
+    /// Every component's metric families.
+    telemetry: Telemetry,
     metrics_task: Option<JoinHandle<()>>,
     sweeper: Option<JoinHandle<()>>,
     sync: Option<SyncHandle>,
@@ -354,8 +359,9 @@ fn start_sync(
     cfg: &Config,
     ctl: &Controller<KernelMaps>,
     globals: Globals,
-    listen: Option<IpAddr>,
-    keys: Option<Arc<KeySource>>,
+    (listen, keys): (Option<IpAddr>, Option<Arc<KeySource>>),
+    telemetry: &Telemetry,
+    counters: Option<Arc<KernelCounters>>,
 ) -> Result<Option<SyncHandle>> {
     let (Some(s), Some(ip)) = (&cfg.state_sync, listen) else {
         return Ok(None);
@@ -369,6 +375,10 @@ fn start_sync(
             .context("state_sync: opening the event ring")?,
         crate::sync::tables::SyncTables::of(maps).context("state_sync: opening the flow tables")?,
         directory(ctl, globals),
+        // The program's ring-full count is read at scrape time.
+        telemetry.sync.stats(Box::new(move || {
+            counters.as_ref().and_then(|c| c.sync_lost().ok())
+        })),
     )?;
     Ok(Some(h))
 }
@@ -466,8 +476,9 @@ impl Agent {
     async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let cfg = derive_local(cfg)?;
         let jobs = probe_jobs(&cfg)?;
-        let metrics = Arc::new(Metrics::new());
-        metrics.known_backends(jobs.keys().copied());
+        let (telemetry, metrics) = Telemetry::new();
+        let metrics = Arc::new(metrics);
+        telemetry.probes.known_backends(jobs.keys().copied());
         metrics.beat();
         let metrics_task = serve_metrics(&cfg, &metrics).await?;
         for (ok, line) in timing_report(&cfg) {
@@ -489,10 +500,25 @@ impl Agent {
             sync_keys,
         } = program(&opts, cfg, neighbours)?;
         let cfg = ctl.config().clone();
-        let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
-        if sync.is_some() {
-            metrics.known_sync();
+        let counters = match ctl.programmer().maps().counters() {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "opening the program's counters for the metrics failed; /metrics goes without them");
+                None
+            }
+        };
+        if let Some(c) = &counters {
+            telemetry.dataplane.read_from(c.clone());
         }
+        telemetry.show_controller(&ctl);
+        let sync = start_sync(
+            &cfg,
+            &ctl,
+            globals,
+            (sync_listen, sync_keys),
+            &telemetry,
+            counters,
+        )?;
         let state = AgentState::new(Settings {
             config: cfg.clone(),
             config_path: opts.config_path.clone(),
@@ -537,7 +563,7 @@ impl Agent {
                     .ok()
                     .and_then(|a| a.first().map(ToString::to_string))
                     .unwrap_or_else(|| cfg.interface.clone());
-                let (s, rx) = Snapshots::new(plan, node, &metrics);
+                let (s, rx) = Snapshots::new(plan, node, telemetry.snapshot.clone());
                 (Some(s), rx)
             }
             _ => (None, mpsc::unbounded_channel().1),
@@ -553,6 +579,7 @@ impl Agent {
             attached: attached.to_string(),
             local_mac,
             metrics,
+            telemetry,
             metrics_task,
             sweeper,
             sync,
@@ -642,6 +669,7 @@ impl Agent {
                 self.feed(Event::SnapshotTick { unix, holds }).await?;
             }
             self.metrics.beat();
+            self.telemetry.show_controller(&self.ctl);
             let v = self.verdicts();
             self.feed(Event::Settled(v)).await?;
         }
@@ -677,10 +705,7 @@ impl Agent {
     async fn execute(&mut self, e: Effect) -> Result<Option<Event>> {
         match e {
             Effect::StartHolder(f) => {
-                let h = hold::start(&self.cfg, &f).await?;
-                for r in h.routers() {
-                    self.metrics.known_vrrp(router::label(r.family()));
-                }
+                let h = hold::start(&self.cfg, &f, &self.telemetry).await?;
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
@@ -788,11 +813,7 @@ impl Agent {
     /// skew decided again over every backend, and a change of the decision
     /// logged once.
     fn versioned(&mut self, addr: SocketAddr, got: Result<String, crate::probe::Failure>) {
-        use crate::metrics::BackendVersion;
-        let label = |v: &str| BackendVersion {
-            backend: addr.to_string(),
-            git_version: v.to_owned(),
-        };
+        let m = &self.telemetry.versions;
         // A backend gone from the config (a reload) leaves the check.
         let gone: Vec<SocketAddr> = self
             .obs
@@ -803,10 +824,7 @@ impl Agent {
             .collect();
         for a in gone {
             if let Some(v) = self.obs.versions.remove(&a) {
-                self.metrics.backend_version_info.remove(&BackendVersion {
-                    backend: a.to_string(),
-                    git_version: v,
-                });
+                m.forget(a, &v);
             }
         }
         match got {
@@ -816,16 +834,13 @@ impl Agent {
                 tracing::debug!(backend = %addr, error = %e, "GET /version failed; keeping the last version read");
             }
             Ok(v) if self.jobs.contains_key(&addr) => {
-                if let Some(old) = self.obs.versions.insert(addr, v.clone())
-                    && old != v
+                let old = self.obs.versions.insert(addr, v.clone());
+                if let Some(old) = &old
+                    && *old != v
                 {
-                    self.metrics.backend_version_info.remove(&label(&old));
                     info!(backend = %addr, from = %old, to = %v, "apiserver version changed");
                 }
-                self.metrics
-                    .backend_version_info
-                    .get_or_create(&label(&v))
-                    .set(1);
+                m.set(addr, old.as_deref(), &v);
             }
             Ok(_) => {}
         }
@@ -842,9 +857,7 @@ impl Agent {
             (None, Some(_)) => info!("apiserver versions are within one minor version again"),
             _ => {}
         }
-        self.metrics
-            .apiserver_version_skew
-            .set(i64::from(skew.warns()));
+        m.skew.set(i64::from(skew.warns()));
         self.obs.skew = skew;
     }
 
@@ -855,7 +868,7 @@ impl Agent {
 
     fn probed(&mut self, ev: ProbeEvent) {
         let took = ev.finished.saturating_duration_since(ev.started);
-        self.metrics.probe(ev.addr, &ev.outcome, took);
+        self.telemetry.probes.probe(ev.addr, &ev.outcome, took);
         self.obs
             .probe_last
             .insert(ev.addr, (took, ev.outcome.label()));
@@ -940,10 +953,13 @@ impl Agent {
                         "flow tables swept"
                     );
                 }
+                self.telemetry
+                    .flows
+                    .swept(&sw, &self.ctl.counted_backends());
                 self.obs.sweep = Some((sw, SystemTime::now()));
             }
             FlowReport::Poked(p) => {
-                self.metrics.conntrack_poked.inc_by(p.flows);
+                self.telemetry.flows.poked.inc_by(p.flows);
                 if let Some(e) = &p.first_error {
                     warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
                 } else if p.flows > 0 {
@@ -1017,7 +1033,7 @@ impl Agent {
     fn snapshot_done(&mut self, done: snapshots::Done) -> Event {
         let period = done.0;
         let outcome = match &mut self.snapshots {
-            Some(s) => s.done(&self.metrics, done),
+            Some(s) => s.done(done),
             None => crate::snapshot::duty::Outcome::Failed,
         };
         Event::SnapshotDone {
@@ -1041,11 +1057,11 @@ impl Agent {
                 .unwrap_or(self.obs.sync_ring_lost);
         }
         if let Some(s) = &self.snapshots {
-            self.obs.etcd_snapshot = Some(s.status(&self.metrics));
+            self.obs.etcd_snapshot = Some(s.status());
         }
         // The holder runs from before readiness until the stop.
         if let Some(h) = &self.holder {
-            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &mut self.obs);
+            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &self.obs);
         }
     }
 
@@ -1080,7 +1096,7 @@ impl Agent {
             p.sync(jobs.clone());
         }
         self.neigh.watch(self.ctl.neighbour_targets());
-        self.metrics.known_backends(jobs.keys().copied());
+        self.telemetry.probes.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
         Ok(())
