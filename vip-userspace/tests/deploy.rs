@@ -748,7 +748,7 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
         .map(|f| {
             let r = t.vrrp.router(f, 100);
             r.set_state(State::Master);
-            r.failover.observe(0.36);
+            r.failover(0.36);
             for c in [
                 &r.became_master,
                 &r.left_master,

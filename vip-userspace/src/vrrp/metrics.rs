@@ -196,7 +196,10 @@ impl VrrpMetrics {
             }),
             priority: self.priority.get_or_create(&fl).clone(),
             held: self.held.get_or_create(&fl).clone(),
-            failover: self.failover_duration.get_or_create(&fl).clone(),
+            // No series before the first takeover: a histogram at 0 would
+            // read as "no failover measured", which is what no series says.
+            failovers: self.failover_duration.clone(),
+            family: fl.clone(),
             send_errors: AtomicU64::new(0),
             vip_errors: AtomicU64::new(0),
             announce_errors: AtomicU64::new(0),
@@ -227,7 +230,8 @@ pub struct RouterStats {
     state: [Gauge; 3],
     pub priority: Gauge,
     pub held: Gauge,
-    pub failover: Histogram,
+    failovers: FailoverHistograms,
+    family: FamilyLabel,
     pub send_errors: AtomicU64,
     pub vip_errors: AtomicU64,
     pub announce_errors: AtomicU64,
@@ -238,6 +242,12 @@ impl RouterStats {
     pub fn unregistered(family: IpFamily, priority: u8) -> RouterStats {
         VrrpMetrics::register(&mut crate::metrics::Registrar::default().scope("vrrp"))
             .router(family, priority)
+    }
+
+    /// A takeover by this node that took `secs` (see
+    /// [`super::router::Failover`]).
+    pub fn failover(&self, secs: f64) {
+        self.failovers.get_or_create(&self.family).observe(secs);
     }
 
     /// `vipd_vrrp_state`: 1 for `now`, 0 for the others.

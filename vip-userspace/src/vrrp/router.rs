@@ -821,7 +821,7 @@ impl Router {
                 took_ms = took.as_millis() as u64,
                 "VRRP failover: this node took the VIP over"
             );
-            self.stats.failover.observe(took.as_secs_f64());
+            self.stats.failover(took.as_secs_f64());
             info.last_failover = Some(Failover {
                 at: now,
                 took,
