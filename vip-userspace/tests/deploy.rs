@@ -768,12 +768,12 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
         .collect();
     drop(routers);
     // The states the controller's metrics export.
-    for st in vip_userspace::controller::BACKEND_STATES {
+    for st in vip_userspace::controller::BackendHealth::ALL {
         t.backends
             .state
             .get_or_create(&BackendState {
                 backend: be.to_string(),
-                state: st.to_owned(),
+                state: st.label().to_owned(),
             })
             .set(1);
     }

@@ -1010,12 +1010,12 @@ impl Agent {
             .status()
             .iter()
             .map(|b| {
-                let san = if b.cert == "san_missing" {
+                let san = if b.cert == crate::controller::CertKind::SanMissing {
                     "+san_missing"
                 } else {
                     ""
                 };
-                format!("{}={}{san}", b.addr, b.state)
+                format!("{}={}{san}", b.addr, b.state.label())
             })
             .collect();
         StatsLines {

@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{BACKEND_STATES, CertState, Controller};
+use super::{BackendHealth, CertState, Controller};
 use crate::{
     dataplane::Maps,
     metrics::{BackendLabel, Scope},
@@ -81,11 +81,11 @@ impl BackendMetrics {
     pub fn show<M: Maps>(&self, ctl: &Controller<M>, now: SystemTime) {
         for b in ctl.status() {
             let backend = b.addr.to_string();
-            for st in BACKEND_STATES {
+            for st in BackendHealth::ALL {
                 self.state
                     .get_or_create(&BackendState {
                         backend: backend.clone(),
-                        state: st.to_owned(),
+                        state: st.label().to_owned(),
                     })
                     .set(i64::from(b.state == st));
             }
