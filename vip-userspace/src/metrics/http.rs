@@ -1,6 +1,7 @@
 //! The endpoint: `/metrics`, `/status` and the agent's own `/healthz` and
-//! `/readyz`, over a small HTTP/1.1 server with connection caps and a time
-//! limit on the whole exchange (issue 18).
+//! `/readyz`: one request per connection (read and written with
+//! [`crate::http`]), within connection caps and a time limit on the whole
+//! exchange (issue 18).
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +12,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::Metrics;
+use crate::http;
 
 /// The most connections the endpoint serves at once, and from one source
 /// address: a client that opens connections and sends nothing holds at most
@@ -103,11 +105,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 async fn exchange(mut sock: tokio::net::TcpStream, m: &Metrics) {
     let mut buf = vec![0u8; MAX_HEAD];
     let mut n = 0;
-    while !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+    while http::head_end(&buf[..n]).is_none() {
         if n == buf.len() {
-            let _ = sock
-                .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                .await;
+            let reply = http::answer("431 Request Header Fields Too Large", TEXT, "");
+            let _ = sock.write_all(reply.as_bytes()).await;
             return;
         }
         match sock.read(&mut buf[n..]).await {
@@ -115,20 +116,17 @@ async fn exchange(mut sock: tokio::net::TcpStream, m: &Metrics) {
             Ok(k) => n += k,
         }
     }
-    let head = String::from_utf8_lossy(&buf[..n]);
-    let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = respond(m, method, path);
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = sock.write_all(reply.as_bytes()).await;
+    let (method, path) = http::request_line(&buf[..n]);
+    let (status, ctype, body) = respond(m, &method, &path);
+    let _ = sock
+        .write_all(http::answer(status, ctype, &body).as_bytes())
+        .await;
     let _ = sock.shutdown().await;
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+
 fn respond(m: &Metrics, method: &str, path: &str) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" {
         return ("405 Method Not Allowed", TEXT, "GET only\n".into());
     }
