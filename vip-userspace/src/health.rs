@@ -158,15 +158,6 @@ impl Health {
     pub fn last_change(&self) -> Option<Instant> {
         self.last_change
     }
-
-    /// For logs and status: up, down or auth_misconfigured.
-    pub fn label(&self) -> &'static str {
-        match (self.up, self.auth) {
-            (false, _) => "down",
-            (true, Some(_)) => "auth_misconfigured",
-            (true, None) => "up",
-        }
-    }
 }
 
 #[cfg(test)]
@@ -200,7 +191,6 @@ mod tests {
             }]
         );
         assert!(!h.up());
-        assert_eq!(h.label(), "down");
         assert_eq!(h.last_change(), Some(at(t0, 5006)));
         assert!(h.feed(at(t0, 6000), at(t0, 6001), &fail).is_empty());
         assert!(h.feed(at(t0, 7000), at(t0, 7001), &Outcome::Up).is_empty());
@@ -227,13 +217,13 @@ mod tests {
         assert!(h.feed(t0, t0, &Outcome::AuthRefused(401)).is_empty());
         assert!(h.up(), "401 means the apiserver serves");
         assert!(h.ever_passed());
-        assert_eq!(h.label(), "auth_misconfigured");
+        assert!(h.up() && h.auth_refused().is_some(), "auth_misconfigured");
         assert_eq!(
             h.feed(t0, t0, &Outcome::AuthRefused(403)),
             [Change::AuthRefused(403)]
         );
         assert_eq!(h.feed(t0, t0, &Outcome::Up), [Change::AuthAccepted]);
-        assert_eq!(h.label(), "up");
+        assert!(h.up() && h.auth_refused().is_none(), "up");
     }
 
     #[test]
@@ -244,6 +234,6 @@ mod tests {
         let ch = h.feed(t0, at(t0, 1000), &Outcome::Fail(Failure::Timeout));
         assert!(matches!(ch.as_slice(), [Change::Down { .. }]), "{ch:?}");
         assert_eq!(h.auth_refused(), Some(401));
-        assert_eq!(h.label(), "down");
+        assert!(!h.up(), "down");
     }
 }

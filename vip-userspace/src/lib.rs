@@ -9,6 +9,7 @@ mod csum;
 pub mod dataplane;
 pub mod health;
 pub mod host;
+pub mod http;
 pub mod import;
 pub mod link;
 pub mod maglev;

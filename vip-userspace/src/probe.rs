@@ -587,8 +587,13 @@ async fn https(
 /// The request: HTTP/1.1 with `Connection: close` (RFC 9112 section 9.6), so
 /// the apiserver does not keep an idle connection for us.
 pub(crate) fn request(path: &str, host: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {USER_AGENT}\r\nAccept: application/json, */*\r\nConnection: close\r\n\r\n"
+    crate::http::get(
+        path,
+        host,
+        &[
+            ("User-Agent", USER_AGENT),
+            ("Accept", "application/json, */*"),
+        ],
     )
 }
 
@@ -638,26 +643,9 @@ fn closed_early(received: usize) -> Failure {
     ))
 }
 
-/// `HTTP-version SP status-code SP [reason-phrase]` (RFC 9112 section 4),
-/// HTTP/1.x only. A missing SP after the code is accepted, as most clients do.
+/// The status code of a response's first line ([`crate::http::status_line`]).
 pub(crate) fn parse_status_line(line: &[u8]) -> Result<u16, Failure> {
-    let malformed = || {
-        let shown: String = String::from_utf8_lossy(line).chars().take(64).collect();
-        Failure::Protocol(format!("malformed HTTP status line {shown:?}"))
-    };
-    let rest = line.strip_prefix(b"HTTP/1.").ok_or_else(malformed)?;
-    let (minor, rest) = rest.split_first().ok_or_else(malformed)?;
-    if !minor.is_ascii_digit() {
-        return Err(malformed());
-    }
-    let rest = rest.strip_prefix(b" ").ok_or_else(malformed)?;
-    let (code, after) = rest.split_at_checked(3).ok_or_else(malformed)?;
-    if !code.iter().all(u8::is_ascii_digit) || !(after.is_empty() || after[0] == b' ') {
-        return Err(malformed());
-    }
-    Ok(code
-        .iter()
-        .fold(0u16, |acc, d| acc * 10 + u16::from(d - b'0')))
+    crate::http::status_line(line).map_err(|e| Failure::Protocol(e.to_string()))
 }
 
 /// A read or write error after the handshake: a TLS alert (the server
@@ -846,6 +834,8 @@ fn age(secs: u64) -> String {
         (d, h, _) => format!("{d}d {h}h"),
     }
 }
+
+pub mod metrics;
 
 #[cfg(test)]
 mod tests;

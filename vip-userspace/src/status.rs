@@ -610,27 +610,17 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, Stri
     })?;
     s.set_read_timeout(Some(timeout)).map_err(io)?;
     s.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: vipd\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
+    s.write_all(crate::http::get(path, "vipd", &[]).as_bytes())
+        .map_err(io)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(io)?;
-    let text = String::from_utf8_lossy(&buf);
-    let bad = |msg: &str| FetchError::Bad {
+    let bad = |e: crate::http::HttpError| FetchError::Bad {
         addr,
-        msg: msg.to_owned(),
+        msg: format!("not an HTTP answer ({e}); is this vipd's metrics_listen?"),
     };
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("not an HTTP answer; is this vipd's metrics_listen?"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| bad("no HTTP status; is this vipd's metrics_listen?"))?;
-    Ok((code, body.to_owned()))
+    let r = crate::http::response(&buf).map_err(bad)?;
+    let body = r.body().map_err(bad)?;
+    Ok((r.status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// GET /status from a running agent: the snapshot and its JSON text.

@@ -17,9 +17,9 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout_at;
 
-use crate::probe::{
-    Failure, ProbeTls, deadline_after, dial_tls, host_header, io_failure, parse_status_line,
-    request,
+use crate::{
+    http::HttpError,
+    probe::{Failure, ProbeTls, deadline_after, dial_tls, host_header, io_failure, request},
 };
 
 /// How often the versions are read: a version changes only when an
@@ -166,29 +166,14 @@ pub async fn fetch(
 /// The gitVersion of a whole HTTP/1.1 response to `GET /version`.
 pub fn git_version(raw: &[u8]) -> Result<String, Failure> {
     let protocol = |m: &str| Failure::Protocol(format!("/version: {m}"));
-    let head_end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| protocol("no end of the headers"))?;
-    let head = &raw[..head_end];
-    let status_end = head
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or(head.len());
-    let status = parse_status_line(&head[..status_end])?;
-    if status != 200 {
-        return Err(Failure::Status(status));
+    let r = crate::http::response(raw).map_err(|e| match e {
+        HttpError::StatusLine(_) => Failure::Protocol(e.to_string()),
+        e => protocol(&e.to_string()),
+    })?;
+    if r.status != 200 {
+        return Err(Failure::Status(r.status));
     }
-    let chunked = String::from_utf8_lossy(head).lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = &raw[head_end + 4..];
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| protocol("malformed chunked body"))?
-    } else {
-        body.to_vec()
-    };
+    let body = r.body().map_err(|e| protocol(&e.to_string()))?;
     let v: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| protocol(&format!("not JSON: {e}")))?;
     v.get("gitVersion")
@@ -197,19 +182,58 @@ pub fn git_version(raw: &[u8]) -> Result<String, Failure> {
         .ok_or_else(|| protocol("no gitVersion string"))
 }
 
-/// RFC 9112 section 7.1 chunked body, extensions and trailers ignored.
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = vec![];
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        b = &b[eol + 2..];
-        if size == 0 {
-            return Some(out);
+/// The versions' metric families: each backend's gitVersion, and whether
+/// they are too far apart; set as each `GET /version` answer arrives.
+#[derive(Clone, Debug, Default)]
+pub struct VersionMetrics {
+    pub info: prometheus_client::metrics::family::Family<
+        BackendVersion,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    pub skew: prometheus_client::metrics::gauge::Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct BackendVersion {
+    pub backend: String,
+    pub git_version: String,
+}
+
+impl VersionMetrics {
+    pub fn register(r: &mut crate::metrics::Scope) -> VersionMetrics {
+        let m = VersionMetrics::default();
+        r.register(
+            "backend_version_info",
+            "1 for the gitVersion the backend's apiserver reports at GET /version (read every 30 s)",
+            m.info.clone(),
+        );
+        r.register(
+            "apiserver_version_skew",
+            "1 while the apiservers are more than one minor version apart (Kubernetes version-skew policy)",
+            m.skew.clone(),
+        );
+        m
+    }
+
+    /// `backend` runs `version` now: its one series (an earlier version's
+    /// goes).
+    pub fn set(&self, backend: SocketAddr, old: Option<&str>, version: &str) {
+        if let Some(old) = old.filter(|o| *o != version) {
+            self.forget(backend, old);
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
+        self.info.get_or_create(&label(backend, version)).set(1);
+    }
+
+    /// `backend` left the configuration, or runs another version.
+    pub fn forget(&self, backend: SocketAddr, version: &str) {
+        self.info.remove(&label(backend, version));
+    }
+}
+
+fn label(backend: SocketAddr, version: &str) -> BackendVersion {
+    BackendVersion {
+        backend: backend.to_string(),
+        git_version: version.to_owned(),
     }
 }
 

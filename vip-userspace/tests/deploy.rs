@@ -18,13 +18,13 @@ use std::{
 use serde_json::Value as Json;
 use serde_yaml_ng::Value as Yaml;
 use vip_userspace::{
+    agent::telemetry::Telemetry,
     config::{Config, MetricsListen, NodeFacts, node::Interface, parse_duration},
-    metrics::{
-        BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
-        PREEMPTION_BY, ReasonLabel, ServiceLabel,
-    },
+    controller::metrics::{BackendState, ServiceLabel},
+    dataplane::metrics::CounterSource,
+    metrics::BackendLabel,
     probe::{Failure, Outcome},
-    vrrp::{Family, machine::State, packet::DISCARD_LABELS, router},
+    vrrp::{Family, machine::State, router},
 };
 
 /// The capabilities vipd needs, found by running it with fewer (README
@@ -716,63 +716,68 @@ impl FamilyInfo {
 /// datapath reasons). A family this function does not fill is checked by
 /// name only.
 fn registry() -> BTreeMap<String, FamilyInfo> {
-    let m = Metrics::new();
+    /// The program's counters: every one at 1.
+    struct Ones;
+    impl CounterSource for Ones {
+        fn reasons(&self) -> vip_userspace::dataplane::Result<Vec<vip_common::Counter>> {
+            Ok(vec![
+                vip_common::Counter {
+                    packets: 1,
+                    bytes: 1
+                };
+                vip_common::REASON_COUNT as usize
+            ])
+        }
+        fn backend(&self, _: u32) -> vip_userspace::dataplane::Result<vip_common::BackendStats> {
+            Ok(vip_common::BackendStats {
+                packets: 1,
+                bytes: 1,
+                new_flows: 1,
+                rsts: 1,
+            })
+        }
+    }
+    let (t, m) = Telemetry::new();
     let be: SocketAddr = "10.0.0.11:6443".parse().expect("addr");
     let bl = BackendLabel {
         backend: be.to_string(),
     };
-    for f in [Family::V4, Family::V6] {
-        let family = router::label(f).to_owned();
-        let fl = FamilyLabel {
-            family: family.clone(),
-        };
-        for st in [State::Initialize, State::Backup, State::Master] {
-            m.vrrp_state
-                .get_or_create(&FamilyState {
-                    family: family.clone(),
-                    state: st.label().to_owned(),
-                })
-                .set(1);
-        }
-        m.vrrp_priority.get_or_create(&fl).set(100);
-        m.vrrp_failover_duration.get_or_create(&fl).observe(0.36);
-        m.vrrp_held.get_or_create(&fl).set(0);
-        for c in [
-            &m.vrrp_became_master,
-            &m.vrrp_left_master,
-            &m.vrrp_adverts_sent,
-            &m.vrrp_adverts_received,
-            &m.vrrp_split_brain,
-        ] {
-            c.get_or_create(&fl).inc();
-        }
-        for by in PREEMPTION_BY {
-            m.vrrp_preemptions
-                .get_or_create(&FamilyBy {
-                    family: family.clone(),
-                    by: by.to_owned(),
-                })
-                .inc();
-        }
-        for reason in DISCARD_LABELS {
-            m.vrrp_adverts_rejected
-                .get_or_create(&FamilyReason {
-                    family: family.clone(),
-                    reason: (*reason).to_owned(),
-                })
-                .inc();
-        }
-    }
-    // The states agent.rs refresh() exports.
-    for st in vip_userspace::controller::BACKEND_STATES {
-        m.backend_state
+    // Each router's series: every state, preemption and discard reason.
+    let routers: Vec<_> = [Family::V4, Family::V6]
+        .into_iter()
+        .map(|f| {
+            let r = t.vrrp.router(f, 100);
+            r.set_state(State::Master);
+            r.failover(0.36);
+            for c in [
+                &r.became_master,
+                &r.left_master,
+                &r.adverts_sent,
+                &r.adverts_received,
+                &r.split_brain,
+                &r.preempted_by_us,
+                &r.preempted_by_peer,
+            ] {
+                c.inc();
+            }
+            r.discards.iter().for_each(|c| {
+                c.inc();
+            });
+            r
+        })
+        .collect();
+    drop(routers);
+    // The states the controller's metrics export.
+    for st in vip_userspace::controller::BackendHealth::ALL {
+        t.backends
+            .state
             .get_or_create(&BackendState {
                 backend: be.to_string(),
-                state: st.to_owned(),
+                state: st.label().to_owned(),
             })
             .set(1);
     }
-    m.backend_serving.get_or_create(&bl).set(1);
+    t.backends.serving.get_or_create(&bl).set(1);
     for o in [
         Outcome::Up,
         Outcome::AuthRefused(401),
@@ -783,48 +788,23 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
         Outcome::Fail(Failure::Status(503)),
         Outcome::Fail(Failure::Protocol(String::new())),
     ] {
-        m.probe(be, &o, Duration::from_millis(5));
+        t.probes.probe(be, &o, Duration::from_millis(5));
     }
-    for c in [
-        &m.backend_packets,
-        &m.backend_bytes,
-        &m.backend_new_flows,
-        &m.backend_rsts,
-    ] {
-        c.get_or_create(&bl).inc();
-    }
-    for r in vip_common::Reason::ALL {
-        let rl = ReasonLabel {
-            reason: r.label().to_owned(),
-        };
-        m.dataplane_packets.get_or_create(&rl).inc();
-        m.dataplane_bytes.get_or_create(&rl).inc();
-    }
-    m.backend_flows.get_or_create(&bl).set(1);
-    m.conntrack_entries.set(1);
-    m.conntrack_capacity.set(262_144);
-    m.conntrack_swept.inc();
-    m.state_sync_sent.inc();
-    m.state_sync_received.inc();
-    m.state_sync_applied.inc();
-    for r in vip_userspace::sync::REJECT_LABELS {
-        m.state_sync_rejected
-            .get_or_create(&ReasonLabel {
-                reason: r.to_owned(),
-            })
-            .inc();
-    }
-    for r in vip_userspace::sync::LOST_LABELS {
-        m.state_sync_lost
-            .get_or_create(&ReasonLabel {
-                reason: r.to_owned(),
-            })
-            .inc();
-    }
-    m.known_snapshot();
-    m.cert_san_ok.get_or_create(&bl).set(1);
-    m.cert_expiry.get_or_create(&bl).set(86_400);
-    m.fail_open
+    t.dataplane.read_from(std::sync::Arc::new(Ones));
+    t.dataplane.set_backends(vec![(be, Some(1))]);
+    t.flows.backend_flows.get_or_create(&bl).set(1);
+    t.flows.entries.set(1);
+    t.flows.capacity.set(262_144);
+    t.flows.swept.inc();
+    let sync = t.sync.stats(Box::new(|| Some(1)));
+    sync.sent.inc();
+    sync.received.inc();
+    sync.applied.inc();
+    t.snapshot.known();
+    t.backends.cert_san_ok.get_or_create(&bl).set(1);
+    t.backends.cert_expiry.get_or_create(&bl).set(86_400);
+    t.backends
+        .fail_open
         .get_or_create(&ServiceLabel {
             service: "10.0.0.100:6443".into(),
         })

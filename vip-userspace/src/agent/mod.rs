@@ -36,13 +36,14 @@ use crate::{
     vrrp::{Family, router},
 };
 
-mod hold;
+pub mod hold;
 mod observe;
 mod probes;
 mod snapshots;
 mod start;
 mod state;
 mod sweep;
+pub mod telemetry;
 
 use hold::VipHolder;
 pub use hold::vrrp::effective_priority;
@@ -52,6 +53,7 @@ pub use probes::{ProbeJob, probe_jobs, timing_report};
 use snapshots::Snapshots;
 use state::{AgentState, Effect, Event, Note, Signal, StatsLines, Verdicts};
 use sweep::FlowReport;
+use telemetry::Telemetry;
 
 pub struct AgentOptions {
     pub config_path: PathBuf,
@@ -155,6 +157,8 @@ struct Agent {
     /// The MAC the program holds as the interface's.
     local_mac: Option<[u8; 6]>,
     metrics: Arc<Metrics>,
+    /// Every component's metric families.
+    telemetry: Telemetry,
     metrics_task: Option<JoinHandle<()>>,
     sweeper: Option<JoinHandle<()>>,
     sync: Option<SyncHandle>,
@@ -243,6 +247,7 @@ impl Agent {
                 gate_tick = gate_tick_every(gate_every);
             }
             self.metrics.beat();
+            self.telemetry.show_controller(&self.ctl);
             let v = self.verdicts();
             self.feed(Event::Settled(v)).await?;
         }
@@ -278,10 +283,7 @@ impl Agent {
     async fn execute(&mut self, e: Effect) -> Result<Option<Event>> {
         match e {
             Effect::StartHolder(f) => {
-                let h = hold::start(&self.cfg, &f).await?;
-                for r in h.routers() {
-                    self.metrics.known_vrrp(router::label(r.family()));
-                }
+                let h = hold::start(&self.cfg, &f, &self.telemetry).await?;
                 self.obs.xdp_ok = f.xdp_attached;
                 let tracks = h.tracks();
                 self.holder = Some(h);
@@ -389,11 +391,7 @@ impl Agent {
     /// skew decided again over every backend, and a change of the decision
     /// logged once.
     fn versioned(&mut self, addr: SocketAddr, got: Result<String, crate::probe::Failure>) {
-        use crate::metrics::BackendVersion;
-        let label = |v: &str| BackendVersion {
-            backend: addr.to_string(),
-            git_version: v.to_owned(),
-        };
+        let m = &self.telemetry.versions;
         // A backend gone from the config (a reload) leaves the check.
         let gone: Vec<SocketAddr> = self
             .obs
@@ -404,10 +402,7 @@ impl Agent {
             .collect();
         for a in gone {
             if let Some(v) = self.obs.versions.remove(&a) {
-                self.metrics.backend_version_info.remove(&BackendVersion {
-                    backend: a.to_string(),
-                    git_version: v,
-                });
+                m.forget(a, &v);
             }
         }
         match got {
@@ -417,16 +412,13 @@ impl Agent {
                 tracing::debug!(backend = %addr, error = %e, "GET /version failed; keeping the last version read");
             }
             Ok(v) if self.jobs.contains_key(&addr) => {
-                if let Some(old) = self.obs.versions.insert(addr, v.clone())
-                    && old != v
+                let old = self.obs.versions.insert(addr, v.clone());
+                if let Some(old) = &old
+                    && *old != v
                 {
-                    self.metrics.backend_version_info.remove(&label(&old));
                     info!(backend = %addr, from = %old, to = %v, "apiserver version changed");
                 }
-                self.metrics
-                    .backend_version_info
-                    .get_or_create(&label(&v))
-                    .set(1);
+                m.set(addr, old.as_deref(), &v);
             }
             Ok(_) => {}
         }
@@ -443,9 +435,7 @@ impl Agent {
             (None, Some(_)) => info!("apiserver versions are within one minor version again"),
             _ => {}
         }
-        self.metrics
-            .apiserver_version_skew
-            .set(i64::from(skew.warns()));
+        m.skew.set(i64::from(skew.warns()));
         self.obs.skew = skew;
     }
 
@@ -456,7 +446,7 @@ impl Agent {
 
     fn probed(&mut self, ev: ProbeEvent) {
         let took = ev.finished.saturating_duration_since(ev.started);
-        self.metrics.probe(ev.addr, &ev.outcome, took);
+        self.telemetry.probes.probe(ev.addr, &ev.outcome, took);
         self.obs
             .probe_last
             .insert(ev.addr, (took, ev.outcome.label()));
@@ -541,10 +531,13 @@ impl Agent {
                         "flow tables swept"
                     );
                 }
+                self.telemetry
+                    .flows
+                    .swept(&sw, &self.ctl.counted_backends());
                 self.obs.sweep = Some((sw, SystemTime::now()));
             }
             FlowReport::Poked(p) => {
-                self.metrics.conntrack_poked.inc_by(p.flows);
+                self.telemetry.flows.poked.inc_by(p.flows);
                 if let Some(e) = &p.first_error {
                     warn!(poked = p.flows, failed = p.failed, error = %e, "poking the clients of a dead backend failed for some; they get their RST at their next packet");
                 } else if p.flows > 0 {
@@ -595,12 +588,12 @@ impl Agent {
             .status()
             .iter()
             .map(|b| {
-                let san = if b.cert == "san_missing" {
+                let san = if b.cert == crate::controller::CertKind::SanMissing {
                     "+san_missing"
                 } else {
                     ""
                 };
-                format!("{}={}{san}", b.addr, b.state)
+                format!("{}={}{san}", b.addr, b.state.label())
             })
             .collect();
         StatsLines {
@@ -618,7 +611,7 @@ impl Agent {
     fn snapshot_done(&mut self, done: snapshots::Done) -> Event {
         let period = done.0;
         let outcome = match &mut self.snapshots {
-            Some(s) => s.done(&self.metrics, done),
+            Some(s) => s.done(done),
             None => crate::snapshot::duty::Outcome::Failed,
         };
         Event::SnapshotDone {
@@ -642,11 +635,11 @@ impl Agent {
                 .unwrap_or(self.obs.sync_ring_lost);
         }
         if let Some(s) = &self.snapshots {
-            self.obs.etcd_snapshot = Some(s.status(&self.metrics));
+            self.obs.etcd_snapshot = Some(s.status());
         }
         // The holder runs from before readiness until the stop.
         if let Some(h) = &self.holder {
-            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &mut self.obs);
+            observe::refresh(&self.metrics, &self.ctl, h.as_ref(), &self.obs);
         }
     }
 
@@ -681,7 +674,7 @@ impl Agent {
             p.sync(jobs.clone());
         }
         self.neigh.watch(self.ctl.neighbour_targets());
-        self.metrics.known_backends(jobs.keys().copied());
+        self.telemetry.probes.known_backends(jobs.keys().copied());
         self.jobs = jobs;
         spawn_gate_round(self.ctl.gate_targets(), &self.jobs, &self.cert_tx);
         Ok(())

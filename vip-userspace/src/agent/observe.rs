@@ -1,26 +1,22 @@
-//! What the agent shows of itself: the Prometheus metrics and the `vipd
-//! status` snapshot, both rebuilt once a second from the controller, the
-//! VRRP routers, the BPF counters and the last flow-table sweep.
+//! What the agent shows of itself in `vipd status`: the snapshot, rebuilt
+//! once a second from the controller, the VRRP routers, the BPF counters
+//! and the last flow-table sweep. (The metrics are the components' own,
+//! see `telemetry`.)
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime},
 };
 
 use tracing::warn;
-use vip_common::Reason;
 
 use super::hold::VipHolder;
 use crate::{
     config::{Config, Mode},
-    controller::{BACKEND_STATES, CertState, Controller},
+    controller::Controller,
     dataplane::{Maps, flows::Sweep},
-    metrics::{
-        BackendLabel, BackendState, FamilyBy, FamilyLabel, FamilyReason, FamilyState, Metrics,
-        ReasonLabel, ServiceLabel, VipLabel, VipReason, mirror,
-    },
+    metrics::Metrics,
     status::{
         self, BackendChange, BackendStatus, ChangeStatus, FailoverStatus, FlowStatus, PeerStatus,
         ServiceStatus, Status, SyncStatus, VrrpStatus,
@@ -51,8 +47,6 @@ pub struct Observed {
     pub sync_ring_lost: u64,
     /// `snapshot:` on: the folder as last read.
     pub etcd_snapshot: Option<status::EtcdSnapshotStatus>,
-    /// Failovers already observed in the histogram, per family.
-    failovers_seen: HashMap<Family, u64>,
     /// Per backend: its apiserver's gitVersion, last read.
     pub versions: std::collections::BTreeMap<SocketAddr, String>,
     /// The version-skew decision over `versions`.
@@ -80,7 +74,6 @@ impl Observed {
             sync: None,
             sync_ring_lost: 0,
             etcd_snapshot: None,
-            failovers_seen: HashMap::new(),
         }
     }
 
@@ -97,37 +90,21 @@ impl Observed {
     }
 }
 
-fn load(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
-}
-
-/// Copies what lives elsewhere (controller, VIP holder, BPF counters)
-/// into the metrics and publishes the status snapshot; once a second.
-pub fn refresh<M: Maps>(
-    m: &Metrics,
-    ctl: &Controller<M>,
-    holder: &dyn VipHolder,
-    obs: &mut Observed,
-) {
+/// Publishes the status snapshot; once a second.
+pub fn refresh<M: Maps>(m: &Metrics, ctl: &Controller<M>, holder: &dyn VipHolder, obs: &Observed) {
     let cfg = ctl.config();
     let now = SystemTime::now();
     let now_ms = status::unix_ms(now);
     let vrrp = holder
         .routers()
         .iter()
-        .map(|r| {
-            let seen = obs.failovers_seen.entry(r.family()).or_default();
-            router_status(m, cfg, r, seen)
-        })
+        .map(|r| router_status(cfg, r))
         .collect();
-    let backends = backends(m, ctl, obs);
-    certs(m, ctl, now);
-    let services = services(m, ctl, &backends);
-    dataplane(m, ctl.programmer().maps());
-    let flows = flows(m, cfg, obs);
-    let sync = sync(m, obs);
+    let backends = backends(ctl, obs);
+    let services = services(ctl, &backends);
+    let flows = flows(cfg, obs);
+    let sync = sync(obs);
     let announce = holder.routes();
-    routes(m, &announce);
     let snapshot = Status {
         version: env!("CARGO_PKG_VERSION").into(),
         node: obs.node.clone(),
@@ -151,94 +128,11 @@ pub fn refresh<M: Maps>(
     }
 }
 
-/// `announce`: each VIP's route and its withdrawals.
-fn routes(m: &Metrics, routes: &[status::RouteStatus]) {
-    for r in routes {
-        let vip = r.vip.to_string();
-        m.announce_route_installed
-            .get_or_create(&VipLabel { vip: vip.clone() })
-            .set(i64::from(r.installed));
-        for (reason, n) in &r.withdrawals {
-            mirror(
-                &m.announce_withdrawals.get_or_create(&VipReason {
-                    vip: vip.clone(),
-                    reason: reason.clone(),
-                }),
-                *n,
-            );
-        }
-    }
-}
-
-/// One virtual router's metrics and status; `seen`: the failovers already
-/// in the histogram.
-fn router_status(m: &Metrics, cfg: &Config, r: &RouterHandle, seen: &mut u64) -> VrrpStatus {
+/// One virtual router's status.
+fn router_status(cfg: &Config, r: &RouterHandle) -> VrrpStatus {
     let family = router::label(r.family()).to_owned();
-    let fl = FamilyLabel {
-        family: family.clone(),
-    };
     let state = r.state();
-    for st in [State::Initialize, State::Backup, State::Master] {
-        m.vrrp_state
-            .get_or_create(&FamilyState {
-                family: family.clone(),
-                state: st.label().to_owned(),
-            })
-            .set(i64::from(state == st));
-    }
     let info = r.info();
-    m.vrrp_priority
-        .get_or_create(&fl)
-        .set(i64::from(info.priority));
-    m.vrrp_held
-        .get_or_create(&fl)
-        .set(i64::from(info.hold.is_some()));
-    let s = r.stats();
-    mirror(
-        &m.vrrp_became_master.get_or_create(&fl),
-        load(&s.became_master),
-    );
-    mirror(&m.vrrp_left_master.get_or_create(&fl), load(&s.left_master));
-    mirror(
-        &m.vrrp_adverts_sent.get_or_create(&fl),
-        load(&s.adverts_sent),
-    );
-    mirror(
-        &m.vrrp_adverts_received.get_or_create(&fl),
-        load(&s.adverts_received),
-    );
-    mirror(&m.vrrp_split_brain.get_or_create(&fl), load(&s.split_brain));
-    for (by, c) in [
-        ("this_node", &s.preempted_by_us),
-        ("peer", &s.preempted_by_peer),
-    ] {
-        mirror(
-            &m.vrrp_preemptions.get_or_create(&FamilyBy {
-                family: family.clone(),
-                by: by.to_owned(),
-            }),
-            load(c),
-        );
-    }
-    for (label, c) in crate::vrrp::packet::DISCARD_LABELS.iter().zip(&s.discards) {
-        mirror(
-            &m.vrrp_adverts_rejected.get_or_create(&FamilyReason {
-                family: family.clone(),
-                reason: (*label).to_owned(),
-            }),
-            load(c),
-        );
-    }
-    // Each takeover once in the histogram; between two refreshes (1 s)
-    // there is at most one, the router keeps the last.
-    if info.failovers > *seen {
-        if let Some(f) = &info.last_failover {
-            m.vrrp_failover_duration
-                .get_or_create(&fl)
-                .observe(f.took.as_secs_f64());
-        }
-        *seen = info.failovers;
-    }
     let master = if state == State::Master {
         Some(info.source)
     } else {
@@ -282,48 +176,22 @@ fn router_status(m: &Metrics, cfg: &Config, r: &RouterHandle, seen: &mut u64) ->
     }
 }
 
-/// Every backend's metrics and status.
-fn backends<M: Maps>(
-    m: &Metrics,
-    ctl: &Controller<M>,
-    obs: &Observed,
-) -> HashMap<SocketAddr, BackendStatus> {
+/// Every backend's status.
+fn backends<M: Maps>(ctl: &Controller<M>, obs: &Observed) -> HashMap<SocketAddr, BackendStatus> {
     let maps = ctl.programmer().maps();
     let ids: HashMap<SocketAddr, u32> = ctl.backend_ids().into_iter().collect();
     let mut backends: HashMap<SocketAddr, BackendStatus> = HashMap::new();
     for b in ctl.status() {
-        let backend = b.addr.to_string();
-        for st in BACKEND_STATES {
-            m.backend_state
-                .get_or_create(&BackendState {
-                    backend: backend.clone(),
-                    state: st.to_owned(),
-                })
-                .set(i64::from(b.state == st));
-        }
-        let bl = BackendLabel {
-            backend: backend.clone(),
-        };
-        m.backend_serving
-            .get_or_create(&bl)
-            .set(i64::from(b.serving));
         let counters = ids
             .get(&b.addr)
             .and_then(|id| maps.backend_counters(*id).ok())
             .unwrap_or_default();
-        mirror(&m.backend_packets.get_or_create(&bl), counters.packets);
-        mirror(&m.backend_bytes.get_or_create(&bl), counters.bytes);
-        mirror(&m.backend_new_flows.get_or_create(&bl), counters.new_flows);
-        mirror(&m.backend_rsts.get_or_create(&bl), counters.rsts);
         let flows = obs.sweep.as_ref().map(|(s, _)| {
             ids.get(&b.addr)
                 .and_then(|id| s.per_backend.get(id))
                 .copied()
                 .unwrap_or(0)
         });
-        if let Some(f) = flows {
-            m.backend_flows.get_or_create(&bl).set(f as i64);
-        }
         let last = obs.probe_last.get(&b.addr);
         backends.insert(
             b.addr,
@@ -331,9 +199,9 @@ fn backends<M: Maps>(
                 address: b.addr,
                 local: b.local,
                 encap: b.encap.map(str::to_owned),
-                state: b.state.to_owned(),
+                state: b.state.label().to_owned(),
                 serving: b.serving,
-                cert: b.cert.to_owned(),
+                cert: b.cert.label().to_owned(),
                 last_probe: last.map(|(_, l)| (*l).to_owned()),
                 probe_latency_ms: last.map(|(d, _)| d.as_secs_f64() * 1e3),
                 flows,
@@ -349,26 +217,8 @@ fn backends<M: Maps>(
     backends
 }
 
-/// The certificate gate's view of each backend's certificate.
-fn certs<M: Maps>(m: &Metrics, ctl: &Controller<M>, now: SystemTime) {
-    for (addr, c) in ctl.certs() {
-        let bl = BackendLabel {
-            backend: addr.to_string(),
-        };
-        if let CertState::Ok(r) | CertState::Missing(r) = c {
-            m.cert_san_ok
-                .get_or_create(&bl)
-                .set(i64::from(matches!(c, CertState::Ok(_))));
-            m.cert_expiry
-                .get_or_create(&bl)
-                .set(r.seconds_to_expiry(now));
-        }
-    }
-}
-
 /// Every service's status, with its backends', and whether it fails open.
 fn services<M: Maps>(
-    m: &Metrics,
     ctl: &Controller<M>,
     backends: &HashMap<SocketAddr, BackendStatus>,
 ) -> Vec<ServiceStatus> {
@@ -384,9 +234,6 @@ fn services<M: Maps>(
     for s in &cfg.services {
         let name = SocketAddr::new(s.vip, s.port).to_string();
         let on = ctl.failing_open().contains(&name);
-        m.fail_open
-            .get_or_create(&ServiceLabel { service: name })
-            .set(i64::from(on));
         let mut bs = vec![];
         for b in &s.backends {
             let addr = SocketAddr::new(b.address, b.port.unwrap_or(s.port));
@@ -411,80 +258,42 @@ fn services<M: Maps>(
     services
 }
 
-/// The program's verdict and drop counters.
-fn dataplane<M: Maps>(m: &Metrics, maps: &M) {
-    if let Ok(c) = maps.reason_counters() {
-        for r in Reason::ALL {
-            let rl = ReasonLabel {
-                reason: r.label().to_owned(),
-            };
-            mirror(
-                &m.dataplane_packets.get_or_create(&rl),
-                c[*r as usize].packets,
-            );
-            mirror(&m.dataplane_bytes.get_or_create(&rl), c[*r as usize].bytes);
-        }
-    }
-}
-
 /// The flow tables as the last sweep found them.
-fn flows(m: &Metrics, cfg: &Config, obs: &Observed) -> FlowStatus {
-    let flows = match &obs.sweep {
-        Some((s, at)) => {
-            m.conntrack_entries.set(s.flows as i64);
-            m.conntrack_capacity.set(i64::from(s.capacity));
-            FlowStatus {
-                entries: Some(s.flows),
-                capacity: s.capacity,
-                nat_entries: cfg
-                    .services
-                    .iter()
-                    .any(|s| s.mode == Mode::Nat)
-                    .then_some(s.nat_flows),
-                swept: obs.swept_total,
-                last_sweep_unix_ms: Some(status::unix_ms(*at)),
-            }
-        }
+fn flows(cfg: &Config, obs: &Observed) -> FlowStatus {
+    match &obs.sweep {
+        Some((s, at)) => FlowStatus {
+            entries: Some(s.flows),
+            capacity: s.capacity,
+            nat_entries: cfg
+                .services
+                .iter()
+                .any(|s| s.mode == Mode::Nat)
+                .then_some(s.nat_flows),
+            swept: obs.swept_total,
+            last_sweep_unix_ms: Some(status::unix_ms(*at)),
+        },
         None => FlowStatus {
             capacity: cfg.conntrack_capacity,
             ..FlowStatus::default()
         },
-    };
-    mirror(&m.conntrack_swept, obs.swept_total);
-    flows
+    }
 }
 
 /// State sync's counters.
-fn sync(m: &Metrics, obs: &Observed) -> Option<SyncStatus> {
+fn sync(obs: &Observed) -> Option<SyncStatus> {
     obs.sync.as_ref().map(|st| {
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut y = SyncStatus {
-            sent: load(&st.sent),
-            received: load(&st.received),
-            applied: load(&st.applied),
-            ..SyncStatus::default()
+        let nonzero = |v: Vec<(&str, u64)>| {
+            v.into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.to_owned(), n))
+                .collect()
         };
-        mirror(&m.state_sync_sent, y.sent);
-        mirror(&m.state_sync_received, y.received);
-        mirror(&m.state_sync_applied, y.applied);
-        for (reason, n) in st.rejected() {
-            let l = ReasonLabel {
-                reason: reason.to_owned(),
-            };
-            mirror(&m.state_sync_rejected.get_or_create(&l), n);
-            if n > 0 {
-                y.rejected.insert(reason.to_owned(), n);
-            }
+        SyncStatus {
+            sent: st.sent.get(),
+            received: st.received.get(),
+            applied: st.applied.get(),
+            rejected: nonzero(st.rejected()),
+            lost: nonzero(st.lost(obs.sync_ring_lost)),
         }
-        for (reason, n) in st.lost(obs.sync_ring_lost) {
-            let l = ReasonLabel {
-                reason: reason.to_owned(),
-            };
-            mirror(&m.state_sync_lost.get_or_create(&l), n);
-            if n > 0 {
-                y.lost.insert(reason.to_owned(), n);
-            }
-        }
-        y
     })
 }

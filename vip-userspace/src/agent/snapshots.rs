@@ -5,14 +5,13 @@
 //!
 //! [`Duty`]: crate::snapshot::duty::Duty
 
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::{
-    metrics::{Metrics, ReasonLabel},
-    snapshot::{self, Scheduled, SnapshotError, SnapshotPlan, duty::Outcome},
+    snapshot::{
+        self, Scheduled, SnapshotError, SnapshotPlan, duty::Outcome, metrics::SnapshotMetrics,
+    },
     status::EtcdSnapshotStatus,
 };
 
@@ -25,16 +24,17 @@ pub struct Snapshots {
     tx: mpsc::UnboundedSender<Done>,
     /// The last scheduled attempt's error since the last success.
     last_error: Option<String>,
+    metrics: SnapshotMetrics,
 }
 
 impl Snapshots {
     pub fn new(
         plan: SnapshotPlan,
         node: String,
-        metrics: &Metrics,
+        metrics: SnapshotMetrics,
     ) -> (Snapshots, mpsc::UnboundedReceiver<Done>) {
-        metrics.known_snapshot();
-        newest_on_disk(&plan, metrics);
+        metrics.known();
+        newest_on_disk(&plan, &metrics);
         let (tx, rx) = mpsc::unbounded_channel();
         (
             Snapshots {
@@ -42,6 +42,7 @@ impl Snapshots {
                 node,
                 tx,
                 last_error: None,
+                metrics,
             },
             rx,
         )
@@ -58,7 +59,7 @@ impl Snapshots {
     }
 
     /// Metrics and logs for a finished attempt; what the state is told.
-    pub fn done(&mut self, metrics: &Arc<Metrics>, (period, r): Done) -> Outcome {
+    pub fn done(&mut self, (period, r): Done) -> Outcome {
         match r {
             Ok(Scheduled::Taken(t)) => {
                 info!(
@@ -73,21 +74,10 @@ impl Snapshots {
                 );
                 for c in &t.corrupt {
                     error!(file = %c, "a snapshot on disk is corrupt: kept out of retention and left in place; look at it and move it away");
-                    metrics
-                        .snapshot_failures
-                        .get_or_create(&ReasonLabel {
-                            reason: "corrupt".into(),
-                        })
-                        .inc();
+                    self.metrics.failed("corrupt");
                 }
-                metrics
-                    .snapshot_last_success
-                    .set(snapshot::unix_now() as i64);
-                metrics.snapshot_size.set(t.size as i64);
-                metrics.snapshot_duration.set(t.duration.as_secs_f64());
-                metrics.snapshot_revision.set(t.revision as i64);
-                metrics.snapshot_taken.inc();
-                newest_on_disk(&self.plan, metrics);
+                self.metrics.taken(&t, snapshot::unix_now());
+                newest_on_disk(&self.plan, &self.metrics);
                 self.last_error = None;
                 Outcome::Taken
             }
@@ -97,12 +87,7 @@ impl Snapshots {
             }
             Err(e) => {
                 warn!(period, reason = e.reason(), error = %e, "etcd snapshot failed; retrying");
-                metrics
-                    .snapshot_failures
-                    .get_or_create(&ReasonLabel {
-                        reason: e.reason().into(),
-                    })
-                    .inc();
+                self.metrics.failed(e.reason());
                 self.last_error = Some(format!("[{}] {e}", e.reason()));
                 Outcome::Failed
             }
@@ -113,8 +98,8 @@ impl Snapshots {
 impl Snapshots {
     /// The folder for `vipd status`, and the newest-snapshot metric (the
     /// folder also gets `vipd etcd-snapshot`'s one-off snapshots).
-    pub fn status(&self, metrics: &Metrics) -> EtcdSnapshotStatus {
-        let (newest, written) = newest_on_disk(&self.plan, metrics);
+    pub fn status(&self) -> EtcdSnapshotStatus {
+        let (newest, written) = newest_on_disk(&self.plan, &self.metrics);
         EtcdSnapshotStatus {
             dir: self.plan.dir.display().to_string(),
             newest_unix_ms: written.map(|t| t * 1000),
@@ -129,7 +114,7 @@ impl Snapshots {
 /// modification time, not the period its name carries), into the metric.
 fn newest_on_disk(
     plan: &SnapshotPlan,
-    metrics: &Metrics,
+    metrics: &SnapshotMetrics,
 ) -> (Option<snapshot::Newest>, Option<u64>) {
     let newest = snapshot::list(&plan.dir)
         .ok()
@@ -141,7 +126,7 @@ fn newest_on_disk(
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs());
     metrics
-        .snapshot_newest
+        .newest
         .set(written.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX)));
     (newest, written)
 }

@@ -23,6 +23,7 @@ use super::{
     snapshots::Snapshots,
     state::{AgentState, Event, Settings},
     sweep::{FlowReport, SweepSync, spawn_sweeper},
+    telemetry::Telemetry,
     write_local_mac,
 };
 use crate::{
@@ -31,7 +32,7 @@ use crate::{
     controller::Controller,
     dataplane::{
         Maps,
-        kernel::{KernelMaps, LoadOptions, PROG_VIP},
+        kernel::{KernelCounters, KernelMaps, LoadOptions, PROG_VIP},
         programmer::Programmer,
     },
     host::{self, HostGuard},
@@ -192,8 +193,9 @@ fn start_sync(
     cfg: &Config,
     ctl: &Controller<KernelMaps>,
     globals: Globals,
-    listen: Option<IpAddr>,
-    keys: Option<Arc<KeySource>>,
+    (listen, keys): (Option<IpAddr>, Option<Arc<KeySource>>),
+    telemetry: &Telemetry,
+    counters: Option<Arc<KernelCounters>>,
 ) -> Result<Option<SyncHandle>> {
     let (Some(s), Some(ip)) = (&cfg.state_sync, listen) else {
         return Ok(None);
@@ -207,6 +209,10 @@ fn start_sync(
             .context("state_sync: opening the event ring")?,
         crate::sync::tables::SyncTables::of(maps).context("state_sync: opening the flow tables")?,
         directory(ctl, globals),
+        // The program's ring-full count is read at scrape time.
+        telemetry.sync.stats(Box::new(move || {
+            counters.as_ref().and_then(|c| c.sync_lost().ok())
+        })),
     )?;
     Ok(Some(h))
 }
@@ -304,8 +310,9 @@ impl Agent {
     pub(super) async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let cfg = derive_local(cfg)?;
         let jobs = probe_jobs(&cfg)?;
-        let metrics = Arc::new(Metrics::new());
-        metrics.known_backends(jobs.keys().copied());
+        let (telemetry, metrics) = Telemetry::new();
+        let metrics = Arc::new(metrics);
+        telemetry.probes.known_backends(jobs.keys().copied());
         metrics.beat();
         let metrics_task = serve_metrics(&cfg, &metrics).await?;
         for (ok, line) in timing_report(&cfg) {
@@ -327,10 +334,25 @@ impl Agent {
             sync_keys,
         } = program(&opts, cfg, neighbours)?;
         let cfg = ctl.config().clone();
-        let sync = start_sync(&cfg, &ctl, globals, sync_listen, sync_keys)?;
-        if sync.is_some() {
-            metrics.known_sync();
+        let counters = match ctl.programmer().maps().counters() {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "opening the program's counters for the metrics failed; /metrics goes without them");
+                None
+            }
+        };
+        if let Some(c) = &counters {
+            telemetry.dataplane.read_from(c.clone());
         }
+        telemetry.show_controller(&ctl);
+        let sync = start_sync(
+            &cfg,
+            &ctl,
+            globals,
+            (sync_listen, sync_keys),
+            &telemetry,
+            counters,
+        )?;
         // Planned once; the file's check made the same plan, so an error
         // here is reported, not expected.
         let snapshot_plan = match &cfg.snapshot {
@@ -382,7 +404,7 @@ impl Agent {
                     .ok()
                     .and_then(|a| a.first().map(ToString::to_string))
                     .unwrap_or_else(|| cfg.interface.clone());
-                let (s, rx) = Snapshots::new(plan, node, &metrics);
+                let (s, rx) = Snapshots::new(plan, node, telemetry.snapshot.clone());
                 (Some(s), rx)
             }
             None => (None, mpsc::unbounded_channel().1),
@@ -398,6 +420,7 @@ impl Agent {
             attached: attached.to_string(),
             local_mac,
             metrics,
+            telemetry,
             metrics_task,
             sweeper,
             sync,

@@ -367,10 +367,23 @@ impl KernelMaps {
 
     /// Sync events the program lost to a full ring, summed over CPUs.
     pub fn sync_lost(&self) -> Result<u64> {
-        let m: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(self.map("SYNC_LOST")?).map_err(map_err("SYNC_LOST", "open"))?;
-        let per_cpu = m.get(&0, 0).map_err(map_err("SYNC_LOST", "lookup"))?;
-        Ok(per_cpu.iter().sum())
+        sum_sync_lost(self.map("SYNC_LOST")?)
+    }
+
+    /// The per-CPU counters on handles of their own (dup'd fds), for the
+    /// metrics endpoint to read at scrape time from its own task.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let dup = |name: &'static str| -> Result<aya::maps::Map> {
+            let aya::maps::Map::PerCpuArray(d) = self.map(name)? else {
+                return Err(DataplaneError::NoMap(name));
+            };
+            Ok(aya::maps::Map::PerCpuArray(super::flows::dup_map(d, name)?))
+        };
+        Ok(KernelCounters {
+            reasons: dup("REASONS")?,
+            backends: dup("BACKEND_STATS")?,
+            sync_lost: dup("SYNC_LOST")?,
+        })
     }
 
     /// Every reverse-NAT entry (for tests and status).
@@ -386,6 +399,65 @@ impl KernelMaps {
             HashMap::try_from(self.map("CONNTRACK")?).map_err(map_err("CONNTRACK", "open"))?;
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
+}
+
+/// The program's per-CPU counters, read without the agent's [`KernelMaps`].
+pub struct KernelCounters {
+    reasons: aya::maps::Map,
+    backends: aya::maps::Map,
+    sync_lost: aya::maps::Map,
+}
+
+impl KernelCounters {
+    /// Sync events the program lost to a full ring, summed over CPUs.
+    pub fn sync_lost(&self) -> Result<u64> {
+        sum_sync_lost(&self.sync_lost)
+    }
+}
+
+impl super::metrics::CounterSource for KernelCounters {
+    fn reasons(&self) -> Result<Vec<Counter>> {
+        sum_reasons(&self.reasons)
+    }
+
+    fn backend(&self, id: u32) -> Result<BackendStats> {
+        sum_backend(&self.backends, id)
+    }
+}
+
+fn sum_sync_lost(map: &aya::maps::Map) -> Result<u64> {
+    let m: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(map_err("SYNC_LOST", "open"))?;
+    let per_cpu = m.get(&0, 0).map_err(map_err("SYNC_LOST", "lookup"))?;
+    Ok(per_cpu.iter().sum())
+}
+
+fn sum_reasons(map: &aya::maps::Map) -> Result<Vec<Counter>> {
+    let m: PerCpuArray<&MapData, Counter> =
+        PerCpuArray::try_from(map).map_err(map_err("REASONS", "open"))?;
+    (0..REASON_COUNT)
+        .map(|i| {
+            let per_cpu = m.get(&i, 0).map_err(map_err("REASONS", "lookup"))?;
+            Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }))
+        })
+        .collect()
+}
+
+fn sum_backend(map: &aya::maps::Map, id: u32) -> Result<BackendStats> {
+    let m: PerCpuArray<&MapData, BackendStats> =
+        PerCpuArray::try_from(map).map_err(map_err("BACKEND_STATS", "open"))?;
+    let per_cpu = m.get(&id, 0).map_err(map_err("BACKEND_STATS", "lookup"))?;
+    Ok(per_cpu
+        .iter()
+        .fold(BackendStats::default(), |a, c| BackendStats {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+            rsts: a.rsts + c.rsts,
+        }))
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -498,31 +570,10 @@ impl Maps for KernelMaps {
     }
 
     fn reason_counters(&self) -> Result<Vec<Counter>> {
-        let m: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map("REASONS")?).map_err(map_err("REASONS", "open"))?;
-        (0..REASON_COUNT)
-            .map(|i| {
-                let per_cpu = m.get(&i, 0).map_err(map_err("REASONS", "lookup"))?;
-                Ok(per_cpu.iter().fold(Counter::default(), |a, c| Counter {
-                    packets: a.packets + c.packets,
-                    bytes: a.bytes + c.bytes,
-                }))
-            })
-            .collect()
+        sum_reasons(self.map("REASONS")?)
     }
 
     fn backend_counters(&self, id: u32) -> Result<BackendStats> {
-        let m: PerCpuArray<&MapData, BackendStats> =
-            PerCpuArray::try_from(self.map("BACKEND_STATS")?)
-                .map_err(map_err("BACKEND_STATS", "open"))?;
-        let per_cpu = m.get(&id, 0).map_err(map_err("BACKEND_STATS", "lookup"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(BackendStats::default(), |a, c| BackendStats {
-                packets: a.packets + c.packets,
-                bytes: a.bytes + c.bytes,
-                new_flows: a.new_flows + c.new_flows,
-                rsts: a.rsts + c.rsts,
-            }))
+        sum_backend(self.map("BACKEND_STATS")?, id)
     }
 }

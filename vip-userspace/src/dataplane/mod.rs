@@ -9,6 +9,7 @@
 pub mod flows;
 pub mod kernel;
 pub mod mem;
+pub mod metrics;
 pub mod poke;
 pub mod programmer;
 

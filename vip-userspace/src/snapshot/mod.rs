@@ -12,6 +12,7 @@
 
 pub mod bolt;
 pub mod duty;
+pub mod metrics;
 pub mod plan;
 
 use std::{

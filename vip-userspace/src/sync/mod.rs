@@ -30,6 +30,7 @@
 //! entries, so the channel then belongs on a trusted segment.
 
 pub mod auth;
+pub mod metrics;
 pub mod resolve;
 pub mod tables;
 pub mod wire;
@@ -39,7 +40,7 @@ use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -51,6 +52,7 @@ use tracing::{debug, info, warn};
 use vip_common::{ConnKey, ConnValue, SyncEvent};
 
 use auth::{AuthError, KeySource, Replay};
+pub use metrics::SyncStats;
 use resolve::{Directory, Reject};
 use tables::{Applied, SyncTables};
 use wire::{MAX_RECORDS, Record, Seal};
@@ -95,51 +97,6 @@ pub const REJECT_LABELS: [&str; 16] = [
 /// not sent): the program's ring was full, the backend id was unknown by
 /// the time the agent read it, the send failed.
 pub const LOST_LABELS: [&str; 3] = ["ring_full", "unresolved", "send_failed"];
-
-fn reject_index(label: &str) -> usize {
-    REJECT_LABELS
-        .iter()
-        .position(|l| *l == label)
-        .unwrap_or(REJECT_LABELS.len() - 1)
-}
-
-/// Counters shared by the shells and the metrics refresh.
-#[derive(Debug, Default)]
-pub struct SyncStats {
-    /// Records sent, counted once per peer.
-    pub sent: AtomicU64,
-    /// Records decoded from peers' datagrams.
-    pub received: AtomicU64,
-    /// Records written to the maps (new or refreshed).
-    pub applied: AtomicU64,
-    rejected: [AtomicU64; REJECT_LABELS.len()],
-    /// `unresolved`, `send_failed` (`ring_full` is the program's counter).
-    lost: [AtomicU64; 2],
-}
-
-impl SyncStats {
-    pub fn rejected(&self) -> Vec<(&'static str, u64)> {
-        REJECT_LABELS
-            .iter()
-            .zip(&self.rejected)
-            .map(|(l, c)| (*l, c.load(Ordering::Relaxed)))
-            .collect()
-    }
-
-    /// Sender-side losses by label, `ring_full` given by the caller (it
-    /// lives in the program's per-CPU counter).
-    pub fn lost(&self, ring_full: u64) -> Vec<(&'static str, u64)> {
-        vec![
-            (LOST_LABELS[0], ring_full),
-            (LOST_LABELS[1], self.lost[0].load(Ordering::Relaxed)),
-            (LOST_LABELS[2], self.lost[1].load(Ordering::Relaxed)),
-        ]
-    }
-
-    fn reject(&self, label: &str) {
-        self.rejected[reject_index(label)].fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum SyncError {
@@ -268,9 +225,7 @@ pub fn receive_datagram(
             return 0;
         }
     };
-    stats
-        .received
-        .fetch_add(d.records.len() as u64, Ordering::Relaxed);
+    stats.received.inc_by(d.records.len() as u64);
     let Some(g) = dir.globals else {
         // Not programmed yet: nothing can be resolved.
         for _ in &d.records {
@@ -286,7 +241,7 @@ pub fn receive_datagram(
             Err(reason) => stats.reject(reason.label()),
         }
     }
-    stats.applied.fetch_add(applied as u64, Ordering::Relaxed);
+    stats.applied.inc_by(applied as u64);
     applied
 }
 
@@ -340,6 +295,7 @@ pub fn start(
     events: RingBuf<MapData>,
     tables: SyncTables,
     dir: Directory,
+    stats: SyncStats,
 ) -> Result<SyncHandle, SyncError> {
     let sock = UdpSocket::bind(listen).map_err(|source| SyncError::Bind {
         addr: listen,
@@ -356,7 +312,7 @@ pub fn start(
     // the same for as long as the RingBuf lives inside the AsyncFd, and
     // `as_raw_fd` always returns it.
     let ring = unsafe { AsyncFd::register(events) }.map_err(|e| SyncError::Socket(e.into()))?;
-    let stats = Arc::new(SyncStats::default());
+    let stats = Arc::new(stats);
     let (dir_tx, dir_rx) = watch::channel(Arc::new(dir));
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let stop = Arc::new(AtomicBool::new(false));
@@ -456,7 +412,7 @@ async fn send_loop(
                 for (k, v) in &b {
                     match d.entry_to_wire(k, v) {
                         Some(r) => pending.push(r),
-                        None => { stats.lost[0].fetch_add(1, Ordering::Relaxed); }
+                        None => { stats.lost[0].inc(); }
                     }
                 }
                 debug!(flows = b.len(), "state sync: refresh queued");
@@ -476,10 +432,10 @@ async fn send_loop(
             for t in &targets {
                 match sock.send_to(&buf, t).await {
                     Ok(_) => {
-                        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        stats.sent.inc_by(n as u64);
                     }
                     Err(e) => {
-                        stats.lost[1].fetch_add(n as u64, Ordering::Relaxed);
+                        stats.lost[1].inc_by(n as u64);
                         debug!(peer = %t, error = %e, "state sync: send failed");
                     }
                 }
@@ -505,7 +461,7 @@ pub fn drain(
         match parse_event(&item).and_then(|e| dir.to_wire(&e)) {
             Some(r) => pending.push(r),
             None => {
-                stats.lost[0].fetch_add(1, Ordering::Relaxed);
+                stats.lost[0].inc();
             }
         }
     }

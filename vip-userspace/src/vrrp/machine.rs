@@ -203,29 +203,72 @@ pub enum Peer {
 #[derive(Debug, Clone)]
 pub struct Machine {
     params: Params,
-    state: State,
+    /// The state, with the timers and memories only it has.
+    phase: Phase,
     /// Effective priority (configured minus tracking weights).
     priority: u8,
     /// Master_Adver_Interval (6.1): learned from the Active Router.
     master_adver_interval_cs: u16,
-    adver_timer: Option<Instant>,
-    master_down_timer: Option<Instant>,
-    announce_at: Option<Instant>,
-    announces_left: u32,
     /// No preemption before this instant (preempt delay after startup).
     preempt_after: Option<Instant>,
-    /// The Master_Down_Timer runs for a skew time after a priority-0
-    /// advertisement (for the reason given on takeover).
-    master_left: bool,
     /// Advertisements can leave ([`Input::CanSend`]).
     can_send: bool,
-    /// Backup: the last advert of a lower-priority master we discarded to
-    /// preempt it.
+}
+
+/// A [`State`] with its deadlines and what it remembers inside the
+/// variant (as vrrp-rs's `router.rs` keeps them): a timer cannot outlive
+/// the state that runs it, and a new state starts with fresh ones.
+#[derive(Debug, Clone)]
+enum Phase {
+    Initialize,
+    Backup(Backup),
+    Master(Master),
+}
+
+impl Phase {
+    fn state(&self) -> State {
+        match self {
+            Phase::Initialize => State::Initialize,
+            Phase::Backup(_) => State::Backup,
+            Phase::Master(_) => State::Master,
+        }
+    }
+}
+
+/// RFC 9568 6.4.2, Backup.
+#[derive(Debug, Clone, Default)]
+struct Backup {
+    /// Master_Down_Timer; `None` while our advertisements cannot leave.
+    master_down: Option<Instant>,
+    /// The timer runs for a skew time after a priority-0 advertisement
+    /// (for the reason given on takeover).
+    master_left: bool,
+    /// The last advert of a lower-priority master we discarded to preempt
+    /// it.
     lower_master: Option<Heard>,
-    /// Active: the master we preempted, and until when its adverts are
-    /// the handover rather than a split brain.
+}
+
+impl Backup {
+    fn until(master_down: Option<Instant>) -> Backup {
+        Backup {
+            master_down,
+            ..Backup::default()
+        }
+    }
+}
+
+/// RFC 9568 6.4.3, Active.
+#[derive(Debug, Clone)]
+struct Master {
+    /// Adver_Timer.
+    adver: Instant,
+    /// The next announcement (none: no refresh configured).
+    announce_at: Option<Instant>,
+    announces_left: u32,
+    /// The master we preempted, and until when its adverts are the
+    /// handover rather than a split brain.
     preempted: Option<(IpAddr, Instant)>,
-    /// Active: another master was met during this mastership.
+    /// Another master was met during this mastership.
     rival_seen: bool,
 }
 
@@ -244,22 +287,14 @@ impl Machine {
             priority: params.priority,
             master_adver_interval_cs: params.advert_interval_cs,
             params,
-            state: State::Initialize,
-            adver_timer: None,
-            master_down_timer: None,
-            announce_at: None,
-            announces_left: 0,
+            phase: Phase::Initialize,
             preempt_after: None,
-            master_left: false,
             can_send: true,
-            lower_master: None,
-            preempted: None,
-            rival_seen: false,
         }
     }
 
     pub fn state(&self) -> State {
-        self.state
+        self.phase.state()
     }
 
     pub fn params(&self) -> &Params {
@@ -278,10 +313,11 @@ impl Machine {
 
     /// The earliest pending timer; the shell feeds [`Input::Timer`] then.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.adver_timer, self.master_down_timer, self.announce_at]
-            .into_iter()
-            .flatten()
-            .min()
+        match &self.phase {
+            Phase::Initialize => None,
+            Phase::Backup(b) => b.master_down,
+            Phase::Master(m) => Some(m.announce_at.map_or(m.adver, |a| a.min(m.adver))),
+        }
     }
 
     /// Skew_Time (RFC 9568 6.1): ((256 - Priority) * Master_Adver_Interval) /
@@ -303,46 +339,58 @@ impl Machine {
     /// Handles one input at `now` and returns what the shell must do.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
-        match self.state {
-            State::Initialize => self.initialize(now, input, &mut out),
-            State::Backup => self.backup(now, input, &mut out),
-            State::Master => self.master(now, input, &mut out),
-        }
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Initialize) {
+            Phase::Initialize => self.initialize(now, input, &mut out),
+            Phase::Backup(b) => self.backup(b, now, input, &mut out),
+            Phase::Master(m) => self.master(m, now, input, &mut out),
+        };
         out
     }
 
-    fn initialize(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+    fn initialize(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) -> Phase {
         match input {
             // RFC 9568 6.4.1: Initialize waits for Startup only.
             Input::Startup => {
                 self.preempt_after = Some(now + self.params.preempt_delay);
                 if self.priority == PRIORITY_OWNER && self.can_send {
-                    self.become_master(now, Why::Owner, out);
-                } else {
-                    // A router that cannot send waits as a Backup with its
-                    // Master_Down_Timer stopped: it listens, and its
-                    // timer starts once its adverts can leave.
-                    self.master_adver_interval_cs = self.params.advert_interval_cs;
-                    self.arm_master_down(now, self.master_down_interval());
-                    self.transition(State::Backup, Why::Startup, out);
+                    return self.become_master(State::Initialize, now, Why::Owner, out);
                 }
+                // A router that cannot send waits as a Backup with its
+                // Master_Down_Timer stopped: it listens, and its timer
+                // starts once its adverts can leave.
+                self.master_adver_interval_cs = self.params.advert_interval_cs;
+                let b = Backup::until(self.master_down_at(now, self.master_down_interval()));
+                transition(State::Initialize, Phase::Backup(b), Why::Startup, out)
             }
-            Input::Priority(p) => self.priority = p,
-            Input::CanSend(c) => self.can_send = c,
-            Input::Shutdown | Input::Advert { .. } | Input::Timer | Input::Conflict { .. } => {}
+            Input::Priority(p) => {
+                self.priority = p;
+                Phase::Initialize
+            }
+            Input::CanSend(c) => {
+                self.can_send = c;
+                Phase::Initialize
+            }
+            Input::Shutdown | Input::Advert { .. } | Input::Timer | Input::Conflict { .. } => {
+                Phase::Initialize
+            }
         }
     }
 
-    fn backup(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+    fn backup(
+        &mut self,
+        mut b: Backup,
+        now: Instant,
+        input: Input,
+        out: &mut Vec<Action>,
+    ) -> Phase {
         match input {
             // RFC 9568 6.4.2, Backup.
             Input::Shutdown => {
-                self.master_down_timer = None;
-                self.transition(State::Initialize, Why::Shutdown, out);
+                return transition(State::Backup, Phase::Initialize, Why::Shutdown, out);
             }
             Input::Timer => {
-                if expired(self.master_down_timer, now) {
-                    let live_lower = self.lower_master.take().filter(|h| {
+                if expired(b.master_down, now) {
+                    let live_lower = b.lower_master.take().filter(|h| {
                         now.saturating_duration_since(h.at)
                             < master_down_interval(h.interval_cs, self.priority)
                     });
@@ -351,18 +399,19 @@ impl Machine {
                             master: h.src,
                             priority: h.priority,
                         }
-                    } else if self.master_left {
+                    } else if b.master_left {
                         Why::MasterLeft
                     } else {
                         Why::MasterDown
                     };
-                    self.become_master(now, why, out);
-                    if let Some(h) = live_lower {
-                        self.preempted = Some((
+                    let mut phase = self.become_master(State::Backup, now, why, out);
+                    if let (Some(h), Phase::Master(m)) = (live_lower, &mut phase) {
+                        m.preempted = Some((
                             h.src,
                             now + master_down_interval(h.interval_cs, self.priority),
                         ));
                     }
+                    return phase;
                 }
             }
             Input::Advert {
@@ -373,16 +422,16 @@ impl Machine {
                 if priority == PRIORITY_LEAVING {
                     // The Active Router is leaving: take over after our
                     // skew time only, the highest priority first.
-                    self.arm_master_down(now, self.skew_time());
-                    self.master_left = true;
+                    b.master_down = self.master_down_at(now, self.skew_time());
+                    b.master_left = true;
                 } else if !self.preempting(now) || priority >= self.priority {
                     self.master_adver_interval_cs = max_adver_int_cs;
-                    self.arm_master_down(now, self.master_down_interval());
-                    self.master_left = false;
+                    b.master_down = self.master_down_at(now, self.master_down_interval());
+                    b.master_left = false;
                 } else {
                     // Preemption: discard, and let Master_Down_Timer fire
                     // so that we take over; remember it was alive.
-                    self.lower_master = Some(Heard {
+                    b.lower_master = Some(Heard {
                         src,
                         priority,
                         interval_cs: max_adver_int_cs,
@@ -395,53 +444,58 @@ impl Machine {
                 // advertisement on (6.1 defines it from Priority).
                 self.priority = p;
                 if p == PRIORITY_OWNER && self.can_send {
-                    self.become_master(now, Why::Owner, out);
+                    return self.become_master(State::Backup, now, Why::Owner, out);
                 }
             }
             Input::CanSend(c) => {
                 if c != self.can_send {
                     self.can_send = c;
                     if !c {
-                        self.master_down_timer = None;
+                        b.master_down = None;
                     } else if self.priority == PRIORITY_OWNER {
-                        self.become_master(now, Why::Owner, out);
+                        return self.become_master(State::Backup, now, Why::Owner, out);
                     } else {
                         // RFC 9568 6.4.2 measures Master_Down_Interval
                         // without hearing the Active Router; it counts
                         // only once our own advertisements can answer, so
                         // a full interval from now.
-                        self.master_left = false;
-                        self.arm_master_down(now, self.master_down_interval());
+                        b.master_left = false;
+                        b.master_down = self.master_down_at(now, self.master_down_interval());
                     }
                 }
             }
             Input::Startup | Input::Conflict { .. } => {}
         }
+        Phase::Backup(b)
     }
 
-    fn master(&mut self, now: Instant, input: Input, out: &mut Vec<Action>) {
+    fn master(
+        &mut self,
+        mut m: Master,
+        now: Instant,
+        input: Input,
+        out: &mut Vec<Action>,
+    ) -> Phase {
         match input {
             // RFC 9568 6.4.3, Active.
             Input::Timer => {
-                if expired(self.adver_timer, now) {
+                if now >= m.adver {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    self.adver_timer = Some(now + self.advertisement_interval());
+                    m.adver = now + self.advertisement_interval();
                 }
-                if expired(self.announce_at, now) {
+                if expired(m.announce_at, now) {
                     out.push(Action::Announce);
-                    self.announces_left = self.announces_left.saturating_sub(1);
-                    self.schedule_announce(now);
+                    m.announces_left = m.announces_left.saturating_sub(1);
+                    m.announce_at = self.next_announce(m.announces_left, now);
                 }
             }
             Input::Shutdown => {
-                self.adver_timer = None;
-                self.announce_at = None;
                 out.push(Action::SendAdvert {
                     priority: PRIORITY_LEAVING,
                 });
-                self.leave_master(State::Initialize, Why::Shutdown, out);
+                return leave_master(Phase::Initialize, Why::Shutdown, out);
             }
             Input::Advert {
                 src,
@@ -454,11 +508,11 @@ impl Machine {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    self.adver_timer = Some(now + self.advertisement_interval());
+                    m.adver = now + self.advertisement_interval();
                 } else if priority > self.priority
                     || (priority == self.priority && src > self.params.primary_addr)
                 {
-                    let why = if self.rival_seen {
+                    let why = if m.rival_seen {
                         out.push(Action::SplitBrain {
                             peer: Peer::Router {
                                 addr: src,
@@ -482,22 +536,20 @@ impl Machine {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    self.adver_timer = None;
-                    self.announce_at = None;
                     self.master_adver_interval_cs = max_adver_int_cs;
-                    self.master_down_timer = Some(now + self.master_down_interval());
-                    self.leave_master(State::Backup, why, out);
+                    let b = Backup::until(Some(now + self.master_down_interval()));
+                    return leave_master(Phase::Backup(b), why, out);
                 } else {
                     // RFC 9568 6.4.3: a lower-priority advertisement is
                     // answered at once, so the other router learns of us
                     // without waiting an interval. From the master we just
                     // preempted it is the handover; from anyone else a
                     // split brain, and the winner re-announces.
-                    let handover = self
+                    let handover = m
                         .preempted
                         .is_some_and(|(addr, until)| addr == src && now < until);
                     if !handover {
-                        self.rival_seen = true;
+                        m.rival_seen = true;
                         out.push(Action::SplitBrain {
                             peer: Peer::Router {
                                 addr: src,
@@ -509,9 +561,9 @@ impl Machine {
                     out.push(Action::SendAdvert {
                         priority: self.priority,
                     });
-                    self.adver_timer = Some(now + self.advertisement_interval());
+                    m.adver = now + self.advertisement_interval();
                     if !handover {
-                        self.restart_announces(now, out);
+                        self.restart_announces(&mut m, now, out);
                     }
                 }
             }
@@ -523,26 +575,24 @@ impl Machine {
                     // priority 0 so a Backup takes over after its skew time,
                     // preemption or not. If nobody does, our Master_Down_Timer
                     // brings the VIP back to us.
-                    self.adver_timer = None;
-                    self.announce_at = None;
                     out.push(Action::SendAdvert {
                         priority: PRIORITY_LEAVING,
                     });
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
-                    self.master_down_timer = Some(now + self.master_down_interval());
-                    self.leave_master(State::Backup, Why::StepDown { priority: p }, out);
+                    let b = Backup::until(Some(now + self.master_down_interval()));
+                    return leave_master(Phase::Backup(b), Why::StepDown { priority: p }, out);
                 }
             }
             Input::Conflict { mac } => {
-                self.rival_seen = true;
+                m.rival_seen = true;
                 out.push(Action::SplitBrain {
                     peer: Peer::Mac(mac),
                     won: true,
                 });
                 // The other holder's gratuitous ARPs come in bursts: answer
                 // the first, and let a burst already running answer the rest.
-                if self.announces_left == 0 {
-                    self.restart_announces(now, out);
+                if m.announces_left == 0 {
+                    self.restart_announces(&mut m, now, out);
                 }
             }
             Input::CanSend(c) => {
@@ -553,21 +603,19 @@ impl Machine {
                     // after its Master_Down_Interval while still holding
                     // the VIP. Step down (no priority 0: it could not leave
                     // either); our own timer waits until we can send again.
-                    self.adver_timer = None;
-                    self.announce_at = None;
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
-                    self.master_down_timer = None;
-                    self.leave_master(State::Backup, Why::CannotSend, out);
+                    return leave_master(Phase::Backup(Backup::until(None)), Why::CannotSend, out);
                 }
             }
             Input::Startup => {}
         }
+        Phase::Master(m)
     }
 
-    /// Starts the Master_Down_Timer for `after`, only while our
-    /// advertisements can leave ([`Input::CanSend`]).
-    fn arm_master_down(&mut self, now: Instant, after: Duration) {
-        self.master_down_timer = self.can_send.then(|| now + after);
+    /// When a Master_Down_Timer started now for `after` fires: never while
+    /// our advertisements cannot leave ([`Input::CanSend`]).
+    fn master_down_at(&self, now: Instant, after: Duration) -> Option<Instant> {
+        self.can_send.then(|| now + after)
     }
 
     /// Preempt_Mode, once the preempt delay after startup has passed.
@@ -575,52 +623,65 @@ impl Machine {
         self.params.preempt && self.preempt_after.is_none_or(|t| now >= t)
     }
 
-    fn become_master(&mut self, now: Instant, why: Why, out: &mut Vec<Action>) {
-        self.master_down_timer = None;
-        self.master_left = false;
-        self.lower_master = None;
-        self.preempted = None;
-        self.rival_seen = false;
+    fn become_master(
+        &mut self,
+        from: State,
+        now: Instant,
+        why: Why,
+        out: &mut Vec<Action>,
+    ) -> Phase {
         out.push(Action::SendAdvert {
             priority: self.priority,
         });
         out.push(Action::AddVips);
-        self.adver_timer = Some(now + self.advertisement_interval());
-        self.transition(State::Master, why, out);
-        self.restart_announces(now, out);
-    }
-
-    fn leave_master(&mut self, to: State, why: Why, out: &mut Vec<Action>) {
-        out.push(Action::RemoveVips);
-        self.transition(to, why, out);
+        let mut m = Master {
+            adver: now + self.advertisement_interval(),
+            announce_at: None,
+            announces_left: 0,
+            preempted: None,
+            rival_seen: false,
+        };
+        out.push(Action::Transition {
+            from,
+            to: State::Master,
+            why,
+        });
+        self.restart_announces(&mut m, now, out);
+        Phase::Master(m)
     }
 
     /// One announcement now, `announce_count - 1` more at the interval, then
     /// the periodic refresh.
-    fn restart_announces(&mut self, now: Instant, out: &mut Vec<Action>) {
+    fn restart_announces(&self, m: &mut Master, now: Instant, out: &mut Vec<Action>) {
         out.push(Action::Announce);
-        self.announces_left = self.params.announce_count.saturating_sub(1);
-        self.schedule_announce(now);
+        m.announces_left = self.params.announce_count.saturating_sub(1);
+        m.announce_at = self.next_announce(m.announces_left, now);
     }
 
-    fn schedule_announce(&mut self, now: Instant) {
-        self.announce_at = if self.announces_left > 0 {
+    fn next_announce(&self, left: u32, now: Instant) -> Option<Instant> {
+        if left > 0 {
             Some(now + self.params.announce_interval)
         } else if !self.params.announce_refresh.is_zero() {
             Some(now + self.params.announce_refresh)
         } else {
             None
-        };
+        }
     }
+}
 
-    fn transition(&mut self, to: State, why: Why, out: &mut Vec<Action>) {
-        out.push(Action::Transition {
-            from: self.state,
-            to,
-            why,
-        });
-        self.state = to;
-    }
+/// Out of Active into `to`: the VIPs go first.
+fn leave_master(to: Phase, why: Why, out: &mut Vec<Action>) -> Phase {
+    out.push(Action::RemoveVips);
+    transition(State::Master, to, why, out)
+}
+
+fn transition(from: State, to: Phase, why: Why, out: &mut Vec<Action>) -> Phase {
+    out.push(Action::Transition {
+        from,
+        to: to.state(),
+        why,
+    });
+    to
 }
 
 /// Skew_Time (RFC 9568 6.1) of a Backup with `priority` behind a master

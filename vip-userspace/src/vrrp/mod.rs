@@ -10,6 +10,7 @@
 pub mod announce;
 pub mod auth;
 pub mod machine;
+pub mod metrics;
 pub mod net;
 pub mod packet;
 pub mod router;

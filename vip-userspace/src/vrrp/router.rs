@@ -26,6 +26,7 @@ use super::{
     announce::{Announcer, ClaimWatch},
     auth,
     machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
+    metrics::RouterStats,
     net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
@@ -73,26 +74,6 @@ struct Auth {
     guard: auth::Guard,
 }
 
-/// Counters of one virtual router, read by the metrics and status code.
-#[derive(Debug, Default)]
-pub struct RouterStats {
-    pub adverts_sent: AtomicU64,
-    pub adverts_received: AtomicU64,
-    pub send_errors: AtomicU64,
-    pub became_master: AtomicU64,
-    pub left_master: AtomicU64,
-    pub split_brain: AtomicU64,
-    /// This node took the VIP from a live lower-priority master (RFC 9568
-    /// 6.4.2 Preempt_Mode).
-    pub preempted_by_us: AtomicU64,
-    /// A higher-priority router took the VIP from this node (6.4.3).
-    pub preempted_by_peer: AtomicU64,
-    pub vip_errors: AtomicU64,
-    pub announce_errors: AtomicU64,
-    /// Indexed like [`DISCARD_LABELS`].
-    pub discards: [AtomicU64; DISCARD_LABELS.len()],
-}
-
 /// What `vipd status` shows of one virtual router; kept by its task.
 #[derive(Debug, Clone)]
 pub struct RouterInfo {
@@ -107,8 +88,6 @@ pub struct RouterInfo {
     pub peers: BTreeMap<IpAddr, PeerSeen>,
     pub last_change: Option<ChangeSeen>,
     pub last_failover: Option<Failover>,
-    /// Failovers so far, so that each is observed once in the histogram.
-    pub failovers: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -209,25 +188,25 @@ impl RouterHandle {
     pub fn summary(&self) -> String {
         let s = &self.stats;
         let mut parts = vec![format!("state={}", self.state().label())];
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         for (name, v) in [
-            ("adverts_sent", &s.adverts_sent),
-            ("adverts_received", &s.adverts_received),
-            ("send_errors", &s.send_errors),
-            ("became_master", &s.became_master),
-            ("left_master", &s.left_master),
-            ("split_brain", &s.split_brain),
-            ("preempted_by_us", &s.preempted_by_us),
-            ("preempted_by_peer", &s.preempted_by_peer),
-            ("vip_errors", &s.vip_errors),
-            ("announce_errors", &s.announce_errors),
+            ("adverts_sent", s.adverts_sent.get()),
+            ("adverts_received", s.adverts_received.get()),
+            ("send_errors", load(&s.send_errors)),
+            ("became_master", s.became_master.get()),
+            ("left_master", s.left_master.get()),
+            ("split_brain", s.split_brain.get()),
+            ("preempted_by_us", s.preempted_by_us.get()),
+            ("preempted_by_peer", s.preempted_by_peer.get()),
+            ("vip_errors", load(&s.vip_errors)),
+            ("announce_errors", load(&s.announce_errors)),
         ] {
-            let v = v.load(Ordering::Relaxed);
             if v > 0 {
                 parts.push(format!("{name}={v}"));
             }
         }
         for (label, c) in DISCARD_LABELS.iter().zip(&s.discards) {
-            let v = c.load(Ordering::Relaxed);
+            let v = c.get();
             if v > 0 {
                 parts.push(format!("discarded_{label}={v}"));
             }
@@ -267,8 +246,13 @@ impl RouterHandle {
 /// Opens the sockets (so that a missing interface or address fails the
 /// start, not later) and runs the router on the current tokio runtime, held
 /// out of the election from the start when `hold` is set (see
-/// [`RouterHandle::set_hold`]).
-pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, RouterError> {
+/// [`RouterHandle::set_hold`]); `stats` are its series of the metrics
+/// ([`super::metrics::VrrpMetrics::router`]).
+pub fn spawn(
+    spec: RouterSpec,
+    hold: Option<String>,
+    stats: RouterStats,
+) -> Result<RouterHandle, RouterError> {
     if spec.vips.is_empty() {
         return Err(RouterError::NoVips {
             ifname: spec.ifname,
@@ -315,7 +299,8 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
     });
     let (tx, rx) = mpsc::unbounded_channel();
     let (state_tx, state) = watch::channel(State::Initialize);
-    let stats = Arc::new(RouterStats::default());
+    stats.held.set(i64::from(hold.is_some()));
+    let stats = Arc::new(stats);
     let info = Arc::new(Mutex::new(RouterInfo {
         vrid: plan.vrid,
         source,
@@ -324,7 +309,6 @@ pub fn spawn(spec: RouterSpec, hold: Option<String>) -> Result<RouterHandle, Rou
         peers: BTreeMap::new(),
         last_change: None,
         last_failover: None,
-        failovers: 0,
     }));
     info!(
         family = %label(spec.family),
@@ -444,6 +428,7 @@ impl Router {
                             info!(family = %label(self.spec.family), from = self.machine.priority(), to = p, "VRRP priority changed");
                             self.feed(Input::Priority(p)).await;
                             lock(&self.info).priority = p;
+                            self.stats.priority.set(i64::from(p));
                         }
                     }
                     Some(Command::Hold(why)) => {
@@ -455,6 +440,7 @@ impl Router {
                         }
                         hold = why;
                         lock(&self.info).hold = hold.clone();
+                        self.stats.held.set(i64::from(hold.is_some()));
                         let active = link_up && hold.is_none();
                         if active != was_active {
                             self.feed(if active { Input::Startup } else { Input::Shutdown }).await;
@@ -587,7 +573,7 @@ impl Router {
     async fn received(&mut self, pkt: super::Received) {
         match self.check(&pkt) {
             Ok(c) => {
-                self.stats.adverts_received.fetch_add(1, Ordering::Relaxed);
+                self.stats.adverts_received.inc();
                 lock(&self.info).peers.insert(
                     pkt.src,
                     PeerSeen {
@@ -616,7 +602,7 @@ impl Router {
                 .await;
             }
             Err(d) => {
-                self.stats.discards[d.index()].fetch_add(1, Ordering::Relaxed);
+                self.stats.discards[d.index()].inc();
                 // Another VRID on the segment is normal; everything else is a
                 // misconfiguration or a broken sender worth one line.
                 if !matches!(d, Discard::OtherVrid(_)) {
@@ -752,24 +738,25 @@ impl Router {
                     "VRRP state change"
                 );
                 if to == State::Master {
-                    self.stats.became_master.fetch_add(1, Ordering::Relaxed);
+                    self.stats.became_master.inc();
                 } else if from == State::Master {
-                    self.stats.left_master.fetch_add(1, Ordering::Relaxed);
+                    self.stats.left_master.inc();
                 }
                 match why {
                     Why::Preempt { .. } => {
-                        self.stats.preempted_by_us.fetch_add(1, Ordering::Relaxed);
+                        self.stats.preempted_by_us.inc();
                     }
                     Why::Preempted { .. } => {
-                        self.stats.preempted_by_peer.fetch_add(1, Ordering::Relaxed);
+                        self.stats.preempted_by_peer.inc();
                     }
                     _ => {}
                 }
                 self.record_change(from, to, why);
+                self.stats.set_state(to);
                 self.state.send_replace(to);
             }
             Action::SplitBrain { peer, won } => {
-                self.stats.split_brain.fetch_add(1, Ordering::Relaxed);
+                self.stats.split_brain.inc();
                 let (kind, peer) = match peer {
                     Peer::Router { addr, priority } => (
                         "split_brain_router",
@@ -834,7 +821,7 @@ impl Router {
                 took_ms = took.as_millis() as u64,
                 "VRRP failover: this node took the VIP over"
             );
-            info.failovers += 1;
+            self.stats.failover(took.as_secs_f64());
             info.last_failover = Some(Failover {
                 at: now,
                 took,
@@ -877,7 +864,7 @@ impl Router {
             };
             match sent {
                 Ok(()) => {
-                    self.stats.adverts_sent.fetch_add(1, Ordering::Relaxed);
+                    self.stats.adverts_sent.inc();
                 }
                 Err(e) => {
                     self.stats.send_errors.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,8 @@
 //! answered only for the interface's own addresses with arp_ignore=1), and a
 //! BIRD `protocol direct` would only pick it up if configured for `lo`.
 
+pub mod metrics;
+
 use std::{
     collections::BTreeMap,
     net::IpAddr,
@@ -44,6 +46,7 @@ use crate::{
     status::{self, RouteStatus},
     vrrp::Family,
 };
+use metrics::AnnounceMetrics;
 
 /// How often the task compares the table with what it should hold, besides
 /// every change.
@@ -195,16 +198,21 @@ struct Desired {
 struct Book {
     table: u32,
     vips: BTreeMap<IpAddr, RouteStatus>,
+    metrics: AnnounceMetrics,
 }
 
 impl Book {
-    fn new(table: u32, vips: &[IpAddr]) -> Book {
+    fn new(table: u32, vips: &[IpAddr], metrics: AnnounceMetrics) -> Book {
+        for vip in vips {
+            metrics.installed(*vip, false);
+        }
         Book {
             table,
             vips: vips
                 .iter()
                 .map(|&vip| (vip, RouteStatus::new(vip, table)))
                 .collect(),
+            metrics,
         }
     }
 
@@ -216,6 +224,8 @@ impl Book {
     }
 
     fn installed(&mut self, vip: IpAddr) {
+        // The series are shared handles; a copy leaves `self` to the entry.
+        let m = self.metrics.clone();
         let table = self.table;
         let e = self.entry(vip);
         if !e.installed || e.since_unix_ms.is_none() {
@@ -227,16 +237,20 @@ impl Book {
         e.why = None;
         e.blocked_by = None;
         e.error = None;
+        m.installed(vip, true);
     }
 
     /// vipd's route for `vip` is gone (`removed`: by this call) or was
     /// never there, for `why`.
     fn withdrawn(&mut self, vip: IpAddr, why: &Why, removed: bool) {
+        // The series are shared handles; a copy leaves `self` to the entry.
+        let m = self.metrics.clone();
         let table = self.table;
         let e = self.entry(vip);
         if removed {
             warn!(vip = %vip, table, reason = why.label(), why = %why.describe(), "VIP route withdrawn: the router stops sending this VIP's new flows here");
             *e.withdrawals.entry(why.label().to_owned()).or_default() += 1;
+            m.withdrawn(vip, why.label());
         }
         if removed || e.installed || e.since_unix_ms.is_none() {
             e.since_unix_ms = Some(status::unix_ms(SystemTime::now()));
@@ -245,9 +259,12 @@ impl Book {
         e.reason = Some(why.label().to_owned());
         e.why = Some(why.describe());
         e.error = None;
+        m.installed(vip, false);
     }
 
     fn blocked(&mut self, vip: IpAddr, by: String) {
+        // The series are shared handles; a copy leaves `self` to the entry.
+        let m = self.metrics.clone();
         let table = self.table;
         let e = self.entry(vip);
         if e.blocked_by.as_ref() != Some(&by) {
@@ -255,6 +272,7 @@ impl Book {
         }
         e.installed = false;
         e.blocked_by = Some(by);
+        m.installed(vip, false);
     }
 
     fn unblocked(&mut self, vip: IpAddr) {
@@ -410,7 +428,7 @@ impl Announce {
     /// for VIPs no longer configured go, foreign ones are reported), checks
     /// that routes may be changed here, installs the routes `f` allows and
     /// hands the table to its task.
-    pub async fn start(cfg: &Config, f: &Fitness) -> Result<Announce> {
+    pub async fn start(cfg: &Config, f: &Fitness, metrics: AnnounceMetrics) -> Result<Announce> {
         let Some(s) = &cfg.announce else {
             anyhow::bail!("no announce section");
         };
@@ -439,7 +457,7 @@ impl Announce {
             );
         }
         let mut decide = Announcing::new(&vips);
-        let mut book = Book::new(table.table, &vips);
+        let mut book = Book::new(table.table, &vips, metrics);
         decide.fit(f);
         let desired = Desired {
             want: decide.wanted().clone(),
@@ -653,7 +671,7 @@ mod tests {
     #[test]
     fn the_book_counts_withdrawals_and_says_why() {
         let vip = ip("10.78.100.1");
-        let mut b = Book::new(198, &[vip]);
+        let mut b = Book::new(198, &[vip], AnnounceMetrics::default());
         b.withdrawn(vip, &Why::NoBackend, false);
         let s = &b.snapshot(&[vip])[0];
         assert!(!s.installed);

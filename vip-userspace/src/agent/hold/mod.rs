@@ -103,11 +103,16 @@ pub trait VipHolder: Send {
 /// Starts the holder the configuration asks for, fit as `f` says from the
 /// start (a node the gate refuses never joins the election meanwhile, nor
 /// announces a route).
-pub async fn start(cfg: &Config, f: &Fitness) -> Result<Box<dyn VipHolder>> {
+/// Each holder counts into its own families of `t`.
+pub async fn start(
+    cfg: &Config,
+    f: &Fitness,
+    t: &super::telemetry::Telemetry,
+) -> Result<Box<dyn VipHolder>> {
     Ok(if cfg.vrrp.is_some() {
-        Box::new(vrrp::Vrrp::start(cfg, f)?)
+        Box::new(vrrp::Vrrp::start(cfg, f, &t.vrrp)?)
     } else if cfg.announce.is_some() {
-        Box::new(Announce::start(cfg, f).await?)
+        Box::new(Announce::start(cfg, f, t.announce.clone()).await?)
     } else if cfg.hold_vips {
         Box::new(StaticVips::start(&cfg.interface, &cfg.vips())?)
     } else {

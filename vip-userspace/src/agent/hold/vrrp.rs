@@ -13,6 +13,7 @@ use crate::{
     config::{Config, TrackSettings},
     vrrp::{
         Family,
+        metrics::VrrpMetrics,
         router::{self, RouterHandle, RouterSpec},
     },
 };
@@ -102,7 +103,7 @@ impl Vrrp {
     /// Opens every router's sockets (a missing interface or address fails
     /// the start) and runs them, held out of the election where `f`'s gate
     /// says so.
-    pub fn start(cfg: &Config, f: &Fitness) -> Result<Vrrp> {
+    pub fn start(cfg: &Config, f: &Fitness, metrics: &VrrpMetrics) -> Result<Vrrp> {
         let Some(v) = &cfg.vrrp else {
             anyhow::bail!("no vrrp section");
         };
@@ -123,7 +124,8 @@ impl Vrrp {
                 plan: plan.clone(),
                 vips,
             };
-            match router::spawn(spec, f.gate(family).cloned()) {
+            let stats = metrics.router(family, plan.priority);
+            match router::spawn(spec, f.gate(family).cloned(), stats) {
                 Ok(r) => routers.push(r),
                 Err(e) => {
                     return Err(anyhow::Error::new(e)

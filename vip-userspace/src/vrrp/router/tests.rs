@@ -22,7 +22,6 @@ fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
             .collect(),
         last_change: None,
         last_failover: None,
-        failovers: 0,
     }
 }
 
