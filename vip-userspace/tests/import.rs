@@ -368,6 +368,82 @@ fn several_nodes_keepalived_files_become_one_file_with_nodes() {
     );
 }
 
+/// Unicast VRRP: each node's keepalived.conf names the OTHER nodes. The one
+/// file lists the whole group, and each node resolves it to the other two
+/// (with this node's list alone, cp3 would have no peer cp3 lists and cp1
+/// would send to itself and never to cp3).
+#[test]
+fn several_nodes_unicast_peers_become_the_whole_group() {
+    let dir = scratch("unicast");
+    let ka = std::fs::read_to_string(samples("kubeadm").join("keepalived.conf")).expect("read");
+    let conf = |prio: &str, peers: [&str; 2]| {
+        ka.replace("priority 101", &format!("priority {prio}"))
+            .replace(
+                "    virtual_router_id 51\n",
+                &format!(
+                    "    virtual_router_id 51\n    unicast_peer {{\n        {}\n        {}\n    }}\n",
+                    peers[0], peers[1]
+                ),
+            )
+    };
+    let (cp1, cp2) = (dir.join("cp1.conf"), dir.join("cp2.conf"));
+    std::fs::write(&cp1, conf("100", ["10.0.0.12", "10.0.0.13"])).expect("write");
+    std::fs::write(&cp2, conf("99", ["10.0.0.11", "10.0.0.13"])).expect("write");
+    let cp3 = dir.join("cp3.conf");
+    std::fs::write(&cp3, conf("101", ["10.0.0.11", "10.0.0.12"])).expect("write");
+    let out = dir.join("vipd.yaml");
+    let ha = samples("kubeadm").join("haproxy.cfg");
+    let o = vipd(&[
+        "import",
+        "--keepalived",
+        cp3.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--mode",
+        "nat",
+        "--node-address",
+        "10.0.0.13",
+        "--node-name",
+        "cp3",
+        "--other-node",
+        &format!("cp1={}", cp1.display()),
+        "--other-node",
+        &format!("cp2={}", cp2.display()),
+        "--output",
+        out.to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    let c =
+        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    let group: Vec<IpAddr> = ["10.0.0.11", "10.0.0.12", "10.0.0.13"].map(a).to_vec();
+    assert_eq!(
+        c.vrrp.as_ref().map(|v| v.unicast_peers.clone()),
+        Some(group),
+        "{yaml}"
+    );
+    for (name, addr) in [
+        ("cp1", "10.0.0.11"),
+        ("cp2", "10.0.0.12"),
+        ("cp3", "10.0.0.13"),
+    ] {
+        let facts = NodeFacts {
+            name: name.into(),
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                addrs: vec![(a(addr), 24)],
+            }],
+            routes: vec![],
+        };
+        let r = c.resolve(&facts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut want: Vec<IpAddr> = ["10.0.0.11", "10.0.0.12", "10.0.0.13"].map(a).to_vec();
+        want.retain(|p| *p != a(addr));
+        let mut got = r.unicast_peers.clone().expect("unicast");
+        got.sort();
+        assert_eq!(got, want, "{name}");
+    }
+}
+
 /// Issue 16, mode dsr: with `--other-node` the output is one file for every
 /// node, so it carries nothing one node sees: no `local: true` (each node's
 /// own apiserver is the backend with its address), no MAC from this host's

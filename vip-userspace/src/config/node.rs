@@ -15,8 +15,8 @@
 //!   `track.local_apiserver` (50) below every healthy one;
 //! - `metrics_listen: node:PORT`: this node's address on the backends'
 //!   subnet (the address the kubelet's probes and Prometheus reach);
-//! - `state_sync.peers` may list every LB node: this node's own address is
-//!   left out.
+//! - `state_sync.peers` and `vrrp.unicast_peers` may list every LB node:
+//!   this node's own address is left out.
 
 use std::{
     collections::BTreeMap,
@@ -125,6 +125,9 @@ pub struct Resolved {
     /// `state_sync.peers` without this node's own addresses: one file can
     /// list every LB node.
     pub sync_peers: Option<Vec<IpAddr>>,
+    /// `vrrp.unicast_peers` without this node's own addresses, for the same
+    /// reason; `None` for multicast (an empty list) or without `vrrp:`.
+    pub unicast_peers: Option<Vec<IpAddr>>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -149,6 +152,12 @@ pub enum NodeError {
         "state_sync.peers: every peer is one of this node's own addresses ({addrs}); list the other LB nodes too"
     )]
     NoSyncPeer { addrs: String },
+    /// An empty list would silently mean multicast (RFC 9568 5.1.1.2), a
+    /// different group: refuse instead.
+    #[error(
+        "vrrp.unicast_peers: every peer is one of this node's own addresses ({addrs}); list the other nodes too, or remove unicast_peers for multicast"
+    )]
+    NoUnicastPeer { addrs: String },
 }
 
 /// Derived priorities: 200 for the first backend's node, 10 less for each
@@ -288,22 +297,25 @@ impl Config {
         let sync_peers = match &self.state_sync {
             None => None,
             Some(sync) => {
-                let others: Vec<IpAddr> = sync
-                    .peers
-                    .iter()
-                    .copied()
-                    .filter(|p| !mine.contains(p))
-                    .collect();
-                if others.is_empty() {
-                    return Err(NodeError::NoSyncPeer {
+                Some(
+                    others(&sync.peers, &mine).ok_or_else(|| NodeError::NoSyncPeer {
                         addrs: crate::status::join(&sync.peers),
-                    });
-                }
-                Some(others)
+                    })?,
+                )
             }
+        };
+        let unicast_peers = match self.vrrp.as_ref().map(|v| &v.unicast_peers) {
+            None => None,
+            Some(peers) if peers.is_empty() => None,
+            Some(peers) => Some(
+                others(peers, &mine).ok_or_else(|| NodeError::NoUnicastPeer {
+                    addrs: crate::status::join(peers),
+                })?,
+            ),
         };
         Ok(Resolved {
             sync_peers,
+            unicast_peers,
             entry: entry.map(|(k, _)| k.clone()),
             interface,
             interface_from,
@@ -321,6 +333,9 @@ impl Config {
         self.interface = r.interface.clone();
         if let Some(v) = &mut self.vrrp {
             v.priority = r.priority;
+            if let Some(peers) = &r.unicast_peers {
+                v.unicast_peers.clone_from(peers);
+            }
         }
         self.metrics_listen = r.metrics_listen.map(MetricsListen::Addr);
         if let (Some(sync), Some(peers)) = (&mut self.state_sync, &r.sync_peers) {
@@ -328,6 +343,17 @@ impl Config {
         }
         self
     }
+}
+
+/// A peer list without this node's own addresses; `None` when nothing is
+/// left, which each caller refuses with its own error.
+fn others(peers: &[IpAddr], mine: &[IpAddr]) -> Option<Vec<IpAddr>> {
+    let rest: Vec<IpAddr> = peers
+        .iter()
+        .copied()
+        .filter(|p| !mine.contains(p))
+        .collect();
+    (!rest.is_empty()).then_some(rest)
 }
 
 /// The interface on a backend's subnet, else the route's.

@@ -411,7 +411,7 @@ fn write_vrrp(out: &mut Out, k: &Keepalived, file: &str, plan: &Plan, opts: &Opt
     if let Some(ms) = k.preempt_delay_ms {
         out.line(2, format!("preempt_delay: {}", fmt_ms(ms)));
     }
-    write_peers(out, k, file, vips);
+    write_peers(out, k, file, &plan.others, vips);
     match k.version {
         Some((3, _)) => {}
         Some((v, line)) => out.comment(
@@ -542,25 +542,38 @@ fn write_advert_interval(out: &mut Out, k: &Keepalived, file: &str) {
     }
 }
 
-/// `unicast_peer`s of an address family that has a VIP.
-fn write_peers(out: &mut Out, k: &Keepalived, file: &str, vips: &[(IpAddr, Option<usize>)]) {
+/// `unicast_peer`s of an address family that has a VIP. One file for every
+/// node (`--other-node`) lists the union of every node's peers: each file
+/// names the others, so the union is the whole group, and each node's vipd
+/// leaves its own address out when it resolves the file (config/node.rs).
+/// This node's list alone would name this node on the others and miss it
+/// on itself.
+fn write_peers(
+    out: &mut Out,
+    k: &Keepalived,
+    file: &str,
+    others: &[(String, String, Keepalived)],
+    vips: &[(IpAddr, Option<usize>)],
+) {
     let families: BTreeSet<bool> = vips.iter().map(|(v, _)| v.is_ipv4()).collect();
-    let peers: Vec<IpAddr> = k
-        .peers
-        .iter()
-        .filter(|(p, line)| {
+    let all = std::iter::once((file, k)).chain(others.iter().map(|(_, f, k)| (f.as_str(), k)));
+    let (mut peers, mut seen) = (Vec::<IpAddr>::new(), BTreeSet::new());
+    for (file, k) in all {
+        for (p, line) in &k.peers {
+            if !seen.insert(*p) {
+                continue;
+            }
             if !families.contains(&p.is_ipv4()) {
                 out.comment(2, not_carried(file, *line, p, why::PEER_FAMILY));
-                return false;
+                continue;
             }
             if matches!(p, IpAddr::V6(v6) if !v6.is_unicast_link_local()) {
                 out.comment(2, not_carried(file, *line, p, why::PEER_NOT_LINK_LOCAL));
-                return false;
+                continue;
             }
-            true
-        })
-        .map(|(p, _)| *p)
-        .collect();
+            peers.push(*p);
+        }
+    }
     if !peers.is_empty() {
         out.line(
             2,

@@ -400,3 +400,50 @@ services:
         "{e}"
     );
 }
+
+/// The same for VRRP: one file lists every node's address under
+/// `unicast_peers`, and each node sends to the others only (an advert to
+/// itself would be its own, discarded, and a list of only itself would
+/// silently turn into multicast).
+#[test]
+fn unicast_peers_may_list_every_node_and_each_skips_itself() {
+    let text = "
+vrrp: { vrid: 51, unicast_peers: [10.0.0.11, 10.0.0.12, 10.0.0.13] }
+services:
+  - vip: 10.0.0.100
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+      - address: 10.0.0.13
+";
+    let c = cfg(text);
+    for (n, me, want) in [
+        ("cp1", "10.0.0.11", ["10.0.0.12", "10.0.0.13"]),
+        ("cp2", "10.0.0.12", ["10.0.0.11", "10.0.0.13"]),
+        ("cp3", "10.0.0.13", ["10.0.0.11", "10.0.0.12"]),
+    ] {
+        let r = c.resolve(&node(n, me)).expect(n);
+        let want: Vec<IpAddr> = want.iter().map(|a| ip(a)).collect();
+        assert_eq!(r.unicast_peers.as_ref(), Some(&want), "{n}");
+        let run = c.clone().for_node(&r);
+        assert_eq!(
+            run.vrrp.as_ref().map(|v| v.unicast_peers.clone()),
+            Some(want),
+            "{n}"
+        );
+    }
+    let multicast = cfg(&text.replace(", unicast_peers: [10.0.0.11, 10.0.0.12, 10.0.0.13]", ""));
+    let r = multicast
+        .resolve(&node("cp1", "10.0.0.11"))
+        .expect("multicast");
+    assert_eq!(r.unicast_peers, None);
+    let alone = cfg(&text.replace("[10.0.0.11, 10.0.0.12, 10.0.0.13]", "[10.0.0.11]"));
+    let e = alone
+        .resolve(&node("cp1", "10.0.0.11"))
+        .expect_err("only itself")
+        .to_string();
+    assert!(
+        e.contains("vrrp.unicast_peers") && e.contains("other nodes") && e.contains("multicast"),
+        "{e}"
+    );
+}
