@@ -394,7 +394,6 @@ fn several_nodes_unicast_peers_become_the_whole_group() {
     let out = dir.join("vipd.yaml");
     let ha = samples("kubeadm").join("haproxy.cfg");
     let o = vipd(&[
-        "import",
         "--keepalived",
         cp3.to_str().expect("path"),
         "--haproxy",

@@ -411,6 +411,8 @@ fn unicast_peers_may_list_every_node_and_each_skips_itself() {
 vrrp: { vrid: 51, unicast_peers: [10.0.0.11, 10.0.0.12, 10.0.0.13] }
 services:
   - vip: 10.0.0.100
+    mode: nat
+    snat: vip
     backends:
       - address: 10.0.0.11
       - address: 10.0.0.12
