@@ -15,7 +15,7 @@ use vip_tests::{
     vrrpd::{VipdVrrp, VipdVrrpConf},
 };
 use vip_userspace::vrrp::{
-    Family,
+    Family, Priority, Vrid,
     announce::Announcer,
     net::{Transport, VrrpSocket, group, source_address},
     packet::Advert,
@@ -339,8 +339,8 @@ fn forged_advertisement_does_not_move_the_vip() {
                     .expect("socket");
                 let dst = group(Family::V4);
                 let mut bytes = Advert {
-                    vrid: 51,
-                    priority: 254,
+                    vrid: Vrid(51),
+                    priority: Priority(254),
                     max_adver_int: 10,
                     addrs: vec![VIP],
                 }
@@ -662,8 +662,8 @@ fn inject(lab: &Lab, node: &str, frames: &[Vec<u8>], times: usize) {
 /// An advert for the test's VIP from `src` to `dst` with `priority`.
 fn advert_bytes(src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, priority: u8) -> Vec<u8> {
     Advert {
-        vrid: 51,
-        priority,
+        vrid: Vrid(51),
+        priority: Priority(priority),
         max_adver_int: 10,
         addrs: vec![VIP],
     }
@@ -956,8 +956,8 @@ fn auth_hmac_refuses_forged_and_replayed_adverts_from_a_peers_address() {
     let signed_with = |key_line: &str, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr, prio| {
         let keys = vip_userspace::sync::auth::Keys::parse("forger", key_line).expect("key");
         Advert {
-            vrid: 51,
-            priority: prio,
+            vrid: Vrid(51),
+            priority: Priority(prio),
             max_adver_int: 10,
             addrs: vec![VIP],
         }

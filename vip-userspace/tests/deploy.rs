@@ -746,7 +746,7 @@ fn registry() -> BTreeMap<String, FamilyInfo> {
     let routers: Vec<_> = [Family::V4, Family::V6]
         .into_iter()
         .map(|f| {
-            let r = t.vrrp.router(f, 100);
+            let r = t.vrrp.router(f, vip_userspace::vrrp::Priority(100));
             r.set_state(State::Master);
             r.failover(0.36);
             for c in [

@@ -140,9 +140,9 @@ fn router_status(cfg: &Config, r: &RouterHandle) -> VrrpStatus {
     };
     VrrpStatus {
         family,
-        vrid: info.vrid,
+        vrid: info.vrid.0,
         state: state.label().to_owned(),
-        priority: info.priority,
+        priority: info.priority.0,
         configured_priority: cfg.vrrp.as_ref().map_or(0, |v| v.priority()),
         held: info.hold.clone(),
         source: info.source,
@@ -157,7 +157,7 @@ fn router_status(cfg: &Config, r: &RouterHandle) -> VrrpStatus {
             .iter()
             .map(|(a, p)| PeerStatus {
                 address: *a,
-                priority: p.priority,
+                priority: p.priority.0,
                 last_heard_unix_ms: status::unix_ms(p.at),
             })
             .collect(),

@@ -118,7 +118,7 @@ mod tests {
         // A known backend's probe failures exist at 0 before any failure.
         t.probes.known_backends([be, other]);
         let _stats = t.sync.stats(Box::new(|| Some(3)));
-        let _router = t.vrrp.router(Family::V6, 100);
+        let _router = t.vrrp.router(Family::V6, crate::vrrp::Priority(100));
         let text = m.encode();
         for want in [
             "vipd_state_sync_rejected_total{reason=\"forged\"} 0",

@@ -137,8 +137,8 @@ impl VrrpSettings {
                     .time_window
                     .unwrap_or_else(|| crate::vrrp::auth::default_window(self.advert_interval)),
             }),
-            vrid: self.vrid,
-            priority: self.priority(),
+            vrid: crate::vrrp::Vrid(self.vrid),
+            priority: crate::vrrp::Priority(self.priority()),
             advert_interval_cs: self.advert_interval_cs(),
             preempt: self.preempt,
             preempt_delay: self.preempt_delay,

@@ -170,8 +170,8 @@ fn announce_section_defaults() {
 fn vrrp_section_defaults_and_units() {
     let c = parse(&format!("vrrp:\n  vrid: 51\n{GOOD}")).expect("valid");
     let p = c.vrrp.as_ref().expect("vrrp").plan();
-    assert_eq!(p.vrid, 51);
-    assert_eq!(p.priority, 100);
+    assert_eq!(p.vrid.0, 51);
+    assert_eq!(p.priority.0, 100);
     assert_eq!(p.advert_interval_cs, 10);
     assert!(p.preempt);
     assert_eq!(p.preempt_delay, Duration::ZERO);

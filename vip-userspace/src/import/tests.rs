@@ -77,8 +77,8 @@ fn kubeadm_recipe_converts_field_by_field() {
     assert_eq!(c.interface, "eth0", "interface from keepalived");
     let v = c.vrrp.as_ref().expect("vrrp section");
     let plan = v.plan();
-    assert_eq!(plan.vrid, 51, "virtual_router_id");
-    assert_eq!(plan.priority, 101, "priority");
+    assert_eq!(plan.vrid.0, 51, "virtual_router_id");
+    assert_eq!(plan.priority.0, 101, "priority");
     assert_eq!(
         plan.advert_interval_cs, 10,
         "vipd's 100ms for unset advert_int"
@@ -204,8 +204,8 @@ fn unsupported_settings_each_get_their_comment() {
     let c = &i.config;
     assert_eq!(c.interface, "ens3");
     let plan = c.vrrp.as_ref().expect("vrrp").plan();
-    assert_eq!(plan.vrid, 7);
-    assert_eq!(plan.priority, 150);
+    assert_eq!(plan.vrid.0, 7);
+    assert_eq!(plan.priority.0, 150);
     assert_eq!(plan.advert_interval_cs, 50, "advert_int 0.5");
     assert!(!plan.preempt, "nopreempt");
     assert_eq!(plan.unicast_peers, vec![a("10.1.0.12"), a("10.1.0.13")]);

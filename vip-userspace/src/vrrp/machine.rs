@@ -46,15 +46,11 @@
 //!   Active hears our adverts although it did not preempt us, and counts
 //!   the split brain there, once per healing rather than twice.
 
+use super::{Priority, Vrid};
 use std::{
     net::IpAddr,
     time::{Duration, Instant},
 };
-
-/// The priority of the router that owns the addresses (RFC 9568 5.2.4).
-pub const PRIORITY_OWNER: u8 = 255;
-/// "Stop participating" (RFC 9568 5.2.4): the Active Router is leaving.
-pub const PRIORITY_LEAVING: u8 = 0;
 
 /// The three states of RFC 9568 section 6.4. The RFC calls the VIP holder the
 /// Active Router; logs and metrics say "master", the word operators search for.
@@ -78,9 +74,9 @@ impl State {
 /// Configuration of one virtual router (RFC 9568 section 6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
-    pub vrid: u8,
+    pub vrid: Vrid,
     /// Configured priority, 1..=255 (255: the address owner).
-    pub priority: u8,
+    pub priority: Priority,
     /// Advertisement_Interval in centiseconds (1..=4095).
     pub advert_interval_cs: u16,
     /// Preempt_Mode.
@@ -109,13 +105,13 @@ pub enum Input {
     /// An advertisement for our VRID that passed the checks of section 7.1.
     Advert {
         src: IpAddr,
-        priority: u8,
+        priority: Priority,
         max_adver_int_cs: u16,
     },
     /// The shell's clock reached [`Machine::next_deadline`].
     Timer,
     /// The effective priority changed (priority tracking): 1..=255.
-    Priority(u8),
+    Priority(Priority),
     /// Another MAC claimed one of our VIPs (gratuitous ARP / NA from a
     /// different host).
     Conflict { mac: [u8; 6] },
@@ -141,24 +137,24 @@ pub enum Why {
     /// was still heard). Not a failover: the VIP had a working holder.
     Preempt {
         master: IpAddr,
-        priority: u8,
+        priority: Priority,
     },
     /// A higher priority (or equal priority, higher address) Active Router
     /// was heard (6.4.3) and no other master was met during this
     /// mastership: a preemption of this node.
     Preempted {
         by: IpAddr,
-        priority: u8,
+        priority: Priority,
     },
     /// As [`Why::Preempted`], but this mastership met another master (its
     /// adverts or its MAC claiming the VIP): a split brain ending.
     Outranked {
         by: IpAddr,
-        priority: u8,
+        priority: Priority,
     },
     /// Our effective priority fell: we can no longer serve.
     StepDown {
-        priority: u8,
+        priority: Priority,
     },
     /// Our advertisements can no longer leave: an Active Router that nobody
     /// hears is replaced by a Backup after its Master_Down_Interval, and
@@ -172,7 +168,7 @@ pub enum Why {
 pub enum Action {
     /// Send an advertisement with this priority to the group or the peers.
     SendAdvert {
-        priority: u8,
+        priority: Priority,
     },
     /// Add the VIPs to the interface (then announce them: an
     /// [`Action::Announce`] follows).
@@ -195,7 +191,7 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Peer {
-    Router { addr: IpAddr, priority: u8 },
+    Router { addr: IpAddr, priority: Priority },
     Mac([u8; 6]),
 }
 
@@ -206,7 +202,7 @@ pub struct Machine {
     /// The state, with the timers and memories only it has.
     phase: Phase,
     /// Effective priority (configured minus tracking weights).
-    priority: u8,
+    priority: Priority,
     /// Master_Adver_Interval (6.1): learned from the Active Router.
     master_adver_interval_cs: u16,
     /// No preemption before this instant (preempt delay after startup).
@@ -276,7 +272,7 @@ struct Master {
 #[derive(Debug, Clone, Copy)]
 struct Heard {
     src: IpAddr,
-    priority: u8,
+    priority: Priority,
     interval_cs: u16,
     at: Instant,
 }
@@ -302,7 +298,7 @@ impl Machine {
     }
 
     /// The effective priority advertised while Active.
-    pub fn priority(&self) -> u8 {
+    pub fn priority(&self) -> Priority {
         self.priority
     }
 
@@ -352,7 +348,7 @@ impl Machine {
             // RFC 9568 6.4.1: Initialize waits for Startup only.
             Input::Startup => {
                 self.preempt_after = Some(now + self.params.preempt_delay);
-                if self.priority == PRIORITY_OWNER && self.can_send {
+                if self.priority == Priority::OWNER && self.can_send {
                     return self.become_master(State::Initialize, now, Why::Owner, out);
                 }
                 // A router that cannot send waits as a Backup with its
@@ -419,7 +415,7 @@ impl Machine {
                 priority,
                 max_adver_int_cs,
             } => {
-                if priority == PRIORITY_LEAVING {
+                if priority == Priority::LEAVING {
                     // The Active Router is leaving: take over after our
                     // skew time only, the highest priority first.
                     b.master_down = self.master_down_at(now, self.skew_time());
@@ -443,7 +439,7 @@ impl Machine {
                 // The skew follows the new priority from the next
                 // advertisement on (6.1 defines it from Priority).
                 self.priority = p;
-                if p == PRIORITY_OWNER && self.can_send {
+                if p == Priority::OWNER && self.can_send {
                     return self.become_master(State::Backup, now, Why::Owner, out);
                 }
             }
@@ -452,7 +448,7 @@ impl Machine {
                     self.can_send = c;
                     if !c {
                         b.master_down = None;
-                    } else if self.priority == PRIORITY_OWNER {
+                    } else if self.priority == Priority::OWNER {
                         return self.become_master(State::Backup, now, Why::Owner, out);
                     } else {
                         // RFC 9568 6.4.2 measures Master_Down_Interval
@@ -493,7 +489,7 @@ impl Machine {
             }
             Input::Shutdown => {
                 out.push(Action::SendAdvert {
-                    priority: PRIORITY_LEAVING,
+                    priority: Priority::LEAVING,
                 });
                 return leave_master(Phase::Initialize, Why::Shutdown, out);
             }
@@ -502,7 +498,7 @@ impl Machine {
                 priority,
                 max_adver_int_cs,
             } => {
-                if priority == PRIORITY_LEAVING {
+                if priority == Priority::LEAVING {
                     // A router leaving while we are Active: assert the role so
                     // the Backups do not take over after their skew time.
                     out.push(Action::SendAdvert {
@@ -576,7 +572,7 @@ impl Machine {
                     // preemption or not. If nobody does, our Master_Down_Timer
                     // brings the VIP back to us.
                     out.push(Action::SendAdvert {
-                        priority: PRIORITY_LEAVING,
+                        priority: Priority::LEAVING,
                     });
                     self.master_adver_interval_cs = self.params.advert_interval_cs;
                     let b = Backup::until(Some(now + self.master_down_interval()));
@@ -686,15 +682,15 @@ fn transition(from: State, to: Phase, why: Why, out: &mut Vec<Action>) -> Phase 
 
 /// Skew_Time (RFC 9568 6.1) of a Backup with `priority` behind a master
 /// advertising every `master_adver_interval_cs`.
-pub fn skew_time(master_adver_interval_cs: u16, priority: u8) -> Duration {
-    let us = (256 - u64::from(priority)) * cs_to_us(master_adver_interval_cs) / 256;
+pub fn skew_time(master_adver_interval_cs: u16, priority: Priority) -> Duration {
+    let us = (256 - u64::from(priority.0)) * cs_to_us(master_adver_interval_cs) / 256;
     Duration::from_micros(us)
 }
 
 /// Master_Down_Interval (RFC 9568 6.1): how long a Backup with `priority`
 /// waits without hearing a master that advertises every
 /// `master_adver_interval_cs` before it declares that master down.
-pub fn master_down_interval(master_adver_interval_cs: u16, priority: u8) -> Duration {
+pub fn master_down_interval(master_adver_interval_cs: u16, priority: Priority) -> Duration {
     Duration::from_micros(3 * cs_to_us(master_adver_interval_cs))
         + skew_time(master_adver_interval_cs, priority)
 }

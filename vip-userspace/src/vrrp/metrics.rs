@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Unit,
 };
 
-use super::{Family as IpFamily, machine::State, packet::DISCARD_LABELS, router::label};
+use super::{Family as IpFamily, Priority, machine::State, packet::DISCARD_LABELS, router::label};
 use crate::metrics::Scope;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,7 +153,7 @@ impl VrrpMetrics {
     /// its state exist from here on, at 0: they count from 0 with the
     /// router, and Prometheus' `increase()` needs a sample before the first
     /// event (a series born at 1 hides it).
-    pub fn router(&self, family: IpFamily, priority: u8) -> RouterStats {
+    pub fn router(&self, family: IpFamily, priority: Priority) -> RouterStats {
         let family = label(family).to_owned();
         let fl = FamilyLabel {
             family: family.clone(),
@@ -205,7 +205,7 @@ impl VrrpMetrics {
             announce_errors: AtomicU64::new(0),
         };
         s.set_state(State::Initialize);
-        s.priority.set(i64::from(priority));
+        s.priority.set(i64::from(priority.0));
         s
     }
 }
@@ -239,7 +239,7 @@ pub struct RouterStats {
 
 impl RouterStats {
     /// Handles registered nowhere, for a router without an endpoint.
-    pub fn unregistered(family: IpFamily, priority: u8) -> RouterStats {
+    pub fn unregistered(family: IpFamily, priority: Priority) -> RouterStats {
         VrrpMetrics::register(&mut crate::metrics::Registrar::default().scope("vrrp"))
             .router(family, priority)
     }

@@ -50,13 +50,49 @@ impl Family {
     }
 }
 
+/// A router's priority (RFC 9568 5.2.4): 255 only for the router that owns
+/// the virtual addresses, 1..=254 for the others; 0 in an advertisement
+/// says the master is leaving. Ordered as the election compares it (6.4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Priority(pub u8);
+
+impl Priority {
+    /// The address owner's (5.2.4): it takes over without skew (6.4.2).
+    pub const OWNER: Priority = Priority(255);
+    /// "Stop being master now" (5.2.4, 6.4.3).
+    pub const LEAVING: Priority = Priority(0);
+
+    /// `self` lowered by a tracking weight, never below 1: a tracked fault
+    /// must lower the priority, never turn it into "leaving" (0).
+    pub fn lowered_by(self, weight: u8) -> Priority {
+        Priority(self.0.saturating_sub(weight).max(1))
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A Virtual Router Identifier (RFC 9568 5.2.3), 1..=255: one group on a
+/// segment, and the last byte of the virtual MAC (7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vrid(pub u8);
+
+impl std::fmt::Display for Vrid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// One virtual router's settings, validated and in the units the state
 /// machine uses: what `config` hands VRRP (VRRP imports nothing of the
 /// config file's shape).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VrrpPlan {
-    pub vrid: u8,
-    pub priority: u8,
+    pub vrid: Vrid,
+    pub priority: Priority,
     pub advert_interval_cs: u16,
     pub preempt: bool,
     pub preempt_delay: Duration,

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::{Family, Received, auth::TRAILER_LEN};
+use super::{Family, Priority, Received, Vrid, auth::TRAILER_LEN};
 
 /// IP protocol / IPv6 next header of VRRP (RFC 9568 5.1.1.4, 5.1.2.4).
 pub const PROTO_VRRP: u8 = 112;
@@ -59,8 +59,8 @@ fn addr_len(family: Family) -> usize {
 /// One VRRPv3 advertisement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Advert {
-    pub vrid: u8,
-    pub priority: u8,
+    pub vrid: Vrid,
+    pub priority: Priority,
     /// Centiseconds, 1..=4095.
     pub max_adver_int: u16,
     pub addrs: Vec<IpAddr>,
@@ -280,7 +280,7 @@ impl Advert {
         {
             return Err(EncodeError::MixedFamilies { src, other: *other });
         }
-        if self.vrid == 0 {
+        if self.vrid.0 == 0 {
             return Err(EncodeError::VridZero);
         }
         if !(1..=MAX_INTERVAL_CS).contains(&self.max_adver_int) {
@@ -299,8 +299,8 @@ impl Advert {
         // The checksum field (bytes 6 and 7) is zero while the sum is taken.
         buf.extend_from_slice(&[
             VERSION << 4 | TYPE_ADVERTISEMENT,
-            self.vrid,
-            self.priority,
+            self.vrid.0,
+            self.priority.0,
             count,
             int_hi,
             int_lo,
@@ -412,8 +412,8 @@ impl Advert {
         };
         Ok((
             Advert {
-                vrid,
-                priority,
+                vrid: Vrid(vrid),
+                priority: Priority(priority),
                 max_adver_int,
                 addrs,
             },
@@ -474,7 +474,7 @@ pub(crate) fn internet_checksum(data: &[u8]) -> u16 {
 /// Who we are when checking a received packet.
 #[derive(Debug, Clone, Copy)]
 pub struct RxPolicy<'a> {
-    pub vrid: u8,
+    pub vrid: Vrid,
     pub family: Family,
     /// Our configured priority is 255: we own the addresses (RFC 9568 7.1:
     /// an owner discards all adverts for its VRID).
@@ -550,7 +550,7 @@ pub fn check(rx: &Received, policy: &RxPolicy) -> Result<Checked, Discard> {
     }
     // 7.1: the VRID must be configured here.
     if advert.vrid != policy.vrid {
-        return Err(Discard::OtherVrid(advert.vrid));
+        return Err(Discard::OtherVrid(advert.vrid.0));
     }
     // 7.1: the address owner discards advertisements for its VRID; it is
     // master whenever it is up (6.4.1).
@@ -563,7 +563,7 @@ pub fn check(rx: &Received, policy: &RxPolicy) -> Result<Checked, Discard> {
     let theirs: BTreeSet<&IpAddr> = advert.addrs.iter().collect();
     let ours: BTreeSet<&IpAddr> = policy.vips.iter().collect();
     let addrs_match = theirs == ours;
-    if !addrs_match && advert.priority != 255 {
+    if !addrs_match && advert.priority != Priority::OWNER {
         return Err(Discard::AddrMismatch);
     }
     Ok(Checked {
@@ -635,8 +635,8 @@ mod tests {
 
     fn advert4() -> Advert {
         Advert {
-            vrid: 51,
-            priority: 100,
+            vrid: Vrid(51),
+            priority: Priority(100),
             max_adver_int: 100,
             addrs: vec![VIP4],
         }
@@ -704,7 +704,7 @@ mod tests {
     #[test]
     fn ipv6_fixture_round_trips() {
         let advert = Advert {
-            priority: 200,
+            priority: Priority(200),
             max_adver_int: 4095,
             addrs: vec![VIP6, VIP6B],
             ..advert4()
@@ -814,7 +814,7 @@ mod tests {
         let other_vips: Tweak = |p| p.vips = &[VIP4B];
         let two_vips: Tweak = |p| p.vips = &[VIP4, VIP4B];
         let v6 = with(|a| a.addrs = vec![VIP6]);
-        let owner_advert = with(|a| a.priority = 255);
+        let owner_advert = with(|a| a.priority = Priority::OWNER);
         let reordered = with(|a| a.addrs = vec![VIP4B, VIP4]);
 
         let mc = |advert: &Advert| rx(advert, SRC4, DST4, 255);
@@ -839,7 +839,7 @@ mod tests {
             ("unicast, not a peer", rx(&advert4(), SRC4, ME4, 255), unicast, Err(Discard::NotPeer(SRC4))),
             ("decode error", payload(vec![0x31]), keep, Err(Discard::Truncated { len: 1, need: HEADER_LEN })),
             ("interval 0", payload(edited(|b| b[4..6].fill(0))), keep, Err(Discard::IntervalZero)),
-            ("other VRID", mc(&with(|a| a.vrid = 52)), keep, Err(Discard::OtherVrid(52))),
+            ("other VRID", mc(&with(|a| a.vrid = Vrid(52))), keep, Err(Discard::OtherVrid(52))),
             ("we own the VIPs", mc(&advert4()), owner, Err(Discard::Owner)),
             ("other VIPs, backup", mc(&advert4()), other_vips, Err(Discard::AddrMismatch)),
             ("other VIPs, owner", mc(&owner_advert), other_vips, accepted(owner_advert.clone(), false)),
@@ -856,7 +856,7 @@ mod tests {
         ];
         for (what, packet, tweak, want) in cases {
             let mut policy = RxPolicy {
-                vrid: 51,
+                vrid: Vrid(51),
                 family: Family::V4,
                 owner: false,
                 unicast_peers: None,
@@ -880,7 +880,7 @@ mod tests {
             (with(|a| a.addrs = vec![VIP4; 256]), DST4, EncodeError::TooManyAddresses(256)),
             (with(|a| a.max_adver_int = 0), DST4, EncodeError::Interval(0)),
             (with(|a| a.max_adver_int = 4096), DST4, EncodeError::Interval(4096)),
-            (with(|a| a.vrid = 0), DST4, EncodeError::VridZero),
+            (with(|a| a.vrid = Vrid(0)), DST4, EncodeError::VridZero),
         ];
         for (advert, dst, want) in cases {
             assert_eq!(advert.encode(SRC4, dst), Err(want));
@@ -948,7 +948,7 @@ mod tests {
     #[test]
     fn arbitrary_bytes_never_panic() {
         let policies = [None, Some(&[SRC4, SRC6][..])].map(|unicast_peers| RxPolicy {
-            vrid: 51,
+            vrid: Vrid(51),
             family: Family::V4,
             owner: false,
             unicast_peers,

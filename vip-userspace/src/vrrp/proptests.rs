@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 use super::net::{parse_cmsgs_v6, parse_ipv4};
 use super::packet::{Advert, Discard, GROUP_V4, GROUP_V6, HEADER_LEN, RxPolicy, check, checksum};
-use super::{Family, Received};
+use super::{Family, Priority, Received, Vrid};
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -85,8 +85,8 @@ fn valid_advert_in(v6: bool) -> impl Strategy<Value = (IpAddr, IpAddr, Advert)> 
                         s,
                         d,
                         Advert {
-                            vrid,
-                            priority,
+                            vrid: Vrid(vrid),
+                            priority: Priority(priority),
                             max_adver_int: interval,
                             addrs,
                         },
@@ -164,7 +164,7 @@ fn policy<'a>(
     owner: bool,
 ) -> RxPolicy<'a> {
     RxPolicy {
-        vrid: 51,
+        vrid: Vrid(51),
         family,
         owner,
         unicast_peers: unicast,

@@ -20,16 +20,16 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use super::VrrpPlan;
 use super::{
     Family,
     announce::{Announcer, ClaimWatch},
     auth,
-    machine::{self, Action, Input, Machine, PRIORITY_OWNER, Params, Peer, State, Why},
+    machine::{self, Action, Input, Machine, Params, Peer, State, Why},
     metrics::RouterStats,
     net::{self, NetError, Transport, VrrpSocket},
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
+use super::{Priority, Vrid, VrrpPlan};
 use crate::sync::auth::KeySource;
 use crate::{
     host,
@@ -77,11 +77,11 @@ struct Auth {
 /// What `vipd status` shows of one virtual router; kept by its task.
 #[derive(Debug, Clone)]
 pub struct RouterInfo {
-    pub vrid: u8,
+    pub vrid: Vrid,
     /// Our address in the advertisements.
     pub source: IpAddr,
     /// The priority we advertise now (after tracking).
-    pub priority: u8,
+    pub priority: Priority,
     /// Why the certificate gate holds us out, if it does.
     pub hold: Option<String>,
     /// Every router whose advertisements passed the RFC 9568 7.1 checks.
@@ -92,7 +92,7 @@ pub struct RouterInfo {
 
 #[derive(Debug, Clone, Copy)]
 pub struct PeerSeen {
-    pub priority: u8,
+    pub priority: Priority,
     /// The Max Adver Interval of its last advert (centiseconds): as a
     /// master, how often it advertises.
     pub interval_cs: u16,
@@ -113,7 +113,7 @@ impl RouterInfo {
         self.peers
             .iter()
             .filter(|(_, p)| {
-                p.priority > 0
+                p.priority > Priority::LEAVING
                     && now.saturating_duration_since(p.seen)
                         < machine::master_down_interval(p.interval_cs, self.priority)
             })
@@ -144,7 +144,7 @@ pub struct Failover {
 }
 
 enum Command {
-    Priority(u8),
+    Priority(Priority),
     /// Keep out of the election (Initialize, no adverts, no VIP) while
     /// set, with the reason; `None` joins again.
     Hold(Option<String>),
@@ -215,8 +215,8 @@ impl RouterHandle {
     }
 
     /// The effective priority after tracking (1..=255).
-    pub fn set_priority(&self, p: u8) {
-        let _ = self.tx.send(Command::Priority(p.max(1)));
+    pub fn set_priority(&self, p: Priority) {
+        let _ = self.tx.send(Command::Priority(p.max(Priority(1))));
     }
 
     /// Holds the router out of the election with a reason (the certificate
@@ -312,8 +312,8 @@ pub fn spawn(
     }));
     info!(
         family = %label(spec.family),
-        vrid = plan.vrid,
-        priority = plan.priority,
+        vrid = %plan.vrid,
+        priority = %plan.priority,
         interval_ms = u32::from(plan.advert_interval_cs) * 10,
         source = %source,
         transport = %if peers.is_empty() { "multicast" } else { "unicast" },
@@ -388,7 +388,7 @@ impl Router {
         // A VIP left by an earlier vipd that died as Master (SIGKILL, crash)
         // would keep answering ARP here while another node holds it. The
         // owner's addresses are real and stay.
-        if self.spec.plan.priority != PRIORITY_OWNER {
+        if self.spec.plan.priority != Priority::OWNER {
             self.remove_vips("left by an earlier run");
         }
         let mut link_up = self.link_up();
@@ -425,10 +425,10 @@ impl Router {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Priority(p)) => {
                         if p != self.machine.priority() {
-                            info!(family = %label(self.spec.family), from = self.machine.priority(), to = p, "VRRP priority changed");
+                            info!(family = %label(self.spec.family), from = %self.machine.priority(), to = %p, "VRRP priority changed");
                             self.feed(Input::Priority(p)).await;
                             lock(&self.info).priority = p;
-                            self.stats.priority.set(i64::from(p));
+                            self.stats.priority.set(i64::from(p.0));
                         }
                     }
                     Some(Command::Hold(why)) => {
@@ -496,7 +496,7 @@ impl Router {
         // The machine's Shutdown actions, but the VIP removal held back
         // until the new master is heard (an owner's addresses stay anyway).
         let yielding =
-            self.machine.state() == State::Master && self.spec.plan.priority != PRIORITY_OWNER;
+            self.machine.state() == State::Master && self.spec.plan.priority != Priority::OWNER;
         let mut release = false;
         for a in self.machine.handle(Instant::now(), Input::Shutdown) {
             if yielding && a == Action::RemoveVips {
@@ -517,7 +517,7 @@ impl Router {
                 pkt = self.sock.recv() => {
                     let Ok(pkt) = pkt else { continue };
                     if let Ok(c) = self.check(&pkt)
-                        && c.advert.priority > 0
+                        && c.advert.priority > Priority::LEAVING
                     {
                         break Some(pkt.src);
                     }
@@ -555,7 +555,7 @@ impl Router {
         let policy = RxPolicy {
             vrid: self.spec.plan.vrid,
             family: self.spec.family,
-            owner: self.machine.priority() == PRIORITY_OWNER,
+            owner: self.machine.priority() == Priority::OWNER,
             unicast_peers: (!self.peers.is_empty()).then_some(self.peers.as_slice()),
             vips: &self.spec.vips,
             own_addrs: &own,
@@ -620,16 +620,16 @@ impl Router {
     /// keepalived does: a Backup follows the master's (RFC 9568 6.4.2
     /// learns Master_Adver_Interval from its adverts), so failover takes
     /// 3 of the master's intervals, not of ours.
-    fn note_interval(&mut self, src: IpAddr, priority: u8, interval_cs: u16) {
+    fn note_interval(&mut self, src: IpAddr, priority: Priority, interval_cs: u16) {
         let ours = self.spec.plan.advert_interval_cs;
-        if priority == 0 || self.intervals.get(&src) == Some(&interval_cs) {
+        if priority == Priority::LEAVING || self.intervals.get(&src) == Some(&interval_cs) {
             return;
         }
         self.intervals.insert(src, interval_cs);
         if interval_cs != ours {
             info!(
                 family = %label(self.spec.family),
-                vrid = self.spec.plan.vrid,
+                vrid = %self.spec.plan.vrid,
                 peer = %src,
                 "VRRP: {src} advertises every {}, our configured {}; while it is master this node uses the master's as RFC 9568 6.4.2 says (Master_Down_Interval {} ms)",
                 interval(interval_cs),
@@ -715,7 +715,7 @@ impl Router {
             }
             Action::RemoveVips => {
                 // The owner's addresses are real and stay.
-                if self.spec.plan.priority != PRIORITY_OWNER {
+                if self.spec.plan.priority != Priority::OWNER {
                     self.remove_vips("no longer master");
                 }
             }
@@ -730,11 +730,11 @@ impl Router {
             Action::Transition { from, to, why } => {
                 info!(
                     family,
-                    vrid = self.spec.plan.vrid,
+                    vrid = %self.spec.plan.vrid,
                     from = %from.label(),
                     to = %to.label(),
                     why = %describe(why),
-                    priority = self.machine.priority(),
+                    priority = %self.machine.priority(),
                     "VRRP state change"
                 );
                 if to == State::Master {
@@ -783,7 +783,7 @@ impl Router {
                     // plain preemption is a state change, not this.
                     info!(
                         family,
-                        vrid = self.spec.plan.vrid,
+                        vrid = %self.spec.plan.vrid,
                         peer = %peer,
                         "VRRP split brain resolved: the other master has a higher priority; yielding"
                     );
@@ -816,7 +816,7 @@ impl Router {
             let took = seen.elapsed();
             info!(
                 family = %label(self.spec.family),
-                vrid = self.spec.plan.vrid,
+                vrid = %self.spec.plan.vrid,
                 previous_master = %from,
                 took_ms = took.as_millis() as u64,
                 "VRRP failover: this node took the VIP over"
@@ -831,7 +831,7 @@ impl Router {
         }
     }
 
-    async fn send_advert(&mut self, priority: u8) {
+    async fn send_advert(&mut self, priority: Priority) {
         let advert = Advert {
             vrid: self.spec.plan.vrid,
             priority,

@@ -12,7 +12,7 @@ use super::{Fitness, Stopping, VipHolder};
 use crate::{
     config::{Config, TrackSettings},
     vrrp::{
-        Family,
+        Family, Priority,
         metrics::VrrpMetrics,
         router::{self, RouterHandle, RouterSpec},
     },
@@ -23,26 +23,31 @@ use crate::{
 /// own apiserver.
 pub fn effective_priority(cfg: &Config, xdp_attached: bool, local_ok: bool) -> u8 {
     let Some(v) = &cfg.vrrp else { return 0 };
-    priority(v.priority(), &v.track, xdp_attached, local_ok)
+    priority(Priority(v.priority()), &v.track, xdp_attached, local_ok).0
 }
 
 /// Never 0: that means leaving (RFC 9568 5.2.4).
-fn priority(configured: u8, track: &TrackSettings, xdp_attached: bool, local_ok: bool) -> u8 {
+fn priority(
+    configured: Priority,
+    track: &TrackSettings,
+    xdp_attached: bool,
+    local_ok: bool,
+) -> Priority {
     let mut p = configured;
     if !xdp_attached {
-        p = p.saturating_sub(track.xdp_detached);
+        p = p.lowered_by(track.xdp_detached);
     }
     if !local_ok {
-        p = p.saturating_sub(track.local_apiserver);
+        p = p.lowered_by(track.local_apiserver);
     }
-    p.max(1)
+    p
 }
 
 /// What one router must be told.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Every router: advertise this priority.
-    Priority(u8),
+    Priority(Priority),
     /// This family's router: keep out of the election for this reason, or
     /// join again with `None`.
     Hold(Family, Option<String>),
@@ -52,17 +57,22 @@ pub enum Command {
 /// Pure: the agent's unit tests drive it.
 #[derive(Debug, Clone)]
 pub struct Tracking {
-    configured: u8,
+    configured: Priority,
     track: TrackSettings,
     families: Vec<Family>,
     /// `None` until the first fitness: the first one always sets it.
-    priority: Option<u8>,
+    priority: Option<Priority>,
     holds: HashMap<Family, Option<String>>,
 }
 
 impl Tracking {
     /// For routers of `families` that start held as `f` says.
-    pub fn new(cfg_priority: u8, track: TrackSettings, families: &[Family], f: &Fitness) -> Self {
+    pub fn new(
+        cfg_priority: Priority,
+        track: TrackSettings,
+        families: &[Family],
+        f: &Fitness,
+    ) -> Self {
         Tracking {
             configured: cfg_priority,
             track,
@@ -136,7 +146,7 @@ impl Vrrp {
         let families: Vec<Family> = routers.iter().map(RouterHandle::family).collect();
         let mut vrrp = Vrrp {
             routers,
-            tracking: Tracking::new(v.priority(), v.track.clone(), &families, f),
+            tracking: Tracking::new(Priority(v.priority()), v.track.clone(), &families, f),
         };
         // The first fitness sets the priority (a router ignores its own).
         vrrp.fit(f);

@@ -5,6 +5,7 @@ use crate::agent::hold::{
     announce::{Announcing, Command as AnnounceCommand, Why},
     vrrp::{Command, Tracking},
 };
+use crate::vrrp::Priority;
 
 /// Stacked dual-stack VRRP: priority 200, the default weights (XDP
 /// detached 100, local apiserver 50).
@@ -82,12 +83,15 @@ fn running(s: Settings, t0: Instant) -> (AgentState, Tracking) {
     let fx = a.on(t0, Event::Started(fine()));
     assert_eq!(fx, vec![Effect::StartHolder(fit(&fine(), true))]);
     let mut t = Tracking::new(
-        200,
+        Priority(200),
         Default::default(),
         &[Family::V4, Family::V6],
         &fit(&fine(), true),
     );
-    assert_eq!(t.fit(&fit(&fine(), true)), vec![Command::Priority(200)]);
+    assert_eq!(
+        t.fit(&fit(&fine(), true)),
+        vec![Command::Priority(Priority(200))]
+    );
     assert_eq!(
         a.on(t0, Event::HolderStarted { tracks: true }),
         vec![Effect::Ready]
@@ -200,10 +204,15 @@ fn the_gate_holds_a_family_out_until_it_passes() {
     let Some(Effect::StartHolder(f0)) = fx.first() else {
         panic!("{fx:?}")
     };
-    let mut t = Tracking::new(200, Default::default(), &[Family::V4, Family::V6], f0);
+    let mut t = Tracking::new(
+        Priority(200),
+        Default::default(),
+        &[Family::V4, Family::V6],
+        f0,
+    );
     assert_eq!(
         t.fit(f0),
-        vec![Command::Priority(200)],
+        vec![Command::Priority(Priority(200))],
         "started held: only the priority is sent"
     );
     a.on(t0, Event::HolderStarted { tracks: true });
@@ -224,26 +233,34 @@ fn priority_follows_the_xdp_attachment_and_the_local_apiserver() {
     assert_eq!(a.on(t0, Event::Xdp(false)), vec![], "logged once");
     let f = told(&a.on(t0, Event::Settled(fine()))).expect("told");
     assert!(!f.xdp_attached);
-    assert_eq!(t.fit(&f), vec![Command::Priority(100)], "200 - 100");
+    assert_eq!(
+        t.fit(&f),
+        vec![Command::Priority(Priority(100))],
+        "200 - 100"
+    );
 
     let mut down = fine();
     down.local_ok = false;
     let fx = a.on(t0, Event::Settled(down.clone()));
     assert_eq!(fx[0], Effect::Log(Note::LocalApiserver(false)));
     let f = told(&fx).expect("told");
-    assert_eq!(t.fit(&f), vec![Command::Priority(50)], "- 50 more");
+    assert_eq!(
+        t.fit(&f),
+        vec![Command::Priority(Priority(50))],
+        "- 50 more"
+    );
 
     assert_eq!(
         a.on(t0, Event::Xdp(true)),
         vec![Effect::Log(Note::Xdp(true))]
     );
     let f = told(&a.on(t0, Event::Settled(down))).expect("told");
-    assert_eq!(t.fit(&f), vec![Command::Priority(150)]);
+    assert_eq!(t.fit(&f), vec![Command::Priority(Priority(150))]);
     let fx = a.on(t0, Event::Settled(fine()));
     assert_eq!(fx[0], Effect::Log(Note::LocalApiserver(true)));
     assert_eq!(
         t.fit(&told(&fx).expect("told")),
-        vec![Command::Priority(200)]
+        vec![Command::Priority(Priority(200))]
     );
 }
 

@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
 use crate::vrrp::packet::{Advert, GROUP_V4};
+use crate::vrrp::{Priority, Vrid};
 
 /// The draft appendix's key: bytes 00..1f under id 1.
 const KEY1: &str = "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
@@ -50,8 +51,8 @@ const IPV6_IMAGE: &str = "3133c8010064a2e9fe800000000000000000000000000100\
 
 fn advert(vip: IpAddr) -> Advert {
     Advert {
-        vrid: 51,
-        priority: 200,
+        vrid: Vrid(51),
+        priority: Priority(200),
         max_adver_int: 100,
         addrs: vec![vip],
     }

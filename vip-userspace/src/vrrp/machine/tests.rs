@@ -7,8 +7,8 @@ const HIGHER_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
 
 fn params(priority: u8) -> Params {
     Params {
-        vrid: 51,
-        priority,
+        vrid: Vrid(51),
+        priority: Priority(priority),
         advert_interval_cs: 10,
         preempt: true,
         preempt_delay: Duration::ZERO,
@@ -22,7 +22,7 @@ fn params(priority: u8) -> Params {
 fn advert(src: IpAddr, priority: u8) -> Input {
     Input::Advert {
         src,
-        priority,
+        priority: Priority(priority),
         max_adver_int_cs: 10,
     }
 }
@@ -102,12 +102,14 @@ fn initialize_startup_non_owner_goes_backup_with_master_down_timer() {
 #[test]
 fn initialize_startup_owner_goes_master_at_once() {
     let t0 = Instant::now();
-    let mut m = Machine::new(params(PRIORITY_OWNER));
+    let mut m = Machine::new(params(Priority::OWNER.0));
     let a = m.handle(t0, Input::Startup);
     assert_eq!(
         a[..3],
         [
-            Action::SendAdvert { priority: 255 },
+            Action::SendAdvert {
+                priority: Priority(255)
+            },
             Action::AddVips,
             Action::Transition {
                 from: State::Initialize,
@@ -139,8 +141,8 @@ fn initialize_ignores_everything_but_startup_and_priority() {
         assert_eq!(m.next_deadline(), None);
     }
     let mut m = Machine::new(params(100));
-    assert!(m.handle(t0, Input::Priority(40)).is_empty());
-    assert_eq!(m.priority(), 40);
+    assert!(m.handle(t0, Input::Priority(Priority(40))).is_empty());
+    assert_eq!(m.priority(), Priority(40));
 }
 
 // --- Backup (6.4.2) ---
@@ -158,7 +160,9 @@ fn backup_master_down_timer_takes_over_and_announces() {
     assert_eq!(
         a,
         [
-            Action::SendAdvert { priority: 100 },
+            Action::SendAdvert {
+                priority: Priority(100)
+            },
             Action::AddVips,
             Action::Transition {
                 from: State::Backup,
@@ -179,7 +183,7 @@ fn backup_advert_resets_master_down_timer_and_learns_interval() {
         t1,
         Input::Advert {
             src: HIGHER_ADDR,
-            priority: 150,
+            priority: Priority(150),
             max_adver_int_cs: 10,
         },
     );
@@ -284,9 +288,9 @@ fn backup_ignores_startup_and_conflict() {
 fn backup_priority_change_sets_skew_and_owner_takes_over() {
     let t0 = Instant::now();
     let mut m = backup(100, t0);
-    assert!(m.handle(t0, Input::Priority(200)).is_empty());
+    assert!(m.handle(t0, Input::Priority(Priority(200))).is_empty());
     assert_eq!(m.skew_time(), Duration::from_micros(21_875)); // 56 * 100 ms / 256
-    let a = m.handle(t0, Input::Priority(PRIORITY_OWNER));
+    let a = m.handle(t0, Input::Priority(Priority::OWNER));
     assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
 }
 
@@ -310,7 +314,12 @@ fn startup_unable_to_send_waits_as_backup_without_timer() {
     assert_eq!(m.next_deadline(), Some(t1 + m.master_down_interval()));
     let a = m.handle(t1 + m.master_down_interval(), Input::Timer);
     assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
-    assert_eq!(a[0], Action::SendAdvert { priority: 150 });
+    assert_eq!(
+        a[0],
+        Action::SendAdvert {
+            priority: Priority(150)
+        }
+    );
 }
 
 #[test]
@@ -334,7 +343,7 @@ fn backup_losing_send_stops_its_timer_even_when_due() {
 #[test]
 fn owner_unable_to_send_becomes_master_once_it_can() {
     let t0 = Instant::now();
-    let mut m = Machine::new(params(PRIORITY_OWNER));
+    let mut m = Machine::new(params(Priority::OWNER.0));
     m.handle(t0, Input::CanSend(false));
     let a = m.handle(t0, Input::Startup);
     assert_eq!(transitions(&a), [(State::Initialize, State::Backup)]);
@@ -374,7 +383,12 @@ fn master_sends_advert_every_interval() {
     let (mut m, t) = master(100, t0);
     // Announce repeats are due at the same instants as adverts here.
     let a = m.handle(t + ms(100), Input::Timer);
-    assert_eq!(a[0], Action::SendAdvert { priority: 100 });
+    assert_eq!(
+        a[0],
+        Action::SendAdvert {
+            priority: Priority(100)
+        }
+    );
     let a = m.handle(t + ms(150), Input::Timer);
     assert!(a.is_empty(), "{a:?}");
     assert!(m.next_deadline() <= Some(t + ms(200)));
@@ -434,7 +448,9 @@ fn master_shutdown_sends_priority_zero_and_releases() {
     assert_eq!(
         a,
         [
-            Action::SendAdvert { priority: 0 },
+            Action::SendAdvert {
+                priority: Priority(0)
+            },
             Action::RemoveVips,
             Action::Transition {
                 from: State::Master,
@@ -456,7 +472,12 @@ fn master_preempted_by_higher_priority_is_no_split_brain() {
     let a = m.handle(t, advert(LOWER_ADDR, 101));
     // One last advert at our priority (the winner learns of us at
     // once), before the VIPs go.
-    assert_eq!(a[0], Action::SendAdvert { priority: 100 });
+    assert_eq!(
+        a[0],
+        Action::SendAdvert {
+            priority: Priority(100)
+        }
+    );
     assert!(a.contains(&Action::RemoveVips));
     assert!(
         !a.iter().any(|a| matches!(a, Action::SplitBrain { .. })),
@@ -467,7 +488,7 @@ fn master_preempted_by_higher_priority_is_no_split_brain() {
         to: State::Backup,
         why: Why::Preempted {
             by: LOWER_ADDR,
-            priority: 101
+            priority: Priority(101)
         }
     }));
     assert_eq!(m.next_deadline(), Some(t + m.master_down_interval()));
@@ -491,7 +512,7 @@ fn master_that_met_another_master_counts_the_split_brain_when_outranked() {
         assert!(a.contains(&Action::SplitBrain {
             peer: Peer::Router {
                 addr: LOWER_ADDR,
-                priority: 150
+                priority: Priority(150)
             },
             won: false
         }));
@@ -500,7 +521,7 @@ fn master_that_met_another_master_counts_the_split_brain_when_outranked() {
             to: State::Backup,
             why: Why::Outranked {
                 by: LOWER_ADDR,
-                priority: 150
+                priority: Priority(150)
             }
         }));
     }
@@ -527,7 +548,7 @@ fn backup_preempting_a_live_lower_master_says_so() {
             to: State::Master,
             why: Why::Preempt {
                 master: HIGHER_ADDR,
-                priority: 100
+                priority: Priority(100)
             }
         }),
         "{a:?}"
@@ -535,10 +556,15 @@ fn backup_preempting_a_live_lower_master_says_so() {
     // Its advert in flight and its last one as it yields: the handover,
     // answered but neither a split brain nor a new announcement burst.
     let a = m.handle(due + ms(5), advert(HIGHER_ADDR, 100));
-    assert_eq!(a, [Action::SendAdvert { priority: 150 }]);
+    assert_eq!(
+        a,
+        [Action::SendAdvert {
+            priority: Priority(150)
+        }]
+    );
     // Still advertising after its Master_Down_Interval: it does not hear
     // us, a split brain.
-    let late = due + master_down_interval(10, 150) + ms(1);
+    let late = due + master_down_interval(10, Priority(150)) + ms(1);
     let a = m.handle(late, advert(HIGHER_ADDR, 100));
     assert!(
         a.iter()
@@ -592,12 +618,14 @@ fn master_equal_priority_lower_address_loses_and_we_reassert() {
     let (mut m, t) = master(100, t0);
     let a = m.handle(t + ms(40), advert(LOWER_ADDR, 100));
     assert_eq!(m.state(), State::Master);
-    assert!(a.contains(&Action::SendAdvert { priority: 100 }));
+    assert!(a.contains(&Action::SendAdvert {
+        priority: Priority(100)
+    }));
     assert!(a.contains(&Action::Announce), "the winner re-announces");
     assert!(a.contains(&Action::SplitBrain {
         peer: Peer::Router {
             addr: LOWER_ADDR,
-            priority: 100
+            priority: Priority(100)
         },
         won: true
     }));
@@ -610,7 +638,9 @@ fn master_answers_lower_priority_at_once() {
     let now = t + ms(30);
     let a = m.handle(now, advert(HIGHER_ADDR, 100));
     assert_eq!(m.state(), State::Master);
-    assert!(a.contains(&Action::SendAdvert { priority: 150 }));
+    assert!(a.contains(&Action::SendAdvert {
+        priority: Priority(150)
+    }));
     // The advert timer restarts from the answer.
     let a = m.handle(t + ms(100), Input::Timer);
     assert!(
@@ -618,7 +648,9 @@ fn master_answers_lower_priority_at_once() {
         "{a:?}"
     );
     let a = m.handle(now + ms(100), Input::Timer);
-    assert!(a.contains(&Action::SendAdvert { priority: 150 }));
+    assert!(a.contains(&Action::SendAdvert {
+        priority: Priority(150)
+    }));
 }
 
 #[test]
@@ -626,7 +658,12 @@ fn master_answers_priority_zero_and_stays() {
     let t0 = Instant::now();
     let (mut m, t) = master(100, t0);
     let a = m.handle(t, advert(HIGHER_ADDR, 0));
-    assert_eq!(a, [Action::SendAdvert { priority: 100 }]);
+    assert_eq!(
+        a,
+        [Action::SendAdvert {
+            priority: Priority(100)
+        }]
+    );
     assert_eq!(m.state(), State::Master);
 }
 
@@ -634,16 +671,20 @@ fn master_answers_priority_zero_and_stays() {
 fn master_priority_fall_steps_down_with_priority_zero() {
     let t0 = Instant::now();
     let (mut m, t) = master(150, t0);
-    let a = m.handle(t, Input::Priority(90));
+    let a = m.handle(t, Input::Priority(Priority(90)));
     assert_eq!(
         a,
         [
-            Action::SendAdvert { priority: 0 },
+            Action::SendAdvert {
+                priority: Priority(0)
+            },
             Action::RemoveVips,
             Action::Transition {
                 from: State::Master,
                 to: State::Backup,
-                why: Why::StepDown { priority: 90 }
+                why: Why::StepDown {
+                    priority: Priority(90)
+                }
             }
         ]
     );
@@ -651,7 +692,9 @@ fn master_priority_fall_steps_down_with_priority_zero() {
     let d = m.next_deadline().expect("down timer");
     assert_eq!(d, t + m.master_down_interval());
     let a = m.handle(d, Input::Timer);
-    assert!(a.contains(&Action::SendAdvert { priority: 90 }));
+    assert!(a.contains(&Action::SendAdvert {
+        priority: Priority(90)
+    }));
     assert_eq!(m.state(), State::Master);
 }
 
@@ -659,9 +702,11 @@ fn master_priority_fall_steps_down_with_priority_zero() {
 fn master_priority_rise_just_advertises_higher() {
     let t0 = Instant::now();
     let (mut m, t) = master(100, t0);
-    assert!(m.handle(t, Input::Priority(120)).is_empty());
+    assert!(m.handle(t, Input::Priority(Priority(120))).is_empty());
     let a = m.handle(t + ms(100), Input::Timer);
-    assert!(a.contains(&Action::SendAdvert { priority: 120 }));
+    assert!(a.contains(&Action::SendAdvert {
+        priority: Priority(120)
+    }));
 }
 
 #[test]
@@ -749,7 +794,7 @@ fn two_routers_elect_and_hand_over() {
             };
             for act in m.handle(now, input) {
                 if let Action::SendAdvert { priority } = act {
-                    queue.push((other, advert(src, priority)));
+                    queue.push((other, advert(src, priority.0)));
                 }
             }
         }

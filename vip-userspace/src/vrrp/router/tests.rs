@@ -1,10 +1,11 @@
 use super::*;
+use crate::vrrp::{Priority, Vrid};
 
 fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
     RouterInfo {
-        vrid: 51,
+        vrid: Vrid(51),
         source: "10.0.0.2".parse().expect("addr"),
-        priority,
+        priority: Priority(priority),
         hold: None,
         peers: peers
             .iter()
@@ -12,7 +13,7 @@ fn info(priority: u8, peers: &[(&str, u8, u16, Instant)]) -> RouterInfo {
                 (
                     a.parse().expect("addr"),
                     PeerSeen {
-                        priority: *prio,
+                        priority: Priority(*prio),
                         interval_cs: *cs,
                         at: SystemTime::now(),
                         seen: *seen,
