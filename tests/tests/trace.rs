@@ -432,4 +432,44 @@ fn vipd_trace_errors() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("/nonexistent/vipd.yaml"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // vipd's own capabilities (the pod's set) are not enough: opening a
+    // running program's maps by id takes CAP_SYS_ADMIN, and the error says
+    // so. A program attached to the interface, as a running vipd's is.
+    let ns = lab.node("n").ns.clone();
+    let maps = vip_tests::progtest::attach_in(&ns, PROG_VIP, "eth0");
+    let caps: Vec<String> = ["bpf", "net_admin", "net_raw", "perfmon"]
+        .map(String::from)
+        .to_vec();
+    let mut a = vec!["setpriv".to_owned()];
+    a.extend(vip_tests::scenario::setpriv_args(&caps));
+    a.extend([v, "trace", "--interface", "eth0", "--addr", CLIENT].map(String::from));
+    let o = lab.try_sh("n", &a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("needs CAP_SYS_ADMIN"), "{err}");
+    // With it (root's full set), the same command traces.
+    let tr = lab.spawn(
+        "n",
+        v,
+        &[
+            "trace",
+            "--interface",
+            "eth0",
+            "--addr",
+            CLIENT,
+            "--duration",
+            "1s",
+        ],
+        &[],
+    );
+    let status = tr
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("vipd trace --duration 1s still running\n{}", tr.logs()));
+    assert!(status.success(), "{}", tr.logs());
+    assert!(
+        tr.logs().contains("0 records; tracing is off"),
+        "{}",
+        tr.logs()
+    );
+    drop(maps);
 }

@@ -55,6 +55,10 @@ pub enum TraceError {
     )]
     NoMap { id: u32, map: &'static str },
     #[error(
+        "vipd trace needs CAP_SYS_ADMIN: it opens the running program's maps by id (BPF_PROG_GET_FD_BY_ID), which the kernel allows only with it, and the vipd pod and unit do not grant it (README, Capabilities). Run it as root on the node, or from a debug pod with it (`kubectl debug node/NODE -it --profile=sysadmin --image=IMAGE -- vipd trace ...`, host network)"
+    )]
+    NeedsSysAdmin,
+    #[error(
         "another `vipd trace` is tracing program {id} (its lease ends in {left_ms} ms): two tracers would split the records between them; stop the other one, or wait for its lease to end if it was killed"
     )]
     Busy { id: u32, left_ms: u64 },
@@ -139,10 +143,27 @@ impl Tracer {
                 source: e,
             }
         };
-        let info = aya::programs::loaded_programs()
-            .filter_map(Result::ok)
-            .find(|p| p.id() == id)
-            .ok_or_else(|| bpf("find the program")("no longer loaded".into()))?;
+        let mut info = None;
+        for p in aya::programs::loaded_programs() {
+            match p {
+                Ok(p) if p.id() == id => {
+                    info = Some(p);
+                    break;
+                }
+                Ok(_) => {}
+                // Without CAP_SYS_ADMIN the walk fails at once (kernel/bpf/
+                // syscall.c: bpf_obj_get_next_id and bpf_prog_get_fd_by_id
+                // check capable(CAP_SYS_ADMIN)).
+                Err(aya::programs::ProgramError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    return Err(TraceError::NeedsSysAdmin);
+                }
+                // A program unloaded while we walk: skip it.
+                Err(_) => {}
+            }
+        }
+        let info = info.ok_or_else(|| bpf("find the program")("no longer loaded".into()))?;
         let map_ids = info
             .map_ids()
             .map_err(|e| bpf("list its maps")(Box::new(e)))?
