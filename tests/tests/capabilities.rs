@@ -251,8 +251,10 @@ fn failure_without(cap: &str) -> &'static str {
         // BPF_PROG_LOAD of an XDP program needs CAP_NET_ADMIN (or SYS_ADMIN);
         // attaching and the VIP addresses would need it next.
         "net_admin" => "the BPF_PROG_LOAD syscall returned Operation not permitted",
-        // Without CAP_PERFMON the verifier refuses `data_end - data`.
-        "perfmon" => "pointer -= pointer prohibited",
+        // Without CAP_PERFMON the verifier refuses packet pointer
+        // arithmetic (`data_end - data`, or an offset added to a packet
+        // pointer, whichever it meets first), and vipd names the capability.
+        "perfmon" => "vipd needs CAP_PERFMON",
         // VRRP's raw IP protocol 112 socket (then AF_PACKET for ARP).
         "net_raw" => "vipd needs CAP_NET_RAW",
         other => panic!(

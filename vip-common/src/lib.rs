@@ -388,6 +388,48 @@ pub struct Globals {
 }
 const _: () = assert!(size_of::<Globals>() == 16);
 
+/// The single entry of the `TRACE` array: which packets the program logs its
+/// decisions for (`vipd trace`). Not pinned: every loaded program starts with
+/// it off. While `until_ns` is 0 the packet path pays one load and one branch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceFilter {
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_coarse_ns`) time until which tracing
+    /// is on; 0 = off. A lease, not a switch: `vipd trace` renews it every
+    /// second, so a tracer killed with SIGKILL leaves it on for at most
+    /// `TRACE_LEASE_NS`, never for good.
+    pub until_ns: u64,
+    /// The address to match as source or destination (with
+    /// `TRACE_F_ADDR`): a client, a VIP or a backend.
+    pub addr: AddrBytes,
+    /// The L4 port to match as source or destination, network order (with
+    /// `TRACE_F_PORT`).
+    pub port_be: u16,
+    /// `FAMILY_V4` / `FAMILY_V6` of `addr`.
+    pub family: u8,
+    /// `TRACE_F_*`: which of the fields above must match (none: every packet).
+    pub flags: u8,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<TraceFilter>() == 32);
+
+/// `TraceFilter::flags`: the packet's source or destination address must be `addr`.
+pub const TRACE_F_ADDR: u8 = 1 << 0;
+/// `TraceFilter::flags`: the packet's source or destination port must be `port_be`.
+pub const TRACE_F_PORT: u8 = 1 << 1;
+/// How long one renewal of `TraceFilter::until_ns` keeps tracing on.
+pub const TRACE_LEASE_NS: u64 = 3_000_000_000;
+
+/// The flow a traced packet belongs to, as the program found it (the `flow=`
+/// field of a trace record).
+pub const TRACE_FLOW_NONE: u8 = 0;
+/// An established flow: its connection-table entry chose the backend.
+pub const TRACE_FLOW_ESTABLISHED: u8 = 1;
+/// A new flow: the service's Maglev table chose the backend.
+pub const TRACE_FLOW_NEW: u8 = 2;
+/// A reply of a backend to a mode nat flow (reverse translation).
+pub const TRACE_FLOW_REPLY: u8 = 3;
+
 impl Globals {
     pub const DEFAULT: Globals = Globals {
         nat_port_lo: 40000,
@@ -527,6 +569,7 @@ mod pod {
     unsafe impl aya::Pod for SyncEvent {}
     unsafe impl aya::Pod for LocalMac {}
     unsafe impl aya::Pod for EncapValue {}
+    unsafe impl aya::Pod for TraceFilter {}
 }
 
 /// Index into `MAGLEV` of slot `slot` of the given half of service `id`'s table.

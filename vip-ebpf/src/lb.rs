@@ -11,7 +11,8 @@ use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
     Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND, NatValue,
     PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent,
-    flow_hash, maglev_index, nat_port_try,
+    TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
+    nat_port_try,
 };
 
 use crate::{
@@ -23,7 +24,7 @@ use crate::{
     mem,
     nat::{self, Endpoints},
     parse::{EthHdr, Parsed, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, fill, headers, ptr_at},
-    stats,
+    stats, trace,
 };
 
 /// Refresh a connection's timestamp at most this often: a write per packet
@@ -34,8 +35,10 @@ const CT_TOUCH_NS: u64 = 1_000_000_000;
     clippy::needless_borrows_for_generic_args,
     reason = "a key passed by value is copied onto the stack first (20 u16 moves for a ConnKey); by reference the lookup reads it in the scratch map"
 )]
+/// `traced`: `trace::wanted` chose this packet; each decision is then noted
+/// for its trace record (`trace`), and nothing else changes.
 #[inline(always)]
-pub fn try_vip(ctx: &XdpContext) -> Verdict {
+pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     let h = match headers(ctx) {
         Ok(h) => h,
         Err(reason) => return Verdict::pass(reason),
@@ -68,6 +71,9 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
 
     // Replies from backends to a source port we allocated (mode nat).
     if reply_port && let Some(v) = NAT_REV.get_ptr_mut(&p.key) {
+        if traced {
+            trace::flow(TRACE_FLOW_REPLY, 0);
+        }
         return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
     if !service_port {
@@ -98,6 +104,11 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             && !g.expired(now, last, flags, is_tcp)
             && let Some(be) = alive_backend(id)
         {
+            if traced {
+                // SAFETY: as above.
+                trace::service(unsafe { (*ct).service_id }, MODE_DSR);
+                trace::flow(TRACE_FLOW_ESTABLISHED, 0);
+            }
             // SAFETY: as above.
             unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
             return dsr(ctx, p, id, be);
@@ -115,6 +126,9 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
         Some(s) => *s,
         None => return Verdict::pass(Reason::PassNoService),
     };
+    if traced {
+        trace::service(svc.id, svc.mode);
+    }
 
     if let Some(ct) = ct {
         // SAFETY: LRU value pointer, valid during this run; racing writers
@@ -132,6 +146,9 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
             // A SYN on a closing or expired entry is a new connection reusing
             // the tuple: choose again so it follows the current table.
             if live && !(syn && flags & CT_F_CLOSING != 0) {
+                if traced {
+                    trace::flow(TRACE_FLOW_ESTABLISHED, 0);
+                }
                 // SAFETY: as above.
                 unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
                 return forward(ctx, p, &svc, id, be, nat_port);
@@ -157,6 +174,9 @@ pub fn try_vip(ctx: &XdpContext) -> Verdict {
     }
     let hash = flow_hash(&p.key);
     let slot = hash % size;
+    if traced {
+        trace::flow(TRACE_FLOW_NEW, slot);
+    }
     let id = match MAGLEV.get(maglev_index(svc.id, svc.maglev_half, slot)) {
         Some(id) if *id != NO_BACKEND => *id,
         _ => return unservable(ctx, p, &svc, None),

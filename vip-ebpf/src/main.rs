@@ -5,7 +5,8 @@
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
 //! RST rewrites), `encap` (dsr across subnets: IPIP / IPv6 in IPv6, ICMP too big), `decap` (its
 //! backend side without tunnel drivers), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
-//! `mem` (zeroing and copies that stay inline).
+//! `mem` (zeroing and copies that stay inline), `trace` (`vipd trace`'s
+//! per-packet decision records, off unless asked for).
 #![no_std]
 #![no_main]
 
@@ -20,6 +21,7 @@ mod mem;
 mod nat;
 mod parse;
 mod stats;
+mod trace;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use vip_common::Reason;
@@ -88,17 +90,39 @@ impl Verdict {
 /// The load balancer. Thin entry, one exit: the verdict is counted here.
 #[xdp]
 pub fn vip(ctx: XdpContext) -> u32 {
-    run(&ctx)
+    run::<true>(&ctx)
 }
 
 /// `vip`'s body, shared with `vip_bench_new_flow` so that the benchmark
-/// measures exactly the production path.
+/// measures exactly the production path. `TRACE` false compiles the
+/// decision trace out (`vip_bench_untraced`): the benchmark's measure of
+/// what the trace check costs while tracing is off.
 #[inline(always)]
-fn run(ctx: &XdpContext) -> u32 {
+fn run<const TRACE: bool>(ctx: &XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let v = lb::try_vip(ctx);
+    let traced = TRACE && trace::wanted(ctx);
+    let v = lb::try_vip(ctx, traced);
     stats::count(&v, len);
+    if traced {
+        // Not `v.pack()`: with no backend the id is undefined, and LLVM
+        // shifted whatever register held it, a pointer here, which the
+        // verifier refuses ("pointer arithmetic with <<= operator
+        // prohibited"). A choice between it and a constant stays a branch.
+        let backend = match v.backend {
+            Some(id) => id,
+            None => trace::NO_BACKEND,
+        };
+        trace::emit(ctx, v.action, v.reason as u32, backend);
+    }
     v.action
+}
+
+/// Benchmark only, never attached: `vip` without the trace check, so
+/// `cargo xtask bench dataplane` measures the check's cost (tracing off)
+/// side by side with `vip` in one run.
+#[xdp]
+pub fn vip_bench_untraced(ctx: XdpContext) -> u32 {
+    run::<false>(&ctx)
 }
 
 /// A program that passes everything. Attached to the switch-side veth peer so
@@ -135,7 +159,7 @@ pub fn vip_bench_new_flow(ctx: XdpContext) -> u32 {
     if bench::next_flow(&ctx).is_err() {
         return xdp_action::XDP_ABORTED;
     }
-    run(&ctx)
+    run::<true>(&ctx)
 }
 
 #[cfg(not(test))]

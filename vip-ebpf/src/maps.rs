@@ -1,7 +1,7 @@
 //! Every map of the program, with its role. Sizes come from vip-common; the
 //! agent may resize `CONNTRACK` at load time.
 
-use crate::parse::Parsed;
+use crate::{parse::Parsed, trace::Note};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -10,7 +10,7 @@ use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
     EncapValue, Globals, LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
     NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey,
-    ServiceValue,
+    ServiceValue, TraceFilter,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -108,3 +108,14 @@ pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The production program `vip` never reads or writes it.
 #[map]
 pub static BENCH_SEQ: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `vipd trace`'s filter (one entry): which packets get a decision record
+/// on aya-log's `AYA_LOGS` ring, until when. Not pinned: a newly loaded
+/// program starts with tracing off.
+#[map]
+pub static TRACE: Array<TraceFilter> = Array::with_max_entries(1, 0);
+
+/// Per-CPU notes on the packet being traced (`trace::Note`), kept between
+/// the decisions in `try_vip` and the record written after the verdict.
+#[map]
+pub static TRACE_NOTE: PerCpuArray<Note> = PerCpuArray::with_max_entries(1, 0);

@@ -61,6 +61,34 @@ pub enum HostError {
 /// it (IFLA_XDP through `ip -d -j link`): the one fact that says this node can
 /// forward for the VIP, whoever attached it.
 pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
+    // mode 0 (XDP_ATTACHED_NONE) would mean none.
+    Ok(link_xdp(iface)?
+        .and_then(|x| x.get("mode").and_then(serde_json::Value::as_u64))
+        .is_some_and(|m| m != 0))
+}
+
+/// The id of the XDP program attached to the interface (IFLA_XDP_PROG_ID),
+/// in this network namespace; `None` if none is. `vipd trace` finds the
+/// running vipd's maps through it.
+pub fn xdp_program_id(iface: &str) -> Result<Option<u32>, HostError> {
+    let Some(x) = link_xdp(iface)? else {
+        return Ok(None);
+    };
+    // {"mode": 1|2|3, "prog": {"id": N, ...}}; several programs at once
+    // (XDP_ATTACHED_MULTI, one per mode) come as "attached": [...]. vipd
+    // attaches one; the first is taken.
+    let prog = x
+        .get("prog")
+        .or_else(|| x.get("attached").and_then(|a| a.get(0)?.get("prog")));
+    Ok(prog
+        .and_then(|p| p.get("id"))
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|id| u32::try_from(id).ok()))
+}
+
+/// The interface's "xdp" object from `ip -d -j link` (IFLA_XDP), which
+/// iproute2 prints only while a program is attached.
+fn link_xdp(iface: &str) -> Result<Option<serde_json::Value>, HostError> {
     let out = std::process::Command::new("ip")
         .args(["-d", "-j", "link", "show", "dev", iface])
         .output()
@@ -71,15 +99,11 @@ pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
         }
         .into());
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| HostError::Ip(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    // iproute2 prints an "xdp" object only while a program is attached;
-    // mode 0 (XDP_ATTACHED_NONE) would mean none.
-    Ok(v.get(0)
-        .and_then(|l| l.get("xdp"))
-        .and_then(|x| x.get("mode"))
-        .and_then(serde_json::Value::as_u64)
-        .is_some_and(|m| m != 0))
+    Ok(v.get_mut(0)
+        .and_then(|l| l.get_mut("xdp"))
+        .map(serde_json::Value::take))
 }
 
 /// Adds or removes a VIP as a host address (/32 or /128) on the interface.

@@ -20,5 +20,6 @@ pub mod route;
 pub mod snapshot;
 pub mod status;
 pub mod sync;
+pub mod trace;
 pub mod version;
 pub mod vrrp;

@@ -107,6 +107,35 @@ enum Cmd {
     /// come from the config's `snapshot:` section (or its defaults, kubeadm's
     /// paths), each overridable here.
     EtcdSnapshot(SnapshotArgs),
+    /// Show the XDP program's decisions (service, new or established flow,
+    /// backend, verdict and reason) for the packets of one address and/or
+    /// port, one line each, while it runs; run it on the node where vipd
+    /// runs. Tracing is switched off on exit, Ctrl-C, SIGTERM or timeout,
+    /// and within 3 s if this process is killed.
+    Trace(TraceArgs),
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Packets with this address as source or destination: a client, a
+    /// VIP, a backend.
+    #[arg(long, value_name = "IP")]
+    addr: Option<IpAddr>,
+    /// Packets with this TCP/UDP port as source or destination.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    port: Option<u16>,
+    /// Stop after this long (like 10s or 5m); default: until Ctrl-C.
+    #[arg(long, value_name = "D", value_parser = vip_userspace::config::parse_duration)]
+    duration: Option<std::time::Duration>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    /// The interface vipd's program is attached to (else the config's).
+    #[arg(long, short)]
+    interface: Option<String>,
+    /// The agent's config, read for its interface.
+    #[arg(long, short, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -266,6 +295,7 @@ fn main() {
         } => status(&config, address, if json { Output::Json } else { output }),
         Cmd::Import(args) => import(args),
         Cmd::EtcdSnapshot(args) => etcd_snapshot(args),
+        Cmd::Trace(args) => trace(args),
     };
     if let Err(e) = res {
         eprintln!("vipd: error: {e:#}");
@@ -600,5 +630,42 @@ fn etcd_snapshot(a: SnapshotArgs) -> Result<()> {
     for c in &taken.corrupt {
         println!("warning: {c} is corrupt (kept out of retention, left in place)");
     }
+    Ok(())
+}
+
+/// `vipd trace`: switches the program's decision trace on for the filter,
+/// prints its records until stopped, switches it off (`trace::follow`).
+fn trace(a: TraceArgs) -> Result<()> {
+    if a.addr.is_none() && a.port.is_none() {
+        bail!(
+            "say what to trace: --addr IP (a client, VIP or backend) and/or --port N; every packet would flood the record ring"
+        );
+    }
+    let iface = match a.interface {
+        Some(i) => i,
+        None => match node_config(&a.config)? {
+            Some(c) => c.interface,
+            None => bail!(
+                "no config at {DEFAULT_CONFIG} to read the interface from: pass --interface IF (the one vipd attached to) or --config FILE"
+            ),
+        },
+    };
+    let opts = vip_userspace::trace::Options {
+        iface,
+        filter: vip_userspace::trace::Filter {
+            addr: a.addr,
+            port: a.port,
+        },
+        duration: a.duration,
+        json: a.json,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(vip_userspace::trace::follow(
+        &opts,
+        &mut std::io::stdout().lock(),
+    ))?;
     Ok(())
 }

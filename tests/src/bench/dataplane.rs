@@ -33,7 +33,8 @@ use vip_common::{
 use vip_userspace::config::addr_bytes;
 use vip_userspace::dataplane::Maps;
 use vip_userspace::dataplane::kernel::{
-    KernelMaps, LoadOptions, PROG_BENCH_NEW_FLOW, PROG_BENCH_TX, PROG_PASS, PROG_VIP,
+    KernelMaps, LoadOptions, PROG_BENCH_NEW_FLOW, PROG_BENCH_TX, PROG_BENCH_UNTRACED, PROG_PASS,
+    PROG_VIP,
 };
 use vip_userspace::dataplane::programmer::{DesiredBackend, DesiredService, Programmer};
 
@@ -463,6 +464,76 @@ fn measure_row(a: &Options, backends: u8, flows: u32, pkts: &Packets) -> Result<
     })
 }
 
+/// What `vipd trace`'s check costs the packet path: `vip` against
+/// `vip_bench_untraced` (the same program with the check compiled out,
+/// i.e. the program before tracing), with tracing off, and with tracing on
+/// for another address (someone tracing a different client). The three run
+/// interleaved in each round, on the established and the non-VIP frame.
+fn trace_section(a: &Options, pkts: &Packets) -> Result<()> {
+    let maps = KernelMaps::load(&LoadOptions {
+        conntrack_capacity: 4096,
+        pin_dir: None,
+    })?;
+    let mut prog = Programmer::new(maps);
+    prog.apply(&[service(3)])?;
+    prog.maps_mut().set_local_mac(MAC_LB)?;
+    sample(prog.maps(), PROG_VIP, &pkts.syn, 1)?;
+    let id = prog.maps().xdp(PROG_VIP)?.info()?.id();
+    let mut tracer = vip_userspace::trace::Tracer::for_program(id)?;
+    let other = vip_userspace::trace::Filter {
+        addr: Some(ip("10.99.0.1")),
+        port: None,
+    };
+    let r = u64::from(a.repeat);
+    // [untraced, off, on for another address] x [established, non-vip]
+    let mut v: [Vec<f64>; 6] = Default::default();
+    for _ in 0..a.samples {
+        let m = prog.maps();
+        for (i, (pkt, reason)) in [
+            (&pkts.est, Reason::TxDsr),
+            (&pkts.non_vip, Reason::PassNoService),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            v[i * 3].push(counted(m, reason, r, || {
+                sample(m, PROG_BENCH_UNTRACED, pkt, a.repeat)
+            })?);
+            v[i * 3 + 1].push(counted(m, reason, r, || {
+                sample(m, PROG_VIP, pkt, a.repeat)
+            })?);
+            tracer.start(other)?;
+            v[i * 3 + 2].push(counted(m, reason, r, || {
+                sample(m, PROG_VIP, pkt, a.repeat)
+            })?);
+            tracer.stop()?;
+        }
+    }
+    if !tracer.records().is_empty() {
+        bail!(
+            "the trace for another address wrote records: the filter matched the benchmark's frames"
+        );
+    }
+    let med = |i: usize| median(&v[i]).context("no samples: --samples must be at least 1");
+    println!();
+    println!(
+        "vipd trace's check (3 backends; vip without the check = the program before tracing; medians, ns):"
+    );
+    println!(
+        "{:<12} {:>13} {:>11} {:>9} {:>16} {:>9}",
+        "case", "without check", "trace off", "off/without", "on, other addr", "on/without"
+    );
+    for (i, name) in ["established", "non-vip"].into_iter().enumerate() {
+        let (base, off, on) = (med(i * 3)?, med(i * 3 + 1)?, med(i * 3 + 2)?);
+        println!(
+            "{name:<12} {base:>13.1} {off:>11.1} {:>11.3} {on:>16.1} {:>9.3}",
+            off / base,
+            on / base
+        );
+    }
+    Ok(())
+}
+
 /// The frames the main table runs.
 struct Packets {
     est: Vec<u8>,
@@ -576,6 +647,7 @@ pub fn run(a: &Options) -> Result<()> {
     }
     println!();
     targets(&rows);
+    trace_section(a, &pkts)?;
     nat_section(a)?;
     encap_section(a)?;
     Ok(())

@@ -96,14 +96,20 @@ pub const PINNED_MAPS: [&str; 11] = [
 /// - LOCAL_MAC: written by every agent before it attaches or switches the
 ///   link;
 /// - BENCH_SEQ: the benchmark program's flow number (`PROG_BENCH_NEW_FLOW`),
-///   which production never runs.
-pub const UNPINNED_MAPS: [&str; 6] = [
+///   which production never runs;
+/// - TRACE, TRACE_NOTE, AYA_LOGS: `vipd trace`'s filter, per-packet notes
+///   and aya-log's record ring; a new program starts with tracing off, and
+///   `vipd trace` finds them through the attached program (`trace`).
+pub const UNPINNED_MAPS: [&str; 9] = [
     "SCRATCH",
     "PORT_SCRATCH",
     "SYNC_EVENTS",
     "SYNC_LOST",
     "LOCAL_MAC",
     "BENCH_SEQ",
+    "TRACE",
+    "TRACE_NOTE",
+    "AYA_LOGS",
 ];
 
 /// The folder for `iface` under a pin root, versioned by the map ABI so that
@@ -129,6 +135,9 @@ pub const PROG_BENCH_TX: &str = "vip_bench_tx";
 /// Benchmark only, never attached: `vip` on a new 5-tuple every run, so a
 /// repeated BPF_PROG_TEST_RUN measures the new-flow path (vip-ebpf's `bench`).
 pub const PROG_BENCH_NEW_FLOW: &str = "vip_bench_new_flow";
+/// Benchmark only, never attached: `vip` with the trace check compiled out,
+/// the baseline for what the check costs while tracing is off.
+pub const PROG_BENCH_UNTRACED: &str = "vip_bench_untraced";
 /// A backend's IPIP / IPv6-in-IPv6 decapsulation where the kernel has no
 /// tunnel drivers (tests; README, "Backends in other subnets").
 pub const PROG_DECAP: &str = "vip_decap";
@@ -181,6 +190,7 @@ impl KernelMaps {
             PROG_PASS,
             PROG_BENCH_TX,
             PROG_BENCH_NEW_FLOW,
+            PROG_BENCH_UNTRACED,
             PROG_DECAP,
         ] {
             me.xdp_mut(name)?.load().map_err(|e| {

@@ -134,9 +134,13 @@ pub fn missing_capability(text: &str) -> Option<(&'static str, &'static str)> {
         // BPF_MAP_CREATE: CAP_BPF (kernel 5.8+, kernel/bpf/syscall.c).
         return Some(("CAP_BPF", "creating the BPF maps"));
     }
-    if text.contains("pointer -= pointer prohibited") {
+    if text.contains("pointer -= pointer prohibited") || text.contains("prohibited for !root") {
         // The verifier allows packet pointer arithmetic only to
         // "pointer-leak" capable loaders (bpf_allow_ptr_leaks: CAP_PERFMON).
+        // Which refusal comes first depends on the order it walks the
+        // program: `data_end - data`, or an offset added to a packet
+        // pointer ("pointer arithmetic with it prohibited for !root",
+        // kernel/bpf/verifier.c adjust_ptr_min_max_vals).
         return Some((
             "CAP_PERFMON",
             "the verifier accepts the program's packet bounds checks only from a CAP_PERFMON loader",
@@ -187,6 +191,10 @@ mod capability_tests {
             ),
             (
                 "verifying or loading program \"vip\" failed: Verifier output: ... R4 pointer -= pointer prohibited",
+                Some("CAP_PERFMON"),
+            ),
+            (
+                "verifying or loading program \"vip\" failed: Verifier output: ... R4 has pointer with unsupported alu operation, pointer arithmetic with it prohibited for !root",
                 Some("CAP_PERFMON"),
             ),
             (
