@@ -533,11 +533,18 @@ impl Agent {
         let (snapshots, snapshot_rx) = match cfg.snapshot.as_ref().map(|s| s.plan()) {
             Some(Ok(plan)) => {
                 // The period's claim names this node by its address.
-                let node = crate::link::addresses(&cfg.interface)
-                    .ok()
-                    .and_then(|a| a.first().map(ToString::to_string))
-                    .unwrap_or_else(|| cfg.interface.clone());
-                let (s, rx) = Snapshots::new(plan, node, &metrics);
+                let own = crate::link::addresses(&cfg.interface).unwrap_or_default();
+                let node = own
+                    .first()
+                    .map_or_else(|| cfg.interface.clone(), ToString::to_string);
+                let head_start = snapshots::head_start(&cfg, &own, &plan);
+                if cfg.announce.is_some() {
+                    info!(
+                        head_start_s = head_start.as_secs(),
+                        "etcd snapshot: every announcing node holds the VIP; this node's turn comes this long after each slot (rank by address among the backends and state-sync peers)"
+                    );
+                }
+                let (s, rx) = Snapshots::new(plan, node, head_start, &metrics);
                 (Some(s), rx)
             }
             _ => (None, mpsc::unbounded_channel().1),
@@ -637,9 +644,12 @@ impl Agent {
                 return Ok(());
             }
             if second && self.snapshots.is_some() {
-                let holds = self.holder.as_ref().is_some_and(|h| h.holds());
+                let holding = self.holder.as_ref().map(|h| h.holding());
+                let turn = self.snapshots.as_ref().map(|s| s.turn(holding));
                 let unix = crate::snapshot::unix_now();
-                self.feed(Event::SnapshotTick { unix, holds }).await?;
+                if let Some(turn) = turn {
+                    self.feed(Event::SnapshotTick { unix, turn }).await?;
+                }
             }
             self.metrics.beat();
             let v = self.verdicts();

@@ -102,11 +102,11 @@ pub enum Event {
     FileStamp(Option<Stamp>),
     /// SIGHUP: reload now.
     Hangup,
-    /// Once a second with `snapshot:` on: the wall clock, and whether this
-    /// node holds the VIP (`VipHolder::holds`).
+    /// Once a second with `snapshot:` on: the wall clock, and whether (and
+    /// how soon after the slot) the snapshot is this node's to take.
     SnapshotTick {
         unix: u64,
-        holds: bool,
+        turn: crate::snapshot::duty::Turn,
     },
     /// The scheduled snapshot of `period` ended (at `unix`).
     SnapshotDone {
@@ -312,8 +312,8 @@ impl AgentState {
                 }
             }
             Event::Hangup => out.push(Effect::ReadConfig),
-            Event::SnapshotTick { unix, holds } => {
-                if let Some(n) = self.snapshot.as_mut().and_then(|d| d.tick(unix, holds)) {
+            Event::SnapshotTick { unix, turn } => {
+                if let Some(n) = self.snapshot.as_mut().and_then(|d| d.tick(unix, turn)) {
                     out.push(Effect::TakeSnapshot(n));
                 }
             }
@@ -571,11 +571,14 @@ services:
 
     #[test]
     fn the_holder_takes_the_scheduled_snapshot_once_per_period() {
-        use crate::snapshot::duty::Outcome;
+        use crate::snapshot::duty::{Outcome, Turn};
         let text = format!("{VRRP}snapshot:\n  interval: 100s\n  jitter: 0s\n");
         let t0 = Instant::now();
         let (mut a, _) = running(settings(&text), t0);
-        let tick = |a: &mut AgentState, unix, holds| a.on(t0, Event::SnapshotTick { unix, holds });
+        let tick = |a: &mut AgentState, unix, holds: bool| {
+            let turn = if holds { Turn::After(0) } else { Turn::No };
+            a.on(t0, Event::SnapshotTick { unix, turn })
+        };
         // A backup never takes one.
         assert_eq!(tick(&mut a, 1000, false), vec![]);
         // The master at the slot does, once.
