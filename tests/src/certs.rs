@@ -72,6 +72,33 @@ impl TestPki {
         self.sign(params)
     }
 
+    /// An etcd peer certificate as kubeadm issues `etcd/peer.crt`: the
+    /// member's names and addresses, serverAuth AND clientAuth (each member
+    /// is both to the others, and `--peer-client-cert-auth` checks the
+    /// latter).
+    pub fn issue_peer(&self, dns: &[&str], ips: &[IpAddr]) -> (String, String) {
+        let cn = dns.first().copied().unwrap_or("vipd test etcd peer");
+        let mut params = base_params(cn);
+        for name in dns {
+            let name = (*name)
+                .try_into()
+                .expect("DNS SAN must be ASCII (IA5String)");
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().copied().map(SanType::IpAddress));
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(params)
+    }
+
     /// A client certificate the way Kubernetes reads it: CN is the user name,
     /// each O is a group (e.g. "system:masters").
     pub fn issue_client(&self, cn: &str, orgs: &[&str]) -> (String, String) {
