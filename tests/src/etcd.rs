@@ -38,7 +38,10 @@ pub struct MemberCerts {
 
 /// A running etcd member.
 pub struct Member {
+    /// The lab node it runs in (a label; `ns` is where).
     pub node: String,
+    /// Its network namespace.
+    pub ns: String,
     pub name: String,
     pub data_dir: PathBuf,
     /// The client credentials a healthy client uses (kubeadm's
@@ -111,6 +114,38 @@ pub fn spawn(
     listen: IpAddr,
     initial_cluster: &str,
 ) -> Member {
+    let ns = lab.node(node).ns.clone();
+    let launch = |args: &[&str]| lab.spawn(node, "etcd", args, &[]);
+    spawn_with(
+        launch,
+        &ns,
+        node,
+        name,
+        data_dir,
+        creds,
+        certs,
+        listen,
+        initial_cluster,
+    )
+}
+
+/// [`spawn`] in any namespace `ns` (a `Lab`'s or another harness's):
+/// `launch` starts `etcd` with the arguments given, in `ns`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "etcd's own flags, one per argument, read best at the call"
+)]
+pub fn spawn_with(
+    launch: impl FnOnce(&[&str]) -> Proc,
+    ns: &str,
+    node: &str,
+    name: &str,
+    data_dir: &Path,
+    creds: Creds,
+    certs: MemberCerts,
+    listen: IpAddr,
+    initial_cluster: &str,
+) -> Member {
     let client = format!("https://{}", SocketAddr::new(listen, CLIENT_PORT));
     // kubeadm listens on 127.0.0.1 and the node's address: a vipd on the
     // node reaches its member at https://127.0.0.1:2379 (snapshot's
@@ -125,49 +160,45 @@ pub fn spawn(
     let ca = arg(&creds.ca);
     let (scert, skey) = (arg(&certs.server.0), arg(&certs.server.1));
     let (pcert, pkey) = (arg(&certs.peer.0), arg(&certs.peer.1));
-    let proc = lab.spawn(
-        node,
-        "etcd",
-        &[
-            "--name",
-            name,
-            "--data-dir",
-            &d,
-            "--listen-client-urls",
-            &listen_clients,
-            "--advertise-client-urls",
-            &client,
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-            "--initial-cluster",
-            initial_cluster,
-            // As kubeadm's etcd.yaml: clients must present a certificate
-            // the etcd CA signed...
-            "--client-cert-auth=true",
-            "--trusted-ca-file",
-            &ca,
-            "--cert-file",
-            &scert,
-            "--key-file",
-            &skey,
-            // ...and so must peers, over TLS.
-            "--peer-client-cert-auth=true",
-            "--peer-trusted-ca-file",
-            &ca,
-            "--peer-cert-file",
-            &pcert,
-            "--peer-key-file",
-            &pkey,
-            // The tests write their keys in a few big transactions.
-            "--max-txn-ops=5000",
-            "--logger=zap",
-        ],
-        &[],
-    );
+    let proc = launch(&[
+        "--name",
+        name,
+        "--data-dir",
+        &d,
+        "--listen-client-urls",
+        &listen_clients,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        initial_cluster,
+        // As kubeadm's etcd.yaml: clients must present a certificate
+        // the etcd CA signed...
+        "--client-cert-auth=true",
+        "--trusted-ca-file",
+        &ca,
+        "--cert-file",
+        &scert,
+        "--key-file",
+        &skey,
+        // ...and so must peers, over TLS.
+        "--peer-client-cert-auth=true",
+        "--peer-trusted-ca-file",
+        &ca,
+        "--peer-cert-file",
+        &pcert,
+        "--peer-key-file",
+        &pkey,
+        // The tests write their keys in a few big transactions.
+        "--max-txn-ops=5000",
+        "--logger=zap",
+    ]);
     Member {
         node: node.into(),
+        ns: ns.into(),
         name: name.into(),
         data_dir: data_dir.into(),
         creds,
@@ -178,11 +209,10 @@ pub fn spawn(
 }
 
 /// Waits until `m` answers `endpoint health` through TLS.
-pub fn wait_healthy(lab: &Lab, m: &Member, timeout: Duration) {
-    lab.wait_tcp(&m.node, SocketAddr::new(m.listen, CLIENT_PORT), timeout);
+pub fn wait_healthy(m: &Member, timeout: Duration) {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let out = etcdctl(lab, m, &["endpoint", "health"]);
+        let out = etcdctl(m, &["endpoint", "health"]);
         if out.status.success() {
             return;
         }
@@ -210,7 +240,7 @@ pub fn start(
 ) -> Member {
     let cluster = format!("{name}={}", peer_url(listen));
     let m = spawn(lab, node, name, data_dir, creds, certs, listen, &cluster);
-    wait_healthy(lab, &m, Duration::from_secs(20));
+    wait_healthy(&m, Duration::from_secs(20));
     m
 }
 
@@ -243,7 +273,7 @@ pub fn spawn_restored(lab: &Lab, old: &Member, data_dir: &Path, initial_cluster:
 pub fn start_restored(lab: &Lab, old: &Member, data_dir: &Path) -> Member {
     let cluster = format!("{}={}", old.name, old.peer_url());
     let m = spawn_restored(lab, old, data_dir, &cluster);
-    wait_healthy(lab, &m, Duration::from_secs(20));
+    wait_healthy(&m, Duration::from_secs(20));
     m
 }
 
@@ -259,13 +289,13 @@ fn tls_args(m: &Member) -> Vec<String> {
 }
 
 /// Runs etcdctl (API v3) against `m` from inside its node.
-pub fn etcdctl(lab: &Lab, m: &Member, args: &[&str]) -> Output {
-    etcdctl_stdin(lab, m, args, None)
+pub fn etcdctl(m: &Member, args: &[&str]) -> Output {
+    etcdctl_stdin(m, args, None)
 }
 
-fn etcdctl_stdin(lab: &Lab, m: &Member, args: &[&str], stdin: Option<&str>) -> Output {
+fn etcdctl_stdin(m: &Member, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
-    let ns = lab.node(&m.node).ns.clone();
+    let ns = m.ns.clone();
     let mut cmd = std::process::Command::new("ip");
     cmd.args(["netns", "exec", &ns, "etcdctl"])
         .args(tls_args(m))
@@ -290,7 +320,7 @@ fn etcdctl_stdin(lab: &Lab, m: &Member, args: &[&str], stdin: Option<&str>) -> O
 /// Writes `pairs` in transactions of up to 1000 puts (one `etcdctl txn`
 /// each: thousands of separate `etcdctl put` processes would take minutes).
 /// Keys and values must be free of whitespace.
-pub fn put_all(lab: &Lab, m: &Member, pairs: &[(String, String)]) {
+pub fn put_all(m: &Member, pairs: &[(String, String)]) {
     for chunk in pairs.chunks(1000) {
         // etcdctl txn's stdin: compares, blank line, success ops, blank
         // line, failure ops, blank line.
@@ -300,7 +330,7 @@ pub fn put_all(lab: &Lab, m: &Member, pairs: &[(String, String)]) {
             txn.push_str(&format!("put {k} {v}\n"));
         }
         txn.push_str("\n\n");
-        let out = etcdctl_stdin(lab, m, &["txn"], Some(&txn));
+        let out = etcdctl_stdin(m, &["txn"], Some(&txn));
         assert!(
             out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SUCCESS"),
             "etcdctl txn failed: {}\n{}",
@@ -311,8 +341,8 @@ pub fn put_all(lab: &Lab, m: &Member, pairs: &[(String, String)]) {
 }
 
 /// Every key under `prefix` with its value, as etcdctl reads them.
-pub fn get_prefix(lab: &Lab, m: &Member, prefix: &str) -> Vec<(String, String)> {
-    let out = etcdctl(lab, m, &["get", "--prefix", prefix]);
+pub fn get_prefix(m: &Member, prefix: &str) -> Vec<(String, String)> {
+    let out = etcdctl(m, &["get", "--prefix", prefix]);
     assert!(
         out.status.success(),
         "etcdctl get: {}",
@@ -352,4 +382,17 @@ pub fn snapshot_status(file: &Path) -> (u64, u64) {
         v["revision"].as_u64().expect("revision"),
         v["totalKey"].as_u64().expect("totalKey"),
     )
+}
+
+/// The periods whose scheduled snapshot a vipd log says that vipd took
+/// (its "etcd snapshot taken and verified period=N" lines).
+pub fn periods_taken(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("etcd snapshot taken and verified"))
+        .map(|l| {
+            let at = l.find("period=").expect("the log line names its period") + "period=".len();
+            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().expect("a period number")
+        })
+        .collect()
 }

@@ -109,7 +109,7 @@ fn snapshot_is_verified_and_restores_every_key() {
     let pki = TestPki::new();
     let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
     let written = keys(3000);
-    etcd::put_all(&lab, &m, &written);
+    etcd::put_all(&m, &written);
 
     let dir = lab.dir().join("snapshots");
     let out = snapshot(&lab, "cp1", &m.url(), &m.creds, &dir, &[]);
@@ -151,7 +151,7 @@ fn snapshot_is_verified_and_restores_every_key() {
         .expect("etcdctl snapshot restore");
     assert!(r.status.success(), "restore: {}", text(&r));
     let m2 = etcd::start_restored(&lab, &m, &restored);
-    let read = etcd::get_prefix(&lab, &m2, "/vipd-test/");
+    let read = etcd::get_prefix(&m2, "/vipd-test/");
     assert_eq!(read.len(), written.len(), "every key restored");
     assert!(read == written, "every value restored byte for byte");
 }
@@ -161,7 +161,7 @@ fn snapshot_faults_lose_nothing_and_name_the_fix() {
     let lab = Lab::new("etcd-faults", &["cp1"]);
     let pki = TestPki::new();
     let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
-    etcd::put_all(&lab, &m, &keys(2000));
+    etcd::put_all(&m, &keys(2000));
     let dir = lab.dir().join("snapshots");
 
     // Unreachable: nothing listens on 2399.
@@ -289,7 +289,7 @@ fn snapshot_killed_midway_leaves_no_snapshot_named_file() {
     let big: Vec<(String, String)> = (0..40_000)
         .map(|i| (format!("/big/{i:06}"), "x".repeat(1000)))
         .collect();
-    etcd::put_all(&lab, &m, &big);
+    etcd::put_all(&m, &big);
     let dir = lab.dir().join("snapshots");
     let good = ok_snapshot(&lab, &m, &dir, &[]);
     std::thread::sleep(Duration::from_millis(1100));
@@ -376,13 +376,8 @@ fn names_in(dir: &Path) -> Vec<String> {
 fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
     use vip_tests::scenario::{Fwd, LbLab, LbOptions};
     use vip_userspace::dataplane::kernel::AttachMode;
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let root = std::env::temp_dir().join(format!(
-        "vipd-snap-lab-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _cleanup = RemoveDir(root.clone());
+    let cleanup = scratch("snap-lab");
+    let root = cleanup.0.clone();
     let pki = TestPki::new();
     // be1 is node index 2: 10.77.0.12 (LbLab's order: client, lb, be1...).
     let be1_ip = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 12));
@@ -413,7 +408,7 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
         server,
         be1_ip,
     );
-    etcd::put_all(&l.lab, &m, &keys(500));
+    etcd::put_all(&m, &keys(500));
     // lb2 writes into its own folder (its config is lb's with priority 100).
     let lb2_cfg = l.vipd2.as_ref().expect("lb2").1.clone();
     let text = std::fs::read_to_string(&lb2_cfg).expect("read lb2 config");
@@ -456,7 +451,7 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
     assert_eq!(unique, periods, "one snapshot per period: {by_lb:?}");
     // The claim in etcd names lb.
     let key = vip_userspace::snapshot::period_key(periods[0]);
-    let out = etcd::etcdctl(&l.lab, &m, &["get", &key, "--print-value-only"]);
+    let out = etcd::etcdctl(&m, &["get", &key, "--print-value-only"]);
     let who = String::from_utf8_lossy(&out.stdout);
     assert!(who.contains("taken by 10.77.0.11"), "{key}: {who}");
     let lb = l.metrics_of("lb");
@@ -508,22 +503,20 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
 /// Removes a folder when dropped.
 struct RemoveDir(PathBuf);
 
+/// A fresh folder of this test's own outside any lab, removed on drop.
+fn scratch(hint: &str) -> RemoveDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    RemoveDir(std::env::temp_dir().join(format!(
+        "vipd-{hint}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )))
+}
+
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The periods whose scheduled snapshot this vipd log says it took.
-fn periods_taken(log: &str) -> Vec<u64> {
-    log.lines()
-        .filter(|l| l.contains("etcd snapshot taken and verified"))
-        .map(|l| {
-            let at = l.find("period=").expect("the log line names its period") + "period=".len();
-            let digits: String = l[at..].chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().expect("a period number")
-        })
-        .collect()
 }
 
 /// Issue 19 on the stacked lab (tests/src/stacked.rs): three nodes, each
@@ -537,14 +530,9 @@ fn periods_taken(log: &str) -> Vec<u64> {
 /// URLs over https, on the last snapshot vipd took.
 #[test]
 fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
-    use vip_tests::{scenario::BACKENDS, stacked::StackedLab};
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let root = std::env::temp_dir().join(format!(
-        "vipd-snap-stacked-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _cleanup = RemoveDir(root.clone());
+    use vip_tests::{netns::poll_until, scenario::BACKENDS, stacked::StackedLab};
+    let cleanup = scratch("snap-stacked");
+    let root = cleanup.0.clone();
     let interval = 12u64;
     // One folder for the three nodes (one filesystem here; on real nodes
     // each has its own): one file per period in it is the cluster's count.
@@ -576,12 +564,12 @@ fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
             })
             .collect();
         for m in &members {
-            etcd::wait_healthy(lab, m, Duration::from_secs(30));
+            etcd::wait_healthy(m, Duration::from_secs(30));
         }
         members
     });
     let m1 = &members[0];
-    let out = etcd::etcdctl(&l.lab, m1, &["member", "list"]);
+    let out = etcd::etcdctl(m1, &["member", "list"]);
     let list = String::from_utf8_lossy(&out.stdout).into_owned();
     for m in &members {
         assert!(
@@ -591,20 +579,16 @@ fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
         );
     }
     let written = keys(300);
-    etcd::put_all(&l.lab, m1, &written);
+    etcd::put_all(m1, &written);
 
     let wait = |l: &StackedLab, what: &str, secs: u64, f: &dyn Fn(&StackedLab) -> bool| {
-        let end = std::time::Instant::now() + Duration::from_secs(secs);
-        while !f(l) {
-            assert!(
-                std::time::Instant::now() < end,
-                "{what} within {secs}s\n{}",
-                l.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        poll_until(
+            Duration::from_secs(secs),
+            || format!("{what}\n{}", l.logs()),
+            || f(l),
+        );
     };
-    let taken = |l: &StackedLab, be: &str| periods_taken(&l.vipd(be).logs());
+    let taken = |l: &StackedLab, be: &str| etcd::periods_taken(&l.vipd(be).logs());
     let master = |l: &StackedLab, be: &str| {
         l.try_status_of(be)
             .is_ok_and(|s| !s.vrrp.is_empty() && s.vrrp.iter().all(|v| v.state == "master"))
@@ -672,7 +656,6 @@ fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
     // The README's runbook on the last one (be3's), all three members.
     let newest = snaps.join(names_in(&snaps).last().expect("a snapshot"));
     etcd::put_all(
-        &l.lab,
         m1,
         &[("/vipd-test/after-the-snapshot".into(), "gone".into())],
     );
@@ -703,16 +686,16 @@ fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
         restored.push(etcd::spawn_restored(&l.lab, m, &data, &cluster));
     }
     for m in &restored {
-        etcd::wait_healthy(&l.lab, m, Duration::from_secs(30));
+        etcd::wait_healthy(m, Duration::from_secs(30));
     }
-    let health = etcd::etcdctl(&l.lab, &restored[0], &["endpoint", "health", "--cluster"]);
+    let health = etcd::etcdctl(&restored[0], &["endpoint", "health", "--cluster"]);
     assert!(
         health.status.success(),
         "endpoint health --cluster: {}",
         text(&health)
     );
     for m in &restored {
-        let read = etcd::get_prefix(&l.lab, m, "/vipd-test/");
+        let read = etcd::get_prefix(m, "/vipd-test/");
         assert!(
             read == written,
             "{} serves every key byte for byte, and nothing written after the snapshot ({} keys read, {} written)",

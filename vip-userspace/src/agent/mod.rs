@@ -541,7 +541,7 @@ impl Agent {
                 if cfg.announce.is_some() {
                     info!(
                         head_start_s = head_start.as_secs(),
-                        "etcd snapshot: every announcing node holds the VIP; this node's turn comes this long after each slot (rank by address among the backends and state-sync peers)"
+                        "etcd snapshot: every announcing node holds the VIP; this node's turn comes this long after each slot (rank by address among snapshot.nodes, else the backends and state-sync peers)"
                     );
                 }
                 let (s, rx) = Snapshots::new(plan, node, head_start, &metrics);

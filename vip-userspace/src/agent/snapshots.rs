@@ -36,19 +36,22 @@ pub struct Snapshots {
 }
 
 /// This node's head start in `announce` mode ([`duty::head_start`]): its
-/// rank by address among the configuration's backends and state-sync
-/// peers (in the stacked shape, the control-plane nodes: the etcd members).
-/// Read once at start; a reload that changes the backends changes the
-/// order only from the next start, and the claim keeps the take unique
-/// meanwhile.
+/// rank by address among `snapshot.nodes`, else among the configuration's
+/// backends and state-sync peers (in the stacked shape, the control-plane
+/// nodes: the etcd members). Read once at start; a reload that changes
+/// them changes the order only from the next start, and the claim keeps
+/// the take unique meanwhile.
 pub fn head_start(cfg: &Config, own: &[IpAddr], plan: &SnapshotPlan) -> Duration {
-    let mut nodes: Vec<IpAddr> = cfg
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.address))
-        .collect();
-    if let Some(sync) = &cfg.state_sync {
-        nodes.extend(&sync.peers);
+    let mut nodes = plan.nodes.clone();
+    if nodes.is_empty() {
+        nodes.extend(
+            cfg.services
+                .iter()
+                .flat_map(|s| s.backends.iter().map(|b| b.address)),
+        );
+        if let Some(sync) = &cfg.state_sync {
+            nodes.extend(&sync.peers);
+        }
     }
     duty::head_start(own, &nodes, duty::rank_step(plan.schedule.interval))
 }
