@@ -48,23 +48,32 @@ pub fn rank_step(interval: Duration) -> Duration {
 /// `announce` mode's head start for this node: every node that announces
 /// the VIP's route holds it, so none is "the" holder, and which peers'
 /// routes the router has installed is not visible from here. The nodes
-/// instead take turns by address among `nodes` (the configuration's
-/// backends and state-sync peers: one list, the same on every node): the
-/// lowest at the slot, the next one `step` later, and so on. The etcd
-/// claim keeps the take unique whatever the timing; the rank makes the
-/// taker the lowest *serving* node: a node that announces nothing does not
-/// ask ([`Turn::No`]), so the next in rank finds the period unclaimed one
-/// step later. A node that is in none of `nodes` (a dedicated LB) goes
-/// after all of them.
+/// instead take turns by address: this node's rank is how many of `nodes`
+/// (other than its own addresses) have a lower address than its own, so
+/// the lowest goes at the slot, the next one `step` later, and so on. Its
+/// own address is the lowest of `own` that `nodes` lists, else `own`'s
+/// first (the address the claim names): `state_sync.peers` leaves a node's
+/// own address out (`config::node`), and counting only the lower ones
+/// gives every node the same order all the same. The etcd claim keeps the
+/// take unique whatever the timing; the rank makes the taker the lowest
+/// *serving* node: a node that announces nothing does not ask
+/// ([`Turn::No`]), so the next in rank finds the period unclaimed one
+/// step later.
 pub fn head_start(own: &[IpAddr], nodes: &[IpAddr], step: Duration) -> Duration {
     let mut nodes = nodes.to_vec();
     nodes.sort_unstable();
     nodes.dedup();
-    let rank = own
+    let mine = own
         .iter()
-        .filter_map(|a| nodes.binary_search(a).ok())
+        .filter(|a| nodes.binary_search(a).is_ok())
         .min()
-        .unwrap_or(nodes.len());
+        .or(own.first());
+    let rank = mine.map_or(nodes.len(), |mine| {
+        nodes
+            .iter()
+            .filter(|n| *n < mine && !own.contains(n))
+            .count()
+    });
     step * u32::try_from(rank).unwrap_or(u32::MAX)
 }
 
@@ -235,8 +244,25 @@ mod tests {
         // The node's lowest address among the nodes counts; its others
         // (a second address, an IPv6 one) do not.
         assert_eq!(at(&["10.0.0.9", "fd00::1", "10.0.0.12"]), 5);
-        // Not among them (a dedicated LB): after all of them.
+        // Not among them: after the ones below its address.
         assert_eq!(at(&["10.0.0.50"]), 15);
+        assert_eq!(at(&["10.0.0.1"]), 0);
+        // Left out of its own list, as state_sync.peers leaves it out on
+        // each node: the same order as the full list.
+        let without = |me: &str| -> u64 {
+            let others: Vec<IpAddr> = nodes.iter().copied().filter(|n| *n != ip(me)).collect();
+            head_start(&[ip(me)], &others, step).as_secs()
+        };
+        assert_eq!(
+            [
+                without("10.0.0.11"),
+                without("10.0.0.12"),
+                without("10.0.0.13")
+            ],
+            [0, 5, 10]
+        );
+        // No address at all: last.
+        assert_eq!(at(&[]), 15);
         // Listed twice (a backend of two services) is one node.
         let twice = [ip("10.0.0.11"), ip("10.0.0.11"), ip("10.0.0.12")];
         assert_eq!(head_start(&[ip("10.0.0.12")], &twice, step).as_secs(), 5);
