@@ -53,6 +53,31 @@ impl TestPki {
     /// A server certificate (serverAuth EKU) with exactly these SANs; pass an
     /// empty `ips` (or omit the VIP) to build "SAN lacks the VIP" fixtures.
     pub fn issue_server(&self, dns: &[&str], ips: &[IpAddr]) -> (String, String) {
+        self.issue_named(dns, ips, vec![ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// An etcd peer certificate as kubeadm issues `etcd/peer.crt`: the
+    /// member's names and addresses, serverAuth AND clientAuth (each member
+    /// is both to the others, and `--peer-client-cert-auth` checks the
+    /// latter).
+    pub fn issue_peer(&self, dns: &[&str], ips: &[IpAddr]) -> (String, String) {
+        self.issue_named(
+            dns,
+            ips,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A leaf with exactly these SANs (the first name as CN) and these EKUs.
+    fn issue_named(
+        &self,
+        dns: &[&str],
+        ips: &[IpAddr],
+        ekus: Vec<ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
         let cn = dns.first().copied().unwrap_or("vipd test server");
         let mut params = base_params(cn);
         for name in dns {
@@ -68,7 +93,7 @@ impl TestPki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = ekus;
         self.sign(params)
     }
 

@@ -48,6 +48,19 @@ impl StackedLab {
     /// Builds the lab, writes the one file and starts vipd on every node
     /// from it (XDP in skb mode); returns once all three say they are ready.
     pub fn start(hint: &str) -> StackedLab {
+        Self::start_with(hint, "", |_, _| ()).0
+    }
+
+    /// [`StackedLab::start`] with `extra` appended to the one file, and
+    /// `before` run once the nodes and the stand-ins are up, before any
+    /// vipd starts (e.g. the etcd members the file's `snapshot:` names),
+    /// whose result comes back with the lab (declared after it, so dropped
+    /// before it).
+    pub fn start_with<T>(
+        hint: &str,
+        extra: &str,
+        before: impl FnOnce(&Lab, &TestPki) -> T,
+    ) -> (StackedLab, T) {
         let mut nodes = vec!["client"];
         nodes.extend(BACKENDS);
         let lab = Lab::new(hint, &nodes);
@@ -71,8 +84,10 @@ impl StackedLab {
                 crate::standin::GIT_VERSION,
             )));
         }
+        let made = before(&lab, &pki);
         let config_path = lab.dir().join("vipd.yaml");
-        std::fs::write(&config_path, one_file(&lab, &ca_path)).expect("write vipd config");
+        let file = one_file(&lab, &ca_path) + extra;
+        std::fs::write(&config_path, file).expect("write vipd config");
         let pin_root = mount_pins(&lab);
         let vipds = BACKENDS
             .iter()
@@ -83,14 +98,17 @@ impl StackedLab {
                 spawn_vipd(&lab, be, &config_path, &pins, None)
             })
             .collect();
-        StackedLab {
-            lab,
-            pki,
-            config_path,
-            pin_root,
-            vipds,
-            standins,
-        }
+        (
+            StackedLab {
+                lab,
+                pki,
+                config_path,
+                pin_root,
+                vipds,
+                standins,
+            },
+            made,
+        )
     }
 
     /// The vipd on `node` (`be1`..`be3`).

@@ -2,7 +2,9 @@
 //! over mutual TLS, verified, restored with `etcdctl snapshot restore` into a
 //! fresh member that serves every key byte for byte; and the faults: etcd
 //! unreachable, wrong CA, untrusted client certificate, a full disk, too
-//! little space for the next one, a killed run, a corrupt snapshot on disk.
+//! little space for the next one, a killed run, a corrupt snapshot on disk;
+//! the scheduled snapshot on two and on three vipd nodes, and the restore
+//! runbook for a three-member cluster with peer TLS.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -107,7 +109,7 @@ fn snapshot_is_verified_and_restores_every_key() {
     let pki = TestPki::new();
     let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
     let written = keys(3000);
-    etcd::put_all(&lab, &m, &written);
+    etcd::put_all(&m, &written);
 
     let dir = lab.dir().join("snapshots");
     let out = snapshot(&lab, "cp1", &m.url(), &m.creds, &dir, &[]);
@@ -135,7 +137,7 @@ fn snapshot_is_verified_and_restores_every_key() {
     // folder, start on it.
     m.proc.term_within(Duration::from_secs(10), "etcd");
     let restored = lab.dir().join("restored");
-    let peer = format!("http://127.0.0.1:{}", etcd::PEER_PORT);
+    let peer = m.peer_url();
     let r = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
@@ -148,8 +150,8 @@ fn snapshot_is_verified_and_restores_every_key() {
         .output()
         .expect("etcdctl snapshot restore");
     assert!(r.status.success(), "restore: {}", text(&r));
-    let m2 = etcd::start_restored(&lab, &m, "cp1", &restored);
-    let read = etcd::get_prefix(&lab, &m2, "/vipd-test/");
+    let m2 = etcd::start_restored(&lab, &m, &restored);
+    let read = etcd::get_prefix(&m2, "/vipd-test/");
     assert_eq!(read.len(), written.len(), "every key restored");
     assert!(read == written, "every value restored byte for byte");
 }
@@ -159,7 +161,7 @@ fn snapshot_faults_lose_nothing_and_name_the_fix() {
     let lab = Lab::new("etcd-faults", &["cp1"]);
     let pki = TestPki::new();
     let m = etcd::start_fresh(&lab, "cp1", &pki, LOCAL);
-    etcd::put_all(&lab, &m, &keys(2000));
+    etcd::put_all(&m, &keys(2000));
     let dir = lab.dir().join("snapshots");
 
     // Unreachable: nothing listens on 2399.
@@ -287,7 +289,7 @@ fn snapshot_killed_midway_leaves_no_snapshot_named_file() {
     let big: Vec<(String, String)> = (0..40_000)
         .map(|i| (format!("/big/{i:06}"), "x".repeat(1000)))
         .collect();
-    etcd::put_all(&lab, &m, &big);
+    etcd::put_all(&m, &big);
     let dir = lab.dir().join("snapshots");
     let good = ok_snapshot(&lab, &m, &dir, &[]);
     std::thread::sleep(Duration::from_millis(1100));
@@ -368,19 +370,14 @@ fn names_in(dir: &Path) -> Vec<String> {
 /// Two vipd nodes electing the VIP holder with VRRP, `snapshot:` on with a
 /// 12 s period against a real etcd member on be1: exactly one snapshot per
 /// period, by the master; after a failover the new master takes the next.
-/// (LbLab runs at most two vipd nodes; the claim that keeps it to one per
-/// period does not depend on how many there are.)
+/// (LbLab runs at most two vipd nodes; the three-node case is
+/// `three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore`.)
 #[test]
 fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
     use vip_tests::scenario::{Fwd, LbLab, LbOptions};
     use vip_userspace::dataplane::kernel::AttachMode;
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let root = std::env::temp_dir().join(format!(
-        "vipd-snap-lab-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _cleanup = RemoveDir(root.clone());
+    let cleanup = scratch("snap-lab");
+    let root = cleanup.0.clone();
     let pki = TestPki::new();
     // be1 is node index 2: 10.77.0.12 (LbLab's order: client, lb, be1...).
     let be1_ip = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 12));
@@ -411,7 +408,7 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
         server,
         be1_ip,
     );
-    etcd::put_all(&l.lab, &m, &keys(500));
+    etcd::put_all(&m, &keys(500));
     // lb2 writes into its own folder (its config is lb's with priority 100).
     let lb2_cfg = l.vipd2.as_ref().expect("lb2").1.clone();
     let text = std::fs::read_to_string(&lb2_cfg).expect("read lb2 config");
@@ -454,7 +451,7 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
     assert_eq!(unique, periods, "one snapshot per period: {by_lb:?}");
     // The claim in etcd names lb.
     let key = vip_userspace::snapshot::period_key(periods[0]);
-    let out = etcd::etcdctl(&l.lab, &m, &["get", &key, "--print-value-only"]);
+    let out = etcd::etcdctl(&m, &["get", &key, "--print-value-only"]);
     let who = String::from_utf8_lossy(&out.stdout);
     assert!(who.contains("taken by 10.77.0.11"), "{key}: {who}");
     let lb = l.metrics_of("lb");
@@ -506,8 +503,207 @@ fn snapshot_lab_one_per_period_by_the_master_and_the_next_after_failover() {
 /// Removes a folder when dropped.
 struct RemoveDir(PathBuf);
 
+/// A fresh folder of this test's own outside any lab, removed on drop.
+fn scratch(hint: &str) -> RemoveDir {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    RemoveDir(std::env::temp_dir().join(format!(
+        "vipd-{hint}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )))
+}
+
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Issue 19 on the stacked lab (tests/src/stacked.rs): three nodes, each
+/// with vipd and an etcd member of ONE three-member cluster run as kubeadm
+/// runs it (peer URLs over https, peer and client certificate auth), every
+/// vipd reading the same file with `snapshot:` on (its local member at
+/// 127.0.0.1, the default). Exactly one snapshot per period across a master
+/// change (be1's apiserver stops: its priority drops, be2 takes over) and a
+/// master death (be2's vipd SIGKILLed: be3 takes over): none twice, none
+/// missing. Then the README's restore runbook for all three members, peer
+/// URLs over https, on the last snapshot vipd took.
+#[test]
+fn three_stacked_nodes_one_snapshot_per_period_then_a_three_member_restore() {
+    use vip_tests::{netns::poll_until, scenario::BACKENDS, stacked::StackedLab};
+    let cleanup = scratch("snap-stacked");
+    let root = cleanup.0.clone();
+    let interval = 12u64;
+    // One folder for the three nodes (one filesystem here; on real nodes
+    // each has its own): one file per period in it is the cluster's count.
+    let snaps = root.join("snaps");
+    let pki_dir = |be: &str| root.join("pki").join(be);
+    // Every node names the same client credentials: be1's (one CA).
+    let extra = format!(
+        "snapshot: {{ ca: \"{ca}\", cert: \"{cert}\", key: \"{key}\", dir: \"{dir}\", interval: {interval}s, jitter: 0s, keep: 50 }}\n",
+        ca = pki_dir("be1").join("etcd-ca.crt").display(),
+        cert = pki_dir("be1").join("healthcheck-client.crt").display(),
+        key = pki_dir("be1").join("healthcheck-client.key").display(),
+        dir = snaps.display(),
+    );
+    let (mut l, mut members) = StackedLab::start_with("etcd-stacked", &extra, |lab, pki| {
+        let ips: Vec<IpAddr> = BACKENDS.iter().map(|be| lab.node(be).ipv4.into()).collect();
+        let cluster: Vec<String> = BACKENDS
+            .iter()
+            .zip(&ips)
+            .map(|(be, ip)| format!("{be}={}", etcd::peer_url(*ip)))
+            .collect();
+        let cluster = cluster.join(",");
+        let members: Vec<Member> = BACKENDS
+            .iter()
+            .zip(&ips)
+            .map(|(be, ip)| {
+                let (creds, certs) = etcd::issue(pki, &pki_dir(be), be, *ip);
+                let data = root.join("etcd").join(be);
+                etcd::spawn(lab, be, be, &data, creds, certs, *ip, &cluster)
+            })
+            .collect();
+        for m in &members {
+            etcd::wait_healthy(m, Duration::from_secs(30));
+        }
+        members
+    });
+    let m1 = &members[0];
+    let out = etcd::etcdctl(m1, &["member", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout).into_owned();
+    for m in &members {
+        assert!(
+            list.contains(&m.peer_url()),
+            "member list has {}'s https peer URL: {list}",
+            m.name
+        );
+    }
+    let written = keys(300);
+    etcd::put_all(m1, &written);
+
+    let wait = |l: &StackedLab, what: &str, secs: u64, f: &dyn Fn(&StackedLab) -> bool| {
+        poll_until(
+            Duration::from_secs(secs),
+            || format!("{what}\n{}", l.logs()),
+            || f(l),
+        );
+    };
+    let taken = |l: &StackedLab, be: &str| etcd::periods_taken(&l.vipd(be).logs());
+    let master = |l: &StackedLab, be: &str| {
+        l.try_status_of(be)
+            .is_ok_and(|s| !s.vrrp.is_empty() && s.vrrp.iter().all(|v| v.state == "master"))
+    };
+    wait(&l, "be1 master", 30, &|l| master(l, "be1"));
+    wait(&l, "two snapshots by be1", 3 * interval + 10, &|l| {
+        taken(l, "be1").len() >= 2
+    });
+
+    // A master change: be1's apiserver stops, its priority drops below
+    // be2's (local apiserver tracking); be1's vipd lives on as a backup.
+    l.stop_apiserver("be1");
+    wait(&l, "be2 master", 30, &|l| master(l, "be2"));
+    wait(&l, "a snapshot by be2", 2 * interval + 10, &|l| {
+        !taken(l, "be2").is_empty()
+    });
+    // A master death, right after its snapshot (well before the next
+    // slot): be2's vipd is SIGKILLed; be3 (180) outranks be1 (200 - 50).
+    l.vipd("be2").signal(libc::SIGKILL);
+    let be2_took = taken(&l, "be2");
+    wait(&l, "be3 master", 30, &|l| master(l, "be3"));
+    wait(&l, "two snapshots by be3", 3 * interval + 10, &|l| {
+        taken(l, "be3").len() >= 2
+    });
+    // Stop the scheduling before counting (and before the restore).
+    for be in ["be1", "be3"] {
+        l.vipd(be).term_within(Duration::from_secs(10), "vipd");
+    }
+
+    let by: Vec<(&str, Vec<u64>)> = vec![
+        ("be1", taken(&l, "be1")),
+        ("be2", be2_took),
+        ("be3", taken(&l, "be3")),
+    ];
+    println!("periods taken by each node: {by:?}");
+    let mut all: Vec<u64> = by.iter().flat_map(|(_, p)| p.clone()).collect();
+    all.sort_unstable();
+    let mut unique = all.clone();
+    unique.dedup();
+    assert_eq!(unique, all, "no period taken twice: {by:?}");
+    let (first, last) = (all[0], all[all.len() - 1]);
+    assert_eq!(
+        all,
+        (first..=last).collect::<Vec<_>>(),
+        "no period missing between the first and the last: {by:?}"
+    );
+    // Each master took its own: be1's come first, be3's last.
+    let (b1, b2, b3) = (&by[0].1, &by[1].1, &by[2].1);
+    assert!(
+        b1.iter().max() < b2.iter().min() && b2.iter().max() < b3.iter().min(),
+        "the takers follow the masters: {by:?}"
+    );
+    // The folder holds exactly those, one file each.
+    let files: Vec<u64> = names_in(&snaps)
+        .iter()
+        .map(|n| vip_userspace::snapshot::plan::parse_name(n).expect("a snapshot name") / interval)
+        .collect();
+    assert_eq!(
+        files,
+        all,
+        "one file per period taken: {:?}",
+        names_in(&snaps)
+    );
+
+    // The README's runbook on the last one (be3's), all three members.
+    let newest = snaps.join(names_in(&snaps).last().expect("a snapshot"));
+    etcd::put_all(
+        m1,
+        &[("/vipd-test/after-the-snapshot".into(), "gone".into())],
+    );
+    for m in &members {
+        m.proc.term_within(Duration::from_secs(10), "etcd");
+    }
+    let cluster: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url()))
+        .collect();
+    let cluster = cluster.join(",");
+    let mut restored = vec![];
+    for m in &members {
+        let data = root.join("restored").join(&m.name);
+        let r = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(&newest)
+            .args(["--name", &m.name])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-token", "etcd-restored"])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("etcdctl snapshot restore");
+        assert!(r.status.success(), "restore {}: {}", m.name, text(&r));
+        restored.push(etcd::spawn_restored(&l.lab, m, &data, &cluster));
+    }
+    for m in &restored {
+        etcd::wait_healthy(m, Duration::from_secs(30));
+    }
+    let health = etcd::etcdctl(&restored[0], &["endpoint", "health", "--cluster"]);
+    assert!(
+        health.status.success(),
+        "endpoint health --cluster: {}",
+        text(&health)
+    );
+    for m in &restored {
+        let read = etcd::get_prefix(m, "/vipd-test/");
+        assert!(
+            read == written,
+            "{} serves every key byte for byte, and nothing written after the snapshot ({} keys read, {} written)",
+            m.name,
+            read.len(),
+            written.len()
+        );
+    }
+    drop(restored);
+    members.clear();
 }

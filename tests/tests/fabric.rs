@@ -588,3 +588,129 @@ fn vipd_announces_only_while_it_can_serve() {
         }
     }
 }
+
+/// Issue 19 in `announce` mode: every LB that can serve announces the VIP,
+/// so there is no one holder; the LBs take turns by address
+/// (`snapshot.nodes`, lowest first) and the claim in etcd decides. A real
+/// etcd member (client and peer TLS) runs on be0, reached through the
+/// router. lb0 (lowest) takes each period; the others ask one and two
+/// steps later and find it taken. Once lb0 cannot serve (its backends
+/// unreachable: route withdrawn) it no longer asks, and lb1 takes the next
+/// periods: one snapshot per period throughout, none twice, none missing.
+#[test]
+fn announcing_lbs_take_the_etcd_snapshot_lowest_serving_first() {
+    use vip_tests::{certs::TestPki, etcd};
+    let f = Fabric::new("snapann");
+    let _backends: Vec<_> = (0..2).map(|k| f.serve_tcp(k, PORT)).collect();
+    let pki = TestPki::new();
+    let etcd_ip = IpAddr::V4(std::net::Ipv4Addr::new(10, 79, 1, 2));
+    let (creds, certs) = etcd::issue(&pki, &f.dir().join("etcd-pki"), "be0", etcd_ip);
+    let be0 = f.backends[0].clone();
+    let launch = |args: &[&str]| {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &be0, "etcd"]).args(args);
+        Proc::spawn_logged(c, f.dir(), "etcd-be0")
+    };
+    let m = etcd::spawn_with(
+        launch,
+        &be0,
+        "be0",
+        "be0",
+        &f.dir().join("etcd-data"),
+        creds.clone(),
+        certs,
+        etcd_ip,
+        &format!("be0={}", etcd::peer_url(etcd_ip)),
+    );
+    etcd::wait_healthy(&m, Duration::from_secs(30));
+    etcd::put_all(&m, &[("/vipd-test/fabric".into(), "announce".into())]);
+
+    let interval = 10u64;
+    let lbs: Vec<String> = f.lbs.iter().map(|l| format!("\"{}\"", l.addr)).collect();
+    let dir = |i: usize| f.dir().join(format!("snaps-lb{i}"));
+    let vipds: Vec<Proc> = (0..LBS)
+        .map(|i| {
+            let cfg = format!(
+                "{}snapshot: {{ endpoints: [\"https://{etcd_ip}:2379\"], ca: \"{}\", cert: \"{}\", key: \"{}\", dir: \"{}\", interval: {interval}s, jitter: 0s, keep: 50, nodes: [{}] }}\n",
+                vipd_config(),
+                creds.ca.display(),
+                creds.cert.display(),
+                creds.key.display(),
+                dir(i).display(),
+                lbs.join(", ")
+            );
+            f.spawn_vipd(i, &cfg)
+        })
+        .collect();
+    f.wait_for_paths(VIP, LBS, CONVERGE);
+    let taken = |i: usize| etcd::periods_taken(&vipds[i].logs());
+    let logs = || {
+        (0..LBS)
+            .map(|i| format!("--- vipd lb{i} ---\n{}", vipds[i].logs()))
+            .collect::<String>()
+    };
+    let wait = |what: &str, secs: u64, ok: &dyn Fn() -> bool| {
+        vip_tests::netns::poll_until(
+            Duration::from_secs(secs),
+            || format!("{what}\n{}", logs()),
+            ok,
+        );
+    };
+    wait("two snapshots by lb0", 3 * interval + 10, &|| {
+        taken(0).len() >= 2
+    });
+    assert!(
+        taken(1).is_empty() && taken(2).is_empty(),
+        "lb1 and lb2 found lb0's claim: {:?} {:?}",
+        taken(1),
+        taken(2)
+    );
+    // lb1 and lb2 did ask, and the claim answered them.
+    wait("lb1 and lb2 asked", interval, &|| {
+        (1..LBS).all(|i| {
+            vipds[i]
+                .logs()
+                .contains("this period's snapshot is another node's")
+        })
+    });
+
+    // lb0 cannot serve: its route goes, it no longer asks; lb1 is now the
+    // lowest serving node.
+    for be in ["10.79.1.2", "10.79.2.2"] {
+        f.lb_sh(0, &["ip", "route", "add", "unreachable", be]);
+    }
+    f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(5));
+    let lb0_took = taken(0);
+    wait("two snapshots by lb1", 3 * interval + 10, &|| {
+        taken(1).len() >= 2
+    });
+    assert_eq!(taken(0), lb0_took, "lb0 took none once withdrawn");
+    assert!(taken(2).is_empty(), "lb2 took none: {:?}", taken(2));
+
+    let by = [taken(0), taken(1)];
+    println!("periods taken: lb0 {:?}, lb1 {:?}", by[0], by[1]);
+    let mut all: Vec<u64> = by.concat();
+    all.sort_unstable();
+    let (first, last) = (all[0], all[all.len() - 1]);
+    assert_eq!(
+        all,
+        (first..=last).collect::<Vec<_>>(),
+        "one snapshot per period, none twice, none missing: {by:?}"
+    );
+    for (i, periods) in by.iter().enumerate() {
+        let files: Vec<u64> = std::fs::read_dir(dir(i))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        vip_userspace::snapshot::plan::parse_name(&e.file_name().to_string_lossy())
+                    })
+                    .map(|t| t / interval)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut files = files;
+        files.sort_unstable();
+        assert_eq!(&files, periods, "lb{i}'s folder holds its snapshots");
+    }
+    drop(vipds);
+}

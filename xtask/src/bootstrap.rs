@@ -51,7 +51,8 @@ pub const DEBIAN: &[(&str, &str)] = &[
     ("frr", "/usr/lib/frr/zebra"),
     ("nftables", "nft"),
     // A real Prometheus evaluates the shipped alert rules against the lab's
-    // vipds (tests/src/prom.rs, tests/tests/alerts.rs).
+    // vipds (tests/src/prom.rs, tests/tests/alerts.rs); its promtool runs
+    // the rules' unit tests (tests/tests/alert_rules.rs).
     ("prometheus", "prometheus"),
     // etcd snapshots (issue 19): a real etcd 3.4 member with client-cert TLS
     // for the snapshot tests (tests/src/etcd.rs), and etcdctl to write the

@@ -237,9 +237,12 @@ impl Agent {
                 return Ok(());
             }
             if second && self.snapshots.is_some() {
-                let holds = self.holder.as_ref().is_some_and(|h| h.holds());
+                let holding = self.holder.as_ref().map(|h| h.holding());
+                let turn = self.snapshots.as_ref().map(|s| s.turn(holding));
                 let unix = crate::snapshot::unix_now();
-                self.feed(Event::SnapshotTick { unix, holds }).await?;
+                if let Some(turn) = turn {
+                    self.feed(Event::SnapshotTick { unix, turn }).await?;
+                }
             }
             // `cert_gate` is live: a reload may change its interval.
             if self.ctl.config().cert_gate.interval != gate_every {

@@ -5,12 +5,18 @@
 //!
 //! [`Duty`]: crate::snapshot::duty::Duty
 
+use std::{net::IpAddr, time::Duration};
+
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::hold::Holding;
 use crate::{
+    config::Config,
     snapshot::{
-        self, Scheduled, SnapshotError, SnapshotPlan, duty::Outcome, metrics::SnapshotMetrics,
+        self, Scheduled, SnapshotError, SnapshotPlan,
+        duty::{self, Outcome, Turn},
+        metrics::SnapshotMetrics,
     },
     status::EtcdSnapshotStatus,
 };
@@ -21,16 +27,41 @@ pub struct Snapshots {
     plan: SnapshotPlan,
     /// This node in the period's claim (its first address on the interface).
     node: String,
+    /// In `announce` mode, how long after each slot this node's turn
+    /// comes ([`head_start`]).
+    head_start: Duration,
     tx: mpsc::UnboundedSender<Done>,
     /// The last scheduled attempt's error since the last success.
     last_error: Option<String>,
     metrics: SnapshotMetrics,
 }
 
+/// This node's head start in `announce` mode ([`duty::head_start`]): its
+/// rank by address among `snapshot.nodes`, else among the configuration's
+/// backends and state-sync peers (in the stacked shape, the control-plane
+/// nodes: the etcd members). Read once at start; a reload that changes
+/// them changes the order only from the next start, and the claim keeps
+/// the take unique meanwhile.
+pub fn head_start(cfg: &Config, own: &[IpAddr], plan: &SnapshotPlan) -> Duration {
+    let mut nodes = plan.nodes.clone();
+    if nodes.is_empty() {
+        nodes.extend(
+            cfg.services
+                .iter()
+                .flat_map(|s| s.backends.iter().map(|b| b.address)),
+        );
+        if let Some(sync) = &cfg.state_sync {
+            nodes.extend(&sync.peers);
+        }
+    }
+    duty::head_start(own, &nodes, duty::rank_step(plan.schedule.interval))
+}
+
 impl Snapshots {
     pub fn new(
         plan: SnapshotPlan,
         node: String,
+        head_start: Duration,
         metrics: SnapshotMetrics,
     ) -> (Snapshots, mpsc::UnboundedReceiver<Done>) {
         metrics.known();
@@ -40,12 +71,23 @@ impl Snapshots {
             Snapshots {
                 plan,
                 node,
+                head_start,
                 tx,
                 last_error: None,
                 metrics,
             },
             rx,
         )
+    }
+
+    /// Whether the snapshot is this node's to take, as the holder says
+    /// (`None`: no holder yet, or stopping).
+    pub fn turn(&self, holding: Option<Holding>) -> Turn {
+        match holding {
+            Some(Holding::Alone) => Turn::After(0),
+            Some(Holding::Shared) => Turn::After(self.head_start.as_secs()),
+            Some(Holding::No) | None => Turn::No,
+        }
     }
 
     /// Takes period `period`'s snapshot in its own task.

@@ -400,11 +400,18 @@ impl Agent {
         let (snapshots, snapshot_rx) = match snapshot_plan {
             Some(plan) => {
                 // The period's claim names this node by its address.
-                let node = crate::link::addresses(&cfg.interface)
-                    .ok()
-                    .and_then(|a| a.first().map(ToString::to_string))
-                    .unwrap_or_else(|| cfg.interface.clone());
-                let (s, rx) = Snapshots::new(plan, node, telemetry.snapshot.clone());
+                let own = crate::link::addresses(&cfg.interface).unwrap_or_default();
+                let node = own
+                    .first()
+                    .map_or_else(|| cfg.interface.clone(), ToString::to_string);
+                let head_start = super::snapshots::head_start(&cfg, &own, &plan);
+                if cfg.announce.is_some() {
+                    info!(
+                        head_start_s = head_start.as_secs(),
+                        "etcd snapshot: every announcing node holds the VIP; this node's turn comes this long after each slot (rank by address among snapshot.nodes, else the backends and state-sync peers)"
+                    );
+                }
+                let (s, rx) = Snapshots::new(plan, node, head_start, telemetry.snapshot.clone());
                 (Some(s), rx)
             }
             None => (None, mpsc::unbounded_channel().1),

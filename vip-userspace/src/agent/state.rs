@@ -108,11 +108,11 @@ pub enum Event {
     FileStamp(Option<Stamp>),
     /// SIGHUP: reload now.
     Hangup,
-    /// Once a second with `snapshot:` on: the wall clock, and whether this
-    /// node holds the VIP (`VipHolder::holds`).
+    /// Once a second with `snapshot:` on: the wall clock, and whether (and
+    /// how soon after the slot) the snapshot is this node's to take.
     SnapshotTick {
         unix: u64,
-        holds: bool,
+        turn: crate::snapshot::duty::Turn,
     },
     /// The scheduled snapshot of `period` ended (at `unix`).
     SnapshotDone {
@@ -313,8 +313,8 @@ impl AgentState {
                 }
             }
             Event::Hangup => out.push(Effect::ReadConfig),
-            Event::SnapshotTick { unix, holds } => {
-                if let Some(n) = self.snapshot.as_mut().and_then(|d| d.tick(unix, holds)) {
+            Event::SnapshotTick { unix, turn } => {
+                if let Some(n) = self.snapshot.as_mut().and_then(|d| d.tick(unix, turn)) {
                     out.push(Effect::TakeSnapshot(n));
                 }
             }

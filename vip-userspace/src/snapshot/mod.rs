@@ -76,6 +76,12 @@ pub struct SnapshotSettings {
     /// The longest one snapshot may take, connection to rename.
     #[serde(default = "default_timeout")]
     pub timeout: String,
+    /// `announce` mode: the nodes that take turns, lowest address first
+    /// (`duty::head_start`). Empty (the default): the backends and
+    /// `state_sync.peers`, which in the stacked shape are the control-plane
+    /// nodes; list the LBs' addresses where they are neither.
+    #[serde(default)]
+    pub nodes: Vec<std::net::IpAddr>,
 }
 
 fn default_endpoints() -> Vec<String> {
@@ -119,6 +125,7 @@ impl Default for SnapshotSettings {
             keep: default_keep(),
             max_age: None,
             timeout: default_timeout(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -135,6 +142,8 @@ pub struct SnapshotPlan {
     pub keep: Option<usize>,
     pub max_age: Option<Duration>,
     pub timeout: Duration,
+    /// `announce` mode's turn order; empty: derived from the config.
+    pub nodes: Vec<std::net::IpAddr>,
 }
 
 /// `parse_duration`, plus whole days (`7d`) for intervals and ages that run
@@ -229,6 +238,7 @@ impl SnapshotSettings {
             keep: self.keep,
             max_age,
             timeout,
+            nodes: self.nodes.clone(),
         })
     }
 }

@@ -39,7 +39,7 @@ use anyhow::{Context as _, Result};
 use tokio::{sync::watch, task::JoinHandle};
 use tracing::{error, info, warn};
 
-use super::{Fitness, Stopping, VipHolder};
+use super::{Fitness, Holding, Stopping, VipHolder};
 use crate::{
     config::Config,
     route::{Holder, RouteAnnouncer, RouteError, RouteTable, TableView},
@@ -504,6 +504,17 @@ impl VipHolder for Announce {
     fn fit(&mut self, f: &Fitness) {
         if !self.decide.fit(f).is_empty() {
             self.send();
+        }
+    }
+
+    /// Holding along with every other node that announces: while some
+    /// VIP's route is wanted in the table (this node can serve it). The
+    /// snapshot's turn then goes by address rank (`snapshot::duty`).
+    fn holding(&self) -> Holding {
+        if self.decide.wanted().values().any(Result::is_ok) {
+            Holding::Shared
+        } else {
+            Holding::No
         }
     }
 

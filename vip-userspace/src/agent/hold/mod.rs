@@ -57,6 +57,16 @@ impl Fitness {
     }
 }
 
+/// Whether this node holds the VIP ([`VipHolder::holding`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    No,
+    /// The one holder: the VRRP master, the `hold_vips` node.
+    Alone,
+    /// One of several at once: an `announce` node with a route installed.
+    Shared,
+}
+
 /// A stop in progress: done when it resolves.
 pub type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -87,12 +97,12 @@ pub trait VipHolder: Send {
         Vec::new()
     }
 
-    /// Whether this node is the one that does the cluster's singular
-    /// chores now (the scheduled etcd snapshot): the VRRP master, the
-    /// `hold_vips` node. `announce` has no single holder (every fit node
-    /// announces) and `none` does not know who holds the VIP: both say no.
-    fn holds(&self) -> bool {
-        false
+    /// Whether this node holds the VIP now, for the cluster's singular
+    /// chores (the scheduled etcd snapshot): alone (the VRRP master, the
+    /// `hold_vips` node), with its peers (`announce`: every fit node
+    /// announces), or not (a backup; `none` does not know who holds it).
+    fn holding(&self) -> Holding {
+        Holding::No
     }
 
     /// Lets the VIP go for good (an orderly stop), handing it over where

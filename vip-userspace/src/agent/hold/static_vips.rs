@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use tracing::{error, info, warn};
 
-use super::{Fitness, Stopping, VipHolder};
+use super::{Fitness, Holding, Stopping, VipHolder};
 use crate::host::{self, HostError};
 
 pub struct StaticVips {
@@ -49,8 +49,8 @@ impl VipHolder for StaticVips {
     }
 
     /// `hold_vips` is the one-node setup: this node holds the VIP.
-    fn holds(&self) -> bool {
-        true
+    fn holding(&self) -> Holding {
+        Holding::Alone
     }
 
     fn fit(&mut self, _: &Fitness) {}

@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use anyhow::Result;
 
-use super::{Fitness, Stopping, VipHolder};
+use super::{Fitness, Holding, Stopping, VipHolder};
 use crate::{
     config::{Config, TrackSettings},
     vrrp::{
@@ -186,10 +186,12 @@ impl VipHolder for Vrrp {
 
     /// Master of the first virtual router (IPv4 when both run): one node,
     /// whatever the other family's election says.
-    fn holds(&self) -> bool {
-        self.routers
+    fn holding(&self) -> Holding {
+        let master = self
+            .routers
             .first()
-            .is_some_and(|r| r.state() == crate::vrrp::machine::State::Master)
+            .is_some_and(|r| r.state() == crate::vrrp::machine::State::Master);
+        if master { Holding::Alone } else { Holding::No }
     }
 
     /// VRRP first: the priority-0 advertisement lets a Backup take over

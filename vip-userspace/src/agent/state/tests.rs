@@ -109,11 +109,14 @@ fn told(fx: &[Effect]) -> Option<Fitness> {
 
 #[test]
 fn the_holder_takes_the_scheduled_snapshot_once_per_period() {
-    use crate::snapshot::duty::Outcome;
+    use crate::snapshot::duty::{Outcome, Turn};
     let text = format!("{VRRP}snapshot:\n  interval: 100s\n  jitter: 0s\n");
     let t0 = Instant::now();
     let (mut a, _) = running(settings(&text), t0);
-    let tick = |a: &mut AgentState, unix, holds| a.on(t0, Event::SnapshotTick { unix, holds });
+    let tick = |a: &mut AgentState, unix, holds: bool| {
+        let turn = if holds { Turn::After(0) } else { Turn::No };
+        a.on(t0, Event::SnapshotTick { unix, turn })
+    };
     // A backup never takes one.
     assert_eq!(tick(&mut a, 1000, false), vec![]);
     // The master at the slot does, once.
