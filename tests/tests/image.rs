@@ -16,11 +16,13 @@ use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use vip_tests::{
     container::{Image, assert_runs_with, manifest_caps},
     failover::{dsr_vip_move_keeps_watches, two_lbs},
+    netns::Proc,
     scenario::{Fwd, LbOptions},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
@@ -154,6 +156,58 @@ fn the_image_is_the_binary_alone_under_the_manifests_name() {
         "files in the image: {files:?}"
     );
     drop(podman);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ctr -n k8s.io images import` of the archive, the README's way onto a
+/// node without a registry, into a containerd of the test's own (root,
+/// state and sockets in a temporary folder, the CRI plugin off): the image
+/// arrives under the name the manifests run, unpacked, complete.
+#[test]
+fn ctr_imports_the_archive_under_the_manifests_name() {
+    let image = Image::from_env();
+    let dir = tempdir("vipd-ctr-import");
+    let sock = dir.join("containerd.sock");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd-ttrpc.sock\"\n",
+            d = dir.display()
+        ),
+    )
+    .expect("write the containerd config");
+    let mut c = Command::new("containerd");
+    c.arg("--config").arg(&config);
+    let containerd = Proc::spawn_logged(c, &dir, "containerd");
+    containerd.wait_for_logs("containerd successfully booted", Duration::from_secs(20));
+    let s = sock.to_str().expect("utf-8 path");
+    let ctr = |args: &[&str]| {
+        let mut all = vec!["--address", s, "--namespace", "k8s.io", "images"];
+        all.extend(args);
+        output("ctr", &all)
+    };
+    ctr(&["import", image.archive.to_str().expect("utf-8 path")]);
+    let listed = ctr(&["ls", "--quiet"]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        [image.reference.as_str()],
+        "ctr images import named the image otherwise"
+    );
+    let check = ctr(&["check"]);
+    let row = check
+        .lines()
+        .find(|l| l.starts_with(&image.reference))
+        .unwrap_or_else(|| panic!("ctr images check lists no {}:\n{check}", image.reference));
+    assert!(
+        row.contains("complete") && row.trim_end().ends_with("true"),
+        "the imported image is not complete and unpacked: {row}"
+    );
+    let status = containerd.term_within(Duration::from_secs(10), "containerd");
+    assert!(status.success(), "containerd: {}", containerd.logs());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -89,6 +89,9 @@ pub const DEBIAN: &[(&str, &str)] = &[
     // defaults to crun, which refuses hosts with cgroup v1 and v2 mounted
     // side by side; containerd runs pods with runc too.
     ("runc", "runc"),
+    // `ctr images import` of the image archive, as the README tells nodes
+    // without a registry (tests/tests/image.rs runs a containerd of its own).
+    ("containerd", "ctr"),
     // The image and package checks: vipd must be statically linked.
     ("file", "file"),
 ];
@@ -111,6 +114,9 @@ const DAEMON_PACKAGES: &[(&str, &str)] = &[
     // Debian's etcd-server enables and starts etcd.service, a member on
     // 127.0.0.1:2379 that the tests' own members in namespaces do not need.
     ("etcd-server", "etcd"),
+    // Debian's containerd enables and starts containerd.service; the image
+    // test runs its own with a root, state and socket in a temporary folder.
+    ("containerd", "containerd"),
 ];
 
 /// Process names of the daemons those packages ship, to notice one running
