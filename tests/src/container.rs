@@ -194,9 +194,9 @@ pub fn seccomp_profile(dir: &Path) -> PathBuf {
     let rules = profile["syscalls"]
         .as_array_mut()
         .unwrap_or_else(|| panic!("{DEFAULT}: no syscalls list"));
-    let names = |r: &serde_json::Value| -> Vec<String> {
-        r["names"]
-            .as_array()
+    // A list of strings in the profile (syscall names, capabilities).
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
             .map(|n| {
                 n.iter()
                     .filter_map(|x| x.as_str().map(str::to_owned))
@@ -204,16 +204,8 @@ pub fn seccomp_profile(dir: &Path) -> PathBuf {
             })
             .unwrap_or_default()
     };
-    let caps = |r: &serde_json::Value, k: &str| -> Vec<String> {
-        r[k]["caps"]
-            .as_array()
-            .map(|n| {
-                n.iter()
-                    .filter_map(|x| x.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let names = |r: &serde_json::Value| strings(&r["names"]);
+    let caps = |r: &serde_json::Value, k: &str| strings(&r[k]["caps"]);
     let has_bpf_rule = rules.iter().any(|r| {
         names(r).iter().any(|n| n == "bpf")
             && r["action"] == "SCMP_ACT_ALLOW"
@@ -341,17 +333,7 @@ impl Store {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("podman: {e}; install podman (cargo xtask bootstrap)"));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}\n{text}",
-            out.status
-        );
-        text
+        crate::netns::succeeded(&format!("podman {args:?}"), &out)
     }
 }
 

@@ -603,17 +603,7 @@ impl LbLab {
         let full = self.kubectl_args(args);
         let args: Vec<&str> = full.iter().map(String::as_str).collect();
         let out = self.lab.try_sh("client", &args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{text}",
-            out.status
-        );
-        text
+        crate::netns::succeeded(&format!("kubectl {args:?}"), &out)
     }
 
     fn kubectl_args(&self, args: &[&str]) -> Vec<String> {

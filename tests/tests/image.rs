@@ -22,7 +22,7 @@ use std::{
 use vip_tests::{
     container::{Image, assert_runs_with, manifest_caps},
     failover::{dsr_vip_move_keeps_watches, two_lbs},
-    netns::Proc,
+    netns::{Proc, succeeded},
     scenario::{Fwd, LbOptions},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
@@ -33,13 +33,7 @@ fn output(cmd: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}; cargo xtask bootstrap installs it"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&format!("{cmd} {args:?}"), &out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -328,12 +322,7 @@ fn the_package_installs_verifies_and_grants_the_manifest_capabilities() {
         .output()
         .expect("systemd-analyze (cargo xtask bootstrap installs systemd)");
     let _ = std::fs::remove_dir_all(&check_dir);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "systemd-analyze verify: {said}");
+    let said = succeeded("systemd-analyze verify", &out);
     let about_us: Vec<&str> = said.lines().filter(|l| l.contains("vipd")).collect();
     assert!(
         about_us.is_empty(),

@@ -35,19 +35,30 @@ pub fn image_ref(root: &Path) -> Result<String> {
     Ok(format!("localhost/vipd:{}", version(root)?))
 }
 
-/// Builds vipd for [`bootstrap::MUSL_TARGET`] in release and checks that it
-/// is statically linked; returns its path.
+/// Builds vipd for [`bootstrap::MUSL_TARGET`] with the `static` profile
+/// (release, see the workspace Cargo.toml) and checks that it is statically
+/// linked; returns its path.
 pub fn static_vipd(root: &Path, tc: &bootstrap::Toolchain) -> Result<PathBuf> {
     let target = bootstrap::MUSL_TARGET;
-    timed(&format!("build static vipd ({target}, release)"), || {
-        run(cargo(tc)
-            .args(["build", "--release", "--locked", "-p", "vip-userspace"])
-            .args(["--bin", "vipd", "--target", target])
-            // ring's C and assembly: musl's wrapper of the system gcc (cc-rs
-            // would otherwise try `x86_64-linux-musl-gcc`, which Debian lacks).
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"))
-    })?;
-    let bin = root.join(format!("target/{target}/release/vipd"));
+    timed(
+        &format!("build static vipd ({target}, profile static)"),
+        || {
+            run(cargo(tc)
+                .args([
+                    "build",
+                    "--profile",
+                    "static",
+                    "--locked",
+                    "-p",
+                    "vip-userspace",
+                ])
+                .args(["--bin", "vipd", "--target", target])
+                // ring's C and assembly: musl's wrapper of the system gcc (cc-rs
+                // would otherwise try `x86_64-linux-musl-gcc`, which Debian lacks).
+                .env("CC_x86_64_unknown_linux_musl", "musl-gcc"))
+        },
+    )?;
+    let bin = root.join(format!("target/{target}/static/vipd"));
     let what = cmd_output(Command::new("file").arg("-b").arg(&bin))?;
     // `file` says "static-pie linked" for Rust's default musl output and
     // "statically linked" for a non-PIE one; "dynamically linked" otherwise.
@@ -160,8 +171,8 @@ pub fn deb(root: &Path, tc: &bootstrap::Toolchain) -> Result<PathBuf> {
     let unit =
         fs::read_to_string(root.join("deploy/vipd.service")).context("read deploy/vipd.service")?;
     // Next to the binary: cargo-deb maps an asset under `target/release/`
-    // to the target's folder (target/<triple>/release), the one place it
-    // takes generated files from.
+    // to the target's and profile's folder (target/<triple>/static), the
+    // one place it takes generated files from.
     let built = vipd.parent().context("vipd's folder")?;
     fs::write(built.join("vipd.service"), package_unit(&unit)?)
         .context("write the package's vipd.service")?;
@@ -170,7 +181,14 @@ pub fn deb(root: &Path, tc: &bootstrap::Toolchain) -> Result<PathBuf> {
     let _ = fs::remove_file(&deb);
     timed("cargo-deb", || {
         run(Command::new(&tc.cargo_deb)
-            .args(["-p", "vip-userspace", "--no-build", "--no-strip"])
+            .args([
+                "-p",
+                "vip-userspace",
+                "--no-build",
+                "--no-strip",
+                "--profile",
+                "static",
+            ])
             .args(["--target", bootstrap::MUSL_TARGET, "--output"])
             .arg(&deb))
     })?;
