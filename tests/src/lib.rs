@@ -7,8 +7,10 @@
 pub mod bench;
 pub mod capture;
 pub mod certs;
+pub mod container;
 pub mod etcd;
 pub mod fabric;
+pub mod failover;
 pub mod fuzz;
 pub mod h2client;
 pub mod keepalived;

@@ -835,6 +835,18 @@ pub fn ns_exec(ns: &str, args: &[&str]) -> Output {
     run_cmd(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 
+/// stdout and stderr of `out` together; panics naming `what` (the command
+/// as the operator would type it) with that text unless it succeeded.
+pub fn succeeded(what: &str, out: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what}: {}\n{text}", out.status);
+    text
+}
+
 fn must(ns: &str, args: &[&str]) -> String {
     let out = ns_exec(ns, args);
     if !out.status.success() {

@@ -12,6 +12,7 @@ use vip_userspace::dataplane::kernel::{AttachMode, KernelMaps, LoadOptions, PROG
 
 use crate::{
     certs::TestPki,
+    container::{Image, Podman},
     netns::{Lab, Proc, VIP_V4, VIP_V6, in_netns, mac_to_string},
     standin::{HttpsConn, StandinHandle, StandinOptions, client_config, spawn_in_thread},
 };
@@ -88,6 +89,11 @@ pub struct LbOptions {
     /// Mode dsr: write each backend's `mac:` (an override). Unset, vipd
     /// takes the MACs from the LB's neighbour table.
     pub backend_macs: bool,
+    /// Run every vipd from this image with podman, as the DaemonSet's
+    /// container runs (capabilities, mounts and arguments from
+    /// deploy/daemonset.yaml; see [`crate::container`]) instead of the
+    /// binary cargo built. The probes trust the CA at the manifest's mount.
+    pub image: Option<Image>,
 }
 
 impl LbOptions {
@@ -107,12 +113,17 @@ impl LbOptions {
             extra_ports: Vec::new(),
             git_versions: [crate::standin::GIT_VERSION; 3],
             backend_macs: true,
+            image: None,
         }
     }
 }
 
 /// client, lb (vipd), be1..be3 (apiserver stand-ins).
 pub struct LbLab {
+    /// With [`LbOptions::image`]: the lab's podman storage and containers.
+    /// First, so it is dropped (its containers removed) before `lab`
+    /// deletes the namespaces they run in.
+    pub podman: Option<Podman>,
     pub lab: Lab,
     pub pki: TestPki,
     pub ca_path: PathBuf,
@@ -247,7 +258,16 @@ impl LbLab {
             "# Written by vip_tests::scenario::LbLab\nxdp_mode: {mode}\n{holder}{}services:\n",
             opts.extra
         );
-        let probe_ca = opts.probe_ca.clone().unwrap_or_else(|| ca_path.clone());
+        assert!(
+            opts.image.is_none() || opts.caps.is_none(),
+            "LbOptions: an image runs with the manifest's capabilities, not `caps`"
+        );
+        let probe_ca = match (&opts.probe_ca, &opts.image) {
+            (Some(ca), _) => ca.clone(),
+            // The lab's CA is mounted where the DaemonSet mounts the node's.
+            (None, Some(_)) => PathBuf::from(crate::container::ca_mount_path()),
+            (None, None) => ca_path.clone(),
+        };
         let probe_extra = if opts.probe.is_empty() {
             String::new()
         } else {
@@ -316,7 +336,15 @@ impl LbLab {
         std::fs::write(&config_path, cfg).expect("write vipd config");
 
         let pin_root = mount_pins(&lab);
-        let vipd = spawn_vipd(&lab, "lb", &config_path, &pin_root, opts.caps.as_deref());
+        let podman = opts
+            .image
+            .as_ref()
+            .map(|image| Podman::new(&lab, image, &ca_path));
+        let start = |node: &str, config: &std::path::Path, pins: &std::path::Path| match &podman {
+            Some(p) => p.run_vipd(&lab, node, config, pins),
+            None => spawn_vipd(&lab, node, config, pins, opts.caps.as_deref()),
+        };
+        let vipd = start("lb", &config_path, &pin_root);
         let vipd2 = opts.second_lb.then(|| {
             // The same config but for the priority (or the very same file);
             // pins in a folder of its own (both attach to an `eth0`).
@@ -334,12 +362,10 @@ impl LbLab {
             };
             let pins = pin_root.join("lb2");
             std::fs::create_dir_all(&pins).expect("create lb2's pin folder");
-            (
-                spawn_vipd(&lab, "lb2", &path, &pins, opts.caps.as_deref()),
-                path,
-            )
+            (start("lb2", &path, &pins), path)
         });
         LbLab {
+            podman,
             lab,
             pki,
             ca_path,
@@ -403,11 +429,27 @@ impl LbLab {
             }
             other => panic!("no vipd on {other:?}: lb or lb2"),
         };
-        let p = spawn_vipd(&self.lab, node, &config, &pins, self.caps.as_deref());
+        let p = match &self.podman {
+            Some(podman) => podman.run_vipd(&self.lab, node, &config, &pins),
+            None => spawn_vipd(&self.lab, node, &config, &pins, self.caps.as_deref()),
+        };
         if node == "lb" {
             self.vipd = p;
         } else {
             self.vipd2 = Some((p, config));
+        }
+    }
+
+    /// `node`'s vipd dies at once (SIGKILL), as in a node crash: the
+    /// process itself, or in a container vipd inside it (a SIGKILL to
+    /// `podman run` would leave the container running).
+    pub fn kill_vipd(&self, node: &str) {
+        match &self.podman {
+            Some(p) => p.kill_vipd(node),
+            None => self
+                .vipd_on(node)
+                .unwrap_or_else(|| panic!("no vipd on {node:?}"))
+                .signal(libc::SIGKILL),
         }
     }
 
@@ -561,17 +603,7 @@ impl LbLab {
         let full = self.kubectl_args(args);
         let args: Vec<&str> = full.iter().map(String::as_str).collect();
         let out = self.lab.try_sh("client", &args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}\n{text}",
-            out.status
-        );
-        text
+        crate::netns::succeeded(&format!("kubectl {args:?}"), &out)
     }
 
     fn kubectl_args(&self, args: &[&str]) -> Vec<String> {

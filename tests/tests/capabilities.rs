@@ -10,137 +10,14 @@
 //! vip-userspace/tests/deploy.rs checks that the static pod and the systemd
 //! unit carry the same set.
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{net::IpAddr, time::Duration};
 
 use vip_tests::{
+    container::{assert_runs_with, manifest_caps},
     netns::{Lab, VIP_V4, VIP_V6, poll_until},
     scenario::{Fwd, LbLab, LbOptions, setpriv_args},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
-
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// `capabilities.add` of the DaemonSet's container, lower case without
-/// `CAP_` (setpriv's spelling).
-fn manifest_caps() -> Vec<String> {
-    let path = deploy_dir().join("daemonset.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let add =
-        &doc["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"];
-    let caps: Vec<String> = add
-        .as_sequence()
-        .unwrap_or_else(|| panic!("{}: no capabilities.add list", path.display()))
-        .iter()
-        .map(|c| {
-            let c = c.as_str().expect("capability names are strings");
-            c.trim_start_matches("CAP_").to_ascii_lowercase()
-        })
-        .collect();
-    assert!(
-        !caps.is_empty(),
-        "{}: empty capabilities.add",
-        path.display()
-    );
-    caps
-}
-
-/// Bit numbers of linux/capability.h, for the names a manifest may use.
-fn cap_bit(name: &str) -> u32 {
-    const CAPS: [&str; 41] = [
-        "chown",
-        "dac_override",
-        "dac_read_search",
-        "fowner",
-        "fsetid",
-        "kill",
-        "setgid",
-        "setuid",
-        "setpcap",
-        "linux_immutable",
-        "net_bind_service",
-        "net_broadcast",
-        "net_admin",
-        "net_raw",
-        "ipc_lock",
-        "ipc_owner",
-        "sys_module",
-        "sys_rawio",
-        "sys_chroot",
-        "sys_ptrace",
-        "sys_pacct",
-        "sys_admin",
-        "sys_boot",
-        "sys_nice",
-        "sys_resource",
-        "sys_time",
-        "sys_tty_config",
-        "mknod",
-        "lease",
-        "audit_write",
-        "audit_control",
-        "setfcap",
-        "mac_override",
-        "mac_admin",
-        "syslog",
-        "wake_alarm",
-        "block_suspend",
-        "audit_read",
-        "perfmon",
-        "bpf",
-        "checkpoint_restore",
-    ];
-    CAPS.iter()
-        .position(|c| *c == name)
-        .unwrap_or_else(|| panic!("unknown capability {name:?}")) as u32
-}
-
-/// The process's capability sets are exactly `caps` (effective, permitted,
-/// bounding), with nothing inheritable or ambient and no_new_privs set: the
-/// sets a container with `drop: [ALL]`, `add: caps` and
-/// `allowPrivilegeEscalation: false` runs with.
-fn assert_runs_with(pid: u32, caps: &[String]) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let field = |name: &str| -> u64 {
-        let v = status
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-            .trim();
-        u64::from_str_radix(v, 16).unwrap_or_else(|e| panic!("{name} {v:?}: {e}"))
-    };
-    let want: u64 = caps.iter().map(|c| 1u64 << cap_bit(c)).sum();
-    // The kernel keeps 15 bytes of the executable's name.
-    let bin = vip_tests::vipd_bin();
-    let name: String = bin
-        .file_name()
-        .expect("vipd file name")
-        .to_string_lossy()
-        .chars()
-        .take(15)
-        .collect();
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    assert_eq!(comm.trim(), name, "pid {pid} is not vipd itself");
-    for f in ["CapEff", "CapPrm", "CapBnd"] {
-        assert_eq!(
-            field(f),
-            want,
-            "{f} of vipd is {:#x}, want {want:#x} ({caps:?})",
-            field(f)
-        );
-    }
-    assert_eq!(field("CapInh"), 0, "CapInh");
-    assert_eq!(field("CapAmb"), 0, "CapAmb");
-    assert_eq!(field("NoNewPrivs"), 1, "NoNewPrivs");
-}
 
 /// VRRP elects the lab's only vipd master for both families; it adds both
 /// VIPs and its metrics say master.

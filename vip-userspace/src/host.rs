@@ -8,6 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use rtnetlink::packet_route::link::{LinkXdp, XdpAttached};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -40,111 +43,157 @@ pub enum HostError {
         dev: &'static str,
         module: &'static str,
     },
-    #[error("`ip link set {dev} {state}` failed: {stderr}")]
+    #[error("`ip link set {dev} {state}` (rtnetlink RTM_NEWLINK) failed: {source}")]
     LinkSet {
         dev: String,
         state: &'static str,
-        stderr: String,
+        #[source]
+        source: std::io::Error,
     },
-    #[error("running `ip` (iproute2) failed; install iproute2")]
-    Ip(#[source] std::io::Error),
-    #[error("`ip addr {op} {cidr} dev {iface}` failed: {stderr}")]
+    #[error(
+        "{ifname}: reading the link (rtnetlink RTM_GETLINK) failed; vipd needs an rtnetlink socket in the node's network namespace"
+    )]
+    LinkQuery {
+        ifname: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`ip addr {op} {cidr} dev {iface}` (rtnetlink) failed: {source}")]
     Addr {
         op: &'static str,
         cidr: String,
         iface: String,
-        stderr: String,
+        #[source]
+        source: std::io::Error,
     },
 }
 
 /// Whether an XDP program is attached to the interface, as the kernel reports
-/// it (IFLA_XDP through `ip -d -j link`): the one fact that says this node can
-/// forward for the VIP, whoever attached it.
+/// it (IFLA_XDP_ATTACHED of an RTM_GETLINK answer, what `ip -d link` shows):
+/// the one fact that says this node can forward for the VIP, whoever
+/// attached it.
 pub fn xdp_attached(iface: &str) -> Result<bool, HostError> {
-    // mode 0 (XDP_ATTACHED_NONE) would mean none.
+    // XDP_ATTACHED_NONE (0) means no program (net/core/rtnetlink.c,
+    // rtnl_xdp_fill).
     Ok(link_xdp(iface)?
-        .and_then(|x| x.get("mode").and_then(serde_json::Value::as_u64))
-        .is_some_and(|m| m != 0))
+        .iter()
+        .any(|x| matches!(x, LinkXdp::Attached(a) if *a != XdpAttached::None)))
 }
 
-/// The id of the XDP program attached to the interface (IFLA_XDP_PROG_ID),
-/// in this network namespace; `None` if none is. `vipd trace` finds the
-/// running vipd's maps through it.
+/// The id of the XDP program attached to the interface, in this network
+/// namespace; `None` if none is. `vipd trace` finds the running vipd's maps
+/// through it. rtnl_xdp_fill sends IFLA_XDP_PROG_ID for one program, and
+/// one IFLA_XDP_{SKB,DRV,HW}_PROG_ID each when several are attached
+/// (XDP_ATTACHED_MULTI, one per mode); vipd attaches one, the first is taken.
 pub fn xdp_program_id(iface: &str) -> Result<Option<u32>, HostError> {
-    let Some(x) = link_xdp(iface)? else {
-        return Ok(None);
-    };
-    // {"mode": 1|2|3, "prog": {"id": N, ...}}; several programs at once
-    // (XDP_ATTACHED_MULTI, one per mode) come as "attached": [...]. vipd
-    // attaches one; the first is taken.
-    let prog = x
-        .get("prog")
-        .or_else(|| x.get("attached").and_then(|a| a.get(0)?.get("prog")));
-    Ok(prog
-        .and_then(|p| p.get("id"))
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|id| u32::try_from(id).ok()))
+    let attrs = link_xdp(iface)?;
+    let one = attrs.iter().find_map(|x| match x {
+        LinkXdp::ProgId(id) => Some(*id),
+        _ => None,
+    });
+    Ok(one.or_else(|| {
+        attrs.iter().find_map(|x| match x {
+            LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id) | LinkXdp::HwProgId(id) => Some(*id),
+            _ => None,
+        })
+    }))
 }
 
-/// The interface's "xdp" object from `ip -d -j link` (IFLA_XDP), which
-/// iproute2 prints only while a program is attached.
-fn link_xdp(iface: &str) -> Result<Option<serde_json::Value>, HostError> {
-    let out = std::process::Command::new("ip")
-        .args(["-d", "-j", "link", "show", "dev", iface])
-        .output()
-        .map_err(HostError::Ip)?;
-    if !out.status.success() {
-        return Err(crate::link::LinkError::NoInterface {
-            ifname: iface.to_owned(),
+/// The interface's IFLA_XDP attributes from an RTM_GETLINK answer (what
+/// `ip -d link` shows); the kernel sends IFLA_XDP on every link.
+fn link_xdp(iface: &str) -> Result<Vec<LinkXdp>, HostError> {
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+    let mut msg = LinkMessage::default();
+    msg.header.index = crate::link::ifindex(iface)?;
+    let answers = crate::netlink::request(RouteNetlinkMessage::GetLink(msg), 0).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            // Gone between the index lookup and the request.
+            HostError::Link(crate::link::LinkError::NoInterface {
+                ifname: iface.to_owned(),
+            })
+        } else {
+            HostError::LinkQuery {
+                ifname: iface.to_owned(),
+                source: e,
+            }
         }
-        .into());
-    }
-    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| HostError::Ip(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    Ok(v.get_mut(0)
-        .and_then(|l| l.get_mut("xdp"))
-        .map(serde_json::Value::take))
+    })?;
+    Ok(answers
+        .into_iter()
+        .flat_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes,
+            _ => vec![],
+        })
+        .flat_map(|a| match a {
+            LinkAttribute::Xdp(x) => x,
+            _ => vec![],
+        })
+        .collect())
 }
 
-/// Adds or removes a VIP as a host address (/32 or /128) on the interface.
-/// Adding an address that is there already, or removing one that is gone,
-/// succeeds: both are the state asked for.
+/// Adds or removes a VIP as a host address (/32 or /128) on the interface,
+/// with the RTM_NEWADDR/RTM_DELADDR that `ip addr add|del` sends. Adding an
+/// address that is there already (EEXIST), or removing one that is gone
+/// (EADDRNOTAVAIL), succeeds: both are the state asked for.
 pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
+    use rtnetlink::packet_route::address::{
+        AddressAttribute, AddressHeaderFlags, AddressMessage, CacheInfo,
+    };
     let prefix = if vip.is_ipv4() { 32 } else { 128 };
     let cidr = format!("{vip}/{prefix}");
     let op = if add { "add" } else { "del" };
-    let mut c = std::process::Command::new("ip");
-    c.args(["addr", op, &cidr, "dev", iface]);
+    let mut msg = AddressMessage::default();
+    msg.header.family = if vip.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    msg.header.prefix_len = prefix;
+    msg.header.index = crate::link::ifindex(iface)?;
+    // IFA_LOCAL and IFA_ADDRESS both the address, as iproute2 sends a local
+    // address without a peer.
+    msg.attributes.push(AddressAttribute::Local(vip));
+    msg.attributes.push(AddressAttribute::Address(vip));
     if vip.is_ipv6() && add {
         // No duplicate address detection: the VIP must answer at once, and
         // VRRP (not DAD) decides who holds it.
-        c.arg("nodad");
-        // Deprecated (preferred lifetime 0): it still receives, but is never
-        // picked as a source address while the node's own one exists (RFC
-        // 6724 rule 3). Otherwise rule 8 (longest matching prefix, which
-        // Linux caps at the address's prefix length) prefers the /128 VIP
-        // over the node's /64 address for every neighbour on the subnet,
-        // and the node's own connections (probes, etcd, kubelet) leave from
-        // the VIP: their answers go to whichever node holds it next.
-        c.args(["preferred_lft", "0"]);
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        // Deprecated (preferred lifetime 0, valid forever: iproute2's
+        // `preferred_lft 0`): it still receives, but is never picked as a
+        // source address while the node's own one exists (RFC 6724 rule 3).
+        // Otherwise rule 8 (longest matching prefix, which Linux caps at the
+        // address's prefix length) prefers the /128 VIP over the node's /64
+        // address for every neighbour on the subnet, and the node's own
+        // connections (probes, etcd, kubelet) leave from the VIP: their
+        // answers go to whichever node holds it next.
+        let mut lifetimes = CacheInfo::default();
+        lifetimes.ifa_preferred = 0;
+        lifetimes.ifa_valid = u32::MAX;
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
     }
-    let out = c.output().map_err(HostError::Ip)?;
-    if out.status.success() {
-        return Ok(());
+    let (req, flags) = if add {
+        (
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    } else {
+        (RouteNetlinkMessage::DelAddress(msg), 0)
+    };
+    match crate::netlink::request(req, flags) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if (add && e.raw_os_error() == Some(libc::EEXIST))
+                || (!add && e.raw_os_error() == Some(libc::EADDRNOTAVAIL)) =>
+        {
+            Ok(())
+        }
+        Err(source) => Err(HostError::Addr {
+            op,
+            cidr,
+            iface: iface.to_owned(),
+            source,
+        }),
     }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    // iproute2's wording for EEXIST and EADDRNOTAVAIL.
-    if (add && stderr.contains("File exists"))
-        || (!add && stderr.contains("Cannot assign requested address"))
-    {
-        return Ok(());
-    }
-    Err(HostError::Addr {
-        op,
-        cidr,
-        iface: iface.to_owned(),
-        stderr,
-    })
 }
 
 /// `changed` if `res` is Ok; otherwise `changed` undone and the error: a
@@ -426,21 +475,23 @@ pub fn prepare_decap(v4: bool, v6: bool) -> Result<Vec<Changed>, HostError> {
     all_or_nothing(changed, res)
 }
 
-/// `ip link set DEV up|down`.
+/// `ip link set DEV up|down`: RTM_NEWLINK changing only IFF_UP.
 fn set_link(dev: &str, up: bool) -> Result<(), HostError> {
+    use rtnetlink::packet_route::link::{LinkFlags, LinkMessage};
     let state = if up { "up" } else { "down" };
-    let out = std::process::Command::new("ip")
-        .args(["link", "set", dev, state])
-        .output()
-        .map_err(HostError::Ip)?;
-    if out.status.success() {
-        return Ok(());
+    let mut msg = LinkMessage::default();
+    msg.header.index = crate::link::ifindex(dev)?;
+    msg.header.change_mask = LinkFlags::Up;
+    if up {
+        msg.header.flags = LinkFlags::Up;
     }
-    Err(HostError::LinkSet {
-        dev: dev.to_owned(),
-        state,
-        stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-    })
+    crate::netlink::request(RouteNetlinkMessage::NewLink(msg), 0)
+        .map(drop)
+        .map_err(|source| HostError::LinkSet {
+            dev: dev.to_owned(),
+            state,
+            source,
+        })
 }
 
 /// A stacked control plane (mode dsr with this node's own apiserver as a
@@ -532,6 +583,20 @@ mod tests {
         }
         assert_eq!(Changed::parse("lo-vip=nonsense"), None);
         assert_eq!(Changed::parse("no equals sign"), None);
+    }
+
+    /// The RTM_GETLINK question, unprivileged: `lo` carries no XDP program
+    /// (nothing here attaches one to it), and a missing interface is the
+    /// config error that names `interface:`, not a netlink failure.
+    #[test]
+    fn xdp_attached_asks_the_kernel_about_the_link() {
+        assert!(!xdp_attached("lo").expect("RTM_GETLINK of lo"));
+        match xdp_attached("vipd-nope0") {
+            Err(HostError::Link(crate::link::LinkError::NoInterface { ifname })) => {
+                assert_eq!(ifname, "vipd-nope0")
+            }
+            other => panic!("a missing interface: {other:?}"),
+        }
     }
 
     /// A sysctl "file" in a temporary directory, holding `value`.

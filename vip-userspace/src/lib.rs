@@ -15,6 +15,7 @@ pub mod link;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;
+pub mod netlink;
 pub mod probe;
 pub mod route;
 pub mod snapshot;

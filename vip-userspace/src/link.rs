@@ -179,7 +179,10 @@ pub fn addresses(ifname: &str) -> Result<Vec<IpAddr>, LinkError> {
 /// (SIOCGIFFLAGS) rather than /sys, which shows whichever namespace it was
 /// mounted in.
 pub fn link_up(ifname: &str) -> Result<bool, LinkError> {
-    let req = ioctl_ifreq(ifname, libc::SIOCGIFFLAGS, "SIOCGIFFLAGS")?;
+    // The request constants are c_ulong in libc for every Linux target, but
+    // ioctl(2) takes an int on musl (the static build): libc::Ioctl is the
+    // target's own type.
+    let req = ioctl_ifreq(ifname, libc::SIOCGIFFLAGS as libc::Ioctl, "SIOCGIFFLAGS")?;
     // SAFETY: SIOCGIFFLAGS filled ifru_flags.
     let flags = c_int::from(unsafe { req.ifr_ifru.ifru_flags });
     let want = libc::IFF_UP | libc::IFF_RUNNING;
@@ -202,7 +205,7 @@ pub fn ifindex(ifname: &str) -> Result<u32, LinkError> {
 /// The interface's Ethernet address (SIOCGIFHWADDR); an error for links
 /// that are not Ethernet, since ARP/ND announcements assume 6-byte MACs.
 pub fn mac_address(ifname: &str) -> Result<[u8; 6], LinkError> {
-    let req = ioctl_ifreq(ifname, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR")?;
+    let req = ioctl_ifreq(ifname, libc::SIOCGIFHWADDR as libc::Ioctl, "SIOCGIFHWADDR")?;
     // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
     let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
     if hw.sa_family != libc::ARPHRD_ETHER {

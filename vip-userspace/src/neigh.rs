@@ -367,7 +367,11 @@ pub enum NeighError {
 /// The address and entry a neighbour message reports, if it is one of
 /// `ifindex`'s (an entry on another interface is not where the program
 /// sends). `DelNeighbour` reports no entry.
-fn parse(msg: &NeighbourMessage, ifindex: u32, deleted: bool) -> Option<(IpAddr, Option<Entry>)> {
+pub(crate) fn parse(
+    msg: &NeighbourMessage,
+    ifindex: u32,
+    deleted: bool,
+) -> Option<(IpAddr, Option<Entry>)> {
     if msg.header.ifindex != ifindex {
         return None;
     }

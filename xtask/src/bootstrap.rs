@@ -19,6 +19,15 @@ use crate::{cmd_output, run, step};
 /// bpf-linker release built here; 0.13 supports LLVM 22 (see shared/TOOLCHAIN.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The target of the static vipd in the image and the package (`cargo xtask
+/// image`, `cargo xtask deb`): musl links statically, so the binary needs no
+/// libc in the image.
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// cargo-deb builds the .deb (`cargo xtask deb`); pinned, installed from
+/// crates.io into the cache folder like bpf-linker. 3.8 needs Rust 1.85.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Debian packages and one command that proves each is usable (a name looked up
 /// on PATH, or an absolute path for daemons kept outside it). A package whose
 /// command already works (from whatever source) is left alone: this machine image
@@ -71,6 +80,21 @@ pub const DEBIAN: &[(&str, &str)] = &[
         "libprotobuf-dev",
         "/usr/include/google/protobuf/descriptor.proto",
     ),
+    // The static vipd (MUSL_TARGET): ring's C and assembly are compiled with
+    // musl's gcc wrapper, against musl's headers rather than glibc's.
+    ("musl-tools", "musl-gcc"),
+    // `cargo xtask image` builds the image with podman (buildah inside) in a
+    // storage of its own; tests/tests/image.rs runs it.
+    ("podman", "podman"),
+    // The runtime the image test starts containers with: Debian's podman
+    // defaults to crun, which refuses hosts with cgroup v1 and v2 mounted
+    // side by side; containerd runs pods with runc too.
+    ("runc", "runc"),
+    // `ctr images import` of the image archive, as the README tells nodes
+    // without a registry (tests/tests/image.rs runs a containerd of its own).
+    ("containerd", "ctr"),
+    // The image and package checks: vipd must be statically linked.
+    ("file", "file"),
 ];
 
 /// The package the bootstrap installs for `cmd`, if `cmd` is the command that
@@ -91,6 +115,9 @@ const DAEMON_PACKAGES: &[(&str, &str)] = &[
     // Debian's etcd-server enables and starts etcd.service, a member on
     // 127.0.0.1:2379 that the tests' own members in namespaces do not need.
     ("etcd-server", "etcd"),
+    // Debian's containerd enables and starts containerd.service; the image
+    // test runs its own with a root, state and socket in a temporary folder.
+    ("containerd", "containerd"),
 ];
 
 /// Process names of the daemons those packages ship, to notice one running
@@ -111,6 +138,8 @@ pub struct Toolchain {
     pub name: String,
     /// Directory holding the `bpf-linker` binary, to prepend to PATH.
     pub linker_dir: PathBuf,
+    /// The pinned `cargo-deb` binary.
+    pub cargo_deb: PathBuf,
 }
 
 pub fn bootstrap() -> Result<Toolchain> {
@@ -119,6 +148,8 @@ pub fn bootstrap() -> Result<Toolchain> {
     rust_src(&tc)?;
     rust_components(&tc)?;
     let linker_dir = bpf_linker(&tc)?;
+    musl_target(&tc)?;
+    let cargo_deb = cargo_deb(&tc)?;
     debian_packages()?;
     bpffs()?;
     step(&format!(
@@ -128,7 +159,74 @@ pub fn bootstrap() -> Result<Toolchain> {
     Ok(Toolchain {
         name: tc,
         linker_dir,
+        cargo_deb,
     })
+}
+
+/// The Rust standard library for [`MUSL_TARGET`].
+fn musl_target(tc: &str) -> Result<()> {
+    let installed = cmd_output(Command::new("rustup").args([
+        "target",
+        "list",
+        "--installed",
+        "--toolchain",
+        tc,
+    ]))?;
+    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        step(&format!("target {MUSL_TARGET} for {tc}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "target {MUSL_TARGET} for {tc}: missing, installing"
+    ));
+    run(Command::new("rustup").args(["target", "add", MUSL_TARGET, "--toolchain", tc]))
+        .with_context(|| format!("run `rustup target add {MUSL_TARGET} --toolchain {tc}` by hand"))
+}
+
+/// cargo-deb [`CARGO_DEB_VERSION`] under the cache folder (`cargo install
+/// --locked`, about a minute once).
+fn cargo_deb(tc: &str) -> Result<PathBuf> {
+    let root = cache_dir()?.join(format!("cargo-deb-{CARGO_DEB_VERSION}"));
+    let bin = root.join("bin/cargo-deb");
+    let works = |b: &Path| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if bin.is_file() && works(&bin) {
+        step(&format!(
+            "cargo-deb {CARGO_DEB_VERSION}: present in {}",
+            root.display()
+        ));
+        return Ok(bin);
+    }
+    step(&format!(
+        "cargo-deb {CARGO_DEB_VERSION}: missing, installing into {}",
+        root.display()
+    ));
+    let started = Instant::now();
+    run(Command::new("cargo")
+        .args([
+            "install",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+            "--locked",
+            "--root",
+        ])
+        .arg(&root)
+        .env("RUSTUP_TOOLCHAIN", tc))
+    .context("building cargo-deb failed (see cargo's output above)")?;
+    if !works(&bin) {
+        bail!(
+            "cargo-deb was built but `{} --version` fails",
+            bin.display()
+        );
+    }
+    step(&format!(
+        "cargo-deb built in {:.0}s",
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(bin)
 }
 
 fn rust_toolchain() -> Result<String> {

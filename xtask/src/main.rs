@@ -5,6 +5,7 @@
 mod bootstrap;
 mod commands;
 mod fresh;
+mod package;
 
 use std::{
     env,
@@ -35,6 +36,13 @@ enum Cmd {
     },
     /// rustfmt and clippy (-D warnings) for the userspace crates and the eBPF crate.
     Check,
+    /// The container image: a static vipd (musl) alone in an image built from
+    /// deploy/Containerfile with podman, saved as an OCI archive under
+    /// target/image for `ctr -n k8s.io images import` or `podman load`.
+    Image,
+    /// The Debian package (cargo-deb): the static vipd, the systemd unit and
+    /// example configs, under target/deb.
+    Deb,
     /// Every test: checks, unit tests, BPF_PROG_TEST_RUN program tests, namespace
     /// topology tests. Needs root (the last two load XDP programs).
     Test {
@@ -119,6 +127,14 @@ fn main() -> Result<()> {
         Cmd::Bootstrap => bootstrap::bootstrap().map(drop),
         Cmd::Commands => commands::check(&root),
         Cmd::FreshRoot { dir, rm } => fresh::fresh_root(&root, dir, rm),
+        Cmd::Image => {
+            let tc = bootstrap::bootstrap()?;
+            package::image(&root, &tc).map(drop)
+        }
+        Cmd::Deb => {
+            let tc = bootstrap::bootstrap()?;
+            package::deb(&root, &tc).map(drop)
+        }
         Cmd::Build { release } => {
             let tc = bootstrap::bootstrap()?;
             build(&tc, release)
@@ -132,7 +148,7 @@ fn main() -> Result<()> {
             let tc = bootstrap::bootstrap()?;
             commands::check(&root)?;
             check(&tc)?;
-            test(&tc, &args)?;
+            test(&root, &tc, &args)?;
             step(&format!(
                 "all tests passed in {:.0}s",
                 started.elapsed().as_secs_f64()
@@ -205,7 +221,7 @@ fn check(tc: &bootstrap::Toolchain) -> Result<()> {
     })
 }
 
-fn test(tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
+fn test(root: &Path, tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
     if !bootstrap::is_root() {
         bail!(
             "the program and namespace tests load XDP programs and create network namespaces: \
@@ -217,9 +233,16 @@ fn test(tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
     timed("build vipd", || {
         run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
     })?;
+    // tests/tests/image.rs runs the image and installs the package; both
+    // share one static vipd build.
+    let image = package::image(root, tc)?;
+    let deb = package::deb(root, tc)?;
     timed("cargo test (unit, program, topology)", || {
         let mut c = cargo(tc);
-        c.args(["test", "--no-fail-fast"]);
+        c.args(["test", "--no-fail-fast"])
+            .env("VIPD_IMAGE_ARCHIVE", &image)
+            .env("VIPD_IMAGE_REF", package::image_ref(root)?)
+            .env("VIPD_DEB", &deb);
         if !args.is_empty() {
             c.arg("--").args(args);
         }

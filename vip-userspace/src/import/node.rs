@@ -18,8 +18,8 @@ pub fn host_addresses() -> Result<Vec<HostAddr>, LinkError> {
         .collect())
 }
 
-/// The kernel's neighbour table: `/proc/net/arp` for IPv4, `ip -6 neigh`
-/// for IPv6 (procfs has no IPv6 table).
+/// The kernel's neighbour table: `/proc/net/arp` for IPv4, an rtnetlink
+/// RTM_GETNEIGH dump for IPv6 (procfs has no IPv6 table).
 pub struct KernelNeighbours;
 
 impl Neighbours for KernelNeighbours {
@@ -28,12 +28,7 @@ impl Neighbours for KernelNeighbours {
             IpAddr::V4(_) => std::fs::read_to_string("/proc/net/arp")
                 .ok()
                 .and_then(|t| arp_lookup(&t, interface, addr)),
-            IpAddr::V6(_) => std::process::Command::new("ip")
-                .args(["-6", "neigh", "show"])
-                .output()
-                .ok()
-                .filter(|o| o.status.success())
-                .and_then(|o| neigh_lookup(&String::from_utf8_lossy(&o.stdout), interface, addr)),
+            IpAddr::V6(_) => nd_lookup(interface, addr),
         }
     }
 }
@@ -53,17 +48,25 @@ fn arp_lookup(text: &str, interface: &str, addr: IpAddr) -> Option<[u8; 6]> {
     })
 }
 
-/// An entry of `ip neigh show` with a link-layer address:
-/// `ADDR dev IF lladdr MAC [router] STATE`; FAILED and INCOMPLETE ones have
-/// no `lladdr`.
-fn neigh_lookup(text: &str, interface: &str, addr: IpAddr) -> Option<[u8; 6]> {
-    text.lines().find_map(|l| {
-        let w: Vec<&str> = l.split_whitespace().collect();
-        let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1));
-        if w.first()?.parse::<IpAddr>().ok()? != addr || after("dev") != Some(&interface) {
-            return None;
-        }
-        parse_mac(after("lladdr")?).ok()
+/// A usable IPv6 entry (the states `neigh::usable` accepts, which are
+/// those `ip -6 neigh` prints with an `lladdr`) of the interface, from one
+/// dump of the kernel's table.
+fn nd_lookup(interface: &str, addr: IpAddr) -> Option<[u8; 6]> {
+    use rtnetlink::packet_core::NLM_F_DUMP;
+    use rtnetlink::packet_route::{
+        AddressFamily, RouteNetlinkMessage, neighbour::NeighbourMessage,
+    };
+    let ifindex = crate::link::ifindex(interface).ok()?;
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet6;
+    let answers =
+        crate::netlink::request(RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP).ok()?;
+    answers.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewNeighbour(n) => match crate::neigh::parse(n, ifindex, false)? {
+            (a, entry) if a == addr => crate::neigh::usable(entry.as_ref()),
+            _ => None,
+        },
+        _ => None,
     })
 }
 
@@ -93,19 +96,6 @@ pub(super) mod tests {
             arp_lookup(arp, "eth0", a("10.0.0.14")),
             None,
             "a failed entry keeps its old MAC but not ATF_COM"
-        );
-        let nd = "fd00::11 dev eth0 lladdr 52:54:00:06:00:11 REACHABLE\n\
-                  fd00::12 dev eth0 FAILED\n\
-                  fe80::1 dev eth0 lladdr 52:54:00:00:00:01 router STALE\n";
-        assert_eq!(
-            neigh_lookup(nd, "eth0", a("fd00::11")),
-            Some([0x52, 0x54, 0, 6, 0, 0x11])
-        );
-        assert_eq!(neigh_lookup(nd, "eth0", a("fd00::12")), None);
-        assert_eq!(neigh_lookup(nd, "eth1", a("fd00::11")), None);
-        assert_eq!(
-            neigh_lookup(nd, "eth0", a("fe80::1")),
-            Some([0x52, 0x54, 0, 0, 0, 1])
         );
     }
 }

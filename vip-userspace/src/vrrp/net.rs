@@ -553,7 +553,9 @@ pub(super) fn recvmsg_v6(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
     msg.msg_iov = &raw mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
-    msg.msg_controllen = control.0.len();
+    // size_t in glibc's msghdr, socklen_t in musl's (the static build):
+    // `as _` is whichever this target has; the buffer is CMSG_BUF bytes.
+    msg.msg_controllen = control.0.len() as _;
     // SAFETY: every pointer in msg (name, iov -> buf, control) is valid for
     // writes of the length stated next to it, for the duration of the call.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &raw mut msg, 0) };
@@ -562,7 +564,8 @@ pub(super) fn recvmsg_v6(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Optio
         tracing::debug!(len, "IPv6 datagram or its control data truncated, skipped");
         return Ok(None);
     }
-    let control = control.0.get(..msg.msg_controllen).unwrap_or_default();
+    let controllen: usize = msg.msg_controllen as _;
+    let control = control.0.get(..controllen).unwrap_or_default();
     let info = parse_cmsgs_v6(control);
     Ok(Some(Datagram6 {
         src: Ipv6Addr::from(name.sin6_addr.s6_addr),
@@ -624,7 +627,7 @@ pub(super) fn sendmsg_v6(
     msg.msg_iovlen = 1;
     if control_len > 0 {
         msg.msg_control = control.0.as_mut_ptr().cast::<c_void>();
-        msg.msg_controllen = control_len;
+        msg.msg_controllen = control_len as _;
     }
     // SAFETY: name, iov -> payload and control are valid for reads of the
     // lengths stated in msg for the duration of the call; sendmsg does not
