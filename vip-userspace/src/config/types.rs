@@ -59,6 +59,44 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>,
         .transpose()
 }
 
+/// [`parse_duration`], plus whole days (`7d`): the etcd snapshot's
+/// intervals and ages run past the day that stops at.
+pub fn parse_span(s: &str) -> Result<Duration, String> {
+    match s.trim().strip_suffix('d') {
+        Some(n) => n
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|d| (1..=3650).contains(d))
+            .map(|d| Duration::from_secs(d * 86_400))
+            .ok_or_else(|| format!("{s:?}: write whole days from 1d to 3650d, or 12h, 30m")),
+        None => parse_duration(s),
+    }
+}
+
+/// A span as the file writes it: whole days as `Nd`, else
+/// [`format_duration`].
+pub fn format_span(d: Duration) -> String {
+    if d.as_secs() >= 86_400 && d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 {
+        format!("{}d", d.as_secs() / 86_400)
+    } else {
+        format_duration(d)
+    }
+}
+
+/// serde's `deserialize_with` for a span field ([`parse_span`]).
+pub fn span<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_span(&s).map_err(D::Error::custom)
+}
+
+/// serde's `deserialize_with` for an optional span field.
+pub fn opt_span<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|s| parse_span(&s).map_err(D::Error::custom))
+        .transpose()
+}
+
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let parts: Vec<&str> = s.split(':').collect();
     let err = || format!("{s:?} is not a MAC address; write it as 02:42:ac:11:00:02");

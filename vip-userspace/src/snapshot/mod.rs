@@ -28,7 +28,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
-use crate::config::parse_duration;
+use crate::config::types::{format_span, opt_span, span};
 
 pub use plan::{OnDisk, Schedule};
 
@@ -60,22 +60,22 @@ pub struct SnapshotSettings {
     #[serde(default = "default_dir")]
     pub dir: PathBuf,
     /// How often: one snapshot per period of this length (`24h`, `7d`, `30m`).
-    #[serde(default = "default_interval")]
-    pub interval: String,
+    #[serde(default = "default_interval", deserialize_with = "span")]
+    pub interval: Duration,
     /// How far into each period the snapshot may be (the same offset on every
     /// node, different per period).
-    #[serde(default = "default_jitter")]
-    pub jitter: String,
+    #[serde(default = "default_jitter", deserialize_with = "span")]
+    pub jitter: Duration,
     /// How many verified snapshots to keep (`null`: no count limit).
     #[serde(default = "default_keep")]
     pub keep: Option<usize>,
     /// Delete verified snapshots older than this (`null`: no age limit). The
     /// newest verified snapshot is kept whatever its age.
-    #[serde(default)]
-    pub max_age: Option<String>,
+    #[serde(default, deserialize_with = "opt_span")]
+    pub max_age: Option<Duration>,
     /// The longest one snapshot may take, connection to rename.
-    #[serde(default = "default_timeout")]
-    pub timeout: String,
+    #[serde(default = "default_timeout", deserialize_with = "span")]
+    pub timeout: Duration,
     /// `announce` mode: the nodes that take turns, lowest address first
     /// (`duty::head_start`). Empty (the default): the backends and
     /// `state_sync.peers`, which in the stacked shape are the control-plane
@@ -99,17 +99,17 @@ fn default_key() -> PathBuf {
 fn default_dir() -> PathBuf {
     "/var/lib/vipd/etcd-snapshots".into()
 }
-fn default_interval() -> String {
-    "24h".into()
+fn default_interval() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
-fn default_jitter() -> String {
-    "1h".into()
+fn default_jitter() -> Duration {
+    Duration::from_secs(3600)
 }
 fn default_keep() -> Option<usize> {
     Some(7)
 }
-fn default_timeout() -> String {
-    "10m".into()
+fn default_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 impl Default for SnapshotSettings {
@@ -146,21 +146,6 @@ pub struct SnapshotPlan {
     pub nodes: Vec<std::net::IpAddr>,
 }
 
-/// `parse_duration`, plus whole days (`7d`) for intervals and ages that run
-/// past the day it stops at.
-fn parse_span(s: &str) -> Result<Duration, String> {
-    match s.trim().strip_suffix('d') {
-        Some(n) => n
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|d| (1..=3650).contains(d))
-            .map(|d| Duration::from_secs(d * 86_400))
-            .ok_or_else(|| format!("{s:?}: write whole days from 1d to 3650d, or 12h, 30m")),
-        None => parse_duration(s),
-    }
-}
-
 impl SnapshotSettings {
     /// Validates and converts; errors name the field under `snapshot.` and
     /// the fix.
@@ -178,30 +163,27 @@ impl SnapshotSettings {
                 format!("{e:?}: use an https:// URL; vipd talks to etcd only over mutual TLS"),
             ));
         }
-        let interval = parse_span(&self.interval).map_err(|e| field("interval", e))?;
+        let (interval, jitter, max_age, timeout) =
+            (self.interval, self.jitter, self.max_age, self.timeout);
         if interval < Duration::from_secs(10) {
             return Err(field(
                 "interval",
                 format!(
-                    "{:?} is too often; use at least 10s (daily is usual)",
-                    self.interval
+                    "{} is too often; use at least 10s (daily is usual)",
+                    format_span(interval)
                 ),
             ));
         }
-        let jitter = parse_span(&self.jitter).map_err(|e| field("jitter", e))?;
         if jitter >= interval {
             return Err(field(
                 "jitter",
                 format!(
-                    "{:?}: use less than the interval ({})",
-                    self.jitter, self.interval
+                    "{}: use less than the interval ({})",
+                    format_span(jitter),
+                    format_span(interval)
                 ),
             ));
         }
-        let max_age = match &self.max_age {
-            Some(a) => Some(parse_span(a).map_err(|e| field("max_age", e))?),
-            None => None,
-        };
         if self.keep == Some(0) {
             return Err(field(
                 "keep",
@@ -215,11 +197,10 @@ impl SnapshotSettings {
                 "with no max_age either, snapshots would pile up until the disk is full; set keep or max_age".into(),
             ));
         }
-        let timeout = parse_span(&self.timeout).map_err(|e| field("timeout", e))?;
         if timeout < Duration::from_secs(1) {
             return Err(field(
                 "timeout",
-                format!("{:?}: use at least 1s", self.timeout),
+                format!("{}: use at least 1s", format_span(timeout)),
             ));
         }
         if !self.dir.is_absolute() {
@@ -741,21 +722,26 @@ mod tests {
             bad(|s| s.endpoints = vec!["http://x:2379".into()]).0,
             "snapshot.endpoints"
         );
-        assert_eq!(bad(|s| s.interval = "5s".into()).0, "snapshot.interval");
-        assert_eq!(bad(|s| s.jitter = "2d".into()).0, "snapshot.jitter");
+        assert_eq!(
+            bad(|s| s.interval = Duration::from_secs(5)).0,
+            "snapshot.interval"
+        );
+        assert_eq!(
+            bad(|s| s.jitter = Duration::from_secs(2 * 86_400)).0,
+            "snapshot.jitter"
+        );
         assert_eq!(bad(|s| s.keep = Some(0)).0, "snapshot.keep");
         assert_eq!(bad(|s| s.keep = None).0, "snapshot.keep");
         assert_eq!(bad(|s| s.dir = "snaps".into()).0, "snapshot.dir");
-        assert_eq!(
-            bad(|s| s.max_age = Some("forever".into())).0,
-            "snapshot.max_age"
-        );
-        let s = SnapshotSettings {
-            interval: "7d".into(),
-            max_age: Some("30d".into()),
-            keep: None,
-            ..Default::default()
-        };
+        // Spans are read once, with the file: a bad one never reaches the
+        // plan, and the error names the field.
+        let read = |yaml: &str| serde_yaml_ng::from_str::<SnapshotSettings>(yaml);
+        let e = read("max_age: forever")
+            .expect_err("not a span")
+            .to_string();
+        assert!(e.contains("\"forever\"") && e.contains("whole days"), "{e}");
+        let s = read("interval: 7d\nmax_age: 30d\nkeep: null").expect("spans in days");
+        assert_eq!(s.interval, Duration::from_secs(7 * 86_400));
         let p = s.plan().expect("weekly with a month's age is valid");
         assert_eq!(p.max_age, Some(Duration::from_secs(30 * 86_400)));
     }
