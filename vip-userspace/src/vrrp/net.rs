@@ -25,13 +25,14 @@ pub(super) use sys::*;
 use wire::*;
 pub(crate) use wire::{ipv4_header, parse_cmsgs_v6, parse_ipv4};
 
+use crate::csum::internet_checksum;
 pub use crate::link::LinkError;
 use crate::link::ifindex;
 
 pub use super::packet::{GROUP_V4, GROUP_V6, group};
 use super::{
     Family, Received,
-    packet::{HOP_LIMIT, PROTO_VRRP, internet_checksum},
+    packet::{HOP_LIMIT, PROTO_VRRP},
 };
 
 /// IANA protocol number of VRRP (RFC 9568 sections 5.1.1.4 and 5.1.2.4).
