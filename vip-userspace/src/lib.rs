@@ -11,6 +11,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod import;
+pub mod keys;
 pub mod link;
 pub mod maglev;
 pub mod metrics;

@@ -89,7 +89,7 @@ pub struct StateSyncSettings {
     pub listen: Option<IpAddr>,
     /// Shared keys (`ID HEX` lines, the first signs): every datagram is
     /// then tagged with HMAC-SHA256 and checked for replay
-    /// ([`crate::sync::auth`]). Read again when it changes.
+    /// ([`crate::keys`]). Read again when it changes.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
 }

@@ -21,8 +21,8 @@
 //!   sender (RFC 1982 serial arithmetic), checked after the HMAC so forged
 //!   packets never move the mark.
 //!
-//! The keys, their file format and their rotation are state sync's
-//! ([`crate::sync::auth`]): `ID HEX` lines, the first signs, every listed key
+//! The keys, their file format and their rotation are shared with state sync
+//! ([`crate::keys`]): `ID HEX` lines, the first signs, every listed key
 //! verifies, the file is read again when it changes.
 //!
 //! Interop: the layout, the HMAC input and the sequence below were learnt
@@ -38,7 +38,7 @@ use std::{
 };
 
 use super::packet::Discard;
-use crate::sync::auth::{self as keys, AuthError, Key, Keys};
+use crate::keys::{self, Key, Keys, TagError};
 
 // The trailer, appended after the VRRP message (draft section 3):
 //
@@ -217,8 +217,8 @@ pub fn verify(
     let p = prefix(tr.key_id, tr.seq);
     keys::verify(keys, tr.key_id, &hmac_input(src, msg, &p), &t[PREFIX_LEN..]).map_err(
         |e| match e {
-            AuthError::UnknownKey(id) => Discard::UnknownKey(id),
-            _ => Discard::Forged,
+            TagError::UnknownKey(id) => Discard::UnknownKey(id),
+            TagError::Forged => Discard::Forged,
         },
     )?;
     Ok(tr)

@@ -255,7 +255,7 @@ impl Advert {
         &self,
         src: IpAddr,
         dst: IpAddr,
-        key: &crate::sync::auth::Key,
+        key: &crate::keys::Key,
         seq: u64,
     ) -> Result<Vec<u8>, EncodeError> {
         let mut buf = self.body(src, dst)?;
@@ -753,8 +753,7 @@ mod tests {
         };
         let owner: Tweak = |p| p.owner = true;
         let signed: Tweak = |p| p.signed = true;
-        let key =
-            crate::sync::auth::Keys::parse("k", &format!("1 {}", "ab".repeat(32))).expect("key");
+        let key = crate::keys::Keys::parse("k", &format!("1 {}", "ab".repeat(32))).expect("key");
         let signed_payload = advert4()
             .encode_signed(SRC4, DST4, key.signing(), 7)
             .expect("encodes");

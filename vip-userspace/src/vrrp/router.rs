@@ -30,7 +30,7 @@ use super::{
     packet::{self, Advert, DISCARD_LABELS, Discard, RxPolicy},
 };
 use super::{Priority, Vrid, VrrpPlan};
-use crate::sync::auth::KeySource;
+use crate::keys::KeySource;
 use crate::{
     host,
     link::{SourceState, format_mac},
@@ -63,7 +63,7 @@ pub enum RouterError {
     #[error("{family:?} VRRP on {ifname}: no VIP of this family")]
     NoVips { ifname: String, family: Family },
     #[error("vrrp.auth_hmac.key_file: {0}")]
-    Key(#[from] crate::sync::auth::KeyError),
+    Key(#[from] crate::keys::KeyError),
 }
 
 /// The HMAC option's state ([`super::auth`]): the keys, our sequence, the
