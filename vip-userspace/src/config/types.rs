@@ -70,14 +70,16 @@ pub fn parse_span(s: &str) -> Result<Duration, String> {
             .filter(|d| (1..=3650).contains(d))
             .map(|d| Duration::from_secs(d * 86_400))
             .ok_or_else(|| format!("{s:?}: write whole days from 1d to 3650d, or 12h, 30m")),
-        None => parse_duration(s),
+        None => parse_duration(s).map_err(|_| {
+            format!("{s:?} is not a span; write it like 30m, 12h or 7d (whole days up to 3650d)")
+        }),
     }
 }
 
 /// A span as the file writes it: whole days as `Nd`, else
 /// [`format_duration`].
 pub fn format_span(d: Duration) -> String {
-    if d.as_secs() >= 86_400 && d.as_secs() % 86_400 == 0 && d.subsec_nanos() == 0 {
+    if d.as_secs() >= 86_400 && d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 {
         format!("{}d", d.as_secs() / 86_400)
     } else {
         format_duration(d)

@@ -21,7 +21,11 @@
 //!   that existed then.
 //! - **rotation**: see [`crate::keys`].
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, SystemTime},
+};
 
 use thiserror::Error;
 
@@ -160,15 +164,6 @@ impl Replay {
 mod tests {
     use super::*;
 
-    const K1: &str = "1 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-    const K2: &str = "2 ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
-
-    fn keys(text: &str) -> Keys {
-        Keys::parse("k", text).expect("valid key file")
-    }
-
-    /// RFC 4231 test case 2 ("Jefe"), truncated as we truncate: the tag is
-    /// standard HMAC-SHA256, not something of ours.
     #[test]
     fn the_window_takes_each_sequence_once() {
         let mut w = Window::default();
