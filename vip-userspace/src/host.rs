@@ -109,10 +109,7 @@ pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-    // iproute2's wording for EEXIST and EADDRNOTAVAIL.
-    if (add && stderr.contains("File exists"))
-        || (!add && stderr.contains("Cannot assign requested address"))
-    {
+    if already_so(add, &stderr) {
         return Ok(());
     }
     Err(HostError::Addr {
@@ -121,6 +118,20 @@ pub fn set_vip(iface: &str, vip: IpAddr, add: bool) -> Result<(), HostError> {
         iface: iface.to_owned(),
         stderr,
     })
+}
+
+/// Whether `ip addr add/del`'s error says the address is already as asked:
+/// iproute2's wording for EEXIST and EADDRNOTAVAIL, and the kernel's
+/// extended ack for an IPv4 address that is there (iproute2 prints it
+/// instead of strerror since Linux 5.x: "Error: ipv4: Address already
+/// assigned."). A restart after a crash (SIGKILL, OOM) finds the VIP its
+/// predecessor left on `lo` and must carry on.
+fn already_so(add: bool, stderr: &str) -> bool {
+    if add {
+        stderr.contains("File exists") || stderr.contains("Address already assigned")
+    } else {
+        stderr.contains("Cannot assign requested address")
+    }
 }
 
 /// `changed` if `res` is Ok; otherwise `changed` undone and the error: a
@@ -487,6 +498,18 @@ pub fn prepare_stacked(iface: &str, vips: &[IpAddr]) -> Result<Vec<Changed>, Hos
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_already_as_asked_is_not_an_error() {
+        assert!(already_so(true, "RTNETLINK answers: File exists"));
+        assert!(already_so(true, "Error: ipv4: Address already assigned."));
+        assert!(already_so(
+            false,
+            "RTNETLINK answers: Cannot assign requested address"
+        ));
+        assert!(!already_so(true, "Cannot find device \"lo0\""));
+        assert!(!already_so(false, "Error: ipv4: Address already assigned."));
+    }
 
     /// `vipd detach` reads back what the first run wrote: every kind of
     /// change survives the record, and the empty old value of a sysctl too.
