@@ -100,6 +100,7 @@ pub struct Fabric {
     /// BIRD of each LB (`None` for an FRR LB, or while killed).
     birds: Mutex<Vec<Option<Proc>>>,
     bird_starts: AtomicU32,
+    vipd_starts: AtomicU32,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -134,6 +135,7 @@ impl Fabric {
             lb_frr: Vec::new(),
             birds: Mutex::new(Vec::new()),
             bird_starts: AtomicU32::new(0),
+            vipd_starts: AtomicU32::new(0),
             dir,
             id,
             _serial: serial,
@@ -649,7 +651,10 @@ impl Fabric {
             .arg(&path)
             .args(["--stats-interval", "1", "--no-pin"])
             .env("RUST_LOG", "info");
-        let p = Proc::spawn_logged(c, &self.dir, &format!("vipd-lb{i}"));
+        // A log of its own per start: a restarted vipd's must not erase
+        // what the previous one said.
+        let n = self.vipd_starts.fetch_add(1, Ordering::Relaxed);
+        let p = Proc::spawn_logged(c, &self.dir, &format!("vipd-lb{i}-{n}"));
         p.wait_for_stdout("vipd ready", Duration::from_secs(30));
         p
     }
@@ -683,6 +688,92 @@ impl Fabric {
         }
     }
 
+    /// Both backends ready for mode dsr across subnets (README, "Backends in
+    /// other subnets"): the VIP on `lo`, vipd's `vip_decap` XDP program on
+    /// eth0 to strip the LB's IPIP header (this kernel has no `tunl0`, see
+    /// tests/tests/l3dsr.rs), and the apiserver stand-in on `port` named
+    /// `be<k>`, its certificate valid for the VIP and the backend's own
+    /// address (vipd's probes connect to the latter). Also turns off the
+    /// client's checksum and segmentation offloads: native XDP loses a
+    /// partial checksum (TOOLCHAIN.md), and every client segment is then a
+    /// real frame of at most 1500 bytes, as on a wire.
+    pub fn dsr_backends(&self, pki: &crate::certs::TestPki, port: u16) -> DsrBackends {
+        let mut b = DsrBackends {
+            standins: Vec::new(),
+            _decap: Vec::new(),
+        };
+        for (k, ns) in self.backends.iter().enumerate() {
+            let addr = Ipv4Addr::new(10, 79, 1 + k as u8, 2);
+            sh(
+                ns,
+                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+            );
+            b._decap.push(crate::progtest::attach_in(
+                ns,
+                vip_userspace::dataplane::kernel::PROG_DECAP,
+                NODE_IF,
+            ));
+            let (cert, key) = pki.issue_server(
+                &["kubernetes", "kubernetes.default"],
+                &[IpAddr::V4(VIP), IpAddr::V4(addr)],
+            );
+            let listener = in_netns(ns, || {
+                std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            })
+            .unwrap_or_else(|e| panic!("bind 0.0.0.0:{port} in be{k}: {e}"));
+            let listen = listener.local_addr().expect("local addr");
+            b.standins.push(crate::standin::spawn_in_thread(
+                crate::standin::StandinOptions {
+                    listen,
+                    cert_pem: cert,
+                    key_pem: key,
+                    name: format!("be{k}"),
+                    watch_interval: Duration::from_millis(200),
+                    client_ca_pem: None,
+                    git_version: crate::standin::GIT_VERSION.to_owned(),
+                },
+                listener,
+            ));
+        }
+        sh(
+            &self.client,
+            &[
+                "ethtool", "-K", NODE_IF, "tx", "off", "tso", "off", "gso", "off",
+            ],
+        );
+        b
+    }
+
+    /// The LB the router forwards a TCP flow from `client` to `vip` to
+    /// right now: its kernel's multipath choice for that 5-tuple
+    /// (`ip route get` with ports hashes as a forwarded packet would with
+    /// `fib_multipath_hash_policy=1`). `None` if no LB is.
+    pub fn lb_of(&self, client: std::net::SocketAddr, vip: std::net::SocketAddr) -> Option<usize> {
+        let out = sh(
+            &self.router,
+            &[
+                "ip",
+                "-4",
+                "route",
+                "get",
+                &vip.ip().to_string(),
+                "from",
+                &client.ip().to_string(),
+                "iif",
+                "cl",
+                "ipproto",
+                "tcp",
+                "sport",
+                &client.port().to_string(),
+                "dport",
+                &vip.port().to_string(),
+            ],
+        );
+        self.lbs
+            .iter()
+            .position(|lb| out.contains(&format!(" dev {} ", lb.router_if)))
+    }
+
     /// Every daemon's output so far.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -696,6 +787,13 @@ impl Fabric {
         }
         s
     }
+}
+
+/// [`Fabric::dsr_backends`]'s stand-ins and decapsulating programs;
+/// stopped and detached on drop (before the fabric).
+pub struct DsrBackends {
+    pub standins: Vec<crate::standin::StandinHandle>,
+    _decap: Vec<vip_userspace::dataplane::kernel::KernelMaps>,
 }
 
 /// [`Fabric::serve_tcp`]'s server.
