@@ -12,18 +12,15 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use vip_tests::fabric::{Fabric, LBS, LbDaemon, NODE_IF, VIP, VIP6};
+use vip_tests::fabric::{
+    CONVERGE, DsrLab, Fabric, LBS, LbDaemon, NODE_IF, VIP, VIP6, vipd_dsr_config,
+};
 use vip_tests::netns::{Proc, in_netns, xdp_link_id};
 use vip_tests::scenario::parse_metrics;
 use vip_tests::standin::HttpsConn;
-use vip_tests::traffic::{End, Poller, WatchReport, Watches, outage};
+use vip_tests::traffic::{End, Poller, WatchReport, outage};
 use vip_userspace::route::{Announced, Holder, RouteError};
 use vip_userspace::status::Status;
-
-/// Daemon start-up to a stable multipath route is 2.5-3.2 s here
-/// (TOOLCHAIN.md); a loaded machine or one BFD flap at start-up (BIRD then
-/// waits `error wait time` 1 s) takes longer.
-const CONVERGE: Duration = Duration::from_secs(20);
 
 fn vip() -> IpAddr {
     IpAddr::V4(VIP)
@@ -588,160 +585,6 @@ fn vipd_announces_only_while_it_can_serve() {
                 "lb{i}: BIRD runs in its namespace:\n{}",
                 p.logs()
             );
-        }
-    }
-}
-
-/// vipd on an LB in mode dsr, its backends in subnets of their own reached
-/// through IPIP (`encap: ipip`): every LB computes the same Maglev table,
-/// so a flow the router's ECMP moves to another LB reaches the same backend
-/// with no state shared. A 2 s drain covers BIRD's withdrawal reaching the
-/// router (tens of ms here, see `a_withdrawn_route_leaves_the_router_quickly`).
-fn vipd_dsr_config() -> String {
-    format!(
-        "interface: {NODE_IF}
-xdp_mode: skb
-metrics_listen: {METRICS}
-announce:
-  table: 198
-  drain: 2s
-cert_gate:
-  on_missing_san: off
-services:
-  - vip: {VIP}
-    port: {PORT}
-    mode: dsr
-    encap: ipip
-    probe: {{ type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 2, jitter: 0ms }}
-    backends:
-      - address: 10.79.1.2
-      - address: 10.79.2.2
-"
-    )
-}
-
-/// The fabric with a vipd in mode dsr on every LB, the stand-in on both
-/// backends, converged: the router has all three LBs as nexthops. Fields
-/// drop in order: vipds and backends before the fabric's namespaces.
-struct DsrLab {
-    vipds: Vec<Option<Proc>>,
-    client_cfg: std::sync::Arc<rustls::ClientConfig>,
-    _backends: vip_tests::fabric::DsrBackends,
-    _pki: vip_tests::certs::TestPki,
-    f: Fabric,
-}
-
-impl DsrLab {
-    fn new(hint: &str) -> DsrLab {
-        let f = Fabric::new(hint);
-        let pki = vip_tests::certs::TestPki::new();
-        let backends = f.dsr_backends(&pki, PORT);
-        let client_cfg = vip_tests::standin::client_config(&pki.ca_pem(), None);
-        let vipds = (0..LBS)
-            .map(|i| Some(f.spawn_vipd(i, &vipd_dsr_config())))
-            .collect();
-        let took = f.wait_for_paths(VIP, LBS, CONVERGE);
-        eprintln!("{hint}: {LBS}-way ECMP on the router {took:?} after the last vipd was ready");
-        let lab = DsrLab {
-            vipds,
-            client_cfg,
-            _backends: backends,
-            _pki: pki,
-            f,
-        };
-        lab.wait_spread();
-        lab
-    }
-
-    fn vip_addr() -> std::net::SocketAddr {
-        std::net::SocketAddr::new(vip(), PORT)
-    }
-
-    fn watches(&self, n: usize) -> Watches {
-        Watches::open_at(
-            &self.f.client,
-            &self.client_cfg,
-            Self::vip_addr(),
-            n,
-            Some(Duration::from_secs(1)),
-        )
-        .unwrap_or_else(|e| {
-            panic!(
-                "{n} watch streams through the fabric: {e}\n{}",
-                self.f.state()
-            )
-        })
-    }
-
-    /// The LB each stream crosses, by the router's hash of its 5-tuple.
-    fn lbs_of(&self, w: &Watches) -> Vec<usize> {
-        w.local_addrs()
-            .iter()
-            .map(|&a| {
-                self.f
-                    .lb_of(a, Self::vip_addr())
-                    .unwrap_or_else(|| panic!("the router has no LB for {a}\n{}", self.f.state()))
-            })
-            .collect()
-    }
-
-    /// LB `i` back after its link went down: link up, its IPv4 default
-    /// route again (the kernel dropped it with the link; the IPv6 side,
-    /// whose addresses went too, is not used here), vipd started if it was
-    /// killed; waits until the router has every LB again.
-    fn restore(&mut self, i: usize) {
-        let lb = self.f.lbs[i].clone();
-        self.f.lb_sh(i, &["ip", "link", "set", NODE_IF, "up"]);
-        self.f.lb_sh(
-            i,
-            &[
-                "ip",
-                "route",
-                "replace",
-                "default",
-                "via",
-                &lb.peer.to_string(),
-            ],
-        );
-        if self.vipds[i].as_ref().is_none_or(|p| !p.is_running()) {
-            self.vipds[i] = Some(self.f.spawn_vipd(i, &vipd_dsr_config()));
-        }
-        let t = std::time::Instant::now();
-        self.f.wait_bfd_up(LBS, CONVERGE);
-        self.f.wait_for_paths(VIP, LBS, CONVERGE);
-        self.wait_spread();
-        eprintln!(
-            "lb{i} restored -> the router hashes flows to all {LBS} LBs again: {:?}",
-            t.elapsed()
-        );
-    }
-
-    /// Waits until the router's kernel sends flows to every LB, asked for
-    /// 60 client ports: its route can list an LB before zebra's rewrite of
-    /// the multipath route after a link flap is done.
-    fn wait_spread(&self) {
-        let end = std::time::Instant::now() + CONVERGE;
-        loop {
-            let mut seen = [false; LBS];
-            for port in 40000..40060 {
-                let from = std::net::SocketAddr::new(
-                    IpAddr::V4(std::net::Ipv4Addr::new(10, 79, 0, 2)),
-                    port,
-                );
-                if let Some(i) = self.f.lb_of(from, Self::vip_addr()) {
-                    seen[i] = true;
-                }
-            }
-            if seen.iter().all(|&s| s) {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < end,
-                "the router hashes no flow to some LB ({seen:?}): {:?}\n{}",
-                self.f.router_routes(VIP),
-                self.f.vtysh(&format!("show ip route {VIP}/32"))
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
