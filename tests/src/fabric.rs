@@ -100,6 +100,10 @@ pub struct Fabric {
     /// BIRD of each LB (`None` for an FRR LB, or while killed).
     birds: Mutex<Vec<Option<Proc>>>,
     bird_starts: AtomicU32,
+    vipd_starts: AtomicU32,
+    /// BFD on the sessions (the lab's default); without it only BGP's
+    /// timers (keepalive 1 s, hold 3 s) notice a silent LB.
+    bfd: bool,
     _serial: MutexGuard<'static, ()>,
 }
 
@@ -113,6 +117,17 @@ impl Fabric {
 
     /// Like `new`, with the routing daemon of each LB chosen.
     pub fn with_daemons(hint: &str, daemons: [LbDaemon; LBS]) -> Fabric {
+        Fabric::with_options(hint, daemons, true)
+    }
+
+    /// BIRD on every LB and no BFD on any session (both ends): what the
+    /// router's BGP timers alone detect, for `vip-bench failover
+    /// --topology bgp` to set beside the BFD figures.
+    pub fn without_bfd(hint: &str) -> Fabric {
+        Fabric::with_options(hint, [LbDaemon::Bird; LBS], false)
+    }
+
+    fn with_options(hint: &str, daemons: [LbDaemon; LBS], bfd: bool) -> Fabric {
         preflight();
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         sweep_stale();
@@ -134,6 +149,8 @@ impl Fabric {
             lb_frr: Vec::new(),
             birds: Mutex::new(Vec::new()),
             bird_starts: AtomicU32::new(0),
+            vipd_starts: AtomicU32::new(0),
+            bfd,
             dir,
             id,
             _serial: serial,
@@ -404,10 +421,11 @@ impl Fabric {
              no bgp ebgp-requires-policy\n\
              neighbor lbs peer-group\n\
              neighbor lbs timers 1 3\n\
-             neighbor lbs timers connect 1\n\
-             neighbor lbs bfd\n\
-             neighbor lbs bfd profile fast\n"
+             neighbor lbs timers connect 1\n"
         );
+        if self.bfd {
+            c += " neighbor lbs bfd\n neighbor lbs bfd profile fast\n";
+        }
         for lb in &self.lbs {
             c += &format!(
                 " neighbor {} remote-as {}\n neighbor {} peer-group lbs\n",
@@ -425,6 +443,20 @@ impl Fabric {
         let lb = &self.lbs[i];
         let n = self.bird_starts.fetch_add(1, Ordering::Relaxed);
         let conf = lb.dir.join("bird.conf");
+        let snippet = if self.bfd {
+            shipped_bird_conf()
+        } else {
+            let text = std::fs::read_to_string(shipped_bird_conf())
+                .unwrap_or_else(|e| panic!("read the shipped BIRD snippet: {e}"));
+            assert!(
+                text.contains("\tbfd on;"),
+                "deploy/bird-vipd.conf no longer says `bfd on;`: the BFD-off lab turns it off"
+            );
+            let copy = lb.dir.join("bird-vipd-nobfd.conf");
+            std::fs::write(&copy, text.replace("\tbfd on;", "\tbfd off;"))
+                .unwrap_or_else(|e| panic!("write {}: {e}", copy.display()));
+            copy
+        };
         let main = format!(
             "router id {};\nlog stderr all;\nprotocol device {{}}\n\
              define VIPD_LOCAL_AS = {};\ndefine VIPD_PEER = {};\ndefine VIPD_PEER_AS = {ROUTER_AS};\n\
@@ -432,7 +464,7 @@ impl Fabric {
             lb.addr,
             lb.asn,
             lb.peer,
-            shipped_bird_conf().display()
+            snippet.display()
         );
         std::fs::write(&conf, main).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
         let ctl = lb.dir.join(format!("bird{n}.ctl"));
@@ -603,6 +635,21 @@ impl Fabric {
         self.lb_sh(i, &["nft", "-f", &rules.display().to_string()]);
     }
 
+    /// Undoes [`Fabric::silence_lb`].
+    pub fn unsilence_lb(&self, i: usize) {
+        self.lb_sh(i, &["nft", "delete", "table", "inet", "vipd_lab_silence"]);
+    }
+
+    /// Every namespace this fabric created (removed on drop).
+    pub fn namespaces(&self) -> &[String] {
+        &self.created
+    }
+
+    /// Whether the sessions run BFD.
+    pub fn bfd(&self) -> bool {
+        self.bfd
+    }
+
     /// Takes LB `i`'s link down (the router sees carrier loss at once).
     pub fn lb_link_down(&self, i: usize) {
         self.lb_sh(i, &["ip", "link", "set", NODE_IF, "down"]);
@@ -649,7 +696,10 @@ impl Fabric {
             .arg(&path)
             .args(["--stats-interval", "1", "--no-pin"])
             .env("RUST_LOG", "info");
-        let p = Proc::spawn_logged(c, &self.dir, &format!("vipd-lb{i}"));
+        // A log of its own per start: a restarted vipd's must not erase
+        // what the previous one said.
+        let n = self.vipd_starts.fetch_add(1, Ordering::Relaxed);
+        let p = Proc::spawn_logged(c, &self.dir, &format!("vipd-lb{i}-{n}"));
         p.wait_for_stdout("vipd ready", Duration::from_secs(30));
         p
     }
@@ -683,6 +733,95 @@ impl Fabric {
         }
     }
 
+    /// Both backends ready for mode dsr across subnets (README, "Backends in
+    /// other subnets"): the VIP on `lo`, vipd's `vip_decap` XDP program on
+    /// eth0 to strip the LB's IPIP header (this kernel has no `tunl0`, see
+    /// tests/tests/l3dsr.rs), and the apiserver stand-in on `port` named
+    /// `be<k>`, its certificate valid for the VIP and the backend's own
+    /// address (vipd's probes connect to the latter). Also turns off the
+    /// client's checksum and segmentation offloads: native XDP loses a
+    /// partial checksum (TOOLCHAIN.md), and every client segment is then a
+    /// real frame of at most 1500 bytes, as on a wire.
+    pub fn dsr_backends(&self, pki: &crate::certs::TestPki, port: u16) -> DsrBackends {
+        let mut b = DsrBackends {
+            standins: Vec::new(),
+            _decap: Vec::new(),
+        };
+        for (k, ns) in self.backends.iter().enumerate() {
+            let addr = Ipv4Addr::new(10, 79, 1 + k as u8, 2);
+            sh(
+                ns,
+                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+            );
+            b._decap.push(crate::progtest::attach_in(
+                ns,
+                vip_userspace::dataplane::kernel::PROG_DECAP,
+                NODE_IF,
+            ));
+            let (cert, key) = pki.issue_server(
+                &["kubernetes", "kubernetes.default"],
+                &[IpAddr::V4(VIP), IpAddr::V4(addr)],
+            );
+            let listener = in_netns(ns, || {
+                std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            })
+            .unwrap_or_else(|e| panic!("bind 0.0.0.0:{port} in be{k}: {e}"));
+            let listen = listener.local_addr().expect("local addr");
+            b.standins.push(crate::standin::spawn_in_thread(
+                crate::standin::StandinOptions {
+                    listen,
+                    cert_pem: cert,
+                    key_pem: key,
+                    name: format!("be{k}"),
+                    watch_interval: Duration::from_millis(200),
+                    client_ca_pem: None,
+                    git_version: crate::standin::GIT_VERSION.to_owned(),
+                },
+                listener,
+            ));
+        }
+        sh(
+            &self.client,
+            &[
+                "ethtool", "-K", NODE_IF, "tx", "off", "tso", "off", "gso", "off",
+            ],
+        );
+        b
+    }
+
+    /// The LB the router forwards a TCP flow from `client` to `vip` to
+    /// right now: its kernel's multipath choice for that 5-tuple
+    /// (`ip route get` with ports hashes as a forwarded packet would with
+    /// `fib_multipath_hash_policy=1`). `None` if no LB is.
+    pub fn lb_of(&self, client: std::net::SocketAddr, vip: std::net::SocketAddr) -> Option<usize> {
+        // No route at all for a moment is possible: zebra replaces the
+        // multipath route as nexthops come and go.
+        let out = ns_exec(
+            &self.router,
+            &[
+                "ip",
+                "-4",
+                "route",
+                "get",
+                &vip.ip().to_string(),
+                "from",
+                &client.ip().to_string(),
+                "iif",
+                "cl",
+                "ipproto",
+                "tcp",
+                "sport",
+                &client.port().to_string(),
+                "dport",
+                &vip.port().to_string(),
+            ],
+        );
+        let out = String::from_utf8_lossy(&out.stdout);
+        self.lbs
+            .iter()
+            .position(|lb| out.contains(&format!(" dev {} ", lb.router_if)))
+    }
+
     /// Every daemon's output so far.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -696,6 +835,13 @@ impl Fabric {
         }
         s
     }
+}
+
+/// [`Fabric::dsr_backends`]'s stand-ins and decapsulating programs;
+/// stopped and detached on drop (before the fabric).
+pub struct DsrBackends {
+    pub standins: Vec<crate::standin::StandinHandle>,
+    _decap: Vec<vip_userspace::dataplane::kernel::KernelMaps>,
 }
 
 /// [`Fabric::serve_tcp`]'s server.
@@ -744,6 +890,174 @@ impl Drop for Fabric {
             && let Err(e) = std::fs::remove_dir_all(&self.dir)
         {
             eprintln!("fabric {}: remove {}: {e}", self.id, self.dir.display());
+        }
+    }
+}
+
+/// The port the fabric's dsr services and backends use.
+pub const DSR_PORT: u16 = 6443;
+/// Where each LB's vipd serves /status and /metrics (its own namespace).
+pub const DSR_METRICS: &str = "127.0.0.1:9590";
+/// The client's address.
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 79, 0, 2);
+/// Daemon start-up to a stable multipath route is 2.5-3.2 s here
+/// (TOOLCHAIN.md); a loaded machine or one BFD flap at start-up (BIRD then
+/// waits `error wait time` 1 s) takes longer.
+pub const CONVERGE: Duration = Duration::from_secs(20);
+
+/// vipd on an LB in mode dsr, its backends in subnets of their own reached
+/// through IPIP (`encap: ipip`): every LB computes the same Maglev table,
+/// so a flow the router's ECMP moves to another LB reaches the same backend
+/// with no state shared. A 2 s drain covers BIRD's withdrawal reaching the
+/// router (tens of ms here, see `a_withdrawn_route_leaves_the_router_quickly`).
+pub fn vipd_dsr_config() -> String {
+    format!(
+        "interface: {NODE_IF}
+xdp_mode: skb
+metrics_listen: {DSR_METRICS}
+announce:
+  table: 198
+  drain: 2s
+cert_gate:
+  on_missing_san: off
+services:
+  - vip: {VIP}
+    port: {DSR_PORT}
+    mode: dsr
+    encap: ipip
+    probe: {{ type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 2, jitter: 0ms }}
+    backends:
+      - address: 10.79.1.2
+      - address: 10.79.2.2
+"
+    )
+}
+
+/// The fabric with a vipd in mode dsr on every LB, the stand-in on both
+/// backends, converged: the router has all three LBs as nexthops. Fields
+/// drop in order: vipds and backends before the fabric's namespaces.
+pub struct DsrLab {
+    pub vipds: Vec<Option<Proc>>,
+    pub client_cfg: std::sync::Arc<rustls::ClientConfig>,
+    _backends: DsrBackends,
+    _pki: crate::certs::TestPki,
+    pub f: Fabric,
+}
+
+impl DsrLab {
+    pub fn new(hint: &str) -> DsrLab {
+        DsrLab::on(Fabric::new(hint), hint)
+    }
+
+    /// As [`DsrLab::new`], on a fabric built already (e.g. without BFD).
+    pub fn on(f: Fabric, hint: &str) -> DsrLab {
+        let pki = crate::certs::TestPki::new();
+        let backends = f.dsr_backends(&pki, DSR_PORT);
+        let client_cfg = crate::standin::client_config(&pki.ca_pem(), None);
+        let vipds = (0..LBS)
+            .map(|i| Some(f.spawn_vipd(i, &vipd_dsr_config())))
+            .collect();
+        let took = f.wait_for_paths(VIP, LBS, CONVERGE);
+        eprintln!("{hint}: {LBS}-way ECMP on the router {took:?} after the last vipd was ready");
+        let lab = DsrLab {
+            vipds,
+            client_cfg,
+            _backends: backends,
+            _pki: pki,
+            f,
+        };
+        lab.wait_spread();
+        lab
+    }
+
+    pub fn vip_addr() -> std::net::SocketAddr {
+        std::net::SocketAddr::new(IpAddr::V4(VIP), DSR_PORT)
+    }
+
+    pub fn watches(&self, n: usize) -> crate::traffic::Watches {
+        crate::traffic::Watches::open_at(
+            &self.f.client,
+            &self.client_cfg,
+            Self::vip_addr(),
+            n,
+            Some(Duration::from_secs(1)),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{n} watch streams through the fabric: {e}\n{}",
+                self.f.state()
+            )
+        })
+    }
+
+    /// The LB each stream crosses, by the router's hash of its 5-tuple.
+    pub fn lbs_of(&self, w: &crate::traffic::Watches) -> Vec<usize> {
+        w.local_addrs()
+            .iter()
+            .map(|&a| {
+                self.f
+                    .lb_of(a, Self::vip_addr())
+                    .unwrap_or_else(|| panic!("the router has no LB for {a}\n{}", self.f.state()))
+            })
+            .collect()
+    }
+
+    /// LB `i` back after its link went down: link up, its IPv4 default
+    /// route again (the kernel dropped it with the link; the IPv6 side,
+    /// whose addresses went too, is not used here), vipd started if it was
+    /// killed; waits until the router has every LB again.
+    pub fn restore(&mut self, i: usize) {
+        let lb = self.f.lbs[i].clone();
+        self.f.lb_sh(i, &["ip", "link", "set", NODE_IF, "up"]);
+        self.f.lb_sh(
+            i,
+            &[
+                "ip",
+                "route",
+                "replace",
+                "default",
+                "via",
+                &lb.peer.to_string(),
+            ],
+        );
+        if self.vipds[i].as_ref().is_none_or(|p| !p.is_running()) {
+            self.vipds[i] = Some(self.f.spawn_vipd(i, &vipd_dsr_config()));
+        }
+        let t = std::time::Instant::now();
+        if self.f.bfd() {
+            self.f.wait_bfd_up(LBS, CONVERGE);
+        }
+        self.f.wait_for_paths(VIP, LBS, CONVERGE);
+        self.wait_spread();
+        eprintln!(
+            "lb{i} restored -> the router hashes flows to all {LBS} LBs again: {:?}",
+            t.elapsed()
+        );
+    }
+
+    /// Waits until the router's kernel sends flows to every LB, asked for
+    /// 60 client ports: its route can list an LB before zebra's rewrite of
+    /// the multipath route after a link flap is done.
+    pub fn wait_spread(&self) {
+        let end = std::time::Instant::now() + CONVERGE;
+        loop {
+            let mut seen = [false; LBS];
+            for port in 40000..40060 {
+                let from = std::net::SocketAddr::new(IpAddr::V4(CLIENT), port);
+                if let Some(i) = self.f.lb_of(from, Self::vip_addr()) {
+                    seen[i] = true;
+                }
+            }
+            if seen.iter().all(|&s| s) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the router hashes no flow to some LB ({seen:?}): {:?}\n{}",
+                self.f.router_routes(VIP),
+                self.f.vtysh(&format!("show ip route {VIP}/32"))
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -86,6 +87,9 @@ impl WatchState {
 /// `n` watch streams through the VIP, each read by its own thread.
 pub struct Watches {
     states: Vec<Arc<Mutex<WatchState>>>,
+    /// Each stream's client address and port: with the router's L4 ECMP
+    /// hash, what decides which LB of the fabric lab a stream crosses.
+    locals: Vec<SocketAddr>,
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -110,23 +114,37 @@ impl Watches {
         n: usize,
         keepalive: Option<Duration>,
     ) -> Result<Watches, String> {
+        Watches::open_at(client_ns, cfg, LbLab::vip_addr(false), n, keepalive)
+    }
+
+    /// As [`Watches::open_with`], to `vip` (the fabric lab's VIP is not the
+    /// VRRP lab's).
+    pub fn open_at(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        vip: SocketAddr,
+        n: usize,
+        keepalive: Option<Duration>,
+    ) -> Result<Watches, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut states = vec![];
+        let mut locals = vec![];
         let mut threads = vec![];
         for i in 0..n {
             let cfg = cfg.clone();
-            let mut w = in_netns(client_ns, || {
-                HttpsConn::connect(
-                    LbLab::vip_addr(false),
+            let (local, mut w) = in_netns(client_ns, || {
+                let c = HttpsConn::connect(
+                    vip,
                     "kubernetes",
                     cfg,
                     // Generous: opening hundreds of TLS streams on a busy
                     // 2-core machine (the first event is read under it too).
                     Duration::from_secs(10),
-                )
-                .and_then(|c| c.watch(WATCH_PATH))
+                )?;
+                Ok::<_, ClientError>((c.local_addr()?, c.watch(WATCH_PATH)?))
             })
             .map_err(|e| format!("watch {i}: {e:?}"))?;
+            locals.push(local);
             let first = w
                 .next_event()
                 .map_err(|e| format!("watch {i}: first event: {e:?}"))?;
@@ -195,6 +213,7 @@ impl Watches {
         }
         Ok(Watches {
             states,
+            locals,
             threads,
             stop,
         })
@@ -203,6 +222,11 @@ impl Watches {
     /// A copy of every stream's state now.
     pub fn report(&self) -> Vec<WatchReport> {
         self.states.iter().map(|s| lock(s).report()).collect()
+    }
+
+    /// Each stream's client address, in the order of [`Watches::report`].
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
     }
 
     /// Streams per backend: (open, reset, other ends).
@@ -256,6 +280,17 @@ impl Poller {
         every: Duration,
         timeout: Duration,
     ) -> Poller {
+        Poller::start_at(client_ns, cfg, LbLab::vip_addr(false), every, timeout)
+    }
+
+    /// As [`Poller::start`], to `vip`.
+    pub fn start_at(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        vip: SocketAddr,
+        every: Duration,
+        timeout: Duration,
+    ) -> Poller {
         let log = Arc::new(Mutex::new(vec![]));
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, cfg, log2, stop2) = (client_ns.to_owned(), cfg.clone(), log.clone(), stop.clone());
@@ -266,15 +301,10 @@ impl Poller {
                     let at = Instant::now();
                     // A short timeout: a SYN lost to a dead node is retried
                     // by the next attempt, not by the kernel's 1 s RTO.
-                    let result = HttpsConn::connect(
-                        LbLab::vip_addr(false),
-                        "kubernetes",
-                        cfg.clone(),
-                        timeout,
-                    )
-                    .and_then(|mut c| c.get("/whoami"))
-                    .map(|r| r.text().trim().to_owned())
-                    .map_err(|e| format!("{e:?}"));
+                    let result = HttpsConn::connect(vip, "kubernetes", cfg.clone(), timeout)
+                        .and_then(|mut c| c.get("/whoami"))
+                        .map(|r| r.text().trim().to_owned())
+                        .map_err(|e| format!("{e:?}"));
                     lock(&log2).push(Attempt {
                         at,
                         done: Instant::now(),

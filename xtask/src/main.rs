@@ -60,7 +60,8 @@ enum Cmd {
     /// baselines measured in the same run), `failover` (the outage a client
     /// sees when an LB's daemon is killed, its link goes down, or VRRP is
     /// partitioned, vipd against the kubeadm recipe's keepalived + HAProxy;
-    /// `--runs N`, `--scenario kill,link,partition`), `reaction` (how long a
+    /// `--runs N`, `--scenario kill,link,partition`; `--topology bgp`: the
+    /// L3 fabric with and without BFD, `--scenario kill,link,restart`), `reaction` (how long a
     /// failing apiserver keeps new flows; `--runs N`), `e2e` (connection
     /// rate, latency, bulk throughput and LB CPU per request for vipd nat and
     /// dsr, HAProxy and no LB, side by side; `--rounds N --duration S

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub mod dataplane;
 pub mod e2e;
 pub mod failover;
+pub mod failover_bgp;
 pub mod reaction;
 pub mod sync_lag;
 

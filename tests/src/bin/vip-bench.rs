@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use vip_tests::bench::{dataplane, e2e, failover, reaction, sync_lag};
+use vip_tests::bench::{dataplane, e2e, failover, failover_bgp, reaction, sync_lag};
 use vip_userspace::dataplane::kernel::AttachMode;
 
 #[derive(Parser)]
@@ -63,6 +63,12 @@ struct Args {
     /// or repeated); all by default.
     #[arg(long)]
     scenario: Vec<String>,
+    /// failover: `vrrp` (the default: two LBs on one segment, vipd against
+    /// keepalived + HAProxy) or `bgp` (the L3 fabric: three LBs behind a
+    /// router's ECMP, with BFD and with BGP timers only; scenarios `kill`,
+    /// `link`, `restart`).
+    #[arg(long, default_value = "vrrp")]
+    topology: String,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +82,15 @@ fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmarks load XDP programs and create namespaces: run them as root");
+    }
+    if a.what == "failover" && a.topology == "bgp" {
+        return failover_bgp::run(&failover_bgp::Options {
+            runs: a.runs,
+            scenarios: failover_bgp::Scenario::parse_list(&a.scenario)?,
+        });
+    }
+    if a.what == "failover" && a.topology != "vrrp" {
+        bail!("--topology {:?}: use vrrp or bgp", a.topology);
     }
     if a.what == "failover" {
         return failover::run(&failover::Options {

@@ -22,6 +22,9 @@ use vip_tests::{
 };
 use vip_userspace::{dataplane::kernel::AttachMode, status::Status};
 
+#[path = "vip-lab/fabric.rs"]
+mod fabric;
+
 #[derive(Parser)]
 #[command(name = "vip-lab", about = "vipd in a network-namespace lab")]
 struct Args {
@@ -41,6 +44,11 @@ struct Args {
     /// Watch streams the demo keeps open.
     #[arg(long, default_value_t = 30)]
     watches: usize,
+    /// `vrrp` (two LBs on one segment) or `bgp`: the L3 fabric, a router
+    /// running FRR with ECMP over three LBs (vipd in announce mode, mode
+    /// dsr with IPIP to backends in two other subnets, BIRD with BGP + BFD).
+    #[arg(long, default_value = "vrrp")]
+    topology: String,
     /// Run vipd on this host's real interfaces with this config instead of the lab.
     #[arg(long)]
     config: Option<std::path::PathBuf>,
@@ -76,6 +84,18 @@ fn main() -> Result<()> {
         "skb" => AttachMode::Skb,
         other => bail!("--xdp-mode {other:?}: use native or skb"),
     };
+    match args.topology.as_str() {
+        "vrrp" => {}
+        "bgp" => {
+            if args.mode != "dsr" {
+                bail!(
+                    "--topology bgp runs mode dsr (IPIP to backends in other subnets): mode nat across the fabric needs mesh state sync with a shared source address, which this lab does not set up"
+                );
+            }
+            return fabric::run(args.demo, args.watches, args.duration, &STOP);
+        }
+        other => bail!("--topology {other:?}: use vrrp or bgp"),
+    }
     let fwd = match args.mode.as_str() {
         "dsr" => Fwd::Dsr,
         "nat" => Fwd::Nat,

@@ -43,7 +43,7 @@
 
 mod bed;
 mod client;
-mod report;
+pub(crate) mod report;
 
 use std::time::{Duration, Instant};
 
