@@ -266,6 +266,49 @@ fn bad_flags_are_refused() {
     );
 }
 
+/// `vipd import` on cp3 (10.0.0.13, keepalived.conf `cp3`) with cp1's and
+/// cp2's files as `--other-node`s, mode nat: the one file, as vipd loads it,
+/// and its text for the assertions' messages.
+fn import_three(dir: &Path, cp3: &Path, cp1: &Path, cp2: &Path) -> (Config, String) {
+    let out = dir.join("vipd.yaml");
+    let ha = samples("kubeadm").join("haproxy.cfg");
+    let o = vipd(&[
+        "--keepalived",
+        cp3.to_str().expect("path"),
+        "--haproxy",
+        ha.to_str().expect("path"),
+        "--mode",
+        "nat",
+        "--node-address",
+        "10.0.0.13",
+        "--node-name",
+        "cp3",
+        "--other-node",
+        &format!("cp1={}", cp1.display()),
+        "--other-node",
+        &format!("cp2={}", cp2.display()),
+        "--output",
+        out.to_str().expect("path"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let yaml = std::fs::read_to_string(&out).expect("output");
+    let c =
+        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    (c, yaml)
+}
+
+/// The facts of node `name` with one interface holding `addr`/24.
+fn facts(name: &str, iface: &str, addr: &str) -> NodeFacts {
+    NodeFacts {
+        name: name.into(),
+        interfaces: vec![Interface {
+            name: iface.into(),
+            addrs: vec![(a(addr), 24)],
+        }],
+        routes: vec![],
+    }
+}
+
 /// Issue 16: the three nodes' keepalived.conf files (the recipe's cp3 and
 /// cp1/cp2 as BACKUPs with priorities 100 and 99, cp2 on another NIC name)
 /// become ONE file: each node's priority under `nodes:`, cp2's interface
@@ -282,28 +325,8 @@ fn several_nodes_keepalived_files_become_one_file_with_nodes() {
     let (cp1, cp2) = (dir.join("cp1.conf"), dir.join("cp2.conf"));
     std::fs::write(&cp1, backup("100", "eth0")).expect("write");
     std::fs::write(&cp2, backup("99", "ens3")).expect("write");
-    let out = dir.join("vipd.yaml");
-    let o = import_set(
-        "kubeadm",
-        &[
-            "--mode",
-            "nat",
-            "--node-address",
-            "10.0.0.13",
-            "--node-name",
-            "cp3",
-            "--other-node",
-            &format!("cp1={}", cp1.display()),
-            "--other-node",
-            &format!("cp2={}", cp2.display()),
-            "--output",
-            out.to_str().expect("path"),
-        ],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let yaml = std::fs::read_to_string(&out).expect("output");
-    let c =
-        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    let cp3 = samples("kubeadm").join("keepalived.conf");
+    let (c, yaml) = import_three(&dir, &cp3, &cp1, &cp2);
     let v = c.vrrp.as_ref().expect("vrrp");
     assert_eq!(v.priority, None, "no top-level priority:\n{yaml}");
     let nodes: Vec<(String, Option<u8>, Option<String>)> = c
@@ -328,15 +351,9 @@ fn several_nodes_keepalived_files_become_one_file_with_nodes() {
         ("cp2", "10.0.0.12", "ens3", 99),
         ("cp3", "10.0.0.13", "eth0", 101),
     ] {
-        let facts = NodeFacts {
-            name: name.into(),
-            interfaces: vec![Interface {
-                name: iface.into(),
-                addrs: vec![(a(addr), 24)],
-            }],
-            routes: vec![],
-        };
-        let r = c.resolve(&facts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = c
+            .resolve(&facts(name, iface, addr))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(
             (r.interface.as_str(), r.priority),
             (iface, Some(prio)),
@@ -391,30 +408,7 @@ fn several_nodes_unicast_peers_become_the_whole_group() {
     std::fs::write(&cp2, conf("99", ["10.0.0.11", "10.0.0.13"])).expect("write");
     let cp3 = dir.join("cp3.conf");
     std::fs::write(&cp3, conf("101", ["10.0.0.11", "10.0.0.12"])).expect("write");
-    let out = dir.join("vipd.yaml");
-    let ha = samples("kubeadm").join("haproxy.cfg");
-    let o = vipd(&[
-        "--keepalived",
-        cp3.to_str().expect("path"),
-        "--haproxy",
-        ha.to_str().expect("path"),
-        "--mode",
-        "nat",
-        "--node-address",
-        "10.0.0.13",
-        "--node-name",
-        "cp3",
-        "--other-node",
-        &format!("cp1={}", cp1.display()),
-        "--other-node",
-        &format!("cp2={}", cp2.display()),
-        "--output",
-        out.to_str().expect("path"),
-    ]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let yaml = std::fs::read_to_string(&out).expect("output");
-    let c =
-        Config::load(&out).unwrap_or_else(|e| panic!("vipd refuses its own import: {e}\n{yaml}"));
+    let (c, yaml) = import_three(&dir, &cp3, &cp1, &cp2);
     let group: Vec<IpAddr> = ["10.0.0.11", "10.0.0.12", "10.0.0.13"].map(a).to_vec();
     assert_eq!(
         c.vrrp.as_ref().map(|v| v.unicast_peers.clone()),
@@ -426,15 +420,9 @@ fn several_nodes_unicast_peers_become_the_whole_group() {
         ("cp2", "10.0.0.12"),
         ("cp3", "10.0.0.13"),
     ] {
-        let facts = NodeFacts {
-            name: name.into(),
-            interfaces: vec![Interface {
-                name: "eth0".into(),
-                addrs: vec![(a(addr), 24)],
-            }],
-            routes: vec![],
-        };
-        let r = c.resolve(&facts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let r = c
+            .resolve(&facts(name, "eth0", addr))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut want: Vec<IpAddr> = ["10.0.0.11", "10.0.0.12", "10.0.0.13"].map(a).to_vec();
         want.retain(|p| *p != a(addr));
         let mut got = r.unicast_peers.clone().expect("unicast");
