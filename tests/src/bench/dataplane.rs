@@ -243,19 +243,13 @@ fn nat_section(a: &Options) -> Result<()> {
         let lb = lb.clone();
         let n = a.new_flows as usize;
         let row = in_netns(&lb.ns.clone(), move || -> Result<String> {
-            let maps = KernelMaps::load(&LoadOptions {
-                conntrack_capacity: 4096,
-                pin_dir: None,
-            })?;
-            let mut prog = Programmer::new(maps);
             let mut svc = service(backends);
             svc.mode = MODE_NAT;
             svc.snat_addr = addr_bytes(lb.ipv4.into()).1;
             for (i, b) in svc.backends.iter_mut().enumerate() {
                 b.addr = addr_bytes(ip(&format!("10.77.0.{}", 21 + i))).1;
             }
-            prog.apply(&[svc])?;
-            prog.maps_mut().set_local_mac(MAC_LB)?;
+            let prog = programmed(svc)?;
             let syn = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_SYN).build();
             let est = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_ACK)
                 .payload(&[0; 10])
@@ -330,11 +324,6 @@ fn encap_section(a: &Options) -> Result<()> {
         let lb = lb.clone();
         let n = a.new_flows as usize;
         let row = in_netns(&lb.ns.clone(), move || -> Result<String> {
-            let maps = KernelMaps::load(&LoadOptions {
-                conntrack_capacity: 4096,
-                pin_dir: None,
-            })?;
-            let mut prog = Programmer::new(maps);
             let mut svc = service(backends);
             for b in &mut svc.backends {
                 b.encap = Some(EncapValue {
@@ -343,8 +332,7 @@ fn encap_section(a: &Options) -> Result<()> {
                     _pad: [0; 2],
                 });
             }
-            prog.apply(&[svc])?;
-            prog.maps_mut().set_local_mac(MAC_LB)?;
+            let prog = programmed(svc)?;
             let client = ip("10.77.0.200");
             let syn = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_SYN).build();
             single(prog.maps(), PROG_VIP, &[syn], lb.ifindex)?;
@@ -421,6 +409,19 @@ struct Row {
     new: f64,
 }
 
+/// Fresh maps (4096 flows) programmed with `svc`, the frames' destination
+/// MAC set to the LB's as a running agent has it.
+fn programmed(svc: DesiredService) -> Result<Programmer<KernelMaps>> {
+    let maps = KernelMaps::load(&LoadOptions {
+        conntrack_capacity: 4096,
+        pin_dir: None,
+    })?;
+    let mut prog = Programmer::new(maps);
+    prog.apply(&[svc])?;
+    prog.maps_mut().set_local_mac(MAC_LB)?;
+    Ok(prog)
+}
+
 /// Measures one row: the table filled to `flows`, `backends` backends, the
 /// cases interleaved round by round.
 fn measure_row(a: &Options, backends: u8, flows: u32, pkts: &Packets) -> Result<Row> {
@@ -470,13 +471,7 @@ fn measure_row(a: &Options, backends: u8, flows: u32, pkts: &Packets) -> Result<
 /// for another address (someone tracing a different client). The three run
 /// interleaved in each round, on the established and the non-VIP frame.
 fn trace_section(a: &Options, pkts: &Packets) -> Result<()> {
-    let maps = KernelMaps::load(&LoadOptions {
-        conntrack_capacity: 4096,
-        pin_dir: None,
-    })?;
-    let mut prog = Programmer::new(maps);
-    prog.apply(&[service(3)])?;
-    prog.maps_mut().set_local_mac(MAC_LB)?;
+    let prog = programmed(service(3))?;
     sample(prog.maps(), PROG_VIP, &pkts.syn, 1)?;
     let id = prog.maps().xdp(PROG_VIP)?.info()?.id();
     let mut tracer = vip_userspace::trace::Tracer::for_program(id)?;

@@ -56,6 +56,16 @@ struct Args {
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
+/// A second between two requests of the lab's client, cut short by Ctrl-C.
+fn nap(stop: &AtomicBool) {
+    for _ in 0..10 {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
@@ -267,12 +277,7 @@ fn serve(l: &LbLab, duration: Option<u64>) -> Result<()> {
             }
         }
         n += 1;
-        for _ in 0..10 {
-            if STOP.load(Ordering::SeqCst) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        nap(&STOP);
     }
     if answered == 0 {
         bail!("no request was answered through the VIP");

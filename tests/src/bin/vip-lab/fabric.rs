@@ -117,12 +117,7 @@ fn serve(lab: &DsrLab, duration: Option<u64>, stop: &AtomicBool) -> Result<()> {
             }
             Err(e) => println!("    client: request failed: {e}"),
         }
-        for _ in 0..10 {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        super::nap(stop);
     }
     if answered == 0 {
         bail!("no request was answered through the VIP");
