@@ -171,10 +171,18 @@ impl Prom {
     /// Waits until alert `name` is active (pending or firing) and returns
     /// its instances.
     pub fn wait_alert(&self, name: &str, timeout: Duration) -> Vec<Alert> {
+        self.wait_alerts(name, 1, timeout)
+    }
+
+    /// Waits until at least `n` alerts named `name` are active (one per
+    /// label set, e.g. per address family): each family's rule result can
+    /// turn pending at a different evaluation, since Prometheus scrapes
+    /// the two nodes at different moments.
+    pub fn wait_alerts(&self, name: &str, n: usize, timeout: Duration) -> Vec<Alert> {
         let mut found = vec![];
-        self.wait(&format!("alert {name} pending"), timeout, |p| {
+        self.wait(&format!("{n} alert(s) {name} pending"), timeout, |p| {
             found = p.alerts().into_iter().filter(|a| a.name == name).collect();
-            !found.is_empty()
+            found.len() >= n
         });
         found
     }

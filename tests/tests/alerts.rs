@@ -172,7 +172,7 @@ fn lab_failures_raise_their_alerts_and_normal_events_none() {
 
     // Two masters: lb and lb2 stop hearing each other's adverts.
     block_vrrp_to(&l.lab, &["lb", "lb2"]);
-    let two = p.wait_alert("VipdMultipleMasters", Duration::from_secs(20));
+    let two = p.wait_alerts("VipdMultipleMasters", 2, Duration::from_secs(20));
     assert_eq!(two.len(), 2, "both families: {two:?}");
     unblock_vrrp_to(&l.lab, &["lb", "lb2"]);
     wait_master(&p, &l, "lb");
