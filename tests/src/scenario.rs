@@ -75,6 +75,9 @@ pub struct LbOptions {
     /// naming the other's IPv4 address and the lab's key file
     /// ([`SYNC_KEY_HEX`]).
     pub sync: bool,
+    /// `vrrp.advert_interval` in ms (VRRP labs); `None`: vipd's default
+    /// (100 ms).
+    pub advert_ms: Option<u32>,
     /// Run vipd with only these capabilities (`setpriv --bounding-set`
     /// names: `bpf`, `net_admin`...), as uid 0 with no_new_privs: what a
     /// container gets with `drop: [ALL]` and `add:` them. `None`: all of
@@ -109,6 +112,7 @@ impl LbOptions {
             second_lb: false,
             one_file: false,
             sync: false,
+            advert_ms: None,
             caps: None,
             extra_ports: Vec::new(),
             git_versions: [crate::standin::GIT_VERSION; 3],
@@ -243,14 +247,17 @@ impl LbLab {
             !opts.one_file || opts.second_lb,
             "LbOptions.one_file needs second_lb"
         );
+        let advert = opts
+            .advert_ms
+            .map_or(String::new(), |ms| format!(", advert_interval: {ms}ms"));
         let holder = if opts.one_file {
             // Every per-node value from the file's node list or derived.
             format!(
-                "vrrp: {{ vrid: 51 }}\nnodes:\n  lb: {{ priority: 150 }}\n  lb2: {{ priority: 100 }}\nmetrics_listen: node:{}\n",
+                "vrrp: {{ vrid: 51{advert} }}\nnodes:\n  lb: {{ priority: 150 }}\n  lb2: {{ priority: 100 }}\nmetrics_listen: node:{}\n",
                 metrics_addr().port()
             )
         } else if opts.vrrp || opts.second_lb {
-            "interface: eth0\nvrrp: { vrid: 51, priority: 150 }\n".to_owned()
+            format!("interface: eth0\nvrrp: {{ vrid: 51, priority: 150{advert} }}\n")
         } else {
             "interface: eth0\nhold_vips: true\n".to_owned()
         };

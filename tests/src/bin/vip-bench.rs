@@ -69,6 +69,19 @@ struct Args {
     /// `link`, `restart`).
     #[arg(long, default_value = "vrrp")]
     topology: String,
+    /// failover (vrrp): which columns (`vipd`, `vipd-nat`, `ka-default`,
+    /// `ka-tuned`; comma-separated or repeated); all by default.
+    #[arg(long = "impl")]
+    impls: Vec<String>,
+    /// failover (vrrp): vipd's and the tuned keepalived's advert interval,
+    /// ms (10..=40950: VRRPv3 counts centiseconds).
+    #[arg(long, default_value_t = failover::FAST_ADVERT_MS)]
+    advert_ms: u32,
+    /// failover (vrrp): instead of failures, run two vipd LBs this many
+    /// seconds with one core kept busy and count VRRP transitions (0
+    /// expected) at `--advert-ms`.
+    #[arg(long, default_value_t = 0)]
+    quiet_secs: u64,
 }
 
 fn main() -> Result<()> {
@@ -93,9 +106,19 @@ fn main() -> Result<()> {
         bail!("--topology {:?}: use vrrp or bgp", a.topology);
     }
     if a.what == "failover" {
+        if !(10..=40_950).contains(&a.advert_ms) || a.advert_ms % 10 != 0 {
+            bail!(
+                "--advert-ms {}: VRRPv3 counts centiseconds (RFC 9568 5.2.7): use a multiple of 10 from 10 to 40950",
+                a.advert_ms
+            );
+        }
+        if a.quiet_secs > 0 {
+            return failover::quiet::run(a.advert_ms, a.quiet_secs);
+        }
         return failover::run(&failover::Options {
             runs: a.runs,
             scenarios: failover::Scenario::parse_list(&a.scenario)?,
+            impls: failover::Impl::parse_list(&a.impls, a.advert_ms)?,
         });
     }
     if a.what == "reaction" {

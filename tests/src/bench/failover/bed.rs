@@ -85,7 +85,10 @@ impl Pair {
             haproxy,
             _standins: standins,
             ca_pem: pki.ca_pem(),
-            advert_int_ms: (which == Impl::KaTuned).then_some(FAST_ADVERT_MS),
+            advert_int_ms: match which {
+                Impl::KaTuned(ms) => Some(ms),
+                _ => None,
+            },
             check_script: script.to_str().expect("utf-8 lab dir").to_string(),
             lab,
         }
@@ -114,9 +117,10 @@ impl Pair {
 
 fn short(which: Impl) -> &'static str {
     match which {
-        Impl::Vipd => "vipd",
+        Impl::Vipd(Fwd::Dsr, _) => "vipd",
+        Impl::Vipd(Fwd::Nat, _) => "vnat",
         Impl::KaDefault => "kadef",
-        Impl::KaTuned => "katun",
+        Impl::KaTuned(_) => "katun",
     }
 }
 
@@ -145,14 +149,19 @@ impl Bed {
         let mut stack = None;
         attempt(|| {
             stack = Some(match which {
-                Impl::Vipd => Stack::Vipd(Box::new(LbLab::start_with(
-                    "fo-vipd",
+                Impl::Vipd(fwd, ms) => Stack::Vipd(Box::new(LbLab::start_with(
+                    &format!("fo-{}", short(which)),
                     &LbOptions {
                         second_lb: true,
-                        ..LbOptions::new(AttachMode::Skb, Fwd::Dsr)
+                        // Mode nat as deployed with two LBs: SNAT to the
+                        // VIP and the flows replicated, so the backup
+                        // can answer for them.
+                        sync: fwd == Fwd::Nat,
+                        advert_ms: (ms != FAST_ADVERT_MS).then_some(ms),
+                        ..LbOptions::new(AttachMode::Skb, fwd)
                     },
                 ))),
-                Impl::KaDefault | Impl::KaTuned => Stack::Pair(Box::new(Pair::start(which))),
+                Impl::KaDefault | Impl::KaTuned(_) => Stack::Pair(Box::new(Pair::start(which))),
             });
         })?;
         let stack = stack.expect("set when attempt succeeded");

@@ -43,6 +43,7 @@
 
 mod bed;
 mod client;
+pub mod quiet;
 pub(crate) mod report;
 
 use std::time::{Duration, Instant};
@@ -53,7 +54,7 @@ use self::bed::Bed;
 use self::report::report;
 use crate::bench::Jitter;
 use crate::netns::VIP_V4;
-use crate::scenario::PORT;
+use crate::scenario::{Fwd, PORT};
 
 const VRID: u8 = 51;
 /// The LB nodes: the master (highest priority), then the backup. The names
@@ -63,9 +64,9 @@ const LBS: [&str; 2] = ["lb", "lb2"];
 const VIPD_PRIOS: [u8; 2] = [150, 100];
 /// The recipe's: "101 and 100 respectively will suffice".
 const RECIPE_PRIOS: [u8; 2] = [101, 100];
-/// vipd's advert interval (its default, which `LbLab` keeps) and the tuned
-/// keepalived's.
-const FAST_ADVERT_MS: u32 = 100;
+/// vipd's advert interval by default (its own default) and the tuned
+/// keepalived's; `--advert-ms` sets both.
+pub const FAST_ADVERT_MS: u32 = 100;
 /// keepalived's default `advert_int`, which the recipe keeps.
 const DEFAULT_ADVERT_MS: u32 = 1000;
 /// A request starts this often ...
@@ -186,36 +187,70 @@ enum Holder {
     MasterOnly,
 }
 
-/// The three columns.
+/// The columns: vipd in each forwarding mode, then the recipe's pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Impl {
-    Vipd,
+    /// vipd with this forwarding mode and advert interval (ms).
+    Vipd(Fwd, u32),
     KaDefault,
-    KaTuned,
+    /// keepalived with this `advert_int` (ms): vipd's.
+    KaTuned(u32),
 }
 
+/// `--impl` names, in column order.
+const IMPL_NAMES: [&str; 4] = ["vipd", "vipd-nat", "ka-default", "ka-tuned"];
+
 impl Impl {
-    const ALL: [Impl; 3] = [Impl::Vipd, Impl::KaDefault, Impl::KaTuned];
+    /// `--impl` values (comma-separated or repeated; none: all four), vipd
+    /// and the tuned keepalived with `advert_ms` adverts.
+    pub fn parse_list(names: &[String], advert_ms: u32) -> Result<Vec<Impl>> {
+        let all = [
+            Impl::Vipd(Fwd::Dsr, advert_ms),
+            Impl::Vipd(Fwd::Nat, advert_ms),
+            Impl::KaDefault,
+            Impl::KaTuned(advert_ms),
+        ];
+        let mut pick = [false; 4];
+        for name in names.iter().flat_map(|n| n.split(',')).map(str::trim) {
+            let Some(k) = IMPL_NAMES.iter().position(|n| *n == name) else {
+                bail!("--impl {name:?}: use {}", IMPL_NAMES.join(", "));
+            };
+            pick[k] = true;
+        }
+        if !pick.contains(&true) {
+            pick = [true; 4];
+        }
+        Ok(all
+            .into_iter()
+            .zip(pick)
+            .filter_map(|(i, p)| p.then_some(i))
+            .collect())
+    }
 
     pub fn name(self) -> &'static str {
         match self {
-            Impl::Vipd => "vipd",
+            Impl::Vipd(Fwd::Dsr, _) => "vipd dsr",
+            Impl::Vipd(Fwd::Nat, _) => "vipd nat",
             Impl::KaDefault => "ka+hap default",
-            Impl::KaTuned => "ka+hap tuned",
+            Impl::KaTuned(_) => "ka+hap tuned",
         }
+    }
+
+    pub fn is_vipd(self) -> bool {
+        matches!(self, Impl::Vipd(..))
     }
 
     fn advert_ms(self) -> u32 {
         match self {
-            Impl::Vipd | Impl::KaTuned => FAST_ADVERT_MS,
+            Impl::Vipd(_, ms) | Impl::KaTuned(ms) => ms,
             Impl::KaDefault => DEFAULT_ADVERT_MS,
         }
     }
 
     fn priorities(self) -> [u8; 2] {
         match self {
-            Impl::Vipd => VIPD_PRIOS,
-            Impl::KaDefault | Impl::KaTuned => RECIPE_PRIOS,
+            Impl::Vipd(..) => VIPD_PRIOS,
+            Impl::KaDefault | Impl::KaTuned(_) => RECIPE_PRIOS,
         }
     }
 
@@ -234,7 +269,7 @@ impl Impl {
         let phase = 0.2 + TAIL.as_secs_f64() + POLL_TIMEOUT.as_secs_f64();
         let ready = 0.5;
         let secs = match (s, self) {
-            (Scenario::Kill, Impl::Vipd) => ready + mdi + phase + 3.0 + mdi,
+            (Scenario::Kill, Impl::Vipd(..)) => ready + mdi + phase + 3.0 + mdi,
             (Scenario::Kill, _) => ready + mdi + phase + 1.5,
             (Scenario::Link, _) => ready + 2.0 * (mdi + phase),
             (Scenario::Partition, _) => {
@@ -250,6 +285,8 @@ pub struct Options {
     /// Repetitions of each scenario per implementation.
     pub runs: usize,
     pub scenarios: Vec<Scenario>,
+    /// The columns (`Impl::parse_list`).
+    pub impls: Vec<Impl>,
 }
 
 /// RFC 9568 section 6.1 for the backup: 3 * Advertisement_Interval +
@@ -265,7 +302,7 @@ pub fn estimate(opts: &Options) -> Duration {
     let per_run: Duration = opts
         .scenarios
         .iter()
-        .flat_map(|s| Impl::ALL.map(|i| i.estimate(*s)))
+        .flat_map(|s| opts.impls.iter().map(|i| i.estimate(*s)))
         .sum();
     // Building the three labs and their first election.
     Duration::from_secs(20) + per_run * u32::try_from(opts.runs).unwrap_or(u32::MAX)
@@ -284,12 +321,20 @@ pub fn run(opts: &Options) -> Result<()> {
     println!(
         "labs: client, lb, lb2, be1..be3 (apiserver stand-ins) each; VIP {VIP_V4}:{PORT}, VRID {VRID}"
     );
-    for which in Impl::ALL {
+    if opts.impls.is_empty() {
+        bail!("no implementation to measure (--impl)");
+    }
+    for &which in &opts.impls {
         let [m, b] = which.priorities();
         let what = match which {
-            Impl::Vipd => "vipd agent, mode dsr, XDP skb",
-            Impl::KaDefault => "keepalived (kubeadm recipe, VRRPv2) + HAProxy mode tcp",
-            Impl::KaTuned => "the same, advert_int 0.1 (VRRPv3)",
+            Impl::Vipd(Fwd::Dsr, _) => "vipd agent, mode dsr, XDP skb".to_string(),
+            Impl::Vipd(Fwd::Nat, _) => {
+                "vipd agent, mode nat with state sync (snat: vip), XDP skb".to_string()
+            }
+            Impl::KaDefault => "keepalived (kubeadm recipe, VRRPv2) + HAProxy mode tcp".to_string(),
+            Impl::KaTuned(ms) => {
+                format!("the same, advert_int {} (VRRPv3)", f64::from(ms) / 1000.0)
+            }
         };
         println!(
             "  {:<15} {what}; {} ms adverts, priorities {m}/{b}: Master_Down_Interval (RFC 9568 6.1) {:.1} ms",
@@ -325,7 +370,7 @@ pub fn run(opts: &Options) -> Result<()> {
 
 fn measure(opts: &Options) -> Result<()> {
     let mut beds = Vec::new();
-    for which in Impl::ALL {
+    for &which in &opts.impls {
         match Bed::new(which) {
             Ok(mut b) => {
                 if let Err(e) = b.reset() {
@@ -338,14 +383,12 @@ fn measure(opts: &Options) -> Result<()> {
             Err(e) => bail!("{}: building the lab failed: {e}", which.name()),
         }
     }
-    println!(
-        "{:>4} {:<10} {:>15} {:>15} {:>15}",
-        "run",
-        "phase",
-        Impl::ALL[0].name(),
-        Impl::ALL[1].name(),
-        Impl::ALL[2].name()
-    );
+    let head: String = opts
+        .impls
+        .iter()
+        .map(|i| format!(" {:>15}", i.name()))
+        .collect();
+    println!("{:>4} {:<10}{head}", "run", "phase");
     let mut jitter = Jitter::from_clock();
     for run in 1..=opts.runs {
         for &s in &opts.scenarios {
@@ -383,13 +426,8 @@ fn measure(opts: &Options) -> Result<()> {
                 }
             }
             for (k, phase) in s.phases().iter().enumerate() {
-                println!(
-                    "{run:>4} {:<10} {:>15} {:>15} {:>15}",
-                    phase.name(),
-                    cells[k][0],
-                    cells[k][1],
-                    cells[k][2]
-                );
+                let row: String = cells[k].iter().map(|c| format!(" {c:>15}")).collect();
+                println!("{run:>4} {:<10}{row}", phase.name());
             }
         }
     }
@@ -408,7 +446,9 @@ mod tests {
         // keepalived's defaults with the recipe's backup priority: the 3.6 s
         // operators complain about.
         assert!((Impl::KaDefault.mdi_ms() - 3609.375).abs() < 1e-9);
-        assert!((Impl::KaTuned.mdi_ms() - Impl::Vipd.mdi_ms()).abs() < 1e-9);
+        assert!((Impl::KaTuned(100).mdi_ms() - Impl::Vipd(Fwd::Nat, 100).mdi_ms()).abs() < 1e-9);
+        // 50 ms adverts at the backup's priority 100: 3 * 50 + 30.5.
+        assert!((Impl::Vipd(Fwd::Dsr, 50).mdi_ms() - 180.46875).abs() < 1e-9);
     }
 
     #[test]
@@ -431,10 +471,29 @@ mod tests {
     }
 
     #[test]
+    fn implementations_from_the_command_line() {
+        let i = |v: &[&str]| {
+            Impl::parse_list(&v.iter().map(|s| (*s).to_string()).collect::<Vec<_>>(), 50)
+        };
+        assert_eq!(i(&[]).expect("none").len(), 4);
+        assert_eq!(
+            i(&["ka-tuned,vipd-nat", "vipd"]).expect("list"),
+            [
+                Impl::Vipd(Fwd::Dsr, 50),
+                Impl::Vipd(Fwd::Nat, 50),
+                Impl::KaTuned(50)
+            ]
+        );
+        let e = i(&["haproxy"]).expect_err("unknown").to_string();
+        assert!(e.contains("vipd-nat"), "{e}");
+    }
+
+    #[test]
     fn estimate_is_dominated_by_keepalived_defaults() {
         let all = Options {
             runs: 30,
             scenarios: Scenario::ALL.to_vec(),
+            impls: Impl::parse_list(&[], 100).expect("all"),
         };
         let est = estimate(&all);
         // Five takeovers of 3.6 s per run in the default column alone.

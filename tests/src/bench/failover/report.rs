@@ -58,22 +58,23 @@ pub(super) fn report(opts: &Options, beds: &[Bed]) -> Result<()> {
     println!(
         "VIP takeover, failure -> expected holder (ms, p50 / p99; the interfaces' addresses (getifaddrs) polled every 10 ms):"
     );
+    let head: String = beds
+        .iter()
+        .map(|b| format!(" {:>15}", b.which.name()))
+        .collect();
+    println!("{:<10}{head}", "phase");
     for &phase in &phases {
-        let cells: Vec<String> = beds
+        let cells: String = beds
             .iter()
             .map(|b| {
-                summary(&b.takeovers[phase.index()]).map_or("-".into(), |[_, p50, p99, _]| {
-                    format!("{p50:.0} / {p99:.0}")
-                })
+                let c = summary(&b.takeovers[phase.index()])
+                    .map_or("-".into(), |[_, p50, p99, _]| {
+                        format!("{p50:.0} / {p99:.0}")
+                    });
+                format!(" {c:>15}")
             })
             .collect();
-        println!(
-            "{:<10} {:>15} {:>15} {:>15}",
-            phase.name(),
-            cells[0],
-            cells[1],
-            cells[2]
-        );
+        println!("{:<10}{cells}", phase.name());
     }
     for b in beds {
         if let Stack::Pair(p) = &b.stack {
@@ -94,47 +95,77 @@ pub(super) fn report(opts: &Options, beds: &[Bed]) -> Result<()> {
         }
     }
 
+    let (vipds, pairs): (Vec<&Bed>, Vec<&Bed>) = beds.iter().partition(|b| b.which.is_vipd());
+    if vipds.is_empty() {
+        bail!("no vipd column measured (--impl): nothing to compare");
+    }
     println!();
+    let head: String = pairs
+        .iter()
+        .map(|p| {
+            let n = p.which.name().trim_start_matches("ka+hap ");
+            format!(" {:>13} {:>13}", format!("p50/{n}"), format!("p99/{n}"))
+        })
+        .collect();
     println!(
-        "{:<10} {:>13} {:>13} {:>13} {:>13}  vipd p99 < 500 ms",
-        "phase", "p50/default", "p99/default", "p50/tuned", "p99/tuned"
+        "{:<10} {:<10}{head}  vipd p99 < {} ms on the master's death, < {} ms otherwise",
+        "phase", "vipd", DEATH_TARGET_MS, OTHER_TARGET_MS
     );
     let mut all_met = true;
     let mut any = false;
     for &phase in &phases {
-        let s: Vec<Option<[f64; 4]>> = beds
-            .iter()
-            .map(|b| summary(&b.samples[phase.index()]))
-            .collect();
-        let Some(v) = s[0] else {
-            all_met = false;
-            println!("{:<10} vipd has no successful run: MISSED", phase.name());
-            continue;
-        };
-        any = true;
-        let cell = |k: Option<[f64; 4]>, i: usize| k.map_or("-".into(), |k| ratio(v[i], k[i]));
-        let met = v[2] < 500.0 && beds[0].phase_failures(phase) == 0;
-        all_met &= met;
-        println!(
-            "{:<10} {:>13} {:>13} {:>13} {:>13}  {} ({:.1} ms)",
-            phase.name(),
-            cell(s[1], 1),
-            cell(s[1], 2),
-            cell(s[2], 1),
-            cell(s[2], 2),
-            if met { "met" } else { "MISSED" },
-            v[2]
-        );
+        for v in &vipds {
+            let Some(vs) = summary(&v.samples[phase.index()]) else {
+                all_met = false;
+                println!(
+                    "{:<10} {:<10} no successful run: MISSED",
+                    phase.name(),
+                    v.which.name()
+                );
+                continue;
+            };
+            any = true;
+            let cells: String = pairs
+                .iter()
+                .map(|p| match summary(&p.samples[phase.index()]) {
+                    Some(k) => format!(" {:>13} {:>13}", ratio(vs[1], k[1]), ratio(vs[2], k[2])),
+                    None => format!(" {:>13} {:>13}", "-", "-"),
+                })
+                .collect();
+            let target = target_ms(phase);
+            let met = vs[2] < target && v.phase_failures(phase) == 0;
+            all_met &= met;
+            println!(
+                "{:<10} {:<10}{cells}  {} ({:.1} ms, target {target:.0})",
+                phase.name(),
+                v.which.name().trim_start_matches("vipd "),
+                if met { "met" } else { "MISSED" },
+                vs[2]
+            );
+        }
     }
     println!("(ratios vipd / keepalived+HAProxy; \"-\": that column's outage was 0)");
     if !any {
         bail!("vipd has no successful run: nothing to compare");
     }
     println!(
-        "target: vipd failover p99 under 500 ms in every phase: {}",
+        "target: vipd failover p99 under {DEATH_TARGET_MS} ms when the master dies (kill, link down), under {OTHER_TARGET_MS} ms in the other phases: {}",
         if all_met { "met" } else { "MISSED" }
     );
     Ok(())
+}
+
+/// Issue 17's goal for the master's death (its daemon killed, or its link
+/// down: the backup cannot tell them apart), and the earlier goal for
+/// the phases where the master comes back or VRRP is partitioned.
+const DEATH_TARGET_MS: f64 = 200.0;
+const OTHER_TARGET_MS: f64 = 500.0;
+
+fn target_ms(phase: Phase) -> f64 {
+    match phase {
+        Phase::Kill | Phase::LinkDown => DEATH_TARGET_MS,
+        Phase::LinkUp | Phase::Split | Phase::Heal => OTHER_TARGET_MS,
+    }
 }
 
 #[cfg(test)]
