@@ -291,25 +291,62 @@ impl Poller {
         every: Duration,
         timeout: Duration,
     ) -> Poller {
+        Poller::spawn(client_ns, cfg, vip, every, timeout, false)
+    }
+
+    /// An attempt starts every `every` on a thread of its own, whatever the
+    /// ones before are doing: a client's outage is then the takeover itself,
+    /// not rounded up to whole attempts (with attempts one after another, the
+    /// one in flight when the VIP moves sent its SYN to the old holder and
+    /// waits out its `timeout` before the next one starts).
+    pub fn start_overlapping(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        every: Duration,
+        timeout: Duration,
+    ) -> Poller {
+        let vip = LbLab::vip_addr(false);
+        Poller::spawn(client_ns, cfg, vip, every, timeout, true)
+    }
+
+    fn spawn(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        vip: SocketAddr,
+        every: Duration,
+        timeout: Duration,
+        overlap: bool,
+    ) -> Poller {
         let log = Arc::new(Mutex::new(vec![]));
         let stop = Arc::new(AtomicBool::new(false));
         let (ns, cfg, log2, stop2) = (client_ns.to_owned(), cfg.clone(), log.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             in_netns(&ns, || {
                 let mut next = Instant::now();
+                let mut running = Vec::new();
                 while !stop2.load(Ordering::Relaxed) {
-                    let at = Instant::now();
+                    let (cfg, log) = (cfg.clone(), log2.clone());
                     // A short timeout: a SYN lost to a dead node is retried
                     // by the next attempt, not by the kernel's 1 s RTO.
-                    let result = HttpsConn::connect(vip, "kubernetes", cfg.clone(), timeout)
-                        .and_then(|mut c| c.get("/whoami"))
-                        .map(|r| r.text().trim().to_owned())
-                        .map_err(|e| format!("{e:?}"));
-                    lock(&log2).push(Attempt {
-                        at,
-                        done: Instant::now(),
-                        result,
-                    });
+                    let attempt = move || {
+                        let at = Instant::now();
+                        let result = HttpsConn::connect(vip, "kubernetes", cfg, timeout)
+                            .and_then(|mut c| c.get("/whoami"))
+                            .map(|r| r.text().trim().to_owned())
+                            .map_err(|e| format!("{e:?}"));
+                        let done = Instant::now();
+                        let mut l = lock(&log);
+                        // In order of start, which overlapping attempts do
+                        // not end in.
+                        let i = l.partition_point(|a: &Attempt| a.at <= at);
+                        l.insert(i, Attempt { at, done, result });
+                    };
+                    if overlap {
+                        // Threads inherit the namespace of this one.
+                        running.push(std::thread::spawn(attempt));
+                    } else {
+                        attempt();
+                    }
                     next += every;
                     let now = Instant::now();
                     if next > now {
@@ -317,6 +354,9 @@ impl Poller {
                     } else {
                         next = now;
                     }
+                }
+                for t in running {
+                    let _ = t.join();
                 }
             });
         });
@@ -359,7 +399,11 @@ pub fn outage(attempts: &[Attempt], from: Instant) -> (Duration, usize, usize) {
     let mut worst = Duration::ZERO;
     let mut failed = 0;
     let mut total = 0;
-    for a in attempts {
+    // In order of their ends: overlapping attempts
+    // ([`Poller::start_overlapping`]) end out of order.
+    let mut by_end: Vec<&Attempt> = attempts.iter().collect();
+    by_end.sort_by_key(|a| a.done);
+    for a in by_end {
         let after = a.at >= from;
         if after {
             total += 1;

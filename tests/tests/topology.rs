@@ -291,8 +291,11 @@ fn lab_demo_reports_what_the_client_saw() {
     );
     // What the client saw: new connections fail from the crash until the
     // takeover (at most the 361 ms above, counted from the last advert
-    // before the crash) and its gratuitous ARP; one 300 ms attempt timeout
-    // on top covers an attempt that started just before.
+    // before the crash) and its gratuitous ARP. The demo's attempts
+    // overlap (one every 10 ms, each on its own), so the outage is not
+    // rounded up to whole 300 ms attempts: the first attempt after the
+    // takeover answers (issue 17), and 200 ms covers its handshake on a
+    // loaded machine.
     let outage: u64 = line("new connections: longest time without an answer")
         .split("answer ")
         .nth(1)
@@ -300,7 +303,7 @@ fn lab_demo_reports_what_the_client_saw() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("outage figure:\n{stdout}"));
     assert!(
-        outage <= took + 300,
+        outage <= took + 200,
         "the client went {outage} ms without an answer; the takeover took {took} ms"
     );
     assert!(
