@@ -15,7 +15,7 @@ use std::{
 use vip_tests::{
     netns::in_netns,
     prom::Prom,
-    scenario::{CertKind, Fwd, LbLab, LbOptions},
+    scenario::{CertKind, Fwd, LbLab, LbOptions, QUICK_PROBE},
     standin::{HttpsConn, client_config},
     vrrpd::{block_vrrp_to, set_link, unblock_vrrp_to},
 };
@@ -64,7 +64,7 @@ fn lab_failures_raise_their_alerts_and_normal_events_none() {
         "alerts",
         &LbOptions {
             second_lb: true,
-            probe: "interval: 200ms, timeout: 200ms, jitter: 20ms".into(),
+            probe: QUICK_PROBE.into(),
             extra: METRICS.into(),
             ..LbOptions::new(AttachMode::Skb, Fwd::Dsr)
         },
