@@ -67,6 +67,8 @@ pub struct LbOptions {
     /// Elect the holder with VRRP (VRID 51, priority 150) instead of
     /// `hold_vips`.
     pub vrrp: bool,
+    /// `vrrp.advert_interval` of both LBs (None: vipd's default, 100 ms).
+    pub vrrp_advert: Option<Duration>,
     /// Top-level YAML added to the config as is.
     pub extra: String,
     /// A second LB node, `lb2`, running vipd with VRRP priority 100 (the
@@ -114,6 +116,7 @@ impl LbOptions {
             probe: String::new(),
             probe_ca: None,
             vrrp: false,
+            vrrp_advert: None,
             extra: String::new(),
             second_lb: false,
             one_file: false,
@@ -259,7 +262,11 @@ impl LbLab {
                 metrics_addr().port()
             )
         } else if opts.vrrp || opts.second_lb {
-            "interface: eth0\nvrrp: { vrid: 51, priority: 150 }\n".to_owned()
+            let advert = opts
+                .vrrp_advert
+                .map(|d| format!(", advert_interval: {}ms", d.as_millis()))
+                .unwrap_or_default();
+            format!("interface: eth0\nvrrp: {{ vrid: 51, priority: 150{advert} }}\n")
         } else {
             "interface: eth0\nhold_vips: true\n".to_owned()
         };
