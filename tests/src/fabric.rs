@@ -19,14 +19,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vip_userspace::route::{Announced, RouteAnnouncer, RouteError, RouteTable, TableView};
 
-use crate::netns::{NS_PREFIX, Proc, in_netns, ns_exec, sweep_stale};
+use crate::netns::{NS_PREFIX, Proc, add_namespace, in_netns, ns_exec, sweep_stale};
 
 /// How many LB nodes a fabric has.
 pub const LBS: usize = 3;
@@ -322,16 +322,7 @@ impl Fabric {
     }
 
     fn add_ns(&mut self, ns: &str) {
-        let out = Command::new("ip")
-            .args(["netns", "add", ns])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("ip netns add {ns}: {e}"));
-        assert!(
-            out.status.success(),
-            "ip netns add {ns}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        add_namespace(ns);
         self.created.push(ns.to_owned());
     }
 

@@ -249,14 +249,7 @@ impl Lab {
     }
 
     fn add_ns(&mut self, ns: &str) {
-        let out = run_cmd(Command::new("ip").args(["netns", "add", ns]));
-        if !out.status.success() {
-            panic!(
-                "ip netns add {ns}: {}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        add_namespace(ns);
         self.created.push(ns.to_string());
     }
 
@@ -865,6 +858,21 @@ fn run_cmd(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+}
+
+/// Creates the network namespace `ns` (`ip netns add`), panicking with ip's
+/// reason if it cannot. Every topology in this crate creates its namespaces
+/// through this one function: `cargo xtask soak` finds the suites that build
+/// namespaces by looking for it in each test binary's symbol table.
+pub fn add_namespace(ns: &str) {
+    let out = run_cmd(Command::new("ip").args(["netns", "add", ns]));
+    if !out.status.success() {
+        panic!(
+            "ip netns add {ns}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// Deletes `vt-<pid>-*` namespaces and lab dirs whose process is gone (a

@@ -43,6 +43,15 @@ pub enum CertKind {
 /// that craft datagrams as a peer would.
 pub const SYNC_KEY_HEX: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
 
+/// Probe settings (`LbOptions::probe`) for tests that want each health
+/// step to settle within two seconds: 500 ms apart, fall 2 and rise 2 (the
+/// defaults), so a dead or hung backend is out after at most
+/// 2 x (500 + 50) + 500 = 1.6 s. The timeout is what a loaded 2-core machine
+/// needs: at 200 ms the probes' TLS handshakes with the debug-built
+/// stand-ins timed out under load average 20-30 (`cargo xtask soak`), and
+/// healthy backends went down.
+pub const QUICK_PROBE: &str = "interval: 500ms, timeout: 500ms, jitter: 50ms";
+
 /// What [`LbLab::start_with`] builds.
 #[derive(Clone, Debug)]
 pub struct LbOptions {

@@ -386,16 +386,33 @@ impl VipdVrrp {
 
     /// Polls `counter` until it reaches at least `min`; returns the value.
     pub fn wait_counter(&self, family: Family, name: &str, min: u64, timeout: Duration) -> u64 {
+        self.wait_counters(family, &[name], min, timeout)
+    }
+
+    /// Polls the sum of `names` (one event counted under the reason that
+    /// applied at the time) until it reaches at least `min`; returns it.
+    pub fn wait_counters(
+        &self,
+        family: Family,
+        names: &[&str],
+        min: u64,
+        timeout: Duration,
+    ) -> u64 {
         let start = Instant::now();
         loop {
-            if let Some(v) = self.counter(family, name).filter(|v| *v >= min) {
-                return v;
+            let logs = self.logs();
+            let sum: u64 = names
+                .iter()
+                .filter_map(|n| parse_counter(&logs, family, n))
+                .sum();
+            if sum >= min {
+                return sum;
             }
             assert!(
                 start.elapsed() < timeout,
-                "vipd on {}: {family:?} counter {name} not >= {min} within {timeout:?}\n{}",
+                "vipd on {}: {family:?} counter {} not >= {min} within {timeout:?}\n{logs}",
                 self.node,
-                self.logs()
+                names.join(" + ")
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -9,14 +9,10 @@ use std::{collections::BTreeSet, time::Duration};
 use vip_tests::{
     certs::TestPki,
     netns::{in_netns, poll_until},
-    scenario::{CertKind, Fwd, LbLab, LbOptions},
+    scenario::{CertKind, Fwd, LbLab, LbOptions, QUICK_PROBE},
     standin::{HttpsConn, client_config},
 };
 use vip_userspace::dataplane::kernel::AttachMode;
-
-/// Fast probes so that each step settles in well under a second: 200 ms
-/// apart, fall 2, rise 2.
-const FAST: &str = "interval: 200ms, timeout: 200ms, jitter: 20ms";
 
 fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| (*s).to_owned()).collect()
@@ -76,7 +72,7 @@ fn not_ready_line(l: &LbLab, be: &str, reason: &str) -> String {
 fn probes_follow_503_hung_401_and_killed_backends() {
     let mut opts = LbOptions::new(AttachMode::Skb, Fwd::Nat);
     opts.certs = [CertKind::Good, CertKind::Good, CertKind::NoVipSan];
-    opts.probe = FAST.into();
+    opts.probe = QUICK_PROBE.into();
     let mut l = LbLab::start_with("ag-probe", &opts);
 
     // The gate reads be3's certificate before vipd is ready.
@@ -277,7 +273,7 @@ fn probes_follow_503_hung_401_and_killed_backends() {
 #[test]
 fn ca_mismatch_fails_open_and_reloads_fix_it() {
     let mut opts = LbOptions::new(AttachMode::Skb, Fwd::Dsr);
-    opts.probe = FAST.into();
+    opts.probe = QUICK_PROBE.into();
     let stranger = TestPki::new();
     let wrong_ca = std::env::temp_dir().join(format!("vipd-wrong-ca-{}.crt", std::process::id()));
     std::fs::write(&wrong_ca, stranger.ca_pem()).expect("write the wrong CA");
@@ -356,7 +352,7 @@ fn ca_mismatch_fails_open_and_reloads_fix_it() {
 fn cert_gate_refuses_master_until_told_to_warn() {
     let mut opts = LbOptions::new(AttachMode::Skb, Fwd::Dsr);
     opts.certs = [CertKind::NoVipSan; 3];
-    opts.probe = FAST.into();
+    opts.probe = QUICK_PROBE.into();
     opts.vrrp = true;
     let l = LbLab::start_with("ag-gate", &opts);
     let vip = std::net::IpAddr::V4(vip_tests::netns::VIP_V4);

@@ -15,7 +15,7 @@ use std::{
 use vip_tests::{
     netns::in_netns,
     prom::Prom,
-    scenario::{CertKind, Fwd, LbLab, LbOptions},
+    scenario::{CertKind, Fwd, LbLab, LbOptions, QUICK_PROBE},
     standin::{HttpsConn, client_config},
     vrrpd::{block_vrrp_to, set_link, unblock_vrrp_to},
 };
@@ -64,7 +64,14 @@ fn lab_failures_raise_their_alerts_and_normal_events_none() {
         "alerts",
         &LbOptions {
             second_lb: true,
-            probe: "interval: 200ms, timeout: 200ms, jitter: 20ms".into(),
+            // 1 s adverts (keepalived's default): lb2 takes over only after
+            // 3 x 1 s + skew = 3.6 s of silence. At vipd's 100 ms (361 ms)
+            // a stall of the master's vipd under load average 26-29 made
+            // lb2 master for a moment and lb counted a split brain, a true
+            // one that VipdSplitBrain reported in the middle of "one backend
+            // dead" (xtask soak). Every wait below is 10 s or more.
+            advert_ms: Some(1000),
+            probe: QUICK_PROBE.into(),
             extra: METRICS.into(),
             ..LbOptions::new(AttachMode::Skb, Fwd::Dsr)
         },

@@ -27,7 +27,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use vip_tests::netns::{NS_PREFIX, Proc, in_netns, ns_exec, poll_until, sweep_stale};
+use vip_tests::netns::{
+    NS_PREFIX, Proc, add_namespace, in_netns, ns_exec, poll_until, sweep_stale,
+};
 use vip_tests::progtest::{attach_in, require_root};
 use vip_userspace::dataplane::kernel::{KernelMaps, PROG_DECAP, PROG_PASS};
 
@@ -78,11 +80,7 @@ impl Topo {
         let dir = std::env::temp_dir().join(&base);
         std::fs::create_dir_all(&dir).expect("lab dir");
         for ns in &names {
-            let out = Command::new("ip")
-                .args(["netns", "add", ns])
-                .output()
-                .expect("ip");
-            assert!(out.status.success(), "ip netns add {ns}: {out:?}");
+            add_namespace(ns);
         }
         let t = Topo {
             names,

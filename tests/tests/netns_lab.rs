@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use vip_tests::certs::TestPki;
-use vip_tests::netns::{self, Lab, in_netns};
+use vip_tests::netns::{self, Lab, add_namespace, in_netns};
 use vip_tests::standin::{self, HttpsConn, StandinOptions, client_config};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -300,15 +300,7 @@ fn stale_namespaces_of_dead_processes_are_swept() {
     let dead = child.id();
     child.wait().expect("wait true");
     let stale = format!("vt-{dead}-0-stale");
-    let out = Command::new("ip")
-        .args(["netns", "add", &stale])
-        .output()
-        .expect("ip netns add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    add_namespace(&stale);
 
     let lab = Lab::new("sweep", &["client"]);
     let left = netns_list();

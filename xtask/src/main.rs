@@ -6,6 +6,7 @@ mod bootstrap;
 mod commands;
 mod fresh;
 mod package;
+mod soak;
 
 use std::{
     env,
@@ -76,6 +77,31 @@ enum Cmd {
     /// checks that each comes from a package the bootstrap installs or from
     /// Debian's essential set; `cargo xtask test` runs it first.
     Commands,
+    /// The namespace suites (the test binaries that build network namespaces,
+    /// found in their symbols) `--runs` times in a row while `--load` busy
+    /// threads started by the harness keep that many cores loaded; prints a
+    /// per-test table of passes and failures (with each failure's first line)
+    /// and writes it to target/soak/report.md. `--suite NAME` (repeatable)
+    /// limits it to some suites; args after `--` go to each test binary
+    /// (a test name filter). Needs root.
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Busy threads (one per core to load).
+        #[arg(long, default_value_t = 1)]
+        load: usize,
+        #[arg(long = "suite")]
+        suites: Vec<String>,
+        /// Report, logs and binaries' snapshot here (default target/soak).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(last = true)]
+        args: Vec<OsString>,
+    },
+    /// The soak's CPU load: N spinning threads until killed (started by
+    /// `soak`, not meant to be run by hand).
+    #[command(hide = true)]
+    Burn { threads: usize },
     /// Runs the bootstrap in a minimal Debian 12 root made with `debootstrap
     /// --variant=minbase` (rustup and its bpf-linker cache bind-mounted from
     /// this host), prints what it installs and checks that every command the
@@ -126,6 +152,27 @@ fn main() -> Result<()> {
             run(&mut c)
         }
         Cmd::Bootstrap => bootstrap::bootstrap().map(drop),
+        Cmd::Soak {
+            runs,
+            load,
+            suites,
+            out,
+            args,
+        } => {
+            let tc = bootstrap::bootstrap()?;
+            soak::soak(
+                &root,
+                &tc,
+                &soak::Options {
+                    runs,
+                    load,
+                    suites,
+                    args,
+                    out,
+                },
+            )
+        }
+        Cmd::Burn { threads } => soak::burn(threads),
         Cmd::Commands => commands::check(&root),
         Cmd::FreshRoot { dir, rm } => fresh::fresh_root(&root, dir, rm),
         Cmd::Image => {
@@ -234,21 +281,27 @@ fn test(root: &Path, tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()>
     timed("build vipd", || {
         run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
     })?;
-    // tests/tests/image.rs runs the image and installs the package; both
-    // share one static vipd build.
-    let image = package::image(root, tc)?;
-    let deb = package::deb(root, tc)?;
+    let artifacts = package_env(root, tc)?;
     timed("cargo test (unit, program, topology)", || {
         let mut c = cargo(tc);
-        c.args(["test", "--no-fail-fast"])
-            .env("VIPD_IMAGE_ARCHIVE", &image)
-            .env("VIPD_IMAGE_REF", package::image_ref(root)?)
-            .env("VIPD_DEB", &deb);
+        c.args(["test", "--no-fail-fast"]).envs(artifacts.clone());
         if !args.is_empty() {
             c.arg("--").args(args);
         }
         run(&mut c)
     })
+}
+
+/// The image and the package that tests/tests/image.rs runs and installs
+/// (both from one static vipd build), as the environment it reads them from.
+fn package_env(root: &Path, tc: &bootstrap::Toolchain) -> Result<Vec<(&'static str, OsString)>> {
+    let image = package::image(root, tc)?;
+    let deb = package::deb(root, tc)?;
+    Ok(vec![
+        ("VIPD_IMAGE_ARCHIVE", image.into_os_string()),
+        ("VIPD_IMAGE_REF", package::image_ref(root)?.into()),
+        ("VIPD_DEB", deb.into_os_string()),
+    ])
 }
 
 pub fn step(msg: &str) {
