@@ -109,6 +109,11 @@ pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static BENCH_SEQ: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Benchmark only: the frame's headers as `vip_bench_restore` received them
+/// (`bench::save`), per CPU. The production program `vip` never touches it.
+#[map]
+pub static BENCH_FRAME: PerCpuArray<[u16; 32]> = PerCpuArray::with_max_entries(1, 0);
+
 /// `vipd trace`'s filter (one entry): which packets get a decision record
 /// on aya-log's `AYA_LOGS` ring, until when. Not pinned: a newly loaded
 /// program starts with tracing off.
