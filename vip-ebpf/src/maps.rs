@@ -69,15 +69,17 @@ pub static NAT_REV: LruHashMap<ConnKey, NatValue> =
 #[map]
 pub static NAT_LOCK: HashMap<ConnKey, u8> = HashMap::with_max_entries(NAT_LOCK_CAPACITY, 0);
 
-/// Per-CPU scratch space for `allocate_port`: the new flow's reverse value
-/// and the keys it looks up live here, not on the BPF stack, which the call
-/// chain has nearly used up.
+/// Per-CPU scratch space for a new flow: its connection value, and for
+/// `allocate_port` its reverse value and the keys it looks up, live here,
+/// not on the BPF stack, which the call chain has nearly used up.
 #[map]
 pub static PORT_SCRATCH: PerCpuArray<PortScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// See `PORT_SCRATCH`.
 #[repr(C)]
 pub struct PortScratch {
+    /// The new flow's `CONNTRACK` value.
+    pub conn: ConnValue,
     pub value: NatValue,
     pub rev: ConnKey,
     pub fwd: ConnKey,
