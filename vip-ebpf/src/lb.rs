@@ -570,24 +570,29 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     // chain (vip -> reverse_nat -> nat::forward_cached). A copy was no
     // snapshot either (word by word, like these reads); racing writers
     // store whole timestamps and flag bits, and a reclaim replaces the
-    // value only once the flow is over.
-    let n = unsafe { &*v };
+    // value only once the flow is over. No reference to the whole value is
+    // held across the writes below (`mark_done`, `touch`).
+    let (last, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
     let is_tcp = p.key.proto == PROTO_TCP;
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions (see try_vip).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if g.expired(now, n.last_seen_ns, n.flags, is_tcp) {
+    if g.expired(now, last, flags, is_tcp) {
         return Verdict::pass(Reason::PassNoService);
     }
-    if is_tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && n.flags & NAT_F_DONE == 0 {
-        mark_done(p, v, n);
+    if is_tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flags & NAT_F_DONE == 0 {
+        mark_done(p, v);
     }
     // SAFETY: as above.
     unsafe { touch(&mut (*v).last_seen_ns, &mut (*v).flags, now, p.tcp_flags) };
-    let to = Endpoints {
-        saddr: &n.vip,
-        sport_be: n.vip_port_be,
-        daddr: &n.client_addr,
-        dport_be: n.client_port_be,
+    // SAFETY: as above; the client side, which only a reclaim of a flow
+    // that is over rewrites.
+    let to = unsafe {
+        Endpoints {
+            saddr: &(*v).vip,
+            sport_be: (*v).vip_port_be,
+            daddr: &(*v).client_addr,
+            dport_be: (*v).client_port_be,
+        }
     };
     if nat::rewrite(ctx, p, &to).is_err() {
         return Verdict::drop(Reason::DropAdjustFailed);
@@ -619,7 +624,7 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(always)]
-fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
+fn mark_done(p: &Parsed, v: *mut NatValue) {
     let done = if p.tcp_flags & TCP_RST != 0 {
         true
     } else {
@@ -630,7 +635,8 @@ fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
         };
         // SAFETY: this CPU's slot; nothing else runs on it during this program.
         let sc = unsafe { &mut *sc };
-        sc.fwd = n.forward_key(&p.key);
+        // SAFETY: LRU value pointer, valid during this run.
+        sc.fwd = unsafe { (*v).forward_key(&p.key) };
         match CONNTRACK.get_ptr(&sc.fwd) {
             // SAFETY: LRU value pointer, valid during this run.
             Some(f) => unsafe {
