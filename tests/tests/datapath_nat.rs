@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData};
 use vip_common::{
-    ConnKey, ConnValue, FAMILY_V4, Globals, MODE_NAT, NatValue, PROTO_TCP, PROTO_UDP, Reason,
-    flow_hash, nat_port_try,
+    ConnKey, ConnValue, FAMILY_V4, FibHop, Globals, MODE_NAT, NatValue, PROTO_TCP, PROTO_UDP,
+    Reason, flow_hash, nat_port_try,
 };
 use vip_tests::{
     netns::{Lab, in_netns},
@@ -199,6 +199,7 @@ fn ct_value(last_seen_ns: u64, backend_id: u32, nat_port: u16, flags: u8) -> Con
         nat_port_be: nat_port.to_be(),
         flags,
         _pad: [0; 5],
+        hop: FibHop::NONE,
     }
 }
 
@@ -213,6 +214,7 @@ fn nat_value(last_seen_ns: u64, client: IpAddr, client_port: u16, flags: u8) -> 
         vip_port_be: PORT.to_be(),
         flags,
         _pad: [0; 3],
+        hop: FibHop::NONE,
     }
 }
 
@@ -1197,4 +1199,241 @@ fn nat_port_hold_follows_how_the_backend_closed() {
         age(dp, 43000, 3);
         open(dp, 44000);
     });
+}
+
+/// Waits until the program's clock (`bpf_ktime_get_coarse_ns`, which is
+/// CLOCK_MONOTONIC_COARSE) is at least 200 ms from the end of its current
+/// `FibHop` epoch, so that the next few runs all see the same epoch.
+fn early_in_epoch() {
+    let epoch_ns = 1u64 << FibHop::EPOCH_SHIFT;
+    loop {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let left = epoch_ns - now % epoch_ns;
+        if left > 200_000_000 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_nanos(left + 10_000_000));
+    }
+}
+
+/// The destination MAC `run` gives after `change` (a neighbour's MAC
+/// moving) in the same epoch as a run before it, which keeps the hop:
+/// `undo`, a run, `change`, a run. A try in which the kept hop's epoch
+/// (`epoch`) moved between the two runs (the epoch ended in between) is
+/// made again.
+fn after_change_same_epoch(
+    dp: &Dp,
+    run: &dyn Fn(&Dp) -> [u8; 6],
+    epoch: &dyn Fn(&Dp) -> u32,
+    undo: &dyn Fn(),
+    change: &dyn Fn(),
+) -> [u8; 6] {
+    for _ in 0..3 {
+        undo();
+        early_in_epoch();
+        run(dp);
+        let before = epoch(dp);
+        change();
+        let mac = run(dp);
+        if epoch(dp) == before {
+            return mac;
+        }
+    }
+    panic!("three tries in a row crossed the end of an epoch");
+}
+
+/// The IP length of a frame as the FIB takes it (`tot_len`).
+fn ip_len(frame: &[u8]) -> u16 {
+    let v6 = frame[14] >> 4 == 6;
+    if v6 {
+        u16::from_be_bytes([frame[18], frame[19]]) + 40
+    } else {
+        u16::from_be_bytes([frame[16], frame[17]])
+    }
+}
+
+/// The connection-table entry of the client's flow from `sport`.
+fn ct_entry(dp: &Dp, sport: u16) -> (ConnKey, ConnValue) {
+    dp.prog
+        .maps()
+        .conntrack()
+        .expect("dump the connection table")
+        .into_iter()
+        .find(|(k, _)| u16::from_be(k.sport_be) == sport)
+        .unwrap_or_else(|| panic!("no connection entry for client port {sport}"))
+}
+
+/// The reverse entry of the client's flow from `sport`.
+fn rev_entry(dp: &Dp, sport: u16) -> (ConnKey, NatValue) {
+    dp.prog
+        .maps()
+        .nat_entries()
+        .expect("dump the reverse entries")
+        .into_iter()
+        .find(|(_, v)| u16::from_be(v.client_port_be) == sport)
+        .unwrap_or_else(|| panic!("no reverse entry for client port {sport}"))
+}
+
+/// Mode nat keeps each flow's next hop in its entries (`FibHop`, issue 17):
+/// the forward one in the connection entry, the way back to the client in
+/// the reverse entry. Fixture rows, both directions, IPv4 and IPv6:
+/// - a new flow keeps none; its next packet asks the FIB and keeps the
+///   answer (interface, both MACs, the length checked);
+/// - cached: a neighbour's MAC changes, and within the epoch the flow still
+///   uses the kept hop (no FIB lookup; what the benchmark's speed rests on);
+/// - a packet longer than the FIB checked is looked up (the FIB's MTU check
+///   still sees every larger packet);
+/// - revalidated: a hop of an older epoch is looked up again and sees the
+///   change; a neighbour that is gone then sends the packet to the kernel
+///   (PassFibMiss), never to the kept MAC.
+#[test]
+fn nat_next_hop_kept_per_flow_and_looked_up_again() {
+    let l = NatLab::new("nathop");
+    let mac = vip_tests::netns::mac_to_string;
+    let moved = [0x02, 0x77, 0, 0, 0, 0x99];
+    let moved_again = [0x02, 0x77, 0, 0, 0, 0x98];
+    for v6 in [false, true] {
+        let svc = l.three(v6, PROTO_TCP);
+        let lb = l.lab.node("lb").clone();
+        let client = ip(if v6 { CLIENT6 } else { CLIENT4 });
+        l.with_dp(vec![svc], |dp| {
+            let sport = 42000;
+            let s = syn(v6, sport).build();
+            let (_, out) = dp.run(&s, Reason::TxNat);
+            let nat_port = check_forward(&l, dp, &decode(&s).expect("input"), &out, v6);
+            let b = chosen(dp, client, sport, v6);
+            let backend_addr = backend_ip(v6, b).to_string();
+            assert_eq!(
+                ct_entry(dp, sport).1.hop,
+                FibHop::NONE,
+                "a new flow's entry keeps no hop (v6={v6})"
+            );
+            let data = |payload: &[u8]| {
+                Pkt {
+                    l4: vip_tests::packet::L4::Tcp {
+                        flags: TCP_ACK | TCP_PSH,
+                        seq: 1001,
+                        ack: 9,
+                    },
+                    ..syn(v6, sport)
+                }
+                .payload(payload)
+                .build()
+            };
+            let short = data(b"GET");
+            let dst_mac = |dp: &Dp, frame: &[u8], reason: Reason| {
+                let (action, out) = dp.run(frame, reason);
+                assert_eq!(action, XDP_TX, "{reason:?}: XDP_TX (v6={v6})");
+                decode(&out).expect("output decodes").dst_mac
+            };
+
+            // Forward: looked up and kept.
+            assert_eq!(dst_mac(dp, &short, Reason::TxNat), backend_mac(b));
+            let h = ct_entry(dp, sport).1.hop;
+            assert_eq!(h.ifindex, lb.ifindex, "kept hop: egress interface");
+            assert_eq!(h.dmac, backend_mac(b), "kept hop: the backend's MAC");
+            assert_eq!(h.smac, lb.mac, "kept hop: our MAC");
+            assert_eq!(h.checked_len, ip_len(&short), "kept hop: length checked");
+            // Cached: the backend's MAC moves; the kept hop is used.
+            let seen = after_change_same_epoch(
+                dp,
+                &|dp| dst_mac(dp, &short, Reason::TxNat),
+                &|dp| ct_entry(dp, sport).1.hop.epoch,
+                &|| {
+                    l.lab
+                        .add_neighbour("lb", &backend_addr, &mac(&backend_mac(b)))
+                },
+                &|| l.lab.add_neighbour("lb", &backend_addr, &mac(&moved)),
+            );
+            assert_eq!(
+                seen,
+                backend_mac(b),
+                "same epoch: the kept hop is used, not the FIB (v6={v6})"
+            );
+            // A longer packet is looked up, and its length kept.
+            let long = data(&[7; 200]);
+            assert_eq!(
+                dst_mac(dp, &long, Reason::TxNat),
+                moved,
+                "a packet longer than the FIB checked is looked up (v6={v6})"
+            );
+            assert_eq!(ct_entry(dp, sport).1.hop.checked_len, ip_len(&long));
+            // Revalidated: an older epoch's hop is looked up again.
+            l.lab.add_neighbour("lb", &backend_addr, &mac(&moved_again));
+            let age = |dp: &mut Dp| {
+                let (k, mut v) = ct_entry(dp, sport);
+                v.hop.epoch = v.hop.epoch.wrapping_sub(1);
+                insert(dp, "CONNTRACK", [(k, v)]);
+                v.hop.epoch.wrapping_add(1)
+            };
+            let epoch = age(dp);
+            assert_eq!(
+                dst_mac(dp, &short, Reason::TxNat),
+                moved_again,
+                "a hop of an older epoch is looked up again (v6={v6})"
+            );
+            let h = ct_entry(dp, sport).1.hop;
+            assert_eq!(
+                (h.dmac, h.epoch),
+                (moved_again, epoch),
+                "the new answer is kept for this epoch"
+            );
+            // Gone: no neighbour any more, so the kernel gets the packet.
+            l.lab
+                .sh("lb", &["ip", "neigh", "del", &backend_addr, "dev", "eth0"]);
+            age(dp);
+            let (action, _) = dp.run(&short, Reason::PassFibMiss);
+            assert_eq!(
+                action, XDP_PASS,
+                "a neighbour that is gone is never sent to from the kept hop (v6={v6})"
+            );
+            l.lab
+                .add_neighbour("lb", &backend_addr, &mac(&backend_mac(b)));
+
+            // Reverse: the way back to the client, kept in the reverse entry.
+            let reply = Pkt {
+                dst_mac: lb.mac,
+                src_mac: backend_mac(b),
+                ..Pkt::tcp(backend_ip(v6, b), PORT, l.lb_ip(v6), nat_port, TCP_ACK)
+            }
+            .payload(b"ok")
+            .build();
+            assert_eq!(dst_mac(dp, &reply, Reason::TxReverseNat), CLIENT_MAC);
+            let h = rev_entry(dp, sport).1.hop;
+            assert_eq!(
+                (h.ifindex, h.dmac, h.smac, h.checked_len),
+                (lb.ifindex, CLIENT_MAC, lb.mac, ip_len(&reply)),
+                "the reverse entry keeps the hop to the client (v6={v6})"
+            );
+            let client_addr = client.to_string();
+            let seen = after_change_same_epoch(
+                dp,
+                &|dp| dst_mac(dp, &reply, Reason::TxReverseNat),
+                &|dp| rev_entry(dp, sport).1.hop.epoch,
+                &|| l.lab.add_neighbour("lb", &client_addr, &mac(&CLIENT_MAC)),
+                &|| l.lab.add_neighbour("lb", &client_addr, &mac(&moved)),
+            );
+            assert_eq!(
+                seen, CLIENT_MAC,
+                "same epoch: the reverse path uses its kept hop (v6={v6})"
+            );
+            let (k, mut v) = rev_entry(dp, sport);
+            v.hop.epoch = v.hop.epoch.wrapping_sub(1);
+            insert(dp, "NAT_REV", [(k, v)]);
+            assert_eq!(
+                dst_mac(dp, &reply, Reason::TxReverseNat),
+                moved,
+                "the reverse path looks an older epoch's hop up again (v6={v6})"
+            );
+            l.lab
+                .add_neighbour("lb", &client.to_string(), &mac(&CLIENT_MAC));
+        });
+    }
 }

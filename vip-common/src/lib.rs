@@ -319,6 +319,54 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 40);
 
+/// A flow's next hop as `bpf_fib_lookup` last gave it (mode nat): the
+/// program sends the flow's packets with it instead of asking the FIB for
+/// every packet (issue 17: the lookup was most of mode nat's cost). It is
+/// used only in the epoch it was looked up in (`FibHop::epoch_of`, about a
+/// second), so a route or neighbour change reaches every flow within that
+/// long, and only for packets no longer than one the FIB checked
+/// (`checked_len`), so the FIB's MTU check still sees every larger packet.
+/// All zero (`NONE`) means "look it up". Only the program writes it; state
+/// sync and the agent leave it zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FibHop {
+    /// Egress interface; 0: no hop cached.
+    pub ifindex: u32,
+    /// `epoch_of` the lookup's time.
+    pub epoch: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// The IP length (`tot_len` as the FIB took it) of the packet that was
+    /// looked up: a longer one is looked up again.
+    pub checked_len: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<FibHop>() == 24);
+
+impl FibHop {
+    pub const NONE: FibHop = FibHop {
+        ifindex: 0,
+        epoch: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+        checked_len: 0,
+        _pad: 0,
+    };
+
+    /// Log2 of a cached hop's lifetime in ns: 2^30 ns, about 1.07 s.
+    pub const EPOCH_SHIFT: u32 = 30;
+
+    /// The epoch of monotonic time `now_ns`: a hop looked up in another
+    /// epoch is looked up again, so one cached at any moment is used for at
+    /// most 2^30 ns. Whole epochs rather than an age per entry: one
+    /// comparison of two u32s on the packet path, and no time to store.
+    #[inline(always)]
+    pub const fn epoch_of(now_ns: u64) -> u32 {
+        (now_ns >> Self::EPOCH_SHIFT) as u32
+    }
+}
+
 /// Value of the `CONNTRACK` LRU hash.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,8 +379,13 @@ pub struct ConnValue {
     pub nat_port_be: u16,
     pub flags: u8,
     pub _pad: [u8; 5],
+    /// Mode nat: the next hop towards the backend (zero in mode dsr, which
+    /// sends to the backend's MAC). The value grew from 24 to 48 bytes for
+    /// it (issue 17): 24 MB more at a million flows, for a FIB lookup
+    /// saved on nearly every mode nat packet.
+    pub hop: FibHop,
 }
-const _: () = assert!(size_of::<ConnValue>() == 24);
+const _: () = assert!(size_of::<ConnValue>() == 48);
 
 /// Value of the `NAT_REV` LRU hash, keyed by the flow as the backend sends it
 /// (backend -> SNAT address:port): the client side to translate replies back to.
@@ -346,8 +399,11 @@ pub struct NatValue {
     pub vip_port_be: u16,
     pub flags: u8,
     pub _pad: [u8; 3],
+    /// The next hop towards the client, for replies (issue 17: the value
+    /// grew from 48 to 72 bytes for it).
+    pub hop: FibHop,
 }
-const _: () = assert!(size_of::<NatValue>() == 48);
+const _: () = assert!(size_of::<NatValue>() == 72);
 
 impl NatValue {
     /// The forward flow (client -> VIP, the `CONNTRACK` key) of the reverse

@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
-    Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND, NatValue,
-    PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue, SyncEvent,
-    TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
+    FibHop, Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND,
+    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue,
+    SyncEvent, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
     nat_port_try,
 };
 
@@ -151,7 +151,10 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
                 }
                 // SAFETY: as above.
                 unsafe { touch(&mut (*ct).last_seen_ns, &mut (*ct).flags, now, p.tcp_flags) };
-                return forward(ctx, p, &svc, id, be, nat_port);
+                // The flow's next hop, kept in its entry (`nat::forward_cached`).
+                // SAFETY: as above.
+                let hop = Some((unsafe { &raw mut (*ct).hop }, FibHop::epoch_of(now)));
+                return forward(ctx, p, &svc, id, be, nat_port, hop);
             }
         } else if live && !syn {
             // The flow's backend died: tell the client now rather than let
@@ -190,7 +193,7 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         if svc.mode == MODE_NAT {
             return Verdict::drop(Reason::DropNoBackend);
         }
-        return forward(ctx, p, &svc, id, be, 0);
+        return forward(ctx, p, &svc, id, be, 0, None);
     }
     let mut nat_port = 0u16;
     if svc.mode == MODE_NAT {
@@ -209,10 +212,22 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         }
         nat_port = got as u16;
     }
-    // Zeroed whole, then filled: a `_pad: [0; 5]` literal compiles to a
-    // call of compiler-builtins' memset, a byte loop in BPF.
-    // SAFETY: ConnValue is plain integers; all-zero is a valid value.
-    let mut v: ConnValue = unsafe { core::mem::zeroed() };
+    // Built in this CPU's scratch, not on the stack: with its kept hop
+    // (`FibHop`) the value is 48 bytes, and on this frame it broke the
+    // verifier's 512-byte limit for the deepest call chain (vip ->
+    // encap::too_big -> nat::forward). Zeroed in words, then filled: a
+    // literal's padding compiles to a call of compiler-builtins' memset, a
+    // byte loop in BPF (`mem`).
+    let Some(sc) = PORT_SCRATCH.get_ptr_mut(0) else {
+        return Verdict::drop(Reason::DropAdjustFailed);
+    };
+    // SAFETY: this CPU's slot, 8-aligned; nothing else runs on it during
+    // this program, and ConnValue is plain integers (all-zero is valid).
+    let v = unsafe {
+        let v = &raw mut (*sc).conn;
+        mem::zero_u32s::<{ size_of::<ConnValue>() / 4 }>(v.cast());
+        &mut *v
+    };
     v.last_seen_ns = now;
     v.backend_id = id;
     v.service_id = svc.id;
@@ -222,14 +237,16 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     } else {
         0
     } | if svc.mode == MODE_DSR { CT_F_DSR } else { 0 };
-    if CONNTRACK.insert(&p.key, &v, 0).is_err() {
+    if CONNTRACK.insert(&p.key, &*v, 0).is_err() {
         return Verdict::drop(Reason::DropConntrackFull);
     }
     if svc.flags & SVC_F_SYNC != 0 {
-        sync_event(p, &v);
+        sync_event(p, v);
     }
     stats::new_flow(id);
-    forward(ctx, p, &svc, id, be, nat_port)
+    // No hop to keep yet: the entry just inserted is not at hand, and the
+    // flow's next packet looks it up and keeps it.
+    forward(ctx, p, &svc, id, be, nat_port, None)
 }
 
 /// Reports a new flow to the agent for replication to the peer LBs. Written
@@ -349,15 +366,18 @@ fn port_search(
     }
     // SAFETY: this CPU's slot; nothing else runs on it during this program.
     let sc = unsafe { &mut *PORT_SCRATCH.get_ptr_mut(0)? };
-    sc.value = NatValue {
-        last_seen_ns: now,
-        client_addr: p.key.saddr,
-        vip: p.key.daddr,
-        client_port_be: p.key.sport_be,
-        vip_port_be: p.key.dport_be,
-        flags: 0,
-        _pad: [0; 3],
-    };
+    // Zeroed in words, then filled: a literal's zero padding and `FibHop`
+    // would compile to a memset call, a byte loop in BPF (`mem`). The hop
+    // stays zero: the flow's first reply looks it up.
+    // SAFETY: this CPU's slot, 8-aligned; NatValue is plain integers.
+    unsafe {
+        mem::zero_u32s::<{ size_of::<NatValue>() / 4 }>((&raw mut sc.value).cast());
+    }
+    sc.value.last_seen_ns = now;
+    sc.value.client_addr = p.key.saddr;
+    sc.value.vip = p.key.daddr;
+    sc.value.client_port_be = p.key.sport_be;
+    sc.value.vip_port_be = p.key.dport_be;
     sc.rev = ConnKey {
         saddr: be.addr,
         daddr: svc.snat_addr,
@@ -483,6 +503,9 @@ fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
     NAT_REV.insert(&sc.rev, &sc.value, BPF_EXIST as u64).is_ok()
 }
 
+/// Sends a flow's packet by its service's mode. `hop`: mode nat's next hop
+/// kept in the flow's entry, and the epoch (`nat::forward_cached`); None
+/// asks the FIB.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -491,6 +514,7 @@ fn forward(
     id: u32,
     be: &BackendValue,
     nat_port_be: u16,
+    hop: Option<(*mut FibHop, u32)>,
 ) -> Verdict {
     if svc.mode == MODE_DSR {
         return dsr(ctx, p, id, be);
@@ -507,7 +531,7 @@ fn forward(
     if nat::rewrite(ctx, p, &to).is_err() {
         return Verdict::drop(Reason::DropAdjustFailed);
     }
-    send(ctx, p, Reason::TxNat, Some(id))
+    send(ctx, p, Reason::TxNat, Some(id), hop)
 }
 
 /// Mode dsr: to the backend's MAC, encapsulated to its address when it is in
@@ -540,29 +564,49 @@ fn reverse_nat(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals) -> u
 
 #[inline(always)]
 fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals) -> Verdict {
-    // SAFETY: LRU value pointer, valid during this run.
-    let n = unsafe { *v };
+    // SAFETY: LRU value pointer, valid during this run. Read in place, not
+    // copied: with its kept hop the value is 72 bytes, and a copy on this
+    // subprogram's stack broke the verifier's 512-byte limit for the call
+    // chain (vip -> reverse_nat -> nat::forward_cached). A copy was no
+    // snapshot either (word by word, like these reads); racing writers
+    // store whole timestamps and flag bits, and a reclaim replaces the
+    // value only once the flow is over. No reference to the whole value is
+    // held across the writes below (`mark_done`, `touch`).
+    let (last, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
     let is_tcp = p.key.proto == PROTO_TCP;
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions (see try_vip).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if g.expired(now, n.last_seen_ns, n.flags, is_tcp) {
+    if g.expired(now, last, flags, is_tcp) {
         return Verdict::pass(Reason::PassNoService);
     }
-    if is_tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && n.flags & NAT_F_DONE == 0 {
-        mark_done(p, v, &n);
+    if is_tcp && p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && flags & NAT_F_DONE == 0 {
+        mark_done(p, v);
     }
     // SAFETY: as above.
     unsafe { touch(&mut (*v).last_seen_ns, &mut (*v).flags, now, p.tcp_flags) };
-    let to = Endpoints {
-        saddr: &n.vip,
-        sport_be: n.vip_port_be,
-        daddr: &n.client_addr,
-        dport_be: n.client_port_be,
+    // SAFETY: as above; the client side, which only a reclaim of a flow
+    // that is over rewrites.
+    let to = unsafe {
+        Endpoints {
+            saddr: &(*v).vip,
+            sport_be: (*v).vip_port_be,
+            daddr: &(*v).client_addr,
+            dport_be: (*v).client_port_be,
+        }
     };
     if nat::rewrite(ctx, p, &to).is_err() {
         return Verdict::drop(Reason::DropAdjustFailed);
     }
-    send(ctx, p, Reason::TxReverseNat, None)
+    // The way back to the client, kept in the reverse entry.
+    // SAFETY: as above.
+    let hop = unsafe { &raw mut (*v).hop };
+    send(
+        ctx,
+        p,
+        Reason::TxReverseNat,
+        None,
+        Some((hop, FibHop::epoch_of(now))),
+    )
 }
 
 /// The backend sent FIN or RST: marks the flow `NAT_F_DONE` if the backend's
@@ -580,7 +624,7 @@ fn reverse_nat_inner(ctx: &XdpContext, p: &Parsed, v: *mut NatValue, g: &Globals
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(always)]
-fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
+fn mark_done(p: &Parsed, v: *mut NatValue) {
     let done = if p.tcp_flags & TCP_RST != 0 {
         true
     } else {
@@ -591,7 +635,8 @@ fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
         };
         // SAFETY: this CPU's slot; nothing else runs on it during this program.
         let sc = unsafe { &mut *sc };
-        sc.fwd = n.forward_key(&p.key);
+        // SAFETY: LRU value pointer, valid during this run.
+        sc.fwd = unsafe { (*v).forward_key(&p.key) };
         match CONNTRACK.get_ptr(&sc.fwd) {
             // SAFETY: LRU value pointer, valid during this run.
             Some(f) => unsafe {
@@ -608,8 +653,17 @@ fn mark_done(p: &Parsed, v: *mut NatValue, n: &NatValue) {
 }
 
 #[inline(always)]
-fn send(ctx: &XdpContext, p: &Parsed, reason: Reason, backend: Option<u32>) -> Verdict {
-    let r = nat::forward(ctx, p.l3_off, p.l4_off, p.key.family, p.key.proto);
+fn send(
+    ctx: &XdpContext,
+    p: &Parsed,
+    reason: Reason,
+    backend: Option<u32>,
+    hop: Option<(*mut FibHop, u32)>,
+) -> Verdict {
+    let r = match hop {
+        Some((hop, epoch)) => nat::forward_cached(ctx, p, hop, epoch),
+        None => nat::forward(ctx, p.l3_off, p.l4_off, p.key.family, p.key.proto),
+    };
     forwarded(r, reason, backend)
 }
 

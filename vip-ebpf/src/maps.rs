@@ -69,15 +69,17 @@ pub static NAT_REV: LruHashMap<ConnKey, NatValue> =
 #[map]
 pub static NAT_LOCK: HashMap<ConnKey, u8> = HashMap::with_max_entries(NAT_LOCK_CAPACITY, 0);
 
-/// Per-CPU scratch space for `allocate_port`: the new flow's reverse value
-/// and the keys it looks up live here, not on the BPF stack, which the call
-/// chain has nearly used up.
+/// Per-CPU scratch space for a new flow: its connection value, and for
+/// `allocate_port` its reverse value and the keys it looks up, live here,
+/// not on the BPF stack, which the call chain has nearly used up.
 #[map]
 pub static PORT_SCRATCH: PerCpuArray<PortScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// See `PORT_SCRATCH`.
 #[repr(C)]
 pub struct PortScratch {
+    /// The new flow's `CONNTRACK` value.
+    pub conn: ConnValue,
     pub value: NatValue,
     pub rev: ConnKey,
     pub fwd: ConnKey,
@@ -108,6 +110,11 @@ pub static SYNC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// The production program `vip` never reads or writes it.
 #[map]
 pub static BENCH_SEQ: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Benchmark only: the frame's headers as `vip_bench_restore` received them
+/// (`bench::save`), per CPU. The production program `vip` never touches it.
+#[map]
+pub static BENCH_FRAME: PerCpuArray<[u16; 32]> = PerCpuArray::with_max_entries(1, 0);
 
 /// `vipd trace`'s filter (one entry): which packets get a decision record
 /// on aya-log's `AYA_LOGS` ring, until when. Not pinned: a newly loaded

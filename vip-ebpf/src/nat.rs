@@ -1,5 +1,6 @@
 //! Mode nat (full NAT, one arm): address and port rewrites with incremental
-//! checksum updates, and the next hop from the kernel's FIB.
+//! checksum updates, and the next hop from the kernel's FIB, kept in the
+//! flow's entry for about a second (`forward_cached`, `FibHop`).
 
 use core::mem::{MaybeUninit, align_of, size_of};
 
@@ -11,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use vip_common::{AddrBytes, FAMILY_V4, PROTO_TCP, PROTO_UDP, Reason};
+use vip_common::{AddrBytes, FAMILY_V4, FibHop, PROTO_TCP, PROTO_UDP, Reason};
 
 use crate::{
     csum, mem,
@@ -123,7 +124,47 @@ pub fn forward(ctx: &XdpContext, l3_off: usize, l4_off: usize, family: u8, proto
         family,
         proto,
     };
-    match forward_inner(ctx, &hop) {
+    match forward_inner(ctx, &hop, None) {
+        Ok(action) => action,
+        Err(reason) => FORWARD_FAILED | reason as u32,
+    }
+}
+
+/// `forward` for a flow of mode nat, with its next hop kept in the flow's
+/// entry (`hop`, a map value). A hop looked up in this `epoch`
+/// (`FibHop::epoch_of`) for a packet at least as long as this one is used
+/// as it is: the MAC rewrite and the verdict, no FIB lookup. Anything else
+/// asks the FIB, as `forward` does, and keeps a successful answer. Why an
+/// epoch rather than a generation the agent bumps on netlink route and
+/// neighbour events: it needs nothing outside the program, and the FIB
+/// itself is the only judge of a route (policy rules, multipath, a
+/// neighbour entry going away), at the price of using an old answer for at
+/// most 2^30 ns after a change. Replaced neighbour MACs, routes and
+/// interfaces are all seen within that time; a neighbour that is gone is
+/// sent to for that long, as it would be by a kernel whose entry is stale.
+/// Same return as `forward`.
+#[inline(never)]
+pub fn forward_cached(ctx: &XdpContext, p: &Parsed, hop: *mut FibHop, epoch: u32) -> u32 {
+    let at = Hop {
+        l3_off: p.l3_off,
+        l4_off: p.l4_off,
+        family: p.key.family,
+        proto: p.key.proto,
+    };
+    // SAFETY: `hop` points into the flow's map value, valid during this
+    // run. Another CPU may write it at the same time (the same flow's
+    // packets on two queues): each writes a whole answer of the same
+    // lookup, and a reader that sees a mix of two gets one packet with the
+    // old or the new MAC, as during any route change.
+    let cached = unsafe { &mut *hop };
+    let r = match ip_len(ctx, &at) {
+        Ok(len) if cached.ifindex != 0 && cached.epoch == epoch && len <= cached.checked_len => {
+            send_to(ctx, &cached.dmac, &cached.smac, cached.ifindex)
+        }
+        Ok(len) => forward_inner(ctx, &at, Some((cached, epoch, len))),
+        Err(reason) => Err(reason),
+    };
+    match r {
         Ok(action) => action,
         Err(reason) => FORWARD_FAILED | reason as u32,
     }
@@ -143,8 +184,32 @@ struct Hop {
     proto: u8,
 }
 
+/// The packet's length as the FIB takes it (`tot_len`: the whole IP packet).
 #[inline(always)]
-fn forward_inner(ctx: &XdpContext, p: &Hop) -> Result<u32, Reason> {
+fn ip_len(ctx: &XdpContext, p: &Hop) -> Result<u16, Reason> {
+    // SAFETY: bounds checked by ptr_at.
+    unsafe {
+        if p.family == FAMILY_V4 {
+            let ip: *const Ipv4Hdr =
+                ptr_at(ctx, p.l3_off).map_err(|()| Reason::DropAdjustFailed)?;
+            Ok(u16::from_be((*ip).tot_len))
+        } else {
+            let ip: *const Ipv6Hdr =
+                ptr_at(ctx, p.l3_off).map_err(|()| Reason::DropAdjustFailed)?;
+            Ok(u16::from_be((*ip).payload_len).wrapping_add(size_of::<Ipv6Hdr>() as u16))
+        }
+    }
+}
+
+/// Asks the FIB for the packet's next hop and sends it there; with `cache`
+/// (the flow's hop, the epoch, the packet's `ip_len`), a successful answer
+/// is also kept in the flow's hop.
+#[inline(always)]
+fn forward_inner(
+    ctx: &XdpContext,
+    p: &Hop,
+    cache: Option<(&mut FibHop, u32, u16)>,
+) -> Result<u32, Reason> {
     let mut fib = MaybeUninit::<FibParams>::uninit();
     // SAFETY: zero is a valid bpf_fib_lookup (plain integers and arrays),
     // written whole before the reference is made.
@@ -200,17 +265,36 @@ fn forward_inner(ctx: &XdpContext, p: &Hop) -> Result<u32, Reason> {
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Err(Reason::DropNoRoute);
     }
+    if let Some((c, epoch, len)) = cache {
+        // Invalid while it is written, valid again last.
+        c.ifindex = 0;
+        // SAFETY: map value and stack fields, 2-aligned (`mem::copy_mac`).
+        unsafe {
+            mem::copy_mac(&raw mut c.dmac, &raw const fib.dmac);
+            mem::copy_mac(&raw mut c.smac, &raw const fib.smac);
+        }
+        c.checked_len = len;
+        c.epoch = epoch;
+        c.ifindex = fib.ifindex;
+    }
+    send_to(ctx, &fib.dmac, &fib.smac, fib.ifindex)
+}
+
+/// Writes the next hop's MACs into the frame and sends it out of `ifindex`:
+/// XDP_TX if that is where it came in, else bpf_redirect.
+#[inline(always)]
+fn send_to(ctx: &XdpContext, dmac: &[u8; 6], smac: &[u8; 6], ifindex: u32) -> Result<u32, Reason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).map_err(|()| Reason::DropAdjustFailed)?;
     // SAFETY: bounds checked; both 2-aligned (`mem::copy_mac`).
     unsafe {
-        mem::copy_mac(&raw mut (*eth).dst, &raw const fib.dmac);
-        mem::copy_mac(&raw mut (*eth).src, &raw const fib.smac);
+        mem::copy_mac(&raw mut (*eth).dst, dmac);
+        mem::copy_mac(&raw mut (*eth).src, smac);
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    if ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(xdp_action::XDP_TX);
     }
     // SAFETY: bpf_redirect takes any ifindex; the kernel checks it.
-    Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as u32)
 }
 
 #[inline(always)]

@@ -13,9 +13,15 @@
 //! a flow never seen, and inserts its entry. After each sample the benchmark
 //! deletes exactly the entries that sample created (each delete must find
 //! its entry: proof that every run inserted one), so the table stays at the
-//! row's fill. The reason counters are checked after each repeated case:
-//! every run must have ended as that case's reason (`tx_dsr`,
-//! `pass_no_service`), or the benchmark stops. The cases of a row run
+//! row's fill. Mode nat rewrites addresses and ports, so a repeat would see
+//! another flow: its repeat-safe section runs `vip_bench_restore`, which
+//! puts the frame's headers back after each run of `vip`'s code, and runs
+//! mode dsr through the same wrapper so the ratio compares like with like.
+//! `--old-object` loads an older build's object next to this one and runs
+//! its established and nat cases in the same rounds. The reason counters
+//! are checked after each repeated case: every run must have ended as that
+//! case's reason (`tx_dsr`, `tx_nat`, `tx_reverse_nat`, `pass_no_service`),
+//! or the benchmark stops. The cases of a row run
 //! interleaved, one sample of each per round, and each figure is the median
 //! over the rounds: this machine is shared, and a burst of noise then hits
 //! every case of a round rather than one case's samples.
@@ -33,8 +39,8 @@ use vip_common::{
 use vip_userspace::config::addr_bytes;
 use vip_userspace::dataplane::Maps;
 use vip_userspace::dataplane::kernel::{
-    KernelMaps, LoadOptions, PROG_BENCH_NEW_FLOW, PROG_BENCH_TX, PROG_BENCH_UNTRACED, PROG_PASS,
-    PROG_VIP,
+    KernelMaps, LoadOptions, PROG_BENCH_NEW_FLOW, PROG_BENCH_RESTORE, PROG_BENCH_TX,
+    PROG_BENCH_UNTRACED, PROG_PASS, PROG_VIP,
 };
 use vip_userspace::dataplane::programmer::{DesiredBackend, DesiredService, Programmer};
 
@@ -54,6 +60,9 @@ pub struct Options {
     pub new_flows: u32,
     /// Largest connection-table fill to measure.
     pub max_flows: u32,
+    /// An older build's XDP object, measured side by side with this one
+    /// (established dsr, mode nat repeat-safe).
+    pub old_object: Option<Vec<u8>>,
 }
 
 const VIP: &str = "10.77.0.100";
@@ -120,17 +129,38 @@ fn counted(
 
 /// The kernel's mean ns per run over `repeat` runs of `prog` on `pkt`.
 fn sample(maps: &KernelMaps, prog: &'static str, pkt: &[u8], repeat: u32) -> Result<f64> {
+    run_on(maps, prog, pkt, repeat, 0).map(|(ns, _)| ns)
+}
+
+/// `repeat` runs of `prog` on `pkt` with `ifindex` (0 for none) as the
+/// ingress interface in the test context (the FIB lookups of mode nat need
+/// one; the calling thread must be in its namespace): the kernel's mean ns
+/// per run, and the frame as the last run left it.
+fn run_on(
+    maps: &KernelMaps,
+    prog: &'static str,
+    pkt: &[u8],
+    repeat: u32,
+    ifindex: u32,
+) -> Result<(f64, Vec<u8>)> {
     let p = maps.xdp(prog)?;
     let mut out = vec![0u8; pkt.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    let ctx: Vec<u8> = [0u32, pkt.len() as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect();
     let r = p
         .test_run(TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),
+            ctx_in: (ifindex != 0).then_some(&ctx[..]),
             repeat,
             ..Default::default()
         })
         .context("BPF_PROG_TEST_RUN")?;
-    Ok(r.duration.as_nanos() as f64)
+    out.truncate(r.data_size_out as usize);
+    Ok((r.duration.as_nanos() as f64, out))
 }
 
 /// The new-flow template's source address; `vip_bench_new_flow` overwrites
@@ -194,27 +224,154 @@ fn new_flow_sample(maps: &mut KernelMaps, syn: &[u8], repeat: u32) -> Result<f64
 /// (0 for none) is the ingress interface in the test context, which the FIB
 /// lookups of mode nat need (the calling thread must be in its namespace).
 fn single(maps: &KernelMaps, prog: &'static str, pkts: &[Vec<u8>], ifindex: u32) -> Result<f64> {
-    let p = maps.xdp(prog)?;
-    let mut out = vec![0u8; 512];
     let mut v = Vec::with_capacity(pkts.len());
     for pkt in pkts {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        let ctx: Vec<u8> = [0u32, pkt.len() as u32, 0, ifindex, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_ne_bytes())
-            .collect();
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(pkt),
-                data_out: Some(&mut out),
-                ctx_in: (ifindex != 0).then_some(&ctx[..]),
-                repeat: 1,
-                ..Default::default()
-            })
-            .context("BPF_PROG_TEST_RUN")?;
-        v.push(r.duration.as_nanos() as f64);
+        v.push(run_on(maps, prog, pkt, 1, ifindex)?.0);
     }
     median(&v).context("no packets to run")
+}
+
+/// One build's programs for the repeat-safe mode nat comparison: mode dsr
+/// and mode nat, each with an established flow, and the frames to run.
+struct NatBuild {
+    dsr: Programmer<KernelMaps>,
+    nat: Programmer<KernelMaps>,
+    /// The client's segment of its established flow (both services).
+    est: Vec<u8>,
+    /// The nat flow's backend answering: what the reverse path translates.
+    reply: Vec<u8>,
+}
+
+const NAT_CLIENT: &str = "10.77.0.200";
+
+/// Loads `object` (None: this build) twice, as a mode dsr and a mode nat
+/// service of three backends, and establishes a flow in each. The reply
+/// frame is read off the SYN's translated output (source port and backend),
+/// not off `NAT_REV`, whose layout an older build may not share.
+fn nat_build(object: Option<&[u8]>, lb: &crate::netns::Node) -> Result<NatBuild> {
+    let load = |svc: DesiredService| -> Result<Programmer<KernelMaps>> {
+        let opts = LoadOptions {
+            conntrack_capacity: 4096,
+            pin_dir: None,
+        };
+        let maps = match object {
+            Some(obj) => KernelMaps::load_object(&opts, obj)?,
+            None => KernelMaps::load(&opts)?,
+        };
+        let mut prog = Programmer::new(maps);
+        prog.apply(&[svc])?;
+        prog.maps_mut().set_local_mac(MAC_LB)?;
+        Ok(prog)
+    };
+    let client = ip(NAT_CLIENT);
+    let syn = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_SYN).build();
+    let est = Pkt::tcp(client, 40000, ip(VIP), PORT, TCP_ACK)
+        .payload(&[0; 10])
+        .build();
+    let dsr = load(service(3))?;
+    run_on(dsr.maps(), PROG_VIP, &syn, 1, lb.ifindex)?;
+    let mut svc = service(3);
+    svc.mode = MODE_NAT;
+    svc.snat_addr = addr_bytes(lb.ipv4.into()).1;
+    for (i, b) in svc.backends.iter_mut().enumerate() {
+        b.addr = addr_bytes(ip(&format!("10.77.0.{}", 21 + i))).1;
+    }
+    let nat = load(svc)?;
+    let (_, out) = run_on(nat.maps(), PROG_VIP, &syn, 1, lb.ifindex)?;
+    let f = crate::packet::decode(&out)
+        .map_err(anyhow::Error::msg)
+        .context("the nat SYN's output")?;
+    if f.src != IpAddr::from(lb.ipv4) || f.dport != PORT {
+        bail!("the nat SYN was not translated: {f:?}");
+    }
+    let reply = Pkt::tcp(f.dst, PORT, f.src, f.sport, TCP_ACK)
+        .payload(&[0; 10])
+        .build();
+    Ok(NatBuild {
+        dsr,
+        nat,
+        est,
+        reply,
+    })
+}
+
+/// Mode nat measured repeat-safe, the same way as mode dsr: every case runs
+/// `vip_bench_restore` (the frame's headers put back after each run, so
+/// every repeat translates the same input), mode dsr's established flow
+/// included, and the ratios nat/dsr come from the same rounds. With
+/// `--old-object` the older build runs in the same rounds too.
+fn nat_repeat_section(a: &Options) -> Result<()> {
+    let lab = Lab::new("benchnatr", &["lb"]);
+    let lb = lab.node("lb").clone();
+    lab.add_neighbour("lb", NAT_CLIENT, "02:77:00:00:01:ff");
+    for i in 0..3u8 {
+        lab.add_neighbour(
+            "lb",
+            &format!("10.77.0.{}", 21 + i),
+            &format!("02:77:00:00:01:{i:02x}"),
+        );
+    }
+    let old = a.old_object.clone();
+    let (samples, repeat) = (a.samples, a.repeat);
+    let lines = in_netns(&lb.ns.clone(), move || -> Result<Vec<String>> {
+        let mut builds = vec![("this", nat_build(None, &lb)?)];
+        if let Some(o) = &old {
+            builds.push(("old", nat_build(Some(o), &lb)?));
+        }
+        let r = u64::from(repeat);
+        // Per build: tx(swap), dsr, nat forward, nat reverse.
+        let mut v: Vec<[Vec<f64>; 4]> = builds.iter().map(|_| Default::default()).collect();
+        for _ in 0..samples {
+            for (i, (_, b)) in builds.iter().enumerate() {
+                let (d, n) = (b.dsr.maps(), b.nat.maps());
+                let restored = |m: &KernelMaps, pkt: &[u8]| {
+                    run_on(m, PROG_BENCH_RESTORE, pkt, repeat, lb.ifindex).map(|(ns, _)| ns)
+                };
+                v[i][0].push(run_on(d, PROG_BENCH_TX, &b.est, repeat, lb.ifindex)?.0);
+                v[i][1].push(counted(d, Reason::TxDsr, r, || restored(d, &b.est))?);
+                v[i][2].push(counted(n, Reason::TxNat, r, || restored(n, &b.est))?);
+                v[i][3].push(counted(n, Reason::TxReverseNat, r, || {
+                    restored(n, &b.reply)
+                })?);
+            }
+        }
+        let mut lines = vec![];
+        for (i, (name, _)) in builds.iter().enumerate() {
+            let med = |j: usize| median(&v[i][j]).context("--samples must be at least 1");
+            let (tx, dsr, fwd, rev) = (med(0)?, med(1)?, med(2)?, med(3)?);
+            lines.push(format!(
+                "{name:<6} {tx:>9.1} {dsr:>9.1} {fwd:>9.1} {rev:>9.1} {:>8.2} {:>8.2} {:>8.2}",
+                fwd / dsr,
+                rev / dsr,
+                dsr / tx
+            ));
+            if *name == "this" {
+                let worst = (fwd / dsr).max(rev / dsr);
+                lines.push(format!(
+                    "target nat <= 2x dsr, forward and reverse: {} (worst {worst:.2}x)",
+                    if worst <= 2.0 { "met" } else { "missed" }
+                ));
+            }
+        }
+        Ok(lines)
+    })?;
+    println!();
+    println!(
+        "mode nat, repeat-safe (vip_bench_restore: headers put back after every run, mode dsr \
+         through it too; 3 backends; mean of {} runs per sample, medians of {} rounds, ns)",
+        a.repeat, a.samples
+    );
+    println!(
+        "{:<6} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "build", "tx(swap)", "dsr est", "nat fwd", "nat rev", "fwd/dsr", "rev/dsr", "dsr/tx"
+    );
+    // The target line goes last.
+    let (targets, rows): (Vec<String>, Vec<String>) =
+        lines.into_iter().partition(|l| l.starts_with("target"));
+    for l in rows.iter().chain(targets.iter()) {
+        println!("{l}");
+    }
+    Ok(())
 }
 
 /// Mode nat: an established flow and a reply from its backend, one run per
@@ -357,10 +514,37 @@ fn encap_section(a: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Fills the connection table with `n` entries for other clients.
+/// A map value of `N` zero bytes: the connection table's value as an older
+/// build (`--old-object`) may lay it out, for entries no packet reaches.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Zeroes<const N: usize>([u8; N]);
+// SAFETY: plain bytes, no padding (N is a multiple of 8 where used).
+unsafe impl<const N: usize> aya::Pod for Zeroes<N> {}
+
+/// Fills the connection table with `n` entries for other clients: idle,
+/// all-zero values, whatever this build's or an older one's value size.
 fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
     let m = maps.raw_map_mut("CONNTRACK")?;
-    let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> = HashMap::try_from(m)?;
+    match value_size(m)? {
+        24 => fill_with::<24>(m, n),
+        40 => fill_with::<40>(m, n),
+        48 => fill_with::<48>(m, n),
+        other => bail!("CONNTRACK values of {other} bytes: add the size to fill_conntrack"),
+    }
+}
+
+/// A map's value size from the kernel.
+fn value_size(m: &aya::maps::Map) -> Result<u32> {
+    let data: &MapData = match m {
+        aya::maps::Map::LruHashMap(d) | aya::maps::Map::HashMap(d) => d,
+        _ => bail!("CONNTRACK is not a hash map"),
+    };
+    Ok(data.info()?.value_size())
+}
+
+fn fill_with<const N: usize>(m: &mut aya::maps::Map, n: u32) -> Result<()> {
+    let mut ct: HashMap<&mut MapData, ConnKey, Zeroes<N>> = HashMap::try_from(m)?;
     let (_, vip) = addr_bytes(ip(VIP));
     for i in 0..n {
         let mut saddr = [0u8; 16];
@@ -374,15 +558,7 @@ fn fill_conntrack(maps: &mut KernelMaps, n: u32) -> Result<()> {
             family: FAMILY_V4,
             _pad: [0; 2],
         };
-        let v = ConnValue {
-            last_seen_ns: 0,
-            backend_id: 0,
-            service_id: 0,
-            nat_port_be: 0,
-            flags: 0,
-            _pad: [0; 5],
-        };
-        ct.insert(key, v, 0)?;
+        ct.insert(key, Zeroes([0; N]), 0)?;
     }
     Ok(())
 }
@@ -407,6 +583,10 @@ struct Row {
     non_vip: f64,
     est: f64,
     new: f64,
+    /// Established in the older build (`--old-object`), same rounds.
+    est_old: Option<f64>,
+    /// The established case's fastest and slowest sample.
+    est_range: (f64, f64),
 }
 
 /// Fresh maps (4096 flows) programmed with `svc`, the frames' destination
@@ -425,23 +605,38 @@ fn programmed(svc: DesiredService) -> Result<Programmer<KernelMaps>> {
 /// Measures one row: the table filled to `flows`, `backends` backends, the
 /// cases interleaved round by round.
 fn measure_row(a: &Options, backends: u8, flows: u32, pkts: &Packets) -> Result<Row> {
-    let mut maps = KernelMaps::load(&LoadOptions {
+    let opts = LoadOptions {
         // The new-flow samples add `repeat` entries at a time (deleted
         // after each): room for them on top of the fill, so no insert
         // evicts.
         conntrack_capacity: (flows + a.repeat + 4096).max(4096),
         pin_dir: None,
-    })?;
-    fill_conntrack(&mut maps, flows.saturating_sub(1))?;
-    let mut prog = Programmer::new(maps);
-    prog.apply(&[service(backends)])?;
-    // As a running agent has it: the frames' destination is ours.
-    prog.maps_mut().set_local_mac(MAC_LB)?;
-    // Establish the measured flow.
-    sample(prog.maps(), PROG_VIP, &pkts.syn, 1)?;
+    };
+    let filled = |maps: KernelMaps| -> Result<Programmer<KernelMaps>> {
+        let mut maps = maps;
+        fill_conntrack(&mut maps, flows.saturating_sub(1))?;
+        let mut prog = Programmer::new(maps);
+        prog.apply(&[service(backends)])?;
+        // As a running agent has it: the frames' destination is ours.
+        prog.maps_mut().set_local_mac(MAC_LB)?;
+        // Establish the measured flow.
+        sample(prog.maps(), PROG_VIP, &pkts.syn, 1)?;
+        Ok(prog)
+    };
+    let mut prog = filled(KernelMaps::load(&opts)?)?;
+    let old = match &a.old_object {
+        Some(obj) => Some(filled(KernelMaps::load_object(&opts, obj)?)?),
+        None => None,
+    };
     let r = u64::from(a.repeat);
-    let mut v: [Vec<f64>; 5] = Default::default();
+    let mut v: [Vec<f64>; 6] = Default::default();
     for _ in 0..a.samples {
+        if let Some(old) = &old {
+            let m = old.maps();
+            v[5].push(counted(m, Reason::TxDsr, r, || {
+                sample(m, PROG_VIP, &pkts.est, a.repeat)
+            })?);
+        }
         let m = prog.maps();
         v[0].push(sample(m, PROG_PASS, &pkts.est, a.repeat)?);
         v[1].push(sample(m, PROG_BENCH_TX, &pkts.est, a.repeat)?);
@@ -462,6 +657,10 @@ fn measure_row(a: &Options, backends: u8, flows: u32, pkts: &Packets) -> Result<
         non_vip: med(2)?,
         est: med(3)?,
         new: med(4)?,
+        est_old: median(&v[5]),
+        est_range: v[3]
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x))),
     })
 }
 
@@ -549,6 +748,23 @@ fn targets(rows: &[Row]) {
         verdict(est <= 3.0),
         est
     );
+    if rows.iter().all(|r| r.est_old.is_some()) {
+        let old = ratio(|r| r.est_old.unwrap_or(f64::NAN));
+        println!("  the older build, same rounds: worst {old:.2}x");
+    }
+    // Issue 17 item 2: a slow row is either slow in every sample (the path
+    // itself: hash chain, entry placement) or in some samples (the machine).
+    let medians = rows.iter().map(|r| r.est);
+    let (lo, hi) = (
+        medians.clone().fold(f64::MAX, f64::min),
+        medians.fold(f64::MIN, f64::max),
+    );
+    let fastest = rows.iter().map(|r| r.est_range.1).fold(f64::MAX, f64::min);
+    let slowest_min = rows.iter().map(|r| r.est_range.0).fold(f64::MIN, f64::max);
+    println!(
+        "  established medians {lo:.0}-{hi:.0} ns over the rows; every row's fastest sample \
+         <= {slowest_min:.0} ns, every row's slowest >= {fastest:.0} ns"
+    );
     println!(
         "target new flow <= 8x tx(swap) in every row: {} (worst {:.2}x; Katran 11x)",
         verdict(new <= 8.0),
@@ -619,6 +835,12 @@ pub fn run(a: &Options) -> Result<()> {
         "est/tx",
         "new/tx"
     );
+    if a.old_object.is_some() {
+        println!(
+            "(--old-object: each row is followed by the older build's established flow, \
+             measured in the same rounds)"
+        );
+    }
     let mut rows = vec![];
     for backends in [3u8, 16, 64] {
         for flows in fills(a.max_flows) {
@@ -636,6 +858,21 @@ pub fn run(a: &Options) -> Result<()> {
                 r.est / r.tx,
                 r.new / r.tx
             );
+            if let Some(old) = r.est_old {
+                println!(
+                    "{:<9} {:>9} {:>9} {:>9} {:>9} {:>11.1} {:>9} {:>11} {:>8.2} {:>8}",
+                    "  old",
+                    "",
+                    "",
+                    "",
+                    "",
+                    old,
+                    "",
+                    "",
+                    old / r.tx,
+                    ""
+                );
+            }
             rows.push(r);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -643,6 +880,7 @@ pub fn run(a: &Options) -> Result<()> {
     println!();
     targets(&rows);
     trace_section(a, &pkts)?;
+    nat_repeat_section(a)?;
     nat_section(a)?;
     encap_section(a)?;
     Ok(())

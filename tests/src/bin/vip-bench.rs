@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use vip_tests::bench::{dataplane, e2e, failover, failover_bgp, reaction, sync_lag};
 use vip_userspace::dataplane::kernel::AttachMode;
@@ -32,6 +32,12 @@ struct Args {
     /// Largest connection-table fill to measure.
     #[arg(long, default_value_t = 1_000_000)]
     max_flows: u32,
+    /// dataplane: an XDP object of an older build (e.g. main's
+    /// `target/release/build/vip-userspace-*/out/vip`), measured side by
+    /// side with this build in the same rounds: the established and mode
+    /// nat cases get an "old" column. It must have `vip_bench_restore`.
+    #[arg(long)]
+    old_object: Option<PathBuf>,
     /// failover: repetitions of each scenario per implementation; reaction:
     /// failures per kind; sync-lag: flows per case.
     #[arg(long, default_value_t = 30)]
@@ -156,5 +162,12 @@ fn main() -> Result<()> {
         repeat: a.repeat,
         new_flows: a.new_flows,
         max_flows: a.max_flows,
+        old_object: match &a.old_object {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .with_context(|| format!("--old-object {}: cannot read it", p.display()))?,
+            ),
+            None => None,
+        },
     })
 }

@@ -95,18 +95,20 @@ pub const PINNED_MAPS: [&str; 11] = [
 ///   restarted process;
 /// - LOCAL_MAC: written by every agent before it attaches or switches the
 ///   link;
-/// - BENCH_SEQ: the benchmark program's flow number (`PROG_BENCH_NEW_FLOW`),
+/// - BENCH_SEQ, BENCH_FRAME: the benchmark programs' flow number
+///   (`PROG_BENCH_NEW_FLOW`) and saved headers (`PROG_BENCH_RESTORE`),
 ///   which production never runs;
 /// - TRACE, TRACE_NOTE, AYA_LOGS: `vipd trace`'s filter, per-packet notes
 ///   and aya-log's record ring; a new program starts with tracing off, and
 ///   `vipd trace` finds them through the attached program (`trace`).
-pub const UNPINNED_MAPS: [&str; 9] = [
+pub const UNPINNED_MAPS: [&str; 10] = [
     "SCRATCH",
     "PORT_SCRATCH",
     "SYNC_EVENTS",
     "SYNC_LOST",
     "LOCAL_MAC",
     "BENCH_SEQ",
+    "BENCH_FRAME",
     "TRACE",
     "TRACE_NOTE",
     "AYA_LOGS",
@@ -138,6 +140,10 @@ pub const PROG_BENCH_NEW_FLOW: &str = "vip_bench_new_flow";
 /// Benchmark only, never attached: `vip` with the trace check compiled out,
 /// the baseline for what the check costs while tracing is off.
 pub const PROG_BENCH_UNTRACED: &str = "vip_bench_untraced";
+/// Benchmark only, never attached: `vip` with the frame's headers put back
+/// after each run, so a repeated BPF_PROG_TEST_RUN of a translating path
+/// (mode nat) sees the same input every time (vip-ebpf's `bench`).
+pub const PROG_BENCH_RESTORE: &str = "vip_bench_restore";
 /// A backend's IPIP / IPv6-in-IPv6 decapsulation where the kernel has no
 /// tunnel drivers (tests; README, "Backends in other subnets").
 pub const PROG_DECAP: &str = "vip_decap";
@@ -151,7 +157,15 @@ pub struct KernelMaps {
 impl KernelMaps {
     /// Loads the object and verifies the programs; attaches nothing.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        if EBPF_OBJECT.is_empty() {
+        Self::load_object(opts, EBPF_OBJECT)
+    }
+
+    /// Loads `object`, an XDP object built from this or another commit of
+    /// vip-ebpf, the same way: `vip-bench dataplane --old-object` measures
+    /// an older build side by side with this one in one run. Its maps must
+    /// have this build's layout where the caller writes them.
+    pub fn load_object(opts: &LoadOptions, object: &[u8]) -> Result<Self> {
+        if object.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
         let mut loader = EbpfLoader::new();
@@ -173,7 +187,7 @@ impl KernelMaps {
             }
         }
         let ebpf = loader
-            .load(EBPF_OBJECT)
+            .load(object)
             .map_err(|e| super::with_capability_hint(DataplaneError::Load(Box::new(e))))?;
         let mut me = KernelMaps {
             ebpf,
@@ -191,6 +205,7 @@ impl KernelMaps {
             PROG_BENCH_TX,
             PROG_BENCH_NEW_FLOW,
             PROG_BENCH_UNTRACED,
+            PROG_BENCH_RESTORE,
             PROG_DECAP,
         ] {
             me.xdp_mut(name)?.load().map_err(|e| {

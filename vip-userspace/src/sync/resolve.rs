@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use vip_common::{
-    AddrBytes, ConnKey, ConnValue, Globals, MODE_NAT, NatValue, SVC_F_SYNC, ServiceKey, SyncEvent,
+    AddrBytes, ConnKey, ConnValue, FibHop, Globals, MODE_NAT, NatValue, SVC_F_SYNC, ServiceKey,
+    SyncEvent,
 };
 
 use super::wire::Record;
@@ -191,6 +192,7 @@ impl Directory {
                 nat_port_be: r.nat_port.to_be(),
                 flags: r.flags,
                 _pad: [0; 5],
+                hop: FibHop::NONE,
             },
             rev_key,
             rev_value: NatValue {
@@ -201,6 +203,7 @@ impl Directory {
                 vip_port_be: r.vip_port.to_be(),
                 flags: r.flags,
                 _pad: [0; 3],
+                hop: FibHop::NONE,
             },
         })
     }
