@@ -66,3 +66,90 @@ impl Counts {
             .collect()
     }
 }
+
+/// What a flood through a lab's LB did: frames sent, how long sending took,
+/// and the LB's metrics before and after.
+pub struct Flood {
+    pub syns: u32,
+    pub segments: u32,
+    pub took: std::time::Duration,
+    pub before: std::collections::BTreeMap<String, f64>,
+    pub after: std::collections::BTreeMap<String, f64>,
+}
+
+impl Flood {
+    /// Floods the lab's VIP (IPv4, [`crate::scenario::PORT`]) from the
+    /// client's interface: `syns` SYNs, then `segments` lone segments, from
+    /// distinct spoofed sources ([`source`]), addressed to the LB's MAC,
+    /// paced in bursts of `burst` (see `netns::send_frames`). Waits a
+    /// second for the LB to finish, then reads its metrics again.
+    pub fn run(l: &crate::scenario::LbLab, syns: u32, segments: u32, burst: usize) -> Flood {
+        let client = l.lab.node("client").clone();
+        let lb_mac = l.lab.node("lb").mac;
+        let vip = IpAddr::V4(crate::netns::VIP_V4);
+        let port = crate::scenario::PORT;
+        let frames = (0..syns + segments).map(move |i| {
+            Pkt {
+                dst_mac: lb_mac,
+                src_mac: client.mac,
+                ..frame(i, i < syns, vip, port)
+            }
+            .build()
+        });
+        let before = l.metrics_of("lb");
+        let started = std::time::Instant::now();
+        let client = l.lab.node("client");
+        let sent = crate::netns::send_frames(&client.ns, client.ifindex, frames, burst)
+            .unwrap_or_else(|e| panic!("send the flood from {}: {e}", client.ns));
+        let took = started.elapsed();
+        assert_eq!(sent, (syns + segments) as usize, "every flood frame sent");
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        Flood {
+            syns,
+            segments,
+            took,
+            before,
+            after: l.metrics_of("lb"),
+        }
+    }
+
+    /// How far the LB's series starting with `prefix` moved, summed (all
+    /// backends of `vipd_backend_new_flows_total`, say).
+    pub fn moved(&self, prefix: &str) -> f64 {
+        let sum = |m: &std::collections::BTreeMap<String, f64>| -> f64 {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        sum(&self.after) - sum(&self.before)
+    }
+
+    /// How far the packet counter of `reason` moved.
+    pub fn reason(&self, reason: Reason) -> f64 {
+        self.moved(&format!(
+            "vipd_dataplane_packets_total{{reason=\"{}\"}}",
+            reason.label()
+        ))
+    }
+
+    /// New flows the LB counted for its backends during the flood.
+    pub fn new_flows(&self) -> f64 {
+        self.moved("vipd_backend_new_flows_total")
+    }
+
+    /// The packet and new-flow series that moved, for messages.
+    pub fn summary(&self) -> String {
+        self.after
+            .keys()
+            .filter(|k| {
+                k.starts_with("vipd_dataplane_packets_total")
+                    || k.starts_with("vipd_backend_new_flows_total")
+            })
+            .map(|k| (k, self.moved(k)))
+            .filter(|(_, n)| *n != 0.0)
+            .map(|(k, n)| format!("{k} +{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
