@@ -153,3 +153,25 @@ impl Flood {
             .join(", ")
     }
 }
+
+/// `streams` watch streams through the lab's VIP, then a [`Flood::run`],
+/// then 2 s more of the streams' events and keepalives (an evicted flow's
+/// next packet is reset in mode nat, or lost); returns the flood and what
+/// each stream lived through. Shared by `tests/tests/flood.rs` and `bench
+/// flood`.
+pub fn under_watches(
+    l: &crate::scenario::LbLab,
+    streams: usize,
+    syns: u32,
+    segments: u32,
+    burst: usize,
+) -> (Flood, Vec<crate::traffic::WatchReport>) {
+    let ns = l.lab.node("client").ns.clone();
+    let cfg = crate::standin::client_config(&l.pki.ca_pem(), None);
+    let watches = crate::traffic::Watches::open(&ns, &cfg, streams)
+        .unwrap_or_else(|e| panic!("{streams} watch streams: {e}"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let flood = Flood::run(l, syns, segments, burst);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    (flood, watches.report())
+}

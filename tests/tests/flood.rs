@@ -12,10 +12,9 @@ use std::time::Duration;
 use vip_common::Reason;
 use vip_tests::{
     failover::summary,
-    flood::Flood,
+    flood::{Flood, under_watches},
     scenario::{Fwd, LbLab, LbOptions},
-    standin::client_config,
-    traffic::{End, Watches},
+    traffic::End,
 };
 use vip_userspace::dataplane::kernel::AttachMode;
 
@@ -35,15 +34,7 @@ fn flood_keeps_watches(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> Flood {
             ..LbOptions::new(xdp_mode, fwd)
         },
     );
-    let ns = l.lab.node("client").ns.clone();
-    let cfg = client_config(&l.pki.ca_pem(), None);
-    let watches = Watches::open(&ns, &cfg, STREAMS).expect("200 watch streams");
-    std::thread::sleep(Duration::from_millis(500));
-    let flood = Flood::run(&l, SYNS, SEGMENTS, 32);
-    // The streams' events and keepalives after the flood: an evicted
-    // flow's next packet is reset (nat) or silently lost.
-    std::thread::sleep(Duration::from_secs(2));
-    let report = watches.report();
+    let (flood, report) = under_watches(&l, STREAMS, SYNS, SEGMENTS, 32);
     let line = summary(&report);
     eprintln!(
         "{hint}: {SYNS} SYNs + {SEGMENTS} segments in {:?}; streams: {line}",
