@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use vip_common::{MODE_DSR, PROTO_TCP, Reason, UNCONFIRMED_CAPACITY};
 use vip_tests::{
     flood::{self, Counts},
-    packet::{Pkt, TCP_ACK, TCP_PSH, TCP_SYN, decode},
+    packet::{Pkt, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, decode},
     progtest::{Dp, XDP_TX},
 };
 use vip_userspace::{config::addr_bytes, dataplane::programmer::DesiredBackend};
@@ -89,6 +89,12 @@ fn new_flows_are_confirmed_by_the_clients_next_non_syn_packet() {
     assert_eq!(where_is(&dp, 1), (false, true), "a lone segment waits");
     assert_eq!(sent_to(&dp, &client(1, TCP_ACK)), be, "second segment");
     assert_eq!(where_is(&dp, 1), (true, false), "confirmed by the second");
+    // A SYN answered by an RST (a host whose address a flood spoofed,
+    // refusing the backend's SYN-ACK): the RST goes to the same backend and
+    // confirms nothing.
+    let be = sent_to(&dp, &client(2, TCP_SYN));
+    assert_eq!(sent_to(&dp, &client(2, TCP_RST)), be, "the RST follows");
+    assert_eq!(where_is(&dp, 2), (false, true), "an RST does not confirm");
 }
 
 /// 200 confirmed flows, then the backend set changes (a fourth backend:

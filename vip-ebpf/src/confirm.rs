@@ -12,9 +12,11 @@
 //! `CT_UNCONFIRMED` (and, mode nat, its reverse entry to
 //! `NAT_REV_UNCONFIRMED`), which a flood churns without touching the
 //! confirmed tables, and moves to `CONNTRACK`/`NAT_REV` at the client's
-//! first non-SYN packet: the handshake's ACK (RFC 9293 3.5), or a picked-up
-//! flow's second segment. A spoofed source never sends it: it never saw
-//! the SYN-ACK.
+//! first packet that is neither a SYN nor an RST: the handshake's ACK (RFC
+//! 9293 3.5), or a picked-up flow's second segment. A spoofed source never
+//! sends it: it never saw the SYN-ACK. (A blind SYN-then-ACK per spoofed
+//! tuple does confirm its flows: the ACK's number is not checked against
+//! the SYN-ACK, which mode dsr never sees.)
 
 use aya_ebpf::bindings::{BPF_EXIST, BPF_NOEXIST};
 use vip_common::{
@@ -28,13 +30,13 @@ use crate::{
         PortScratch, SYNC_EVENTS,
     },
     mem,
-    parse::Parsed,
+    parse::{Parsed, TCP_RST},
     stats,
 };
 
 /// The flow's unconfirmed entry, if it has one that still counts, after
-/// `CONNTRACK` had none. A SYN (a retransmission) keeps it where it is,
-/// with its backend and port. Any other packet confirms it: the entry
+/// `CONNTRACK` had none. A SYN (a retransmission) or an RST keeps it where
+/// it is, with its backend and port. Any other packet confirms it: the entry
 /// moves to `CONNTRACK` and the pointer returned is the one there. If the
 /// move fails (mode nat: the reverse entry was evicted by a flood of
 /// unconfirmed flows), the flow is forgotten and `None` returned: a non-SYN
@@ -63,7 +65,11 @@ pub fn pending(
     if g.expired(now, last, CT_F_CLOSING, p.key.proto == PROTO_TCP) {
         return None;
     }
-    if syn {
+    // An RST does not confirm: it ends the flow. It is what a real host
+    // answers to the backend's SYN-ACK for a SYN it never sent (a flood
+    // spoofing its address), and it goes on to the backend on the
+    // unconfirmed entry, which then expires as a closing flow.
+    if syn || p.tcp_flags & TCP_RST != 0 {
         return Some(u);
     }
     if promote(p, svc, u, now) == 0 {
