@@ -11,6 +11,7 @@ pub mod container;
 pub mod etcd;
 pub mod fabric;
 pub mod failover;
+pub mod flood;
 pub mod fuzz;
 pub mod h2client;
 pub mod keepalived;

@@ -784,6 +784,20 @@ pub fn poll_until(
 /// AF_PACKET socket): for frames the kernel's stack would never send, such
 /// as one addressed to a MAC no node has, which the lab's bridge floods.
 pub fn send_frame(ns: &str, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
+    send_frames(ns, ifindex, std::iter::once(frame.to_vec()), usize::MAX).map(drop)
+}
+
+/// [`send_frame`] for many frames on one socket, pausing 1 ms after every
+/// `burst`: the veths and the bridge between here and an XDP program queue
+/// at most `netdev_max_backlog` (1000) frames per CPU and drop the rest
+/// silently, so a flood whose every frame must be counted is paced.
+/// Returns how many were sent.
+pub fn send_frames(
+    ns: &str,
+    ifindex: u32,
+    frames: impl Iterator<Item = Vec<u8>> + Send,
+    burst: usize,
+) -> std::io::Result<usize> {
     in_netns(ns, || {
         // SAFETY: plain socket(2); the descriptor is owned below.
         let fd = unsafe {
@@ -798,27 +812,34 @@ pub fn send_frame(ns: &str, ifindex: u32, frame: &[u8]) -> std::io::Result<()> {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        // SAFETY: zero is a valid sockaddr_ll; the fields are set below.
-        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        to.sll_family = libc::AF_PACKET as u16;
-        to.sll_ifindex = ifindex as i32;
-        to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: frame and address are valid for the lengths given.
-        let n = unsafe {
-            libc::sendto(
-                std::os::fd::AsRawFd::as_raw_fd(&fd),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
+        let mut sent = 0;
+        for frame in frames {
+            // SAFETY: zero is a valid sockaddr_ll; the fields are set below.
+            let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            to.sll_family = libc::AF_PACKET as u16;
+            to.sll_ifindex = ifindex as i32;
+            to.sll_halen = 6;
+            to.sll_addr[..6].copy_from_slice(&frame[..6]);
+            // SAFETY: frame and address are valid for the lengths given.
+            let n = unsafe {
+                libc::sendto(
+                    std::os::fd::AsRawFd::as_raw_fd(&fd),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const to).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            sent += 1;
+            if sent % burst == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        Ok(())
+        Ok(sent)
     })
 }
 

@@ -153,6 +153,19 @@ fn syn(v6: bool, sport: u16) -> Pkt {
     }
 }
 
+/// The client's ACK that completes `syn(v6, sport)`'s handshake: it
+/// confirms the flow (vip-ebpf `confirm`).
+fn handshake_ack(v6: bool, sport: u16) -> Pkt {
+    Pkt {
+        l4: vip_tests::packet::L4::Tcp {
+            flags: TCP_ACK,
+            seq: 2,
+            ack: 2,
+        },
+        ..syn(v6, sport)
+    }
+}
+
 /// Which backend (1..=3 or 9) got the flow, from the connection table.
 fn chosen(dp: &Dp, client: IpAddr, sport: u16, v6: bool) -> u8 {
     let id = dp.conntrack_backend(client, sport);
@@ -519,10 +532,12 @@ fn nat_sweep_deletes_expired_flows_and_keeps_live_ones() {
     let snat = l.lb_ip(false);
     let svc = l.three(false, PROTO_TCP);
     l.with_dp(vec![svc], |dp| {
-        // One real flow, through the program.
+        // One real flow, through the program, confirmed by its ACK (the
+        // sweep walks the confirmed tables).
         let s = syn(false, 43000).build();
         let (action, _) = dp.run(&s, Reason::TxNat);
         assert_eq!(action, XDP_TX);
+        dp.run(&handshake_ack(false, 43000).build(), Reason::TxNat);
         let real_be = chosen(dp, ip(CLIENT4), 43000, false);
         let now = monotonic_ns();
         let s_ago = |s: u64| now.saturating_sub(s * 1_000_000_000);
@@ -785,13 +800,18 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let s = syn(false, 46000).build();
         let (action, _) = dp.run(&s, Reason::TxNat);
         assert_eq!(action, XDP_TX);
+        assert!(
+            ring.next().is_none(),
+            "no event for the SYN: peers get confirmed flows only"
+        );
+        dp.run(&handshake_ack(false, 46000).build(), Reason::TxNat);
         let ev: SyncEvent = {
             let item = ring
                 .next()
-                .expect("a new synced flow puts an event on the ring");
+                .expect("a synced flow confirmed by its ACK puts an event on the ring");
             sync::parse_event(&item).expect("the event has SyncEvent's size")
         };
-        assert!(ring.next().is_none(), "one event per new flow");
+        assert!(ring.next().is_none(), "one event per confirmed flow");
         assert_eq!(
             ev.key.saddr,
             addr_bytes(ip(CLIENT4)).1,
@@ -823,13 +843,16 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         }
         .build();
         dp.run(&data, Reason::TxNat);
-        let other = Pkt {
-            dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
-            src_mac: CLIENT_MAC,
-            ..Pkt::tcp(ip(CLIENT4), 46001, other_vip, PORT, TCP_SYN)
-        }
-        .build();
-        dp.run(&other, Reason::TxNat);
+        let other = |flags| {
+            Pkt {
+                dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+                src_mac: CLIENT_MAC,
+                ..Pkt::tcp(ip(CLIENT4), 46001, other_vip, PORT, flags)
+            }
+            .build()
+        };
+        dp.run(&other(TCP_SYN), Reason::TxNat);
+        dp.run(&other(TCP_ACK), Reason::TxNat);
         assert!(
             ring.next().is_none(),
             "no event for an established flow or an unflagged service"
@@ -1156,6 +1179,7 @@ fn nat_port_hold_follows_how_the_backend_closed() {
                 action, XDP_TX,
                 "client port {sport}: a new flow gets the port"
             );
+            dp.run(&client(sport, TCP_ACK), Reason::TxNat);
             assert_eq!(
                 u16::from_be(conntrack_by_sport(dp)[&sport].nat_port_be),
                 50000
@@ -1436,4 +1460,135 @@ fn nat_next_hop_kept_per_flow_and_looked_up_again() {
                 .add_neighbour("lb", &client.to_string(), &mac(&CLIENT_MAC));
         });
     }
+/// Mode nat under a flood (issue 17 item 4): 200 confirmed flows, then more
+/// distinct SYNs than `CT_UNCONFIRMED`/`NAT_REV_UNCONFIRMED` hold and a
+/// flood of segments with no flow, far more than the 4096 entries of
+/// `Dp`'s `CONNTRACK` and `NAT_REV`. The flood's entries go to the
+/// unconfirmed tables (evicting only each other), so every confirmed flow
+/// keeps both entries: its next packet leaves with its port, and the
+/// backend's reply is translated back. Every flood packet is counted: a SYN
+/// as a new flow sent on (`tx_nat`) or refused for want of a port
+/// (`drop_nat_ports_exhausted`), a segment with no flow answered with an
+/// RST (`tx_rst`).
+#[test]
+fn nat_flood_evicts_no_confirmed_flow() {
+    use vip_common::UNCONFIRMED_CAPACITY;
+    use vip_tests::flood::{self, Counts};
+    let l = NatLab::new("natflood");
+    let snat = l.lb_ip(false);
+    let svc = l.three(false, PROTO_TCP);
+    l.with_dp(vec![svc], |dp| {
+        let flows = 200u16;
+        let mut ports = vec![];
+        for i in 0..flows {
+            let sport = 30000 + i;
+            dp.run(&syn(false, sport).build(), Reason::TxNat);
+            let (_, out) = dp.run(&handshake_ack(false, sport).build(), Reason::TxNat);
+            ports.push(decode(&out).expect("decodes").sport);
+        }
+        let before = Counts::read(dp.prog.maps(), 16);
+        let syns = UNCONFIRMED_CAPACITY + 4_000;
+        let segments = 5_000u32;
+        for i in 0..syns {
+            dp.run_raw(
+                &Pkt {
+                    dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+                    ..flood::frame(i, true, ip(VIP4), PORT)
+                }
+                .build(),
+            );
+        }
+        for i in 0..segments {
+            dp.run_raw(
+                &Pkt {
+                    dst_mac: [0x02, 0x77, 0, 0, 0, 0x10],
+                    ..flood::frame(syns + i, false, ip(VIP4), PORT)
+                }
+                .build(),
+            );
+        }
+        let after = Counts::read(dp.prog.maps(), 16);
+        let sent = after.moved(&before, Reason::TxNat);
+        let refused = after.moved(&before, Reason::DropNatPortsExhausted);
+        assert_eq!(
+            sent + refused,
+            u64::from(syns),
+            "every SYN sent or refused: {:?}",
+            after.diff(&before)
+        );
+        assert_eq!(
+            after.moved(&before, Reason::TxRst),
+            u64::from(segments),
+            "every segment with no flow answered with an RST: {:?}",
+            after.diff(&before)
+        );
+        assert_eq!(
+            after.diff(&before).len(),
+            2 + usize::from(refused > 0),
+            "no other reason moved: {:?}",
+            after.diff(&before)
+        );
+        assert_eq!(
+            after.new_flows - before.new_flows,
+            sent,
+            "new flows = SYNs sent"
+        );
+        assert_eq!(
+            dp.prog.maps().confirmed_flows().expect("CONNTRACK").len(),
+            usize::from(flows),
+            "CONNTRACK holds the confirmed flows and nothing of the flood"
+        );
+        for i in 0..flows {
+            let sport = 30000 + i;
+            let (_, out) = dp.run(&handshake_ack(false, sport).build(), Reason::TxNat);
+            let port = decode(&out).expect("decodes").sport;
+            assert_eq!(port, ports[usize::from(i)], "flow {sport} keeps its port");
+            let be = chosen(dp, ip(CLIENT4), sport, false);
+            let reply = Pkt {
+                dst_mac: l.lab.node("lb").mac,
+                src_mac: backend_mac(be),
+                ..Pkt::tcp(backend_ip(false, be), PORT, snat, port, TCP_ACK)
+            }
+            .build();
+            let (action, out) = dp.run(&reply, Reason::TxReverseNat);
+            assert_eq!(action, XDP_TX, "flow {sport}: the reply is translated");
+            let o = decode(&out).expect("decodes");
+            assert_eq!((o.dst, o.dport), (ip(CLIENT4), sport), "back to the client");
+        }
+    });
+}
+
+/// A port held by a handshake that never completed (a spoofed SYN's) is
+/// free again once both its unconfirmed entries are idle past `closing_s`,
+/// not only when the LRU evicts them; and the client's late ACK then finds
+/// no flow (an RST). One port in the range.
+#[test]
+fn nat_unconfirmed_ports_are_reclaimed_after_closing_s() {
+    use vip_userspace::dataplane::flows::monotonic_ns;
+    let l = NatLab::new("natpending");
+    let snat = l.lb_ip(false);
+    l.one_backend_with_ports(50000..=50000, |dp| {
+        dp.run(&syn(false, 41000).build(), Reason::TxNat);
+        let (action, _) = dp.run(&syn(false, 42000).build(), Reason::DropNatPortsExhausted);
+        assert_eq!(action, XDP_DROP, "a pending handshake holds the port");
+        // Both unconfirmed entries 11 s idle (closing_s 10).
+        let old = monotonic_ns() - 11_000_000_000;
+        let mut c = conntrack_by_sport(dp)[&41000];
+        c.last_seen_ns = old;
+        insert(dp, "CT_UNCONFIRMED", [(fwd_key(41000, PROTO_TCP), c)]);
+        let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
+        assert_eq!(k, rev_key(1, snat, 50000), "the pending flow's port");
+        v.last_seen_ns = old;
+        insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
+        let (action, _) = dp.run(&syn(false, 42000).build(), Reason::TxNat);
+        assert_eq!(
+            action, XDP_TX,
+            "the abandoned handshake's port is taken over"
+        );
+        let e = dp.prog.maps().nat_entries().expect("dump");
+        assert_eq!(e.len(), 1, "one reverse entry: {e:?}");
+        assert_eq!(u16::from_be(e[0].1.client_port_be), 42000, "now 42000's");
+        let (action, _) = dp.run(&handshake_ack(false, 41000).build(), Reason::TxRst);
+        assert_eq!(action, XDP_TX, "the abandoned flow's late ACK gets an RST");
+    });
 }

@@ -586,6 +586,15 @@ pub const SYNC_RING_BYTES: u32 = 512 * 1024;
 /// agent sizes it like `CONNTRACK`.
 pub const NAT_DEFAULT_CAPACITY: u32 = CONNTRACK_DEFAULT_CAPACITY;
 
+/// Capacity of `CT_UNCONFIRMED` and `NAT_REV_UNCONFIRMED`: flows whose
+/// client has not yet confirmed them (mode nat and dsr's SYN seen, the
+/// handshake's ACK not yet; or one lone segment of a flow picked up in the
+/// middle). A flood of SYNs or of segments with no flow churns only these,
+/// never the confirmed tables, so it cannot evict an established flow
+/// (README, "Connection floods"). 65536 pending handshakes is four times
+/// Linux's default `tcp_max_syn_backlog` across 16 listeners.
+pub const UNCONFIRMED_CAPACITY: u32 = 65_536;
+
 /// Capacity of `NAT_LOCK`: reclaims and sweep deletes in flight at once.
 pub const NAT_LOCK_CAPACITY: u32 = 1024;
 

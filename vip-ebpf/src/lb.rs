@@ -2,24 +2,20 @@
 //! lookup), which backend (connection table, else Maglev), and how to send it
 //! (by service mode).
 
-use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
-    programs::XdpContext,
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
     FibHop, Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND,
-    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, ServiceKey, ServiceValue,
-    SyncEvent, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
+    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, ServiceKey, ServiceValue,
+    TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
     nat_port_try,
 };
 
 use crate::{
-    Verdict, encap, fwd,
+    Verdict, confirm, encap, fwd,
     maps::{
-        BACKENDS, CONNTRACK, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV, PORT_SCRATCH,
-        PortScratch, SCRATCH, SERVICE_PORTS, SERVICES, SYNC_EVENTS,
+        BACKENDS, CONNTRACK, CT_UNCONFIRMED, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV,
+        NAT_REV_UNCONFIRMED, PORT_SCRATCH, PortScratch, SCRATCH, SERVICE_PORTS, SERVICES,
     },
     mem,
     nat::{self, Endpoints},
@@ -70,7 +66,7 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     let p: &Parsed = p;
 
     // Replies from backends to a source port we allocated (mode nat).
-    if reply_port && let Some(v) = NAT_REV.get_ptr_mut(&p.key) {
+    if reply_port && let Some(v) = reverse_entry(&p.key) {
         if traced {
             trace::flow(TRACE_FLOW_REPLY, 0);
         }
@@ -96,6 +92,7 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     // (nat, a dead backend, a new flow) takes the full path below, which
     // reuses this lookup.
     let ct = CONNTRACK.get_ptr_mut(&p.key);
+    let confirmed = ct.is_some();
     if let Some(ct) = ct {
         // SAFETY: LRU value pointer, valid during this run.
         let (id, last, flags) = unsafe { ((*ct).backend_id, (*ct).last_seen_ns, (*ct).flags) };
@@ -130,6 +127,12 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         trace::service(svc.id, svc.mode);
     }
 
+    // Not in the connection table: maybe a flow the client has not
+    // confirmed yet, which this packet may confirm (`confirm`).
+    let ct = match ct {
+        Some(ct) => Some(ct),
+        None => confirm::pending(p, &svc, syn, now, &g),
+    };
     if let Some(ct) = ct {
         // SAFETY: LRU value pointer, valid during this run; racing writers
         // only ever store whole timestamps and flag bits.
@@ -237,47 +240,20 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     } else {
         0
     } | if svc.mode == MODE_DSR { CT_F_DSR } else { 0 };
-    if CONNTRACK.insert(&p.key, &*v, 0).is_err() {
+    // Unconfirmed until the client's next non-SYN packet (`confirm`): a
+    // flood of flows that never get there cannot evict confirmed ones.
+    if CT_UNCONFIRMED.insert(&p.key, &*v, 0).is_err() {
         return Verdict::drop(Reason::DropConntrackFull);
     }
-    if svc.flags & SVC_F_SYNC != 0 {
-        sync_event(p, v);
+    if confirmed {
+        // A closed or expired flow's tuple reused by a new connection: its
+        // old entry would otherwise win the next packet's lookup.
+        let _ = CONNTRACK.remove(&p.key);
     }
     stats::new_flow(id);
     // No hop to keep yet: the entry just inserted is not at hand, and the
     // flow's next packet looks it up and keeps it.
     forward(ctx, p, &svc, id, be, nat_port, None)
-}
-
-/// Reports a new flow to the agent for replication to the peer LBs. Written
-/// field by field straight into the reserved ring slot, and inlined: as a
-/// subprogram (or with the event built on the stack first) its frame on top
-/// of the main one broke the verifier's 512-byte combined stack limit
-/// (kernel/bpf/verifier.c, MAX_BPF_STACK: "combined stack size of 2 calls is
-/// 544"). A full ring loses the event, counted; the flow itself goes on.
-/// Only new flows of flagged services get here, never established ones.
-#[inline(always)]
-fn sync_event(p: &Parsed, v: &ConnValue) {
-    let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
-        stats::sync_lost();
-        return;
-    };
-    let ev = e.as_mut_ptr();
-    // SAFETY: `ev` points at a reserved ring slot of size_of::<SyncEvent>()
-    // bytes, ours until submit; every field is written before it.
-    unsafe {
-        core::ptr::copy_nonoverlapping(&p.key, core::ptr::addr_of_mut!((*ev).key), 1);
-        (*ev).backend_id = v.backend_id;
-        (*ev).service_id = v.service_id;
-        (*ev).nat_port_be = v.nat_port_be;
-        (*ev).flags = v.flags;
-        // `= [0; 5]` would call memset (`mem`).
-        mem::zero_bytes::<5>(core::ptr::addr_of_mut!((*ev)._pad).cast());
-    }
-    // Flags 0: the kernel wakes the reader only when it has caught up
-    // (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), so a busy agent is not
-    // woken per event, an idle one at once.
-    e.submit(0);
 }
 
 /// Whether the frame's destination MAC is the attached interface's (see
@@ -424,10 +400,7 @@ fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRe
     for i in 0..NAT_PORT_TRIES {
         let port = order.nth(i);
         sc.rev.dport_be = port.to_be();
-        if NAT_REV
-            .insert(&sc.rev, &sc.value, BPF_NOEXIST as u64)
-            .is_ok()
-        {
+        if confirm::take_port(&sc.rev, &sc.value) {
             return port.to_be() as u32 | 1 << 16;
         }
     }
@@ -472,17 +445,18 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
 /// last packet, any other when both its entries expired. Called under
 /// `NAT_LOCK`, and reads the entry again under it, so a port another CPU
 /// reclaimed, or the sweep deleted and someone claimed afresh, is left
-/// alone.
+/// alone. A port held by a flow that never got confirmed is taken over the
+/// same way (`confirm::reclaim_unconfirmed`).
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(always)]
 fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
-    let Some(old) = NAT_REV.get_ptr(&sc.rev) else {
-        return false;
-    };
     let g = globals();
+    let Some(old) = NAT_REV.get_ptr(&sc.rev) else {
+        return confirm::reclaim_unconfirmed(sc, now, &g);
+    };
     let tcp = sc.rev.proto == PROTO_TCP;
     // SAFETY: LRU value pointer, valid during this run.
     let rev = unsafe {
@@ -498,9 +472,33 @@ fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
     if !g.port_free(now, sc.rev.dport_be, rev, fwd, tcp) {
         return false;
     }
-    // BPF_EXIST: replace the whole value (a reader sees the old flow's or
-    // the new one's, never a mix).
-    NAT_REV.insert(&sc.rev, &sc.value, BPF_EXIST as u64).is_ok()
+    // The new flow is unconfirmed: its reverse entry goes to
+    // `NAT_REV_UNCONFIRMED` (BPF_NOEXIST: a port some other new flow just
+    // took stays its), and the old flow's confirmed one goes. Both under
+    // the lock, which the sweep takes too.
+    if NAT_REV_UNCONFIRMED
+        .insert(&sc.rev, &sc.value, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return false;
+    }
+    let _ = NAT_REV.remove(&sc.rev);
+    true
+}
+
+/// The reverse entry of a reply to `key`: a confirmed flow's, else one
+/// still waiting for its client's ACK (the backend's SYN-ACK comes before
+/// it).
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack"
+)]
+#[inline(always)]
+fn reverse_entry(key: &ConnKey) -> Option<*mut NatValue> {
+    match NAT_REV.get_ptr_mut(key) {
+        Some(v) => Some(v),
+        None => NAT_REV_UNCONFIRMED.get_ptr_mut(key),
+    }
 }
 
 /// Sends a flow's packet by its service's mode. `hop`: mode nat's next hop

@@ -3,7 +3,8 @@
 //!
 //! Layout: `parse` (bounds-checked header walk), `maps` (every map, one line on
 //! its role), `lb` (service lookup, connection table, Maglev), `fwd` (dsr and
-//! RST rewrites), `encap` (dsr across subnets: IPIP / IPv6 in IPv6, ICMP too big), `decap` (its
+//! RST rewrites), `confirm` (new flows wait in their own tables until the
+//! client confirms them, so a flood cannot evict established ones), `encap` (dsr across subnets: IPIP / IPv6 in IPv6, ICMP too big), `decap` (its
 //! backend side without tunnel drivers), `nat` (address translation and FIB next hop), `csum` (checksum arithmetic), `stats` (per-CPU counters),
 //! `mem` (zeroing and copies that stay inline), `trace` (`vipd trace`'s
 //! per-packet decision records, off unless asked for).
@@ -11,6 +12,7 @@
 #![no_main]
 
 mod bench;
+mod confirm;
 mod csum;
 mod decap;
 mod encap;

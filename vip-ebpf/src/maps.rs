@@ -10,7 +10,7 @@ use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
     EncapValue, Globals, LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
     NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey,
-    ServiceValue, TraceFilter,
+    ServiceValue, TraceFilter, UNCONFIRMED_CAPACITY,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -42,9 +42,21 @@ pub static ENCAP: Array<EncapValue> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAGLEV_ENTRIES, 0);
 
 /// Client 5-tuple -> backend: keeps established flows on their backend.
+/// Confirmed flows only (see `CT_UNCONFIRMED`), so what its LRU evicts when
+/// full is the least recently used real connection, never to make room for
+/// a flood.
 #[map]
 pub static CONNTRACK: LruHashMap<ConnKey, ConnValue> =
     LruHashMap::with_max_entries(CONNTRACK_DEFAULT_CAPACITY, 0);
+
+/// Client 5-tuple -> backend for flows the client has not confirmed yet: a
+/// SYN's, until the handshake's ACK, or a lone mid-flow segment's (mode
+/// dsr), until the next one. That next non-SYN packet moves the entry to
+/// `CONNTRACK` (`confirm`). A flood of SYNs or of segments with no flow
+/// lands here and evicts only itself.
+#[map]
+pub static CT_UNCONFIRMED: LruHashMap<ConnKey, ConnValue> =
+    LruHashMap::with_max_entries(UNCONFIRMED_CAPACITY, 0);
 
 /// Per-CPU packets and bytes per `Reason`.
 #[map]
@@ -60,6 +72,13 @@ pub static BACKEND_STATS: PerCpuArray<BackendStats> =
 #[map]
 pub static NAT_REV: LruHashMap<ConnKey, NatValue> =
     LruHashMap::with_max_entries(NAT_DEFAULT_CAPACITY, 0);
+
+/// Mode nat: the reverse entries of `CT_UNCONFIRMED`'s flows, moved to
+/// `NAT_REV` with their forward entry. A source port is taken by a flow
+/// when its key is in either map (`lb::allocate_port`).
+#[map]
+pub static NAT_REV_UNCONFIRMED: LruHashMap<ConnKey, NatValue> =
+    LruHashMap::with_max_entries(UNCONFIRMED_CAPACITY, 0);
 
 /// Mode nat: reverse entries being reclaimed or swept right now, one key each.
 /// Whoever inserts a key here first (BPF_NOEXIST: atomic) may replace or

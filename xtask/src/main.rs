@@ -68,7 +68,9 @@ enum Cmd {
     /// dsr, HAProxy and no LB, side by side; `--rounds N --duration S
     /// --concurrency C`; report under target/bench), `sync-lag` (mode nat
     /// state sync: p50/p99 from a flow's first packet on the master to its
-    /// entry on the peer; `--runs N`). Needs root.
+    /// entry on the peer; `--runs N`), `flood` (200 watch streams through a
+    /// connection flood in dsr and nat, every frame accounted for;
+    /// `--flood-syns N --flood-segments N`). Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,

@@ -209,12 +209,14 @@ fn new_flow_sample(maps: &mut KernelMaps, syn: &[u8], repeat: u32) -> Result<f64
             last.wrapping_sub(first)
         );
     }
+    // A new flow's entry is unconfirmed (vip-ebpf `confirm`): a SYN never
+    // reaches `CONNTRACK`.
     let mut ct: HashMap<&mut MapData, ConnKey, ConnValue> =
-        HashMap::try_from(maps.raw_map_mut("CONNTRACK")?)?;
+        HashMap::try_from(maps.raw_map_mut("CT_UNCONFIRMED")?)?;
     for i in 0..repeat {
         let n = first.wrapping_add(i);
         ct.remove(&new_flow_key(n)).with_context(|| {
-            format!("new flow {n} left no connection entry: the run did not insert one")
+            format!("new flow {n} left no unconfirmed entry: the run did not insert one")
         })?;
     }
     Ok(ns)

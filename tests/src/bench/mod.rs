@@ -2,8 +2,9 @@
 //! (ns per packet through BPF_PROG_TEST_RUN), `failover` (the outage clients
 //! see when an LB fails, vipd against keepalived + HAProxy), `reaction` (how
 //! long a failing apiserver keeps new flows), `e2e` (vipd against HAProxy
-//! and no load balancer, end to end) and `sync-lag` (how long after a flow's
-//! first packet its entry exists on the peer LB). They build on the harness (`netns`,
+//! and no load balancer, end to end), `sync-lag` (how long after a flow's
+//! first packet its entry exists on the peer LB) and `flood` (200 watch
+//! streams through a connection flood). They build on the harness (`netns`,
 //! `scenario`, `standin`, `kubeadm_ha`) and are not part of `cargo test`.
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ pub mod dataplane;
 pub mod e2e;
 pub mod failover;
 pub mod failover_bgp;
+pub mod flood;
 pub mod reaction;
 pub mod sync_lag;
 

@@ -5,19 +5,20 @@
 //! kubeadm recipe's keepalived + HAProxy, `bench/failover.rs`), `reaction`
 //! (how long a failing apiserver keeps new flows, `bench/reaction.rs`) and
 //! `e2e` (connection rate, latency, bulk throughput and LB CPU per request for
-//! vipd nat, vipd dsr, HAProxy and no load balancer, `bench/e2e/`).
+//! vipd nat, vipd dsr, HAProxy and no load balancer, `bench/e2e/`) and
+//! `flood` (200 watch streams through a connection flood, `bench/flood.rs`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
-use vip_tests::bench::{dataplane, e2e, failover, failover_bgp, reaction, sync_lag};
+use vip_tests::bench::{dataplane, e2e, failover, failover_bgp, flood, reaction, sync_lag};
 use vip_userspace::dataplane::kernel::AttachMode;
 
 #[derive(Parser)]
 struct Args {
-    /// Which benchmark: `dataplane`, `failover`, `reaction`, `e2e` or `sync-lag`.
+    /// Which benchmark: `dataplane`, `failover`, `reaction`, `e2e`, `sync-lag` or `flood`.
     what: String,
     /// Samples per case (each the kernel's mean over `repeat` runs).
     #[arg(long, default_value_t = 15)]
@@ -88,13 +89,28 @@ struct Args {
     /// expected) at `--advert-ms`.
     #[arg(long, default_value_t = 0)]
     quiet_secs: u64,
+    /// flood: SYNs from distinct spoofed sources.
+    #[arg(long, default_value_t = 1_000_000)]
+    flood_syns: u32,
+    /// flood: lone segments of flows nobody opened.
+    #[arg(long, default_value_t = 200_000)]
+    flood_segments: u32,
 }
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if !["dataplane", "failover", "reaction", "e2e", "sync-lag"].contains(&a.what.as_str()) {
+    if ![
+        "dataplane",
+        "failover",
+        "reaction",
+        "e2e",
+        "sync-lag",
+        "flood",
+    ]
+    .contains(&a.what.as_str())
+    {
         bail!(
-            "unknown benchmark {:?}; available: dataplane, failover, reaction, e2e, sync-lag",
+            "unknown benchmark {:?}; available: dataplane, failover, reaction, e2e, sync-lag, flood",
             a.what
         );
     }
@@ -129,6 +145,12 @@ fn main() -> Result<()> {
     }
     if a.what == "reaction" {
         return reaction::run(&reaction::Options { runs: a.runs });
+    }
+    if a.what == "flood" {
+        return flood::run(&flood::Options {
+            syns: a.flood_syns,
+            segments: a.flood_segments,
+        });
     }
     if a.what == "sync-lag" {
         return sync_lag::run(&sync_lag::Options { runs: a.runs });

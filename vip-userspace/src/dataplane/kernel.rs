@@ -69,7 +69,7 @@ pub struct LoadOptions {
 
 /// The maps that hold state worth keeping across a restart (everything but
 /// the per-packet scratch space).
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "SERVICES",
     "SERVICE_PORTS",
     "BACKENDS",
@@ -77,6 +77,9 @@ pub const PINNED_MAPS: [&str; 11] = [
     "MAGLEV",
     "CONNTRACK",
     "NAT_REV",
+    // Handshakes in progress: kept, so a restart does not reset them.
+    "CT_UNCONFIRMED",
+    "NAT_REV_UNCONFIRMED",
     // Shared by the old and the new program while the link switches.
     "NAT_LOCK",
     "GLOBALS",
@@ -411,17 +414,32 @@ impl KernelMaps {
         })
     }
 
-    /// Every reverse-NAT entry (for tests and status).
+    /// Every reverse-NAT entry, confirmed (`NAT_REV`) or not
+    /// (`NAT_REV_UNCONFIRMED`), for tests and status.
     pub fn nat_entries(&self) -> Result<Vec<(vip_common::ConnKey, NatValue)>> {
-        let m: HashMap<&MapData, vip_common::ConnKey, NatValue> =
-            HashMap::try_from(self.map("NAT_REV")?).map_err(map_err("NAT_REV", "open"))?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        let mut out = self.dump::<NatValue>("NAT_REV")?;
+        out.extend(self.dump::<NatValue>("NAT_REV_UNCONFIRMED")?);
+        Ok(out)
     }
 
-    /// Every connection-table entry (for tests and status).
+    /// Every connection entry, confirmed (`CONNTRACK`) or not
+    /// (`CT_UNCONFIRMED`), for tests and status.
     pub fn conntrack(&self) -> Result<Vec<(vip_common::ConnKey, vip_common::ConnValue)>> {
-        let m: HashMap<&MapData, vip_common::ConnKey, vip_common::ConnValue> =
-            HashMap::try_from(self.map("CONNTRACK")?).map_err(map_err("CONNTRACK", "open"))?;
+        let mut out = self.confirmed_flows()?;
+        out.extend(self.dump::<vip_common::ConnValue>("CT_UNCONFIRMED")?);
+        Ok(out)
+    }
+
+    /// Only the confirmed connections (`CONNTRACK`): what a flood must
+    /// leave alone.
+    pub fn confirmed_flows(&self) -> Result<Vec<(vip_common::ConnKey, vip_common::ConnValue)>> {
+        self.dump("CONNTRACK")
+    }
+
+    /// Every entry of the flow map `name`.
+    fn dump<V: aya::Pod>(&self, name: &'static str) -> Result<Vec<(vip_common::ConnKey, V)>> {
+        let m: HashMap<&MapData, vip_common::ConnKey, V> =
+            HashMap::try_from(self.map(name)?).map_err(map_err(name, "open"))?;
         Ok(m.iter().filter_map(|r| r.ok()).collect())
     }
 }
