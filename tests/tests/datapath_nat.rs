@@ -1460,6 +1460,8 @@ fn nat_next_hop_kept_per_flow_and_looked_up_again() {
                 .add_neighbour("lb", &client.to_string(), &mac(&CLIENT_MAC));
         });
     }
+}
+
 /// Mode nat under a flood (issue 17 item 4): 200 confirmed flows, then more
 /// distinct SYNs than `CT_UNCONFIRMED`/`NAT_REV_UNCONFIRMED` hold and a
 /// flood of segments with no flow, far more than the 4096 entries of
