@@ -734,21 +734,35 @@ impl Fabric {
     /// partial checksum (TOOLCHAIN.md), and every client segment is then a
     /// real frame of at most 1500 bytes, as on a wire.
     pub fn dsr_backends(&self, pki: &crate::certs::TestPki, port: u16) -> DsrBackends {
+        self.backends_for(pki, port, LabMode::Dsr)
+    }
+
+    /// The backends as [`Fabric::dsr_backends`] has them, for `mode`: in
+    /// mode nat they are unmodified (no VIP, no decapsulation): the LBs
+    /// translate to them, and their replies go to the VIP by routing.
+    pub fn backends_for(
+        &self,
+        pki: &crate::certs::TestPki,
+        port: u16,
+        mode: LabMode,
+    ) -> DsrBackends {
         let mut b = DsrBackends {
             standins: Vec::new(),
             _decap: Vec::new(),
         };
         for (k, ns) in self.backends.iter().enumerate() {
             let addr = Ipv4Addr::new(10, 79, 1 + k as u8, 2);
-            sh(
-                ns,
-                &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
-            );
-            b._decap.push(crate::progtest::attach_in(
-                ns,
-                vip_userspace::dataplane::kernel::PROG_DECAP,
-                NODE_IF,
-            ));
+            if mode == LabMode::Dsr {
+                sh(
+                    ns,
+                    &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
+                );
+                b._decap.push(crate::progtest::attach_in(
+                    ns,
+                    vip_userspace::dataplane::kernel::PROG_DECAP,
+                    NODE_IF,
+                ));
+            }
             let (cert, key) = pki.issue_server(
                 &["kubernetes", "kubernetes.default"],
                 &[IpAddr::V4(VIP), IpAddr::V4(addr)],
@@ -924,11 +938,56 @@ services:
     )
 }
 
-/// The fabric with a vipd in mode dsr on every LB, the stand-in on both
-/// backends, converged: the router has all three LBs as nexthops. Fields
-/// drop in order: vipds and backends before the fabric's namespaces.
+/// vipd on an LB in mode nat, active-active: every LB announces the VIP and
+/// translates to it (`snat: vip`), so the backends' replies reach whichever
+/// LB the router's hash of the reply picks; each hands out its own slice of
+/// `nat.ports`, and state sync (keyed, a mesh: the one list names every LB,
+/// each leaves itself out) gives every LB every flow, both directions.
+pub fn vipd_nat_config(f: &Fabric) -> String {
+    let key = f.dir().join("sync.key");
+    let peers: Vec<String> = f.lbs.iter().map(|l| l.addr.to_string()).collect();
+    format!(
+        "interface: {NODE_IF}
+xdp_mode: skb
+metrics_listen: {DSR_METRICS}
+announce:
+  table: 198
+  drain: 2s
+cert_gate:
+  on_missing_san: off
+state_sync:
+  peers: [{}]
+  key_file: {}
+services:
+  - vip: {VIP}
+    port: {DSR_PORT}
+    mode: nat
+    snat: vip
+    probe: {{ type: tcp, interval: 200ms, timeout: 200ms, rise: 1, fall: 2, jitter: 0ms }}
+    backends:
+      - address: 10.79.1.2
+      - address: 10.79.2.2
+",
+        peers.join(", "),
+        key.display()
+    )
+}
+
+/// How the fabric's LBs forward: [`vipd_dsr_config`] or [`vipd_nat_config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabMode {
+    Dsr,
+    Nat,
+}
+
+/// The fabric with a vipd on every LB (mode dsr or nat), the stand-in on
+/// both backends, converged: the router has all three LBs as nexthops.
+/// Fields drop in order: vipds and backends before the fabric's namespaces.
 pub struct DsrLab {
     pub vipds: Vec<Option<Proc>>,
+    /// Each LB's vipd config (the same file everywhere).
+    pub config: String,
+    pub mode: LabMode,
     pub client_cfg: std::sync::Arc<rustls::ClientConfig>,
     _backends: DsrBackends,
     _pki: crate::certs::TestPki,
@@ -942,16 +1001,30 @@ impl DsrLab {
 
     /// As [`DsrLab::new`], on a fabric built already (e.g. without BFD).
     pub fn on(f: Fabric, hint: &str) -> DsrLab {
+        DsrLab::with_mode(f, hint, LabMode::Dsr)
+    }
+
+    /// As [`DsrLab::on`], the LBs forwarding in `mode`.
+    pub fn with_mode(f: Fabric, hint: &str, mode: LabMode) -> DsrLab {
         let pki = crate::certs::TestPki::new();
-        let backends = f.dsr_backends(&pki, DSR_PORT);
+        let backends = f.backends_for(&pki, DSR_PORT, mode);
         let client_cfg = crate::standin::client_config(&pki.ca_pem(), None);
-        let vipds = (0..LBS)
-            .map(|i| Some(f.spawn_vipd(i, &vipd_dsr_config())))
-            .collect();
+        let config = match mode {
+            LabMode::Dsr => vipd_dsr_config(),
+            LabMode::Nat => {
+                let key = f.dir().join("sync.key");
+                std::fs::write(&key, format!("1 {}\n", crate::scenario::SYNC_KEY_HEX))
+                    .unwrap_or_else(|e| panic!("write {}: {e}", key.display()));
+                vipd_nat_config(&f)
+            }
+        };
+        let vipds = (0..LBS).map(|i| Some(f.spawn_vipd(i, &config))).collect();
         let took = f.wait_for_paths(VIP, LBS, CONVERGE);
         eprintln!("{hint}: {LBS}-way ECMP on the router {took:?} after the last vipd was ready");
         let lab = DsrLab {
             vipds,
+            config,
+            mode,
             client_cfg,
             _backends: backends,
             _pki: pki,
@@ -966,11 +1039,15 @@ impl DsrLab {
     }
 
     pub fn watches(&self, n: usize) -> crate::traffic::Watches {
-        crate::traffic::Watches::open_at(
+        // Mode nat: a connection whose reply the router hashes to another
+        // LB than its request waits one SYN retransmission (see README,
+        // "Mode nat across the fabric"): open 20 at a time.
+        let at_once = if self.mode == LabMode::Nat { 20 } else { 1 };
+        crate::traffic::Watches::open_concurrently(
             &self.f.client,
             &self.client_cfg,
             Self::vip_addr(),
-            n,
+            (n, at_once),
             Some(Duration::from_secs(1)),
         )
         .unwrap_or_else(|e| {
@@ -1012,7 +1089,7 @@ impl DsrLab {
             ],
         );
         if self.vipds[i].as_ref().is_none_or(|p| !p.is_running()) {
-            self.vipds[i] = Some(self.f.spawn_vipd(i, &vipd_dsr_config()));
+            self.vipds[i] = Some(self.f.spawn_vipd(i, &self.config));
         }
         let t = std::time::Instant::now();
         if self.f.bfd() {
@@ -1024,6 +1101,83 @@ impl DsrLab {
             "lb{i} restored -> the router hashes flows to all {LBS} LBs again: {:?}",
             t.elapsed()
         );
+    }
+
+    /// Each running vipd's connection table, opened by id from the map
+    /// descriptors the process holds (the lab runs vipd unpinned).
+    pub fn conntracks(
+        &self,
+    ) -> Vec<aya::maps::HashMap<aya::maps::MapData, vip_common::ConnKey, vip_common::ConnValue>>
+    {
+        self.vipds
+            .iter()
+            .flatten()
+            .map(|p| {
+                let dir = format!("/proc/{}/fdinfo", p.pid());
+                let id = std::fs::read_dir(&dir)
+                    .unwrap_or_else(|e| panic!("{dir}: {e}"))
+                    .flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter_map(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix("map_id:"))
+                            .and_then(|v| v.trim().parse::<u32>().ok())
+                    })
+                    .find(|&id| {
+                        aya::maps::MapInfo::from_id(id)
+                            .is_ok_and(|i| i.name_as_str() == Some("CONNTRACK"))
+                    })
+                    .unwrap_or_else(|| panic!("vipd {} holds no CONNTRACK map", p.pid()));
+                let data = aya::maps::MapData::from_id(id).expect("CONNTRACK by id");
+                aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data))
+                    .expect("CONNTRACK as an LRU hash")
+            })
+            .collect()
+    }
+
+    /// Mode nat's sync lag across the fabric, as `bench sync-lag` measures
+    /// it on one segment: for each of `flows` new flows (a SYN from a fresh
+    /// client port, one at a time), every LB's connection table is polled
+    /// without sleeping; the first LB to hold the entry is the one the
+    /// router sent the SYN to (its XDP program inserted it), the others got
+    /// it from state sync. Returns the lags (ms, each other LB's entry minus
+    /// the first's) and how many flows some LB never got within 2 s.
+    pub fn sync_lag(&self, flows: usize) -> (Vec<f64>, usize) {
+        let maps = self.conntracks();
+        let refs: Vec<_> = maps.iter().collect();
+        let vip = std::net::SocketAddrV4::new(VIP, DSR_PORT);
+        let (mut lags, mut missed) = (Vec::new(), 0);
+        for n in 0..flows {
+            // Below the client's ephemeral ports: no watch stream has one.
+            let port = 21000 + n as u16;
+            let keys = [crate::bench::sync_lag::key_to(CLIENT, port, vip)];
+            let (seen, sent) = std::thread::scope(|s| {
+                let poller = s.spawn(|| {
+                    crate::bench::sync_lag::wait_all(
+                        &refs,
+                        &keys,
+                        std::time::Instant::now() + Duration::from_secs(2),
+                    )
+                });
+                let sent = crate::bench::sync_lag::syn_to(&self.f.client, CLIENT, port, vip);
+                (poller.join().expect("poller"), sent)
+            });
+            let (fd, _) = sent.unwrap_or_else(|e| panic!("SYN from port {port}: {e:#}"));
+            // SAFETY: the descriptor syn_to opened, closed once.
+            unsafe { libc::close(fd) };
+            let at: Vec<std::time::Instant> = seen.iter().filter_map(|m| m[0]).collect();
+            if at.len() < maps.len() {
+                missed += 1;
+                continue;
+            }
+            let first = *at.iter().min().expect("three LBs");
+            lags.extend(
+                at.iter()
+                    .filter(|&&t| t != first)
+                    .map(|t| (*t - first).as_secs_f64() * 1e3),
+            );
+        }
+        (lags, missed)
     }
 
     /// Waits until the router's kernel sends flows to every LB, asked for

@@ -126,13 +126,26 @@ impl Watches {
         n: usize,
         keepalive: Option<Duration>,
     ) -> Result<Watches, String> {
+        Watches::open_concurrently(client_ns, cfg, vip, (n, 1), keepalive)
+    }
+
+    /// As [`Watches::open_at`], `n` streams opened `at_once` at a time
+    /// (`(n, at_once)`): where a connection's set-up may wait a
+    /// retransmission (about 1 s), one after the other would take minutes.
+    pub fn open_concurrently(
+        client_ns: &str,
+        cfg: &Arc<ClientConfig>,
+        vip: SocketAddr,
+        (n, at_once): (usize, usize),
+        keepalive: Option<Duration>,
+    ) -> Result<Watches, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut states = vec![];
         let mut locals = vec![];
         let mut threads = vec![];
-        for i in 0..n {
+        let open = |i: usize| {
             let cfg = cfg.clone();
-            let (local, mut w) = in_netns(client_ns, || {
+            in_netns(client_ns, || {
                 let c = HttpsConn::connect(
                     vip,
                     "kubernetes",
@@ -143,7 +156,22 @@ impl Watches {
                 )?;
                 Ok::<_, ClientError>((c.local_addr()?, c.watch(WATCH_PATH)?))
             })
-            .map_err(|e| format!("watch {i}: {e:?}"))?;
+            .map_err(|e| format!("watch {i}: {e:?}"))
+        };
+        let mut opened = Vec::with_capacity(n);
+        for first in (0..n).step_by(at_once.max(1)) {
+            let last = (first + at_once.max(1)).min(n);
+            let batch: Vec<_> = std::thread::scope(|s| {
+                let hs: Vec<_> = (first..last).map(|i| s.spawn(move || open(i))).collect();
+                hs.into_iter()
+                    .map(|h| h.join().expect("opening a watch"))
+                    .collect()
+            });
+            for r in batch {
+                opened.push(r?);
+            }
+        }
+        for (i, (local, mut w)) in opened.into_iter().enumerate() {
             locals.push(local);
             let first = w
                 .next_event()

@@ -123,6 +123,8 @@ impl NatLab {
                 .set_globals(&Globals {
                     nat_port_lo: *ports.start(),
                     nat_port_hi: *ports.end(),
+                    nat_alloc_lo: *ports.start(),
+                    nat_alloc_hi: *ports.end(),
                     ..Globals::DEFAULT
                 })
                 .expect("globals");

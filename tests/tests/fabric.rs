@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use vip_tests::fabric::{
-    CONVERGE, DsrLab, Fabric, LBS, LbDaemon, NODE_IF, VIP, VIP6, vipd_dsr_config,
+    CONVERGE, DsrLab, Fabric, LBS, LabMode, LbDaemon, NODE_IF, VIP, VIP6, vipd_dsr_config,
 };
 use vip_tests::netns::{Proc, in_netns, xdp_link_id};
 use vip_tests::scenario::parse_metrics;
@@ -820,7 +820,7 @@ fn lb_death(lab: &mut DsrLab, lb: usize, what: &str, kill: impl FnOnce(&mut DsrL
     );
     assert!(
         dead_ok * 100 >= dead.len() * 99,
-        "{what}: at least 99% of the streams on lb{lb} continue (mode dsr): {dead_ok}/{}: {:#?}",
+        "{what}: at least 99% of the streams on lb{lb} continue: {dead_ok}/{}: {:#?}",
         dead.len(),
         bad(&dead)
     );
@@ -895,6 +895,96 @@ fn streams_survive_an_lb_death_in_mode_dsr() {
     });
     lab.restore(0);
     lb_death(&mut lab, 1, "link down alone", |lab| lab.f.lb_link_down(1));
+}
+
+/// Mode nat across an LB death: every LB announces the VIP and translates
+/// to it (`snat: vip`), each from its own slice of the NAT ports, and state
+/// sync gives every LB every flow. The backends' replies reach any LB by
+/// the router's hash of the reply, so this runs the reverse path across LBs
+/// all the time, and the forward path of the dead LB's flows after it dies.
+#[test]
+fn streams_survive_an_lb_death_in_mode_nat() {
+    let mut lab = DsrLab::with_mode(Fabric::new("natdeath"), "natdeath", LabMode::Nat);
+    let sync = |i: usize, what: &str| -> f64 {
+        let text = metrics(&lab.f, i);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(text.as_str(), |(_, b)| b);
+        parse_metrics(body)
+            .iter()
+            .filter(|(k, _)| k.starts_with(what))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // New connections, each timed from connect to the first answer: a
+    // reply that reaches an LB before the flow's record does costs a
+    // retransmission (about 1 s), which these figures would show.
+    let mut took_ms = Vec::new();
+    let mut by_router = [0usize; LBS];
+    for n in 0..60 {
+        let t = std::time::Instant::now();
+        let (local, who) = in_netns(&lab.f.client, || {
+            let mut c = HttpsConn::connect(
+                DsrLab::vip_addr(),
+                "kubernetes",
+                lab.client_cfg.clone(),
+                Duration::from_secs(3),
+            )?;
+            let r = c.get("/whoami")?;
+            Ok::<_, vip_tests::standin::ClientError>((c.local_addr()?, r.text()))
+        })
+        .unwrap_or_else(|e| panic!("connection {n} through the VIP: {e:?}\n{}", lab.f.state()));
+        took_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        assert!(who.contains("be0") || who.contains("be1"), "{who}");
+        by_router[lab.f.lb_of(local, DsrLab::vip_addr()).expect("an LB")] += 1;
+    }
+    eprintln!(
+        "nat: 60 new connections, router's hash per LB {by_router:?}; connect + TLS + GET {}",
+        stats(&mut took_ms)
+    );
+    assert!(by_router.iter().all(|&n| n > 0), "{by_router:?}");
+    // Every LB applied its peers' records, and refused none.
+    for i in 0..LBS {
+        let applied = sync(i, "vipd_state_sync_applied_total");
+        let rejected = sync(i, "vipd_state_sync_rejected_total");
+        eprintln!("nat: lb{i} applied {applied} records from its peers, rejected {rejected}");
+        assert!(applied > 0.0, "lb{i} applied no peer's flow");
+        assert_eq!(
+            rejected,
+            0.0,
+            "lb{i} refused records:\n{}",
+            metrics(&lab.f, i)
+        );
+    }
+    // How fast the others learn a flow: from its entry on the LB the SYN
+    // reached to its entry on each other LB.
+    let (mut lags, missed) = lab.sync_lag(100);
+    lags.sort_by(f64::total_cmp);
+    assert!(!lags.is_empty(), "no flow reached two LBs");
+    eprintln!(
+        "nat: sync lag across the fabric, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} entries; {missed} of 100 flows missing on some LB after 2 s",
+        vip_tests::stats::percentile(&lags, 50.0),
+        vip_tests::stats::percentile(&lags, 99.0),
+        lags[lags.len() - 1],
+        lags.len()
+    );
+    assert_eq!(missed, 0, "every flow reaches every LB");
+    // Link down alone first, then link down + SIGKILL on another LB: the
+    // link-down LB's vipd lives on with its tables, so neither death
+    // follows a vipd restart. After a restart (empty tables, the lab runs
+    // unpinned) 1 or 2 of the next round's 200 streams were reset: see
+    // README, "Mode nat across the fabric", what is left.
+    lb_death(&mut lab, 1, "nat: link down alone", |lab| {
+        lab.f.lb_link_down(1)
+    });
+    lab.restore(1);
+    lb_death(&mut lab, 0, "nat: link down + vipd SIGKILLed", |lab| {
+        let p = lab.vipds[0].take().expect("lb0's vipd");
+        lab.f.lb_link_down(0);
+        p.signal(libc::SIGKILL);
+        p.wait_timeout(Duration::from_secs(5))
+            .expect("vipd dies of SIGKILL");
+    });
 }
 
 /// Make-before-break: an LB's vipd is SIGTERMed (its route leaves the

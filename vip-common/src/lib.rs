@@ -441,8 +441,16 @@ pub struct Globals {
     pub udp_idle_s: u32,
     /// How long a flow that saw FIN or RST stays after its last packet.
     pub closing_s: u32,
+    /// The part of [nat_port_lo, nat_port_hi] this node hands to new flows,
+    /// host order. The whole range unless several LBs share one SNAT
+    /// address at once (`announce:` with `state_sync:`): each then takes a
+    /// slice of its own, so two LBs never give one (SNAT address, port) to
+    /// two flows. Replies are still taken on the whole range: a peer's
+    /// synced flow arrives on a port of the peer's slice.
+    pub nat_alloc_lo: u16,
+    pub nat_alloc_hi: u16,
 }
-const _: () = assert!(size_of::<Globals>() == 16);
+const _: () = assert!(size_of::<Globals>() == 20);
 
 /// The single entry of the `TRACE` array: which packets the program logs its
 /// decisions for (`vipd trace`). Not pinned: every loaded program starts with
@@ -493,6 +501,8 @@ impl Globals {
         tcp_idle_s: 7500,
         udp_idle_s: 300,
         closing_s: 10,
+        nat_alloc_lo: 40000,
+        nat_alloc_hi: 59999,
     };
 }
 

@@ -203,8 +203,8 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         let req = PortRequest {
             now,
             hash,
-            lo: g.nat_port_lo,
-            hi: g.nat_port_hi,
+            lo: g.nat_alloc_lo,
+            hi: g.nat_alloc_hi,
         };
         let mut got = allocate_port(p, &svc, be, &req);
         if got == 0 {

@@ -52,7 +52,7 @@ fn derive_everything(cfg: &Config) {
         }
     }
     let _ = cfg.nat.port_range();
-    let _ = cfg.nat.globals();
+    let _ = cfg.nat.globals(None);
     if let Some(v) = &cfg.vrrp {
         let _ = v.plan();
     }

@@ -15,7 +15,7 @@
 //! connect call, for single flows and for bursts.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -62,16 +62,21 @@ fn conntrack(dir: &Path) -> Result<HashMap<MapData, ConnKey, ConnValue>> {
 }
 
 fn key(client: Ipv4Addr, sport: u16) -> ConnKey {
+    key_to(client, sport, SocketAddrV4::new(VIP_V4, PORT))
+}
+
+/// The connection-table key of a TCP flow from `client:sport` to `vip`.
+pub fn key_to(client: Ipv4Addr, sport: u16, vip: SocketAddrV4) -> ConnKey {
     let mut saddr = [0u8; 16];
     saddr[..4].copy_from_slice(&client.octets());
     let mut daddr = [0u8; 16];
-    daddr[..4].copy_from_slice(&VIP_V4.octets());
+    daddr[..4].copy_from_slice(&vip.ip().octets());
     ConnKey {
         saddr,
         daddr,
         // The program keys flows by the header's bytes, in network order.
         sport_be: sport.to_be(),
-        dport_be: PORT.to_be(),
+        dport_be: vip.port().to_be(),
         proto: PROTO_TCP,
         family: FAMILY_V4,
         _pad: [0; 2],
@@ -82,6 +87,11 @@ fn key(client: Ipv4Addr, sport: u16) -> ConnKey {
 /// inside the client's namespace) and returns the socket, to be closed
 /// once the entries have been seen, and when connect was called.
 fn syn(ns: &str, client: Ipv4Addr, sport: u16) -> Result<(i32, Instant)> {
+    syn_to(ns, client, sport, SocketAddrV4::new(VIP_V4, PORT))
+}
+
+/// [`syn`] to `vip`.
+pub fn syn_to(ns: &str, client: Ipv4Addr, sport: u16, vip: SocketAddrV4) -> Result<(i32, Instant)> {
     in_netns(ns, move || {
         // SAFETY: plain socket calls on a fresh descriptor; sockaddr_in is
         // plain C data; the descriptor is returned and closed by the caller.
@@ -117,7 +127,7 @@ fn syn(ns: &str, client: Ipv4Addr, sport: u16) -> Result<(i32, Instant)> {
                 libc::close(fd);
                 bail!("bind {client}:{sport}: {e}");
             }
-            let vip = sa(VIP_V4, PORT);
+            let vip = sa(*vip.ip(), vip.port());
             let t0 = Instant::now();
             let r = libc::connect(fd, (&vip as *const libc::sockaddr_in).cast(), len);
             if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
@@ -132,7 +142,7 @@ fn syn(ns: &str, client: Ipv4Addr, sport: u16) -> Result<(i32, Instant)> {
 
 /// When each key first shows up in `map`, polled without sleeping until
 /// all have or `deadline` passes (`None` for those that never did).
-fn wait_all(
+pub fn wait_all(
     maps: &[&HashMap<MapData, ConnKey, ConnValue>],
     keys: &[ConnKey],
     deadline: Instant,

@@ -144,7 +144,6 @@ fn program(
     } else {
         Programmer::new(maps)
     };
-    let globals = cfg.nat.globals();
     let node_addrs = crate::link::addresses(&cfg.interface)?;
     // Read before anything is changed: a bad key file stops the start.
     let sync_keys = match cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
@@ -155,6 +154,7 @@ fn program(
         Some(s) => Some(s.listen_addr(&node_addrs, &cfg.vips())?),
         None => None,
     };
+    let globals = cfg.nat.globals(nat_slice(&cfg, sync_listen)?);
     prog.maps_mut().set_globals(&globals)?;
     let local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
     if local_mac.is_none() {
@@ -175,6 +175,27 @@ fn program(
         sync_listen,
         sync_keys,
     })
+}
+
+/// This node's slice of the NAT source ports when every LB translates to
+/// the VIP at once (`announce:` with `state_sync:`), else `None` (the whole
+/// range: one VRRP holder allocates at a time, and a new master's
+/// allocations skip the ports its synced entries hold).
+fn nat_slice(cfg: &Config, listen: Option<IpAddr>) -> Result<Option<crate::config::PortRange>> {
+    let (Some(_), Some(sync), Some(me)) = (&cfg.announce, &cfg.state_sync, listen) else {
+        return Ok(None);
+    };
+    let nodes = sync.peers.len() + 1;
+    let rank = crate::config::nat_rank(me, &sync.peers);
+    let slice = cfg.nat.slice(rank, nodes).with_context(|| {
+        format!(
+            "nat.ports {} split over {nodes} LBs leaves fewer than {} ports each; widen nat.ports",
+            cfg.nat.ports,
+            crate::config::MIN_SLICE
+        )
+    })?;
+    info!(%slice, rank, nodes, sync_address = %me, "mode nat: this LB hands out its own slice of nat.ports (every LB translates to the VIP at once)");
+    Ok(Some(slice))
 }
 
 /// The directory state sync resolves flows with: what the maps hold now.
@@ -294,6 +315,11 @@ fn start_sweeper(
                 dir: s.directory(),
                 tx: s.refresh_sender(),
                 iface: iface.to_owned(),
+                // A slice narrower than the whole range: the LBs share the
+                // VIP as source at once (see `nat_slice`).
+                own_ports: (globals.nat_alloc_lo, globals.nat_alloc_hi)
+                    .ne(&(globals.nat_port_lo, globals.nat_port_hi))
+                    .then_some((globals.nat_alloc_lo, globals.nat_alloc_hi)),
             }),
         )),
         Err(e) => {

@@ -28,6 +28,8 @@ pub struct SweepSync {
     pub dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
     pub tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
     pub iface: String,
+    /// This node's slice of the NAT ports, if it has one ([`Refresh::own_ports`]).
+    pub own_ports: Option<(u16, u16)>,
 }
 
 /// Sweeps the flow tables every [`SWEEP_EVERY`] (and hands state sync the
@@ -72,13 +74,8 @@ pub fn spawn_sweeper(
             let refresh = match &sync {
                 Some(s) => Refresh {
                     services: s.dir.borrow().synced_service_ids(),
-                    vips: crate::link::addresses(&s.iface)
-                        .map(|a| {
-                            a.into_iter()
-                                .map(|ip| crate::config::addr_bytes(ip).1)
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    vips: held_vips(&s.iface),
+                    own_ports: s.own_ports,
                     since: if n.is_multiple_of(crate::sync::FULL_REFRESH_EVERY) {
                         None
                     } else {
@@ -114,4 +111,18 @@ pub fn spawn_sweeper(
             }
         }
     })
+}
+
+/// The VIPs this node holds, whose flows the refresh sends: the addresses
+/// on `iface` (where VRRP and `hold_vips` put them) and on `lo` (where
+/// `announce:` puts them: every announcing LB holds the VIP at once, so
+/// each refreshes the flows it carries, and a flow the router moves keeps
+/// its entry fresh on every LB).
+fn held_vips(iface: &str) -> Vec<vip_common::AddrBytes> {
+    [iface, "lo"]
+        .into_iter()
+        .filter_map(|i| crate::link::addresses(i).ok())
+        .flatten()
+        .map(|ip| crate::config::addr_bytes(ip).1)
+        .collect()
 }

@@ -40,7 +40,8 @@ pub use node::{MetricsListen, NodeFacts, NodeSettings};
 pub use reload::{Fixed, Live};
 pub use service::{Backend, Encap, Mode, ProbeSettings, ProbeType, Protocol, Service};
 pub use settings::{
-    CertGateSettings, DEFAULT_SYNC_PORT, GateAction, NatSettings, StateSyncSettings,
+    CertGateSettings, DEFAULT_SYNC_PORT, GateAction, MIN_SLICE, NatSettings, StateSyncSettings,
+    nat_rank,
 };
 pub use types::{PortRange, Snat, TlsName, format_duration, parse_duration, parse_mac};
 

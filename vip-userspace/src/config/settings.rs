@@ -48,16 +48,59 @@ impl NatSettings {
         (self.ports.lo, self.ports.hi)
     }
 
-    /// The settings as the program reads them.
-    pub fn globals(&self) -> Globals {
+    /// The settings as the program reads them, this node handing out the
+    /// ports of `alloc` (its [`NatSettings::slice`]), or of the whole range.
+    pub fn globals(&self, alloc: Option<PortRange>) -> Globals {
+        let alloc = alloc.unwrap_or(self.ports);
         Globals {
             nat_port_lo: self.ports.lo,
             nat_port_hi: self.ports.hi,
             tcp_idle_s: self.tcp_idle_s,
             udp_idle_s: self.udp_idle_s,
             closing_s: self.closing_s,
+            nat_alloc_lo: alloc.lo,
+            nat_alloc_hi: alloc.hi,
         }
     }
+
+    /// The ports the node of rank `rank` among `nodes` LBs hands out when
+    /// all of them translate to one SNAT address at the same time (the VIP
+    /// with `announce:`, where the router's ECMP sends clients to every LB):
+    /// the range cut into `nodes` equal slices, the last one taking the
+    /// remainder. Disjoint slices mean two LBs never give one (SNAT address,
+    /// port) towards one backend to two flows, with no coordination per
+    /// flow; state sync then tells every LB about the others' flows. `None`
+    /// if a slice would hold fewer than [`MIN_SLICE`] ports.
+    pub fn slice(&self, rank: usize, nodes: usize) -> Option<PortRange> {
+        let total = self.ports.hi as usize - self.ports.lo as usize + 1;
+        let size = total / nodes.max(1);
+        if size < MIN_SLICE || rank >= nodes {
+            return None;
+        }
+        let lo = self.ports.lo as usize + rank * size;
+        let hi = if rank + 1 == nodes {
+            self.ports.hi as usize
+        } else {
+            lo + size - 1
+        };
+        Some(PortRange {
+            lo: lo as u16,
+            hi: hi as u16,
+        })
+    }
+}
+
+/// The fewest source ports one LB's slice may hold: the same floor as a
+/// whole `nat.ports` range (fewer run out under a handful of clients).
+pub const MIN_SLICE: usize = 256;
+
+/// This node's rank among the LBs that share the NAT source ports: how many
+/// of `peers` (the others, as `state_sync.peers` lists them once this
+/// node's own addresses are left out) sort below `me` (its sync address,
+/// which the others list). Every node computes the same order from the same
+/// list, so the ranks are 0..=peers.len(), each once, with no election.
+pub fn nat_rank(me: IpAddr, peers: &[IpAddr]) -> usize {
+    peers.iter().filter(|p| **p < me).count()
 }
 
 /// The default state-sync port (UDP). Next to the apiserver's 6443 so it is

@@ -654,3 +654,72 @@ fn text_values_are_typed_at_load_and_refused_at_their_field() {
         assert!(e.contains(fix), "{e}");
     }
 }
+
+/// Active-active mode nat (`announce:` with `state_sync:` and `snat: vip`):
+/// every LB translates to the VIP at once, so each hands out a slice of
+/// its own; the slices tile `nat.ports` with no overlap, whatever node
+/// computes them, and a split that leaves too few ports per LB is refused.
+#[test]
+fn announcing_lbs_split_the_nat_ports_and_need_sync_for_snat_vip() {
+    let peers: Vec<IpAddr> = ["10.0.2.2", "10.0.1.2", "10.0.3.2"]
+        .iter()
+        .map(|a| a.parse().expect("ip"))
+        .collect();
+    // Each node sees the others (its own address left out, as for_node
+    // does): ranks 0, 1, 2 by address, each once.
+    let mut ranks: Vec<usize> = peers
+        .iter()
+        .map(|&me| {
+            let others: Vec<IpAddr> = peers.iter().copied().filter(|&p| p != me).collect();
+            nat_rank(me, &others)
+        })
+        .collect();
+    assert_eq!(ranks, [1, 0, 2]);
+    ranks.sort_unstable();
+    assert_eq!(ranks, [0, 1, 2]);
+
+    let nat = NatSettings::default(); // 40000-59999
+    let slices: Vec<PortRange> = (0..3).map(|r| nat.slice(r, 3).expect("a slice")).collect();
+    assert_eq!(
+        slices.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ["40000-46665", "46666-53331", "53332-59999"],
+        "equal slices, the last one takes the remainder"
+    );
+    assert!(nat.slice(3, 3).is_none(), "no rank beyond the nodes");
+    let g = nat.globals(Some(slices[1]));
+    assert_eq!(
+        (g.nat_port_lo, g.nat_port_hi, g.nat_alloc_lo, g.nat_alloc_hi),
+        (40000, 59999, 46666, 53331),
+        "replies are taken on the whole range, new flows get the slice"
+    );
+    let whole = nat.globals(None);
+    assert_eq!((whole.nat_alloc_lo, whole.nat_alloc_hi), (40000, 59999));
+
+    let active = format!(
+        "announce: {{ table: 198 }}\nstate_sync:\n  peers: [10.0.1.2, 10.0.2.2, 10.0.3.2]\n{}",
+        NAT.replace("snat: node", "snat: vip")
+    );
+    parse(&active).expect("active-active nat is valid");
+    for (text, want) in [
+        (
+            active.replace("state_sync:\n  peers: [10.0.1.2, 10.0.2.2, 10.0.3.2]\n", ""),
+            &["services[0].snat", "add state_sync listing every LB"][..],
+        ),
+        (
+            format!("nat:\n  ports: 40000-40999\n{active}"),
+            &["nat.ports", "4 LBs", "at least 1024 ports"][..],
+        ),
+    ] {
+        let e = parse(&text).expect_err(&text).to_string();
+        for w in want {
+            assert!(e.contains(w), "{e:?} lacks {w:?}");
+        }
+    }
+    // Without announce one VRRP holder allocates at a time: no split, so
+    // the same narrow range stays valid.
+    parse(&format!(
+        "nat:\n  ports: 40000-40999\nstate_sync:\n  peers: [10.0.1.2, 10.0.2.2, 10.0.3.2]\n{}",
+        NAT.replace("snat: node", "snat: vip")
+    ))
+    .expect("valid under VRRP");
+}

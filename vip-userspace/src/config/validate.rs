@@ -7,8 +7,9 @@ use std::{
 };
 
 use super::{
-    Config, FieldError, Mode, ProbeSettings, Snat, StateSyncSettings, holder::PRIORITY_ZERO,
-    settings::DEFAULT_SYNC_PORT,
+    Config, FieldError, Mode, ProbeSettings, Snat, StateSyncSettings,
+    holder::PRIORITY_ZERO,
+    settings::{DEFAULT_SYNC_PORT, MIN_SLICE},
 };
 
 impl Config {
@@ -127,6 +128,21 @@ impl Config {
                 ));
             }
             a.check().map_err(|e| e.under("announce"))?;
+            // Every announcing LB holds the VIP, and the router spreads the
+            // backends' replies to it over all of them by its own hash of
+            // the reply's ports: a reply reaches an LB that knows its flow
+            // only if every LB knows every flow.
+            if self.state_sync.is_none()
+                && let Some(i) = self
+                    .services
+                    .iter()
+                    .position(|s| s.mode == Mode::Nat && s.snat() == Snat::Vip)
+            {
+                return Err(FieldError::new(
+                    format!("services[{i}].snat"),
+                    "with announce: every LB holds the VIP, so the backends' replies to it reach whichever LB the router picks; add state_sync listing every LB (each then knows every flow), or set snat: node (each LB's own address; a flow is reset when its LB dies)",
+                ));
+            }
         }
         Ok(())
     }
@@ -209,6 +225,19 @@ impl Config {
                 format!(
                     "{} is not usable (0, or inside nat.ports {ports}, whose replies the XDP program takes); use the default {DEFAULT_SYNC_PORT}",
                     sync.port
+                ),
+            ));
+        }
+        // Active-active: each LB hands out its own slice of the ports
+        // (`NatSettings::slice`), one per LB; this file may or may not list
+        // this node among the peers, so count it in to be safe.
+        let nodes = sync.peers.len() + 1;
+        if self.announce.is_some() && self.nat.slice(nodes - 1, nodes).is_none() {
+            return Err(FieldError::new(
+                "nat.ports",
+                format!(
+                    "{ports} split over {nodes} LBs (state_sync.peers and this node, each handing out its own slice with announce:) leaves fewer than {MIN_SLICE} ports each; widen nat.ports to at least {} ports",
+                    MIN_SLICE * nodes
                 ),
             ));
         }

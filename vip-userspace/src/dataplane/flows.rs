@@ -88,6 +88,12 @@ pub struct Refresh {
     /// Only flows touched at or after this time (the previous sweep's);
     /// `None`: every live flow (a full refresh).
     pub since: Option<u64>,
+    /// Only flows whose NAT source port is in this range (host order): the
+    /// node's own slice when every LB holds the VIP at once (`announce:`).
+    /// There each LB has every other's flows too, refreshed by the
+    /// receiver's clock; sending those on would echo them between LBs
+    /// forever, so each LB refreshes the flows it allocated. `None`: all.
+    pub own_ports: Option<(u16, u16)>,
 }
 
 /// A second handle on an LRU hash map: a dup of its fd, so a blocking thread
@@ -287,6 +293,9 @@ impl FlowTables {
                 if refresh.services.contains(&v.service_id)
                     && refresh.vips.contains(&k.daddr)
                     && refresh.since.is_none_or(|s| v.last_seen_ns >= s)
+                    && refresh
+                        .own_ports
+                        .is_none_or(|(lo, hi)| (lo..=hi).contains(&u16::from_be(v.nat_port_be)))
                 {
                     out.active.push((k, v));
                 }

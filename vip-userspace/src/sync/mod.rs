@@ -303,9 +303,6 @@ pub fn start(
     })?;
     set_rcvbuf(&sock);
     let rx_sock = sock.try_clone().map_err(SyncError::Socket)?;
-    rx_sock
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .map_err(SyncError::Socket)?;
     sock.set_nonblocking(true).map_err(SyncError::Socket)?;
     let tx_sock = tokio::net::UdpSocket::from_std(sock).map_err(SyncError::Socket)?;
     // SAFETY: the RingBuf owns its (dup'd) map fd, which stays open and
@@ -474,6 +471,29 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The receiver thread: one datagram at a time, until `stop`.
+/// How long the receiver waits for a datagram before it looks at `stop`.
+const RECV_WAIT: Duration = Duration::from_millis(500);
+
+/// Waits up to `timeout` for `sock` to have a datagram (poll(2)). The
+/// receiver's socket is a `try_clone` (a dup) of the sender's, and the
+/// sender's `set_nonblocking` sets O_NONBLOCK on the open file description
+/// both descriptors share (fcntl(2)): `recv_from` never blocks there, and
+/// its read timeout never applies. Without this wait the receive loop spun
+/// a core at 100% between datagrams, which in the fabric lab starved the
+/// routing daemons' BFD (50 ms x 3) into flapping.
+fn readable(sock: &UdpSocket, timeout: Duration) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let mut fds = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let r = unsafe { libc::poll(&mut fds, 1, timeout.as_millis() as libc::c_int) };
+    // An error (EINTR) reads as "maybe": recv_from then says WouldBlock.
+    r != 0
+}
+
 fn receive_loop(
     sock: UdpSocket,
     peers: Vec<IpAddr>,
@@ -487,6 +507,9 @@ fn receive_loop(
     let mut strangers: BTreeMap<IpAddr, u64> = BTreeMap::new();
     let mut last_log = Instant::now() - Duration::from_secs(60);
     while !stop.load(Ordering::Relaxed) {
+        if !readable(&sock, RECV_WAIT) {
+            continue;
+        }
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)
@@ -528,5 +551,37 @@ fn receive_loop(
             &mut tables,
             &stats,
         );
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+
+    /// The receiver's socket shares O_NONBLOCK with the sender's (a dup):
+    /// `readable` must still wait, and wake for a datagram.
+    #[test]
+    fn the_receiver_waits_on_a_socket_the_sender_made_nonblocking() {
+        let a = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let b = a.try_clone().expect("dup");
+        a.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            b.recv_from(&mut buf).expect_err("shared O_NONBLOCK").kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the dup is non-blocking too: a plain recv loop would spin"
+        );
+        let t = Instant::now();
+        assert!(!readable(&b, Duration::from_millis(100)));
+        assert!(
+            t.elapsed() >= Duration::from_millis(90),
+            "{:?}",
+            t.elapsed()
+        );
+        let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        c.send_to(b"x", a.local_addr().expect("addr"))
+            .expect("send");
+        assert!(readable(&b, Duration::from_secs(2)));
+        assert_eq!(b.recv_from(&mut buf).expect("datagram").0, 1);
     }
 }
