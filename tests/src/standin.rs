@@ -664,6 +664,36 @@ fn control(state: &State, method: &str, query: &HashMap<String, String>, what: &
     }
 }
 
+/// The head of a chunked watch response (HTTP/1.1).
+async fn watch_head<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
+         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
+        state.name
+    );
+    io.write_all(head.as_bytes()).await?;
+    io.flush().await
+}
+
+/// A slice watch's events: the kept ones after `rv`, then the receiver of
+/// new ones. Subscribed before the backlog is read: an event in between
+/// comes twice at most, and the resourceVersion check drops the second.
+fn slice_subscribe(
+    state: &State,
+    rv: u64,
+) -> (
+    tokio::sync::broadcast::Receiver<(u64, String)>,
+    Vec<(u64, String)>,
+) {
+    let rx = state.slice_tx.subscribe();
+    let backlog = state
+        .slices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .since(rv);
+    (rx, backlog)
+}
+
 async fn write_chunk<S: AsyncWrite + Unpin>(io: &mut S, line: &str) -> std::io::Result<()> {
     let chunk = format!("{:x}\r\n{line}\r\n", line.len());
     io.write_all(chunk.as_bytes()).await?;
@@ -677,21 +707,8 @@ async fn slice_watch<S: AsyncWrite + Unpin>(
     state: &State,
     rv: u64,
 ) -> std::io::Result<()> {
-    // Subscribed before the backlog is read: an event in between comes
-    // twice at most, and the resourceVersion check drops the second.
-    let mut rx = state.slice_tx.subscribe();
-    let backlog = state
-        .slices
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .since(rv);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
-         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
-        state.name
-    );
-    io.write_all(head.as_bytes()).await?;
-    io.flush().await?;
+    let (mut rx, backlog) = slice_subscribe(state, rv);
+    watch_head(io, state).await?;
     let mut last = rv;
     for (n, line) in backlog {
         last = n;
@@ -737,21 +754,12 @@ fn next_event(state: &State) -> String {
 /// One ADDED event per interval, each a chunk ending in `\n`, until a write
 /// fails (the client went away).
 async fn watch<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
-         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
-        state.name
-    );
-    io.write_all(head.as_bytes()).await?;
-    io.flush().await?;
+    watch_head(io, state).await?;
     let mut tick = tokio::time::interval(state.watch_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let line = next_event(state);
-        let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-        io.write_all(chunk.as_bytes()).await?;
-        io.flush().await?;
+        write_chunk(io, &next_event(state)).await?;
     }
 }
 
@@ -905,12 +913,7 @@ async fn h2_stream(
             }
         }
         Reply::SliceWatch(rv) => {
-            let mut rx = state.slice_tx.subscribe();
-            let backlog = state
-                .slices
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .since(rv);
+            let (mut rx, backlog) = slice_subscribe(state, rv);
             let mut out = respond.send_response(h2_head(state, 200, JSON)?, false)?;
             let mut last = rv;
             for (n, line) in backlog {
