@@ -85,7 +85,7 @@ struct State {
     /// The `kubernetes` Service's EndpointSlices (`crate::slices`).
     slices: Mutex<crate::slices::SliceStore>,
     /// Each slice change, as a watch event line, to the open slice watches.
-    slice_tx: tokio::sync::broadcast::Sender<(u64, String)>,
+    slice_tx: tokio::sync::broadcast::Sender<SliceEvent>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -664,6 +664,9 @@ fn control(state: &State, method: &str, query: &HashMap<String, String>, what: &
     }
 }
 
+/// A slice watch event: its resourceVersion and its line.
+type SliceEvent = (u64, String);
+
 /// The head of a chunked watch response (HTTP/1.1).
 async fn watch_head<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
     let head = format!(
@@ -682,8 +685,8 @@ fn slice_subscribe(
     state: &State,
     rv: u64,
 ) -> (
-    tokio::sync::broadcast::Receiver<(u64, String)>,
-    Vec<(u64, String)>,
+    tokio::sync::broadcast::Receiver<SliceEvent>,
+    Vec<SliceEvent>,
 ) {
     let rx = state.slice_tx.subscribe();
     let backlog = state
