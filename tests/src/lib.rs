@@ -21,6 +21,7 @@ pub mod packet;
 pub mod progtest;
 pub mod prom;
 pub mod scenario;
+pub mod slices;
 pub mod stacked;
 pub mod standin;
 pub mod stats;

@@ -101,6 +101,17 @@ pub struct LbOptions {
     /// Mode dsr: write each backend's `mac:` (an override). Unset, vipd
     /// takes the MACs from the LB's neighbour table.
     pub backend_macs: bool,
+    /// More nodes on the segment, after the others (their addresses do not
+    /// move the others'), with nothing started on them.
+    pub extra_nodes: Vec<&'static str>,
+    /// Run once the nodes and the stand-ins are up, before the config is
+    /// written and vipd starts (what it starts, it gives to `Lab::keep`).
+    pub before_vipd: Option<fn(&Lab, &TestPki)>,
+    /// `backends_from: kubernetes` on every service, with this top-level
+    /// `discovery:` block (`{lab}` stands for the lab's folder; lb2's copy
+    /// of the config names `backends-lb2.json` where lb's names
+    /// `backends-lb.json`).
+    pub discovery: Option<String>,
     /// Run every vipd from this image with podman, as the DaemonSet's
     /// container runs (capabilities, mounts and arguments from
     /// deploy/daemonset.yaml; see [`crate::container`]) instead of the
@@ -126,6 +137,9 @@ impl LbOptions {
             extra_ports: Vec::new(),
             git_versions: [crate::standin::GIT_VERSION; 3],
             backend_macs: true,
+            extra_nodes: Vec::new(),
+            before_vipd: None,
+            discovery: None,
             image: None,
         }
     }
@@ -167,12 +181,13 @@ impl LbLab {
     pub fn start_with(hint: &str, opts: &LbOptions) -> LbLab {
         let (xdp_mode, fwd) = (opts.xdp_mode, opts.fwd);
         // lb2 last: the others keep their addresses (10.77.0.10 + index).
-        let nodes: &[&str] = if opts.second_lb {
-            &["client", "lb", "be1", "be2", "be3", "lb2"]
+        let mut nodes: Vec<&str> = if opts.second_lb {
+            vec!["client", "lb", "be1", "be2", "be3", "lb2"]
         } else {
-            &["client", "lb", "be1", "be2", "be3"]
+            vec!["client", "lb", "be1", "be2", "be3"]
         };
-        let lab = Lab::new(hint, nodes);
+        nodes.extend(&opts.extra_nodes);
+        let lab = Lab::new(hint, &nodes);
         let lbs: &[&str] = if opts.second_lb {
             &["lb", "lb2"]
         } else {
@@ -247,6 +262,9 @@ impl LbLab {
             }
         }
 
+        if let Some(f) = opts.before_vipd {
+            f(&lab, &pki);
+        }
         let mode = match xdp_mode {
             AttachMode::Native => "native",
             AttachMode::Skb => "skb",
@@ -270,10 +288,18 @@ impl LbLab {
         } else {
             "interface: eth0\nhold_vips: true\n".to_owned()
         };
+        let discovery = opts.discovery.as_ref().map_or(String::new(), |d| {
+            d.replace("{lab}", &lab.dir().display().to_string())
+        });
         let mut cfg = format!(
-            "# Written by vip_tests::scenario::LbLab\nxdp_mode: {mode}\n{holder}{}services:\n",
+            "# Written by vip_tests::scenario::LbLab\nxdp_mode: {mode}\n{holder}{}{discovery}services:\n",
             opts.extra
         );
+        let backends_from = if opts.discovery.is_some() {
+            "    backends_from: kubernetes\n"
+        } else {
+            ""
+        };
         assert!(
             opts.image.is_none() || opts.caps.is_none(),
             "LbOptions: an image runs with the manifest's capabilities, not `caps`"
@@ -336,7 +362,7 @@ impl LbLab {
             ports.flat_map(|p| [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].map(|v| (p.clone(), v)))
         {
             cfg.push_str(&format!(
-                "  - vip: \"{vip}\"\n    port: {port}\n    mode: {fwd_mode}\n    probe: {probe}\n    backends:\n"
+                "  - vip: \"{vip}\"\n    port: {port}\n    mode: {fwd_mode}\n    probe: {probe}\n{backends_from}    backends:\n"
             ));
             for be in BACKENDS {
                 let n = lab.node(be);
@@ -368,7 +394,9 @@ impl LbLab {
                 config_path.clone()
             } else {
                 let text = std::fs::read_to_string(&config_path).expect("read vipd config");
-                let mut text = text.replace("priority: 150", "priority: 100");
+                let mut text = text
+                    .replace("priority: 150", "priority: 100")
+                    .replace("/backends-lb.json", "/backends-lb2.json");
                 if opts.sync {
                     text = text.replace(&sync_peer("lb2"), &sync_peer("lb"));
                 }

@@ -82,6 +82,10 @@ struct State {
     auth: Mutex<u16>,
     /// Shared across streams so resourceVersions only grow, as on a real server.
     events: AtomicU64,
+    /// The `kubernetes` Service's EndpointSlices (`crate::slices`).
+    slices: Mutex<crate::slices::SliceStore>,
+    /// Each slice change, as a watch event line, to the open slice watches.
+    slice_tx: tokio::sync::broadcast::Sender<SliceEvent>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -153,6 +157,8 @@ async fn serve_with(
         ready: Mutex::new(Ready::Status(200)),
         auth: Mutex::new(200),
         events: AtomicU64::new(0),
+        slices: Mutex::new(crate::slices::SliceStore::default()),
+        slice_tx: tokio::sync::broadcast::channel(256).0,
     });
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -478,6 +484,8 @@ enum Reply {
     },
     /// A watch stream: one event per interval until the client goes.
     Watch,
+    /// A watch of the EndpointSlices from this resourceVersion.
+    SliceWatch(u64),
     /// Read the request, never answer (a wedged apiserver's `/readyz`).
     Hang,
 }
@@ -515,8 +523,23 @@ fn route(state: &State, method: &str, path: &str, query: &HashMap<String, String
         );
         return full(405, JSON, body);
     }
-    if matches!(query.get("watch").map(String::as_str), Some("1" | "true")) {
+    let watching = matches!(query.get("watch").map(String::as_str), Some("1" | "true"));
+    if path == crate::slices::PATH {
+        let store = state.slices.lock().unwrap_or_else(|e| e.into_inner());
+        if watching {
+            let rv = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return Reply::SliceWatch(rv);
+        }
+        return full(200, JSON, store.list());
+    }
+    if watching {
         return Reply::Watch;
+    }
+    if let Some(body) = crate::slices::discovery_doc(path) {
+        return full(200, JSON, body);
     }
     match path {
         "/readyz" => {
@@ -574,6 +597,10 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
             watch(&mut conn.io, state).await?;
             Ok(false)
         }
+        Reply::SliceWatch(rv) => {
+            slice_watch(&mut conn.io, state, rv).await?;
+            Ok(false)
+        }
         Reply::Hang => {
             // Keep the connection, answer nothing, until the client leaves.
             let mut scratch = [0u8; 1024];
@@ -610,6 +637,19 @@ fn control(state: &State, method: &str, query: &HashMap<String, String>, what: &
             *state.auth.lock().unwrap_or_else(|e| e.into_inner()) = code;
             Some(format!("auth: {code}\n"))
         }
+        ("slices", _) => {
+            let mut store = state.slices.lock().unwrap_or_else(|e| e.into_inner());
+            match store.control(query, state.events.fetch_add(1, Ordering::Relaxed) + 1) {
+                Ok(events) => {
+                    for e in events {
+                        // No watcher: nothing to tell.
+                        let _ = state.slice_tx.send(e);
+                    }
+                    Some(store.list())
+                }
+                Err(usage) => return full(400, TEXT, usage),
+            }
+        }
         _ => None,
     };
     match reply {
@@ -618,8 +658,79 @@ fn control(state: &State, method: &str, query: &HashMap<String, String>, what: &
             400,
             TEXT,
             "usage: POST /standin/readyz?status=200|503|<code>|hang, \
-             POST /standin/auth?status=200|401|403\n",
+             POST /standin/auth?status=200|401|403, \
+             POST /standin/slices?add=IP|remove=IP|bad=NAME|other=NAME\n",
         ),
+    }
+}
+
+/// A slice watch event: its resourceVersion and its line.
+type SliceEvent = (u64, String);
+
+/// The head of a chunked watch response (HTTP/1.1).
+async fn watch_head<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
+         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
+        state.name
+    );
+    io.write_all(head.as_bytes()).await?;
+    io.flush().await
+}
+
+/// A slice watch's events: the kept ones after `rv`, then the receiver of
+/// new ones. Subscribed before the backlog is read: an event in between
+/// comes twice at most, and the resourceVersion check drops the second.
+fn slice_subscribe(
+    state: &State,
+    rv: u64,
+) -> (
+    tokio::sync::broadcast::Receiver<SliceEvent>,
+    Vec<SliceEvent>,
+) {
+    let rx = state.slice_tx.subscribe();
+    let backlog = state
+        .slices
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .since(rv);
+    (rx, backlog)
+}
+
+async fn write_chunk<S: AsyncWrite + Unpin>(io: &mut S, line: &str) -> std::io::Result<()> {
+    let chunk = format!("{:x}\r\n{line}\r\n", line.len());
+    io.write_all(chunk.as_bytes()).await?;
+    io.flush().await
+}
+
+/// The slice events after `rv` (those kept), then each new one, as chunks,
+/// until the client goes.
+async fn slice_watch<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    state: &State,
+    rv: u64,
+) -> std::io::Result<()> {
+    let (mut rx, backlog) = slice_subscribe(state, rv);
+    watch_head(io, state).await?;
+    let mut last = rv;
+    for (n, line) in backlog {
+        last = n;
+        write_chunk(io, &line).await?;
+    }
+    loop {
+        match rx.recv().await {
+            Ok((n, line)) if n > last => {
+                last = n;
+                write_chunk(io, &line).await?;
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Too far behind: the apiserver ends such a watch; the
+                // client lists again.
+                return Ok(());
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        }
     }
 }
 
@@ -646,21 +757,12 @@ fn next_event(state: &State) -> String {
 /// One ADDED event per interval, each a chunk ending in `\n`, until a write
 /// fails (the client went away).
 async fn watch<S: AsyncWrite + Unpin>(io: &mut S, state: &State) -> std::io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nTransfer-Encoding: chunked\r\n\
-         X-Standin-Name: {}\r\nX-Standin-Protocol: http/1.1\r\nCache-Control: no-cache, private\r\n\r\n",
-        state.name
-    );
-    io.write_all(head.as_bytes()).await?;
-    io.flush().await?;
+    watch_head(io, state).await?;
     let mut tick = tokio::time::interval(state.watch_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let line = next_event(state);
-        let chunk = format!("{:x}\r\n{line}\r\n", line.len());
-        io.write_all(chunk.as_bytes()).await?;
-        io.flush().await?;
+        write_chunk(io, &next_event(state)).await?;
     }
 }
 
@@ -811,6 +913,21 @@ async fn h2_stream(
                 // Fails once the client reset the stream or the connection
                 // went: the stream's task ends.
                 out.send_data(bytes::Bytes::from(next_event(state)), false)?;
+            }
+        }
+        Reply::SliceWatch(rv) => {
+            let (mut rx, backlog) = slice_subscribe(state, rv);
+            let mut out = respond.send_response(h2_head(state, 200, JSON)?, false)?;
+            let mut last = rv;
+            for (n, line) in backlog {
+                last = n;
+                out.send_data(bytes::Bytes::from(line), false)?;
+            }
+            while let Ok((n, line)) = rx.recv().await {
+                if n > last {
+                    last = n;
+                    out.send_data(bytes::Bytes::from(line), false)?;
+                }
             }
         }
         Reply::Hang => {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod controller;
 mod csum;
 pub mod dataplane;
+pub mod discovery;
 pub mod health;
 pub mod host;
 pub mod http;

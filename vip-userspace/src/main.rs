@@ -352,6 +352,14 @@ fn check_config(path: &Path, offline: bool) -> Result<()> {
     vip_userspace::link::ifindex(&cfg.interface)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     agent::probe_jobs(&cfg).map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    if let Some(d) = cfg.discovery() {
+        vip_userspace::discovery::client::Client::new(
+            &d,
+            |k| std::env::var(k).ok(),
+            Path::new(vip_userspace::discovery::client::SERVICE_ACCOUNT_DIR),
+        )
+        .map_err(|e| anyhow::anyhow!("{}: discovery: {e}", path.display()))?;
+    }
     if let Some(k) = cfg.state_sync.as_ref().and_then(|s| s.key_file.as_deref()) {
         vip_userspace::sync::auth::Keys::load(k)
             .map_err(|e| anyhow::anyhow!("{}: state_sync.key_file: {e}", path.display()))?;

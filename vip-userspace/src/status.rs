@@ -47,6 +47,25 @@ pub struct Status {
     /// `snapshot:`: this node's snapshot folder; absent without it.
     #[serde(default)]
     pub etcd_snapshot: Option<EtcdSnapshotStatus>,
+    /// `backends_from: kubernetes`: where the backends come from; absent
+    /// without it.
+    #[serde(default)]
+    pub discovery: Option<DiscoveryStatus>,
+}
+
+/// The backends discovered from the cluster (`discovery`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// `file` (nothing known yet), `cache` (the last known set; the
+    /// apiserver has not answered since start) or `kubernetes`.
+    pub source: String,
+    /// When the EndpointSlices were last read.
+    pub last_sync_unix_ms: Option<u64>,
+    /// The last list or watch error, while it lasts.
+    pub last_error: Option<String>,
+    pub cache: String,
+    /// Listed apiservers not admitted yet, with why.
+    pub candidates: Vec<(String, String)>,
 }
 
 /// The etcd snapshots in this node's folder (the master takes them: a
@@ -522,6 +541,30 @@ impl Status {
         }
     }
 
+    fn render_discovery(&self, o: &mut String) {
+        let Some(d) = &self.discovery else {
+            return;
+        };
+        let sync = d.last_sync_unix_ms.map_or_else(
+            || "never since start".into(),
+            |t| format!("last read {}", self.ago(t)),
+        );
+        let _ = writeln!(
+            o,
+            "discovery: backends from {} (kubernetes EndpointSlices {sync}; cache {})",
+            d.source, d.cache
+        );
+        if let Some(e) = &d.last_error {
+            let _ = writeln!(
+                o,
+                "  the apiserver cannot be read, the last known set stays: {e}"
+            );
+        }
+        for (addr, why) in &d.candidates {
+            let _ = writeln!(o, "  listed, not admitted: {addr}: {why}");
+        }
+    }
+
     fn ago(&self, t: u64) -> String {
         format!("{} ago", span(self.at_unix_ms.saturating_sub(t)))
     }
@@ -561,6 +604,7 @@ impl Status {
         self.render_flows(&mut o);
         self.render_sync(&mut o);
         self.render_etcd_snapshot(&mut o);
+        self.render_discovery(&mut o);
         o
     }
 }
@@ -753,6 +797,16 @@ mod tests {
                 newest_bytes: Some(4_202_528),
                 last_error: None,
             }),
+            discovery: Some(DiscoveryStatus {
+                source: "cache".into(),
+                last_sync_unix_ms: Some(at - 60_000),
+                last_error: Some("https://10.0.0.11:6443: connection refused".into()),
+                cache: "/var/lib/vipd/backends.json".into(),
+                candidates: vec![(
+                    "10.0.0.14:6443".into(),
+                    "its certificate lacks IP:10.0.0.100".into(),
+                )],
+            }),
         }
     }
 
@@ -786,6 +840,9 @@ mod tests {
             "flows: 12 of 262144 (0.0% full), 4 expired entries swept, counted 4 s ago",
             "state sync: 120 records sent, 7 received, 6 applied; refused: 1 conflict; lost: none",
             "etcd snapshot: newest /var/lib/vipd/etcd-snapshots/etcd-snapshot-20270115T080000Z.db (4202528 bytes), written 2 h ago",
+            "discovery: backends from cache (kubernetes EndpointSlices last read 60 s ago; cache /var/lib/vipd/backends.json)",
+            "  the apiserver cannot be read, the last known set stays: https://10.0.0.11:6443: connection refused",
+            "  listed, not admitted: 10.0.0.14:6443: its certificate lacks IP:10.0.0.100",
         ] {
             assert!(t.contains(want), "{want:?} missing in:\n{t}");
         }

@@ -27,6 +27,7 @@ use crate::{
     config::Config,
     controller::Controller,
     dataplane::{Maps, kernel::KernelMaps, programmer::ApplyReport},
+    discovery::{self, Discovery, VetReport, WatchReport},
     health::Change,
     host::{self, HostGuard},
     metrics::Metrics,
@@ -172,6 +173,15 @@ struct Agent {
     neigh: neigh::Commands,
     /// `snapshot:` on: the scheduled etcd snapshot's shell.
     snapshots: Option<Snapshots>,
+    /// `backends_from: kubernetes`: the discovered backends, and the file's
+    /// configuration they are merged into (`discovery::merge`).
+    discovery: Option<Discovery>,
+    file_cfg: Config,
+    /// A file read for a reload, kept as `file_cfg` once applied.
+    pending_file: Option<Config>,
+    vet_tx: mpsc::UnboundedSender<VetReport>,
+    /// The list/watch task.
+    watch_task: Option<JoinHandle<()>>,
 }
 
 /// What the side tasks send the agent loop.
@@ -183,6 +193,10 @@ struct Inbox {
     neigh: mpsc::Receiver<NeighEvent>,
     /// Finished snapshots (never anything without `snapshot:`).
     snapshots: mpsc::UnboundedReceiver<snapshots::Done>,
+    /// The EndpointSlices' watch and the candidates' vetting (never
+    /// anything without `backends_from`).
+    watch: mpsc::UnboundedReceiver<WatchReport>,
+    vets: mpsc::UnboundedReceiver<VetReport>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -227,6 +241,8 @@ impl Agent {
                 _ = version_tick.tick() => { spawn_version_round(&self.jobs, &self.version_tx); None }
                 Some((addr, got)) = inbox.versions.recv() => { self.versioned(addr, got); None }
                 Some(done) = inbox.snapshots.recv() => Some(self.snapshot_done(done)),
+                Some(r) = inbox.watch.recv() => { self.watched(r); None }
+                Some(r) = inbox.vets.recv() => { self.vetted(r); None }
                 _ = second.tick() => Some(Event::Second),
                 _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
             };
@@ -322,20 +338,28 @@ impl Agent {
             Effect::ReadStats => return Ok(Some(Event::Stats(self.stats_lines()))),
             Effect::ReadConfig => {
                 let path = &self.opts.config_path;
+                // Resolved for this node again: the file is the same on
+                // every node, its per-node values are not.
+                let read = Config::load_for_node(path).await.map(|(c, _)| c);
+                if let Ok(c) = &read {
+                    self.pending_file = Some(c.clone());
+                }
                 return Ok(Some(Event::ConfigRead {
                     stamp: file_stamp(path),
-                    // Resolved for this node again: the file is the same on
-                    // every node, its per-node values are not.
-                    config: Config::load_for_node(path)
-                        .await
+                    config: read
                         .map_err(anyhow::Error::new)
-                        .and_then(|(c, _)| start::derive_local(c))
+                        .and_then(|c| self.merged(&c))
                         .map(Box::new)
                         .map_err(|e| format!("{e:#}")),
                 }));
             }
             Effect::Apply(c) => {
                 let res = self.apply(*c).map_err(|e| format!("{e:#}"));
+                if res.is_ok()
+                    && let Some(f) = self.pending_file.take()
+                {
+                    self.file_cfg = f;
+                }
                 return Ok(Some(Event::Applied(res)));
             }
             Effect::Publish => {
@@ -492,6 +516,108 @@ impl Agent {
                 spawn_gate_round(t, &self.jobs, &self.cert_tx);
             }
         }
+    }
+
+    /// The file's configuration with the discovered backends in, resolved
+    /// for this node (its own apiserver derived again: a discovered
+    /// address may be this node's).
+    fn merged(&self, file: &Config) -> Result<Config> {
+        let c = match &self.discovery {
+            Some(d) => discovery::merge(file, &d.admission, false),
+            None => file.clone(),
+        };
+        start::derive_local(c)
+    }
+
+    /// A report of the EndpointSlices' watch.
+    fn watched(&mut self, r: WatchReport) {
+        let Some(d) = &mut self.discovery else {
+            return;
+        };
+        if let WatchReport::Failed { label, .. } = &r {
+            self.telemetry.discovery.failed(label);
+        }
+        let changed = d.watched(r);
+        if !changed.vet.is_empty() {
+            // The candidates' probes as their service probes its backends.
+            let with = discovery::merge(&self.file_cfg, &d.admission, true);
+            match probe_jobs(&with) {
+                Ok(jobs) => {
+                    for addr in changed.vet {
+                        let Some(job) = jobs.get(&addr) else {
+                            continue;
+                        };
+                        info!(backend = %addr, "discovery: a new apiserver is listed; it is added once its probe passes rise times and its certificate carries the VIP");
+                        let v = discovery::Vet {
+                            spec: job.spec.clone(),
+                            interval: job.interval,
+                            rise: job.settings.rise,
+                            want: discovery::wanted_names(&with, addr),
+                        };
+                        let task = discovery::spawn_vet(addr, v, self.vet_tx.clone());
+                        d.vetting(addr, task);
+                    }
+                }
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), "discovery: the probes of new apiservers cannot be built")
+                }
+            }
+        }
+        if changed.apply {
+            self.rediscovered();
+        } else {
+            self.show_discovery();
+        }
+    }
+
+    fn vetted(&mut self, r: VetReport) {
+        let Some(d) = &mut self.discovery else {
+            return;
+        };
+        if d.vetted(r) {
+            self.rediscovered();
+        } else {
+            self.show_discovery();
+        }
+    }
+
+    /// The discovered set changed: the merged configuration is applied as a
+    /// reload applies one (a removed backend's flows are reset, a new one
+    /// gets its share of new flows), then kept on disk.
+    fn rediscovered(&mut self) {
+        let res = self
+            .merged(&self.file_cfg.clone())
+            .and_then(|c| self.apply(c));
+        match res {
+            Ok(()) => {
+                if let Some(d) = &self.discovery {
+                    d.save();
+                }
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "discovery: applying the new backend set failed; the running set stays")
+            }
+        }
+        self.show_discovery();
+    }
+
+    fn show_discovery(&mut self) {
+        let Some(d) = &self.discovery else {
+            return;
+        };
+        self.telemetry.discovery.show(d);
+        self.obs.discovery = Some(crate::status::DiscoveryStatus {
+            source: d.source.label().to_owned(),
+            last_sync_unix_ms: d.last_sync.map(crate::status::unix_ms),
+            last_error: d.last_error.clone(),
+            cache: d.cache_path().display().to_string(),
+            candidates: d
+                .waiting
+                .iter()
+                .map(|(a, w)| (a.to_string(), w.clone()))
+                .collect(),
+        });
+        self.refresh();
     }
 
     /// A backend's MAC appeared, moved or went.
@@ -694,6 +820,10 @@ impl Agent {
         }
         self.sync = None;
         self.probes = None;
+        if let Some(t) = self.watch_task.take() {
+            t.abort();
+        }
+        self.discovery = None;
     }
 
     fn log(&self, n: Note) {

@@ -47,6 +47,8 @@ pub struct Observed {
     pub sync_ring_lost: u64,
     /// `snapshot:` on: the folder as last read.
     pub etcd_snapshot: Option<status::EtcdSnapshotStatus>,
+    /// `backends_from: kubernetes`: the discovery's state.
+    pub discovery: Option<status::DiscoveryStatus>,
     /// Per backend: its apiserver's gitVersion, last read.
     pub versions: std::collections::BTreeMap<SocketAddr, String>,
     /// The version-skew decision over `versions`.
@@ -74,6 +76,7 @@ impl Observed {
             sync: None,
             sync_ring_lost: 0,
             etcd_snapshot: None,
+            discovery: None,
         }
     }
 
@@ -121,6 +124,7 @@ pub fn refresh<M: Maps>(m: &Metrics, ctl: &Controller<M>, holder: &dyn VipHolder
         sync,
         version_skew: obs.skew.warning(),
         etcd_snapshot: obs.etcd_snapshot.clone(),
+        discovery: obs.discovery.clone(),
     };
     match serde_json::to_string(&snapshot) {
         Ok(j) => m.set_status(j),

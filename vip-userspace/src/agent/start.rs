@@ -334,6 +334,30 @@ fn start_sweeper(
 impl Agent {
     /// The start-up sequence up to "vipd ready".
     pub(super) async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
+        let file_cfg = cfg.clone();
+        // `backends_from: kubernetes`: the last known set (the cache) is
+        // programmed now; the apiserver is asked beside the agent, never
+        // waited for. The credentials are local files, read now: a missing
+        // one is a setup error to fix, said at once.
+        let discovery = match cfg.discovery() {
+            Some(d) => {
+                let client = crate::discovery::client::Client::new(
+                    &d,
+                    |k| std::env::var(k).ok(),
+                    Path::new(crate::discovery::client::SERVICE_ACCOUNT_DIR),
+                )
+                .context("discovery: the apiserver's credentials")?;
+                Some((
+                    crate::discovery::Discovery::new(d.cache.clone(), crate::discovery::seed(&cfg)),
+                    client,
+                ))
+            }
+            None => None,
+        };
+        let cfg = match &discovery {
+            Some((d, _)) => crate::discovery::merge(&cfg, &d.admission, false),
+            None => cfg,
+        };
         let cfg = derive_local(cfg)?;
         let jobs = probe_jobs(&cfg)?;
         let (telemetry, metrics) = Telemetry::new();
@@ -442,6 +466,17 @@ impl Agent {
             }
             None => (None, mpsc::unbounded_channel().1),
         };
+        let (watch_tx, watch_rx) = mpsc::unbounded_channel();
+        let (vet_tx, vet_rx) = mpsc::unbounded_channel();
+        let (discovery, watch_task) = match discovery {
+            Some((d, client)) => {
+                let (families, port) = crate::discovery::families(&file_cfg);
+                info!(servers = %crate::discovery::join_all(&client.servers().iter().map(|s| format!("{}:{}", s.host, s.port)).collect::<Vec<_>>()), "discovery: watching the kubernetes Service's EndpointSlices");
+                let task = crate::discovery::spawn_watch(client, families, port, watch_tx);
+                (Some(d), Some(task))
+            }
+            None => (None, None),
+        };
         let mut agent = Agent {
             opts,
             cfg,
@@ -465,7 +500,13 @@ impl Agent {
             version_tx,
             neigh,
             snapshots,
+            discovery,
+            file_cfg,
+            pending_file: None,
+            vet_tx,
+            watch_task,
         };
+        agent.show_discovery();
         let mut inbox = Inbox {
             probes: probe_rx,
             certs: cert_rx,
@@ -473,6 +514,8 @@ impl Agent {
             sweeps,
             neigh: neigh_rx,
             snapshots: snapshot_rx,
+            watch: watch_rx,
+            vets: vet_rx,
         };
         agent.first_gate_round(&mut inbox.certs).await;
         let v = agent.verdicts();

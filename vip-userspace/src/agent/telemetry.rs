@@ -11,6 +11,7 @@ use crate::{
         Maps,
         metrics::{DataplaneMetrics, FlowMetrics},
     },
+    discovery::metrics::DiscoveryMetrics,
     metrics::{Metrics, Registrar},
     probe::metrics::ProbeMetrics,
     snapshot::metrics::SnapshotMetrics,
@@ -33,6 +34,7 @@ pub struct Telemetry {
     pub sync: SyncMetrics,
     pub announce: AnnounceMetrics,
     pub snapshot: SnapshotMetrics,
+    pub discovery: DiscoveryMetrics,
 }
 
 impl Telemetry {
@@ -50,6 +52,7 @@ impl Telemetry {
             sync: SyncMetrics::register(&mut r.scope("state_sync")),
             announce: AnnounceMetrics::register(&mut r.scope("announce")),
             snapshot: SnapshotMetrics::register(&mut r.scope("etcd_snapshot")),
+            discovery: DiscoveryMetrics::register(&mut r.scope("discovery")),
         };
         (t, Metrics::new(r))
     }

@@ -38,10 +38,12 @@ pub use holder::{
 };
 pub use node::{MetricsListen, NodeFacts, NodeSettings};
 pub use reload::{Fixed, Live};
-pub use service::{Backend, Encap, Mode, ProbeSettings, ProbeType, Protocol, Service};
+pub use service::{
+    Backend, BackendsFrom, Encap, Mode, ProbeSettings, ProbeType, Protocol, Service,
+};
 pub use settings::{
-    CertGateSettings, DEFAULT_SYNC_PORT, GateAction, MIN_SLICE, NatSettings, StateSyncSettings,
-    nat_rank,
+    CertGateSettings, DEFAULT_DISCOVERY_CACHE, DEFAULT_SYNC_PORT, DiscoverySettings, GateAction,
+    MIN_SLICE, NatSettings, StateSyncSettings, nat_rank,
 };
 pub use types::{PortRange, Snat, TlsName, format_duration, parse_duration, parse_mac};
 
@@ -100,6 +102,11 @@ pub struct Config {
     /// etcd snapshots taken by the VIP holder (issue 19); absent: none.
     #[serde(default)]
     pub snapshot: Option<crate::snapshot::SnapshotSettings>,
+    /// How the services with `backends_from: kubernetes` read the
+    /// cluster's list of apiservers; absent: the defaults (the pod's
+    /// service account, the cache under /var/lib/vipd).
+    #[serde(default)]
+    pub discovery: Option<DiscoverySettings>,
     pub services: Vec<Service>,
 }
 /// Loopback by default: the endpoint tells anyone who asks the backends'
@@ -138,6 +145,15 @@ impl Config {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// The discovery settings if some service reads its backends from the
+    /// cluster (the defaults where `discovery:` is absent).
+    pub fn discovery(&self) -> Option<DiscoverySettings> {
+        self.services
+            .iter()
+            .any(|s| s.backends_from.is_some())
+            .then(|| self.discovery.clone().unwrap_or_default())
     }
 
     /// The VIPs, sorted, each once (a VIP with two ports is one address).

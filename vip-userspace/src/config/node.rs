@@ -515,6 +515,15 @@ impl Config {
         out.push(
             "the backends' certificates (the certificate gate) and probes: read at run time".into(),
         );
+        if let Some(d) = self.discovery() {
+            out.push(match &d.kubeconfig {
+                Some(k) => format!(
+                    "discovery.kubeconfig: {} exists and holds a usable context",
+                    k.display()
+                ),
+                None => "discovery: the pod's service account (token and CA) is mounted".into(),
+            });
+        }
         out
     }
 }

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use super::{
-    CertGateSettings, Config, MetricsListen, Mode, NatSettings, NodeSettings,
+    CertGateSettings, Config, DiscoverySettings, MetricsListen, Mode, NatSettings, NodeSettings,
     RouteAnnounceSettings, Service, StateSyncSettings, VrrpSettings,
 };
 use crate::{dataplane::kernel::AttachMode, snapshot::SnapshotSettings};
@@ -56,6 +56,9 @@ fixed! {
     /// The schedule and the take's settings are read by the task started
     /// with the agent.
     snapshot: Option<SnapshotSettings>,
+    /// The credentials and servers of the discovery task started with the
+    /// agent.
+    discovery: Option<DiscoverySettings>,
 }
 
 /// The VIPs a holder was set up for, and which holder.
@@ -100,6 +103,7 @@ impl Config {
             nodes,
             state_sync,
             snapshot,
+            discovery,
             services,
         } = self;
         let held_vips = match (vrrp, announce) {
@@ -124,6 +128,7 @@ impl Config {
             metrics_listen,
             state_sync,
             snapshot,
+            discovery,
             held_vips,
             nat_used: services.iter().any(|s| s.mode == Mode::Nat),
         };

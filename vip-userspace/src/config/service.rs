@@ -31,6 +31,16 @@ pub enum Mode {
     Nat,
 }
 
+/// Where a service's backend list comes from besides `backends:`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendsFrom {
+    /// The `kubernetes` Service's EndpointSlices (`discovery:`): the
+    /// apiservers the cluster lists. `backends:` is then the seed used until
+    /// the first list (or the cache) and holds per-address overrides.
+    Kubernetes,
+}
+
 /// How mode dsr reaches a backend in another subnet.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -73,6 +83,12 @@ pub struct Service {
     /// answered with ICMP "too big" so the client sends smaller.
     #[serde(default = "default_encap_mtu")]
     pub encap_mtu: u16,
+    /// `kubernetes`: the backends are the apiservers the cluster lists,
+    /// vetted by the probe and the certificate gate before they get flows.
+    #[serde(default)]
+    pub backends_from: Option<BackendsFrom>,
+    /// With `backends_from`: the seed and the per-address overrides
+    /// (`mac`, `encap`); may be `[]` then.
     pub backends: Vec<Backend>,
 }
 

@@ -9,7 +9,7 @@ use vip_common::Globals;
 use super::{
     desired::node_address,
     error::FieldError,
-    types::{self, PortRange},
+    types::{self, PortRange, TlsName},
 };
 
 /// Mode nat settings.
@@ -219,6 +219,76 @@ impl CertGateSettings {
                     format!("{n:?} is not a DNS name (the VIPs are checked anyway)"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+/// Where the backend set of `backends_from: kubernetes` services is kept
+/// between runs (see `discovery::cache`).
+pub const DEFAULT_DISCOVERY_CACHE: &str = "/var/lib/vipd/backends.json";
+
+fn default_discovery_cache() -> PathBuf {
+    PathBuf::from(DEFAULT_DISCOVERY_CACHE)
+}
+
+/// `discovery:`: how vipd reads the `kubernetes` Service's EndpointSlices
+/// for the services with `backends_from: kubernetes`. Every field may be
+/// left out: the pod's service account and `KUBERNETES_SERVICE_HOST`, as
+/// a DaemonSet runs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverySettings {
+    /// A kubeconfig to authenticate with (kubeadm's
+    /// `/etc/kubernetes/admin.conf`, or one with a token for a service
+    /// account allowed to list and watch endpointslices); absent: the pod's
+    /// service account.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The apiserver URLs to ask, in order (e.g. this node's own apiserver
+    /// first, then the VIP); absent: the kubeconfig's server, or
+    /// `KUBERNETES_SERVICE_HOST`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// The name the apiserver's certificate is verified for when the URL's
+    /// host is not in it (`https://127.0.0.1:6443` with `tls_name:
+    /// kubernetes`).
+    #[serde(default)]
+    pub tls_name: Option<TlsName>,
+    /// The last known backend set, read at start when no apiserver answers.
+    #[serde(default = "default_discovery_cache")]
+    pub cache: PathBuf,
+}
+
+impl Default for DiscoverySettings {
+    fn default() -> Self {
+        DiscoverySettings {
+            kubeconfig: None,
+            servers: Vec::new(),
+            tls_name: None,
+            cache: default_discovery_cache(),
+        }
+    }
+}
+
+impl DiscoverySettings {
+    pub(super) fn check(&self) -> Result<(), FieldError> {
+        for (i, s) in self.servers.iter().enumerate() {
+            crate::discovery::client::Server::parse(s).map_err(|_| {
+                FieldError::new(
+                    format!("servers[{i}]"),
+                    format!("{s:?} is not an apiserver URL; write it like https://10.0.0.11:6443"),
+                )
+            })?;
+        }
+        if !self.cache.is_absolute() || self.cache.file_name().is_none() {
+            return Err(FieldError::new(
+                "cache",
+                format!(
+                    "{} is not an absolute file path; use e.g. {DEFAULT_DISCOVERY_CACHE} (a hostPath the DaemonSet mounts)",
+                    self.cache.display()
+                ),
+            ));
         }
         Ok(())
     }

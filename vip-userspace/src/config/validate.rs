@@ -45,6 +45,15 @@ impl Config {
         if let Some(snap) = &self.snapshot {
             snap.plan().map_err(FieldError::from)?;
         }
+        if let Some(d) = &self.discovery {
+            d.check().map_err(|e| e.under("discovery"))?;
+            if self.services.iter().all(|s| s.backends_from.is_none()) {
+                return Err(FieldError::new(
+                    "discovery",
+                    "no service reads its backends from the cluster; add `backends_from: kubernetes` to the apiserver service, or remove discovery",
+                ));
+            }
+        }
         let mut seen = BTreeSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let at = format!("services[{i}]");

@@ -72,6 +72,7 @@ fn node(name: &str, ip: &str, vrrp_state: &str, serving: [bool; 3]) -> NodeView 
         sync: None,
         version_skew: None,
         etcd_snapshot: None,
+        discovery: None,
     };
     NodeView {
         address: SocketAddr::new(source, 9590),
