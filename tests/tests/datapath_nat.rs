@@ -773,7 +773,7 @@ fn dead_backend_flows_are_poked_once_and_answered_with_an_exact_rst() {
 /// is refused.
 #[test]
 fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
-    use vip_common::{SVC_F_SYNC, SyncEvent};
+    use vip_common::{SVC_F_SYNC, SYNC_F_PENDING, SyncEvent};
     use vip_userspace::sync::{self, SyncStats, receive_datagram, wire};
     let l = NatLab::new("natsync");
     let vip = ip(VIP4);
@@ -802,10 +802,18 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let s = syn(false, 46000).build();
         let (action, _) = dp.run(&s, Reason::TxNat);
         assert_eq!(action, XDP_TX);
-        assert!(
-            ring.next().is_none(),
-            "no event for the SYN: peers get confirmed flows only"
+        let pending: SyncEvent = {
+            let item = ring
+                .next()
+                .expect("a synced flow's SYN puts an event on the ring");
+            sync::parse_event(&item).expect("the event has SyncEvent's size")
+        };
+        assert_ne!(
+            pending.flags & SYNC_F_PENDING,
+            0,
+            "the SYN's event says the flow is not confirmed yet"
         );
+        assert!(ring.next().is_none(), "one event for the SYN");
         dp.run(&handshake_ack(false, 46000).build(), Reason::TxNat);
         let ev: SyncEvent = {
             let item = ring
@@ -814,6 +822,16 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             sync::parse_event(&item).expect("the event has SyncEvent's size")
         };
         assert!(ring.next().is_none(), "one event per confirmed flow");
+        assert_eq!(
+            ev.flags & SYNC_F_PENDING,
+            0,
+            "the ACK's event is of the confirmed flow"
+        );
+        assert_eq!(
+            (pending.key, pending.backend_id, pending.nat_port_be),
+            (ev.key, ev.backend_id, ev.nat_port_be),
+            "both events are of the same flow, backend and port"
+        );
         assert_eq!(
             ev.key.saddr,
             addr_bytes(ip(CLIENT4)).1,
@@ -865,9 +883,13 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let rec = dir.to_wire(&ev).expect("backend id resolves on A");
         let mut buf = vec![];
         wire::encode(1, &[rec], None, &mut buf);
+        let rec = dir.to_wire(&pending).expect("backend id resolves on A");
+        let mut pending_buf = vec![];
+        wire::encode(1, &[rec], None, &mut pending_buf);
         let b = chosen(dp, ip(CLIENT4), 46000, false);
-        (ev, b, buf)
+        (ev, b, (buf, pending_buf))
     });
+    let (datagram, pending_datagram) = datagram;
 
     // Node B: other ids for the same backends (an extra backend took id 0
     // first), the same services.
@@ -899,6 +921,65 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         dir.globals = Some(Globals::DEFAULT);
         let mut tables =
             vip_userspace::sync::tables::SyncTables::of(dp.prog.maps()).expect("tables");
+
+        // The SYN's record: B keeps the flow unconfirmed, and translates
+        // the backend's SYN-ACK with it (behind ECMP the reply may reach B
+        // before the client's ACK reaches A).
+        let stats = SyncStats::default();
+        assert_eq!(
+            receive_datagram(
+                &pending_datagram,
+                peer,
+                &[peer],
+                &mut sync::Admission::default(),
+                &dir,
+                &mut tables,
+                &stats
+            ),
+            1,
+            "the peer's pending record applies"
+        );
+        let confirmed = |dp: &Dp| {
+            dp.prog
+                .maps()
+                .confirmed_flows()
+                .expect("dump")
+                .iter()
+                .any(|(k, _)| u16::from_be(k.sport_be) == 46000)
+        };
+        let entries = |dp: &Dp| {
+            dp.prog
+                .maps()
+                .conntrack()
+                .expect("dump")
+                .iter()
+                .filter(|(k, _)| u16::from_be(k.sport_be) == 46000)
+                .count()
+        };
+        assert!(!confirmed(dp), "a pending record never reaches CONNTRACK");
+        assert_eq!(entries(dp), 1, "it is in CT_UNCONFIRMED");
+        let synack = Pkt {
+            dst_mac: l.lab.node("lb").mac,
+            src_mac: backend_mac(a_backend),
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_SYN | TCP_ACK,
+                seq: 3999,
+                ack: 3000,
+            },
+            ..Pkt::tcp(
+                backend_ip(false, a_backend),
+                PORT,
+                vip,
+                u16::from_be(ev.nat_port_be),
+                0,
+            )
+        }
+        .build();
+        let (action, out) = dp.run(&synack, Reason::TxReverseNat);
+        assert_eq!(action, XDP_TX, "B translates the SYN-ACK");
+        let o = decode(&out).expect("SYN-ACK decodes");
+        assert_eq!((o.dst, o.dport), (ip(CLIENT4), 46000), "to the client");
+
         let stats = SyncStats::default();
         let mut adm = sync::Admission::default();
         let stranger = ip("10.77.0.98");
@@ -956,6 +1037,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             b_id,
             "B's entry names B's id for A's backend"
         );
+        assert!(confirmed(dp), "the confirmed record is in CONNTRACK");
+        assert_eq!(entries(dp), 1, "and the pending copy is gone");
         // Applying it again is a refresh, not a conflict.
         assert_eq!(
             receive_datagram(

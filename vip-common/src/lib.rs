@@ -78,6 +78,14 @@ pub const CT_F_DSR: u8 = 1 << 1;
 /// client's (the passive close, CLOSE-WAIT -> LAST-ACK -> CLOSED, RFC 9293
 /// 3.6: only the side that closes first waits in TIME-WAIT).
 pub const NAT_F_DONE: u8 = 1 << 2;
+/// State-sync flag, on a `SyncEvent` and its wire record only, never in a
+/// map: the flow is not confirmed yet (its SYN, `confirm`), so a peer keeps
+/// it in its unconfirmed tables. Sent so that a reply reaching another LB
+/// before the client's ACK finds its reverse entry: with `snat: vip` behind
+/// ECMP the backend's SYN-ACK goes to whichever LB the router's hash picks.
+/// A flood's SYNs then land in peers' unconfirmed tables, which only evict
+/// each other, never in their confirmed ones.
+pub const SYNC_F_PENDING: u8 = 1 << 7;
 
 /// How long a `NAT_F_DONE` flow keeps its source port after the last packet
 /// of either side. It covers the backend retransmitting its FIN when the

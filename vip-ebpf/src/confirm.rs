@@ -83,8 +83,9 @@ pub fn pending(
 /// returns 1 if it did, 0 if not (a subprogram returns one register). The
 /// forward entry is written first and the unconfirmed one removed last, so
 /// another CPU's packet of the same flow finds one or the other. Reported
-/// to state sync here rather than at the SYN: peers replicate only
-/// confirmed flows, never a flood.
+/// to state sync again here, confirmed: peers keep what the SYN's report
+/// (`SYNC_F_PENDING`) gave them in their unconfirmed tables, so a flood
+/// reaches only those, and move it to their confirmed ones now.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack"
@@ -102,7 +103,7 @@ fn promote(p: &Parsed, svc: &ServiceValue, u: *mut ConnValue, now: u64) -> u32 {
     }
     let _ = CT_UNCONFIRMED.remove(&p.key);
     if svc.flags & SVC_F_SYNC != 0 {
-        sync_event(p, &v);
+        sync_event(p, &v, 0);
     }
     1
 }
@@ -230,7 +231,7 @@ pub fn reclaim_unconfirmed(sc: &mut PortScratch, now: u64, g: &Globals) -> bool 
 /// 512-byte combined stack limit (kernel/bpf/verifier.c, MAX_BPF_STACK). A
 /// full ring loses the event, counted; the flow itself goes on.
 #[inline(always)]
-fn sync_event(p: &Parsed, v: &ConnValue) {
+pub fn sync_event(p: &Parsed, v: &ConnValue, extra_flags: u8) {
     let Some(mut e) = SYNC_EVENTS.reserve::<SyncEvent>(0) else {
         stats::sync_lost();
         return;
@@ -243,7 +244,7 @@ fn sync_event(p: &Parsed, v: &ConnValue) {
         (*ev).backend_id = v.backend_id;
         (*ev).service_id = v.service_id;
         (*ev).nat_port_be = v.nat_port_be;
-        (*ev).flags = v.flags;
+        (*ev).flags = v.flags | extra_flags;
         // `= [0; 5]` would call memset (`mem`).
         mem::zero_bytes::<5>(core::ptr::addr_of_mut!((*ev)._pad).cast());
     }

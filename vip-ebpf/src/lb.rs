@@ -6,9 +6,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
     FibHop, Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND,
-    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, ServiceKey, ServiceValue,
-    TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash, maglev_index,
-    nat_port_try,
+    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, SYNC_F_PENDING, ServiceKey,
+    ServiceValue, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash,
+    maglev_index, nat_port_try,
 };
 
 use crate::{
@@ -249,6 +249,11 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         // A closed or expired flow's tuple reused by a new connection: its
         // old entry would otherwise win the next packet's lookup.
         let _ = CONNTRACK.remove(&p.key);
+    }
+    if svc.flags & SVC_F_SYNC != 0 {
+        // Peers hold it unconfirmed (`SYNC_F_PENDING`); `confirm` reports
+        // it again, confirmed, at the client's ACK.
+        confirm::sync_event(p, v, SYNC_F_PENDING);
     }
     stats::new_flow(id);
     // No hop to keep yet: the entry just inserted is not at hand, and the
