@@ -450,7 +450,11 @@ fn stacked_backup_takes_the_vip_locally_and_never_answers_arp_for_it() {
     // the two tied at 100 from lb1's drop to lb2's, and under load one
     // advert of lb1's late past lb2's Master_Down_Interval (361 ms) made lb2
     // master, which lb1 then left it on equal priority and a lower address
-    // (RFC 9568 6.4.3): a correct takeover this test did not expect.
+    // (RFC 9568 6.4.3): a correct takeover this test did not expect. And
+    // lb1's drop, while master with lb2 already listening, must not hand
+    // the VIP over: with preemption on it still outranks lb2 and stays
+    // (a priority-0 step-down here made lb2 master until lb1 preempted it
+    // back, and the ARP check below saw lb2 answer).
     let weight = VipdVrrpConf::default().track_local_apiserver;
     let (p1, p2) = (200, 100);
     assert!(
@@ -461,6 +465,16 @@ fn stacked_backup_takes_the_vip_locally_and_never_answers_arp_for_it() {
     wait_master(&lab, &lb1, "lb1");
     let lb2 = start_with(&lab, "lb2", p2, true, true);
     lb2.wait_state(VrrpState::Backup, Duration::from_secs(3));
+    // Both local apiservers fail their probes; only then is the ranking
+    // the one the checks below rely on.
+    lb1.wait_log(
+        "VRRP priority changed family=ipv4 from=200 to=150",
+        Duration::from_secs(5),
+    );
+    lb2.wait_log(
+        "VRRP priority changed family=ipv4 from=100 to=50",
+        Duration::from_secs(5),
+    );
     assert!(on_lo("lb2"), "the VIP is not on lb2's lo");
     assert!(
         !lab.has_addr("lb2", VIP),
@@ -521,6 +535,12 @@ fn stacked_backup_takes_the_vip_locally_and_never_answers_arp_for_it() {
     );
     let (_, peer) = listener.accept().expect("accept on lb2");
     assert_eq!(peer.ip(), IpAddr::V4(lab.node("client").ipv4));
+    assert!(
+        !lb1.logs().contains("from=master to=backup") && !lb2.logs().contains("to=master"),
+        "the VIP moved although lb1 outranked lb2 throughout:\n{}\n{}",
+        lb1.logs(),
+        lb2.logs()
+    );
 
     // A stop without pins puts everything back.
     drop(lb2);

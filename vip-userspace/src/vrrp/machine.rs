@@ -152,7 +152,8 @@ pub enum Why {
         by: IpAddr,
         priority: Priority,
     },
-    /// Our effective priority fell: we can no longer serve.
+    /// Our effective priority fell and we do not preempt (so neither, we
+    /// assume, does the group): hand over with priority 0.
     StepDown {
         priority: Priority,
     },
@@ -566,11 +567,22 @@ impl Machine {
             Input::Priority(p) => {
                 let fell = p < self.priority;
                 self.priority = p;
-                if fell {
-                    // We can serve less well than when we won: hand over with
-                    // priority 0 so a Backup takes over after its skew time,
-                    // preemption or not. If nobody does, our Master_Down_Timer
-                    // brings the VIP back to us.
+                if fell && self.params.preempt {
+                    // We can serve less well than when we won, but we may
+                    // still outrank every Backup, and only they know their
+                    // priorities. Tell them at once, and stay: a Backup that
+                    // now outranks us preempts (RFC 9568 6.4.2), as it would
+                    // under keepalived. Leaving with priority 0 here made a
+                    // lower Backup take the VIP and lose it again one
+                    // Master_Down_Interval later to our preemption: two
+                    // moves, and new connections refused twice, for nothing.
+                    out.push(Action::SendAdvert { priority: p });
+                    m.adver = now + self.advertisement_interval();
+                } else if fell {
+                    // Without preemption nobody would ever take over from a
+                    // master that cannot serve: hand over with priority 0 so
+                    // a Backup takes over after its skew time. If nobody
+                    // does, our Master_Down_Timer brings the VIP back to us.
                     out.push(Action::SendAdvert {
                         priority: Priority::LEAVING,
                     });

@@ -667,10 +667,18 @@ fn master_answers_priority_zero_and_stays() {
     assert_eq!(m.state(), State::Master);
 }
 
+/// Without preemption nobody would take the VIP from a master that can
+/// serve less well: it leaves with priority 0.
 #[test]
 fn master_priority_fall_steps_down_with_priority_zero() {
     let t0 = Instant::now();
-    let (mut m, t) = master(150, t0);
+    let mut p = params(150);
+    p.preempt = false;
+    let mut m = Machine::new(p);
+    m.handle(t0, Input::Startup);
+    let t = m.next_deadline().expect("master down timer");
+    m.handle(t, Input::Timer);
+    assert_eq!(m.state(), State::Master);
     let a = m.handle(t, Input::Priority(Priority(90)));
     assert_eq!(
         a,
@@ -830,4 +838,51 @@ fn two_routers_elect_and_hand_over() {
     let took = now - shut_at;
     // The priority-0 advert hands over after the Backup's skew time only.
     assert_eq!(took, b.skew_time(), "took {took:?}");
+}
+
+/// With preemption a master whose priority falls stays, and says its new
+/// priority at once: it may still outrank every Backup, and one that it no
+/// longer outranks preempts (RFC 9568 6.4.2). Leaving with priority 0 would
+/// hand the VIP to a lower Backup and take it back one Master_Down_Interval
+/// later (the flap a stacked pair showed when the master's apiserver fell
+/// first).
+#[test]
+fn master_priority_fall_with_preemption_stays_and_advertises_it() {
+    let t0 = Instant::now();
+    let (mut m, t) = master(150, t0);
+    let a = m.handle(t + ms(30), Input::Priority(Priority(100)));
+    assert_eq!(
+        a,
+        [Action::SendAdvert {
+            priority: Priority(100)
+        }]
+    );
+    assert_eq!(m.state(), State::Master);
+    // The next advert is an interval after that one, at the new priority.
+    // (Deadlines in between are the gratuitous ARP announcements.)
+    let next = loop {
+        let d = m.next_deadline().expect("a timer");
+        let a = m.handle(d, Input::Timer);
+        if let Some(Action::SendAdvert { priority }) =
+            a.iter().find(|a| matches!(a, Action::SendAdvert { .. }))
+        {
+            assert_eq!(*priority, Priority(100));
+            break d;
+        }
+    };
+    assert_eq!(next, t + ms(30) + ms(100));
+
+    // A Backup that now outranks it preempts after its own
+    // Master_Down_Interval; one below it keeps following.
+    let mut higher = backup(120, t0);
+    let mut lower = backup(90, t0);
+    for b in [&mut higher, &mut lower] {
+        b.handle(next, advert(HIGHER_ADDR, 150));
+        b.handle(next + ms(10), advert(HIGHER_ADDR, 100));
+    }
+    let d = lower.next_deadline().expect("down timer");
+    assert_eq!(d, next + ms(10) + lower.master_down_interval());
+    let h = higher.next_deadline().expect("down timer");
+    let a = higher.handle(h, Input::Timer);
+    assert_eq!(transitions(&a), [(State::Backup, State::Master)]);
 }
