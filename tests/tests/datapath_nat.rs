@@ -1679,3 +1679,196 @@ fn nat_unconfirmed_ports_are_reclaimed_after_closing_s() {
         assert_eq!(action, XDP_TX, "the abandoned flow's late ACK gets an RST");
     });
 }
+
+/// Another LB of a port-sliced group, on the LB's segment.
+const PEER4: &str = "10.77.0.2";
+const PEER6: &str = "fd77::2";
+const PEER_MAC: [u8; 6] = [0x02, 0x77, 0, 0, 0, 0x02];
+/// An address that is not a listed peer.
+const STRANGER4: &str = "10.77.0.3";
+
+/// `frame` inside IPIP / IPv6 in IPv6 from `from` to `to`, as a peer's
+/// `encap::handoff` sends it (Ethernet from `src_mac` to `dst_mac`).
+fn wrapped(frame: &[u8], from: IpAddr, to: IpAddr, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    let inner = &frame[14..];
+    let mut out = Vec::with_capacity(frame.len() + 40);
+    out.extend_from_slice(&dst_mac);
+    out.extend_from_slice(&src_mac);
+    match (from, to) {
+        (IpAddr::V4(f), IpAddr::V4(t)) => {
+            out.extend_from_slice(&[0x08, 0x00]);
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((inner.len() + 20) as u16).to_be_bytes());
+            h.extend_from_slice(&[0, 0, 0x40, 0, 64, vip_common::PROTO_IPIP, 0, 0]);
+            h.extend_from_slice(&f.octets());
+            h.extend_from_slice(&t.octets());
+            let c = vip_tests::packet::checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            out.extend_from_slice(&h);
+        }
+        (IpAddr::V6(f), IpAddr::V6(t)) => {
+            out.extend_from_slice(&[0x86, 0xdd]);
+            out.extend_from_slice(&[0x60, 0, 0, 0]);
+            out.extend_from_slice(&(inner.len() as u16).to_be_bytes());
+            out.extend_from_slice(&[vip_common::PROTO_IPV6, 64]);
+            out.extend_from_slice(&f.octets());
+            out.extend_from_slice(&t.octets());
+        }
+        _ => panic!("one family inside and out"),
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// Mode nat with port slices, the race the fabric's ECMP makes: a backend's
+/// reply reaches an LB before the flow's sync record does. Fixture rows,
+/// IPv4 and IPv6:
+/// - a reply to a port of the peer's slice with no entry here goes to that
+///   peer inside IPIP / IPv6 in IPv6 (outer header field by field, the
+///   inner packet unchanged, next hop from the FIB);
+/// - one to a port of our own slice with no entry goes to the kernel as
+///   before (no owner to ask);
+/// - what the peer sends us for a flow we hold is unwrapped and translated
+///   back to the client exactly like a reply the router sent us;
+/// - a handed packet we hold nothing for goes to the kernel, never back;
+/// - the same tunnel from an address that is not a listed peer, or to an
+///   address that is not ours, is left alone (the kernel's);
+/// - one that would not fit the path once wrapped is dropped and counted.
+#[test]
+fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
+    let l = NatLab::new("nathand");
+    let mac = vip_tests::netns::mac_to_string;
+    l.lab.add_neighbour("lb", PEER4, &mac(&PEER_MAC));
+    l.lab.add_neighbour("lb", PEER6, &mac(&PEER_MAC));
+    let lb_mac = l.lab.node("lb").mac;
+    for v6 in [false, true] {
+        let svc = l.three(v6, PROTO_TCP);
+        let me = l.lb_ip(v6);
+        let peer = ip(if v6 { PEER6 } else { PEER4 });
+        let client = ip(if v6 { CLIENT6 } else { CLIENT4 });
+        let (family, saddr) = addr_bytes(me);
+        l.with_dp(vec![svc], |dp| {
+            // Our slice 40000-49999, the peer's 50000-59999.
+            dp.prog
+                .maps_mut()
+                .set_globals(&Globals {
+                    nat_alloc_lo: 40000,
+                    nat_alloc_hi: 49999,
+                    ..Globals::DEFAULT
+                })
+                .expect("globals");
+            dp.prog
+                .maps_mut()
+                .set_nat_owners(&[vip_common::NatOwner {
+                    addr: addr_bytes(peer).1,
+                    saddr,
+                    lo: 50000,
+                    hi: 59999,
+                    mtu: 1500,
+                    family,
+                    _pad: 0,
+                }])
+                .expect("NAT_OWNERS");
+            let reply = |port: u16, payload: &[u8]| {
+                Pkt {
+                    dst_mac: lb_mac,
+                    src_mac: backend_mac(1),
+                    l4: vip_tests::packet::L4::Tcp {
+                        flags: TCP_SYN | TCP_ACK,
+                        seq: 7000,
+                        ack: 1001,
+                    },
+                    ..Pkt::tcp(backend_ip(v6, 1), PORT, me, port, 0)
+                }
+                .payload(payload)
+                .build()
+            };
+
+            // A reply on the peer's slice: handed over, unchanged inside.
+            let r = reply(50010, b"");
+            let (action, out) = dp.run(&r, Reason::TxHandoff);
+            assert_eq!(action, XDP_TX, "handed back out of eth0 (v6={v6})");
+            assert_eq!(&out[0..6], &PEER_MAC, "Ethernet to the peer (FIB)");
+            assert_eq!(&out[6..12], &lb_mac, "Ethernet from us");
+            let (olen, src, dst) = if v6 {
+                assert_eq!(&out[12..14], &[0x86, 0xdd]);
+                assert_eq!(out[20], vip_common::PROTO_IPV6, "next header 41");
+                assert_eq!(
+                    u16::from_be_bytes([out[18], out[19]]) as usize,
+                    r.len() - 14,
+                    "outer payload = the inner packet"
+                );
+                (40, &out[22..38], &out[38..54])
+            } else {
+                assert_eq!(&out[12..14], &[0x08, 0x00]);
+                let o = &out[14..34];
+                assert_eq!(o[0], 0x45);
+                assert_eq!(o[9], vip_common::PROTO_IPIP, "protocol 4");
+                assert_eq!(vip_tests::packet::checksum(o), 0, "outer checksum");
+                assert_eq!(
+                    u16::from_be_bytes([o[2], o[3]]) as usize,
+                    r.len() - 14 + 20,
+                    "outer total length"
+                );
+                (20, &out[26..30], &out[30..34])
+            };
+            let n = if v6 { 16 } else { 4 };
+            assert_eq!(src, &saddr[..n], "outer source: our sync address");
+            assert_eq!(dst, &addr_bytes(peer).1[..n], "outer destination: the peer");
+            assert_eq!(&out[14 + olen..], &r[14..], "inner packet unchanged");
+
+            // Our own slice, no entry: nobody else to ask.
+            dp.run(&reply(45000, b""), Reason::PassNoService);
+
+            // What the peer hands us for a flow of ours: translated.
+            let s = syn(v6, 41000).build();
+            let (_, out) = dp.run(&s, Reason::TxNat);
+            let nat_port = check_forward(&l, dp, &decode(&s).expect("input"), &out, v6);
+            assert!((40000..=49999).contains(&nat_port), "our slice: {nat_port}");
+            let b = chosen(dp, client, 41000, v6);
+            let inner = Pkt {
+                dst_mac: lb_mac,
+                src_mac: backend_mac(b),
+                l4: vip_tests::packet::L4::Tcp {
+                    flags: TCP_SYN | TCP_ACK,
+                    seq: 7000,
+                    ack: 1001,
+                },
+                ..Pkt::tcp(backend_ip(v6, b), PORT, me, nat_port, 0)
+            }
+            .build();
+            let handed = wrapped(&inner, peer, me, PEER_MAC, lb_mac);
+            let (action, out) = dp.run(&handed, Reason::TxReverseNat);
+            assert_eq!(action, XDP_TX);
+            let o = decode(&out).expect("the translated reply decodes");
+            assert_eq!(
+                (o.src, o.sport, o.dst, o.dport),
+                (ip(if v6 { VIP6 } else { VIP4 }), PORT, client, 41000),
+                "from the VIP to the client"
+            );
+            assert_eq!(o.dst_mac, CLIENT_MAC, "to the client's MAC");
+            assert!(o.l4_csum_ok, "TCP checksum");
+
+            // Handed, and nothing here either: the kernel's, not handed on.
+            let lost = wrapped(&reply(50020, b""), peer, me, PEER_MAC, lb_mac);
+            let (action, _) = dp.run(&lost, Reason::PassHandoffUnknown);
+            assert_eq!(action, XDP_PASS);
+
+            // Not from a listed peer, or not to our address: untouched.
+            if !v6 {
+                let stranger = wrapped(&inner, ip(STRANGER4), me, PEER_MAC, lb_mac);
+                let (action, out) = dp.run(&stranger, Reason::PassNotL4);
+                assert_eq!((action, &out), (XDP_PASS, &stranger));
+                let elsewhere = wrapped(&inner, peer, ip(STRANGER4), PEER_MAC, lb_mac);
+                let (action, out) = dp.run(&elsewhere, Reason::PassNotL4);
+                assert_eq!((action, &out), (XDP_PASS, &elsewhere));
+            }
+
+            // A full-size reply would exceed the path once wrapped.
+            let hdrs = if v6 { 40 + 20 } else { 20 + 20 };
+            let big = reply(50030, &vec![0x55; 1500 - hdrs]);
+            let (action, _) = dp.run(&big, Reason::DropHandoffTooBig);
+            assert_eq!(action, XDP_DROP);
+        });
+    }
+}

@@ -191,6 +191,22 @@ reasons! {
     /// owner must not take it locally. Dropped; the sender's transport
     /// retries. TCP from Linux always sets DF.
     DropEncapTooBig = 24, "drop_encap_too_big";
+    /// Mode nat with port slices (`announce:` + `state_sync:`): a
+    /// backend's reply to a port of another LB's slice, for which this LB
+    /// has no entry yet (the router's ECMP hash of the reply picked it, and
+    /// the slice owner's sync record is still on its way). Encapsulated
+    /// (IPIP / IPv6 in IPv6) to that owner, which has the flow; passed to
+    /// the kernel it would be answered with an RST and cost the client a
+    /// one-second SYN retry.
+    TxHandoff = 25, "tx_nat_handoff";
+    /// Such a reply that would not fit the path once encapsulated: dropped
+    /// (the backend retransmits, by when the sync record has arrived).
+    DropHandoffTooBig = 26, "drop_nat_handoff_too_big";
+    /// A packet a peer LB handed to us (`TxHandoff`) that we have no entry
+    /// for either: passed to the kernel, never handed on again (no loop
+    /// between two LBs). A handed packet we do have an entry for is counted
+    /// under its own verdict (`TxReverseNat`).
+    PassHandoffUnknown = 27, "pass_nat_handoff_unknown";
 }
 
 /// The `LOCAL_MAC` entry: the MAC address of the interface the program is
@@ -293,6 +309,46 @@ pub struct EncapValue {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<EncapValue>() == 20);
+
+/// One entry of `NAT_OWNERS`: another LB that shares the VIP as SNAT
+/// address, the slice of `nat.ports` it hands out, and how to reach it. A
+/// reply to a port of its slice that reaches this LB before the flow's
+/// sync record is encapsulated to it (`Reason::TxHandoff`), and an
+/// encapsulated packet from its `addr` to our `saddr` is unwrapped and
+/// taken. Entries are filled from index 0; the first with `family` 0 ends
+/// the list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatOwner {
+    /// The peer's state-sync address (the outer destination).
+    pub addr: AddrBytes,
+    /// This node's state-sync address (the outer source), same family.
+    pub saddr: AddrBytes,
+    /// The peer's slice, host order, inclusive.
+    pub lo: u16,
+    pub hi: u16,
+    /// Largest outer packet (IP total length) the path carries, host order.
+    pub mtu: u16,
+    /// `FAMILY_V4` / `FAMILY_V6`; 0: unused entry, the end of the list.
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<NatOwner>() == 40);
+
+/// Entries in `NAT_OWNERS`: the other LBs of one port-sliced group.
+pub const MAX_NAT_OWNERS: u32 = 16;
+
+impl NatOwner {
+    pub const EMPTY: NatOwner = NatOwner {
+        addr: [0; 16],
+        saddr: [0; 16],
+        lo: 0,
+        hi: 0,
+        mtu: 0,
+        family: 0,
+        _pad: 0,
+    };
+}
 
 impl EncapValue {
     pub const EMPTY: EncapValue = EncapValue {
@@ -652,6 +708,7 @@ mod pod {
     unsafe impl aya::Pod for SyncEvent {}
     unsafe impl aya::Pod for LocalMac {}
     unsafe impl aya::Pod for EncapValue {}
+    unsafe impl aya::Pod for NatOwner {}
     unsafe impl aya::Pod for TraceFilter {}
 }
 
@@ -679,6 +736,8 @@ pub const ABI_FINGERPRINT: u32 = {
         size_of::<Counter>() as u32,
         size_of::<BackendStats>() as u32,
         size_of::<EncapValue>() as u32,
+        size_of::<NatOwner>() as u32,
+        MAX_NAT_OWNERS,
         MAX_SERVICES,
         MAX_BACKENDS,
         MAGLEV_MAX_SIZE,

@@ -12,9 +12,10 @@
 use core::mem::size_of;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use vip_common::{PROTO_IPIP, PROTO_IPV6};
+use vip_common::{FAMILY_V4, FAMILY_V6, MAX_NAT_OWNERS, PROTO_IPIP, PROTO_IPV6};
 
 use crate::{
+    maps::NAT_OWNERS,
     mem,
     parse::{ETH_P_IP, ETH_P_IPV6, EthHdr, Ipv4Hdr, Ipv6Hdr, ptr_at},
 };
@@ -28,6 +29,65 @@ pub fn decap(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_decap(ctx: &XdpContext) -> Result<(), ()> {
+    let (proto, olen) = outer(ctx)?;
+    strip(ctx, proto, olen)
+}
+
+/// Mode nat with port slices, the owner's side of `encap::handoff`: a
+/// packet encapsulated by a peer LB listed in `NAT_OWNERS` (outer source
+/// its address, outer destination ours towards it) is unwrapped here, and
+/// the caller runs the load balancer on the inner packet as if the router
+/// had sent it to us. Any other tunnelled packet is left alone (false), for
+/// the kernel. Reached only by packets that are neither TCP nor UDP.
+#[inline(never)]
+pub fn take_handoff(ctx: &XdpContext) -> bool {
+    let Ok((proto, olen)) = outer(ctx) else {
+        return false;
+    };
+    let off = size_of::<EthHdr>();
+    let v4 = proto == ETH_P_IP;
+    let mut i = 0;
+    while i < MAX_NAT_OWNERS {
+        let Some(o) = NAT_OWNERS.get(i) else {
+            return false;
+        };
+        if o.family == 0 {
+            return false;
+        }
+        let ours = if v4 {
+            o.family == FAMILY_V4
+                && match ptr_at::<Ipv4Hdr>(ctx, off) {
+                    // SAFETY: bounds checked; header addresses are
+                    // 2-aligned behind Ethernet, map values 8-aligned.
+                    Ok(ip) => unsafe {
+                        mem::eq_u16s::<2>((*ip).saddr.as_ptr(), o.addr.as_ptr())
+                            && mem::eq_u16s::<2>((*ip).daddr.as_ptr(), o.saddr.as_ptr())
+                    },
+                    Err(()) => false,
+                }
+        } else {
+            o.family == FAMILY_V6
+                && match ptr_at::<Ipv6Hdr>(ctx, off) {
+                    // SAFETY: as above.
+                    Ok(ip) => unsafe {
+                        mem::eq_u16s::<8>((*ip).saddr.as_ptr(), o.addr.as_ptr())
+                            && mem::eq_u16s::<8>((*ip).daddr.as_ptr(), o.saddr.as_ptr())
+                    },
+                    Err(()) => false,
+                }
+        };
+        if ours {
+            return strip(ctx, proto, olen).is_ok();
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The outer header of an IPIP / IPv6-in-IPv6 packet as vipd sends it:
+/// the EtherType and the outer header's length.
+#[inline(always)]
+fn outer(ctx: &XdpContext) -> Result<(u16, usize), ()> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: bounds checked.
     let proto = unsafe { (*eth).proto };
@@ -55,6 +115,14 @@ fn try_decap(ctx: &XdpContext) -> Result<(), ()> {
     } else {
         return Err(());
     };
+    Ok((proto, olen))
+}
+
+/// Drops the outer header (`olen` bytes after Ethernet); the frame keeps
+/// its Ethernet addresses and EtherType `proto`.
+#[inline(always)]
+fn strip(ctx: &XdpContext, proto: u16, olen: usize) -> Result<(), ()> {
+    let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // The Ethernet addresses move forward over the outer header; the
     // EtherType stays (same family inside and out).
     let mut macs = [0u16; 6];

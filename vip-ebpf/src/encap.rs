@@ -11,7 +11,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use vip_common::{
-    BackendValue, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, EncapValue, FAMILY_V4, PROTO_ICMP,
+    AddrBytes, BackendValue, ENCAP_V4_OVERHEAD, ENCAP_V6_OVERHEAD, FAMILY_V4, NatOwner, PROTO_ICMP,
     PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, Reason,
 };
 
@@ -49,9 +49,27 @@ pub fn encap(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> u64 {
     let Some(e) = ENCAP.get(id) else {
         return Verdict::drop(Reason::DropBadBackend).pack();
     };
-    match encap_inner(ctx, p, be, e) {
+    match encap_inner(ctx, p, &e.saddr, &be.addr, e.mtu) {
         Ok(Step::Sent(r)) => lb::forwarded(r, Reason::TxEncap, Some(id)).pack(),
         Ok(Step::TooBig(mtu)) => too_big(ctx, p, mtu).pack(),
+        Err(()) => Verdict::drop(Reason::DropAdjustFailed).pack(),
+    }
+}
+
+/// Mode nat with port slices: a backend's reply that this LB has no entry
+/// for, to a port of `owner`'s slice, encapsulated as above (the packet
+/// unchanged inside) to that LB, which holds the flow and translates it
+/// (`handoff::take` there). A subprogram of its own like `encap`.
+///
+/// One that would not fit is dropped, not answered with ICMP: the sender
+/// is a backend, whose path MTU towards the VIP must not shrink for every
+/// flow because of a race that lasts until the sync record arrives (a few
+/// milliseconds); its retransmission finds the entry here.
+#[inline(never)]
+pub fn handoff(ctx: &XdpContext, p: &Parsed, owner: &NatOwner) -> u64 {
+    match encap_inner(ctx, p, &owner.saddr, &owner.addr, owner.mtu) {
+        Ok(Step::Sent(r)) => lb::forwarded(r, Reason::TxHandoff, None).pack(),
+        Ok(Step::TooBig(_)) => Verdict::drop(Reason::DropHandoffTooBig).pack(),
         Err(()) => Verdict::drop(Reason::DropAdjustFailed).pack(),
     }
 }
@@ -67,8 +85,9 @@ enum Step {
 fn encap_inner(
     ctx: &XdpContext,
     p: &Parsed,
-    be: &BackendValue,
-    e: &EncapValue,
+    saddr: &AddrBytes,
+    daddr: &AddrBytes,
+    mtu: u16,
 ) -> Result<Step, ()> {
     let v4 = p.key.family == FAMILY_V4;
     let l3_off = p.l3_off;
@@ -101,7 +120,7 @@ fn encap_inner(
             )
         }
     };
-    let room = e.mtu.saturating_sub(olen);
+    let room = mtu.saturating_sub(olen);
     if inner_len > room {
         return Ok(Step::TooBig(room));
     }
@@ -133,8 +152,8 @@ fn encap_inner(
             (*ip).ttl = OUTER_TTL;
             (*ip).proto = PROTO_IPIP;
             (*ip).check = 0;
-            mem::copy_u16s::<2>((*ip).saddr.as_mut_ptr(), e.saddr.as_ptr());
-            mem::copy_u16s::<2>((*ip).daddr.as_mut_ptr(), be.addr.as_ptr());
+            mem::copy_u16s::<2>((*ip).saddr.as_mut_ptr(), saddr.as_ptr());
+            mem::copy_u16s::<2>((*ip).daddr.as_mut_ptr(), daddr.as_ptr());
         }
         // SAFETY: bounds checked above (the whole header); the adjusted
         // packet did not change since.
@@ -152,8 +171,8 @@ fn encap_inner(
             (*ip).payload_len = inner_len.to_be();
             (*ip).nexthdr = PROTO_IPV6;
             (*ip).hop_limit = OUTER_TTL;
-            mem::copy_u16s::<8>((*ip).saddr.as_mut_ptr(), e.saddr.as_ptr());
-            mem::copy_u16s::<8>((*ip).daddr.as_mut_ptr(), be.addr.as_ptr());
+            mem::copy_u16s::<8>((*ip).saddr.as_mut_ptr(), saddr.as_ptr());
+            mem::copy_u16s::<8>((*ip).daddr.as_mut_ptr(), daddr.as_ptr());
         }
         Ok(Step::Sent(nat::forward(
             ctx,

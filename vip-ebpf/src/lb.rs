@@ -5,17 +5,17 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
-    FibHop, Globals, MAGLEV_MAX_SIZE, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_PORT_TRIES, NO_BACKEND,
-    NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE, SVC_F_SYNC, SYNC_F_PENDING, ServiceKey,
-    ServiceValue, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW, TRACE_FLOW_REPLY, flow_hash,
-    maglev_index, nat_port_try,
+    FibHop, Globals, MAGLEV_MAX_SIZE, MAX_NAT_OWNERS, MODE_DSR, MODE_NAT, NAT_F_DONE,
+    NAT_PORT_TRIES, NO_BACKEND, NatOwner, NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE,
+    SVC_F_SYNC, SYNC_F_PENDING, ServiceKey, ServiceValue, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW,
+    TRACE_FLOW_REPLY, flow_hash, maglev_index, nat_port_try,
 };
 
 use crate::{
-    Verdict, confirm, encap, fwd,
+    Verdict, confirm, decap, encap, fwd,
     maps::{
-        BACKENDS, CONNTRACK, CT_UNCONFIRMED, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_REV,
-        NAT_REV_UNCONFIRMED, PORT_SCRATCH, PortScratch, SCRATCH, SERVICE_PORTS, SERVICES,
+        BACKENDS, CONNTRACK, CT_UNCONFIRMED, GLOBALS, LOCAL_MAC, MAGLEV, NAT_LOCK, NAT_OWNERS,
+        NAT_REV, NAT_REV_UNCONFIRMED, PORT_SCRATCH, PortScratch, SCRATCH, SERVICE_PORTS, SERVICES,
     },
     mem,
     nat::{self, Endpoints},
@@ -35,8 +35,15 @@ const CT_TOUCH_NS: u64 = 1_000_000_000;
 /// for its trace record (`trace`), and nothing else changes.
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
-    let h = match headers(ctx) {
-        Ok(h) => h,
+    // `handed`: a peer LB's `encap::handoff`, unwrapped; the inner packet
+    // is a reply it could not translate. Only non-TCP/UDP packets are
+    // looked at for it, so TCP and UDP pay nothing.
+    let (h, handed) = match headers(ctx) {
+        Ok(h) => (h, false),
+        Err(Reason::PassNotL4) if decap::take_handoff(ctx) => match headers(ctx) {
+            Ok(h) => (h, true),
+            Err(reason) => return Verdict::pass(reason),
+        },
         Err(reason) => return Verdict::pass(reason),
     };
     let g = globals();
@@ -73,6 +80,21 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
     if !service_port {
+        if reply_port {
+            // No entry for this reply here. With port slices another LB
+            // gave out this port: the router's ECMP hash of the reply chose
+            // us, and that LB's sync record is not here yet (a SYN-ACK
+            // beats it). Hand the packet to that LB; never a handed one
+            // back again (two LBs must not bounce a packet between them).
+            if handed {
+                return Verdict::pass(Reason::PassHandoffUnknown);
+            }
+            if (port < g.nat_alloc_lo || port > g.nat_alloc_hi)
+                && let Some(o) = owner_of(port, p.key.family)
+            {
+                return Verdict::unpack(encap::handoff(ctx, p, o));
+            }
+        }
         return Verdict::pass(Reason::PassNoService);
     }
 
@@ -277,6 +299,24 @@ fn addressed_to_us(ctx: &XdpContext) -> bool {
     // SAFETY: bounds checked; both 2-aligned (the frame's start, a map
     // value); `m` is valid during this run.
     unsafe { mem::eq_u16s::<3>((&raw const (*eth).dst).cast(), m.mac.as_ptr()) }
+}
+
+/// The LB whose slice of the NAT ports holds `port` (host order), if it
+/// is listed in `NAT_OWNERS` for this family.
+#[inline(always)]
+fn owner_of(port: u16, family: u8) -> Option<&'static NatOwner> {
+    let mut i = 0;
+    while i < MAX_NAT_OWNERS {
+        let o = NAT_OWNERS.get(i)?;
+        if o.family == 0 {
+            return None;
+        }
+        if o.family == family && port >= o.lo && port <= o.hi {
+            return Some(o);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// The agent's settings; an unwritten (all-zero) entry means the defaults, so

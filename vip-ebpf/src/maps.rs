@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use vip_common::{
     BackendStats, BackendValue, CONNTRACK_DEFAULT_CAPACITY, ConnKey, ConnValue, Counter,
-    EncapValue, Globals, LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
-    NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatValue, REASON_COUNT, SYNC_RING_BYTES, ServiceKey,
-    ServiceValue, TraceFilter, UNCONFIRMED_CAPACITY,
+    EncapValue, Globals, LocalMac, MAGLEV_ENTRIES, MAX_BACKENDS, MAX_NAT_OWNERS, MAX_SERVICES,
+    NAT_DEFAULT_CAPACITY, NAT_LOCK_CAPACITY, NatOwner, NatValue, REASON_COUNT, SYNC_RING_BYTES,
+    ServiceKey, ServiceValue, TraceFilter, UNCONFIRMED_CAPACITY,
 };
 
 /// (VIP, port, protocol) -> service: which traffic is ours and how to forward it.
@@ -36,6 +36,12 @@ pub static BACKENDS: Array<BackendValue> = Array::with_max_entries(MAX_BACKENDS,
 /// backends only (mode dsr across subnets, see `encap`).
 #[map]
 pub static ENCAP: Array<EncapValue> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// The other LBs of a port-sliced mode nat group and their slices (see
+/// `NatOwner`): where a reply this LB has no entry for is handed, and whose
+/// handed packets are taken (`handoff`). Empty unless slices are in use.
+#[map]
+pub static NAT_OWNERS: Array<NatOwner> = Array::with_max_entries(MAX_NAT_OWNERS, 0);
 
 /// Maglev lookup tables of backend ids: two halves per service, one live.
 #[map]

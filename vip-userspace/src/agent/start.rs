@@ -154,8 +154,16 @@ fn program(
         Some(s) => Some(s.listen_addr(&node_addrs, &cfg.vips())?),
         None => None,
     };
-    let globals = cfg.nat.globals(nat_slice(&cfg, sync_listen)?);
+    let slice = nat_slice(&cfg, sync_listen)?;
+    let globals = cfg.nat.globals(slice);
     prog.maps_mut().set_globals(&globals)?;
+    let owners = match (slice, &cfg.state_sync, sync_listen) {
+        (Some(_), Some(sync), Some(me)) => nat_owner_entries(&cfg, me, &sync.peers),
+        _ => Vec::new(),
+    };
+    prog.maps_mut()
+        .set_nat_owners(&owners)
+        .context("listing the other LBs' NAT port slices")?;
     let local_mac = write_local_mac(prog.maps_mut(), &cfg.interface, None);
     if local_mac.is_none() {
         warn!(interface = %cfg.interface, "the interface's MAC could not be read or written: frames for a service are served whatever MAC they are addressed to");
@@ -196,6 +204,39 @@ fn nat_slice(cfg: &Config, listen: Option<IpAddr>) -> Result<Option<crate::confi
     })?;
     info!(%slice, rank, nodes, sync_address = %me, "mode nat: this LB hands out its own slice of nat.ports (every LB translates to the VIP at once)");
     Ok(Some(slice))
+}
+
+/// `NAT_OWNERS`: each peer's slice, reached over IPIP / IPv6 in IPv6 from
+/// our sync address to its own. Peers of the other family than ours are
+/// left out (an outer header of one family cannot carry the other here):
+/// their replies keep the old fallback, the kernel's RST and a SYN retry.
+fn nat_owner_entries(cfg: &Config, me: IpAddr, peers: &[IpAddr]) -> Vec<vip_common::NatOwner> {
+    // The outer packet leaves by the interface we are attached to in every
+    // layout vipd supports (LBs reach each other as they reach the router).
+    let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", cfg.interface))
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .unwrap_or(vip_common::ENCAP_DEFAULT_MTU);
+    let (family, saddr) = crate::config::addr_bytes(me);
+    let owners: Vec<vip_common::NatOwner> = crate::config::nat_owners(&cfg.nat, me, peers)
+        .into_iter()
+        .filter(|(p, _)| p.is_ipv4() == me.is_ipv4())
+        .map(|(p, r)| vip_common::NatOwner {
+            addr: crate::config::addr_bytes(p).1,
+            saddr,
+            lo: r.lo,
+            hi: r.hi,
+            mtu,
+            family,
+            _pad: 0,
+        })
+        .collect();
+    info!(
+        peers = owners.len(),
+        mtu,
+        "mode nat: replies that reach this LB before their flow's sync record are handed to the LB whose slice they belong to"
+    );
+    owners
 }
 
 /// The directory state sync resolves flows with: what the maps hold now.

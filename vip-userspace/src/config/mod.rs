@@ -43,7 +43,7 @@ pub use service::{
 };
 pub use settings::{
     CertGateSettings, DEFAULT_DISCOVERY_CACHE, DEFAULT_SYNC_PORT, DiscoverySettings, GateAction,
-    MIN_SLICE, NatSettings, StateSyncSettings, nat_rank,
+    MIN_SLICE, NatSettings, StateSyncSettings, nat_owners, nat_rank,
 };
 pub use types::{PortRange, Snat, TlsName, format_duration, parse_duration, parse_mac};
 

@@ -103,6 +103,27 @@ pub fn nat_rank(me: IpAddr, peers: &[IpAddr]) -> usize {
     peers.iter().filter(|p| **p < me).count()
 }
 
+/// The other LBs' slices, as each of them computes its own with
+/// [`nat_rank`] and [`NatSettings::slice`] from the same list: (peer's sync
+/// address, its slice) for every peer in `peers` (the others, without
+/// `me`). A reply to a port of a peer's slice that reaches this LB before
+/// the flow's sync record is handed to that peer (`NAT_OWNERS`).
+pub fn nat_owners(nat: &NatSettings, me: IpAddr, peers: &[IpAddr]) -> Vec<(IpAddr, PortRange)> {
+    let nodes = peers.len() + 1;
+    peers
+        .iter()
+        .filter_map(|&p| {
+            let others: Vec<IpAddr> = peers
+                .iter()
+                .copied()
+                .filter(|&q| q != p)
+                .chain(std::iter::once(me))
+                .collect();
+            nat.slice(nat_rank(p, &others), nodes).map(|r| (p, r))
+        })
+        .collect()
+}
+
 /// The default state-sync port (UDP). Next to the apiserver's 6443 so it is
 /// easy to open in the same firewall rule set; outside the kernel's
 /// ephemeral range (32768-60999), vipd's default NAT source ports

@@ -659,6 +659,36 @@ fn text_values_are_typed_at_load_and_refused_at_their_field() {
 /// every LB translates to the VIP at once, so each hands out a slice of
 /// its own; the slices tile `nat.ports` with no overlap, whatever node
 /// computes them, and a split that leaves too few ports per LB is refused.
+/// Every LB computes every other LB's slice exactly as that LB computes
+/// its own: the map a reply is handed by must match the owner's allocator.
+#[test]
+fn each_lb_knows_the_others_slices_as_they_know_their_own() {
+    let all: Vec<IpAddr> = ["10.0.2.2", "10.0.1.2", "10.0.3.2", "10.0.0.9"]
+        .iter()
+        .map(|a| a.parse().expect("test address"))
+        .collect();
+    let nat = NatSettings::default();
+    let own = |me: IpAddr| {
+        let others: Vec<IpAddr> = all.iter().copied().filter(|&p| p != me).collect();
+        nat.slice(nat_rank(me, &others), all.len())
+            .expect("a slice")
+    };
+    for &me in &all {
+        let peers: Vec<IpAddr> = all.iter().copied().filter(|&p| p != me).collect();
+        let owners = nat_owners(&nat, me, &peers);
+        assert_eq!(owners.len(), 3, "one entry per peer");
+        for (peer, slice) in owners {
+            assert_ne!(peer, me);
+            assert_eq!(slice, own(peer), "{me}'s view of {peer}'s slice");
+            let mine = own(me);
+            assert!(
+                slice.hi < mine.lo || slice.lo > mine.hi,
+                "disjoint from ours"
+            );
+        }
+    }
+}
+
 #[test]
 fn announcing_lbs_split_the_nat_ports_and_need_sync_for_snat_vip() {
     let peers: Vec<IpAddr> = ["10.0.2.2", "10.0.1.2", "10.0.3.2"]

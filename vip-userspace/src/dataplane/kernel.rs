@@ -17,8 +17,8 @@ use aya::{
     },
 };
 use vip_common::{
-    BackendStats, BackendValue, Counter, EncapValue, Globals, LocalMac, NatValue, REASON_COUNT,
-    ServiceKey, ServiceValue,
+    BackendStats, BackendValue, Counter, EncapValue, Globals, LocalMac, MAX_NAT_OWNERS, NatOwner,
+    NatValue, REASON_COUNT, ServiceKey, ServiceValue,
 };
 
 use super::{DataplaneError, EBPF_OBJECT, Maps, Result, flows::FlowTables};
@@ -98,18 +98,21 @@ pub const PINNED_MAPS: [&str; 13] = [
 ///   restarted process;
 /// - LOCAL_MAC: written by every agent before it attaches or switches the
 ///   link;
+/// - NAT_OWNERS: the port-sliced group's other LBs, likewise written by
+///   every agent before it attaches (from its configuration);
 /// - BENCH_SEQ, BENCH_FRAME: the benchmark programs' flow number
 ///   (`PROG_BENCH_NEW_FLOW`) and saved headers (`PROG_BENCH_RESTORE`),
 ///   which production never runs;
 /// - TRACE, TRACE_NOTE, AYA_LOGS: `vipd trace`'s filter, per-packet notes
 ///   and aya-log's record ring; a new program starts with tracing off, and
 ///   `vipd trace` finds them through the attached program (`trace`).
-pub const UNPINNED_MAPS: [&str; 10] = [
+pub const UNPINNED_MAPS: [&str; 11] = [
     "SCRATCH",
     "PORT_SCRATCH",
     "SYNC_EVENTS",
     "SYNC_LOST",
     "LOCAL_MAC",
+    "NAT_OWNERS",
     "BENCH_SEQ",
     "BENCH_FRAME",
     "TRACE",
@@ -345,6 +348,27 @@ impl KernelMaps {
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
         self.ebpf.map_mut(name).ok_or(DataplaneError::NoMap(name))
+    }
+
+    /// Lists the other LBs of a port-sliced mode nat group (`NatOwner`):
+    /// every entry is written, the unused ones empty, so a shorter list
+    /// than the last one's leaves no stale peer behind.
+    pub fn set_nat_owners(&mut self, owners: &[NatOwner]) -> Result<()> {
+        if owners.len() > MAX_NAT_OWNERS as usize {
+            return Err(DataplaneError::Full {
+                what: "NAT slice owners (state_sync.peers)",
+                max: MAX_NAT_OWNERS,
+            });
+        }
+        let mut m: Array<&mut MapData, NatOwner> =
+            Array::try_from(self.map_mut("NAT_OWNERS")?).map_err(map_err("NAT_OWNERS", "open"))?;
+        // Back to front: the list ends at the first empty entry, so a
+        // program reading meanwhile sees a shorter list, never a gap.
+        for i in (0..MAX_NAT_OWNERS).rev() {
+            let v = owners.get(i as usize).copied().unwrap_or(NatOwner::EMPTY);
+            m.set(i, v, 0).map_err(map_err("NAT_OWNERS", "update"))?;
+        }
+        Ok(())
     }
 
     /// Tells the program the attached interface's MAC: frames for a service
