@@ -935,7 +935,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
                 &dir,
                 &mut tables,
                 &stats
-            ),
+            )
+            .applied,
             1,
             "the peer's pending record applies"
         );
@@ -992,9 +993,36 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
                 &dir,
                 &mut tables,
                 &stats
-            ),
+            )
+            .applied,
             0,
             "a datagram from a non-peer is dropped"
+        );
+        // A datagram with no records is a starting peer's hello: nothing
+        // to apply, and the sweeper sends that peer every flow held. Not
+        // from a stranger.
+        let mut hello = vec![];
+        wire::encode(9, &[], None, &mut hello);
+        assert_eq!(
+            receive_datagram(&hello, peer, &[peer], &mut adm, &dir, &mut tables, &stats),
+            sync::Received {
+                applied: 0,
+                hello: true
+            },
+            "a peer's empty datagram is its hello"
+        );
+        assert!(
+            !receive_datagram(
+                &hello,
+                stranger,
+                &[peer],
+                &mut adm,
+                &dir,
+                &mut tables,
+                &stats
+            )
+            .hello,
+            "a stranger's hello is dropped like its records"
         );
         assert_eq!(
             receive_datagram(
@@ -1005,7 +1033,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
                 &dir,
                 &mut tables,
                 &stats
-            ),
+            )
+            .applied,
             0,
             "a truncated datagram is dropped"
         );
@@ -1018,7 +1047,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
                 &dir,
                 &mut tables,
                 &stats
-            ),
+            )
+            .applied,
             1,
             "the peer's record applies"
         );
@@ -1029,7 +1059,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             .collect();
         assert_eq!(
             rejected,
-            [("malformed", 1), ("stranger", 1)].into_iter().collect(),
+            // The stranger's records, then its hello.
+            [("malformed", 1), ("stranger", 2)].into_iter().collect(),
             "refusals counted by reason"
         );
         assert_eq!(
@@ -1049,7 +1080,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
                 &dir,
                 &mut tables,
                 &stats
-            ),
+            )
+            .applied,
             1,
             "the same record again refreshes"
         );
@@ -1097,7 +1129,7 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
         let mut clash = vec![];
         wire::encode(2, &d.records, None, &mut clash);
         assert_eq!(
-            receive_datagram(&clash, peer, &[peer], &mut adm, &dir, &mut tables, &stats),
+            receive_datagram(&clash, peer, &[peer], &mut adm, &dir, &mut tables, &stats).applied,
             0,
             "a record taking a live flow's port is refused"
         );

@@ -361,6 +361,7 @@ fn start_sweeper(
                 own_ports: (globals.nat_alloc_lo, globals.nat_alloc_hi)
                     .ne(&(globals.nat_port_lo, globals.nat_port_hi))
                     .then_some((globals.nat_alloc_lo, globals.nat_alloc_hi)),
+                welcomes: s.take_welcomes(),
             }),
         )),
         Err(e) => {

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::mpsc, task::JoinHandle};
-use tracing::warn;
+use tracing::{info, warn};
 use vip_common::Globals;
 
 use crate::dataplane::flows::{FlowTables, Pokes, Refresh, Sweep, monotonic_ns};
@@ -30,6 +30,30 @@ pub struct SweepSync {
     pub iface: String,
     /// This node's slice of the NAT ports, if it has one ([`Refresh::own_ports`]).
     pub own_ports: Option<(u16, u16)>,
+    /// Peers that just started ([`crate::sync::Received::hello`]): each is
+    /// sent every flow held, at once.
+    pub welcomes: Option<mpsc::Receiver<std::net::IpAddr>>,
+}
+
+/// The least time between two welcome dumps: a starting peer says hello up
+/// to three times (`sync::HELLO_AFTER`), and several peers may start at
+/// once; one dump serves them all.
+const WELCOME_EVERY: Duration = Duration::from_secs(2);
+
+/// What wakes the sweeper.
+enum Wake {
+    Tick,
+    Poke,
+    Welcome(std::net::IpAddr),
+}
+
+async fn next_welcome(
+    w: &mut Option<mpsc::Receiver<std::net::IpAddr>>,
+) -> Option<std::net::IpAddr> {
+    match w {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Sweeps the flow tables every [`SWEEP_EVERY`] (and hands state sync the
@@ -41,19 +65,38 @@ pub fn spawn_sweeper(
     g: Globals,
     tx: mpsc::Sender<FlowReport>,
     mut poke: mpsc::Receiver<()>,
-    sync: Option<SweepSync>,
+    mut sync: Option<SweepSync>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prev: Option<u64> = None;
         let mut n: u32 = 0;
+        let mut welcomes = sync.as_mut().and_then(|s| s.welcomes.take());
+        let mut last_welcome: Option<tokio::time::Instant> = None;
         loop {
-            let poking = tokio::select! {
-                _ = tick.tick() => false,
-                Some(()) = poke.recv() => true,
+            let wake = tokio::select! {
+                _ = tick.tick() => Wake::Tick,
+                Some(()) = poke.recv() => Wake::Poke,
+                Some(peer) = next_welcome(&mut welcomes) => Wake::Welcome(peer),
             };
-            if poking {
+            // A peer that just started may hold nothing (a reboot, or no
+            // pinned maps): every flow held goes to it now, its own
+            // slice's included, which the periodic refresh leaves to their
+            // owner. Otherwise the flows the router moves back to it after
+            // it announces again would meet empty tables and be reset.
+            let welcome = match wake {
+                Wake::Welcome(peer) => {
+                    if last_welcome.is_some_and(|t| t.elapsed() < WELCOME_EVERY) {
+                        continue;
+                    }
+                    last_welcome = Some(tokio::time::Instant::now());
+                    info!(%peer, "state sync: sending every flow held to the peers (a peer started)");
+                    true
+                }
+                _ => false,
+            };
+            if matches!(wake, Wake::Poke) {
                 let res = tokio::task::spawn_blocking(move || {
                     let r = tables.poke_dead(&g, monotonic_ns());
                     (tables, r)
@@ -72,6 +115,12 @@ pub fn spawn_sweeper(
                 continue;
             }
             let refresh = match &sync {
+                Some(s) if welcome => Refresh {
+                    services: s.dir.borrow().synced_service_ids(),
+                    vips: held_vips(&s.iface),
+                    own_ports: None,
+                    since: None,
+                },
                 Some(s) => Refresh {
                     services: s.dir.borrow().synced_service_ids(),
                     vips: held_vips(&s.iface),
@@ -84,7 +133,9 @@ pub fn spawn_sweeper(
                 },
                 None => Refresh::default(),
             };
-            n = n.wrapping_add(1);
+            if !welcome {
+                n = n.wrapping_add(1);
+            }
             let res = tokio::task::spawn_blocking(move || {
                 let now = monotonic_ns();
                 let r = tables.sweep_with(&g, now, &refresh);

@@ -17,8 +17,10 @@
 //!   buffer (tokio `AsyncFd`), batches records and sends each datagram to
 //!   every peer, at most [`FLUSH_DELAY`] after the first record waiting; the
 //!   sweep's list of active flows is resent the same way (a refresh), so a
-//!   replicated entry never idles out on the peer while the flow lives, and
-//!   a restarted peer learns every flow within [`FULL_REFRESH_EVERY`] sweeps.
+//!   replicated entry never idles out on the peer while the flow lives. A
+//!   starting sender says hello (a datagram with no records, [`HELLO_AFTER`]),
+//!   and each peer answers with every flow it holds, so a peer restarted
+//!   with empty tables knows them before flows come back to it.
 //!   The receiver is a blocking thread with its own socket and map handles.
 //!
 //! Guarantees and limits: a flow opened less than about [`FLUSH_DELAY`]
@@ -195,10 +197,31 @@ impl Admission {
     }
 }
 
+/// What one datagram did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Received {
+    /// Records written to the tables.
+    pub applied: usize,
+    /// An admitted datagram with no records: the peer's hello, sent when
+    /// its sync starts ([`HELLO_AFTER`]). Its tables may be empty (a reboot,
+    /// or a start without pinned maps), so it is sent every flow this node
+    /// holds at once, its own slice's included ([`SyncHandle::take_welcomes`]).
+    pub hello: bool,
+}
+
+/// When a starting sender says hello to every peer, from its start: more
+/// than once, since a datagram can be lost and a peer that was down at the
+/// first one needs a later one.
+pub const HELLO_AFTER: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
 /// What the receiver does with one datagram from `from`: check the source,
 /// the tag and replay window when keyed, decode, resolve and write each
-/// record. Returns the records applied. Every refusal is counted under its
-/// reason; nothing here panics, and a refused datagram changes no table.
+/// record. Every refusal is counted under its reason; nothing here panics,
+/// and a refused datagram changes no table.
 pub fn receive_datagram(
     buf: &[u8],
     from: IpAddr,
@@ -207,31 +230,38 @@ pub fn receive_datagram(
     dir: &Directory,
     tables: &mut SyncTables,
     stats: &SyncStats,
-) -> usize {
+) -> Received {
+    let none = Received::default();
     if !peers.contains(&from) {
         stats.reject("stranger");
-        return 0;
+        return none;
     }
     if let Err(refusal) = admission.admit(buf, from, SystemTime::now()) {
         stats.reject(refusal.label());
         admission.complain(from, &refusal);
-        return 0;
+        return none;
     }
     let d = match wire::decode(buf) {
         Ok(d) => d,
         Err(e) => {
             stats.reject(e.label());
             debug!(peer = %from, error = %e, "state sync: datagram refused");
-            return 0;
+            return none;
         }
     };
+    if d.records.is_empty() {
+        return Received {
+            applied: 0,
+            hello: true,
+        };
+    }
     stats.received.inc_by(d.records.len() as u64);
     let Some(g) = dir.globals else {
         // Not programmed yet: nothing can be resolved.
         for _ in &d.records {
             stats.reject(Reject::UnknownService.label());
         }
-        return 0;
+        return none;
     };
     let now = monotonic_ns();
     let mut applied = 0;
@@ -242,7 +272,10 @@ pub fn receive_datagram(
         }
     }
     stats.applied.inc_by(applied as u64);
-    applied
+    Received {
+        applied,
+        hello: false,
+    }
 }
 
 /// The running sync: publish directory changes and refresh batches to it;
@@ -251,6 +284,7 @@ pub struct SyncHandle {
     pub stats: Arc<SyncStats>,
     dir: watch::Sender<Arc<Directory>>,
     refresh: mpsc::Sender<Vec<(ConnKey, ConnValue)>>,
+    welcomes: std::sync::Mutex<Option<mpsc::Receiver<IpAddr>>>,
     sender: JoinHandle<()>,
     stop: Arc<AtomicBool>,
 }
@@ -271,6 +305,12 @@ impl SyncHandle {
     /// Where the sweep sends live flows for the refresh.
     pub fn refresh_sender(&self) -> mpsc::Sender<Vec<(ConnKey, ConnValue)>> {
         self.refresh.clone()
+    }
+
+    /// The peers that said hello ([`Received::hello`]), for the sweep,
+    /// which sends each of them every flow held: once, to its one taker.
+    pub fn take_welcomes(&self) -> Option<mpsc::Receiver<IpAddr>> {
+        self.welcomes.lock().ok().and_then(|mut w| w.take())
     }
 
     /// The directory as last published (the sweep reads the synced ids).
@@ -312,6 +352,7 @@ pub fn start(
     let stats = Arc::new(stats);
     let (dir_tx, dir_rx) = watch::channel(Arc::new(dir));
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
+    let (welcome_tx, welcome_rx) = mpsc::channel(8);
     let stop = Arc::new(AtomicBool::new(false));
     let targets: Vec<SocketAddr> = peers
         .iter()
@@ -332,7 +373,17 @@ pub fn start(
         let admission = Admission::new(keys);
         std::thread::Builder::new()
             .name("vipd-sync-rx".into())
-            .spawn(move || receive_loop(rx_sock, peers, admission, dir_rx, tables, stats, stop))
+            .spawn(move || {
+                receive_loop(
+                    rx_sock,
+                    peers,
+                    admission,
+                    dir_rx,
+                    tables,
+                    stats,
+                    (stop, welcome_tx),
+                )
+            })
             .map_err(SyncError::Socket)?;
     }
     info!(listen = %listen, peers = ?targets, authenticated, "state sync running");
@@ -340,6 +391,7 @@ pub fn start(
         stats,
         dir: dir_tx,
         refresh: refresh_tx,
+        welcomes: std::sync::Mutex::new(Some(welcome_rx)),
         sender,
         stop,
     })
@@ -382,10 +434,19 @@ async fn send_loop(
     // sequence numbers (from 0 again) are new to its peers' windows.
     let epoch = unix_ms(SystemTime::now());
     let max = wire::max_records(keys.is_some());
+    let started = Instant::now();
+    let hello_times: Vec<Instant> = HELLO_AFTER.iter().map(|d| started + *d).collect();
+    let mut hellos = hello_times.into_iter().peekable();
     loop {
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let hello_at = hellos.peek().copied();
         let mut flush_now = false;
+        let mut hello = false;
         tokio::select! {
+            _ = tokio::time::sleep_until(hello_at.unwrap_or(flush_at).into()), if hello_at.is_some() => {
+                hellos.next();
+                hello = true;
+            }
             g = ring.readable_mut() => {
                 let mut g = match g {
                     Ok(g) => g,
@@ -416,8 +477,13 @@ async fn send_loop(
             }
             _ = tokio::time::sleep_until(flush_at.into()), if deadline.is_some() => flush_now = true,
         }
-        while pending.len() >= max || (flush_now && !pending.is_empty()) {
-            let n = pending.len().min(max);
+        // A hello is a datagram with no records, sealed like any other,
+        // sent before whatever is waiting.
+        let mut first = if hello { Some(0) } else { None };
+        while let Some(n) = first.take().or_else(|| {
+            (pending.len() >= max || (flush_now && !pending.is_empty()))
+                .then(|| pending.len().min(max))
+        }) {
             let k = keys.as_ref().map(|k| k.keys());
             let seal = k.as_ref().map(|k| Seal {
                 key: k.signing(),
@@ -501,7 +567,7 @@ fn receive_loop(
     dir: watch::Receiver<Arc<Directory>>,
     mut tables: SyncTables,
     stats: Arc<SyncStats>,
-    stop: Arc<AtomicBool>,
+    (stop, welcomes): (Arc<AtomicBool>, mpsc::Sender<IpAddr>),
 ) {
     let mut buf = vec![0u8; 2048];
     let mut strangers: BTreeMap<IpAddr, u64> = BTreeMap::new();
@@ -542,7 +608,7 @@ fn receive_loop(
             }
         }
         let d = dir.borrow().clone();
-        receive_datagram(
+        let r = receive_datagram(
             &buf[..n],
             from_ip,
             &peers,
@@ -551,6 +617,12 @@ fn receive_loop(
             &mut tables,
             &stats,
         );
+        if r.hello {
+            info!(peer = %from_ip, "state sync: a peer started; sending it every flow this node holds");
+            // Full: a dump is already queued, and the one it sends covers
+            // this hello too.
+            let _ = welcomes.try_send(from_ip);
+        }
     }
 }
 
