@@ -45,8 +45,10 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     watches: usize,
     /// `vrrp` (two LBs on one segment) or `bgp`: the L3 fabric, a router
-    /// running FRR with ECMP over three LBs (vipd in announce mode, mode
-    /// dsr with IPIP to backends in two other subnets, BIRD with BGP + BFD).
+    /// running FRR with ECMP over three LBs (vipd in announce mode, BIRD
+    /// with BGP + BFD), backends in two other subnets: mode dsr with IPIP,
+    /// or mode nat (`--mode nat`: snat to the VIP, port slices, keyed mesh
+    /// state sync).
     #[arg(long, default_value = "vrrp")]
     topology: String,
     /// Run vipd on this host's real interfaces with this config instead of the lab.
@@ -97,12 +99,12 @@ fn main() -> Result<()> {
     match args.topology.as_str() {
         "vrrp" => {}
         "bgp" => {
-            if args.mode != "dsr" {
-                bail!(
-                    "--topology bgp runs mode dsr (IPIP to backends in other subnets): mode nat across the fabric needs mesh state sync with a shared source address, which this lab does not set up"
-                );
-            }
-            return fabric::run(args.demo, args.watches, args.duration, &STOP);
+            let nat = match args.mode.as_str() {
+                "dsr" => false,
+                "nat" => true,
+                other => bail!("--mode {other:?}: use dsr or nat"),
+            };
+            return fabric::run(nat, args.demo, args.watches, args.duration, &STOP);
         }
         other => bail!("--topology {other:?}: use vrrp or bgp"),
     }

@@ -1,7 +1,8 @@
 //! `cargo xtask run -- --topology bgp`: the fabric lab (`vip_tests::fabric`)
 //! as the interactive lab. A router running FRR (ECMP over an L4 hash), three
-//! LBs each running vipd (announce mode, mode dsr with IPIP to the backends)
-//! and BIRD with the shipped snippet (BGP + BFD 50 ms x 3 to the router),
+//! LBs each running vipd (announce mode, mode dsr with IPIP to the backends,
+//! or with `--mode nat` mode nat to the VIP with port slices and keyed mesh
+//! sync) and BIRD with the shipped snippet (BGP + BFD 50 ms x 3 to the router),
 //! two apiserver stand-ins in subnets of their own, a client behind the
 //! router. It prints where to look and sends a request through the VIP
 //! every second; `--demo` kills an LB and restarts another under traffic and
@@ -11,16 +12,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use vip_tests::fabric::{CONVERGE, DSR_METRICS, DsrLab, LBS, VIP, vipd_dsr_config};
+use vip_tests::fabric::{CONVERGE, DSR_METRICS, DsrLab, Fabric, LBS, LabMode, VIP};
 use vip_tests::netns::in_netns;
 use vip_tests::standin::HttpsConn;
 use vip_tests::traffic::{End, Poller, outage};
 
-pub fn run(demo: bool, n_watches: usize, duration: Option<u64>, stop: &AtomicBool) -> Result<()> {
+pub fn run(
+    nat: bool,
+    demo: bool,
+    n_watches: usize,
+    duration: Option<u64>,
+    stop: &AtomicBool,
+) -> Result<()> {
+    let how = if nat {
+        "mode nat to the VIP, port slices, keyed mesh state sync"
+    } else {
+        "mode dsr/IPIP"
+    };
     println!(
-        "==> building the fabric: router (FRR, ECMP L4 hash), lb0..lb2 (vipd announce + mode dsr/IPIP, XDP skb, BIRD BGP + BFD), be0 and be1 (apiserver stand-ins, other subnets), client"
+        "==> building the fabric: router (FRR, ECMP L4 hash), lb0..lb2 (vipd announce + {how}, XDP skb, BIRD BGP + BFD), be0 and be1 (apiserver stand-ins, other subnets), client"
     );
-    let mut lab = DsrLab::new("lab-bgp");
+    let mode = if nat { LabMode::Nat } else { LabMode::Dsr };
+    let mut lab = DsrLab::with_mode(Fabric::new("lab-bgp"), "lab-bgp", mode);
     where_to_look(&lab);
     let namespaces = lab.f.namespaces().to_vec();
     let res = if demo {
@@ -188,9 +201,11 @@ fn walkthrough(lab: &mut DsrLab, n_watches: usize) -> Result<()> {
         "    new connections: longest time without an answer {} ({failed} of {total} failed)",
         ms(worst)
     );
-    println!(
-        "    streams that crossed lb0: {dead_ok} of {dead_n} still streaming (an ECMP rehash to an LB with the same Maglev table)"
-    );
+    let why = match lab.mode {
+        LabMode::Dsr => "an ECMP rehash to an LB with the same Maglev table",
+        LabMode::Nat => "an ECMP rehash to an LB that state sync told of the flow",
+    };
+    println!("    streams that crossed lb0: {dead_ok} of {dead_n} still streaming ({why})");
     println!("    streams on lb1 and lb2: {live_ok} of {live_n} still streaming");
     summary.push(format!(
         "lb0 dies        | router drops it in {} | new connections: {failed}/{total} failed | streams kept: {dead_ok}/{dead_n} via lb0, {live_ok}/{live_n} others",
@@ -207,7 +222,7 @@ fn walkthrough(lab: &mut DsrLab, n_watches: usize) -> Result<()> {
     let withdrawn = lab.f.wait_for_paths(VIP, LBS - 1, Duration::from_secs(5));
     p.wait_timeout(Duration::from_secs(10));
     let exited = t2.elapsed();
-    lab.vipds[1] = Some(lab.f.spawn_vipd(1, &vipd_dsr_config()));
+    lab.vipds[1] = Some(lab.f.spawn_vipd(1, &lab.config));
     lab.f.wait_for_paths(VIP, LBS, CONVERGE);
     let back = t2.elapsed();
     std::thread::sleep(Duration::from_secs(2));
