@@ -96,6 +96,20 @@ pub struct Refresh {
     pub own_ports: Option<(u16, u16)>,
 }
 
+impl Refresh {
+    /// Whether a live connection-table entry goes into the refresh: a
+    /// synced service, a VIP this node holds, touched since `since`, and
+    /// (with port slices) a port of this node's own slice.
+    pub fn wants(&self, k: &ConnKey, v: &ConnValue) -> bool {
+        self.services.contains(&v.service_id)
+            && self.vips.contains(&k.daddr)
+            && self.since.is_none_or(|s| v.last_seen_ns >= s)
+            && self
+                .own_ports
+                .is_none_or(|(lo, hi)| (lo..=hi).contains(&u16::from_be(v.nat_port_be)))
+    }
+}
+
 /// A second handle on an LRU hash map: a dup of its fd, so a blocking thread
 /// can own it while the agent keeps its own.
 pub(crate) fn clone_lru(d: &MapData, name: &'static str) -> Result<Map> {
@@ -290,13 +304,7 @@ impl FlowTables {
             } else {
                 out.flows += 1;
                 *out.per_backend.entry(v.backend_id).or_default() += 1;
-                if refresh.services.contains(&v.service_id)
-                    && refresh.vips.contains(&k.daddr)
-                    && refresh.since.is_none_or(|s| v.last_seen_ns >= s)
-                    && refresh
-                        .own_ports
-                        .is_none_or(|(lo, hi)| (lo..=hi).contains(&u16::from_be(v.nat_port_be)))
-                {
+                if refresh.wants(&k, &v) {
                     out.active.push((k, v));
                 }
             }
@@ -325,5 +333,81 @@ impl FlowTables {
         }
         out.took_us = t.elapsed().as_micros() as u64;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(vip: u8, service: u32, last_seen_ns: u64, port: u16) -> (ConnKey, ConnValue) {
+        let mut daddr = [0u8; 16];
+        daddr[0] = vip;
+        let k = ConnKey {
+            saddr: [0; 16],
+            daddr,
+            sport_be: 0,
+            dport_be: 0,
+            proto: PROTO_TCP,
+            family: vip_common::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let v = ConnValue {
+            last_seen_ns,
+            backend_id: 0,
+            service_id: service,
+            nat_port_be: port.to_be(),
+            flags: 0,
+            _pad: [0; 5],
+            hop: vip_common::FibHop::NONE,
+        };
+        (k, v)
+    }
+
+    /// The refresh sends what this node is the source of truth for: its
+    /// synced services' flows to the VIPs it holds, touched since the last
+    /// sweep, and with port slices only its own slice's, whose owner it is
+    /// (a peer's flow refreshed here by this node's clock would echo back
+    /// and forth forever). A welcome dump (`own_ports: None`, `since:
+    /// None`) sends every live one.
+    #[test]
+    fn the_refresh_takes_only_this_nodes_flows_and_a_welcome_takes_all() {
+        let r = Refresh {
+            services: vec![1],
+            vips: vec![{
+                let mut a = [0u8; 16];
+                a[0] = 10;
+                a
+            }],
+            since: Some(1_000),
+            own_ports: Some((40000, 46665)),
+        };
+        let (k, v) = entry(10, 1, 2_000, 40000);
+        assert!(r.wants(&k, &v), "own slice, first port");
+        let (k, v) = entry(10, 1, 2_000, 46665);
+        assert!(r.wants(&k, &v), "own slice, last port");
+        let (k, v) = entry(10, 1, 2_000, 46666);
+        assert!(!r.wants(&k, &v), "a peer's slice");
+        let (k, v) = entry(10, 1, 999, 40001);
+        assert!(!r.wants(&k, &v), "idle since the last sweep");
+        let (k, v) = entry(11, 1, 2_000, 40001);
+        assert!(!r.wants(&k, &v), "a VIP this node does not hold");
+        let (k, v) = entry(10, 2, 2_000, 40001);
+        assert!(!r.wants(&k, &v), "a service that is not synced");
+
+        let welcome = Refresh {
+            since: None,
+            own_ports: None,
+            ..r
+        };
+        for (vip_ok, service, seen, port) in [(10, 1, 999, 46666), (10, 1, 0, 59999)] {
+            let (k, v) = entry(vip_ok, service, seen, port);
+            assert!(
+                welcome.wants(&k, &v),
+                "the welcome dump: {port} seen at {seen}"
+            );
+        }
+        let (k, v) = entry(11, 1, 2_000, 40001);
+        assert!(!welcome.wants(&k, &v), "still only the VIPs held");
     }
 }
