@@ -356,17 +356,7 @@ fn nat_new_flow_established_and_reply_v4_v6() {
             );
 
             // The backend's SYN-ACK comes back to the SNAT address and port.
-            let reply = Pkt {
-                dst_mac: lb_mac,
-                src_mac: backend_mac(b),
-                l4: vip_tests::packet::L4::Tcp {
-                    flags: TCP_SYN | TCP_ACK,
-                    seq: 7000,
-                    ack: 1001,
-                },
-                ..Pkt::tcp(backend_ip(v6, b), PORT, l.lb_ip(v6), nat_port, 0)
-            }
-            .build();
+            let reply = syn_ack(v6, b, l.lb_ip(v6), nat_port, lb_mac).build();
             let (action, out) = dp.run(&reply, Reason::TxReverseNat);
             assert_eq!(action, XDP_TX, "reply: XDP_TX");
             let o = decode(&out).expect("reply decodes");
@@ -1712,6 +1702,21 @@ fn nat_unconfirmed_ports_are_reclaimed_after_closing_s() {
     });
 }
 
+/// Backend `be`'s SYN-ACK (seq 7000, ack 1001) to `to`:`port`, the LB's
+/// SNAT address and port, in a frame to `lb_mac`.
+fn syn_ack(v6: bool, be: u8, to: IpAddr, port: u16, lb_mac: [u8; 6]) -> Pkt {
+    Pkt {
+        dst_mac: lb_mac,
+        src_mac: backend_mac(be),
+        l4: vip_tests::packet::L4::Tcp {
+            flags: TCP_SYN | TCP_ACK,
+            seq: 7000,
+            ack: 1001,
+        },
+        ..Pkt::tcp(backend_ip(v6, be), PORT, to, port, 0)
+    }
+}
+
 /// Another LB of a port-sliced group, on the LB's segment.
 const PEER4: &str = "10.77.0.2";
 const PEER6: &str = "fd77::2";
@@ -1802,18 +1807,7 @@ fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
                 }])
                 .expect("NAT_OWNERS");
             let reply = |port: u16, payload: &[u8]| {
-                Pkt {
-                    dst_mac: lb_mac,
-                    src_mac: backend_mac(1),
-                    l4: vip_tests::packet::L4::Tcp {
-                        flags: TCP_SYN | TCP_ACK,
-                        seq: 7000,
-                        ack: 1001,
-                    },
-                    ..Pkt::tcp(backend_ip(v6, 1), PORT, me, port, 0)
-                }
-                .payload(payload)
-                .build()
+                syn_ack(v6, 1, me, port, lb_mac).payload(payload).build()
             };
 
             // A reply on the peer's slice: handed over, unchanged inside.
@@ -1858,17 +1852,7 @@ fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
             let nat_port = check_forward(&l, dp, &decode(&s).expect("input"), &out, v6);
             assert!((40000..=49999).contains(&nat_port), "our slice: {nat_port}");
             let b = chosen(dp, client, 41000, v6);
-            let inner = Pkt {
-                dst_mac: lb_mac,
-                src_mac: backend_mac(b),
-                l4: vip_tests::packet::L4::Tcp {
-                    flags: TCP_SYN | TCP_ACK,
-                    seq: 7000,
-                    ack: 1001,
-                },
-                ..Pkt::tcp(backend_ip(v6, b), PORT, me, nat_port, 0)
-            }
-            .build();
+            let inner = syn_ack(v6, b, me, nat_port, lb_mac).build();
             let handed = wrapped(&inner, peer, me, PEER_MAC, lb_mac);
             let (action, out) = dp.run(&handed, Reason::TxReverseNat);
             assert_eq!(action, XDP_TX);
