@@ -35,15 +35,14 @@ const CT_TOUCH_NS: u64 = 1_000_000_000;
 /// for its trace record (`trace`), and nothing else changes.
 #[inline(always)]
 pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
-    // `handed`: a peer LB's `encap::handoff`, unwrapped; the inner packet
-    // is a reply it could not translate. Only non-TCP/UDP packets are
-    // looked at for it, so TCP and UDP pay nothing.
-    let (h, handed) = match headers(ctx) {
-        Ok(h) => (h, false),
-        Err(Reason::PassNotL4) if decap::take_handoff(ctx) => match headers(ctx) {
-            Ok(h) => (h, true),
-            Err(reason) => return Verdict::pass(reason),
-        },
+    // A peer LB's `encap::handoff`, unwrapped, takes a path of its own
+    // (`handed_reply`): only non-TCP/UDP packets are looked at for it, and
+    // nothing of it stays live on the paths below.
+    let h = match headers(ctx) {
+        Ok(h) => h,
+        Err(Reason::PassNotL4) if decap::take_handoff(ctx) => {
+            return Verdict::unpack(handed_reply(ctx));
+        }
         Err(reason) => return Verdict::pass(reason),
     };
     let g = globals();
@@ -84,11 +83,7 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
             // No entry for this reply here. With port slices another LB
             // gave out this port: the router's ECMP hash of the reply chose
             // us, and that LB's sync record is not here yet (a SYN-ACK
-            // beats it). Hand the packet to that LB; never a handed one
-            // back again (two LBs must not bounce a packet between them).
-            if handed {
-                return Verdict::pass(Reason::PassHandoffUnknown);
-            }
+            // beats it). Hand the packet to that LB.
             if (port < g.nat_alloc_lo || port > g.nat_alloc_hi)
                 && let Some(o) = owner_of(port, p.key.family)
             {
@@ -299,6 +294,38 @@ fn addressed_to_us(ctx: &XdpContext) -> bool {
     // SAFETY: bounds checked; both 2-aligned (the frame's start, a map
     // value); `m` is valid during this run.
     unsafe { mem::eq_u16s::<3>((&raw const (*eth).dst).cast(), m.mac.as_ptr()) }
+}
+
+/// A packet a peer LB handed us (`encap::handoff`), unwrapped: a backend's
+/// reply to a port the peer took for ours. Translated back to the client if
+/// we hold its flow; else passed to the kernel, and never handed on (two
+/// LBs whose lists disagree would bounce it between them, each time in a
+/// fresh outer header). A subprogram: the common paths carry none of it.
+#[inline(never)]
+fn handed_reply(ctx: &XdpContext) -> u64 {
+    let unknown = Verdict::pass(Reason::PassHandoffUnknown);
+    let h = match headers(ctx) {
+        Ok(h) => h,
+        Err(reason) => return Verdict::pass(reason).pack(),
+    };
+    let g = globals();
+    let port = u16::from_be(h.dport_be);
+    if port < g.nat_port_lo || port > g.nat_port_hi || !addressed_to_us(ctx) {
+        return unknown.pack();
+    }
+    let p = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; nothing else runs on it during this program.
+        Some(p) => unsafe { &mut *p },
+        None => return Verdict::drop(Reason::DropAdjustFailed).pack(),
+    };
+    if let Err(reason) = fill(ctx, &h, p) {
+        return Verdict::pass(reason).pack();
+    }
+    let p: &Parsed = p;
+    match reverse_entry(&p.key) {
+        Some(v) => reverse_nat(ctx, p, v, &g),
+        None => unknown.pack(),
+    }
 }
 
 /// The LB whose slice of the NAT ports holds `port` (host order), if it
