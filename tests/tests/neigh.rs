@@ -49,6 +49,52 @@ fn wait_status(l: &LbLab, timeout: Duration, what: &str, ok: impl Fn(&Status) ->
     );
 }
 
+/// The time (unix seconds) of vipd's first "neighbour changed" log line
+/// for backend `a`: tracing's RFC 3339 UTC stamp at the line's start.
+fn repointed_at(logs: &str, a: IpAddr) -> Option<f64> {
+    let needle = format!("backend={a} ");
+    logs.lines()
+        .find(|l| l.contains("neighbour changed") && l.contains(&needle))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(rfc3339_utc)
+}
+
+/// `2026-12-07T11:56:25.718101Z` as unix seconds (days from the civil date,
+/// H. Hinnant's algorithm), or None if it is not one.
+fn rfc3339_utc(ts: &str) -> Option<f64> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+}
+
+#[test]
+fn log_stamps_read_as_unix_time() {
+    assert_eq!(rfc3339_utc("1970-01-01T00:00:00Z"), Some(0.0));
+    // date -d 2026-12-07T11:56:25Z +%s
+    assert_eq!(rfc3339_utc("2026-12-07T11:56:25.5Z"), Some(1_796_644_585.5));
+    assert_eq!(rfc3339_utc("2024-02-29T00:00:00Z"), Some(1_709_164_800.0));
+    assert_eq!(rfc3339_utc("not a stamp"), None);
+    let logs = "2026-12-07T11:56:25.5Z  WARN vip_userspace::agent: neighbour changed: re-pointed backend=fd77::13 from=a to=b\n";
+    assert_eq!(
+        repointed_at(logs, "fd77::13".parse().expect("addr")),
+        Some(1_796_644_585.5)
+    );
+    assert_eq!(repointed_at(logs, "fd77::1".parse().expect("addr")), None);
+}
+
 /// Until every backend of every service is up and serving (the MACs
 /// resolved).
 fn wait_all_serving(l: &LbLab) {
@@ -132,22 +178,19 @@ fn a_backend_whose_mac_changes_is_repointed() {
         .sh("be2", &["ip", "link", "set", "dev", "eth0", "address", new]);
     // Both of be2's addresses (IPv4 by ARP, IPv6 by ND) are re-pointed.
     let addrs: [IpAddr; 2] = [be2.ipv4.into(), be2.ipv6.into()];
-    let moved_at = |s: &Status, a: IpAddr| {
-        s.services
-            .iter()
-            .flat_map(|svc| &svc.backends)
-            .find(|b| b.address.ip() == a)
-            .and_then(|b| b.last_change.clone())
-            .filter(|c| c.reason == "neighbour changed")
-            .map(|c| c.at_unix_ms)
-    };
-    wait_status(&l, Duration::from_secs(15), "be2 re-pointed", |s| {
-        addrs.iter().all(|a| moved_at(s, *a).is_some())
-    });
-    let s = l.status_of("lb");
+    // When vipd re-pointed each address, from its log (written after the
+    // map write). Not from the status's last change: a probe that timed out
+    // while ND re-resolved the IPv6 address can mark it down and up again
+    // right after the re-point, and that change replaces it there.
+    let moved_at = |a: IpAddr| repointed_at(&l.vipd.logs(), a).map(|t| (t * 1e3) as u64);
+    poll_until(
+        Duration::from_secs(15),
+        || format!("be2 re-pointed\n{}", l.vipd.logs()),
+        || addrs.iter().all(|a| moved_at(*a).is_some()),
+    );
     let seen_ms: Vec<u64> = addrs
         .iter()
-        .map(|a| moved_at(&s, *a).expect("re-pointed"))
+        .map(|a| moved_at(*a).expect("re-pointed"))
         .collect();
     let repoint: Vec<f64> = seen_ms
         .iter()
