@@ -9,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vip_tests::bench::reaction::parse_timestamp;
 use vip_tests::{
     capture::{Capture, dump, epoch_now},
     netns::poll_until,
@@ -50,43 +51,29 @@ fn wait_status(l: &LbLab, timeout: Duration, what: &str, ok: impl Fn(&Status) ->
 }
 
 /// The time (unix seconds) of vipd's first "neighbour changed" log line
-/// for backend `a`: tracing's RFC 3339 UTC stamp at the line's start.
+/// for backend `a`: tracing's RFC 3339 UTC stamp at the line's start
+/// (`bench::reaction::parse_timestamp`).
 fn repointed_at(logs: &str, a: IpAddr) -> Option<f64> {
     let needle = format!("backend={a} ");
     logs.lines()
         .find(|l| l.contains("neighbour changed") && l.contains(&needle))
         .and_then(|l| l.split_whitespace().next())
-        .and_then(rfc3339_utc)
-}
-
-/// `2026-12-07T11:56:25.718101Z` as unix seconds (days from the civil date,
-/// H. Hinnant's algorithm), or None if it is not one.
-fn rfc3339_utc(ts: &str) -> Option<f64> {
-    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
-    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':');
-    let (h, min) = (
-        t.next()?.parse::<i64>().ok()?,
-        t.next()?.parse::<i64>().ok()?,
-    );
-    let sec: f64 = t.next()?.parse().ok()?;
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3_600 + min * 60) as f64 + sec)
+        .and_then(parse_timestamp)
 }
 
 #[test]
 fn log_stamps_read_as_unix_time() {
-    assert_eq!(rfc3339_utc("1970-01-01T00:00:00Z"), Some(0.0));
+    assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0.0));
     // date -d 2026-12-07T11:56:25Z +%s
-    assert_eq!(rfc3339_utc("2026-12-07T11:56:25.5Z"), Some(1_796_644_585.5));
-    assert_eq!(rfc3339_utc("2024-02-29T00:00:00Z"), Some(1_709_164_800.0));
-    assert_eq!(rfc3339_utc("not a stamp"), None);
+    assert_eq!(
+        parse_timestamp("2026-12-07T11:56:25.5Z"),
+        Some(1_796_644_585.5)
+    );
+    assert_eq!(
+        parse_timestamp("2024-02-29T00:00:00Z"),
+        Some(1_709_164_800.0)
+    );
+    assert_eq!(parse_timestamp("not a stamp"), None);
     let logs = "2026-12-07T11:56:25.5Z  WARN vip_userspace::agent: neighbour changed: re-pointed backend=fd77::13 from=a to=b\n";
     assert_eq!(
         repointed_at(logs, "fd77::13".parse().expect("addr")),

@@ -59,7 +59,8 @@ pub fn encap(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> u64 {
 /// Mode nat with port slices: a backend's reply that this LB has no entry
 /// for, to a port of `owner`'s slice, encapsulated as above (the packet
 /// unchanged inside) to that LB, which holds the flow and translates it
-/// (`handoff::take` there). A subprogram of its own like `encap`.
+/// (`decap::take_handoff`, then `lb::handed_reply`, there). A subprogram
+/// of its own like `encap`.
 ///
 /// One that would not fit is dropped, not answered with ICMP: the sender
 /// is a backend, whose path MTU towards the VIP must not shrink for every

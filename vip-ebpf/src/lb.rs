@@ -79,16 +79,14 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
     if !service_port {
-        if reply_port {
-            // No entry for this reply here. With port slices another LB
-            // gave out this port: the router's ECMP hash of the reply chose
-            // us, and that LB's sync record is not here yet (a SYN-ACK
-            // beats it). Hand the packet to that LB.
-            if (port < g.nat_alloc_lo || port > g.nat_alloc_hi)
-                && let Some(o) = owner_of(port, p.key.family)
-            {
-                return Verdict::unpack(encap::handoff(ctx, p, o));
-            }
+        // A reply with no entry here, to a port another LB gave out (port
+        // slices): the router's ECMP hash of the reply chose us before that
+        // LB's sync record arrived (a SYN-ACK beats it). Hand it to that LB.
+        if reply_port
+            && (port < g.nat_alloc_lo || port > g.nat_alloc_hi)
+            && let Some(o) = owner_of(port, p.key.family)
+        {
+            return Verdict::unpack(encap::handoff(ctx, p, o));
         }
         return Verdict::pass(Reason::PassNoService);
     }
