@@ -13,7 +13,7 @@ use vip_tests::bench::reaction::parse_timestamp;
 use vip_tests::{
     capture::{Capture, dump, epoch_now},
     netns::poll_until,
-    scenario::{Fwd, LbLab, LbOptions},
+    scenario::{Fwd, LbLab, LbOptions, PORT},
     standin::client_config,
     traffic::{End, Poller, Watches},
 };
@@ -166,9 +166,7 @@ fn a_backend_whose_mac_changes_is_repointed() {
     // Both of be2's addresses (IPv4 by ARP, IPv6 by ND) are re-pointed.
     let addrs: [IpAddr; 2] = [be2.ipv4.into(), be2.ipv6.into()];
     // When vipd re-pointed each address, from its log (written after the
-    // map write). Not from the status's last change: a probe that timed out
-    // while ND re-resolved the IPv6 address can mark it down and up again
-    // right after the re-point, and that change replaces it there.
+    // map write).
     let moved_at = |a: IpAddr| repointed_at(&l.vipd.logs(), a).map(|t| (t * 1e3) as u64);
     poll_until(
         Duration::from_secs(15),
@@ -242,6 +240,25 @@ fn a_backend_whose_mac_changes_is_repointed() {
             );
         }
     }
+    // A MAC change is not a death: probes that failed on the old MAC, or
+    // timed out while the kernel re-resolved it (IPv6 ND goes through
+    // DELAY and PROBE first), never take be2 out, which would reset its
+    // clients on that family.
+    let logs = l.vipd.logs();
+    let downs: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("backend down") || line.contains("backend not ready"))
+        .filter(|line| {
+            addrs
+                .iter()
+                .any(|a| line.contains(&format!("backend={}", std::net::SocketAddr::new(*a, PORT))))
+        })
+        .collect();
+    assert!(
+        downs.is_empty(),
+        "be2 was taken out across its MAC change:\n{}",
+        downs.join("\n")
+    );
     let failed = attempts
         .iter()
         .filter(|a| a.at > t_change && a.result.is_err())

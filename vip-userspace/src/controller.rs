@@ -294,22 +294,31 @@ impl<M: Maps> Controller<M> {
         crate::neigh::targets(&self.cfg)
     }
 
-    /// The neighbour table's MAC for `addr` (`None`: no usable entry). A
-    /// new MAC re-points the backend with one write of its map entry (its
-    /// id, its Maglev slots and its flows stay); none takes it out of
-    /// service as a dead backend.
+    /// The neighbour table's MAC for `addr` (`None`: no usable entry), as
+    /// the kernel had it at `at`. A new MAC re-points the backend with one
+    /// write of its map entry (its id, its Maglev slots and its flows
+    /// stay); none takes it out of service as a dead backend. A MAC that
+    /// appears or changes is a new path to the backend: the probe failures
+    /// of the old one no longer count ([`Health::path_changed`]).
     pub fn neighbour(
         &mut self,
         addr: IpAddr,
         mac: Option<[u8; 6]>,
+        at: std::time::Instant,
     ) -> Result<Option<ApplyReport>, ControlError> {
         if !self.neighbour_targets().contains(&addr) {
             return Ok(None);
         }
-        match mac {
+        let before = match mac {
             Some(m) => self.neigh.insert(addr, m),
             None => self.neigh.remove(&addr),
         };
+        if mac.is_some() && before != mac {
+            self.health
+                .iter_mut()
+                .filter(|(a, _)| a.ip() == addr)
+                .for_each(|(_, h)| h.path_changed(at));
+        }
         self.sync()
     }
 

@@ -40,6 +40,9 @@ pub struct Health {
     last_failure: Option<Failure>,
     last_latency: Option<Duration>,
     last_change: Option<Instant>,
+    /// When the path to the backend last changed under its probes (its
+    /// neighbour entry moved to another MAC, or resolved at last).
+    path_changed: Option<Instant>,
 }
 
 impl Health {
@@ -59,6 +62,23 @@ impl Health {
             last_failure: None,
             last_latency: None,
             last_change: None,
+            path_changed: None,
+        }
+    }
+
+    /// The path to the backend changed at `at`: the kernel now sends to
+    /// the MAC it answers from. Probes that failed before, and those still
+    /// in flight that started before, went to the old MAC (or waited on a
+    /// neighbour solicitation, RFC 4861 7.3.3: an IPv6 entry that went
+    /// stale keeps being tried at its old address through DELAY and PROBE
+    /// for seconds). They say nothing about the apiserver, so the run of
+    /// failures starts again. A backend that really died meanwhile is
+    /// taken out `fall` probes later.
+    pub fn path_changed(&mut self, at: Instant) {
+        self.path_changed = Some(at);
+        if self.up {
+            self.streak = 0;
+            self.failing_since = None;
         }
     }
 
@@ -97,6 +117,10 @@ impl Health {
             self.last_failure = Some(f.clone());
         }
         self.last_latency = Some(finished.saturating_duration_since(started));
+        if !pass && self.path_changed.is_some_and(|t| started < t) {
+            // Sent along the old path (see `path_changed`).
+            return changes;
+        }
         if pass {
             self.ever_passed = true;
         }
@@ -202,6 +226,49 @@ mod tests {
         );
         assert!(h.up());
         assert_eq!(h.last_latency(), Some(Duration::from_millis(1)));
+    }
+
+    /// be2's MAC changes under fall 3: two probes fail against the old MAC,
+    /// the kernel learns the new one at 2500 ms, and a probe started at
+    /// 2000 ms times out at 3000 ms. Counted, it would be the third failure
+    /// and take a working backend out; it is the old path's, so it is not.
+    /// A backend that really died is still taken out, `fall` probes after
+    /// the change.
+    #[test]
+    fn failures_on_the_old_path_do_not_count_after_it_changed() {
+        let t0 = Instant::now();
+        let mut h = Health::new(2, 3);
+        let timeout = Outcome::Fail(Failure::Timeout);
+        assert!(h.feed(at(t0, 0), at(t0, 1000), &timeout).is_empty());
+        assert!(h.feed(at(t0, 1000), at(t0, 2000), &timeout).is_empty());
+        h.path_changed(at(t0, 2500));
+        assert!(
+            h.feed(at(t0, 2000), at(t0, 3000), &timeout).is_empty(),
+            "a probe started on the old path"
+        );
+        assert!(h.up());
+        assert_eq!(h.last(), Some(&timeout), "still shown as the last probe");
+        assert!(h.feed(at(t0, 3000), at(t0, 3004), &Outcome::Up).is_empty());
+        assert!(h.up());
+        // Dead after the change: three failures started after it count.
+        assert!(h.feed(at(t0, 4000), at(t0, 5000), &timeout).is_empty());
+        assert!(h.feed(at(t0, 5000), at(t0, 6000), &timeout).is_empty());
+        assert_eq!(
+            h.feed(at(t0, 6000), at(t0, 7000), &timeout),
+            [Change::Down {
+                outcome: timeout.clone(),
+                first_failure: at(t0, 4000),
+                fall_reached: at(t0, 7000),
+            }]
+        );
+        // A pass started before a change counts as ever: it proves the
+        // apiserver served on whichever path.
+        h.path_changed(at(t0, 7500));
+        assert!(h.feed(at(t0, 7000), at(t0, 7600), &Outcome::Up).is_empty());
+        assert_eq!(
+            h.feed(at(t0, 8000), at(t0, 8001), &Outcome::Up),
+            [Change::Up]
+        );
     }
 
     #[test]

@@ -623,7 +623,7 @@ impl Agent {
     /// A backend's MAC appeared, moved or went.
     fn neighboured(&mut self, ev: NeighEvent) {
         let iface = &self.cfg.interface;
-        let r = self.ctl.neighbour(ev.addr, ev.decision.mac());
+        let r = self.ctl.neighbour(ev.addr, ev.decision.mac(), ev.seen);
         let written_us = ev.seen.elapsed().as_micros() as u64;
         let mac = |m: &[u8; 6]| crate::config::format_mac(m);
         let (to, why) = match ev.decision {

@@ -145,7 +145,9 @@ fn a_backend_is_served_only_with_a_neighbour() {
     assert!(!alive_flag(&c, be(12)), "its flows get an RST");
 
     let mac = [2, 0, 0, 0, 0, 0x12];
-    let r = c.neighbour(be(12).ip(), Some(mac)).expect("written");
+    let r = c
+        .neighbour(be(12).ip(), Some(mac), Instant::now())
+        .expect("written");
     assert!(r.is_some_and(|r| r.maglev_writes > 0), "now in the table");
     assert_eq!(state_of(&c, be(12)), (BackendHealth::Up, true));
     assert!(alive_flag(&c, be(12)));
@@ -162,7 +164,7 @@ fn a_backend_is_served_only_with_a_neighbour() {
 
     let moved = [2, 0, 0, 0, 0, 0x99];
     let r = c
-        .neighbour(be(12).ip(), Some(moved))
+        .neighbour(be(12).ip(), Some(moved), Instant::now())
         .expect("written")
         .expect("a write");
     assert_eq!(
@@ -172,20 +174,70 @@ fn a_backend_is_served_only_with_a_neighbour() {
     assert_eq!(table(&c), served, "same table: its flows stay");
     assert_eq!(c.programmer().maps().backends[id as usize].mac, moved);
     assert!(
-        c.neighbour(be(12).ip(), Some(moved)).expect("ok").is_none(),
+        c.neighbour(be(12).ip(), Some(moved), Instant::now())
+            .expect("ok")
+            .is_none(),
         "the same MAC again writes nothing"
     );
 
     let r = c
-        .neighbour(be(12).ip(), None)
+        .neighbour(be(12).ip(), None, Instant::now())
         .expect("written")
         .expect("a write");
     assert_eq!(r.backends_killed, 1, "its clients are poked");
     assert_eq!(state_of(&c, be(12)), (BackendHealth::NoNeighbour, false));
     assert!(
-        c.neighbour(be(13).ip(), None).expect("ok").is_none(),
+        c.neighbour(be(13).ip(), None, Instant::now())
+            .expect("ok")
+            .is_none(),
         "an explicit mac is not the table's"
     );
+}
+
+/// be12's MAC changes under its probes (the default fall, 2): the failure
+/// against the old MAC, and one still in flight when the kernel learns the
+/// new MAC, do not take it out; its flows and slots stay.
+#[test]
+fn probe_failures_on_the_old_mac_do_not_take_a_moved_backend_out() {
+    let mut c = ctl(DSR3);
+    let mut clock = Clock(Instant::now());
+    c.neighbour(be(12).ip(), Some([2, 0, 0, 0, 0, 0x12]), clock.0)
+        .expect("written");
+    feed(&mut c, &mut clock, be(12), &Outcome::Up);
+    let served = table(&c);
+    let timeout = Outcome::Fail(Failure::Timeout);
+    let fall = c.config().services[0].probe.fall;
+    assert!(fall >= 2, "the case needs a failure before the change");
+    for _ in 1..fall {
+        assert!(
+            feed(&mut c, &mut clock, be(12), &timeout)
+                .changes
+                .is_empty()
+        );
+    }
+    // The last probe on the old path starts, the kernel learns the new
+    // MAC 500 ms later, and the probe times out after that.
+    let (started, _) = clock.probe();
+    c.neighbour(
+        be(12).ip(),
+        Some([2, 0, 0, 0, 0, 0x99]),
+        started + Duration::from_millis(500),
+    )
+    .expect("written");
+    let e = c
+        .probe(be(12), started, started + Duration::from_secs(1), &timeout)
+        .expect("ok");
+    assert!(e.changes.is_empty(), "{:?}", e.changes);
+    assert_eq!(state_of(&c, be(12)), (BackendHealth::Up, true));
+    assert!(alive_flag(&c, be(12)), "its flows stay");
+    assert_eq!(table(&c), served);
+    // One more failure on the new path is one, not `fall`.
+    assert!(
+        feed(&mut c, &mut clock, be(12), &timeout)
+            .changes
+            .is_empty()
+    );
+    assert_eq!(state_of(&c, be(12)), (BackendHealth::Up, true));
 }
 
 /// Fail open never revives a backend without a neighbour: its frames
