@@ -112,6 +112,9 @@ pub struct LbOptions {
     /// of the config names `backends-lb2.json` where lb's names
     /// `backends-lb.json`).
     pub discovery: Option<String>,
+    /// With `discovery`: only the IPv4 services read their backends from
+    /// the cluster; the IPv6 ones keep their static list.
+    pub discovery_v4_only: bool,
     /// Run every vipd from this image with podman, as the DaemonSet's
     /// container runs (capabilities, mounts and arguments from
     /// deploy/daemonset.yaml; see [`crate::container`]) instead of the
@@ -140,6 +143,7 @@ impl LbOptions {
             extra_nodes: Vec::new(),
             before_vipd: None,
             discovery: None,
+            discovery_v4_only: false,
             image: None,
         }
     }
@@ -361,6 +365,11 @@ impl LbLab {
         for ((port, probe), vip) in
             ports.flat_map(|p| [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)].map(|v| (p.clone(), v)))
         {
+            let backends_from = if opts.discovery_v4_only && vip.is_ipv6() {
+                ""
+            } else {
+                backends_from
+            };
             cfg.push_str(&format!(
                 "  - vip: \"{vip}\"\n    port: {port}\n    mode: {fwd_mode}\n    probe: {probe}\n{backends_from}    backends:\n"
             ));

@@ -87,10 +87,15 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 
 /// The backends of `node`'s IPv4 service, as its status lists them.
 fn listed(l: &LbLab, node: &str) -> BTreeSet<String> {
+    listed_for(l, node, IpAddr::V4(VIP_V4))
+}
+
+/// The backends of `node`'s service on `vip`, as its status lists them.
+fn listed_for(l: &LbLab, node: &str, vip: IpAddr) -> BTreeSet<String> {
     let s = l.status_of(node);
     s.services
         .iter()
-        .filter(|s| s.vip == IpAddr::V4(VIP_V4))
+        .filter(|s| s.vip == vip)
         .flat_map(|s| s.backends.iter().map(|b| b.address.ip().to_string()))
         .collect()
 }
@@ -100,6 +105,33 @@ fn addrs(l: &LbLab, names: &[&str]) -> BTreeSet<String> {
         .iter()
         .map(|n| l.lab.node(n).ipv4.to_string())
         .collect()
+}
+
+fn addrs_v6(l: &LbLab, names: &[&str]) -> BTreeSet<String> {
+    names
+        .iter()
+        .map(|n| l.lab.node(n).ipv6.to_string())
+        .collect()
+}
+
+/// Both LBs' files: the IPv6 service reads its backends from the cluster
+/// too (`backends_from` added before its list); each vipd reloads.
+fn discover_ipv6_too(l: &LbLab) {
+    let mut files = vec![(&l.vipd, l.config_path.clone())];
+    if let Some((p, path)) = &l.vipd2 {
+        files.push((p, path.clone()));
+    }
+    for (p, path) in files {
+        let text = std::fs::read_to_string(&path).expect("read vipd config");
+        let at = text
+            .find(&format!("- vip: \"{VIP_V6}\""))
+            .expect("the IPv6 service");
+        let list = at + text[at..].find("    backends:\n").expect("its backends");
+        let mut edited = text.clone();
+        edited.insert_str(list, "    backends_from: kubernetes\n");
+        std::fs::write(&path, edited).expect("write vipd config");
+        p.wait_for_logs("configuration reloaded", Duration::from_secs(10));
+    }
 }
 
 /// Until new connections through the VIP reach exactly `want`; how long.
@@ -130,6 +162,8 @@ fn discovered_apiservers_are_vetted_drained_and_kept_when_the_apiserver_goes() {
             "discovery:\n  kubeconfig: {lab}/vipd.kubeconfig\n  cache: {lab}/backends-lb.json\n"
                 .into(),
         ),
+        // The IPv6 service joins by a reload, below.
+        discovery_v4_only: true,
         ..LbOptions::new(AttachMode::Skb, Fwd::Nat)
     };
     let mut l = vip_tests::failover::two_lbs("disc", opts);
@@ -267,6 +301,44 @@ fn discovered_apiservers_are_vetted_drained_and_kept_when_the_apiserver_goes() {
         "{cache}"
     );
 
+    // IPv6 slices (be1, be3) while no service of that family reads them:
+    // ignored, said once. Then a reload gives the IPv6 service
+    // `backends_from` too: the running watch lists again for both
+    // families, and the IPv6 service follows its slice at once (be2's
+    // IPv6 address leaves it), not at the slice's next change.
+    for be in ["be1", "be3"] {
+        slices(&l.lab, &l.pki, &format!("add={}", l.lab.node(be).ipv6));
+    }
+    l.vipd.wait_for_logs(
+        "IPv6 slices ignored: no backends_from service has a VIP of that family",
+        Duration::from_secs(5),
+    );
+    let v6 = IpAddr::V6(VIP_V6);
+    assert_eq!(
+        listed_for(&l, "lb", v6),
+        addrs_v6(&l, &["be1", "be2", "be3"]),
+        "the IPv6 service keeps its static list"
+    );
+    discover_ipv6_too(&l);
+    for lb in ["lb", "lb2"] {
+        wait_status(&l, lb, Duration::from_secs(5), |s| {
+            let got: BTreeSet<String> = s
+                .services
+                .iter()
+                .filter(|s| s.vip == v6)
+                .flat_map(|s| s.backends.iter().map(|b| b.address.ip().to_string()))
+                .collect();
+            got == addrs_v6(&l, &["be1", "be3"])
+        });
+    }
+    assert_eq!(listed(&l, "lb"), addrs(&l, &["be1", "be3", "be4"]));
+    assert!(
+        l.vipd
+            .logs()
+            .contains("discovery: the services reading the cluster changed"),
+        "the re-list is logged"
+    );
+
     // The apiserver goes silent (its link down: no answer, no reset).
     // Forwarding stays on the last known set, the election goes on: the
     // master dies and lb2 takes over with the discovered set (be4 is not in
@@ -297,8 +369,7 @@ fn discovered_apiservers_are_vetted_drained_and_kept_when_the_apiserver_goes() {
     };
     assert_eq!(get("vipd_discovery_source{source=\"cache\"}"), 1.0);
     assert!(get("vipd_discovery_errors_total{reason=\"unreachable\"}") >= 1.0);
-    // be1, be3, be4 listed for IPv4; the IPv6 service's family was never
-    // listed (no IPv6 slice), so it keeps the file's three.
-    assert_eq!(get("vipd_discovery_backends"), 6.0);
+    // be1, be3, be4 listed for IPv4, be1 and be3 for IPv6.
+    assert_eq!(get("vipd_discovery_backends"), 5.0);
     wait_answering(&l, &["be1", "be3", "be4"], Duration::from_secs(2));
 }

@@ -181,7 +181,52 @@ struct Agent {
     pending_file: Option<Config>,
     vet_tx: mpsc::UnboundedSender<VetReport>,
     /// The list/watch task.
-    watch_task: Option<JoinHandle<()>>,
+    watch: Option<Watch>,
+}
+
+/// `backends_from: kubernetes`: the list/watch task, and what it needs to
+/// start again for other families.
+struct Watch {
+    client: Arc<crate::discovery::client::Client>,
+    task: JoinHandle<()>,
+    tx: mpsc::UnboundedSender<WatchReport>,
+    /// The families and the default port it watches for
+    /// (`discovery::families` of the file).
+    watching: (
+        std::collections::BTreeSet<crate::discovery::slice::Family>,
+        u16,
+    ),
+}
+
+impl Watch {
+    /// A reload changed which families read their backends from the
+    /// cluster (an IPv6 service now has `backends_from`, say): the task
+    /// starts again with a list, so slices it ignored until now count at
+    /// once rather than at their next change.
+    fn follow(&mut self, file: &Config) {
+        let now = discovery::families(file);
+        if now == self.watching {
+            return;
+        }
+        let label = |f: &std::collections::BTreeSet<crate::discovery::slice::Family>| {
+            f.iter().map(|f| f.label()).collect::<Vec<_>>().join("+")
+        };
+        info!(
+            from = %label(&self.watching.0),
+            to = %label(&now.0),
+            "discovery: the services reading the cluster changed; listing the EndpointSlices again"
+        );
+        self.task.abort();
+        self.task =
+            discovery::spawn_watch(self.client.clone(), now.0.clone(), now.1, self.tx.clone());
+        self.watching = now;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What the side tasks send the agent loop.
@@ -359,6 +404,9 @@ impl Agent {
                     && let Some(f) = self.pending_file.take()
                 {
                     self.file_cfg = f;
+                    if let Some(w) = &mut self.watch {
+                        w.follow(&self.file_cfg);
+                    }
                 }
                 return Ok(Some(Event::Applied(res)));
             }
@@ -820,9 +868,7 @@ impl Agent {
         }
         self.sync = None;
         self.probes = None;
-        if let Some(t) = self.watch_task.take() {
-            t.abort();
-        }
+        self.watch = None;
         self.discovery = None;
     }
 

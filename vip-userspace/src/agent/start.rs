@@ -510,12 +510,26 @@ impl Agent {
         };
         let (watch_tx, watch_rx) = mpsc::unbounded_channel();
         let (vet_tx, vet_rx) = mpsc::unbounded_channel();
-        let (discovery, watch_task) = match discovery {
+        let watching = crate::discovery::families(&file_cfg);
+        let (discovery, watch) = match discovery {
             Some((d, client)) => {
-                let (families, port) = crate::discovery::families(&file_cfg);
                 info!(servers = %crate::discovery::join_all(&client.servers().iter().map(|s| format!("{}:{}", s.host, s.port)).collect::<Vec<_>>()), "discovery: watching the kubernetes Service's EndpointSlices");
-                let task = crate::discovery::spawn_watch(client, families, port, watch_tx);
-                (Some(d), Some(task))
+                let client = Arc::new(client);
+                let task = crate::discovery::spawn_watch(
+                    client.clone(),
+                    watching.0.clone(),
+                    watching.1,
+                    watch_tx.clone(),
+                );
+                (
+                    Some(d),
+                    Some(super::Watch {
+                        client,
+                        task,
+                        tx: watch_tx,
+                        watching,
+                    }),
+                )
             }
             None => (None, None),
         };
@@ -546,7 +560,7 @@ impl Agent {
             file_cfg,
             pending_file: None,
             vet_tx,
-            watch_task,
+            watch,
         };
         agent.show_discovery();
         let mut inbox = Inbox {

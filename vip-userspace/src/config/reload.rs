@@ -29,6 +29,10 @@ macro_rules! fixed {
             /// Whether any service is mode nat: the NAT source ports are
             /// reserved from the kernel at start, only then.
             pub nat_used: bool,
+            /// Whether any service reads its backends from the cluster: the
+            /// discovery client (its credentials) is made at start, only
+            /// then. Which families it watches may change on reload.
+            pub discovery_used: bool,
         }
 
         impl Fixed<'_> {
@@ -131,6 +135,7 @@ impl Config {
             discovery,
             held_vips,
             nat_used: services.iter().any(|s| s.mode == Mode::Nat),
+            discovery_used: services.iter().any(|s| s.backends_from.is_some()),
         };
         let live = Live {
             services,
@@ -158,6 +163,19 @@ impl Fixed<'_> {
         // until the stop); the first one needs the reservation.
         if !self.nat_used && new.nat_used {
             return Some("services[].mode: the first nat service".into());
+        }
+        match (self.discovery_used, new.discovery_used) {
+            (false, true) => {
+                return Some(
+                    "services[].backends_from: the first service reading its backends from the cluster (the discovery client and its credentials are set up at start)".into(),
+                );
+            }
+            (true, false) => {
+                return Some(
+                    "services[].backends_from: the last service reading its backends from the cluster (its discovery client would go on watching for no one)".into(),
+                );
+            }
+            _ => {}
         }
         None
     }
@@ -288,6 +306,44 @@ services:
             Some("services[].mode: the first nat service")
         );
         assert_eq!(refusal(&second, BASE), None, "the last nat service may go");
+    }
+
+    /// The discovery client exists from start or not at all; the families
+    /// it watches follow the services.
+    #[test]
+    fn the_first_and_last_discovered_service_are_refused_a_new_family_is_not() {
+        let v4 = BASE.replace(
+            "    mode: dsr\n",
+            "    mode: dsr\n    backends_from: kubernetes\n",
+        );
+        let first = refusal(BASE, &v4).expect("refused");
+        assert!(
+            first.starts_with("services[].backends_from: the first"),
+            "{first}"
+        );
+        let last = refusal(&v4, BASE).expect("refused");
+        assert!(
+            last.starts_with("services[].backends_from: the last"),
+            "{last}"
+        );
+        // Dual stack, the IPv6 service with its static list, then read
+        // from the cluster too: the running client watches both families.
+        let v6 =
+            "  - vip: \"fd00::100\"\n    mode: dsr\n    backends:\n      - address: \"fd00::12\"\n";
+        let static_v6 = format!("{v4}{v6}");
+        let found_v6 = format!(
+            "{v4}{}",
+            v6.replace(
+                "    mode: dsr\n",
+                "    mode: dsr\n    backends_from: kubernetes\n"
+            )
+        );
+        assert_eq!(
+            refusal(&static_v6, &found_v6),
+            None,
+            "an IPv6 service joins the watch on reload"
+        );
+        assert_eq!(refusal(&found_v6, &static_v6), None, "and leaves it");
     }
 
     /// What `Live` holds changes without a restart.

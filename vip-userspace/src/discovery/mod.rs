@@ -58,7 +58,7 @@ pub enum WatchReport {
 /// Lists, then watches from the list's resourceVersion; lists again when
 /// the watch's version is gone, waits (1 s doubling to 30 s) after a failure.
 pub fn spawn_watch(
-    client: Client,
+    client: std::sync::Arc<Client>,
     families: BTreeSet<Family>,
     default_port: u16,
     tx: mpsc::UnboundedSender<WatchReport>,
