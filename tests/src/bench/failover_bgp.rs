@@ -19,8 +19,11 @@
 //! time between two answers after the failure, 0 when nothing failed.
 //! The fabric is one per process (seven daemons with 50 ms BFD timers are
 //! as much as two cores carry), so the two configurations run one after the
-//! other rather than interleaved. The VRRP lab's figures come from
-//! `cargo xtask bench failover` (same client, same 10 ms and 250 ms).
+//! other rather than interleaved. Then, in the same invocation, the VRRP
+//! lab's vipd column (`bench failover`'s lab: two LBs on one segment, mode
+//! dsr, 100 ms adverts, its client with the same 10 ms and 250 ms) runs its
+//! kill and link scenarios as many times, and the report sets the two side
+//! by side (`--no-vrrp` leaves it out).
 
 use std::time::{Duration, Instant};
 
@@ -78,6 +81,8 @@ impl Scenario {
 pub struct Options {
     pub runs: usize,
     pub scenarios: Vec<Scenario>,
+    /// Also the VRRP lab's figures, after the fabric's.
+    pub vrrp: bool,
 }
 
 /// One run's figures.
@@ -121,9 +126,63 @@ pub fn run(opts: &Options) -> Result<()> {
     for (label, bfd) in [("bgp+bfd", true), ("bgp only", false)] {
         all.push(measure(opts, label, bfd));
     }
+    let vrrp = opts.vrrp.then(|| {
+        println!();
+        println!(
+            "VRRP lab (bench failover's vipd column: lb and lb2 on one segment, mode dsr, 100 ms adverts): kill and link, {} runs",
+            opts.runs
+        );
+        crate::bench::failover::vrrp_reference(opts.runs)
+    });
     std::panic::set_hook(hook);
     println!("took {:.0} s", started.elapsed().as_secs_f64());
-    report(opts, &all)
+    let vrrp_failures = match vrrp {
+        None => Vec::new(),
+        Some(Err(e)) => vec![format!("{e:#}")],
+        Some(Ok(v)) => {
+            report_vrrp(opts, &all, &v);
+            v.failures
+        }
+    };
+    report(opts, &all, &vrrp_failures)
+}
+
+/// The VRRP lab's rows and the comparison that means something: a silent
+/// LB on the fabric (BFD) and the master's link down on the segment are
+/// both an LB gone without a word.
+fn report_vrrp(opts: &Options, all: &[Results], v: &crate::bench::failover::VrrpReference) {
+    println!();
+    println!(
+        "{:<22} {:>4} {:>9} {:>9} {:>9} {:>14}",
+        "VRRP lab phase", "ok", "p50 ms", "p99 ms", "max ms", "takeover p50"
+    );
+    for (name, outages, takeovers) in &v.phases {
+        match (summary(outages), summary(takeovers)) {
+            (Some([_, p50, p99, max]), Some([_, t50, _, _])) => println!(
+                "{name:<22} {:>4} {p50:>9.1} {p99:>9.1} {max:>9.1} {t50:>14.1}",
+                outages.len()
+            ),
+            _ => println!("{name:<22} {:>4} (no sample)", 0),
+        }
+    }
+    let kill = opts.scenarios.iter().position(|s| *s == Scenario::Kill);
+    let fabric_kill = kill
+        .zip(all.first())
+        .map(|(k, r)| r.samples[k].iter().map(|x| x.outage_ms).collect::<Vec<_>>());
+    let vrrp_down = v
+        .phases
+        .iter()
+        .find(|(n, _, _)| *n == "link down")
+        .map(|(_, o, _)| o.clone());
+    if let (Some(f), Some(d)) = (fabric_kill, vrrp_down)
+        && let (Some([_, f50, f99, _]), Some([_, d50, d99, _])) = (summary(&f), summary(&d))
+    {
+        println!(
+            "an LB gone without a word, fabric kill with BFD / VRRP link down: p50 {}, p99 {}",
+            crate::bench::failover::report::ratio(f50, d50),
+            crate::bench::failover::report::ratio(f99, d99)
+        );
+    }
 }
 
 fn measure(opts: &Options, label: &'static str, bfd: bool) -> Results {
@@ -243,7 +302,7 @@ fn one(lab: &mut DsrLab, s: Scenario, lb: usize) -> Sample {
     }
 }
 
-fn report(opts: &Options, all: &[Results]) -> Result<()> {
+fn report(opts: &Options, all: &[Results], vrrp_failures: &[String]) -> Result<()> {
     println!();
     println!(
         "{:<8} {:<10} {:>4} {:>9} {:>9} {:>9} {:>11} {:>11}",
@@ -276,7 +335,11 @@ fn report(opts: &Options, all: &[Results]) -> Result<()> {
             );
         }
     }
-    let failures: Vec<&String> = all.iter().flat_map(|r| &r.failures).collect();
+    let failures: Vec<&String> = all
+        .iter()
+        .flat_map(|r| &r.failures)
+        .chain(vrrp_failures)
+        .collect();
     if !failures.is_empty() {
         for f in &failures {
             println!("failed: {f}");

@@ -76,6 +76,11 @@ struct Args {
     /// `link`, `restart`).
     #[arg(long, default_value = "vrrp")]
     topology: String,
+    /// failover --topology bgp: leave out the VRRP lab's kill and link
+    /// figures that are otherwise measured after the fabric's, in the same
+    /// run, for comparison.
+    #[arg(long)]
+    no_vrrp: bool,
     /// failover (vrrp): which columns (`vipd`, `vipd-nat`, `ka-default`,
     /// `ka-tuned`; comma-separated or repeated); all by default.
     #[arg(long = "impl")]
@@ -122,6 +127,7 @@ fn main() -> Result<()> {
         return failover_bgp::run(&failover_bgp::Options {
             runs: a.runs,
             scenarios: failover_bgp::Scenario::parse_list(&a.scenario)?,
+            vrrp: !a.no_vrrp,
         });
     }
     if a.what == "failover" && a.topology != "vrrp" {

@@ -434,6 +434,67 @@ fn measure(opts: &Options) -> Result<()> {
     report(opts, &beds)
 }
 
+/// The VRRP lab's vipd column (mode dsr, the default 100 ms adverts) for
+/// the phases where an LB fails: what `bench failover --topology bgp`
+/// prints beside the fabric's figures, from the same invocation.
+pub struct VrrpReference {
+    /// Per phase (kill, link down, link up): its name, the outages and the
+    /// takeovers, in ms.
+    pub phases: Vec<(&'static str, Vec<f64>, Vec<f64>)>,
+    pub failures: Vec<String>,
+}
+
+/// `runs` repetitions of the kill and link scenarios on the VRRP lab, as
+/// `measure` runs them for the `vipd` column.
+pub fn vrrp_reference(runs: usize) -> Result<VrrpReference> {
+    let which = Impl::Vipd(Fwd::Dsr, FAST_ADVERT_MS);
+    let mut b = Bed::new(which).map_err(|e| anyhow::anyhow!("building the VRRP lab: {e}"))?;
+    if let Err(e) = b.reset() {
+        bail!("the VRRP lab: setup failed: {e}");
+    }
+    let scenarios = [Scenario::Kill, Scenario::Link];
+    let mut jitter = Jitter::from_clock();
+    'runs: for run in 1..=runs {
+        for s in scenarios {
+            let j = jitter.next(Duration::from_millis(u64::from(FAST_ADVERT_MS)));
+            let mut failed = false;
+            for (phase, r) in b.repetition(s, j) {
+                match r {
+                    Ok((o, takeover)) => {
+                        b.samples[phase.index()].push(o.ms);
+                        b.takeovers[phase.index()].push(takeover);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        b.failures
+                            .push(format!("VRRP lab, run {run} {}: {e}", phase.name()));
+                    }
+                }
+            }
+            if failed && let Err(e) = b.reset() {
+                b.failures
+                    .push(format!("VRRP lab, reset after run {run}: {e}"));
+                break 'runs;
+            }
+        }
+    }
+    let phases = scenarios
+        .iter()
+        .flat_map(|s| s.phases())
+        .map(|p| {
+            (
+                p.name(),
+                b.samples[p.index()].clone(),
+                b.takeovers[p.index()].clone(),
+            )
+        })
+        .collect();
+    Ok(VrrpReference {
+        phases,
+        failures: std::mem::take(&mut b.failures),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
