@@ -686,6 +686,69 @@ fn new_flows_spread_over_backends() {
     }
 }
 
+/// A backend that answers from another MAC is re-pointed in two map
+/// updates (`BackendValue::staged`, then `flipped`): after the first, its
+/// established flow and new flows still go to the old MAC (the program reads
+/// the slot in use, untouched); after the second, to the new one, read from
+/// the other slot. Both selector values are run, in both families.
+#[test]
+fn a_moved_mac_is_read_whole_at_every_step() {
+    require_root();
+    for vip in [ip(VIP4), ip(VIP6)] {
+        let client = if vip.is_ipv4() {
+            ip(CLIENT4)
+        } else {
+            ip(CLIENT6)
+        };
+        let mut dp = Dp::new(&[three(vip)]);
+        let syn = Pkt::tcp(client, 41000, vip, PORT, TCP_SYN).build();
+        let (_, out) = dp.run(&syn, Reason::TxDsr);
+        let first = decode(&out).expect("decode");
+        let chosen = chosen_backend(&dp, &first);
+        assert_eq!(first.dst_mac, backend_mac(chosen));
+        let id = dp.conntrack_backend(client, 41000);
+        let ack = Pkt::tcp(client, 41000, vip, PORT, TCP_ACK).build();
+        let dst = |dp: &Dp| {
+            let (action, out) = dp.run(&ack, Reason::TxDsr);
+            assert_eq!(action, XDP_TX);
+            decode(&out).expect("decode").dst_mac
+        };
+        let entry = |dp: &Dp| {
+            dp.prog
+                .maps()
+                .read_backends()
+                .expect("read BACKENDS")
+                .into_iter()
+                .find(|(i, _)| *i == id)
+                .expect("the chosen backend's entry")
+                .1
+        };
+        let mut mac = backend_mac(chosen);
+        for (step, new) in [[0x02, 0x99, 0, 0, 0, 1], [0x02, 0x99, 0, 0, 0, 2]]
+            .into_iter()
+            .enumerate()
+        {
+            let staged = entry(&dp).staged(new);
+            dp.prog
+                .maps_mut()
+                .set_backend(id, &staged)
+                .expect("write the idle slot");
+            assert_eq!(dst(&dp), mac, "{vip} step {step}: staged, the old MAC");
+            dp.prog
+                .maps_mut()
+                .set_backend(id, &staged.flipped())
+                .expect("select it");
+            assert_eq!(
+                entry(&dp).mac_sel,
+                u8::from(step == 0),
+                "{vip}: both slots in turn"
+            );
+            assert_eq!(dst(&dp), new, "{vip} step {step}: selected, the new MAC");
+            mac = new;
+        }
+    }
+}
+
 /// Every map is pinned for restarts or listed, with its reason, as
 /// deliberately not: a map added to the program and to neither list would
 /// lose its state.

@@ -288,11 +288,18 @@ pub struct BackendValue {
     pub port_be: u16,
     pub family: u8,
     pub flags: u8,
-    /// Destination MAC for mode dsr (the backend node's interface).
-    pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Destination MACs for mode dsr (the backend node's interface): the
+    /// one in use is `macs[mac_sel & 1]` ([`BackendValue::mac`]). A map
+    /// update is a plain copy into the array value (`copy_map_value`), which
+    /// a packet on another CPU may read halfway, so a backend that answers
+    /// from another MAC is re-pointed in two updates: the new MAC into the
+    /// idle slot (only bytes no packet reads change), then `mac_sel` (one
+    /// byte changes). Every packet sees the old MAC or the new one whole.
+    pub macs: [[u8; 6]; 2],
+    pub mac_sel: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<BackendValue>() == 28);
+const _: () = assert!(size_of::<BackendValue>() == 36);
 
 /// Value of the `ENCAP` array, indexed by backend id like `BACKENDS`, read
 /// only for `BE_F_ENCAP` backends: the plain dsr and nat paths never touch it.
@@ -364,9 +371,32 @@ impl BackendValue {
         port_be: 0,
         family: 0,
         flags: 0,
-        mac: [0; 6],
-        _pad: [0; 2],
+        macs: [[0; 6]; 2],
+        mac_sel: 0,
+        _pad: [0; 3],
     };
+
+    /// The MAC in use (mode dsr).
+    #[inline(always)]
+    pub fn mac(&self) -> &[u8; 6] {
+        &self.macs[(self.mac_sel & 1) as usize]
+    }
+
+    /// The first of the two updates that re-point the backend to `mac`:
+    /// `mac` in the idle slot, the one in use untouched. The second is
+    /// [`BackendValue::flipped`] of it.
+    pub fn staged(&self, mac: [u8; 6]) -> BackendValue {
+        let mut v = *self;
+        v.macs[((self.mac_sel & 1) ^ 1) as usize] = mac;
+        v
+    }
+
+    /// The idle slot selected.
+    pub fn flipped(&self) -> BackendValue {
+        let mut v = *self;
+        v.mac_sel = (self.mac_sel & 1) ^ 1;
+        v
+    }
 }
 
 /// Key of the `CONNTRACK` LRU hash: the flow as the client sent it.

@@ -617,7 +617,7 @@ fn dsr(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> Verdict {
     if be.flags & BE_F_ENCAP != 0 {
         return Verdict::unpack(encap::encap(ctx, p, id, be));
     }
-    match fwd::dsr(ctx, &be.mac) {
+    match fwd::dsr(ctx, be.mac()) {
         Ok(()) => Verdict::tx(Reason::TxDsr, id),
         Err(()) => Verdict::drop(Reason::DropAdjustFailed),
     }

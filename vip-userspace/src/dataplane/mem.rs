@@ -20,6 +20,9 @@ pub struct MemMaps {
     pub ports: BTreeMap<u32, u64>,
     pub globals: Option<Globals>,
     pub writes: Writes,
+    /// Every backend write in order: what a packet could have read between
+    /// two of them.
+    pub backend_log: Vec<(u32, BackendValue)>,
     /// Tests set this to make every Maglev write fail, as a full or broken
     /// kernel map would.
     pub fail_maglev: bool,
@@ -45,6 +48,7 @@ impl Default for MemMaps {
             ports: BTreeMap::new(),
             globals: None,
             writes: Writes::default(),
+            backend_log: Vec::new(),
             fail_maglev: false,
         }
     }
@@ -71,6 +75,7 @@ impl Maps for MemMaps {
             })?;
         self.writes.backends += 1;
         *slot = *value;
+        self.backend_log.push((id, *value));
         Ok(())
     }
     fn set_encap(&mut self, id: u32, value: &EncapValue) -> Result<()> {

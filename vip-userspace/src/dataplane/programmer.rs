@@ -366,15 +366,32 @@ impl<M: Maps> Programmer<M> {
         let mut dying = vec![];
         for (bi, w) in &wanted_backends {
             let alive = &w.alive;
-            let value = BackendValue {
+            let flags = if *alive { BE_F_ALIVE } else { 0 }
+                | if bi.local { BE_F_LOCAL } else { 0 }
+                | if bi.encap.is_some() { BE_F_ENCAP } else { 0 };
+            let fresh = BackendValue {
                 addr: bi.addr,
                 port_be: bi.port_be,
                 family: bi.family,
-                flags: if *alive { BE_F_ALIVE } else { 0 }
-                    | if bi.local { BE_F_LOCAL } else { 0 }
-                    | if bi.encap.is_some() { BE_F_ENCAP } else { 0 },
-                mac: w.mac,
-                _pad: [0; 2],
+                flags,
+                macs: [w.mac, [0; 6]],
+                mac_sel: 0,
+                _pad: [0; 3],
+            };
+            // An existing entry keeps its MAC slots; a new MAC goes through
+            // the idle one (`BackendValue::staged`), written here first.
+            let value = match self.backends.get(bi) {
+                Some((id, old)) if *old.mac() != w.mac => {
+                    let staged = old.staged(w.mac);
+                    self.maps.set_backend(*id, &staged)?;
+                    report.backend_writes += 1;
+                    BackendValue {
+                        flags,
+                        ..staged.flipped()
+                    }
+                }
+                Some((_, old)) => BackendValue { flags, ..*old },
+                None => fresh,
             };
             match self.backends.get(bi) {
                 Some((_, old)) if *old == value => {}
@@ -696,36 +713,71 @@ mod tests {
         }
     }
 
-    /// A backend answering from another MAC is re-pointed by one write of
-    /// its own value: same id, no table slot written, nothing killed, so
-    /// its established flows follow it.
+    /// A backend answering from another MAC is re-pointed by two writes of
+    /// its own value and nothing else: same id, no table slot written,
+    /// nothing killed, so its established flows follow it. The first write
+    /// puts the new MAC in the idle slot and leaves the one in use as it
+    /// was; the second changes `mac_sel` alone: a packet between the two
+    /// (or during either) reads the old MAC or the new one, never a mix.
     #[test]
-    fn a_new_mac_is_one_backend_write_and_keeps_the_table() {
+    fn a_new_mac_is_staged_then_selected_and_keeps_the_table() {
         let mut p = Programmer::new(MemMaps::default());
         p.apply(&[three()]).expect("apply");
         let table = live_table(&p);
         let id = p.backend_id(&backend(2, true)).expect("id");
+        let before = p.maps().backends[id as usize];
         let mut moved = three();
-        moved.backends[1].mac = [2, 0, 0, 0, 0, 0x99];
+        let new = [2, 0, 0, 0, 0, 0x99];
+        moved.backends[1].mac = new;
         let writes = p.maps().writes.clone();
+        let logged = p.maps().backend_log.len();
         let r = p.apply(&[moved.clone()]).expect("apply");
         assert_eq!(
             r,
             ApplyReport {
-                backend_writes: 1,
+                backend_writes: 2,
                 ..ApplyReport::default()
             }
         );
         assert_eq!(
             p.maps().writes,
             Writes {
-                backends: writes.backends + 1,
+                backends: writes.backends + 2,
                 ..writes
             },
-            "one map update, of the backend"
+            "two map updates, of the backend"
         );
+        let log = &p.maps().backend_log[logged..];
+        let [(id1, staged), (id2, selected)] = log else {
+            panic!("two writes: {log:?}")
+        };
+        assert_eq!((*id1, *id2), (id, id));
+        assert_eq!(staged.mac(), before.mac(), "the first keeps the MAC in use");
+        assert_eq!(
+            BackendValue {
+                macs: before.macs,
+                ..*staged
+            },
+            before,
+            "and changes only the idle slot"
+        );
+        assert_eq!(selected.mac(), &new);
+        assert_eq!(
+            BackendValue {
+                mac_sel: staged.mac_sel,
+                ..*selected
+            },
+            *staged,
+            "the second changes only the selector"
+        );
+        // And back: the slots take turns.
+        p.apply(&[three()]).expect("apply");
+        let back = p.maps().backends[id as usize];
+        assert_eq!(back.mac(), before.mac());
+        assert_eq!(back.mac_sel, before.mac_sel);
         assert_eq!(p.backend_id(&moved.backends[1]), Some(id), "same id");
-        assert_eq!(p.maps().backends[id as usize].mac, [2, 0, 0, 0, 0, 0x99]);
+        p.apply(&[moved.clone()]).expect("apply");
+        assert_eq!(p.maps().backends[id as usize].mac(), &new);
         assert_ne!(p.maps().backends[id as usize].flags & BE_F_ALIVE, 0);
         assert_eq!(live_table(&p), table, "the Maglev table is untouched");
     }
