@@ -175,6 +175,15 @@ async fn serve_with(
         tokio::spawn(async move {
             // Watch events go out as they are written.
             let _ = stream.set_nodelay(true);
+            // Connected and closed without a byte: a TCP probe (vipd's
+            // `type: tcp`, the fabric labs'), not a failed handshake worth
+            // a line per probe.
+            let mut first = [0u8; 1];
+            if let Ok(Ok(0)) =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await
+            {
+                return;
+            }
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {

@@ -446,7 +446,9 @@ fn connect_through_vip(f: &Fabric) -> Result<String, std::io::Error> {
 }
 
 /// The agent end to end across the fabric: three LBs run vipd with
-/// `announce:`, BIRD carries each one's route to the router. The router
+/// `announce:`, BIRD carries each one's route to the router (lb2's BIRD
+/// only starts after vipd: vipd says the daemon is missing, keeps its
+/// route, and the router learns it once BIRD runs). The router
 /// learns the VIP from all three; clients reach the backends through it;
 /// an LB whose backends all fail is dropped by the router within the
 /// probes' detection plus a margin, and comes back; a SIGTERMed vipd's
@@ -455,11 +457,31 @@ fn connect_through_vip(f: &Fabric) -> Result<String, std::io::Error> {
 fn vipd_announces_only_while_it_can_serve() {
     let f = Fabric::new("vipd");
     let _backends: Vec<_> = (0..2).map(|k| f.serve_tcp(k, PORT)).collect();
+    // lb2 starts with no routing daemon: vipd installs its route all the
+    // same, says which piece is missing, and the route reaches the router
+    // once BIRD runs, with nothing done to vipd.
+    f.kill_bird(2);
     let mut vipds: Vec<Option<Proc>> = (0..LBS)
         .map(|i| Some(f.spawn_vipd(i, &vipd_config())))
         .collect();
+    f.wait_for_paths(VIP, LBS - 1, CONVERGE);
+    let lb2 = vipds[2].as_ref().expect("lb2's vipd");
+    assert!(
+        lb2.logs().contains("no routing daemon")
+            && lb2
+                .logs()
+                .contains("start BIRD or FRR with deploy/bird-vipd.conf"),
+        "lb2's vipd names the missing daemon:\n{}",
+        lb2.logs()
+    );
+    assert_eq!(
+        f.list(2).ours,
+        vec![vip()],
+        "lb2: vipd's route without a daemon"
+    );
+    f.start_bird(2);
     let took = f.wait_for_paths(VIP, LBS, CONVERGE);
-    eprintln!("vipd: {LBS}-way ECMP on the router {took:?} after the last vipd was ready");
+    eprintln!("vipd: {LBS}-way ECMP on the router {took:?} after lb2's BIRD started");
     for i in 0..LBS {
         assert_eq!(f.list(i).ours, vec![vip()], "lb{i}: vipd's route");
         let lo = f.lb_sh(i, &["ip", "-4", "addr", "show", "dev", "lo"]);
