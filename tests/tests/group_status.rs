@@ -174,6 +174,8 @@ fn group_status_shows_agreement_then_the_backend_one_lb_cannot_reach() {
         d[0]["backends"][0]["not_serving_on"],
         serde_json::json!(["lb2"])
     );
+    // lb2 lists be3 and its probe fails: a probe path, not another list.
+    assert_eq!(d[0]["backends"][0]["unlisted_on"], serde_json::json!([]));
     let o = group(&l, "lb2", &[]);
     assert_eq!(o.status.code(), Some(2));
     let t = text(&o);

@@ -70,6 +70,10 @@ pub struct BackendSplit {
     pub backend: SocketAddr,
     pub serving_on: Vec<String>,
     pub not_serving_on: Vec<String>,
+    /// Those of `not_serving_on` whose backend list does not hold it at
+    /// all: not a probe's verdict but another list (their discovered set,
+    /// or their file), each with what its discovery says, if it has one.
+    pub unlisted_on: Vec<(String, Option<String>)>,
 }
 
 /// The comparison of every node's view.
@@ -171,32 +175,54 @@ pub fn compare(views: &[NodeView]) -> Comparison {
         }
     }
 
-    // Service -> node label -> the node's Maglev set, in the order asked.
-    let mut sets: BTreeMap<String, Vec<(&String, BTreeSet<SocketAddr>)>> = BTreeMap::new();
+    // Service -> node label -> the node's Maglev set and every backend it
+    // lists, in the order asked.
+    #[expect(clippy::type_complexity, reason = "a local table, read just below")]
+    let mut sets: BTreeMap<String, Vec<(&String, BTreeSet<SocketAddr>, BTreeSet<SocketAddr>)>> =
+        BTreeMap::new();
     for (label, s) in &answered {
         for svc in &s.services {
+            let listed = svc.backends.iter().map(|b| b.address).collect();
             sets.entry(service_key(svc))
                 .or_default()
-                .push((label, table_set(svc)));
+                .push((label, table_set(svc), listed));
         }
     }
+    let discovery_of = |label: &String| -> Option<String> {
+        let (_, s) = answered.iter().find(|(l, _)| *l == label)?;
+        let d = s.discovery.as_ref()?;
+        let mut said = format!("discovery source {}", d.source);
+        if let Some(e) = &d.last_error {
+            let _ = write!(said, ", failing: {e}");
+        }
+        if let Some(t) = d.last_sync_unix_ms {
+            let ago = s.at_unix_ms.saturating_sub(t) / 1000;
+            let _ = write!(said, ", last read {ago} s before its status");
+        }
+        Some(said)
+    };
     let mut disagreements = vec![];
     for (service, per_node) in sets {
         let missing_on: Vec<String> = answered
             .iter()
-            .filter(|(l, _)| !per_node.iter().any(|(n, _)| n == l))
+            .filter(|(l, _)| !per_node.iter().any(|(n, _, _)| n == l))
             .map(|(l, _)| (*l).clone())
             .collect();
-        let all: BTreeSet<SocketAddr> = per_node.iter().flat_map(|(_, s)| s.clone()).collect();
+        let all: BTreeSet<SocketAddr> = per_node.iter().flat_map(|(_, s, _)| s.clone()).collect();
         let backends: Vec<BackendSplit> = all
             .into_iter()
             .filter_map(|b| {
                 let (on, off): (Vec<_>, Vec<_>) =
-                    per_node.iter().partition(|(_, s)| s.contains(&b));
+                    per_node.iter().partition(|(_, s, _)| s.contains(&b));
                 (!off.is_empty()).then(|| BackendSplit {
                     backend: b,
-                    serving_on: on.into_iter().map(|(l, _)| (*l).clone()).collect(),
-                    not_serving_on: off.into_iter().map(|(l, _)| (*l).clone()).collect(),
+                    serving_on: on.iter().map(|(l, _, _)| (*l).clone()).collect(),
+                    not_serving_on: off.iter().map(|(l, _, _)| (*l).clone()).collect(),
+                    unlisted_on: off
+                        .iter()
+                        .filter(|(_, _, listed)| !listed.contains(&b))
+                        .map(|(l, _, _)| ((*l).clone(), discovery_of(l)))
+                        .collect(),
                 })
             })
             .collect();
@@ -268,6 +294,22 @@ impl Comparison {
                     or_none(&b.serving_on),
                     b.not_serving_on.join(", ")
                 );
+                for (node, discovery) in &b.unlisted_on {
+                    match discovery {
+                        Some(said) => {
+                            let _ = write!(
+                                line,
+                                " {node} does not list it ({said}): the nodes' discovered sets differ;"
+                            );
+                        }
+                        None => {
+                            let _ = write!(
+                                line,
+                                " {node} does not list it: its backends differ from the others' (a different file?);"
+                            );
+                        }
+                    }
+                }
             }
             if !d.missing_on.is_empty() {
                 let _ = write!(
@@ -277,9 +319,19 @@ impl Comparison {
                 );
             }
             line.pop();
-            if !d.backends.is_empty() {
+            let unlisted = d.backends.iter().any(|b| !b.unlisted_on.is_empty());
+            let probed = d
+                .backends
+                .iter()
+                .any(|b| b.unlisted_on.len() < b.not_serving_on.len());
+            if probed {
                 line.push_str(
                     ". Check the probe path from the nodes that differ to those backends (firewall, route, certificate), and their probe settings",
+                );
+            }
+            if unlisted {
+                line.push_str(
+                    ". Where a node does not list a backend, compare its backend list: with discovery, the `discovery:` line of its `vipd status` (a node that cannot read the EndpointSlices keeps its last set); without, its file",
                 );
             }
             w.push(line);

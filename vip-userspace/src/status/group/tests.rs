@@ -137,6 +137,7 @@ fn different_serving_sets_are_named_with_nodes_and_backends() {
                 backend: BE[1].parse().expect("addr"),
                 serving_on: vec!["cp1".into(), "cp2".into()],
                 not_serving_on: vec!["cp3".into()],
+                unlisted_on: vec![],
             }],
             missing_on: vec![],
         }]
@@ -170,6 +171,68 @@ fn different_serving_sets_are_named_with_nodes_and_backends() {
     assert_eq!(c.disagreements[0].missing_on, ["cp3"]);
     assert!(
         c.warnings()[0].contains("cp3 has no such service"),
+        "{:?}",
+        c.warnings()
+    );
+}
+
+/// A backend one node does not list at all (its discovery cannot read the
+/// slices and kept an older set) is attributed to the lists, with what
+/// that node's discovery says, not to a probe path.
+#[test]
+fn a_backend_a_node_does_not_list_is_put_down_to_its_list() {
+    let mut stale = node("cp3", "10.0.0.13", "backup", [true, true, true]);
+    if let Answer::Status(s) = &mut stale.answer {
+        s.services[0].backends.remove(1);
+        s.discovery = Some(crate::status::DiscoveryStatus {
+            source: "cache".into(),
+            last_sync_unix_ms: Some(AT - 90_000),
+            last_error: Some("connect: timed out".into()),
+            cache: "/var/lib/vipd/backends.json".into(),
+            candidates: vec![],
+        });
+    }
+    let views = [
+        node("cp1", "10.0.0.11", "master", [true, true, true]),
+        node("cp2", "10.0.0.12", "backup", [true, true, true]),
+        stale,
+    ];
+    let c = compare(&views);
+    let split = &c.disagreements[0].backends[0];
+    assert_eq!(split.not_serving_on, ["cp3"]);
+    assert_eq!(
+        split.unlisted_on,
+        [(
+            "cp3".to_owned(),
+            Some(
+                "discovery source cache, failing: connect: timed out, last read 90 s before its status"
+                    .to_owned()
+            )
+        )]
+    );
+    let w = &c.warnings()[0];
+    for want in [
+        "cp3 does not list it (discovery source cache, failing: connect: timed out",
+        "the nodes' discovered sets differ",
+        "compare its backend list",
+    ] {
+        assert!(w.contains(want), "{want:?} missing in {w}");
+    }
+    assert!(!w.contains("probe path"), "nothing here is a probe's: {w}");
+
+    // Without discovery: the file.
+    let mut other_file = node("cp3", "10.0.0.13", "backup", [true, true, true]);
+    if let Answer::Status(s) = &mut other_file.answer {
+        s.services[0].backends.remove(1);
+    }
+    let c = compare(&[
+        node("cp1", "10.0.0.11", "master", [true, true, true]),
+        other_file,
+    ]);
+    assert!(
+        c.warnings()[0].contains(
+            "cp3 does not list it: its backends differ from the others' (a different file?)"
+        ),
         "{:?}",
         c.warnings()
     );
