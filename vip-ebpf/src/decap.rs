@@ -36,8 +36,9 @@ fn try_decap(ctx: &XdpContext) -> Result<(), ()> {
 /// Mode nat with port slices, the owner's side of `encap::handoff`: a
 /// packet encapsulated by a peer LB listed in `NAT_OWNERS` (outer source
 /// its address, outer destination ours towards it) is unwrapped here, and
-/// the caller takes the inner packet as a handed reply (`lb::handed_reply`). Any other tunnelled packet is left alone (false), for
-/// the kernel. Reached only by packets that are neither TCP nor UDP.
+/// the caller takes the inner packet as a handed reply (`lb::handed_reply`).
+/// Any other tunnelled packet is left alone (false), for the kernel.
+/// Reached only by packets that are neither TCP nor UDP.
 #[inline(never)]
 pub fn take_handoff(ctx: &XdpContext) -> bool {
     let Ok((proto, olen)) = outer(ctx) else {

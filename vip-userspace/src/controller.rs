@@ -295,9 +295,10 @@ impl<M: Maps> Controller<M> {
     }
 
     /// The neighbour table's MAC for `addr` (`None`: no usable entry), as
-    /// the kernel had it at `at`. A new MAC re-points the backend with one
-    /// write of its map entry (its id, its Maglev slots and its flows
-    /// stay); none takes it out of service as a dead backend. A MAC that
+    /// the kernel had it at `at`. A new MAC re-points the backend in its own
+    /// map entry (`BackendValue::staged`, then `flipped`: its id, its Maglev
+    /// slots and its flows stay); none takes it out of service as a dead
+    /// backend. A MAC that
     /// appears or changes is a new path to the backend: the probe failures
     /// of the old one no longer count ([`Health::path_changed`]).
     pub fn neighbour(

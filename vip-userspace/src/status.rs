@@ -565,6 +565,20 @@ impl Status {
         }
     }
 
+    /// One line of what this node's discovery says (`vipd status --group`
+    /// names it beside a backend the node does not list).
+    pub fn discovery_summary(&self) -> Option<String> {
+        let d = self.discovery.as_ref()?;
+        let mut said = format!("discovery source {}", d.source);
+        if let Some(e) = &d.last_error {
+            let _ = write!(said, ", failing: {e}");
+        }
+        if let Some(t) = d.last_sync_unix_ms {
+            let _ = write!(said, ", last read {}", self.ago(t));
+        }
+        Some(said)
+    }
+
     fn ago(&self, t: u64) -> String {
         format!("{} ago", span(self.at_unix_ms.saturating_sub(t)))
     }

@@ -172,7 +172,7 @@ fn report_vrrp(opts: &Options, all: &[Results], v: &crate::bench::failover::Vrrp
     let vrrp_down = v
         .phases
         .iter()
-        .find(|(n, _, _)| *n == "link down")
+        .find(|(n, _, _)| *n == crate::bench::failover::Phase::LinkDown.name())
         .map(|(_, o, _)| o.clone());
     if let (Some(f), Some(d)) = (fabric_kill, vrrp_down)
         && let (Some([_, f50, f99, _]), Some([_, d50, d99, _])) = (summary(&f), summary(&d))

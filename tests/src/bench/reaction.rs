@@ -239,6 +239,15 @@ mod tests {
         assert!((t - 1_795_487_586.200_444).abs() < 1e-6, "{t}");
         assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(parse_timestamp("2000-03-01T00:00:00Z"), Some(951_868_800.0));
+        // date -d 2026-12-07T11:56:25Z +%s
+        assert_eq!(
+            parse_timestamp("2026-12-07T11:56:25.5Z"),
+            Some(1_796_644_585.5)
+        );
+        assert_eq!(
+            parse_timestamp("2024-02-29T00:00:00Z"),
+            Some(1_709_164_800.0)
+        );
         assert_eq!(parse_timestamp("garbage"), None);
     }
 

@@ -184,21 +184,39 @@ struct Agent {
     watch: Option<Watch>,
 }
 
+/// The families and the default port a list/watch task reads slices for
+/// (`discovery::families` of the file).
+type Watching = (
+    std::collections::BTreeSet<crate::discovery::slice::Family>,
+    u16,
+);
+
 /// `backends_from: kubernetes`: the list/watch task, and what it needs to
 /// start again for other families.
 struct Watch {
     client: Arc<crate::discovery::client::Client>,
     task: JoinHandle<()>,
     tx: mpsc::UnboundedSender<WatchReport>,
-    /// The families and the default port it watches for
-    /// (`discovery::families` of the file).
-    watching: (
-        std::collections::BTreeSet<crate::discovery::slice::Family>,
-        u16,
-    ),
+    watching: Watching,
 }
 
 impl Watch {
+    /// The list/watch task for the families `watching` names.
+    fn start(
+        client: Arc<crate::discovery::client::Client>,
+        watching: Watching,
+        tx: mpsc::UnboundedSender<WatchReport>,
+    ) -> Watch {
+        let task =
+            discovery::spawn_watch(client.clone(), watching.0.clone(), watching.1, tx.clone());
+        Watch {
+            client,
+            task,
+            tx,
+            watching,
+        }
+    }
+
     /// A reload changed which families read their backends from the
     /// cluster (an IPv6 service now has `backends_from`, say): the task
     /// starts again with a list, so slices it ignored until now count at
@@ -216,10 +234,8 @@ impl Watch {
             to = %label(&now.0),
             "discovery: the services reading the cluster changed; listing the EndpointSlices again"
         );
-        self.task.abort();
-        self.task =
-            discovery::spawn_watch(self.client.clone(), now.0.clone(), now.1, self.tx.clone());
-        self.watching = now;
+        // The old task is aborted as its `Watch` drops.
+        *self = Watch::start(self.client.clone(), now, self.tx.clone());
     }
 }
 

@@ -510,25 +510,13 @@ impl Agent {
         };
         let (watch_tx, watch_rx) = mpsc::unbounded_channel();
         let (vet_tx, vet_rx) = mpsc::unbounded_channel();
-        let watching = crate::discovery::families(&file_cfg);
         let (discovery, watch) = match discovery {
             Some((d, client)) => {
                 info!(servers = %crate::discovery::join_all(&client.servers().iter().map(|s| format!("{}:{}", s.host, s.port)).collect::<Vec<_>>()), "discovery: watching the kubernetes Service's EndpointSlices");
-                let client = Arc::new(client);
-                let task = crate::discovery::spawn_watch(
-                    client.clone(),
-                    watching.0.clone(),
-                    watching.1,
-                    watch_tx.clone(),
-                );
+                let watching = crate::discovery::families(&file_cfg);
                 (
                     Some(d),
-                    Some(super::Watch {
-                        client,
-                        task,
-                        tx: watch_tx,
-                        watching,
-                    }),
+                    Some(super::Watch::start(Arc::new(client), watching, watch_tx)),
                 )
             }
             None => (None, None),

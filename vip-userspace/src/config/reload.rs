@@ -164,18 +164,12 @@ impl Fixed<'_> {
         if !self.nat_used && new.nat_used {
             return Some("services[].mode: the first nat service".into());
         }
-        match (self.discovery_used, new.discovery_used) {
-            (false, true) => {
-                return Some(
-                    "services[].backends_from: the first service reading its backends from the cluster (the discovery client and its credentials are set up at start)".into(),
-                );
-            }
-            (true, false) => {
-                return Some(
-                    "services[].backends_from: the last service reading its backends from the cluster (its discovery client would go on watching for no one)".into(),
-                );
-            }
-            _ => {}
+        if self.discovery_used != new.discovery_used {
+            return Some(if new.discovery_used {
+                "services[].backends_from: the first service reading its backends from the cluster (the discovery client and its credentials are set up at start)".into()
+            } else {
+                "services[].backends_from: the last service reading its backends from the cluster (its discovery client would go on watching for no one)".into()
+            });
         }
         None
     }

@@ -70,9 +70,10 @@ impl DesiredBackend {
 /// A backend slot's identity: a change of any of these is a different backend
 /// with a fresh id. The MAC is not part of it: a backend that answers from
 /// another MAC (a replaced NIC, a re-created VM, as the neighbour table
-/// reports it) is the same backend, and is re-pointed by one write of its
-/// value, so its slots in every Maglev table and its established flows stay.
-/// While packets may read it, a value changes only its flag byte and its MAC.
+/// reports it) is the same backend, and is re-pointed in its own value (the
+/// new MAC in the idle slot, then the selector), so its slots in every
+/// Maglev table and its established flows stay. While packets may read it, a
+/// value changes only its flag byte, its idle MAC slot and its selector.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct BackendIdent {
     family: u8,

@@ -87,6 +87,16 @@ pub struct Comparison {
     pub unreachable: Vec<(String, String)>,
 }
 
+/// One node's view of one service.
+struct SetOf<'a> {
+    label: &'a String,
+    /// The backends its Maglev table holds ([`table_set`]).
+    table: BTreeSet<SocketAddr>,
+    /// Every backend it lists, serving or not.
+    listed: BTreeSet<SocketAddr>,
+    status: &'a Status,
+}
+
 /// The backends a node's Maglev table holds for a service: the serving ones
 /// or, failing open, every backend with a neighbour (the controller's rule,
 /// `Controller::desired`).
@@ -175,53 +185,39 @@ pub fn compare(views: &[NodeView]) -> Comparison {
         }
     }
 
-    // Service -> node label -> the node's Maglev set and every backend it
-    // lists, in the order asked.
-    #[expect(clippy::type_complexity, reason = "a local table, read just below")]
-    let mut sets: BTreeMap<String, Vec<(&String, BTreeSet<SocketAddr>, BTreeSet<SocketAddr>)>> =
-        BTreeMap::new();
+    // Service -> each node's view of it, in the order asked.
+    let mut sets: BTreeMap<String, Vec<SetOf<'_>>> = BTreeMap::new();
     for (label, s) in &answered {
         for svc in &s.services {
-            let listed = svc.backends.iter().map(|b| b.address).collect();
-            sets.entry(service_key(svc))
-                .or_default()
-                .push((label, table_set(svc), listed));
+            sets.entry(service_key(svc)).or_default().push(SetOf {
+                label,
+                table: table_set(svc),
+                listed: svc.backends.iter().map(|b| b.address).collect(),
+                status: s,
+            });
         }
     }
-    let discovery_of = |label: &String| -> Option<String> {
-        let (_, s) = answered.iter().find(|(l, _)| *l == label)?;
-        let d = s.discovery.as_ref()?;
-        let mut said = format!("discovery source {}", d.source);
-        if let Some(e) = &d.last_error {
-            let _ = write!(said, ", failing: {e}");
-        }
-        if let Some(t) = d.last_sync_unix_ms {
-            let ago = s.at_unix_ms.saturating_sub(t) / 1000;
-            let _ = write!(said, ", last read {ago} s before its status");
-        }
-        Some(said)
-    };
     let mut disagreements = vec![];
     for (service, per_node) in sets {
         let missing_on: Vec<String> = answered
             .iter()
-            .filter(|(l, _)| !per_node.iter().any(|(n, _, _)| n == l))
+            .filter(|(l, _)| !per_node.iter().any(|n| n.label == *l))
             .map(|(l, _)| (*l).clone())
             .collect();
-        let all: BTreeSet<SocketAddr> = per_node.iter().flat_map(|(_, s, _)| s.clone()).collect();
+        let all: BTreeSet<SocketAddr> = per_node.iter().flat_map(|n| n.table.clone()).collect();
         let backends: Vec<BackendSplit> = all
             .into_iter()
             .filter_map(|b| {
                 let (on, off): (Vec<_>, Vec<_>) =
-                    per_node.iter().partition(|(_, s, _)| s.contains(&b));
+                    per_node.iter().partition(|n| n.table.contains(&b));
                 (!off.is_empty()).then(|| BackendSplit {
                     backend: b,
-                    serving_on: on.iter().map(|(l, _, _)| (*l).clone()).collect(),
-                    not_serving_on: off.iter().map(|(l, _, _)| (*l).clone()).collect(),
+                    serving_on: on.iter().map(|n| n.label.clone()).collect(),
+                    not_serving_on: off.iter().map(|n| n.label.clone()).collect(),
                     unlisted_on: off
                         .iter()
-                        .filter(|(_, _, listed)| !listed.contains(&b))
-                        .map(|(l, _, _)| ((*l).clone(), discovery_of(l)))
+                        .filter(|n| !n.listed.contains(&b))
+                        .map(|n| (n.label.clone(), n.status.discovery_summary()))
                         .collect(),
                 })
             })
@@ -295,20 +291,16 @@ impl Comparison {
                     b.not_serving_on.join(", ")
                 );
                 for (node, discovery) in &b.unlisted_on {
-                    match discovery {
-                        Some(said) => {
-                            let _ = write!(
-                                line,
-                                " {node} does not list it ({said}): the nodes' discovered sets differ;"
-                            );
-                        }
-                        None => {
-                            let _ = write!(
-                                line,
-                                " {node} does not list it: its backends differ from the others' (a different file?);"
-                            );
-                        }
-                    }
+                    let _ = match discovery {
+                        Some(said) => write!(
+                            line,
+                            " {node} does not list it ({said}): the nodes' discovered sets differ;"
+                        ),
+                        None => write!(
+                            line,
+                            " {node} does not list it: its backends differ from the others' (a different file?);"
+                        ),
+                    };
                 }
             }
             if !d.missing_on.is_empty() {

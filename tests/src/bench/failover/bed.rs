@@ -368,4 +368,41 @@ impl Bed {
         self.poller.pause();
         out
     }
+
+    /// [`Bed::repetition`] with its results kept: each phase's outage and
+    /// takeover in `samples` and `takeovers`, each failure in `failures`
+    /// (`run N phase: why`); after a failure the lab is reset, and marked
+    /// broken if that fails too. Returns each phase's outage in ms or why
+    /// it failed.
+    pub(super) fn recorded(
+        &mut self,
+        run: usize,
+        s: Scenario,
+        jitter: Duration,
+    ) -> Vec<(Phase, Result<f64, String>)> {
+        let results: Vec<(Phase, Result<f64, String>)> = self
+            .repetition(s, jitter)
+            .into_iter()
+            .map(|(phase, r)| {
+                let r = r.map(|(o, takeover)| {
+                    self.samples[phase.index()].push(o.ms);
+                    self.takeovers[phase.index()].push(takeover);
+                    o.ms
+                });
+                if let Err(e) = &r {
+                    self.failures
+                        .push(format!("run {run} {}: {e}", phase.name()));
+                }
+                (phase, r)
+            })
+            .collect();
+        if results.iter().any(|(_, r)| r.is_err())
+            && let Err(e) = self.reset()
+        {
+            eprintln!("{}: reset failed, no further runs: {e}", self.which.name());
+            self.failures.push(format!("reset after run {run}: {e}"));
+            self.broken = true;
+        }
+        results
+    }
 }

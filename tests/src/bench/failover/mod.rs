@@ -397,28 +397,16 @@ fn measure(opts: &Options) -> Result<()> {
                 let mut got = vec!["-".to_string(); s.phases().len()];
                 if !b.broken {
                     let j = jitter.next(Duration::from_millis(u64::from(b.which.advert_ms())));
-                    let results = b.repetition(s, j);
-                    let mut failed = false;
+                    let results = b.recorded(run, s, j);
                     for (k, phase) in s.phases().iter().enumerate() {
                         match results.iter().find(|(p, _)| p == phase) {
-                            Some((_, Ok((o, takeover)))) => {
-                                b.samples[phase.index()].push(o.ms);
-                                b.takeovers[phase.index()].push(*takeover);
-                                got[k] = format!("{:.1}", o.ms);
-                            }
+                            Some((_, Ok(ms))) => got[k] = format!("{ms:.1}"),
                             Some((_, Err(e))) => {
-                                failed = true;
                                 got[k] = "failed".into();
                                 eprintln!("run {run} {} {}: {e}", b.which.name(), phase.name());
-                                b.failures.push(format!("run {run} {}: {e}", phase.name()));
                             }
                             None => got[k] = "skipped".into(),
                         }
-                    }
-                    if failed && let Err(e) = b.reset() {
-                        eprintln!("{}: reset failed, no further runs: {e}", b.which.name());
-                        b.failures.push(format!("reset after run {run}: {e}"));
-                        b.broken = true;
                     }
                 }
                 for (k, g) in got.into_iter().enumerate() {
@@ -456,26 +444,11 @@ pub fn vrrp_reference(runs: usize) -> Result<VrrpReference> {
     let mut jitter = Jitter::from_clock();
     'runs: for run in 1..=runs {
         for s in scenarios {
-            let j = jitter.next(Duration::from_millis(u64::from(FAST_ADVERT_MS)));
-            let mut failed = false;
-            for (phase, r) in b.repetition(s, j) {
-                match r {
-                    Ok((o, takeover)) => {
-                        b.samples[phase.index()].push(o.ms);
-                        b.takeovers[phase.index()].push(takeover);
-                    }
-                    Err(e) => {
-                        failed = true;
-                        b.failures
-                            .push(format!("VRRP lab, run {run} {}: {e}", phase.name()));
-                    }
-                }
-            }
-            if failed && let Err(e) = b.reset() {
-                b.failures
-                    .push(format!("VRRP lab, reset after run {run}: {e}"));
+            if b.broken {
                 break 'runs;
             }
+            let j = jitter.next(Duration::from_millis(u64::from(FAST_ADVERT_MS)));
+            b.recorded(run, s, j);
         }
     }
     let phases = scenarios
@@ -491,7 +464,11 @@ pub fn vrrp_reference(runs: usize) -> Result<VrrpReference> {
         .collect();
     Ok(VrrpReference {
         phases,
-        failures: std::mem::take(&mut b.failures),
+        failures: b
+            .failures
+            .iter()
+            .map(|f| format!("VRRP lab, {f}"))
+            .collect(),
     })
 }
 

@@ -205,7 +205,7 @@ fn a_backend_a_node_does_not_list_is_put_down_to_its_list() {
         [(
             "cp3".to_owned(),
             Some(
-                "discovery source cache, failing: connect: timed out, last read 90 s before its status"
+                "discovery source cache, failing: connect: timed out, last read 90 s ago"
                     .to_owned()
             )
         )]
