@@ -16,6 +16,8 @@ use std::{
     time::Instant,
 };
 
+use std::os::unix::process::CommandExt as _;
+
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -104,6 +106,11 @@ enum Cmd {
     /// `soak`, not meant to be run by hand).
     #[command(hide = true)]
     Burn { threads: usize },
+    /// The image and the package for `cargo xtask test`, built in a child
+    /// beside its checks; writes their environment to OUT as JSON (started
+    /// by `test`, not meant to be run by hand).
+    #[command(hide = true)]
+    Packages { out: PathBuf },
     /// Runs the bootstrap in a minimal Debian 12 root made with `debootstrap
     /// --variant=minbase` (rustup and its bpf-linker cache bind-mounted from
     /// this host), prints what it installs and checks that every command the
@@ -175,6 +182,15 @@ fn main() -> Result<()> {
             )
         }
         Cmd::Burn { threads } => soak::burn(threads),
+        Cmd::Packages { out } => {
+            let tc = bootstrap::bootstrap()?;
+            let env: Vec<(&str, String)> = package_env(&root, &tc)?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+                .collect();
+            std::fs::write(&out, serde_json::to_vec(&env)?)
+                .with_context(|| format!("write {}", out.display()))
+        }
         Cmd::Commands => commands::check(&root),
         Cmd::FreshRoot { dir, rm } => fresh::fresh_root(&root, dir, rm),
         Cmd::Image => {
@@ -197,8 +213,13 @@ fn main() -> Result<()> {
             let started = Instant::now();
             let tc = bootstrap::bootstrap()?;
             commands::check(&root)?;
+            // The static build (minutes, release) has its own lock folders
+            // (target/static, target/<musl>/static), so it runs beside the
+            // checks and the debug builds and fills the cores they leave idle
+            // (their single-crate tails).
+            let packages = Packages::start(&root)?;
             check(&tc)?;
-            test(&root, &tc, &args)?;
+            test(&tc, &args, packages)?;
             step(&format!(
                 "all tests passed in {:.0}s",
                 started.elapsed().as_secs_f64()
@@ -271,7 +292,7 @@ fn check(tc: &bootstrap::Toolchain) -> Result<()> {
     })
 }
 
-fn test(root: &Path, tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()> {
+fn test(tc: &bootstrap::Toolchain, args: &[OsString], packages: Packages) -> Result<()> {
     if !bootstrap::is_root() {
         bail!(
             "the program and namespace tests load XDP programs and create network namespaces: \
@@ -283,7 +304,10 @@ fn test(root: &Path, tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()>
     timed("build vipd", || {
         run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
     })?;
-    let artifacts = package_env(root, tc)?;
+    timed("build the tests", || {
+        run(cargo(tc).args(["test", "--no-run"]))
+    })?;
+    let artifacts = packages.wait()?;
     timed("cargo test (unit, program, topology)", || {
         let mut c = cargo(tc);
         c.args(["test", "--no-fail-fast"]).envs(artifacts.clone());
@@ -292,6 +316,101 @@ fn test(root: &Path, tc: &bootstrap::Toolchain, args: &[OsString]) -> Result<()>
         }
         run(&mut c)
     })
+}
+
+/// `cargo xtask packages` in a child whose output goes to a log, started
+/// before the checks: what [`package_env`] returns, without its minutes on the
+/// critical path.
+struct Packages {
+    /// None once waited for.
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    out: PathBuf,
+    started: Instant,
+}
+
+impl Packages {
+    fn start(root: &Path) -> Result<Self> {
+        let dir = root.join("target");
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let log = dir.join("packages.log");
+        let out = dir.join("packages.json");
+        let _ = std::fs::remove_file(&out);
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let exe = env::current_exe().context("the xtask binary's path")?;
+        // A process group of its own, so that an early return (a clippy
+        // error) ends its cargo, podman and cargo-deb too (Drop); Ctrl-C on
+        // the terminal does not reach it, and a build left running then ends
+        // on its own.
+        let child = Command::new(exe)
+            .process_group(0)
+            .arg("packages")
+            .arg(&out)
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("start `xtask packages`")?;
+        step(&format!(
+            "image and package: building beside the checks (log: {})",
+            log.display()
+        ));
+        Ok(Self {
+            child: Some(child),
+            log,
+            out,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits for the child; on failure its log is printed.
+    fn wait(mut self) -> Result<Vec<(String, OsString)>> {
+        step("image and package: waiting for the build");
+        let mut child = self.child.take().context("waited for twice")?;
+        let status = child.wait().context("wait for `xtask packages`")?;
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if !status.success() {
+            eprint!("{log}");
+            bail!(
+                "building the image and the package failed ({status}); its output is above and in {}",
+                self.log.display()
+            );
+        }
+        // Its steps' timings, for the CI log.
+        for line in log
+            .lines()
+            .filter(|l| l.starts_with("==> ") && l.contains(": ok in "))
+        {
+            eprintln!("    {line}");
+        }
+        step(&format!(
+            "image and package: ready {:.1}s after they were started",
+            self.started.elapsed().as_secs_f64()
+        ));
+        let text =
+            std::fs::read(&self.out).with_context(|| format!("read {}", self.out.display()))?;
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&text)
+            .with_context(|| format!("parse {}", self.out.display()))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| (k, OsString::from(v)))
+            .collect())
+    }
+}
+
+impl Drop for Packages {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The child leads its group (process_group(0) above): its pid is
+            // the group's id.
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) with a negative pid signals that group only.
+                unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+    }
 }
 
 /// The image and the package that tests/tests/image.rs runs and installs
