@@ -1204,7 +1204,11 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
             .find(|(k, _)| u16::from_be(k.dport_be) == port)
             .map(|(_, v)| (u16::from_be(v.client_port_be), v.flags))
             .expect("the reverse entry");
-        assert_eq!(owner, (45000, 0), "the reverse entry is the new flow's");
+        assert_eq!(
+            owner,
+            (45000, vip_common::NAT_F_OWN),
+            "the reverse entry is the new flow's, allocated here"
+        );
 
         // Only ports whose forward flows live: nothing to take.
         fill(dp, &[50000, 50001, 50002, 50003]);
@@ -1264,10 +1268,13 @@ fn nat_port_hold_follows_how_the_backend_closed() {
             }
             .build()
         };
+        // The flags that say how the flow closed (every entry here is
+        // this LB's own, `NAT_F_OWN`).
         let rev_flags = |dp: &Dp| {
             let e = dp.prog.maps().nat_entries().expect("dump");
             assert_eq!(e.len(), 1, "one reverse entry: {e:?}");
-            e[0].1.flags
+            assert_ne!(e[0].1.flags & vip_common::NAT_F_OWN, 0, "allocated here");
+            e[0].1.flags & !vip_common::NAT_F_OWN
         };
         // Ages both entries of the flow from client port `sport` by `secs`.
         let age = |dp: &mut Dp, sport: u16, secs: u64| {
@@ -1667,12 +1674,16 @@ fn nat_flood_evicts_no_confirmed_flow() {
     });
 }
 
-/// A port held by a handshake that never completed (a spoofed SYN's) is
-/// free again once both its unconfirmed entries are idle past `closing_s`,
-/// not only when the LRU evicts them; and the client's late ACK then finds
-/// no flow (an RST). One port in the range.
+/// A port held by a handshake that never completed (a spoofed SYN's) goes
+/// to a new flow that finds no other port once both its unconfirmed entries
+/// are idle past `HANDSHAKE_HOLD_NS` (1 s), not after `closing_s` (10 s):
+/// under a SYN flood real clients get through. Not before: half a second
+/// idle, or a forward entry its client's retransmitted SYN refreshed, keeps
+/// it. The old flow's forward entry goes with the port, so its client's
+/// late ACK finds no flow (an RST) instead of leaving under the new flow's
+/// port. One port in the range.
 #[test]
-fn nat_unconfirmed_ports_are_reclaimed_after_closing_s() {
+fn nat_stalled_handshakes_give_their_ports_up_after_a_second() {
     use vip_userspace::dataplane::flows::monotonic_ns;
     let l = NatLab::new("natpending");
     let snat = l.lb_ip(false);
@@ -1680,25 +1691,125 @@ fn nat_unconfirmed_ports_are_reclaimed_after_closing_s() {
         dp.run(&syn(false, 41000).build(), Reason::TxNat);
         let (action, _) = dp.run(&syn(false, 42000).build(), Reason::DropNatPortsExhausted);
         assert_eq!(action, XDP_DROP, "a pending handshake holds the port");
-        // Both unconfirmed entries 11 s idle (closing_s 10).
-        let old = monotonic_ns() - 11_000_000_000;
-        let mut c = conntrack_by_sport(dp)[&41000];
-        c.last_seen_ns = old;
-        insert(dp, "CT_UNCONFIRMED", [(fwd_key(41000, PROTO_TCP), c)]);
-        let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
-        assert_eq!(k, rev_key(1, snat, 50000), "the pending flow's port");
-        v.last_seen_ns = old;
-        insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
+        let age = |dp: &mut Dp, fwd_ms: u64, rev_ms: u64| {
+            let now = monotonic_ns();
+            let mut c = conntrack_by_sport(dp)[&41000];
+            c.last_seen_ns = now - fwd_ms * 1_000_000;
+            insert(dp, "CT_UNCONFIRMED", [(fwd_key(41000, PROTO_TCP), c)]);
+            let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
+            assert_eq!(k, rev_key(1, snat, 50000), "the pending flow's port");
+            v.last_seen_ns = now - rev_ms * 1_000_000;
+            insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
+        };
+        for (fwd_ms, rev_ms, what) in [
+            (500, 500, "half a second idle"),
+            (1500, 500, "the backend's side half a second idle"),
+            (
+                500,
+                1500,
+                "the client's side half a second idle (a retransmitted SYN)",
+            ),
+        ] {
+            age(dp, fwd_ms, rev_ms);
+            let (action, _) = dp.run(&syn(false, 42000).build(), Reason::DropNatPortsExhausted);
+            assert_eq!(action, XDP_DROP, "{what}: the handshake keeps its port");
+        }
+        age(dp, 1500, 1500);
         let (action, _) = dp.run(&syn(false, 42000).build(), Reason::TxNat);
-        assert_eq!(
-            action, XDP_TX,
-            "the abandoned handshake's port is taken over"
-        );
+        assert_eq!(action, XDP_TX, "the stalled handshake's port is taken over");
         let e = dp.prog.maps().nat_entries().expect("dump");
         assert_eq!(e.len(), 1, "one reverse entry: {e:?}");
         assert_eq!(u16::from_be(e[0].1.client_port_be), 42000, "now 42000's");
+        assert!(
+            !conntrack_by_sport(dp).contains_key(&41000),
+            "the old flow's forward entry went with its port"
+        );
         let (action, _) = dp.run(&handshake_ack(false, 41000).build(), Reason::TxRst);
         assert_eq!(action, XDP_TX, "the abandoned flow's late ACK gets an RST");
+    });
+}
+
+/// The backend answers a new flow's SYN with a bare ACK: it still holds an
+/// older connection on that source port (RFC 9293 3.10.7.4, RFC 5961
+/// section 4). The LB answers that ACK itself with the RST the client would
+/// send, <SEQ=SEG.ACK><CTL=RST>, back to the backend from the flow's SNAT
+/// address and port (`tx_rst_stale_backend`), and the flow keeps its port,
+/// so the client's retransmitted SYN leaves under it. The SYN-ACK, a
+/// confirmed flow's ACK, and a peer's copy of a pending flow (no
+/// `NAT_F_OWN`: its handshake may have completed through the peer) are
+/// translated to the client as before.
+#[test]
+fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
+    use vip_common::NAT_F_OWN;
+    let l = NatLab::new("natstale");
+    let snat = l.lb_ip(false);
+    let lb_mac = l.lab.node("lb").mac;
+    l.one_backend_with_ports(50000..=50000, |dp| {
+        dp.run(&syn(false, 41000).build(), Reason::TxNat);
+        let stale = Pkt {
+            dst_mac: lb_mac,
+            src_mac: backend_mac(1),
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK,
+                seq: 9000,
+                ack: 123_456,
+            },
+            ..Pkt::tcp(backend_ip(false, 1), PORT, snat, 50000, 0)
+        }
+        .build();
+        let (action, out) = dp.run(&stale, Reason::TxRstStale);
+        assert_eq!(action, XDP_TX, "the stale ACK is answered");
+        let o = decode(&out).expect("the RST decodes");
+        assert_eq!(
+            (o.src, o.sport, o.dst, o.dport),
+            (snat, 50000, backend_ip(false, 1), PORT),
+            "to the backend, from the flow's SNAT address and port"
+        );
+        assert_eq!(
+            (o.tcp_flags, o.seq),
+            (TCP_RST, 123_456),
+            "<SEQ=SEG.ACK><CTL=RST>"
+        );
+        assert_eq!((o.dst_mac, o.src_mac), (backend_mac(1), lb_mac));
+        assert!(o.ip_csum_ok && o.l4_csum_ok, "checksums: {o:?}");
+        let (_, out) = dp.run(&syn(false, 41000).build(), Reason::TxNat);
+        assert_eq!(
+            decode(&out).expect("decodes").sport,
+            50000,
+            "the client's retransmitted SYN leaves under the same port"
+        );
+        let (_, out) = dp.run(
+            &syn_ack(false, 1, snat, 50000, lb_mac).build(),
+            Reason::TxReverseNat,
+        );
+        let o = decode(&out).expect("decodes");
+        assert_eq!((o.dst, o.dport), (ip(CLIENT4), 41000), "the SYN-ACK");
+
+        // A peer's copy of the same pending flow.
+        let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
+        assert_ne!(v.flags & NAT_F_OWN, 0, "our own allocation is marked");
+        v.flags &= !NAT_F_OWN;
+        insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
+        let (action, out) = dp.run(&stale, Reason::TxReverseNat);
+        assert_eq!(action, XDP_TX);
+        let o = decode(&out).expect("decodes");
+        assert_eq!(
+            (o.dst, o.dport, o.tcp_flags),
+            (ip(CLIENT4), 41000, TCP_ACK),
+            "a peer's pending flow: the ACK passes to the client"
+        );
+
+        // Confirmed by the client's ACK: the backend's ACKs pass.
+        v.flags |= NAT_F_OWN;
+        insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
+        dp.run(&handshake_ack(false, 41000).build(), Reason::TxNat);
+        let (_, out) = dp.run(&stale, Reason::TxReverseNat);
+        let o = decode(&out).expect("decodes");
+        assert_eq!(
+            (o.dst, o.dport),
+            (ip(CLIENT4), 41000),
+            "a confirmed flow's ACK"
+        );
     });
 }
 

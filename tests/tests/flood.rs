@@ -23,14 +23,15 @@ const SYNS: u32 = 8_000;
 const SEGMENTS: u32 = 2_000;
 
 /// Opens the watches, floods, and checks that none broke; returns the
-/// flood for the mode's own accounting.
-fn flood_keeps_watches(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> Flood {
+/// lab and the flood for the mode's own checks. `extra`: more top-level
+/// config.
+fn flood_keeps_watches(hint: &str, xdp_mode: AttachMode, fwd: Fwd, extra: &str) -> (LbLab, Flood) {
     let l = LbLab::start_with(
         hint,
         &LbOptions {
             // Far smaller than the flood: without the unconfirmed tables
             // the flood's entries would push the streams' out.
-            extra: "conntrack_capacity: 1024\n".into(),
+            extra: format!("conntrack_capacity: 1024\n{extra}"),
             ..LbOptions::new(xdp_mode, fwd)
         },
     );
@@ -49,7 +50,7 @@ fn flood_keeps_watches(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> Flood {
             w.longest_gap
         );
     }
-    flood
+    (l, flood)
 }
 
 /// Mode dsr: every flood frame is forwarded to a backend as a new,
@@ -63,7 +64,7 @@ fn flood_keeps_watches(hint: &str, xdp_mode: AttachMode, fwd: Fwd) -> Flood {
 /// the same flood reset 108 of the 200 streams.)
 #[test]
 fn dsr_flood_breaks_none_of_200_watches() {
-    let f = flood_keeps_watches("fl-dsr", AttachMode::Native, Fwd::Dsr);
+    let (_l, f) = flood_keeps_watches("fl-dsr", AttachMode::Native, Fwd::Dsr, "");
     assert_eq!(
         f.new_flows(),
         f64::from(SYNS + SEGMENTS),
@@ -74,15 +75,31 @@ fn dsr_flood_breaks_none_of_200_watches() {
 
 /// Mode nat: every SYN is a new flow sent on (or refused for want of a
 /// source port, counted), every segment with no flow is answered with an
-/// RST: the counters account for every frame.
+/// RST: the counters account for every frame. The source ports are cut to
+/// 300 per backend, so the flood takes every one; seconds later (its
+/// handshakes stalled, `HANDSHAKE_HOLD_NS`) real clients' new connections
+/// go through at once, where waiting out `closing_s` (10 s) refused them
+/// all. A backend that still holds a flood handshake on a port a new
+/// connection takes answers its SYN with an ACK, which the LB resets
+/// (`tx_rst_stale_backend`); the client's retransmitted SYN then connects.
 #[test]
 fn nat_flood_breaks_none_of_200_watches() {
-    let f = flood_keeps_watches("fl-nat", AttachMode::Skb, Fwd::Nat);
+    let (l, f) = flood_keeps_watches(
+        "fl-nat",
+        AttachMode::Skb,
+        Fwd::Nat,
+        "nat:\n  ports: 40000-40299\n",
+    );
     let refused = f.reason(Reason::DropNatPortsExhausted);
     assert_eq!(
         f.new_flows() + refused,
         f64::from(SYNS),
         "SYNs sent on or refused: {}",
+        f.summary()
+    );
+    assert!(
+        refused > 0.0,
+        "the flood took every port (300 per backend): {}",
         f.summary()
     );
     assert_eq!(
@@ -91,4 +108,21 @@ fn nat_flood_breaks_none_of_200_watches() {
         "segments with no flow answered with an RST: {}",
         f.summary()
     );
+    let before = l.metrics_of("lb");
+    let answers = l.ask_vip(10);
+    let after = l.metrics_of("lb");
+    let moved = |k: &str| after.get(k).unwrap_or(&0.0) - before.get(k).unwrap_or(&0.0);
+    let label = |r: Reason| format!("vipd_dataplane_packets_total{{reason=\"{}\"}}", r.label());
+    eprintln!(
+        "fl-nat: after the flood, 10 new connections: {} stale backend connections reset, {} SYNs refused",
+        moved(&label(Reason::TxRstStale)),
+        moved(&label(Reason::DropNatPortsExhausted))
+    );
+    for a in &answers {
+        assert!(
+            matches!(a, Ok((200, _))),
+            "a new connection after the flood, while its handshakes hold every port: {a:?} \
+             (all: {answers:?})"
+        );
+    }
 }

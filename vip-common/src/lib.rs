@@ -78,6 +78,13 @@ pub const CT_F_DSR: u8 = 1 << 1;
 /// client's (the passive close, CLOSE-WAIT -> LAST-ACK -> CLOSED, RFC 9293
 /// 3.6: only the side that closes first waits in TIME-WAIT).
 pub const NAT_F_DONE: u8 = 1 << 2;
+/// Reverse-NAT flag: this LB took the entry's port itself, for a flow whose
+/// SYN it saw (the XDP program's port allocation), as opposed to a copy a
+/// peer's state sync wrote. Only such an entry, while unconfirmed, has a
+/// stray segment from its backend answered with an RST (`lb::reverse_nat`):
+/// a peer's copy may be of a flow whose handshake completed through that
+/// peer, whose segments must pass.
+pub const NAT_F_OWN: u8 = 1 << 3;
 /// State-sync flag, on a `SyncEvent` and its wire record only, never in a
 /// map: the flow is not confirmed yet (its SYN, `confirm`), so a peer keeps
 /// it in its unconfirmed tables. Sent so that a reply reaching another LB
@@ -92,6 +99,43 @@ pub const SYNC_F_PENDING: u8 = 1 << 7;
 /// client's last ACK was lost (each retransmission refreshes the entry), so
 /// a new flow's SYN never lands on a socket still in LAST-ACK.
 pub const CLOSED_HOLD_NS: u64 = 2_000_000_000;
+
+/// How long a source port stays with a mode nat handshake that has not
+/// completed (its client has not confirmed it, `confirm`) once a new flow
+/// finds no free port: then a handshake idle this long on both sides gives
+/// its port up (`handshake_port_free`). A real client completes its
+/// handshake within one round trip; one that has had no answer for a second
+/// has lost a segment and retransmits its SYN at its initial RTO of 1 s
+/// (RFC 6298 section 2.1), which then takes a port afresh. A spoofed SYN's
+/// handshake never completes, so under a SYN flood the ports turn over
+/// every second instead of being held for `closing_s` (10 s by default)
+/// while every new client is refused.
+pub const HANDSHAKE_HOLD_NS: u64 = 1_000_000_000;
+
+/// Whether the port `port_be` held by an unconfirmed mode nat flow may go
+/// to a new one when no port is free: its reverse entry idle past
+/// [`HANDSHAKE_HOLD_NS`] (last seen at `rev_last`), and its forward entry
+/// `fwd` (last seen, its port) too when that still holds this port (a
+/// forward entry with another port is a newer connection on the same client
+/// tuple). The second value says whether that forward entry must go with
+/// the port: left in place, the old client's next packet would be sent on
+/// under a port that is now another flow's.
+#[inline(always)]
+pub fn handshake_port_free(
+    now: u64,
+    port_be: u16,
+    rev_last: u64,
+    fwd: Option<(u64, u16)>,
+) -> (bool, bool) {
+    let over = |last: u64| now.saturating_sub(last) > HANDSHAKE_HOLD_NS;
+    if !over(rev_last) {
+        return (false, false);
+    }
+    match fwd {
+        Some((last, port)) if port == port_be => (over(last), over(last)),
+        _ => (true, false),
+    }
+}
 
 macro_rules! reasons {
     ($($(#[$m:meta])* $name:ident = $val:expr, $label:expr;)*) => {
@@ -207,6 +251,13 @@ reasons! {
     /// between two LBs). A handed packet we do have an entry for is counted
     /// under its own verdict (`TxReverseNat`).
     PassHandoffUnknown = 27, "pass_nat_handoff_unknown";
+    /// Mode nat: the backend answered a new flow's SYN with a segment of an
+    /// older connection it still holds on that source port (an ACK, not a
+    /// SYN-ACK: the port was taken over from a stalled handshake, or from a
+    /// flow the backend never closed). The LB answered it with the RST the
+    /// client would have sent, so the backend drops the old connection and
+    /// the client's retransmitted SYN opens the new one on the same port.
+    TxRstStale = 28, "tx_rst_stale_backend";
 }
 
 /// The `LOCAL_MAC` entry: the MAC address of the interface the program is
@@ -854,6 +905,51 @@ mod tests {
         assert_eq!(
             maglev_index(MAX_SERVICES - 1, 1, MAGLEV_MAX_SIZE - 1),
             MAGLEV_ENTRIES - 1
+        );
+    }
+
+    #[test]
+    fn a_stalled_handshake_gives_its_port_up_after_the_hold() {
+        let s = 1_000_000_000u64;
+        let now = 100 * s;
+        let port = 50000u16.to_be();
+        let other = 50001u16.to_be();
+        let (young, old) = (now - s / 2, now - 3 * s / 2);
+        // The reverse side decides first: a young one keeps the port
+        // whatever the forward entry says.
+        assert_eq!(handshake_port_free(now, port, young, None), (false, false));
+        assert_eq!(
+            handshake_port_free(now, port, young, Some((old, port))),
+            (false, false)
+        );
+        // Both idle past the hold: the port goes, and the old forward
+        // entry with it.
+        assert_eq!(
+            handshake_port_free(now, port, old, Some((old, port))),
+            (true, true)
+        );
+        // A client still retransmitting its SYN (forward entry touched)
+        // keeps it.
+        assert_eq!(
+            handshake_port_free(now, port, old, Some((young, port))),
+            (false, false)
+        );
+        // No forward entry, or a newer connection on the client's tuple
+        // under another port: the port is free and that entry stays.
+        assert_eq!(handshake_port_free(now, port, old, None), (true, false));
+        assert_eq!(
+            handshake_port_free(now, port, old, Some((old, other))),
+            (true, false)
+        );
+        // Exactly the hold is not past it; a timestamp after `now` (another
+        // CPU touched it) is fresh.
+        assert_eq!(
+            handshake_port_free(now, port, now - HANDSHAKE_HOLD_NS, None),
+            (false, false)
+        );
+        assert_eq!(
+            handshake_port_free(now, port, now + s, None),
+            (false, false)
         );
     }
 

@@ -185,10 +185,14 @@ pub fn take_port(rev: &ConnKey, value: &vip_common::NatValue) -> bool {
 }
 
 /// Takes over the port `sc.rev` for `sc.value` from an unconfirmed flow
-/// that is over: both its entries idle past `closing_s` (a handshake that
-/// never completed: a spoofed SYN's, or one the client gave up), or 2 s
-/// after the backend reset it (`Globals::port_free`, with the entries read
-/// as closing). Nothing else frees such a port before the LRU evicts it,
+/// whose handshake has stalled: both its entries idle past
+/// `HANDSHAKE_HOLD_NS` (`vip_common::handshake_port_free`). Only reached
+/// when no port `allocate_port` tried was free, so under a SYN flood from
+/// spoofed sources the flood's ports turn over every second and real
+/// clients get through, where waiting out `closing_s` refused every new
+/// flow for ten seconds after the flood. The old flow's forward entry goes
+/// too: left, its client's next packet would leave under a port that is now
+/// another flow's. Nothing else frees such a port before the LRU evicts it,
 /// as the agent's sweep walks the confirmed tables only. Called under
 /// `NAT_LOCK` (`lb::reclaim_port`); BPF_EXIST replaces the value whole.
 #[allow(
@@ -196,33 +200,33 @@ pub fn take_port(rev: &ConnKey, value: &vip_common::NatValue) -> bool {
     reason = "keys passed by value would be copied onto the stack"
 )]
 #[inline(always)]
-pub fn reclaim_unconfirmed(sc: &mut PortScratch, now: u64, g: &Globals) -> bool {
+pub fn reclaim_unconfirmed(sc: &mut PortScratch, now: u64) -> bool {
     let Some(old) = NAT_REV_UNCONFIRMED.get_ptr(&sc.rev) else {
         return false;
     };
     // SAFETY: LRU value pointer, valid during this run.
-    let rev = unsafe {
+    let rev_last = unsafe {
         sc.fwd = (*old).forward_key(&sc.rev);
-        ((*old).last_seen_ns, (*old).flags | CT_F_CLOSING)
+        (*old).last_seen_ns
     };
-    let fwd = || {
-        CT_UNCONFIRMED.get_ptr(&sc.fwd).map(|f| {
-            // SAFETY: as above.
-            unsafe {
-                (
-                    (*f).last_seen_ns,
-                    (*f).flags | CT_F_CLOSING,
-                    (*f).nat_port_be,
-                )
-            }
-        })
-    };
-    if !g.port_free(now, sc.rev.dport_be, rev, fwd, sc.rev.proto == PROTO_TCP) {
+    let fwd = CT_UNCONFIRMED
+        .get_ptr(&sc.fwd)
+        // SAFETY: as above.
+        .map(|f| unsafe { ((*f).last_seen_ns, (*f).nat_port_be) });
+    let (free, drop_fwd) = vip_common::handshake_port_free(now, sc.rev.dport_be, rev_last, fwd);
+    if !free {
         return false;
     }
-    NAT_REV_UNCONFIRMED
+    if NAT_REV_UNCONFIRMED
         .insert(&sc.rev, &sc.value, BPF_EXIST as u64)
-        .is_ok()
+        .is_err()
+    {
+        return false;
+    }
+    if drop_fwd {
+        let _ = CT_UNCONFIRMED.remove(&sc.fwd);
+    }
+    true
 }
 
 /// Reports a confirmed flow to the agent for replication to the peer LBs.

@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
-    FibHop, Globals, MAGLEV_MAX_SIZE, MAX_NAT_OWNERS, MODE_DSR, MODE_NAT, NAT_F_DONE,
+    FibHop, Globals, MAGLEV_MAX_SIZE, MAX_NAT_OWNERS, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_F_OWN,
     NAT_PORT_TRIES, NO_BACKEND, NatOwner, NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE,
     SVC_F_SYNC, SYNC_F_PENDING, ServiceKey, ServiceValue, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW,
     TRACE_FLOW_REPLY, flow_hash, maglev_index, nat_port_try,
@@ -72,9 +72,12 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
     let p: &Parsed = p;
 
     // Replies from backends to a source port we allocated (mode nat).
-    if reply_port && let Some(v) = reverse_entry(&p.key) {
+    if reply_port && let Some((v, pending)) = reverse_entry(&p.key) {
         if traced {
             trace::flow(TRACE_FLOW_REPLY, 0);
+        }
+        if pending && stale_backend_segment(p, v, &g) {
+            return reset_stale(ctx, p);
         }
         return Verdict::unpack(reverse_nat(ctx, p, v, &g));
     }
@@ -321,7 +324,10 @@ fn handed_reply(ctx: &XdpContext) -> u64 {
     }
     let p: &Parsed = p;
     match reverse_entry(&p.key) {
-        Some(v) => reverse_nat(ctx, p, v, &g),
+        Some((v, pending)) if pending && stale_backend_segment(p, v, &g) => {
+            reset_stale(ctx, p).pack()
+        }
+        Some((v, _)) => reverse_nat(ctx, p, v, &g),
         None => unknown.pack(),
     }
 }
@@ -420,6 +426,7 @@ fn port_search(
         mem::zero_u32s::<{ size_of::<NatValue>() / 4 }>((&raw mut sc.value).cast());
     }
     sc.value.last_seen_ns = now;
+    sc.value.flags = NAT_F_OWN;
     sc.value.client_addr = p.key.saddr;
     sc.value.vip = p.key.daddr;
     sc.value.client_port_be = p.key.sport_be;
@@ -515,8 +522,8 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
 /// last packet, any other when both its entries expired. Called under
 /// `NAT_LOCK`, and reads the entry again under it, so a port another CPU
 /// reclaimed, or the sweep deleted and someone claimed afresh, is left
-/// alone. A port held by a flow that never got confirmed is taken over the
-/// same way (`confirm::reclaim_unconfirmed`).
+/// alone. A port held by a flow that never got confirmed is taken over once
+/// its handshake has stalled (`confirm::reclaim_unconfirmed`).
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
@@ -525,7 +532,7 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
 fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
     let g = globals();
     let Some(old) = NAT_REV.get_ptr(&sc.rev) else {
-        return confirm::reclaim_unconfirmed(sc, now, &g);
+        return confirm::reclaim_unconfirmed(sc, now);
     };
     let tcp = sc.rev.proto == PROTO_TCP;
     // SAFETY: LRU value pointer, valid during this run.
@@ -558,16 +565,16 @@ fn reclaim_locked(sc: &mut PortScratch, now: u64) -> bool {
 
 /// The reverse entry of a reply to `key`: a confirmed flow's, else one
 /// still waiting for its client's ACK (the backend's SYN-ACK comes before
-/// it).
+/// it); true with the latter.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack"
 )]
 #[inline(always)]
-fn reverse_entry(key: &ConnKey) -> Option<*mut NatValue> {
+fn reverse_entry(key: &ConnKey) -> Option<(*mut NatValue, bool)> {
     match NAT_REV.get_ptr_mut(key) {
-        Some(v) => Some(v),
-        None => NAT_REV_UNCONFIRMED.get_ptr_mut(key),
+        Some(v) => Some((v, false)),
+        None => NAT_REV_UNCONFIRMED.get_ptr_mut(key).map(|v| (v, true)),
     }
 }
 
@@ -619,6 +626,47 @@ fn dsr(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> Verdict {
     }
     match fwd::dsr(ctx, be.mac()) {
         Ok(()) => Verdict::tx(Reason::TxDsr, id),
+        Err(()) => Verdict::drop(Reason::DropAdjustFailed),
+    }
+}
+
+/// Whether `p`, from a backend to an unconfirmed reverse entry `v`, is a
+/// segment of an older connection: no SYN (nor RST) on a live flow this LB
+/// opened. The backend took the client's SYN for a segment of a connection
+/// it still holds on this tuple (the port was taken over from a stalled
+/// handshake, `HANDSHAKE_HOLD_NS`, or from a flow whose end the backend
+/// never saw), and answered with an ACK, not a SYN-ACK (RFC 9293 3.10.7.4
+/// in SYN-RECEIVED, RFC 5961 section 4 when established); before the
+/// client's ACK nothing else from the backend lacks a SYN. A peer's copy
+/// (no `NAT_F_OWN`) is left alone: its handshake may have completed through
+/// that peer, whose confirmation has not reached us yet.
+#[inline(always)]
+fn stale_backend_segment(p: &Parsed, v: *mut NatValue, g: &Globals) -> bool {
+    if p.key.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+        return false;
+    }
+    // SAFETY: LRU value pointer, valid during this run.
+    let (last, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
+    // SAFETY: bpf_ktime_get_coarse_ns has no preconditions (see try_vip).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    flags & NAT_F_OWN != 0 && !g.expired(now, last, flags, true)
+}
+
+/// Answers a stale segment (`stale_backend_segment`) with the RST the
+/// client would send (RFC 9293 3.10.7.3), <SEQ=SEG.ACK><CTL=RST>, which the
+/// backend takes (the exact match of RFC 5961 3.2): its old connection
+/// goes, and the client's retransmitted SYN opens the new one under the
+/// same port. Left to the client, that RST would also close the flow here,
+/// and its next SYN would take another port, perhaps into the same trap.
+/// Called from the top level, not from `reverse_nat`: one subprogram more
+/// under it broke the verifier's 512-byte stack for the call chain.
+#[inline(always)]
+fn reset_stale(ctx: &XdpContext, p: &Parsed) -> Verdict {
+    match fwd::rst(ctx, p) {
+        Ok(()) => Verdict {
+            backend: None,
+            ..Verdict::tx(Reason::TxRstStale, 0)
+        },
         Err(()) => Verdict::drop(Reason::DropAdjustFailed),
     }
 }
