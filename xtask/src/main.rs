@@ -5,6 +5,7 @@
 mod bootstrap;
 mod commands;
 mod fresh;
+mod lanes;
 mod package;
 mod soak;
 
@@ -219,7 +220,7 @@ fn main() -> Result<()> {
             // (their single-crate tails).
             let packages = Packages::start(&root)?;
             check(&tc)?;
-            test(&tc, &args, packages)?;
+            test(&root, &tc, &args, packages)?;
             step(&format!(
                 "all tests passed in {:.0}s",
                 started.elapsed().as_secs_f64()
@@ -292,7 +293,12 @@ fn check(tc: &bootstrap::Toolchain) -> Result<()> {
     })
 }
 
-fn test(tc: &bootstrap::Toolchain, args: &[OsString], packages: Packages) -> Result<()> {
+fn test(
+    root: &Path,
+    tc: &bootstrap::Toolchain,
+    args: &[OsString],
+    packages: Packages,
+) -> Result<()> {
     if !bootstrap::is_root() {
         bail!(
             "the program and namespace tests load XDP programs and create network namespaces: \
@@ -304,13 +310,12 @@ fn test(tc: &bootstrap::Toolchain, args: &[OsString], packages: Packages) -> Res
     timed("build vipd", || {
         run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
     })?;
-    timed("build the tests", || {
-        run(cargo(tc).args(["test", "--no-run"]))
-    })?;
+    let exes = lanes::build(tc)?;
     let artifacts = packages.wait()?;
-    timed("cargo test (unit, program, topology)", || {
+    lanes::run(root, exes, args, &artifacts)?;
+    timed("doc tests", || {
         let mut c = cargo(tc);
-        c.args(["test", "--no-fail-fast"]).envs(artifacts.clone());
+        c.args(["test", "--doc", "--no-fail-fast"]);
         if !args.is_empty() {
             c.arg("--").args(args);
         }

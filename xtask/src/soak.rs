@@ -274,7 +274,7 @@ fn snapshot(from: &Path, to: &Path) -> Result<PathBuf> {
     Ok(to.to_owned())
 }
 
-fn builds_namespaces(exe: &Path) -> Result<bool> {
+pub fn builds_namespaces(exe: &Path) -> Result<bool> {
     use object::{Object as _, ObjectSymbol as _};
     let data = fs::read(exe).with_context(|| format!("read {}", exe.display()))?;
     let file = object::File::parse(&*data).with_context(|| {
