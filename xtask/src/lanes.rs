@@ -11,9 +11,17 @@
 //! at once. Each binary's output goes to target/test-logs/NAME.log and is
 //! printed whole when it fails. The doc tests follow with `cargo test --doc`.
 //!
-//! Order: the longest first, from the times of the last run in this target
-//! dir (target/test-logs/times.json); binaries without a time (a clean
-//! clone) first of all, the namespace suites before the others.
+//! Alone: a binary that builds the BGP fabric (it links
+//! `vip_tests::fabric::Fabric::new`) runs with no other beside it. Its BFD
+//! sessions detect a silent peer in 150 ms (50 ms x 3), as the fabric tests
+//! assert; a busy neighbour (the image suite's podman, a flood) delayed the
+//! router's bfdd past that in the first two-lane run, every session flapped
+//! and the VIP's route was withdrawn under a test that expected three paths.
+//!
+//! Order: the binaries that run alone first (so nothing waits for a lane to
+//! drain), then the longest first, from the times of the last run in this
+//! target dir (target/test-logs/times.json); binaries without a time (a
+//! clean clone) before those with, the namespace suites before the others.
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +29,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{Mutex, mpsc},
+    sync::{Mutex, RwLock, mpsc},
     thread,
     time::Instant,
 };
@@ -38,7 +46,13 @@ pub struct Exe {
     /// The package's folder: cargo runs a test binary there.
     cwd: PathBuf,
     namespaces: bool,
+    /// Runs with no other binary beside it.
+    alone: bool,
 }
+
+/// The BGP fabric's constructor (tests/src/fabric.rs), as pieces of its
+/// mangled name in both manglings: binaries that link it run alone.
+const FABRIC_SYMBOL: [&str; 4] = ["9vip_tests", "6fabric", "6Fabric", "3new"];
 
 /// `cargo test --no-run`, with cargo's JSON messages read for the binaries.
 pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
@@ -86,8 +100,10 @@ pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
             format!("{package}/{target}")
         };
         let path = PathBuf::from(exe);
+        let found = crate::soak::links(&path, &[&crate::soak::NAMESPACE_SYMBOL, &FABRIC_SYMBOL])?;
         exes.push(Exe {
-            namespaces: crate::soak::builds_namespaces(&path)?,
+            namespaces: found[0],
+            alone: found[1],
             name,
             path,
             cwd,
@@ -95,6 +111,12 @@ pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
     }
     if exes.is_empty() {
         bail!("cargo test --no-run reported no test binary");
+    }
+    if !exes.iter().any(|e| e.name == "tests/fabric" && e.alone) {
+        bail!(
+            "tests/fabric does not link vip_tests::fabric::Fabric::new: if it was renamed, \
+             update FABRIC_SYMBOL in xtask/src/lanes.rs"
+        );
     }
     Ok(exes)
 }
@@ -135,6 +157,8 @@ pub fn run(
         log_dir.display()
     ));
     let queue = Mutex::new(queue.into_iter());
+    // Readers: binaries that share the machine; a writer: one that runs alone.
+    let gate = RwLock::new(());
     let (tx, rx) = mpsc::channel::<(String, Result<Finished>)>();
     let started = Instant::now();
     let mut failed = vec![];
@@ -143,12 +167,21 @@ pub fn run(
             let tx = tx.clone();
             let queue = &queue;
             let log_dir = &log_dir;
+            let gate = &gate;
             s.spawn(move || {
                 loop {
                     let next = queue.lock().map(|mut q| q.next()).ok().flatten();
                     let Some(exe) = next else { break };
                     let log = log_dir.join(format!("{}.log", exe.name.replace('/', "-")));
-                    let r = run_one(&exe, args, env, &log, lane);
+                    // A poisoned gate only means a lane panicked; the lock
+                    // still orders the runs.
+                    let r = if exe.alone {
+                        let _g = gate.write().unwrap_or_else(|e| e.into_inner());
+                        run_one(&exe, args, env, &log, lane)
+                    } else {
+                        let _g = gate.read().unwrap_or_else(|e| e.into_inner());
+                        run_one(&exe, args, env, &log, lane)
+                    };
                     if tx.send((exe.name, r)).is_err() {
                         break;
                     }
@@ -161,17 +194,13 @@ pub fn run(
                 Ok(f) => {
                     times.insert(name.clone(), f.secs);
                     if f.ok {
-                        step(&format!(
-                            "[lane {}] {name}: {} in {:.1}s",
-                            f.lane, f.summary, f.secs
-                        ));
+                        step(&format!("[lane {}] {name}: {}", f.lane, f.summary));
                     } else {
                         eprint!("{}", f.output);
                         step(&format!(
-                            "[lane {}] {name}: FAILED ({}) in {:.1}s; its output is above and in {}",
+                            "[lane {}] {name}: {}; its output is above and in {}",
                             f.lane,
                             f.summary,
-                            f.secs,
                             f.log.display()
                         ));
                         failed.push(name);
@@ -198,14 +227,15 @@ pub fn run(
     Ok(())
 }
 
-/// The running order: longest first by `times`; a binary without a time
-/// before every one with (it may be the longest), namespace suites before
-/// the others, then by name.
+/// The running order: those that run alone first; then longest first by
+/// `times`, a binary without a time before every one with (it may be the
+/// longest); namespace suites before the others; then by name.
 fn order(mut exes: Vec<Exe>, times: &BTreeMap<String, f64>) -> Vec<Exe> {
     let key = |e: &Exe| times.get(&e.name).copied().unwrap_or(f64::INFINITY);
     exes.sort_by(|a, b| {
-        key(b)
-            .total_cmp(&key(a))
+        b.alone
+            .cmp(&a.alone)
+            .then(key(b).total_cmp(&key(a)))
             .then(b.namespaces.cmp(&a.namespaces))
             .then(a.name.cmp(&b.name))
     });
@@ -267,6 +297,7 @@ mod tests {
             path: PathBuf::new(),
             cwd: PathBuf::new(),
             namespaces,
+            alone: name == "tests/alone",
         }
     }
 
@@ -296,5 +327,10 @@ mod tests {
             names(order(all(), &times)),
             ["tests/b", "tests/fabric", "tests/agent", "vip-common/lib"]
         );
+        // One that runs alone goes first, however short.
+        let mut with_alone = all();
+        with_alone.push(exe("tests/alone", true));
+        let times = BTreeMap::from([("tests/alone".to_owned(), 1.0)]);
+        assert_eq!(names(order(with_alone, &times))[0], "tests/alone");
     }
 }

@@ -37,7 +37,7 @@ use crate::{bootstrap, cargo, step, timed};
 /// The function every namespace topology is built with (tests/src/netns.rs);
 /// its mangled name holds these two pieces in both the legacy and the v0
 /// symbol mangling.
-const NAMESPACE_SYMBOL: [&str; 2] = ["9vip_tests", "5netns13add_namespace"];
+pub const NAMESPACE_SYMBOL: [&str; 2] = ["9vip_tests", "5netns13add_namespace"];
 
 /// A suite that runs longer than this is stopped (its pid only) and its
 /// unreported tests count as failures: a hang is a flake too. The longest
@@ -275,6 +275,15 @@ fn snapshot(from: &Path, to: &Path) -> Result<PathBuf> {
 }
 
 pub fn builds_namespaces(exe: &Path) -> Result<bool> {
+    Ok(links(exe, &[&NAMESPACE_SYMBOL])?[0])
+}
+
+/// For each symbol (given as pieces of its mangled name, all present in
+/// both manglings), whether the binary `exe` holds it: debug test builds
+/// are not inlined and the linker drops unreachable functions
+/// (`--gc-sections`), so a function is there exactly when a test can call
+/// it.
+pub fn links(exe: &Path, symbols: &[&[&str]]) -> Result<Vec<bool>> {
     use object::{Object as _, ObjectSymbol as _};
     let data = fs::read(exe).with_context(|| format!("read {}", exe.display()))?;
     let file = object::File::parse(&*data).with_context(|| {
@@ -283,10 +292,14 @@ pub fn builds_namespaces(exe: &Path) -> Result<bool> {
             exe.display()
         )
     })?;
-    Ok(file.symbols().any(|s| {
-        s.name()
-            .is_ok_and(|n| NAMESPACE_SYMBOL.iter().all(|piece| n.contains(piece)))
-    }))
+    let mut found = vec![false; symbols.len()];
+    for s in file.symbols() {
+        let Ok(n) = s.name() else { continue };
+        for (f, pieces) in found.iter_mut().zip(symbols) {
+            *f = *f || pieces.iter().all(|piece| n.contains(piece));
+        }
+    }
+    Ok(found)
 }
 
 /// The tests of `exe` that the libtest arguments select (`--list`).
