@@ -1206,7 +1206,7 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
             .expect("the reverse entry");
         assert_eq!(
             owner,
-            (45000, vip_common::NAT_F_OWN),
+            (45000, vip_common::NAT_F_SOLE),
             "the reverse entry is the new flow's, allocated here"
         );
 
@@ -1269,12 +1269,12 @@ fn nat_port_hold_follows_how_the_backend_closed() {
             .build()
         };
         // The flags that say how the flow closed (every entry here is
-        // this LB's own, `NAT_F_OWN`).
+        // this LB's alone, `NAT_F_SOLE`: the service has no state sync).
         let rev_flags = |dp: &Dp| {
             let e = dp.prog.maps().nat_entries().expect("dump");
             assert_eq!(e.len(), 1, "one reverse entry: {e:?}");
-            assert_ne!(e[0].1.flags & vip_common::NAT_F_OWN, 0, "allocated here");
-            e[0].1.flags & !vip_common::NAT_F_OWN
+            assert_ne!(e[0].1.flags & vip_common::NAT_F_SOLE, 0, "allocated here");
+            e[0].1.flags & !vip_common::NAT_F_SOLE
         };
         // Ages both entries of the flow from client port `sport` by `secs`.
         let age = |dp: &mut Dp, sport: u16, secs: u64| {
@@ -1736,11 +1736,12 @@ fn nat_stalled_handshakes_give_their_ports_up_after_a_second() {
 /// address and port (`tx_rst_stale_backend`), and the flow keeps its port,
 /// so the client's retransmitted SYN leaves under it. The SYN-ACK, a
 /// confirmed flow's ACK, and a peer's copy of a pending flow (no
-/// `NAT_F_OWN`: its handshake may have completed through the peer) are
+/// `NAT_F_SOLE`, as with any service that syncs: its handshake may have
+/// completed through the peer) are
 /// translated to the client as before.
 #[test]
 fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
-    use vip_common::NAT_F_OWN;
+    use vip_common::NAT_F_SOLE;
     let l = NatLab::new("natstale");
     let snat = l.lb_ip(false);
     let lb_mac = l.lab.node("lb").mac;
@@ -1787,8 +1788,12 @@ fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
 
         // A peer's copy of the same pending flow.
         let (k, mut v) = dp.prog.maps().nat_entries().expect("dump")[0];
-        assert_ne!(v.flags & NAT_F_OWN, 0, "our own allocation is marked");
-        v.flags &= !NAT_F_OWN;
+        assert_ne!(
+            v.flags & NAT_F_SOLE,
+            0,
+            "our own allocation, no state sync: marked"
+        );
+        v.flags &= !NAT_F_SOLE;
         insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
         let (action, out) = dp.run(&stale, Reason::TxReverseNat);
         assert_eq!(action, XDP_TX);
@@ -1800,7 +1805,7 @@ fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
         );
 
         // Confirmed by the client's ACK: the backend's ACKs pass.
-        v.flags |= NAT_F_OWN;
+        v.flags |= NAT_F_SOLE;
         insert(dp, "NAT_REV_UNCONFIRMED", [(k, v)]);
         dp.run(&handshake_ack(false, 41000).build(), Reason::TxNat);
         let (_, out) = dp.run(&stale, Reason::TxReverseNat);
@@ -1809,6 +1814,51 @@ fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
             (o.dst, o.dport),
             (ip(CLIENT4), 41000),
             "a confirmed flow's ACK"
+        );
+    });
+}
+
+/// With state sync the same ACK passes to the client: the flow's entry is
+/// not this LB's alone (no `NAT_F_SOLE`), because the client's ACK may have
+/// confirmed it through a peer (the router's ECMP hash changed as an LB
+/// came back, or the VIP moved) whose record has not arrived yet. Resetting
+/// the backend there broke a connection in the fabric lab (`cargo xtask
+/// soak`, fabric, mode nat).
+#[test]
+fn nat_with_state_sync_a_backends_ack_to_a_pending_flow_passes() {
+    use vip_common::{NAT_F_SOLE, SVC_F_SYNC};
+    let l = NatLab::new("natstalesync");
+    let snat = l.lb_ip(false);
+    let lb_mac = l.lab.node("lb").mac;
+    let mut svc = service(ip(VIP4), snat, PROTO_TCP, vec![backend(false, 1)]);
+    svc.flags |= SVC_F_SYNC;
+    l.with_dp(vec![svc], |dp| {
+        let (_, out) = dp.run(&syn(false, 41000).build(), Reason::TxNat);
+        let port = decode(&out).expect("decodes").sport;
+        let (_, v) = dp.prog.maps().nat_entries().expect("dump")[0];
+        assert_eq!(
+            v.flags & NAT_F_SOLE,
+            0,
+            "a syncing service's flow is not this LB's alone"
+        );
+        let ack = Pkt {
+            dst_mac: lb_mac,
+            src_mac: backend_mac(1),
+            l4: vip_tests::packet::L4::Tcp {
+                flags: TCP_ACK,
+                seq: 9000,
+                ack: 123_456,
+            },
+            ..Pkt::tcp(backend_ip(false, 1), PORT, snat, port, 0)
+        }
+        .build();
+        let (action, out) = dp.run(&ack, Reason::TxReverseNat);
+        assert_eq!(action, XDP_TX);
+        let o = decode(&out).expect("decodes");
+        assert_eq!(
+            (o.dst, o.dport, o.tcp_flags),
+            (ip(CLIENT4), 41000, TCP_ACK),
+            "translated to the client, not reset"
         );
     });
 }

@@ -79,12 +79,16 @@ pub const CT_F_DSR: u8 = 1 << 1;
 /// 3.6: only the side that closes first waits in TIME-WAIT).
 pub const NAT_F_DONE: u8 = 1 << 2;
 /// Reverse-NAT flag: this LB took the entry's port itself, for a flow whose
-/// SYN it saw (the XDP program's port allocation), as opposed to a copy a
-/// peer's state sync wrote. Only such an entry, while unconfirmed, has a
-/// stray segment from its backend answered with an RST (`lb::reverse_nat`):
-/// a peer's copy may be of a flow whose handshake completed through that
-/// peer, whose segments must pass.
-pub const NAT_F_OWN: u8 = 1 << 3;
+/// SYN it saw, of a service without state sync: no other LB can have seen
+/// the client confirm the flow. Only such an entry, while unconfirmed, has
+/// a stray segment from its backend answered with an RST
+/// (`lb::stale_backend_segment`). With state sync the client's ACK may
+/// have gone through a peer (the router's ECMP hash changed as an LB came
+/// back, or the VIP moved), which confirmed the flow from its synced copy;
+/// until that peer's record arrives the backend's next segment looks
+/// stale here and is not: resetting it broke a connection in the fabric
+/// lab. A peer's copy never carries the flag either (sync strips it).
+pub const NAT_F_SOLE: u8 = 1 << 3;
 /// State-sync flag, on a `SyncEvent` and its wire record only, never in a
 /// map: the flow is not confirmed yet (its SYN, `confirm`), so a peer keeps
 /// it in its unconfirmed tables. Sent so that a reply reaching another LB

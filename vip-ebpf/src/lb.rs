@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use vip_common::{
     BE_F_ALIVE, BE_F_ENCAP, BE_F_LOCAL, BackendValue, CT_F_CLOSING, CT_F_DSR, ConnKey, ConnValue,
-    FibHop, Globals, MAGLEV_MAX_SIZE, MAX_NAT_OWNERS, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_F_OWN,
+    FibHop, Globals, MAGLEV_MAX_SIZE, MAX_NAT_OWNERS, MODE_DSR, MODE_NAT, NAT_F_DONE, NAT_F_SOLE,
     NAT_PORT_TRIES, NO_BACKEND, NatOwner, NatValue, PROTO_TCP, Reason, SVC_F_RST_UNSERVABLE,
     SVC_F_SYNC, SYNC_F_PENDING, ServiceKey, ServiceValue, TRACE_FLOW_ESTABLISHED, TRACE_FLOW_NEW,
     TRACE_FLOW_REPLY, flow_hash, maglev_index, nat_port_try,
@@ -426,7 +426,12 @@ fn port_search(
         mem::zero_u32s::<{ size_of::<NatValue>() / 4 }>((&raw mut sc.value).cast());
     }
     sc.value.last_seen_ns = now;
-    sc.value.flags = NAT_F_OWN;
+    // See NAT_F_SOLE: with state sync a peer may confirm the flow.
+    sc.value.flags = if svc.flags & SVC_F_SYNC == 0 {
+        NAT_F_SOLE
+    } else {
+        0
+    };
     sc.value.client_addr = p.key.saddr;
     sc.value.vip = p.key.daddr;
     sc.value.client_port_be = p.key.sport_be;
@@ -637,9 +642,9 @@ fn dsr(ctx: &XdpContext, p: &Parsed, id: u32, be: &BackendValue) -> Verdict {
 /// handshake, `HANDSHAKE_HOLD_NS`, or from a flow whose end the backend
 /// never saw), and answered with an ACK, not a SYN-ACK (RFC 9293 3.10.7.4
 /// in SYN-RECEIVED, RFC 5961 section 4 when established); before the
-/// client's ACK nothing else from the backend lacks a SYN. A peer's copy
-/// (no `NAT_F_OWN`) is left alone: its handshake may have completed through
-/// that peer, whose confirmation has not reached us yet.
+/// client's ACK nothing else from the backend lacks a SYN, provided no other
+/// LB can have seen that ACK: only entries marked `NAT_F_SOLE` (services
+/// without state sync) qualify.
 #[inline(always)]
 fn stale_backend_segment(p: &Parsed, v: *mut NatValue, g: &Globals) -> bool {
     if p.key.proto != PROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
@@ -649,7 +654,7 @@ fn stale_backend_segment(p: &Parsed, v: *mut NatValue, g: &Globals) -> bool {
     let (last, flags) = unsafe { ((*v).last_seen_ns, (*v).flags) };
     // SAFETY: bpf_ktime_get_coarse_ns has no preconditions (see try_vip).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    flags & NAT_F_OWN != 0 && !g.expired(now, last, flags, true)
+    flags & NAT_F_SOLE != 0 && !g.expired(now, last, flags, true)
 }
 
 /// Answers a stale segment (`stale_backend_segment`) with the RST the

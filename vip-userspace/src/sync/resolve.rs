@@ -201,9 +201,9 @@ impl Directory {
                 vip: r.vip,
                 client_port_be: r.client_port.to_be(),
                 vip_port_be: r.vip_port.to_be(),
-                // A peer's flow is never our own (`NAT_F_OWN`), whatever
-                // bits its record carries.
-                flags: r.flags & !vip_common::NAT_F_OWN,
+                // A peer's flow is never this LB's alone (`NAT_F_SOLE`),
+                // whatever bits its record carries.
+                flags: r.flags & !vip_common::NAT_F_SOLE,
                 _pad: [0; 3],
                 hop: FibHop::NONE,
             },
