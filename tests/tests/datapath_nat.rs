@@ -1747,17 +1747,7 @@ fn nat_a_backends_stale_ack_to_a_new_flow_is_reset() {
     let lb_mac = l.lab.node("lb").mac;
     l.one_backend_with_ports(50000..=50000, |dp| {
         dp.run(&syn(false, 41000).build(), Reason::TxNat);
-        let stale = Pkt {
-            dst_mac: lb_mac,
-            src_mac: backend_mac(1),
-            l4: vip_tests::packet::L4::Tcp {
-                flags: TCP_ACK,
-                seq: 9000,
-                ack: 123_456,
-            },
-            ..Pkt::tcp(backend_ip(false, 1), PORT, snat, 50000, 0)
-        }
-        .build();
+        let stale = bare_ack(snat, 50000, lb_mac);
         let (action, out) = dp.run(&stale, Reason::TxRstStale);
         assert_eq!(action, XDP_TX, "the stale ACK is answered");
         let o = decode(&out).expect("the RST decodes");
@@ -1841,17 +1831,7 @@ fn nat_with_state_sync_a_backends_ack_to_a_pending_flow_passes() {
             0,
             "a syncing service's flow is not this LB's alone"
         );
-        let ack = Pkt {
-            dst_mac: lb_mac,
-            src_mac: backend_mac(1),
-            l4: vip_tests::packet::L4::Tcp {
-                flags: TCP_ACK,
-                seq: 9000,
-                ack: 123_456,
-            },
-            ..Pkt::tcp(backend_ip(false, 1), PORT, snat, port, 0)
-        }
-        .build();
+        let ack = bare_ack(snat, port, lb_mac);
         let (action, out) = dp.run(&ack, Reason::TxReverseNat);
         assert_eq!(action, XDP_TX);
         let o = decode(&out).expect("decodes");
@@ -1861,6 +1841,23 @@ fn nat_with_state_sync_a_backends_ack_to_a_pending_flow_passes() {
             "translated to the client, not reset"
         );
     });
+}
+
+/// Backend 1's bare ACK (seq 9000, ack 123456) to `to`:`port`, the LB's
+/// SNAT address and port, in a frame to `lb_mac`: what it sends a SYN that
+/// lands on an older connection it still holds.
+fn bare_ack(to: IpAddr, port: u16, lb_mac: [u8; 6]) -> Vec<u8> {
+    Pkt {
+        dst_mac: lb_mac,
+        src_mac: backend_mac(1),
+        l4: vip_tests::packet::L4::Tcp {
+            flags: TCP_ACK,
+            seq: 9000,
+            ack: 123_456,
+        },
+        ..Pkt::tcp(backend_ip(false, 1), PORT, to, port, 0)
+    }
+    .build()
 }
 
 /// Backend `be`'s SYN-ACK (seq 7000, ack 1001) to `to`:`port`, the LB's

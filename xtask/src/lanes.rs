@@ -42,10 +42,15 @@ use crate::{bootstrap, cargo, step, timed};
 pub struct Exe {
     /// `package/target` (a lib's unit tests: `package/lib`).
     name: String,
-    path: PathBuf,
+    /// The cargo target's name (`fabric` for tests/tests/fabric.rs).
+    pub target: String,
+    /// An integration test (tests/*.rs), not a lib's or a bin's unit tests.
+    pub integration: bool,
+    pub path: PathBuf,
     /// The package's folder: cargo runs a test binary there.
     cwd: PathBuf,
-    namespaces: bool,
+    /// Links `vip_tests::netns::add_namespace`: can build a namespace.
+    pub namespaces: bool,
     /// Runs with no other binary beside it.
     alone: bool,
 }
@@ -54,8 +59,9 @@ pub struct Exe {
 /// mangled name in both manglings: binaries that link it run alone.
 const FABRIC_SYMBOL: [&str; 4] = ["9vip_tests", "6fabric", "6Fabric", "3new"];
 
-/// `cargo test --no-run`, with cargo's JSON messages read for the binaries.
-pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
+/// `cargo test --no-run` (of `package` only, if given), with cargo's JSON
+/// messages read for the binaries. `cargo xtask soak` uses it too.
+pub fn build(tc: &bootstrap::Toolchain, package: Option<&str>) -> Result<Vec<Exe>> {
     let mut c = cargo(tc);
     c.args([
         "test",
@@ -63,6 +69,9 @@ pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
         "--message-format=json-render-diagnostics",
     ])
     .stderr(Stdio::inherit());
+    if let Some(p) = package {
+        c.args(["-p", p]);
+    }
     let mut out = String::new();
     timed("build the tests", || {
         out = crate::cmd_output(&mut c)?;
@@ -91,9 +100,12 @@ pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let is_lib = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "lib"));
+        let kind = |want: &str| {
+            msg["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == want))
+        };
+        let is_lib = kind("lib");
         let name = if is_lib {
             format!("{package}/lib")
         } else {
@@ -104,6 +116,8 @@ pub fn build(tc: &bootstrap::Toolchain) -> Result<Vec<Exe>> {
         exes.push(Exe {
             namespaces: found[0],
             alone: found[1],
+            target: target.to_owned(),
+            integration: kind("test"),
             name,
             path,
             cwd,
@@ -294,6 +308,8 @@ mod tests {
     fn exe(name: &str, namespaces: bool) -> Exe {
         Exe {
             name: name.into(),
+            target: String::new(),
+            integration: true,
             path: PathBuf::new(),
             cwd: PathBuf::new(),
             namespaces,

@@ -310,7 +310,7 @@ fn test(
     timed("build vipd", || {
         run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
     })?;
-    let exes = lanes::build(tc)?;
+    let exes = lanes::build(tc, None)?;
     let artifacts = packages.wait()?;
     lanes::run(root, exes, args, &artifacts)?;
     timed("doc tests", || {

@@ -208,51 +208,21 @@ impl Run {
     }
 }
 
-/// Builds the vip-tests test binaries once and keeps those that can build a
-/// namespace.
+/// Builds the vip-tests test binaries once (`lanes::build`) and keeps the
+/// integration tests that can build a namespace.
 fn namespace_suites(tc: &bootstrap::Toolchain) -> Result<Vec<Suite>> {
-    let mut c = cargo(tc);
-    c.args([
-        "test",
-        "-p",
-        "vip-tests",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .stderr(Stdio::inherit());
-    let mut out = String::new();
-    timed("build the test binaries", || {
-        out = crate::cmd_output(&mut c)?;
-        Ok(())
-    })?;
-    let mut suites = vec![];
-    let mut others = vec![];
-    for line in out.lines() {
-        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        let kinds = &msg["target"]["kind"];
-        let is_test = kinds
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "test"));
-        let (Some(name), Some(exe)) = (msg["target"]["name"].as_str(), msg["executable"].as_str())
-        else {
-            continue;
-        };
-        if !is_test {
-            continue;
-        }
-        let exe = PathBuf::from(exe);
-        if builds_namespaces(&exe)? {
-            suites.push(Suite {
-                name: name.to_owned(),
-                exe,
-                tests: vec![],
-            });
-        } else {
-            others.push(name.to_owned());
-        }
-    }
+    let (ns, others): (Vec<_>, Vec<_>) = crate::lanes::build(tc, Some("vip-tests"))?
+        .into_iter()
+        .filter(|e| e.integration)
+        .partition(|e| e.namespaces);
+    let mut suites: Vec<Suite> = ns
+        .into_iter()
+        .map(|e| Suite {
+            name: e.target,
+            exe: e.path,
+            tests: vec![],
+        })
+        .collect();
     if suites.is_empty() {
         bail!(
             "no vip-tests binary links vip_tests::netns::add_namespace: if the function was \
@@ -260,6 +230,7 @@ fn namespace_suites(tc: &bootstrap::Toolchain) -> Result<Vec<Suite>> {
         );
     }
     suites.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut others: Vec<String> = others.into_iter().map(|e| e.target).collect();
     others.sort();
     step(&format!(
         "not namespace suites (no add_namespace in their symbols): {}",
@@ -272,10 +243,6 @@ fn snapshot(from: &Path, to: &Path) -> Result<PathBuf> {
     fs::hard_link(from, to)
         .with_context(|| format!("hard-link {} to {}", from.display(), to.display()))?;
     Ok(to.to_owned())
-}
-
-pub fn builds_namespaces(exe: &Path) -> Result<bool> {
-    Ok(links(exe, &[&NAMESPACE_SYMBOL])?[0])
 }
 
 /// For each symbol (given as pieces of its mangled name, all present in
