@@ -207,10 +207,15 @@ pub fn run(
             match r {
                 Ok(f) => {
                     times.insert(name.clone(), f.secs);
+                    // The whole libtest output, as `cargo test` prints it
+                    // (every test's line and its `test result:`): a reader
+                    // of the CI log, human or tool, sees each test that ran.
+                    // A binary's log is a few hundred bytes to 25 KB.
+                    println!("     Running {name} ({})", f.exe.display());
+                    print!("{}", f.output);
                     if f.ok {
                         step(&format!("[lane {}] {name}: {}", f.lane, f.summary));
                     } else {
-                        eprint!("{}", f.output);
                         step(&format!(
                             "[lane {}] {name}: {}; its output is above and in {}",
                             f.lane,
@@ -227,7 +232,10 @@ pub fn run(
             }
         }
     });
-    if let Ok(text) = serde_json::to_vec_pretty(&times) {
+    // A filtered run's times say nothing of a whole run's order.
+    if args.is_empty()
+        && let Ok(text) = serde_json::to_vec_pretty(&times)
+    {
         let _ = fs::write(&times_path, text);
     }
     step(&format!(
@@ -264,6 +272,7 @@ struct Finished {
     secs: f64,
     output: String,
     log: PathBuf,
+    exe: PathBuf,
 }
 
 /// One binary to completion, its stdout and stderr together into `log`.
@@ -298,6 +307,7 @@ fn run_one(
         secs: t.elapsed().as_secs_f64(),
         output,
         log: log.to_owned(),
+        exe: exe.path.clone(),
     })
 }
 
