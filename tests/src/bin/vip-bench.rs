@@ -66,6 +66,15 @@ struct Args {
     /// `target/bench`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// e2e: the cases to run (`direct`, `haproxy`, `nat`, `dsr`;
+    /// comma-separated); all by default. One case alone, long, is what a
+    /// profiler (`perf record -a`) needs.
+    #[arg(long, value_delimiter = ',')]
+    cases: Vec<String>,
+    /// e2e: the metrics to measure (`conn`, `tls`, `kept`, `bulk`;
+    /// comma-separated); all by default.
+    #[arg(long, value_delimiter = ',')]
+    metrics: Vec<String>,
     /// failover: which failures (`kill`, `link`, `partition`; comma-separated
     /// or repeated); all by default.
     #[arg(long)]
@@ -175,7 +184,31 @@ fn main() -> Result<()> {
                 .map_or_else(|| PathBuf::from("target"), PathBuf::from)
                 .join("bench")
         });
+        let cases = if a.cases.is_empty() {
+            e2e::CaseKind::ALL.to_vec()
+        } else {
+            a.cases
+                .iter()
+                .map(|w| {
+                    e2e::CaseKind::parse(w)
+                        .with_context(|| format!("--cases {w:?}: use direct, haproxy, nat or dsr"))
+                })
+                .collect::<Result<_>>()?
+        };
+        let metrics = if a.metrics.is_empty() {
+            e2e::Metric::ALL.to_vec()
+        } else {
+            a.metrics
+                .iter()
+                .map(|w| {
+                    e2e::Metric::parse(w)
+                        .with_context(|| format!("--metrics {w:?}: use conn, tls, kept or bulk"))
+                })
+                .collect::<Result<_>>()?
+        };
         return e2e::run(&e2e::Options {
+            cases,
+            metrics,
             rounds: a.rounds,
             duration: Duration::from_secs_f64(a.duration),
             concurrency: a.concurrency,

@@ -81,6 +81,11 @@ pub struct Options {
     pub tls: bool,
     /// Where the report goes (`<dir>/e2e-<UTC timestamp>.md`).
     pub out_dir: PathBuf,
+    /// The cases to set up and measure (all by default): one case alone,
+    /// long, is what a profiler (`perf record -a`) needs to see its path.
+    pub cases: Vec<CaseKind>,
+    /// The metrics to measure (all by default).
+    pub metrics: Vec<Metric>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +112,17 @@ impl CaseKind {
             CaseKind::VipdDsr => "vipd dsr",
         }
     }
+
+    /// `--cases` words: direct, haproxy, nat, dsr.
+    pub fn parse(word: &str) -> Option<CaseKind> {
+        match word {
+            "direct" => Some(CaseKind::Direct),
+            "haproxy" => Some(CaseKind::Haproxy),
+            "nat" | "vipd-nat" => Some(CaseKind::VipdNat),
+            "dsr" | "vipd-dsr" => Some(CaseKind::VipdDsr),
+            _ => None,
+        }
+    }
 }
 
 /// Where a case's client connects and whose CPU counts.
@@ -123,11 +139,26 @@ struct Target {
 
 /// The metrics, in the order they are measured within a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Metric {
+pub enum Metric {
     Short,
     Tls,
     KeptAlive,
     Bulk,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 4] = [Metric::Short, Metric::Tls, Metric::KeptAlive, Metric::Bulk];
+
+    /// `--metrics` words: conn, tls, kept, bulk.
+    pub fn parse(word: &str) -> Option<Metric> {
+        match word {
+            "conn" | "short" => Some(Metric::Short),
+            "tls" => Some(Metric::Tls),
+            "kept" | "kept-alive" => Some(Metric::KeptAlive),
+            "bulk" => Some(Metric::Bulk),
+            _ => None,
+        }
+    }
 }
 
 /// One case's samples, per metric.
@@ -450,8 +481,11 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
             samples: Samples::default(),
         })
         .collect();
+    for c in cases.iter_mut().filter(|c| !o.cases.contains(&c.kind)) {
+        c.failures.push("not selected (--cases)".into());
+    }
     // Kept alive until the end; dropped (namespaces removed) on every path.
-    let base = set_up_base(&mut cases);
+    let base = set_up_base(&mut cases, o);
     let vipd_labs = set_up_vipd(o, &mut cases);
     for c in cases.iter().filter(|c| c.target.is_none()) {
         println!("{}: not measured: {}", c.kind.name(), c.failures.join("; "));
@@ -477,14 +511,21 @@ fn measure(o: &Options, mode: &str) -> Result<()> {
 }
 
 /// The `direct` and `haproxy` cases' lab, their targets set (or why not).
-fn set_up_base(cases: &mut [Case]) -> Option<BaseLab> {
+fn set_up_base(cases: &mut [Case], o: &Options) -> Option<BaseLab> {
+    let (direct, haproxy) = (
+        o.cases.contains(&CaseKind::Direct),
+        o.cases.contains(&CaseKind::Haproxy),
+    );
+    if !direct && !haproxy {
+        return None;
+    }
     let mut base = None;
     match attempt(BaseLab::start) {
         Ok(mut b) => {
             let tls_config = b.tls_config();
             let client_ns = b.client_ns();
             let node = |n: &str| b.lab.node(n).ipv4;
-            cases[0].target = Some(Target {
+            cases[0].target = direct.then(|| Target {
                 client_ns: client_ns.clone(),
                 plain: BACKENDS
                     .iter()
@@ -497,8 +538,12 @@ fn set_up_base(cases: &mut [Case]) -> Option<BaseLab> {
                 tls_config: tls_config.clone(),
                 cpu: CpuSource::None,
             });
-            match attempt(|| b.start_haproxy()).and_then(|r| r) {
-                Ok(()) => {
+            match haproxy
+                .then(|| attempt(|| b.start_haproxy()).and_then(|r| r))
+                .transpose()
+            {
+                Ok(None) => {}
+                Ok(Some(())) => {
                     let pid = b.haproxy.as_ref().map(Proc::pid).unwrap_or_default();
                     cases[1].target = Some(Target {
                         client_ns,
@@ -513,8 +558,11 @@ fn set_up_base(cases: &mut [Case]) -> Option<BaseLab> {
             base = Some(b);
         }
         Err(e) => {
-            cases[0].failures.push(format!("setup: {e}"));
-            cases[1].failures.push(format!("setup: {e}"));
+            for (i, on) in [(0, direct), (1, haproxy)] {
+                if on {
+                    cases[i].failures.push(format!("setup: {e}"));
+                }
+            }
         }
     }
     base
@@ -526,6 +574,9 @@ fn set_up_base(cases: &mut [Case]) -> Option<BaseLab> {
 fn set_up_vipd(o: &Options, cases: &mut [Case]) -> Vec<(Vec<PlainServer>, LbLab)> {
     let mut vipd_labs = vec![];
     for (i, fwd) in [(2, Fwd::Nat), (3, Fwd::Dsr)] {
+        if !o.cases.contains(&cases[i].kind) {
+            continue;
+        }
         match attempt(|| start_vipd_lab(fwd, o.xdp_mode)).and_then(|r| r) {
             Ok((l, plain, prog_id)) => {
                 cases[i].target = Some(Target {
@@ -550,14 +601,17 @@ fn set_up_vipd(o: &Options, cases: &mut [Case]) -> Vec<(Vec<PlainServer>, LbLab)
 /// Every round measures every case once per metric, the case order
 /// rotating; a line per round and metric.
 fn run_rounds(cases: &mut [Case], o: &Options) {
-    let metrics: &[Metric] = &[Metric::Short, Metric::Tls, Metric::KeptAlive, Metric::Bulk];
+    let metrics: Vec<Metric> = Metric::ALL
+        .into_iter()
+        .filter(|m| o.metrics.contains(m))
+        .collect();
     println!();
     println!(
         "{:<6} {:<10} {:>18} {:>18} {:>18} {:>18}",
         "round", "metric", "direct", "haproxy", "vipd nat", "vipd dsr"
     );
     for round in 0..o.rounds {
-        for &metric in metrics {
+        for &metric in &metrics {
             if metric == Metric::Tls && !o.tls {
                 continue;
             }

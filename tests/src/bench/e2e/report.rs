@@ -31,6 +31,9 @@ pub struct Summary {
     pub lb_us_per_req: Option<f64>,
     /// Whole-machine busy CPU per short plain connection.
     pub machine_us_per_conn: Option<f64>,
+    /// Whole-machine busy cores while the connection rate was measured:
+    /// near the machine's core count means the rate hit the CPU limit.
+    pub busy_cores_conn: Option<f64>,
     /// XDP ns per run and runs per short connection (vipd only).
     pub xdp_ns_per_run: Option<f64>,
     /// XDP ns per run on kept-alive connections (established flows).
@@ -104,6 +107,13 @@ pub(super) fn summarize(c: &Case) -> Summary {
         lb_us_per_tls: lb.then(|| per_op(&s.tls, &CpuUse::lb_s)).flatten(),
         lb_us_per_req: lb.then(|| per_op(&s.kept, &CpuUse::lb_s)).flatten(),
         machine_us_per_conn: per_op(&s.short, &|c| c.machine_busy_s),
+        busy_cores_conn: median(
+            &s.short
+                .iter()
+                .filter(|x| x.ok > 0)
+                .filter_map(|x| x.cpu.map(|c| c.machine_busy_s / x.elapsed.as_secs_f64()))
+                .collect::<Vec<_>>(),
+        ),
         xdp_ns_per_run: vipd.then(|| ns_per_run(&s.short)).flatten(),
         xdp_ns_per_run_kept: vipd.then(|| ns_per_run(&s.kept)).flatten(),
         xdp_us_per_conn: vipd.then(|| per_op(&s.short, &|c| c.xdp_s)).flatten(),
@@ -271,6 +281,7 @@ pub fn render_details(rows: &[Summary]) -> String {
             "XDP ns/run".into(),
             "XDP runs/conn".into(),
             "XDP ns/run kept-alive".into(),
+            "busy cores (conn/s)".into(),
             "failed ops".into(),
         ],
     );
@@ -278,6 +289,7 @@ pub fn render_details(rows: &[Summary]) -> String {
         &mut out,
         &[
             "---".into(),
+            "---:".into(),
             "---:".into(),
             "---:".into(),
             "---:".into(),
@@ -296,6 +308,7 @@ pub fn render_details(rows: &[Summary]) -> String {
                 fmt_opt(r.xdp_ns_per_run, 1),
                 fmt_opt(r.xdp_runs_per_conn, 1),
                 fmt_opt(r.xdp_ns_per_run_kept, 1),
+                fmt_opt(r.busy_cores_conn, 2),
                 format!("{} of {}", r.errors, r.ops),
             ],
         );
@@ -375,6 +388,69 @@ pub fn render_goals(rows: &[Summary]) -> String {
     out
 }
 
+/// Issue 17 item 5: each vipd mode near the no-LB limit (`direct`): its
+/// connection rate, kept-alive requests and bulk at least `floor` of
+/// direct's (dsr 0.9, nat 0.85), its p99 within 1.1x direct's, and the
+/// whole machine's CPU per connection over direct at most a quarter of
+/// HAProxy's.
+pub fn render_direct_goals(rows: &[Summary]) -> String {
+    let mut out = String::new();
+    let measured = |r: &&Summary| r.conn_rate.is_some() || r.req_rate.is_some();
+    let Some(d) = rows.iter().filter(measured).find(|r| r.name == "direct") else {
+        let _ = writeln!(out, "- not evaluated: the direct case has no results");
+        return out;
+    };
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let h = rows.iter().filter(measured).find(|r| r.name == "haproxy");
+    for v in rows
+        .iter()
+        .filter(measured)
+        .filter(|r| r.name.starts_with("vipd"))
+    {
+        let floor = if v.name.ends_with("dsr") { 0.9 } else { 0.85 };
+        let mut parts = vec![];
+        for (what, a, b) in [
+            ("conn/s", v.conn_rate, d.conn_rate),
+            ("kept-alive req/s", v.req_rate, d.req_rate),
+            ("bulk", v.bulk_gbit, d.bulk_gbit),
+        ] {
+            if let Some(x) = ratio(a, b) {
+                parts.push(format!("{what} {x:.2} ({})", verdict(x >= floor)));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "- {}: >= {floor} of direct: {}",
+            v.name,
+            if parts.is_empty() {
+                "not measured".to_owned()
+            } else {
+                parts.join(", ")
+            }
+        );
+        if let Some(x) = ratio(v.p99_us, d.p99_us) {
+            let _ = writeln!(
+                out,
+                "- {}: p99 within 1.1x direct's: {} ({x:.2}x)",
+                v.name,
+                verdict(x <= 1.1)
+            );
+        }
+        let extra = |r: &Summary| Some(r.machine_us_per_conn? - d.machine_us_per_conn?);
+        if let (Some(ev), Some(eh)) = (extra(v), h.and_then(extra)) {
+            let _ = writeln!(
+                out,
+                "- {}: machine CPU per connection over direct <= 1/4 of HAProxy's: {} ({ev:.1} µs vs \
+                 {eh:.1} µs, {})",
+                v.name,
+                verdict(eh > 0.0 && ev <= eh / 4.0),
+                fmt_opt(ratio(Some(ev), Some(eh)), 2)
+            );
+        }
+    }
+    out
+}
+
 /// What the columns mean; part of every report.
 pub const NOTES: &str = "\
 - conn/s: new TCP connection, `GET /` (3-byte body), close by the client, per second, all client threads together.
@@ -386,6 +462,7 @@ pub const NOTES: &str = "\
 - Without CONFIG_IRQ_TIME_ACCOUNTING (the usual case; /proc/stat's softirq column then stays near zero) softirq work is charged to whichever task it interrupted: part of the network receive work of every case then lands in the process column of whoever was running, HAProxy's included, and in the machine column in any case.
 - Enabling BPF statistics costs vipd's XDP program two clock reads per run; HAProxy and direct pay nothing for it.
 - XDP ns/run is measured live, with caches shared with everything else on the machine; `cargo xtask bench dataplane` measures the same program in a hot loop (BPF_PROG_TEST_RUN), which is why its figures are lower.
+- busy cores (conn/s): the whole machine's busy CPU while the connection rate was measured, in cores. Near the machine's core count, the rate hit the CPU limit and every case's rate is then in inverse proportion to its machine CPU per connection: the LB path's own cost is that column's difference to direct.
 - With native XDP on veth, the lab also runs an XDP_PASS program on the switch side of lb's link (veth delivers XDP_TX frames only then); it is not counted as vipd's.
 ";
 
@@ -453,6 +530,11 @@ pub(super) fn render_report(o: &Options, mode: &str, cases: &[Case], drops: &[St
     }
     let _ = writeln!(report, "\nGoals (issue 7):\n");
     report.push_str(&render_goals(&rows));
+    let _ = writeln!(
+        report,
+        "\nGoals (issue 17 item 5, against no load balancer):\n"
+    );
+    report.push_str(&render_direct_goals(&rows));
     let _ = writeln!(report, "\nWhat the columns mean:\n");
     report.push_str(NOTES);
     let failures: Vec<String> = cases
@@ -589,5 +671,53 @@ mod tests {
         // A leap day.
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(report_name(t), "e2e-20000229T000000Z");
+    }
+
+    #[test]
+    fn direct_goals_per_mode() {
+        let with = |name: &str, conn: f64, req: f64, p99: f64, machine: f64| Summary {
+            req_rate: Some(req),
+            machine_us_per_conn: Some(machine),
+            ..row(name, conn, p99, None)
+        };
+        let rows = [
+            with("direct", 1000.0, 100.0, 100.0, 100.0),
+            with("haproxy", 500.0, 50.0, 200.0, 300.0),
+            // 0.88 of direct: below dsr's 0.9, above nat's 0.85.
+            with("vipd nat", 880.0, 95.0, 109.0, 160.0),
+            with("vipd dsr", 880.0, 95.0, 120.0, 140.0),
+        ];
+        let g = render_direct_goals(&rows);
+        assert!(
+            g.contains(
+                "- vipd nat: >= 0.85 of direct: conn/s 0.88 (met), kept-alive req/s 0.95 (met)"
+            ),
+            "{g}"
+        );
+        assert!(
+            g.contains(
+                "- vipd dsr: >= 0.9 of direct: conn/s 0.88 (MISSED), kept-alive req/s 0.95 (met)"
+            ),
+            "{g}"
+        );
+        assert!(
+            g.contains("- vipd nat: p99 within 1.1x direct's: met (1.09x)"),
+            "{g}"
+        );
+        assert!(
+            g.contains("- vipd dsr: p99 within 1.1x direct's: MISSED (1.20x)"),
+            "{g}"
+        );
+        // HAProxy adds 200 µs over direct: a quarter is 50.
+        assert!(
+            g.contains("- vipd nat: machine CPU per connection over direct <= 1/4 of HAProxy's: MISSED (60.0 µs"),
+            "{g}"
+        );
+        assert!(
+            g.contains("- vipd dsr: machine CPU per connection over direct <= 1/4 of HAProxy's: met (40.0 µs"),
+            "{g}"
+        );
+        let no_direct = render_direct_goals(&rows[1..]);
+        assert!(no_direct.contains("not evaluated"), "{no_direct}");
     }
 }
