@@ -184,28 +184,20 @@ fn main() -> Result<()> {
                 .map_or_else(|| PathBuf::from("target"), PathBuf::from)
                 .join("bench")
         });
-        let cases = if a.cases.is_empty() {
-            e2e::CaseKind::ALL.to_vec()
-        } else {
-            a.cases
-                .iter()
-                .map(|w| {
-                    e2e::CaseKind::parse(w)
-                        .with_context(|| format!("--cases {w:?}: use direct, haproxy, nat or dsr"))
-                })
-                .collect::<Result<_>>()?
-        };
-        let metrics = if a.metrics.is_empty() {
-            e2e::Metric::ALL.to_vec()
-        } else {
-            a.metrics
-                .iter()
-                .map(|w| {
-                    e2e::Metric::parse(w)
-                        .with_context(|| format!("--metrics {w:?}: use conn, tls, kept or bulk"))
-                })
-                .collect::<Result<_>>()?
-        };
+        let cases = words(
+            &a.cases,
+            &e2e::CaseKind::ALL,
+            e2e::CaseKind::parse,
+            "--cases",
+            "direct, haproxy, nat or dsr",
+        )?;
+        let metrics = words(
+            &a.metrics,
+            &e2e::Metric::ALL,
+            e2e::Metric::parse,
+            "--metrics",
+            "conn, tls, kept or bulk",
+        )?;
         return e2e::run(&e2e::Options {
             cases,
             metrics,
@@ -231,4 +223,21 @@ fn main() -> Result<()> {
             None => None,
         },
     })
+}
+
+/// A comma-separated option's words, parsed; all of `all` when none is given.
+fn words<T: Copy>(
+    given: &[String],
+    all: &[T],
+    parse: fn(&str) -> Option<T>,
+    flag: &str,
+    valid: &str,
+) -> Result<Vec<T>> {
+    if given.is_empty() {
+        return Ok(all.to_vec());
+    }
+    given
+        .iter()
+        .map(|w| parse(w).with_context(|| format!("{flag} {w:?}: use {valid}")))
+        .collect()
 }
