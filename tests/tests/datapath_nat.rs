@@ -263,6 +263,48 @@ fn conntrack_by_sport(dp: &Dp) -> std::collections::BTreeMap<u16, ConnValue> {
         .collect()
 }
 
+/// The (client port, flags) of every reverse entry holding SNAT port `port`.
+fn rev_owners(dp: &Dp, port: u16) -> Vec<(u16, u8)> {
+    dp.prog
+        .maps()
+        .nat_entries()
+        .expect("dump the reverse entries")
+        .into_iter()
+        .filter(|(k, _)| u16::from_be(k.dport_be) == port)
+        .map(|(_, v)| (u16::from_be(v.client_port_be), v.flags))
+        .collect()
+}
+
+/// A flow from client port `client_port` through SNAT port `port` to
+/// backend 1 (id `id1`): its reverse entry closing (`CT_F_CLOSING`), last
+/// seen at `rev_last`; its forward entry last seen at `fwd.0`, flags `fwd.1`.
+fn nat_flow(
+    dp: &mut Dp,
+    snat: IpAddr,
+    id1: u32,
+    (port, client_port): (u16, u16),
+    rev_last: u64,
+    fwd: (u64, u8),
+) {
+    use vip_common::CT_F_CLOSING;
+    insert(
+        dp,
+        "NAT_REV",
+        [(
+            rev_key(1, snat, port),
+            nat_value(rev_last, ip(CLIENT4), client_port, CT_F_CLOSING),
+        )],
+    );
+    insert(
+        dp,
+        "CONNTRACK",
+        [(
+            fwd_key(client_port, PROTO_TCP),
+            ct_value(fwd.0, id1, port, fwd.1),
+        )],
+    );
+}
+
 /// Checks a forward-translated packet field by field; returns the SNAT port.
 fn check_forward(l: &NatLab, dp: &Dp, input: &Decoded, out: &[u8], v6: bool) -> u16 {
     let o = decode(out).unwrap_or_else(|e| panic!("translated packet does not decode: {e}"));
@@ -1157,29 +1199,15 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
         // Client ports 41000 + i. Ports 50000..=50002: the forward flow is
         // expired too. Port 50003: the forward flow still lives.
         let fill = |dp: &mut Dp, live_fwd: &[u16]| {
-            insert(
-                dp,
-                "NAT_REV",
-                (0..4u16).map(|i| {
-                    (
-                        rev_key(1, snat, 50000 + i),
-                        nat_value(ago(11), ip(CLIENT4), 41000 + i, CT_F_CLOSING),
-                    )
-                }),
-            );
-            insert(
-                dp,
-                "CONNTRACK",
-                (0..4u16).map(|i| {
-                    let port = 50000 + i;
-                    let v = if live_fwd.contains(&port) {
-                        ct_value(ago(1), id1, port, 0)
-                    } else {
-                        ct_value(ago(11), id1, port, CT_F_CLOSING)
-                    };
-                    (fwd_key(41000 + i, PROTO_TCP), v)
-                }),
-            );
+            for i in 0..4u16 {
+                let port = 50000 + i;
+                let fwd = if live_fwd.contains(&port) {
+                    (ago(1), 0)
+                } else {
+                    (ago(11), CT_F_CLOSING)
+                };
+                nat_flow(dp, snat, id1, (port, 41000 + i), ago(11), fwd);
+            }
         };
         let nat_port_of = |dp: &Dp, sport: u16| {
             conntrack_by_sport(dp)
@@ -1195,15 +1223,7 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
             (50000..=50002).contains(&port),
             "port {port}: not one whose forward flow is over"
         );
-        let owner = dp
-            .prog
-            .maps()
-            .nat_entries()
-            .expect("dump")
-            .into_iter()
-            .find(|(k, _)| u16::from_be(k.dport_be) == port)
-            .map(|(_, v)| (u16::from_be(v.client_port_be), v.flags))
-            .expect("the reverse entry");
+        let owner = *rev_owners(dp, port).first().expect("the reverse entry");
         assert_eq!(
             owner,
             (45000, vip_common::NAT_F_SOLE),
@@ -1241,26 +1261,10 @@ fn nat_an_over_flows_port_is_taken_when_the_search_meets_it() {
     let l = NatLab::new("natmeet");
     let snat = l.lb_ip(false);
     l.one_backend_with_ports(50000..=50015, |dp| {
-        let now = monotonic_ns();
-        let ago = now.saturating_sub(11_000_000_000);
+        let ago = monotonic_ns().saturating_sub(11_000_000_000);
         let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
         let first = nat_port_try(flow_hash(&fwd_key(45100, PROTO_TCP)), 0, 50000, 16);
-        insert(
-            dp,
-            "NAT_REV",
-            [(
-                rev_key(1, snat, first),
-                nat_value(ago, ip(CLIENT4), 41000, CT_F_CLOSING),
-            )],
-        );
-        insert(
-            dp,
-            "CONNTRACK",
-            [(
-                fwd_key(41000, PROTO_TCP),
-                ct_value(ago, id1, first, CT_F_CLOSING),
-            )],
-        );
+        nat_flow(dp, snat, id1, (first, 41000), ago, (ago, CT_F_CLOSING));
         let (action, _) = dp.run(&syn(false, 45100).build(), Reason::TxNat);
         assert_eq!(action, XDP_TX);
         let port = conntrack_by_sport(dp)
@@ -1271,17 +1275,8 @@ fn nat_an_over_flows_port_is_taken_when_the_search_meets_it() {
             Some(first),
             "the new flow takes the over flow's port, the first it tries"
         );
-        let owners: Vec<(u16, u8)> = dp
-            .prog
-            .maps()
-            .nat_entries()
-            .expect("dump")
-            .into_iter()
-            .filter(|(k, _)| u16::from_be(k.dport_be) == first)
-            .map(|(_, v)| (u16::from_be(v.client_port_be), v.flags))
-            .collect();
         assert_eq!(
-            owners,
+            rev_owners(dp, first),
             vec![(45100, vip_common::NAT_F_SOLE)],
             "one reverse entry for the port, the new flow's"
         );

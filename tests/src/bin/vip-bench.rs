@@ -191,13 +191,16 @@ fn main() -> Result<()> {
             "--cases",
             "direct, haproxy, nat or dsr",
         )?;
-        let metrics = words(
+        let mut metrics = words(
             &a.metrics,
             &e2e::Metric::ALL,
             e2e::Metric::parse,
             "--metrics",
             "conn, tls, kept or bulk",
         )?;
+        if a.no_tls {
+            metrics.retain(|m| *m != e2e::Metric::Tls);
+        }
         return e2e::run(&e2e::Options {
             cases,
             metrics,
@@ -206,7 +209,6 @@ fn main() -> Result<()> {
             concurrency: a.concurrency,
             bulk_bytes: a.bulk_mib << 20,
             xdp_mode,
-            tls: !a.no_tls,
             out_dir: out,
         });
     }

@@ -501,7 +501,7 @@ pub(super) fn render_report(o: &Options, mode: &str, cases: &[Case], drops: &[St
         report,
         "{} rounds, interleaved (case order rotates each round); {:.1} s per rate/latency sample; \
          {} client connections in parallel (equal for every case); bulk body {} MiB; vipd XDP {mode}; \
-         {} CPUs; {}; kernel {}. Medians over the rounds.\n",
+         {} CPUs; {}; kernel {}. Medians over the rounds. Cases run: {}.\n",
         o.rounds,
         o.duration.as_secs_f64(),
         o.concurrency,
@@ -510,7 +510,12 @@ pub(super) fn render_report(o: &Options, mode: &str, cases: &[Case], drops: &[St
         haproxy_available().unwrap_or_else(|e| e),
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        o.cases
+            .iter()
+            .map(|c| c.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let _ = writeln!(
         report,
