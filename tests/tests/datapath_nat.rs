@@ -1248,41 +1248,6 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
     });
 }
 
-/// A taken port whose flow is over is taken over as soon as the search
-/// meets it, with free ports left in the range: a search that tried every
-/// port for a free one first cost a SYN 16 failed LRU inserts whenever the
-/// range was busy with recently closed flows (`lb::allocate_port`). The
-/// first port of the new flow's sequence holds a flow closed 11 s ago
-/// (`closing_s` 10); the other 15 are free.
-#[test]
-fn nat_an_over_flows_port_is_taken_when_the_search_meets_it() {
-    use vip_common::CT_F_CLOSING;
-    use vip_userspace::dataplane::flows::monotonic_ns;
-    let l = NatLab::new("natmeet");
-    let snat = l.lb_ip(false);
-    l.one_backend_with_ports(50000..=50015, |dp| {
-        let ago = monotonic_ns().saturating_sub(11_000_000_000);
-        let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
-        let first = nat_port_try(flow_hash(&fwd_key(45100, PROTO_TCP)), 0, 50000, 16);
-        nat_flow(dp, snat, id1, (first, 41000), ago, (ago, CT_F_CLOSING));
-        let (action, _) = dp.run(&syn(false, 45100).build(), Reason::TxNat);
-        assert_eq!(action, XDP_TX);
-        let port = conntrack_by_sport(dp)
-            .get(&45100)
-            .map(|v| u16::from_be(v.nat_port_be));
-        assert_eq!(
-            port,
-            Some(first),
-            "the new flow takes the over flow's port, the first it tries"
-        );
-        assert_eq!(
-            rev_owners(dp, first),
-            vec![(45100, vip_common::NAT_F_SOLE)],
-            "one reverse entry for the port, the new flow's"
-        );
-    });
-}
-
 /// How the backend's end closed decides how long its port stays taken
 /// (`Globals::port_free`). One port in the range; the flow opens, then:
 /// - the client closes first and the backend answers with its FIN (the

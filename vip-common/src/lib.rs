@@ -757,13 +757,8 @@ pub const UNCONFIRMED_CAPACITY: u32 = 65_536;
 /// Capacity of `NAT_LOCK`: reclaims and sweep deletes in flight at once.
 pub const NAT_LOCK_CAPACITY: u32 = 1024;
 
-/// Source ports tried per new nat flow before giving up. 32: at 16, a
-/// range half held by flows closed in the last two seconds (a few thousand
-/// new connections per second per backend) refused a SYN every second or so
-/// in `cargo xtask bench e2e` (0.5^16 per SYN), each a client stalled for its
-/// 1 s SYN retransmission; 32 cut those refusals by half or more and raised
-/// the connection rate by about a quarter there (measured side by side).
-pub const NAT_PORT_TRIES: u32 = 32;
+/// Source ports tried per new nat flow before giving up.
+pub const NAT_PORT_TRIES: u32 = 16;
 
 /// The `i`th source port (host order) a new nat flow tries, in
 /// `[lo, lo + range)`; `range` must not be 0. The first is the flow hash's

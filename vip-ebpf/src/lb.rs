@@ -224,7 +224,10 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
             lo: g.nat_alloc_lo,
             hi: g.nat_alloc_hi,
         };
-        let got = allocate_port(p, &svc, be, &req);
+        let mut got = allocate_port(p, &svc, be, &req);
+        if got == 0 {
+            got = reclaim_port(p, &svc, be, &req);
+        }
         if got == 0 {
             return Verdict::drop(Reason::DropNatPortsExhausted);
         }
@@ -394,8 +397,8 @@ struct PortRequest {
 
 /// The ports a new flow may take, in the order it tries them, and its
 /// reverse value and key in this CPU's `PORT_SCRATCH` (not on the BPF stack,
-/// which the call chain has nearly used up), for `allocate_port`. `None` if
-/// the range is empty.
+/// which the call chain has nearly used up): `allocate_port`'s and
+/// `reclaim_port`'s common start. `None` if the range is empty.
 #[inline(always)]
 fn port_search(
     p: &Parsed,
@@ -464,16 +467,9 @@ impl PortOrder {
 /// Finds a source port such that (backend, port, SNAT address, source port,
 /// protocol) is used by no other flow: the reverse entry is inserted with
 /// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
-/// A port that is taken but whose flow is over (`reclaim_one`) is taken over
-/// as soon as the search meets it. A search that skipped those until it had
-/// tried every port for a free one cost a SYN 16 failed LRU inserts, each a
-/// pop and a push of a free element (kernel/bpf/hashtab.c,
-/// htab_lru_map_update_elem), whenever the range was busy with flows closed
-/// in the last seconds, as at a few thousand new connections per second per
-/// backend: under the client's connect(), since the program runs in its
-/// softirq. Returns the port (network order) in the low 16 bits with bit 16
-/// set, or 0 if every try was taken: a plain integer, because a BPF call
-/// returns in one register.
+/// Returns the port (network order) in the low 16 bits with bit 16 set, or 0
+/// if every try was taken: a plain integer, because a BPF call returns in one
+/// register.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
@@ -486,32 +482,43 @@ fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRe
     for i in 0..NAT_PORT_TRIES {
         let port = order.nth(i);
         sc.rev.dport_be = port.to_be();
-        if confirm::take_port(&sc.rev, &sc.value) || reclaim_one(sc, req.now) == 1 {
+        if confirm::take_port(&sc.rev, &sc.value) {
             return port.to_be() as u32 | 1 << 16;
         }
     }
     0
 }
 
-/// Takes over the taken port `sc.rev` if its flow is over
-/// (`reclaim_locked`): 1 if it did, 0 if not (a subprogram returns one
-/// register). Without this a closed flow's port stays claimed until the
-/// agent's sweep deletes it (every 10 s), and a backend with many short
-/// connections runs out of ports. Each take-over holds `NAT_LOCK` for that
-/// entry, which the sweep takes too, so a port is never handed to two flows.
-/// A subprogram of its own: the BPF stack of a call chain is 512 bytes.
+/// When every port `allocate_port` tried is taken: takes over one whose flow
+/// is over (`reclaim_locked`), in the same order. Without this a closed
+/// flow's port stays claimed until the agent's sweep deletes it (every
+/// 10 s), and a backend with many short connections runs out of ports. Each
+/// take-over holds `NAT_LOCK` for that entry, which the sweep takes too, so
+/// a port is never handed to two flows. A separate call from
+/// `allocate_port`'s, not part of it: the BPF stack of a call chain is 512
+/// bytes. Same return as `allocate_port`.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(never)]
-fn reclaim_one(sc: &mut PortScratch, now: u64) -> u32 {
-    if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
+fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+    let Some((sc, order)) = port_search(p, svc, be, req) else {
         return 0;
+    };
+    for i in 0..NAT_PORT_TRIES {
+        let port = order.nth(i);
+        sc.rev.dport_be = port.to_be();
+        if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
+            continue;
+        }
+        let done = reclaim_locked(sc, req.now);
+        let _ = NAT_LOCK.remove(&sc.rev);
+        if done {
+            return port.to_be() as u32 | 1 << 16;
+        }
     }
-    let done = reclaim_locked(sc, now);
-    let _ = NAT_LOCK.remove(&sc.rev);
-    u32::from(done)
+    0
 }
 
 /// Takes over the reverse entry `sc.rev` for `sc.value` if the flow that held
