@@ -14,6 +14,7 @@ pub use gate::{CertKind, CertState, GateTarget};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    time::Instant,
 };
 
 use tracing::{error, info};
@@ -160,8 +161,14 @@ pub struct Controller<M: Maps> {
     health: BTreeMap<SocketAddr, Health>,
     certs: BTreeMap<SocketAddr, CertState>,
     bootstrapping: bool,
-    /// Services forwarding to every backend because none passes its probe.
-    failing_open: BTreeSet<String>,
+    /// Services forwarding to every backend because none passes its probe,
+    /// with the down verdict that left none serving (the probes' clock).
+    failing_open: BTreeMap<String, Option<Instant>>,
+    /// Backends spared the reset when a fail open ended (see `desired`),
+    /// with the probes each has failed since: they take no new flows, and
+    /// their established flows go on until they pass (up) or fail `fall`
+    /// more (dead, reset as any other).
+    spared: BTreeMap<SocketAddr, u32>,
     /// What the maps hold; `None` after a failed write (retried on `tick`).
     written: Option<Vec<DesiredService>>,
     /// Mode dsr: the MAC the neighbour table gives each backend address
@@ -195,7 +202,8 @@ impl<M: Maps> Controller<M> {
             node_addrs,
             health: BTreeMap::new(),
             certs: BTreeMap::new(),
-            failing_open: BTreeSet::new(),
+            failing_open: BTreeMap::new(),
+            spared: BTreeMap::new(),
             written: None,
             neigh,
         };
@@ -270,7 +278,7 @@ impl<M: Maps> Controller<M> {
             || !matches!(self.certs.get(addr), Some(CertState::Missing(_)));
         match h {
             Some(h) if !h.up() => match h.last_failure() {
-                Some(f) if f.unreachable() => Use::Dead,
+                Some(f) if f.unreachable() && !self.spared.contains_key(addr) => Use::Dead,
                 _ => Use::Draining,
             },
             _ if !san_ok => Use::Draining,
@@ -305,7 +313,7 @@ impl<M: Maps> Controller<M> {
         &mut self,
         addr: IpAddr,
         mac: Option<[u8; 6]>,
-        at: std::time::Instant,
+        at: Instant,
     ) -> Result<Option<ApplyReport>, ControlError> {
         if !self.neighbour_targets().contains(&addr) {
             return Ok(None);
@@ -332,6 +340,9 @@ impl<M: Maps> Controller<M> {
             .cfg
             .desired(&self.node_addrs)
             .map_err(ControlError::Config)?;
+        // A backend a reload removed is spared no more.
+        let health = &self.health;
+        self.spared.retain(|a, _| health.contains_key(a));
         // Each service and backend of the configuration finds its desired
         // entry by what it is (VIP, port, protocol; address and port),
         // never by its place in a list.
@@ -378,15 +389,43 @@ impl<M: Maps> Controller<M> {
                         b.alive = true;
                         b.draining = false;
                     });
-                if self.failing_open.insert(name.clone()) {
+                if !self.failing_open.contains_key(&name) {
+                    let since = reachable
+                        .iter()
+                        .filter_map(|a| self.health.get(a)?.last_change())
+                        .max();
+                    self.failing_open.insert(name.clone(), since);
                     error!(
                         service = %name,
                         "no usable backend (probes failing, or certificates without the VIP): forwarding to all of them (fail open) until one is; {}",
                         fail_open_hint(svc.probe.kind)
                     );
                 }
-            } else if any && self.failing_open.remove(&name) {
+            } else if any && let Some(since) = self.failing_open.remove(&name) {
                 info!(service = %name, "a backend is usable again: fail open is over");
+                // A backend that went down with the others, when this node
+                // reached none of them (its link, its route), was judged by
+                // this node's outage as much as by its own. Taken out now,
+                // its established flows would be reset (and its clients
+                // poked) for nothing: seen in the fabric lab, where an LB
+                // whose link came back reset the streams of the backend
+                // whose probe passed 20 ms after the other's. It is spared:
+                // no new flows, its flows go on, until it passes or fails
+                // `fall` more probes. A backend down well before the last
+                // (more than a fall period) is not.
+                let grace = svc.probe.interval * svc.probe.fall + svc.probe.timeout;
+                for db in ds.backends.iter_mut() {
+                    let addr = backend_addr(db);
+                    let with_them = self.health.get(&addr).is_some_and(|h| {
+                        !h.up()
+                            && matches!((h.last_change(), since), (Some(c), Some(s)) if c + grace >= s)
+                    });
+                    if with_them && self.spared.insert(addr, 0).is_none() {
+                        db.alive = true;
+                        db.draining = true;
+                        info!(service = %name, backend = %addr, "backend spared: it went down with every other backend, when this node reached none of them; no new flows, its connections stay until it passes or fails its probes again");
+                    }
+                }
             }
         }
         Ok(d)
@@ -416,8 +455,8 @@ impl<M: Maps> Controller<M> {
     pub fn probe(
         &mut self,
         addr: SocketAddr,
-        started: std::time::Instant,
-        finished: std::time::Instant,
+        started: Instant,
+        finished: Instant,
         outcome: &Outcome,
     ) -> Result<ProbeEffect, ControlError> {
         let Some(h) = self.health.get_mut(&addr) else {
@@ -425,6 +464,25 @@ impl<M: Maps> Controller<M> {
             return Ok(ProbeEffect::default());
         };
         let changes = h.feed(started, finished, outcome);
+        if let Some(n) = self.spared.get_mut(&addr) {
+            *n += u32::from(!matches!(outcome, Outcome::Up | Outcome::AuthRefused(_)));
+            let fall = self
+                .cfg
+                .services
+                .iter()
+                .find(|s| {
+                    s.backends
+                        .iter()
+                        .any(|b| SocketAddr::new(b.address, b.port.unwrap_or(s.port)) == addr)
+                })
+                .map_or(1, |s| s.probe.fall);
+            if h.up() || *n >= fall {
+                if !h.up() {
+                    info!(backend = %addr, "spared backend failed its probes again: dead, its connections get an RST");
+                }
+                self.spared.remove(&addr);
+            }
+        }
         if self.bootstrapping && h.ever_passed() {
             self.bootstrapping = false;
             info!(backend = %addr, "bootstrap over: an apiserver passes its probe; health, tracking and the certificate gate apply from now on");
@@ -469,7 +527,7 @@ impl<M: Maps> Controller<M> {
     }
 
     /// The services failing open now ("vip:port").
-    pub fn failing_open(&self) -> &BTreeSet<String> {
+    pub fn failing_open(&self) -> &BTreeMap<String, Option<Instant>> {
         &self.failing_open
     }
 

@@ -237,7 +237,7 @@ fn services<M: Maps>(
     let mut services = vec![];
     for s in &cfg.services {
         let name = SocketAddr::new(s.vip, s.port).to_string();
-        let on = ctl.failing_open().contains(&name);
+        let on = ctl.failing_open().contains_key(&name);
         let mut bs = vec![];
         for b in &s.backends {
             let addr = SocketAddr::new(b.address, b.port.unwrap_or(s.port));

@@ -108,7 +108,7 @@ impl BackendMetrics {
         }
         for s in &ctl.config().services {
             let service = SocketAddr::new(s.vip, s.port).to_string();
-            let on = ctl.failing_open().contains(&service);
+            let on = ctl.failing_open().contains_key(&service);
             self.fail_open
                 .get_or_create(&ServiceLabel { service })
                 .set(i64::from(on));

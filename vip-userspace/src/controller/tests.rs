@@ -597,3 +597,74 @@ fn a_failed_map_write_is_retried() {
     assert_eq!(count(&table(&c), be(11)), 0);
     assert!(c.tick().expect("nothing to do").is_none());
 }
+
+/// An LB that loses its own path to the backends (its link, its route)
+/// sees every backend fail at once and fails open. When it comes back, the
+/// backends pass again one by one: the first ends the fail open, and a
+/// backend that went down with it is spared (its flows go on, no new ones,
+/// no RST) until it passes or fails `fall` more probes. Killing it at once
+/// reset streams it served fine (the fabric lab, through the poke). A
+/// backend that was down well before stays down.
+#[test]
+fn backends_that_went_down_together_are_spared_the_reset_when_fail_open_ends() {
+    let mut c = ctl(NAT3);
+    let t0 = Instant::now();
+    let at = |c: &mut Controller<MemMaps>, ms: u64, a: SocketAddr, o: &Outcome| {
+        let s = t0 + Duration::from_millis(ms);
+        c.probe(a, s, s + Duration::from_millis(3), o)
+            .expect("maps written")
+    };
+    let unreach = Outcome::Fail(Failure::Connect("Network is unreachable".into()));
+    // be11 dies long before.
+    at(&mut c, 0, be(11), &unreach);
+    at(&mut c, 100, be(11), &unreach);
+    assert!(!alive_flag(&c, be(11)));
+    // This node's link goes down: be12 and be13 fail within 20 ms.
+    at(&mut c, 10_000, be(12), &unreach);
+    at(&mut c, 10_010, be(13), &unreach);
+    at(&mut c, 10_100, be(12), &unreach);
+    at(&mut c, 10_110, be(13), &unreach);
+    assert!(!c.failing_open().is_empty(), "nothing serves: fail open");
+    // The link is back: be12 passes first, 20 ms before be13 would.
+    at(&mut c, 13_000, be(12), &Outcome::Up);
+    let e = at(&mut c, 13_100, be(12), &Outcome::Up);
+    assert!(c.failing_open().is_empty(), "be12 serves: fail open over");
+    assert_eq!(
+        e.report.map(|r| r.backends_killed),
+        Some(1),
+        "at the exit only be11, dead before, is taken out again (fail open had it in)"
+    );
+    assert!(alive_flag(&c, be(13)), "be13 spared: its flows go on");
+    assert!(!alive_flag(&c, be(11)), "be11 was down long before");
+    assert_eq!(count(&table(&c), be(12)), 251, "new flows to be12 alone");
+    // be13 comes back: up as usual.
+    at(&mut c, 13_120, be(13), &Outcome::Up);
+    at(&mut c, 13_220, be(13), &Outcome::Up);
+    assert!(alive_flag(&c, be(13)));
+    assert!(count(&table(&c), be(13)) > 0, "be13 takes new flows again");
+    // The same outage, but be13 is really gone: `fall` more failures after
+    // the exit and it is dead like any other.
+    let mut c = ctl(NAT3);
+    for (ms, a) in [
+        (0, 12),
+        (10, 13),
+        (100, 12),
+        (110, 13),
+        (120, 11),
+        (220, 11),
+    ] {
+        at(&mut c, ms, be(a), &unreach);
+    }
+    at(&mut c, 3_000, be(12), &Outcome::Up);
+    at(&mut c, 3_100, be(12), &Outcome::Up);
+    assert!(
+        alive_flag(&c, be(13)) && alive_flag(&c, be(11)),
+        "both spared"
+    );
+    at(&mut c, 3_110, be(13), &unreach);
+    assert!(alive_flag(&c, be(13)), "one failure: still spared");
+    let e = at(&mut c, 3_210, be(13), &unreach);
+    assert!(!alive_flag(&c, be(13)), "fall failures: dead");
+    assert_eq!(e.report.map(|r| r.backends_killed), Some(1));
+    assert!(alive_flag(&c, be(11)), "be11 is still spared");
+}
