@@ -1039,9 +1039,27 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             receive_datagram(&hello, peer, &[peer], &mut adm, &dir, &mut tables, &stats),
             sync::Received {
                 applied: 0,
-                hello: true
+                hello: true,
+                end: false,
             },
             "a peer's empty datagram is its hello"
+        );
+        // The end of a peer's welcome dump: nothing to apply, not a hello;
+        // the agent stops waiting for that peer. Not from a stranger.
+        let mut end = vec![];
+        wire::encode_end(10, None, &mut end);
+        assert_eq!(
+            receive_datagram(&end, peer, &[peer], &mut adm, &dir, &mut tables, &stats),
+            sync::Received {
+                applied: 0,
+                hello: false,
+                end: true,
+            },
+            "the end of a peer's dump"
+        );
+        assert!(
+            !receive_datagram(&end, stranger, &[peer], &mut adm, &dir, &mut tables, &stats).end,
+            "a stranger's end is dropped"
         );
         assert!(
             !receive_datagram(
@@ -1091,8 +1109,8 @@ fn nat_sync_event_on_new_flow_and_receiver_entries_translate_mid_stream() {
             .collect();
         assert_eq!(
             rejected,
-            // The stranger's records, then its hello.
-            [("malformed", 1), ("stranger", 2)].into_iter().collect(),
+            // The stranger's records, its hello and its end of a dump.
+            [("malformed", 1), ("stranger", 3)].into_iter().collect(),
             "refusals counted by reason"
         );
         assert_eq!(

@@ -258,6 +258,9 @@ struct Inbox {
     /// anything without `backends_from`).
     watch: mpsc::UnboundedReceiver<WatchReport>,
     vets: mpsc::UnboundedReceiver<VetReport>,
+    /// State sync's peers whose welcome dump ended (never anything
+    /// without state sync).
+    sync_answers: mpsc::Receiver<std::net::IpAddr>,
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -304,6 +307,7 @@ impl Agent {
                 Some(done) = inbox.snapshots.recv() => Some(self.snapshot_done(done)),
                 Some(r) = inbox.watch.recv() => { self.watched(r); None }
                 Some(r) = inbox.vets.recv() => { self.vetted(r); None }
+                Some(peer) = inbox.sync_answers.recv() => Some(Event::SyncAnswered(peer)),
                 _ = second.tick() => Some(Event::Second),
                 _ = stats.tick(), if self.opts.stats_interval > 0 => Some(Event::StatsDue),
             };
@@ -926,6 +930,14 @@ impl Agent {
                 info!(family = %router::label(family), counters = %line, "vrrp")
             }
             Note::Health(line) => info!(backends = %line, "health"),
+            Note::SyncWelcomed(missing) if missing.is_empty() => info!(
+                "state sync: every peer has sent the flows it holds; this node may hold the VIP"
+            ),
+            Note::SyncWelcomed(missing) => warn!(
+                peers = ?missing,
+                "state sync: no end of the flows from these peers within {} s of start (down, or a vipd without welcome dumps); this node holds the VIP without them: their flows that come here are reset",
+                crate::sync::WELCOME_WAIT.as_secs()
+            ),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::{
     observe::Observed,
     probes::{ProbeEvent, Probes, probe_jobs, spawn_gate_round, timing_report},
     snapshots::Snapshots,
-    state::{AgentState, Event, Settings},
+    state::{AgentState, Event, Settings, Welcome},
     sweep::{FlowReport, SweepSync, spawn_sweeper},
     telemetry::Telemetry,
     write_local_mac,
@@ -437,6 +437,7 @@ impl Agent {
             telemetry.dataplane.read_from(c.clone());
         }
         telemetry.show_controller(&ctl);
+        let sync_started = Instant::now();
         let sync = start_sync(
             &cfg,
             &ctl,
@@ -458,6 +459,14 @@ impl Agent {
             stamp: file_stamp(&opts.config_path),
             pinned: opts.pin.is_some(),
             sync: sync.as_ref().map(|_| ctl.programmer().generation()),
+            // Adopted maps kept their flows: nothing to wait for.
+            welcome: match (&sync, &cfg.state_sync) {
+                (Some(_), Some(s)) if !ctl.programmer().maps().adopted() => Some(Welcome {
+                    waiting: s.peers.iter().copied().collect(),
+                    until: sync_started + crate::sync::WELCOME_WAIT,
+                }),
+                _ => None,
+            },
         });
         let host = prepare_host(&cfg, &globals, opts.sysctl_record.as_deref())?;
         let attached = ctl
@@ -560,6 +569,11 @@ impl Agent {
             snapshots: snapshot_rx,
             watch: watch_rx,
             vets: vet_rx,
+            sync_answers: agent
+                .sync
+                .as_ref()
+                .and_then(SyncHandle::take_answers)
+                .unwrap_or_else(|| mpsc::channel(1).1),
         };
         agent.first_gate_round(&mut inbox.certs).await;
         let v = agent.verdicts();

@@ -15,7 +15,8 @@
 //! [`Verdicts`].
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -52,6 +53,36 @@ pub struct Settings {
     pub sync: Option<u64>,
     /// `snapshot:` on: when the periods start (planned once, at start).
     pub snapshot: Option<Schedule>,
+    /// State sync started with empty tables: the peers whose flows this
+    /// node waits for before it holds the VIP.
+    pub welcome: Option<Welcome>,
+}
+
+/// The wait for state sync's peers at start. A node that starts with empty
+/// tables (a reboot, no pinned maps) says hello and each peer answers with
+/// every flow it holds, then an end marker (`sync::Received::end`). Until
+/// every peer's end has arrived, or `until`, this node does not hold the
+/// VIP: a flow that a router (ECMP) or an election moved here before its
+/// entry arrived would be reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The peers whose dump has not ended yet.
+    pub waiting: BTreeSet<IpAddr>,
+    /// When the wait ends whoever has not answered (a peer that is down).
+    pub until: Instant,
+}
+
+impl Welcome {
+    /// Why the node waits, as `vipd status` and the holder say it: the
+    /// same until the wait ends (a changed reason would be a new hold or
+    /// withdrawal for the holder); the log names the peers that never
+    /// answered.
+    fn reason(&self) -> String {
+        format!(
+            "state sync: started with empty tables, waiting for the peers' flows (at most {} s after start)",
+            crate::sync::WELCOME_WAIT.as_secs()
+        )
+    }
 }
 
 /// The signals that stop the agent.
@@ -99,6 +130,9 @@ pub enum Event {
     Settled(Verdicts),
     /// The once-a-second tick.
     Second,
+    /// This state-sync peer's welcome dump ended: every flow it held has
+    /// arrived.
+    SyncAnswered(IpAddr),
     /// Whether an XDP program is attached to the interface, as read.
     Xdp(bool),
     /// The periodic log is due.
@@ -142,6 +176,9 @@ pub enum Note {
     Traffic(String),
     Vrrp(Family, String),
     Health(String),
+    /// The wait for state sync's peers is over: every peer answered (empty),
+    /// or the deadline passed without these.
+    SyncWelcomed(Vec<IpAddr>),
 }
 
 /// What the shell must do, in order.
@@ -220,11 +257,14 @@ pub struct AgentState {
     last_backends: String,
     /// Whose turn the scheduled etcd snapshot is (`snapshot:` on).
     snapshot: Option<Duty>,
+    /// The wait for state sync's peers, while it lasts.
+    welcome: Option<Welcome>,
 }
 
 impl AgentState {
     pub fn new(settings: Settings) -> AgentState {
         let snapshot = settings.snapshot.map(Duty::new);
+        let welcome = settings.welcome.clone().filter(|w| !w.waiting.is_empty());
         AgentState {
             running: settings.config.clone(),
             pending: None,
@@ -242,7 +282,9 @@ impl AgentState {
                 serving: true,
                 gate_v4: None,
                 gate_v6: None,
+                sync_wait: welcome.as_ref().map(Welcome::reason),
             },
+            welcome,
             last_counters: vec![],
             last_vrrp: HashMap::new(),
             last_backends: String::new(),
@@ -255,6 +297,16 @@ impl AgentState {
         match (self.phase, ev) {
             (Phase::Stopping, _) => {}
             (_, Event::Signal(s)) => self.stop(s, &mut out),
+            // Whenever it comes: the fitness follows at the next settle.
+            (_, Event::SyncAnswered(peer)) => {
+                if let Some(w) = &mut self.welcome {
+                    w.waiting.remove(&peer);
+                    if w.waiting.is_empty() {
+                        self.welcome = None;
+                        out.push(Effect::Log(Note::SyncWelcomed(vec![])));
+                    }
+                }
+            }
             (Phase::Starting, Event::Started(v)) => {
                 // The first certificate round is over: a node whose
                 // certificates lack the VIP starts held out.
@@ -283,6 +335,7 @@ impl AgentState {
             serving: v.serving,
             gate_v4: v.gate_v4.clone(),
             gate_v6: v.gate_v6.clone(),
+            sync_wait: self.welcome.as_ref().map(Welcome::reason),
         }
     }
 
@@ -346,13 +399,21 @@ impl AgentState {
                     (Err(why), _) => out.push(Effect::Log(Note::ReloadRefused(why))),
                 }
             }
-            Event::Signal(_) | Event::Started(_) | Event::HolderStarted { .. } => {}
+            Event::Signal(_)
+            | Event::Started(_)
+            | Event::HolderStarted { .. }
+            | Event::SyncAnswered(_) => {}
         }
     }
 
     /// What the holder, state sync and the status must know after
     /// whatever happened.
     fn settled(&mut self, now: Instant, refresh_at: Instant, v: &Verdicts, out: &mut Vec<Effect>) {
+        if let Some(w) = self.welcome.take_if(|w| now >= w.until) {
+            out.push(Effect::Log(Note::SyncWelcomed(
+                w.waiting.into_iter().collect(),
+            )));
+        }
         let f = self.fit_of(v);
         if f.local_ok != self.fitness.local_ok && self.tracks {
             out.push(Effect::Log(Note::LocalApiserver(f.local_ok)));

@@ -26,7 +26,7 @@ pub enum FlowReport {
 /// addresses say which VIPs this node holds.
 pub struct SweepSync {
     pub dir: tokio::sync::watch::Receiver<Arc<crate::sync::resolve::Directory>>,
-    pub tx: mpsc::Sender<Vec<(vip_common::ConnKey, vip_common::ConnValue)>>,
+    pub tx: mpsc::Sender<crate::sync::Batch>,
     pub iface: String,
     /// This node's slice of the NAT ports, if it has one ([`Refresh::own_ports`]).
     pub own_ports: Option<(u16, u16)>,
@@ -147,10 +147,15 @@ pub fn spawn_sweeper(
             prev = Some(now);
             match r {
                 Ok(mut s) => {
-                    let active = std::mem::take(&mut s.active);
+                    let flows = std::mem::take(&mut s.active);
+                    // A welcome dump goes even empty: its end tells the
+                    // starting peer there is nothing more to wait for.
                     if let Some(sy) = &sync
-                        && !active.is_empty()
-                        && sy.tx.try_send(active).is_err()
+                        && (welcome || !flows.is_empty())
+                        && sy
+                            .tx
+                            .try_send(crate::sync::Batch { flows, welcome })
+                            .is_err()
                     {
                         warn!("state sync is behind; this refresh is skipped");
                     }

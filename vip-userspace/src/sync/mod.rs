@@ -20,7 +20,10 @@
 //!   replicated entry never idles out on the peer while the flow lives. A
 //!   starting sender says hello (a datagram with no records, [`HELLO_AFTER`]),
 //!   and each peer answers with every flow it holds, so a peer restarted
-//!   with empty tables knows them before flows come back to it.
+//!   with empty tables knows them before flows come back to it. Each
+//!   answer ends with an end marker ([`wire::encode_end`]): the starting
+//!   node holds the VIP back until every peer's has arrived, or
+//!   [`WELCOME_WAIT`] has passed ([`SyncHandle::take_answers`]).
 //!   The receiver is a blocking thread with its own socket and map handles.
 //!
 //! Guarantees and limits: a flow opened less than about [`FLUSH_DELAY`]
@@ -207,7 +210,26 @@ pub struct Received {
     /// or a start without pinned maps), so it is sent every flow this node
     /// holds at once, its own slice's included ([`SyncHandle::take_welcomes`]).
     pub hello: bool,
+    /// An admitted end of a welcome dump: every flow the peer held has been
+    /// sent before it.
+    pub end: bool,
 }
+
+/// One batch of flows for the sender: the sweep's refresh, or a welcome
+/// dump (every flow held, for a peer that said hello), which the sender
+/// follows with the end marker once its last record is out.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub flows: Vec<(ConnKey, ConnValue)>,
+    pub welcome: bool,
+}
+
+/// How long a starting node waits for every peer's welcome dump before it
+/// holds the VIP without the missing ones: past the last hello
+/// ([`HELLO_AFTER`], 3 s) by 2 s for the answer. A peer that is down
+/// costs this much once at start; one that is up answers within a few
+/// milliseconds.
+pub const WELCOME_WAIT: Duration = Duration::from_secs(5);
 
 /// When a starting sender says hello to every peer, from its start: more
 /// than once, since a datagram can be lost and a peer that was down at the
@@ -249,10 +271,13 @@ pub fn receive_datagram(
             return none;
         }
     };
+    if d.end {
+        return Received { end: true, ..none };
+    }
     if d.records.is_empty() {
         return Received {
-            applied: 0,
             hello: true,
+            ..none
         };
     }
     stats.received.inc_by(d.records.len() as u64);
@@ -272,10 +297,7 @@ pub fn receive_datagram(
         }
     }
     stats.applied.inc_by(applied as u64);
-    Received {
-        applied,
-        hello: false,
-    }
+    Received { applied, ..none }
 }
 
 /// The running sync: publish directory changes and refresh batches to it;
@@ -283,8 +305,9 @@ pub fn receive_datagram(
 pub struct SyncHandle {
     pub stats: Arc<SyncStats>,
     dir: watch::Sender<Arc<Directory>>,
-    refresh: mpsc::Sender<Vec<(ConnKey, ConnValue)>>,
+    refresh: mpsc::Sender<Batch>,
     welcomes: std::sync::Mutex<Option<mpsc::Receiver<IpAddr>>>,
+    answers: std::sync::Mutex<Option<mpsc::Receiver<IpAddr>>>,
     sender: JoinHandle<()>,
     stop: Arc<AtomicBool>,
 }
@@ -303,7 +326,7 @@ impl SyncHandle {
     }
 
     /// Where the sweep sends live flows for the refresh.
-    pub fn refresh_sender(&self) -> mpsc::Sender<Vec<(ConnKey, ConnValue)>> {
+    pub fn refresh_sender(&self) -> mpsc::Sender<Batch> {
         self.refresh.clone()
     }
 
@@ -311,6 +334,13 @@ impl SyncHandle {
     /// which sends each of them every flow held: once, to its one taker.
     pub fn take_welcomes(&self) -> Option<mpsc::Receiver<IpAddr>> {
         self.welcomes.lock().ok().and_then(|mut w| w.take())
+    }
+
+    /// The peers whose welcome dump ended ([`Received::end`]), for the
+    /// agent, which holds the VIP back until each has (at most
+    /// [`WELCOME_WAIT`]): once, to its one taker.
+    pub fn take_answers(&self) -> Option<mpsc::Receiver<IpAddr>> {
+        self.answers.lock().ok().and_then(|mut w| w.take())
     }
 
     /// The directory as last published (the sweep reads the synced ids).
@@ -353,6 +383,8 @@ pub fn start(
     let (dir_tx, dir_rx) = watch::channel(Arc::new(dir));
     let (refresh_tx, refresh_rx) = mpsc::channel(4);
     let (welcome_tx, welcome_rx) = mpsc::channel(8);
+    // One answer per peer and dump: a few peers, a few dumps each.
+    let (answer_tx, answer_rx) = mpsc::channel(64);
     let stop = Arc::new(AtomicBool::new(false));
     let targets: Vec<SocketAddr> = peers
         .iter()
@@ -381,7 +413,7 @@ pub fn start(
                     dir_rx,
                     tables,
                     stats,
-                    (stop, welcome_tx),
+                    (stop, welcome_tx, answer_tx),
                 )
             })
             .map_err(SyncError::Socket)?;
@@ -392,6 +424,7 @@ pub fn start(
         dir: dir_tx,
         refresh: refresh_tx,
         welcomes: std::sync::Mutex::new(Some(welcome_rx)),
+        answers: std::sync::Mutex::new(Some(answer_rx)),
         sender,
         stop,
     })
@@ -422,7 +455,7 @@ async fn send_loop(
     sock: tokio::net::UdpSocket,
     targets: Vec<SocketAddr>,
     dir: watch::Receiver<Arc<Directory>>,
-    mut refresh: mpsc::Receiver<Vec<(ConnKey, ConnValue)>>,
+    mut refresh: mpsc::Receiver<Batch>,
     stats: Arc<SyncStats>,
     keys: Option<Arc<KeySource>>,
 ) {
@@ -442,6 +475,7 @@ async fn send_loop(
         let hello_at = hellos.peek().copied();
         let mut flush_now = false;
         let mut hello = false;
+        let mut end = false;
         tokio::select! {
             _ = tokio::time::sleep_until(hello_at.unwrap_or(flush_at).into()), if hello_at.is_some() => {
                 hellos.next();
@@ -467,13 +501,16 @@ async fn send_loop(
             b = refresh.recv() => {
                 let Some(b) = b else { return };
                 let d = dir.borrow().clone();
-                for (k, v) in &b {
+                for (k, v) in &b.flows {
                     match d.entry_to_wire(k, v) {
                         Some(r) => pending.push(r),
                         None => { stats.lost[0].inc(); }
                     }
                 }
-                debug!(flows = b.len(), "state sync: refresh queued");
+                // A welcome dump goes out now, whole, and then its end.
+                end = b.welcome;
+                flush_now |= b.welcome;
+                debug!(flows = b.flows.len(), welcome = b.welcome, "state sync: refresh queued");
             }
             _ = tokio::time::sleep_until(flush_at.into()), if deadline.is_some() => flush_now = true,
         }
@@ -485,11 +522,7 @@ async fn send_loop(
                 .then(|| pending.len().min(max))
         }) {
             let k = keys.as_ref().map(|k| k.keys());
-            let seal = k.as_ref().map(|k| Seal {
-                key: k.signing(),
-                epoch,
-                sent_ms: unix_ms(SystemTime::now()),
-            });
+            let seal = seal_now(k.as_deref(), epoch);
             wire::encode(seq, &pending[..n], seal.as_ref(), &mut buf);
             seq = seq.wrapping_add(1);
             for t in &targets {
@@ -504,6 +537,17 @@ async fn send_loop(
                 }
             }
             pending.drain(..n);
+        }
+        if end {
+            let k = keys.as_ref().map(|k| k.keys());
+            let seal = seal_now(k.as_deref(), epoch);
+            wire::encode_end(seq, seal.as_ref(), &mut buf);
+            seq = seq.wrapping_add(1);
+            for t in &targets {
+                if let Err(e) = sock.send_to(&buf, t).await {
+                    debug!(peer = %t, error = %e, "state sync: sending the end of a dump failed");
+                }
+            }
         }
         deadline = match (pending.is_empty(), deadline) {
             (true, _) => None,
@@ -528,6 +572,16 @@ pub fn drain(
             }
         }
     }
+}
+
+/// The seal of a datagram sent now, under this node's signing key (none
+/// without `key_file`).
+fn seal_now(keys: Option<&auth::Keys>, epoch: u64) -> Option<Seal<'_>> {
+    keys.map(|k| Seal {
+        key: k.signing(),
+        epoch,
+        sent_ms: unix_ms(SystemTime::now()),
+    })
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -567,7 +621,7 @@ fn receive_loop(
     dir: watch::Receiver<Arc<Directory>>,
     mut tables: SyncTables,
     stats: Arc<SyncStats>,
-    (stop, welcomes): (Arc<AtomicBool>, mpsc::Sender<IpAddr>),
+    (stop, welcomes, answers): (Arc<AtomicBool>, mpsc::Sender<IpAddr>, mpsc::Sender<IpAddr>),
 ) {
     let mut buf = vec![0u8; 2048];
     let mut strangers: BTreeMap<IpAddr, u64> = BTreeMap::new();
@@ -622,6 +676,12 @@ fn receive_loop(
             // Full: a dump is already queued, and the one it sends covers
             // this hello too.
             let _ = welcomes.try_send(from_ip);
+        }
+        if r.end {
+            debug!(peer = %from_ip, "state sync: a peer's welcome dump ended");
+            // Full: the agent has not read the earlier answers yet, which
+            // already name this peer, or it no longer waits.
+            let _ = answers.try_send(from_ip);
         }
     }
 }

@@ -41,6 +41,14 @@
 //! A receiver refuses a version it does not know (whole datagram, counted):
 //! a later format gets a new version number, never a reinterpretation.
 //!
+//! The record count's top bit marks the end of a welcome dump (the flows a
+//! node sends a peer that said hello): a datagram with that bit and no
+//! records, sent after the dump's last record, tells the starting peer it
+//! has them all ([`Datagram::end`]). The bit was always zero before, and a
+//! vipd that predates it refuses the marker as malformed (its count is too
+//! large) while reading every record before it; a starting peer that
+//! never gets one waits out its deadline instead.
+//!
 //! Version 2 is the authenticated form (`state_sync.key_file`, see
 //! [`super::auth`]): the reserved byte holds the key id, the header grows by
 //! the sender's boot epoch and send time, and a 16-byte tag follows the
@@ -77,6 +85,8 @@ pub const HEADER_LEN: usize = 12;
 /// Version 2's header: version 1's plus epoch and send time.
 pub const HEADER_LEN_AUTH: usize = HEADER_LEN + 16;
 pub const RECORD_LEN: usize = 60;
+/// The record count's top bit: the end of a welcome dump (no records).
+pub const COUNT_END: u16 = 0x8000;
 /// Records per datagram: the most that fit 1232 bytes (see the module doc).
 pub const MAX_RECORDS: usize = 20;
 /// The largest datagram [`encode`] writes.
@@ -128,6 +138,8 @@ pub struct Datagram {
     pub records: Vec<Record>,
     /// Version 2 only.
     pub sealed: Option<Sealed>,
+    /// The end of a welcome dump ([`COUNT_END`]); never with records.
+    pub end: bool,
 }
 
 /// Why a datagram was refused; also the `reason` label of
@@ -172,6 +184,15 @@ pub fn max_records(sealed: bool) -> usize {
 /// excess is left out) into `out`, which is cleared first: version 1, or
 /// version 2 with a tag when `seal` is given.
 pub fn encode(seq: u32, records: &[Record], seal: Option<&Seal>, out: &mut Vec<u8>) {
+    encode_count(seq, records, 0, seal, out);
+}
+
+/// Encodes the end of a welcome dump: no records, [`COUNT_END`] set.
+pub fn encode_end(seq: u32, seal: Option<&Seal>, out: &mut Vec<u8>) {
+    encode_count(seq, &[], COUNT_END, seal, out);
+}
+
+fn encode_count(seq: u32, records: &[Record], flag: u16, seal: Option<&Seal>, out: &mut Vec<u8>) {
     let records = &records[..records.len().min(max_records(seal.is_some()))];
     out.clear();
     out.extend_from_slice(&MAGIC);
@@ -179,7 +200,7 @@ pub fn encode(seq: u32, records: &[Record], seal: Option<&Seal>, out: &mut Vec<u
         None => out.extend_from_slice(&[VERSION, 0]),
         Some(s) => out.extend_from_slice(&[VERSION_AUTH, s.key.id]),
     }
-    out.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(records.len() as u16 | flag).to_be_bytes());
     out.extend_from_slice(&seq.to_be_bytes());
     if let Some(s) = seal {
         out.extend_from_slice(&s.epoch.to_be_bytes());
@@ -282,8 +303,13 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
     } else {
         (HEADER_LEN, 0)
     };
-    let count = be16(&buf[6..8]) as usize;
-    if count > max_records(sealed_form) || buf.len() != header + count * RECORD_LEN + trailer {
+    let raw = be16(&buf[6..8]);
+    let end = raw & COUNT_END != 0;
+    let count = usize::from(raw & !COUNT_END);
+    if (end && count != 0)
+        || count > max_records(sealed_form)
+        || buf.len() != header + count * RECORD_LEN + trailer
+    {
         return Err(DecodeError::Length);
     }
     let seq = be32(&buf[8..12]);
@@ -321,6 +347,7 @@ pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
         seq,
         records,
         sealed,
+        end,
     })
 }
 
@@ -387,6 +414,36 @@ mod tests {
         let many: Vec<Record> = (0..50).map(rec).collect();
         encode(1, &many, None, &mut out);
         assert_eq!(out.len(), MAX_DATAGRAM);
+    }
+
+    /// The end of a welcome dump, byte for byte: the count's top bit and no
+    /// records; with records the bit is refused, and a hello (count 0) is
+    /// not an end.
+    #[test]
+    fn the_end_of_a_dump_is_the_counts_top_bit_with_no_records() {
+        let mut out = vec![];
+        encode_end(9, None, &mut out);
+        let mut want = vec![];
+        want.extend_from_slice(b"VPSY");
+        want.extend_from_slice(&[1, 0, 0x80, 0]);
+        want.extend_from_slice(&[0, 0, 0, 9]);
+        assert_eq!(out, want);
+        let d = decode(&out).expect("end decodes");
+        assert!(d.end && d.records.is_empty(), "{d:?}");
+        encode(9, &[], None, &mut out);
+        assert!(!decode(&out).expect("hello").end, "a hello is no end");
+        encode(9, &[rec(0)], None, &mut out);
+        out[6] |= 0x80;
+        assert_eq!(decode(&out), Err(DecodeError::Length), "end with records");
+        let k = key();
+        let seal = Seal {
+            key: k.signing(),
+            epoch: 1,
+            sent_ms: 2,
+        };
+        encode_end(10, Some(&seal), &mut out);
+        assert_eq!(out.len(), HEADER_LEN_AUTH + TAG_LEN);
+        assert!(decode(&out).expect("sealed end").end);
     }
 
     #[test]

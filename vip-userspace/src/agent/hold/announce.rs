@@ -69,6 +69,9 @@ pub enum Why {
     NoBackend,
     /// The certificate gate refuses this family's VIPs, for this reason.
     CertGate(String),
+    /// State sync's peers have not all sent this node their flows since it
+    /// started with empty tables ([`super::Fitness::sync_wait`]).
+    SyncWait(String),
     /// An orderly stop: withdrawn before the program stops forwarding.
     Stopping,
     /// A route of vipd's for an address that is no VIP of this
@@ -82,6 +85,7 @@ impl Why {
             Why::XdpDetached => "xdp_detached",
             Why::NoBackend => "no_backend",
             Why::CertGate(_) => "cert_gate",
+            Why::SyncWait(_) => "sync_wait",
             Why::Stopping => "stopping",
             Why::Unconfigured => "unconfigured",
         }
@@ -94,6 +98,7 @@ impl Why {
             }
             Why::NoBackend => "no backend passes its probe".into(),
             Why::CertGate(why) => format!("certificate gate: {why}"),
+            Why::SyncWait(why) => why.clone(),
             Why::Stopping => "vipd is stopping".into(),
             Why::Unconfigured => "not a VIP of the configuration (left by an earlier run)".into(),
         }
@@ -112,6 +117,9 @@ pub fn verdict(f: &Fitness, vip: IpAddr) -> Result<(), Why> {
     }
     if let Some(why) = f.gate(Family::of(&vip)) {
         return Err(Why::CertGate(why.clone()));
+    }
+    if let Some(why) = &f.sync_wait {
+        return Err(Why::SyncWait(why.clone()));
     }
     Ok(())
 }
@@ -570,6 +578,7 @@ mod tests {
             serving: true,
             gate_v4: None,
             gate_v6: None,
+            sync_wait: None,
         }
     }
 
@@ -628,6 +637,23 @@ mod tests {
                     ..fit()
                 },
                 want: Ok(()),
+            },
+            Case {
+                desc: "state sync's peers have not all sent their flows",
+                f: Fitness {
+                    sync_wait: Some("waiting".into()),
+                    ..fit()
+                },
+                want: Err(Why::SyncWait("waiting".into())),
+            },
+            Case {
+                desc: "the gate comes before the wait: it needs the operator",
+                f: Fitness {
+                    gate_v4: Some("no SAN".into()),
+                    sync_wait: Some("waiting".into()),
+                    ..fit()
+                },
+                want: Err(Why::CertGate("no SAN".into())),
             },
         ];
         for c in cases {

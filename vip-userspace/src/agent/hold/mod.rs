@@ -45,6 +45,11 @@ pub struct Fitness {
     pub gate_v4: Option<String>,
     /// The same for the IPv6 VIPs.
     pub gate_v6: Option<String>,
+    /// State sync started with empty tables and some peer's flows have not
+    /// arrived yet (the welcome dumps, at most `sync::WELCOME_WAIT`): why
+    /// this node does not hold the VIP yet. Flows a router or an election
+    /// moved here now would meet no entry and be reset.
+    pub sync_wait: Option<String>,
 }
 
 impl Fitness {
@@ -54,6 +59,12 @@ impl Fitness {
             Family::V4 => self.gate_v4.as_ref(),
             Family::V6 => self.gate_v6.as_ref(),
         }
+    }
+
+    /// Why this node must stay out of holding this family's VIPs: the
+    /// gate's reason, else the wait for state sync's peers.
+    pub fn held(&self, family: Family) -> Option<String> {
+        self.gate(family).or(self.sync_wait.as_ref()).cloned()
     }
 }
 

@@ -78,10 +78,7 @@ impl Tracking {
             track,
             families: families.to_vec(),
             priority: None,
-            holds: families
-                .iter()
-                .map(|&fam| (fam, f.gate(fam).cloned()))
-                .collect(),
+            holds: families.iter().map(|&fam| (fam, f.held(fam))).collect(),
         }
     }
 
@@ -89,7 +86,7 @@ impl Tracking {
     pub fn fit(&mut self, f: &Fitness) -> Vec<Command> {
         let mut out = vec![];
         for &fam in &self.families {
-            let want = f.gate(fam).cloned();
+            let want = f.held(fam);
             if self.holds.get(&fam) != Some(&want) {
                 self.holds.insert(fam, want.clone());
                 out.push(Command::Hold(fam, want));
@@ -135,7 +132,7 @@ impl Vrrp {
                 vips,
             };
             let stats = metrics.router(family, plan.priority);
-            match router::spawn(spec, f.gate(family).cloned(), stats) {
+            match router::spawn(spec, f.held(family), stats) {
                 Ok(r) => routers.push(r),
                 Err(e) => {
                     return Err(anyhow::Error::new(e)

@@ -52,6 +52,7 @@ fn settings(text: &str) -> Settings {
         stamp: stamp(1),
         pinned: false,
         sync: None,
+        welcome: None,
     }
 }
 
@@ -73,6 +74,7 @@ fn fit(v: &Verdicts, xdp: bool) -> Fitness {
         serving: v.serving,
         gate_v4: v.gate_v4.clone(),
         gate_v6: v.gate_v6.clone(),
+        sync_wait: None,
     }
 }
 
@@ -666,4 +668,146 @@ fn sigterm_hands_over_before_the_host_is_restored() {
             Effect::Exit,
         ]
     );
+}
+
+fn peer(s: &str) -> IpAddr {
+    s.parse().expect("test address")
+}
+
+/// Settings of a node whose state sync started with empty tables at `t0`,
+/// with two peers.
+fn starting_empty(text: &str, t0: Instant) -> Settings {
+    Settings {
+        sync: Some(1),
+        welcome: Some(Welcome {
+            waiting: [peer("10.0.0.2"), peer("10.0.0.3")].into(),
+            until: t0 + crate::sync::WELCOME_WAIT,
+        }),
+        ..settings(text)
+    }
+}
+
+/// A node that starts with empty tables holds the VIP (VRRP: joins the
+/// election; announce: installs its route) only once every peer's welcome
+/// dump has ended; answers that come before the holder starts count.
+#[test]
+fn a_node_that_starts_empty_holds_the_vip_once_every_peer_sent_its_flows() {
+    let t0 = Instant::now();
+    let mut a = AgentState::new(starting_empty(VRRP, t0));
+    assert_eq!(a.on(t0, Event::SyncAnswered(peer("10.0.0.2"))), vec![]);
+    let fx = a.on(t0, Event::Started(fine()));
+    let Some(Effect::StartHolder(f)) = fx.first() else {
+        panic!("{fx:?}")
+    };
+    let why = f.sync_wait.clone().expect("10.0.0.3 has not answered");
+    assert!(why.contains("waiting for the peers' flows"), "{why}");
+    // VRRP keeps both families out of the election; announce withdraws.
+    let mut t = Tracking::new(
+        Priority(200),
+        Default::default(),
+        &[Family::V4, Family::V6],
+        f,
+    );
+    assert_eq!(t.fit(f), vec![Command::Priority(Priority(200))]);
+    let mut d = Announcing::new(&[peer("10.0.0.100")]);
+    assert_eq!(
+        d.fit(f),
+        vec![AnnounceCommand::Withdraw(
+            peer("10.0.0.100"),
+            Why::SyncWait(why.clone())
+        )]
+    );
+    assert_eq!(
+        a.on(t0, Event::HolderStarted { tracks: true }),
+        vec![Effect::Ready]
+    );
+    let t1 = t0 + Duration::from_millis(300);
+    assert_eq!(
+        told(&a.on(t1, Event::Settled(fine()))),
+        None,
+        "still waiting"
+    );
+    assert_eq!(
+        a.on(t1, Event::SyncAnswered(peer("10.0.0.9"))),
+        vec![],
+        "a peer not waited for changes nothing"
+    );
+    assert_eq!(
+        a.on(t1, Event::SyncAnswered(peer("10.0.0.3"))),
+        vec![Effect::Log(Note::SyncWelcomed(vec![]))]
+    );
+    let f = told(&a.on(t1, Event::Settled(fine()))).expect("the wait is over");
+    assert_eq!(f, fit(&fine(), true));
+    assert_eq!(
+        t.fit(&f),
+        vec![
+            Command::Hold(Family::V4, None),
+            Command::Hold(Family::V6, None)
+        ]
+    );
+    assert_eq!(
+        d.fit(&f),
+        vec![AnnounceCommand::Install(peer("10.0.0.100"))]
+    );
+    // Later answers (a peer's next dump) change nothing.
+    assert_eq!(a.on(t1, Event::SyncAnswered(peer("10.0.0.3"))), vec![]);
+    assert_eq!(told(&a.on(t1, Event::Settled(fine()))), None);
+}
+
+/// A peer that never answers (down, or a vipd without welcome dumps) holds
+/// the node back until the deadline, not longer; the log names it. The
+/// gate still holds the VIP back after the wait.
+#[test]
+fn the_wait_for_peers_ends_at_its_deadline_naming_who_never_answered() {
+    let t0 = Instant::now();
+    let mut a = AgentState::new(starting_empty(VRRP, t0));
+    let mut gated = fine();
+    gated.gate_v6 = Some("no SAN".into());
+    let fx = a.on(t0, Event::Started(gated.clone()));
+    assert!(
+        matches!(&fx[..], [Effect::StartHolder(f)] if f.sync_wait.is_some()),
+        "{fx:?}"
+    );
+    a.on(t0, Event::HolderStarted { tracks: true });
+    a.on(t0, Event::SyncAnswered(peer("10.0.0.3")));
+    let before = t0 + crate::sync::WELCOME_WAIT - Duration::from_millis(1);
+    assert_eq!(told(&a.on(before, Event::Settled(gated.clone()))), None);
+    let at = t0 + crate::sync::WELCOME_WAIT;
+    let fx = a.on(at, Event::Settled(gated.clone()));
+    assert_eq!(
+        fx.first(),
+        Some(&Effect::Log(Note::SyncWelcomed(vec![peer("10.0.0.2")])))
+    );
+    let f = told(&fx).expect("the wait is over");
+    assert_eq!(f.sync_wait, None);
+    assert_eq!(f.held(Family::V4), None);
+    assert_eq!(f.held(Family::V6).as_deref(), Some("no SAN"));
+    assert_eq!(
+        a.on(at, Event::SyncAnswered(peer("10.0.0.2"))),
+        vec![],
+        "too late: nothing"
+    );
+}
+
+/// Without state sync, or with adopted maps (`welcome: None`), or without
+/// peers, nothing is waited for.
+#[test]
+fn nothing_is_waited_for_without_empty_tables_or_peers() {
+    let t0 = Instant::now();
+    for s in [
+        settings(VRRP),
+        Settings {
+            welcome: Some(Welcome {
+                waiting: Default::default(),
+                until: t0 + crate::sync::WELCOME_WAIT,
+            }),
+            ..settings(VRRP)
+        },
+    ] {
+        let mut a = AgentState::new(s);
+        assert_eq!(
+            a.on(t0, Event::Started(fine())),
+            vec![Effect::StartHolder(fit(&fine(), true))]
+        );
+    }
 }

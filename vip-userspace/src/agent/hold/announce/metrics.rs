@@ -39,7 +39,7 @@ impl AnnounceMetrics {
         );
         r.register(
             "withdrawals",
-            "announce: routes withdrawn, by reason (xdp_detached, no_backend, cert_gate, stopping, unconfigured)",
+            "announce: routes withdrawn, by reason (xdp_detached, no_backend, cert_gate, sync_wait, stopping, unconfigured)",
             m.withdrawals.clone(),
         );
         m
