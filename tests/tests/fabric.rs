@@ -1048,6 +1048,18 @@ fn streams_survive_an_lb_death_in_mode_nat() {
     let before: Vec<u64> = w.report().iter().map(|r| r.events).collect();
     let t = std::time::Instant::now();
     lab.restore(0);
+    // The killed vipd left its route in table 198, which BIRD announces
+    // as soon as the link is back: the new vipd withdraws it first thing
+    // (else the kernel, with the VIP still on lo and no program, resets
+    // what the router moves here), and installs it again only once both
+    // peers' dumps have ended.
+    let lb0 = lab.vipds[0].as_ref().expect("lb0's vipd");
+    for line in [
+        "withdrew a route a previous vipd left",
+        "every peer has sent the flows it holds",
+    ] {
+        lb0.wait_for_logs(line, Duration::from_secs(1));
+    }
     // Events every 200 ms; a stream the rejoin broke shows within this.
     std::thread::sleep(Duration::from_secs(3));
     let report = w.report();

@@ -377,6 +377,13 @@ impl Agent {
     /// The start-up sequence up to "vipd ready".
     pub(super) async fn start(opts: AgentOptions, cfg: Config) -> Result<(Agent, Inbox)> {
         let file_cfg = cfg.clone();
+        super::hold::announce::withdraw_leftovers(
+            &cfg,
+            opts.pin
+                .as_deref()
+                .is_some_and(crate::dataplane::kernel::pins_present),
+        )
+        .await;
         // `backends_from: kubernetes`: the last known set (the cache) is
         // programmed now; the apiserver is asked beside the agent, never
         // waited for. The credentials are local files, read now: a missing

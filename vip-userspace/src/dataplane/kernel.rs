@@ -55,6 +55,12 @@ impl fmt::Display for Attached {
     }
 }
 
+/// Whether `dir` holds a previous run's pinned maps, which a load with it
+/// adopts (and whose pinned link still has that run's program forwarding).
+pub fn pins_present(dir: &Path) -> bool {
+    dir.join("SERVICES").exists()
+}
+
 /// Load-time options.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -185,7 +191,7 @@ impl KernelMaps {
                 path: dir.clone(),
                 source: e,
             })?;
-            adopted = dir.join("SERVICES").exists();
+            adopted = pins_present(dir);
             for m in PINNED_MAPS {
                 // An existing pin is opened and reused; a missing one is
                 // created and pinned (aya's create_pinned_by_name).

@@ -106,7 +106,8 @@ impl Why {
 }
 
 /// Whether this node may announce `vip` now, and if not the first reason
-/// (in the order an operator fixes them: forwarding, backends, gate).
+/// (in the order an operator fixes them: forwarding, backends, gate; then
+/// the wait for state sync's peers, which ends by itself).
 /// `local_ok` does not count: another backend serves the VIP just as well.
 pub fn verdict(f: &Fitness, vip: IpAddr) -> Result<(), Why> {
     if !f.xdp_attached {
@@ -429,6 +430,43 @@ pub struct Announce {
     tx: watch::Sender<Desired>,
     task: JoinHandle<()>,
     shared: Arc<Mutex<Vec<RouteStatus>>>,
+}
+
+/// At the very start, before anything slow (loading the program, the
+/// first certificate round, state sync's wait): withdraws every route of
+/// vipd's in `announce.table`, when no program of a previous run forwards
+/// for it (`adopting` false: unpinned, or no pins to adopt). A vipd that was
+/// killed or crashed left its routes, and the routing daemon announces them
+/// as soon as it can, after a link comes back say, while this node's
+/// kernel answers the VIP's flows with RSTs (the VIP is still on `lo`, no
+/// program to translate). Seen in the fabric lab: a third of 200 watch
+/// streams reset at an LB's rejoin, whenever BGP came up before vipd's own
+/// first pass. With a pinned program still attached the routes stay: it
+/// forwards, and a restart loses nothing. Nothing here is fatal: the
+/// holder's start reports what fails.
+pub async fn withdraw_leftovers(cfg: &Config, adopting: bool) {
+    let Some(s) = &cfg.announce else { return };
+    if adopting {
+        return;
+    }
+    let Ok(table) = s.route_table() else { return };
+    let Ok(a) = RouteAnnouncer::new(table) else {
+        return;
+    };
+    let Ok(view) = a.list().await else { return };
+    for vip in view.ours {
+        match a.withdraw(vip).await {
+            Ok(true) => warn!(
+                vip = %vip,
+                table = table.table,
+                "announce: withdrew a route a previous vipd left (it was killed or crashed, and no program forwards for it now); announced again once this node can serve"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(vip = %vip, error = %e, "announce: withdrawing a previous vipd's route failed; the holder's start tries again")
+            }
+        }
+    }
 }
 
 impl Announce {
