@@ -111,12 +111,23 @@ impl NatLab {
         ports: std::ops::RangeInclusive<u16>,
         f: impl FnOnce(&mut Dp) -> T + Send,
     ) -> T {
-        let svc = service(
+        self.one_backend_with_ports_flagged(ports, 0, f)
+    }
+
+    /// The same, the service's flags or'ed with `flags` (`SVC_F_SYNC`).
+    fn one_backend_with_ports_flagged<T: Send>(
+        &self,
+        ports: std::ops::RangeInclusive<u16>,
+        flags: u8,
+        f: impl FnOnce(&mut Dp) -> T + Send,
+    ) -> T {
+        let mut svc = service(
             ip(VIP4),
             self.lb_ip(false),
             PROTO_TCP,
             vec![backend(false, 1)],
         );
+        svc.flags |= flags;
         self.with_dp(vec![svc], |dp| {
             dp.prog
                 .maps_mut()
@@ -1264,6 +1275,56 @@ fn nat_expired_ports_are_reclaimed_under_the_lock() {
         let (action, _) = dp.run(&syn(false, 45002).build(), Reason::DropNatPortsExhausted);
         assert_eq!(action, XDP_DROP, "dropped while the ports are locked");
     });
+}
+
+/// A taken port whose flow is over is taken over as soon as the search
+/// meets it, with free ports left in the range, when the service has no
+/// state sync: a search that tried every port for a free one first cost a
+/// SYN up to `NAT_PORT_TRIES` failed LRU inserts whenever the range was
+/// busy with recently closed flows (`lb::allocate_port`). With state sync a
+/// peer may still hold that flow, so a free port comes first and the old
+/// flow keeps its entry. The first port of the new flow's sequence holds a
+/// flow closed 11 s ago (`closing_s` 10); the other 15 are free.
+#[test]
+fn nat_an_over_flows_port_is_taken_when_the_search_meets_it_without_sync() {
+    use vip_common::{CT_F_CLOSING, NAT_F_SOLE, SVC_F_SYNC};
+    use vip_userspace::dataplane::flows::monotonic_ns;
+    let l = NatLab::new("natmeet");
+    let snat = l.lb_ip(false);
+    for (flags, taken) in [(0, true), (SVC_F_SYNC, false)] {
+        l.one_backend_with_ports_flagged(50000..=50015, flags, |dp| {
+            let now = monotonic_ns();
+            let ago = now.saturating_sub(11_000_000_000);
+            let id1 = dp.prog.backend_id(&backend(false, 1)).expect("id");
+            let first = nat_port_try(flow_hash(&fwd_key(45100, PROTO_TCP)), 0, 50000, 16);
+            nat_flow(dp, snat, id1, (first, 41000), ago, (ago, CT_F_CLOSING));
+            let (action, _) = dp.run(&syn(false, 45100).build(), Reason::TxNat);
+            assert_eq!(action, XDP_TX);
+            let port = conntrack_by_sport(dp)
+                .get(&45100)
+                .map(|v| u16::from_be(v.nat_port_be))
+                .expect("the new flow's entry");
+            let sole = if flags == 0 { NAT_F_SOLE } else { 0 };
+            if taken {
+                assert_eq!(
+                    port, first,
+                    "without sync: the over flow's port, the first tried"
+                );
+                assert_eq!(
+                    rev_owners(dp, first),
+                    vec![(45100, sole)],
+                    "one reverse entry for the port, the new flow's"
+                );
+            } else {
+                assert_ne!(port, first, "with sync: a free port first");
+                assert_eq!(
+                    rev_owners(dp, first),
+                    vec![(41000, CT_F_CLOSING)],
+                    "the over flow keeps its port while free ones remain"
+                );
+            }
+        });
+    }
 }
 
 /// How the backend's end closed decides how long its port stays taken

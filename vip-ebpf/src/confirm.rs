@@ -186,15 +186,16 @@ pub fn take_port(rev: &ConnKey, value: &vip_common::NatValue) -> bool {
 
 /// Takes over the port `sc.rev` for `sc.value` from an unconfirmed flow
 /// whose handshake has stalled: both its entries idle past
-/// `HANDSHAKE_HOLD_NS` (`vip_common::handshake_port_free`). Only reached
-/// when no port `allocate_port` tried was free, so under a SYN flood from
-/// spoofed sources the flood's ports turn over every second and real
-/// clients get through, where waiting out `closing_s` refused every new
-/// flow for ten seconds after the flood. The old flow's forward entry goes
-/// too: left, its client's next packet would leave under a port that is now
-/// another flow's. Nothing else frees such a port before the LRU evicts it,
-/// as the agent's sweep walks the confirmed tables only. Called under
-/// `NAT_LOCK` (`lb::reclaim_port`); BPF_EXIST replaces the value whole.
+/// `HANDSHAKE_HOLD_NS` (`vip_common::handshake_port_free`). Reached for a
+/// taken port `allocate_port` tries (with state sync, only once none of its
+/// tries was free), so under a SYN flood from spoofed sources the flood's
+/// ports turn over every second and real clients get through, where
+/// waiting out `closing_s` refused every new flow for ten seconds after the
+/// flood. The old flow's forward entry goes too: left, its client's next
+/// packet would leave under a port that is now another flow's. Nothing else
+/// frees such a port before the LRU evicts it, as the agent's sweep walks
+/// the confirmed tables only. Called under `NAT_LOCK` (`lb::reclaim_one`);
+/// BPF_EXIST replaces the value whole.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack"

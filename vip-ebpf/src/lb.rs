@@ -224,8 +224,15 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
             lo: g.nat_alloc_lo,
             hi: g.nat_alloc_hi,
         };
-        let mut got = allocate_port(p, &svc, be, &req);
-        if got == 0 {
+        // Without state sync no other LB holds this service's flows: a
+        // taken port whose flow is over here is over everywhere, and is
+        // taken over as soon as the search meets it. With sync a peer may
+        // still hold the old flow (an LB back with empty tables holds its
+        // peers' copies, which look over to it sooner than to them), so
+        // free ports come first and a take-over only when none was free.
+        let sole = svc.flags & SVC_F_SYNC == 0;
+        let mut got = allocate_port(p, &svc, be, &req, sole);
+        if got == 0 && !sole {
             got = reclaim_port(p, &svc, be, &req);
         }
         if got == 0 {
@@ -467,36 +474,45 @@ impl PortOrder {
 /// Finds a source port such that (backend, port, SNAT address, source port,
 /// protocol) is used by no other flow: the reverse entry is inserted with
 /// BPF_NOEXIST, so two CPUs can never take the same port for the same backend.
-/// Returns the port (network order) in the low 16 bits with bit 16 set, or 0
-/// if every try was taken: a plain integer, because a BPF call returns in one
-/// register.
+/// With `sole` (a service without state sync) a taken port whose flow is
+/// over (`reclaim_one`) is taken over as soon as the search meets it: a
+/// search that tried every port for a free one first cost a SYN up to
+/// `NAT_PORT_TRIES` failed LRU inserts, each a pop and a push of a free
+/// element (kernel/bpf/hashtab.c, htab_lru_map_update_elem), whenever the
+/// range was busy with flows closed in the last seconds, as at a few
+/// thousand new connections per second per backend; and under the client's
+/// connect(), since the program runs in its softirq. Returns the port
+/// (network order) in the low 16 bits with bit 16 set, or 0 if every try
+/// was taken: a plain integer, because a BPF call returns in one register.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
 )]
 #[inline(never)]
-fn allocate_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortRequest) -> u32 {
+fn allocate_port(
+    p: &Parsed,
+    svc: &ServiceValue,
+    be: &BackendValue,
+    req: &PortRequest,
+    sole: bool,
+) -> u32 {
     let Some((sc, order)) = port_search(p, svc, be, req) else {
         return 0;
     };
     for i in 0..NAT_PORT_TRIES {
         let port = order.nth(i);
         sc.rev.dport_be = port.to_be();
-        if confirm::take_port(&sc.rev, &sc.value) {
+        if confirm::take_port(&sc.rev, &sc.value) || (sole && reclaim_one(sc, req.now) == 1) {
             return port.to_be() as u32 | 1 << 16;
         }
     }
     0
 }
 
-/// When every port `allocate_port` tried is taken: takes over one whose flow
-/// is over (`reclaim_locked`), in the same order. Without this a closed
-/// flow's port stays claimed until the agent's sweep deletes it (every
-/// 10 s), and a backend with many short connections runs out of ports. Each
-/// take-over holds `NAT_LOCK` for that entry, which the sweep takes too, so
-/// a port is never handed to two flows. A separate call from
-/// `allocate_port`'s, not part of it: the BPF stack of a call chain is 512
-/// bytes. Same return as `allocate_port`.
+/// A service with state sync, when every port `allocate_port` tried is
+/// taken: takes over one whose flow is over (`reclaim_one`), in the same
+/// order. A separate call from `allocate_port`'s, not part of it: the BPF
+/// stack of a call chain is 512 bytes. Same return as `allocate_port`.
 #[allow(
     clippy::needless_borrows_for_generic_args,
     reason = "keys passed by value would be copied onto the stack the scratch map spares"
@@ -509,16 +525,32 @@ fn reclaim_port(p: &Parsed, svc: &ServiceValue, be: &BackendValue, req: &PortReq
     for i in 0..NAT_PORT_TRIES {
         let port = order.nth(i);
         sc.rev.dport_be = port.to_be();
-        if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
-            continue;
-        }
-        let done = reclaim_locked(sc, req.now);
-        let _ = NAT_LOCK.remove(&sc.rev);
-        if done {
+        if reclaim_one(sc, req.now) == 1 {
             return port.to_be() as u32 | 1 << 16;
         }
     }
     0
+}
+
+/// Takes over the taken port `sc.rev` if its flow is over
+/// (`reclaim_locked`): 1 if it did, 0 if not (a subprogram returns one
+/// register). Without this a closed flow's port stays claimed until the
+/// agent's sweep deletes it (every 10 s), and a backend with many short
+/// connections runs out of ports. Each take-over holds `NAT_LOCK` for that
+/// entry, which the sweep takes too, so a port is never handed to two flows.
+/// A subprogram of its own: the BPF stack of a call chain is 512 bytes.
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "keys passed by value would be copied onto the stack the scratch map spares"
+)]
+#[inline(never)]
+fn reclaim_one(sc: &mut PortScratch, now: u64) -> u32 {
+    if NAT_LOCK.insert(&sc.rev, 1u8, BPF_NOEXIST as u64).is_err() {
+        return 0;
+    }
+    let done = reclaim_locked(sc, now);
+    let _ = NAT_LOCK.remove(&sc.rev);
+    u32::from(done)
 }
 
 /// Takes over the reverse entry `sc.rev` for `sc.value` if the flow that held
