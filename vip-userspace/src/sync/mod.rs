@@ -41,7 +41,7 @@ pub mod tables;
 pub mod wire;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{
         Arc,
@@ -240,6 +240,17 @@ pub const HELLO_AFTER: [Duration; 3] = [
     Duration::from_secs(3),
 ];
 
+/// Whether a hello from `from`, `since_start` after this node's sync
+/// started, is answered with a hello of this node's own at once (besides
+/// the welcome dump): while this node may still be waiting for that peer's
+/// flows ([`WELCOME_WAIT`]), once per peer. A node that starts before its
+/// peers otherwise waits for its next scheduled hello ([`HELLO_AFTER`]:
+/// up to 3 s) to get their dumps; once per peer, so that two starting
+/// nodes never answer each other's hellos forever.
+pub fn hello_back(since_start: Duration, answered: &mut BTreeSet<IpAddr>, from: IpAddr) -> bool {
+    since_start < WELCOME_WAIT && answered.insert(from)
+}
+
 /// What the receiver does with one datagram from `from`: check the source,
 /// the tag and replay window when keyed, decode, resolve and write each
 /// record. Every refusal is counted under its reason; nothing here panics,
@@ -385,6 +396,7 @@ pub fn start(
     let (welcome_tx, welcome_rx) = mpsc::channel(8);
     // One answer per peer and dump: a few peers, a few dumps each.
     let (answer_tx, answer_rx) = mpsc::channel(64);
+    let (hello_tx, hello_rx) = mpsc::channel(8);
     let stop = Arc::new(AtomicBool::new(false));
     let targets: Vec<SocketAddr> = peers
         .iter()
@@ -395,7 +407,7 @@ pub fn start(
         tx_sock,
         targets.clone(),
         dir_rx.clone(),
-        refresh_rx,
+        (refresh_rx, hello_rx),
         stats.clone(),
         keys.clone(),
     ));
@@ -413,7 +425,7 @@ pub fn start(
                     dir_rx,
                     tables,
                     stats,
-                    (stop, welcome_tx, answer_tx),
+                    (stop, welcome_tx, answer_tx, hello_tx),
                 )
             })
             .map_err(SyncError::Socket)?;
@@ -455,7 +467,7 @@ async fn send_loop(
     sock: tokio::net::UdpSocket,
     targets: Vec<SocketAddr>,
     dir: watch::Receiver<Arc<Directory>>,
-    mut refresh: mpsc::Receiver<Batch>,
+    (mut refresh, mut hello_back): (mpsc::Receiver<Batch>, mpsc::Receiver<()>),
     stats: Arc<SyncStats>,
     keys: Option<Arc<KeySource>>,
 ) {
@@ -512,6 +524,7 @@ async fn send_loop(
                 flush_now |= b.welcome;
                 debug!(flows = b.flows.len(), welcome = b.welcome, "state sync: refresh queued");
             }
+            Some(()) = hello_back.recv() => hello = true,
             _ = tokio::time::sleep_until(flush_at.into()), if deadline.is_some() => flush_now = true,
         }
         // A hello is a datagram with no records, sealed like any other,
@@ -621,11 +634,18 @@ fn receive_loop(
     dir: watch::Receiver<Arc<Directory>>,
     mut tables: SyncTables,
     stats: Arc<SyncStats>,
-    (stop, welcomes, answers): (Arc<AtomicBool>, mpsc::Sender<IpAddr>, mpsc::Sender<IpAddr>),
+    (stop, welcomes, answers, hellos): (
+        Arc<AtomicBool>,
+        mpsc::Sender<IpAddr>,
+        mpsc::Sender<IpAddr>,
+        mpsc::Sender<()>,
+    ),
 ) {
     let mut buf = vec![0u8; 2048];
     let mut strangers: BTreeMap<IpAddr, u64> = BTreeMap::new();
     let mut last_log = Instant::now() - Duration::from_secs(60);
+    let started = Instant::now();
+    let mut hellos_answered = BTreeSet::new();
     while !stop.load(Ordering::Relaxed) {
         if !readable(&sock, RECV_WAIT) {
             continue;
@@ -676,6 +696,9 @@ fn receive_loop(
             // Full: a dump is already queued, and the one it sends covers
             // this hello too.
             let _ = welcomes.try_send(from_ip);
+            if hello_back(started.elapsed(), &mut hellos_answered, from_ip) {
+                let _ = hellos.try_send(());
+            }
         }
         if r.end {
             debug!(peer = %from_ip, "state sync: a peer's welcome dump ended");
@@ -689,6 +712,28 @@ fn receive_loop(
 #[cfg(test)]
 mod wait_tests {
     use super::*;
+
+    /// A starting node answers a peer's hello with its own, so the peer's
+    /// dump comes now rather than at its next scheduled hello; once per
+    /// peer (two starting nodes must not answer each other forever), and
+    /// only while it may still wait for flows.
+    #[test]
+    fn a_hello_is_answered_with_a_hello_once_per_peer_while_starting() {
+        let (a, b): (IpAddr, IpAddr) = (
+            "10.0.0.2".parse().expect("ip"),
+            "10.0.0.3".parse().expect("ip"),
+        );
+        let mut answered = BTreeSet::new();
+        let t = Duration::from_millis(1500);
+        assert!(hello_back(t, &mut answered, a));
+        assert!(!hello_back(t, &mut answered, a), "once per peer");
+        assert!(hello_back(t, &mut answered, b));
+        let mut answered = BTreeSet::new();
+        assert!(
+            !hello_back(WELCOME_WAIT, &mut answered, a),
+            "the wait is over"
+        );
+    }
 
     /// The receiver's socket shares O_NONBLOCK with the sender's (a dup):
     /// `readable` must still wait, and wake for a datagram.
