@@ -466,17 +466,7 @@ impl<M: Maps> Controller<M> {
         let changes = h.feed(started, finished, outcome);
         if let Some(n) = self.spared.get_mut(&addr) {
             *n += u32::from(!matches!(outcome, Outcome::Up | Outcome::AuthRefused(_)));
-            let fall = self
-                .cfg
-                .services
-                .iter()
-                .find(|s| {
-                    s.backends
-                        .iter()
-                        .any(|b| SocketAddr::new(b.address, b.port.unwrap_or(s.port)) == addr)
-                })
-                .map_or(1, |s| s.probe.fall);
-            if h.up() || *n >= fall {
+            if h.up() || *n >= h.fall() {
                 if !h.up() {
                     info!(backend = %addr, "spared backend failed its probes again: dead, its connections get an RST");
                 }

@@ -155,6 +155,11 @@ impl Health {
         self.up
     }
 
+    /// Failed probes that take an up backend out.
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
     /// A probe has passed since the agent started (bootstrap ends then).
     pub fn ever_passed(&self) -> bool {
         self.ever_passed

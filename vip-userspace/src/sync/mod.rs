@@ -538,17 +538,7 @@ async fn send_loop(
             let seal = seal_now(k.as_deref(), epoch);
             wire::encode(seq, &pending[..n], seal.as_ref(), &mut buf);
             seq = seq.wrapping_add(1);
-            for t in &targets {
-                match sock.send_to(&buf, t).await {
-                    Ok(_) => {
-                        stats.sent.inc_by(n as u64);
-                    }
-                    Err(e) => {
-                        stats.lost[1].inc_by(n as u64);
-                        debug!(peer = %t, error = %e, "state sync: send failed");
-                    }
-                }
-            }
+            send_all(&sock, &targets, &buf, n, &stats).await;
             pending.drain(..n);
         }
         if end {
@@ -556,17 +546,35 @@ async fn send_loop(
             let seal = seal_now(k.as_deref(), epoch);
             wire::encode_end(seq, seal.as_ref(), &mut buf);
             seq = seq.wrapping_add(1);
-            for t in &targets {
-                if let Err(e) = sock.send_to(&buf, t).await {
-                    debug!(peer = %t, error = %e, "state sync: sending the end of a dump failed");
-                }
-            }
+            send_all(&sock, &targets, &buf, 0, &stats).await;
         }
         deadline = match (pending.is_empty(), deadline) {
             (true, _) => None,
             (false, Some(d)) => Some(d),
             (false, None) => Some(Instant::now() + FLUSH_DELAY),
         };
+    }
+}
+
+/// Sends one datagram of `records` records to every peer, counting them as
+/// sent or lost per peer.
+async fn send_all(
+    sock: &tokio::net::UdpSocket,
+    targets: &[SocketAddr],
+    buf: &[u8],
+    records: usize,
+    stats: &SyncStats,
+) {
+    for t in targets {
+        match sock.send_to(buf, t).await {
+            Ok(_) => {
+                stats.sent.inc_by(records as u64);
+            }
+            Err(e) => {
+                stats.lost[1].inc_by(records as u64);
+                debug!(peer = %t, error = %e, "state sync: send failed");
+            }
+        }
     }
 }
 
