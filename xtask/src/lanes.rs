@@ -60,9 +60,14 @@ pub struct Exe {
 const FABRIC_SYMBOL: [&str; 4] = ["9vip_tests", "6fabric", "6Fabric", "3new"];
 
 /// `cargo test --no-run` (of `package` only, if given), with cargo's JSON
-/// messages read for the binaries. `cargo xtask soak` uses it too.
-pub fn build(tc: &bootstrap::Toolchain, package: Option<&str>) -> Result<Vec<Exe>> {
+/// messages read for the binaries; `lint`: clippy (-D warnings) on the
+/// workspace's crates as they compile (`crate::with_clippy`). `cargo xtask
+/// soak` uses it too.
+pub fn build(tc: &bootstrap::Toolchain, package: Option<&str>, lint: bool) -> Result<Vec<Exe>> {
     let mut c = cargo(tc);
+    if lint {
+        crate::with_clippy(tc, &mut c)?;
+    }
     c.args([
         "test",
         "--no-run",
@@ -73,7 +78,12 @@ pub fn build(tc: &bootstrap::Toolchain, package: Option<&str>) -> Result<Vec<Exe
         c.args(["-p", p]);
     }
     let mut out = String::new();
-    timed("build the tests", || {
+    let what = if lint {
+        "build the tests (and clippy -D warnings)"
+    } else {
+        "build the tests"
+    };
+    timed(what, || {
         out = crate::cmd_output(&mut c)?;
         Ok(())
     })?;

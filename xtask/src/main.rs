@@ -219,7 +219,8 @@ fn main() -> Result<()> {
             // checks and the debug builds and fills the cores they leave idle
             // (their single-crate tails).
             let packages = Packages::start(&root)?;
-            check(&tc)?;
+            fmt_check(&tc)?;
+            ebpf_clippy(&tc)?;
             test(&root, &tc, &args, packages)?;
             step(&format!(
                 "all tests passed in {:.0}s",
@@ -269,14 +270,22 @@ fn build(tc: &bootstrap::Toolchain, release: bool) -> Result<()> {
 }
 
 fn check(tc: &bootstrap::Toolchain) -> Result<()> {
-    timed("cargo fmt --check", || {
-        run(cargo(tc).args(["fmt", "--all", "--check"]))
-    })?;
+    fmt_check(tc)?;
     timed("clippy (userspace, -D warnings)", || {
         run(cargo(tc).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
     })?;
-    // The eBPF crate is checked for its real target with its own `core`, as
-    // aya-build builds it; RUSTC_BOOTSTRAP lets stable accept -Z build-std.
+    ebpf_clippy(tc)
+}
+
+fn fmt_check(tc: &bootstrap::Toolchain) -> Result<()> {
+    timed("cargo fmt --check", || {
+        run(cargo(tc).args(["fmt", "--all", "--check"]))
+    })
+}
+
+/// The eBPF crate is checked for its real target with its own `core`, as
+/// aya-build builds it; RUSTC_BOOTSTRAP lets stable accept -Z build-std.
+fn ebpf_clippy(tc: &bootstrap::Toolchain) -> Result<()> {
     timed("clippy (eBPF, -D warnings)", || {
         run(cargo(tc)
             .args([
@@ -293,6 +302,32 @@ fn check(tc: &bootstrap::Toolchain) -> Result<()> {
     })
 }
 
+/// Makes `c` (a cargo build) lint the workspace's crates with clippy
+/// (`-D warnings`) as it compiles them, the way `cargo clippy` does it: cargo
+/// runs clippy-driver, a rustc with clippy's lints, for workspace members
+/// (RUSTC_WORKSPACE_WRAPPER) and reads the lint flags from CLIPPY_ARGS, one
+/// `__CLIPPY_HACKERY__` after each. `cargo clippy` drives `cargo check`, whose
+/// metadata-only builds of every dependency are of no use to the test build
+/// after it: `cargo xtask test` compiled the dependency tree twice, about
+/// 200 s of one core on a 2-core machine. Dependencies are compiled by plain
+/// rustc either way (clippy never lints them).
+///
+/// The workspace crates' fingerprints include the wrapper: a later build
+/// without it recompiles them (not their dependencies).
+fn with_clippy<'a>(tc: &bootstrap::Toolchain, c: &'a mut Command) -> Result<&'a mut Command> {
+    let driver = cmd_output(Command::new("rustup").args([
+        "which",
+        "--toolchain",
+        &tc.name,
+        "clippy-driver",
+    ]))
+    .context("find clippy-driver (`cargo xtask bootstrap` installs clippy)")?;
+    Ok(c.env("RUSTC_WORKSPACE_WRAPPER", driver.trim()).env(
+        "CLIPPY_ARGS",
+        "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__",
+    ))
+}
+
 fn test(
     root: &Path,
     tc: &bootstrap::Toolchain,
@@ -307,14 +342,21 @@ fn test(
     }
     // The namespace tests run the real vipd binary; cargo test builds test
     // targets only, so build it first.
-    timed("build vipd", || {
-        run(cargo(tc).args(["build", "-p", "vip-userspace", "--bin", "vipd"]))
+    // Both builds lint as they compile (with_clippy): the userspace clippy of
+    // `cargo xtask check`, without compiling the dependencies a second time.
+    timed("build vipd (and clippy -D warnings)", || {
+        let mut c = cargo(tc);
+        c.args(["build", "-p", "vip-userspace", "--bin", "vipd"]);
+        run(with_clippy(tc, &mut c)?)
     })?;
-    let exes = lanes::build(tc, None)?;
+    let exes = lanes::build(tc, None, true)?;
     let artifacts = packages.wait()?;
     lanes::run(root, exes, args, &artifacts)?;
     timed("doc tests", || {
         let mut c = cargo(tc);
+        // With the wrapper, so the libraries the doc tests link are the ones
+        // built above, not compiled again.
+        with_clippy(tc, &mut c)?;
         c.args(["test", "--doc", "--no-fail-fast"]);
         if !args.is_empty() {
             c.arg("--").args(args);

@@ -211,7 +211,7 @@ impl Run {
 /// Builds the vip-tests test binaries once (`lanes::build`) and keeps the
 /// integration tests that can build a namespace.
 fn namespace_suites(tc: &bootstrap::Toolchain) -> Result<Vec<Suite>> {
-    let (ns, others): (Vec<_>, Vec<_>) = crate::lanes::build(tc, Some("vip-tests"))?
+    let (ns, others): (Vec<_>, Vec<_>) = crate::lanes::build(tc, Some("vip-tests"), false)?
         .into_iter()
         .filter(|e| e.integration)
         .partition(|e| e.namespaces);
