@@ -576,3 +576,73 @@ fn open_checks_families_and_sources() {
     });
     assert!(matches!(e, NetError::NoRuntime { .. }), "{e}");
 }
+
+/// The router runs on a thread of its own: a master keeps advertising on
+/// time while the thread that started it (the agent's one thread, in vipd)
+/// is held. It ran on the caller's runtime before; a master's agent held
+/// for about 400 ms missed its adverts, and its backup took the VIP after
+/// Master_Down_Interval (361 ms at 100 ms, priority 100; RFC 9568 6.4.2)
+/// while the master still held it (seen in CI, discovery suite).
+#[test]
+fn a_master_advertises_while_the_thread_that_started_it_is_held() {
+    use vip_userspace::vrrp::machine::State;
+    use vip_userspace::vrrp::metrics::RouterStats;
+    use vip_userspace::vrrp::router::{self, RouterSpec};
+    use vip_userspace::vrrp::{Priority, Vrid, VrrpPlan};
+
+    let lab = Lab::new("vrrp-held", &["a", "b"]);
+    let rt = runtime();
+    let spec = RouterSpec {
+        ifname: IF.to_owned(),
+        family: Family::V4,
+        plan: VrrpPlan {
+            vrid: Vrid(61),
+            priority: Priority(100),
+            advert_interval_cs: 10,
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            unicast_peers: vec![],
+            announce_count: 1,
+            announce_interval: Duration::from_millis(100),
+            announce_refresh: Duration::ZERO,
+            xdp_detached_weight: 0,
+            local_apiserver_weight: 0,
+            auth_hmac: None,
+        },
+        vips: vec![IpAddr::V4(netns::VIP_V4)],
+    };
+    let stats = RouterStats::unregistered(Family::V4, Priority(100));
+    // Started from a thread whose runtime (`rt`) this test never drives:
+    // as held as a thread can be.
+    let r = in_node(&lab, &rt, "a", || {
+        router::spawn(spec, None, stats).expect("start the router on a")
+    });
+    poll_until(
+        Duration::from_secs(3),
+        || format!("a is not master: {:?}", r.state()),
+        || r.state() == State::Master,
+    );
+    let cap = Capture::start(&lab, "b", "held", 10, "ip proto 112");
+    let file = cap.file.clone();
+    drop(cap.decode());
+    let out = Command::new("tcpdump")
+        .arg("-r")
+        .arg(&file)
+        .args(["-nn", "-tt"])
+        .output()
+        .expect("tcpdump -r");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let times: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    assert_eq!(times.len(), 10, "{text}");
+    let gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1e3).collect();
+    // A backup takes over at a gap of Master_Down_Interval.
+    assert!(
+        gaps.iter().all(|&g| g < 361.0),
+        "gaps between a's adverts (ms): {gaps:?}\n{text}"
+    );
+    r.stop();
+    rt.block_on(r.stopped());
+}

@@ -14,10 +14,7 @@ use std::{
 };
 
 use thiserror::Error;
-use tokio::{
-    sync::{mpsc, watch},
-    task::JoinHandle,
-};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use super::{
@@ -64,6 +61,11 @@ pub enum RouterError {
     NoVips { ifname: String, family: Family },
     #[error("vrrp.auth_hmac.key_file: {0}")]
     Key(#[from] crate::keys::KeyError),
+    #[error("{family:?} VRRP: its thread did not start: {source}")]
+    Thread {
+        family: Family,
+        source: std::io::Error,
+    },
 }
 
 /// The HMAC option's state ([`super::auth`]): the keys, our sequence, the
@@ -162,7 +164,8 @@ pub struct RouterHandle {
     state: watch::Receiver<State>,
     stats: Arc<RouterStats>,
     info: Arc<Mutex<RouterInfo>>,
-    task: JoinHandle<()>,
+    /// Closed when the router's thread ends.
+    done: oneshot::Receiver<()>,
     family: Family,
 }
 
@@ -237,17 +240,28 @@ impl RouterHandle {
     /// Waits (bounded) until the router has stopped.
     pub async fn stopped(self) {
         let family = self.family;
-        if tokio::time::timeout(STOP_TIMEOUT, self.task).await.is_err() {
+        if tokio::time::timeout(STOP_TIMEOUT, self.done).await.is_err() {
             warn!(family = %label(family), "VRRP router did not stop in time");
         }
     }
 }
 
 /// Opens the sockets (so that a missing interface or address fails the
-/// start, not later) and runs the router on the current tokio runtime, held
-/// out of the election from the start when `hold` is set (see
+/// start, not later) and runs the router on a thread of its own, held out of
+/// the election from the start when `hold` is set (see
 /// [`RouterHandle::set_hold`]); `stats` are its series of the metrics
 /// ([`super::metrics::VrrpMetrics::router`]).
+///
+/// A thread and a runtime of its own because the agent's runtime is one
+/// thread, and whatever holds it (a map rewrite, an fsync on a busy disk, a
+/// debug build under load) would hold the advertisements too: a master that
+/// misses three (RFC 9568 6.4.3, Master_Down_Interval, 361 ms at 100 ms
+/// adverts) is taken over while it still holds the VIP, and the split brain
+/// that follows resets the flows the other node does not know. Seen in CI:
+/// the master's agent loop stopped for about 400 ms while a discovery event
+/// was handled, and the backup took the VIP. keepalived runs VRRP in a
+/// process apart from its checkers for the same reason. The router shares
+/// nothing with the agent but channels, atomics and a mutex held for copies.
 pub fn spawn(
     spec: RouterSpec,
     hold: Option<String>,
@@ -281,9 +295,6 @@ pub fn spawn(
     } else {
         Transport::Unicast(peers.clone())
     };
-    let sock = VrrpSocket::open(&spec.ifname, spec.family, source, &transport)?;
-    let announcer = Announcer::open(&spec.ifname)?;
-    let claims = ClaimWatch::open(&spec.ifname)?;
     let mac = crate::link::mac_address(&spec.ifname).map_err(NetError::from)?;
     let plan = &spec.plan;
     let machine = Machine::new(Params {
@@ -322,31 +333,78 @@ pub fn spawn(
         "VRRP router starting"
     );
     let family = spec.family;
-    let router = Router {
-        spec,
-        source,
-        peers,
-        mac,
-        sock,
-        announcer,
-        claims,
-        machine,
-        state: state_tx,
-        stats: stats.clone(),
-        info: info.clone(),
-        last_log: HashMap::new(),
-        source_state: SourceState::Usable,
-        send_failed: false,
-        intervals: HashMap::new(),
-        auth,
+    let (stats2, info2) = (stats.clone(), info.clone());
+    // The sockets are registered with the runtime that polls them, so they
+    // are opened on the router's thread; how that went comes back here.
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<(), RouterError>>(1);
+    let (done_tx, done) = oneshot::channel();
+    let thread_err = move |source| RouterError::Thread { family, source };
+    let thread = move || {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = ready_tx.send(Err(thread_err(e)));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let opened = (|| {
+                Ok::<_, RouterError>((
+                    VrrpSocket::open(&spec.ifname, spec.family, source, &transport)?,
+                    Announcer::open(&spec.ifname)?,
+                    ClaimWatch::open(&spec.ifname)?,
+                ))
+            })();
+            let (sock, announcer, claims) = match opened {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let router = Router {
+                spec,
+                source,
+                peers,
+                mac,
+                sock,
+                announcer,
+                claims,
+                machine,
+                state: state_tx,
+                stats: stats2,
+                info: info2,
+                last_log: HashMap::new(),
+                source_state: SourceState::Usable,
+                send_failed: false,
+                intervals: HashMap::new(),
+                auth,
+            };
+            let _ = ready_tx.send(Ok(()));
+            router.run(rx, hold).await;
+        });
+        drop(done_tx);
     };
-    let task = tokio::spawn(router.run(rx, hold));
+    std::thread::Builder::new()
+        .name(format!("vrrp-{}", label(family)))
+        .spawn(thread)
+        .map_err(thread_err)?;
+    // Opening takes milliseconds; a thread that ended without a word
+    // panicked, and its message is on stderr.
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(thread_err(std::io::Error::other(
+            "the VRRP thread ended before its sockets were open",
+        )))
+    })?;
     Ok(RouterHandle {
         tx,
         state,
         stats,
         info,
-        task,
+        done,
         family,
     })
 }
