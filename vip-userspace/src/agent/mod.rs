@@ -41,6 +41,7 @@ pub mod hold;
 mod observe;
 mod probes;
 mod snapshots;
+mod stall;
 mod start;
 mod state;
 mod sweep;
@@ -266,7 +267,15 @@ struct Inbox {
 /// Runs until SIGINT or SIGTERM.
 pub async fn serve(opts: AgentOptions, cfg: Config) -> Result<()> {
     let (mut agent, mut inbox) = Agent::start(opts, cfg).await?;
-    agent.run(&mut inbox).await?;
+    let stalls = tokio::spawn(stall::watch(|late| {
+        warn!(
+            late_ms = late.as_millis() as u64,
+            "the agent's thread was held: probes, the API and state sync waited (VRRP did not, it runs on its own thread); the lines just before name what ran"
+        )
+    }));
+    let ran = agent.run(&mut inbox).await;
+    stalls.abort();
+    ran?;
     // Dropping the controller closes our map handles; without pins the XDP
     // link goes with them and the program detaches.
     drop(agent);
