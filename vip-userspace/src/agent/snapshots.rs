@@ -90,14 +90,45 @@ impl Snapshots {
         }
     }
 
-    /// Takes period `period`'s snapshot in its own task.
+    /// Takes period `period`'s snapshot on a thread of its own.
+    ///
+    /// Not a task on the agent's runtime, which is one thread: a take reads
+    /// and hashes the new file and every snapshot it keeps (synchronous
+    /// reads, the size of etcd's database each) and fsyncs the folder, and
+    /// all that time the runtime's other tasks (probes and their timeouts,
+    /// the API, state sync) would wait.
     pub fn spawn(&self, period: u64) {
         let (plan, node, tx) = (self.plan.clone(), self.node.clone(), self.tx.clone());
         info!(period, slot = %snapshot::plan::stamp(plan.schedule.slot(period)), "etcd snapshot: this node holds the VIP, claiming the period");
-        tokio::spawn(async move {
-            let r = snapshot::take_scheduled(&plan, period, &node).await;
+        let failed = (self.tx.clone(), self.plan.dir.clone());
+        let take = move || {
+            let r = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(snapshot::take_scheduled(&plan, period, &node)),
+                Err(source) => Err(SnapshotError::Io {
+                    what: "start a runtime for the snapshot into",
+                    path: plan.dir.clone(),
+                    source,
+                }),
+            };
             let _ = tx.send((period, r));
-        });
+        };
+        if let Err(source) = std::thread::Builder::new()
+            .name("etcd-snapshot".into())
+            .spawn(take)
+        {
+            let (tx, dir) = failed;
+            let _ = tx.send((
+                period,
+                Err(SnapshotError::Io {
+                    what: "start a thread for the snapshot into",
+                    path: dir,
+                    source,
+                }),
+            ));
+        }
     }
 
     /// Metrics and logs for a finished attempt; what the state is told.

@@ -248,6 +248,9 @@ pub struct Discovery {
     ignored_said: BTreeSet<String>,
     /// Since when the watch has been failing (for the log's "since").
     failing_since: Option<Instant>,
+    /// The cache writer's turn: the number of the newest set to write, and
+    /// a lock that writes one at a time (see [`Discovery::save`]).
+    saves: Arc<(std::sync::atomic::AtomicU64, std::sync::Mutex<()>)>,
 }
 
 /// What a report from the watch means for the agent.
@@ -289,6 +292,7 @@ impl Discovery {
             vets: BTreeMap::new(),
             ignored_said: BTreeSet::new(),
             failing_since: None,
+            saves: Arc::default(),
         }
     }
 
@@ -378,7 +382,12 @@ impl Discovery {
         }
     }
 
-    /// Writes the cache (after the set changed or was confirmed).
+    /// Writes the cache (after the set changed or was confirmed), off the
+    /// agent's thread: the write fsyncs the file and its folder, which on
+    /// a busy disk takes as long as the disk's queue, and the agent's
+    /// runtime is one thread (its probes and their timeouts, the API, state
+    /// sync would wait). Writes run one at a time, and one whose set is no
+    /// longer the newest is skipped, so the file ends with the newest set.
     pub fn save(&self) {
         if self.source != Source::Kubernetes {
             return;
@@ -393,10 +402,22 @@ impl Discovery {
         if c.backends.is_empty() {
             return;
         }
-        match cache::write(&self.cache_path, &c) {
-            Ok(()) => debug!(cache = %self.cache_path.display(), "discovery: cache written"),
-            Err(e) => warn!("discovery: {e}"),
-        }
+        use std::sync::atomic::Ordering::SeqCst;
+        let turn = self.saves.0.fetch_add(1, SeqCst) + 1;
+        let (saves, path) = (self.saves.clone(), self.cache_path.clone());
+        tokio::task::spawn_blocking(move || {
+            let _one = saves
+                .1
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if saves.0.load(SeqCst) != turn {
+                return;
+            }
+            match cache::write(&path, &c) {
+                Ok(()) => debug!(cache = %path.display(), "discovery: cache written"),
+                Err(e) => warn!("discovery: {e}"),
+            }
+        });
     }
 
     pub fn cache_path(&self) -> &std::path::Path {
