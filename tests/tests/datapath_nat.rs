@@ -2145,3 +2145,123 @@ fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
         });
     }
 }
+
+/// Mode nat with port slices: this LB's copy of another LB's flow may be
+/// out of date. The owner frees a closed flow's port 2 s after the close
+/// (`NAT_F_DONE`) and gives it to a new connection, while a copy here lives
+/// on; the new connection's SYN-ACK, translated by the copy, went to the old
+/// client, whose TIME-WAIT answered with an ACK that the backend reset
+/// (fabric lab, captured on the router). Fixture rows, IPv4 and IPv6, for a
+/// flow on a port of the peer's slice (opened while that range was ours,
+/// then the slices set as a copy stands):
+/// - the backend's data is translated here, as before (a live copy);
+/// - a SYN-ACK on the port goes to the owner, unchanged inside;
+/// - the backend's FIN is translated (the copy is live) and makes it
+///   closing; the backend's next segment then goes to the owner too.
+#[test]
+fn nat_syn_acks_and_closing_copies_of_a_peers_port_go_to_its_owner() {
+    let l = NatLab::new("natstale");
+    let mac = vip_tests::netns::mac_to_string;
+    l.lab.add_neighbour("lb", PEER4, &mac(&PEER_MAC));
+    l.lab.add_neighbour("lb", PEER6, &mac(&PEER_MAC));
+    let lb_mac = l.lab.node("lb").mac;
+    for v6 in [false, true] {
+        let mut svc = l.three(v6, PROTO_TCP);
+        svc.flags |= vip_common::SVC_F_SYNC;
+        let me = l.lb_ip(v6);
+        let peer = ip(if v6 { PEER6 } else { PEER4 });
+        let client = ip(if v6 { CLIENT6 } else { CLIENT4 });
+        let (family, saddr) = addr_bytes(me);
+        l.with_dp(vec![svc], |dp| {
+            let slice = |dp: &mut Dp, lo: u16, hi: u16| {
+                dp.prog
+                    .maps_mut()
+                    .set_globals(&Globals {
+                        nat_alloc_lo: lo,
+                        nat_alloc_hi: hi,
+                        ..Globals::DEFAULT
+                    })
+                    .expect("globals");
+            };
+            slice(dp, 50000, 59999);
+            let s = syn(v6, 41100).build();
+            let (_, out) = dp.run(&s, Reason::TxNat);
+            let nat_port = check_forward(&l, dp, &decode(&s).expect("input"), &out, v6);
+            assert!((50000..=59999).contains(&nat_port), "{nat_port}");
+            dp.run(&handshake_ack(v6, 41100).build(), Reason::TxNat);
+            // Now the peer's slice: our entry stands as a copy of its flow.
+            slice(dp, 40000, 49999);
+            dp.prog
+                .maps_mut()
+                .set_nat_owners(&[vip_common::NatOwner {
+                    addr: addr_bytes(peer).1,
+                    saddr,
+                    lo: 50000,
+                    hi: 59999,
+                    mtu: 1500,
+                    family,
+                    _pad: 0,
+                }])
+                .expect("NAT_OWNERS");
+            let b = chosen(dp, client, 41100, v6);
+            let from_backend = |flags: u8, seq: u32, payload: &[u8]| {
+                Pkt {
+                    l4: vip_tests::packet::L4::Tcp {
+                        flags,
+                        seq,
+                        ack: 1001,
+                    },
+                    ..syn_ack(v6, b, me, nat_port, lb_mac)
+                }
+                .payload(payload)
+                .build()
+            };
+            let to_client = |out: &[u8]| {
+                let o = decode(out).expect("the translated reply decodes");
+                assert_eq!(
+                    (o.src, o.sport, o.dst, o.dport),
+                    (ip(if v6 { VIP6 } else { VIP4 }), PORT, client, 41100),
+                    "from the VIP to the client (v6={v6})"
+                );
+            };
+            let handed = |out: &[u8], r: &[u8]| {
+                assert_eq!(&out[0..6], &PEER_MAC, "Ethernet to the owner (v6={v6})");
+                let olen = if v6 { 40 } else { 20 };
+                let proto = if v6 { out[20] } else { out[23] };
+                let want = if v6 {
+                    vip_common::PROTO_IPV6
+                } else {
+                    vip_common::PROTO_IPIP
+                };
+                assert_eq!(proto, want, "wrapped (v6={v6})");
+                assert_eq!(&out[14 + olen..], &r[14..], "inner packet unchanged");
+            };
+
+            // A live copy: the backend's data is translated here.
+            let (_, out) = dp.run(
+                &from_backend(TCP_ACK | TCP_PSH, 7001, b"event"),
+                Reason::TxReverseNat,
+            );
+            to_client(&out);
+
+            // A SYN-ACK on the port: a new connection's, whose SYN the owner
+            // saw; the copy may be of the port's previous flow.
+            let r = syn_ack(v6, b, me, nat_port, lb_mac).build();
+            let (action, out) = dp.run(&r, Reason::TxHandoff);
+            assert_eq!(action, XDP_TX);
+            handed(&out, &r);
+
+            // The backend's FIN is translated and makes the copy closing;
+            // what follows goes to the owner.
+            let (_, out) = dp.run(
+                &from_backend(TCP_FIN | TCP_ACK, 7006, b""),
+                Reason::TxReverseNat,
+            );
+            to_client(&out);
+            let r = from_backend(TCP_ACK, 7007, b"");
+            let (action, out) = dp.run(&r, Reason::TxHandoff);
+            assert_eq!(action, XDP_TX);
+            handed(&out, &r);
+        });
+    }
+}

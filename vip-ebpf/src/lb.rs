@@ -76,6 +76,23 @@ pub fn try_vip(ctx: &XdpContext, traced: bool) -> Verdict {
         if traced {
             trace::flow(TRACE_FLOW_REPLY, 0);
         }
+        // A copy of another LB's flow (port slices) that may be out of date:
+        // its owner frees a closed flow's port 2 s after the backend's end
+        // closes (`NAT_F_DONE`), while a copy here that saw the close stays
+        // `closing_s`, and one that did not see it stays for hours. When the
+        // owner gives the port to a new connection, the backend's SYN-ACK
+        // reached this copy before the owner's record did and was
+        // translated to the old client, whose TIME-WAIT answered with an
+        // ACK the backend reset: the new connection was reset (fabric lab,
+        // captured on the router). A SYN-ACK (a connection whose SYN went
+        // through the owner a moment ago) and any reply to a closing copy
+        // go to the owner, which holds the port's current flow.
+        if (port < g.nat_alloc_lo || port > g.nat_alloc_hi)
+            && copy_may_be_stale(p, v)
+            && let Some(o) = owner_of(port, p.key.family)
+        {
+            return Verdict::unpack(encap::handoff(ctx, p, o));
+        }
         if pending && stale_backend_segment(p, v, &g) {
             return reset_stale(ctx, p);
         }
@@ -337,6 +354,22 @@ fn handed_reply(ctx: &XdpContext) -> u64 {
         Some((v, _)) => reverse_nat(ctx, p, v, &g),
         None => unknown.pack(),
     }
+}
+
+/// Whether a reply on another LB's port (`try_vip`) is better sent to that
+/// LB than translated by this copy: a SYN-ACK, or a copy of a flow that is
+/// closing.
+#[inline(always)]
+fn copy_may_be_stale(p: &Parsed, v: *mut NatValue) -> bool {
+    if p.key.proto != PROTO_TCP {
+        return false;
+    }
+    if p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        return true;
+    }
+    // SAFETY: LRU value pointer, valid during this run.
+    let flags = unsafe { (*v).flags };
+    flags & (CT_F_CLOSING | NAT_F_DONE) != 0
 }
 
 /// The LB whose slice of the NAT ports holds `port` (host order), if it
