@@ -2014,6 +2014,24 @@ fn wrapped(frame: &[u8], from: IpAddr, to: IpAddr, src_mac: [u8; 6], dst_mac: [u
     out
 }
 
+/// The peer LB `peer` owns ports 50000-59999 (`NAT_OWNERS`), reached from
+/// our sync address `me`.
+fn peer_slice(dp: &mut Dp, peer: IpAddr, me: IpAddr) {
+    let (family, saddr) = addr_bytes(me);
+    dp.prog
+        .maps_mut()
+        .set_nat_owners(&[vip_common::NatOwner {
+            addr: addr_bytes(peer).1,
+            saddr,
+            lo: 50000,
+            hi: 59999,
+            mtu: 1500,
+            family,
+            _pad: 0,
+        }])
+        .expect("NAT_OWNERS");
+}
+
 /// Mode nat with port slices, the race the fabric's ECMP makes: a backend's
 /// reply reaches an LB before the flow's sync record does. Fixture rows,
 /// IPv4 and IPv6:
@@ -2040,7 +2058,7 @@ fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
         let me = l.lb_ip(v6);
         let peer = ip(if v6 { PEER6 } else { PEER4 });
         let client = ip(if v6 { CLIENT6 } else { CLIENT4 });
-        let (family, saddr) = addr_bytes(me);
+        let saddr = addr_bytes(me).1;
         l.with_dp(vec![svc], |dp| {
             // Our slice 40000-49999, the peer's 50000-59999.
             dp.prog
@@ -2051,18 +2069,7 @@ fn nat_replies_without_an_entry_are_handed_to_the_slice_owner() {
                     ..Globals::DEFAULT
                 })
                 .expect("globals");
-            dp.prog
-                .maps_mut()
-                .set_nat_owners(&[vip_common::NatOwner {
-                    addr: addr_bytes(peer).1,
-                    saddr,
-                    lo: 50000,
-                    hi: 59999,
-                    mtu: 1500,
-                    family,
-                    _pad: 0,
-                }])
-                .expect("NAT_OWNERS");
+            peer_slice(dp, peer, me);
             let reply = |port: u16, payload: &[u8]| {
                 syn_ack(v6, 1, me, port, lb_mac).payload(payload).build()
             };
@@ -2171,7 +2178,6 @@ fn nat_syn_acks_and_closing_copies_of_a_peers_port_go_to_its_owner() {
         let me = l.lb_ip(v6);
         let peer = ip(if v6 { PEER6 } else { PEER4 });
         let client = ip(if v6 { CLIENT6 } else { CLIENT4 });
-        let (family, saddr) = addr_bytes(me);
         l.with_dp(vec![svc], |dp| {
             let slice = |dp: &mut Dp, lo: u16, hi: u16| {
                 dp.prog
@@ -2191,18 +2197,7 @@ fn nat_syn_acks_and_closing_copies_of_a_peers_port_go_to_its_owner() {
             dp.run(&handshake_ack(v6, 41100).build(), Reason::TxNat);
             // Now the peer's slice: our entry stands as a copy of its flow.
             slice(dp, 40000, 49999);
-            dp.prog
-                .maps_mut()
-                .set_nat_owners(&[vip_common::NatOwner {
-                    addr: addr_bytes(peer).1,
-                    saddr,
-                    lo: 50000,
-                    hi: 59999,
-                    mtu: 1500,
-                    family,
-                    _pad: 0,
-                }])
-                .expect("NAT_OWNERS");
+            peer_slice(dp, peer, me);
             let b = chosen(dp, client, 41100, v6);
             let from_backend = |flags: u8, seq: u32, payload: &[u8]| {
                 Pkt {

@@ -90,7 +90,7 @@ impl Snapshots {
         }
     }
 
-    /// Takes period `period`'s snapshot on a thread of its own.
+    /// Takes period `period`'s snapshot on a blocking-pool thread.
     ///
     /// Not a task on the agent's runtime, which is one thread: a take reads
     /// and hashes the new file and every snapshot it keeps (synchronous
@@ -100,8 +100,10 @@ impl Snapshots {
     pub fn spawn(&self, period: u64) {
         let (plan, node, tx) = (self.plan.clone(), self.node.clone(), self.tx.clone());
         info!(period, slot = %snapshot::plan::stamp(plan.schedule.slot(period)), "etcd snapshot: this node holds the VIP, claiming the period");
-        let failed = (self.tx.clone(), self.plan.dir.clone());
-        let take = move || {
+        // A blocking-pool thread with a runtime of its own for the take's
+        // network part; spawn_blocking cannot fail, so every attempt ends
+        // with a Done.
+        tokio::task::spawn_blocking(move || {
             let r = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -114,21 +116,7 @@ impl Snapshots {
                 }),
             };
             let _ = tx.send((period, r));
-        };
-        if let Err(source) = std::thread::Builder::new()
-            .name("etcd-snapshot".into())
-            .spawn(take)
-        {
-            let (tx, dir) = failed;
-            let _ = tx.send((
-                period,
-                Err(SnapshotError::Io {
-                    what: "start a thread for the snapshot into",
-                    path: dir,
-                    source,
-                }),
-            ));
-        }
+        });
     }
 
     /// Metrics and logs for a finished attempt; what the state is told.
